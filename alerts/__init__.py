@@ -1,0 +1,1 @@
+"""Alerts: Prometheus and Alertmanager (embedded supervisor, rules, config) and the compliance side."""

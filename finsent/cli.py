@@ -1,0 +1,100 @@
+"""The ``finsent`` command. Thin: parse options, load settings, call into the rooms.
+
+Every command exists because its feature exists; there are no placeholder commands.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from finsent import logs
+from finsent.settings import Settings, SettingsError, load
+
+app = typer.Typer(
+    help="finsent: financial-news sentiment monitoring (feeds -> Kafka -> BERT -> windows, surges, alerts).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOption = Annotated[
+    Optional[Path],
+    typer.Option("--config", "-c", help="TOML settings file (else $FINSENT_CONFIG; env FINSENT_* overrides it)."),
+]
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load(config)
+    except SettingsError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+
+
+@app.callback()
+def main(
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.")] = "INFO",
+    log_json: Annotated[Optional[bool], typer.Option("--log-json/--log-text", help="Default: JSON when stderr is not a terminal.")] = None,
+) -> None:
+    logs.setup(log_level, log_json)
+
+
+@app.command()
+def broker(config: ConfigOption = None) -> None:
+    """Run the embedded Kafka-protocol broker (Tansu) on 127.0.0.1 with every finsent topic created."""
+    from finsent.procs import Supervisor
+    from finsent.runtime import wait_for_signal
+    from finsent.stream.embedded_broker import start_broker
+    from finsent.stream.topics import TopicMismatch
+
+    settings = _settings(config)
+    supervisor = Supervisor()
+    try:
+        child, report = start_broker(settings, settings.paths.state_dir / "logs")
+    except TopicMismatch as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    supervisor.children.append(child)
+    typer.echo(f"broker ready at {settings.broker.host}:{settings.broker.port}; created {report.created}", err=True)
+    raise typer.Exit(wait_for_signal(supervisor))
+
+
+@app.command()
+def demo(config: ConfigOption = None) -> None:
+    """Start the embedded stack on 127.0.0.1 (broker, Prometheus, Alertmanager, ...), print URLs, stop on Ctrl-C."""
+    from finsent import demo as demo_mod
+
+    raise typer.Exit(demo_mod.run(_settings(config)))
+
+
+@app.command()
+def train(
+    run_config: Annotated[Path, typer.Option("--run-config", "-r", help="Training run TOML (see configs/).")] = Path(
+        "configs/train-minilm.toml"
+    ),
+    version: Annotated[str, typer.Option(help="Model version; default: UTC timestamp.")] = "",
+    epochs: Annotated[Optional[int], typer.Option(help="Override the run config's epochs.")] = None,
+    lora: Annotated[Optional[bool], typer.Option("--lora/--full", help="LoRA adapters instead of full fine-tuning.")] = None,
+    limit_train: Annotated[Optional[int], typer.Option(help="Use only the first N training examples.")] = None,
+    out_dir: Annotated[Optional[str], typer.Option(help="Where model versions are written.")] = None,
+    no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Skip experiment tracking.")] = False,
+) -> None:
+    """Fine-tune the topic + sentiment model (also under `torchrun --nproc_per_node N`)."""
+    from finsent.model.train import TrainConfig
+    from finsent.model.train import train as run_training
+
+    cfg = TrainConfig.from_toml(
+        run_config, version=version or None, epochs=epochs, lora=lora, limit_train=limit_train, out_dir=out_dir,
+        mlflow=False if no_mlflow else None,
+    )
+    out = run_training(cfg, progress=sys.stderr.isatty())
+    if out is not None:
+        typer.echo(str(out))
+
+
+if __name__ == "__main__":
+    app()

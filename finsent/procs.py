@@ -1,0 +1,146 @@
+"""Child processes for the embedded stack: start, wait until ready, stop without leaving orphans.
+
+Each child gets its own process group (so a stop reaches its helpers too) and, on Linux, a
+parent-death signal, so even a ``kill -9`` of finsent does not leave a broker or Prometheus running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import httpx
+
+log = logging.getLogger("finsent.procs")
+
+_PR_SET_PDEATHSIG = 1
+
+
+class ProcessStartError(RuntimeError):
+    """A child did not become ready; the message carries the tail of its log."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def http_ok(url: str) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            return httpx.get(url, timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return check
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Child:
+    """One supervised child process whose output goes to a log file."""
+
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None):
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.env = env
+        self.cwd = cwd
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self, ready: Callable[[], bool], timeout: float) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as out:
+            try:
+                self.proc = subprocess.Popen(
+                    self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env=self.env, cwd=self.cwd, preexec_fn=_die_with_parent,
+                )
+            except FileNotFoundError as err:
+                raise ProcessStartError(f"{self.name}: cannot run {self.argv[0]!r}: {err.strerror}") from None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ProcessStartError(f"{self.name} exited with {self.proc.returncode} during start:\n{self.log_tail()}")
+            if ready():
+                log.info("started", extra={"child": self.name, "pid": self.proc.pid})
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise ProcessStartError(f"{self.name} not ready after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the child's process group, SIGKILL it if it has not gone after ``timeout``."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("killing", extra={"child": self.name, "pid": self.proc.pid})
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        log.info("stopped", extra={"child": self.name, "rc": self.proc.returncode})
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+class Supervisor:
+    """Starts children in order and stops them in reverse; usable as a context manager."""
+
+    def __init__(self) -> None:
+        self.children: list[Child] = []
+
+    def start(self, child: Child, ready: Callable[[], bool], timeout: float) -> Child:
+        child.start(ready, timeout)
+        self.children.append(child)
+        return child
+
+    def dead(self) -> list[Child]:
+        return [c for c in self.children if not c.alive()]
+
+    def stop(self) -> None:
+        while self.children:
+            self.children.pop().stop()
+
+    def __enter__(self) -> Supervisor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

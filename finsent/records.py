@@ -1,0 +1,257 @@
+"""Records that cross a process boundary (Kafka topics, archive, audit log, HTTP).
+
+Every record carries a schema version ``v``. A reader accepts its own version and older ones it
+knows how to read; a record written by a *newer* finsent is rejected with
+:class:`UnsupportedSchemaVersion` instead of being half-understood. Datetimes must carry a timezone
+and are normalised to UTC. Validation is strict (no silent coercion of ``"3"`` to ``3``) and unknown
+fields are refused, so a producer bug shows up at the first consumer rather than in a dashboard.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from typing import Annotated, ClassVar, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from finsent.labels import SENTIMENT_LABELS, TOPIC_LABELS
+
+SCHEMA_VERSION = 1
+
+
+class RecordError(ValueError):
+    """Bytes that are not a valid record of the expected type."""
+
+
+class UnsupportedSchemaVersion(RecordError):
+    """The record was written by a newer finsent with a schema this one does not know."""
+
+
+def _utc(v: datetime) -> datetime:
+    return v.astimezone(UTC)
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+Sentiment = Literal["negative", "neutral", "positive"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Record(BaseModel):
+    """Base: strict, frozen, versioned, compact JSON."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    v: int = SCHEMA_VERSION
+    SCHEMA: ClassVar[int] = SCHEMA_VERSION
+
+    @field_validator("v")
+    @classmethod
+    def _check_version(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"schema version must be a positive integer, got {v!r}")
+        if v > cls.SCHEMA:
+            raise UnsupportedSchemaVersion(
+                f"{cls.__name__} schema version {v} is newer than this finsent understands "
+                f"(max {cls.SCHEMA}); upgrade finsent to read it"
+            )
+        return v
+
+    def to_json(self) -> bytes:
+        """Compact JSON (no whitespace, None fields left out)."""
+        return self.model_dump_json(exclude_none=True).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Self:
+        try:
+            return cls.model_validate_json(data)
+        except ValidationError as err:
+            for e in err.errors():
+                ctx_err = (e.get("ctx") or {}).get("error")
+                if isinstance(ctx_err, UnsupportedSchemaVersion):
+                    raise ctx_err from None
+            raise RecordError(f"invalid {cls.__name__}: {_short(err)}") from None
+
+
+def _short(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors()[:5]:
+        loc = ".".join(str(p) for p in e["loc"]) or "(record)"
+        parts.append(f"{loc}: {e['msg']}")
+    more = err.error_count() - 5
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+class NewsItem(Record):
+    """One headline as ingested: the unit that flows through ``finsent.news.raw``."""
+
+    id: str = Field(min_length=1, max_length=200)
+    title: str = Field(min_length=1, max_length=2000)
+    summary: str = Field(default="", max_length=20000)
+    url: str | None = Field(default=None, max_length=4000)
+    source: str = Field(min_length=1, max_length=200)
+    published: UtcDatetime
+    fetched: UtcDatetime
+    published_inferred: bool = False  # True: no usable publish time in the feed, ``fetched`` used instead
+    tickers: tuple[str, ...] = Field(default=(), strict=False)
+    tags: tuple[str, ...] = Field(default=(), strict=False)
+    language: str | None = Field(default=None, max_length=16)
+
+    @field_validator("tickers")
+    @classmethod
+    def _upper(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(t.upper() for t in v))
+
+
+class ScoredItem(Record):
+    """A NewsItem with the classifier's verdict: the unit of ``finsent.news.scored``."""
+
+    item: NewsItem
+    topic: str
+    topic_probs: dict[str, Probability]
+    sentiment: Sentiment
+    sentiment_probs: dict[str, Probability]
+    model: str = Field(min_length=1)  # "name@version"
+    scored_at: UtcDatetime
+    latency_s: float = Field(ge=0)  # published -> scored; from the event's own clock
+    flag: str | None = None  # set when the text could not be classified normally (e.g. "empty")
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, v: str) -> str:
+        if v not in TOPIC_LABELS:
+            raise ValueError(f"unknown topic {v!r}")
+        return v
+
+    @field_validator("sentiment_probs")
+    @classmethod
+    def _sent_keys(cls, v: dict[str, float]) -> dict[str, float]:
+        if set(v) != set(SENTIMENT_LABELS):
+            raise ValueError(f"sentiment_probs keys must be {SENTIMENT_LABELS}, got {sorted(v)}")
+        return v
+
+    @property
+    def score(self) -> float:
+        """Mean-sentiment contribution: p(positive) - p(negative), in [-1, 1]."""
+        return self.sentiment_probs["positive"] - self.sentiment_probs["negative"]
+
+
+class WindowStat(Record):
+    """Aggregate of one rolling window for one dimension key (``all``, ``topic:…``, ``ticker:…``)."""
+
+    key: str = Field(min_length=1)
+    start: UtcDatetime
+    end: UtcDatetime
+    count: int = Field(ge=0)
+    negative: int = Field(ge=0)
+    neutral: int = Field(ge=0)
+    positive: int = Field(ge=0)
+    mean_score: float = Field(ge=-1.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        if self.negative + self.neutral + self.positive != self.count:
+            raise ValueError("negative + neutral + positive must equal count")
+        return self
+
+    @property
+    def negative_share(self) -> float:
+        return self.negative / self.count if self.count else 0.0
+
+
+class Evidence(Record):
+    """A headline behind an alert, as compliance will see it."""
+
+    item_id: str
+    title: str
+    source: str
+    url: str | None = None
+    published: UtcDatetime
+    p_negative: Probability
+
+
+class SurgeAlert(Record):
+    """A negative-sentiment surge (or its end) for one key, with the headlines behind it."""
+
+    alert_id: str = Field(min_length=1)  # stable for one surge: firing and resolved share it
+    key: str = Field(min_length=1)
+    state: Literal["firing", "resolved"]
+    severity: Literal["warning", "critical"]
+    window_start: UtcDatetime
+    window_end: UtcDatetime
+    count: int = Field(ge=0)
+    negative: int = Field(ge=0)
+    negative_share: Probability
+    zscore: float
+    baseline_mean: float
+    baseline_std: float = Field(ge=0)
+    raised_at: UtcDatetime
+    evidence: tuple[Evidence, ...] = Field(default=(), strict=False)
+
+
+class Feedback(Record):
+    """An analyst's correction of one scored item."""
+
+    item_id: str = Field(min_length=1)
+    text: str = Field(min_length=1, max_length=2000)
+    topic: str | None = None
+    sentiment: Sentiment | None = None
+    who: str = Field(min_length=1, max_length=200)
+    comment: str = Field(default="", max_length=2000)
+    at: UtcDatetime
+    model: str | None = None  # the version whose prediction was corrected
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, v: str | None) -> str | None:
+        if v is not None and v not in TOPIC_LABELS:
+            raise ValueError(f"unknown topic {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _something(self) -> Self:
+        if self.topic is None and self.sentiment is None:
+            raise ValueError("feedback must correct topic, sentiment or both")
+        return self
+
+
+class DeadLetter(Record):
+    """A record the stream could not process, kept byte-for-byte with why and where it came from."""
+
+    source_topic: str
+    partition: int = Field(ge=0)
+    offset: int = Field(ge=0)
+    key_b64: str | None = None
+    value_b64: str
+    error: str = Field(max_length=4000)
+    at: UtcDatetime
+
+    @classmethod
+    def of(cls, *, topic: str, partition: int, offset: int, key: bytes | None, value: bytes, error: str) -> DeadLetter:
+        return cls(
+            source_topic=topic,
+            partition=partition,
+            offset=offset,
+            key_b64=base64.b64encode(key).decode() if key is not None else None,
+            value_b64=base64.b64encode(value).decode(),
+            error=error[:4000],
+            at=utcnow(),
+        )
+
+    @property
+    def value(self) -> bytes:
+        return base64.b64decode(self.value_b64)

@@ -1,0 +1,225 @@
+"""The one settings object: defaults < TOML file < ``FINSENT_*`` environment.
+
+Nested groups use ``__`` in environment names (``FINSENT_KAFKA__BOOTSTRAP=host:9092``). The TOML file
+is ``$FINSENT_CONFIG`` when set (or the path handed to :func:`load`); a missing file named explicitly
+is an error, never silently ignored. Invalid values fail at start with :class:`SettingsError`,
+whose message names the offending field as both a dotted path and its environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+ENV_PREFIX = "FINSENT_"
+LOOPBACK = "127.0.0.1"
+_CONFIG_FILE: ContextVar[str | None] = ContextVar("finsent_config_file", default=None)
+
+
+class SettingsError(ValueError):
+    """Settings that cannot work; the message names each bad field."""
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+Port = int
+
+
+def _port(v: int) -> int:
+    if not 0 <= v <= 65535:  # 0 = pick a free port (tests, embedded services)
+        raise ValueError("must be a TCP port in 0..65535")
+    return v
+
+
+class TopicSpec(_Group):
+    name: str = Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
+    partitions: int = Field(ge=1, le=1024)
+
+
+class Topics(_Group):
+    raw: TopicSpec = TopicSpec(name="finsent.news.raw", partitions=4)
+    scored: TopicSpec = TopicSpec(name="finsent.news.scored", partitions=4)
+    alerts: TopicSpec = TopicSpec(name="finsent.alerts", partitions=1)
+    feedback: TopicSpec = TopicSpec(name="finsent.feedback", partitions=1)
+    dlq: TopicSpec = TopicSpec(name="finsent.dlq", partitions=1)
+
+    def all(self) -> list[TopicSpec]:
+        return [self.raw, self.scored, self.alerts, self.feedback, self.dlq]
+
+    @model_validator(mode="after")
+    def _unique(self) -> Topics:
+        names = [t.name for t in self.all()]
+        if len(set(names)) != len(names):
+            raise ValueError(f"topic names must be distinct, got {names}")
+        return self
+
+
+class Kafka(_Group):
+    bootstrap: str = Field(default=f"{LOOPBACK}:9092", min_length=3)
+    client_id: str = "finsent"
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _hostports(cls, v: str) -> str:
+        for part in v.split(","):
+            host, sep, port = part.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port…], got {v!r}")
+            _port(int(port))
+        return v
+
+
+class Broker(_Group):
+    """The embedded Tansu broker (``finsent broker`` / ``finsent demo``)."""
+
+    host: str = LOOPBACK
+    port: Port = 9092
+    start_timeout_s: float = Field(default=15.0, gt=0)
+
+    _check_port = field_validator("port")(classmethod(lambda cls, v: _port(v)))
+
+
+class Services(_Group):
+    """Embedded Prometheus/Alertmanager and finsent's own HTTP endpoints."""
+
+    host: str = LOOPBACK
+    prometheus_port: Port = 9090
+    alertmanager_port: Port = 9093
+    alertmanager_cluster_port: Port = 9094
+    prometheus_bin: str = "prometheus"
+    alertmanager_bin: str = "prometheus-alertmanager"
+    scrape_interval_s: float = Field(default=5.0, gt=0)
+    evaluation_interval_s: float = Field(default=5.0, gt=0)
+    start_timeout_s: float = Field(default=30.0, gt=0)
+
+    _check_ports = field_validator("prometheus_port", "alertmanager_port", "alertmanager_cluster_port")(
+        classmethod(lambda cls, v: _port(v))
+    )
+
+
+class Paths(_Group):
+    state_dir: Path = Path(".state")
+    archive_dir: Path = Path(".state/archive")
+    models_dir: Path = Path("models")
+    data_dir: Path = Path("../shared/data")
+
+
+class ModelChoice(_Group):
+    name: str = "finsent-minilm"
+    version: str = ""  # empty: the newest version on disk
+    backend: Literal["auto", "torch", "torch-int8", "onnx", "onnx-int8"] = "auto"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    max_length: int = Field(default=96, ge=8, le=512)
+
+
+class Windows(_Group):
+    bucket_seconds: int = Field(default=60, ge=1, le=3600)
+    rolling_seconds: list[int] = Field(default_factory=lambda: [300, 900, 3600], min_length=1)
+    allowed_lateness_s: int = Field(default=120, ge=0)
+    late_policy: Literal["drop", "apply"] = "drop"
+    idle_close_s: float = Field(default=10.0, gt=0)
+    evidence_per_window: int = Field(default=5, ge=0, le=100)
+
+    @field_validator("rolling_seconds")
+    @classmethod
+    def _multiples(cls, v: list[int], info: ValidationInfo) -> list[int]:
+        bucket = info.data.get("bucket_seconds", 1)
+        bad = [w for w in v if w <= 0 or w % bucket]
+        if bad:
+            raise ValueError(f"{bad} must be positive multiples of bucket_seconds={bucket}")
+        return sorted(set(v))
+
+
+class Surge(_Group):
+    z_threshold: float = Field(default=3.0, gt=0)
+    z_resolve: float = Field(default=1.5, ge=0)  # hysteresis: resolves below this
+    min_volume: int = Field(default=5, ge=1)
+    min_negative_share: float = Field(default=0.4, ge=0, le=1)
+    ewma_alpha: float = Field(default=0.1, gt=0, le=1)
+    warmup_windows: int = Field(default=5, ge=0)
+    cooldown_s: int = Field(default=900, ge=0)
+    critical_z: float = Field(default=6.0, gt=0)
+
+    @field_validator("z_resolve")
+    @classmethod
+    def _hysteresis(cls, v: float, info: ValidationInfo) -> float:
+        if "z_threshold" in info.data and v >= info.data["z_threshold"]:
+            raise ValueError(f"must be below z_threshold ({info.data['z_threshold']})")
+        return v
+
+    @field_validator("critical_z")
+    @classmethod
+    def _critical(cls, v: float, info: ValidationInfo) -> float:
+        if "z_threshold" in info.data and v < info.data["z_threshold"]:
+            raise ValueError(f"must be at least z_threshold ({info.data['z_threshold']})")
+        return v
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    kafka: Kafka = Kafka()
+    topics: Topics = Topics()
+    broker: Broker = Broker()
+    services: Services = Services()
+    paths: Paths = Paths()
+    model: ModelChoice = ModelChoice()
+    windows: Windows = Windows()
+    surge: Surge = Surge()
+    allow_private_feeds: bool = False
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml = _config_path()
+        if toml:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        return tuple(sources)
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"] if not str(p).startswith("function-")]
+        dotted = ".".join(loc) or "(settings)"
+        env = ENV_PREFIX + "__".join(p.upper() for p in loc) if loc else ""
+        lines.append(f"  {dotted} ({env}): {e['msg']}" + (f" [got {e['input']!r}]" if "input" in e and not isinstance(e["input"], dict) else ""))
+    return "invalid finsent settings:\n" + "\n".join(lines)
+
+
+def load(config_file: str | os.PathLike[str] | None = None, **overrides) -> Settings:
+    """Build the settings, turning validation errors into one readable :class:`SettingsError`."""
+    token = _CONFIG_FILE.set(str(config_file) if config_file is not None else None)
+    try:
+        path = _config_path()
+        if path and not Path(path).is_file():
+            raise SettingsError(f"invalid finsent settings:\n  config file {path!r} ({ENV_PREFIX}CONFIG) does not exist")
+        return Settings(**overrides)
+    except ValidationError as err:
+        raise SettingsError(_describe(err)) from None
+    finally:
+        _CONFIG_FILE.reset(token)
+
+
+def _config_path() -> str | None:
+    return _CONFIG_FILE.get() or os.environ.get(f"{ENV_PREFIX}CONFIG") or None

