@@ -43,12 +43,31 @@ class TopicSpec(_Group):
     partitions: int = Field(ge=1, le=1024)
 
 
+_DEFAULT_TOPICS = {
+    "raw": ("finsent.news.raw", 4),
+    "scored": ("finsent.news.scored", 4),
+    "alerts": ("finsent.alerts", 1),
+    "feedback": ("finsent.feedback", 1),
+    "dlq": ("finsent.dlq", 1),
+}
+
+
 class Topics(_Group):
     raw: TopicSpec = TopicSpec(name="finsent.news.raw", partitions=4)
     scored: TopicSpec = TopicSpec(name="finsent.news.scored", partitions=4)
     alerts: TopicSpec = TopicSpec(name="finsent.alerts", partitions=1)
     feedback: TopicSpec = TopicSpec(name="finsent.feedback", partitions=1)
     dlq: TopicSpec = TopicSpec(name="finsent.dlq", partitions=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _partial(cls, data):
+        """Let one field of a topic be set (FINSENT_TOPICS__RAW__PARTITIONS=12) keeping the other's default."""
+        if isinstance(data, dict):
+            for key, (name, partitions) in _DEFAULT_TOPICS.items():
+                if isinstance(data.get(key), dict):
+                    data[key] = {"name": name, "partitions": partitions, **data[key]}
+        return data
 
     def all(self) -> list[TopicSpec]:
         return [self.raw, self.scored, self.alerts, self.feedback, self.dlq]
@@ -214,11 +233,37 @@ def load(config_file: str | os.PathLike[str] | None = None, **overrides) -> Sett
         path = _config_path()
         if path and not Path(path).is_file():
             raise SettingsError(f"invalid finsent settings:\n  config file {path!r} ({ENV_PREFIX}CONFIG) does not exist")
+        unknown = _unknown_env()
+        if unknown:
+            raise SettingsError(
+                "invalid finsent settings:\n" + "\n".join(f"  {k}: no such setting" for k in sorted(unknown))
+            )
         return Settings(**overrides)
     except ValidationError as err:
         raise SettingsError(_describe(err)) from None
     finally:
         _CONFIG_FILE.reset(token)
+
+
+# FINSENT_* variables read outside the settings object (logging, the config file path itself).
+_OTHER_ENV = {"CONFIG", "LOG_LEVEL", "LOG_JSON"}
+
+
+def _unknown_env() -> list[str]:
+    """FINSENT_* variables that match no setting: a typo must not be silently ignored."""
+    bad = []
+    for key in os.environ:
+        if not key.startswith(ENV_PREFIX) or key[len(ENV_PREFIX):] in _OTHER_ENV:
+            continue
+        model: type[BaseModel] | None = Settings
+        for part in key[len(ENV_PREFIX):].lower().split("__"):
+            field = model.model_fields.get(part) if model else None
+            if field is None:
+                bad.append(key)
+                break
+            ann = field.annotation
+            model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return bad
 
 
 def _config_path() -> str | None:

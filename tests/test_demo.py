@@ -1,0 +1,104 @@
+"""``finsent demo`` as a user runs it: real processes, real ports, clean stop, no orphans."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from finsent.procs import free_port, port_open
+
+
+def _start_demo(tmp_path: Path) -> tuple[subprocess.Popen, dict, Path]:
+    state = tmp_path / "state"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")},
+        "FINSENT_PATHS__STATE_DIR": str(state),
+        "FINSENT_BROKER__PORT": str(free_port()),
+        "FINSENT_SERVICES__PROMETHEUS_PORT": str(free_port()),
+        "FINSENT_SERVICES__ALERTMANAGER_PORT": str(free_port()),
+    }
+    log = (tmp_path / "demo.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "finsent.cli", "demo"], env=env, stdout=log, stderr=log)
+    info_path = state / "demo.json"
+    deadline = time.monotonic() + 60
+    while not info_path.exists():
+        assert proc.poll() is None, (tmp_path / "demo.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "demo did not come up in 60 s"
+        time.sleep(0.1)
+    return proc, json.loads(info_path.read_text()), tmp_path / "demo.log"
+
+
+def _assert_all_gone(pids: list[int], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        time.sleep(0.1)
+    assert not alive, f"processes left behind: {alive}"
+
+
+def test_demo_serves_every_url_then_stops_on_sigterm_without_orphans(tmp_path):
+    proc, info, log = _start_demo(tmp_path)
+    try:
+        assert set(info["children"]) == {"broker", "prometheus", "alertmanager"}
+        host, port = info["urls"]["kafka"].split(":")
+        assert port_open(host, int(port))
+        for name in ("prometheus", "alertmanager"):
+            assert info["urls"][name].startswith("http://127.0.0.1:")
+            assert httpx.get(info["urls"][name] + "/-/ready", timeout=5).status_code == 200
+        # Prometheus is wired to this Alertmanager.
+        ams = httpx.get(info["urls"]["prometheus"] + "/api/v1/alertmanagers", timeout=5).json()
+        deadline = time.monotonic() + 20
+        while not ams["data"]["activeAlertmanagers"] and time.monotonic() < deadline:
+            time.sleep(0.5)
+            ams = httpx.get(info["urls"]["prometheus"] + "/api/v1/alertmanagers", timeout=5).json()
+        assert info["urls"]["alertmanager"] in ams["data"]["activeAlertmanagers"][0]["url"]
+        children = list(info["children"].values())
+        assert all(psutil.pid_exists(p) for p in children)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+    assert rc == 0, log.read_text()[-2000:]
+    _assert_all_gone(children)
+    assert '"msg": "stopping"' in log.read_text()
+
+
+def test_demo_ctrl_c_stops_cleanly(tmp_path):
+    proc, info, log = _start_demo(tmp_path)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 0, log.read_text()[-2000:]
+    _assert_all_gone(list(info["children"].values()))
+
+
+def test_killed_demo_takes_its_children_with_it(tmp_path):
+    """Even SIGKILL (no cleanup code runs) leaves no broker or Prometheus behind: parent-death signal."""
+    proc, info, _ = _start_demo(tmp_path)
+    proc.kill()
+    proc.wait(timeout=10)
+    _assert_all_gone(list(info["children"].values()))
+
+
+def test_occupied_port_is_a_clear_error(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        env = {**os.environ, "FINSENT_PATHS__STATE_DIR": str(tmp_path), "FINSENT_BROKER__PORT": str(port)}
+        proc = subprocess.run([sys.executable, "-m", "finsent.cli", "demo"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert f"127.0.0.1:{port} is already in use" in proc.stderr
+
+
+@pytest.mark.parametrize("command", [[], ["broker"], ["demo"], ["train"]])
+def test_every_command_has_help(command):
+    proc = subprocess.run([sys.executable, "-m", "finsent.cli", *command, "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "Usage" in proc.stdout

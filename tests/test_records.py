@@ -1,0 +1,144 @@
+import json
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from finsent.labels import SENTIMENT_LABELS, TOPIC_LABELS
+from finsent.records import (
+    DeadLetter,
+    Evidence,
+    Feedback,
+    NewsItem,
+    RecordError,
+    ScoredItem,
+    SurgeAlert,
+    UnsupportedSchemaVersion,
+    WindowStat,
+)
+
+T0 = datetime(2024, 3, 1, 14, 30, tzinfo=UTC)
+
+
+def news(**kw) -> NewsItem:
+    base = dict(id="n1", title="Fed hikes rates", source="test", published=T0, fetched=T0 + timedelta(seconds=5))
+    return NewsItem(**{**base, **kw})
+
+
+def scored() -> ScoredItem:
+    return ScoredItem(
+        item=news(tickers=("AAPL",)),
+        topic="Fed | Central Banks",
+        topic_probs={"Fed | Central Banks": 0.9, "Macro": 0.1},
+        sentiment="negative",
+        sentiment_probs={"negative": 0.7, "neutral": 0.2, "positive": 0.1},
+        model="finsent-minilm@1",
+        scored_at=T0 + timedelta(seconds=6),
+        latency_s=6.0,
+    )
+
+
+def alert() -> SurgeAlert:
+    ev = Evidence(item_id="n1", title="Fed hikes rates", source="test", published=T0, p_negative=0.7)
+    return SurgeAlert(
+        alert_id="a1", key="topic:Macro", state="firing", severity="warning", window_start=T0,
+        window_end=T0 + timedelta(minutes=5), count=20, negative=15, negative_share=0.75, zscore=4.2,
+        baseline_mean=0.2, baseline_std=0.1, raised_at=T0 + timedelta(minutes=5), evidence=(ev,),
+    )
+
+
+ALL = [
+    news(),
+    scored(),
+    WindowStat(key="all", start=T0, end=T0 + timedelta(minutes=5), count=3, negative=1, neutral=1, positive=1, mean_score=0.0),
+    alert(),
+    Feedback(item_id="n1", text="Fed hikes rates", sentiment="negative", who="ana", at=T0),
+    DeadLetter.of(topic="finsent.news.raw", partition=2, offset=7, key=b"k", value=b"\xff\x00bad", error="boom"),
+]
+
+
+@pytest.mark.parametrize("record", ALL, ids=lambda r: type(r).__name__)
+def test_round_trip_is_lossless_and_compact(record):
+    raw = record.to_json()
+    assert b" " not in raw.replace(b"Fed hikes rates", b"").replace(b"Fed | Central Banks", b"")
+    assert type(record).from_json(raw) == record
+    assert json.loads(raw)["v"] == 1
+
+
+def test_datetimes_are_normalised_to_utc():
+    item = news(published=datetime(2024, 3, 1, 16, 30, tzinfo=timezone(timedelta(hours=2))))
+    assert item.published == T0 and item.published.tzinfo == UTC
+    assert b'"published":"2024-03-01T14:30:00Z"' in item.to_json()
+
+
+def test_naive_datetime_rejected():
+    doc = json.loads(news().to_json())
+    doc["published"] = "2024-03-01T14:30:00"
+    with pytest.raises(RecordError, match="published"):
+        NewsItem.from_json(json.dumps(doc))
+
+
+def test_newer_schema_version_rejected_clearly():
+    doc = json.loads(scored().to_json())
+    doc["v"] = 2
+    with pytest.raises(UnsupportedSchemaVersion, match="schema version 2 is newer"):
+        ScoredItem.from_json(json.dumps(doc))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda d: d.update(extra=1), "extra"),
+        (lambda d: d.update(title=""), "title"),
+        (lambda d: d.update(published_inferred="yes"), "published_inferred"),
+        (lambda d: d.pop("source"), "source"),
+        (lambda d: d.update(v=0), "v"),
+    ],
+)
+def test_bad_news_items_rejected_naming_the_field(mutate, field):
+    doc = json.loads(news().to_json())
+    mutate(doc)
+    with pytest.raises(RecordError, match=field):
+        NewsItem.from_json(json.dumps(doc))
+
+
+def test_garbage_bytes_rejected():
+    with pytest.raises(RecordError, match="Invalid JSON"):
+        NewsItem.from_json(b"\xff\xfe not json")
+
+
+def test_scored_item_rejects_unknown_labels():
+    doc = json.loads(scored().to_json())
+    doc["topic"] = "Sports"
+    with pytest.raises(RecordError, match="unknown topic"):
+        ScoredItem.from_json(json.dumps(doc))
+    doc = json.loads(scored().to_json())
+    doc["sentiment_probs"] = {"bad": 1.0}
+    with pytest.raises(RecordError, match="sentiment_probs"):
+        ScoredItem.from_json(json.dumps(doc))
+
+
+def test_scored_item_score_and_labels():
+    s = scored()
+    assert s.score == pytest.approx(-0.6)
+    assert len(TOPIC_LABELS) == 20 and SENTIMENT_LABELS == ("negative", "neutral", "positive")
+
+
+def test_window_stat_counts_must_add_up():
+    with pytest.raises(ValueError, match="must equal count"):
+        WindowStat(key="all", start=T0, end=T0 + timedelta(minutes=1), count=3, negative=1, neutral=1, positive=0, mean_score=0)
+    w = WindowStat(key="all", start=T0, end=T0 + timedelta(minutes=1), count=4, negative=3, neutral=1, positive=0, mean_score=-0.5)
+    assert w.negative_share == 0.75
+
+
+def test_feedback_must_correct_something():
+    with pytest.raises(ValueError, match="must correct"):
+        Feedback(item_id="n1", text="x", who="ana", at=T0)
+
+
+def test_dead_letter_keeps_original_bytes():
+    dl = DeadLetter.from_json(ALL[-1].to_json())
+    assert dl.value == b"\xff\x00bad" and dl.offset == 7
+
+
+def test_tickers_upper_cased_and_deduplicated():
+    assert news(tickers=["aapl", "AAPL", "msft"]).tickers == ("AAPL", "MSFT")
