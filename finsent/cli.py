@@ -96,5 +96,63 @@ def train(
         typer.echo(str(out))
 
 
+ModelDirOption = Annotated[
+    Optional[Path], typer.Option("--model", "-m", help="Model directory; default: the settings' model (newest version).")
+]
+
+
+def _model_dir(settings: Settings, model: Path | None) -> Path:
+    from finsent.model import artifact
+
+    if model is not None:
+        return model
+    try:
+        return artifact.resolve(settings.paths.models_dir, settings.model.name, settings.model.version)
+    except artifact.ModelError:
+        return artifact.default_model_dir()
+
+
+@app.command("eval")
+def evaluate(
+    model: ModelDirOption = None,
+    out: Annotated[Optional[Path], typer.Option(help="Report directory; default: reports/<name>@<version>.")] = None,
+    backend: Annotated[str, typer.Option(help="auto, torch, torch-int8, onnx, onnx-int8.")] = "torch",
+    limit: Annotated[int, typer.Option(help="Evaluate only the first N examples of each set (0 = all).")] = 0,
+    config: ConfigOption = None,
+) -> None:
+    """Evaluation report (Markdown + PNG): per-class scores, confusion, calibration, worst errors, published results."""
+    from finsent.model import Classifier
+    from finsent.model.report import run
+
+    settings = _settings(config)
+    clf = Classifier.load(_model_dir(settings, model), backend=backend, device=settings.model.device)
+    out = out or Path("reports") / clf.version
+    summary = run(clf, settings.paths.data_dir, out, limit)
+    for name, row in summary.items():
+        typer.echo(f"{name:<28} n={row['n']:<5} accuracy={row['accuracy']:.3f} macro_f1={row['macro_f1']:.3f} ece={row['ece_calibrated']:.3f}")
+    typer.echo(f"report: {out / 'report.md'}")
+
+
+@app.command()
+def export(
+    model: ModelDirOption = None,
+    limit: Annotated[int, typer.Option(help="Parity-check on the first N texts of each validation set (0 = all).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Batch size for the speed measurement.")] = 32,
+    config: ConfigOption = None,
+) -> None:
+    """Export ONNX fp32 + int8, check parity with torch fp32, and record the CPU backend that wins."""
+    from finsent.model.export import run
+
+    settings = _settings(config)
+    report = run(_model_dir(settings, model), settings.paths.data_dir, limit, batch_size)
+    typer.echo(f"{'backend':<11} {'topic acc':>9} {'sent acc':>9} {'agree':>6} {'texts/s':>8} {'speed-up':>8}  accepted")
+    for name, r in report["backends"].items():
+        typer.echo(
+            f"{name:<11} {r['topic_accuracy']:>9.4f} {r['sentiment_accuracy']:>9.4f} {r['agreement_with_fp32']:>6.3f} "
+            f"{r['texts_per_s']:>8.1f} {r['speedup_vs_fp32']:>7.2f}x  {r['accepted']}"
+        )
+    typer.echo(f"recommended CPU backend: {report['recommended']}")
+
+
 if __name__ == "__main__":
     app()

@@ -116,3 +116,34 @@ def from_base(base: str, dropout: float = 0.1) -> tuple[MultiTaskModel, PreTrain
     model = MultiTaskModel(encoder.config, len(TOPIC_LABELS), len(SENTIMENT_LABELS), dropout)
     model.encoder = encoder
     return model, AutoTokenizer.from_pretrained(path)
+
+
+# ----------------------------------------------------------------------------- the registry on disk
+
+REPO_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+DEFAULT_NAME = "finsent-minilm"
+
+
+def versions(models_dir: Path, name: str) -> list[str]:
+    """Versions of ``name`` side by side under ``models_dir``, oldest first (versions sort by time)."""
+    root = models_dir / name
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "meta.json").exists())
+
+
+def resolve(models_dir: Path, name: str, version: str = "") -> Path:
+    """The directory of ``name@version``; empty version = the newest one."""
+    found = versions(models_dir, name)
+    if not found:
+        raise ModelError(f"no versions of model {name!r} under {models_dir}")
+    if not version:
+        return models_dir / name / found[-1]
+    if version not in found:
+        raise ModelError(f"model {name}@{version} not found under {models_dir}; have {found}")
+    return models_dir / name / version
+
+
+def default_model_dir() -> Path:
+    """The model shipped in the repository (newest version)."""
+    return resolve(REPO_MODELS_DIR, DEFAULT_NAME)

@@ -42,4 +42,6 @@ def tiny_config(vocab_size: int) -> BertConfig:
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=128,
+        hidden_dropout_prob=0.0,  # deterministic: DDP-vs-single and resume tests compare weights
+        attention_probs_dropout_prob=0.0,
     )

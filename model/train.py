@@ -65,6 +65,7 @@ class TrainConfig:
     limit_train: int = 0  # >0: use only the first N training examples (tests, smoke runs)
     limit_dev: int = 0
     checkpoint_every: int = 200  # steps; a stopped run resumes from the last one
+    max_steps: int = 0  # >0: checkpoint and stop after this many steps in total (time-boxed runs); rerun to resume
     eval_batch_size: int = 128
     device: str = "auto"
     amp: str = "auto"  # auto: bf16 on CUDA when supported, fp16 otherwise; none on CPU
@@ -198,6 +199,17 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(rng: dict) -> None:
+    """Restore the dropout/shuffle RNGs so a resumed run draws what the uninterrupted run would have."""
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
 
 
 def _param_groups(model: MultiTaskModel, cfg: TrainConfig) -> list[dict]:
@@ -346,6 +358,7 @@ def train(
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = saved["state"]
+        _set_rng_state(saved["rng"])
         log.info("resumed", extra={"checkpoint": str(ckpt_path), **{k: state[k] for k in ("epoch", "step_in_epoch")}})
     if ddp.main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -374,6 +387,7 @@ def train(
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "state": state,
+                    "rng": _rng_state(),
                 },
                 tmp,
             )
@@ -409,7 +423,7 @@ def train(
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            running = 0.98 * running + 0.02 * loss.item() if i else loss.item()
+            running = 0.98 * running + 0.02 * loss.item() if running else loss.item()
             state["step_in_epoch"] = i + 1
             state["global_step"] += 1
             bar.update(1)
@@ -417,6 +431,12 @@ def train(
             if cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
                 save_checkpoint()
                 log.info("checkpoint", extra={"epoch": epoch + 1, "step": i + 1, "of": len(batches), "loss": round(running, 4)})
+            if cfg.max_steps and state["global_step"] >= cfg.max_steps:
+                save_checkpoint()
+                bar.close()
+                log.info("paused", extra={"global_step": state["global_step"], "checkpoint": str(ckpt_path)})
+                tracker.end()
+                return None
         bar.close()
         minutes = (time.monotonic() - started) / 60
         result = evaluate(model, dev_data, pad_id, device, cfg.eval_batch_size)

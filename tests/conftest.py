@@ -78,3 +78,70 @@ def prometheus(services_settings: Settings, alertmanager: str) -> Iterator[str]:
     child.start(ready_check(url), timeout=30)
     yield url
     child.stop()
+
+
+# ----------------------------------------------------------------------------- tiny model (plumbing only)
+
+TINY_TOPIC_WORDS = ["earnings", "oil", "fed", "merger"]
+TINY_SENT_WORDS = ["plunge", "steady", "soar"]
+
+
+def tiny_examples(n: int, seed: int = 0):
+    """Synthetic headlines whose labels follow from a keyword, so even a tiny model can learn them."""
+    import random
+
+    from finsent.model.data import Example
+
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        if i % 2:
+            t = rng.randrange(len(TINY_TOPIC_WORDS))
+            out.append(Example(f"company {rng.randint(1, 99)} {TINY_TOPIC_WORDS[t]} news today", topic=t))
+        else:
+            s = rng.randrange(len(TINY_SENT_WORDS))
+            out.append(Example(f"shares {TINY_SENT_WORDS[s]} after report {rng.randint(1, 99)}", sentiment=s))
+    return out
+
+
+def write_tiny_data(root: Path, n_train: int = 96, n_valid: int = 48) -> Path:
+    """The ../shared/data layout (twitter-topic, twitter-sentiment CSVs) filled with tiny synthetic data."""
+    import csv
+
+    sent_to_twitter = {0: 0, 1: 2, 2: 1}  # negative->Bearish(0), neutral->Neutral(2), positive->Bullish(1)
+    for split, n, seed in (("train", n_train, 1), ("valid", n_valid, 2)):
+        rows = tiny_examples(n, seed)
+        for folder, pick in (("twitter-topic", lambda e: e.topic), ("twitter-sentiment", lambda e: sent_to_twitter.get(e.sentiment))):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            with (root / folder / f"{split}.csv").open("w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(["text", "label"])
+                for e in rows:
+                    label = pick(e)
+                    if label is not None and label >= 0:
+                        w.writerow([e.text, label])
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight 2-layer BERT saved as a finsent model directory (real tokenizer of the base)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from finsent.labels import SENTIMENT_LABELS, TOPIC_LABELS
+    from finsent.model import artifact
+    from finsent.model.network import MultiTaskModel, tiny_config
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(artifact.base_path("all-MiniLM-L6-v2"))
+    model = MultiTaskModel(tiny_config(tokenizer.vocab_size), len(TOPIC_LABELS), len(SENTIMENT_LABELS), dropout=0.0)
+    directory = tmp_path_factory.mktemp("models") / "tiny" / "v1"
+    artifact.save(directory, model, tokenizer, artifact.ModelMeta(name="tiny", version="v1", base="tiny-random", max_length=32),
+                  dtype=torch.float32)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_data(tmp_path_factory.mktemp("data"))

@@ -1,0 +1,149 @@
+"""The inference API: ``Classifier.load(path).predict(texts) -> [Prediction]``.
+
+One instance per process; the stream worker calls ``predict`` off its event loop. Texts are
+prepared exactly as in training, sorted by token length into batches (less padding), run through
+the chosen backend, and returned in the caller's order with temperature-calibrated probabilities.
+
+Inputs that cannot be classified never fail the batch. They come back flagged, with *uniform*
+probabilities (the model has no opinion) and the labels ``neutral`` / ``General News | Opinion``
+so downstream code always sees a valid record:
+
+=============  ====================================================
+``flag``       when
+=============  ====================================================
+``not_text``   the input is not a ``str`` (None, bytes, numbers, …)
+``empty``      nothing is left after HTML unescaping, URL removal and whitespace collapsing
+=============  ====================================================
+
+Windows and surge detection skip flagged items. Very long inputs (e.g. 1 MB) are cut to a few
+thousand characters before tokenising and truncated to ``max_length`` tokens; they are not flagged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from finsent.model import artifact
+from finsent.model.backends import Backend, make_backend
+from finsent.model.batching import pad, sorted_batches
+from finsent.model.metrics import softmax
+from finsent.model.text import prepare
+
+log = logging.getLogger("finsent.model.classifier")
+
+FALLBACK_TOPIC = "General News | Opinion"
+FALLBACK_SENTIMENT = "neutral"
+_CHAR_CAP_PER_TOKEN = 24  # characters kept per allowed token before tokenising huge inputs
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    topic: str
+    topic_probs: dict[str, float]
+    sentiment: str
+    sentiment_probs: dict[str, float]
+    model: str  # "name@version"
+    flag: str | None = None
+
+    @property
+    def score(self) -> float:
+        """p(positive) - p(negative), in [-1, 1]."""
+        return self.sentiment_probs["positive"] - self.sentiment_probs["negative"]
+
+
+class Classifier:
+    def __init__(self, directory: Path, backend: Backend, meta: artifact.ModelMeta, tokenizer, batch_size: int = 32):
+        self.directory = directory
+        self.backend = backend
+        self.meta = meta
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+
+    @property
+    def version(self) -> str:
+        return self.meta.full_name
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path | None = None,
+        *,
+        backend: str = "auto",
+        device: str = "auto",
+        batch_size: int = 32,
+    ) -> Classifier:
+        """Load a model directory; ``None`` = the newest shipped model in the repository's ``models/``."""
+        directory = Path(path) if path is not None else artifact.default_model_dir()
+        model, tokenizer, meta = artifact.load(directory)
+        chosen = make_backend(backend, model, directory, device)
+        log.info("classifier loaded", extra={"model": meta.full_name, "backend": chosen.name, "path": str(directory)})
+        return cls(directory, chosen, meta, tokenizer, batch_size)
+
+    def predict(self, texts: Sequence[object]) -> list[Prediction]:
+        results: list[Prediction | None] = [None] * len(texts)
+        good_idx: list[int] = []
+        good_texts: list[str] = []
+        cap = self.meta.max_length * _CHAR_CAP_PER_TOKEN
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                results[i] = self._fallback("not_text")
+                continue
+            prepared = prepare(text[: cap * 4])[:cap]
+            if not prepared:
+                results[i] = self._fallback("empty")
+                continue
+            good_idx.append(i)
+            good_texts.append(prepared)
+        if good_texts:
+            topic_logits, sent_logits = self.logits(good_texts)
+            topic_p = softmax(topic_logits, self.meta.temperature_topic)
+            sent_p = softmax(sent_logits, self.meta.temperature_sentiment)
+            for row, i in enumerate(good_idx):
+                results[i] = self._prediction(topic_p[row], sent_p[row])
+        return results  # type: ignore[return-value]
+
+    def logits(self, prepared: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Uncalibrated logits for already-prepared, non-empty texts, in input order."""
+        ids = self.tokenizer(list(prepared), truncation=True, max_length=self.meta.max_length)["input_ids"]
+        pad_id = self.tokenizer.pad_token_id or 0
+        topic = np.zeros((len(ids), len(self.meta.topic_labels)), dtype=np.float32)
+        sent = np.zeros((len(ids), len(self.meta.sentiment_labels)), dtype=np.float32)
+        for batch in sorted_batches([len(x) for x in ids], self.batch_size):
+            input_ids, mask = pad([ids[j] for j in batch], pad_id)
+            topic[batch], sent[batch] = self.backend(input_ids, mask)
+        return topic, sent
+
+    def _prediction(self, topic_p: np.ndarray, sent_p: np.ndarray) -> Prediction:
+        topics, sents = self.meta.topic_labels, self.meta.sentiment_labels
+        return Prediction(
+            topic=topics[int(topic_p.argmax())],
+            topic_probs={label: float(p) for label, p in zip(topics, topic_p)},
+            sentiment=sents[int(sent_p.argmax())],
+            sentiment_probs={label: float(p) for label, p in zip(sents, sent_p)},
+            model=self.version,
+        )
+
+    def _fallback(self, flag: str) -> Prediction:
+        topics, sents = self.meta.topic_labels, self.meta.sentiment_labels
+        return Prediction(
+            topic=FALLBACK_TOPIC,
+            topic_probs={label: 1.0 / len(topics) for label in topics},
+            sentiment=FALLBACK_SENTIMENT,
+            sentiment_probs={label: 1.0 / len(sents) for label in sents},
+            model=self.version,
+            flag=flag,
+        )
+
+    def throughput(self, texts: Sequence[str], repeat: int = 1) -> float:
+        """Texts per second for ``predict`` on these texts (used by benchmarks and export)."""
+        self.predict(texts[: self.batch_size])  # warm-up
+        started = time.perf_counter()
+        for _ in range(repeat):
+            self.predict(texts)
+        return len(texts) * repeat / (time.perf_counter() - started)

@@ -1,0 +1,178 @@
+"""Model plumbing on a tiny random-weight BERT: batching, inference API, training loop, resume, export.
+
+Accuracy is *not* tested here (random weights); the shipped model's accuracy has its own test.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_examples
+from finsent.model import Classifier, artifact
+from finsent.model.batching import bucketed_batches, pad, sorted_batches
+from finsent.model.data import IGNORE, _in_dev, load_twitter
+from finsent.model.metrics import expected_calibration_error, fit_temperature, softmax
+from finsent.model.text import prepare
+from finsent.model.train import TrainConfig, train
+
+
+def test_prepare_drops_urls_and_entities():
+    assert prepare("Apple &amp; Google  rally https://t.co/AbC123 \n today") == "Apple & Google rally today"
+    assert prepare("   https://t.co/x   ") == ""
+
+
+def test_bucketed_batches_are_a_deterministic_partition():
+    lengths = [(i * 37) % 50 + 1 for i in range(1000)]
+    a = bucketed_batches(lengths, 32, seed=1, epoch=0)
+    assert a == bucketed_batches(lengths, 32, seed=1, epoch=0)
+    assert a != bucketed_batches(lengths, 32, seed=1, epoch=1)
+    flat = sorted(i for b in a for i in b)
+    assert flat == list(range(1000))
+    # Bucketing pays: padded tokens are far fewer than with random batches.
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in a)
+    assert padded < 0.8 * 1000 * 50
+
+
+def test_sorted_batches_and_pad():
+    batches = sorted_batches([5, 1, 3], 2)
+    assert batches == [[1, 2], [0]]
+    ids, mask = pad([[7, 8, 9], [5]], pad_id=0)
+    assert ids.tolist() == [[7, 8, 9], [5, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_dev_split_is_stable_and_disjoint(tiny_data_dir):
+    s1, s2 = load_twitter(tiny_data_dir), load_twitter(tiny_data_dir)
+    assert [e.text for e in s1.dev] == [e.text for e in s2.dev]
+    assert not {e.text for e in s1.dev} & {e.text for e in s1.train}
+    assert _in_dev("x", 1.0) and not _in_dev("x", 0.0)
+
+
+def test_temperature_scaling_improves_calibration_of_overconfident_logits():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 2000)
+    logits = rng.normal(0, 1, (2000, 3))
+    logits[np.arange(2000), labels] += 1.0
+    logits *= 4  # overconfident
+    t = fit_temperature(logits, labels)
+    assert t > 2
+    assert expected_calibration_error(softmax(logits, t), labels) < expected_calibration_error(softmax(logits), labels) / 2
+
+
+def test_classifier_handles_bad_inputs_without_failing_the_batch(tiny_model_dir):
+    clf = Classifier.load(tiny_model_dir)
+    texts = ["Oil prices plunge", "", "   \n ", None, 42, b"bytes", "x " * 500_000, "Fed holds rates https://t.co/q"]
+    preds = clf.predict(texts)
+    assert len(preds) == len(texts)
+    assert [p.flag for p in preds] == [None, "empty", "empty", "not_text", "not_text", "not_text", None, None]
+    for p in preds:
+        assert math.isclose(sum(p.topic_probs.values()), 1, abs_tol=1e-5)
+        assert math.isclose(sum(p.sentiment_probs.values()), 1, abs_tol=1e-5)
+        assert p.topic in p.topic_probs and p.sentiment in ("negative", "neutral", "positive")
+        assert p.model == "tiny@v1"
+    assert preds[1].sentiment_probs == {"negative": 1 / 3, "neutral": 1 / 3, "positive": 1 / 3}
+
+
+def test_batched_predictions_equal_one_by_one_and_keep_order(tiny_model_dir):
+    clf = Classifier.load(tiny_model_dir, batch_size=3)
+    texts = [f"headline number {i} " + "word " * (i % 7) for i in range(10)]
+    batched = clf.predict(texts)
+    single = [clf.predict([t])[0] for t in texts]
+    for a, b in zip(batched, single):
+        assert a.topic == b.topic and a.sentiment == b.sentiment
+        np.testing.assert_allclose(list(a.sentiment_probs.values()), list(b.sentiment_probs.values()), atol=1e-5)
+
+
+def test_unknown_backend_and_missing_export_are_clear_errors(tiny_model_dir):
+    with pytest.raises(ValueError, match="unknown backend"):
+        Classifier.load(tiny_model_dir, backend="tpu")
+    with pytest.raises(FileNotFoundError, match="finsent export"):
+        Classifier.load(tiny_model_dir, backend="onnx-int8")
+
+
+def test_model_registry_resolves_newest_and_named_versions(tmp_path, tiny_model_dir):
+    import shutil
+
+    for v in ("20240101T000000Z", "20250101T000000Z"):
+        shutil.copytree(tiny_model_dir, tmp_path / "tiny" / v)
+    assert artifact.resolve(tmp_path, "tiny").name == "20250101T000000Z"
+    assert artifact.resolve(tmp_path, "tiny", "20240101T000000Z").name == "20240101T000000Z"
+    with pytest.raises(artifact.ModelError, match="not found"):
+        artifact.resolve(tmp_path, "tiny", "nope")
+
+
+def _tiny_cfg(tmp_path: Path, tiny_model_dir: Path, **kw) -> TrainConfig:
+    base = dict(
+        name="tiny", version="t1", init_from=str(tiny_model_dir), out_dir=str(tmp_path / "models"),
+        run_dir=str(tmp_path / "runs"), epochs=3, batch_size=8, lr=3e-3, head_lr=3e-3, warmup_ratio=0.1,
+        max_length=32, dropout=0.0, patience=5, mlflow=False, checkpoint_every=0, seed=3,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_learns_calibrates_and_registers_a_version(tmp_path, tiny_model_dir):
+    train_set, dev_set = tiny_examples(160, seed=1), tiny_examples(60, seed=2)
+    out = train(_tiny_cfg(tmp_path, tiny_model_dir, epochs=4), examples=train_set, dev=dev_set, progress=False)
+    meta = artifact.load_meta(out)
+    history = meta.metrics["history"]
+    assert len(history) == 4
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert meta.metrics["dev"]["sentiment_accuracy"] > 0.6  # keyword task: random would be ~0.33
+    assert meta.temperature_topic > 0 and meta.temperature_sentiment > 0
+    assert meta.parent == "tiny@v1"
+    clf = Classifier.load(out)
+    assert clf.predict(["shares soar after report 5"])[0].model == "tiny@t1"
+    assert json.loads((out / "train_config.json").read_text())["epochs"] == 4
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, tiny_model_dir):
+    """A run stopped mid-epoch and restarted ends with the same weights as an uninterrupted run."""
+    train_set, dev_set = tiny_examples(64, seed=1), tiny_examples(16, seed=2)
+    full = train(_tiny_cfg(tmp_path / "a", tiny_model_dir, epochs=2), examples=train_set, dev=dev_set, progress=False)
+    paused = train(_tiny_cfg(tmp_path / "b", tiny_model_dir, epochs=2, max_steps=5), examples=train_set, dev=dev_set, progress=False)
+    assert paused is None and (tmp_path / "b" / "runs" / "tiny-t1" / "checkpoint.pt").exists()
+    resumed = train(_tiny_cfg(tmp_path / "b", tiny_model_dir, epochs=2), examples=train_set, dev=dev_set, progress=False)
+    a, b = artifact.load(full)[0].state_dict(), artifact.load(resumed)[0].state_dict()
+    assert len(artifact.load_meta(resumed).metrics["history"]) == 2
+    for key in a:  # optimizer, schedule, batch position and RNG state all restored: identical weights
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+
+
+def test_lora_trains_only_adapters_and_heads(tmp_path, tiny_model_dir):
+    train_set, dev_set = tiny_examples(48, seed=1), tiny_examples(16, seed=2)
+    out = train(_tiny_cfg(tmp_path, tiny_model_dir, epochs=1, lora=True, lora_r=4), examples=train_set, dev=dev_set, progress=False)
+    meta = artifact.load_meta(out)
+    assert meta.metrics["trainable_params"] < 0.5 * meta.metrics["total_params"]
+    model, _, _ = artifact.load(out)  # merged back into a plain BERT: loads like any other version
+    assert not any("lora" in k for k in model.state_dict())
+
+
+def test_onnx_export_matches_torch(tmp_path, tiny_model_dir, tiny_data_dir):
+    import shutil
+
+    from finsent.model.export import run
+
+    directory = tmp_path / "tiny" / "v1"
+    shutil.copytree(tiny_model_dir, directory)
+    report = run(directory, tiny_data_dir, limit=40, batch_size=8)
+    assert report["backends"]["onnx"]["agreement_with_fp32"] >= 0.99
+    assert report["recommended"] in report["backends"]
+    assert report["backends"][report["recommended"]]["accepted"]
+    onnx = Classifier.load(directory, backend="onnx")
+    torch_ = Classifier.load(directory, backend="torch")
+    texts = ["oil merger news", "shares plunge after report 3"]
+    for a, b in zip(onnx.predict(texts), torch_.predict(texts)):
+        np.testing.assert_allclose(list(a.topic_probs.values()), list(b.topic_probs.values()), atol=1e-4)
+    assert Classifier.load(directory, backend="auto").backend.name == report["recommended"]
+
+
+def test_examples_without_a_head_label_contribute_no_loss_for_it():
+    ce = torch.nn.CrossEntropyLoss(ignore_index=IGNORE, reduction="sum")
+    logits = torch.randn(3, 4, requires_grad=True)
+    loss = ce(logits, torch.tensor([IGNORE, IGNORE, IGNORE]))
+    loss.backward()
+    assert loss.item() == 0 and logits.grad.abs().sum() == 0
