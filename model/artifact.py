@@ -94,10 +94,11 @@ def load_meta(directory: Path) -> ModelMeta:
     return ModelMeta(**raw)
 
 
-def load(directory: Path) -> tuple[MultiTaskModel, PreTrainedTokenizerBase, ModelMeta]:
+def load(directory: Path, dropout: float = 0.1) -> tuple[MultiTaskModel, PreTrainedTokenizerBase, ModelMeta]:
+    """The network (in eval mode), its tokenizer and metadata. ``dropout`` is the head's, for further training."""
     meta = load_meta(directory)
     config = BertConfig.from_pretrained(directory)
-    model = MultiTaskModel(config, len(meta.topic_labels), len(meta.sentiment_labels))
+    model = MultiTaskModel(config, len(meta.topic_labels), len(meta.sentiment_labels), dropout)
     state = {k: v.float() for k, v in load_file(str(directory / "weights.safetensors")).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -55,6 +55,7 @@ class TrainConfig:
     lr: float = 1e-4
     head_lr: float = 1e-3
     weight_decay: float = 0.01
+    adam_eps: float = 1e-6  # BERT's value; 1e-8 turns ~zero gradients of rare embedding rows into full steps
     warmup_ratio: float = 0.06
     grad_clip: float = 1.0
     dropout: float = 0.1
@@ -312,7 +313,7 @@ def train(
     _seed_everything(cfg.seed)
 
     if cfg.init_from:
-        model, tokenizer, parent_meta = artifact.load(Path(cfg.init_from))
+        model, tokenizer, parent_meta = artifact.load(Path(cfg.init_from), cfg.dropout)
         base_name = parent_meta.base
     else:
         model, tokenizer = artifact.from_base(cfg.base, cfg.dropout)
@@ -338,7 +339,7 @@ def train(
     global_batch = cfg.batch_size * ddp.world
     steps_per_epoch = math.ceil(len(train_data.ids) / global_batch)
     total_steps = steps_per_epoch * cfg.epochs
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg))
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg), eps=cfg.adam_eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(total_steps, int(cfg.warmup_ratio * total_steps))
     )
@@ -457,6 +458,7 @@ def train(
 
     if ddp.world > 1:
         dist.barrier()
+        dist.destroy_process_group()
     if not ddp.main:
         return None
 
