@@ -71,31 +71,6 @@ def demo(config: ConfigOption = None) -> None:
     raise typer.Exit(demo_mod.run(_settings(config)))
 
 
-@app.command()
-def train(
-    run_config: Annotated[Path, typer.Option("--run-config", "-r", help="Training run TOML (see configs/).")] = Path(
-        "configs/train-minilm.toml"
-    ),
-    version: Annotated[str, typer.Option(help="Model version; default: UTC timestamp.")] = "",
-    epochs: Annotated[Optional[int], typer.Option(help="Override the run config's epochs.")] = None,
-    lora: Annotated[Optional[bool], typer.Option("--lora/--full", help="LoRA adapters instead of full fine-tuning.")] = None,
-    limit_train: Annotated[Optional[int], typer.Option(help="Use only the first N training examples.")] = None,
-    out_dir: Annotated[Optional[str], typer.Option(help="Where model versions are written.")] = None,
-    no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Skip experiment tracking.")] = False,
-) -> None:
-    """Fine-tune the topic + sentiment model (also under `torchrun --nproc_per_node N`)."""
-    from finsent.model.train import TrainConfig
-    from finsent.model.train import train as run_training
-
-    cfg = TrainConfig.from_toml(
-        run_config, version=version or None, epochs=epochs, lora=lora, limit_train=limit_train, out_dir=out_dir,
-        mlflow=False if no_mlflow else None,
-    )
-    out = run_training(cfg, progress=sys.stderr.isatty())
-    if out is not None:
-        typer.echo(str(out))
-
-
 ModelDirOption = Annotated[
     Optional[Path], typer.Option("--model", "-m", help="Model directory; default: the settings' model (newest version).")
 ]
@@ -110,6 +85,57 @@ def _model_dir(settings: Settings, model: Path | None) -> Path:
         return artifact.resolve(settings.paths.models_dir, settings.model.name, settings.model.version)
     except artifact.ModelError:
         return artifact.default_model_dir()
+
+
+@app.command()
+def train(
+    run_config: Annotated[Path, typer.Option("--run-config", "-r", help="Training run TOML (see configs/).")] = Path(
+        "configs/train-minilm.toml"
+    ),
+    version: Annotated[str, typer.Option(help="Model version; default: UTC timestamp.")] = "",
+    epochs: Annotated[Optional[int], typer.Option(help="Override the run config's epochs.")] = None,
+    lora: Annotated[Optional[bool], typer.Option("--lora/--full", help="LoRA adapters instead of full fine-tuning.")] = None,
+    limit_train: Annotated[Optional[int], typer.Option(help="Use only the first N training examples.")] = None,
+    out_dir: Annotated[Optional[str], typer.Option(help="Where model versions are written.")] = None,
+    no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Skip experiment tracking.")] = False,
+    feedback: Annotated[
+        Optional[Path], typer.Option(help="Fine-tune the served model on this feedback store (JSON lines) instead.")
+    ] = None,
+    model: ModelDirOption = None,
+    replay: Annotated[int, typer.Option(help="With --feedback: original training examples mixed in.")] = 2000,
+    max_drop: Annotated[float, typer.Option(help="With --feedback: allowed drop of dev macro-F1 before a version is refused.")] = 0.01,
+    config: ConfigOption = None,
+) -> None:
+    """Fine-tune the topic + sentiment model (also under `torchrun --nproc_per_node N`), or continue it from feedback."""
+    from finsent.model.train import TrainConfig
+    from finsent.model.train import train as run_training
+
+    cfg = TrainConfig.from_toml(
+        run_config, version=version or None, epochs=epochs, lora=lora, limit_train=limit_train, out_dir=out_dir,
+        mlflow=False if no_mlflow else None,
+    )
+    if feedback is None:
+        out = run_training(cfg, progress=sys.stderr.isatty())
+        if out is not None:
+            typer.echo(str(out))
+        return
+    from dataclasses import replace
+
+    from finsent.model.feedback import fine_tune
+
+    settings = _settings(config)
+    parent = _model_dir(settings, model)
+    if out_dir is None:
+        cfg = replace(cfg, out_dir=str(parent.parent.parent))  # register beside the parent
+    if epochs is None:
+        cfg = replace(cfg, epochs=1)
+    result = fine_tune(parent, feedback, cfg, replay=replay, max_drop=max_drop)
+    verdict = f"registered {result.registered_dir}" if result.registered else f"refused (kept in {result.candidate_dir})"
+    typer.echo(
+        f"dev selection: parent {result.parent_score:.4f}, candidate {result.candidate_score:.4f} "
+        f"(max drop {result.max_drop}); {verdict}"
+    )
+    raise typer.Exit(0 if result.registered else 3)
 
 
 @app.command("eval")

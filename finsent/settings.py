@@ -127,6 +127,7 @@ class Paths(_Group):
     state_dir: Path = Path(".state")
     archive_dir: Path = Path(".state/archive")
     models_dir: Path = Path("models")
+    feedback_store: Path = Path(".state/feedback/feedback.jsonl")
     data_dir: Path = Path("../shared/data")
 
 

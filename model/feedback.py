@@ -1,0 +1,126 @@
+"""Continual learning from analyst corrections, behind a no-regression gate.
+
+Analysts' corrections (``Feedback`` records, appended to a JSON-lines store by the API) are few and
+skewed towards the model's mistakes; training on them alone would make the model forget. So the
+fine-tune mixes them, repeated ``feedback_weight`` times, with a replay sample of the original
+training data, starts from the version in service, and is registered as a new version only if its
+dev macro-F1 has not dropped by more than ``max_drop`` against that version's (same dev slice).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from finsent.labels import SENTIMENT_INDEX, TOPIC_INDEX
+from finsent.model import artifact
+from finsent.model.data import Example, load_twitter
+from finsent.model.train import TrainConfig, encode, evaluate, pick_device, train
+from finsent.records import Feedback, RecordError
+
+log = logging.getLogger("finsent.model.feedback")
+
+
+def read_store(path: Path) -> tuple[list[Feedback], int]:
+    """Feedback records from a JSON-lines store; the last correction of an item wins. Returns (records, bad lines)."""
+    latest: dict[str, Feedback] = {}
+    bad = 0
+    if not path.exists():
+        raise FileNotFoundError(f"no feedback store at {path}")
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            fb = Feedback.from_json(line)
+        except RecordError as err:
+            bad += 1
+            log.warning("bad feedback line skipped", extra={"line": n, "error": str(err)})
+            continue
+        if fb.item_id not in latest or fb.at >= latest[fb.item_id].at:
+            latest[fb.item_id] = fb
+    return list(latest.values()), bad
+
+
+def append(path: Path, feedback: Feedback) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab") as fh:
+        fh.write(feedback.to_json() + b"\n")
+
+
+def to_examples(records: list[Feedback]) -> list[Example]:
+    return [
+        Example(
+            fb.text,
+            topic=TOPIC_INDEX[fb.topic] if fb.topic else -100,
+            sentiment=SENTIMENT_INDEX[fb.sentiment] if fb.sentiment else -100,
+        )
+        for fb in records
+    ]
+
+
+@dataclass
+class GateResult:
+    registered: bool
+    parent_score: float
+    candidate_score: float
+    max_drop: float
+    candidate_dir: Path
+    registered_dir: Path | None
+    feedback_examples: int
+    replay_examples: int
+
+
+def fine_tune(
+    parent_dir: Path,
+    store: Path,
+    cfg: TrainConfig,
+    replay: int = 2000,
+    feedback_weight: int = 4,
+    max_drop: float = 0.01,
+    dev: list[Example] | None = None,
+    replay_pool: list[Example] | None = None,
+) -> GateResult:
+    """Fine-tune ``parent_dir`` on feedback + replay; register under ``cfg.out_dir`` only if the gate passes."""
+    records, bad = read_store(store)
+    if not records:
+        raise ValueError(f"{store} holds no valid feedback ({bad} bad lines)")
+    feedback = to_examples(records)
+    if dev is None or replay_pool is None:
+        splits = load_twitter(Path(cfg.data_dir), cfg.dev_fraction)
+        dev = splits.dev if dev is None else dev
+        replay_pool = splits.train if replay_pool is None else replay_pool
+    rng = random.Random(cfg.seed)
+    replayed = rng.sample(replay_pool, min(replay, len(replay_pool)))
+    mixed = feedback * feedback_weight + replayed
+    rng.shuffle(mixed)
+
+    parent_model, tokenizer, parent_meta = artifact.load(parent_dir)
+    device = pick_device(cfg.device)
+    dev_data = encode(dev, tokenizer, parent_meta.max_length)
+    parent_score = evaluate(parent_model.to(device), dev_data, tokenizer.pad_token_id or 0, device, cfg.eval_batch_size)["selection"]
+
+    version = cfg.version or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    staging = Path(cfg.run_dir) / "feedback-candidates"
+    run_cfg = replace(cfg, version=version, init_from=str(parent_dir), name=parent_meta.name, out_dir=str(staging),
+                      max_length=parent_meta.max_length)
+    candidate_dir = train(run_cfg, examples=mixed, dev=dev, progress=False)
+    assert candidate_dir is not None
+    candidate_meta = artifact.load_meta(candidate_dir)
+    candidate_score = candidate_meta.metrics["dev"]["selection"]
+    passed = candidate_score >= parent_score - max_drop
+    registered = None
+    gate = {"parent": parent_meta.full_name, "parent_dev_selection": parent_score, "candidate_dev_selection": candidate_score,
+            "max_drop": max_drop, "passed": passed, "feedback_examples": len(feedback), "replay_examples": len(replayed),
+            "feedback_bad_lines": bad}
+    candidate_meta.metrics["feedback_gate"] = gate
+    (candidate_dir / "meta.json").write_text(json.dumps(asdict(candidate_meta), indent=2) + "\n")
+    if passed:
+        registered = Path(cfg.out_dir) / parent_meta.name / version
+        shutil.copytree(candidate_dir, registered)
+    log.info("feedback gate", extra={**gate, "registered": str(registered) if registered else None})
+    return GateResult(passed, parent_score, candidate_score, max_drop, candidate_dir, registered, len(feedback), len(replayed))
