@@ -144,6 +144,7 @@ def evaluate(
     out: Annotated[Optional[Path], typer.Option(help="Report directory; default: reports/<name>@<version>.")] = None,
     backend: Annotated[str, typer.Option(help="auto, torch, torch-int8, onnx, onnx-int8.")] = "torch",
     limit: Annotated[int, typer.Option(help="Evaluate only the first N examples of each set (0 = all).")] = 0,
+    mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Also log the report to MLflow (./mlruns.db).")] = True,
     config: ConfigOption = None,
 ) -> None:
     """Evaluation report (Markdown + PNG): per-class scores, confusion, calibration, worst errors, published results."""
@@ -157,6 +158,10 @@ def evaluate(
     for name, row in summary.items():
         typer.echo(f"{name:<28} n={row['n']:<5} accuracy={row['accuracy']:.3f} macro_f1={row['macro_f1']:.3f} ece={row['ece_calibrated']:.3f}")
     typer.echo(f"report: {out / 'report.md'}")
+    if mlflow:
+        from finsent.model.report import log_to_mlflow
+
+        typer.echo(f"mlflow run: {log_to_mlflow(clf, out, summary)}")
 
 
 @app.command()

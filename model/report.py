@@ -157,6 +157,19 @@ def run(clf: Classifier, data_dir: Path, out_dir: Path, limit: int = 0) -> dict:
     return summary
 
 
+def log_to_mlflow(clf: Classifier, out_dir: Path, summary: dict, uri: str = "") -> str:
+    """Record the report (metrics + Markdown + PNGs) as an MLflow run in the model's experiment."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri or f"sqlite:///{Path('mlruns.db').resolve()}")
+    mlflow.set_experiment(clf.meta.name)
+    with mlflow.start_run(run_name=f"eval-{clf.meta.version}") as run:
+        mlflow.set_tags({"model": clf.version, "kind": "evaluation", "backend": clf.backend.name})
+        mlflow.log_metrics({f"{name}.{k}": v for name, row in summary.items() for k, v in row.items() if isinstance(v, float)})
+        mlflow.log_artifacts(str(out_dir))
+        return run.info.run_id
+
+
 def _pct(x: float | None) -> str:
     return "—" if x is None else f"{x:.3f}"
 

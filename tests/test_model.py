@@ -176,3 +176,34 @@ def test_examples_without_a_head_label_contribute_no_loss_for_it():
     loss = ce(logits, torch.tensor([IGNORE, IGNORE, IGNORE]))
     loss.backward()
     assert loss.item() == 0 and logits.grad.abs().sum() == 0
+
+
+def test_eval_and_export_commands_write_their_reports(tmp_path, tiny_model_dir, tiny_data_dir):
+    import shutil
+    import subprocess
+    import sys
+
+    directory = tmp_path / "tiny" / "v1"
+    shutil.copytree(tiny_model_dir, directory)
+    env = {"FINSENT_PATHS__DATA_DIR": str(tiny_data_dir), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "finsent.cli", "eval", "--model", str(directory), "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "twitter-sentiment" in proc.stdout and "twitter-topic" in proc.stdout
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    runs = mlflow.search_runs(experiment_names=["tiny"])
+    assert list(runs["tags.kind"]) == ["evaluation"] and runs["metrics.twitter-topic.accuracy"].between(0, 1).all()
+    report = (out / "report.md").read_text()
+    assert "## Beside published results" in report and "finbert-tone" in report and "Most confident errors" in report
+    assert (out / "twitter-topic-confusion.png").stat().st_size > 1000
+    assert (out / "twitter-sentiment-reliability.png").stat().st_size > 1000
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["twitter-topic"]["accuracy"] <= 1 and "ece_calibrated" in metrics["twitter-sentiment"]
+    proc = subprocess.run([sys.executable, "-m", "finsent.cli", "export", "--model", str(directory), "--limit", "24"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "recommended CPU backend:" in proc.stdout
+    assert json.loads((directory / "export.json").read_text())["recommended"] in ("torch", "torch-int8", "onnx", "onnx-int8")
