@@ -1,0 +1,45 @@
+from datetime import UTC, datetime, timedelta
+
+from finsent.ingest.archive import Archive
+from finsent.records import NewsItem
+
+T0 = datetime(2024, 5, 2, 23, 50, tzinfo=UTC)
+
+
+def item(i, minutes, **kw):
+    at = T0 + timedelta(minutes=minutes)
+    return NewsItem(id=f"id{i:03d}", title=f"headline {i}", source="wire", published=at, fetched=at, **kw)
+
+
+def test_items_come_back_in_event_time_order_across_days_and_appends(tmp_path):
+    a = Archive(tmp_path)
+    a.append([item(3, 30), item(1, 0, tickers=("AAPL",), url="https://x.com/1")])
+    a.append([item(2, 5, summary="s"), item(0, -5)])
+    assert a.days() == [T0.date(), (T0 + timedelta(days=1)).date()]
+    got = list(a.read())
+    assert [x.id for x in got] == ["id000", "id001", "id002", "id003"]
+    assert got[1].tickers == ("AAPL",) and got[1].url == "https://x.com/1" and got[2].summary == "s"
+    assert got[1] == item(1, 0, tickers=("AAPL",), url="https://x.com/1")  # lossless
+
+
+def test_time_range_is_half_open(tmp_path):
+    a = Archive(tmp_path)
+    a.append([item(i, i * 10) for i in range(6)])
+    got = [x.id for x in a.read(T0 + timedelta(minutes=10), T0 + timedelta(minutes=30))]
+    assert got == ["id001", "id002"]
+
+
+def test_repeated_ids_read_once_and_compaction_merges_parts(tmp_path):
+    a = Archive(tmp_path)
+    a.append([item(1, 1)])
+    a.append([item(1, 1), item(2, 2)])
+    assert a.count() == 2
+    assert a.compact(T0.date()) == 2
+    assert len(list((tmp_path / f"day={T0.date()}").glob("part-*.parquet"))) == 1
+    assert [x.id for x in a.read()] == ["id001", "id002"]
+
+
+def test_no_partial_files_visible(tmp_path):
+    a = Archive(tmp_path)
+    a.append([item(1, 1)])
+    assert not list(tmp_path.rglob(".*.tmp"))
