@@ -73,13 +73,17 @@ class _Mark:
 class Deduper:
     """In-memory index over the last ``horizon`` of marked items (pure; no I/O)."""
 
-    def __init__(self, horizon: timedelta = timedelta(hours=48), threshold: float = 0.7, bands: int = 8):
+    def __init__(self, horizon: timedelta = timedelta(hours=48), threshold: float = 0.7, bands: int = 8,
+                 max_candidates: int = 64):
         if NUM_PERM % bands:
             raise ValueError(f"bands must divide {NUM_PERM}")
         self.horizon = horizon.total_seconds()
         self.threshold = threshold
         self.bands = bands
         self.rows = NUM_PERM // bands
+        # Newest candidates compared per band: bounds the cost when a (hostile) feed sends thousands of
+        # near-identical titles that all share a band; a duplicate is almost always a recent item.
+        self.max_candidates = max_candidates
         self._keys: dict[str, str] = {}
         self._bands: dict[tuple[int, bytes], list[_Mark]] = defaultdict(list)
         self._order: deque[_Mark] = deque()
@@ -110,7 +114,7 @@ class Deduper:
             return Verdict(False)
         sig = minhash(item.title)
         for band in self._band_keys(sig):
-            for mark in self._bands.get(band, ()):
+            for mark in reversed(self._bands.get(band, ())[-self.max_candidates :]):
                 if similarity(mark.sig, sig) >= self.threshold:
                     return Verdict(True, "near", mark.item_id)
         return Verdict(False)

@@ -1,0 +1,23 @@
+"""Ingest metrics (prometheus-client). One registry per process; tests pass their own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class IngestMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.fetches = Counter("finsent_feed_fetches_total", "Feed fetches by outcome", ["feed", "outcome"], registry=r)
+        self.errors = Counter("finsent_feed_errors_total", "Feed errors by kind", ["feed", "kind"], registry=r)
+        self.items = Counter("finsent_feed_items_total", "Feed entries by status (new, duplicate, invalid, dropped)", ["feed", "status"], registry=r)
+        self.duplicates = Counter("finsent_feed_duplicates_total", "Duplicates by feed and reason", ["feed", "reason"], registry=r)
+        self.last_success = Gauge("finsent_feed_last_success_timestamp_seconds", "Unix time of the last successful fetch", ["feed"], registry=r)
+        self.fetch_seconds = Histogram(
+            "finsent_feed_fetch_seconds", "Fetch latency", ["feed"], registry=r,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.published = Counter("finsent_ingest_published_total", "Items acknowledged by the sink", registry=r)
+        self.publish_errors = Counter("finsent_ingest_publish_errors_total", "Sink failures (items retried later)", registry=r)
+        self.pending = Gauge("finsent_ingest_pending_items", "Items accepted but not yet acknowledged by the sink", registry=r)

@@ -1,0 +1,222 @@
+"""The polling loop: fetch -> parse -> normalise -> dedup -> sink -> mark + archive.
+
+Each feed has its own schedule (interval with jitter; exponential backoff after errors; a server's
+Retry-After is honoured), fetches run concurrently with at most ``per_host`` at a time per host,
+and the accepting step runs under one lock so the same story arriving from two feeds in the same
+instant is still caught as a duplicate. Items are marked as seen and archived only once the sink
+acknowledged them; unacknowledged items wait in a bounded pending buffer and are retried first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+from finsent.ingest.archive import Archive
+from finsent.ingest.dedup import Deduper, DedupStore
+from finsent.ingest.feeds import FeedConfig
+from finsent.ingest.fetch import Fetcher, Validators
+from finsent.ingest.metrics import IngestMetrics
+from finsent.ingest.normalize import NormalizeError, normalize
+from finsent.ingest.parse import ParseError, parse
+from finsent.ingest.sinks import Sink
+from finsent.records import NewsItem
+
+log = logging.getLogger("finsent.ingest")
+
+
+@dataclass
+class PollSummary:
+    feed: str
+    outcome: str = "ok"  # ok | not_modified | error
+    error: str | None = None
+    detail: str = ""
+    entries: int = 0
+    new: int = 0
+    duplicate: int = 0
+    invalid: int = 0
+    published: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class FeedState:
+    validators: Validators = field(default_factory=Validators)
+    next_due: float = 0.0
+    failures: int = 0
+
+
+class Poller:
+    def __init__(
+        self,
+        feeds: list[FeedConfig],
+        fetcher: Fetcher,
+        dedup: DedupStore | Deduper,
+        sink: Sink,
+        archive: Archive | None = None,
+        metrics: IngestMetrics | None = None,
+        per_host: int = 2,
+        max_pending: int = 50_000,
+        jitter: float = 0.1,
+        backoff_max_s: float = 3600.0,
+        rng: random.Random | None = None,
+    ):
+        self.feeds = feeds
+        self.fetcher = fetcher
+        self.dedup = dedup
+        self.sink = sink
+        self.archive = archive
+        self.metrics = metrics or IngestMetrics()
+        self.max_pending = max_pending
+        self.jitter = jitter
+        self.backoff_max_s = backoff_max_s
+        self.rng = rng or random.Random()
+        self.state = {f.name: FeedState() for f in feeds}
+        self.pending: list[NewsItem] = []
+        self._lock = asyncio.Lock()
+        self._hosts: dict[str, asyncio.Semaphore] = defaultdict(lambda: asyncio.Semaphore(per_host))
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _delay_after(self, feed: FeedConfig, summary: PollSummary, retry_after: float | None) -> float:
+        st = self.state[feed.name]
+        if summary.outcome == "error":
+            st.failures += 1
+            delay = min(feed.interval * 2 ** min(st.failures, 16), self.backoff_max_s)
+            if retry_after is not None:
+                delay = max(delay, retry_after)
+            return delay
+        st.failures = 0
+        return feed.interval * (1 + self.rng.uniform(-self.jitter, self.jitter))
+
+    # ------------------------------------------------------------------ one feed
+
+    async def poll(self, feed: FeedConfig) -> PollSummary:
+        summary = PollSummary(feed.name)
+        st = self.state[feed.name]
+        host = urlsplit(feed.url).hostname or ""
+        async with self._hosts[host]:
+            result = await self.fetcher.fetch(feed.url, st.validators)
+        summary.seconds = result.elapsed_s
+        self.metrics.fetch_seconds.labels(feed.name).observe(result.elapsed_s)
+        fetched = datetime.now(UTC)
+        if result.error:
+            return self._failed(feed, summary, result.error, result.detail, result.retry_after)
+        if result.not_modified:
+            summary.outcome = "not_modified"
+        else:
+            try:
+                parsed = parse(result.body, result.content_type)
+            except ParseError as err:
+                return self._failed(feed, summary, err.kind, err.detail, None)
+            st.validators = result.validators
+            if parsed.bozo:
+                log.info("feed not well-formed, entries read anyway", extra={"feed": feed.name, "bozo": parsed.bozo})
+            if parsed.dropped:
+                self.metrics.items.labels(feed.name, "dropped").inc(parsed.dropped)
+            summary.entries = len(parsed.entries)
+            items = await asyncio.to_thread(self._normalize_all, feed, parsed, fetched, summary)
+            self.metrics.items.labels(feed.name, "invalid").inc(summary.invalid)
+            await self._accept(feed, items, summary)
+        self.metrics.fetches.labels(feed.name, summary.outcome).inc()
+        self.metrics.last_success.labels(feed.name).set(time.time())
+        st.next_due = time.monotonic() + self._delay_after(feed, summary, None)
+        return summary
+
+    @staticmethod
+    def _normalize_all(feed: FeedConfig, parsed, fetched: datetime, summary: PollSummary) -> list[NewsItem]:
+        """CPU-bound (thousands of entries in a big feed): runs in a worker thread, off the event loop."""
+        items: list[NewsItem] = []
+        for entry in parsed.entries:
+            try:
+                items.append(normalize(entry, source=feed.name, fetched=fetched, feed_language=parsed.language,
+                                       default_tickers=feed.tickers, tags=feed.tags))
+            except (NormalizeError, ValueError) as err:
+                summary.invalid += 1
+                log.debug("entry skipped", extra={"feed": feed.name, "error": str(err)})
+        return items
+
+    def _failed(self, feed: FeedConfig, summary: PollSummary, kind: str, detail: str, retry_after: float | None) -> PollSummary:
+        summary.outcome, summary.error, summary.detail = "error", kind, detail
+        self.metrics.fetches.labels(feed.name, "error").inc()
+        self.metrics.errors.labels(feed.name, kind).inc()
+        delay = self._delay_after(feed, summary, retry_after)
+        self.state[feed.name].next_due = time.monotonic() + delay
+        log.warning("feed failed", extra={"feed": feed.name, "kind": kind, "detail": detail[:300], "retry_in_s": round(delay, 1)})
+        return summary
+
+    async def _accept(self, feed: FeedConfig, items: list[NewsItem], summary: PollSummary) -> None:
+        async with self._lock:
+            fresh = await asyncio.to_thread(self._select_fresh, feed, items, summary)
+            summary.new = len(fresh)
+            self.metrics.items.labels(feed.name, "new").inc(len(fresh))
+            self.metrics.items.labels(feed.name, "duplicate").inc(summary.duplicate)
+            room = self.max_pending - len(self.pending)
+            if len(fresh) > room:
+                log.error("pending buffer full: items left unmarked for the next poll",
+                          extra={"feed": feed.name, "deferred": len(fresh) - room})
+                fresh = fresh[: max(room, 0)]
+            summary.published = await self._flush(self.pending + fresh)
+
+    def _select_fresh(self, feed: FeedConfig, items: list[NewsItem], summary: PollSummary) -> list[NewsItem]:
+        """Items that are neither seen before nor repeated within this batch/pending. Caller holds the lock."""
+        batch = Deduper()  # duplicates within this very batch (and pending) are not in the store yet
+        for item in self.pending:
+            batch.mark(item)
+        fresh: list[NewsItem] = []
+        for item in items:
+            verdict = self.dedup.check(item)
+            if not verdict.duplicate:
+                verdict = batch.check(item)
+            if verdict.duplicate:
+                summary.duplicate += 1
+                self.metrics.duplicates.labels(feed.name, verdict.reason or "?").inc()
+                continue
+            batch.mark(item)
+            fresh.append(item)
+        return fresh
+
+    async def _flush(self, items: list[NewsItem]) -> int:
+        """Send; mark + archive what was acknowledged; keep the rest pending. Caller holds the lock."""
+        acked = await self.sink.send(items) if items else []
+        acked_ids = {i.id for i in acked}
+        for item in acked:
+            self.dedup.mark(item)
+        if acked and self.archive is not None:
+            self.archive.append(acked)
+        self.pending = [i for i in items if i.id not in acked_ids]
+        self.metrics.published.inc(len(acked))
+        if self.pending:
+            self.metrics.publish_errors.inc(len(self.pending))
+        self.metrics.pending.set(len(self.pending))
+        return len(acked)
+
+    # ------------------------------------------------------------------ all feeds
+
+    async def run_once(self) -> list[PollSummary]:
+        return list(await asyncio.gather(*(self.poll(f) for f in self.feeds)))
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        tasks: dict[str, asyncio.Task] = {}
+        while not stop.is_set():
+            now = time.monotonic()
+            for feed in self.feeds:
+                task = tasks.get(feed.name)
+                if (task is None or task.done()) and self.state[feed.name].next_due <= now:
+                    tasks[feed.name] = asyncio.create_task(self.poll(feed), name=f"poll-{feed.name}")
+            if self.pending:
+                async with self._lock:
+                    await self._flush(self.pending)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+            except TimeoutError:
+                pass
+        for task in tasks.values():
+            task.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)

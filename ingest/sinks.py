@@ -1,0 +1,101 @@
+"""Where accepted items go: Kafka (``finsent.news.raw``) or a JSON-lines file (``--output``).
+
+A sink returns the items it has *durably* accepted (broker ack with acks=all, or file written and
+fsynced). The poller marks only those as seen and archives only those, so an outage delays items
+but never loses or skips them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+from typing import Protocol
+
+from finsent.records import NewsItem
+
+log = logging.getLogger("finsent.ingest.sinks")
+
+
+class Sink(Protocol):
+    async def send(self, items: list[NewsItem]) -> list[NewsItem]: ...
+
+    async def close(self) -> None: ...
+
+
+class JsonlSink:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = path.open("ab")
+
+    async def send(self, items: list[NewsItem]) -> list[NewsItem]:
+        if items:
+            self.fh.write(b"".join(item.to_json() + b"\n" for item in items))
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+        return items
+
+    async def close(self) -> None:
+        self.fh.close()
+
+
+class KafkaSink:
+    """kafka-python producer, acks=all, keyed by item id; a dead broker means nothing is acked."""
+
+    def __init__(self, bootstrap: str, topic: str, client_id: str = "finsent-ingest", timeout_s: float = 10.0):
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.client_id = client_id
+        self.timeout_s = timeout_s
+        self._producer = None
+
+    def _ensure(self):
+        if self._producer is None:
+            from kafka import KafkaProducer
+
+            from finsent.stream.topics import _reachable
+
+            if not _reachable(self.bootstrap):
+                raise ConnectionError(f"no broker at {self.bootstrap}")
+            self._producer = KafkaProducer(
+                bootstrap_servers=self.bootstrap, client_id=self.client_id, acks="all", retries=5,
+                linger_ms=5, max_block_ms=int(self.timeout_s * 1000), request_timeout_ms=int(self.timeout_s * 1000),
+            )
+        return self._producer
+
+    def _send_blocking(self, items: list[NewsItem]) -> list[NewsItem]:
+        try:
+            producer = self._ensure()
+            futures = [(item, producer.send(self.topic, key=item.id.encode(), value=item.to_json())) for item in items]
+            producer.flush(timeout=self.timeout_s)
+        except Exception as err:  # broker down, metadata timeout, …: nothing acked, try again later
+            log.warning("publish failed", extra={"error": f"{type(err).__name__}: {err}", "items": len(items)})
+            self._reset()
+            return []
+        acked = []
+        for item, future in futures:
+            try:
+                future.get(timeout=0)
+                acked.append(item)
+            except Exception as err:
+                log.warning("item not acknowledged", extra={"item": item.id, "error": f"{type(err).__name__}: {err}"})
+        if len(acked) < len(items):
+            self._reset()
+        return acked
+
+    def _reset(self) -> None:
+        if self._producer is not None:
+            try:
+                self._producer.close(timeout=1)
+            except Exception:
+                pass
+            self._producer = None
+
+    async def send(self, items: list[NewsItem]) -> list[NewsItem]:
+        if not items:
+            return []
+        return await asyncio.to_thread(self._send_blocking, items)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._reset)
