@@ -6,6 +6,7 @@ Every command exists because its feature exists; there are no placeholder comman
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -19,6 +20,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 ConfigOption = Annotated[
@@ -183,6 +185,131 @@ def export(
             f"{r['texts_per_s']:>8.1f} {r['speedup_vs_fp32']:>7.2f}x  {r['accepted']}"
         )
     typer.echo(f"recommended CPU backend: {report['recommended']}")
+
+
+ingest_app = typer.Typer(help="Poll feeds into finsent.news.raw and the archive; import history; refill a broker.",
+                         rich_markup_mode=None)
+app.add_typer(ingest_app, name="ingest")
+
+
+@ingest_app.callback(invoke_without_command=True)
+def ingest(
+    ctx: typer.Context,
+    feeds: Annotated[Optional[Path], typer.Option(help="Feed list TOML ([[feeds]] name, url, interval, tickers, tags).")] = None,
+    once: Annotated[bool, typer.Option("--once", help="Poll every feed once, print a summary, exit 0.")] = False,
+    output: Annotated[Optional[Path], typer.Option(help="Write accepted items as JSON lines here instead of Kafka.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Poll the feeds continuously (or --once) into finsent.news.raw (or --output FILE.jsonl) and the archive."""
+    if ctx.invoked_subcommand:
+        return
+    from finsent.ingest import service
+    from finsent.ingest.feeds import FeedListError, load_feeds
+
+    settings = _settings(config)
+    try:
+        feed_list = load_feeds(feeds or settings.ingest.feeds_file)
+    except FeedListError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    summaries = service.run(settings, feed_list, once=once, output=output)
+    if once:
+        typer.echo(service.format_summary(summaries))
+
+
+@ingest_app.command("import")
+def ingest_import(
+    file: Annotated[Path, typer.Argument(help="CSV or JSON-lines file of historical headlines.")],
+    format: Annotated[str, typer.Option("--format", help="csv or jsonl.")] = "csv",
+    map_: Annotated[list[str], typer.Option("--map", help="FIELD=COLUMN (title, summary, url, published, id, source, tickers, language).")] = [],  # noqa: B006
+    source: Annotated[str, typer.Option(help="Source name for rows without a source column.")] = "import",
+    timezone: Annotated[str, typer.Option(help="Time zone of times given without one (IANA name).")] = "UTC",
+    config: ConfigOption = None,
+) -> None:
+    """Import historical news into the archive (the source for replays and backtests)."""
+    from zoneinfo import ZoneInfo
+
+    from tqdm import tqdm
+
+    from finsent.ingest.archive import Archive
+    from finsent.ingest.importer import ImportError_, import_file, parse_mapping
+
+    settings = _settings(config)
+    try:
+        mapping = parse_mapping(map_)
+    except ImportError_ as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    with tqdm(desc=f"importing {file.name}", unit=" rows", disable=None) as bar:
+        report = import_file(file, format, mapping, source, Archive(settings.paths.archive_dir), ZoneInfo(timezone), progress=bar.update)
+    typer.echo(f"read {report.read} rows, imported {report.imported} items, {report.bad} bad rows into {settings.paths.archive_dir}")
+    for line in report.errors:
+        typer.echo(f"  {line}", err=True)
+
+
+@ingest_app.command("refill")
+def ingest_refill(
+    since: Annotated[datetime, typer.Option(help="Publish archived items published at or after this time (UTC if no zone).")],
+    until: Annotated[Optional[datetime], typer.Option(help="...and before this time.")] = None,
+    batch: Annotated[int, typer.Option(help="Items per produce/flush round.")] = 1000,
+    config: ConfigOption = None,
+) -> None:
+    """Re-publish archived items to finsent.news.raw (refill a broker that lost its log)."""
+    import asyncio
+
+    from tqdm import tqdm
+
+    from finsent.ingest.archive import Archive
+    from finsent.ingest.sinks import KafkaSink
+
+    settings = _settings(config)
+    utc = lambda d: d if d is None or d.tzinfo else d.replace(tzinfo=UTC)  # noqa: E731
+    sink = KafkaSink(settings.kafka.bootstrap, settings.topics.raw.name)
+    sent = failed = 0
+    chunk = []
+
+    async def flush(items):
+        return len(await sink.send(items))
+
+    with tqdm(desc="refill", unit=" items", disable=None) as bar:
+        for item in Archive(settings.paths.archive_dir).read(utc(since), utc(until)):
+            chunk.append(item)
+            if len(chunk) >= batch:
+                ok = asyncio.run(flush(chunk))
+                sent, failed = sent + ok, failed + len(chunk) - ok
+                bar.update(len(chunk))
+                chunk = []
+        if chunk:
+            ok = asyncio.run(flush(chunk))
+            sent, failed = sent + ok, failed + len(chunk) - ok
+            bar.update(len(chunk))
+    asyncio.run(sink.close())
+    typer.echo(f"refilled {sent} items to {settings.topics.raw.name}; {failed} not acknowledged")
+    if failed:
+        raise typer.Exit(1)
+
+
+@ingest_app.command("demo-feeds")
+def ingest_demo_feeds(
+    port: Annotated[Optional[int], typer.Option(help="Port on 127.0.0.1 (default: settings ingest.demo_feeds_port).")] = None,
+    burst_at: Annotated[float, typer.Option(help="Seconds after start when the negative oil burst begins.")] = 150.0,
+    config: ConfigOption = None,
+) -> None:
+    """Serve the local demo feeds (and the hostile test cases) over HTTP on 127.0.0.1."""
+    import signal
+    import threading
+
+    from finsent.ingest.localfeeds import DEMO_FEEDS, FeedServer
+
+    settings = _settings(config)
+    server = FeedServer(settings.services.host, port if port is not None else settings.ingest.demo_feeds_port, burst_at=burst_at).start()
+    for name in DEMO_FEEDS:
+        typer.echo(f"{server.url}/feeds/{name}", err=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
 
 
 if __name__ == "__main__":

@@ -123,6 +123,20 @@ class Services(_Group):
     )
 
 
+class Ingest(_Group):
+    feeds_file: Path = Path("ingest/data/feeds-public.toml")
+    metrics_port: Port = 9181
+    demo_feeds_port: Port = 9180
+    dedup_horizon_hours: float = Field(default=48.0, gt=0)
+    near_duplicate_threshold: float = Field(default=0.7, gt=0, le=1)
+    per_host: int = Field(default=2, ge=1, le=64)
+    max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    total_timeout_s: float = Field(default=30.0, gt=0)
+    max_pending: int = Field(default=50_000, ge=1)
+
+    _check_ports = field_validator("metrics_port", "demo_feeds_port")(classmethod(lambda cls, v: _port(v)))
+
+
 class Paths(_Group):
     state_dir: Path = Path(".state")
     archive_dir: Path = Path(".state/archive")
@@ -197,6 +211,7 @@ class Settings(BaseSettings):
     services: Services = Services()
     paths: Paths = Paths()
     model: ModelChoice = ModelChoice()
+    ingest: Ingest = Ingest()
     windows: Windows = Windows()
     surge: Surge = Surge()
     allow_private_feeds: bool = False

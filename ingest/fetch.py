@@ -142,7 +142,7 @@ class Fetcher:
                 headers["If-Modified-Since"] = validators.last_modified
             try:
                 async with self.client.stream("GET", current, headers=headers) as response:
-                    if response.is_redirect:
+                    if response.is_redirect and response.status_code != 304:
                         location = response.headers.get("location")
                         if not location:
                             return FetchResult(url, status=response.status_code, error="bad_redirect", detail="redirect without Location")

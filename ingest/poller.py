@@ -110,6 +110,9 @@ class Poller:
             return self._failed(feed, summary, result.error, result.detail, result.retry_after)
         if result.not_modified:
             summary.outcome = "not_modified"
+            if self.pending:  # nothing new, but earlier items still wait for the sink
+                async with self._lock:
+                    summary.published = await self._flush(self.pending)
         else:
             try:
                 parsed = parse(result.body, result.content_type)

@@ -59,6 +59,8 @@ class TrainConfig:
     warmup_ratio: float = 0.06
     grad_clip: float = 1.0
     dropout: float = 0.1
+    topic_weight: float = 1.0  # per-head loss weights (the sentiment set is half the size of the topic set)
+    sentiment_weight: float = 1.0
     max_length: int = 96
     seed: int = 13
     patience: int = 2
@@ -416,7 +418,8 @@ def train(
             y_sent = torch.from_numpy(train_data.sentiment[mine]).to(device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 t_logits, s_logits = net(ids.to(device), mask.to(device))
-            loss = ce(t_logits.float(), y_topic) / max(n_topic, 1) + ce(s_logits.float(), y_sent) / max(n_sent, 1)
+            loss = (cfg.topic_weight * ce(t_logits.float(), y_topic) / max(n_topic, 1)
+                    + cfg.sentiment_weight * ce(s_logits.float(), y_sent) / max(n_sent, 1))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss * ddp.world).backward()
             scaler.unscale_(optimizer)

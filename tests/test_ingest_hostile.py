@@ -142,3 +142,19 @@ def test_retry_after_http_date():
     now = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
     assert retry_after_seconds("Mon, 01 Jan 2024 12:02:00 GMT", now) == 120
     assert retry_after_seconds("30") == 30 and retry_after_seconds("soon") is None
+
+
+def test_conditional_get_returns_not_modified(feeds_server, tmp_path):
+    feed = FeedConfig(name="wm", url=f"{feeds_server.url}/feeds/wire-markets")
+    poller = Poller([feed], Fetcher(allow_private=True), Deduper(), JsonlSink(tmp_path / "o.jsonl"))
+
+    async def twice():
+        first = await poller.poll(feed)
+        second = await poller.poll(feed)
+        await poller.fetcher.aclose()
+        return first, second
+
+    first, second = asyncio.run(twice())
+    assert first.outcome == "ok" and poller.state["wm"].validators.etag
+    # The demo clock may publish one more item between the polls; otherwise the server answers 304.
+    assert second.outcome == "not_modified" or second.new <= 1
