@@ -7,15 +7,37 @@ reverse. Later issues add ingest, worker, receiver and web here as they come int
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from pathlib import Path
 
-from finsent.alerts.embedded import alertmanager_child, prometheus_child, ready_check
-from finsent.procs import Supervisor
+from finsent.alerts.embedded import alertmanager_child, prometheus_child, ready_check, register_target
+from finsent.ingest.localfeeds import DEMO_FEEDS
+from finsent.procs import Child, Supervisor, http_ok, port_open
 from finsent.runtime import wait_for_signal, write_state
 from finsent.settings import Settings
 from finsent.stream.embedded_broker import start_broker
 
 log = logging.getLogger("finsent.demo")
+
+
+def finsent_child(name: str, args: list[str], logs: Path, **env: str) -> Child:
+    """A finsent command as a child process, sharing this process's settings (env + config file)."""
+    child_env = {**os.environ, "FINSENT_LOG_JSON": "1", **env}
+    return Child(name, [sys.executable, "-m", "finsent.cli", *args], logs / f"{name}.log", env=child_env)
+
+
+def demo_feed_list(path: Path, feeds_url: str, interval: float = 10.0) -> Path:
+    """The demo's feed list: the local feeds, polled often so the demo moves."""
+    lines = []
+    for name in DEMO_FEEDS:
+        lines += ["[[feeds]]", f'name = "{name}"', f'url = "{feeds_url}/feeds/{name}"', f"interval = {interval}"]
+        if name == "oil-desk":
+            lines.append('tickers = ["USO"]')
+        lines.append("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    return path
 
 
 def run(settings: Settings) -> int:
@@ -33,6 +55,20 @@ def run(settings: Settings) -> int:
         prom, prom_url = prometheus_child(settings, state)
         supervisor.start(prom, ready_check(prom_url), settings.services.start_timeout_s)
         urls["prometheus"] = prom_url
+
+        host, timeout = settings.services.host, settings.services.start_timeout_s
+        feeds_url = f"http://{host}:{settings.ingest.demo_feeds_port}"
+        feeds = finsent_child("feeds", ["ingest", "demo-feeds", "--port", str(settings.ingest.demo_feeds_port)], logs)
+        supervisor.start(feeds, http_ok(f"{feeds_url}/healthz"), timeout)
+        urls["feeds"] = f"{feeds_url}/feeds/"
+        feed_list = demo_feed_list(state / "demo-feeds.toml", feeds_url)
+        ingest = finsent_child(
+            "ingest", ["ingest", "--feeds", str(feed_list)], logs,
+            FINSENT_KAFKA__BOOTSTRAP=urls["kafka"], FINSENT_ALLOW_PRIVATE_FEEDS="1",
+        )
+        supervisor.start(ingest, lambda: port_open(host, settings.ingest.metrics_port), timeout)
+        urls["ingest metrics"] = f"http://{host}:{settings.ingest.metrics_port}/metrics"
+        register_target(state, "ingest", f"{host}:{settings.ingest.metrics_port}")
     except BaseException:
         supervisor.stop()
         raise

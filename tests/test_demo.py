@@ -23,6 +23,9 @@ def _start_demo(tmp_path: Path) -> tuple[subprocess.Popen, dict, Path]:
         "FINSENT_BROKER__PORT": str(free_port()),
         "FINSENT_SERVICES__PROMETHEUS_PORT": str(free_port()),
         "FINSENT_SERVICES__ALERTMANAGER_PORT": str(free_port()),
+        "FINSENT_INGEST__DEMO_FEEDS_PORT": str(free_port()),
+        "FINSENT_INGEST__METRICS_PORT": str(free_port()),
+        "FINSENT_PATHS__ARCHIVE_DIR": str(state / "archive"),
     }
     log = (tmp_path / "demo.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "finsent.cli", "demo"], env=env, stdout=log, stderr=log)
@@ -47,7 +50,7 @@ def _assert_all_gone(pids: list[int], timeout: float = 15) -> None:
 def test_demo_serves_every_url_then_stops_on_sigterm_without_orphans(tmp_path):
     proc, info, log = _start_demo(tmp_path)
     try:
-        assert set(info["children"]) == {"broker", "prometheus", "alertmanager"}
+        assert set(info["children"]) == {"broker", "prometheus", "alertmanager", "feeds", "ingest"}
         host, port = info["urls"]["kafka"].split(":")
         assert port_open(host, int(port))
         for name in ("prometheus", "alertmanager"):
@@ -62,6 +65,26 @@ def test_demo_serves_every_url_then_stops_on_sigterm_without_orphans(tmp_path):
         assert info["urls"]["alertmanager"] in ams["data"]["activeAlertmanagers"][0]["url"]
         children = list(info["children"].values())
         assert all(psutil.pid_exists(p) for p in children)
+        # Headlines flow from the local feeds through ingest into finsent.news.raw and the archive.
+        from kafka import KafkaConsumer
+
+        from finsent.ingest.archive import Archive
+        from finsent.records import NewsItem
+
+        consumer = KafkaConsumer("finsent.news.raw", bootstrap_servers=info["urls"]["kafka"], auto_offset_reset="earliest",
+                                 group_id=None, consumer_timeout_ms=20000)
+        first = next(iter(consumer))
+        consumer.close()
+        assert NewsItem.from_json(first.value).source in ("wire-markets", "wire-companies", "oil-desk")
+        assert Archive(tmp_path / "state" / "archive").count() > 0
+        # ... and Prometheus scrapes ingest's metrics.
+        deadline = time.monotonic() + 30
+        result = []
+        while not result and time.monotonic() < deadline:
+            result = httpx.get(info["urls"]["prometheus"] + "/api/v1/query",
+                               params={"query": 'sum(finsent_feed_items_total{job="ingest",status="new"})'}, timeout=5).json()["data"]["result"]
+            time.sleep(0.5)
+        assert result and float(result[0]["value"][1]) > 0
     finally:
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=30)
@@ -98,7 +121,11 @@ def test_occupied_port_is_a_clear_error(tmp_path):
     assert f"127.0.0.1:{port} is already in use" in proc.stderr
 
 
-@pytest.mark.parametrize("command", [[], ["broker"], ["demo"], ["train"]])
+@pytest.mark.parametrize(
+    "command",
+    [[], ["broker"], ["demo"], ["train"], ["eval"], ["export"], ["ingest"], ["ingest", "import"], ["ingest", "refill"],
+     ["ingest", "demo-feeds"]],
+)
 def test_every_command_has_help(command):
     proc = subprocess.run([sys.executable, "-m", "finsent.cli", *command, "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "Usage" in proc.stdout
