@@ -160,3 +160,17 @@ def test_conditional_get_returns_not_modified(tmp_path):
     assert first.outcome == "ok" and first.new > 0 and poller.state["wm"].validators.etag
     assert second.outcome == "not_modified" and second.entries == 0
     assert frozen.hits["/feeds/wire-markets"] == 2
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://169.254.169.254/latest/meta-data", "http://10.1.2.3/feed", "http://[::ffff:127.0.0.1]/feed",
+     "http://192.168.0.1:8080/rss", "http://localhost/rss", "http://[::1]/rss"],
+)
+def test_private_targets_refused_on_every_hop(url):
+    """The same check runs on the first URL and on every redirect Location before it is fetched."""
+    from finsent.ingest.fetch import _check_host
+
+    refused = asyncio.run(_check_host(url, allow_private=False))
+    assert refused is not None and refused[0] == "ssrf"
+    assert asyncio.run(_check_host(url, allow_private=True)) is None
