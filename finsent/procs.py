@@ -43,6 +43,15 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def bootstrap_reachable(bootstrap: str, timeout: float = 0.5) -> bool:
+    """True if any host:port of a Kafka bootstrap list accepts a TCP connection (a cheap liveness probe)."""
+    for part in bootstrap.split(","):
+        host, _, port = part.strip().rpartition(":")
+        if port.isdigit() and port_open(host, int(port), timeout):
+            return True
+    return False
+
+
 def http_ok(url: str) -> Callable[[], bool]:
     def check() -> bool:
         try:

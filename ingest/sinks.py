@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Protocol
 
+from finsent.procs import bootstrap_reachable
 from finsent.records import NewsItem
 
 log = logging.getLogger("finsent.ingest.sinks")
@@ -54,9 +55,7 @@ class KafkaSink:
         if self._producer is None:
             from kafka import KafkaProducer
 
-            from finsent.stream.topics import _reachable
-
-            if not _reachable(self.bootstrap):
+            if not bootstrap_reachable(self.bootstrap):
                 raise ConnectionError(f"no broker at {self.bootstrap}")
             self._producer = KafkaProducer(
                 bootstrap_servers=self.bootstrap, client_id=self.client_id, acks="all", retries=5,

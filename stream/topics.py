@@ -17,7 +17,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from finsent.procs import port_open
+from finsent.procs import bootstrap_reachable
 from finsent.settings import TopicSpec
 
 log = logging.getLogger("finsent.stream.topics")
@@ -37,21 +37,13 @@ class TopicReport:
     existing: list[str]
 
 
-def _reachable(bootstrap: str) -> bool:
-    for part in bootstrap.split(","):
-        host, _, port = part.strip().rpartition(":")
-        if port_open(host, int(port)):
-            return True
-    return False
-
-
 def admin_client(bootstrap: str, timeout_s: float = 15.0, client_id: str = "finsent-admin") -> KafkaAdminClient:
     """An admin client once a broker answers; a plain TCP probe first, because kafka-python's own
     bootstrap can block for ~30 s on a dead address whatever timeout it is given."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            if not _reachable(bootstrap):
+            if not bootstrap_reachable(bootstrap):
                 raise OSError("connection refused")
             return KafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id, request_timeout_ms=10_000)
         except (KafkaError, OSError) as err:
