@@ -7,6 +7,8 @@ STAMP := $(VENV)/.finsent-installed
 # Extra pip options, e.g. PIP_EXTRA="--extra-index-url https://download.pytorch.org/whl/cpu" on a machine
 # whose default index would otherwise hand out a CUDA build of torch.
 PIP_EXTRA ?=
+# Where this machine kind keeps its local CPU build of torch; used only if present.
+LOCAL_WHEELS := $(shell [ -d /opt/wheels ] && echo --find-links /opt/wheels)
 APT_PACKAGES := prometheus prometheus-alertmanager
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -32,7 +34,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
-	$(VENV)/bin/pip install -q $(PIP_EXTRA) -c constraints.txt -e '.[dev]'
+	$(VENV)/bin/pip install -q $(LOCAL_WHEELS) $(PIP_EXTRA) -c constraints.txt -e '.[dev]'
 	touch $@
 
 clean:
