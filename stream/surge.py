@@ -1,0 +1,107 @@
+"""Negative-sentiment surge detection per key (pure: same code live, in replays and in backtests).
+
+For every closed window of one key the detector compares the window's negative share with an EWMA
+baseline (mean and variance) learned from that key's *earlier* windows:
+
+* **fires** when z ≥ ``z_threshold`` and the window has at least ``min_volume`` headlines and a
+  negative share of at least ``min_negative_share``, once ``warmup_windows`` windows built a baseline;
+* **stays one alert** while firing (same ``alert_id``); severity is ``critical`` from ``critical_z``,
+  and an escalation re-emits the firing alert with the higher severity;
+* **resolves** only when z falls below ``z_resolve`` (hysteresis: no flapping around the threshold)
+  or volume falls under the floor;
+* after resolving, the key is quiet for ``cooldown_s`` (one surge = one alert);
+* the baseline learns only from windows that are not part of a surge, so a long surge does not
+  become the new normal while it lasts.
+
+The standard deviation has a floor (``min_std``) so a topic that was always 0 % negative does not
+turn one negative headline into an infinite z-score (``min_volume`` guards the same flank).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from finsent.records import Evidence, SurgeAlert, WindowStat
+from finsent.settings import Surge
+
+
+@dataclass
+class KeyState:
+    mean: float = 0.0
+    var: float = 0.0
+    windows: int = 0
+    firing: SurgeAlert | None = None
+    quiet_until: float = float("-inf")  # epoch seconds: cooldown end
+    last_z: float = 0.0
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(max(self.var, 0.0))
+
+
+class SurgeDetector:
+    def __init__(self, cfg: Surge = Surge(), min_std: float = 0.05):
+        self.cfg = cfg
+        self.min_std = min_std
+        self.keys: dict[str, KeyState] = {}
+
+    def state(self, key: str) -> KeyState:
+        return self.keys.setdefault(key, KeyState())
+
+    def _learn(self, st: KeyState, share: float) -> None:
+        a = self.cfg.ewma_alpha
+        if st.windows == 0:
+            st.mean, st.var = share, 0.0
+        else:
+            diff = share - st.mean
+            st.mean += a * diff
+            st.var = (1 - a) * (st.var + a * diff * diff)
+        st.windows += 1
+
+    def observe(self, stat: WindowStat, evidence: tuple[Evidence, ...] = ()) -> SurgeAlert | None:
+        """Feed one closed window of ``stat.key``; returns a firing/resolved alert when the state changes."""
+        cfg = self.cfg
+        st = self.state(stat.key)
+        share = stat.negative_share
+        z = (share - st.mean) / max(st.std, self.min_std) if st.windows else 0.0
+        st.last_z = z
+        enough = stat.count >= cfg.min_volume
+        severity = "critical" if z >= cfg.critical_z else "warning"
+        now = stat.end.timestamp()
+
+        if st.firing is not None:
+            if z < cfg.z_resolve or not enough:
+                resolved = self._alert(st.firing.alert_id, stat, "resolved", st.firing.severity, z, st, evidence)
+                st.firing = None
+                st.quiet_until = now + cfg.cooldown_s
+                return resolved
+            if severity == "critical" and st.firing.severity == "warning":
+                st.firing = self._alert(st.firing.alert_id, stat, "firing", "critical", z, st, evidence)
+                return st.firing
+            return None
+
+        fires = (
+            st.windows >= cfg.warmup_windows
+            and enough
+            and share >= cfg.min_negative_share
+            and z >= cfg.z_threshold
+            and now >= st.quiet_until
+        )
+        if fires:
+            st.firing = self._alert(f"{stat.key}|{stat.end.isoformat()}", stat, "firing", severity, z, st, evidence)
+            return st.firing
+        self._learn(st, share)
+        return None
+
+    def _alert(self, alert_id: str, stat: WindowStat, state: str, severity: str, z: float, st: KeyState,
+               evidence: tuple[Evidence, ...]) -> SurgeAlert:
+        return SurgeAlert(
+            alert_id=alert_id, key=stat.key, state=state, severity=severity, window_start=stat.start,
+            window_end=stat.end, count=stat.count, negative=stat.negative, negative_share=stat.negative_share,
+            zscore=round(z, 4), baseline_mean=round(st.mean, 6), baseline_std=round(st.std, 6),
+            raised_at=stat.end, evidence=evidence,
+        )
+
+
+__all__ = ["KeyState", "SurgeDetector"]
