@@ -119,9 +119,12 @@ class Deduper:
                     return Verdict(True, "near", mark.item_id)
         return Verdict(False)
 
-    def mark(self, item: NewsItem, sig: np.ndarray | None = None) -> None:
-        sig = minhash(item.title) if sig is None else sig
-        self._add(_Mark(item.id, item.published.timestamp(), self.exact_keys(item), sig))
+    @classmethod
+    def mark_of(cls, item: NewsItem) -> _Mark:
+        return _Mark(item.id, item.published.timestamp(), cls.exact_keys(item), minhash(item.title))
+
+    def mark(self, item: NewsItem) -> None:
+        self._add(self.mark_of(item))
 
     def _add(self, record: _Mark) -> None:
         for key in record.keys:
@@ -168,12 +171,11 @@ class DedupStore:
         return self.core.check(item)
 
     def mark(self, item: NewsItem) -> None:
-        sig = minhash(item.title)
-        keys = Deduper.exact_keys(item)
+        mark = Deduper.mark_of(item)
         self.db.execute(
-            "INSERT OR REPLACE INTO marks VALUES (?, ?, ?, ?)", (item.id, item.published.timestamp(), "\n".join(keys), sig.tobytes())
+            "INSERT OR REPLACE INTO marks VALUES (?, ?, ?, ?)", (mark.item_id, mark.at, "\n".join(mark.keys), mark.sig.tobytes())
         )
-        self.core.mark(item, sig)
+        self.core._add(mark)
 
     def close(self) -> None:
         self.db.close()

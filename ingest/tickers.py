@@ -59,7 +59,6 @@ class Lexicon:
     contextual: dict[str, str]
     plain_re: re.Pattern | None
     contextual_re: re.Pattern | None
-    known: frozenset[str]
 
 
 def _pattern(names: dict[str, str]) -> re.Pattern | None:
@@ -82,8 +81,7 @@ def build_lexicon(rows: list[tuple[str, str, bool]]) -> Lexicon:
             plain.pop(name, None)
         elif name not in contextual:
             plain[name] = ticker
-    known = frozenset(t for t, _, _ in rows)
-    return Lexicon(plain, contextual, _pattern(plain), _pattern(contextual), known)
+    return Lexicon(plain, contextual, _pattern(plain), _pattern(contextual))
 
 
 @lru_cache(maxsize=1)

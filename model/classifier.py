@@ -22,7 +22,6 @@ thousand characters before tokenising and truncated to ``max_length`` tokens; th
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,11 +138,3 @@ class Classifier:
             model=self.version,
             flag=flag,
         )
-
-    def throughput(self, texts: Sequence[str], repeat: int = 1) -> float:
-        """Texts per second for ``predict`` on these texts (used by benchmarks and export)."""
-        self.predict(texts[: self.batch_size])  # warm-up
-        started = time.perf_counter()
-        for _ in range(repeat):
-            self.predict(texts)
-        return len(texts) * repeat / (time.perf_counter() - started)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from finsent.labels import SENTIMENT_INDEX, TOPIC_INDEX
 from finsent.model import artifact
-from finsent.model.data import Example, load_twitter
+from finsent.model.data import IGNORE, Example, load_twitter
 from finsent.model.train import TrainConfig, encode, evaluate, pick_device, train
 from finsent.records import Feedback, RecordError
 
@@ -56,8 +56,8 @@ def to_examples(records: list[Feedback]) -> list[Example]:
     return [
         Example(
             fb.text,
-            topic=TOPIC_INDEX[fb.topic] if fb.topic else -100,
-            sentiment=SENTIMENT_INDEX[fb.sentiment] if fb.sentiment else -100,
+            topic=TOPIC_INDEX[fb.topic] if fb.topic else IGNORE,
+            sentiment=SENTIMENT_INDEX[fb.sentiment] if fb.sentiment else IGNORE,
         )
         for fb in records
     ]

@@ -39,13 +39,18 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+def reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> list[tuple[float, float, float]]:
+    """(share of examples, mean confidence, accuracy) for each non-empty equal-width confidence bin."""
     conf = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
     edges = np.linspace(0.0, 1.0, bins + 1)
-    ece = 0.0
+    out = []
     for lo, hi in zip(edges[:-1], edges[1:]):
         sel = (conf > lo) & (conf <= hi)
         if sel.any():
-            ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
-    return float(ece)
+            out.append((float(sel.mean()), float(conf[sel].mean()), float(correct[sel].mean())))
+    return out
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    return float(sum(share * abs(acc - conf) for share, conf, acc in reliability_bins(probs, labels, bins)))

@@ -24,7 +24,7 @@ from sklearn.metrics import classification_report, confusion_matrix  # noqa: E40
 
 from finsent.model.classifier import Classifier  # noqa: E402
 from finsent.model.data import Example, phrasebank, twitter_sentiment, twitter_topic  # noqa: E402
-from finsent.model.metrics import expected_calibration_error, scores, softmax  # noqa: E402
+from finsent.model.metrics import expected_calibration_error, reliability_bins, scores, softmax  # noqa: E402
 from finsent.model.text import prepare  # noqa: E402
 
 log = logging.getLogger("finsent.model.report")
@@ -76,16 +76,10 @@ def _plot_confusion(cm: np.ndarray, labels: list[str], title: str, path: Path) -
 
 def _plot_reliability(before: np.ndarray, after: np.ndarray, labels: np.ndarray, title: str, path: Path, bins: int = 15) -> None:
     fig, ax = plt.subplots(figsize=(5, 5))
-    edges = np.linspace(0, 1, bins + 1)
+    min_share = 5 / len(labels)  # plot only bins holding at least 5 examples
     for probs, name in ((before, "raw (T=1)"), (after, "temperature-scaled")):
-        conf = probs.max(1)
-        correct = probs.argmax(1) == labels
-        xs, ys = [], []
-        for lo, hi in zip(edges[:-1], edges[1:]):
-            sel = (conf > lo) & (conf <= hi)
-            if sel.sum() >= 5:
-                xs.append(conf[sel].mean())
-                ys.append(correct[sel].mean())
+        points = [(conf, acc) for share, conf, acc in reliability_bins(probs, labels, bins) if share >= min_share - 1e-12]
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
         ax.plot(xs, ys, marker="o", label=f"{name}, ECE {expected_calibration_error(probs, labels):.3f}")
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect")
     ax.set_xlabel("confidence")
@@ -102,8 +96,9 @@ def evaluate_set(
 ) -> SetResult:
     labels_vocab = clf.meta.topic_labels if head == "topic" else clf.meta.sentiment_labels
     temperature = clf.meta.temperature_topic if head == "topic" else clf.meta.temperature_sentiment
-    examples = [ex for ex in examples if prepare(ex.text)]
-    texts = [prepare(ex.text) for ex in examples]
+    prepared = [(ex, prepare(ex.text)) for ex in examples]
+    examples = [ex for ex, text in prepared if text]
+    texts = [text for _, text in prepared if text]
     y = np.array([ex.topic if head == "topic" else ex.sentiment for ex in examples])
     topic_logits, sent_logits = clf.logits(texts)
     logits = topic_logits if head == "topic" else sent_logits

@@ -452,7 +452,7 @@ def train(
         if result["selection"] > state["best"]:
             state["best"], state["bad_epochs"] = result["selection"], 0
             if ddp.main:
-                _save_model(model, tokenizer, cfg, base_name, parent_meta, best_dir, public, lora_merge=False)
+                _save_model(model, tokenizer, cfg, base_name, parent_meta, best_dir, public)
         else:
             state["bad_epochs"] += 1
             stop = state["bad_epochs"] >= cfg.patience
@@ -488,7 +488,7 @@ def train(
     return out
 
 
-def _save_model(model, tokenizer, cfg, base_name, parent_meta, directory: Path, metrics, lora_merge: bool) -> None:
+def _save_model(model, tokenizer, cfg, base_name, parent_meta, directory: Path, metrics) -> None:
     """Write the current weights (LoRA merged into a copy, so training can go on) as a model dir."""
     import copy
 

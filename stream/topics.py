@@ -53,7 +53,8 @@ def admin_client(bootstrap: str, timeout_s: float = 15.0, client_id: str = "fins
 
 
 def partition_counts(admin: KafkaAdminClient, names: Iterable[str]) -> dict[str, int]:
-    names = [n for n in names if n in set(admin.list_topics())]
+    existing = set(admin.list_topics())
+    names = [n for n in names if n in existing]
     if not names:
         return {}
     return {d["name"]: len(d["partitions"]) for d in admin.describe_topics(names)}
