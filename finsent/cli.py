@@ -90,6 +90,28 @@ def _model_dir(settings: Settings, model: Path | None) -> Path:
 
 
 @app.command()
+def worker(
+    config: ConfigOption = None,
+    model: ModelDirOption = None,
+    aggregate: Annotated[bool, typer.Option(
+        "--aggregate/--no-aggregate",
+        help="Also run the aggregator (windows, surges). Run exactly one aggregating worker per deployment; "
+             "extra scoring workers use --no-aggregate.")] = True,
+) -> None:
+    """Score finsent.news.raw into finsent.news.scored; window, detect surges, export /metrics."""
+    from finsent.stream import worker as worker_mod
+    from finsent.stream.topics import BrokerUnavailable, TopicMismatch
+
+    settings = _settings(config)
+    try:
+        code = worker_mod.run(settings, _model_dir(settings, model), aggregate=aggregate)
+    except (BrokerUnavailable, TopicMismatch) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+@app.command()
 def train(
     run_config: Annotated[Path, typer.Option("--run-config", "-r", help="Training run TOML (see configs/).")] = Path(
         "configs/train-minilm.toml"

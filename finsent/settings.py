@@ -49,6 +49,8 @@ _DEFAULT_TOPICS = {
     "alerts": ("finsent.alerts", 1),
     "feedback": ("finsent.feedback", 1),
     "dlq": ("finsent.dlq", 1),
+    "windows": ("finsent.windows", 4),
+    "checkpoints": ("finsent.stream.checkpoints", 1),
 }
 
 
@@ -58,6 +60,8 @@ class Topics(_Group):
     alerts: TopicSpec = TopicSpec(name="finsent.alerts", partitions=1)
     feedback: TopicSpec = TopicSpec(name="finsent.feedback", partitions=1)
     dlq: TopicSpec = TopicSpec(name="finsent.dlq", partitions=1)
+    windows: TopicSpec = TopicSpec(name="finsent.windows", partitions=4)  # closed WindowStats, keyed by dimension key
+    checkpoints: TopicSpec = TopicSpec(name="finsent.stream.checkpoints", partitions=1)  # aggregator restore points
 
     @model_validator(mode="before")
     @classmethod
@@ -70,7 +74,7 @@ class Topics(_Group):
         return data
 
     def all(self) -> list[TopicSpec]:
-        return [self.raw, self.scored, self.alerts, self.feedback, self.dlq]
+        return [self.raw, self.scored, self.alerts, self.feedback, self.dlq, self.windows, self.checkpoints]
 
     @model_validator(mode="after")
     def _unique(self) -> Topics:
@@ -181,6 +185,7 @@ class Surge(_Group):
     warmup_windows: int = Field(default=5, ge=0)
     cooldown_s: int = Field(default=900, ge=0)
     critical_z: float = Field(default=6.0, gt=0)
+    window_s: int = Field(default=300, gt=0)  # which rolling width the detector watches (one of windows.rolling_seconds)
 
     @field_validator("z_resolve")
     @classmethod
@@ -195,6 +200,27 @@ class Surge(_Group):
         if "z_threshold" in info.data and v < info.data["z_threshold"]:
             raise ValueError(f"must be at least z_threshold ({info.data['z_threshold']})")
         return v
+
+
+class Stream(_Group):
+    """The worker: micro-batching into the classifier, the aggregator, its metrics and group timeouts."""
+
+    group_id: str = "finsent-worker"
+    max_batch: int = Field(default=64, ge=1, le=4096)  # a micro-batch closes at this many headlines …
+    max_wait_s: float = Field(default=0.25, gt=0, le=60)  # … or when its first headline waited this long
+    max_record_bytes: int = Field(default=256 * 1024, ge=1024)  # larger raw records go to the DLQ
+    inference_retries: int = Field(default=1, ge=0, le=10)  # then the batch is bisected to find the bad item
+    metrics_port: Port = 9182
+    ticker_top_k: int = Field(default=50, ge=0)  # per-ticker gauges: the K busiest tickers + the watch-list
+    ticker_watchlist: list[str] = Field(default_factory=list)
+    session_timeout_s: float = Field(default=6.0, gt=0)  # low: Tansu joins wait for the full rebalance timeout
+    heartbeat_s: float = Field(default=1.0, gt=0)
+    rebalance_timeout_s: float = Field(default=6.0, gt=0)
+    commit_interval_s: float = Field(default=1.0, gt=0)
+    checkpoint_interval_s: float = Field(default=5.0, gt=0)  # aggregator restore point at most this old
+    produce_timeout_s: float = Field(default=30.0, gt=0)
+
+    _check_port = field_validator("metrics_port")(classmethod(lambda cls, v: _port(v)))
 
 
 class Settings(BaseSettings):
@@ -214,7 +240,16 @@ class Settings(BaseSettings):
     ingest: Ingest = Ingest()
     windows: Windows = Windows()
     surge: Surge = Surge()
+    stream: Stream = Stream()
     allow_private_feeds: bool = False
+
+    @model_validator(mode="after")
+    def _surge_width(self) -> Settings:
+        if self.surge.window_s not in self.windows.rolling_seconds:
+            raise ValueError(
+                f"surge.window_s={self.surge.window_s} must be one of windows.rolling_seconds {self.windows.rolling_seconds}"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

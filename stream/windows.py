@@ -5,8 +5,11 @@ what makes backtests tell the truth about live.
 
 * Items land in tumbling **buckets** of ``bucket_seconds`` by *event* time, per key (``all``,
   ``topic:<label>``, ``ticker:<symbol>``).
-* The **watermark** is the largest event time seen minus ``allowed_lateness``; the caller may also
-  advance it from the wall clock (:meth:`advance`) so a quiet topic's window still closes.
+* The **watermark** is the largest event time seen minus ``allowed_lateness``, taken over input
+  **lanes** (Kafka partitions): the smallest of the lanes' maxima, ignoring lanes the caller marked
+  idle (caught up). Without lanes, one partition's backlog replayed ahead of another's would make
+  the other's items "late" on a restart or a replay, although live they were on time. The caller
+  may also advance it from the wall clock (:meth:`advance`) so a quiet topic's window still closes.
 * When a bucket's end passes the watermark it **closes**, and one :class:`WindowStat` per rolling
   width (sum of the last ``width / bucket`` buckets) is emitted for each key that had data then.
 * An item older than the watermark is **late**: counted, and dropped or applied to the oldest open
@@ -89,18 +92,38 @@ class WindowStore:
         self.buckets: dict[str, dict[int, Bucket]] = defaultdict(dict)  # key -> bucket start (epoch s) -> bucket
         self.seen: dict[str, dict[str, int]] = defaultdict(dict)  # key -> item id -> bucket start
         self.max_event = -1
+        self.lane_max: dict[int, int] = {}
+        self.idle_lanes: set[int] = set()
         self.watermark = -(2**62)
         self.next_close: int | None = None  # end of the oldest bucket not yet closed
         self.late = 0
         self.duplicates = 0
 
-    def _start(self, ts: float) -> int:
+    def bucket_start(self, ts: float) -> int:
         return int(ts // self.bucket) * self.bucket
 
-    def add(self, obs: Observation) -> list[Closed]:
+    def expect(self, lane: int) -> None:
+        """A lane known to have a backlog holds the watermark back until it delivers (or goes idle)."""
+        self.lane_max.setdefault(lane, -1)
+        self.idle_lanes.discard(lane)
+
+    def set_idle(self, lane: int, idle: bool = True) -> list[Closed]:
+        """An idle lane (nothing more to read for now) no longer holds the watermark back."""
+        if idle:
+            self.idle_lanes.add(lane)
+        else:
+            self.idle_lanes.discard(lane)
+        return self._close_until(self._event_watermark()) if self.max_event >= 0 else []
+
+    def _event_watermark(self) -> int:
+        busy = [m for lane, m in self.lane_max.items() if lane not in self.idle_lanes]
+        low = min(busy) if busy else self.max_event
+        return low - self.lateness if low >= 0 else -(2**62)
+
+    def add(self, obs: Observation, lane: int = 0) -> list[Closed]:
         """Count one observation; return the windows that closed because the watermark moved."""
         ts = obs.at.timestamp()
-        start = self._start(ts)
+        start = self.bucket_start(ts)
         if ts < self.watermark:
             self.late += 1
             if self.late_policy == "drop":
@@ -118,7 +141,9 @@ class WindowStore:
         if self.next_close is None:
             self.next_close = start + self.bucket
         self.max_event = max(self.max_event, int(ts))
-        return self._close_until(self.max_event - self.lateness)
+        self.lane_max[lane] = max(self.lane_max.get(lane, -1), int(ts))
+        self.idle_lanes.discard(lane)
+        return self._close_until(self._event_watermark())
 
     def advance(self, now: datetime, idle_s: float = 0.0) -> list[Closed]:
         """Wall-clock progress: with no events for ``idle_s``, time still moves the watermark."""
@@ -139,7 +164,7 @@ class WindowStore:
                 continue
             # Nothing inside any window ending here: jump over the gap instead of walking it.
             ahead = [st for st in starts if st >= end]
-            self.next_close = min(ahead) + self.bucket if ahead else self._start(watermark) + self.bucket
+            self.next_close = min(ahead) + self.bucket if ahead else self.bucket_start(watermark) + self.bucket
         self._evict(watermark)
         return closed
 
@@ -164,7 +189,7 @@ class WindowStore:
         return out
 
     def _evict(self, watermark: int) -> None:
-        horizon = self._start(watermark) - self.widths[-1]
+        horizon = self.bucket_start(watermark) - self.widths[-1]
         for key in list(self.buckets):
             for start in [s for s in self.buckets[key] if s < horizon]:
                 del self.buckets[key][start]

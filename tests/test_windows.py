@@ -86,3 +86,21 @@ def test_evidence_is_the_most_negative_headlines():
         w.add(obs(i, i, p_neg=p))
     (c,) = by(w.advance(T0 + timedelta(minutes=1)), "all", 60)
     assert [e.item_id for e in c.evidence] == ["n1", "n3"]
+
+
+def test_a_lane_with_a_backlog_holds_the_watermark_so_its_items_are_not_late():
+    """Replaying partition 0 far ahead of partition 1 must not make partition 1's items late."""
+    w = store()
+    w.expect(1)
+    assert w.add(obs(1, 10), lane=0) == [] and w.add(obs(2, 600), lane=0) == []  # lane 1 not heard from yet
+    assert w.late == 0 and w.add(obs(3, 20), lane=1) == [] and w.late == 0
+    closed = w.add(obs(4, 610), lane=1)  # both lanes past 600: watermark 580
+    assert by(closed, "all", 60)[0].stat.count == 2 and w.late == 0
+    # A caught-up (idle) lane no longer holds the watermark back.
+    w.expect(2)
+    w.set_idle(2)
+    t0 = int(T0.timestamp())
+    w.add(obs(5, 700), lane=0)
+    assert w.watermark == t0 + 610 - 30  # lane 1 (busy) is at 610
+    w.set_idle(1)
+    assert w.watermark == t0 + 700 - 30

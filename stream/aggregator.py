@@ -1,0 +1,295 @@
+"""The aggregator: scored items → windows and surges, with restore points so a restart loses nothing.
+
+It is a thin aiokafka shell around :class:`~finsent.stream.pipeline.Aggregation`. It reads *all*
+partitions of ``finsent.news.scored`` (manual assignment, no consumer group): per-key windows need
+every item of the key, and the scoring workers that scale out write items keyed by item id. One
+aggregator per deployment is enough (it runs ~10⁵ items/s, far above the model), so the worker runs
+it by default and extra scoring-only workers run with ``--no-aggregate``.
+
+State survives a restart by being *rebuilt*, not stored: a restore point on
+``finsent.stream.checkpoints`` holds, per scored partition, the first offset still needed for the
+windows in memory, the end of the newest window already published, and the surge detector's state
+(its baseline spans far more history than the windows). On start the aggregator loads the newest
+restore point, replays the scored items from those offsets — windows that were already published are
+recomputed silently — and goes on live. Redelivered items (the scoring side is at-least-once) are
+deduplicated by item id inside the windows.
+
+Outputs (closed WindowStats to ``finsent.windows``, SurgeAlerts to ``finsent.alerts``) are awaited
+until the broker acknowledges them, and only then is a restore point written that moves past them.
+A crash between the two re-publishes identical records (same window, same alert id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from finsent.records import DeadLetter, RecordError, ScoredItem
+from finsent.settings import Settings
+from finsent.stream.metrics import WorkerMetrics
+from finsent.stream.pipeline import Aggregation, Emitted
+
+log = logging.getLogger("finsent.stream.aggregator")
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class RestorePoint:
+    replay_from: dict[int, int]
+    emitted_until: float
+    detector: dict
+    written_at: float = field(default_factory=time.time)
+
+    def to_json(self) -> bytes:
+        return json.dumps({"v": CHECKPOINT_VERSION, "replay_from": {str(p): o for p, o in self.replay_from.items()},
+                           "emitted_until": self.emitted_until, "detector": self.detector,
+                           "written_at": self.written_at}).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> RestorePoint:
+        raw = json.loads(data)
+        if raw.get("v") != CHECKPOINT_VERSION:
+            raise ValueError(f"restore point version {raw.get('v')} is not {CHECKPOINT_VERSION}")
+        return cls({int(p): o for p, o in raw["replay_from"].items()}, float(raw["emitted_until"]), raw["detector"],
+                   raw.get("written_at", 0.0))
+
+
+class Aggregator:
+    def __init__(self, settings: Settings, metrics: WorkerMetrics):
+        self.settings = settings
+        self.metrics = metrics
+        self.agg = Aggregation(settings)
+        self.topic = settings.topics.scored.name
+        self.client_id = f"{settings.kafka.client_id}-aggregator"
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.partitions: list[TopicPartition] = []
+        self.lows: dict[int, dict[int, int]] = {}  # partition -> bucket start -> lowest offset counted there
+        self.positions: dict[int, int] = {}  # partition -> next offset to read
+        self.restore_until: dict[int, int] = {}  # partition -> end offset at start (replay until there)
+        self.last_event_wall = time.monotonic()
+        self.lane_seen: dict[int, float] = {}  # partition -> wall time of its last record
+        self.last_checkpoint = 0.0
+        self.restoring = True
+        self.started_wall = time.monotonic()
+        self.stopped = asyncio.Event()
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        kafka = self.settings.kafka
+        self.producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, client_id=self.client_id, acks="all",
+                                         request_timeout_ms=int(self.settings.stream.produce_timeout_s * 1000))
+        await self.producer.start()
+        point = await self._load_restore_point()
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, client_id=self.client_id, group_id=None,
+                                         enable_auto_commit=False, auto_offset_reset="earliest")
+        await self.consumer.start()
+        parts = self.consumer.partitions_for_topic(self.topic) or set()
+        if not parts:
+            parts = set(range(self.settings.topics.scored.partitions))
+        self.partitions = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        self.consumer.assign(self.partitions)
+        ends = await self.consumer.end_offsets(self.partitions)
+        begins = await self.consumer.beginning_offsets(self.partitions)
+        for tp in self.partitions:
+            start = begins[tp]
+            if point is not None and tp.partition in point.replay_from:
+                start = max(start, point.replay_from[tp.partition])
+            self.consumer.seek(tp, start)
+            self.positions[tp.partition] = start
+            self.restore_until[tp.partition] = ends[tp]
+            self.agg.store.expect(tp.partition)  # every lane holds the watermark until it delivers or idles
+        if point is not None:
+            self.agg.emitted_until = point.emitted_until
+            self.agg.load_detector_state(point.detector)
+        backlog = sum(self.restore_until[p] - self.positions[p] for p in self.positions)
+        self.restoring = backlog > 0
+        log.info("aggregator started", extra={
+            "restore_point": point is not None, "replay_items": backlog,
+            "emitted_until": _iso(point.emitted_until) if point else None,
+        })
+
+    async def stop(self) -> None:
+        self.stopped.set()
+        for client in (self.consumer, self.producer):
+            if client is not None:
+                try:
+                    await client.stop()
+                except Exception as err:  # closing a client of a dead broker must not mask the real error
+                    log.warning("client stop failed", extra={"error": str(err)})
+
+    async def run(self) -> None:
+        await self.start()
+        try:
+            while not self.stopped.is_set():
+                await self.step()
+        finally:
+            await self.stop()
+
+    # -- one poll ---------------------------------------------------------------------------------
+    async def step(self, timeout_ms: int = 200) -> Emitted:
+        assert self.consumer is not None
+        batch = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=2000)
+        out = Emitted()
+        records = []
+        wall = time.monotonic()
+        for tp, messages in batch.items():
+            self.agg.store.expect(tp.partition)
+            self.lane_seen[tp.partition] = wall
+            for msg in messages:
+                records.append((tp.partition, msg))
+                self.positions[tp.partition] = msg.offset + 1
+        # Within one poll, feed in event-time order: partitions arrive in chunks, events do not.
+        decoded = []
+        for partition, msg in records:
+            try:
+                decoded.append((partition, msg, ScoredItem.from_json(msg.value)))
+            except (RecordError, ValueError, TypeError) as err:
+                await self._dead_letter(msg, f"undecodable scored record: {err}")
+        decoded.sort(key=lambda r: r[2].item.published)
+        store = self.agg.store
+        late0, dup0 = store.late, store.duplicates
+        for partition, msg, scored in decoded:
+            lane_start = store.bucket_start(scored.item.published.timestamp())
+            lows = self.lows.setdefault(partition, {})
+            lows[lane_start] = min(lows.get(lane_start, msg.offset), msg.offset)
+            out.extend(self.agg.add(scored, lane=partition))
+            if self.restoring:
+                self.metrics.restored.inc()
+        if decoded:
+            self.last_event_wall = time.monotonic()
+        # A lane goes idle (stops holding the watermark) once it is caught up *and* quiet for idle_close_s:
+        # during a bulk load every lane is busy, and the slowest one decides what is late.
+        idle_after = self.settings.windows.idle_close_s
+        for tp in self.partitions:
+            p = tp.partition
+            caught_up = self.positions.get(p, 0) >= (self.consumer.highwater(tp) or self.restore_until.get(p, 0))
+            if caught_up and wall - self.lane_seen.get(p, self.started_wall) >= idle_after:
+                out.extend(self.agg.set_idle(p))
+        if self.restoring and all(self.positions[p] >= self.restore_until[p] for p in self.restore_until):
+            self.restoring = False
+            log.info("aggregator restored", extra={"emitted_until": _iso(self.agg.emitted_until)})
+        idle = time.monotonic() - self.last_event_wall
+        if not self.restoring and idle >= self.settings.windows.idle_close_s and store.max_event >= 0:
+            # Nothing arrived for a while: let event time run on with the wall clock so quiet windows close.
+            now = datetime.fromtimestamp(store.max_event + idle, UTC)
+            out.extend(self.agg.advance(now))
+        self.metrics.late.inc(store.late - late0)
+        self.metrics.duplicates.inc(store.duplicates - dup0)
+        await self.publish(out)
+        if out:
+            self._export(out)
+        await self.maybe_checkpoint(force=bool(out))
+        self._observe_state()
+        return out
+
+    async def publish(self, out: Emitted) -> None:
+        """Send and wait for the broker's acknowledgement of every output (raises if it cannot)."""
+        if not out:
+            return
+        assert self.producer is not None
+        t = self.settings.topics
+        futures = []
+        for closed in out.windows:
+            futures.append(await self.producer.send(t.windows.name, key=closed.stat.key.encode(),
+                                                    value=closed.stat.to_json()))
+        for alert in out.alerts:
+            futures.append(await self.producer.send(t.alerts.name, key=alert.key.encode(), value=alert.to_json()))
+        await asyncio.gather(*futures)
+        self.metrics.windows_closed.inc(len(out.windows))
+        for alert in out.alerts:
+            self.metrics.alert(alert)
+            log.info("surge " + alert.state, extra={
+                "key": alert.key, "severity": alert.severity, "zscore": alert.zscore, "count": alert.count,
+                "negative_share": round(alert.negative_share, 3), "window_end": alert.window_end.isoformat(),
+            })
+
+    async def maybe_checkpoint(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_checkpoint < self.settings.stream.checkpoint_interval_s:
+            return
+        if self.restoring:
+            return  # the newest restore point is still the right one until the replay has caught up
+        assert self.producer is not None
+        point = RestorePoint(self.replay_from(), self.agg.emitted_until, self.agg.detector_state())
+        await self.producer.send_and_wait(self.settings.topics.checkpoints.name, key=b"aggregator", value=point.to_json())
+        self.last_checkpoint = now
+        self.metrics.checkpoints.inc()
+
+    def replay_from(self) -> dict[int, int]:
+        """Per partition, the first offset whose item may still be in a window in memory."""
+        store = self.agg.store
+        keep_from = store.bucket_start(store.watermark) - store.widths[-1] - store.lateness - store.bucket
+        out = {}
+        for p, pos in self.positions.items():
+            lows = self.lows.get(p, {})
+            for start in [s for s in lows if s < keep_from]:
+                del lows[start]
+            out[p] = min(lows.values(), default=pos)
+        return out
+
+    # -- helpers ----------------------------------------------------------------------------------
+    async def _load_restore_point(self) -> RestorePoint | None:
+        name = self.settings.topics.checkpoints.name
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka.bootstrap, client_id=self.client_id,
+                                    group_id=None, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tp = TopicPartition(name, 0)
+            consumer.assign([tp])
+            end = (await consumer.end_offsets([tp]))[tp]
+            if end == 0:
+                return None
+            consumer.seek(tp, end - 1)
+            batch = await consumer.getmany(tp, timeout_ms=5000)
+            messages = batch.get(tp, [])
+            if not messages:
+                raise RuntimeError(f"could not read the newest restore point at {name}[0]@{end - 1}")
+            return RestorePoint.from_json(messages[-1].value)
+        finally:
+            await consumer.stop()
+
+    async def _dead_letter(self, msg, error: str) -> None:
+        assert self.producer is not None
+        letter = DeadLetter.of(topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key,
+                               value=msg.value or b"", error=error)
+        await self.producer.send_and_wait(self.settings.topics.dlq.name, key=msg.key, value=letter.to_json())
+        self.metrics.items_failed.labels("bad_scored_record").inc()
+
+    def _export(self, out: Emitted) -> None:
+        """Gauges show the newest closed windows; keys without items in them now read 0."""
+        agg, widest = self.agg, self.agg.store.widths[-1]
+        if out.windows:
+            end = max(c.stat.end for c in out.windows)
+            newest = [(c.stat, c.width_s) for c in out.windows if c.stat.end == end]
+            volumes = {s.key.split(":", 1)[1]: s.count for s, w in newest if w == widest and s.key.startswith("ticker:")}
+            self.metrics.windows(newest, volumes, end)
+        for key, st in agg.detector.keys.items():
+            self.metrics.surge_state(key, st.last_z, st.mean, st.firing)
+
+    def _observe_state(self) -> None:
+        store = self.agg.store
+        buckets, ids = store.size()
+        self.metrics.state_buckets.set(buckets)
+        self.metrics.state_ids.set(ids)
+        if store.watermark > 0:
+            self.metrics.watermark.set(store.watermark)
+        if self.consumer is not None:
+            for tp in self.partitions:
+                high = self.consumer.highwater(tp)
+                if high is not None:
+                    self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - self.positions.get(tp.partition, 0)))
+
+
+def _iso(ts: float) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat() if ts > 0 else None
+
+
+__all__ = ["Aggregator", "RestorePoint"]

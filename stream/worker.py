@@ -1,0 +1,254 @@
+"""``finsent worker``: the Faust app that scores headlines, plus the aggregator that windows them.
+
+Scoring (a Faust agent on ``finsent.news.raw``):
+
+* micro-batches with ``take_events(max_batch, within=max_wait_s)``: a lone headline waits at most
+  ``max_wait_s``; a busy stream fills batches of ``max_batch`` (the classifier sorts each batch by
+  length, so padding stays small);
+* the classifier runs in a one-thread executor, off the event loop, so heartbeats, commits and the
+  aggregator keep running during inference;
+* poison records (undecodable, schema-invalid, oversized) and items the model fails on by themselves
+  (after retry and bisection) go to ``finsent.dlq`` with their source offset; the stream goes on;
+* offsets commit only after the scored records *and* dead letters are acknowledged by the broker.
+
+Faust traps worked around here, on purpose:
+
+* ``take_events`` acks every buffered event in a ``finally`` -- also when the body raised or the
+  worker is stopping mid-batch -- and an acked offset gets committed. Each event is therefore
+  ``incref``-ed on arrival and released only after its outputs are acknowledged: a failed or
+  interrupted batch leaves its offsets uncommitted, so it is redelivered.
+* an exception escaping an agent kills the agent while the worker lives on (consuming nothing).
+  Errors are handled inside; anything unforeseen exits the process (crash-only), and the
+  supervisor (``finsent demo``, compose ``restart:``) starts a fresh worker that resumes from the
+  committed offsets.
+* Faust's windowed tables (``on_window_close`` firing only on new events, ``relative_to_field``,
+  tables inside ``take``) are not used: the windows are the pure core in ``windows.py``, run by the
+  aggregator task, so live, replay and backtest share it.
+* Tansu needs explicit topics and short group timeouts (``stream.session_timeout_s`` …); topics are
+  created before the app starts and Faust is told not to declare any.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from finsent.records import DeadLetter, NewsItem
+from finsent.settings import Settings
+from finsent.stream.aggregator import Aggregator
+from finsent.stream.metrics import WorkerMetrics
+from finsent.stream.pipeline import PoisonRecord, decode_raw, text_of, to_scored
+from finsent.stream.scoring import score_batch
+
+log = logging.getLogger("finsent.stream.worker")
+
+
+class Scorer:
+    """One micro-batch in, scored records and dead letters out, acknowledged before we return."""
+
+    def __init__(self, settings: Settings, classifier, metrics: WorkerMetrics):
+        self.settings = settings
+        self.classifier = classifier
+        self.metrics = metrics
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finsent-infer")
+        self.producer: AIOKafkaProducer | None = None
+        self.positions: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset to process
+        self.stopping = False
+
+    async def start(self) -> None:
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka.bootstrap, client_id=f"{self.settings.kafka.client_id}-scorer",
+            acks="all", linger_ms=2, request_timeout_ms=int(self.settings.stream.produce_timeout_s * 1000),
+        )
+        await self.producer.start()
+
+    async def stop(self) -> None:
+        self.stopping = True
+        if self.producer is not None:
+            await self.producer.stop()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def process(self, messages: list) -> None:
+        """``messages``: Kafka messages with .topic .partition .offset .key .value .timestamp (ms)."""
+        if self.producer is None:
+            await self.start()
+        m = self.metrics
+        m.items_in.inc(len(messages))
+        items: list[tuple[object, NewsItem]] = []
+        outputs: list[tuple[str, bytes | None, bytes]] = []
+        failed: list[tuple[str, str]] = []
+        for msg in messages:
+            try:
+                items.append((msg, decode_raw(msg.value, self.settings.stream.max_record_bytes)))
+            except PoisonRecord as err:
+                outputs.append(self._dead_letter(msg, str(err)))
+                failed.append(("poison", str(err)))
+        scored_at = None
+        if items:
+            m.batch_size.observe(len(items))
+            t0 = time.perf_counter()
+            result = await asyncio.get_running_loop().run_in_executor(
+                self.executor, score_batch, self.classifier.predict, [it for _, it in items],
+                text_of, self.settings.stream.inference_retries,
+            )
+            m.inference_seconds.observe(time.perf_counter() - t0)
+            m.retries.inc(max(0, result.calls - 1))
+            by_item = {id(it): msg for msg, it in items}
+            scored_at = datetime.now(UTC)
+            for item, prediction in result.scored:
+                scored = to_scored(item, prediction, scored_at)
+                outputs.append((self.settings.topics.scored.name, item.id.encode(), scored.to_json()))
+            for item, error in result.failed:
+                outputs.append(self._dead_letter(by_item[id(item)], f"classifier failed on this item: {error}"))
+                failed.append(("model", error))
+        await self._send_acknowledged(outputs)
+        done = time.time()
+        for reason, error in failed:
+            m.items_failed.labels(reason).inc()
+            log.warning("record sent to DLQ", extra={"reason": reason, "error": error[:300]})
+        if items:
+            m.items_scored.inc(len(items) - sum(1 for r, _ in failed if r == "model"))
+            for msg, item in items:
+                if msg.timestamp:
+                    m.e2e_seconds.observe(max(0.0, done - msg.timestamp / 1000))
+                m.news_age_seconds.observe(max(0.0, done - item.published.timestamp()))
+        for msg in messages:
+            self.positions[(msg.topic, msg.partition)] = msg.offset + 1
+
+    def _dead_letter(self, msg, error: str) -> tuple[str, bytes | None, bytes]:
+        letter = DeadLetter.of(topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key,
+                               value=msg.value or b"", error=error)
+        return self.settings.topics.dlq.name, msg.key, letter.to_json()
+
+    async def _send_acknowledged(self, outputs: list[tuple[str, bytes | None, bytes]]) -> None:
+        """Send all outputs and wait for acks; on a broker failure keep trying (nothing is committed meanwhile)."""
+        delay = 0.5
+        while True:
+            assert self.producer is not None
+            try:
+                futures = [await self.producer.send(topic, key=key, value=value) for topic, key, value in outputs]
+                await asyncio.gather(*futures)
+                return
+            except KafkaError as err:
+                if self.stopping:
+                    raise
+                log.warning("produce failed, retrying the whole batch (duplicates are deduplicated downstream)",
+                            extra={"error": f"{type(err).__name__}: {err}", "records": len(outputs), "retry_in_s": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+
+def build_app(settings: Settings, scorer: Scorer, aggregate: bool = True):
+    import faust
+
+    s = settings.stream
+    datadir = settings.paths.state_dir / "faust" / s.group_id
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        s.group_id,
+        broker=[f"kafka://{hp.strip()}" for hp in settings.kafka.bootstrap.split(",")],
+        value_serializer="raw",
+        key_serializer="raw",
+        web_enabled=False,
+        topic_disable_leader=True,
+        topic_allow_declare=False,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=s.session_timeout_s,
+        broker_heartbeat_interval=s.heartbeat_s,
+        broker_rebalance_timeout=s.rebalance_timeout_s,
+        broker_commit_interval=s.commit_interval_s,
+        producer_acks=-1,
+        store="memory://",
+        datadir=str(datadir),
+        stream_wait_empty=False,
+    )
+    raw = app.topic(settings.topics.raw.name, key_type=bytes, value_type=bytes, internal=False,
+                    partitions=settings.topics.raw.partitions)
+
+    @app.agent(raw, name="score")
+    async def score(stream):
+        async for events in stream.take_events(s.max_batch, within=s.max_wait_s):
+            for event in events:
+                event.message.incref()  # hold the offset until our outputs are acknowledged (see module doc)
+            try:
+                await scorer.process([event.message for event in events])
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("unexpected error in a batch; exiting so a fresh worker redelivers it")
+                os._exit(70)
+            for event in events:
+                event.message.decref()  # take_events' own ack now completes it
+
+    @app.timer(interval=5.0)
+    async def export_lag():
+        for tp in app.consumer.assignment():
+            high = app.consumer.highwater(tp)
+            pos = scorer.positions.get((tp.topic, tp.partition))
+            if high is not None and pos is not None:
+                scorer.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - pos))
+
+    if aggregate:
+        @app.task
+        async def run_aggregator():
+            await supervise_aggregator(settings, scorer.metrics)
+
+    return app
+
+
+async def supervise_aggregator(settings: Settings, metrics: WorkerMetrics) -> None:
+    """Run the aggregator; on any failure throw its memory away and rebuild from the newest restore point."""
+    delay = 1.0
+    while True:
+        agg = Aggregator(settings, metrics)
+        try:
+            await agg.run()
+            return
+        except asyncio.CancelledError:
+            await agg.stop()
+            raise
+        except Exception as err:
+            log.warning("aggregator failed; rebuilding from the newest restore point",
+                        extra={"error": f"{type(err).__name__}: {err}", "retry_in_s": delay})
+            await agg.stop()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 15.0)
+
+
+def run(settings: Settings, model_dir, aggregate: bool = True, loglevel: str = "warning") -> int:
+    """Blocking: create topics, load the model, serve /metrics, run the Faust worker until stopped."""
+    import faust
+    from prometheus_client import start_http_server
+
+    from finsent.model import Classifier
+    from finsent.stream.topics import ensure_topics
+
+    ensure_topics(settings.kafka.bootstrap, settings.topics.all(), timeout_s=60)
+    m = settings.model
+    classifier = Classifier.load(model_dir, backend=m.backend, device=m.device, batch_size=m.batch_size)
+    metrics = WorkerMetrics(top_k=settings.stream.ticker_top_k, watchlist=tuple(settings.stream.ticker_watchlist))
+    metrics.model_info.labels(classifier.version, classifier.backend.name).set(1)
+    server, _ = start_http_server(settings.stream.metrics_port, addr=settings.services.host, registry=metrics.registry)
+    log.info("worker starting", extra={
+        "model": classifier.version, "backend": classifier.backend.name, "aggregate": aggregate,
+        "metrics": f"http://{settings.services.host}:{settings.stream.metrics_port}/metrics",
+        "input": settings.topics.raw.name, "max_batch": settings.stream.max_batch, "max_wait_s": settings.stream.max_wait_s,
+    })
+    scorer = Scorer(settings, classifier, metrics)
+    app = build_app(settings, scorer, aggregate=aggregate)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False, override_logging=False)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        server.shutdown()
+    return 0
+
+
+__all__ = ["Scorer", "build_app", "run", "supervise_aggregator"]
