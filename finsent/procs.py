@@ -72,8 +72,12 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 class Child:
     """One supervised child process whose output goes to a log file."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None):
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None, restart: bool = False):
         self.name = name
+        self.restart = restart  # crash-only children (the worker): the supervisor starts them again
+        self.restarts: list[float] = []
+        self._ready: tuple[Callable[[], bool], float] | None = None
         self.argv = list(argv)
         self.log_path = log_path
         self.env = env
@@ -85,6 +89,7 @@ class Child:
         return self.proc.pid if self.proc else None
 
     def start(self, ready: Callable[[], bool], timeout: float) -> None:
+        self._ready = (ready, timeout)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as out:
             try:
@@ -143,6 +148,21 @@ class Supervisor:
 
     def dead(self) -> list[Child]:
         return [c for c in self.children if not c.alive()]
+
+    def revive(self, child: Child, max_per_minute: int = 5) -> bool:
+        """Start a restartable child again, unless it keeps dying (then the stack should stop and say so)."""
+        now = time.monotonic()
+        child.restarts = [t for t in child.restarts if now - t < 60]
+        if not child.restart or child._ready is None or len(child.restarts) >= max_per_minute:
+            return False
+        child.restarts.append(now)
+        log.warning("restarting", extra={"child": child.name, "rc": child.proc.returncode if child.proc else None})
+        try:
+            child.start(*child._ready)
+        except ProcessStartError as err:
+            log.error("restart failed", extra={"child": child.name, "error": str(err)[:500]})
+            return False
+        return True
 
     def stop(self) -> None:
         while self.children:

@@ -18,7 +18,8 @@ log = logging.getLogger("finsent.runtime")
 
 
 def wait_for_signal(supervisor: Supervisor, poll_s: float = 0.5) -> int:
-    """Block until SIGINT/SIGTERM (exit 0) or until a child dies on its own (exit 1)."""
+    """Block until SIGINT/SIGTERM (exit 0) or until a child dies on its own (exit 1); restartable
+    children (crash-only services such as the worker) are started again instead, up to a rate limit."""
     stop = threading.Event()
     received: list[int] = []
 
@@ -29,7 +30,7 @@ def wait_for_signal(supervisor: Supervisor, poll_s: float = 0.5) -> int:
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while not stop.wait(poll_s):
-            dead = supervisor.dead()
+            dead = [c for c in supervisor.dead() if not supervisor.revive(c)]
             if dead:
                 for child in dead:
                     log.error("child exited", extra={"child": child.name, "rc": child.proc.returncode, "log": str(child.log_path)})

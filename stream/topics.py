@@ -60,6 +60,17 @@ def partition_counts(admin: KafkaAdminClient, names: Iterable[str]) -> dict[str,
     return {d["name"]: len(d["partitions"]) for d in admin.describe_topics(names)}
 
 
+def topic_id(bootstrap: str, name: str, timeout_s: float = 10.0) -> str | None:
+    """The broker's id of a topic (it changes when a topic is deleted and created again); None if absent."""
+    admin = admin_client(bootstrap, timeout_s)
+    try:
+        if name not in set(admin.list_topics()):
+            return None
+        return admin.describe_topics([name])[0].get("topic_id")
+    finally:
+        admin.close()
+
+
 def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout_s: float = 15.0) -> TopicReport:
     """Create missing topics; check existing ones. Idempotent; raises TopicMismatch on a conflict."""
     specs = list(specs)

@@ -46,8 +46,12 @@ from finsent.stream.aggregator import Aggregator
 from finsent.stream.metrics import WorkerMetrics
 from finsent.stream.pipeline import PoisonRecord, decode_raw, text_of, to_scored
 from finsent.stream.scoring import score_batch
+from finsent.stream.topics import ensure_topics, topic_id
 
 log = logging.getLogger("finsent.stream.worker")
+
+EXIT_BROKER_RESET = 75  # EX_TEMPFAIL: restart me (the supervisor in `finsent demo` and compose do)
+EXIT_UNEXPECTED = 70  # EX_SOFTWARE: a bug; the batch was not committed, a restarted worker redelivers it
 
 
 class Scorer:
@@ -145,7 +149,7 @@ class Scorer:
                 delay = min(delay * 2, 10.0)
 
 
-def build_app(settings: Settings, scorer: Scorer, aggregate: bool = True):
+def build_app(settings: Settings, scorer: Scorer, aggregate: bool = True, input_topic_id: str | None = None):
     import faust
 
     s = settings.stream
@@ -183,7 +187,7 @@ def build_app(settings: Settings, scorer: Scorer, aggregate: bool = True):
                 raise
             except Exception:
                 log.exception("unexpected error in a batch; exiting so a fresh worker redelivers it")
-                os._exit(70)
+                os._exit(EXIT_UNEXPECTED)
             for event in events:
                 event.message.decref()  # take_events' own ack now completes it
 
@@ -194,6 +198,21 @@ def build_app(settings: Settings, scorer: Scorer, aggregate: bool = True):
             pos = scorer.positions.get((tp.topic, tp.partition))
             if high is not None and pos is not None:
                 scorer.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - pos))
+
+    if input_topic_id is not None:
+        @app.timer(interval=2.0)
+        async def check_input_topic():
+            """A broker that lost its log (Tansu keeps it in memory) comes back with new, empty topics; our
+            positions then point into a different log and would skip its first records. Exit instead: a
+            fresh worker (restarted by its supervisor) starts from the new log's committed offsets."""
+            try:
+                now = await asyncio.to_thread(topic_id, settings.kafka.bootstrap, settings.topics.raw.name, 3.0)
+            except Exception:
+                return  # broker unreachable: aiokafka is reconnecting; nothing to decide yet
+            if now != input_topic_id:
+                log.error("input topic was recreated (the broker lost its log); exiting for a fresh start",
+                          extra={"topic": settings.topics.raw.name, "was": input_topic_id, "now": now})
+                os._exit(EXIT_BROKER_RESET)
 
     if aggregate:
         @app.task
@@ -222,15 +241,15 @@ async def supervise_aggregator(settings: Settings, metrics: WorkerMetrics) -> No
             delay = min(delay * 2, 15.0)
 
 
-def run(settings: Settings, model_dir, aggregate: bool = True, loglevel: str = "warning") -> int:
+def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
     """Blocking: create topics, load the model, serve /metrics, run the Faust worker until stopped."""
     import faust
     from prometheus_client import start_http_server
 
     from finsent.model import Classifier
-    from finsent.stream.topics import ensure_topics
 
     ensure_topics(settings.kafka.bootstrap, settings.topics.all(), timeout_s=60)
+    input_id = topic_id(settings.kafka.bootstrap, settings.topics.raw.name)
     m = settings.model
     classifier = Classifier.load(model_dir, backend=m.backend, device=m.device, batch_size=m.batch_size)
     metrics = WorkerMetrics(top_k=settings.stream.ticker_top_k, watchlist=tuple(settings.stream.ticker_watchlist))
@@ -242,7 +261,8 @@ def run(settings: Settings, model_dir, aggregate: bool = True, loglevel: str = "
         "input": settings.topics.raw.name, "max_batch": settings.stream.max_batch, "max_wait_s": settings.stream.max_wait_s,
     })
     scorer = Scorer(settings, classifier, metrics)
-    app = build_app(settings, scorer, aggregate=aggregate)
+    app = build_app(settings, scorer, aggregate=aggregate, input_topic_id=input_id)
+    loglevel = logging.getLevelName(max(logging.getLogger().level, logging.WARNING))  # Faust's INFO is chatty
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False, override_logging=False)
     try:
         worker.execute_from_commandline()

@@ -1,0 +1,141 @@
+"""Helpers for tests that run real worker processes against the real (Tansu) broker.
+
+Each test gets its own topic names on the session broker, so tests never see each other's records.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from finsent.procs import Child, free_port, http_ok
+from finsent.records import NewsItem
+from finsent.settings import load
+from finsent.stream.topics import ensure_topics
+
+ROOT = Path(__file__).resolve().parents[1]
+TOPICS = ("raw", "scored", "alerts", "feedback", "dlq", "windows", "checkpoints")
+
+# Small event-time windows so a test sees many of them: 10 s buckets, surge watched on 30 s windows.
+FAST_WINDOWS = {
+    "FINSENT_WINDOWS__BUCKET_SECONDS": "10",
+    "FINSENT_WINDOWS__ROLLING_SECONDS": "[10, 30, 60]",
+    "FINSENT_WINDOWS__ALLOWED_LATENESS_S": "5",
+    "FINSENT_WINDOWS__IDLE_CLOSE_S": "1",
+    "FINSENT_SURGE__WINDOW_S": "30",
+    "FINSENT_SURGE__WARMUP_WINDOWS": "3",
+    "FINSENT_SURGE__MIN_VOLUME": "5",
+}
+
+
+def worker_env(bootstrap: str, tmp: Path, **extra: str) -> dict[str, str]:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
+    env.update({
+        "FINSENT_KAFKA__BOOTSTRAP": bootstrap,
+        "FINSENT_PATHS__STATE_DIR": str(tmp / "state"),
+        "FINSENT_STREAM__METRICS_PORT": str(free_port()),
+        "FINSENT_STREAM__GROUP_ID": f"{prefix}-worker",
+        "FINSENT_LOG_JSON": "1",
+        **{f"FINSENT_TOPICS__{t.upper()}__NAME": f"{prefix}.{t}" for t in TOPICS},
+    })
+    env.update(extra)
+    return env
+
+
+def settings_from(env: dict[str, str]):
+    """The Settings a worker started with ``env`` sees."""
+    saved = dict(os.environ)
+    try:
+        os.environ.update({k: v for k, v in env.items() if k.startswith("FINSENT_")})
+        return load()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def create_topics(env: dict[str, str]) -> None:
+    s = settings_from(env)
+    ensure_topics(s.kafka.bootstrap, s.topics.all())
+
+
+def topic(env: dict[str, str], name: str) -> str:
+    return env[f"FINSENT_TOPICS__{name.upper()}__NAME"]
+
+
+def metrics_url(env: dict[str, str]) -> str:
+    return f"http://127.0.0.1:{env['FINSENT_STREAM__METRICS_PORT']}/metrics"
+
+
+def start_worker(env: dict[str, str], log: Path, *args: str) -> Child:
+    child = Child("worker", [sys.executable, "-m", "finsent.cli", "worker", *args], log, env=env)
+    child.start(http_ok(metrics_url(env)), timeout=90)
+    return child
+
+
+def headlines(n: int, start: datetime, step_s: float, prefix: str = "n", burst: range = range(0)) -> list[NewsItem]:
+    """``n`` items ``step_s`` apart in event time; indices in ``burst`` are negative oil headlines."""
+    from finsent.ingest.localfeeds import load_rows
+
+    rows = load_rows()
+    background = [t for kind, t in rows if kind == "background"]
+    negative = [t for kind, t in rows if kind == "burst"]
+    out = []
+    for i in range(n):
+        at = start + timedelta(seconds=i * step_s)
+        title = negative[i % len(negative)] if i in burst else background[i % len(background)]
+        out.append(NewsItem(id=f"{prefix}{i}", title=title, source="test-wire", published=at, fetched=at,
+                            tickers=("XOM",) if i % 7 == 0 else ()))
+    return out
+
+
+def publish(bootstrap: str, name: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    for key, value in records:
+        producer.send(name, key=key, value=value)
+    producer.flush(30)
+    producer.close()
+
+
+def publish_items(bootstrap: str, name: str, items: list[NewsItem]) -> None:
+    publish(bootstrap, name, [(it.id.encode(), it.to_json()) for it in items])
+
+
+def read_topic(bootstrap: str, name: str, timeout_s: float = 10.0) -> list:
+    """Every record currently in the topic (all partitions), read up to the end offsets."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                             consumer_timeout_ms=1000)
+    try:
+        parts = consumer.partitions_for_topic(name) or set()
+        tps = [TopicPartition(name, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        out, deadline = [], time.monotonic() + timeout_s
+        while any(consumer.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                out.extend(records)
+        return out
+    finally:
+        consumer.close()
+
+
+def wait_for(check, timeout_s: float, what: str, every: float = 0.5):
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
+
+
+def past(seconds: float) -> datetime:
+    return datetime.now(UTC) - timedelta(seconds=seconds)

@@ -1,0 +1,32 @@
+"""Crash-only children: the supervisor starts a restartable child again, but not forever."""
+
+import sys
+import time
+
+from finsent.procs import Child, Supervisor
+
+
+def test_a_restartable_child_is_revived_up_to_a_rate_limit(tmp_path):
+    marker = tmp_path / "starts"
+    code = f"open({str(marker)!r}, 'a').write('x'); import time; time.sleep(0.3); raise SystemExit(75)"
+    child = Child("crashy", [sys.executable, "-c", code], tmp_path / "crashy.log", restart=True)
+    sup = Supervisor()
+    sup.start(child, lambda: marker.exists(), timeout=10)
+    revived = 0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        if not child.alive():
+            if not sup.revive(child, max_per_minute=3):
+                break
+            revived += 1
+    sup.stop()
+    assert revived == 3 and len(marker.read_text()) == 4  # first start + 3 restarts, then it gives up
+
+
+def test_a_plain_child_is_not_revived(tmp_path):
+    child = Child("once", [sys.executable, "-c", "import time; time.sleep(0.2)"], tmp_path / "once.log")
+    sup = Supervisor()
+    sup.start(child, lambda: True, timeout=5)
+    child.proc.wait(5)
+    assert sup.revive(child) is False
