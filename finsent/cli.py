@@ -314,7 +314,7 @@ def ingest_refill(
 @ingest_app.command("demo-feeds")
 def ingest_demo_feeds(
     port: Annotated[Optional[int], typer.Option(help="Port on 127.0.0.1 (default: settings ingest.demo_feeds_port).")] = None,
-    burst_at: Annotated[float, typer.Option(help="Seconds after start when the negative oil burst begins.")] = 150.0,
+    burst_at: Annotated[Optional[float], typer.Option(help="Seconds after start when the negative oil burst begins (default: settings ingest.demo_burst_at_s).")] = None,
     config: ConfigOption = None,
 ) -> None:
     """Serve the local demo feeds (and the hostile test cases) over HTTP on 127.0.0.1."""
@@ -324,7 +324,8 @@ def ingest_demo_feeds(
     from finsent.ingest.localfeeds import DEMO_FEEDS, FeedServer
 
     settings = _settings(config)
-    server = FeedServer(settings.services.host, port if port is not None else settings.ingest.demo_feeds_port, burst_at=burst_at).start()
+    server = FeedServer(settings.services.host, port if port is not None else settings.ingest.demo_feeds_port,
+                         burst_at=burst_at if burst_at is not None else settings.ingest.demo_burst_at_s).start()
     for name in DEMO_FEEDS:
         typer.echo(f"{server.url}/feeds/{name}", err=True)
     stop = threading.Event()

@@ -1,7 +1,7 @@
 """``finsent demo``: the whole embedded stack on 127.0.0.1, for a new user's first five minutes.
 
 Stages are started in dependency order (broker → Prometheus → Alertmanager → …) and stopped in
-reverse. Later issues add ingest, worker, receiver and web here as they come into existence.
+reverse. The worker is crash-only: if it exits (a bug, a broker that lost its log) it is started again.
 """
 
 from __future__ import annotations
@@ -21,10 +21,31 @@ from finsent.stream.embedded_broker import start_broker
 log = logging.getLogger("finsent.demo")
 
 
-def finsent_child(name: str, args: list[str], logs: Path, **env: str) -> Child:
+def finsent_child(name: str, args: list[str], logs: Path, restart: bool = False, **env: str) -> Child:
     """A finsent command as a child process, sharing this process's settings (env + config file)."""
     child_env = {**os.environ, "FINSENT_LOG_JSON": "1", **env}
-    return Child(name, [sys.executable, "-m", "finsent.cli", *args], logs / f"{name}.log", env=child_env)
+    return Child(name, [sys.executable, "-m", "finsent.cli", *args], logs / f"{name}.log", env=child_env, restart=restart)
+
+
+# The demo compresses time so a new user sees windows close and the scripted burst raise a surge within
+# minutes: 10 s buckets, the detector on 60 s windows, a short warm-up. Set any FINSENT_WINDOWS__*/
+# FINSENT_SURGE__* variable to override; production defaults are 60 s buckets and 5 min windows.
+DEMO_STREAM_ENV = {
+    "FINSENT_WINDOWS__BUCKET_SECONDS": "10",
+    "FINSENT_WINDOWS__ROLLING_SECONDS": "[30, 60, 300]",
+    "FINSENT_WINDOWS__ALLOWED_LATENESS_S": "20",
+    "FINSENT_WINDOWS__IDLE_CLOSE_S": "5",
+    "FINSENT_SURGE__WINDOW_S": "60",
+    "FINSENT_SURGE__WARMUP_WINDOWS": "5",
+    "FINSENT_SURGE__COOLDOWN_S": "300",
+}
+
+
+def demo_stream_env() -> dict[str, str]:
+    """The demo's time scale, unless the user set windows/surge settings themselves (they go together)."""
+    if any(k.startswith(("FINSENT_WINDOWS__", "FINSENT_SURGE__")) for k in os.environ):
+        return {}
+    return dict(DEMO_STREAM_ENV)
 
 
 def demo_feed_list(path: Path, feeds_url: str, interval: float = 10.0) -> Path:
@@ -69,6 +90,11 @@ def run(settings: Settings) -> int:
         supervisor.start(ingest, lambda: port_open(host, settings.ingest.metrics_port), timeout)
         urls["ingest metrics"] = f"http://{host}:{settings.ingest.metrics_port}/metrics"
         register_target(state, "ingest", f"{host}:{settings.ingest.metrics_port}")
+        worker = finsent_child("worker", ["worker"], logs, restart=True,
+                               FINSENT_KAFKA__BOOTSTRAP=urls["kafka"], **demo_stream_env())
+        supervisor.start(worker, http_ok(f"http://{host}:{settings.stream.metrics_port}/metrics"), 120)
+        urls["worker metrics"] = f"http://{host}:{settings.stream.metrics_port}/metrics"
+        register_target(state, "worker", f"{host}:{settings.stream.metrics_port}")
     except BaseException:
         supervisor.stop()
         raise

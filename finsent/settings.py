@@ -131,6 +131,7 @@ class Ingest(_Group):
     feeds_file: Path = Path("ingest/data/feeds-public.toml")
     metrics_port: Port = 9181
     demo_feeds_port: Port = 9180
+    demo_burst_at_s: float = Field(default=150.0, ge=0)  # the demo feeds' negative oil burst starts this late
     dedup_horizon_hours: float = Field(default=48.0, gt=0)
     near_duplicate_threshold: float = Field(default=0.7, gt=0, le=1)
     per_host: int = Field(default=2, ge=1, le=64)

@@ -25,6 +25,8 @@ def _start_demo(tmp_path: Path) -> tuple[subprocess.Popen, dict, Path]:
         "FINSENT_SERVICES__ALERTMANAGER_PORT": str(free_port()),
         "FINSENT_INGEST__DEMO_FEEDS_PORT": str(free_port()),
         "FINSENT_INGEST__METRICS_PORT": str(free_port()),
+        "FINSENT_STREAM__METRICS_PORT": str(free_port()),
+        "FINSENT_INGEST__DEMO_BURST_AT_S": "45",
         "FINSENT_PATHS__ARCHIVE_DIR": str(state / "archive"),
     }
     log = (tmp_path / "demo.log").open("wb")
@@ -50,7 +52,7 @@ def _assert_all_gone(pids: list[int], timeout: float = 15) -> None:
 def test_demo_serves_every_url_then_stops_on_sigterm_without_orphans(tmp_path):
     proc, info, log = _start_demo(tmp_path)
     try:
-        assert set(info["children"]) == {"broker", "prometheus", "alertmanager", "feeds", "ingest"}
+        assert set(info["children"]) == {"broker", "prometheus", "alertmanager", "feeds", "ingest", "worker"}
         host, port = info["urls"]["kafka"].split(":")
         assert port_open(host, int(port))
         for name in ("prometheus", "alertmanager"):
@@ -85,6 +87,29 @@ def test_demo_serves_every_url_then_stops_on_sigterm_without_orphans(tmp_path):
                                params={"query": 'sum(finsent_feed_items_total{job="ingest",status="new"})'}, timeout=5).json()["data"]["result"]
             time.sleep(0.5)
         assert result and float(result[0]["value"][1]) > 0
+        # The worker scores them, and the scripted oil burst raises a surge: on finsent.alerts with its
+        # evidence, and on the worker's /metrics (which Prometheus scrapes for the alert rules).
+        from finsent.records import ScoredItem, SurgeAlert
+
+        consumer = KafkaConsumer("finsent.news.scored", bootstrap_servers=info["urls"]["kafka"], auto_offset_reset="earliest",
+                                 group_id=None, consumer_timeout_ms=30000)
+        assert ScoredItem.from_json(next(iter(consumer)).value).model.startswith("finsent-minilm@")
+        consumer.close()
+        consumer = KafkaConsumer("finsent.alerts", bootstrap_servers=info["urls"]["kafka"], auto_offset_reset="earliest",
+                                 group_id=None, consumer_timeout_ms=180_000)
+        alert = next(a for a in (SurgeAlert.from_json(r.value) for r in consumer) if a.key == "topic:Energy | Oil")
+        consumer.close()
+        assert alert.state == "firing" and alert.evidence and alert.negative_share > 0.5
+        assert all(e.source == "oil-desk" for e in alert.evidence[:3])
+        metrics = httpx.get(info["urls"]["worker metrics"], timeout=5).text
+        assert 'finsent_surge_active{dim="topic",name="Energy | Oil",severity="%s"} 1.0' % alert.severity in metrics
+        deadline = time.monotonic() + 30
+        up = []
+        while not up and time.monotonic() < deadline:
+            up = httpx.get(info["urls"]["prometheus"] + "/api/v1/query", params={"query": 'up{job="worker"} == 1'},
+                           timeout=5).json()["data"]["result"]
+            time.sleep(0.5)
+        assert up, "Prometheus does not scrape the worker"
     finally:
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=30)
@@ -123,7 +148,7 @@ def test_occupied_port_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["broker"], ["demo"], ["train"], ["eval"], ["export"], ["ingest"], ["ingest", "import"], ["ingest", "refill"],
+    [[], ["broker"], ["demo"], ["worker"], ["train"], ["eval"], ["export"], ["ingest"], ["ingest", "import"], ["ingest", "refill"],
      ["ingest", "demo-feeds"]],
 )
 def test_every_command_has_help(command):
