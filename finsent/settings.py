@@ -218,6 +218,7 @@ class Stream(_Group):
     heartbeat_s: float = Field(default=1.0, gt=0)
     rebalance_timeout_s: float = Field(default=6.0, gt=0)
     commit_interval_s: float = Field(default=1.0, gt=0)
+    fetch_max_wait_ms: int = Field(default=100, ge=0, le=30_000)  # Tansu holds a fetch this long (see faust_transport)
     checkpoint_interval_s: float = Field(default=5.0, gt=0)  # aggregator restore point at most this old
     produce_timeout_s: float = Field(default=30.0, gt=0)
 

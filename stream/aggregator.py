@@ -89,7 +89,8 @@ class Aggregator:
         await self.producer.start()
         point = await self._load_restore_point()
         self.consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, client_id=self.client_id, group_id=None,
-                                         enable_auto_commit=False, auto_offset_reset="earliest")
+                                         enable_auto_commit=False, auto_offset_reset="earliest",
+                                         fetch_max_wait_ms=self.settings.stream.fetch_max_wait_ms)
         await self.consumer.start()
         parts = self.consumer.partitions_for_topic(self.topic) or set()
         if not parts:

@@ -113,7 +113,10 @@ class Aggregation:
         self.last: dict[tuple[str, int], WindowStat] = {}  # newest closed window per (key, width)
 
     def add(self, scored: ScoredItem, lane: int = 0) -> Emitted:
-        return self._handle(self.store.add(observation(scored), lane))
+        return self.add_observation(observation(scored), lane)
+
+    def add_observation(self, obs: Observation, lane: int = 0) -> Emitted:
+        return self._handle(self.store.add(obs, lane))
 
     def set_idle(self, lane: int) -> Emitted:
         """Input ``lane`` is caught up: it no longer holds the watermark back."""

@@ -90,7 +90,9 @@ class WindowStore:
         self.late_policy = late_policy
         self.keep = evidence
         self.buckets: dict[str, dict[int, Bucket]] = defaultdict(dict)  # key -> bucket start (epoch s) -> bucket
-        self.seen: dict[str, dict[str, int]] = defaultdict(dict)  # key -> item id -> bucket start
+        self.seen: dict[str, set[str]] = defaultdict(set)  # key -> item ids counted (redelivery dedup)
+        self.seen_at: dict[int, list[tuple[str, str]]] = defaultdict(list)  # bucket start -> (key, id): eviction order
+        self.evicted_before = -(2**62)
         self.max_event = -1
         self.lane_max: dict[int, int] = {}
         self.idle_lanes: set[int] = set()
@@ -134,7 +136,8 @@ class WindowStore:
             if obs.item_id in self.seen[key]:
                 repeated = True
                 continue
-            self.seen[key][obs.item_id] = start
+            self.seen[key].add(obs.item_id)
+            self.seen_at[start].append((key, obs.item_id))
             bucket = self.buckets[key].setdefault(start, Bucket())
             bucket.add(obs, self.keep)
         self.duplicates += repeated
@@ -190,17 +193,21 @@ class WindowStore:
 
     def _evict(self, watermark: int) -> None:
         horizon = self.bucket_start(watermark) - self.widths[-1]
+        if horizon <= self.evicted_before:
+            return  # nothing new fell out of the widest window: eviction runs once per bucket, not per event
+        self.evicted_before = horizon
         for key in list(self.buckets):
             for start in [s for s in self.buckets[key] if s < horizon]:
                 del self.buckets[key][start]
             if not self.buckets[key]:
                 del self.buckets[key]
-            ids = self.seen.get(key)
-            if ids:
-                for item_id in [i for i, s in ids.items() if s < horizon - self.lateness]:
-                    del ids[item_id]
-                if not ids:
-                    del self.seen[key]
+        for start in [s for s in self.seen_at if s < horizon - self.lateness]:
+            for key, item_id in self.seen_at.pop(start):
+                ids = self.seen.get(key)
+                if ids is not None:
+                    ids.discard(item_id)
+                    if not ids:
+                        del self.seen[key]
 
     def size(self) -> tuple[int, int]:
         """(buckets held, ids held): what eviction keeps bounded."""

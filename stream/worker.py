@@ -43,6 +43,7 @@ from aiokafka.errors import KafkaError
 from finsent.records import DeadLetter, NewsItem
 from finsent.settings import Settings
 from finsent.stream.aggregator import Aggregator
+from finsent.stream.faust_transport import transport_class
 from finsent.stream.metrics import WorkerMetrics
 from finsent.stream.pipeline import PoisonRecord, decode_raw, text_of, to_scored
 from finsent.stream.scoring import score_batch
@@ -173,6 +174,7 @@ def build_app(settings: Settings, scorer: Scorer, aggregate: bool = True, input_
         datadir=str(datadir),
         stream_wait_empty=False,
     )
+    app.transport = transport_class(s.fetch_max_wait_ms)(app.conf.broker_consumer, app)
     raw = app.topic(settings.topics.raw.name, key_type=bytes, value_type=bytes, internal=False,
                     partitions=settings.topics.raw.partitions)
 
