@@ -85,10 +85,33 @@ def prometheus_child(settings: Settings, state_dir: Path) -> tuple[Child, str]:
     return Child("prometheus", argv, state_dir / "logs" / "prometheus.log"), url
 
 
+DEFAULT_RECEIVER = "127.0.0.1:9184"
+
+
+def render_alertmanager_config(settings: Settings, home: Path, source: Path = ALERTMANAGER_CONFIG) -> Path:
+    """The shipped routing with this machine's receiver address, and the bearer token (from the environment)
+    written to a private file Alertmanager reads: the token never lands in a config file of the repo."""
+    doc = yaml.safe_load(source.read_text())
+    address = f"{settings.services.host}:{settings.receiver.port}"
+    token_file = home / "receiver-token"
+    if settings.receiver.token is not None:
+        token_file.touch(mode=0o600)
+        token_file.write_text(settings.receiver.token.get_secret_value())
+    for receiver in doc.get("receivers", []):
+        for hook in receiver.get("webhook_configs", []):
+            hook["url"] = hook["url"].replace(DEFAULT_RECEIVER, address)
+            if settings.receiver.token is not None:
+                hook["http_config"] = {"authorization": {"type": "Bearer", "credentials_file": str(token_file)}}
+    out = home / "alertmanager.yml"
+    out.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return out
+
+
 def alertmanager_child(settings: Settings, state_dir: Path, config: Path = ALERTMANAGER_CONFIG) -> tuple[Child, str]:
     s = settings.services
     home = state_dir / "alertmanager"
     home.mkdir(parents=True, exist_ok=True)
+    config = render_alertmanager_config(settings, home, config)
     url = f"http://{s.host}:{s.alertmanager_port}"
     argv = [
         _binary(s.alertmanager_bin),

@@ -209,6 +209,60 @@ def export(
     typer.echo(f"recommended CPU backend: {report['recommended']}")
 
 
+receiver_app = typer.Typer(help="The compliance receiver: Alertmanager webhooks into an append-only audit log.",
+                           no_args_is_help=False)
+app.add_typer(receiver_app, name="receiver")
+
+
+@receiver_app.callback(invoke_without_command=True)
+def receiver(ctx: typer.Context, config: ConfigOption = None) -> None:
+    """Serve the webhook endpoint (POST /alertmanager), GET /alerts, /healthz and /metrics on 127.0.0.1."""
+    if ctx.invoked_subcommand:
+        return
+    from finsent.alerts.receiver import serve
+
+    serve(_settings(config))
+
+
+@receiver_app.command("export")
+def receiver_export(
+    since: Annotated[Optional[str], typer.Option("--from", help="ISO time with zone, e.g. 2024-05-02T00:00:00Z.")] = None,
+    until: Annotated[Optional[str], typer.Option("--to", help="ISO time with zone (exclusive).")] = None,
+    format: Annotated[str, typer.Option("--format", help="csv or json.")] = "csv",
+    out: Annotated[Optional[Path], typer.Option(help="File to write; default: standard output.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Export recorded notifications (firing and resolved, with evidence) for a time range."""
+    import json as json_mod
+
+    from finsent.alerts.audit import AuditLog
+    from finsent.alerts.receiver import parse_time, to_csv
+
+    settings = _settings(config)
+    if format not in ("csv", "json"):
+        typer.echo("error: --format must be csv or json", err=True)
+        raise typer.Exit(2)
+    if not settings.audit_db.exists():
+        typer.echo(f"error: no audit log at {settings.audit_db}", err=True)
+        raise typer.Exit(1)
+    try:
+        start, end = parse_time(since), parse_time(until)
+    except ValueError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    audit = AuditLog(settings.audit_db)
+    try:
+        rows = audit.query(start, end)
+    finally:
+        audit.close()
+    text = to_csv(rows) if format == "csv" else json_mod.dumps(rows, indent=2)
+    if out:
+        out.write_text(text)
+        typer.echo(f"{len(rows)} notifications written to {out}", err=True)
+    else:
+        sys.stdout.write(text)
+
+
 ingest_app = typer.Typer(help="Poll feeds into finsent.news.raw and the archive; import history; refill a broker.",
                          rich_markup_mode=None)
 app.add_typer(ingest_app, name="ingest")

@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 ENV_PREFIX = "FINSENT_"
@@ -225,6 +225,18 @@ class Stream(_Group):
     _check_port = field_validator("metrics_port")(classmethod(lambda cls, v: _port(v)))
 
 
+class Receiver(_Group):
+    """The compliance receiver: Alertmanager webhooks in, an append-only audit log out."""
+
+    port: Port = 9184
+    audit_db: Path | None = None  # default: <paths.state_dir>/receiver/audit.sqlite
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    token: SecretStr | None = None  # FINSENT_RECEIVER__TOKEN: bearer token required on webhooks when set
+    evidence_wait_s: float = Field(default=5.0, ge=0)  # how long a webhook waits for its SurgeAlert to arrive
+
+    _check_port = field_validator("port")(classmethod(lambda cls, v: _port(v)))
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -243,7 +255,12 @@ class Settings(BaseSettings):
     windows: Windows = Windows()
     surge: Surge = Surge()
     stream: Stream = Stream()
+    receiver: Receiver = Receiver()
     allow_private_feeds: bool = False
+
+    @property
+    def audit_db(self) -> Path:
+        return self.receiver.audit_db or self.paths.state_dir / "receiver" / "audit.sqlite"
 
     @model_validator(mode="after")
     def _surge_width(self) -> Settings:

@@ -12,7 +12,14 @@ def test_defaults_bind_to_loopback_and_validate():
     assert s.kafka.bootstrap.startswith("127.0.0.1:")
     assert {t.name for t in s.topics.all()} == {
         "finsent.news.raw", "finsent.news.scored", "finsent.alerts", "finsent.feedback", "finsent.dlq",
+        "finsent.windows", "finsent.stream.checkpoints",
     }
+    assert s.surge.window_s in s.windows.rolling_seconds
+
+
+def test_the_surge_width_must_be_a_rolling_window():
+    with pytest.raises(SettingsError, match=r"surge.window_s=60 must be one of windows.rolling_seconds"):
+        load(surge={"window_s": 60})
 
 
 def test_environment_overrides_nested_fields(monkeypatch):
