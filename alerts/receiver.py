@@ -24,12 +24,12 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Literal
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, make_asgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 
 from finsent.alerts.audit import AuditLog, Notification
 from finsent.records import RecordError, SurgeAlert
@@ -199,7 +199,7 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
             Route("/alertmanager", webhook, methods=["POST"]),
             Route("/alerts", list_alerts, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
-            Mount("/metrics", app=make_asgi_app(metrics.registry)),
+            Route("/metrics", lambda request: Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)),
         ],
         lifespan=lifespan,
     )

@@ -90,6 +90,11 @@ def run(settings: Settings) -> int:
         supervisor.start(ingest, lambda: port_open(host, settings.ingest.metrics_port), timeout)
         urls["ingest metrics"] = f"http://{host}:{settings.ingest.metrics_port}/metrics"
         register_target(state, "ingest", f"{host}:{settings.ingest.metrics_port}")
+        receiver_url = f"http://{host}:{settings.receiver.port}"
+        receiver = finsent_child("receiver", ["receiver"], logs, restart=True, FINSENT_KAFKA__BOOTSTRAP=urls["kafka"])
+        supervisor.start(receiver, http_ok(f"{receiver_url}/healthz"), timeout)
+        urls["receiver"] = f"{receiver_url}/alerts"
+        register_target(state, "receiver", f"{host}:{settings.receiver.port}")
         worker = finsent_child("worker", ["worker"], logs, restart=True,
                                FINSENT_KAFKA__BOOTSTRAP=urls["kafka"], **demo_stream_env())
         supervisor.start(worker, http_ok(f"http://{host}:{settings.stream.metrics_port}/metrics"), 120)

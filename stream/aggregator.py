@@ -273,7 +273,9 @@ class Aggregator:
             volumes = {s.key.split(":", 1)[1]: s.count for s, w in newest if w == widest and s.key.startswith("ticker:")}
             self.metrics.windows(newest, volumes, end)
         for key, st in agg.detector.keys.items():
-            self.metrics.surge_state(key, st.last_z, st.mean, st.firing)
+            last = agg.last.get((key, agg.surge_width))
+            fresh = last is not None and last.end.timestamp() == agg.emitted_until
+            self.metrics.surge_state(key, st.last_z, st.mean, st.firing, last.count if fresh else 0)
 
     def _observe_state(self) -> None:
         store = self.agg.store

@@ -65,6 +65,7 @@ class WorkerMetrics:
         self.w_score = Gauge("finsent_window_mean_score", "Mean p(pos)-p(neg) of the newest closed window", labels, registry=r)
         self.w_end = Gauge("finsent_window_end_timestamp_seconds", "End of the newest closed window", labels, registry=r)
         self.s_z = Gauge("finsent_surge_zscore", "z-score of the watched window vs the key's baseline", ["dim", "name"], registry=r)
+        self.s_count = Gauge("finsent_surge_window_count", "Headlines in the window the detector judged last", ["dim", "name"], registry=r)
         self.s_baseline = Gauge("finsent_surge_baseline_negative_share", "EWMA baseline of the negative share", ["dim", "name"], registry=r)
         self.s_active = Gauge("finsent_surge_active", "1 while a surge fires for the key (label: its severity)", ["dim", "name", "severity"], registry=r)
         self.s_alerts = Counter("finsent_surge_alerts_total", "Surge events published", ["dim", "state", "severity"], registry=r)
@@ -100,7 +101,7 @@ class WorkerMetrics:
             self.w_score.labels(*lab).set(stat.mean_score)
             self.w_end.labels(*lab).set(stat.end.timestamp())
 
-    def surge_state(self, key: str, z: float, baseline: float, firing: SurgeAlert | None) -> None:
+    def surge_state(self, key: str, z: float, baseline: float, firing: SurgeAlert | None, count: int = 0) -> None:
         dim, name = split_key(key)
         if dim == "ticker" and name not in self.shown_tickers and firing is None:
             return
@@ -110,6 +111,7 @@ class WorkerMetrics:
         else:
             self._firing.add((dim, name))
         self.s_z.labels(dim, name).set(z)
+        self.s_count.labels(dim, name).set(count)
         self.s_baseline.labels(dim, name).set(baseline)
         for sev in SEVERITIES:
             self.s_active.labels(dim, name, sev).set(1 if firing is not None and firing.severity == sev else 0)
@@ -123,7 +125,7 @@ class WorkerMetrics:
                 gauge.remove(dim, name, width)
         if (dim, name) in self._surge_keys and (dim, name) not in self._firing:
             self._surge_keys.discard((dim, name))
-            for gauge in (self.s_z, self.s_baseline):
+            for gauge in (self.s_z, self.s_baseline, self.s_count):
                 gauge.remove(dim, name)
             for sev in SEVERITIES:
                 self.s_active.remove(dim, name, sev)

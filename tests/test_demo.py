@@ -15,7 +15,7 @@ import pytest
 from finsent.procs import free_port, port_open
 
 
-def _start_demo(tmp_path: Path) -> tuple[subprocess.Popen, dict, Path]:
+def _start_demo(tmp_path: Path, **extra_env: str) -> tuple[subprocess.Popen, dict, Path]:
     state = tmp_path / "state"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")},
@@ -52,7 +52,7 @@ def _assert_all_gone(pids: list[int], timeout: float = 15) -> None:
 def test_demo_serves_every_url_then_stops_on_sigterm_without_orphans(tmp_path):
     proc, info, log = _start_demo(tmp_path)
     try:
-        assert set(info["children"]) == {"broker", "prometheus", "alertmanager", "feeds", "ingest", "worker"}
+        assert set(info["children"]) == {"broker", "prometheus", "alertmanager", "feeds", "ingest", "receiver", "worker"}
         host, port = info["urls"]["kafka"].split(":")
         assert port_open(host, int(port))
         for name in ("prometheus", "alertmanager"):
@@ -95,6 +95,37 @@ def test_demo_serves_every_url_then_stops_on_sigterm_without_orphans(tmp_path):
                                  group_id=None, consumer_timeout_ms=30000)
         assert ScoredItem.from_json(next(iter(consumer)).value).model.startswith("finsent-minilm@")
         consumer.close()
+        deadline = time.monotonic() + 30
+        up = []
+        while not up and time.monotonic() < deadline:
+            up = httpx.get(info["urls"]["prometheus"] + "/api/v1/query", params={"query": 'up{job="worker"} == 1'},
+                           timeout=5).json()["data"]["result"]
+            time.sleep(0.5)
+        assert up, "Prometheus does not scrape the worker"
+        receiver_up = httpx.get(info["urls"]["prometheus"] + "/api/v1/query", params={"query": 'up{job="receiver"} == 1'},
+                                timeout=5).json()["data"]["result"]
+        assert receiver_up, "Prometheus does not scrape the receiver"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+    assert rc == 0, log.read_text()[-2000:]
+    _assert_all_gone(children)
+    assert '"msg": "stopping"' in log.read_text()
+
+
+@pytest.mark.timeout(600)
+def test_demo_burst_reaches_the_compliance_audit_log_with_evidence_then_resolves(tmp_path):
+    """The issue's end-to-end chain, all real processes: demo feeds with the scripted negative burst →
+    ingest → worker surge gauge → Prometheus rule (for: 30s) → Alertmanager → receiver audit log with the
+    evidence headlines; then the burst ends → a resolved entry. Prints the detection-to-audit latency."""
+    from datetime import datetime
+
+    from kafka import KafkaConsumer
+
+    from finsent.records import SurgeAlert
+
+    proc, info, log = _start_demo(tmp_path, FINSENT_INGEST__DEMO_BURST_AT_S="20")
+    try:
         # The burst is oil headlines on the oil-desk feed (ticker USO): the classifier puts most of them in
         # "Energy | Oil"; which of the keys it touches crosses the threshold first depends on the baseline.
         burst_keys = {"topic:Energy | Oil", "ticker:USO", "all"}
@@ -113,19 +144,31 @@ def test_demo_serves_every_url_then_stops_on_sigterm_without_orphans(tmp_path):
         dim, _, name = alert.key.partition(":")
         metrics = httpx.get(info["urls"]["worker metrics"], timeout=5).text
         assert 'finsent_surge_active{dim="%s",name="%s",severity="%s"} 1.0' % (dim, name or dim, alert.severity) in metrics
-        deadline = time.monotonic() + 30
-        up = []
-        while not up and time.monotonic() < deadline:
-            up = httpx.get(info["urls"]["prometheus"] + "/api/v1/query", params={"query": 'up{job="worker"} == 1'},
-                           timeout=5).json()["data"]["result"]
-            time.sleep(0.5)
-        assert up, "Prometheus does not scrape the worker"
+        published_at = record.timestamp / 1000  # when the worker put the SurgeAlert on finsent.alerts
+
+        def audit(status):
+            rows = httpx.get(info["urls"]["receiver"], params={"status": status}, timeout=5).json()["notifications"]
+            return [r for r in rows if r["alertname"] == "NegativeSentimentSurge" and r["surge_alert_id"]]
+
+        deadline = time.monotonic() + 180
+        while not (fired := audit("firing")) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert fired, "no surge notification reached the audit log"
+        row = fired[0]
+        assert row["evidence"] and all(e["title"] for e in row["evidence"])
+        assert any(e["source"] == "oil-desk" for e in row["evidence"])
+        assert row["labels"]["kind"] == "market" and row["receiver"] == "compliance"
+        latency = datetime.fromisoformat(row["received_at"]).timestamp() - published_at
+        print(f"\ndetection (SurgeAlert on finsent.alerts) -> audit log entry: {latency:.1f} s "
+              "(scrape 5 s, rule evaluation 5 s, for: 30s, Alertmanager group_wait 5 s)")
+        assert latency < 120
+        deadline = time.monotonic() + 300
+        while not audit("resolved") and time.monotonic() < deadline:
+            time.sleep(2)
+        assert audit("resolved"), "the surge never resolved in the audit log"
     finally:
         proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=30)
-    assert rc == 0, log.read_text()[-2000:]
-    _assert_all_gone(children)
-    assert '"msg": "stopping"' in log.read_text()
+        proc.wait(timeout=30)
 
 
 def test_demo_ctrl_c_stops_cleanly(tmp_path):

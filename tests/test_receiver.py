@@ -97,7 +97,7 @@ def test_bad_webhooks_get_4xx_and_leave_the_audit_log_intact(settings, monkeypat
         assert [r.status_code for r in cases] == [401, 401, 400, 400, 413, 422, 422, 422]
         assert {"field": "alerts.0.labels", "error": "Field required"} in cases[-1].json()["fields"]
         assert client.get("/alerts").json()["notifications"] == before
-        metrics = client.get("/metrics/").text
+        metrics = client.get("/metrics").text
         assert 'finsent_receiver_rejected_total{reason="unauthorized"} 2.0' in metrics
 
 
