@@ -263,6 +263,49 @@ def receiver_export(
         sys.stdout.write(text)
 
 
+grafana_app = typer.Typer(help="Dashboards as code: build the JSON, publish to a Grafana with grafana-client.")
+app.add_typer(grafana_app, name="grafana")
+
+
+@grafana_app.command("build")
+def grafana_build() -> None:
+    """Regenerate alerts/grafana/dashboards/*.json from alerts/grafana/build.py."""
+    from finsent.alerts.grafana.build import render
+
+    for path in render():
+        typer.echo(str(path))
+
+
+@grafana_app.command("publish")
+def grafana_publish(
+    url: Annotated[Optional[str], typer.Option(help="Grafana base URL (default: settings grafana.url).")] = None,
+    annotations: Annotated[bool, typer.Option("--annotations/--no-annotations", help="Also post surges from the audit log.")] = True,
+    config: ConfigOption = None,
+) -> None:
+    """Upload the dashboards (overwrite) and annotate surges; the API token comes from FINSENT_GRAFANA__TOKEN."""
+    from finsent.alerts.audit import AuditLog
+    from finsent.alerts.grafana import publish
+
+    settings = _settings(config)
+    if settings.grafana.token is None:
+        typer.echo("error: set FINSENT_GRAFANA__TOKEN to a Grafana API (service account) token", err=True)
+        raise typer.Exit(2)
+    api = publish.client(url or settings.grafana.url, settings.grafana.token.get_secret_value())
+    try:
+        uids = publish.publish_dashboards(api, settings.grafana.folder_uid)
+        posted = 0
+        if annotations and settings.audit_db.exists():
+            audit = AuditLog(settings.audit_db)
+            try:
+                posted = publish.publish_annotations(api, audit.query())
+            finally:
+                audit.close()
+    except Exception as err:  # grafana-client raises its own and niquests' errors: report, do not trace
+        typer.echo(f"error: publishing to {url or settings.grafana.url} failed: {type(err).__name__}: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"published dashboards {uids}; {posted} surge annotations", err=True)
+
+
 ingest_app = typer.Typer(help="Poll feeds into finsent.news.raw and the archive; import history; refill a broker.",
                          rich_markup_mode=None)
 app.add_typer(ingest_app, name="ingest")

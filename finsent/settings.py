@@ -237,6 +237,14 @@ class Receiver(_Group):
     _check_port = field_validator("port")(classmethod(lambda cls, v: _port(v)))
 
 
+class Grafana(_Group):
+    """Where ``finsent grafana publish`` uploads dashboards; the token only from FINSENT_GRAFANA__TOKEN."""
+
+    url: str = "http://127.0.0.1:3000"
+    token: SecretStr | None = None
+    folder_uid: str | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -256,6 +264,7 @@ class Settings(BaseSettings):
     surge: Surge = Surge()
     stream: Stream = Stream()
     receiver: Receiver = Receiver()
+    grafana: Grafana = Grafana()
     allow_private_feeds: bool = False
 
     @property

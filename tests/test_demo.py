@@ -105,6 +105,19 @@ def test_demo_serves_every_url_then_stops_on_sigterm_without_orphans(tmp_path):
         receiver_up = httpx.get(info["urls"]["prometheus"] + "/api/v1/query", params={"query": 'up{job="receiver"} == 1'},
                                 timeout=5).json()["data"]["result"]
         assert receiver_up, "Prometheus does not scrape the receiver"
+        # Every Grafana panel's PromQL returns series from this live stack (Grafana itself is not installable).
+        from test_dashboards import check_panels
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                counts = check_panels(info["urls"]["prometheus"])
+                break
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(5)
+        assert len(counts) >= 25
     finally:
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=30)
