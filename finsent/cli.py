@@ -209,6 +209,93 @@ def export(
     typer.echo(f"recommended CPU backend: {report['recommended']}")
 
 
+def _utc(d: datetime | None) -> datetime | None:
+    return d if d is None or d.tzinfo else d.replace(tzinfo=UTC)
+
+
+@app.command()
+def replay(
+    since: Annotated[Optional[datetime], typer.Option("--from", help="First event time (UTC if no zone).")] = None,
+    until: Annotated[Optional[datetime], typer.Option("--to", help="End event time, exclusive.")] = None,
+    speed: Annotated[str, typer.Option(help="60x = an hour of news per minute; max = no waiting.")] = "60x",
+    restart: Annotated[bool, typer.Option("--restart", help="Ignore an earlier interrupted replay of this range.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Replay the archive into finsent.news.raw in event-time order, gaps scaled by --speed; resumable."""
+    from tqdm import tqdm
+
+    from finsent.ingest.archive import Archive
+    from finsent.ingest.replay import kafka_sender, parse_speed, replay as run_replay, state_path
+    from finsent.ingest.sinks import KafkaSink
+
+    settings = _settings(config)
+    try:
+        factor = parse_speed(speed)
+    except ValueError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    start, end = _utc(since), _utc(until)
+    archive = Archive(settings.paths.archive_dir)
+    state = state_path(settings.paths.state_dir, start, end, settings.topics.raw.name)
+    if restart:
+        state.unlink(missing_ok=True)
+    sink = KafkaSink(settings.kafka.bootstrap, settings.topics.raw.name)
+    with tqdm(desc="replay", unit=" items", total=archive.count(start, end), disable=None) as bar:
+        try:
+            report = run_replay(archive.read(start, end), kafka_sender(sink), factor, state, progress=bar.update)
+        except RuntimeError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(1) from None
+    typer.echo(f"replayed {report.published} items to {settings.topics.raw.name} in {report.seconds:.1f} s"
+               f" ({report.skipped} already sent by an earlier run)", err=True)
+
+
+@app.command()
+def backtest(
+    since: Annotated[Optional[datetime], typer.Option("--from", help="First event time (UTC if no zone).")] = None,
+    until: Annotated[Optional[datetime], typer.Option("--to", help="End event time, exclusive.")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder (alerts.jsonl, windows.parquet, scores.parquet, run.json).")] = Path("runs/backtest"),
+    model: ModelDirOption = None,
+    batch: Annotated[int, typer.Option(help="Headlines per classifier call.")] = 256,
+    config: ConfigOption = None,
+) -> None:
+    """Run the live scoring, window and surge code over the archive, without a broker; scores are cached."""
+    from tqdm import tqdm
+
+    from finsent.ingest.archive import Archive
+    from finsent.stream.backtest import ScoreCache, run_backtest
+
+    settings = _settings(config)
+    start, end = _utc(since), _utc(until)
+    archive = Archive(settings.paths.archive_dir)
+    directory = _model_dir(settings, model)
+    classifier = None
+
+    def predict(texts):
+        nonlocal classifier
+        if classifier is None:  # only when something is not cached
+            from finsent.model import Classifier
+
+            m = settings.model
+            classifier = Classifier.load(directory, backend=m.backend, device=m.device, batch_size=m.batch_size)
+        return classifier.predict(texts)
+
+    from finsent.model import artifact
+
+    meta = artifact.load_meta(directory)
+    model_key = f"{meta.full_name}/{settings.model.backend}"
+    cache = ScoreCache(settings.paths.state_dir / "backtest" / "scores.sqlite")
+    try:
+        with tqdm(desc="backtest", unit=" items", total=archive.count(start, end), disable=None) as bar:
+            report = run_backtest(settings, archive.read(start, end), out, model_key, predict, cache, batch,
+                                  progress=bar.update, data_range=(start, end))
+    finally:
+        cache.close()
+    firing = sum(a.state == "firing" for a in report.alerts)
+    typer.echo(f"{report.items} items ({report.inferred} scored, {report.cached} from cache) in {report.seconds:.1f} s "
+               f"= {report.items_per_s:.0f}/s; {report.windows} windows, {firing} surges; results in {out}", err=True)
+
+
 receiver_app = typer.Typer(help="The compliance receiver: Alertmanager webhooks into an append-only audit log.",
                            no_args_is_help=False)
 app.add_typer(receiver_app, name="receiver")

@@ -10,6 +10,7 @@ import json
 import signal
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from datetime import timedelta
 
 import httpx
@@ -154,17 +155,29 @@ def own_broker(tmp_path, env_of):
     return f"127.0.0.1:{port}", start
 
 
-def test_the_worker_rides_out_a_broker_outage(tmp_path):
-    """The broker stops answering (SIGSTOP: its log survives, as Apache Kafka's would on restart) and comes
-    back: the same worker process reconnects, rejoins its group and scores what arrives afterwards."""
+@contextmanager
+def scoring_on_own_broker(tmp_path, first: int):
+    """A broker of the test's own and a worker that has scored ``first`` records: (env, bootstrap, restart_broker, handles)."""
     env = {}
     bootstrap, start_broker = own_broker(tmp_path, lambda: env)
     env.update(worker_env(bootstrap, tmp_path, **FAST_WINDOWS))
-    kafka = start_broker()
-    worker = start_worker(env, tmp_path / "worker.log")
+    handles = {"kafka": start_broker()}
     try:
-        publish_items(bootstrap, topic(env, "raw"), headlines(40, past(300), 1.0, prefix="before"))
-        wait_for(lambda: len(scored_ids(bootstrap, env)) == 40, 60, "first records scored")
+        handles["worker"] = start_worker(env, tmp_path / "worker-1.log")
+        publish_items(bootstrap, topic(env, "raw"), headlines(first, past(300), 1.0, prefix="before"))
+        wait_for(lambda: len(scored_ids(bootstrap, env)) == first, 60, "first records scored")
+        yield env, bootstrap, start_broker, handles
+    finally:
+        if "worker" in handles:
+            handles["worker"].stop()
+        handles["kafka"].stop()
+
+
+def test_the_worker_rides_out_a_broker_outage(tmp_path):
+    """The broker stops answering (SIGSTOP: its log survives, as Apache Kafka's would on restart) and comes
+    back: the same worker process reconnects, rejoins its group and scores what arrives afterwards."""
+    with scoring_on_own_broker(tmp_path, 40) as (env, bootstrap, _, handles):
+        kafka, worker = handles["kafka"], handles["worker"]
         kafka.proc.send_signal(signal.SIGSTOP)
         time.sleep(10)  # longer than the group session timeout (6 s): the worker must rejoin
         kafka.proc.send_signal(signal.SIGCONT)
@@ -172,9 +185,6 @@ def test_the_worker_rides_out_a_broker_outage(tmp_path):
         publish_items(bootstrap, topic(env, "raw"), headlines(40, past(100), 1.0, prefix="after"))
         wait_for(lambda: len(scored_ids(bootstrap, env)) == 80, 120, "records scored after the outage")
         assert worker.alive()
-    finally:
-        worker.stop()
-        kafka.stop()
 
 
 def test_a_broker_that_lost_its_log_makes_the_worker_restart_and_nothing_new_is_skipped(tmp_path):
@@ -183,22 +193,13 @@ def test_a_broker_that_lost_its_log_makes_the_worker_restart_and_nothing_new_is_
     every record of the new log, from offset 0."""
     from finsent.stream.worker import EXIT_BROKER_RESET
 
-    env = {}
-    bootstrap, start_broker = own_broker(tmp_path, lambda: env)
-    env.update(worker_env(bootstrap, tmp_path, **FAST_WINDOWS))
-    kafka = start_broker()
-    worker = start_worker(env, tmp_path / "worker-1.log")
-    try:
-        publish_items(bootstrap, topic(env, "raw"), headlines(60, past(300), 1.0, prefix="before"))
-        wait_for(lambda: len(scored_ids(bootstrap, env)) == 60, 60, "first records scored")
-        kafka.stop()
-        kafka = start_broker()
+    with scoring_on_own_broker(tmp_path, 60) as (env, bootstrap, start_broker, handles):
+        handles["kafka"].stop()
+        handles["kafka"] = start_broker()
         after = headlines(60, past(100), 1.0, prefix="after")
         publish_items(bootstrap, topic(env, "raw"), after)
+        worker = handles["worker"]
         wait_for(lambda: not worker.alive(), 30, "the worker to notice the new log")
         assert worker.proc.returncode == EXIT_BROKER_RESET, worker.log_tail()
-        worker = start_worker(env, tmp_path / "worker-2.log")  # what `finsent demo` / compose restart do
+        handles["worker"] = start_worker(env, tmp_path / "worker-2.log")  # what `finsent demo` / compose restart do
         wait_for(lambda: scored_ids(bootstrap, env) == {it.id for it in after}, 90, "every new record scored")
-    finally:
-        worker.stop()
-        kafka.stop()
