@@ -257,6 +257,8 @@ def backtest(
     out: Annotated[Path, typer.Option(help="Output folder (alerts.jsonl, windows.parquet, scores.parquet, run.json).")] = Path("runs/backtest"),
     model: ModelDirOption = None,
     batch: Annotated[int, typer.Option(help="Headlines per classifier call.")] = 256,
+    prices: Annotated[Optional[Path], typer.Option(help="Daily OHLC CSV/Parquet (date, ticker, close/adj_close): run the event study and write report.html.")] = None,
+    open_report: Annotated[bool, typer.Option("--open", help="Print the report's path (file:// URL) at the end.")] = False,
     config: ConfigOption = None,
 ) -> None:
     """Run the live scoring, window and surge code over the archive, without a broker; scores are cached."""
@@ -294,6 +296,15 @@ def backtest(
     firing = sum(a.state == "firing" for a in report.alerts)
     typer.echo(f"{report.items} items ({report.inferred} scored, {report.cached} from cache) in {report.seconds:.1f} s "
                f"= {report.items_per_s:.0f}/s; {report.windows} windows, {firing} surges; results in {out}", err=True)
+    if prices is not None:
+        from finsent.stream.backtest_report import write_report
+
+        try:
+            path = write_report(out, prices)
+        except (OSError, ValueError) as err:
+            typer.echo(f"error: event study: {err}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"report: {path}" + (f"\n{path.resolve().as_uri()}" if open_report else ""), err=True)
 
 
 receiver_app = typer.Typer(help="The compliance receiver: Alertmanager webhooks into an append-only audit log.",

@@ -120,3 +120,34 @@ def test_backtest_and_replay_through_kafka_and_a_real_worker_agree(broker, tmp_p
                    for a in (SurgeAlert.from_json(r.value) for r in read_topic(broker, topic(env, "alerts")))
                    if a.window_end.timestamp() <= cutoff}
     assert live_alerts == {a for a in offline_alerts if a[2].timestamp() <= cutoff}
+
+
+def test_the_report_is_self_contained_html_with_its_plots(tmp_path, classifier):
+    """Backtest output + a price file → report.html with embedded PNGs, the event-study table and provenance."""
+    import numpy as np
+    import pandas as pd
+
+    env = worker_env("127.0.0.1:1", tmp_path, **FAST_WINDOWS)
+    settings = settings_from(env)
+    start = datetime(2015, 3, 2, 14, 0, tzinfo=UTC)
+    items = headlines(300, start, 6 * 3600.0)  # every 6 hours for 75 days; every 7th names XOM
+    backtest(settings, items, tmp_path / "bt", classifier, ScoreCache(tmp_path / "c.sqlite"))
+    days = pd.bdate_range("2015-02-02", "2015-06-30")
+    rng = np.random.default_rng(3)
+    rows = [{"date": d.strftime("%Y-%m-%d"), "ticker": t, "open": 1, "high": 1, "low": 1,
+             "close": 100 * (1 + rng.normal(0, 0.01)) ** i, "adj_close": 100 * (1 + rng.normal(0, 0.01)) ** i, "volume": 1}
+            for t in ("XOM", "CVX", "BP") for i, d in enumerate(days)]
+    pd.DataFrame(rows).to_csv(tmp_path / "prices.csv", index=False)
+    with (tmp_path / "bt" / "alerts.jsonl").open("a") as fh:
+        for k in range(3):
+            fh.write(json.dumps({"key": "ticker:XOM", "state": "firing", "severity": "warning", "zscore": 4.0 + k,
+                                 "window_end": (start + timedelta(days=20 + 15 * k)).isoformat()}) + "\n")
+    from finsent.stream.backtest_report import write_report
+
+    out = write_report(tmp_path / "bt", tmp_path / "prices.csv")
+    text = out.read_text()
+    assert text.count('src="data:image/png;base64,') >= 2  # event-study curve + the XOM price/sentiment plot
+    assert "<script" not in text and "http" not in text.split("<body>")[1].split("Run folder")[0]  # nothing to fetch
+    assert "Event study (3 surge events)" in text and "<th>horizon</th>" in text and "sha256" in text
+    numbers = json.loads((tmp_path / "bt" / "eventstudy.json").read_text())
+    assert numbers["events"] == 3 and [r["horizon"] for r in numbers["study"]] == [1, 3, 5, 10]
