@@ -178,6 +178,10 @@ def run_backtest(
             n += len(batch)
             if progress:
                 progress(len(batch))
+            if n // 10_000 != (n - len(batch)) // 10_000:  # a log line per 10k items, for runs without a terminal
+                log.info("backtest progress", extra={"items": n, "inferred": inferred, "alerts": len(alerts),
+                                                     "items_per_s": round(n / (time.perf_counter() - started), 1),
+                                                     "at": last.isoformat() if last else None})
         if last is not None:
             # The end of the data: what the live idle timer does once the stream goes quiet.
             w = settings.windows
