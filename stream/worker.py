@@ -65,25 +65,21 @@ class Scorer:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finsent-infer")
         self.producer: AIOKafkaProducer | None = None
         self.positions: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset to process
-        self.stopping = False
 
     async def start(self) -> None:
-        self.producer = AIOKafkaProducer(
+        producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.kafka.bootstrap, client_id=f"{self.settings.kafka.client_id}-scorer",
             acks="all", linger_ms=2, request_timeout_ms=int(self.settings.stream.produce_timeout_s * 1000),
         )
-        await self.producer.start()
-
-    async def stop(self) -> None:
-        self.stopping = True
-        if self.producer is not None:
-            await self.producer.stop()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        self.producer = producer
 
     async def process(self, messages: list) -> None:
         """``messages``: Kafka messages with .topic .partition .offset .key .value .timestamp (ms)."""
-        if self.producer is None:
-            await self.start()
         m = self.metrics
         m.items_in.inc(len(messages))
         items: list[tuple[object, NewsItem]] = []
@@ -136,14 +132,14 @@ class Scorer:
         """Send all outputs and wait for acks; on a broker failure keep trying (nothing is committed meanwhile)."""
         delay = 0.5
         while True:
-            assert self.producer is not None
             try:
+                if self.producer is None:
+                    await self.start()
+                assert self.producer is not None
                 futures = [await self.producer.send(topic, key=key, value=value) for topic, key, value in outputs]
                 await asyncio.gather(*futures)
                 return
-            except KafkaError as err:
-                if self.stopping:
-                    raise
+            except KafkaError as err:  # a stopping worker cancels this wait; its events stay unacked
                 log.warning("produce failed, retrying the whole batch (duplicates are deduplicated downstream)",
                             extra={"error": f"{type(err).__name__}: {err}", "records": len(outputs), "retry_in_s": delay})
                 await asyncio.sleep(delay)
