@@ -258,6 +258,7 @@ def backtest(
     model: ModelDirOption = None,
     batch: Annotated[int, typer.Option(help="Headlines per classifier call.")] = 256,
     prices: Annotated[Optional[Path], typer.Option(help="Daily OHLC CSV/Parquet (date, ticker, close/adj_close): run the event study and write report.html.")] = None,
+    price_map: Annotated[list[str], typer.Option("--price-map", help="FIELD=COLUMN for the price file: date, ticker, close (default date, ticker, adj_close or close).")] = [],  # noqa: B006
     open_report: Annotated[bool, typer.Option("--open", help="Print the report's path (file:// URL) at the end.")] = False,
     config: ConfigOption = None,
 ) -> None:
@@ -298,9 +299,14 @@ def backtest(
                f"= {report.items_per_s:.0f}/s; {report.windows} windows, {firing} surges; results in {out}", err=True)
     if prices is not None:
         from finsent.stream.backtest_report import write_report
+        from finsent.stream.eventstudy import PriceColumns
 
         try:
-            path = write_report(out, prices)
+            mapping = dict(pair.split("=", 1) for pair in price_map)
+            unknown = set(mapping) - {"date", "ticker", "close"}
+            if unknown:
+                raise ValueError(f"--price-map fields must be date, ticker, close (got {sorted(unknown)})")
+            path = write_report(out, prices, PriceColumns(**mapping))
         except (OSError, ValueError) as err:
             typer.echo(f"error: event study: {err}", err=True)
             raise typer.Exit(1) from None

@@ -37,7 +37,7 @@ class PriceColumns:
 def load_prices(path: Path, cols: PriceColumns = PriceColumns()) -> pd.DataFrame:
     """Daily bars → one row per (ticker, date) with ``close``; CSV or Parquet."""
     df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    close = cols.close if cols.close in df.columns else "close"
+    close = cols.close if cols.close in df.columns or cols.close != "adj_close" else "close"
     missing = [c for c in (cols.date, cols.ticker, close) if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing price columns {missing} (have {list(df.columns)})")

@@ -64,3 +64,16 @@ def test_daily_sentiment_correlates_with_next_session_returns_when_planted():
     daily = daily_sentiment(pd.DataFrame(rows), p)
     corr = sentiment_return_correlation(daily, r)
     assert corr["n"] > 150 and corr["pearson"] > 0.5
+
+
+def test_any_ohlc_file_loads_with_a_column_mapping(tmp_path):
+    import pytest
+
+    from finsent.stream.eventstudy import PriceColumns, load_prices
+
+    path = tmp_path / "bars.csv"
+    path.write_text("Date,Symbol,Open,Close\n2015-01-05,aaa,1,10\n2015-01-06,aaa,1,11\n2015-01-05,bbb,1,5\n")
+    p = load_prices(path, PriceColumns(date="Date", ticker="Symbol", close="Close"))
+    assert list(p["ticker"]) == ["AAA", "AAA", "BBB"] and list(p["close"]) == [10.0, 11.0, 5.0]
+    with pytest.raises(ValueError, match="missing price columns"):
+        load_prices(path, PriceColumns(date="when"))
