@@ -182,7 +182,8 @@ class WindowStore:
                 count = neg + neu + pos
                 evidence = heapq.nlargest(self.keep, (e for b in parts for e in b.evidence))
                 out.append(Closed(
-                    WindowStat(
+                    # Built from counts this class keeps consistent itself: skip re-validation (hot path).
+                    WindowStat.model_construct(
                         key=key, start=_dt(end - width), end=_dt(end), count=count, negative=neg, neutral=neu,
                         positive=pos, mean_score=max(-1.0, min(1.0, sum(b.score_sum for b in parts) / count)),
                     ),
