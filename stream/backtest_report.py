@@ -59,6 +59,7 @@ def _ticker_plots(a: dict, n: int = 4) -> list[tuple[str, str]]:
     for t in top:
         d = daily[daily["ticker"] == t].set_index("date")
         p = prices[prices["ticker"] == t].set_index("date")
+        p = p[(p.index >= d.index.min() - pd.Timedelta(days=30)) & (p.index <= d.index.max() + pd.Timedelta(days=30))]
         fig, ax = plt.subplots(figsize=(10, 3.2))
         ax.bar(d.index, d["mean_score"], width=1.0, color=["#c0392b" if v < 0 else "#27ae60" for v in d["mean_score"]], alpha=0.6)
         ax.set_ylabel("daily mean sentiment")
@@ -118,11 +119,12 @@ def write_report(run_dir: Path, prices_path: Path, cols: es.PriceColumns = es.Pr
     esc = html.escape
     parts = [f"""<!doctype html><html><head><meta charset="utf-8"><title>finsent backtest</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f4f4f4}}img{{max-width:100%}}
+table{{font-size:12px;display:block;overflow-x:auto}}td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}th{{background:#f4f4f4}}img{{max-width:100%}}
 .note{{background:#fff8e1;padding:8px 12px;border-left:4px solid #f1c40f}}</style></head><body>
 <h1>finsent backtest</h1>
 <p>Model <b>{esc(run['model'])}</b>; {run['items']:,} items ({run['inferred']:,} scored, {run['cached']:,} from cache);
-{run['windows']:,} windows closed; {run['firing']} surges fired. Data range: {esc(str(run['data_range']))}.</p>
+{run['windows']:,} windows closed; {run['firing']} surges fired (all keys). Items published
+{a['scores']['published'].min():%Y-%m-%d %H:%M} .. {a['scores']['published'].max():%Y-%m-%d %H:%M} UTC.</p>
 <p class="note">How to read this: events are negative-sentiment surges of a ticker, timed by the end of the window that
 raised them and mapped to the first session whose close came after (no look-ahead). Returns run from that close;
 abnormal = minus the equal-weighted cross-section of all tickers. Baseline = the same tickers' other sessions within
