@@ -49,7 +49,7 @@ def prometheus_config(settings: Settings, targets_dir: Path) -> dict:
             {"job_name": "alertmanager", "static_configs": [{"targets": [f"{s.host}:{s.alertmanager_port}"]}]},
             {
                 "job_name": "finsent",
-                "file_sd_configs": [{"files": [str(targets_dir / "*.json")], "refresh_interval": "5s"}],
+                "file_sd_configs": [{"files": [str(targets_dir.resolve() / "*.json")], "refresh_interval": "5s"}],
             },
         ],
     }

@@ -52,3 +52,18 @@ def test_shipped_alertmanager_config_is_valid():
 
     proc = subprocess.run(["amtool", "check-config", str(ALERTMANAGER_CONFIG)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_target_files_are_absolute_even_with_a_relative_state_dir(tmp_path, monkeypatch):
+    """Prometheus resolves relative file_sd paths against its config file's folder, not our cwd: the default
+    state dir (.state, relative) once left the demo's ingest/worker/receiver unscraped."""
+    from pathlib import Path
+
+    from finsent.alerts.embedded import prometheus_config
+    from finsent.settings import load
+
+    monkeypatch.chdir(tmp_path)
+    cfg = prometheus_config(load(), Path(".state/prometheus/targets"))
+    (files,) = [c["file_sd_configs"][0]["files"] for c in cfg["scrape_configs"] if "file_sd_configs" in c]
+    assert Path(files[0]).is_absolute() and files[0].startswith(str(tmp_path))
+    assert all(Path(f).is_absolute() for f in cfg["rule_files"])
