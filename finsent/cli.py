@@ -209,6 +209,15 @@ def export(
     typer.echo(f"recommended CPU backend: {report['recommended']}")
 
 
+@app.command()
+def serve(config: ConfigOption = None, model: ModelDirOption = None) -> None:
+    """The HTTP API on 127.0.0.1 (POST /classify, /healthz, /readyz, OpenAPI at /docs and /openapi.json)."""
+    from finsent.web.api import serve as serve_api
+
+    settings = _settings(config)
+    serve_api(settings, _model_dir(settings, model))
+
+
 def _utc(d: datetime | None) -> datetime | None:
     return d if d is None or d.tzinfo else d.replace(tzinfo=UTC)
 

@@ -245,6 +245,18 @@ class Grafana(_Group):
     folder_uid: str | None = None
 
 
+class Web(_Group):
+    """``finsent serve``: the HTTP API (and, later, the analyst dashboard)."""
+
+    port: Port = 9185
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_batch: int = Field(default=256, ge=1, le=4096)  # texts per POST /classify
+    max_text_chars: int = Field(default=2000, ge=1)
+    token: SecretStr | None = None  # FINSENT_WEB__TOKEN: bearer token required on write endpoints when set
+
+    _check_port = field_validator("port")(classmethod(lambda cls, v: _port(v)))
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -265,6 +277,7 @@ class Settings(BaseSettings):
     stream: Stream = Stream()
     receiver: Receiver = Receiver()
     grafana: Grafana = Grafana()
+    web: Web = Web()
     allow_private_feeds: bool = False
 
     @property
