@@ -1,18 +1,45 @@
 """The HTTP API with the real app and the shipped model (starlette's test client runs the app in-process)."""
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from starlette.testclient import TestClient
 
 from conftest import make_settings
+from finsent.labels import TOPIC_LABELS
+from finsent.records import NewsItem, ScoredItem, WindowStat
 from finsent.web.api import build_api
+from finsent.web.views import StreamViews
+
+T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+VIEWS = StreamViews()
+
+
+def scored(i, title, sentiment="negative", topic="Energy | Oil", tickers=("XOM",), minutes=0):
+    at = T0 + timedelta(minutes=minutes)
+    probs = {"negative": 0.1, "neutral": 0.1, "positive": 0.1}
+    probs[sentiment] = 0.8
+    item = NewsItem(id=f"n{i}", title=title, source="wire", published=at, fetched=at, tickers=tickers)
+    return ScoredItem(item=item, topic=topic, topic_probs={t: 0.05 for t in TOPIC_LABELS}, sentiment=sentiment,
+                      sentiment_probs=probs, model="finsent-minilm@test", scored_at=at, latency_s=1.0)
 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     from finsent.model import Classifier
 
-    settings = make_settings(tmp_path_factory.mktemp("api"), web={"max_batch": 8, "max_text_chars": 300, "max_body_bytes": 4096})
-    with TestClient(build_api(settings, Classifier.load)) as c:
+    settings = make_settings(tmp_path_factory.mktemp("api"), web={"max_batch": 8, "max_text_chars": 300, "max_body_bytes": 4096},
+                             kafka={"bootstrap": "127.0.0.1:1"})  # no broker: feedback is stored, not published
+    VIEWS.add_item(scored(1, "Oil plunges as OPEC talks collapse", minutes=1))
+    VIEWS.add_item(scored(2, "Apple beats estimates <script>alert(1)</script>", "positive", "Earnings", ("AAPL",), minutes=2))
+    VIEWS.add_item(scored(3, "Exxon shares steady", "neutral", tickers=("XOM",), minutes=3))
+    for m in range(3):
+        VIEWS.add_window(WindowStat(key="topic:Energy | Oil", start=T0 + timedelta(minutes=m), end=T0 + timedelta(minutes=m + 5),
+                                    count=10, negative=6, neutral=4, positive=0, mean_score=-0.5))
+    with TestClient(build_api(settings, Classifier.load, VIEWS, follow_topics=False)) as c:
+        c.settings = settings
         yield c
 
 
@@ -52,3 +79,55 @@ def test_health_readiness_and_openapi(client):
     assert ready["ready"] is True and ready["model"].startswith("finsent-minilm@")
     schema = client.get("/openapi.json").json()
     assert "/classify" in schema["paths"] and "ClassifyResponse" in schema["components"]["schemas"]
+
+
+def test_items_filter_paginate_and_keep_markup_as_text(client):
+    all_items = client.get("/items").json()
+    assert all_items["total"] == 3 and [i["item"]["id"] for i in all_items["items"]] == ["n3", "n2", "n1"]
+    assert [i["item"]["id"] for i in client.get("/items", params={"ticker": "xom"}).json()["items"]] == ["n3", "n1"]
+    assert [i["item"]["id"] for i in client.get("/items", params={"sentiment": "negative"}).json()["items"]] == ["n1"]
+    assert client.get("/items", params={"topic": "Earnings", "q": "apple"}).json()["total"] == 1
+    page = client.get("/items", params={"limit": 1, "offset": 1}).json()
+    assert page["total"] == 3 and [i["item"]["id"] for i in page["items"]] == ["n2"]
+    since = (T0 + timedelta(minutes=2)).isoformat()
+    assert client.get("/items", params={"from": since}).json()["total"] == 2
+    assert "<script>" in client.get("/items", params={"q": "apple"}).json()["items"][0]["item"]["title"]  # data, escaped by the UI
+    assert client.get("/items", params={"topic": "Nonsense"}).status_code == 422
+    assert client.get("/items", params={"from": "2026-11-22T12:00:00"}).status_code == 422  # no zone
+    assert client.get("/items", params={"limit": 501}).status_code == 422
+
+
+def test_windows_series_per_width(client):
+    body = client.get("/windows", params={"key": "topic:Energy | Oil"}).json()
+    assert list(body["series"]) == ["300"] and len(body["series"]["300"]) == 3
+    assert client.get("/windows", params={"key": "ticker:NONE"}).json()["series"] == {}
+
+
+def test_feedback_is_stored_for_fine_tuning_and_counted(client):
+    r = client.post("/feedback", json={"item_id": "n3", "sentiment": "negative", "who": "analyst@desk"})
+    assert r.status_code == 201 and r.json() == {"stored": True, "published": False}  # no broker in this test
+    from finsent.model.feedback import read_store
+
+    (fb,), bad = read_store(client.settings.paths.feedback_store)
+    assert (fb.item_id, fb.sentiment, fb.who, fb.model, bad) == ("n3", "negative", "analyst@desk", "finsent-minilm@test", 0)
+    stats = client.get("/feedback/stats").json()
+    assert stats["corrections"] == 1 and stats["sentiment"] == {"corrections": 1, "compared": 1, "model_agreed": 0}
+    assert client.post("/feedback", json={"item_id": "nope", "sentiment": "negative", "who": "a"}).status_code == 404
+    assert client.post("/feedback", json={"item_id": "n1", "sentiment": "bearish", "who": "a"}).status_code == 422
+    assert client.post("/feedback", json={"item_id": "n1", "who": "a"}).status_code == 422  # corrects nothing
+
+
+def test_views_follow_the_real_output_topics(broker, tmp_path):
+    """The background follower reads finsent.news.scored/windows/alerts from the broker into the API."""
+    import time
+
+    from streamkit import publish
+
+    settings = make_settings(tmp_path, kafka={"bootstrap": broker},
+                             topics={t: {"name": f"api-{tmp_path.name}.{t}"} for t in ("scored", "windows", "alerts")})
+    publish(broker, settings.topics.scored.name, [(b"n9", scored(9, "Gold rallies on safe-haven demand", "positive").to_json())])
+    with TestClient(build_api(settings, lambda: None, follow_topics=True)) as c:
+        deadline = time.monotonic() + 20
+        while c.get("/items").json()["total"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert [i["item"]["id"] for i in c.get("/items").json()["items"]] == ["n9"]

@@ -11,15 +11,21 @@ per app from the settings' limits, from the real annotation object.)
 
 
 import asyncio
+import hmac
+import json
 import time
 from contextlib import asynccontextmanager
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
+from finsent.labels import SENTIMENT_LABELS, TOPIC_LABELS
+from finsent.records import Feedback, utcnow
 from finsent.settings import Settings
+from finsent.web.views import StreamViews, follow
 
 
 class Scores(BaseModel):
@@ -36,8 +42,24 @@ class ClassifyResponse(BaseModel):
     seconds: float = Field(description="inference time of this request")
 
 
-def build_api(settings: Settings, load_classifier) -> FastAPI:
-    """``load_classifier()`` returns a ``finsent.model.Classifier`` (called once, at start)."""
+class FeedbackRequest(BaseModel):
+    item_id: str = Field(min_length=1, max_length=200)
+    topic: Literal[TOPIC_LABELS] | None = None  # type: ignore[valid-type]
+    sentiment: Literal[SENTIMENT_LABELS] | None = None  # type: ignore[valid-type]
+    who: str = Field(min_length=1, max_length=200)
+    comment: str = Field(default="", max_length=2000)
+
+
+def _json(record) -> dict:
+    return json.loads(record.to_json())
+
+
+def build_api(settings: Settings, load_classifier, views: StreamViews | None = None, follow_topics: bool = True) -> FastAPI:
+    """``load_classifier()`` returns a ``finsent.model.Classifier`` (called once, at start). ``views`` are
+    filled from the output topics by a background task unless ``follow_topics`` is False."""
+    views = views if views is not None else StreamViews()
+    token = settings.web.token.get_secret_value().encode() if settings.web.token else None
+    producer_box: dict = {}
     w = settings.web
     Text = Annotated[str, StringConstraints(max_length=w.max_text_chars)]
 
@@ -49,8 +71,15 @@ def build_api(settings: Settings, load_classifier) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        task = asyncio.create_task(follow(settings, views)) if follow_topics else None
         state["classifier"] = await asyncio.to_thread(load_classifier)
-        yield
+        try:
+            yield
+        finally:
+            if task:
+                task.cancel()
+            if "producer" in producer_box:
+                await producer_box["producer"].stop()
 
     app = FastAPI(title="finsent", version="1", lifespan=lifespan,
                   description="Financial-news sentiment: classify headlines; scored items, windows and alerts.")
@@ -72,6 +101,89 @@ def build_api(settings: Settings, load_classifier) -> FastAPI:
         return ClassifyResponse(model=clf.version, seconds=round(seconds, 4), results=[
             Scores(topic=p.topic, topic_probs=p.topic_probs, sentiment=p.sentiment, sentiment_probs=p.sentiment_probs,
                    flag=p.flag) for p in preds])
+
+    @app.get("/items")
+    async def items(topic: str | None = None, ticker: str | None = None,
+                    sentiment: Literal[SENTIMENT_LABELS] | None = None,  # type: ignore[valid-type]
+                    since: Annotated[datetime | None, Query(alias="from")] = None,
+                    until: Annotated[datetime | None, Query(alias="to")] = None,
+                    q: Annotated[str | None, Query(max_length=200)] = None,
+                    limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0)] = 0) -> dict:
+        """Recent scored headlines, newest first, filtered and paginated."""
+        for name, value in (("from", since), ("to", until)):
+            if value is not None and value.tzinfo is None:
+                raise HTTPException(422, [{"loc": ["query", name], "msg": "needs a time zone", "type": "value_error"}])
+        if topic is not None and topic not in TOPIC_LABELS:
+            raise HTTPException(422, [{"loc": ["query", "topic"], "msg": f"unknown topic {topic!r}", "type": "value_error"}])
+        found = views.query_items(topic, ticker, sentiment, since, until, q)
+        return {"total": len(found), "offset": offset, "items": [_json(s) for s in found[offset : offset + limit]]}
+
+    @app.get("/windows")
+    async def windows(key: Annotated[str, Query(min_length=1, examples=["all", "topic:Earnings", "ticker:AAPL"])],
+                      width: Annotated[int | None, Query(gt=0)] = None,
+                      limit: Annotated[int, Query(ge=1, le=2000)] = 500) -> dict:
+        """The closed windows of one key (oldest first), per rolling width."""
+        series = {w: list(pts)[-limit:] for (k, w), pts in views.windows.items() if k == key and (width is None or w == width)}
+        return {"key": key, "series": {str(w): [_json(p) for p in pts] for w, pts in sorted(series.items())}}
+
+    @app.get("/alerts")
+    async def alerts(state: Literal["firing", "resolved"] | None = None,
+                     limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict:
+        """Surges with their evidence headlines, newest first."""
+        found = [a for a in reversed(views.alerts.values()) if state is None or a.state == state][:limit]
+        return {"alerts": [_json(a) for a in found]}
+
+    @app.post("/feedback", status_code=201)
+    async def feedback(req: FeedbackRequest, authorization: Annotated[str | None, Header()] = None) -> dict:
+        """An analyst's correction: kept in the feedback store (what fine-tuning reads) and sent to finsent.feedback."""
+        if token is not None and not (authorization and authorization.startswith("Bearer ")
+                                      and hmac.compare_digest(authorization[7:].encode(), token)):
+            raise HTTPException(401, "missing or wrong bearer token")
+        scored = views.items.get(req.item_id)
+        if scored is None:
+            raise HTTPException(404, f"unknown item id {req.item_id!r} (not among the recent scored items)")
+        try:
+            fb = Feedback(item_id=req.item_id, text=scored.item.title[:2000], topic=req.topic, sentiment=req.sentiment,
+                          who=req.who, comment=req.comment, at=utcnow(), model=scored.model)
+        except ValidationError as err:
+            raise HTTPException(422, [{"loc": ["body"], "msg": e["msg"], "type": e["type"]} for e in err.errors()]) from None
+        from finsent.model.feedback import append
+
+        await asyncio.to_thread(append, settings.paths.feedback_store, fb)
+        published = await _publish_feedback(fb)
+        return {"stored": True, "published": published}
+
+    async def _publish_feedback(fb: Feedback) -> bool:
+        from aiokafka import AIOKafkaProducer
+
+        try:
+            if "producer" not in producer_box:
+                producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", request_timeout_ms=5000)
+                await asyncio.wait_for(producer.start(), 5)
+                producer_box["producer"] = producer
+            await asyncio.wait_for(producer_box["producer"].send_and_wait(
+                settings.topics.feedback.name, key=fb.item_id.encode(), value=fb.to_json()), 10)
+            return True
+        except Exception:  # the store has it; the topic copy is for other consumers
+            producer_box.pop("producer", None)
+            return False
+
+    @app.get("/feedback/stats")
+    async def feedback_stats() -> dict:
+        """How many corrections, and how often the model already agreed with them (per label kind)."""
+        from finsent.model.feedback import read_store
+
+        try:
+            records, bad = await asyncio.to_thread(read_store, settings.paths.feedback_store)
+        except FileNotFoundError:
+            records, bad = [], 0
+        out = {"corrections": len(records), "bad_lines": bad}
+        for kind in ("topic", "sentiment"):
+            pairs = [(getattr(r, kind), getattr(views.items[r.item_id], kind)) for r in records
+                     if getattr(r, kind) is not None and r.item_id in views.items]
+            out[kind] = {"corrections": sum(1 for r in records if getattr(r, kind) is not None), "compared": len(pairs),
+                         "model_agreed": sum(a == b for a, b in pairs)}
+        return out
 
     @app.get("/healthz")
     async def healthz() -> dict:
