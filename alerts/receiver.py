@@ -32,7 +32,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from finsent.alerts.audit import AuditLog, Notification
-from finsent.records import RecordError, SurgeAlert
+from finsent.follow import follow_topics
+from finsent.records import SurgeAlert
 from finsent.settings import Settings
 
 log = logging.getLogger("finsent.alerts.receiver")
@@ -81,39 +82,12 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
 
     async def follow() -> None:
         """Tail finsent.alerts into the store (from the beginning: the store ignores what it has)."""
-        from aiokafka import AIOKafkaConsumer
+        def handle(topic: str, value: bytes | None, offset: int) -> None:
+            audit.add_surges([SurgeAlert.from_json(value or b"")], datetime.now(UTC))
+            metrics.surges.inc()
 
-        delay = 1.0
-        while True:
-            consumer = AIOKafkaConsumer(settings.topics.alerts.name, bootstrap_servers=settings.kafka.bootstrap,
-                                        group_id=None, auto_offset_reset="earliest", client_id="finsent-receiver",
-                                        fetch_max_wait_ms=settings.stream.fetch_max_wait_ms)
-            try:
-                await consumer.start()
-                delay = 1.0
-                while True:
-                    batch = await consumer.getmany(timeout_ms=1000)
-                    surges = []
-                    for messages in batch.values():
-                        for msg in messages:
-                            try:
-                                surges.append(SurgeAlert.from_json(msg.value))
-                            except (RecordError, ValueError) as err:
-                                log.warning("unreadable record on the alerts topic", extra={"offset": msg.offset, "error": str(err)})
-                    if surges:
-                        audit.add_surges(surges, datetime.now(UTC))
-                        metrics.surges.inc(len(surges))
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # broker down: keep the receiver up, retry
-                log.warning("alerts topic unavailable, retrying", extra={"error": f"{type(err).__name__}: {err}", "retry_in_s": delay})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-            finally:
-                try:
-                    await consumer.stop()
-                except Exception:  # noqa: BLE001 (closing a consumer of a dead broker)
-                    pass
+        await follow_topics(settings.kafka.bootstrap, [settings.topics.alerts.name], handle, "finsent-receiver",
+                            settings.stream.fetch_max_wait_ms)
 
     @asynccontextmanager
     async def lifespan(app):

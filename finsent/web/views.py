@@ -8,14 +8,12 @@ beginning of what the broker holds, newest kept) into these views. Pure containe
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import OrderedDict, deque
 from datetime import datetime
 
-from finsent.records import RecordError, ScoredItem, SurgeAlert, WindowStat
+from finsent.follow import follow_topics
+from finsent.records import ScoredItem, SurgeAlert, WindowStat
 from finsent.settings import Settings
-
-log = logging.getLogger("finsent.web.views")
 
 
 class StreamViews:
@@ -69,41 +67,16 @@ class StreamViews:
 
 
 async def follow(settings: Settings, views: StreamViews) -> None:
-    """Tail the three output topics into ``views``; on a broker failure, wait and reconnect."""
-    from aiokafka import AIOKafkaConsumer
-
+    """Tail the three output topics into ``views`` (until cancelled)."""
     t = settings.topics
     handlers = {t.scored.name: (ScoredItem, views.add_item), t.windows.name: (WindowStat, views.add_window),
                 t.alerts.name: (SurgeAlert, views.add_alert)}
-    delay = 1.0
-    while True:
-        consumer = AIOKafkaConsumer(*handlers, bootstrap_servers=settings.kafka.bootstrap, group_id=None,
-                                    auto_offset_reset="earliest", client_id="finsent-web",
-                                    fetch_max_wait_ms=settings.stream.fetch_max_wait_ms)
-        try:
-            await consumer.start()
-            delay = 1.0
-            while True:
-                batch = await consumer.getmany(timeout_ms=1000)
-                for tp, messages in batch.items():
-                    record_type, add = handlers[tp.topic]
-                    for msg in messages:
-                        try:
-                            add(record_type.from_json(msg.value))
-                        except (RecordError, ValueError) as err:
-                            log.warning("unreadable record skipped", extra={"topic": tp.topic, "offset": msg.offset,
-                                                                            "error": str(err)[:200]})
-        except asyncio.CancelledError:
-            raise
-        except Exception as err:
-            log.warning("stream topics unavailable, retrying", extra={"error": f"{type(err).__name__}: {err}", "retry_in_s": delay})
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-        finally:
-            try:
-                await consumer.stop()
-            except Exception:  # noqa: BLE001 (stopping a consumer of a dead broker)
-                pass
+
+    def handle(topic: str, value: bytes | None, offset: int) -> None:
+        record_type, add = handlers[topic]
+        add(record_type.from_json(value or b""))
+
+    await follow_topics(settings.kafka.bootstrap, handlers, handle, "finsent-web", settings.stream.fetch_max_wait_ms)
 
 
 __all__ = ["StreamViews", "follow"]
