@@ -211,7 +211,7 @@ def export(
 
 @app.command()
 def serve(config: ConfigOption = None, model: ModelDirOption = None) -> None:
-    """The HTTP API on 127.0.0.1 (POST /classify, /healthz, /readyz, OpenAPI at /docs and /openapi.json)."""
+    """The HTTP API on 127.0.0.1: /classify, /items, /windows, /alerts, /feedback, /healthz, /readyz, /openapi.json."""
     from finsent.web.api import serve as serve_api
 
     settings = _settings(config)

@@ -100,6 +100,10 @@ def run(settings: Settings) -> int:
         supervisor.start(worker, http_ok(f"http://{host}:{settings.stream.metrics_port}/metrics"), 120)
         urls["worker metrics"] = f"http://{host}:{settings.stream.metrics_port}/metrics"
         register_target(state, "worker", f"{host}:{settings.stream.metrics_port}")
+        api_url = f"http://{host}:{settings.web.port}"
+        api = finsent_child("api", ["serve"], logs, restart=True, FINSENT_KAFKA__BOOTSTRAP=urls["kafka"])
+        supervisor.start(api, http_ok(f"{api_url}/readyz"), 120)
+        urls["api"] = f"{api_url}/openapi.json"
     except BaseException:
         supervisor.stop()
         raise

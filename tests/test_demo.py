@@ -52,7 +52,7 @@ def _assert_all_gone(pids: list[int], timeout: float = 15) -> None:
 def test_demo_serves_every_url_then_stops_on_sigterm_without_orphans(tmp_path):
     proc, info, log = _start_demo(tmp_path)
     try:
-        assert set(info["children"]) == {"broker", "prometheus", "alertmanager", "feeds", "ingest", "receiver", "worker"}
+        assert set(info["children"]) == {"broker", "prometheus", "alertmanager", "feeds", "ingest", "receiver", "worker", "api"}
         host, port = info["urls"]["kafka"].split(":")
         assert port_open(host, int(port))
         for name in ("prometheus", "alertmanager"):
@@ -105,6 +105,12 @@ def test_demo_serves_every_url_then_stops_on_sigterm_without_orphans(tmp_path):
         receiver_up = httpx.get(info["urls"]["prometheus"] + "/api/v1/query", params={"query": 'up{job="receiver"} == 1'},
                                 timeout=5).json()["data"]["result"]
         assert receiver_up, "Prometheus does not scrape the receiver"
+        # The API serves the scored headlines it follows from the broker.
+        api = info["urls"]["api"].removesuffix("/openapi.json")
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{api}/items", timeout=5).json()["total"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert httpx.get(f"{api}/items", timeout=5).json()["total"] > 0
         # Every Grafana panel's PromQL returns series from this live stack (Grafana itself is not installable).
         from test_dashboards import check_panels
 

@@ -81,7 +81,8 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
             if "producer" in producer_box:
                 await producer_box["producer"].stop()
 
-    app = FastAPI(title="finsent", version="1", lifespan=lifespan,
+    # No /docs or /redoc: FastAPI's pages load their JS from a CDN, and finsent must work offline.
+    app = FastAPI(title="finsent", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Financial-news sentiment: classify headlines; scored items, windows and alerts.")
 
     @app.middleware("http")
