@@ -106,7 +106,7 @@ class AuditLog:
     # -- notifications ----------------------------------------------------------------------------
     def record(self, n: Notification, received_at: datetime, surge: SurgeAlert | None) -> bool:
         """Append one notification; False when it was already recorded (a duplicate delivery)."""
-        evidence = [json.loads(e.to_json()) for e in surge.evidence] if surge else []
+        evidence = [e.to_dict() for e in surge.evidence] if surge else []
         with self._lock:
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO notifications (dedup_key, received_at, receiver, status, alertname, fingerprint,"

@@ -36,7 +36,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from finsent.ingest.localfeeds import load_rows
 from finsent.labels import TOPIC_LABELS
 from finsent.procs import Child, free_port, http_ok, port_open
-from finsent.records import Evidence, NewsItem, ScoredItem
+from finsent.records import Evidence, NewsItem
 from finsent.settings import load
 from finsent.stream.embedded_broker import broker_child
 from finsent.stream.pipeline import Aggregation

@@ -492,27 +492,28 @@ def ingest_refill(
     from tqdm import tqdm
 
     from finsent.ingest.archive import Archive
+    from finsent.ingest.replay import kafka_sender
     from finsent.ingest.sinks import KafkaSink
 
     settings = _settings(config)
-    utc = lambda d: d if d is None or d.tzinfo else d.replace(tzinfo=UTC)  # noqa: E731
     sink = KafkaSink(settings.kafka.bootstrap, settings.topics.raw.name)
+    send = kafka_sender(sink)
     sent = failed = 0
     chunk = []
 
-    async def flush(items):
-        return len(await sink.send(items))
+    def flush(items):
+        return len(send(items))
 
     with tqdm(desc="refill", unit=" items", disable=None) as bar:
-        for item in Archive(settings.paths.archive_dir).read(utc(since), utc(until)):
+        for item in Archive(settings.paths.archive_dir).read(_utc(since), _utc(until)):
             chunk.append(item)
             if len(chunk) >= batch:
-                ok = asyncio.run(flush(chunk))
+                ok = flush(chunk)
                 sent, failed = sent + ok, failed + len(chunk) - ok
                 bar.update(len(chunk))
                 chunk = []
         if chunk:
-            ok = asyncio.run(flush(chunk))
+            ok = flush(chunk)
             sent, failed = sent + ok, failed + len(chunk) - ok
             bar.update(len(chunk))
     asyncio.run(sink.close())

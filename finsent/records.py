@@ -73,6 +73,10 @@ class Record(BaseModel):
         """Compact JSON (no whitespace, None fields left out)."""
         return self.model_dump_json(exclude_none=True).encode("utf-8")
 
+    def to_dict(self) -> dict:
+        """What ``to_json`` writes, as plain JSON types (for embedding a record in a larger document)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
     @classmethod
     def from_json(cls, data: bytes | str) -> Self:
         try:

@@ -117,19 +117,20 @@ def bootstrap_ci(values: np.ndarray, n: int = 2000, level: float = 0.95, seed: i
 def study(events: pd.DataFrame, returns: pd.DataFrame, horizons=HORIZONS, window: int = 60) -> pd.DataFrame:
     """Mean abnormal return after events vs the same tickers' other sessions (±``window`` sessions)."""
     ev = events.merge(returns, on=["ticker", "date"], how="inner")
+    baseline_rows = []  # the same for every horizon: each ticker's non-event sessions near its events
+    for ticker, group in ev.groupby("ticker"):
+        r = returns[returns["ticker"] == ticker]
+        near = np.zeros(len(r), dtype=bool)
+        for s in group["session"]:
+            near |= (r["session"] >= s - window).to_numpy() & (r["session"] <= s + window).to_numpy()
+        is_event = r["date"].isin(set(group["date"])).to_numpy()
+        baseline_rows.append(r[near & ~is_event])
+    baseline = pd.concat(baseline_rows) if baseline_rows else returns.iloc[0:0]
     rows = []
     for h in horizons:
         col = f"ar{h}"
         e = ev[col].dropna().to_numpy()
-        base_parts = []
-        for ticker, group in ev.groupby("ticker"):
-            r = returns[returns["ticker"] == ticker]
-            near = np.zeros(len(r), dtype=bool)
-            for s in group["session"]:
-                near |= (r["session"] >= s - window).to_numpy() & (r["session"] <= s + window).to_numpy()
-            is_event = r["date"].isin(set(group["date"])).to_numpy()
-            base_parts.append(r.loc[near & ~is_event, col].dropna().to_numpy())
-        b = np.concatenate(base_parts) if base_parts else np.array([])
+        b = baseline[col].dropna().to_numpy()
         lo, hi = bootstrap_ci(e)
         blo, bhi = bootstrap_ci(b)
         rows.append({

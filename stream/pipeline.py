@@ -158,7 +158,7 @@ class Aggregation:
     def detector_state(self) -> dict:
         return {
             key: {"mean": st.mean, "var": st.var, "windows": st.windows, "quiet_until": _finite(st.quiet_until),
-                  "last_z": st.last_z, "firing": json.loads(st.firing.to_json()) if st.firing else None}
+                  "last_z": st.last_z, "firing": st.firing.to_dict() if st.firing else None}
             for key, st in self.detector.keys.items()
         }
 

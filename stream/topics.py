@@ -60,15 +60,36 @@ def partition_counts(admin: KafkaAdminClient, names: Iterable[str]) -> dict[str,
     return {d["name"]: len(d["partitions"]) for d in admin.describe_topics(names)}
 
 
-def topic_id(bootstrap: str, name: str, timeout_s: float = 10.0) -> str | None:
+def topic_id(admin: KafkaAdminClient, name: str) -> str | None:
     """The broker's id of a topic (it changes when a topic is deleted and created again); None if absent."""
-    admin = admin_client(bootstrap, timeout_s)
-    try:
-        if name not in set(admin.list_topics()):
-            return None
-        return admin.describe_topics([name])[0].get("topic_id")
-    finally:
-        admin.close()
+    if name not in set(admin.list_topics()):
+        return None
+    return admin.describe_topics([name])[0].get("topic_id")
+
+
+class TopicIdWatch:
+    """Reads one topic's id again and again over a single admin connection (rebuilt after a failure)."""
+
+    def __init__(self, bootstrap: str, name: str, timeout_s: float = 10.0):
+        self.bootstrap, self.name, self.timeout_s = bootstrap, name, timeout_s
+        self._admin: KafkaAdminClient | None = None
+
+    def current(self) -> str | None:
+        try:
+            if self._admin is None:
+                self._admin = admin_client(self.bootstrap, self.timeout_s)
+            return topic_id(self._admin, self.name)
+        except Exception:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._admin is not None:
+            try:
+                self._admin.close()
+            except Exception:  # noqa: BLE001 (closing a client of a dead broker)
+                pass
+            self._admin = None
 
 
 def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout_s: float = 15.0) -> TopicReport:

@@ -47,7 +47,7 @@ from finsent.stream.faust_transport import transport_class
 from finsent.stream.metrics import WorkerMetrics
 from finsent.stream.pipeline import PoisonRecord, decode_raw, text_of, to_scored
 from finsent.stream.scoring import score_batch
-from finsent.stream.topics import ensure_topics, topic_id
+from finsent.stream.topics import TopicIdWatch, ensure_topics
 
 log = logging.getLogger("finsent.stream.worker")
 
@@ -146,7 +146,7 @@ class Scorer:
                 delay = min(delay * 2, 10.0)
 
 
-def build_app(settings: Settings, scorer: Scorer, aggregate: bool = True, input_topic_id: str | None = None):
+def build_app(settings: Settings, scorer: Scorer, aggregate: bool = True, input_watch: TopicIdWatch | None = None):
     import faust
 
     s = settings.stream
@@ -197,14 +197,16 @@ def build_app(settings: Settings, scorer: Scorer, aggregate: bool = True, input_
             if high is not None and pos is not None:
                 scorer.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - pos))
 
-    if input_topic_id is not None:
+    if input_watch is not None:
+        input_topic_id = input_watch.current()
+
         @app.timer(interval=2.0)
         async def check_input_topic():
             """A broker that lost its log (Tansu keeps it in memory) comes back with new, empty topics; our
             positions then point into a different log and would skip its first records. Exit instead: a
             fresh worker (restarted by its supervisor) starts from the new log's committed offsets."""
             try:
-                now = await asyncio.to_thread(topic_id, settings.kafka.bootstrap, settings.topics.raw.name, 3.0)
+                now = await asyncio.to_thread(input_watch.current)
             except Exception:
                 return  # broker unreachable: aiokafka is reconnecting; nothing to decide yet
             if now != input_topic_id:
@@ -247,7 +249,7 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
     from finsent.model import Classifier
 
     ensure_topics(settings.kafka.bootstrap, settings.topics.all(), timeout_s=60)
-    input_id = topic_id(settings.kafka.bootstrap, settings.topics.raw.name)
+    input_watch = TopicIdWatch(settings.kafka.bootstrap, settings.topics.raw.name, timeout_s=3.0)
     m = settings.model
     classifier = Classifier.load(model_dir, backend=m.backend, device=m.device, batch_size=m.batch_size)
     metrics = WorkerMetrics(top_k=settings.stream.ticker_top_k, watchlist=tuple(settings.stream.ticker_watchlist))
@@ -259,7 +261,7 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
         "input": settings.topics.raw.name, "max_batch": settings.stream.max_batch, "max_wait_s": settings.stream.max_wait_s,
     })
     scorer = Scorer(settings, classifier, metrics)
-    app = build_app(settings, scorer, aggregate=aggregate, input_topic_id=input_id)
+    app = build_app(settings, scorer, aggregate=aggregate, input_watch=input_watch)
     loglevel = logging.getLevelName(max(logging.getLogger().level, logging.WARNING))  # Faust's INFO is chatty
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False, override_logging=False)
     try:

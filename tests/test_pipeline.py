@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from finsent.labels import SENTIMENT_LABELS, TOPIC_LABELS
+from finsent.labels import TOPIC_LABELS
 from finsent.records import NewsItem, ScoredItem
 from finsent.settings import load
 from finsent.stream.pipeline import Aggregation, PoisonRecord, decode_raw, observation

@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import httpx
-import pytest
 
 from finsent.records import DeadLetter, ScoredItem, SurgeAlert, WindowStat
 from finsent.stream.pipeline import Aggregation

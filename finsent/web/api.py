@@ -12,7 +12,6 @@ per app from the settings' limits, from the real annotation object.)
 
 import asyncio
 import hmac
-import json
 import time
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -48,10 +47,6 @@ class FeedbackRequest(BaseModel):
     sentiment: Literal[SENTIMENT_LABELS] | None = None  # type: ignore[valid-type]
     who: str = Field(min_length=1, max_length=200)
     comment: str = Field(default="", max_length=2000)
-
-
-def _json(record) -> dict:
-    return json.loads(record.to_json())
 
 
 def build_api(settings: Settings, load_classifier, views: StreamViews | None = None, follow_topics: bool = True) -> FastAPI:
@@ -117,7 +112,7 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
         if topic is not None and topic not in TOPIC_LABELS:
             raise HTTPException(422, [{"loc": ["query", "topic"], "msg": f"unknown topic {topic!r}", "type": "value_error"}])
         found = views.query_items(topic, ticker, sentiment, since, until, q)
-        return {"total": len(found), "offset": offset, "items": [_json(s) for s in found[offset : offset + limit]]}
+        return {"total": len(found), "offset": offset, "items": [s.to_dict() for s in found[offset : offset + limit]]}
 
     @app.get("/windows")
     async def windows(key: Annotated[str, Query(min_length=1, examples=["all", "topic:Earnings", "ticker:AAPL"])],
@@ -125,14 +120,14 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
                       limit: Annotated[int, Query(ge=1, le=2000)] = 500) -> dict:
         """The closed windows of one key (oldest first), per rolling width."""
         series = {w: list(pts)[-limit:] for (k, w), pts in views.windows.items() if k == key and (width is None or w == width)}
-        return {"key": key, "series": {str(w): [_json(p) for p in pts] for w, pts in sorted(series.items())}}
+        return {"key": key, "series": {str(w): [p.to_dict() for p in pts] for w, pts in sorted(series.items())}}
 
     @app.get("/alerts")
     async def alerts(state: Literal["firing", "resolved"] | None = None,
                      limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict:
         """Surges with their evidence headlines, newest first."""
         found = [a for a in reversed(views.alerts.values()) if state is None or a.state == state][:limit]
-        return {"alerts": [_json(a) for a in found]}
+        return {"alerts": [a.to_dict() for a in found]}
 
     @app.post("/feedback", status_code=201)
     async def feedback(req: FeedbackRequest, authorization: Annotated[str | None, Header()] = None) -> dict:
