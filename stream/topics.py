@@ -9,6 +9,7 @@ and per-key ordering assumptions depend on it.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -68,13 +69,20 @@ def topic_id(admin: KafkaAdminClient, name: str) -> str | None:
 
 
 class TopicIdWatch:
-    """Reads one topic's id again and again over a single admin connection (rebuilt after a failure)."""
+    """Reads one topic's id again and again over a single admin connection (rebuilt after a failure).
+
+    Thread-safe: the worker asks from its timer and from its consumer's commit path."""
 
     def __init__(self, bootstrap: str, name: str, timeout_s: float = 10.0):
         self.bootstrap, self.name, self.timeout_s = bootstrap, name, timeout_s
         self._admin: KafkaAdminClient | None = None
+        self._lock = threading.Lock()
 
     def current(self) -> str | None:
+        with self._lock:
+            return self._current()
+
+    def _current(self) -> str | None:
         try:
             if self._admin is None:
                 self._admin = admin_client(self.bootstrap, self.timeout_s)

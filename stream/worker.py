@@ -146,7 +146,35 @@ class Scorer:
                 delay = min(delay * 2, 10.0)
 
 
-def build_app(settings: Settings, scorer: Scorer, aggregate: bool = True, input_watch: TopicIdWatch | None = None):
+class InputLogGuard:
+    """Ends the worker when its input topic is a different log than the one its positions point into.
+
+    A broker that lost its log (Tansu keeps it in memory) comes back with new, empty topics. A worker
+    still holding positions of the old log would read the new one from the middle and, worse, commit
+    those positions there, so that its successor skips the new log's first records. Checked before every
+    offset commit and every two seconds; a changed topic id exits with 75 and the supervisor (``finsent
+    demo``, compose ``restart:``) starts a fresh worker from the new log's committed offsets.
+    """
+
+    def __init__(self, settings: Settings):
+        self.topic = settings.topics.raw.name
+        self.watch = TopicIdWatch(settings.kafka.bootstrap, self.topic, timeout_s=3.0)
+        self.expected = self.watch.current()
+
+    def check(self) -> bool:
+        """True: the same log. False: the broker cannot be asked now (do not commit yet). Exits otherwise."""
+        try:
+            now = self.watch.current()
+        except Exception:  # noqa: BLE001 (broker unreachable: aiokafka is reconnecting; nothing to decide)
+            return False
+        if now != self.expected:
+            log.error("input topic was recreated (the broker lost its log); exiting for a fresh start",
+                      extra={"topic": self.topic, "was": self.expected, "now": now})
+            os._exit(EXIT_BROKER_RESET)
+        return True
+
+
+def build_app(settings: Settings, scorer: Scorer, aggregate: bool = True, input_guard: InputLogGuard | None = None):
     import faust
 
     s = settings.stream
@@ -170,7 +198,8 @@ def build_app(settings: Settings, scorer: Scorer, aggregate: bool = True, input_
         datadir=str(datadir),
         stream_wait_empty=False,
     )
-    app.transport = transport_class(s.fetch_max_wait_ms)(app.conf.broker_consumer, app)
+    before_commit = input_guard.check if input_guard is not None else None
+    app.transport = transport_class(s.fetch_max_wait_ms, before_commit)(app.conf.broker_consumer, app)
     raw = app.topic(settings.topics.raw.name, key_type=bytes, value_type=bytes, internal=False,
                     partitions=settings.topics.raw.partitions)
 
@@ -197,22 +226,11 @@ def build_app(settings: Settings, scorer: Scorer, aggregate: bool = True, input_
             if high is not None and pos is not None:
                 scorer.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - pos))
 
-    if input_watch is not None:
-        input_topic_id = input_watch.current()
-
+    if input_guard is not None:
         @app.timer(interval=2.0)
         async def check_input_topic():
-            """A broker that lost its log (Tansu keeps it in memory) comes back with new, empty topics; our
-            positions then point into a different log and would skip its first records. Exit instead: a
-            fresh worker (restarted by its supervisor) starts from the new log's committed offsets."""
-            try:
-                now = await asyncio.to_thread(input_watch.current)
-            except Exception:
-                return  # broker unreachable: aiokafka is reconnecting; nothing to decide yet
-            if now != input_topic_id:
-                log.error("input topic was recreated (the broker lost its log); exiting for a fresh start",
-                          extra={"topic": settings.topics.raw.name, "was": input_topic_id, "now": now})
-                os._exit(EXIT_BROKER_RESET)
+            """An idle worker commits nothing, so the commit check alone would not notice a replaced log."""
+            await asyncio.to_thread(input_guard.check)
 
     if aggregate:
         @app.task
@@ -249,7 +267,7 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
     from finsent.model import Classifier
 
     ensure_topics(settings.kafka.bootstrap, settings.topics.all(), timeout_s=60)
-    input_watch = TopicIdWatch(settings.kafka.bootstrap, settings.topics.raw.name, timeout_s=3.0)
+    input_guard = InputLogGuard(settings)
     m = settings.model
     classifier = Classifier.load(model_dir, backend=m.backend, device=m.device, batch_size=m.batch_size)
     metrics = WorkerMetrics(top_k=settings.stream.ticker_top_k, watchlist=tuple(settings.stream.ticker_watchlist))
@@ -261,7 +279,7 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
         "input": settings.topics.raw.name, "max_batch": settings.stream.max_batch, "max_wait_s": settings.stream.max_wait_s,
     })
     scorer = Scorer(settings, classifier, metrics)
-    app = build_app(settings, scorer, aggregate=aggregate, input_watch=input_watch)
+    app = build_app(settings, scorer, aggregate=aggregate, input_guard=input_guard)
     loglevel = logging.getLevelName(max(logging.getLogger().level, logging.WARNING))  # Faust's INFO is chatty
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False, override_logging=False)
     try:
@@ -271,4 +289,4 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
     return 0
 
 
-__all__ = ["Scorer", "build_app", "run", "supervise_aggregator"]
+__all__ = ["InputLogGuard", "Scorer", "build_app", "run", "supervise_aggregator"]

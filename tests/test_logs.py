@@ -1,7 +1,20 @@
 import json
 import logging
 
+import pytest
+
 from finsent import logs
+
+
+@pytest.fixture(autouse=True)
+def restore_root_logger():
+    """setup() binds a handler to the stderr pytest captures for this test; later tests must not log into
+    that closed stream (it printed "Logging error ... I/O operation on closed file" in CI)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def test_json_lines_carry_structured_fields(capsys):

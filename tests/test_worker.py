@@ -201,4 +201,10 @@ def test_a_broker_that_lost_its_log_makes_the_worker_restart_and_nothing_new_is_
         wait_for(lambda: not worker.alive(), 30, "the worker to notice the new log")
         assert worker.proc.returncode == EXIT_BROKER_RESET, worker.log_tail()
         handles["worker"] = start_worker(env, tmp_path / "worker-2.log")  # what `finsent demo` / compose restart do
-        wait_for(lambda: scored_ids(bootstrap, env) == {it.id for it in after}, 90, "every new record scored")
+        expected = {it.id for it in after}
+        try:
+            wait_for(lambda: scored_ids(bootstrap, env) == expected, 90, "every new record scored")
+        except AssertionError as err:
+            got = scored_ids(bootstrap, env)
+            raise AssertionError(f"{err}; missing {len(expected - got)}, unexpected {len(got - expected)}\n"
+                                 f"first worker:\n{worker.log_tail()}\nsecond worker:\n{handles['worker'].log_tail()}") from None
