@@ -9,7 +9,8 @@ STAMP := $(VENV)/.finsent-installed
 PIP_EXTRA ?=
 # Where this machine kind keeps its local CPU build of torch; used only if present.
 LOCAL_WHEELS := $(shell [ -d /opt/wheels ] && echo --find-links /opt/wheels)
-APT_PACKAGES := prometheus prometheus-alertmanager
+# chromium: the dashboard's browser test (headless, driven by Playwright)
+APT_PACKAGES := prometheus prometheus-alertmanager chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test test-all system-deps venv bench clean
@@ -24,7 +25,7 @@ test-all: system-deps venv  ## the default suite plus slow tests (training, full
 	$(VENV)/bin/pytest -m ""
 
 system-deps:
-	@if ! command -v prometheus >/dev/null || ! command -v prometheus-alertmanager >/dev/null || ! command -v promtool >/dev/null; then \
+	@if ! command -v prometheus >/dev/null || ! command -v prometheus-alertmanager >/dev/null || ! command -v promtool >/dev/null || ! command -v chromium >/dev/null; then \
 	  echo "installing Debian packages: $(APT_PACKAGES)"; \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES); \

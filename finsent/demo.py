@@ -101,9 +101,11 @@ def run(settings: Settings) -> int:
         urls["worker metrics"] = f"http://{host}:{settings.stream.metrics_port}/metrics"
         register_target(state, "worker", f"{host}:{settings.stream.metrics_port}")
         api_url = f"http://{host}:{settings.web.port}"
-        api = finsent_child("api", ["serve"], logs, restart=True, FINSENT_KAFKA__BOOTSTRAP=urls["kafka"])
+        api = finsent_child("api", ["serve"], logs, restart=True, FINSENT_KAFKA__BOOTSTRAP=urls["kafka"],
+                            **demo_stream_env())  # the dashboard charts the detector's window width
         supervisor.start(api, http_ok(f"{api_url}/readyz"), 120)
         urls["api"] = f"{api_url}/openapi.json"
+        urls["dashboard"] = f"{api_url}/"
     except BaseException:
         supervisor.stop()
         raise
@@ -112,6 +114,7 @@ def run(settings: Settings) -> int:
     print("finsent demo is up (Ctrl-C to stop):", file=sys.stderr)
     for name, url in urls.items():
         print(f"  {name:<{width}}  {url}", file=sys.stderr)
-    print(f"  topics created: {report.created or 'none (all existed)'}", file=sys.stderr, flush=True)
+    print(f"  topics created: {report.created or 'none (all existed)'}", file=sys.stderr)
+    print(f"Open the live dashboard: {urls['dashboard']}", file=sys.stderr, flush=True)
     log.info("demo ready", extra={"urls": urls})
     return wait_for_signal(supervisor)

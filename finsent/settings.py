@@ -143,11 +143,21 @@ class Ingest(_Group):
 
 
 class Paths(_Group):
+    """``archive_dir`` and ``feedback_store`` live under ``state_dir`` unless set: moving the state moves them."""
+
     state_dir: Path = Path(".state")
-    archive_dir: Path = Path(".state/archive")
+    archive_dir: Path = None  # type: ignore[assignment]  # default: <state_dir>/archive
     models_dir: Path = Path("models")
-    feedback_store: Path = Path(".state/feedback/feedback.jsonl")
+    feedback_store: Path = None  # type: ignore[assignment]  # default: <state_dir>/feedback/feedback.jsonl
     data_dir: Path = Path("../shared/data")
+
+    @model_validator(mode="after")
+    def _under_state_dir(self):
+        if self.archive_dir is None:
+            self.archive_dir = self.state_dir / "archive"
+        if self.feedback_store is None:
+            self.feedback_store = self.state_dir / "feedback" / "feedback.jsonl"
+        return self
 
 
 class ModelChoice(_Group):

@@ -131,3 +131,104 @@ def test_views_follow_the_real_output_topics(broker, tmp_path):
         while c.get("/items").json()["total"] == 0 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert [i["item"]["id"] for i in c.get("/items").json()["items"]] == ["n9"]
+
+
+def test_the_dashboard_is_served_from_this_process_with_a_strict_csp_and_no_cdn(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "default-src 'self'" in csp
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert 'src="/static/app.js"' in page.text and "<script>" not in page.text  # no inline script
+    for name in ("app.js", "app.css"):
+        r = client.get(f"/static/{name}")
+        assert r.status_code == 200 and len(r.text) > 500
+    import re
+
+    from finsent.web.api import STATIC_DIR
+
+    for f in STATIC_DIR.iterdir():  # nothing loaded from elsewhere: the dashboard works offline
+        text = f.read_text()
+        assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text), f.name
+        assert not re.search(r"""(import\s*\(|fetch\()\s*["'`]https?:""", text), f.name
+    assert client.get("/static/../api.py").status_code == 404
+    assert client.get("/dashboard/config").json()["surge_window_s"] == client.settings.surge.window_s
+
+
+def test_window_keys_list_every_series_busiest_first(client):
+    keys = client.get("/windows/keys").json()["keys"]
+    assert keys == [{"key": "topic:Energy | Oil", "widths": [300], "latest_count": 10,
+                     "latest_end": (T0 + timedelta(minutes=7)).isoformat().replace("+00:00", "Z")}] or \
+        [(k["key"], k["widths"], k["latest_count"]) for k in keys] == [("topic:Energy | Oil", [300], 10)]
+
+
+def test_feed_numbers_entries_and_resumes_after_a_cursor():
+    views = StreamViews(max_feed=5)
+    assert views.feed_after(0) == []
+    for i in range(3):
+        views.add_item(scored(100 + i, f"headline {i}"))
+    assert [seq for seq, _, _ in views.feed_after(0)] == [1, 2, 3]  # a new client gets the backlog
+    assert [seq for seq, _, _ in views.feed_after(2)] == [3]
+    assert views.feed_after(3) == []
+    for i in range(4):
+        views.add_item(scored(200 + i, f"more {i}"))
+    assert [seq for seq, _, _ in views.feed_after(1)] == [3, 4, 5, 6, 7]  # fell behind the bounded feed: newest kept
+    assert [seq for seq, _, _ in views.feed_after(99)] == [3, 4, 5, 6, 7]  # cursor from before a server restart
+    assert [s.item.id for _, _, s in views.feed_after(0, backlog=2)] == ["n202", "n203"]
+
+
+def _sse_events(response, n: int, timeout_s: float = 15) -> list[dict]:
+    import json
+    import time
+
+    events, current, deadline = [], {}, time.monotonic() + timeout_s
+    for line in response.iter_lines():
+        if line.startswith("id: "):
+            current["id"] = int(line[4:])
+        elif line.startswith("event: "):
+            current["event"] = line[7:]
+        elif line.startswith("data: "):
+            current["data"] = json.loads(line[6:])
+        elif line == "" and "event" in current:
+            events.append(current)
+            current = {}
+            if len(events) == n:
+                return events
+        assert time.monotonic() < deadline, f"only {len(events)} events in {timeout_s} s"
+    return events
+
+
+def test_live_events_push_new_items_and_alerts_and_resume_after_last_event_id(tmp_path):
+    """Real HTTP (uvicorn on 127.0.0.1): the dashboard's EventSource gets the backlog, then new entries as they
+    arrive, and a reconnect with Last-Event-ID continues without repeats."""
+    import httpx
+
+    from finsent.records import SurgeAlert
+    from webkit import serve_in_thread
+
+    views = StreamViews()
+    views.add_item(scored(300, "Backlog headline"))
+    settings = make_settings(tmp_path, kafka={"bootstrap": "127.0.0.1:1"})
+    with serve_in_thread(build_api(settings, lambda: _NoModel(), views, follow_topics=False)) as srv:
+        with httpx.stream("GET", srv.url + "/events", timeout=20) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            srv.call(views.add_item, scored(301, "Live <b>headline</b>"))
+            alert = SurgeAlert(alert_id="topic:Energy | Oil@1", key="topic:Energy | Oil", state="firing", severity="warning",
+                               window_start=T0, window_end=T0 + timedelta(minutes=5), count=20, negative=15,
+                               negative_share=0.75, zscore=4.2, baseline_mean=0.2, baseline_std=0.1, raised_at=T0)
+            srv.call(views.add_alert, alert)
+            got = _sse_events(r, 3)
+        assert [(e["id"], e["event"]) for e in got] == [(1, "item"), (2, "item"), (3, "alert")]
+        assert got[1]["data"]["item"]["title"] == "Live <b>headline</b>" and got[2]["data"]["zscore"] == 4.2
+        srv.call(views.add_item, scored(302, "After the reconnect"))
+        with httpx.stream("GET", srv.url + "/events", headers={"Last-Event-ID": "3"}, timeout=20) as r:
+            (resumed,) = _sse_events(r, 1)
+        assert resumed["id"] == 4 and resumed["data"]["item"]["id"] == "n302"
+        with httpx.stream("GET", srv.url + "/events", params={"after": 4}, timeout=20) as r:
+            srv.call(views.add_item, scored(303, "Only this one"))
+            (only,) = _sse_events(r, 1)
+        assert only["id"] == 5
+
+
+class _NoModel:
+    version = "none@test"

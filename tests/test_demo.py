@@ -111,6 +111,13 @@ def test_demo_serves_every_url_then_stops_on_sigterm_without_orphans(tmp_path):
         while httpx.get(f"{api}/items", timeout=5).json()["total"] == 0 and time.monotonic() < deadline:
             time.sleep(0.5)
         assert httpx.get(f"{api}/items", timeout=5).json()["total"] > 0
+        # The analysts' dashboard in headless Chromium against this stack (#9).
+        from browser import check_dashboard
+
+        assert info["urls"]["dashboard"] == api + "/"
+        seen = check_dashboard(api, info["urls"]["kafka"], "finsent.news.raw", tmp_path / "state" / "feedback" / "feedback.jsonl",
+                               tmp_path / "dashboard.png")
+        print(f"\ndashboard: {seen}")
         # Every Grafana panel's PromQL returns series from this live stack (Grafana itself is not installable).
         from test_dashboards import check_panels
 

@@ -1,9 +1,15 @@
-"""``finsent serve``: the HTTP API over the classifier (and, as #9 lands, the stream's outputs).
+"""``finsent serve``: the HTTP API and the analysts' live dashboard, over the classifier and the stream's outputs.
 
 FastAPI for the typed request/response models and the OpenAPI schema. Limits are enforced before any
 work: the body size (413), the batch size and text length (422 naming the field). The classifier is
 loaded once at start and called in a worker thread, one batch at a time, so the event loop keeps
 answering health checks during inference.
+
+The dashboard (``/``) is plain HTML/JS/CSS from ``finsent/web/static`` (no CDN, no build step): it reads the
+same JSON endpoints, and ``/events`` pushes new scored items and alerts as server-sent events, numbered so a
+reconnecting browser resumes where it left off. Every response carries a strict Content-Security-Policy
+(scripts only from this origin, no inline script), a second line of defence behind the dashboard's rule of
+inserting headline text only as text.
 
 (No ``from __future__ import annotations`` here: FastAPI must resolve the request model, which is built
 per app from the settings' limits, from the real annotation object.)
@@ -12,19 +18,32 @@ per app from the settings' limits, from the real annotation object.)
 
 import asyncio
 import hmac
+import json
 import time
 from contextlib import asynccontextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import FastAPI, Header, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
 from finsent.labels import SENTIMENT_LABELS, TOPIC_LABELS
 from finsent.records import Feedback, utcnow
 from finsent.settings import Settings
 from finsent.web.views import StreamViews, follow
+
+STATIC_DIR = Path(__file__).parent / "static"
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                               "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+SSE_POLL_S = 0.25
+SSE_PING_S = 15.0
 
 
 class Scores(BaseModel):
@@ -84,10 +103,54 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
     async def limit_body(request: Request, call_next):
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > w.max_body_bytes):
-            return JSONResponse({"detail": f"body larger than {w.max_body_bytes} bytes"}, status_code=413)
-        return await call_next(request)
+            response = JSONResponse({"detail": f"body larger than {w.max_body_bytes} bytes"}, status_code=413)
+        else:
+            response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
 
-    @app.post("/classify", response_model=ClassifyResponse)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def dashboard() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    @app.get("/dashboard/config")
+    async def dashboard_config() -> dict:
+        """What the dashboard needs to draw its controls: labels, the surge window, whether writes need a token."""
+        return {"topics": list(TOPIC_LABELS), "sentiments": list(SENTIMENT_LABELS),
+                "surge_window_s": settings.surge.window_s, "feedback_needs_token": token is not None}
+
+    @app.get("/events", include_in_schema=False)
+    async def events(request: Request, after: Annotated[int, Query(ge=0)] = 0,
+                     last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
+        """Server-sent events: ``item`` (a ScoredItem) and ``alert`` (a SurgeAlert), each with its feed number
+        as the event id. A browser's automatic reconnect sends Last-Event-ID and resumes after it."""
+        cursor = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
+
+        async def stream():
+            nonlocal cursor
+            yield "retry: 2000\n\n"
+            quiet_since = time.monotonic()
+            while not await request.is_disconnected():
+                entries = views.feed_after(cursor)
+                for seq, kind, record in entries:
+                    yield f"id: {seq}\nevent: {kind}\ndata: {json.dumps(record.to_dict(), default=str)}\n\n"
+                if entries:
+                    cursor, quiet_since = entries[-1][0], time.monotonic()
+                else:
+                    cursor = min(cursor, views.seq)  # a restarted server numbers from 0 again
+                    if time.monotonic() - quiet_since > SSE_PING_S:
+                        yield ": ping\n\n"  # keeps proxies from closing an idle stream
+                        quiet_since = time.monotonic()
+                await asyncio.sleep(SSE_POLL_S)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    too_large = {413: {"description": "body larger than web.max_body_bytes"}}
+
+    @app.post("/classify", response_model=ClassifyResponse, responses=too_large)
     async def classify(req: ClassifyRequest) -> ClassifyResponse:
         clf = state["classifier"]
         async with lock:
@@ -112,7 +175,13 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
         if topic is not None and topic not in TOPIC_LABELS:
             raise HTTPException(422, [{"loc": ["query", "topic"], "msg": f"unknown topic {topic!r}", "type": "value_error"}])
         found = views.query_items(topic, ticker, sentiment, since, until, q)
-        return {"total": len(found), "offset": offset, "items": [s.to_dict() for s in found[offset : offset + limit]]}
+        return {"total": len(found), "offset": offset, "seq": views.seq,  # seq: resume /events after this answer
+                "items": [s.to_dict() for s in found[offset : offset + limit]]}
+
+    @app.get("/windows/keys")
+    async def window_keys() -> dict:
+        """Every key that has windows (``all``, ``topic:…``, ``ticker:…``), busiest newest window first."""
+        return {"keys": views.window_keys()}
 
     @app.get("/windows")
     async def windows(key: Annotated[str, Query(min_length=1, examples=["all", "topic:Earnings", "ticker:AAPL"])],
@@ -129,7 +198,9 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
         found = [a for a in reversed(views.alerts.values()) if state is None or a.state == state][:limit]
         return {"alerts": [a.to_dict() for a in found]}
 
-    @app.post("/feedback", status_code=201)
+    @app.post("/feedback", status_code=201, responses={
+        **too_large, 401: {"description": "missing or wrong bearer token (when FINSENT_WEB__TOKEN is set)"},
+        404: {"description": "the item id is not among the recent scored items"}})
     async def feedback(req: FeedbackRequest, authorization: Annotated[str | None, Header()] = None) -> dict:
         """An analyst's correction: kept in the feedback store (what fine-tuning reads) and sent to finsent.feedback."""
         if token is not None and not (authorization and authorization.startswith("Bearer ")
@@ -185,7 +256,7 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
     async def healthz() -> dict:
         return {"ok": True}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={503: {"description": "the model is still loading"}})
     async def readyz():
         if state["classifier"] is None:
             return JSONResponse({"ready": False, "why": "model loading"}, status_code=503)
@@ -201,7 +272,9 @@ def serve(settings: Settings, model_dir) -> None:
 
     m = settings.model
     app = build_api(settings, lambda: Classifier.load(model_dir, backend=m.backend, device=m.device, batch_size=m.batch_size))
-    uvicorn.run(app, host=settings.services.host, port=settings.web.port, log_level="warning", access_log=False)
+    # A live dashboard holds an /events stream open; do not let it hold a shutdown too.
+    uvicorn.run(app, host=settings.services.host, port=settings.web.port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=3)
 
 
 __all__ = ["build_api", "serve"]

@@ -7,7 +7,6 @@ beginning of what the broker holds, newest kept) into these views. Pure containe
 
 from __future__ import annotations
 
-import asyncio
 from collections import OrderedDict, deque
 from datetime import datetime
 
@@ -17,20 +16,34 @@ from finsent.settings import Settings
 
 
 class StreamViews:
-    def __init__(self, max_items: int = 50_000, max_points: int = 2_000):
+    """``feed`` numbers every new item and alert (``seq``) so that a live client (the dashboard's server-sent
+    events) asks for "everything after N" and resumes after a reconnect without gaps or repeats."""
+
+    def __init__(self, max_items: int = 50_000, max_points: int = 2_000, max_feed: int = 5_000):
         self.items: OrderedDict[str, ScoredItem] = OrderedDict()  # item id -> newest scoring, arrival order
         self.max_items = max_items
         self.windows: dict[tuple[str, int], deque[WindowStat]] = {}
         self.max_points = max_points
         self.alerts: OrderedDict[tuple[str, str, str], SurgeAlert] = OrderedDict()  # (alert id, state, severity)
-        self.changed = asyncio.Event()  # set on every new item: live updates wait on it
+        self.seq = 0
+        self.feed: deque[tuple[int, str, ScoredItem | SurgeAlert]] = deque(maxlen=max_feed)
+
+    def _publish(self, kind: str, record: ScoredItem | SurgeAlert) -> None:
+        self.seq += 1
+        self.feed.append((self.seq, kind, record))
+
+    def feed_after(self, seq: int, backlog: int = 100) -> list[tuple[int, str, ScoredItem | SurgeAlert]]:
+        """Feed entries newer than ``seq`` (at most ``backlog`` of the newest when the client is new or too far behind)."""
+        if seq <= 0 or seq > self.seq or (self.feed and seq < self.feed[0][0] - 1):  # new, restarted server, or gap
+            return list(self.feed)[-backlog:] if backlog else []
+        return [e for e in self.feed if e[0] > seq] if self.seq > seq else []
 
     def add_item(self, s: ScoredItem) -> None:
         self.items.pop(s.item.id, None)
         self.items[s.item.id] = s
         while len(self.items) > self.max_items:
             self.items.popitem(last=False)
-        self.changed.set()
+        self._publish("item", s)
 
     def add_window(self, w: WindowStat) -> None:
         width = int((w.end - w.start).total_seconds())
@@ -45,6 +58,22 @@ class StreamViews:
         self.alerts[(a.alert_id, a.state, a.severity)] = a
         while len(self.alerts) > 10_000:
             self.alerts.popitem(last=False)
+        self._publish("alert", a)
+
+    def window_keys(self) -> list[dict]:
+        """Every key with windows, with its widths and the newest window's count (busiest first)."""
+        keys: dict[str, dict] = {}
+        for (key, width), series in self.windows.items():
+            if not series:
+                continue
+            k = keys.setdefault(key, {"key": key, "widths": [], "latest_count": 0, "latest_end": None})
+            k["widths"].append(width)
+            last = series[-1]
+            if k["latest_end"] is None or last.end >= k["latest_end"]:
+                k["latest_end"], k["latest_count"] = last.end, last.count
+        for k in keys.values():
+            k["widths"].sort()
+        return sorted(keys.values(), key=lambda k: (-k["latest_count"], k["key"]))
 
     def query_items(self, topic: str | None = None, ticker: str | None = None, sentiment: str | None = None,
                     since: datetime | None = None, until: datetime | None = None, text: str | None = None) -> list[ScoredItem]:
