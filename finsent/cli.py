@@ -66,6 +66,22 @@ def broker(config: ConfigOption = None) -> None:
 
 
 @app.command()
+def topics(config: ConfigOption = None) -> None:
+    """Create finsent's topics on the configured Kafka (partition counts from settings, kafka.replication_factor); check existing ones."""
+    from finsent.stream.topics import TopicMismatch, ensure_topics
+
+    settings = _settings(config)
+    try:
+        report = ensure_topics(settings.kafka.bootstrap, settings.topics.all(), timeout_s=60,
+                               replication_factor=settings.kafka.replication_factor)
+    except TopicMismatch as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"topics ready on {settings.kafka.bootstrap}: created {report.created or 'none'}, "
+               f"existing {report.existing or 'none'}", err=True)
+
+
+@app.command()
 def demo(config: ConfigOption = None) -> None:
     """Start the embedded stack on 127.0.0.1 (broker, Prometheus, Alertmanager, ...), print URLs, stop on Ctrl-C."""
     from finsent import demo as demo_mod

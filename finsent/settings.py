@@ -87,6 +87,7 @@ class Topics(_Group):
 class Kafka(_Group):
     bootstrap: str = Field(default=f"{LOOPBACK}:9092", min_length=3)
     client_id: str = "finsent"
+    replication_factor: int = Field(default=1, ge=1, le=16)  # for topics finsent creates (3 on a 3-broker cluster)
 
     @field_validator("bootstrap")
     @classmethod

@@ -100,7 +100,8 @@ class TopicIdWatch:
             self._admin = None
 
 
-def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout_s: float = 15.0) -> TopicReport:
+def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout_s: float = 15.0,
+                  replication_factor: int = 1) -> TopicReport:
     """Create missing topics; check existing ones. Idempotent; raises TopicMismatch on a conflict."""
     specs = list(specs)
     admin = admin_client(bootstrap, timeout_s)
@@ -121,7 +122,7 @@ def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout_s: float =
             if spec.name in existing:
                 continue
             try:
-                admin.create_topics([NewTopic(spec.name, spec.partitions, 1)])
+                admin.create_topics([NewTopic(spec.name, spec.partitions, replication_factor)])
                 created.append(spec.name)
             except TopicAlreadyExistsError:  # raced with another creator: check what it made
                 counts = partition_counts(admin, [spec.name])

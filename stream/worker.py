@@ -266,7 +266,8 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
 
     from finsent.model import Classifier
 
-    ensure_topics(settings.kafka.bootstrap, settings.topics.all(), timeout_s=60)
+    ensure_topics(settings.kafka.bootstrap, settings.topics.all(), timeout_s=60,
+                  replication_factor=settings.kafka.replication_factor)
     input_guard = InputLogGuard(settings)
     m = settings.model
     classifier = Classifier.load(model_dir, backend=m.backend, device=m.device, batch_size=m.batch_size)

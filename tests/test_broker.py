@@ -86,3 +86,27 @@ def test_kafka_python_to_faust_worker(broker, tmp_path: Path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(out.read_bytes().split(b"\n")) == sorted(sent)
+
+
+def test_topics_command_creates_then_checks_what_the_deploy_topic_init_job_needs(broker, tmp_path):
+    """`finsent topics` is deploy/'s topic-init job: created once, then found; a mismatch exits 1 with the reason."""
+    import os
+
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}, "FINSENT_KAFKA__BOOTSTRAP": broker,
+           "FINSENT_PATHS__STATE_DIR": str(tmp_path),
+           **{f"FINSENT_TOPICS__{t.upper()}__NAME": f"{prefix}.{t}" for t in
+              ("raw", "scored", "alerts", "feedback", "dlq", "windows", "checkpoints")}}
+    run = lambda **extra: subprocess.run([sys.executable, "-m", "finsent.cli", "topics"], env={**env, **extra},  # noqa: E731
+                                         capture_output=True, text=True, timeout=120)
+    first = run()
+    assert first.returncode == 0 and f"{prefix}.raw" in first.stderr.split("created")[1].split("existing")[0], first.stderr
+    admin = admin_client(broker)
+    try:
+        assert partition_counts(admin, [f"{prefix}.raw", f"{prefix}.alerts"]) == {f"{prefix}.raw": 4, f"{prefix}.alerts": 1}
+    finally:
+        admin.close()
+    second = run()
+    assert second.returncode == 0 and "created none" in second.stderr
+    mismatch = run(FINSENT_TOPICS__RAW__PARTITIONS="12")
+    assert mismatch.returncode == 1 and "has 4 partitions, settings ask for 12" in mismatch.stderr

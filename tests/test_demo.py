@@ -229,7 +229,7 @@ def test_occupied_port_is_a_clear_error(tmp_path):
     "command",
     [[], ["broker"], ["demo"], ["worker"], ["train"], ["eval"], ["export"], ["ingest"], ["ingest", "import"], ["ingest", "refill"],
      ["ingest", "demo-feeds"], ["replay"], ["backtest"], ["receiver"], ["receiver", "export"], ["grafana", "build"],
-     ["grafana", "publish"], ["serve"]],
+     ["grafana", "publish"], ["serve"], ["topics"]],
 )
 def test_every_command_has_help(command):
     proc = subprocess.run([sys.executable, "-m", "finsent.cli", *command, "--help"], capture_output=True, text=True, timeout=60)

@@ -1,0 +1,148 @@
+"""``POST /classify`` latency and throughput, all figures measured in one run.
+
+    .venv/bin/python bench/bench_api.py [--requests 200] [--backend auto] [--out bench/results/api-cpu.json]
+
+A real ``finsent serve`` process on 127.0.0.1 (the shipped model), driven over HTTP by this process:
+
+1. bare ``Classifier.predict`` in this process, 1 text and 32 texts per call (the floor the API adds to);
+2. one client, 1 headline per request, sequential: latency p50/p99 and requests/s;
+3. one client, 32 headlines per request: texts/s, and its ratio to bare predict at batch 32;
+4. 8 concurrent clients, 1 headline each: latency p50/p99 and requests/s (the API runs one batch at a
+   time, so concurrent single requests queue rather than batch together -- measured, not assumed).
+
+On a 2-core machine client, server and model share the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from finsent.ingest.localfeeds import load_rows
+from finsent.procs import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def texts(n: int, offset: int = 0) -> list[str]:
+    rows = [t for _, t in load_rows()]
+    return [f"{rows[(offset + i) % len(rows)]} #{offset + i}" for i in range(n)]
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def bench_bare(backend: str, n: int) -> dict:
+    from finsent.model import Classifier
+
+    clf = Classifier.load(backend=backend)
+    data = texts(32 * 20)
+    clf.predict(data[:32])
+    t0 = time.perf_counter()
+    for t in data[:n]:
+        clf.predict([t])
+    one = n / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for i in range(0, len(data), 32):
+        clf.predict(data[i : i + 32])
+    batch = len(data) / (time.perf_counter() - t0)
+    return {"backend": clf.backend.name, "model": clf.version, "texts_per_s_batch1": one, "texts_per_s_batch32": batch}
+
+
+def sequential(url: str, n: int, batch: int) -> dict:
+    latencies = []
+    with httpx.Client(timeout=60) as c:
+        c.post(url, json={"texts": texts(batch)}).raise_for_status()  # warm-up
+        t0 = time.perf_counter()
+        for i in range(n):
+            s = time.perf_counter()
+            r = c.post(url, json={"texts": texts(batch, i * batch)})
+            r.raise_for_status()
+            latencies.append(time.perf_counter() - s)
+        seconds = time.perf_counter() - t0
+    return {"requests": n, "texts_per_request": batch, "requests_per_s": n / seconds, "texts_per_s": n * batch / seconds,
+            "p50_ms": pct(latencies, 0.5) * 1000, "p99_ms": pct(latencies, 0.99) * 1000}
+
+
+async def concurrent(url: str, n: int, clients: int) -> dict:
+    latencies: list[float] = []
+
+    async def client(k: int, c: httpx.AsyncClient) -> None:
+        for i in range(k, n, clients):
+            s = time.perf_counter()
+            (await c.post(url, json={"texts": texts(1, i)})).raise_for_status()
+            latencies.append(time.perf_counter() - s)
+
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=clients)) as c:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(k, c) for k in range(clients)))
+        seconds = time.perf_counter() - t0
+    return {"requests": n, "clients": clients, "requests_per_s": n / seconds,
+            "p50_ms": pct(latencies, 0.5) * 1000, "p99_ms": pct(latencies, 0.99) * 1000}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "api-cpu.json")
+    args = ap.parse_args()
+    results: dict = {"bare": bench_bare(args.backend, args.requests)}
+    b = results["bare"]
+    print(f"bare predict ({b['backend']}): {b['texts_per_s_batch1']:.0f} texts/s at 1 per call, "
+          f"{b['texts_per_s_batch32']:.0f} texts/s at 32 per call", flush=True)
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="finsent-bench-api-") as tmp:
+        env = {**os.environ, "FINSENT_WEB__PORT": str(port), "FINSENT_PATHS__STATE_DIR": tmp,
+               "FINSENT_KAFKA__BOOTSTRAP": "127.0.0.1:1", "FINSENT_MODEL__BACKEND": args.backend}
+        server = subprocess.Popen([sys.executable, "-m", "finsent.cli", "serve"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=open(Path(tmp) / "serve.log", "wb"))
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert server.poll() is None and time.monotonic() < deadline, "finsent serve did not become ready"
+                time.sleep(0.2)
+            url = base + "/classify"
+            results["single"] = r = sequential(url, args.requests, 1)
+            print(f"1 headline/request, 1 client: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
+                  f"{r['requests_per_s']:.0f} req/s", flush=True)
+            results["batch32"] = r = sequential(url, max(10, args.requests // 10), 32)
+            r["ratio_vs_bare_batch32"] = r["texts_per_s"] / b["texts_per_s_batch32"]
+            print(f"32 headlines/request, 1 client: {r['texts_per_s']:.0f} texts/s = {r['ratio_vs_bare_batch32']:.2f} x bare, "
+                  f"p50 {r['p50_ms']:.0f} ms", flush=True)
+            results["concurrent8"] = r = asyncio.run(concurrent(url, args.requests, 8))
+            print(f"1 headline/request, 8 clients: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
+                  f"{r['requests_per_s']:.0f} req/s", flush=True)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    results["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    results["command"] = f"python bench/bench_api.py --requests {args.requests} --backend {args.backend}"
+    results["run_id"] = uuid.uuid4().hex[:8]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"written {args.out}")
+
+
+if __name__ == "__main__":
+    main()
