@@ -88,11 +88,14 @@ def prometheus_child(settings: Settings, state_dir: Path) -> tuple[Child, str]:
 DEFAULT_RECEIVER = "127.0.0.1:9184"
 
 
-def render_alertmanager_config(settings: Settings, home: Path, source: Path = ALERTMANAGER_CONFIG) -> Path:
+def render_alertmanager_config(settings: Settings, home: Path, source: Path = ALERTMANAGER_CONFIG,
+                               receiver_address: str | None = None) -> Path:
     """The shipped routing with this machine's receiver address, and the bearer token (from the environment)
-    written to a private file Alertmanager reads: the token never lands in a config file of the repo."""
+    written to a private file Alertmanager reads: the token never lands in a config file of the repo.
+    ``receiver_address`` (host:port) overrides services.host:receiver.port, e.g. ``receiver:9184`` in compose."""
     doc = yaml.safe_load(source.read_text())
-    address = f"{settings.services.host}:{settings.receiver.port}"
+    address = receiver_address or f"{settings.services.host}:{settings.receiver.port}"
+    home.mkdir(parents=True, exist_ok=True)
     token_file = home / "receiver-token"
     if settings.receiver.token is not None:
         token_file.touch(mode=0o600)

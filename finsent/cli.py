@@ -353,6 +353,20 @@ def receiver(ctx: typer.Context, config: ConfigOption = None) -> None:
     serve(_settings(config))
 
 
+@receiver_app.command("alertmanager-config")
+def receiver_alertmanager_config(
+    out_dir: Annotated[Path, typer.Argument(help="Directory for alertmanager.yml and the token file (shared with Alertmanager).")],
+    receiver_address: Annotated[Optional[str], typer.Option(help="host:port of the receiver as Alertmanager reaches it.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Render alerts/alertmanager.yml for a deployment: the receiver's address, the bearer token from FINSENT_RECEIVER__TOKEN."""
+    from finsent.alerts.embedded import render_alertmanager_config
+
+    settings = _settings(config)
+    path = render_alertmanager_config(settings, out_dir, receiver_address=receiver_address)
+    typer.echo(f"wrote {path} (token: {'yes' if settings.receiver.token else 'none set'})", err=True)
+
+
 @receiver_app.command("export")
 def receiver_export(
     since: Annotated[Optional[str], typer.Option("--from", help="ISO time with zone, e.g. 2024-05-02T00:00:00Z.")] = None,
