@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import httpx
+from benchkit import write_results
 
 from finsent.ingest.localfeeds import load_rows
 from finsent.procs import free_port
@@ -136,12 +133,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=30)
-    results["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
-    results["command"] = f"python bench/bench_api.py --requests {args.requests} --backend {args.backend}"
-    results["run_id"] = uuid.uuid4().hex[:8]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"written {args.out}")
+    write_results(results, f"python bench/bench_api.py --requests {args.requests} --backend {args.backend}", args.out)
 
 
 if __name__ == "__main__":

@@ -18,19 +18,17 @@ includes that contention (it is what a one-box deployment gets).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import random
 import statistics
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+from benchkit import write_results
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from finsent.ingest.localfeeds import load_rows
@@ -224,13 +222,8 @@ def main() -> None:
     print(f"window+surge core: {r['events_per_s']:.0f} events/s over {r['events']} events "
           f"({r['windows_closed']} windows closed, state at end: {r['state_buckets_at_end']} buckets, "
           f"{r['state_ids_at_end']} ids)", flush=True)
-    results["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
-    results["command"] = (f"python bench/bench_stream.py --items {args.items} --latency-s {args.latency_s:g} "
-                          f"--core {args.core} --backend {args.backend}" + (" --no-aggregate" if args.no_aggregate else ""))
-    results["run_id"] = uuid.uuid4().hex[:8]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"written {args.out}")
+    write_results(results, (f"python bench/bench_stream.py --items {args.items} --latency-s {args.latency_s:g} "
+                          f"--core {args.core} --backend {args.backend}" + (" --no-aggregate" if args.no_aggregate else "")), args.out)
 
 
 if __name__ == "__main__":
