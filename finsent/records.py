@@ -218,6 +218,9 @@ class Feedback(Record):
     comment: str = Field(default="", max_length=2000)
     at: UtcDatetime
     model: str | None = None  # the version whose prediction was corrected
+    # What that model said, so agreement can be counted from the store alone (after restarts, for old items).
+    model_topic: str | None = None
+    model_sentiment: Sentiment | None = None
 
     @field_validator("topic")
     @classmethod

@@ -110,8 +110,14 @@ def test_feedback_is_stored_for_fine_tuning_and_counted(client):
 
     (fb,), bad = read_store(client.settings.paths.feedback_store)
     assert (fb.item_id, fb.sentiment, fb.who, fb.model, bad) == ("n3", "negative", "analyst@desk", "finsent-minilm@test", 0)
+    assert (fb.model_topic, fb.model_sentiment) == ("Energy | Oil", "neutral")  # what the model said, kept with it
     stats = client.get("/feedback/stats").json()
     assert stats["corrections"] == 1 and stats["sentiment"] == {"corrections": 1, "compared": 1, "model_agreed": 0}
+    VIEWS.items.pop("n3")  # the item leaves the live view (or the API restarts): agreement still counts
+    try:
+        assert client.get("/feedback/stats").json()["sentiment"] == {"corrections": 1, "compared": 1, "model_agreed": 0}
+    finally:
+        VIEWS.add_item(scored(3, "Exxon shares steady", "neutral", tickers=("XOM",), minutes=3))
     assert client.post("/feedback", json={"item_id": "nope", "sentiment": "negative", "who": "a"}).status_code == 404
     assert client.post("/feedback", json={"item_id": "n1", "sentiment": "bearish", "who": "a"}).status_code == 422
     assert client.post("/feedback", json={"item_id": "n1", "who": "a"}).status_code == 422  # corrects nothing

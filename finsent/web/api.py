@@ -211,7 +211,8 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
             raise HTTPException(404, f"unknown item id {req.item_id!r} (not among the recent scored items)")
         try:
             fb = Feedback(item_id=req.item_id, text=scored.item.title[:2000], topic=req.topic, sentiment=req.sentiment,
-                          who=req.who, comment=req.comment, at=utcnow(), model=scored.model)
+                          who=req.who, comment=req.comment, at=utcnow(), model=scored.model,
+                          model_topic=scored.topic, model_sentiment=scored.sentiment)
         except ValidationError as err:
             raise HTTPException(422, [{"loc": ["body"], "msg": e["msg"], "type": e["type"]} for e in err.errors()]) from None
         from finsent.model.feedback import append
@@ -246,11 +247,19 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
             records, bad = [], 0
         out = {"corrections": len(records), "bad_lines": bad}
         for kind in ("topic", "sentiment"):
-            pairs = [(getattr(r, kind), getattr(views.items[r.item_id], kind)) for r in records
-                     if getattr(r, kind) is not None and r.item_id in views.items]
+            pairs = [(getattr(r, kind), predicted) for r in records if getattr(r, kind) is not None
+                     and (predicted := _predicted(r, kind)) is not None]
             out[kind] = {"corrections": sum(1 for r in records if getattr(r, kind) is not None), "compared": len(pairs),
                          "model_agreed": sum(a == b for a, b in pairs)}
         return out
+
+    def _predicted(r: Feedback, kind: str) -> str | None:
+        """The model's label as recorded with the correction; for older records, the item if still in view."""
+        recorded = getattr(r, f"model_{kind}")
+        if recorded is not None:
+            return recorded
+        scored = views.items.get(r.item_id)
+        return getattr(scored, kind) if scored is not None else None
 
     @app.get("/healthz")
     async def healthz() -> dict:
