@@ -60,8 +60,9 @@ def check_dashboard(api_url: str, kafka: str, raw_topic: str, feedback_store: Pa
 
             # Filters: sentiment narrows to that sentiment; ticker search finds the one headline.
             page.select_option("#f-sentiment", "negative")
-            page.wait_for_timeout(800)
-            badges = page.locator("#items tr.item td:nth-child(6) .badge").all_inner_texts()
+            sentiments = page.locator("#items tr.item td:nth-child(6) .badge")
+            expect(sentiments.filter(has_not_text="negative")).to_have_count(0, timeout=10_000)  # reloaded, filtered
+            badges = sentiments.all_inner_texts()
             assert badges and set(badges) == {"negative"}, badges
             seen["negative_rows"] = len(badges)
             page.select_option("#f-sentiment", "")
