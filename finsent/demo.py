@@ -106,6 +106,7 @@ def run(settings: Settings) -> int:
         supervisor.start(api, http_ok(f"{api_url}/readyz"), 120)
         urls["api"] = f"{api_url}/openapi.json"
         urls["dashboard"] = f"{api_url}/"
+        register_target(state, "api", f"{host}:{settings.web.port}")
     except BaseException:
         supervisor.stop()
         raise

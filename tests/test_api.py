@@ -238,3 +238,19 @@ def test_live_events_push_new_items_and_alerts_and_resume_after_last_event_id(tm
 
 class _NoModel:
     version = "none@test"
+
+
+def test_metrics_count_answers_per_route_and_status_and_classified_texts(client):
+    def value(name, **labels):
+        want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        for line in client.get("/metrics").text.splitlines():
+            if line.startswith(f"{name}{{{want}}}" if labels else f"{name} "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = value("finsent_api_requests_total", route="/items", status="422"), value("finsent_api_classified_texts_total")
+    assert client.get("/items", params={"topic": "Nonsense"}).status_code == 422
+    assert client.post("/classify", json={"texts": ["Oil slumps", "Gold rallies"]}).status_code == 200
+    after = value("finsent_api_requests_total", route="/items", status="422"), value("finsent_api_classified_texts_total")
+    assert after[0] == before[0] + 1 and after[1] == before[1] + 2
+    assert "finsent_api_request_seconds_bucket" in client.get("/metrics").text

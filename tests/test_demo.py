@@ -105,6 +105,11 @@ def test_demo_serves_every_url_then_stops_on_sigterm_without_orphans(tmp_path):
         receiver_up = httpx.get(info["urls"]["prometheus"] + "/api/v1/query", params={"query": 'up{job="receiver"} == 1'},
                                 timeout=5).json()["data"]["result"]
         assert receiver_up, "Prometheus does not scrape the receiver"
+        deadline = time.monotonic() + 30
+        while not (api_up := httpx.get(info["urls"]["prometheus"] + "/api/v1/query", params={"query": 'up{job="api"} == 1'},
+                                       timeout=5).json()["data"]["result"]) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert api_up, "Prometheus does not scrape the API"
         # The API serves the scored headlines it follows from the broker.
         api = info["urls"]["api"].removesuffix("/openapi.json")
         deadline = time.monotonic() + 30

@@ -140,7 +140,7 @@ def test_prometheus_config_and_the_mounted_rules_pass_promtool(tmp_path):
     out = subprocess.run(["promtool", "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True)
     assert out.returncode == 0 and "SUCCESS" in out.stdout and "rules found" in out.stdout, out.stdout + out.stderr
     jobs = {j["job_name"] for j in config["scrape_configs"]}
-    assert {"worker", "ingest", "receiver", "alertmanager", "prometheus"} <= jobs
+    assert {"worker", "ingest", "receiver", "api", "alertmanager", "prometheus"} <= jobs
     worker_names = next(j for j in config["scrape_configs"] if j["job_name"] == "worker")["dns_sd_configs"][0]["names"]
     assert set(worker_names) == {"worker", "worker-aggregator", "worker-gpu"}  # every worker flavour is job="worker"
     config["scrape_configs"][0]["scrape_interval"] = "fifteen seconds"  # negative control

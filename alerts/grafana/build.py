@@ -107,7 +107,7 @@ def ticker() -> Dashboard:
 
 def pipeline() -> Dashboard:
     return Dashboard("finsent-pipeline", "finsent — pipeline health", [
-        Panel("Services up", [('up{job=~"ingest|worker|receiver"}', "{{job}}")], kind="stat", width=8),
+        Panel("Services up", [('up{job=~"ingest|worker|receiver|api"}', "{{job}}")], kind="stat", width=8),
         Panel("Feed items (new) per second", [('sum by (feed) (rate(finsent_feed_items_total{status="new"}[5m]))', "{{feed}}")], width=8),
         Panel("Seconds since each feed's last success", [("time() - finsent_feed_last_success_timestamp_seconds", "{{feed}}")],
               unit="s", width=8),
@@ -137,6 +137,16 @@ def pipeline() -> Dashboard:
         ], width=8),
         Panel("Audit log: notifications recorded per second", [
             ("sum by (status) (rate(finsent_receiver_notifications_total[5m])) or vector(0)", "{{status}}"),
+        ], width=8),
+        Panel("API answers per second (by route, status)", [
+            ('sum by (route, status) (rate(finsent_api_requests_total{route!="/metrics"}[5m]))', "{{route}} {{status}}"),
+        ], width=8),
+        Panel("API latency p99 (by route)", [
+            ('histogram_quantile(0.99, sum by (le, route) (rate(finsent_api_request_seconds_bucket{route!="/metrics"}[5m])))', "{{route}}"),
+        ], unit="s", width=8),
+        Panel("Live dashboards open / texts classified per second", [
+            ("sum(finsent_api_live_clients)", "dashboards open"),
+            ("sum(rate(finsent_api_classified_texts_total[5m]))", "classified/s"),
         ], width=8),
     ])
 

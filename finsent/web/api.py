@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import FastAPI, Header, HTTPException, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
 from finsent.labels import SENTIMENT_LABELS, TOPIC_LABELS
@@ -44,6 +45,19 @@ SECURITY_HEADERS = {
 }
 SSE_POLL_S = 0.25
 SSE_PING_S = 15.0
+
+
+class ApiMetrics:
+    """What operations watch on the API: answers per route and status, latency, /classify load, live clients."""
+
+    def __init__(self):
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("finsent_api_requests_total", "HTTP answers", ["route", "status"], registry=r)
+        self.seconds = Histogram("finsent_api_request_seconds", "Time to answer (SSE: to the first byte)", ["route"],
+                                 registry=r, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.classified = Counter("finsent_api_classified_texts_total", "Texts classified by POST /classify", registry=r)
+        self.live_clients = Gauge("finsent_api_live_clients", "Open /events streams (dashboards watching)", registry=r)
+        self.feedback = Counter("finsent_api_feedback_total", "Corrections stored", ["published"], registry=r)
 
 
 class Scores(BaseModel):
@@ -72,6 +86,7 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
     """``load_classifier()`` returns a ``finsent.model.Classifier`` (called once, at start). ``views`` are
     filled from the output topics by a background task unless ``follow_topics`` is False."""
     views = views if views is not None else StreamViews()
+    metrics = ApiMetrics()
     token = settings.web.token.get_secret_value().encode() if settings.web.token else None
     producer_box: dict = {}
     w = settings.web
@@ -101,13 +116,22 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
+        t0 = time.perf_counter()
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > w.max_body_bytes):
             response = JSONResponse({"detail": f"body larger than {w.max_body_bytes} bytes"}, status_code=413)
         else:
             response = await call_next(request)
         response.headers.update(SECURITY_HEADERS)
+        route = request.scope.get("route")
+        name = route.path if route is not None else ("/static" if request.url.path.startswith("/static/") else "other")
+        metrics.requests.labels(name, str(response.status_code)).inc()
+        metrics.seconds.labels(name).observe(time.perf_counter() - t0)
         return response
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -129,6 +153,15 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
         cursor = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
 
         async def stream():
+            nonlocal cursor
+            metrics.live_clients.inc()
+            try:
+                async for chunk in _events():
+                    yield chunk
+            finally:
+                metrics.live_clients.dec()
+
+        async def _events():
             nonlocal cursor
             yield "retry: 2000\n\n"
             quiet_since = time.monotonic()
@@ -157,6 +190,7 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
             t0 = time.perf_counter()
             preds = await asyncio.to_thread(clf.predict, req.texts)
             seconds = time.perf_counter() - t0
+        metrics.classified.inc(len(req.texts))
         return ClassifyResponse(model=clf.version, seconds=round(seconds, 4), results=[
             Scores(topic=p.topic, topic_probs=p.topic_probs, sentiment=p.sentiment, sentiment_probs=p.sentiment_probs,
                    flag=p.flag) for p in preds])
@@ -219,6 +253,7 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
 
         await asyncio.to_thread(append, settings.paths.feedback_store, fb)
         published = await _publish_feedback(fb)
+        metrics.feedback.labels(str(published).lower()).inc()
         return {"stored": True, "published": published}
 
     async def _publish_feedback(fb: Feedback) -> bool:
