@@ -115,7 +115,8 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
                   description="Financial-news sentiment: classify headlines; scored items, windows and alerts.")
 
     @app.middleware("http")
-    async def limit_body(request: Request, call_next):
+    async def limit_secure_and_measure(request: Request, call_next):
+        """Body size limit before any work, security headers on every answer, metrics per route."""
         t0 = time.perf_counter()
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > w.max_body_bytes):
@@ -153,7 +154,6 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
         cursor = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
 
         async def stream():
-            nonlocal cursor
             metrics.live_clients.inc()
             try:
                 async for chunk in _events():
@@ -171,11 +171,9 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
                     yield f"id: {seq}\nevent: {kind}\ndata: {json.dumps(record.to_dict(), default=str)}\n\n"
                 if entries:
                     cursor, quiet_since = entries[-1][0], time.monotonic()
-                else:
-                    cursor = min(cursor, views.seq)  # a restarted server numbers from 0 again
-                    if time.monotonic() - quiet_since > SSE_PING_S:
-                        yield ": ping\n\n"  # keeps proxies from closing an idle stream
-                        quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since > SSE_PING_S:
+                    yield ": ping\n\n"  # keeps proxies from closing an idle stream
+                    quiet_since = time.monotonic()
                 await asyncio.sleep(SSE_POLL_S)
 
         return StreamingResponse(stream(), media_type="text/event-stream",

@@ -96,10 +96,12 @@ function addRow(s, atTop) {
   else if (atTop) body.prepend(rowFor(s));
   else body.append(rowFor(s));
   state.items.set(s.item.id, s);
-  while (body.querySelectorAll("tr.item").length > MAX_ROWS) {
-    const last = body.querySelector("tr.item:last-of-type");
-    state.items.delete(last.dataset.id);
-    last.remove();
+  const rows = body.querySelectorAll("tr.item");
+  for (let i = rows.length - 1; i >= MAX_ROWS; i--) {
+    const next = rows[i].nextElementSibling;
+    if (next && next.classList.contains("correct-row")) next.remove();  // its open correction form goes too
+    state.items.delete(rows[i].dataset.id);
+    rows[i].remove();
   }
 }
 
