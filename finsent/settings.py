@@ -232,6 +232,9 @@ class Stream(_Group):
     fetch_max_wait_ms: int = Field(default=100, ge=0, le=30_000)  # Tansu holds a fetch this long (see faust_transport)
     checkpoint_interval_s: float = Field(default=5.0, gt=0)  # aggregator restore point at most this old
     produce_timeout_s: float = Field(default=30.0, gt=0)
+    # How often an idle worker checks that its input topic is still the same log (it also checks before
+    # every offset commit): a broker that lost its log comes back with new, empty topics.
+    input_check_interval_s: float = Field(default=2.0, gt=0)
 
     _check_port = field_validator("metrics_port")(classmethod(lambda cls, v: _port(v)))
 

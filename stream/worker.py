@@ -152,8 +152,9 @@ class InputLogGuard:
     A broker that lost its log (Tansu keeps it in memory) comes back with new, empty topics. A worker
     still holding positions of the old log would read the new one from the middle and, worse, commit
     those positions there, so that its successor skips the new log's first records. Checked before every
-    offset commit and every two seconds; a changed topic id exits with 75 and the supervisor (``finsent
-    demo``, compose ``restart:``) starts a fresh worker from the new log's committed offsets.
+    offset commit and every ``stream.input_check_interval_s``; a changed topic id exits with 75 and the
+    supervisor (``finsent demo``, compose ``restart:``) starts a fresh worker from the new log's committed
+    offsets.
     """
 
     def __init__(self, settings: Settings):
@@ -227,7 +228,7 @@ def build_app(settings: Settings, scorer: Scorer, aggregate: bool = True, input_
                 scorer.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - pos))
 
     if input_guard is not None:
-        @app.timer(interval=2.0)
+        @app.timer(interval=s.input_check_interval_s)
         async def check_input_topic():
             """An idle worker commits nothing, so the commit check alone would not notice a replaced log."""
             await asyncio.to_thread(input_guard.check)

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import httpx
+import pytest
 
 from finsent.records import DeadLetter, ScoredItem, SurgeAlert, WindowStat
 from finsent.stream.pipeline import Aggregation
@@ -155,11 +156,11 @@ def own_broker(tmp_path, env_of):
 
 
 @contextmanager
-def scoring_on_own_broker(tmp_path, first: int):
+def scoring_on_own_broker(tmp_path, first: int, **extra_env: str):
     """A broker of the test's own and a worker that has scored ``first`` records: (env, bootstrap, restart_broker, handles)."""
     env = {}
     bootstrap, start_broker = own_broker(tmp_path, lambda: env)
-    env.update(worker_env(bootstrap, tmp_path, **FAST_WINDOWS))
+    env.update(worker_env(bootstrap, tmp_path, **FAST_WINDOWS, **extra_env))
     handles = {"kafka": start_broker()}
     try:
         handles["worker"] = start_worker(env, tmp_path / "worker-1.log")
@@ -186,13 +187,17 @@ def test_the_worker_rides_out_a_broker_outage(tmp_path):
         assert worker.alive()
 
 
-def test_a_broker_that_lost_its_log_makes_the_worker_restart_and_nothing_new_is_skipped(tmp_path):
+@pytest.mark.parametrize("check_every_s", [2.0, 3600.0], ids=["timer", "commit-guard-only"])
+def test_a_broker_that_lost_its_log_makes_the_worker_restart_and_nothing_new_is_skipped(tmp_path, check_every_s):
     """Tansu keeps its log in memory: stopped and started, it is empty and its topics are new. The worker
     notices (the input topic's id changed), exits with 75 for its supervisor, and a fresh worker scores
-    every record of the new log, from offset 0."""
+    every record of the new log, from offset 0. With the periodic check pushed out of reach, the check before
+    each offset commit alone must stop the old worker from committing positions into the new log (the race
+    CI once lost: the successor then skipped the new log's first records)."""
     from finsent.stream.worker import EXIT_BROKER_RESET
 
-    with scoring_on_own_broker(tmp_path, 60) as (env, bootstrap, start_broker, handles):
+    with scoring_on_own_broker(tmp_path, 60, FINSENT_STREAM__INPUT_CHECK_INTERVAL_S=str(check_every_s)) as (
+            env, bootstrap, start_broker, handles):
         handles["kafka"].stop()
         handles["kafka"] = start_broker()
         after = headlines(60, past(100), 1.0, prefix="after")
