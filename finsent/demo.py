@@ -33,7 +33,7 @@ def finsent_child(name: str, args: list[str], logs: Path, restart: bool = False,
 DEMO_STREAM_ENV = {
     "FINSENT_WINDOWS__BUCKET_SECONDS": "10",
     "FINSENT_WINDOWS__ROLLING_SECONDS": "[30, 60, 300]",
-    "FINSENT_WINDOWS__ALLOWED_LATENESS_S": "20",
+    "FINSENT_WINDOWS__WATERMARK_DELAY_S": "20",
     "FINSENT_WINDOWS__IDLE_CLOSE_S": "5",
     "FINSENT_SURGE__WINDOW_S": "60",
     "FINSENT_SURGE__WARMUP_WINDOWS": "5",

@@ -10,6 +10,7 @@ fields are refused, so a producer bug shows up at the first consumer rather than
 from __future__ import annotations
 
 import base64
+import hashlib
 from datetime import UTC, datetime
 from typing import Annotated, ClassVar, Literal, Self
 
@@ -26,7 +27,9 @@ from pydantic import (
 
 from finsent.labels import SENTIMENT_LABELS, TOPIC_LABELS
 
-SCHEMA_VERSION = 1
+# 2: NewsItem.published_clamped, WindowStat.revision, SurgeAlert.trigger/retracted, DeadLetter
+#    truncation fields. Version-1 records are still read.
+SCHEMA_VERSION = 2
 
 
 class RecordError(ValueError):
@@ -109,6 +112,8 @@ class NewsItem(Record):
     published: UtcDatetime
     fetched: UtcDatetime
     published_inferred: bool = False  # True: no usable publish time in the feed, ``fetched`` used instead
+    # True: the source's publish time lay too far ahead of the fetch time and was clamped to it
+    published_clamped: bool | None = None
     tickers: tuple[str, ...] = Field(default=(), strict=False)
     tags: tuple[str, ...] = Field(default=(), strict=False)
     language: str | None = Field(default=None, max_length=16)
@@ -163,6 +168,9 @@ class WindowStat(Record):
     neutral: int = Field(ge=0)
     positive: int = Field(ge=0)
     mean_score: float = Field(ge=-1.0, le=1.0)
+    # 0 for the on-time result; grows with every late item counted in the window after it. The same
+    # (key, start, end) may be published several times: consumers keep the highest revision.
+    revision: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -205,6 +213,17 @@ class SurgeAlert(Record):
     baseline_std: float = Field(ge=0)
     raised_at: UtcDatetime
     evidence: tuple[Evidence, ...] = Field(default=(), strict=False)
+    # early: judged on the still-open window (provisional); close: on the complete window; late: a
+    # decision revised because late items changed a window already judged.
+    trigger: Literal["early", "close", "late"] = "close"
+    # The alerts topic is a changelog of transitions keyed by (alert_id, state, severity): the newest
+    # record of a transition is the truth, and ``retracted`` withdraws it (a provisional firing the
+    # complete window did not confirm, or a decision that late items undid).
+    retracted: bool | None = None
+
+    @property
+    def transition(self) -> tuple[str, str, str]:
+        return (self.alert_id, self.state, self.severity)
 
 
 class Feedback(Record):
@@ -237,7 +256,14 @@ class Feedback(Record):
 
 
 class DeadLetter(Record):
-    """A record the stream could not process, kept byte-for-byte with why and where it came from."""
+    """A record the stream could not process, kept byte-for-byte with why and where it came from.
+
+    A value too large to fit a dead letter under the broker's message limit is cut to its first
+    ``MAX_VALUE_BYTES``, with its original size and SHA-256 kept: the letter is always deliverable, so
+    a huge poison record can never be retried for ever.
+    """
+
+    MAX_VALUE_BYTES: ClassVar[int] = 256 * 1024  # base64 makes it ~342 KiB, far below Kafka's 1 MiB default
 
     source_topic: str
     partition: int = Field(ge=0)
@@ -246,17 +272,24 @@ class DeadLetter(Record):
     value_b64: str
     error: str = Field(max_length=4000)
     at: UtcDatetime
+    truncated: bool | None = None  # True: value_b64 holds only the first MAX_VALUE_BYTES of the value
+    original_size: int | None = Field(default=None, ge=0)
+    original_sha256: str | None = None
 
     @classmethod
     def of(cls, *, topic: str, partition: int, offset: int, key: bytes | None, value: bytes, error: str) -> DeadLetter:
+        cut = len(value) > cls.MAX_VALUE_BYTES
         return cls(
             source_topic=topic,
             partition=partition,
             offset=offset,
-            key_b64=base64.b64encode(key).decode() if key is not None else None,
-            value_b64=base64.b64encode(value).decode(),
+            key_b64=base64.b64encode(key[:4096]).decode() if key is not None else None,
+            value_b64=base64.b64encode(value[: cls.MAX_VALUE_BYTES]).decode(),
             error=error[:4000],
             at=utcnow(),
+            truncated=True if cut else None,
+            original_size=len(value) if cut else None,
+            original_sha256=hashlib.sha256(value).hexdigest() if cut else None,
         )
 
     @property

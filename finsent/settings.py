@@ -171,12 +171,22 @@ class ModelChoice(_Group):
 
 
 class Windows(_Group):
+    """Event-time windows; the time semantics are written down in ``stream/windows.py``.
+
+    ``watermark_delay_s`` is how long a window waits for stragglers before its first (on-time) result;
+    ``allowed_lateness_s`` is how long after that an item still counts in its own bucket, the windows it
+    touches being published again as a new revision. Older items are rejected, counted and dead-lettered.
+    """
+
     bucket_seconds: int = Field(default=60, ge=1, le=3600)
     rolling_seconds: list[int] = Field(default_factory=lambda: [300, 900, 3600], min_length=1)
-    allowed_lateness_s: int = Field(default=120, ge=0)
-    late_policy: Literal["drop", "apply"] = "drop"
+    watermark_delay_s: int = Field(default=120, ge=0)
+    allowed_lateness_s: int = Field(default=3600, ge=0)
     idle_close_s: float = Field(default=10.0, gt=0)
     evidence_per_window: int = Field(default=5, ge=0, le=100)
+    # An event time further than this ahead of the fetch time (or of the wall clock) is clamped and flagged.
+    future_tolerance_s: float = Field(default=300.0, ge=0)
+    max_tickers_per_item: int = Field(default=20, ge=0)  # more is spam: the rest are cut off and counted
 
     @field_validator("rolling_seconds")
     @classmethod
@@ -198,6 +208,9 @@ class Surge(_Group):
     cooldown_s: int = Field(default=900, ge=0)
     critical_z: float = Field(default=6.0, gt=0)
     window_s: int = Field(default=300, gt=0)  # which rolling width the detector watches (one of windows.rolling_seconds)
+    early: bool = True  # also judge the open window as items arrive (provisional alerts, confirmed at close)
+    forget_after_s: int = Field(default=7 * 24 * 3600, gt=0)  # a key with no window for this long loses its baseline
+    max_keys: int = Field(default=5000, ge=1)  # baselines kept; the least recently active quiet keys go first
 
     @field_validator("z_resolve")
     @classmethod

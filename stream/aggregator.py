@@ -8,11 +8,16 @@ it by default and extra scoring-only workers run with ``--no-aggregate``.
 
 State survives a restart by being *rebuilt*, not stored: a restore point on
 ``finsent.stream.checkpoints`` holds, per scored partition, the first offset still needed for the
-windows in memory, the end of the newest window already published, and the surge detector's state
-(its baseline spans far more history than the windows). On start the aggregator loads the newest
-restore point, replays the scored items from those offsets — windows that were already published are
-recomputed silently — and goes on live. Redelivered items (the scoring side is at-least-once) are
-deduplicated by item id inside the windows.
+windows in memory (the allowed lateness included) and the position read so far, the end of the newest
+window already published, and the surge detector's state as of the oldest window late items may still
+revise (its baseline spans far more history than the windows). On start the aggregator loads the
+newest restore point, replays the scored items from those offsets up to those positions *silently*
+(rebuilding windows and re-judging surges exactly as they were), then goes on live: later items are
+new, even when they land in windows published before the restart (a revision is published). Redelivered
+items (the scoring side is at-least-once) are deduplicated by item id inside the windows.
+
+Where a partition ends is read from the fetch's high watermark, never from ListOffsets: the embedded
+Tansu broker answers "latest offset" with the base offset of the last record batch + 1.
 
 Outputs (closed WindowStats to ``finsent.windows``, SurgeAlerts to ``finsent.alerts``) are awaited
 until the broker acknowledges them, and only then is a restore point written that moves past them.
@@ -24,7 +29,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -37,7 +44,8 @@ from finsent.stream.pipeline import Aggregation, Emitted
 
 log = logging.getLogger("finsent.stream.aggregator")
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+COMPRESSED = b"Z"  # zlib-compressed JSON follows: 100k keys of detector state stay far below Kafka's 1 MiB
 
 
 @dataclass
@@ -45,20 +53,28 @@ class RestorePoint:
     replay_from: dict[int, int]
     emitted_until: float
     detector: dict
+    positions: dict[int, int] = field(default_factory=dict)  # per partition: everything before was processed
     written_at: float = field(default_factory=time.time)
 
     def to_json(self) -> bytes:
-        return json.dumps({"v": CHECKPOINT_VERSION, "replay_from": {str(p): o for p, o in self.replay_from.items()},
-                           "emitted_until": self.emitted_until, "detector": self.detector,
-                           "written_at": self.written_at}).encode()
+        body = json.dumps({"v": CHECKPOINT_VERSION, "replay_from": {str(p): o for p, o in self.replay_from.items()},
+                           "positions": {str(p): o for p, o in self.positions.items()},
+                           "emitted_until": _finite(self.emitted_until), "detector": self.detector,
+                           "written_at": self.written_at}, separators=(",", ":")).encode()
+        return COMPRESSED + zlib.compress(body, 6)
 
     @classmethod
     def from_json(cls, data: bytes) -> RestorePoint:
-        raw = json.loads(data)
+        raw = json.loads(zlib.decompress(data[1:]) if data[:1] == COMPRESSED else data)
         if raw.get("v") != CHECKPOINT_VERSION:
             raise ValueError(f"restore point version {raw.get('v')} is not {CHECKPOINT_VERSION}")
-        return cls({int(p): o for p, o in raw["replay_from"].items()}, float(raw["emitted_until"]), raw["detector"],
-                   raw.get("written_at", 0.0))
+        until = raw["emitted_until"]
+        return cls({int(p): o for p, o in raw["replay_from"].items()}, -math.inf if until is None else float(until),
+                   raw["detector"], {int(p): o for p, o in raw.get("positions", {}).items()}, raw.get("written_at", 0.0))
+
+    def poisoned(self, now: float, tolerance_s: float) -> bool:
+        """A restore point from before the edge checks could hold event times in the future."""
+        return self.emitted_until > now + tolerance_s
 
 
 class Aggregator:
@@ -73,11 +89,12 @@ class Aggregator:
         self.partitions: list[TopicPartition] = []
         self.lows: dict[int, dict[int, int]] = {}  # partition -> bucket start -> lowest offset counted there
         self.positions: dict[int, int] = {}  # partition -> next offset to read
-        self.restore_until: dict[int, int] = {}  # partition -> end offset at start (replay until there)
+        self.restore_until: dict[int, int] = {}  # partition -> position of the restore point (replay silently until)
         self.last_event_wall = time.monotonic()
         self.lane_seen: dict[int, float] = {}  # partition -> wall time of its last record
         self.last_checkpoint = 0.0
         self.restoring = True
+        self._forgotten = 0
         self.started_wall = time.monotonic()
         self.stopped = asyncio.Event()
 
@@ -97,7 +114,6 @@ class Aggregator:
             parts = set(range(self.settings.topics.scored.partitions))
         self.partitions = [TopicPartition(self.topic, p) for p in sorted(parts)]
         self.consumer.assign(self.partitions)
-        ends = await self.consumer.end_offsets(self.partitions)
         begins = await self.consumer.beginning_offsets(self.partitions)
         for tp in self.partitions:
             start = begins[tp]
@@ -105,13 +121,14 @@ class Aggregator:
                 start = max(start, point.replay_from[tp.partition])
             self.consumer.seek(tp, start)
             self.positions[tp.partition] = start
-            self.restore_until[tp.partition] = ends[tp]
+            self.restore_until[tp.partition] = point.positions.get(tp.partition, start) if point else start
             self.agg.store.expect(tp.partition)  # every lane holds the watermark until it delivers or idles
         if point is not None:
-            self.agg.emitted_until = point.emitted_until
-            self.agg.load_detector_state(point.detector)
-        backlog = sum(self.restore_until[p] - self.positions[p] for p in self.positions)
-        self.restoring = backlog > 0
+            self.agg.begin_restore(point.emitted_until, point.detector)
+        backlog = sum(max(0, self.restore_until[p] - self.positions[p]) for p in self.positions)
+        self.restoring = point is not None
+        if self.restoring and backlog == 0:
+            self._finish_restore()
         log.info("aggregator started", extra={
             "restore_point": point is not None, "replay_items": backlog,
             "emitted_until": _iso(point.emitted_until) if point else None,
@@ -135,16 +152,30 @@ class Aggregator:
             await self.stop()
 
     # -- one poll ---------------------------------------------------------------------------------
+    def _finish_restore(self) -> None:
+        self.agg.finish_restore()
+        self.restoring = False
+        log.info("aggregator restored", extra={"emitted_until": _iso(self.agg.emitted_until)})
+
     async def step(self, timeout_ms: int = 200) -> Emitted:
         assert self.consumer is not None
+        if self.restoring:
+            # Read the restored span only: later records are new and must be judged live (revisions).
+            for tp in self.partitions:
+                if self.positions[tp.partition] >= self.restore_until[tp.partition]:
+                    self.consumer.pause(tp)
         batch = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=2000)
         out = Emitted()
         records = []
         wall = time.monotonic()
+        self.agg.store.ceiling = time.time() + self.settings.windows.future_tolerance_s
         for tp, messages in batch.items():
             self.agg.store.expect(tp.partition)
             self.lane_seen[tp.partition] = wall
             for msg in messages:
+                if self.restoring and msg.offset >= self.restore_until[tp.partition]:
+                    self.consumer.seek(tp, msg.offset)  # fetched ahead of the restored span: read again live
+                    break
                 records.append((tp.partition, msg))
                 self.positions[tp.partition] = msg.offset + 1
         # Within one poll, feed in event-time order: partitions arrive in chunks, events do not.
@@ -161,9 +192,17 @@ class Aggregator:
             lane_start = store.bucket_start(scored.item.published.timestamp())
             lows = self.lows.setdefault(partition, {})
             lows[lane_start] = min(lows.get(lane_start, msg.offset), msg.offset)
-            out.extend(self.agg.add(scored, lane=partition))
+            result = self.agg.add(scored, lane=partition)
+            if result.rejected:
+                await self._dead_letter(msg, "too late: event time {} is more than windows.allowed_lateness_s={} "
+                                        "behind the watermark {}".format(scored.item.published.isoformat(),
+                                                                         self.settings.windows.allowed_lateness_s,
+                                                                         _iso(store.watermark)), reason="too_late")
+                result.rejected.clear()
+            out.extend(result)
             if self.restoring:
                 self.metrics.restored.inc()
+        out.extend(self.agg.end_step())
         if decoded:
             self.last_event_wall = time.monotonic()
         # A lane goes idle (stops holding the watermark) once it is caught up *and* quiet for idle_close_s:
@@ -175,12 +214,13 @@ class Aggregator:
             if caught_up and wall - self.lane_seen.get(p, self.started_wall) >= idle_after:
                 out.extend(self.agg.set_idle(p))
         if self.restoring and all(self.positions[p] >= self.restore_until[p] for p in self.restore_until):
-            self.restoring = False
-            log.info("aggregator restored", extra={"emitted_until": _iso(self.agg.emitted_until)})
+            self._finish_restore()
+            self.consumer.resume(*self.partitions)
         idle = time.monotonic() - self.last_event_wall
         if not self.restoring and idle >= self.settings.windows.idle_close_s and store.max_event >= 0:
-            # Nothing arrived for a while: let event time run on with the wall clock so quiet windows close.
-            now = datetime.fromtimestamp(store.max_event + idle, UTC)
+            # Nothing arrived for a while: let event time run on with the wall clock so quiet windows close
+            # (never past the wall clock itself: the store's ceiling caps it).
+            now = datetime.fromtimestamp(min(store.max_event + idle, time.time()), UTC)
             out.extend(self.agg.advance(now))
         self.metrics.late.inc(store.late - late0)
         self.metrics.duplicates.inc(store.duplicates - dup0)
@@ -204,12 +244,15 @@ class Aggregator:
         for alert in out.alerts:
             futures.append(await self.producer.send(t.alerts.name, key=alert.key.encode(), value=alert.to_json()))
         await asyncio.gather(*futures)
-        self.metrics.windows_closed.inc(len(out.windows))
+        revisions = sum(1 for c in out.windows if c.stat.revision)
+        self.metrics.windows_closed.inc(len(out.windows) - revisions)
+        self.metrics.revisions.inc(revisions)
         for alert in out.alerts:
             self.metrics.alert(alert)
-            log.info("surge " + alert.state, extra={
+            log.info("surge " + ("retracted" if alert.retracted else alert.state), extra={
                 "key": alert.key, "severity": alert.severity, "zscore": alert.zscore, "count": alert.count,
                 "negative_share": round(alert.negative_share, 3), "window_end": alert.window_end.isoformat(),
+                "trigger": alert.trigger,
             })
 
     async def maybe_checkpoint(self, force: bool = False) -> None:
@@ -219,7 +262,7 @@ class Aggregator:
         if self.restoring:
             return  # the newest restore point is still the right one until the replay has caught up
         assert self.producer is not None
-        point = RestorePoint(self.replay_from(), self.agg.emitted_until, self.agg.detector_state())
+        point = RestorePoint(self.replay_from(), self.agg.judged_until, self.agg.snapshot(), dict(self.positions))
         await self.producer.send_and_wait(self.settings.topics.checkpoints.name, key=b"aggregator", value=point.to_json())
         self.last_checkpoint = now
         self.metrics.checkpoints.inc()
@@ -253,16 +296,25 @@ class Aggregator:
             messages = batch.get(tp, [])
             if not messages:
                 raise RuntimeError(f"could not read the newest restore point at {name}[0]@{end - 1}")
-            return RestorePoint.from_json(messages[-1].value)
+            point = RestorePoint.from_json(messages[-1].value)
         finally:
             await consumer.stop()
+        if point.poisoned(time.time(), self.settings.windows.future_tolerance_s):
+            log.error("restore point holds event times in the future; starting its windows afresh", extra={
+                "emitted_until": _iso(point.emitted_until)})
+            self.metrics.rejected.labels("poisoned_restore_point").inc()
+            return None
+        return point
 
-    async def _dead_letter(self, msg, error: str) -> None:
+    async def _dead_letter(self, msg, error: str, reason: str = "bad_scored_record") -> None:
         assert self.producer is not None
         letter = DeadLetter.of(topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key,
                                value=msg.value or b"", error=error)
         await self.producer.send_and_wait(self.settings.topics.dlq.name, key=msg.key, value=letter.to_json())
-        self.metrics.items_failed.labels("bad_scored_record").inc()
+        if reason == "too_late":
+            self.metrics.rejected.labels(reason).inc()
+        else:
+            self.metrics.items_failed.labels(reason).inc()
 
     def _export(self, out: Emitted) -> None:
         """Gauges show the newest closed windows; keys without items in them now read 0."""
@@ -274,11 +326,14 @@ class Aggregator:
             self.metrics.windows(newest, volumes, end)
         for key, st in agg.detector.keys.items():
             last = agg.last.get((key, agg.surge_width))
-            fresh = last is not None and last.end.timestamp() == agg.emitted_until
-            self.metrics.surge_state(key, st.last_z, st.mean, st.firing, last.count if fresh else 0)
+            fresh = last is not None and last.end.timestamp() == agg.judged_until
+            firing = st.firing or agg.provisional.get(key)
+            self.metrics.surge_state(key, st.last_z, st.mean, firing, last.count if fresh else 0)
 
     def _observe_state(self) -> None:
         store = self.agg.store
+        self.metrics.keys_forgotten.inc(self.agg.forgotten - self._forgotten)
+        self._forgotten = self.agg.forgotten
         buckets, ids = store.size()
         self.metrics.state_buckets.set(buckets)
         self.metrics.state_ids.set(ids)
@@ -292,7 +347,11 @@ class Aggregator:
 
 
 def _iso(ts: float) -> str | None:
-    return datetime.fromtimestamp(ts, UTC).isoformat() if ts > 0 else None
+    return datetime.fromtimestamp(ts, UTC).isoformat() if math.isfinite(ts) and ts > 0 else None
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 __all__ = ["Aggregator", "RestorePoint"]

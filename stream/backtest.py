@@ -5,8 +5,12 @@ detector) — only the I/O differs: items come from the archive in event-time or
 classifier in large batches or from a cache keyed by (item id, model version), so a second run with
 other window/surge settings does no inference at all.
 
-Outputs in ``--out`` (a folder): ``alerts.jsonl`` (SurgeAlerts, firing and resolved, with evidence),
-``windows.parquet`` (every closed window: key, width, start, end, counts, negative share, mean score),
+Items pass the same edge check as in the worker (``checked_item``: future times clamped, tickers capped).
+
+Outputs in ``--out`` (a folder): ``alerts.jsonl`` (the final SurgeAlerts, firing and resolved, with
+evidence: provisional early firings that were confirmed or retracted are folded in), ``alerts-changelog.jsonl``
+(every alert record in the order the live worker would publish it), ``windows.parquet`` (every window
+result: key, width, start, end, revision, counts, negative share, mean score; keep the highest revision),
 ``scores.parquet`` (item id, published, tickers, topic, sentiment, probabilities) for event studies,
 and ``run.json`` (model version, settings, data range, counts, timings).
 """
@@ -27,7 +31,7 @@ import pyarrow.parquet as pq
 
 from finsent.records import NewsItem, SurgeAlert
 from finsent.settings import Settings
-from finsent.stream.pipeline import Aggregation, text_of, to_scored
+from finsent.stream.pipeline import Aggregation, checked_item, final_alerts, text_of, to_scored
 
 log = logging.getLogger("finsent.stream.backtest")
 
@@ -100,7 +104,7 @@ def _batches(items: Iterable[NewsItem], size: int) -> Iterator[list[NewsItem]]:
 
 
 WINDOW_SCHEMA = pa.schema([("key", pa.string()), ("width_s", pa.int32()), ("start", pa.timestamp("s", tz="UTC")),
-                           ("end", pa.timestamp("s", tz="UTC")), ("count", pa.int32()), ("negative", pa.int32()),
+                           ("end", pa.timestamp("s", tz="UTC")), ("revision", pa.int32()), ("count", pa.int32()), ("negative", pa.int32()),
                            ("neutral", pa.int32()), ("positive", pa.int32()), ("negative_share", pa.float32()),
                            ("mean_score", pa.float32())])
 SCORE_SCHEMA = pa.schema([("item_id", pa.string()), ("published", pa.timestamp("s", tz="UTC")), ("source", pa.string()),
@@ -126,11 +130,13 @@ def run_backtest(
     started = time.perf_counter()
     inference_s = 0.0
     n = inferred = cached_n = n_windows = 0
-    alerts: list[SurgeAlert] = []
+    records: list[SurgeAlert] = []
     last: datetime | None = None
     windows_writer = pq.ParquetWriter(out_dir / "windows.parquet", WINDOW_SCHEMA)
     scores_writer = pq.ParquetWriter(out_dir / "scores.parquet", SCORE_SCHEMA)
-    alerts_file = (out_dir / "alerts.jsonl").open("wb")
+    changelog = (out_dir / "alerts-changelog.jsonl").open("wb")
+    now = datetime.now(UTC)
+    w = settings.windows
 
     def emit(out) -> None:
         nonlocal n_windows
@@ -138,14 +144,15 @@ def run_backtest(
             stats = [c.stat for c in out.windows]
             windows_writer.write_table(pa.Table.from_pydict({
                 "key": [s.key for s in stats], "width_s": [c.width_s for c in out.windows],
-                "start": [s.start for s in stats], "end": [s.end for s in stats], "count": [s.count for s in stats],
+                "start": [s.start for s in stats], "end": [s.end for s in stats],
+                "revision": [s.revision for s in stats], "count": [s.count for s in stats],
                 "negative": [s.negative for s in stats], "neutral": [s.neutral for s in stats],
                 "positive": [s.positive for s in stats], "negative_share": [s.negative_share for s in stats],
                 "mean_score": [s.mean_score for s in stats]}, schema=WINDOW_SCHEMA))
             n_windows += len(stats)
         for alert in out.alerts:
-            alerts.append(alert)
-            alerts_file.write(alert.to_json() + b"\n")
+            records.append(alert)
+            changelog.write(alert.to_json() + b"\n")
 
     try:
         for batch in _batches(items, batch_size):
@@ -163,7 +170,8 @@ def run_backtest(
                 known.update(fresh)
                 inferred += len(missing)
             cached_n += len(batch) - len(missing)
-            scored_batch = [to_scored(it, known[it.id], it.published) for it in batch]
+            checked = [checked_item(it, now, w.future_tolerance_s, w.max_tickers_per_item)[0] for it in batch]
+            scored_batch = [to_scored(it, known[it.id], it.published) for it in checked]
             scores_writer.write_table(pa.Table.from_pydict({
                 "item_id": [s.item.id for s in scored_batch], "published": [s.item.published for s in scored_batch],
                 "source": [s.item.source for s in scored_batch], "tickers": [list(s.item.tickers) for s in scored_batch],
@@ -175,21 +183,25 @@ def run_backtest(
             for scored in scored_batch:
                 emit(agg.add(scored))
                 last = scored.item.published
+            emit(agg.end_step())
             n += len(batch)
             if progress:
                 progress(len(batch))
             if n // 10_000 != (n - len(batch)) // 10_000:  # a log line per 10k items, for runs without a terminal
-                log.info("backtest progress", extra={"items": n, "inferred": inferred, "alerts": len(alerts),
+                log.info("backtest progress", extra={"items": n, "inferred": inferred, "alert_records": len(records),
                                                      "items_per_s": round(n / (time.perf_counter() - started), 1),
                                                      "at": last.isoformat() if last else None})
         if last is not None:
             # The end of the data: what the live idle timer does once the stream goes quiet.
-            w = settings.windows
-            emit(agg.advance(last + timedelta(seconds=max(w.rolling_seconds) + w.allowed_lateness_s + w.bucket_seconds)))
+            emit(agg.advance(last + timedelta(seconds=max(w.rolling_seconds) + w.watermark_delay_s + w.bucket_seconds)))
+            emit(agg.end_step())
     finally:
         windows_writer.close()
         scores_writer.close()
-        alerts_file.close()
+        changelog.close()
+    alerts = final_alerts(records)
+    with (out_dir / "alerts.jsonl").open("wb") as fh:
+        fh.writelines(a.to_json() + b"\n" for a in alerts)
     seconds = time.perf_counter() - started
     report = BacktestReport(n, inferred, cached_n, n_windows, alerts, seconds, inference_s, out_dir)
     start, end = data_range

@@ -33,6 +33,11 @@ class WorkerMetrics:
         # scoring
         self.items_in = Counter("finsent_worker_items_in_total", "Raw records taken from the input topic", registry=r)
         self.items_scored = Counter("finsent_worker_items_scored_total", "Items scored and acknowledged on the scored topic", registry=r)
+        self.items_corrected = Counter(
+            "finsent_worker_items_corrected_total",
+            "Raw items the edge check corrected, by fix (clamped: event time too far ahead; tickers_capped)",
+            ["fix"], registry=r,
+        )
         self.items_failed = Counter("finsent_worker_items_failed_total", "Records sent to the DLQ, by reason", ["reason"], registry=r)
         self.batch_size = Histogram("finsent_worker_batch_size", "Micro-batch size (items per classifier call)", registry=r,
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
@@ -50,7 +55,13 @@ class WorkerMetrics:
         self.model_info = Gauge("finsent_worker_model_info", "The classifier in use", ["model", "backend"], registry=r)
         self.retries = Counter("finsent_worker_inference_retries_total", "Classifier calls beyond one per batch (retries, bisection)", registry=r)
         # aggregation
-        self.late = Counter("finsent_window_late_items_total", "Items older than the watermark (dropped or applied by late_policy)", registry=r)
+        self.late = Counter("finsent_window_late_items_total",
+                            "Late items counted in their own bucket (the windows they touch are published again)", registry=r)
+        self.rejected = Counter("finsent_window_rejected_items_total",
+                                "Items not counted in any window, by reason (sent to the DLQ)", ["reason"], registry=r)
+        self.revisions = Counter("finsent_window_revisions_total", "Window results published again after late items", registry=r)
+        self.keys_forgotten = Counter("finsent_surge_keys_forgotten_total",
+                                      "Surge baselines dropped (idle past surge.forget_after_s, or beyond surge.max_keys)", registry=r)
         self.duplicates = Counter("finsent_window_duplicate_items_total", "Redelivered items not counted again", registry=r)
         self.windows_closed = Counter("finsent_windows_closed_total", "Closed windows published", registry=r)
         self.watermark = Gauge("finsent_window_watermark_timestamp_seconds", "Event-time watermark of the aggregator", registry=r)
@@ -68,7 +79,7 @@ class WorkerMetrics:
         self.s_count = Gauge("finsent_surge_window_count", "Headlines in the window the detector judged last", ["dim", "name"], registry=r)
         self.s_baseline = Gauge("finsent_surge_baseline_negative_share", "EWMA baseline of the negative share", ["dim", "name"], registry=r)
         self.s_active = Gauge("finsent_surge_active", "1 while a surge fires for the key (label: its severity)", ["dim", "name", "severity"], registry=r)
-        self.s_alerts = Counter("finsent_surge_alerts_total", "Surge events published", ["dim", "state", "severity"], registry=r)
+        self.s_alerts = Counter("finsent_surge_alerts_total", "Surge events published (state: firing, resolved or retracted)", ["dim", "state", "severity"], registry=r)
 
     # -- per-key gauges ---------------------------------------------------------------------------
     def allowed_tickers(self, volumes: dict[str, int]) -> set[str]:
@@ -117,7 +128,8 @@ class WorkerMetrics:
             self.s_active.labels(dim, name, sev).set(1 if firing is not None and firing.severity == sev else 0)
 
     def alert(self, alert: SurgeAlert) -> None:
-        self.s_alerts.labels(split_key(alert.key)[0], alert.state, alert.severity).inc()
+        state = "retracted" if alert.retracted else alert.state
+        self.s_alerts.labels(split_key(alert.key)[0], state, alert.severity).inc()
 
     def _forget(self, dim: str, name: str) -> None:
         for width in self._widths.pop((dim, name), ()):

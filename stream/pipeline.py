@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from finsent.records import Evidence, NewsItem, RecordError, ScoredItem, SurgeAlert, WindowStat
 from finsent.settings import Settings
 from finsent.stream.surge import KeyState, SurgeDetector
-from finsent.stream.windows import Closed, Observation, WindowStore, keys_for
+from finsent.stream.windows import NEVER, Closed, Observation, WindowStore, keys_for
 
 
 class PoisonRecord(ValueError):
@@ -40,6 +41,34 @@ def decode_raw(value: bytes | None, max_bytes: int) -> NewsItem:
         raise PoisonRecord(str(err)) from None
     except (ValueError, TypeError) as err:  # anything else the JSON layer can throw at bytes
         raise PoisonRecord(f"undecodable: {err}") from None
+
+
+def checked_item(item: NewsItem, now: datetime, future_tolerance_s: float, max_tickers: int) -> tuple[NewsItem, list[str]]:
+    """The item as the windows may count it, and what was corrected (``"clamped"``, ``"tickers_capped"``).
+
+    The edge check of event time, shared by ingest, import and the worker (a record can reach the raw
+    topic from any producer): a publish time more than ``future_tolerance_s`` ahead of the fetch time is
+    replaced by the fetch time, and a fetch time ahead of ``now`` by more than the tolerance by ``now``,
+    so no record can drag the watermark into the future. More than ``max_tickers`` tickers is spam:
+    the first ``max_tickers`` are kept.
+    """
+    fixes: list[str] = []
+    update: dict = {}
+    limit = timedelta(seconds=future_tolerance_s)
+    fetched = item.fetched
+    if fetched > now + limit:
+        fetched = now
+        update["fetched"] = now
+    if item.published > fetched + limit:
+        update["published"] = fetched
+    if update.get("published") is not None or item.published > now + limit:
+        update["published"] = min(update.get("published", item.published), fetched)
+        update["published_clamped"] = True
+        fixes.append("clamped")
+    if len(item.tickers) > max_tickers:
+        update["tickers"] = item.tickers[:max_tickers]
+        fixes.append("tickers_capped")
+    return (item.model_copy(update=update) if update else item), fixes
 
 
 def text_of(item: NewsItem) -> str:
@@ -79,104 +108,315 @@ def observation(scored: ScoredItem) -> Observation:
 
 @dataclass
 class Emitted:
-    """What one step produced: closed windows (every width) and surge events."""
+    """What one step produced: windows (on-time results and revisions), surge events, rejected items."""
 
     windows: list[Closed] = field(default_factory=list)
     alerts: list[SurgeAlert] = field(default_factory=list)
+    rejected: list[Observation] = field(default_factory=list)  # too late to count: the shell side-outputs them
 
     def extend(self, other: Emitted) -> None:
         self.windows += other.windows
         self.alerts += other.alerts
+        self.rejected += other.rejected
 
     def __bool__(self) -> bool:
-        return bool(self.windows or self.alerts)
+        return bool(self.windows or self.alerts or self.rejected)
+
+
+@dataclass
+class Judged:
+    """One key judged at one window end: the state it was judged from, and the transitions it caused."""
+
+    end: int
+    before: KeyState
+    decisions: list[SurgeAlert]
 
 
 class Aggregation:
-    """Windows + surge detector for one stream of scored items.
+    """Windows + surge detector for one stream of scored items; the same answer whatever the arrival order.
 
-    ``emitted_until`` is the end of the newest window already handed out: windows ending at or before
-    it are recomputed silently (neither re-emitted nor fed to the detector again). A restarted
-    aggregator sets it from its checkpoint, replays the scored items since then and so rebuilds
-    exactly the state it had, without double-counting into the detector's baseline.
+    * On-time results: when the watermark passes a window end, the window is emitted and the detector
+      judges the surge-width window of every key there (``trigger="close"``).
+    * Late items (up to the allowed lateness) are counted in their own buckets; the windows they
+      touch are emitted again as revisions, and each touched key is **re-judged** from the state it had
+      before the first revised window (:meth:`_rewind`). What changed is published as corrections
+      keyed by transition (``trigger="late"``; ``retracted`` for a transition that no longer holds).
+      So the final windows and surges depend only on which items arrived, not on when: the live
+      worker at any speed and the offline backtest agree.
+    * Early, provisional alerts (:meth:`end_step`): the open window of each key that got items is
+      judged without changing any state; a firing is published at once (``trigger="early"``) and held
+      until its window closes, where the on-time judgement confirms it (same transition) or it is
+      retracted. One provisional per key at a time: no flapping.
+
+    Restarts (:meth:`begin_restore`): the shell replays the scored log up to its restore point with
+    ``restoring`` set; nothing up to ``emitted_until`` is emitted again, and the detector re-judges
+    silently from its restored state (``judged_from``) to rebuild the history rewinds need.
     """
 
     def __init__(self, settings: Settings):
         w, s = settings.windows, settings.surge
         self.store = WindowStore(
             bucket_seconds=w.bucket_seconds, rolling_seconds=tuple(w.rolling_seconds),
-            allowed_lateness_s=w.allowed_lateness_s, late_policy=w.late_policy, evidence=w.evidence_per_window,
+            watermark_delay_s=w.watermark_delay_s, allowed_lateness_s=w.allowed_lateness_s,
+            evidence=w.evidence_per_window,
         )
         self.detector = SurgeDetector(s)
         self.surge_width = s.window_s
-        self.emitted_until = -math.inf
+        self.early = s.early
+        self.emitted_until = -math.inf  # windows ending at or before this were published before a restart
+        self.judged_from = -math.inf  # ends at or before this are in the detector's restored state already
+        self.judged_until = -math.inf  # the newest end judged
+        self.restoring = False
         self.last: dict[tuple[str, int], WindowStat] = {}  # newest closed window per (key, width)
+        self.history: dict[str, list[Judged]] = {}
+        self.provisional: dict[str, SurgeAlert] = {}  # key -> early firing not yet confirmed or retracted
+        self.touched: dict[str, float] = {}  # key -> newest event time added since the last end_step
+        self.forgotten = 0
+        self._last_forget = -math.inf
 
+    # -- input ------------------------------------------------------------------------------------
     def add(self, scored: ScoredItem, lane: int = 0) -> Emitted:
         return self.add_observation(observation(scored), lane)
 
     def add_observation(self, obs: Observation, lane: int = 0) -> Emitted:
-        return self._handle(self.store.add(obs, lane))
+        store = self.store
+        if store.too_late(obs.at):
+            store.rejected += 1
+            return Emitted(rejected=[] if self.restoring else [obs])
+        ts = obs.at.timestamp()
+        for key in obs.keys:
+            self.touched[key] = max(self.touched.get(key, ts), ts)
+        return self._after(store.add(obs, lane))
 
     def set_idle(self, lane: int) -> Emitted:
         """Input ``lane`` is caught up: it no longer holds the watermark back."""
-        return self._handle(self.store.set_idle(lane))
+        return self._after(self.store.set_idle(lane))
 
     def advance(self, event_now: datetime) -> Emitted:
         """Move the watermark from outside (idle timer): ``event_now`` is the event-time clock estimate."""
-        return self._handle(self.store.advance(event_now))
+        return self._after(self.store.advance(event_now))
+
+    def _after(self, closed: list[Closed]) -> Emitted:
+        """The store closed windows up to ``store.closed_until``: first revise what late items changed
+        in windows judged before (in order), then judge the new ends. Every end up to ``judged_until``
+        has then been judged (ends without headlines have nothing to judge)."""
+        if not closed and self.store.closed_until <= self.judged_until:
+            return Emitted()
+        out = self._revise()
+        out.extend(self._handle(closed))
+        self.judged_until = max(self.judged_until, self.store.closed_until)
+        return out
+
+    def end_step(self) -> Emitted:
+        """After a batch of input: publish revisions, re-judge what they changed, judge open windows early."""
+        out = self._revise()
+        if self.early and not self.restoring:
+            store = self.store
+            for key in sorted(self.touched):
+                end = store.bucket_start(self.touched[key]) + store.bucket
+                if end <= store.closed_until or key in self.provisional:
+                    continue
+                c = store.window(key, self.surge_width, end)
+                if c is not None and (alert := self.detector.would_fire(c.stat, c.evidence)):
+                    alert = alert.model_copy(update={"trigger": "early"})
+                    self.provisional[key] = alert
+                    out.alerts.append(alert)
+        self.touched.clear()
+        return out
+
+    # -- on-time results --------------------------------------------------------------------------
+    def _silent(self, end: float) -> bool:
+        return self.restoring and end <= self.emitted_until
 
     def _handle(self, closed: list[Closed]) -> Emitted:
         out = Emitted()
         if not closed:
             return out
-        ends = sorted({c.stat.end for c in closed})
-        for end in ends:
-            at_end = [c for c in closed if c.stat.end == end]
+        by_end: dict[int, list[Closed]] = {}
+        for c in closed:
+            by_end.setdefault(int(c.stat.end.timestamp()), []).append(c)
+        for end in sorted(by_end):
+            at_end = by_end[end]
             for c in at_end:
                 self.last[(c.stat.key, c.width_s)] = c.stat
-            if end.timestamp() <= self.emitted_until:
-                continue
-            out.windows += at_end
-            seen = set()
-            for c in at_end:
-                if c.width_s == self.surge_width:
-                    seen.add(c.stat.key)
-                    if alert := self.detector.observe(c.stat, c.evidence):
-                        out.alerts.append(alert)
-            # A firing key that went silent still needs its window: an empty one resolves it.
-            for key, st in list(self.detector.keys.items()):
-                if st.firing is not None and key not in seen:
-                    empty = WindowStat(key=key, start=_dt(end.timestamp() - self.surge_width), end=end, count=0,
-                                       negative=0, neutral=0, positive=0, mean_score=0.0)
-                    if alert := self.detector.observe(empty):
-                        out.alerts.append(alert)
-            self.emitted_until = end.timestamp()
+            silent = self._silent(end)
+            if not silent:
+                out.windows += at_end
+            if end <= self.judged_from:
+                continue  # the restored detector state already holds this judgement
+            watched = {c.stat.key: c for c in at_end if c.width_s == self.surge_width}
+            firing = {k for k, st in self.detector.keys.items() if st.firing is not None}
+            due = {k for k, a in self.provisional.items() if a.window_end.timestamp() <= end}
+            for key in sorted(watched.keys() | firing | due):
+                decisions = self._judge(key, end, watched.get(key))
+                if not silent:
+                    out.alerts += decisions
+                prov = self.provisional.get(key)
+                if prov is not None and prov.window_end.timestamp() <= end:
+                    del self.provisional[key]
+                    if not silent and not any(d.transition == prov.transition for d in decisions):
+                        out.alerts.append(prov.model_copy(update={"retracted": True, "trigger": "close"}))
+            self._maybe_forget(end)
         return out
 
-    # -- restore points ---------------------------------------------------------------------------
-    def detector_state(self) -> dict:
-        return {
-            key: {"mean": st.mean, "var": st.var, "windows": st.windows, "quiet_until": _finite(st.quiet_until),
-                  "last_z": st.last_z, "firing": st.firing.to_dict() if st.firing else None}
-            for key, st in self.detector.keys.items()
-        }
+    def _judge(self, key: str, end: int, closed: Closed | None) -> list[SurgeAlert]:
+        """One key at one window end; recorded so a late revision can re-judge from here."""
+        st = self.detector.state(key)
+        if closed is None:
+            if st.firing is None:
+                return []
+            # A firing key that went silent still needs its window: an empty one resolves it.
+            stat = WindowStat(key=key, start=_dt(end - self.surge_width), end=_dt(end), count=0,
+                              negative=0, neutral=0, positive=0, mean_score=0.0)
+            evidence: tuple[Evidence, ...] = ()
+        else:
+            stat, evidence = closed.stat, closed.evidence
+        before = st.copy()
+        alert = self.detector.observe(stat, evidence)
+        decisions = [alert] if alert else []
+        hist = self.history.setdefault(key, [])
+        horizon = self._rewind_horizon()
+        while hist and hist[0].end <= horizon:
+            hist.pop(0)
+        hist.append(Judged(end, before, decisions))
+        return decisions
 
-    def load_detector_state(self, data: dict) -> None:
+    def _rewind_horizon(self) -> float:
+        """Window ends at or before this can no longer be revised: late items that old are rejected."""
+        store = self.store
+        return store.bucket_start(store.watermark - store.lateness) if store.watermark > NEVER else -math.inf
+
+    def _maybe_forget(self, end: int) -> None:
+        det = self.detector
+        if end - self._last_forget < 3600 and len(det.keys) <= det.cfg.max_keys:
+            return
+        self._last_forget = end
+        for key in det.forget(end):
+            self.history.pop(key, None)
+            self.forgotten += 1
+
+    # -- late items -------------------------------------------------------------------------------
+    def _revise(self) -> Emitted:
+        out = Emitted()
+        revised = self.store.flush_revisions(until=self.judged_until)
+        if not revised:
+            return out
+        first: dict[str, int] = {}
+        for c in revised:
+            end = int(c.stat.end.timestamp())
+            if not self._silent(end):
+                out.windows.append(c)
+            if self.last.get((c.stat.key, c.width_s)) is not None and self.last[(c.stat.key, c.width_s)].end == c.stat.end:
+                self.last[(c.stat.key, c.width_s)] = c.stat
+            if c.width_s == self.surge_width and end > self.judged_from:
+                first[c.stat.key] = min(first.get(c.stat.key, end), end)
+        for key in sorted(first):
+            out.alerts += self._rewind(key, first[key])
+        return out
+
+    def _rewind(self, key: str, start: int) -> list[SurgeAlert]:
+        """Re-judge ``key`` from the first revised end; return the corrections to what was published."""
+        hist = self.history.get(key, [])
+        i = next((n for n, j in enumerate(hist) if j.end >= start), len(hist))
+        old = hist[i:]
+        del hist[i:]
+        if old:
+            self.detector.keys[key] = old[0].before.copy()
+        new: list[SurgeAlert] = []
+        bucket = self.store.bucket
+        for end in range(start, int(self.judged_until) + 1, bucket):
+            new += self._judge(key, end, self.store.window(key, self.surge_width, end))
+        if self._silent(self.judged_until):
+            return []
+        return _corrections([d for j in old for d in j.decisions], new)
+
+    # -- restore points ---------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        """The detector as of :meth:`_rewind_horizon` (compact), for a restore point.
+
+        Later judgements are not stored: a restart replays the scored log and re-judges them, which
+        rebuilds the history that rewinds need. Each key's state is a short list, so even 100k keys
+        stay small (and ``max_keys`` bounds them).
+        """
+        horizon = self._rewind_horizon()
+        keys = {}
+        for key, st in self.detector.keys.items():
+            hist = self.history.get(key, [])
+            base = next((j.before for j in hist if j.end > horizon), st)
+            keys[key] = [round(base.mean, 6), round(base.var, 8), base.windows, _finite(base.quiet_until),
+                         round(base.last_z, 4), _finite(base.last_active), base.firing.to_dict() if base.firing else None]
+        return {"judged_from": _finite(horizon), "keys": keys,
+                "provisional": {k: a.to_dict() for k, a in self.provisional.items()}}
+
+    def begin_restore(self, emitted_until: float, snapshot: dict) -> None:
+        """Start a rebuild: the shell then replays the scored log and calls :meth:`finish_restore`."""
+        self.restoring = True
+        self.emitted_until = emitted_until
+        jf = snapshot.get("judged_from")
+        self.judged_from = -math.inf if jf is None else float(jf)
+        self.judged_until = self.judged_from
         self.detector.keys = {
-            key: KeyState(mean=v["mean"], var=v["var"], windows=v["windows"],
-                          quiet_until=-math.inf if v["quiet_until"] is None else v["quiet_until"], last_z=v["last_z"],
-                          firing=SurgeAlert.from_json(json.dumps(v["firing"])) if v["firing"] else None)
-            for key, v in data.items()
+            key: KeyState(mean=v[0], var=v[1], windows=v[2], quiet_until=_inf(v[3]), last_z=v[4],
+                          last_active=_inf(v[5]), firing=SurgeAlert.from_json(json.dumps(v[6])) if v[6] else None)
+            for key, v in snapshot.get("keys", {}).items()
         }
+        self.provisional = {k: SurgeAlert.from_json(json.dumps(a)) for k, a in snapshot.get("provisional", {}).items()}
+
+    def finish_restore(self) -> Emitted:
+        """Everything published before the restart is rebuilt: close up to it silently, then go live."""
+        if math.isfinite(self.emitted_until):
+            self._after(self.store.close_to(int(self.emitted_until)))
+        self._revise()
+        self.touched.clear()
+        self.restoring = False
+        return Emitted()
+
+
+def final_alerts(records: Iterable[SurgeAlert]) -> list[SurgeAlert]:
+    """The alerts changelog (in publish order) as it finally stands: the newest record of every
+    transition, retracted ones dropped. What compliance, a backtest report or a parity check reads."""
+    newest: dict[tuple[str, str, str], SurgeAlert] = {}
+    for a in records:
+        newest.pop(a.transition, None)
+        newest[a.transition] = a
+    return [a for a in newest.values() if not a.retracted]
+
+
+def final_windows(stats: Iterable[WindowStat]) -> dict[tuple[str, datetime, datetime], WindowStat]:
+    """Windows by (key, start, end) at their highest revision: what every consumer of ``finsent.windows`` keeps."""
+    out: dict[tuple[str, datetime, datetime], WindowStat] = {}
+    for w in stats:
+        k = (w.key, w.start, w.end)
+        if k not in out or w.revision >= out[k].revision:
+            out[k] = w
+    return out
+
+
+def _corrections(old: list[SurgeAlert], new: list[SurgeAlert]) -> list[SurgeAlert]:
+    """What to publish so the newest record of every transition matches the re-judged decisions."""
+    old_by = {a.transition: a for a in old}
+    new_by = {a.transition: a for a in new}
+    out = []
+    for t, a in new_by.items():
+        before = old_by.get(t)
+        if before is None or before.model_dump(exclude={"trigger"}) != a.model_dump(exclude={"trigger"}):
+            out.append(a.model_copy(update={"trigger": "late"}))
+    for t, a in old_by.items():
+        if t not in new_by:
+            out.append(a.model_copy(update={"retracted": True, "trigger": "late"}))
+    return out
 
 
 def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _inf(x: float | None) -> float:
+    return -math.inf if x is None else float(x)
+
+
 def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
-__all__ = ["Aggregation", "Emitted", "PoisonRecord", "decode_raw", "observation", "text_of", "to_scored"]
+__all__ = ["Aggregation", "Emitted", "PoisonRecord", "checked_item", "decode_raw", "final_alerts", "final_windows", "observation", "text_of", "to_scored"]

@@ -13,12 +13,22 @@ baseline (mean and variance) learned from that key's *earlier* windows:
 * the baseline learns only from windows that are not part of a surge, so a long surge does not
   become the new normal while it lasts.
 
+The detector is a pure function of the sequence of windows it is shown: :meth:`SurgeDetector.observe`
+changes one key's :class:`KeyState`, which is small and copyable, so the aggregation can keep a
+key's recent states and re-judge from one when late items revise a window already judged (see
+``pipeline.Aggregation``). :meth:`SurgeDetector.would_fire` judges an open window without changing
+anything: the early, provisional alert.
+
+Keys are bounded: a key without a window for ``forget_after_s`` loses its baseline, and beyond
+``max_keys`` the least recently active quiet keys go first (:meth:`SurgeDetector.forget`).
+
 The standard deviation has a floor (``min_std``) so a topic that was always 0 % negative does not
 turn one negative headline into an infinite z-score (``min_volume`` guards the same flank).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -34,6 +44,10 @@ class KeyState:
     firing: SurgeAlert | None = None
     quiet_until: float = float("-inf")  # epoch seconds: cooldown end
     last_z: float = 0.0
+    last_active: float = float("-inf")  # end of the newest window with headlines (event time)
+
+    def copy(self) -> KeyState:
+        return dataclasses.replace(self)  # ``firing`` is an immutable record: a shallow copy is a snapshot
 
     @property
     def std(self) -> float:
@@ -59,16 +73,57 @@ class SurgeDetector:
             st.var = (1 - a) * (st.var + a * diff * diff)
         st.windows += 1
 
+    def zscore(self, st: KeyState, share: float) -> float:
+        return (share - st.mean) / max(st.std, self.min_std) if st.windows else 0.0
+
+    def would_fire(self, stat: WindowStat, evidence: tuple[Evidence, ...] = ()) -> SurgeAlert | None:
+        """The firing alert a quiet key would raise on this (open) window, changing no state."""
+        st = self.keys.get(stat.key)
+        if st is None or st.firing is not None:
+            return None
+        z = self.zscore(st, stat.negative_share)
+        if not self._fires(st, stat, z):
+            return None
+        severity = "critical" if z >= self.cfg.critical_z else "warning"
+        return self._alert(f"{stat.key}|{stat.end.isoformat()}", stat, "firing", severity, z, st, evidence)
+
+    def _fires(self, st: KeyState, stat: WindowStat, z: float) -> bool:
+        cfg = self.cfg
+        return (
+            st.windows >= cfg.warmup_windows
+            and stat.count >= cfg.min_volume
+            and stat.negative_share >= cfg.min_negative_share
+            and z >= cfg.z_threshold
+            and stat.end.timestamp() >= st.quiet_until
+        )
+
+    def forget(self, now: float) -> list[str]:
+        """Drop quiet keys idle since ``now - forget_after_s``, then the least active beyond ``max_keys``."""
+        horizon = now - self.cfg.forget_after_s
+        gone = [k for k, st in self.keys.items() if st.firing is None and st.last_active < horizon]
+        for k in gone:
+            del self.keys[k]
+        excess = len(self.keys) - self.cfg.max_keys
+        if excess > 0:  # down to 90 % of the cap, so a flood of new keys does not sort the rest every window
+            excess += self.cfg.max_keys // 10
+            quiet = sorted((st.last_active, k) for k, st in self.keys.items() if st.firing is None)
+            for _, k in quiet[:excess]:
+                del self.keys[k]
+                gone.append(k)
+        return gone
+
     def observe(self, stat: WindowStat, evidence: tuple[Evidence, ...] = ()) -> SurgeAlert | None:
         """Feed one closed window of ``stat.key``; returns a firing/resolved alert when the state changes."""
         cfg = self.cfg
         st = self.state(stat.key)
         share = stat.negative_share
-        z = (share - st.mean) / max(st.std, self.min_std) if st.windows else 0.0
+        z = self.zscore(st, share)
         st.last_z = z
         enough = stat.count >= cfg.min_volume
         severity = "critical" if z >= cfg.critical_z else "warning"
         now = stat.end.timestamp()
+        if stat.count:
+            st.last_active = max(st.last_active, now)
 
         if st.firing is not None:
             if z < cfg.z_resolve or not enough:
@@ -81,14 +136,7 @@ class SurgeDetector:
                 return st.firing
             return None
 
-        fires = (
-            st.windows >= cfg.warmup_windows
-            and enough
-            and share >= cfg.min_negative_share
-            and z >= cfg.z_threshold
-            and now >= st.quiet_until
-        )
-        if fires:
+        if self._fires(st, stat, z):
             st.firing = self._alert(f"{stat.key}|{stat.end.isoformat()}", stat, "firing", severity, z, st, evidence)
             return st.firing
         self._learn(st, share)

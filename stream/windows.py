@@ -3,23 +3,35 @@
 The live worker, the replay and the backtest all feed :class:`WindowStore` the same way, which is
 what makes backtests tell the truth about live.
 
-* Items land in tumbling **buckets** of ``bucket_seconds`` by *event* time, per key (``all``,
-  ``topic:<label>``, ``ticker:<symbol>``).
-* The **watermark** is the largest event time seen minus ``allowed_lateness``, taken over input
-  **lanes** (Kafka partitions): the smallest of the lanes' maxima, ignoring lanes the caller marked
-  idle (caught up). Without lanes, one partition's backlog replayed ahead of another's would make
-  the other's items "late" on a restart or a replay, although live they were on time. The caller
-  may also advance it from the wall clock (:meth:`advance`) so a quiet topic's window still closes.
-* When a bucket's end passes the watermark it **closes**, and one :class:`WindowStat` per rolling
-  width (sum of the last ``width / bucket`` buckets) is emitted for each key that had data then.
-* An item older than the watermark is **late**: counted, and dropped or applied to the oldest open
-  bucket according to ``late_policy``.
+Time semantics (the Dataflow model: event-time windows, a watermark, allowed lateness, late panes):
+
+* **Event time** is the headline's publish time, checked at the edge (``pipeline.checked_item``): a
+  time too far ahead of the fetch time is clamped to it, so no record can drag time into the future.
+* Items land in tumbling **buckets** of ``bucket_seconds`` by event time, per key (``all``,
+  ``topic:<label>``, ``ticker:<symbol>``). A rolling window of width *w* ending at *e* is the sum of
+  the buckets in ``[e - w, e)``; windows end on every bucket boundary.
+* The **watermark** says "event time has reached here": the smallest of the input **lanes'** (Kafka
+  partitions') newest event times, minus ``watermark_delay_s`` for stragglers. A lane that is caught
+  up and quiet stops holding it back; the caller may also advance it from the wall clock
+  (:meth:`advance`) so a quiet topic's windows still close, and may cap it (``ceiling``) at wall
+  time plus the tolerance, as a last guard against a future-dated record.
+* When a bucket boundary passes the watermark, the windows ending there **close**: their first,
+  *on-time* result (revision 0) is emitted, one :class:`Closed` per width, for each key with data.
+* An item whose bucket already closed is **late**. Up to ``allowed_lateness_s`` behind the watermark
+  it still counts in its own bucket, and every closed window it touches is emitted again as a new
+  **revision** (:meth:`flush_revisions`): same key, start and end, a higher ``revision`` (the number
+  of late items counted in the window). Consumers keep the highest revision. Older items are
+  **rejected** (:meth:`too_late`): the caller counts them and sends them to a side output; nothing
+  is dropped without a trace.
 * The same item id is counted **once** per key, however often it is redelivered.
-* Memory is bounded: buckets older than the widest window and ids older than that are evicted.
+* Memory is bounded by time, not by traffic pattern: buckets and ids are kept for
+  ``allowed_lateness_s + widest window`` behind the watermark (about 120 buckets per active key with
+  the defaults), then evicted; a late item older than that is rejected, never half-counted.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -27,6 +39,8 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from finsent.records import Evidence, WindowStat
+
+NEVER = -(2**62)
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,7 @@ class Bucket:
     neutral: int = 0
     positive: int = 0
     score_sum: float = 0.0
+    late: int = 0  # items counted after the bucket's first window closed: a window's revision is their sum
     evidence: list[tuple[float, str, Evidence]] = field(default_factory=list)  # min-heap on p_negative
 
     @property
@@ -66,7 +81,7 @@ class Bucket:
 
 @dataclass(frozen=True)
 class Closed:
-    """Rolling windows closed at one bucket boundary, with the evidence behind each."""
+    """One rolling window's result (on-time or a revision), with the evidence behind it."""
 
     stat: WindowStat
     width_s: int
@@ -78,31 +93,47 @@ class WindowStore:
         self,
         bucket_seconds: int = 60,
         rolling_seconds: tuple[int, ...] = (300, 900, 3600),
-        allowed_lateness_s: int = 120,
-        late_policy: Literal["drop", "apply"] = "drop",
+        watermark_delay_s: int = 120,
+        allowed_lateness_s: int = 3600,
         evidence: int = 5,
     ):
         if any(w % bucket_seconds for w in rolling_seconds):
             raise ValueError("rolling widths must be multiples of the bucket size")
         self.bucket = bucket_seconds
         self.widths = tuple(sorted(rolling_seconds))
+        self.delay = watermark_delay_s
         self.lateness = allowed_lateness_s
-        self.late_policy = late_policy
         self.keep = evidence
         self.buckets: dict[str, dict[int, Bucket]] = defaultdict(dict)  # key -> bucket start (epoch s) -> bucket
+        self.keys_at: dict[int, set[str]] = {}  # bucket start -> keys with data there
+        self.starts: list[int] = []  # sorted keys of keys_at: finds the next boundary with data in O(log n)
         self.seen: dict[str, set[str]] = defaultdict(set)  # key -> item ids counted (redelivery dedup)
-        self.seen_at: dict[int, list[tuple[str, str]]] = defaultdict(list)  # bucket start -> (key, id): eviction order
-        self.evicted_before = -(2**62)
+        self.seen_at: dict[int, list[tuple[str, str]]] = defaultdict(list)  # bucket start -> (key, id): eviction
+        self.evicted_before = NEVER
         self.max_event = -1
         self.lane_max: dict[int, int] = {}
         self.idle_lanes: set[int] = set()
-        self.watermark = -(2**62)
-        self.next_close: int | None = None  # end of the oldest bucket not yet closed
-        self.late = 0
+        self.ceiling: float | None = None  # the watermark never passes this (wall clock + tolerance), if set
+        self.watermark = NEVER
+        self.next_close: int | None = None  # end of the oldest window boundary not yet closed
+        self.dirty: dict[str, set[int]] = defaultdict(set)  # key -> closed bucket starts that got late items
+        self.pending: list[Closed] = []  # revisions taken when the watermark moved, not yet flushed
+        self.late = 0  # counted late (revisions)
+        self.rejected = 0  # too late: not counted
         self.duplicates = 0
 
+    # -- time -------------------------------------------------------------------------------------
     def bucket_start(self, ts: float) -> int:
         return int(ts // self.bucket) * self.bucket
+
+    @property
+    def closed_until(self) -> int:
+        """Every window ending at or before this has had its on-time result."""
+        return self.next_close - self.bucket if self.next_close is not None else NEVER
+
+    def too_late(self, at: datetime) -> bool:
+        """Older than the watermark by more than the allowed lateness: not counted (the caller rejects it)."""
+        return at.timestamp() < self.watermark - self.lateness
 
     def expect(self, lane: int) -> None:
         """A lane known to have a backlog holds the watermark back until it delivers (or goes idle)."""
@@ -120,17 +151,29 @@ class WindowStore:
     def _event_watermark(self) -> int:
         busy = [m for lane, m in self.lane_max.items() if lane not in self.idle_lanes]
         low = min(busy) if busy else self.max_event
-        return low - self.lateness if low >= 0 else -(2**62)
+        return low - self.delay if low >= 0 else NEVER
 
+    def advance(self, now: datetime, idle_s: float = 0.0) -> list[Closed]:
+        """Outside progress (idle timer, end of a backtest): ``now`` is the event-time clock estimate."""
+        return self._close_until(int(now.timestamp() - idle_s) - self.delay)
+
+    def close_to(self, end: int) -> list[Closed]:
+        """Close every window ending at or before ``end`` (a restart catching up with what it published)."""
+        return self._close_until(end)
+
+    # -- items ------------------------------------------------------------------------------------
     def add(self, obs: Observation, lane: int = 0) -> list[Closed]:
-        """Count one observation; return the windows that closed because the watermark moved."""
+        """Count one observation; return the windows that closed because the watermark moved.
+
+        The caller checks :meth:`too_late` first; a late item is counted in its own bucket and marks
+        the closed windows it touches for :meth:`flush_revisions`.
+        """
         ts = obs.at.timestamp()
         start = self.bucket_start(ts)
-        if ts < self.watermark:
-            self.late += 1
-            if self.late_policy == "drop":
-                return []
-            start = self.next_close - self.bucket if self.next_close is not None else start
+        end = start + self.bucket
+        if self.next_close is None or self.watermark < end < self.next_close:
+            self.next_close = end  # only before the first close: an earlier on-time item starts the clock
+        late = end <= self.closed_until  # its first window has had its on-time result already
         repeated = False
         for key in obs.keys:
             if obs.item_id in self.seen[key]:
@@ -138,71 +181,126 @@ class WindowStore:
                 continue
             self.seen[key].add(obs.item_id)
             self.seen_at[start].append((key, obs.item_id))
-            bucket = self.buckets[key].setdefault(start, Bucket())
+            buckets = self.buckets[key]
+            bucket = buckets.get(start)
+            if bucket is None:
+                bucket = buckets[start] = Bucket()
+                self._index(start, key)
             bucket.add(obs, self.keep)
+            if late:
+                bucket.late += 1
+                self.dirty[key].add(start)
         self.duplicates += repeated
-        if self.next_close is None:
-            self.next_close = start + self.bucket
-        self.max_event = max(self.max_event, int(ts))
-        self.lane_max[lane] = max(self.lane_max.get(lane, -1), int(ts))
+        self.late += late and not repeated
+        capped = int(min(ts, self.ceiling)) if self.ceiling is not None else int(ts)
+        self.max_event = max(self.max_event, capped)
+        self.lane_max[lane] = max(self.lane_max.get(lane, -1), capped)
         self.idle_lanes.discard(lane)
         return self._close_until(self._event_watermark())
 
-    def advance(self, now: datetime, idle_s: float = 0.0) -> list[Closed]:
-        """Wall-clock progress: with no events for ``idle_s``, time still moves the watermark."""
-        return self._close_until(int(now.timestamp() - idle_s) - self.lateness)
+    def _index(self, start: int, key: str) -> None:
+        keys = self.keys_at.get(start)
+        if keys is None:
+            keys = self.keys_at[start] = set()
+            bisect.insort(self.starts, start)
+        keys.add(key)
 
-    def _close_until(self, watermark: int) -> list[Closed]:
+    # -- results ----------------------------------------------------------------------------------
+    def window(self, key: str, width: int, end: int) -> Closed | None:
+        """The window ``[end - width, end)`` of ``key`` as it stands now (None when it holds nothing)."""
+        buckets = self.buckets.get(key)
+        if not buckets:
+            return None
+        parts = [buckets[s] for s in range(end - width, end, self.bucket) if s in buckets]
+        if not parts:
+            return None
+        neg = sum(b.negative for b in parts)
+        neu = sum(b.neutral for b in parts)
+        pos = sum(b.positive for b in parts)
+        count = neg + neu + pos
+        evidence = heapq.nlargest(self.keep, (e for b in parts for e in b.evidence)) if self.keep else []
+        return Closed(
+            # Built from counts this class keeps consistent itself: skip re-validation (hot path).
+            WindowStat.model_construct(
+                key=key, start=_dt(end - width), end=_dt(end), count=count, negative=neg, neutral=neu, positive=pos,
+                mean_score=max(-1.0, min(1.0, sum(b.score_sum for b in parts) / count)),
+                revision=sum(b.late for b in parts), v=WindowStat.SCHEMA,
+            ),
+            width,
+            tuple(e[2] for e in evidence),
+        )
+
+    def flush_revisions(self, until: float | None = None) -> list[Closed]:
+        """Every closed window (ending at or before ``until``) that late items changed since the last
+        flush, once each. Later ends get these items in their on-time result."""
+        out, self.pending = self.pending, []
+        out += self._revisions(self.closed_until if until is None else min(self.closed_until, until))
+        out.sort(key=lambda c: (c.stat.end, c.width_s, c.stat.key))
+        return out
+
+    def _revisions(self, closed_until: float) -> list[Closed]:
+        out: list[Closed] = []
+        if closed_until <= NEVER or closed_until == float("-inf"):
+            self.dirty.clear()
+            return out
+        closed_until = int(closed_until)
+        for key, starts in self.dirty.items():
+            done: set[tuple[int, int]] = set()
+            for start in starts:
+                for width in self.widths:
+                    last = min(start + width, closed_until)
+                    for end in range(start + self.bucket, last + 1, self.bucket):
+                        if (width, end) not in done:
+                            done.add((width, end))
+                            if (c := self.window(key, width, end)) is not None:
+                                out.append(c)
+        self.dirty.clear()
+        return out
+
+    def _close_until(self, watermark: float) -> list[Closed]:
+        if self.ceiling is not None:
+            watermark = min(watermark, self.ceiling - self.delay)
+        watermark = int(watermark)
         if watermark <= self.watermark:
             return []
+        if self.dirty:  # revisions are taken before the watermark moves on: what they revise is still held
+            self.pending += self._revisions(self.closed_until)
         self.watermark = watermark
         closed: list[Closed] = []
         widest = self.widths[-1]
         while self.next_close is not None and self.next_close <= watermark:
             end = self.next_close
-            starts = {st for b in self.buckets.values() for st in b}
-            if any(end - widest <= st < end for st in starts):
-                closed.extend(self._emit(end))
+            keys = set().union(*(self.keys_at.get(s, ()) for s in range(end - widest, end, self.bucket)))
+            if keys:
+                for key in sorted(keys):
+                    for width in self.widths:
+                        if (c := self.window(key, width, end)) is not None:
+                            closed.append(c)
                 self.next_close = end + self.bucket
                 continue
-            # Nothing inside any window ending here: jump over the gap instead of walking it.
-            ahead = [st for st in starts if st >= end]
-            self.next_close = min(ahead) + self.bucket if ahead else self.bucket_start(watermark) + self.bucket
+            # Nothing inside any window ending here: jump to the next boundary with data, but never past
+            # the watermark's own bucket, so an on-time item arriving in the gap still gets its windows.
+            i = bisect.bisect_left(self.starts, end)
+            ahead = self.starts[i] + self.bucket if i < len(self.starts) else None
+            limit = self.bucket_start(watermark) + self.bucket
+            self.next_close = min(ahead, limit) if ahead is not None else limit
         self._evict(watermark)
         return closed
 
-    def _emit(self, end: int) -> list[Closed]:
-        out = []
-        for key, buckets in self.buckets.items():
-            for width in self.widths:
-                parts = [buckets[s] for s in range(end - width, end, self.bucket) if s in buckets]
-                if not parts:
-                    continue
-                neg, neu, pos = (sum(getattr(b, f) for b in parts) for f in ("negative", "neutral", "positive"))
-                count = neg + neu + pos
-                evidence = heapq.nlargest(self.keep, (e for b in parts for e in b.evidence))
-                out.append(Closed(
-                    # Built from counts this class keeps consistent itself: skip re-validation (hot path).
-                    WindowStat.model_construct(
-                        key=key, start=_dt(end - width), end=_dt(end), count=count, negative=neg, neutral=neu,
-                        positive=pos, mean_score=max(-1.0, min(1.0, sum(b.score_sum for b in parts) / count)),
-                    ),
-                    width,
-                    tuple(e[2] for e in evidence),
-                ))
-        return out
-
     def _evict(self, watermark: int) -> None:
-        horizon = self.bucket_start(watermark) - self.widths[-1]
+        horizon = self.bucket_start(watermark - self.lateness) - self.widths[-1]
         if horizon <= self.evicted_before:
-            return  # nothing new fell out of the widest window: eviction runs once per bucket, not per event
+            return  # nothing new fell out of the horizon: eviction runs once per bucket, not per event
         self.evicted_before = horizon
-        for key in list(self.buckets):
-            for start in [s for s in self.buckets[key] if s < horizon]:
-                del self.buckets[key][start]
-            if not self.buckets[key]:
-                del self.buckets[key]
-        for start in [s for s in self.seen_at if s < horizon - self.lateness]:
+        while self.starts and self.starts[0] < horizon:
+            start = self.starts.pop(0)
+            for key in self.keys_at.pop(start, ()):
+                buckets = self.buckets.get(key)
+                if buckets is not None:
+                    buckets.pop(start, None)
+                    if not buckets:
+                        del self.buckets[key]
+        for start in [s for s in self.seen_at if s < horizon]:
             for key, item_id in self.seen_at.pop(start):
                 ids = self.seen.get(key)
                 if ids is not None:
@@ -223,4 +321,4 @@ def keys_for(topic: str, tickers: tuple[str, ...]) -> tuple[str, ...]:
     return ("all", f"topic:{topic}", *(f"ticker:{t}" for t in tickers))
 
 
-__all__ = ["Bucket", "Closed", "Observation", "WindowStore", "keys_for"]
+__all__ = ["NEVER", "Bucket", "Closed", "Observation", "WindowStore", "keys_for"]

@@ -8,7 +8,7 @@ import pytest
 from finsent.labels import TOPIC_LABELS
 from finsent.records import NewsItem, ScoredItem
 from finsent.settings import load
-from finsent.stream.pipeline import Aggregation, PoisonRecord, decode_raw, observation
+from finsent.stream.pipeline import Aggregation, PoisonRecord, decode_raw, final_alerts, final_windows, observation
 from finsent.stream.scoring import score_batch
 
 T0 = datetime(2024, 5, 2, 12, 0, tzinfo=UTC)
@@ -82,8 +82,9 @@ def test_a_predictor_returning_the_wrong_number_of_results_counts_as_a_failure()
     assert res.scored == [] and len(res.failed) == 2
 
 
-def settings(**surge):
-    return load(windows={"bucket_seconds": 60, "rolling_seconds": [60, 300], "allowed_lateness_s": 30},
+def settings(windows=None, **surge):
+    return load(windows={"bucket_seconds": 60, "rolling_seconds": [60, 300], "watermark_delay_s": 30,
+                         "allowed_lateness_s": 3600, **(windows or {})},
                 surge={"window_s": 300, "warmup_windows": 5, "cooldown_s": 600, **surge})
 
 
@@ -100,43 +101,134 @@ def burst_sequence():
     return out
 
 
-def run_all(agg, items):
+def run_all(agg, items, lanes=None, step=50):
+    """Feed like the aggregator does: items in polls of ``step``, end_step after each, then the end of data."""
     windows, alerts = [], []
-    for s in items:
-        e = agg.add(s)
-        windows += e.windows
-        alerts += e.alerts
+
+    def take(e):
+        windows.extend(e.windows)
+        alerts.extend(e.alerts)
+
+    for n, s in enumerate(items):
+        take(agg.add(s, lane=lanes[n] if lanes else 0))
+        if n % step == step - 1:
+            take(agg.end_step())
+    take(agg.end_step())
     return windows, alerts
+
+
+def finish(agg, windows, alerts):
+    last = max(T0.timestamp(), agg.store.max_event)
+    e = agg.advance(datetime.fromtimestamp(last + 3 * 3600, UTC))
+    e.extend(agg.end_step())
+    return windows + e.windows, alerts + e.alerts
+
+
+def final(windows, alerts):
+    fw = final_windows(c.stat for c in windows)
+    return ({k: (w.count, w.negative) for k, w in fw.items()},
+            {(a.key, a.window_start, a.window_end, a.state, a.severity) for a in final_alerts(alerts)})
 
 
 def test_the_burst_fires_once_and_resolves_once_per_key():
     _, alerts = run_all(Aggregation(settings()), burst_sequence())
+    alerts = final_alerts(alerts)
     energy = [(a.state, a.severity) for a in alerts if a.key == "topic:Energy | Oil"]
     assert energy[0] == ("firing", energy[0][1]) and energy[-1][0] == "resolved"
     assert len({a.alert_id for a in alerts if a.key == "topic:Energy | Oil"}) == 1
     assert {a.key for a in alerts} >= {"all", "topic:Energy | Oil", "ticker:XOM"}
 
 
-def test_a_restore_point_plus_replay_reproduces_exactly_what_a_clean_run_emits():
+def test_the_detector_fires_on_the_open_window_before_it_closes():
+    agg = Aggregation(settings())
+    items = burst_sequence()
+    first_burst = next(n for n, s in enumerate(items) if s.item.published >= T0 + timedelta(minutes=25))
+    early = None
+    for n, s in enumerate(items):
+        agg.add(s)
+        out = agg.end_step()  # a poll of one item: judged as soon as it arrives
+        if (hit := [a for a in out.alerts if a.key == "all" and a.trigger == "early"]):
+            early = (n, hit[0], agg.store.closed_until)
+            break
+    assert early is not None, "no early firing"
+    n, alert, closed_until = early
+    assert alert.state == "firing" and alert.window_end.timestamp() > closed_until  # its window is still open
+    assert n - first_burst < 30  # within the burst's first three minutes
+    # The complete window confirms the surge under the same alert id (its severity may differ: the
+    # share of the complete window decides), and the provisional record never stands on its own.
+    windows, alerts = run_all(agg, items[n + 1:])
+    standing = [a for a in final_alerts([alert, *alerts]) if a.alert_id == alert.alert_id]
+    assert standing and all(a.trigger == "close" for a in standing)
+    assert {a.state for a in standing} == {"firing", "resolved"}
+
+
+def test_a_provisional_firing_that_the_complete_window_does_not_confirm_is_retracted():
+    agg = Aggregation(settings(min_volume=5, window_s=60))
+    quiet = [scored(i, m * 60 + k, "neutral") for i, (m, k) in enumerate((m, k) for m in range(10) for k in range(10))]
+    _, alerts = run_all(agg, quiet)
+    spike = [scored(1000 + k, 10 * 60 + k, "negative") for k in range(6)]  # 6 negatives open minute 10 ...
+    dilute = [scored(2000 + k, 10 * 60 + 10 + k, "neutral") for k in range(200)]  # ... then 200 neutrals
+    _, a1 = run_all(agg, spike, step=6)
+    assert [a.trigger for a in a1 if a.key == "all"] == ["early"]
+    _, a2 = run_all(agg, dilute)
+    windows, a3 = finish(agg, [], [])
+    retracted = [a for a in a2 + a3 if a.key == "all" and a.retracted]
+    assert [a.transition for a in retracted] == [a1[0].transition]
+    assert not [a for a in final_alerts(a1 + a2 + a3) if a.key == "all"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_final_windows_and_surges_do_not_depend_on_the_arrival_order(seed):
+    """Live, items arrive out of order (slow partitions, feed delays); the answer must not change."""
+    import random
+
+    rng = random.Random(seed)
+    items = burst_sequence()
+    in_order = final(*finish(agg := Aggregation(settings()), *run_all(agg, items)))
+    # Each item delayed by 0..8 minutes of arrival (a quarter of them), spread over 3 lanes, idle advances.
+    delayed = sorted(items, key=lambda s: s.item.published.timestamp() + (rng.random() < 0.25) * rng.uniform(0, 480))
+    lanes = [rng.randrange(3) for _ in delayed]
+    shuffled = Aggregation(settings())
+    w, a = run_all(shuffled, delayed, lanes=lanes, step=rng.choice([1, 7, 50]))
+    assert shuffled.store.late > 0 and shuffled.store.rejected == 0  # the test exercises revisions
+    assert final(*finish(shuffled, w, a)) == in_order
+
+
+def test_items_later_than_the_allowed_lateness_are_rejected_and_reported():
+    agg = Aggregation(settings(windows={"allowed_lateness_s": 120}))
+    run_all(agg, [scored(i, i * 30) for i in range(40)])  # 20 minutes
+    out = agg.add(scored(999, 60))  # 19 minutes late
+    assert [o.item_id for o in out.rejected] == ["n999"] and agg.store.rejected == 1
+
+
+def test_a_restore_point_plus_replay_reproduces_exactly_what_a_clean_run_publishes():
     items = burst_sequence()
     clean = Aggregation(settings())
-    clean_windows, clean_alerts = run_all(clean, items)
+    clean_final = final(*finish(clean, *run_all(clean, items)))
 
     first = Aggregation(settings())
-    run_all(first, items[:270])  # "crash" during the burst, after some windows were published
-    point = (first.emitted_until, json.loads(json.dumps(first.detector_state())))
+    w1, a1 = run_all(first, items[:270])  # "crash" during the burst, after some windows were published
+    point = json.loads(json.dumps({"emitted_until": first.judged_until, "detector": first.snapshot()}))
 
     restarted = Aggregation(settings())
-    restarted.emitted_until, _ = point
-    restarted.load_detector_state(point[1])
-    # Replay from well before the restore point, with redeliveries (at-least-once) mixed in.
-    replayed = items[100:270] + items[200:]
-    windows, alerts = run_all(restarted, replayed)
+    restarted.begin_restore(point["emitted_until"], point["detector"])
+    silent_w, silent_a = run_all(restarted, items[100:270])  # the restored span: nothing published again
+    assert (silent_w, silent_a) == ([], [])
+    restarted.finish_restore()
+    w2, a2 = run_all(restarted, items[200:])  # redeliveries (at-least-once), then new items
+    assert restarted.store.duplicates > 0
+    assert final(*finish(restarted, w1 + w2, a1 + a2)) == clean_final
 
-    after = [c for c in clean_windows if c.stat.end.timestamp() > point[0]]
-    assert [(c.stat, c.width_s) for c in windows] == [(c.stat, c.width_s) for c in after]
-    assert alerts == [a for a in clean_alerts if a.window_end.timestamp() > point[0]]
-    assert restarted.store.duplicates > 0  # the redeliveries were seen, and not counted
+
+def test_a_restore_point_stays_small_with_100k_tickers_seen():
+    from finsent.stream.aggregator import RestorePoint
+
+    agg = Aggregation(settings(windows={"rolling_seconds": [60]}, window_s=60))  # one window per ticker: fast
+    items = [scored(i, i * 0.5, "negative" if i % 3 == 0 else "neutral", tickers=(f"T{i:06d}",)) for i in range(100_000)]
+    run_all(agg, items, step=500)
+    assert len(agg.detector.keys) <= agg.detector.cfg.max_keys and agg.forgotten > 0
+    size = len(RestorePoint({0: 1}, agg.judged_until, agg.snapshot(), {0: 2}).to_json())
+    assert size < 256 * 1024, size
 
 
 def test_a_firing_key_that_goes_silent_resolves_with_an_empty_window():
@@ -145,5 +237,5 @@ def test_a_firing_key_that_goes_silent_resolves_with_an_empty_window():
     seq += [scored(3000 + k, 8 * 60 + k, "negative", topic="Currencies") for k in range(10)]  # the burst
     seq += [scored(4000 + m, (9 + m) * 60, "neutral", topic="Macro") for m in range(15)]  # Currencies silent
     _, alerts = run_all(agg, seq)
-    assert [a.state for a in alerts if a.key == "topic:Currencies"] == ["firing", "resolved"]
+    assert [a.state for a in final_alerts(alerts) if a.key == "topic:Currencies"] == ["firing", "resolved"]
     assert observation(seq[0]).keys == ("all", "topic:Currencies")
