@@ -119,8 +119,9 @@ class Services(_Group):
     alertmanager_cluster_port: Port = 9094
     prometheus_bin: str = "prometheus"
     alertmanager_bin: str = "prometheus-alertmanager"
-    scrape_interval_s: float = Field(default=5.0, gt=0)
-    evaluation_interval_s: float = Field(default=5.0, gt=0)
+    # 2 s each: the surge path is scrape + evaluation + `for: 4s` + group_wait; see alerts/rules/finsent.yml
+    scrape_interval_s: float = Field(default=2.0, gt=0)
+    evaluation_interval_s: float = Field(default=2.0, gt=0)
     start_timeout_s: float = Field(default=30.0, gt=0)
 
     _check_ports = field_validator("prometheus_port", "alertmanager_port", "alertmanager_cluster_port")(

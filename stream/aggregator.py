@@ -327,8 +327,11 @@ class Aggregator:
         for key, st in agg.detector.keys.items():
             last = agg.last.get((key, agg.surge_width))
             fresh = last is not None and last.end.timestamp() == agg.judged_until
-            firing = st.firing or agg.provisional.get(key)
-            self.metrics.surge_state(key, st.last_z, st.mean, firing, last.count if fresh else 0)
+            provisional = agg.provisional.get(key) if st.firing is None else None
+            if provisional is not None:  # an early firing: its open window is what the rule's floor must see
+                self.metrics.surge_state(key, provisional.zscore, st.mean, provisional, provisional.count)
+            else:
+                self.metrics.surge_state(key, st.last_z, st.mean, st.firing, last.count if fresh else 0)
 
     def _observe_state(self) -> None:
         store = self.agg.store
