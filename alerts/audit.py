@@ -149,21 +149,28 @@ class AuditLog:
 
     # -- surges from finsent.alerts ---------------------------------------------------------------
     def add_surges(self, alerts: Iterable[SurgeAlert], received_at: datetime) -> None:
+        """``finsent.alerts`` is a changelog of transitions: the newest record of each one replaces the
+        last (a provisional firing confirmed with the complete window's evidence, or retracted). This
+        table is a cache of that topic, not the audit log: replacing rows here rewrites no history."""
         with self._lock:
             self._db.executemany(
-                "INSERT OR IGNORE INTO surges (alert_id, state, severity, key, window_end, received_at, record)"
+                "INSERT OR REPLACE INTO surges (alert_id, state, severity, key, window_end, received_at, record)"
                 " VALUES (?,?,?,?,?,?,?)",
                 [(a.alert_id, a.state, a.severity, a.key, a.window_end.isoformat(), received_at.isoformat(),
                   a.to_json().decode()) for a in alerts],
             )
 
     def latest_surge(self, key: str) -> SurgeAlert | None:
-        """The newest firing SurgeAlert of ``key`` (its evidence is what compliance needs)."""
+        """The newest firing SurgeAlert of ``key`` that still stands (its evidence is what compliance needs)."""
         with self._lock:
-            row = self._db.execute(
+            rows = self._db.execute(
                 "SELECT record FROM surges WHERE key = ? AND state = 'firing' ORDER BY window_end DESC, received_at DESC"
-                " LIMIT 1", (key,)).fetchone()
-        return SurgeAlert.from_json(row[0]) if row else None
+                " LIMIT 20", (key,)).fetchall()
+        for (record,) in rows:
+            alert = SurgeAlert.from_json(record)
+            if not alert.retracted:
+                return alert
+        return None
 
 
 __all__ = ["AuditLog", "Notification"]

@@ -46,16 +46,28 @@ class StreamViews:
         self._publish("item", s)
 
     def add_window(self, w: WindowStat) -> None:
+        """Keeps the highest revision of each (key, start, end): late items publish a window again."""
         width = int((w.end - w.start).total_seconds())
         series = self.windows.setdefault((w.key, width), deque(maxlen=self.max_points))
-        if series and series[-1].end >= w.end:  # a re-published window (after a worker restart): replace
-            if series[-1].end == w.end:
-                series[-1] = w
+        if series and series[-1].end >= w.end:  # a revision, or a window re-published after a restart
+            for i in range(len(series) - 1, -1, -1):
+                if series[i].end == w.end:
+                    if w.revision >= series[i].revision:
+                        series[i] = w
+                    return
+                if series[i].end < w.end:  # a window never seen (it had no headlines when it closed)
+                    series.insert(i + 1, w)
+                    return
+            if len(series) < (series.maxlen or 0):
+                series.appendleft(w)
             return
         series.append(w)
 
     def add_alert(self, a: SurgeAlert) -> None:
-        self.alerts[(a.alert_id, a.state, a.severity)] = a
+        """Newest record per transition; a retraction removes it (the alerts topic is a changelog)."""
+        self.alerts.pop(a.transition, None)
+        if not a.retracted:
+            self.alerts[a.transition] = a
         while len(self.alerts) > 10_000:
             self.alerts.popitem(last=False)
         self._publish("alert", a)

@@ -177,9 +177,19 @@ async function refreshFeedbackStats() {
 
 // ---- alerts ----------------------------------------------------------------------------------------
 
-function addAlert(a) {
+// finsent.alerts is a changelog of transitions (alert id, state, severity): a newer record of a transition
+// replaces it, and a retracted one withdraws it (an early, provisional firing the closed window did not confirm).
+function applyAlert(a) {
   const prev = state.alerts.get(a.alert_id);
+  if (a.retracted) {
+    if (prev && prev.state === a.state && prev.severity === a.severity) state.alerts.delete(a.alert_id);
+    return;
+  }
   if (!prev || a.raised_at >= prev.raised_at) state.alerts.set(a.alert_id, a);
+}
+
+function addAlert(a) {
+  applyAlert(a);
   renderAlerts();
   drawChart();
 }
@@ -208,10 +218,7 @@ function renderAlerts() {
 async function loadAlerts() {
   try {
     const page = await getJSON("/alerts?limit=500");
-    for (const a of page.alerts.reverse()) {
-      const prev = state.alerts.get(a.alert_id);
-      if (!prev || a.raised_at >= prev.raised_at) state.alerts.set(a.alert_id, a);
-    }
+    for (const a of page.alerts.reverse()) applyAlert(a);
     renderAlerts();
   } catch { /* the live stream fills it */ }
 }
