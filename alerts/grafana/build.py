@@ -131,8 +131,10 @@ def pipeline() -> Dashboard:
         ], unit="s", width=8),
         Panel("Dead letters per second (by reason)", [("sum by (reason) (rate(finsent_worker_items_failed_total[5m])) or vector(0)", "{{reason}}")],
               width=8),
-        Panel("Late / duplicate items per second", [
-            ("sum(rate(finsent_window_late_items_total[5m]))", "late"),
+        Panel("Late (counted, windows revised) / rejected / duplicate items per second", [
+            ("sum(rate(finsent_window_late_items_total[5m]))", "late, counted"),
+            ("sum by (reason) (rate(finsent_window_rejected_items_total[5m])) or vector(0)", "rejected {{reason}}"),
+            ("sum(rate(finsent_window_revisions_total[5m]))", "window revisions"),
             ("sum(rate(finsent_window_duplicate_items_total[5m]))", "duplicate"),
         ], width=8),
         Panel("Audit log: notifications recorded per second", [
