@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httpx
 from benchkit import write_results
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from finsent.ingest.localfeeds import load_rows
 from finsent.labels import TOPIC_LABELS
@@ -38,7 +38,7 @@ from finsent.records import Evidence, NewsItem
 from finsent.settings import load
 from finsent.stream.embedded_broker import broker_child
 from finsent.stream.pipeline import Aggregation
-from finsent.stream.topics import ensure_topics
+from finsent.stream.topics import ensure_topics, read_all
 from finsent.stream.windows import Observation, keys_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,20 +74,9 @@ def scored_total(url: str) -> float:
 
 
 def scored_timestamps(bootstrap: str, topic: str) -> list[tuple[str, int]]:
-    """(item id, Kafka timestamp in ms) of every scored record."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    try:
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
-        out = []
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
-            for records in consumer.poll(timeout_ms=500).values():
-                out.extend((r.key.decode(), r.timestamp) for r in records)
-        return out
-    finally:
-        consumer.close()
+    """(item id, Kafka timestamp in ms) of every scored record (read to the fetch high watermark: Tansu's
+    end offsets stop at the last batch's base offset + 1, see ``read_all``)."""
+    return [(r.key.decode(), r.timestamp) for r in read_all(bootstrap, topic, timeout_s=120)]
 
 
 def items(n: int, prefix: str) -> list[NewsItem]:

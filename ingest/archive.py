@@ -30,6 +30,7 @@ SCHEMA = pa.schema(
         ("published", pa.timestamp("us", tz="UTC")),
         ("fetched", pa.timestamp("us", tz="UTC")),
         ("published_inferred", pa.bool_()),
+        ("published_clamped", pa.bool_()),  # absent from parts written before it: read as null (None)
         ("tickers", pa.list_(pa.string())),
         ("tags", pa.list_(pa.string())),
         ("language", pa.string()),

@@ -5,6 +5,12 @@ becomes an item exactly as a feed entry would (same HTML stripping, URL canonica
 ticker extraction), plus tickers named by a column, so backtests see what live ingest would have
 seen. Rows that cannot be read are counted and reported with their line numbers, never silently
 dropped; the rest are imported.
+
+The import is the fetch: a row dated more than ``future_tolerance_s`` after the time of the import (a
+"1/2/68" that dateutil reads as 2068) is clamped to that time and flagged ``published_clamped``, and
+tickers are capped at ``max_tickers``, as the live edge does (``finsent.stream.pipeline.checked_item``).
+Both are counted in the report, so a date column in the wrong format shows up at import, not as a
+backtest whose windows never close.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from zoneinfo import ZoneInfo
 
 from dateutil import parser as dateparser
 
-from finsent.ingest.normalize import canonical_url, normalize
+from finsent.ingest.normalize import FUTURE_TOLERANCE_S, MAX_TICKERS, canonical_url, normalize_checked
 from finsent.records import NewsItem
+from finsent.stream.pipeline import checked_item
 
 FIELDS = {"title", "summary", "url", "published", "id", "source", "tickers", "language"}
 _US_EASTERN = ZoneInfo("America/New_York")
@@ -36,6 +43,8 @@ class ImportReport:
     read: int = 0
     imported: int = 0
     bad: int = 0
+    clamped: int = 0  # items dated too far after the import, clamped to the import time
+    tickers_capped: int = 0  # items that named more than max_tickers tickers
     errors: list[str] = field(default_factory=list)  # first few, with line numbers
 
 
@@ -76,7 +85,23 @@ def rows(path: Path, fmt: str) -> Iterator[tuple[int, dict]]:
         raise ImportError_(f"unknown format {fmt!r}; use csv or jsonl")
 
 
-def row_to_item(row: dict, mapping: dict[str, str], source: str, default_tz=UTC) -> NewsItem:
+@dataclass(frozen=True)
+class EdgeCheck:
+    """The live edge check as the import applies it: ``imported_at`` is the fetch time."""
+
+    imported_at: datetime
+    future_tolerance_s: float = FUTURE_TOLERANCE_S
+    max_tickers: int = MAX_TICKERS
+
+    def cap(self, tickers: tuple[str, ...]) -> tuple[str, ...]:
+        return tickers[: self.max_tickers]
+
+
+def row_to_item(row: dict, mapping: dict[str, str], source: str, default_tz=UTC,
+                edge: EdgeCheck | None = None) -> tuple[NewsItem, list[str]]:
+    """(item, fixes): ``fixes`` names what the edge check corrected (``"clamped"``, ``"tickers_capped"``)."""
+    edge = edge or EdgeCheck(datetime.now(UTC))
+
     def get(name: str) -> str | None:
         column = mapping.get(name)
         value = row.get(column) if column else None
@@ -95,36 +120,43 @@ def row_to_item(row: dict, mapping: dict[str, str], source: str, default_tz=UTC)
         "id": get("id"),
         # normalize() reads feedparser's struct_time; give it the parsed time directly below instead.
     }
-    item = normalize(entry, source=get("source") or source, fetched=published)
+    item, fixes = normalize_checked(entry, source=get("source") or source, fetched=published,
+                                    max_tickers=edge.max_tickers)
     extra_tickers = tuple(t.strip().upper() for t in (get("tickers") or "").replace(";", ",").split(",") if t.strip())
-    return item.model_copy(update={
+    item = item.model_copy(update={
         "published": published,
         "fetched": published,
         "published_inferred": False,
         "tickers": tuple(dict.fromkeys(extra_tickers + item.tickers)),
         "language": (get("language") or item.language),
     })
+    item, more = checked_item(item, edge.imported_at, edge.future_tolerance_s, edge.max_tickers)
+    return item, sorted(set(fixes) | set(more))
 
 
 def import_file(path: Path, fmt: str, mapping: dict[str, str], source: str, archive, default_tz=UTC,
-                batch: int = 5000, progress=None) -> ImportReport:
-    """Rows repeating an id (StockNet lists a tweet once per ticker it names) become one item with all tickers."""
+                batch: int = 5000, progress=None, edge: EdgeCheck | None = None) -> ImportReport:
+    """Rows repeating an id (StockNet lists a tweet once per ticker it names) become one item with all tickers
+    (at most ``edge.max_tickers``). ``edge``: the check against the time of the import (now by default)."""
+    edge = edge or EdgeCheck(datetime.now(UTC))
     report = ImportReport()
     pending: dict[str, NewsItem] = {}
+    fixed: dict[str, set[str]] = {"clamped": set(), "tickers_capped": set()}  # item ids, each counted once
     for n, row in rows(path, fmt):
         report.read += 1
         try:
-            item = row_to_item(row, mapping, source, default_tz)
+            item, fixes = row_to_item(row, mapping, source, default_tz, edge)
         except (ValueError, OverflowError, TypeError) as err:
             report.bad += 1
             if len(report.errors) < 20:
                 report.errors.append(f"line {n}: {err}")
         else:
             if item.id in pending:
-                merged = tuple(dict.fromkeys(pending[item.id].tickers + item.tickers))
-                pending[item.id] = pending[item.id].model_copy(update={"tickers": merged})
-            else:
-                pending[item.id] = item
+                item, capped = _merge(pending[item.id], item, edge)
+                fixes = fixes + capped
+            pending[item.id] = item
+            for fix in fixes:
+                fixed[fix].add(item.id)
         if len(pending) >= batch:
             report.imported += archive.append(list(pending.values()))
             pending = {}
@@ -132,4 +164,12 @@ def import_file(path: Path, fmt: str, mapping: dict[str, str], source: str, arch
             progress(1)
     if pending:
         report.imported += archive.append(list(pending.values()))
+    report.clamped, report.tickers_capped = len(fixed["clamped"]), len(fixed["tickers_capped"])
     return report
+
+
+def _merge(first: NewsItem, again: NewsItem, edge: EdgeCheck) -> tuple[NewsItem, list[str]]:
+    """The first row's item with the tickers of both rows, capped as any item's are."""
+    tickers = tuple(dict.fromkeys(first.tickers + again.tickers))
+    capped = ["tickers_capped"] if len(tickers) > edge.max_tickers else []
+    return first.model_copy(update={"tickers": edge.cap(tickers)}), capped

@@ -111,6 +111,11 @@ HOSTILE_DOCS: dict[str, bytes] = {
     "dup-guids": (b'<?xml version="1.0"?><rss version="2.0"><channel><title>x</title>'
                   b"<item><title>First version of the story</title><guid>same</guid></item>"
                   b"<item><title>Completely different second story</title><guid>same</guid></item></channel></rss>"),
+    # 300 cashtags in one entry (pump-and-dump spam): every ticker would be a window key of its own
+    "ticker-spam": (b'<?xml version="1.0"?><rss version="2.0"><channel><title>x</title>'
+                    b"<item><title>Top movers today</title><guid>spam-1</guid><description>"
+                    + " ".join(f"$AA{chr(65 + i // 26)}{chr(65 + i % 26)}" for i in range(300)).encode()
+                    + b"</description></item></channel></rss>"),
 }
 
 

@@ -12,6 +12,9 @@ class IngestMetrics:
         self.fetches = Counter("finsent_feed_fetches_total", "Feed fetches by outcome", ["feed", "outcome"], registry=r)
         self.errors = Counter("finsent_feed_errors_total", "Feed errors by kind", ["feed", "kind"], registry=r)
         self.items = Counter("finsent_feed_items_total", "Feed entries by status (new, duplicate, invalid, dropped)", ["feed", "status"], registry=r)
+        # fix: clamped (publish time too far ahead of the fetch time) | tickers_capped (more than max_tickers_per_item)
+        self.corrected = Counter("finsent_ingest_items_corrected_total", "Entries the edge check corrected, by fix",
+                                 ["feed", "fix"], registry=r)
         self.duplicates = Counter("finsent_feed_duplicates_total", "Duplicates by feed and reason", ["feed", "reason"], registry=r)
         self.last_success = Gauge("finsent_feed_last_success_timestamp_seconds", "Unix time of the last successful fetch", ["feed"], registry=r)
         self.fetch_seconds = Histogram(

@@ -6,10 +6,17 @@ Why each rule:
   unless it is itself a URL), else the canonical link, else source + normalised title.
 * **URLs** lose tracking parameters and fragments, so the same article shared with different
   ``utm_*`` tags is recognised as one.
-* **published** is event time for the windows. A missing, unparsable, future-dated (beyond a small
-  clock skew) or absurdly old date (e.g. 1970 from a zero timestamp) is replaced by the fetch time and
-  flagged ``published_inferred``, so a broken feed cannot place headlines in windows that are long
-  closed or not yet open.
+* **published** is event time for the windows. A missing, unparsable or absurdly old date (e.g. 1970
+  from a zero timestamp) is replaced by the fetch time and flagged ``published_inferred``, so a broken
+  feed cannot place headlines in windows that are long closed. One more than ``future_tolerance_s``
+  ahead of the fetch time is clamped to it and flagged ``published_clamped``: it is a date the feed did
+  give, only wrong, and a record from the future would drag the stream's watermark ahead and make every
+  on-time headline late.
+* **tickers** are capped at ``max_tickers``: a headline naming hundreds is spam, and each ticker is a
+  window key of its own.
+
+The last two are the stream's edge check (``finsent.stream.pipeline.checked_item``), applied here too, so
+the archive and the raw topic already hold what the worker would count.
 """
 
 from __future__ import annotations
@@ -18,17 +25,21 @@ import calendar
 import hashlib
 import html
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from finsent.ingest.tickers import extract
 from finsent.records import NewsItem
+from finsent.settings import Windows
+from finsent.stream.pipeline import checked_item
 
 MAX_TITLE = 500
 MAX_SUMMARY = 5000
-CLOCK_SKEW = timedelta(minutes=5)
+# The defaults of settings.windows (the poller and the importer pass the configured values), not copies of them.
+FUTURE_TOLERANCE_S: float = Windows.model_fields["future_tolerance_s"].default
+MAX_TICKERS: int = Windows.model_fields["max_tickers_per_item"].default
 OLDEST_PLAUSIBLE = datetime(1995, 1, 1, tzinfo=UTC)
 
 TRACKING_PARAMS = re.compile(
@@ -119,9 +130,10 @@ def _entry_time(entry: Any) -> datetime | None:
 
 
 def event_time(entry: Any, fetched: datetime) -> tuple[datetime, bool]:
-    """(published, inferred). Inferred when missing, future beyond skew, or implausibly old."""
+    """(published, inferred). Inferred when missing or implausibly old; a future date is kept here and
+    clamped by ``checked_item`` (flagged as clamped, not inferred: the feed did give a date)."""
     published = _entry_time(entry)
-    if published is None or published > fetched + CLOCK_SKEW or published < OLDEST_PLAUSIBLE:
+    if published is None or published < OLDEST_PLAUSIBLE:
         return fetched, True
     return published, False
 
@@ -130,7 +142,14 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-def normalize(
+def normalize(entry: Any, **kwargs: Any) -> NewsItem:
+    """One feedparser entry (a dict-like) as a NewsItem; raises NormalizeError if it has no text.
+
+    Takes the keyword arguments of ``normalize_checked``; use that one to count what the edge check fixed."""
+    return normalize_checked(entry, **kwargs)[0]
+
+
+def normalize_checked(
     entry: Any,
     *,
     source: str,
@@ -138,8 +157,10 @@ def normalize(
     feed_language: str | None = None,
     default_tickers: tuple[str, ...] = (),
     tags: tuple[str, ...] = (),
-) -> NewsItem:
-    """One feedparser entry (a dict-like) as a NewsItem; raises NormalizeError if it has no text."""
+    future_tolerance_s: float = FUTURE_TOLERANCE_S,
+    max_tickers: int = MAX_TICKERS,
+) -> tuple[NewsItem, list[str]]:
+    """(item, fixes): ``fixes`` names what the edge check corrected (``"clamped"``, ``"tickers_capped"``)."""
     title = strip_html(entry.get("title") or "")
     summary = strip_html(entry.get("summary") or entry.get("description") or "")
     if not title and not summary:
@@ -150,7 +171,7 @@ def normalize(
     link = canonical_url(entry.get("link"))
     published, inferred = event_time(entry, fetched)
     language = (entry.get("language") or feed_language or None)
-    return NewsItem(
+    item = NewsItem(
         id=stable_id(source, (entry.get("id") or "").strip() or None, link, title),
         title=title,
         summary=summary if summary != title else "",
@@ -163,3 +184,4 @@ def normalize(
         tags=tags,
         language=language[:16].lower() if language else None,
     )
+    return checked_item(item, fetched, future_tolerance_s, max_tickers)

@@ -23,7 +23,7 @@ from finsent.ingest.dedup import Deduper, DedupStore
 from finsent.ingest.feeds import FeedConfig
 from finsent.ingest.fetch import Fetcher, Validators
 from finsent.ingest.metrics import IngestMetrics
-from finsent.ingest.normalize import NormalizeError, normalize
+from finsent.ingest.normalize import FUTURE_TOLERANCE_S, MAX_TICKERS, NormalizeError, normalize_checked
 from finsent.ingest.parse import ParseError, parse
 from finsent.ingest.sinks import Sink
 from finsent.records import NewsItem
@@ -41,6 +41,7 @@ class PollSummary:
     new: int = 0
     duplicate: int = 0
     invalid: int = 0
+    corrected: dict[str, int] = field(default_factory=dict)  # fix -> entries (clamped, tickers_capped)
     published: int = 0
     seconds: float = 0.0
 
@@ -66,6 +67,8 @@ class Poller:
         jitter: float = 0.1,
         backoff_max_s: float = 3600.0,
         rng: random.Random | None = None,
+        future_tolerance_s: float = FUTURE_TOLERANCE_S,
+        max_tickers: int = MAX_TICKERS,
     ):
         self.feeds = feeds
         self.fetcher = fetcher
@@ -77,6 +80,8 @@ class Poller:
         self.jitter = jitter
         self.backoff_max_s = backoff_max_s
         self.rng = rng or random.Random()
+        self.future_tolerance_s = future_tolerance_s
+        self.max_tickers = max_tickers
         self.state = {f.name: FeedState() for f in feeds}
         self.pending: list[NewsItem] = []
         self._lock = asyncio.Lock()
@@ -126,24 +131,42 @@ class Poller:
             summary.entries = len(parsed.entries)
             items = await asyncio.to_thread(self._normalize_all, feed, parsed, fetched, summary)
             self.metrics.items.labels(feed.name, "invalid").inc(summary.invalid)
+            self._count_corrected(feed, summary)
             await self._accept(feed, items, summary)
         self.metrics.fetches.labels(feed.name, summary.outcome).inc()
         self.metrics.last_success.labels(feed.name).set(time.time())
         st.next_due = time.monotonic() + self._delay_after(feed, summary, None)
         return summary
 
-    @staticmethod
-    def _normalize_all(feed: FeedConfig, parsed, fetched: datetime, summary: PollSummary) -> list[NewsItem]:
+    def _normalize_all(self, feed: FeedConfig, parsed, fetched: datetime, summary: PollSummary) -> list[NewsItem]:
         """CPU-bound (thousands of entries in a big feed): runs in a worker thread, off the event loop."""
         items: list[NewsItem] = []
         for entry in parsed.entries:
             try:
-                items.append(normalize(entry, source=feed.name, fetched=fetched, feed_language=parsed.language,
-                                       default_tickers=feed.tickers, tags=feed.tags))
+                item, fixes = normalize_checked(
+                    entry, source=feed.name, fetched=fetched, feed_language=parsed.language,
+                    default_tickers=feed.tickers, tags=feed.tags,
+                    future_tolerance_s=self.future_tolerance_s, max_tickers=self.max_tickers,
+                )
             except (NormalizeError, ValueError) as err:
                 summary.invalid += 1
                 log.debug("entry skipped", extra={"feed": feed.name, "error": str(err)})
+                continue
+            items.append(item)
+            for fix in fixes:
+                summary.corrected[fix] = summary.corrected.get(fix, 0) + 1
         return items
+
+    def _count_corrected(self, feed: FeedConfig, summary: PollSummary) -> None:
+        """Counted and logged once per poll: a feed dating its items in the future (or stuffing tickers)
+        does it to every entry, so a line per entry would drown the log."""
+        for fix, n in summary.corrected.items():
+            self.metrics.corrected.labels(feed.name, fix).inc(n)
+        if summary.corrected:
+            log.warning("feed entries corrected at the edge", extra={
+                "feed": feed.name, **{f"items_{fix}": n for fix, n in sorted(summary.corrected.items())},
+                "future_tolerance_s": self.future_tolerance_s, "max_tickers": self.max_tickers,
+            })
 
     def _failed(self, feed: FeedConfig, summary: PollSummary, kind: str, detail: str, retry_after: float | None) -> PollSummary:
         summary.outcome, summary.error, summary.detail = "error", kind, detail

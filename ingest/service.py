@@ -43,8 +43,10 @@ def build(settings: Settings, feeds: list[FeedConfig], output: Path | None) -> C
         FetchLimits(total_s=cfg.total_timeout_s, max_bytes=cfg.max_bytes),
         allow_private=settings.allow_private_feeds,
     )
+    edge = settings.windows
     poller = Poller(feeds, fetcher, dedup, sink, Archive(settings.paths.archive_dir), metrics,
-                    per_host=cfg.per_host, max_pending=cfg.max_pending)
+                    per_host=cfg.per_host, max_pending=cfg.max_pending,
+                    future_tolerance_s=edge.future_tolerance_s, max_tickers=edge.max_tickers_per_item)
     return Components(poller, sink, dedup, metrics)
 
 

@@ -4,6 +4,9 @@ Topics are created explicitly with their partition counts because partitions are
 scale, and because Tansu auto-creates unknown topics with its own default count. An existing topic
 with a different partition count is an error, never silently accepted: the worker's parallelism
 and per-key ordering assumptions depend on it.
+
+``read_all`` reads a topic whole (tests, benchmarks) without trusting the broker's end offsets, which the
+embedded broker understates.
 """
 
 from __future__ import annotations
@@ -98,6 +101,49 @@ class TopicIdWatch:
             except Exception:  # noqa: BLE001 (closing a client of a dead broker)
                 pass
             self._admin = None
+
+
+def read_all(bootstrap: str, name: str, timeout_s: float = 10.0, quiet_s: float = 0.3) -> list:
+    """Every record now in topic ``name`` (all partitions, from the beginning): kafka-python ConsumerRecords.
+
+    "Up to the end offsets" is not a safe place to stop. Tansu answers ListOffsets(latest) with the base
+    offset of the partition's last record batch + 1 (after one batch of 100 records: 1, where a fetch's high
+    watermark says 100), so a reader stopping there gets one poll's worth of records. So this reads until
+    every partition's position reached both the end offset (a lower bound on any broker) and the high
+    watermark of its last fetch (``consumer.highwater``, once a fetch has reported one), and polls have come
+    back empty for ``quiet_s``. ``timeout_s`` bounds the whole read; what was read by then is returned.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                             fetch_max_wait_ms=100)  # Tansu holds an empty fetch for the whole wait
+    try:
+        tps = [TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or ())]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps) if tps else {}
+        out: list = []
+        deadline = time.monotonic() + timeout_s
+        quiet_since = time.monotonic()
+        while tps and time.monotonic() < deadline:
+            got = [r for records in consumer.poll(timeout_ms=100).values() for r in records]
+            out.extend(got)
+            if got:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= quiet_s and _caught_up(consumer, tps, ends):
+                break
+        return out
+    finally:
+        consumer.close()
+
+
+def _caught_up(consumer, tps: list, ends: dict) -> bool:
+    """Each position at or past its end offset and, where a fetch reported one, its high watermark."""
+    for tp in tps:
+        position, high = consumer.position(tp), consumer.highwater(tp)
+        if position < ends.get(tp, 0) or (high is not None and position < high):
+            return False
+    return True
 
 
 def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout_s: float = 15.0,

@@ -9,6 +9,9 @@ Scoring (a Faust agent on ``finsent.news.raw``):
   aggregator keep running during inference;
 * poison records (undecodable, schema-invalid, oversized) and items the model fails on by themselves
   (after retry and bisection) go to ``finsent.dlq`` with their source offset; the stream goes on;
+* every decoded item passes the edge check (``checked_item``) before it is scored: any producer can
+  write the raw topic, so an event time far in the future is clamped (flagged ``published_clamped``)
+  and a ticker list cut to ``windows.max_tickers_per_item`` here too, counted and logged once per batch;
 * offsets commit only after the scored records *and* dead letters are acknowledged by the broker.
 
 Faust traps worked around here, on purpose:
@@ -45,7 +48,7 @@ from finsent.settings import Settings
 from finsent.stream.aggregator import Aggregator
 from finsent.stream.faust_transport import transport_class
 from finsent.stream.metrics import WorkerMetrics
-from finsent.stream.pipeline import PoisonRecord, decode_raw, text_of, to_scored
+from finsent.stream.pipeline import PoisonRecord, checked_item, decode_raw, text_of, to_scored
 from finsent.stream.scoring import score_batch
 from finsent.stream.topics import TopicIdWatch, ensure_topics
 
@@ -85,13 +88,19 @@ class Scorer:
         items: list[tuple[object, NewsItem]] = []
         outputs: list[tuple[str, bytes | None, bytes]] = []
         failed: list[tuple[str, str]] = []
+        now = datetime.now(UTC)
+        fixed: dict[str, int] = {}
         for msg in messages:
             try:
-                items.append((msg, decode_raw(msg.value, self.settings.stream.max_record_bytes)))
+                item = decode_raw(msg.value, self.settings.stream.max_record_bytes)
             except PoisonRecord as err:
                 outputs.append(self._dead_letter(msg, str(err)))
                 failed.append(("poison", str(err)))
+                continue
+            items.append((msg, self._checked(item, now, fixed)))
         scored_at = None
+        if self.settings.stream.debug_batch_delay_s:
+            await asyncio.sleep(self.settings.stream.debug_batch_delay_s)  # test hook: a slower model
         if items:
             m.batch_size.observe(len(items))
             t0 = time.perf_counter()
@@ -110,6 +119,7 @@ class Scorer:
                 outputs.append(self._dead_letter(by_item[id(item)], f"classifier failed on this item: {error}"))
                 failed.append(("model", error))
         await self._send_acknowledged(outputs)
+        self._count_corrected(fixed)
         done = time.time()
         for reason, error in failed:
             m.items_failed.labels(reason).inc()
@@ -122,6 +132,25 @@ class Scorer:
                 m.news_age_seconds.observe(max(0.0, done - item.published.timestamp()))
         for msg in messages:
             self.positions[(msg.topic, msg.partition)] = msg.offset + 1
+
+    def _checked(self, item: NewsItem, now: datetime, fixed: dict[str, int]) -> NewsItem:
+        """The item as the windows may count it; what was corrected is added up in ``fixed``."""
+        w = self.settings.windows
+        item, fixes = checked_item(item, now, w.future_tolerance_s, w.max_tickers_per_item)
+        for fix in fixes:
+            fixed[fix] = fixed.get(fix, 0) + 1
+        return item
+
+    def _count_corrected(self, fixed: dict[str, int]) -> None:
+        """Once per batch: a producer that dates items in the future does it to all of them."""
+        for fix, n in fixed.items():
+            self.metrics.items_corrected.labels(fix).inc(n)
+        if fixed:
+            log.warning("raw items corrected at the edge", extra={
+                **{f"items_{fix}": n for fix, n in sorted(fixed.items())},
+                "future_tolerance_s": self.settings.windows.future_tolerance_s,
+                "max_tickers": self.settings.windows.max_tickers_per_item,
+            })
 
     def _dead_letter(self, msg, error: str) -> tuple[str, bytes | None, bytes]:
         letter = DeadLetter.of(topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key,

@@ -43,3 +43,19 @@ def test_no_partial_files_visible(tmp_path):
     a = Archive(tmp_path)
     a.append([item(1, 1)])
     assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_the_clamped_flag_is_kept_and_parts_written_before_it_existed_still_read(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from finsent.ingest.archive import SCHEMA
+
+    a = Archive(tmp_path)
+    a.append([item(1, 1, published_clamped=True), item(2, 2)])
+    old_schema = pa.schema([f for f in SCHEMA if f.name != "published_clamped"])  # the archive before the flag
+    row = item(3, 3).model_dump(exclude={"published_clamped"})
+    pq.write_table(pa.Table.from_pylist([row], schema=old_schema), tmp_path / f"day={T0.date()}" / "part-0-old.parquet")
+    got = {x.id: x for x in a.read()}
+    assert got["id001"].published_clamped is True and got["id001"] == item(1, 1, published_clamped=True)
+    assert got["id002"].published_clamped is None and got["id003"] == item(3, 3)

@@ -106,10 +106,27 @@ def test_entries_without_title_link_or_date(feeds_server, tmp_path):
     assert (bad.entries, bad.new, bad.invalid) == (3, 2, 1)
 
 
-def test_future_and_1970_dates_use_fetch_time_flagged(feeds_server, tmp_path):
-    _, _, _, written, _ = _poll(feeds_server, "dates", tmp_path)
-    flagged = [w for w in written if w["source"] == "hostile"]
-    assert len(flagged) == 3 and all(w["published_inferred"] for w in flagged)
+def test_future_and_1970_dates_use_fetch_time_flagged(feeds_server, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="finsent.ingest"):
+        bad, _, metrics, written, _ = _poll(feeds_server, "dates", tmp_path)
+    flagged = {w["title"]: w for w in written if w["source"] == "hostile"}
+    assert len(flagged) == 3 and all(w["published"] == w["fetched"] for w in flagged.values())
+    future = flagged.pop("From the far future")  # a date the feed gave, too far ahead: clamped, not inferred
+    assert future["published_clamped"] is True and not future["published_inferred"]
+    assert all(w["published_inferred"] and not w.get("published_clamped") for w in flagged.values())
+    assert bad.corrected == {"clamped": 1}
+    assert _metric(metrics, "finsent_ingest_items_corrected_total", {"feed": "hostile", "fix": "clamped"}) == 1
+    assert _metric(metrics, "finsent_ingest_items_corrected_total", {"feed": "good", "fix": "clamped"}) == 0
+    assert any(r.getMessage() == "feed entries corrected at the edge" and r.feed == "hostile" and r.items_clamped == 1
+               for r in caplog.records)
+
+
+def test_an_entry_with_300_tickers_keeps_max_tickers_per_item(feeds_server, tmp_path):
+    bad, _, metrics, written, _ = _poll(feeds_server, "ticker-spam", tmp_path)
+    (spam,) = [w for w in written if w["source"] == "hostile"]
+    assert spam["tickers"] == [f"AAA{chr(65 + i)}" for i in range(20)]  # the first 20 named, in order
+    assert bad.corrected == {"tickers_capped": 1}
+    assert _metric(metrics, "finsent_ingest_items_corrected_total", {"feed": "hostile", "fix": "tickers_capped"}) == 1
 
 
 def test_duplicate_guids_with_different_content(feeds_server, tmp_path):

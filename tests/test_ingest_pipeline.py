@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from finsent.ingest.archive import Archive
 from finsent.ingest.dedup import DedupStore
 from finsent.ingest.feeds import FeedConfig, FeedListError, load_feeds
 from finsent.ingest.fetch import Fetcher
-from finsent.ingest.importer import ImportError_, import_file, parse_mapping
+from finsent.ingest.importer import EdgeCheck, ImportError_, import_file, parse_mapping
 from finsent.ingest.localfeeds import FeedServer
 from finsent.ingest.poller import Poller
 from finsent.ingest.sinks import KafkaSink
@@ -152,6 +153,45 @@ def test_import_merges_repeated_ids_and_reports_bad_rows(tmp_path):
     assert items[0].published.isoformat() == "2014-01-02T14:30:00+00:00" and not items[0].published_inferred
     with pytest.raises(ImportError_, match="title=COLUMN"):
         parse_mapping(["published=x"])
+
+
+TWO_DIGIT_YEARS = """date,ticker,id,text
+1/2/68,XOM,200,Exxon shares slide
+1/2/14,AAPL,201,Apple shares rise
+"""
+
+
+def test_import_clamps_dates_after_the_import_and_caps_tickers(tmp_path):
+    """dateutil reads "1/2/68" as 2068: clamped to the import time (the import is the fetch) and flagged,
+    counted in the report; one id repeated over 30 rows (one per ticker) keeps max_tickers_per_item tickers."""
+    many = "".join(f"1/3/14,T{i:02d},202,Movers today\n" for i in range(30))
+    path = tmp_path / "two-digit.csv"
+    path.write_text(TWO_DIGIT_YEARS + many)
+    mapping = parse_mapping(["title=text", "published=date", "id=id", "tickers=ticker"])
+    imported_at = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+    report = import_file(path, "csv", mapping, "old", Archive(tmp_path / "a"), edge=EdgeCheck(imported_at))
+    assert (report.read, report.imported, report.bad, report.clamped, report.tickers_capped) == (32, 3, 0, 1, 1)
+    items = {i.id: i for i in Archive(tmp_path / "a").read()}
+    clamped = next(i for i in items.values() if i.title == "Exxon shares slide")
+    assert clamped.published == clamped.fetched == imported_at and clamped.published_clamped is True
+    assert not clamped.published_inferred and clamped.tickers == ("XOM",)
+    kept = next(i for i in items.values() if i.title == "Apple shares rise")
+    assert kept.published == datetime(2014, 1, 2, tzinfo=UTC) and not kept.published_clamped
+    movers = next(i for i in items.values() if i.title == "Movers today")
+    assert movers.tickers == tuple(f"T{i:02d}" for i in range(20))
+
+
+def test_import_cli_says_how_many_items_were_clamped(tmp_path):
+    path = tmp_path / "two-digit.csv"
+    path.write_text(TWO_DIGIT_YEARS)
+    proc = subprocess.run([sys.executable, "-m", "finsent.cli", "ingest", "import", str(path), "--map", "title=text",
+                           "--map", "published=date", "--map", "id=id"],
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "imported 2 items" in proc.stdout
+    assert "corrected: 1 items dated more than 300 s after the import clamped to the import time" in proc.stdout
+    clamped = next(i for i in Archive(tmp_path / "archive").read() if i.published_clamped)
+    assert clamped.title == "Exxon shares slide" and abs(clamped.published - datetime.now(UTC)) < timedelta(minutes=5)
 
 
 def test_import_cli_with_eastern_times_then_refill_to_broker(tmp_path, broker):

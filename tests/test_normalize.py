@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import feedparser
 import pytest
 
-from finsent.ingest.normalize import NormalizeError, canonical_url, normalize, stable_id, strip_html
+from finsent.ingest.normalize import NormalizeError, canonical_url, normalize, normalize_checked, stable_id, strip_html
 
 FETCHED = datetime(2024, 5, 2, 12, 0, tzinfo=UTC)
 
@@ -21,6 +21,11 @@ RSS = """<?xml version="1.0" encoding="utf-8"?>
 <item><title>Epoch zero</title><pubDate>Thu, 01 Jan 1970 00:00:00 GMT</pubDate></item>
 <item><description>Only a summary here. Second sentence.</description></item>
 <item><link>https://news.example.com/empty</link></item>
+</channel></rss>"""
+
+RSS_ONE = """<?xml version="1.0" encoding="utf-8"?>
+<rss version="2.0"><channel><title>Desk wire</title>
+<item><title>One</title><guid isPermaLink="false">one-1</guid><pubDate>{pub}</pubDate></item>
 </channel></rss>"""
 
 ATOM = """<?xml version="1.0" encoding="utf-8"?>
@@ -46,11 +51,43 @@ def test_rss_item_normalised():
     assert item.id == normalize(entries[0], source="desk", fetched=FETCHED).id  # stable
 
 
-def test_bad_dates_fall_back_to_fetch_time_flagged():
+def test_missing_and_implausibly_old_dates_fall_back_to_fetch_time_flagged_inferred():
     _, entries = _entries(RSS)
-    for entry in entries[1:4]:
+    for entry in (entries[1], entries[3]):
         item = normalize(entry, source="desk", fetched=FETCHED)
         assert item.published == FETCHED and item.published_inferred, entry.get("title")
+        assert not item.published_clamped
+
+
+def test_a_future_date_is_clamped_to_the_fetch_time_and_flagged_clamped():
+    _, entries = _entries(RSS)
+    item, fixes = normalize_checked(entries[2], source="desk", fetched=FETCHED)  # dated 2100
+    assert item.published == item.fetched == FETCHED
+    assert item.published_clamped is True and not item.published_inferred  # the feed gave a date: a wrong one
+    assert fixes == ["clamped"]
+
+
+def test_future_tolerance_is_the_settings_value():
+    doc = RSS_ONE.format(pub="Thu, 02 May 2024 12:04:00 GMT")  # 4 min ahead of the fetch: clock skew, kept
+    item, fixes = normalize_checked(feedparser.parse(doc).entries[0], source="desk", fetched=FETCHED)
+    assert item.published == datetime(2024, 5, 2, 12, 4, tzinfo=UTC) and fixes == [] and not item.published_clamped
+    item, fixes = normalize_checked(feedparser.parse(doc).entries[0], source="desk", fetched=FETCHED,
+                                    future_tolerance_s=60)
+    assert item.published == FETCHED and fixes == ["clamped"]
+
+
+def test_three_hundred_tickers_are_capped_at_max_tickers_per_item():
+    symbols = [f"Q{chr(65 + i // 26)}{chr(65 + i % 26)}" for i in range(300)]  # QAA QAB ... QLN
+    assert len(set(symbols)) == 300
+    cashtags = " ".join(f"${s}" for s in symbols)
+    doc = RSS_ONE.format(pub="Thu, 02 May 2024 11:00:00 GMT").replace(
+        "<title>One</title>", f"<title>Movers</title><description>{cashtags}</description>")
+    entry = feedparser.parse(doc).entries[0]
+    assert normalize_checked(entry, source="desk", fetched=FETCHED, max_tickers=300)[0].tickers == tuple(symbols)
+    item, fixes = normalize_checked(entry, source="desk", fetched=FETCHED)
+    assert item.tickers == tuple(symbols[:20]) and fixes == ["tickers_capped"]  # settings.windows.max_tickers_per_item
+    item, fixes = normalize_checked(entry, source="desk", fetched=FETCHED, max_tickers=5)
+    assert item.tickers == tuple(symbols[:5]) and fixes == ["tickers_capped"]
 
 
 def test_summary_only_entry_gets_a_title_and_empty_entry_is_refused():

@@ -1,3 +1,5 @@
+import base64
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -5,6 +7,7 @@ import pytest
 
 from finsent.labels import SENTIMENT_LABELS, TOPIC_LABELS
 from finsent.records import (
+    SCHEMA_VERSION,
     DeadLetter,
     Evidence,
     Feedback,
@@ -61,7 +64,7 @@ def test_round_trip_is_lossless_and_compact(record):
     raw = record.to_json()
     assert b" " not in raw.replace(b"Fed hikes rates", b"").replace(b"Fed | Central Banks", b"")
     assert type(record).from_json(raw) == record
-    assert json.loads(raw)["v"] == 1
+    assert json.loads(raw)["v"] == SCHEMA_VERSION
 
 
 def test_datetimes_are_normalised_to_utc():
@@ -79,9 +82,15 @@ def test_naive_datetime_rejected():
 
 def test_newer_schema_version_rejected_clearly():
     doc = json.loads(scored().to_json())
-    doc["v"] = 2
-    with pytest.raises(UnsupportedSchemaVersion, match="schema version 2 is newer"):
+    doc["v"] = SCHEMA_VERSION + 1
+    with pytest.raises(UnsupportedSchemaVersion, match=f"schema version {SCHEMA_VERSION + 1} is newer"):
         ScoredItem.from_json(json.dumps(doc))
+
+
+def test_version_1_records_are_still_read():
+    doc = json.loads(scored().to_json())
+    doc["v"] = 1
+    assert ScoredItem.from_json(json.dumps(doc)).item.published_clamped is None
 
 
 @pytest.mark.parametrize(
@@ -138,6 +147,29 @@ def test_feedback_must_correct_something():
 def test_dead_letter_keeps_original_bytes():
     dl = DeadLetter.from_json(ALL[-1].to_json())
     assert dl.value == b"\xff\x00bad" and dl.offset == 7
+    assert dl.truncated is None and dl.original_size is None and dl.original_sha256 is None
+
+
+def test_a_dead_letter_of_a_huge_value_is_truncated_with_its_size_and_sha256():
+    """A 900 KiB poison value would make a letter (base64: 1.2 MB) over the broker's 1 MiB limit: the letter
+    keeps the first MAX_VALUE_BYTES and says how big the original was and what its SHA-256 is."""
+    value = bytes(range(256)) * (900 * 4)  # 900 KiB
+    letter = DeadLetter.of(topic="raw", partition=0, offset=3, key=b"k" * 10_000, value=value, error="too big")
+    assert letter.truncated is True and letter.original_size == len(value) == 900 * 1024
+    assert letter.original_sha256 == hashlib.sha256(value).hexdigest()
+    assert letter.value == value[: DeadLetter.MAX_VALUE_BYTES]
+    assert base64.b64decode(letter.key_b64) == b"k" * 4096  # the key is cut too
+    raw = letter.to_json()
+    assert len(raw) < 400 * 1024  # deliverable under Kafka's default 1 MiB message limit
+    assert DeadLetter.from_json(raw) == letter
+
+
+def test_a_dead_letter_at_the_limit_is_kept_whole():
+    value = b"x" * DeadLetter.MAX_VALUE_BYTES
+    letter = DeadLetter.of(topic="raw", partition=0, offset=3, key=None, value=value, error="e")
+    assert letter.value == value and letter.truncated is None and letter.original_size is None
+    cut = DeadLetter.of(topic="raw", partition=0, offset=3, key=None, value=value + b"y", error="e")
+    assert cut.truncated is True and cut.original_size == len(value) + 1 and cut.value == value
 
 
 def test_tickers_upper_cased_and_deduplicated():
