@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, ClassVar, Literal, Self
 
 from pydantic import (
@@ -122,6 +122,34 @@ class NewsItem(Record):
     @classmethod
     def _upper(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(dict.fromkeys(t.upper() for t in v))
+
+
+def checked_item(item: NewsItem, now: datetime, future_tolerance_s: float, max_tickers: int) -> tuple[NewsItem, list[str]]:
+    """The item as the windows may count it, and what was corrected (``"clamped"``, ``"tickers_capped"``).
+
+    The edge check of event time, shared by ingest, import, the worker and the backtest (a record can reach the raw
+    topic from any producer): a publish time more than ``future_tolerance_s`` ahead of the fetch time is
+    replaced by the fetch time, and a fetch time ahead of ``now`` by more than the tolerance by ``now``,
+    so no record can drag the watermark into the future. More than ``max_tickers`` tickers is spam:
+    the first ``max_tickers`` are kept.
+    """
+    fixes: list[str] = []
+    update: dict = {}
+    limit = timedelta(seconds=future_tolerance_s)
+    fetched = item.fetched
+    if fetched > now + limit:
+        fetched = now
+        update["fetched"] = now
+    if item.published > fetched + limit:
+        update["published"] = fetched
+    if update.get("published") is not None or item.published > now + limit:
+        update["published"] = min(update.get("published", item.published), fetched)
+        update["published_clamped"] = True
+        fixes.append("clamped")
+    if len(item.tickers) > max_tickers:
+        update["tickers"] = item.tickers[:max_tickers]
+        fixes.append("tickers_capped")
+    return (item.model_copy(update=update) if update else item), fixes
 
 
 class ScoredItem(Record):

@@ -8,7 +8,7 @@ dropped; the rest are imported.
 
 The import is the fetch: a row dated more than ``future_tolerance_s`` after the time of the import (a
 "1/2/68" that dateutil reads as 2068) is clamped to that time and flagged ``published_clamped``, and
-tickers are capped at ``max_tickers``, as the live edge does (``finsent.stream.pipeline.checked_item``).
+tickers are capped at ``max_tickers``, as the live edge does (``finsent.records.checked_item``).
 Both are counted in the report, so a date column in the wrong format shows up at import, not as a
 backtest whose windows never close.
 """
@@ -27,7 +27,7 @@ from dateutil import parser as dateparser
 
 from finsent.ingest.normalize import FUTURE_TOLERANCE_S, MAX_TICKERS, canonical_url, normalize_checked
 from finsent.records import NewsItem
-from finsent.stream.pipeline import checked_item
+from finsent.records import checked_item
 
 FIELDS = {"title", "summary", "url", "published", "id", "source", "tickers", "language"}
 _US_EASTERN = ZoneInfo("America/New_York")

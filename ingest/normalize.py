@@ -15,7 +15,7 @@ Why each rule:
 * **tickers** are capped at ``max_tickers``: a headline naming hundreds is spam, and each ticker is a
   window key of its own.
 
-The last two are the stream's edge check (``finsent.stream.pipeline.checked_item``), applied here too, so
+The last two are the stream's edge check (``finsent.records.checked_item``), applied here too, so
 the archive and the raw topic already hold what the worker would count.
 """
 
@@ -33,7 +33,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from finsent.ingest.tickers import extract
 from finsent.records import NewsItem
 from finsent.settings import Windows
-from finsent.stream.pipeline import checked_item
+from finsent.records import checked_item
 
 MAX_TITLE = 500
 MAX_SUMMARY = 5000

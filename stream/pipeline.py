@@ -15,9 +15,9 @@ import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-from finsent.records import Evidence, NewsItem, RecordError, ScoredItem, SurgeAlert, WindowStat
+from finsent.records import Evidence, NewsItem, RecordError, ScoredItem, SurgeAlert, WindowStat, checked_item
 from finsent.settings import Settings
 from finsent.stream.surge import KeyState, SurgeDetector
 from finsent.stream.windows import NEVER, Closed, Observation, WindowStore, keys_for
@@ -41,34 +41,6 @@ def decode_raw(value: bytes | None, max_bytes: int) -> NewsItem:
         raise PoisonRecord(str(err)) from None
     except (ValueError, TypeError) as err:  # anything else the JSON layer can throw at bytes
         raise PoisonRecord(f"undecodable: {err}") from None
-
-
-def checked_item(item: NewsItem, now: datetime, future_tolerance_s: float, max_tickers: int) -> tuple[NewsItem, list[str]]:
-    """The item as the windows may count it, and what was corrected (``"clamped"``, ``"tickers_capped"``).
-
-    The edge check of event time, shared by ingest, import and the worker (a record can reach the raw
-    topic from any producer): a publish time more than ``future_tolerance_s`` ahead of the fetch time is
-    replaced by the fetch time, and a fetch time ahead of ``now`` by more than the tolerance by ``now``,
-    so no record can drag the watermark into the future. More than ``max_tickers`` tickers is spam:
-    the first ``max_tickers`` are kept.
-    """
-    fixes: list[str] = []
-    update: dict = {}
-    limit = timedelta(seconds=future_tolerance_s)
-    fetched = item.fetched
-    if fetched > now + limit:
-        fetched = now
-        update["fetched"] = now
-    if item.published > fetched + limit:
-        update["published"] = fetched
-    if update.get("published") is not None or item.published > now + limit:
-        update["published"] = min(update.get("published", item.published), fetched)
-        update["published_clamped"] = True
-        fixes.append("clamped")
-    if len(item.tickers) > max_tickers:
-        update["tickers"] = item.tickers[:max_tickers]
-        fixes.append("tickers_capped")
-    return (item.model_copy(update=update) if update else item), fixes
 
 
 def text_of(item: NewsItem) -> str:
