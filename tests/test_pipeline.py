@@ -239,3 +239,16 @@ def test_a_firing_key_that_goes_silent_resolves_with_an_empty_window():
     _, alerts = run_all(agg, seq)
     assert [a.state for a in final_alerts(alerts) if a.key == "topic:Currencies"] == ["firing", "resolved"]
     assert observation(seq[0]).keys == ("all", "topic:Currencies")
+
+
+def test_a_restore_point_from_the_future_is_recognised_as_poisoned():
+    import time
+
+    from finsent.stream.aggregator import RestorePoint
+
+    now = time.time()
+    good = RestorePoint({0: 5}, now - 60, {"keys": {}}, {0: 9})
+    back = RestorePoint.from_json(good.to_json())
+    assert (back.replay_from, back.positions, back.emitted_until) == ({0: 5}, {0: 9}, now - 60)
+    assert not back.poisoned(now, 300)
+    assert RestorePoint({0: 5}, 3_093_000_000.0, {}, {}).poisoned(now, 300)  # windows dated 2068 were published
