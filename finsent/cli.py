@@ -187,16 +187,23 @@ def evaluate(
     mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Also log the report to MLflow (./mlruns.db).")] = True,
     config: ConfigOption = None,
 ) -> None:
-    """Evaluation report (Markdown + PNG): per-class scores, confusion, calibration, worst errors, published results."""
-    from finsent.model import Classifier
-    from finsent.model.report import run
+    """Evaluation report (Markdown + PNG): Twitter and news sets (news score), confusion, calibration, worst errors."""
+    from finsent.model.data import DataError, check_data_dir
 
     settings = _settings(config)
-    clf = Classifier.load(_model_dir(settings, model), backend=backend, device=settings.model.device)
-    out = out or Path("reports") / clf.version
-    summary = run(clf, settings.paths.data_dir, out, limit)
-    for name, row in summary.items():
-        typer.echo(f"{name:<28} n={row['n']:<5} accuracy={row['accuracy']:.3f} macro_f1={row['macro_f1']:.3f} ece={row['ece_calibrated']:.3f}")
+    try:
+        check_data_dir(settings.paths.data_dir)  # before loading anything: a clone has no ../shared/data
+        from finsent.model import Classifier
+        from finsent.model.report import run, summary_lines
+
+        clf = Classifier.load(_model_dir(settings, model), backend=backend, device=settings.model.device)
+        out = out or Path("reports") / clf.version
+        summary = run(clf, settings.paths.data_dir, out, limit)
+    except DataError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    for line in summary_lines(summary):
+        typer.echo(line)
     typer.echo(f"report: {out / 'report.md'}")
     if mlflow:
         from finsent.model.report import log_to_mlflow
@@ -494,7 +501,7 @@ def ingest_import(
     from tqdm import tqdm
 
     from finsent.ingest.archive import Archive
-    from finsent.ingest.importer import ImportError_, import_file, parse_mapping
+    from finsent.ingest.importer import EdgeCheck, ImportError_, import_file, parse_mapping
 
     settings = _settings(config)
     try:
@@ -502,9 +509,16 @@ def ingest_import(
     except ImportError_ as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
+    w = settings.windows
+    edge = EdgeCheck(datetime.now(UTC), w.future_tolerance_s, w.max_tickers_per_item)
     with tqdm(desc=f"importing {file.name}", unit=" rows", disable=None) as bar:
-        report = import_file(file, format, mapping, source, Archive(settings.paths.archive_dir), ZoneInfo(timezone), progress=bar.update)
+        report = import_file(file, format, mapping, source, Archive(settings.paths.archive_dir), ZoneInfo(timezone),
+                             progress=bar.update, edge=edge)
     typer.echo(f"read {report.read} rows, imported {report.imported} items, {report.bad} bad rows into {settings.paths.archive_dir}")
+    if report.clamped or report.tickers_capped:
+        typer.echo(f"corrected: {report.clamped} items dated more than {w.future_tolerance_s:g} s after the import "
+                   f"clamped to the import time (published_clamped), {report.tickers_capped} items with more than "
+                   f"{w.max_tickers_per_item} tickers capped")
     for line in report.errors:
         typer.echo(f"  {line}", err=True)
 

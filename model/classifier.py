@@ -17,6 +17,10 @@ so downstream code always sees a valid record:
 
 Windows and surge detection skip flagged items. Very long inputs (e.g. 1 MB) are cut to a few
 thousand characters before tokenising and truncated to ``max_length`` tokens; they are not flagged.
+
+``predict(texts, domain="news")`` applies the model's stored news decision rule (per-class offsets
+on the calibrated sentiment logits, ``news_bias.json``, see ``finsent.model.domain``) when it has
+one; without one, and for ``domain=None`` (the default) or ``"twitter"``, the rule is plain argmax.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import numpy as np
 from finsent.model import artifact
 from finsent.model.backends import Backend, make_backend
 from finsent.model.batching import pad, sorted_batches
+from finsent.model.domain import check_domain, load_news_bias
 from finsent.model.metrics import softmax
 from finsent.model.text import prepare
 
@@ -57,12 +62,16 @@ class Prediction:
 
 
 class Classifier:
-    def __init__(self, directory: Path, backend: Backend, meta: artifact.ModelMeta, tokenizer, batch_size: int = 32):
+    def __init__(
+        self, directory: Path, backend: Backend, meta: artifact.ModelMeta, tokenizer, batch_size: int = 32,
+        news_bias: np.ndarray | None = None,
+    ):
         self.directory = directory
         self.backend = backend
         self.meta = meta
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.news_bias = news_bias  # offsets added to sentiment logits / T for domain="news"; None = no rule
 
     @property
     def version(self) -> str:
@@ -81,10 +90,19 @@ class Classifier:
         directory = Path(path) if path is not None else artifact.default_model_dir()
         model, tokenizer, meta = artifact.load(directory)
         chosen = make_backend(backend, model, directory, device)
-        log.info("classifier loaded", extra={"model": meta.full_name, "backend": chosen.name, "path": str(directory)})
-        return cls(directory, chosen, meta, tokenizer, batch_size)
+        news_bias = load_news_bias(directory, meta.full_name, list(meta.sentiment_labels))
+        log.info("classifier loaded", extra={"model": meta.full_name, "backend": chosen.name, "path": str(directory),
+                                             "news_bias": news_bias is not None})
+        return cls(directory, chosen, meta, tokenizer, batch_size, news_bias)
 
-    def predict(self, texts: Sequence[object]) -> list[Prediction]:
+    def sentiment_offsets(self, domain: str | None = None) -> np.ndarray | None:
+        """The offsets the decision rule for ``domain`` adds to the calibrated sentiment logits (None: none)."""
+        check_domain(domain)
+        return self.news_bias if domain == "news" else None
+
+    def predict(self, texts: Sequence[object], domain: str | None = None) -> list[Prediction]:
+        """``domain="news"``: use the stored news decision rule if the model has one (else the default)."""
+        offsets = self.sentiment_offsets(domain)
         results: list[Prediction | None] = [None] * len(texts)
         good_idx: list[int] = []
         good_texts: list[str] = []
@@ -102,7 +120,10 @@ class Classifier:
         if good_texts:
             topic_logits, sent_logits = self.logits(good_texts)
             topic_p = softmax(topic_logits, self.meta.temperature_topic)
-            sent_p = softmax(sent_logits, self.meta.temperature_sentiment)
+            if offsets is None:
+                sent_p = softmax(sent_logits, self.meta.temperature_sentiment)
+            else:
+                sent_p = softmax(sent_logits / self.meta.temperature_sentiment + offsets)
             for row, i in enumerate(good_idx):
                 results[i] = self._prediction(topic_p[row], sent_p[row])
         return results  # type: ignore[return-value]

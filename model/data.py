@@ -1,15 +1,22 @@
-"""Training and evaluation data: the MIT Twitter sets and the (non-commercial) PhraseBank.
+"""Training and evaluation data: the MIT Twitter sets, PhraseBank and the news-domain test sets.
 
 The Twitter sets come as train/valid only. ``valid`` is held back as the *test* set we report on;
 early stopping and temperature scaling use a ``dev`` slice carved deterministically out of
 ``train`` (by a hash of the text, so it is stable across runs and machines), so the reported
 numbers never saw model selection.
+
+The news-domain sets (``../shared/data/README.md``, "News-domain sets") are read in the formats their
+PROVENANCE.md describes; see ``NEWS_SETS`` for what each evaluation set contains. FinEntity (ODC-BY,
+the only permissively licensed news set) is cut by a hash of the text into a ``dev`` half, which may
+be used for fitting (e.g. the news decision rule, ``finsent.model.domain``), and a ``test`` half that
+is only ever reported on.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +36,25 @@ class DataError(RuntimeError):
     """The data directory is missing or a file does not look like what PROVENANCE describes."""
 
 
+class MissingData(DataError):
+    """A data directory or file is not there (a clone without ``../shared/data``)."""
+
+    def __init__(self, path: Path, what: str = "data file"):
+        where = "" if Path(path).is_absolute() else f" (= {Path(path).resolve()})"
+        super().__init__(f"missing {what} {path}{where}; the data sets live in ../shared/data (see its README), "
+                         "or set paths.data_dir / FINSENT_PATHS__DATA_DIR")
+        self.path = path
+
+
+def check_data_dir(data_dir: Path) -> None:
+    """Raise ``MissingData`` naming ``data_dir`` unless it is an existing directory."""
+    if not Path(data_dir).is_dir():
+        raise MissingData(Path(data_dir), "evaluation data directory")
+
+
 def _read_csv(path: Path) -> list[tuple[str, int]]:
     if not path.exists():
-        raise DataError(f"missing data file {path} (expected ../shared/data, see its README)")
+        raise MissingData(path)
     with path.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames != ["text", "label"]:
@@ -78,7 +101,7 @@ def phrasebank(data_dir: Path, agreement: str = "50Agree") -> list[Example]:
     """Financial PhraseBank (CC BY-NC-SA 3.0): ``sentence@label`` lines; an out-of-domain test set."""
     path = data_dir / "phrasebank" / f"Sentences_{agreement}.txt"
     if not path.exists():
-        raise DataError(f"missing {path}")
+        raise MissingData(path)
     out = []
     for line in path.read_text(encoding="utf-8-sig").splitlines():
         if not line.strip():
@@ -88,3 +111,129 @@ def phrasebank(data_dir: Path, agreement: str = "50Agree") -> list[Example]:
             raise DataError(f"{path}: bad label {label!r} in line {line[:60]!r}")
         out.append(Example(text.strip(), sentiment=SENTIMENT_INDEX[label]))
     return out
+
+
+# ----------------------------------------------------------------------------- news-domain sets
+
+NEG, NEU, POS = (SENTIMENT_INDEX[x] for x in ("negative", "neutral", "positive"))
+FINENTITY_DEV_FRACTION = 0.5  # the rest is FinEntity's held-out test half
+
+
+def _read_rows(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    """Rows of a UTF-8 CSV with a header that must contain ``columns`` (extra columns are fine)."""
+    if not path.exists():
+        raise MissingData(path)
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{path}: expected columns {', '.join(columns)}; missing {', '.join(missing)}")
+        return list(reader)
+
+
+def _sentiment(path: Path, label: str) -> int:
+    if label not in SENTIMENT_INDEX:
+        raise DataError(f"{path}: unexpected sentiment label {label!r}")
+    return SENTIMENT_INDEX[label]
+
+
+def sp500_posneg(data_dir: Path) -> list[Example]:
+    """S&P 500 headlines labelled positive / negative only (neutral ones were excluded by the author)."""
+    path = data_dir / "sp500-headlines-posneg" / "sp500_headlines_posneg.csv"
+    out = []
+    for row in _read_rows(path, ("headline", "label")):
+        label = _sentiment(path, row["label"].strip().lower())
+        if label == NEU:
+            raise DataError(f"{path}: this set has no neutral class, found {row['label']!r}")
+        out.append(Example(row["headline"], sentiment=label))
+    return out
+
+
+def sentfin_headlines(data_dir: Path) -> list[Example]:
+    """SEntFiN headlines whose entities all share one label (``label_consensus``); ``mixed`` is dropped."""
+    path = data_dir / "sentfin" / "sentfin_headlines.csv"
+    return [
+        Example(row["headline"], sentiment=_sentiment(path, row["label_consensus"]))
+        for row in _read_rows(path, ("headline", "label_consensus"))
+        if row["label_consensus"] != "mixed"
+    ]
+
+
+def sentfin_entities(data_dir: Path) -> list[Example]:
+    """One example per (headline, entity): the headline's text with that entity's label.
+
+    The classifier is entity-blind, so every entity of a headline gets the headline's prediction;
+    headlines whose entities disagree therefore cost at least one error each.
+    """
+    path = data_dir / "sentfin" / "sentfin_entities.csv"
+    return [
+        Example(row["headline"], sentiment=_sentiment(path, row["sentiment"]))
+        for row in _read_rows(path, ("headline", "entity", "sentiment"))
+    ]
+
+
+def finentity_split(text: str, dev_fraction: float = FINENTITY_DEV_FRACTION) -> str:
+    """``dev`` or ``test`` for a FinEntity passage: a stable hash of its text (salted, so unrelated to ``_in_dev``)."""
+    digest = hashlib.blake2b(("finentity:" + text).encode("utf-8"), digest_size=8).digest()
+    return "dev" if int.from_bytes(digest, "big") / 2**64 < dev_fraction else "test"
+
+
+def finentity(data_dir: Path, split: str = "test") -> list[Example]:
+    """FinEntity passages whose entities all share one label (``mixed`` dropped); ``split`` dev, test or all."""
+    if split not in ("dev", "test", "all"):
+        raise ValueError(f"split must be dev, test or all, not {split!r}")
+    path = data_dir / "finentity" / "finentity_sentences.csv"
+    return [
+        Example(row["text"], sentiment=_sentiment(path, row["label_consensus"]))
+        for row in _read_rows(path, ("text", "label_consensus"))
+        if row["label_consensus"] != "mixed" and (split == "all" or finentity_split(row["text"]) == split)
+    ]
+
+
+def sentivent_headlines(data_dir: Path) -> list[Example]:
+    """SENTiVENT headlines (sentence 0 of each article, all source splits) whose polar expressions agree.
+
+    The text is tokenised as in the source ("Inc . AAL"); BERT's tokenizer splits punctuation anyway.
+    """
+    path = data_dir / "sentivent" / "sentivent_implicit_sentences.csv"
+    return [
+        Example(row["sentence"], sentiment=_sentiment(path, row["label_consensus"]))
+        for row in _read_rows(path, ("is_title", "sentence", "label_consensus"))
+        if row["is_title"] == "1" and row["label_consensus"] != "mixed"
+    ]
+
+
+@dataclass(frozen=True)
+class NewsSet:
+    """One news-domain evaluation set: how to load it and which sentiment classes its gold labels use."""
+
+    name: str
+    load: Callable[[Path], list[Example]]
+    labels: tuple[int, ...]
+    source: str
+    licence: str
+    description: str
+    commercial: bool = False  # licence allows commercial use (may train the default model; quote freely)
+
+    @property
+    def binary(self) -> bool:
+        return NEU not in self.labels
+
+
+NEWS_SETS: tuple[NewsSet, ...] = (
+    NewsSet("sp500-posneg", sp500_posneg, (NEG, POS), "sp500-headlines-posneg/sp500_headlines_posneg.csv",
+            "unknown", "S&P 500 company headlines, positive / negative only; scored on the 3-way prediction"),
+    NewsSet("sentfin-headline", sentfin_headlines, (NEG, NEU, POS), "sentfin/sentfin_headlines.csv",
+            "unknown (treat as NC)", "SEntFiN headlines, consensus label (mixed dropped)"),
+    NewsSet("sentfin-entity", sentfin_entities, (NEG, NEU, POS), "sentfin/sentfin_entities.csv",
+            "unknown (treat as NC)", "SEntFiN (headline, entity) rows; the headline's prediction for each entity"),
+    NewsSet("finentity-test", lambda d: finentity(d, "test"), (NEG, NEU, POS), "finentity/finentity_sentences.csv",
+            "ODC-BY 1.0", "FinEntity passages, consensus label (mixed dropped), held-out test half (hash split)",
+            commercial=True),
+    NewsSet("sentivent-headlines", sentivent_headlines, (NEG, NEU, POS), "sentivent/sentivent_implicit_sentences.csv",
+            "unknown (research)", "SENTiVENT headlines, consensus of polar expressions (mixed dropped)"),
+    NewsSet("phrasebank-50-all", lambda d: phrasebank(d, "50Agree"), (NEG, NEU, POS), "phrasebank/Sentences_50Agree.txt",
+            "CC BY-NC-SA 3.0", "Financial PhraseBank, >= 50 % annotator agreement, all sentences"),
+    NewsSet("phrasebank-allagree", lambda d: phrasebank(d, "AllAgree"), (NEG, NEU, POS), "phrasebank/Sentences_AllAgree.txt",
+            "CC BY-NC-SA 3.0", "Financial PhraseBank, 100 % annotator agreement"),
+)

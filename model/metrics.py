@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
@@ -13,6 +13,61 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
     }
+
+
+def sentiment_scores(
+    y_true: np.ndarray, y_pred: np.ndarray, labels: tuple[int, ...] | list[int], n_classes: int = 3, neutral: int = 1
+) -> dict:
+    """Accuracy, macro/weighted F1 over the set's own classes ``labels``, neutral rate and confusion.
+
+    A binary set (``labels`` without neutral) is scored on the 3-way prediction: a neutral prediction
+    is simply wrong, and its F1 is averaged over negative and positive only (no neutral column of
+    zeros dragging it down). ``neutral_rate`` is the share of *predictions* that are neutral;
+    ``confusion[i][j]`` counts true class i predicted as j over all ``n_classes`` classes.
+    """
+    y_true, y_pred, labels = np.asarray(y_true), np.asarray(y_pred), list(labels)
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
+        "neutral_rate": float((y_pred == neutral).mean()) if len(y_pred) else 0.0,
+        "gold_neutral_share": float((y_true == neutral).mean()) if len(y_true) else 0.0,
+        "confusion": confusion_matrix(y_true, y_pred, labels=list(range(n_classes))).tolist(),
+    }
+
+
+def restricted_accuracy(scores_: np.ndarray, y_true: np.ndarray, allowed: tuple[int, ...] | list[int]) -> float:
+    """Accuracy of the argmax over the ``allowed`` columns only (e.g. negative vs positive on a binary set)."""
+    allowed = list(allowed)
+    pred = np.asarray(allowed)[np.asarray(scores_)[:, allowed].argmax(1)]
+    return float((pred == np.asarray(y_true)).mean())
+
+
+def fit_offsets(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0, reference: int = 1,
+                l2: float = 1e-3, steps: int = 200) -> np.ndarray:
+    """Per-class offsets b minimising the NLL of softmax(logits / T + b) on held-out data.
+
+    A prior-shift correction for a new domain (the temperature stays as fitted on dev). ``b[reference]``
+    is fixed at 0 (softmax ignores a common shift), so the others read as "bias relative to neutral".
+    A small L2 term keeps a class absent from the data from being pushed to -inf.
+    """
+    x = torch.tensor(logits, dtype=torch.float64) / temperature
+    y = torch.tensor(labels, dtype=torch.long)
+    free = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(x.shape[1], dtype=torch.float64)
+    mask[reference] = 0
+    opt = torch.optim.LBFGS([free], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-10, tolerance_change=1e-12)
+
+    def closure():
+        opt.zero_grad()
+        b = free * mask
+        loss = torch.nn.functional.cross_entropy(x + b, y) + l2 * (b**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return (free * mask).detach().numpy().astype(np.float64)
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, steps: int = 200) -> float:

@@ -1,10 +1,19 @@
 """``finsent eval``: the evaluation report analysts and the model card rely on.
 
 Test sets: the Twitter *valid* splits (never used for model selection or calibration; those use a
-dev slice of train) and Financial PhraseBank as an out-of-domain check of the MIT-only model. For
-each head: classification report, accuracy, macro/weighted F1, confusion matrix, calibration (ECE
-and reliability diagram, before and after the temperature fitted on dev), the most confident
-errors, and a table beside the published results of ``../shared/data/README.md``.
+dev slice of train), Financial PhraseBank's FinBERT test split for the published comparison, and
+always the **news-domain sets** of ``finsent.model.data.NEWS_SETS`` (S&P 500 pos/neg, SEntFiN by
+headline and by entity, FinEntity's test half, SENTiVENT headlines, PhraseBank 50 % and all-agree).
+For each set: classification report, accuracy, macro/weighted F1, confusion matrix, calibration
+(ECE and reliability diagram, before and after the temperature fitted on dev), the most confident
+errors; sentiment sets also get the neutral rate (share of predictions that are neutral). The
+**news score** is the mean accuracy over the news sets (binary sets scored on the 3-way prediction,
+so a neutral prediction is wrong); it is reported beside the Twitter scores and logged to MLflow as
+``news.score``. When the model stores a news decision rule (``news_bias.json``), every news set and
+Twitter sentiment are also scored with it (``news_bias/<set>.*``), from the same logits.
+
+The data directory must exist (else ``MissingData``, one line in the CLI). A news set whose file is
+absent is skipped with a warning and the news score is then reported as incomplete (not logged).
 """
 
 from __future__ import annotations
@@ -23,8 +32,24 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import classification_report, confusion_matrix  # noqa: E402
 
 from finsent.model.classifier import Classifier  # noqa: E402
-from finsent.model.data import Example, phrasebank, twitter_sentiment, twitter_topic  # noqa: E402
-from finsent.model.metrics import expected_calibration_error, reliability_bins, scores, softmax  # noqa: E402
+from finsent.model.data import (  # noqa: E402
+    NEWS_SETS,
+    Example,
+    MissingData,
+    NewsSet,
+    check_data_dir,
+    phrasebank,
+    twitter_sentiment,
+    twitter_topic,
+)
+from finsent.model.metrics import (  # noqa: E402
+    expected_calibration_error,
+    reliability_bins,
+    restricted_accuracy,
+    scores,
+    sentiment_scores,
+    softmax,
+)
 from finsent.model.text import prepare  # noqa: E402
 
 log = logging.getLogger("finsent.model.report")
@@ -39,12 +64,35 @@ PUBLISHED = {
 }
 
 
+NEWS = "news"  # summary key of the news score
+QUOTED_RESTRICTED = 5  # most confident errors quoted from a news set with an NC / unknown licence (a handful)
+BIAS = "news_bias/"  # summary-key prefix of the results under the stored news decision rule
+
+
 @dataclass
 class SetResult:
     name: str
     head: str
     metrics: dict
     images: list[str]
+    labels: tuple[int, ...] = ()  # sentiment classes of the set's gold labels (sentiment sets)
+
+
+class LogitCache:
+    """``Classifier.logits`` computed once per distinct prepared text (the news sets overlap a lot)."""
+
+    def __init__(self, clf: Classifier):
+        self.clf = clf
+        self.store: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        todo = list(dict.fromkeys(t for t in texts if t not in self.store))
+        if todo:
+            topic, sent = self.clf.logits(todo)
+            self.store.update((t, (topic[i], sent[i])) for i, t in enumerate(todo))
+        if not texts:
+            return np.zeros((0, len(self.clf.meta.topic_labels))), np.zeros((0, len(self.clf.meta.sentiment_labels)))
+        return np.stack([self.store[t][0] for t in texts]), np.stack([self.store[t][1] for t in texts])
 
 
 def finbert_test_split(examples: list[Example], seed: int = 42, fraction: float = 0.2) -> list[Example]:
@@ -91,21 +139,36 @@ def _plot_reliability(before: np.ndarray, after: np.ndarray, labels: np.ndarray,
     plt.close(fig)
 
 
+def _sentiment_metrics(probs: np.ndarray, y: np.ndarray, labels: tuple[int, ...]) -> dict:
+    out = sentiment_scores(y, probs.argmax(1), labels, n_classes=probs.shape[1])
+    if len(labels) < probs.shape[1]:  # binary set: also the argmax over its own classes only
+        out["accuracy_restricted"] = restricted_accuracy(probs, y, labels)
+    return out
+
+
 def evaluate_set(
-    clf: Classifier, name: str, head: str, examples: list[Example], out_dir: Path, worst: int = 12
+    clf: Classifier, name: str, head: str, examples: list[Example], out_dir: Path, worst: int = 12,
+    labels: tuple[int, ...] | None = None, logits_fn=None, news_bias: np.ndarray | None = None,
 ) -> SetResult:
+    """Score one set. Sentiment sets: ``labels`` are the classes its gold labels use (default all);
+    ``news_bias`` (offsets) adds ``metrics["news_bias"]``, the same logits under the news decision rule."""
     labels_vocab = clf.meta.topic_labels if head == "topic" else clf.meta.sentiment_labels
     temperature = clf.meta.temperature_topic if head == "topic" else clf.meta.temperature_sentiment
     prepared = [(ex, prepare(ex.text)) for ex in examples]
     examples = [ex for ex, text in prepared if text]
     texts = [text for _, text in prepared if text]
     y = np.array([ex.topic if head == "topic" else ex.sentiment for ex in examples])
-    topic_logits, sent_logits = clf.logits(texts)
+    topic_logits, sent_logits = (logits_fn or clf.logits)(texts)
     logits = topic_logits if head == "topic" else sent_logits
     raw, calibrated = softmax(logits), softmax(logits, temperature)
     pred = calibrated.argmax(1)
     present = sorted(set(y.tolist()) | set(pred.tolist()))
     metrics = scores(y, pred)
+    if head == "sentiment":
+        labels = tuple(labels or range(len(labels_vocab)))
+        metrics.update(_sentiment_metrics(calibrated, y, labels))
+        if news_bias is not None:
+            metrics["news_bias"] = _sentiment_metrics(softmax(logits / temperature + news_bias), y, labels)
     metrics.update(
         n=len(y),
         ece_raw=expected_calibration_error(raw, y),
@@ -127,29 +190,98 @@ def evaluate_set(
     rel_path = out_dir / f"{name}-reliability.png"
     _plot_reliability(raw, calibrated, y, f"{name}: reliability", rel_path)
     log.info("evaluated", extra={"set": name, "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]})
-    return SetResult(name, head, metrics, [cm_path.name, rel_path.name])
+    return SetResult(name, head, metrics, [cm_path.name, rel_path.name], tuple(labels or ()))
+
+
+@dataclass
+class NewsSummary:
+    """The news score: mean accuracy over the news sets, None while any set is missing."""
+
+    sets: list[str]
+    missing: dict[str, str]  # set name -> missing path
+    score: float | None
+    score_news_bias: float | None
+    offsets: dict[str, float] | None
+
+    def as_dict(self) -> dict:
+        return {"score": self.score, "score_news_bias": self.score_news_bias, "sets": self.sets,
+                "missing": self.missing, "news_bias_offsets": self.offsets}
 
 
 def run(clf: Classifier, data_dir: Path, out_dir: Path, limit: int = 0) -> dict:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_data_dir(data_dir)
     sets: list[tuple[str, str, list[Example]]] = [
         ("twitter-sentiment", "sentiment", twitter_sentiment(data_dir, "valid")),
         ("twitter-topic", "topic", twitter_topic(data_dir, "valid")),
     ]
     try:
-        pb = phrasebank(data_dir, "50Agree")
-        sets += [
-            ("phrasebank-50-finbert-test", "sentiment", finbert_test_split(pb)),
-            ("phrasebank-50-all", "sentiment", pb),
-            ("phrasebank-allagree", "sentiment", phrasebank(data_dir, "AllAgree")),
-        ]
-    except Exception as err:  # PhraseBank is optional (non-commercial licence; may be absent)
-        log.warning("phrasebank skipped", extra={"error": str(err)})
-    results = [evaluate_set(clf, name, head, ex[:limit] if limit else ex, out_dir) for name, head, ex in sets]
-    summary = {r.name: {k: v for k, v in r.metrics.items() if k not in ("per_class", "worst_errors")} for r in results}
-    (out_dir / "metrics.json").write_text(json.dumps({r.name: r.metrics for r in results}, indent=2, default=float))
-    (out_dir / "report.md").write_text(render(clf, results))
+        sets.append(("phrasebank-50-finbert-test", "sentiment", finbert_test_split(phrasebank(data_dir, "50Agree"))))
+    except MissingData as err:
+        log.warning("phrasebank FinBERT test split skipped", extra={"error": str(err)})
+    news_sets: list[tuple[NewsSet, list[Example]]] = []
+    missing: dict[str, str] = {}
+    for news_set in NEWS_SETS:
+        try:
+            news_sets.append((news_set, news_set.load(data_dir)))
+        except MissingData as err:
+            missing[news_set.name] = str(err.path)
+            log.warning("news set missing: the news score will be incomplete", extra={"set": news_set.name, "path": str(err.path)})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    logits = LogitCache(clf)
+    bias = clf.news_bias
+    results = [
+        evaluate_set(clf, name, head, ex[:limit] if limit else ex, out_dir, logits_fn=logits,
+                     news_bias=bias if name == "twitter-sentiment" else None)
+        for name, head, ex in sets
+    ]
+    news_results = [
+        evaluate_set(clf, ns.name, "sentiment", ex[:limit] if limit else ex, out_dir, labels=ns.labels,
+                     logits_fn=logits, news_bias=bias, worst=12 if ns.commercial else QUOTED_RESTRICTED)
+        for ns, ex in news_sets
+    ]
+    complete = not missing and bool(news_results)
+    news = NewsSummary(
+        sets=[r.name for r in news_results],
+        missing=missing,
+        score=float(np.mean([r.metrics["accuracy"] for r in news_results])) if complete else None,
+        score_news_bias=(float(np.mean([r.metrics["news_bias"]["accuracy"] for r in news_results]))
+                         if complete and bias is not None else None),
+        offsets=None if bias is None else {k: float(v) for k, v in zip(clf.meta.sentiment_labels, bias)},
+    )
+    everything = results + news_results
+    drop = ("per_class", "worst_errors", "confusion", "news_bias")
+    summary: dict[str, dict] = {r.name: {k: v for k, v in r.metrics.items() if k not in drop} for r in everything}
+    for r in everything:
+        if "news_bias" in r.metrics:
+            summary[BIAS + r.name] = {k: v for k, v in r.metrics["news_bias"].items() if k != "confusion"}
+    summary[NEWS] = {"score": news.score, "sets": float(len(news_results))}
+    if news.score_news_bias is not None:
+        summary[BIAS + NEWS] = {"score": news.score_news_bias}
+    (out_dir / "metrics.json").write_text(
+        json.dumps({**{r.name: r.metrics for r in everything}, NEWS: news.as_dict()}, indent=2, default=float)
+    )
+    candidate = (out_dir / "news-bias-candidate.md").exists()  # written by ``python -m finsent.model.domain``
+    (out_dir / "report.md").write_text(render(clf, results, news_results, news, candidate))
     return summary
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """What ``finsent eval`` prints: one line per set, then the news score(s)."""
+    lines = []
+    for name, row in summary.items():
+        if "ece_calibrated" not in row:
+            continue
+        neutral = f" neutral={row['neutral_rate']:.3f}" if "neutral_rate" in row else ""
+        lines.append(f"{name:<28} n={row['n']:<5} accuracy={row['accuracy']:.3f} macro_f1={row['macro_f1']:.3f} "
+                     f"ece={row['ece_calibrated']:.3f}{neutral}")
+    news = summary.get(NEWS, {})
+    if news.get("score") is None:
+        lines.append("news score: incomplete (news sets missing under the data directory; see the warnings)")
+    else:
+        lines.append(f"news score (mean accuracy over {int(news['sets'])} news sets): {news['score']:.3f}")
+    if BIAS + NEWS in summary:
+        lines.append(f"news score with the stored news decision rule (news_bias.json): {summary[BIAS + NEWS]['score']:.3f}")
+    return lines
 
 
 def log_to_mlflow(clf: Classifier, out_dir: Path, summary: dict, uri: str = "") -> str:
@@ -159,8 +291,10 @@ def log_to_mlflow(clf: Classifier, out_dir: Path, summary: dict, uri: str = "") 
     mlflow.set_tracking_uri(uri or f"sqlite:///{Path('mlruns.db').resolve()}")
     mlflow.set_experiment(clf.meta.name)
     with mlflow.start_run(run_name=f"eval-{clf.meta.version}") as run:
-        mlflow.set_tags({"model": clf.version, "kind": "evaluation", "backend": clf.backend.name})
-        mlflow.log_metrics({f"{name}.{k}": v for name, row in summary.items() for k, v in row.items() if isinstance(v, float)})
+        mlflow.set_tags({"model": clf.version, "kind": "evaluation", "backend": clf.backend.name,
+                         "news_bias": "stored" if clf.news_bias is not None else "none"})
+        mlflow.log_metrics({f"{name}.{k}": v for name, row in summary.items() for k, v in row.items()
+                            if isinstance(v, float) and not isinstance(v, bool)})
         mlflow.log_artifacts(str(out_dir))
         return run.info.run_id
 
@@ -169,38 +303,121 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{x:.3f}"
 
 
-def render(clf: Classifier, results: list[SetResult]) -> str:
+def _confusion_lines(r: SetResult, vocab: list[str]) -> list[str]:
+    cm = r.metrics["confusion"]
+    rows = r.labels or tuple(range(len(vocab)))
+    lines = ["| true \\ predicted | " + " | ".join(vocab) + " |", "|---|" + "---|" * len(vocab)]
+    lines += [f"| {vocab[i]} | " + " | ".join(str(c) for c in cm[i]) + " |" for i in rows]
+    return lines
+
+
+def _news_lines(clf: Classifier, results: list[SetResult], news_results: list[SetResult], news: NewsSummary,
+                candidate: bool = False) -> list[str]:
+    by_name = {r.name: r.metrics for r in results}
+    twitter = " / ".join(f"{name} {by_name[name]['accuracy']:.3f}" for name in ("twitter-sentiment", "twitter-topic") if name in by_name)
+    licences = {ns.name: ns.licence for ns in NEWS_SETS}
+    descriptions = {ns.name: ns.description for ns in NEWS_SETS}
+    score = "incomplete" if news.score is None else f"**{news.score:.3f}**"
+    lines = [
+        "## News",
+        "",
+        f"**News score** (mean accuracy over the {len(news_results)} news sets below): {score}; beside Twitter "
+        f"accuracy {twitter}.",
+        "",
+        "Binary sets (no neutral class) are scored on the 3-way prediction — a neutral prediction is wrong — and "
+        "that is the headline number; *acc. neg/pos only* is the argmax over negative and positive alone, for reference. "
+        "Macro-F1 averages over the set's own classes. *Neutral rate* is the share of predictions that are neutral; "
+        "*gold neutral* the share of true labels that are. SEntFiN by entity gives every entity its headline's "
+        "prediction (the model is entity-blind). FinEntity: the held-out test half (its dev half may be used for "
+        "fitting, e.g. the news decision rule). Sets with an NC or unknown licence quote only their "
+        f"{QUOTED_RESTRICTED} most confident errors below.",
+        "",
+    ]
+    if news.missing:
+        lines += ["**Missing sets** (news score not computed): "
+                  + ", ".join(f"{name} (`{path}`)" for name, path in news.missing.items()), ""]
+    lines += ["| set | licence | n | gold neutral | accuracy | macro-F1 | neutral rate | acc. neg/pos only |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in news_results:
+        x = r.metrics
+        restricted = _pct(x.get("accuracy_restricted"))
+        lines.append(f"| {r.name} | {licences[r.name]} | {x['n']} | {x['gold_neutral_share']:.3f} | {x['accuracy']:.3f} | "
+                     f"{x['macro_f1']:.3f} | {x['neutral_rate']:.3f} | {restricted} |")
+    lines += ["", *(f"- `{r.name}`: {descriptions[r.name]}." for r in news_results), ""]
+    lines += ["Confusion matrices: for each true class, how many were predicted negative / neutral / positive "
+              "(— : the set has no such class).", "",
+              "| set | " + " | ".join(f"true {label}" for label in clf.meta.sentiment_labels) + " |", "|---|---|---|---|"]
+    for r in news_results:
+        cm = r.metrics["confusion"]
+        cells = [" / ".join(map(str, cm[i])) if i in r.labels else "—" for i in range(3)]
+        lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
+    lines += ["", "## News decision rule (`news_bias.json`)", ""]
+    if news.offsets is None:
+        lines += ["This model stores no news decision rule; `predict(texts, domain=\"news\")` equals the default."]
+        if candidate:
+            lines += ["A candidate rule was measured and not stored: see [news-bias-candidate.md](news-bias-candidate.md) "
+                      "(`python -m finsent.model.domain`)."]
+        return lines + [""]
+    offsets = ", ".join(f"{k} {v:+.3f}" for k, v in news.offsets.items())
+    lines += [
+        f"Per-class offsets added to the calibrated sentiment logits for `domain=\"news\"`: {offsets}, fitted on "
+        "FinEntity's dev half only (`python -m finsent.model.domain`). The default rule (`domain=None`, used by the "
+        "stream) is unchanged. Same logits, both rules:",
+        "",
+        "| set | accuracy default → news rule | macro-F1 default → news rule | neutral rate default → news rule |",
+        "|---|---|---|---|",
+    ]
+    for r in [*(r for r in results if "news_bias" in r.metrics), *news_results]:
+        a, b = r.metrics, r.metrics["news_bias"]
+        lines.append(f"| {r.name} | {a['accuracy']:.3f} → {b['accuracy']:.3f} | {a['macro_f1']:.3f} → {b['macro_f1']:.3f} "
+                     f"| {a['neutral_rate']:.3f} → {b['neutral_rate']:.3f} |")
+    if news.score is not None and news.score_news_bias is not None:
+        lines.append(f"| **news score** | **{news.score:.3f} → {news.score_news_bias:.3f}** | | |")
+    return lines + [""]
+
+
+def render(clf: Classifier, results: list[SetResult], news_results: list[SetResult] | None = None,
+           news: NewsSummary | None = None, candidate: bool = False) -> str:
     m = clf.meta
+    news_results = news_results or []
     lines = [
         f"# Evaluation report: {m.full_name}",
         "",
         f"Base `{m.base}`, max length {m.max_length} tokens, backend `{clf.backend.name}`. Temperatures fitted on the dev "
         f"slice of train: topic {m.temperature_topic:.3f}, sentiment {m.temperature_sentiment:.3f}.",
         "Twitter *valid* splits are test sets here: model selection and calibration used a hash-selected 10 % dev slice "
-        "of *train*. PhraseBank is out-of-domain for this MIT-only model (never trained on).",
+        "of *train*. PhraseBank and the other news sets are out-of-domain for this model (never trained on).",
         "",
         "## Summary",
         "",
         "| set | head | n | accuracy | macro-F1 | weighted-F1 | ECE raw | ECE calibrated |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in results:
+    for r in results + news_results:
         x = r.metrics
         lines.append(
             f"| {r.name} | {r.head} | {x['n']} | {x['accuracy']:.3f} | {x['macro_f1']:.3f} | {x['weighted_f1']:.3f} "
             f"| {x['ece_raw']:.3f} | {x['ece_calibrated']:.3f} |"
         )
+    if news is not None:
+        score = "incomplete (see News)" if news.score is None else f"**{news.score:.3f}**"
+        twitter = ", ".join(f"{r.name} {r.metrics['accuracy']:.3f}" for r in results if r.name.startswith("twitter-"))
+        lines += ["", f"**News score** (mean accuracy over the {len(news_results)} news sets): {score} — Twitter: {twitter}."]
+        lines += ["", *_news_lines(clf, results, news_results, news, candidate)]
     lines += ["", "## Beside published results", "", "| set | model | accuracy | macro-F1 |", "|---|---|---|---|"]
     for r in results:
         for name, acc, f1 in PUBLISHED.get(r.name, []):
             lines.append(f"| {r.name} | {name} | {_pct(acc)} | {_pct(f1)} |")
         if r.name in PUBLISHED:
             lines.append(f"| {r.name} | **{m.full_name}** | **{r.metrics['accuracy']:.3f}** | **{r.metrics['macro_f1']:.3f}** |")
-    for r in results:
+    for r in results + news_results:
         lines += ["", f"## {r.name} ({r.head})", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
         for label, row in r.metrics["per_class"].items():
             if isinstance(row, dict) and label not in ("macro avg", "weighted avg"):
                 lines.append(f"| {label} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1-score']:.3f} | {int(row['support'])} |")
+        if "confusion" in r.metrics:
+            lines += ["", f"Neutral rate {r.metrics['neutral_rate']:.3f} (gold {r.metrics['gold_neutral_share']:.3f}). "
+                      "Confusion (rows true, columns predicted):", "", *_confusion_lines(r, list(m.sentiment_labels))]
         lines += ["", *(f"![{img}]({img})" for img in r.images), "", "Most confident errors:", "",
                   "| text | true | predicted | confidence |", "|---|---|---|---|"]
         for e in r.metrics["worst_errors"]:
