@@ -244,7 +244,7 @@ class Aggregator:
         for alert in out.alerts:
             futures.append(await self.producer.send(t.alerts.name, key=alert.key.encode(), value=alert.to_json()))
         await asyncio.gather(*futures)
-        revisions = sum(1 for c in out.windows if c.stat.revision)
+        revisions = sum(1 for c in out.windows if c.revised)
         self.metrics.windows_closed.inc(len(out.windows) - revisions)
         self.metrics.revisions.inc(revisions)
         for alert in out.alerts:

@@ -32,6 +32,7 @@ Time semantics (the Dataflow model: event-time windows, a watermark, allowed lat
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import heapq
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -86,6 +87,7 @@ class Closed:
     stat: WindowStat
     width_s: int
     evidence: tuple[Evidence, ...]
+    revised: bool = False  # published again because late items changed it (not its on-time result)
 
 
 class WindowStore:
@@ -253,7 +255,7 @@ class WindowStore:
                         if (width, end) not in done:
                             done.add((width, end))
                             if (c := self.window(key, width, end)) is not None:
-                                out.append(c)
+                                out.append(dataclasses.replace(c, revised=True))
         self.dirty.clear()
         return out
 
