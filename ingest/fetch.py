@@ -45,7 +45,9 @@ class FetchResult:
     body: bytes = b""
     content_type: str | None = None
     validators: Validators = field(default_factory=Validators)
-    error: str | None = None  # kind: timeout, too_large, http_<code>, redirect_loop, too_many_redirects, bad_scheme, ssrf, connect, dns
+    # kind: timeout, too_large, http_<code>, redirect_loop, too_many_redirects, bad_redirect, bad_url, bad_scheme,
+    # ssrf, connect, dns
+    error: str | None = None
     detail: str = ""
     retry_after: float | None = None
     elapsed_s: float = 0.0
@@ -131,8 +133,12 @@ class Fetcher:
     async def _fetch(self, url: str, validators: Validators) -> FetchResult:
         seen = {url}
         current = url
-        for _hop in range(self.limits.max_redirects + 1):
-            refused = await _check_host(current, self.allow_private)
+        for hop in range(self.limits.max_redirects + 1):
+            try:
+                refused = await _check_host(current, self.allow_private)
+            except ValueError as err:  # "http://[bad", a port over 65535: urlsplit refuses it
+                return FetchResult(url, error="bad_redirect" if hop else "bad_url",
+                                   detail=f"{current[:200]!r}: {err}")
             if refused:
                 return FetchResult(url, error=refused[0], detail=refused[1])
             headers = {}
@@ -146,7 +152,11 @@ class Fetcher:
                         location = response.headers.get("location")
                         if not location:
                             return FetchResult(url, status=response.status_code, error="bad_redirect", detail="redirect without Location")
-                        current = urljoin(current, location)
+                        try:
+                            current = urljoin(current, location)
+                        except ValueError as err:
+                            return FetchResult(url, status=response.status_code, error="bad_redirect",
+                                               detail=f"{location[:200]!r}: {err}")
                         if current in seen:
                             return FetchResult(url, status=response.status_code, error="redirect_loop", detail=current)
                         seen.add(current)
@@ -156,6 +166,8 @@ class Fetcher:
                 return FetchResult(url, error="timeout", detail=type(err).__name__)
             except (httpx.TransportError, httpx.DecodingError) as err:
                 return FetchResult(url, error="connect", detail=f"{type(err).__name__}: {err}")
+            except httpx.InvalidURL as err:
+                return FetchResult(url, error="bad_redirect" if hop else "bad_url", detail=str(err)[:300])
         return FetchResult(url, error="too_many_redirects", detail=f"more than {self.limits.max_redirects} redirects")
 
     async def _read(self, url: str, response: httpx.Response, validators: Validators) -> FetchResult:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -119,6 +120,73 @@ HOSTILE_DOCS: dict[str, bytes] = {
 }
 
 
+def _rss_doc(items: str, declaration: str = '<?xml version="1.0" encoding="utf-8"?>') -> str:
+    return f'{declaration}<rss version="2.0"><channel><title>x</title>{items}</channel></rss>'
+
+
+_LAUGHS = ('<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol1 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">'
+           '<!ENTITY lol2 "&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;">]>')
+_WIDE_DOC = _rss_doc("<item><title>Oil shares rise</title><guid>w-1</guid></item>"
+                     "<item><title>Caf&#233; chain profit &#x2191;</title><guid>w-2</guid></item>",
+                     '<?xml version="1.0" encoding="{enc}"?>')
+
+# Bad input inside well-formed (or nearly) documents: what comes out must be clean text. Served as
+# ``(body, content type)``.
+HOSTILE_TEXT: dict[str, tuple[bytes, str]] = {
+    # &#xD800; made feedparser raise UnicodeEncodeError (and the whole run exit 1)
+    "surrogate": (_rss_doc("<item><title>Lone &#xD800; surrogate in a headline</title><guid>s-1</guid></item>"
+                           "<item><title>Out of range &#x110000; reference</title><guid>s-2</guid></item>"
+                           "<item><title>Oil prices climb</title><guid>s-3</guid></item>").encode(),
+                  "application/rss+xml; charset=utf-8"),
+    "controls": (_rss_doc("<item><title>Nul\x00 and \x1b[31mred\x1b[0m escape \x07bell</title><guid>c-1</guid></item>"
+                          "<item><title>C1 \u0081control\u009b2J here&#x1b;</title><guid>c-2</guid></item>"
+                          "<item><title>Line\nbreaks\tand\rtabs</title><guid>c-3</guid></item>").encode(),
+                 "application/rss+xml; charset=utf-8"),
+    "bidi": (_rss_doc("<item><title>Bank \u202egnp.exe\u202c results</title><guid>b-1</guid></item>"
+                      "<item><title>Zero\u200bwidth\u200d join\ufeff and \u2066isolate\u2069</title><guid>b-2</guid></item>"
+                      "<item><title>\u200b\u200c\u202e\u2066</title><guid>b-3</guid></item>"
+                      "<item><title>\u200b\u200b</title><description>Invisible title, visible summary.</description>"
+                      "<guid>b-4</guid></item>").encode(), "application/rss+xml; charset=utf-8"),
+    "escaped": (_rss_doc("<item><title>&amp;lt;script&amp;gt;alert(1)&amp;lt;/script&amp;gt; double-escaped</title><guid>e-1</guid></item>"
+                         "<item><title>&lt;script&gt;alert(2)&lt;/script&gt; escaped once</title><guid>e-2</guid></item>"
+                         "<item><title>&lt;b&gt;Earnings&lt;/b&gt; beat &amp;amp; raise</title><guid>e-3</guid></item>").encode(),
+                "application/rss+xml; charset=utf-8"),
+    "atom-html": (('<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org/2005/Atom"><title>a</title>'
+                   '<entry><title type="html">Fed &lt;i&gt;holds&lt;/i&gt; &amp;amp;lt;script&amp;amp;gt; rates</title><id>urn:a:1</id></entry>'
+                   '<entry><title type="text">Apple &lt;AAPL.O&gt; &amp;lt;b&amp;gt; text</title><id>urn:a:2</id></entry>'
+                   "</feed>").encode(), "application/atom+xml; charset=utf-8"),
+    "ric": (_rss_doc("<item><title>Apple &lt;AAPL.O&gt; shares rise</title><guid>r-1</guid></item>"
+                     "<item><title>History of the &lt;blink&gt; tag</title><guid>r-2</guid></item>"
+                     "<item><title>Results from &lt;RIVN.O&gt; and &lt;BRKa.N&gt; due</title><guid>r-3</guid></item>").encode(),
+            "application/rss+xml; charset=utf-8"),
+    "long-link": (_rss_doc("<item><title>Headline with a very long link</title><guid>l-1</guid>"
+                           f"<link>http://127.0.0.1/story?q={'x' * 5000}</link></item>"
+                           "<item><title>Headline with a normal link</title><link>http://127.0.0.1/story/2</link></item>").encode(),
+                  "application/rss+xml; charset=utf-8"),
+    # UTF-16/32 served as text/xml without a charset: RFC 3023 says us-ascii, the byte-order mark says otherwise.
+    # ASCII text only: the NUL-laden bytes then "decode" as us-ascii, and feedparser never looks further.
+    "utf16le-bom": (b"\xff\xfe" + _WIDE_DOC.format(enc="utf-16").encode("utf-16-le"), "text/xml"),
+    "utf16be-bom": (b"\xfe\xff" + _WIDE_DOC.format(enc="utf-16").encode("utf-16-be"), "text/xml"),
+    "utf32le-bom": (b"\xff\xfe\x00\x00" + _WIDE_DOC.format(enc="utf-32").encode("utf-32-le"), "text/xml"),
+    "utf16le-nobom": (_WIDE_DOC.format(enc="utf-16").encode("utf-16-le"), "text/xml"),
+    "utf16be-nobom": (_WIDE_DOC.format(enc="utf-16").encode("utf-16-be"), "application/xml"),
+    # entity declarations the raw-byte prefix scan missed: in UTF-16/32, or after 64 KiB of comment
+    "laughs-utf16": (b"\xff\xfe" + ('<?xml version="1.0" encoding="utf-16"?>' + _LAUGHS
+                                     + _rss_doc("<item><title>&lol2;</title></item>", "")).encode("utf-16-le"), "text/xml"),
+    "xxe-utf32": (('<?xml version="1.0" encoding="utf-32"?><!DOCTYPE r [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
+                   + _rss_doc("<item><title>&xxe;</title></item>", "")).encode("utf-32-be"), "application/xml"),
+    "laughs-late": (('<?xml version="1.0"?><!--' + " pad" * 20000 + " -->" + _LAUGHS
+                     + _rss_doc("<item><title>&lol2;</title></item>", "")).encode(), "application/rss+xml"),
+}
+
+
+def big_slow_feed(entries: int = 4000, elements_each: int = 130) -> bytes:
+    """~6.5 MiB that feedparser needs seconds for (an element callback each), of entries with neither title
+    nor summary (all invalid: what costs time is the parse, not normalising or dedup)."""
+    junk = "<junk>x</junk>" * elements_each
+    return _rss_doc("".join(f"<item><guid>slow-{i}</guid>{junk}</item>" for i in range(entries))).encode()
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: FeedServer
     protocol_version = "HTTP/1.1"
@@ -139,6 +207,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802
         self.server.hits[self.path] = self.server.hits.get(self.path, 0) + 1
+        self.server.hit_times.setdefault(self.path, []).append(time.monotonic())
         path = self.path.split("?", 1)[0]
         if path == "/healthz":
             return self._send(200, b"ok", "text/plain")
@@ -165,6 +234,14 @@ class _Handler(BaseHTTPRequestHandler):
         if case in HOSTILE_DOCS:
             ctype = "text/html" if case == "html" else ("application/xml" if case == "no-charset" else "application/rss+xml; charset=utf-8")
             return self._send(200, HOSTILE_DOCS[case], ctype)
+        if case in HOSTILE_TEXT:
+            return self._send(200, *HOSTILE_TEXT[case])
+        if case in self.server.extra:
+            return self._send(200, *self.server.extra[case])
+        if case == "big-slow":
+            return self._send(200, self.server.big_slow())
+        if case == "redirect-bad":
+            return self._send(302, headers={"Location": "http://[bad/feed"})
         if case in ("404", "410", "500", "503"):
             return self._send(int(case), b"error", "text/plain")
         if case == "429":
@@ -233,13 +310,26 @@ class FeedServer(ThreadingHTTPServer):
         self.started_at = datetime.now(UTC)
         self.items = schedule(rows if rows is not None else load_rows(), **schedule_kw)
         self.hits: dict[str, int] = {}
+        self.hit_times: dict[str, list[float]] = {}  # path -> time.monotonic() of each request
         self.stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._big: bytes | None = None
+        self.extra: dict[str, tuple[bytes, str]] = {}  # more /hostile/<case> documents: case -> (body, content type)
+
+    def big_slow(self) -> bytes:
+        if self._big is None:
+            self._big = big_slow_feed()
+        return self._big
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{host}:{port}"
+
+    def handle_error(self, request, client_address):
+        """A client hanging up on a keep-alive connection (every poller does at exit) is no error."""
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
 
     def published(self, feed: str, limit: int = 100) -> list[tuple[str, str, str, datetime]]:
         """Newest first: items of ``feed`` whose due time has passed on the demo clock."""

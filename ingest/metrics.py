@@ -21,6 +21,14 @@ class IngestMetrics:
             "finsent_feed_fetch_seconds", "Fetch latency", ["feed"], registry=r,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
+        # A poll that raised past its own error handling (a bug, or input nothing anticipated): the feed is backed
+        # off and polled again; the other feeds are not affected.
+        self.poll_crashes = Counter("finsent_ingest_poll_crashes_total",
+                                    "Feed polls that crashed (retried with backoff)", ["feed"], registry=r)
+        self.parse_seconds = Histogram(
+            "finsent_feed_parse_seconds", "Decoding and parsing one fetched feed (in a worker thread)", ["feed"],
+            registry=r, buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
         self.published = Counter("finsent_ingest_published_total", "Items acknowledged by the sink", registry=r)
         self.publish_errors = Counter("finsent_ingest_publish_errors_total", "Sink failures (items retried later)", registry=r)
         self.pending = Gauge("finsent_ingest_pending_items", "Items accepted but not yet acknowledged by the sink", registry=r)

@@ -14,8 +14,19 @@ Why each rule:
   on-time headline late.
 * **tickers** are capped at ``max_tickers``: a headline naming hundreds is spam, and each ticker is a
   window key of its own.
+* **text** (title and summary) comes out clean: markup is removed only where feedparser says the text is
+  HTML (``title_detail.type``), and then entities are unescaped exactly once, by the HTML parser; a plain
+  title keeps its angle brackets ("Apple <AAPL.O> shares rise", "History of the <blink> tag"). Control
+  characters (C0, C1, terminal escape sequences) and invisible format characters (zero-width, bidi
+  overrides and isolates, BOM, soft hyphen, tag characters) are removed, since they can hide or reorder
+  what a reader sees; a title left empty is treated as missing. ``<script>`` (and ``style``, ``iframe``,
+  ``object``, ``embed``) tags never pass, not even in plain text: a headline naming such a tag is far
+  rarer than one smuggling it.
+* a **link** longer than a NewsItem may hold, or one that cannot be read (a port beyond 65535), is
+  dropped, not the headline (the long one counted as ``link_dropped``); control and invisible characters
+  in a link are percent-encoded.
 
-The last two are the stream's edge check (``finsent.records.checked_item``), applied here too, so
+The clamp and the cap are the stream's edge check (``finsent.records.checked_item``), applied here too, so
 the archive and the raw topic already hold what the worker would count.
 """
 
@@ -23,12 +34,11 @@ from __future__ import annotations
 
 import calendar
 import hashlib
-import html
 import re
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from finsent.ingest.tickers import extract
 from finsent.records import NewsItem
@@ -37,6 +47,8 @@ from finsent.records import checked_item
 
 MAX_TITLE = 500
 MAX_SUMMARY = 5000
+# What a NewsItem holds (finsent.records), read from the model rather than copied.
+MAX_URL: int = next(m.max_length for m in NewsItem.model_fields["url"].metadata if hasattr(m, "max_length"))
 # The defaults of settings.windows (the poller and the importer pass the configured values), not copies of them.
 FUTURE_TOLERANCE_S: float = Windows.model_fields["future_tolerance_s"].default
 MAX_TICKERS: int = Windows.model_fields["max_tickers_per_item"].default
@@ -48,6 +60,25 @@ TRACKING_PARAMS = re.compile(
     re.I,
 )
 _SPACE = re.compile(r"\s+")
+# Terminal escape sequences first (CSI "ESC [ ... final", OSC "ESC ] ... BEL/ST", two-byte "ESC x"), so no
+# "[31m" is left behind; then every other control or invisible format character.
+_ANSI = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]{0,64}[ -/]{0,8}[@-~]"  # CSI: colours, cursor moves, "clear screen"
+    r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]{0,512}(?:\x07|\x1b\\|\x9c)"  # OSC: window titles, hyperlinks
+    r"|\x1b[@-_]"  # any other two-character escape
+)
+_LINE_BREAKS = re.compile(r"[\t\n\v\f\r\x1c-\x1f\x85\u2028\u2029]")
+_INVISIBLE = re.compile(
+    "[\x00-\x1f\x7f-\x9f"  # C0, DEL, C1 (Cc)
+    "\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e"  # Cf: soft hyphen, Arabic marks, MVS
+    "\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"  # zero-width, bidi, BOM
+    "\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
+    "\U000e0001\U000e0020-\U000e007f]"  # Cf tag characters (invisible "ASCII smuggling")
+)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# Executable tags never pass, even in plain text (what lies between them stays, as text).
+_EXECUTABLE_TAG = re.compile(r"</?(?:script|style|iframe|object|embed)\b[^<>]*>", re.I)
+HTML_TYPES = {"text/html", "application/xhtml+xml"}
 
 
 class NormalizeError(ValueError):
@@ -76,26 +107,68 @@ class _TextOnly(HTMLParser):
 
 
 def strip_html(text: str) -> str:
-    if "<" in text:
-        parser = _TextOnly()
-        parser.feed(text)
-        parser.close()
-        text = "".join(parser.parts)
-    return _SPACE.sub(" ", html.unescape(text)).strip()
+    """HTML -> text: tags dropped (script/style with their content), entities unescaped once."""
+    parser = _TextOnly()
+    parser.feed(text)
+    parser.close()
+    return _SPACE.sub(" ", "".join(parser.parts)).strip()
+
+
+def clean_text(text: str) -> str:
+    """No control, zero-width or bidi characters, no executable tags; whitespace collapsed. Idempotent."""
+    text = _ANSI.sub("", text)
+    text = _LINE_BREAKS.sub(" ", text)
+    text = _INVISIBLE.sub("", text)
+    text = _SURROGATE.sub("\ufffd", text)
+    for _ in range(4):  # "<scr<script>ipt>" must not leave a tag behind once the inner one is gone
+        cut = _EXECUTABLE_TAG.sub("", text)
+        if cut == text:
+            break
+        text = cut
+    else:
+        if _EXECUTABLE_TAG.search(text):  # nested deeper than any honest text: no brackets at all then
+            text = text.replace("<", "").replace(">", "")
+    return _SPACE.sub(" ", text).strip()
+
+
+def entry_text(entry: Any, key: str) -> str:
+    """An entry's field as clean text. HTML (feedparser's ``<key>_detail.type``; a dict without details,
+    as the importer passes, counts as HTML) is reduced to its text; anything else is taken as it is."""
+    value = entry.get(key) or ""
+    if not isinstance(value, str):
+        value = str(value)
+    detail = entry.get(f"{key}_detail")
+    kind = detail.get("type") if detail else None
+    if kind is None or kind in HTML_TYPES:
+        value = strip_html(value)
+    return clean_text(value)
+
+
+def _language(value: Any) -> str | None:
+    """A language tag as feeds write it (en, en-us, pt_br), lower-cased; anything else (markup, control
+    characters, prose) is not one."""
+    if not isinstance(value, str):
+        return None
+    value = value.strip().lower()[:16]
+    return value if re.fullmatch(r"[a-z0-9]{1,8}(?:[-_][a-z0-9]{1,8})*", value) else None
 
 
 def canonical_url(url: str | None) -> str | None:
     if not url:
         return None
     url = url.strip()
+    if _INVISIBLE.search(url) or _SURROGATE.search(url):  # percent-encoded: a link cannot hide or reorder text
+        url = _SURROGATE.sub("\ufffd", url)
+        url = _INVISIBLE.sub(lambda m: quote(m.group(), safe=""), url)
     try:
         parts = urlsplit(url)
+        port = parts.port  # raises for a port beyond 65535: a bad link, not a bad entry
     except ValueError:
         return None
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         return None
     host = parts.hostname.lower()
-    port = parts.port if parts.port and (parts.scheme, parts.port) not in (("http", 80), ("https", 443)) else None
+    port = port if port and (parts.scheme, port) not in (("http", 80), ("https", 443)) else None
     netloc = f"{host}:{port}" if port else host
     query = urlencode(sorted((k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not TRACKING_PARAMS.match(k)))
     path = parts.path or "/"
@@ -160,28 +233,34 @@ def normalize_checked(
     future_tolerance_s: float = FUTURE_TOLERANCE_S,
     max_tickers: int = MAX_TICKERS,
 ) -> tuple[NewsItem, list[str]]:
-    """(item, fixes): ``fixes`` names what the edge check corrected (``"clamped"``, ``"tickers_capped"``)."""
-    title = strip_html(entry.get("title") or "")
-    summary = strip_html(entry.get("summary") or entry.get("description") or "")
+    """(item, fixes): ``fixes`` names what was corrected: ``"clamped"`` and ``"tickers_capped"`` (the edge
+    check), ``"link_dropped"`` (a link longer than ``MAX_URL``: the headline is kept without it)."""
+    title = entry_text(entry, "title")
+    summary = entry_text(entry, "summary") or entry_text(entry, "description")
     if not title and not summary:
         raise NormalizeError("entry has neither title nor summary")
     if not title:
         title = re.split(r"(?<=[.!?])\s", summary, maxsplit=1)[0]
     title, summary = _clip(title, MAX_TITLE), _clip(summary, MAX_SUMMARY)
-    link = canonical_url(entry.get("link"))
+    link = canonical_url(entry.get("link") if isinstance(entry.get("link"), str) else None)
+    url, link_fixes = link, []
+    if link and len(link) > MAX_URL:
+        url, link_fixes = None, ["link_dropped"]  # the id may still use it: it is hashed
     published, inferred = event_time(entry, fetched)
-    language = (entry.get("language") or feed_language or None)
+    guid = entry.get("id")
+    guid = guid.strip() if isinstance(guid, str) else ""
     item = NewsItem(
-        id=stable_id(source, (entry.get("id") or "").strip() or None, link, title),
+        id=stable_id(source, guid or None, link, title),
         title=title,
         summary=summary if summary != title else "",
-        url=link,
+        url=url,
         source=source,
         published=published,
         fetched=fetched,
         published_inferred=inferred,
         tickers=tuple(dict.fromkeys(extract(f"{title}\n{summary}") + tuple(default_tickers))),
         tags=tags,
-        language=language[:16].lower() if language else None,
+        language=_language(entry.get("language")) or _language(feed_language),
     )
-    return checked_item(item, fetched, future_tolerance_s, max_tickers)
+    item, fixes = checked_item(item, fetched, future_tolerance_s, max_tickers)
+    return item, link_fixes + fixes

@@ -5,6 +5,12 @@ Retry-After is honoured), fetches run concurrently with at most ``per_host`` at 
 and the accepting step runs under one lock so the same story arriving from two feeds in the same
 instant is still caught as a duplicate. Items are marked as seen and archived only once the sink
 acknowledged them; unacknowledged items wait in a bounded pending buffer and are retried first.
+
+One feed can never stop the others. Parsing (feedparser over up to ``max_bytes``) and normalising run in
+worker threads, so a huge feed does not stall the event loop and the other feeds' timers; whatever they
+raise becomes that feed's error (``parse_error``, ``normalize_error``), counted and backed off like a
+failed fetch. A poll that still raises is an ``internal_error`` of its feed: counted in
+``finsent_ingest_poll_crashes_total``, logged with its traceback, backed off, polled again later.
 """
 
 from __future__ import annotations
@@ -103,6 +109,18 @@ class Poller:
     # ------------------------------------------------------------------ one feed
 
     async def poll(self, feed: FeedConfig) -> PollSummary:
+        """One poll of one feed; never raises (an unexpected exception is the feed's ``internal_error``)."""
+        try:
+            return await self._poll(feed)
+        except Exception as err:  # noqa: BLE001 - a bug or a stranger's input must not end the run
+            return self._crashed(feed, err)
+
+    def _crashed(self, feed: FeedConfig, err: BaseException) -> PollSummary:
+        self.metrics.poll_crashes.labels(feed.name).inc()
+        log.error("feed poll crashed", exc_info=err if isinstance(err, Exception) else None, extra={"feed": feed.name})
+        return self._failed(feed, PollSummary(feed.name), "internal_error", f"{type(err).__name__}: {err}", None)
+
+    async def _poll(self, feed: FeedConfig) -> PollSummary:
         summary = PollSummary(feed.name)
         st = self.state[feed.name]
         host = urlsplit(feed.url).hostname or ""
@@ -119,17 +137,27 @@ class Poller:
                 async with self._lock:
                     summary.published = await self._flush(self.pending)
         else:
-            try:
-                parsed = parse(result.body, result.content_type)
+            parse_started = time.monotonic()
+            try:  # CPU-bound on a big feed: off the event loop, so the other feeds keep their timers
+                parsed = await asyncio.to_thread(parse, result.body, result.content_type)
             except ParseError as err:
                 return self._failed(feed, summary, err.kind, err.detail, None)
+            except Exception as err:  # noqa: BLE001
+                log.debug("parse raised", exc_info=True, extra={"feed": feed.name})
+                return self._failed(feed, summary, "parse_error", f"{type(err).__name__}: {err}", None)
+            finally:
+                self.metrics.parse_seconds.labels(feed.name).observe(time.monotonic() - parse_started)
             st.validators = result.validators
             if parsed.bozo:
                 log.info("feed not well-formed, entries read anyway", extra={"feed": feed.name, "bozo": parsed.bozo})
             if parsed.dropped:
                 self.metrics.items.labels(feed.name, "dropped").inc(parsed.dropped)
             summary.entries = len(parsed.entries)
-            items = await asyncio.to_thread(self._normalize_all, feed, parsed, fetched, summary)
+            try:
+                items = await asyncio.to_thread(self._normalize_all, feed, parsed, fetched, summary)
+            except Exception as err:  # noqa: BLE001 - not an entry's NormalizeError: a feed we cannot read
+                log.debug("normalise raised", exc_info=True, extra={"feed": feed.name})
+                return self._failed(feed, summary, "normalize_error", f"{type(err).__name__}: {err}", None)
             self.metrics.items.labels(feed.name, "invalid").inc(summary.invalid)
             self._count_corrected(feed, summary)
             await self._accept(feed, items, summary)
@@ -228,17 +256,32 @@ class Poller:
     async def run_once(self) -> list[PollSummary]:
         return list(await asyncio.gather(*(self.poll(f) for f in self.feeds)))
 
+    def _reap(self, feed: FeedConfig, task: asyncio.Task) -> None:
+        """A finished poll task; one that died (raised past ``poll``, or was cancelled by someone else) is
+        counted as a crash and its feed backed off before the task is started again."""
+        if task.cancelled():
+            self._crashed(feed, asyncio.CancelledError("poll task cancelled"))
+        elif (err := task.exception()) is not None:
+            self._crashed(feed, err)
+
     async def run_forever(self, stop: asyncio.Event) -> None:
         tasks: dict[str, asyncio.Task] = {}
         while not stop.is_set():
             now = time.monotonic()
             for feed in self.feeds:
                 task = tasks.get(feed.name)
-                if (task is None or task.done()) and self.state[feed.name].next_due <= now:
+                if task is not None and task.done():
+                    del tasks[feed.name]
+                    self._reap(feed, task)
+                    task = None
+                if task is None and self.state[feed.name].next_due <= now:
                     tasks[feed.name] = asyncio.create_task(self.poll(feed), name=f"poll-{feed.name}")
             if self.pending:
-                async with self._lock:
-                    await self._flush(self.pending)
+                try:
+                    async with self._lock:
+                        await self._flush(self.pending)
+                except Exception:  # noqa: BLE001 - the items stay pending; the next round tries again
+                    log.exception("flushing pending items failed", extra={"pending": len(self.pending)})
             try:
                 await asyncio.wait_for(stop.wait(), timeout=0.5)
             except TimeoutError:

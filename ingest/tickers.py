@@ -3,7 +3,10 @@
 Precision matters more than recall here: a false ticker puts a headline into another company's
 window and can raise a surge on the wrong name. So:
 
-* cashtags (``$AAPL``) and exchange prefixes (``NASDAQ:AAPL``) are explicit and always count;
+* cashtags (``$AAPL``), exchange prefixes (``NASDAQ:AAPL``) and Reuters instrument codes of US listings
+  (``<AAPL.O>``, ``<F.N>``, ``<BRKa.N>`` for share class A; in parentheses only the unambiguous ``.O``,
+  ``.OQ`` and ``.N``, since ``(BRK.A)`` is a share class) are explicit and always count; RICs of other
+  markets (``<VOD.L>``, ``<7203.T>``) name no US symbol and are left alone;
 * company names come from the shipped S&P 500 list plus hand aliases, matched case-sensitively on
   word boundaries;
 * names that are also ordinary words (Target, Gap, Ford, Block, News, …) count only next to a market
@@ -24,6 +27,11 @@ _SYMBOL = r"[A-Z]{1,5}(?:[.-][A-Z]{1,2})?"
 CASHTAG = re.compile(rf"(?<![\w$])\$({_SYMBOL}|[a-z]{{1,5}})(?![\w])")
 EXCHANGE = re.compile(rf"\b(?:NASDAQ|NYSE|NYSEARCA|NYSEAMERICAN|AMEX|BATS|TSX|LSE|OTC|OTCMKTS)\s?:\s?({_SYMBOL})\b")
 
+# Reuters instrument codes of US venues: .O/.OQ Nasdaq, .N NYSE, .P NYSE Arca, .K consolidated, .PK/.OB OTC.
+# A lower-case letter before the suffix is the share class (BRKa.N = BRK.A -> BRK-A). Not .A (NYSE American):
+# "<MOG.A>" is as likely share class A, and a wrong guess names a symbol that does not trade.
+RIC = re.compile(r"<([A-Z]{1,5})([a-z])?\.(?:OQ|O|N|P|K|PK|OB)>")
+RIC_PARENTHESISED = re.compile(r"\(([A-Z]{1,5})([a-z])?\.(?:OQ|O|N)\)")
 # "FB Financial (FBK)": a symbol in parentheses right after a capitalised name.
 PARENTHESISED = re.compile(rf"(?<=[A-Za-z.&]) \(({_SYMBOL})\)")
 NOT_SYMBOLS = {
@@ -106,8 +114,12 @@ def extract(text: str, lexicon: Lexicon | None = None) -> tuple[str, ...]:
         found.append((m.start(), m.group(1).upper()))
     for m in EXCHANGE.finditer(text):
         found.append((m.start(), m.group(1)))
+    for pattern in (RIC, RIC_PARENTHESISED):
+        for m in pattern.finditer(text):
+            found.append((m.start(), m.group(1) + (f".{m.group(2).upper()}" if m.group(2) else "")))
+    rics = {m.start() + 1 for m in RIC_PARENTHESISED.finditer(text)}
     for m in PARENTHESISED.finditer(text):
-        if m.group(1) not in NOT_SYMBOLS:
+        if m.group(1) not in NOT_SYMBOLS and m.start(1) not in rics:
             found.append((m.start(), m.group(1)))
     if lex.plain_re:
         found.extend((m.start(), lex.plain[m.group(1)]) for m in lex.plain_re.finditer(text))

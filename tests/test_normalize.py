@@ -5,7 +5,16 @@ from datetime import UTC, datetime
 import feedparser
 import pytest
 
-from finsent.ingest.normalize import NormalizeError, canonical_url, normalize, normalize_checked, stable_id, strip_html
+from finsent.ingest.normalize import (
+    MAX_URL,
+    NormalizeError,
+    canonical_url,
+    clean_text,
+    normalize,
+    normalize_checked,
+    stable_id,
+    strip_html,
+)
 
 FETCHED = datetime(2024, 5, 2, 12, 0, tzinfo=UTC)
 
@@ -119,6 +128,8 @@ def test_ids_prefer_guid_then_link_then_title():
         ("javascript:alert(1)", None),
         ("ftp://example.com/x", None),
         ("", None),
+        ("http://example.com:99999/x", None),  # urlsplit's port raises: the link goes, not the entry
+        ("https://example.com/\u202egnp.exe\x00", "https://example.com/%E2%80%AEgnp.exe%00"),
     ],
 )
 def test_canonical_url(url, expected):
@@ -127,3 +138,76 @@ def test_canonical_url(url, expected):
 
 def test_strip_html_drops_scripts_and_unescapes():
     assert strip_html("<p>A&amp;B</p><script>x()</script><br>C") == "A&B C"
+
+
+def test_strip_html_unescapes_exactly_once():
+    assert strip_html("<b>Q3</b> &amp;lt;script&amp;gt; &amp;amp; more") == "Q3 &lt;script&gt; &amp; more"
+    assert strip_html("AT&amp;T &copy; 2024") == "AT&T \u00a9 2024"
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("Nul\x00 byte and \x1b[1;31mANSI red\x1b[0m and \x1b]0;title\x07 OSC", "Nul byte and ANSI red and OSC"),
+        ("C1\u0081 \u009d controls \x7f DEL", "C1 controls DEL"),
+        ("Bank \u202egnp.exe\u202c \u2066iso\u2069 \u200bzero\u200dwidth\ufeff \u00adsoft", "Bank gnp.exe iso zerowidth soft"),
+        ("tag\U000e0041\U000e0042 characters", "tag characters"),
+        ("line\nbreaks\r\nand\ttabs \u2028 too", "line breaks and tabs too"),
+        ("lone \ud800 surrogate", "lone \ufffd surrogate"),
+        ("\u200b\u200c\u202e\u2066\ufeff", ""),
+        ("Apple <AAPL.O> and the <blink> tag stay", "Apple <AAPL.O> and the <blink> tag stay"),
+        ("<script>alert(1)</script> and <SCRIPT src=x> <scr<script>ipt>x</script>", "alert(1) and x"),
+        ("<scr\x00ipt>hidden by a NUL</scr\u200bipt>", "hidden by a NUL"),
+    ],
+)
+def test_clean_text(raw, clean):
+    assert clean_text(raw) == clean
+    assert clean_text(clean) == clean  # idempotent
+
+
+def test_deeply_nested_script_tags_lose_their_brackets():
+    nested = "x"
+    for _ in range(10):
+        nested = f"<scr{nested}ipt>"
+    nested = nested.replace("x", "<script>")
+    assert "<script" not in clean_text(nested).lower()
+
+
+def _one(title_xml: str, extra: str = "") -> object:
+    return feedparser.parse(RSS_ONE.format(pub="Thu, 02 May 2024 11:00:00 GMT")
+                            .replace("<title>One</title>", f"<title>{title_xml}</title>{extra}")).entries[0]
+
+
+def test_title_html_only_when_feedparser_says_html():
+    entry = _one("Apple &lt;AAPL.O&gt; shares rise")
+    assert entry.title_detail.type == "text/plain"
+    item = normalize(entry, source="desk", fetched=FETCHED)
+    assert item.title == "Apple <AAPL.O> shares rise" and item.tickers == ("AAPL",)
+    entry = _one("Shares &lt;b&gt;jump&lt;/b&gt;")
+    assert entry.title_detail.type == "text/html"
+    assert normalize(entry, source="desk", fetched=FETCHED).title == "Shares jump"
+
+
+def test_empty_after_cleaning_is_empty():
+    with pytest.raises(NormalizeError):
+        normalize(_one("\u200b\u202e&#x200d;"), source="desk", fetched=FETCHED)
+    entry = _one("\u200b\u2066", "<description>The summary speaks. More here.</description>")
+    assert normalize(entry, source="desk", fetched=FETCHED).title == "The summary speaks."
+
+
+def test_an_overlong_link_is_dropped_not_the_item():
+    link = "https://news.example.com/a?q=" + "x" * MAX_URL
+    entry = _one("Long link", f"<link>{link}</link>")
+    item, fixes = normalize_checked(entry, source="desk", fetched=FETCHED)
+    assert item.title == "Long link" and item.url is None and fixes == ["link_dropped"]
+    short, _ = normalize_checked(_one("Long link", "<link>https://news.example.com/a</link>"), source="desk", fetched=FETCHED)
+    assert short.url == "https://news.example.com/a"
+    bad_port, fixes = normalize_checked(_one("Bad port", "<link>http://news.example.com:99999/a</link>"),
+                                        source="desk", fetched=FETCHED)
+    assert bad_port.title == "Bad port" and bad_port.url is None  # was a ValueError: the entry dropped
+
+
+@pytest.mark.parametrize(("lang", "expected"), [("en-US", "en-us"), ("pt_BR", "pt_br"), ("en\x1b[31m", None), ("<b>en</b>", None)])
+def test_language_is_a_language_tag_or_nothing(lang, expected):
+    entry = {"title": "Headline", "language": lang}
+    assert normalize(entry, source="desk", fetched=FETCHED).language == expected

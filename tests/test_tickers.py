@@ -21,6 +21,12 @@ SAMPLE = Path(__file__).parent / "fixtures" / "ticker_sample.csv"
         ("Target shares fall", ("TGT",)),
         ("Target date funds", ()),
         ("Apple's iPhone sales", ("AAPL",)),
+        # Reuters instrument codes: US venues name the symbol, a lower-case letter is the share class
+        ("Results from <RIVN.O> due", ("RIVN",)),
+        ("<F.N> and <HOOD.OQ> and <BRKa.N>", ("F", "HOOD", "BRK-A")),
+        ("Rivian Automotive Inc (RIVN.O) falls", ("RIVN",)),  # was "RIVN-O", a ticker nobody trades
+        ("Vodafone <VOD.L> and Toyota <7203.T>", ()),  # other markets: no US symbol
+        ("Class A (MOG.A) and <MOG.A> rise", ("MOG-A",)),  # .A: a share class as much as NYSE American
     ],
 )
 def test_rules(text, expected):
