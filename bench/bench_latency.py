@@ -480,6 +480,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
         results["skipped_tickers"] = skipped
 
         # 3. analysis
+        if tail.error is not None:
+            raise RuntimeError(f"following {s.topics.alerts.name} failed: {tail.error!r}")
         records = tail.snapshot()
         rows = audit_rows(audit_db)
         wm = metrics(worker_url)
@@ -594,6 +596,8 @@ def analyse(s: Settings, tickers: list[str], feed: Feed, bursts: dict[str, dict]
     standing = final_alerts(r[3] for r in records if r[3].key in ours)
     noise = [a for a in standing if a.state == "firing" and (
         (b := bursts.get(a.key.split(":", 1)[1])) is None or a.window_end.timestamp() * 1000 <= b["start_ms"])]
+    noise_records = [a for _, t_ms, _, a in records if a.key in ours and a.state == "firing" and not a.retracted
+                     and ((b := bursts.get(a.key.split(":", 1)[1])) is None or t_ms < b["start_ms"])]
     noise_rows = [r for r in rows if r["dim"] == "ticker" and r["name"] in tickers and r["status"] == "firing"
                   and (r["name"] not in bursts or ts(r["received_at"]) * 1000 < bursts[r["name"]]["start_ms"])]
     return {
@@ -608,13 +612,16 @@ def analyse(s: Settings, tickers: list[str], feed: Feed, bursts: dict[str, dict]
         "alert_record_timestamp_types": dict(ts_types),
         "retraction_records_for_our_keys": retracted_ours,
         "tickers_with_records_before_burst": sum(1 for d in per.values() if d["records_before_burst"]),
+        "noise_firing_records": len(noise_records),
+        "noise_firing_records_by_trigger": dict(Counter(a.trigger for a in noise_records)),
         "noise_surges_standing": len(noise),
         "noise_surges_by_trigger": dict(Counter(a.trigger for a in noise)),
         "noise_surge_keys": sorted({a.key for a in noise}),
         "noise_audit_rows": len(noise_rows),
         "noise_audit_row_list": [f"{r['name']} {r['status']} {r['severity']} at {r['received_at'][11:19]}" for r in noise_rows],
         "close_outcomes": dict(Counter(d["close_outcome"] for d in per.values() if "close_outcome" in d)),
-        "retracted_but_in_audit_log": sum(1 for d in per.values() if d.get("close_outcome") == "retracted" and "b_s" in d),
+        "retracted_but_in_audit_log": sum(1 for d in per.values()
+                                          if d.get("close_outcome", "").startswith("retracted") and "b_s" in d),
         "crossing_prefix_mismatches": sum(1 for d in per.values() if d.get("first_crossing_prefix") not in (None, d.get("count"))),
         "alert_records_total": len(records),
         "alert_records_by_key_dim": dict(Counter(a.key.split(":")[0] + ("" if not a.retracted else " retracted")
@@ -676,10 +683,11 @@ def main() -> None:
               f"({bd['alert_to_rule_firing']['p99_s']:.2f}) s; rule firing->audit row (Alertmanager group_wait + "
               f"webhook) {bd['rule_firing_to_audit']['p50_s']:.2f} ({bd['rule_firing_to_audit']['p99_s']:.2f}) s",
               flush=True)
-    print(f"  background-noise surges on our keys (standing firings no burst caused): {an['noise_surges_standing']} "
-          f"{an['noise_surges_by_trigger']} on {len(an['noise_surge_keys'])} of {args.tickers + args.spares} tickers, "
-          f"{an['noise_audit_rows']} of them in the audit log; tickers skipped for it: {len(results['skipped_tickers'])}; "
-          f"first firings retracted at close but in the audit log: {an['retracted_but_in_audit_log']}", flush=True)
+    print(f"  background noise on our keys (no burst): {an['noise_firing_records']} firing records "
+          f"{an['noise_firing_records_by_trigger']}, {an['noise_surges_standing']} still standing at the end, "
+          f"{an['noise_audit_rows']} firing rows in the audit log {an['noise_audit_row_list']}; tickers skipped for it: "
+          f"{len(results['skipped_tickers'])}; first firings retracted at close but in the audit log: "
+          f"{an['retracted_but_in_audit_log']}", flush=True)
     print(f"  SurgeAlert record timestamps: {an['alert_record_timestamp_types']}; crossing headline = first prefix "
           f"meeting the rule: {an['bursts'] - an['crossing_prefix_mismatches']}/{an['bursts']}; retraction records on "
           f"our keys: {an['retraction_records_for_our_keys']}; worker restarts: {results['worker_restarts']}; "

@@ -8,7 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 from finsent.records import NewsItem, WindowStat
 from finsent.stream.pipeline import final_windows
-from streamkit import FAST_WINDOWS, create_topics, headlines, publish_items, read_topic, start_worker, topic, wait_for, worker_env
+import httpx
+
+from streamkit import (FAST_WINDOWS, create_topics, headlines, metrics_url, publish_items, read_topic, start_worker, topic,
+                       wait_for, worker_env)
 
 
 def feed_lag(rng: random.Random) -> float:
@@ -76,7 +79,14 @@ def test_a_2068_dated_item_is_clamped_and_windows_keep_closing_after_a_quiet_gap
             ends = [k[2] for k in all_windows(broker, env, 10)]
             return ends and max(ends) >= later + timedelta(seconds=10)
 
-        wait_for(closed_after_gap, 90, "windows after the quiet gap to close", every=1)
+        try:
+            wait_for(closed_after_gap, 90, "windows after the quiet gap to close", every=1)
+        except AssertionError:
+            metrics = httpx.get(metrics_url(env), timeout=5).text.splitlines()
+            print("\n".join(m for m in metrics if m.startswith(("finsent_worker_items", "finsent_window_watermark",
+                                                                  "finsent_worker_consumer_lag", "finsent_windows_"))))
+            print(sorted(k[2] for k in all_windows(broker, env, 10))[-5:], later)
+            raise
         ends = [k[2] for k in all_windows(broker, env, 10)]
         assert max(ends) < datetime.now(UTC) + timedelta(minutes=6), "a window from the future was published"
         counted = sum(w.count for w in all_windows(broker, env, 10).values())
