@@ -301,7 +301,21 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
 
-class FeedServer(ThreadingHTTPServer):
+class LoopbackServer(ThreadingHTTPServer):
+    """A threaded HTTP server on a loopback port, quiet about clients that hang up."""
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def handle_error(self, request, client_address):
+        """A client hanging up on a keep-alive connection (every poller does at exit) is no error."""
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
+
+class FeedServer(LoopbackServer):
     daemon_threads = True
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, rows: list[tuple[str, str]] | None = None, **schedule_kw):
@@ -320,16 +334,6 @@ class FeedServer(ThreadingHTTPServer):
         if self._big is None:
             self._big = big_slow_feed()
         return self._big
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def handle_error(self, request, client_address):
-        """A client hanging up on a keep-alive connection (every poller does at exit) is no error."""
-        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
-            super().handle_error(request, client_address)
 
     def published(self, feed: str, limit: int = 100) -> list[tuple[str, str, str, datetime]]:
         """Newest first: items of ``feed`` whose due time has passed on the demo clock."""

@@ -30,8 +30,10 @@ import tempfile
 import threading
 import unicodedata
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+from finsent.ingest.localfeeds import LoopbackServer
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FOLDER = ROOT / "tests" / "fixtures" / "hostile-feeds"
@@ -79,21 +81,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class _FolderServer(ThreadingHTTPServer):
+class _FolderServer(LoopbackServer):
     daemon_threads = True
 
     def __init__(self, files: dict[str, Path]):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.files = files
 
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def handle_error(self, request, client_address):
-        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
-            super().handle_error(request, client_address)
 
 
 @dataclass
