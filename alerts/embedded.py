@@ -79,7 +79,7 @@ def prometheus_child(settings: Settings, state_dir: Path) -> tuple[Child, str]:
         f"--storage.tsdb.path={home / 'data'}",
         f"--web.listen-address={s.host}:{s.prometheus_port}",
         f"--web.external-url={url}",
-        "--web.enable-lifecycle",
+        # No --web.enable-lifecycle: it lets anyone on the host shut Prometheus down; finsent stops it by signal.
         "--storage.tsdb.retention.time=2d",
     ]
     return Child("prometheus", argv, state_dir / "logs" / "prometheus.log"), url

@@ -190,16 +190,26 @@ def parse_time(value: str | None) -> datetime | None:
     return dt.astimezone(UTC)
 
 
+def _cell(value):
+    """A text cell a spreadsheet would run as a formula (= + - @, or a leading tab/CR) is quoted with '."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def to_csv(rows: list[dict]) -> str:
+    """The audit rows as CSV for compliance's spreadsheets: headlines are attacker-controlled text, so every
+    cell that could start a formula is neutralised (CSV/formula injection)."""
     out = io.StringIO()
     fields = ["seq", "received_at", "receiver", "status", "alertname", "severity", "dim", "name", "starts_at",
               "ends_at", "fingerprint", "surge_alert_id", "summary", "evidence_titles", "evidence_links"]
     w = csv.DictWriter(out, fieldnames=fields)
     w.writeheader()
     for r in rows:
-        w.writerow({**{k: r.get(k) for k in fields if k in r}, "summary": r["annotations"].get("summary", ""),
-                    "evidence_titles": " | ".join(e["title"] for e in r["evidence"]),
-                    "evidence_links": " ".join(e.get("url") or "" for e in r["evidence"])})
+        row = {**{k: r.get(k) for k in fields if k in r}, "summary": r["annotations"].get("summary", ""),
+               "evidence_titles": " | ".join(e["title"] for e in r["evidence"]),
+               "evidence_links": " ".join(e.get("url") or "" for e in r["evidence"])}
+        w.writerow({k: _cell(v) for k, v in row.items()})
     return out.getvalue()
 
 

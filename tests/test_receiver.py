@@ -128,3 +128,26 @@ def test_export_cli_writes_csv_and_json_for_a_time_range(settings, tmp_path):
     r = subprocess.run([sys.executable, "-m", "finsent.cli", "receiver", "export", "--format", "csv"],
                        env={**base, **env}, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.splitlines()[0].startswith("seq,received_at")
+
+
+def test_csv_export_neutralises_formula_injection():
+    from finsent.alerts.receiver import to_csv
+
+    row = {"seq": 1, "received_at": "2024-05-02T12:00:00+00:00", "status": "firing", "alertname": "=HYPERLINK(\"x\")",
+           "annotations": {"summary": "+cmd|' /C calc'!A0"},
+           "evidence": [{"title": "@SUM(1+1) oil slumps", "url": None}, {"title": "-2 jobs", "url": None}]}
+    import csv
+    import io
+
+    (parsed,) = list(csv.DictReader(io.StringIO(to_csv([row]))))
+    assert parsed["alertname"].startswith("'=") and parsed["summary"].startswith("'+")
+    assert parsed["evidence_titles"].startswith("'@") and parsed["seq"] == "1"
+
+
+def test_embedded_prometheus_has_no_lifecycle_api(tmp_path):
+    """--web.enable-lifecycle would let anyone on the host shut Prometheus down with one POST."""
+    from finsent.alerts.embedded import prometheus_child
+    from finsent.settings import load
+
+    child, _ = prometheus_child(load(), tmp_path)
+    assert not any("lifecycle" in a for a in child.argv)
