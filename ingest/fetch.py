@@ -82,10 +82,12 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
 
 
 def _blocked(ip: str) -> bool:
+    """Every address that is not globally routable: a deny-list misses ranges (100.64.0.0/10, the carrier-grade
+    NAT block that holds some clouds' metadata services, was let through by the first version)."""
     addr = ipaddress.ip_address(ip)
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
-    return addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_reserved or addr.is_multicast or addr.is_unspecified
+    if isinstance(addr, ipaddress.IPv6Address) and (addr.ipv4_mapped or addr.sixtofour):
+        addr = addr.ipv4_mapped or addr.sixtofour
+    return not addr.is_global or addr.is_multicast
 
 
 async def _check_host(url: str, allow_private: bool) -> tuple[str, str] | None:

@@ -435,3 +435,14 @@ def test_a_body_that_is_a_file_name_is_not_read_from_disk(feeds_server, tmp_path
     bad, good, _, written, _ = _poll(feeds_server, "local-path", tmp_path / "out")
     assert (bad.outcome, bad.error) == ("error", "malformed") and bad.entries == 0
     assert {w["source"] for w in written} == {"good"}
+
+
+@pytest.mark.parametrize("ip, blocked", [
+    ("100.100.100.200", True), ("100.64.0.1", True), ("10.1.2.3", True), ("169.254.169.254", True), ("127.0.0.1", True),
+    ("::ffff:100.64.0.1", True), ("2002:a9fe:a9fe::1", True), ("fd00::1", True), ("198.18.0.1", True),
+    ("224.0.0.1", True), ("8.8.8.8", False), ("2606:4700:4700::1111", False),
+])
+def test_feeds_on_addresses_that_are_not_globally_routable_are_refused(ip, blocked):
+    from finsent.ingest.fetch import _blocked
+
+    assert _blocked(ip) is blocked
