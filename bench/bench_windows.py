@@ -60,7 +60,7 @@ def run(observations: list[Observation], poll: int = 200) -> dict:
         if n % poll == poll - 1:
             out.extend(agg.end_step())
         windows += len(out.windows)
-        revisions += sum(1 for c in out.windows if c.stat.revision)
+        revisions += sum(1 for c in out.windows if c.revised)
         alerts += len(out.alerts)
     seconds = time.perf_counter() - started
     buckets, ids = agg.store.size()
