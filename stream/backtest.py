@@ -29,9 +29,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from finsent.records import NewsItem, SurgeAlert
+from finsent.records import NewsItem, SurgeAlert, checked_item
 from finsent.settings import Settings
-from finsent.stream.pipeline import Aggregation, checked_item, final_alerts, text_of, to_scored
+from finsent.stream.pipeline import Aggregation, final_alerts, text_of, to_scored
 
 log = logging.getLogger("finsent.stream.backtest")
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from finsent.records import Evidence, NewsItem, RecordError, ScoredItem, SurgeAlert, WindowStat, checked_item
+from finsent.records import Evidence, NewsItem, RecordError, ScoredItem, SurgeAlert, WindowStat
 from finsent.settings import Settings
 from finsent.stream.surge import KeyState, SurgeDetector
 from finsent.stream.windows import NEVER, Closed, Observation, WindowStore, keys_for
@@ -278,7 +278,8 @@ class Aggregation:
             end = int(c.stat.end.timestamp())
             if not self._silent(end):
                 out.windows.append(c)
-            if self.last.get((c.stat.key, c.width_s)) is not None and self.last[(c.stat.key, c.width_s)].end == c.stat.end:
+            newest = self.last.get((c.stat.key, c.width_s))
+            if newest is not None and newest.end == c.stat.end:
                 self.last[(c.stat.key, c.width_s)] = c.stat
             if c.width_s == self.surge_width and end > self.judged_from:
                 first[c.stat.key] = min(first.get(c.stat.key, end), end)
@@ -314,9 +315,7 @@ class Aggregation:
         keys = {}
         for key, st in self.detector.keys.items():
             hist = self.history.get(key, [])
-            base = next((j.before for j in hist if j.end > horizon), st)
-            keys[key] = [round(base.mean, 6), round(base.var, 8), base.windows, _finite(base.quiet_until),
-                         round(base.last_z, 4), _finite(base.last_active), base.firing.to_dict() if base.firing else None]
+            keys[key] = next((j.before for j in hist if j.end > horizon), st).to_row()
         return {"judged_from": _finite(horizon), "keys": keys,
                 "provisional": {k: a.to_dict() for k, a in self.provisional.items()}}
 
@@ -327,21 +326,16 @@ class Aggregation:
         jf = snapshot.get("judged_from")
         self.judged_from = -math.inf if jf is None else float(jf)
         self.judged_until = self.judged_from
-        self.detector.keys = {
-            key: KeyState(mean=v[0], var=v[1], windows=v[2], quiet_until=_inf(v[3]), last_z=v[4],
-                          last_active=_inf(v[5]), firing=SurgeAlert.from_json(json.dumps(v[6])) if v[6] else None)
-            for key, v in snapshot.get("keys", {}).items()
-        }
+        self.detector.keys = {key: KeyState.from_row(v) for key, v in snapshot.get("keys", {}).items()}
         self.provisional = {k: SurgeAlert.from_json(json.dumps(a)) for k, a in snapshot.get("provisional", {}).items()}
 
-    def finish_restore(self) -> Emitted:
+    def finish_restore(self) -> None:
         """Everything published before the restart is rebuilt: close up to it silently, then go live."""
         if math.isfinite(self.emitted_until):
             self._after(self.store.close_to(int(self.emitted_until)))
         self._revise()
         self.touched.clear()
         self.restoring = False
-        return Emitted()
 
 
 def final_alerts(records: Iterable[SurgeAlert]) -> list[SurgeAlert]:
@@ -383,12 +377,8 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _inf(x: float | None) -> float:
-    return -math.inf if x is None else float(x)
-
-
 def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
-__all__ = ["Aggregation", "Emitted", "PoisonRecord", "checked_item", "decode_raw", "final_alerts", "final_windows", "observation", "text_of", "to_scored"]
+__all__ = ["Aggregation", "Emitted", "PoisonRecord", "decode_raw", "final_alerts", "final_windows", "observation", "text_of", "to_scored"]

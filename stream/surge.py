@@ -29,6 +29,7 @@ turn one negative headline into an infinite z-score (``min_volume`` guards the s
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
 
@@ -48,6 +49,16 @@ class KeyState:
 
     def copy(self) -> KeyState:
         return dataclasses.replace(self)  # ``firing`` is an immutable record: a shallow copy is a snapshot
+
+    def to_row(self) -> list:
+        """Compact JSON form for a restore point: 100k keys of it stay small."""
+        return [round(self.mean, 6), round(self.var, 8), self.windows, _finite(self.quiet_until), round(self.last_z, 4),
+                _finite(self.last_active), self.firing.to_dict() if self.firing else None]
+
+    @classmethod
+    def from_row(cls, v: list) -> KeyState:
+        return cls(mean=v[0], var=v[1], windows=v[2], quiet_until=_inf(v[3]), last_z=v[4], last_active=_inf(v[5]),
+                   firing=SurgeAlert.from_json(json.dumps(v[6])) if v[6] else None)  # strict records: JSON mode
 
     @property
     def std(self) -> float:
@@ -150,6 +161,14 @@ class SurgeDetector:
             zscore=round(z, 4), baseline_mean=round(st.mean, 6), baseline_std=round(st.std, 6),
             raised_at=stat.end, evidence=evidence,
         )
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _inf(x: float | None) -> float:
+    return -math.inf if x is None else float(x)
 
 
 __all__ = ["KeyState", "SurgeDetector"]

@@ -43,12 +43,12 @@ from datetime import UTC, datetime
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from finsent.records import DeadLetter, NewsItem
+from finsent.records import DeadLetter, NewsItem, checked_item
 from finsent.settings import Settings
 from finsent.stream.aggregator import Aggregator
 from finsent.stream.faust_transport import transport_class
 from finsent.stream.metrics import WorkerMetrics
-from finsent.stream.pipeline import PoisonRecord, checked_item, decode_raw, text_of, to_scored
+from finsent.stream.pipeline import PoisonRecord, decode_raw, text_of, to_scored
 from finsent.stream.scoring import score_batch
 from finsent.stream.topics import TopicIdWatch, ensure_topics
 

@@ -252,3 +252,16 @@ def test_a_restore_point_from_the_future_is_recognised_as_poisoned():
     assert (back.replay_from, back.positions, back.emitted_until) == ({0: 5}, {0: 9}, now - 60)
     assert not back.poisoned(now, 300)
     assert RestorePoint({0: 5}, 3_093_000_000.0, {}, {}).poisoned(now, 300)  # windows dated 2068 were published
+
+
+def test_a_restore_point_carries_a_firing_key_and_a_provisional_alert_through_json():
+    items = burst_sequence()
+    agg = Aggregation(settings(windows={"allowed_lateness_s": 0}))  # the snapshot is then the current state
+    run_all(agg, items[:300])  # inside the burst: keys are firing
+    assert any(st.firing for st in agg.detector.keys.values())
+    agg.provisional["all"] = next(st.firing for st in agg.detector.keys.values() if st.firing)
+    snap = json.loads(json.dumps(agg.snapshot()))
+    restored = Aggregation(settings(windows={"allowed_lateness_s": 0}))
+    restored.begin_restore(agg.judged_until, snap)
+    firing = {k for k, st in restored.detector.keys.items() if st.firing}
+    assert firing and restored.provisional["all"] == agg.provisional["all"]
