@@ -62,6 +62,8 @@ class ModelMeta:
     metrics: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     parent: str | None = None  # version this one was fine-tuned from (feedback learning)
+    licence: str = ""  # what the training data allows (finsent.model.corpus); empty: before this was recorded
+    training_sets: list[str] = field(default_factory=list)
     format: int = 1
 
     @property

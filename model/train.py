@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from finsent.model import artifact
+from finsent.model import artifact, corpus
 from finsent.model.batching import bucketed_batches, pad, sorted_batches
 from finsent.model.data import IGNORE, Example, load_twitter
 from finsent.model.metrics import fit_temperature, scores
@@ -73,6 +73,10 @@ class TrainConfig:
     device: str = "auto"
     amp: str = "auto"  # auto: bf16 on CUDA when supported, fp16 otherwise; none on CPU
     threads: int = 0  # torch CPU threads; 0 = torch default
+    train_sets: list[str] = field(default_factory=list)  # extra supervised sets (finsent.model.corpus.TRAIN_SETS)
+    train_set_repeat: int = 1  # each extra set is seen this many times per epoch (they are small)
+    pseudo_from: str = ""  # a teacher model dir: fill each Twitter text's missing head where it is confident
+    pseudo_threshold: float = 0.9
     lora: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
@@ -330,6 +334,9 @@ def train(
         splits = load_twitter(Path(cfg.data_dir), cfg.dev_fraction)
         examples = splits.train if examples is None else examples
         dev = splits.dev if dev is None else dev
+        if cfg.pseudo_from:
+            examples, _ = corpus.pseudo_label(examples, Path(cfg.pseudo_from), cfg.pseudo_threshold)
+        examples = examples + corpus.extra_examples(Path(cfg.data_dir), cfg.train_sets, cfg.train_set_repeat)
     if cfg.limit_train:
         examples = examples[: cfg.limit_train]
     if cfg.limit_dev:
@@ -504,6 +511,8 @@ def _save_model(model, tokenizer, cfg, base_name, parent_meta, directory: Path, 
         metrics={"dev": metrics},
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         parent=parent_meta.full_name if parent_meta else None,
+        licence=corpus.licence_of(cfg.train_sets),
+        training_sets=["twitter-topic", "twitter-sentiment", *cfg.train_sets],
     )
     # Checkpoints of the best epoch keep full precision; the shipped copy is cast to fp16 on save.
     artifact.save(directory, to_save, tokenizer, meta, dtype=torch.float32)

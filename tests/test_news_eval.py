@@ -83,8 +83,12 @@ def test_phrasebank_lines():
 def test_every_news_set_loads_from_the_fixture_directory():
     sizes = {s.name: len(s.load(FIXTURES)) for s in NEWS_SETS}
     assert sizes == {"sp500-posneg": 6, "sentfin-headline": 4, "sentfin-entity": 6, "finentity-test": 3,
-                     "sentivent-headlines": 3, "phrasebank-50-all": 5, "phrasebank-allagree": 3}
-    assert [s.name for s in NEWS_SETS if s.binary] == ["sp500-posneg"]
+                     "sentivent-headlines": 3, "phrasebank-50-all": 5, "phrasebank-allagree": 3,
+                     "sp500-posneg-heldout": 2, "sentfin-headline-heldout": 0}
+    # the held-out slices are the part of their set that ``split_heldout`` keeps back, nothing else
+    assert all(set(ex.text for ex in s.load(FIXTURES)) <= {ex.text for ex in sp500_posneg(FIXTURES)}
+               for s in NEWS_SETS if s.name == "sp500-posneg-heldout")
+    assert [s.name for s in NEWS_SETS if s.binary] == ["sp500-posneg", "sp500-posneg-heldout"]
 
 
 def test_a_file_in_another_format_is_refused(tmp_path):
@@ -200,7 +204,9 @@ def test_report_has_the_news_section_and_score(tmp_path, model_dir):
     clf = Classifier.load(model_dir, backend="torch", device="cpu")
     out = tmp_path / "report"
     summary = run(clf, FIXTURES, out)
-    names = [s.name for s in NEWS_SETS]
+    names = [s.name for s in NEWS_SETS if s.scored]
+    assert "sp500-posneg-heldout" in summary and "sp500-posneg-heldout" not in names
+    assert summary["reuters-topics-heldout"]["n"] >= 1  # topic on news
     assert summary[NEWS]["score"] == pytest.approx(np.mean([summary[n]["accuracy"] for n in names]))
     assert summary[BIAS + NEWS]["score"] == pytest.approx(np.mean([summary[BIAS + n]["accuracy"] for n in names]))
     assert "accuracy_restricted" in summary["sp500-posneg"] and "accuracy_restricted" not in summary["sentfin-headline"]

@@ -1,0 +1,107 @@
+"""The training corpus of a run: the Twitter sets, pseudo-labels for their missing head, and extra sets.
+
+Why pseudo-labels: the topic set has no sentiment labels and the sentiment set no topic labels, so each
+head learns from half the texts. A teacher model (``pseudo_from``) labels the missing head where its
+calibrated probability is at least ``pseudo_threshold``; both heads then see every text.
+
+Why a licence gate: the default model may be trained only on commercially usable data (the MIT Twitter
+sets, FinEntity under ODC-BY). ``TRAIN_SETS`` says which sets are; a run that names any other set is a
+*research* variant, and its metadata says so (``ModelMeta.licence``) so it cannot be shipped by mistake.
+Every set but FinEntity is trained on its non-held-out part only (``data.split_heldout``); FinEntity
+trains on its ``dev`` half and is reported on its ``test`` half.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from finsent.model.data import (
+    IGNORE,
+    Example,
+    finentity,
+    phrasebank_train_part,
+    reuters_topics,
+    sentfin_headlines,
+    sp500_posneg,
+    split_heldout,
+)
+
+log = logging.getLogger("finsent.model.corpus")
+
+COMMERCIAL = "commercial (MIT Twitter sets, FinEntity ODC-BY)"
+RESEARCH = "research only: trained on non-commercial / unknown-licence sets; do not ship or sell"
+
+
+@dataclass(frozen=True)
+class TrainSet:
+    name: str
+    load: Callable[[Path], list[Example]]
+    commercial: bool
+
+
+def _train_part(name: str, load: Callable[[Path], list[Example]]) -> Callable[[Path], list[Example]]:
+    return lambda d: split_heldout(name, load(d))[0]
+
+
+TRAIN_SETS: dict[str, TrainSet] = {
+    s.name: s
+    for s in (
+        TrainSet("finentity-dev", lambda d: finentity(d, "dev"), commercial=True),
+        TrainSet("sp500-posneg", _train_part("sp500-posneg", sp500_posneg), commercial=False),
+        TrainSet("sentfin-headline", _train_part("sentfin-headline", sentfin_headlines), commercial=False),
+        TrainSet("phrasebank-50", phrasebank_train_part, commercial=False),
+        TrainSet("reuters-topics", _train_part("reuters-topics", reuters_topics), commercial=False),
+    )
+}
+
+
+def licence_of(set_names: list[str]) -> str:
+    unknown = sorted(set(set_names) - set(TRAIN_SETS))
+    if unknown:
+        raise ValueError(f"unknown training sets {unknown}; known: {sorted(TRAIN_SETS)}")
+    return COMMERCIAL if all(TRAIN_SETS[n].commercial for n in set_names) else RESEARCH
+
+
+def extra_examples(data_dir: Path, set_names: list[str], repeat: int = 1) -> list[Example]:
+    """The named sets' training parts, each repeated ``repeat`` times (small in-domain sets)."""
+    licence_of(set_names)
+    out: list[Example] = []
+    for name in set_names:
+        rows = TRAIN_SETS[name].load(data_dir)
+        log.info("training set added", extra={"set": name, "examples": len(rows), "repeat": repeat})
+        out.extend(rows * repeat)
+    return out
+
+
+def pseudo_label(examples: list[Example], teacher_dir: Path, threshold: float) -> tuple[list[Example], dict[str, int]]:
+    """Fill each example's missing head from the teacher where it is confident; returns counts per head."""
+    from finsent.model.classifier import Classifier
+
+    teacher = Classifier.load(teacher_dir, backend="torch", batch_size=128)
+    texts = [ex.text for ex in examples]
+    log.info("pseudo-labelling", extra={"teacher": teacher.version, "texts": len(texts), "threshold": threshold})
+    preds = teacher.predict(texts)
+    topics, sents = teacher.meta.topic_labels, teacher.meta.sentiment_labels
+    counts = {"topic": 0, "sentiment": 0}
+    out = []
+    for ex, p in zip(examples, preds):
+        if p.flag is None and ex.topic == IGNORE and max(p.topic_probs.values()) >= threshold:
+            ex = replace(ex, topic=topics.index(p.topic))
+            counts["topic"] += 1
+        if p.flag is None and ex.sentiment == IGNORE and max(p.sentiment_probs.values()) >= threshold:
+            ex = replace(ex, sentiment=sents.index(p.sentiment))
+            counts["sentiment"] += 1
+        out.append(ex)
+    log.info("pseudo-labelled", extra=counts)
+    return out, counts
+
+
+def label_counts(examples: list[Example]) -> dict[str, int]:
+    t = np.array([e.topic for e in examples])
+    s = np.array([e.sentiment for e in examples])
+    return {"topic": int((t != IGNORE).sum()), "sentiment": int((s != IGNORE).sum())}
