@@ -135,6 +135,12 @@ class Ingest(_Group):
     demo_feeds_port: Port = 9180
     demo_burst_at_s: float = Field(default=150.0, ge=0)  # the demo feeds' negative oil burst starts this late
     dedup_horizon_hours: float = Field(default=48.0, gt=0)
+    # Exact item ids are remembered this long (wall clock since first published), apart from the near-duplicate
+    # horizon above: at least as long as any feed keeps listing an item, or a restart publishes it again.
+    dedup_id_horizon_days: float = Field(default=30.0, gt=0)
+    # Tests only: the ingest process kills itself (SIGKILL) at this point of accepting a batch, to prove a crash
+    # there loses nothing. after_ack: the sink acknowledged; after_archive: archived, not yet marked as seen.
+    debug_crash_at: Literal["", "after_ack", "after_archive"] = ""
     near_duplicate_threshold: float = Field(default=0.7, gt=0, le=1)
     per_host: int = Field(default=2, ge=1, le=64)
     max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
@@ -169,6 +175,7 @@ class ModelChoice(_Group):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     batch_size: int = Field(default=32, ge=1, le=4096)
     max_length: int = Field(default=96, ge=8, le=512)
+    threads: int = Field(default=0, ge=0, le=256)  # ONNX Runtime intra-op threads; 0 = one per core
 
 
 class Windows(_Group):
@@ -263,6 +270,14 @@ class Receiver(_Group):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     token: SecretStr | None = None  # FINSENT_RECEIVER__TOKEN: bearer token required on webhooks when set
     evidence_wait_s: float = Field(default=5.0, ge=0)  # how long a webhook waits for its SurgeAlert to arrive
+    # A SurgeAlert is this webhook's evidence when the alert's startsAt lies within this many seconds of the
+    # surge's window. Unset: surge.cooldown_s (the least gap between two surges of one key) capped at 600, at least 60.
+    evidence_tolerance_s: float | None = Field(default=None, gt=0)
+    read_token: SecretStr | None = None  # FINSENT_RECEIVER__READ_TOKEN: bearer token required on GET /alerts when set
+    # Host names (besides the bound address and localhost) requests may name in their Host header, e.g.
+    # ["receiver", "finsent-receiver.finsent.svc"]; on a wildcard address (0.0.0.0) with none set, Host is not checked.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    page_limit: int = Field(default=1000, ge=1, le=100_000)  # rows per GET /alerts page (and its largest ?limit=)
 
     _check_port = field_validator("port")(classmethod(lambda cls, v: _port(v)))
 
@@ -283,6 +298,10 @@ class Web(_Group):
     max_batch: int = Field(default=256, ge=1, le=4096)  # texts per POST /classify
     max_text_chars: int = Field(default=2000, ge=1)
     token: SecretStr | None = None  # FINSENT_WEB__TOKEN: bearer token required on write endpoints when set
+    # Overload bounds: beyond them a request gets 503 + Retry-After at once instead of queueing without end.
+    max_classify_waiting: int = Field(default=32, ge=1)  # POST /classify requests running or waiting for the model
+    max_event_streams: int = Field(default=100, ge=1)  # open /events (SSE) streams
+    busy_retry_after_s: int = Field(default=5, ge=1)  # the Retry-After of those 503 answers
 
     _check_port = field_validator("port")(classmethod(lambda cls, v: _port(v)))
 

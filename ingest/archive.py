@@ -1,9 +1,11 @@
 """The news archive: every accepted NewsItem, as Parquet partitioned by event day.
 
 It is the source of truth for replays, backtests and refilling a broker that lost its log, so
-writes are atomic (a part file appears whole or not at all) and reads return items in event-time
-order whatever order they were written in. Each ``append`` writes one immutable part file per day it
-touches; ``compact`` merges a day's parts (and drops repeated ids) when they accumulate.
+writes are atomic (a part file appears whole or not at all) and durable (the file and the directory
+entries naming it are fsynced before ``append`` returns: ingest marks an item as seen only after
+that), and reads return items in event-time order whatever order they were written in. Each
+``append`` writes one immutable part file per day it touches; ``compact`` merges a day's parts (and
+drops repeated ids) when they accumulate.
 """
 
 from __future__ import annotations
@@ -43,6 +45,24 @@ def _day_dir(root: Path, day: date) -> Path:
     return root / f"day={day.isoformat()}"
 
 
+def _fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable (POSIX needs the directory itself fsynced)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(directory: Path) -> None:
+    """``mkdir -p`` whose new entries survive a crash: each created directory's parent is fsynced."""
+    if directory.is_dir():
+        return
+    _make_dirs(directory.parent)
+    directory.mkdir(exist_ok=True)
+    _fsync_dir(directory.parent)
+
+
 class Archive:
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -53,17 +73,27 @@ class Archive:
             by_day[item.published.date()].append(item)
         for day, group in by_day.items():
             directory = _day_dir(self.root, day)
-            directory.mkdir(parents=True, exist_ok=True)
+            _make_dirs(directory)
             name = f"part-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet"
             self._write(directory / name, group)
         return sum(len(g) for g in by_day.values())
 
     @staticmethod
     def _write(path: Path, items: list[NewsItem]) -> None:
+        """Temp file, fsync, rename, fsync the directory: after a crash or power loss the part is there
+        whole or not at all, and once this returns it is there for good."""
         table = pa.Table.from_pylist([item.model_dump() for item in items], schema=SCHEMA)
         tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as fh:
+                pq.write_table(table, fh, compression="zstd")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk must not leave half-written temp files behind
+            raise
+        _fsync_dir(path.parent)
 
     def days(self) -> list[date]:
         if not self.root.exists():

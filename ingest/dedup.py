@@ -8,25 +8,38 @@
   a two-word suffix flips ~11 of 64 bits, as much as an unrelated story. Lookup is sub-linear with
   LSH banding (``bands`` x ``rows``); candidates sharing a band are confirmed on the full signature.
 
+Two horizons. Near-duplicate evidence (URL, title, MinHash) is kept for ``horizon`` of *event* time
+behind the newest item: a re-worded story arrives within hours. Exact item ids are kept much longer,
+for ``id_horizon`` of *wall-clock* time since they were marked: a feed may list an item for weeks (a
+central bank's press releases), and forgetting its id while the feed still lists it re-publishes it.
+
 ``check`` and ``mark`` are separate on purpose: the publisher marks an item only after the broker
-acknowledged it, so a crash between the two re-sends rather than loses. :class:`DedupStore` persists
-marks in SQLite so a restart does not re-emit what was already published.
+acknowledged it and the archive holds it, so a crash before the mark re-sends rather than loses.
+:class:`DedupStore` persists marks in SQLite so a restart does not re-emit what was already published;
+a store that cannot be read is moved aside (renamed with a timestamp) so ingest still starts.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import sqlite3
+import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 
 from finsent.ingest.normalize import normalised_title
 from finsent.records import NewsItem
+
+log = logging.getLogger("finsent.ingest.dedup")
+
+ID_HORIZON = timedelta(days=30)
 
 NUM_PERM = 32
 _RNG = np.random.default_rng(20240502)
@@ -68,13 +81,14 @@ class _Mark:
     at: float  # event time, epoch seconds
     keys: tuple[str, ...]
     sig: np.ndarray
+    seen: float = 0.0  # wall-clock time it was marked, epoch seconds (the exact-id horizon counts from here)
 
 
 class Deduper:
-    """In-memory index over the last ``horizon`` of marked items (pure; no I/O)."""
+    """In-memory index over the last ``horizon`` of marked items, and their ids over ``id_horizon`` (no I/O)."""
 
     def __init__(self, horizon: timedelta = timedelta(hours=48), threshold: float = 0.7, bands: int = 8,
-                 max_candidates: int = 64):
+                 max_candidates: int = 64, id_horizon: timedelta = ID_HORIZON, clock: Callable[[], float] = time.time):
         if NUM_PERM % bands:
             raise ValueError(f"bands must divide {NUM_PERM}")
         self.horizon = horizon.total_seconds()
@@ -88,8 +102,13 @@ class Deduper:
         self._bands: dict[tuple[int, bytes], list[_Mark]] = defaultdict(list)
         self._order: deque[_Mark] = deque()
         self._newest = 0.0
+        self.id_horizon = id_horizon.total_seconds()
+        self.clock = clock
+        self._ids: dict[str, float] = {}  # item id -> wall-clock time marked
+        self._id_order: deque[tuple[float, str]] = deque()
 
     def __len__(self) -> int:
+        """Marks inside the near-duplicate horizon (ids may be remembered longer)."""
         return len(self._order)
 
     @staticmethod
@@ -107,6 +126,8 @@ class Deduper:
         return [(b, sig[b * r : (b + 1) * r].tobytes()) for b in range(self.bands)]
 
     def check(self, item: NewsItem) -> Verdict:
+        if item.id in self._ids:
+            return Verdict(True, "id", item.id)
         for key in self.exact_keys(item):
             if key in self._keys:
                 return Verdict(True, key.split(":", 1)[0], self._keys[key])
@@ -120,13 +141,28 @@ class Deduper:
         return Verdict(False)
 
     @classmethod
-    def mark_of(cls, item: NewsItem) -> _Mark:
-        return _Mark(item.id, item.published.timestamp(), cls.exact_keys(item), minhash(item.title))
+    def mark_of(cls, item: NewsItem, seen: float | None = None) -> _Mark:
+        return _Mark(item.id, item.published.timestamp(), cls.exact_keys(item), minhash(item.title),
+                     time.time() if seen is None else seen)
 
     def mark(self, item: NewsItem) -> None:
-        self._add(self.mark_of(item))
+        self._add(self.mark_of(item, self.clock()))
 
     def _add(self, record: _Mark) -> None:
+        self._remember_id(record.item_id, record.seen)
+        self._add_near(record)
+
+    def _remember_id(self, item_id: str, seen: float) -> None:
+        """The exact id, kept for ``id_horizon`` of wall-clock time whatever the event times around it."""
+        self._ids[item_id] = seen
+        self._id_order.append((seen, item_id))
+        cutoff = self.clock() - self.id_horizon
+        while self._id_order and self._id_order[0][0] < cutoff:
+            old_seen, old_id = self._id_order.popleft()
+            if self._ids.get(old_id) == old_seen:  # not re-marked since
+                del self._ids[old_id]
+
+    def _add_near(self, record: _Mark) -> None:
         for key in record.keys:
             self._keys.setdefault(key, record.item_id)
         for band in self._band_keys(record.sig):
@@ -150,30 +186,83 @@ class Deduper:
                         del self._bands[band]
 
 
-class DedupStore:
-    """A Deduper whose marks survive restarts (SQLite, WAL)."""
+def _is_corruption(err: sqlite3.DatabaseError) -> bool:
+    """Not a database, or a malformed one; a locked or unreadable (permissions) file is not moved aside."""
+    code = getattr(err, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
-    def __init__(self, path: Path, horizon: timedelta = timedelta(hours=48), threshold: float = 0.7):
+
+class DedupStore:
+    """A Deduper whose marks survive restarts (SQLite, WAL).
+
+    A row is dropped at start once both horizons passed; a row past the near-duplicate horizon only
+    still answers for its id. ``moved_aside`` is where an unreadable store went (None if it was fine).
+    """
+
+    def __init__(self, path: Path, horizon: timedelta = timedelta(hours=48), threshold: float = 0.7,
+                 id_horizon: timedelta = ID_HORIZON, clock: Callable[[], float] = time.time):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS marks (item_id TEXT PRIMARY KEY, at REAL NOT NULL, keys TEXT NOT NULL, sig BLOB NOT NULL)"
-        )
-        self.core = Deduper(horizon, threshold)
+        self.path = path
+        self.moved_aside: Path | None = None
+        self._args = (horizon, threshold, id_horizon, clock)
+        try:
+            self._open()
+        except sqlite3.DatabaseError as err:
+            if not _is_corruption(err):
+                raise
+            self.moved_aside = self._move_aside(err)
+            self._open()
+
+    def _open(self) -> None:
+        horizon, threshold, id_horizon, clock = self._args
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self._migrate()
+            self.core = Deduper(horizon, threshold, id_horizon=id_horizon, clock=clock)
+            self._load(horizon.total_seconds(), id_horizon.total_seconds(), clock())
+        except BaseException:
+            self.db.close()
+            raise
+
+    def _migrate(self) -> None:
+        """Stores written before the id horizon have no ``seen``: their marks count as seen now."""
+        self.db.execute("CREATE TABLE IF NOT EXISTS marks (item_id TEXT PRIMARY KEY, at REAL NOT NULL, keys TEXT NOT NULL,"
+                        " sig BLOB NOT NULL, seen REAL)")
+        if "seen" not in {row[1] for row in self.db.execute("PRAGMA table_info(marks)")}:
+            self.db.execute("ALTER TABLE marks ADD COLUMN seen REAL")
+        self.db.execute("UPDATE marks SET seen = ? WHERE seen IS NULL", (time.time(),))
+
+    def _load(self, horizon_s: float, id_horizon_s: float, now: float) -> None:
         newest = self.db.execute("SELECT MAX(at) FROM marks").fetchone()[0] or 0.0
-        cutoff = newest - horizon.total_seconds()
-        self.db.execute("DELETE FROM marks WHERE at < ?", (cutoff,))
-        for item_id, at, keys, sig in self.db.execute("SELECT item_id, at, keys, sig FROM marks ORDER BY at"):
-            self.core._add(_Mark(item_id, at, tuple(keys.split("\n")), np.frombuffer(sig, dtype=np.uint64)))
+        near_cutoff, id_cutoff = newest - horizon_s, now - id_horizon_s
+        self.db.execute("DELETE FROM marks WHERE at < ? AND seen < ?", (near_cutoff, id_cutoff))
+        for item_id, seen in self.db.execute("SELECT item_id, seen FROM marks WHERE seen >= ? ORDER BY seen", (id_cutoff,)):
+            self.core._remember_id(item_id, seen)
+        rows = self.db.execute("SELECT item_id, at, keys, sig, seen FROM marks WHERE at >= ? ORDER BY at", (near_cutoff,))
+        for item_id, at, keys, sig, seen in rows:
+            self.core._add_near(_Mark(item_id, at, tuple(keys.split("\n")), np.frombuffer(sig, dtype=np.uint64), seen))
+
+    def _move_aside(self, err: sqlite3.DatabaseError) -> Path:
+        """Rename the store (and its WAL/SHM files) with a timestamp suffix: kept for a post-mortem, out of the way."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            source = self.path.with_name(self.path.name + suffix)
+            if source.exists():
+                source.replace(target.with_name(target.name + suffix))
+        log.error("dedup store unreadable: moved aside, starting with an empty one (items the feeds still list "
+                  "will be published again)", extra={"path": str(self.path), "moved_to": str(target), "error": str(err)})
+        return target
 
     def check(self, item: NewsItem) -> Verdict:
         return self.core.check(item)
 
     def mark(self, item: NewsItem) -> None:
-        mark = Deduper.mark_of(item)
+        mark = Deduper.mark_of(item, self.core.clock())
         self.db.execute(
-            "INSERT OR REPLACE INTO marks VALUES (?, ?, ?, ?)", (mark.item_id, mark.at, "\n".join(mark.keys), mark.sig.tobytes())
+            "INSERT OR REPLACE INTO marks (item_id, at, keys, sig, seen) VALUES (?, ?, ?, ?, ?)",
+            (mark.item_id, mark.at, "\n".join(mark.keys), mark.sig.tobytes(), mark.seen),
         )
         self.core._add(mark)
 

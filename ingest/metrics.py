@@ -32,3 +32,12 @@ class IngestMetrics:
         self.published = Counter("finsent_ingest_published_total", "Items acknowledged by the sink", registry=r)
         self.publish_errors = Counter("finsent_ingest_publish_errors_total", "Sink failures (items retried later)", registry=r)
         self.pending = Gauge("finsent_ingest_pending_items", "Items accepted but not yet acknowledged by the sink", registry=r)
+        # Acknowledged items wait, unmarked, until the archive holds them durably: a failed write (full disk, permissions)
+        # is retried with backoff instead of losing the item from the archive, the broker's recovery path.
+        self.archive_errors = Counter("finsent_ingest_archive_errors_total",
+                                      "Archive writes that failed (the items are retried with backoff, not marked)", registry=r)
+        self.unarchived = Gauge("finsent_ingest_unarchived_items",
+                                "Items acknowledged by the sink but not yet durably archived (and so not marked)", registry=r)
+        # An unreadable dedup store is moved aside and ingest starts on an empty one (items still listed are re-published).
+        self.dedup_resets = Counter("finsent_ingest_dedup_store_resets_total",
+                                    "Dedup stores found unreadable at start and moved aside", registry=r)

@@ -1,10 +1,13 @@
-"""The polling loop: fetch -> parse -> normalise -> dedup -> sink -> mark + archive.
+"""The polling loop: fetch -> parse -> normalise -> dedup -> sink -> archive -> mark.
 
 Each feed has its own schedule (interval with jitter; exponential backoff after errors; a server's
 Retry-After is honoured), fetches run concurrently with at most ``per_host`` at a time per host,
 and the accepting step runs under one lock so the same story arriving from two feeds in the same
-instant is still caught as a duplicate. Items are marked as seen and archived only once the sink
-acknowledged them; unacknowledged items wait in a bounded pending buffer and are retried first.
+instant is still caught as a duplicate. Items are archived only once the sink acknowledged them, and
+marked as seen only once the archive holds them durably: a crash (or a failed archive write) anywhere
+on the way leaves the item unmarked, so it is fetched and published again (at least once), never lost
+from the archive. Unacknowledged items wait in a bounded pending buffer and are retried first;
+acknowledged items whose archive write failed wait, unmarked, for a retry with backoff.
 
 One feed can never stop the others. Parsing (feedparser over up to ``max_bytes``) and normalising run in
 worker threads, so a huge feed does not stall the event loop and the other feeds' timers; whatever they
@@ -17,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import signal
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -75,6 +80,9 @@ class Poller:
         rng: random.Random | None = None,
         future_tolerance_s: float = FUTURE_TOLERANCE_S,
         max_tickers: int = MAX_TICKERS,
+        archive_retry_s: float = 1.0,
+        archive_retry_max_s: float = 60.0,
+        crash_at: str = "",
     ):
         self.feeds = feeds
         self.fetcher = fetcher
@@ -90,6 +98,12 @@ class Poller:
         self.max_tickers = max_tickers
         self.state = {f.name: FeedState() for f in feeds}
         self.pending: list[NewsItem] = []
+        self.unarchived: list[NewsItem] = []  # acknowledged by the sink, not yet durably archived, so not marked
+        self.archive_retry_s = archive_retry_s
+        self.archive_retry_max_s = archive_retry_max_s
+        self._archive_failures = 0
+        self._archive_retry_at = 0.0
+        self.crash_at = crash_at
         self._lock = asyncio.Lock()
         self._hosts: dict[str, asyncio.Semaphore] = defaultdict(lambda: asyncio.Semaphore(per_host))
 
@@ -133,7 +147,7 @@ class Poller:
             return self._failed(feed, summary, result.error, result.detail, result.retry_after)
         if result.not_modified:
             summary.outcome = "not_modified"
-            if self.pending:  # nothing new, but earlier items still wait for the sink
+            if self.pending or self.unarchived:  # nothing new, but earlier items still wait for the sink or archive
                 async with self._lock:
                     summary.published = await self._flush(self.pending)
         else:
@@ -211,7 +225,7 @@ class Poller:
             summary.new = len(fresh)
             self.metrics.items.labels(feed.name, "new").inc(len(fresh))
             self.metrics.items.labels(feed.name, "duplicate").inc(summary.duplicate)
-            room = self.max_pending - len(self.pending)
+            room = self.max_pending - len(self.pending) - len(self.unarchived)
             if len(fresh) > room:
                 log.error("pending buffer full: items left unmarked for the next poll",
                           extra={"feed": feed.name, "deferred": len(fresh) - room})
@@ -220,8 +234,8 @@ class Poller:
 
     def _select_fresh(self, feed: FeedConfig, items: list[NewsItem], summary: PollSummary) -> list[NewsItem]:
         """Items that are neither seen before nor repeated within this batch/pending. Caller holds the lock."""
-        batch = Deduper()  # duplicates within this very batch (and pending) are not in the store yet
-        for item in self.pending:
+        batch = Deduper()  # duplicates within this very batch (and pending/unarchived) are not in the store yet
+        for item in self.pending + self.unarchived:
             batch.mark(item)
         fresh: list[NewsItem] = []
         for item in items:
@@ -237,19 +251,60 @@ class Poller:
         return fresh
 
     async def _flush(self, items: list[NewsItem]) -> int:
-        """Send; mark + archive what was acknowledged; keep the rest pending. Caller holds the lock."""
+        """Send; archive what was acknowledged, then mark it as seen; keep the rest pending. Caller holds the lock.
+
+        Every crash point is safe in this order: killed after the ack or after the archive write, the item is
+        not marked, so the next run fetches, publishes (a duplicate on the topic: at least once) and archives it
+        again (the archive reads a repeated id once). Marking before archiving lost the item from the archive
+        for good, and the archive is how a broker that lost its log is refilled."""
         acked = await self.sink.send(items) if items else []
         acked_ids = {i.id for i in acked}
-        for item in acked:
-            self.dedup.mark(item)
-        if acked and self.archive is not None:
-            self.archive.append(acked)
         self.pending = [i for i in items if i.id not in acked_ids]
         self.metrics.published.inc(len(acked))
         if self.pending:
             self.metrics.publish_errors.inc(len(self.pending))
         self.metrics.pending.set(len(self.pending))
+        if acked:
+            self._crash_point("after_ack")
+            self.unarchived.extend(acked)
+        await self._archive_and_mark()
         return len(acked)
+
+    async def _archive_and_mark(self) -> None:
+        """Archive (fsynced) then mark the acknowledged items. A failed write (full disk, permissions) never ends
+        ingest: the items stay unmarked in ``unarchived`` and are retried with backoff. Caller holds the lock."""
+        if not self.unarchived or time.monotonic() < self._archive_retry_at:
+            return
+        batch = list(self.unarchived)
+        if self.archive is not None:
+            try:
+                await asyncio.to_thread(self.archive.append, batch)
+            except Exception as err:  # noqa: BLE001 - OSError mostly; whatever it is, the items must wait, not vanish
+                self._archive_failed(err, len(batch))
+                return
+            self._crash_point("after_archive")
+        for item in batch:
+            self.dedup.mark(item)
+        del self.unarchived[: len(batch)]
+        self._archive_failures, self._archive_retry_at = 0, 0.0
+        self.metrics.unarchived.set(len(self.unarchived))
+
+    def _archive_failed(self, err: Exception, items: int) -> None:
+        """One line, no traceback: a full disk is an operational condition, and it repeats until fixed."""
+        self._archive_failures += 1
+        delay = min(self.archive_retry_s * 2 ** min(self._archive_failures - 1, 16), self.archive_retry_max_s)
+        self._archive_retry_at = time.monotonic() + delay
+        self.metrics.archive_errors.inc()
+        self.metrics.unarchived.set(items)
+        log.error("archive write failed: items stay unmarked and are retried", extra={
+            "error": f"{type(err).__name__}: {err}", "items": items, "failures": self._archive_failures,
+            "retry_in_s": round(delay, 1)})
+
+    def _crash_point(self, point: str) -> None:
+        """Test hook (``ingest.debug_crash_at``): die here as kill -9 would, with no cleanup and no flush."""
+        if self.crash_at == point:
+            log.warning("debug crash point reached: killing this process", extra={"point": point})
+            os.kill(os.getpid(), signal.SIGKILL)
 
     # ------------------------------------------------------------------ all feeds
 
@@ -276,7 +331,7 @@ class Poller:
                     task = None
                 if task is None and self.state[feed.name].next_due <= now:
                     tasks[feed.name] = asyncio.create_task(self.poll(feed), name=f"poll-{feed.name}")
-            if self.pending:
+            if self.pending or self.unarchived:
                 try:
                     async with self._lock:
                         await self._flush(self.pending)

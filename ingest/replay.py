@@ -5,6 +5,12 @@ Gaps between headlines are kept, divided by the speed factor (``60x``: an hour o
 batch a small state file records how far the replay got, so an interrupted replay of the same range
 resumes where it stopped instead of starting over (the worker would count repeats once anyway, but
 a quant's hour-long replay should not start again from zero).
+
+How far is a *position* in the archive's (event time, id) order, not a count: the archive may gain
+items between the runs (an import, ingest still running), and a count then points at the wrong item.
+Items inserted *behind* the position are caught too: the state keeps, per event day, a digest (count
+and id-hash sum) of the items at or before the position; a day whose digest changed is sent again up
+to the position (repeats, which the worker counts once, rather than a silent gap).
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from finsent.records import NewsItem
@@ -49,6 +55,70 @@ class ReplayReport:
     skipped: int  # already published by an earlier, interrupted run of the same range
     failed: int
     seconds: float
+    caught_up: int = 0  # of ``published``: sent again from days that gained items behind the resume position
+
+
+Key = tuple[datetime, str]
+_MASK = 2**64 - 1
+
+
+def _key(item: NewsItem) -> Key:
+    return item.published, item.id
+
+
+def _day(item: NewsItem) -> str:
+    return item.published.astimezone(UTC).date().isoformat()
+
+
+def _id_hash(item_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "big")
+
+
+def _digest(items: Iterable[NewsItem], start: tuple[int, int] = (0, 0)) -> tuple[int, int]:
+    """(count, sum of id hashes mod 2**64): order-free, so it can grow an item at a time."""
+    n, total = start
+    for item in items:
+        n, total = n + 1, (total + _id_hash(item.id)) & _MASK
+    return n, total
+
+
+@dataclass
+class ResumeState:
+    """How far a replay got: everything at or before ``position`` was acknowledged, and ``days`` holds the
+    digest of those items per event day. ``legacy_count``: a state file of the count-based version."""
+
+    position: Key | None = None
+    days: dict[str, tuple[int, int]] = field(default_factory=dict)
+    published: int = 0
+    legacy_count: int = 0
+
+    @classmethod
+    def load(cls, path: Path) -> ResumeState:
+        if not path.exists():
+            return cls()
+        doc = json.loads(path.read_text())
+        if "position" not in doc:  # {"published": N} from before positions: resume by count this once
+            return cls(published=doc.get("published", 0), legacy_count=doc.get("published", 0))
+        at, item_id = doc["position"]
+        return cls((datetime.fromisoformat(at), item_id), {d: (n, int(h, 16)) for d, (n, h) in doc["days"].items()},
+                   doc["published"])
+
+    def save(self, path: Path) -> None:
+        doc = {"published": self.published, "days": {d: [n, f"{h:016x}"] for d, (n, h) in sorted(self.days.items())},
+               "position": [self.position[0].isoformat(), self.position[1]] if self.position else None}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(path)
+
+    def behind(self, item: NewsItem) -> bool:
+        return self.position is not None and _key(item) <= self.position
+
+    def advance(self, items: list[NewsItem]) -> None:
+        """``items`` (in order, all after the position) were acknowledged."""
+        for item in items:
+            self.days[_day(item)] = _digest([item], self.days.get(_day(item), (0, 0)))
+        self.position = _key(items[-1])
+        self.published += len(items)
 
 
 def replay(
@@ -61,35 +131,70 @@ def replay(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> ReplayReport:
-    """``send`` publishes a batch and returns the items acknowledged (KafkaSink semantics)."""
-    done = json.loads(state_file.read_text())["published"] if state_file.exists() else 0
+    """``send`` publishes a batch and returns the items acknowledged (KafkaSink semantics).
+
+    ``items`` must come in (published, id) order, as ``Archive.read`` yields them."""
+    state = ResumeState.load(state_file)
     state_file.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    published = skipped = failed = 0
+    report = ReplayReport(0, 0, 0, 0.0)
     pending: list[NewsItem] = []
+    behind: list[NewsItem] = []  # the current day's items at or before the resume position
     first_event: float | None = None
     wall0 = 0.0
 
-    def flush() -> None:
-        nonlocal published, failed, pending
-        if not pending:
-            return
-        acked = send(pending)
-        if len(acked) < len(pending):
-            failed += len(pending) - len(acked)
-            raise RuntimeError(f"{len(pending) - len(acked)} items not acknowledged by the broker; rerun to resume")
-        published += len(acked)
-        tmp = state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"published": done + published}))
-        tmp.replace(state_file)
+    def publish(chunk: list[NewsItem]) -> None:
+        acked = send(chunk)
+        if len(acked) < len(chunk):
+            report.failed += len(chunk) - len(acked)
+            raise RuntimeError(f"{len(chunk) - len(acked)} items not acknowledged by the broker; rerun to resume")
+        report.published += len(acked)
         if progress:
             progress(len(acked))
-        pending = []
+
+    def flush() -> None:
+        nonlocal pending
+        if pending:
+            publish(pending)
+            state.advance(pending)
+            state.save(state_file)
+            pending = []
+
+    def settle() -> None:
+        """The resume position's past, one day at a time: skipped if unchanged, sent again if it gained items."""
+        nonlocal behind
+        if not behind:
+            return
+        day = _day(behind[0])
+        now = _digest(behind)
+        if now == state.days.get(day, (0, 0)):
+            report.skipped += len(behind)
+        else:
+            catch_up(day, behind, now, state.days.get(day, (0, 0)))
+        behind = []
+
+    def catch_up(day: str, day_items: list[NewsItem], now: tuple[int, int], before: tuple[int, int]) -> None:
+        log.warning("archive gained items behind the resume position since the interrupted replay: "
+                    "that day is sent again", extra={"day": day, "items": len(day_items), "items_before": before[0]})
+        for i in range(0, len(day_items), batch):
+            publish(day_items[i : i + batch])
+        report.caught_up += len(day_items)
+        state.days[day] = now  # only once the whole day is acknowledged: a crash in between sends it again
+        state.published += len(day_items)
+        state.save(state_file)
 
     for i, item in enumerate(items):
-        if i < done:
-            skipped += 1
+        if i < state.legacy_count:  # count-based state: trusted once, then replaced by a position
+            state.days[_day(item)] = _digest([item], state.days.get(_day(item), (0, 0)))
+            state.position = _key(item)
+            report.skipped += 1
             continue
+        if state.behind(item):
+            if behind and _day(behind[0]) != _day(item):
+                settle()
+            behind.append(item)
+            continue
+        settle()
         if speed is not None:
             at = item.published.timestamp()
             if first_event is None:
@@ -102,8 +207,10 @@ def replay(
         pending.append(item)
         if len(pending) >= batch:
             flush()
+    settle()
     flush()
-    return ReplayReport(published, skipped, failed, time.monotonic() - started)
+    report.seconds = time.monotonic() - started
+    return report
 
 
 def kafka_sender(sink) -> Callable[[list[NewsItem]], list[NewsItem]]:
@@ -111,4 +218,4 @@ def kafka_sender(sink) -> Callable[[list[NewsItem]], list[NewsItem]]:
     return lambda batch: asyncio.run(sink.send(batch))
 
 
-__all__ = ["ReplayReport", "kafka_sender", "parse_speed", "replay", "state_path"]
+__all__ = ["ReplayReport", "ResumeState", "kafka_sender", "parse_speed", "replay", "state_path"]

@@ -38,7 +38,10 @@ def build(settings: Settings, feeds: list[FeedConfig], output: Path | None) -> C
     sink: Sink = JsonlSink(output) if output else KafkaSink(settings.kafka.bootstrap, settings.topics.raw.name)
     # A JSONL run keeps its own dedup memory, so trying a feed list into a file does not hide items from Kafka later.
     dedup_path = state / "ingest" / ("dedup-" + output.stem + ".sqlite" if output else "dedup.sqlite")
-    dedup = DedupStore(dedup_path, timedelta(hours=cfg.dedup_horizon_hours), cfg.near_duplicate_threshold)
+    dedup = DedupStore(dedup_path, timedelta(hours=cfg.dedup_horizon_hours), cfg.near_duplicate_threshold,
+                       id_horizon=timedelta(days=cfg.dedup_id_horizon_days))
+    if dedup.moved_aside is not None:  # logged by the store; counted here, where the registry is
+        metrics.dedup_resets.inc()
     fetcher = Fetcher(
         FetchLimits(total_s=cfg.total_timeout_s, max_bytes=cfg.max_bytes),
         allow_private=settings.allow_private_feeds,
@@ -46,7 +49,8 @@ def build(settings: Settings, feeds: list[FeedConfig], output: Path | None) -> C
     edge = settings.windows
     poller = Poller(feeds, fetcher, dedup, sink, Archive(settings.paths.archive_dir), metrics,
                     per_host=cfg.per_host, max_pending=cfg.max_pending,
-                    future_tolerance_s=edge.future_tolerance_s, max_tickers=edge.max_tickers_per_item)
+                    future_tolerance_s=edge.future_tolerance_s, max_tickers=edge.max_tickers_per_item,
+                    crash_at=cfg.debug_crash_at)
     return Components(poller, sink, dedup, metrics)
 
 
@@ -84,4 +88,7 @@ def run(settings: Settings, feeds: list[FeedConfig], once: bool = False, output:
     if components.poller.pending:
         log.error("items not acknowledged by the sink at exit (they stay unmarked and will be fetched again)",
                   extra={"pending": len(components.poller.pending)})
+    if components.poller.unarchived:
+        log.error("items published but not archived at exit (they stay unmarked and will be fetched, published "
+                  "and archived again)", extra={"unarchived": len(components.poller.unarchived)})
     return summaries

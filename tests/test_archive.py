@@ -1,5 +1,7 @@
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from finsent.ingest.archive import Archive
 from finsent.records import NewsItem
 
@@ -59,3 +61,35 @@ def test_the_clamped_flag_is_kept_and_parts_written_before_it_existed_still_read
     got = {x.id: x for x in a.read()}
     assert got["id001"].published_clamped is True and got["id001"] == item(1, 1, published_clamped=True)
     assert got["id002"].published_clamped is None and got["id003"] == item(3, 3)
+
+
+def test_parts_are_fsynced_with_their_directories_and_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    """Ingest marks an item as seen once ``append`` returns, so by then the part must be on disk for good:
+    the file and the directories naming it (the new day directory, the part's rename) are fsynced."""
+    import os
+    import stat
+
+    import pyarrow.parquet as pq
+
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    a = Archive(tmp_path / "archive")
+    a.append([item(1, 1)])
+    assert synced.count("file") == 1 and synced.count("dir") >= 3  # archive root's parent, root, day dir
+    synced.clear()
+    a.append([item(2, 2)])
+    assert synced == ["file", "dir"]  # an existing day: the part, then its directory
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", full_disk)
+    with pytest.raises(OSError, match="No space left"):  # reaches the caller: ingest retries it
+        a.append([item(3, 3)])
+    assert not list(tmp_path.rglob("*.tmp")) and a.count() == 2
