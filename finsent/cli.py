@@ -218,18 +218,19 @@ def export(
     batch_size: Annotated[int, typer.Option(help="Batch size for the speed measurement.")] = 32,
     config: ConfigOption = None,
 ) -> None:
-    """Export ONNX fp32 + int8, check parity with torch fp32, and record the CPU backend that wins."""
+    """Measure every CPU backend and int8 recipe against fp32 under the gate, and record the one that wins."""
     from finsent.model.export import run
 
     settings = _settings(config)
     report = run(_model_dir(settings, model), settings.paths.data_dir, limit, batch_size)
-    typer.echo(f"{'backend':<11} {'topic acc':>9} {'sent acc':>9} {'agree':>6} {'texts/s':>8} {'speed-up':>8}  accepted")
+    typer.echo(f"{'backend':<24} {'topic acc':>9} {'sent acc':>9} {'agree':>6} {'texts/s':>8} {'speed-up':>8}  accepted")
     for name, r in report["backends"].items():
         typer.echo(
-            f"{name:<11} {r['topic_accuracy']:>9.4f} {r['sentiment_accuracy']:>9.4f} {r['agreement_with_fp32']:>6.3f} "
+            f"{name:<24} {r['topic_accuracy']:>9.4f} {r['sentiment_accuracy']:>9.4f} {r['agreement_with_fp32']:>6.3f} "
             f"{r['texts_per_s']:>8.1f} {r['speedup_vs_fp32']:>7.2f}x  {r['accepted']}"
         )
-    typer.echo(f"recommended CPU backend: {report['recommended']}")
+    typer.echo(f"gate: accuracy drop <= {report['max_accuracy_drop']} on each head, agreement >= {report['min_agreement']}; "
+               f"int8 recipe: {report['int8_recipe'] or 'none passed'}; recommended CPU backend: {report['recommended']}")
 
 
 @app.command()
@@ -312,7 +313,7 @@ def backtest(
             from finsent.model import Classifier
 
             m = settings.model
-            classifier = Classifier.load(directory, backend=m.backend, device=m.device, batch_size=m.batch_size)
+            classifier = Classifier.load(directory, backend=m.backend, device=m.device, batch_size=m.batch_size, threads=m.threads)
         return classifier.predict(texts)
 
     from finsent.model import artifact

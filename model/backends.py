@@ -3,10 +3,10 @@
 =============  ==========================================================================
 ``torch``      fp32 on CPU; fp16/bf16 autocast on CUDA
 ``torch-int8`` torch dynamic int8 quantisation of every Linear (CPU only)
-``onnx``       ONNX Runtime fp32 (``finsent export`` writes the graph)
-``onnx-int8``  ONNX Runtime with dynamic int8 weights (CPU)
-``auto``       CUDA when available; on CPU the backend ``finsent export`` measured fastest
-               within the accuracy tolerance (``export.json``), else ``torch``
+``onnx``       ONNX Runtime fp32 (graph built on first use and cached: ``finsent.model.onnxbuild``)
+``onnx-int8``  ONNX Runtime with int8 weights, the recipe the export gate accepted (CPU)
+``auto``       CUDA when available; on CPU the backend ``finsent export`` measured fastest within
+               the gate on these very weights (``export.json``), else ``onnx`` fp32, else ``torch``
 =============  ==========================================================================
 """
 
@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from finsent.model import onnxbuild
 from finsent.model.network import MultiTaskModel
 
 log = logging.getLogger("finsent.model.backends")
@@ -72,12 +73,15 @@ class OnnxBackend:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1  # one graph at a time: parallel branches only fight the intra-op pool
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
         if name.endswith("int8"):
             providers = ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(path), opts, providers=providers)
         self.name = name
+        self.path = path
 
     def __call__(self, input_ids, attention_mask):
         t, s = self.session.run(
@@ -87,29 +91,65 @@ class OnnxBackend:
         return t, s
 
 
-def onnx_paths(directory: Path) -> dict[str, Path]:
-    return {"onnx": directory / "onnx" / "model.onnx", "onnx-int8": directory / "onnx" / "model.int8.onnx"}
+def manifest(directory: Path) -> dict:
+    """``export.json``: what ``finsent export`` measured for this model (empty when never exported)."""
+    try:
+        return json.loads((directory / EXPORT_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def int8_recipe(directory: Path) -> str:
+    """The int8 recipe the export gate accepted (or, never exported, the one that passes it on the shipped model)."""
+    return manifest(directory).get("int8_recipe") or onnxbuild.DEFAULT_INT8_RECIPE
 
 
 def recommended(directory: Path) -> str | None:
-    """The CPU backend ``finsent export`` measured as fastest within tolerance, if its files exist."""
-    manifest = directory / EXPORT_MANIFEST
-    if not manifest.exists():
+    """The CPU backend ``finsent export`` measured fastest within the gate, if it was measured on these weights."""
+    found = manifest(directory)
+    choice = found.get("recommended")
+    if choice not in BACKENDS:
         return None
-    choice = json.loads(manifest.read_text()).get("recommended")
-    if choice in onnx_paths(directory) and not onnx_paths(directory)[choice].exists():
+    measured_on = found.get("weights_sha256")
+    if measured_on and measured_on != onnxbuild.weights_digest(directory):
+        log.warning("export.json was measured on other weights; not trusting its choice",
+                    extra={"model_dir": str(directory), "measured_on": measured_on[:12]})
         return None
-    return choice if choice in BACKENDS else None
+    return choice
 
 
-def make_backend(name: str, model: MultiTaskModel, directory: Path, device: str = "auto") -> Backend:
+def graph_path(directory: Path, name: str) -> Path:
+    """The ONNX graph serving backend ``name``, built (and cached) on first use."""
+    return onnxbuild.ensure(directory, onnxbuild.FP32 if name == "onnx" else int8_recipe(directory))
+
+
+def _auto_cpu(directory: Path) -> str:
+    """Fastest accepted: export.json's choice; unmeasured weights get ONNX fp32 (same numbers as torch)."""
+    choice = recommended(directory)
+    if choice:
+        return choice
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "onnx"
+
+
+def make_backend(name: str, model: MultiTaskModel, directory: Path, device: str = "auto", threads: int = 0) -> Backend:
     dev = resolve_device(device)
-    if name == "auto":
-        name = "torch" if dev.type == "cuda" else (recommended(directory) or "torch")
+    auto = name == "auto"
+    if auto:
+        name = "torch" if dev.type == "cuda" else _auto_cpu(directory)
     if name == "torch":
         return TorchBackend(model, dev)
     if name == "torch-int8":
         return TorchBackend(model, torch.device("cpu"), int8=True)
     if name in ("onnx", "onnx-int8"):
-        return OnnxBackend(onnx_paths(directory)[name], name)
+        try:
+            return OnnxBackend(graph_path(directory, name), name, threads)
+        except (onnxbuild.GraphError, ImportError, OSError) as err:
+            if not auto:
+                raise
+            log.warning("onnx backend unavailable; serving torch", extra={"error": f"{type(err).__name__}: {err}"})
+            return TorchBackend(model, dev)
     raise ValueError(f"unknown backend {name!r}; choose from auto, {', '.join(BACKENDS)}")

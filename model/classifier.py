@@ -85,11 +85,12 @@ class Classifier:
         backend: str = "auto",
         device: str = "auto",
         batch_size: int = 32,
+        threads: int = 0,
     ) -> Classifier:
         """Load a model directory; ``None`` = the newest shipped model in the repository's ``models/``."""
         directory = Path(path) if path is not None else artifact.default_model_dir()
         model, tokenizer, meta = artifact.load(directory)
-        chosen = make_backend(backend, model, directory, device)
+        chosen = make_backend(backend, model, directory, device, threads)
         news_bias = load_news_bias(directory, meta.full_name, list(meta.sentiment_labels))
         log.info("classifier loaded", extra={"model": meta.full_name, "backend": chosen.name, "path": str(directory),
                                              "news_bias": news_bias is not None})
