@@ -254,3 +254,128 @@ def test_metrics_count_answers_per_route_and_status_and_classified_texts(client)
     after = value("finsent_api_requests_total", route="/items", status="422"), value("finsent_api_classified_texts_total")
     assert after[0] == before[0] + 1 and after[1] == before[1] + 2
     assert "finsent_api_request_seconds_bucket" in client.get("/metrics").text
+
+
+# ---------------------------------------------------------------------------------------------- overload bounds
+
+
+def _metric(base_url: str, name: str, **labels) -> float:
+    import httpx
+
+    want = f"{name}{{{','.join(f'{k}={chr(34)}{v}{chr(34)}' for k, v in labels.items())}}}" if labels else name
+    for line in httpx.get(base_url + "/metrics", timeout=5).text.splitlines():
+        if line.startswith(want + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_chunked_upload_over_the_limit_is_cut_off_with_413_long_before_it_ends(tmp_path):
+    """Real HTTP: a generator body has no Content-Length (chunked). 50 MB are offered in 64 KiB chunks to a
+    4 KiB limit; the server counts the bytes as they arrive and answers 413 after a few socket buffers'
+    worth, never holding the whole body (the old check, on Content-Length only, read and parsed all of it)."""
+    import httpx
+
+    from webkit import serve_in_thread
+
+    settings = make_settings(tmp_path, web={"max_body_bytes": 4096}, kafka={"bootstrap": "127.0.0.1:1"})
+    total, offered = 50 * 1024 * 1024, []
+
+    def body():
+        chunk = b"x" * 65536
+        for _ in range(total // len(chunk)):
+            offered.append(len(chunk))
+            yield chunk
+
+    with serve_in_thread(build_api(settings, lambda: _NoModel(), StreamViews(), follow_topics=False)) as srv:
+        try:
+            r = httpx.post(srv.url + "/classify", content=body(), headers={"content-type": "application/json"}, timeout=20)
+            assert r.status_code == 413 and r.headers["connection"] == "close", r.text
+        except httpx.TransportError:  # the server may close before the client reads the answer: also a refusal
+            pass
+        assert sum(offered) < total / 4, f"{sum(offered)} of {total} bytes sent before the server stopped reading"
+        assert _metric(srv.url, "finsent_api_requests_total", route="/classify", status="413") == 1
+
+
+def test_a_content_length_that_is_not_a_number_is_400(client):
+    r = client.post("/classify", content=b'{"texts": ["x"]}', headers={"content-type": "application/json",
+                                                                       "content-length": "16x"})
+    assert r.status_code == 400 and "content-security-policy" in r.headers
+
+
+class _SlowModel:
+    """Stands in for the classifier: each predict waits until the test lets it go (``release``)."""
+
+    version = "slow@test"
+
+    def __init__(self):
+        import threading
+
+        self.release = threading.Event()
+
+    def predict(self, texts):
+        from types import SimpleNamespace
+
+        assert self.release.wait(30)
+        return [SimpleNamespace(topic="Energy | Oil", topic_probs={}, sentiment="neutral", sentiment_probs={}, flag=None)
+                for _ in texts]
+
+
+def test_classify_waiters_are_bounded_and_the_next_gets_503_with_retry_after(tmp_path):
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from webkit import serve_in_thread
+
+    model = _SlowModel()
+    settings = make_settings(tmp_path, web={"max_classify_waiting": 2, "busy_retry_after_s": 7},
+                             kafka={"bootstrap": "127.0.0.1:1"})
+    with serve_in_thread(build_api(settings, lambda: model, StreamViews(), follow_topics=False)) as srv, \
+            ThreadPoolExecutor(2) as pool:
+        post = lambda: httpx.post(srv.url + "/classify", json={"texts": ["Oil slumps"]}, timeout=30)  # noqa: E731
+        held = [pool.submit(post) for _ in range(2)]  # one in the model, one waiting for it
+        deadline = time.monotonic() + 10
+        while _metric(srv.url, "finsent_api_classify_waiting") < 2:
+            assert time.monotonic() < deadline, "the two requests never got in"
+            time.sleep(0.05)
+        refused = httpx.post(srv.url + "/classify", json={"texts": ["Gold rallies"]}, timeout=5)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "7", refused.text
+        assert _metric(srv.url, "finsent_api_busy_refusals_total", route="/classify") == 1
+        model.release.set()
+        assert [f.result().status_code for f in held] == [200, 200]
+        assert _metric(srv.url, "finsent_api_classify_waiting") == 0
+        assert httpx.post(srv.url + "/classify", json={"texts": ["Gold rallies"]}, timeout=5).status_code == 200
+
+
+def test_event_streams_are_bounded_and_stream_n_plus_one_gets_503(tmp_path):
+    """Real HTTP: N open /events streams hold every slot; the next one is refused with 503 + Retry-After and
+    counted; when a dashboard goes away its slot is free again."""
+    import time
+    from contextlib import ExitStack
+
+    import httpx
+
+    from webkit import serve_in_thread
+
+    n = 3
+    settings = make_settings(tmp_path, web={"max_event_streams": n}, kafka={"bootstrap": "127.0.0.1:1"})
+    with serve_in_thread(build_api(settings, lambda: _NoModel(), StreamViews(), follow_topics=False)) as srv, \
+            ExitStack() as streams:
+        opened = []  # each response with its line iterator: a dropped iterator closes its connection
+        for _ in range(n):
+            r = streams.enter_context(httpx.stream("GET", srv.url + "/events", timeout=20))
+            lines = r.iter_lines()
+            assert r.status_code == 200 and next(lines) == "retry: 2000"
+            opened.append((r, lines))
+        assert _metric(srv.url, "finsent_api_live_clients") == n
+        refused = httpx.get(srv.url + "/events", timeout=5)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "5", refused.text
+        assert _metric(srv.url, "finsent_api_busy_refusals_total", route="/events") == 1
+        opened[0][0].close()  # a dashboard goes away: its stream ends on the server's next disconnect check
+        deadline = time.monotonic() + 10
+        while _metric(srv.url, "finsent_api_live_clients") > n - 1:
+            assert time.monotonic() < deadline, "the closed stream's slot was never given back"
+            time.sleep(0.05)
+        with httpx.stream("GET", srv.url + "/events", timeout=20) as again:
+            assert again.status_code == 200

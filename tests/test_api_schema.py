@@ -49,3 +49,11 @@ def test_every_operation_honours_its_schema(tmp_path):
             run()
             tested.append(operation.label)
     assert OPERATIONS <= set(tested), tested
+
+
+def test_the_document_lists_the_refusals(tmp_path):
+    """Clients learn from the schema that a body may be refused (413, 400) and /classify may be busy (503)."""
+    app = build_api(make_settings(tmp_path), lambda: None, StreamViews(), follow_topics=False)
+    paths = app.openapi()["paths"]
+    assert {"400", "413", "503"} <= set(paths["/classify"]["post"]["responses"])
+    assert {"400", "413"} <= set(paths["/feedback"]["post"]["responses"])

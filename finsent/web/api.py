@@ -1,9 +1,11 @@
 """``finsent serve``: the HTTP API and the analysts' live dashboard, over the classifier and the stream's outputs.
 
 FastAPI for the typed request/response models and the OpenAPI schema. Limits are enforced before any
-work: the body size (413), the batch size and text length (422 naming the field). The classifier is
-loaded once at start and called in a worker thread, one batch at a time, so the event loop keeps
-answering health checks during inference.
+work: the body size (413, counted on the bytes as they arrive, so a chunked upload cannot be buffered whole),
+the batch size and text length (422 naming the field). The classifier is loaded once at start and called
+in a worker thread, one batch at a time, so the event loop keeps answering health checks during inference.
+Requests waiting for the model and open ``/events`` streams are bounded: past the bound the answer is 503
+with Retry-After at once, so an overload sheds load instead of queueing memory and sockets without end.
 
 The dashboard (``/``) is plain HTML/JS/CSS from ``finsent/web/static`` (no CDN, no build step): it reads the
 same JSON endpoints, and ``/events`` pushes new scored items and alerts as server-sent events, numbered so a
@@ -19,6 +21,7 @@ per app from the settings' limits, from the real annotation object.)
 import asyncio
 import hmac
 import json
+import logging
 import time
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -46,6 +49,8 @@ SECURITY_HEADERS = {
 SSE_POLL_S = 0.25
 SSE_PING_S = 15.0
 
+log = logging.getLogger("finsent.web")
+
 
 class ApiMetrics:
     """What operations watch on the API: answers per route and status, latency, /classify load, live clients."""
@@ -58,6 +63,113 @@ class ApiMetrics:
         self.classified = Counter("finsent_api_classified_texts_total", "Texts classified by POST /classify", registry=r)
         self.live_clients = Gauge("finsent_api_live_clients", "Open /events streams (dashboards watching)", registry=r)
         self.feedback = Counter("finsent_api_feedback_total", "Corrections stored", ["published"], registry=r)
+        self.classify_waiting = Gauge("finsent_api_classify_waiting",
+                                      "POST /classify requests running or waiting for the model", registry=r)
+        self.busy_refusals = Counter("finsent_api_busy_refusals_total", "Requests answered 503 because a bound "
+                                     "(web.max_classify_waiting, web.max_event_streams) was full", ["route"], registry=r)
+
+
+class _BodyTooLarge(Exception):
+    """Raised out of ``receive`` once a body passes the limit, so whatever reads it stops there."""
+
+
+class BodyLimit:
+    """Pure ASGI middleware: the body limit enforced on the bytes as they arrive.
+
+    Checking only Content-Length let a chunked upload (which has none) be buffered whole by the JSON parser.
+    Here every received chunk is counted and the request is answered 413 (connection closed) as soon as the
+    count passes the limit, so at most the limit plus one chunk is ever held. A declared length over the
+    limit is refused before reading anything; one that is not a number is a malformed request (400).
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        refused = self._check_declared(scope)
+        if refused is not None:
+            return await refused(scope, receive, send)
+        seen, over, started = 0, False, False
+
+        async def counted_receive():
+            nonlocal seen, over
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    over = True
+                    raise _BodyTooLarge
+            return message
+
+        async def guarded_send(message) -> None:
+            nonlocal started
+            if over and not started:  # the app's answer to a body it never got (FastAPI makes it 400): 413 instead
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except _BodyTooLarge:
+            pass
+        if over and not started:
+            log.info("request body cut off at the limit",
+                     extra={"path": scope.get("path"), "limit": self.max_bytes})
+            await self._too_large()(scope, receive, send)
+
+    def _check_declared(self, scope) -> Response | None:
+        """413 for a declared length over the limit, 400 for one that is not a number, else None."""
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                if not value.isdigit():
+                    return JSONResponse({"detail": "Content-Length is not a number"}, status_code=400,
+                                        headers={"Connection": "close"})
+                if int(value) > self.max_bytes:
+                    return self._too_large()
+        return None
+
+    def _too_large(self) -> Response:
+        """Connection: close, so the server stops reading the rest of an upload it will not use."""
+        return JSONResponse({"detail": f"body larger than {self.max_bytes} bytes"}, status_code=413,
+                            headers={"Connection": "close"})
+
+
+class _Slots:
+    """A bounded count of requests holding something scarce (the model queue, an open stream), with its gauge.
+
+    No lock: it is only touched from the event loop, between awaits."""
+
+    def __init__(self, limit: int, gauge: Gauge):
+        self.limit, self.held, self.gauge = limit, 0, gauge
+
+    def take(self) -> bool:
+        if self.held >= self.limit:
+            return False
+        self.held += 1
+        self.gauge.inc()
+        return True
+
+    def release(self) -> None:
+        self.held -= 1
+        self.gauge.dec()
+
+
+class _HeldStream(StreamingResponse):
+    """A streaming response that gives its slot back however it ends: finished, client gone, or headers never
+    sent (a generator that never started would not run its own ``finally``)."""
+
+    def __init__(self, content, release, **kwargs):
+        super().__init__(content, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 class Scores(BaseModel):
@@ -97,6 +209,15 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
 
     state: dict = {"classifier": None}
     lock = asyncio.Lock()
+    classify_slots = _Slots(w.max_classify_waiting, metrics.classify_waiting)
+    stream_slots = _Slots(w.max_event_streams, metrics.live_clients)
+
+    def busy(route: str, limit: int) -> HTTPException:
+        """503 with Retry-After, counted: a full bound answers at once rather than queueing without end."""
+        metrics.busy_refusals.labels(route).inc()
+        log.warning("busy: request refused", extra={"route": route, "limit": limit})
+        return HTTPException(503, f"busy: {limit} {route} requests already in progress; retry later",
+                             headers={"Retry-After": str(w.busy_retry_after_s)})
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -114,15 +235,14 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
     app = FastAPI(title="finsent", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Financial-news sentiment: classify headlines; scored items, windows and alerts.")
 
+    # Added first, so it runs inside the middleware below: its 413/400 answers get headers and are measured.
+    app.add_middleware(BodyLimit, max_bytes=w.max_body_bytes)
+
     @app.middleware("http")
-    async def limit_secure_and_measure(request: Request, call_next):
-        """Body size limit before any work, security headers on every answer, metrics per route."""
+    async def secure_and_measure(request: Request, call_next):
+        """Security headers on every answer, metrics per route (the body limit is BodyLimit, inside this)."""
         t0 = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > w.max_body_bytes):
-            response = JSONResponse({"detail": f"body larger than {w.max_body_bytes} bytes"}, status_code=413)
-        else:
-            response = await call_next(request)
+        response = await call_next(request)
         response.headers.update(SECURITY_HEADERS)
         route = request.scope.get("route")
         name = route.path if route is not None else ("/static" if request.url.path.startswith("/static/") else "other")
@@ -153,14 +273,6 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
         as the event id. A browser's automatic reconnect sends Last-Event-ID and resumes after it."""
         cursor = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
 
-        async def stream():
-            metrics.live_clients.inc()
-            try:
-                async for chunk in _events():
-                    yield chunk
-            finally:
-                metrics.live_clients.dec()
-
         async def _events():
             nonlocal cursor
             yield "retry: 2000\n\n"
@@ -176,18 +288,28 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
                     quiet_since = time.monotonic()
                 await asyncio.sleep(SSE_POLL_S)
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        if not stream_slots.take():  # each stream holds a socket and a poll loop: bounded
+            raise busy("/events", w.max_event_streams)
+        return _HeldStream(_events(), stream_slots.release, media_type="text/event-stream",
+                           headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    too_large = {413: {"description": "body larger than web.max_body_bytes"}}
+    too_large = {400: {"description": "Content-Length is not a number"},
+                 413: {"description": "body larger than web.max_body_bytes (declared, or counted as it arrives)"}}
+    classify_busy = {503: {"description": "web.max_classify_waiting requests already wait for the model; "
+                                          "retry after the Retry-After seconds"}}
 
-    @app.post("/classify", response_model=ClassifyResponse, responses=too_large)
+    @app.post("/classify", response_model=ClassifyResponse, responses={**too_large, **classify_busy})
     async def classify(req: ClassifyRequest) -> ClassifyResponse:
-        clf = state["classifier"]
-        async with lock:
-            t0 = time.perf_counter()
-            preds = await asyncio.to_thread(clf.predict, req.texts)
-            seconds = time.perf_counter() - t0
+        if not classify_slots.take():  # the model answers one batch at a time: bound the queue in front of it
+            raise busy("/classify", w.max_classify_waiting)
+        try:
+            clf = state["classifier"]
+            async with lock:
+                t0 = time.perf_counter()
+                preds = await asyncio.to_thread(clf.predict, req.texts)
+                seconds = time.perf_counter() - t0
+        finally:
+            classify_slots.release()
         metrics.classified.inc(len(req.texts))
         return ClassifyResponse(model=clf.version, seconds=round(seconds, 4), results=[
             Scores(topic=p.topic, topic_probs=p.topic_probs, sentiment=p.sentiment, sentiment_probs=p.sentiment_probs,
