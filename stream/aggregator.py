@@ -22,6 +22,13 @@ Tansu broker answers "latest offset" with the base offset of the last record bat
 Outputs (closed WindowStats to ``finsent.windows``, SurgeAlerts to ``finsent.alerts``) are awaited
 until the broker acknowledges them, and only then is a restore point written that moves past them.
 A crash between the two re-publishes identical records (same window, same alert id).
+
+A start uses the newest *readable* restore point: records that are not restore points (garbage, another
+format version) are skipped and counted (``finsent_restore_points_skipped_total``), so one bad record
+cannot crash-loop the aggregator; with none readable it starts afresh (``finsent_restore_fresh_starts_total``).
+A restore point is written only when something changed since the last one (positions read, outputs
+published), and an unchanged one again hourly, so an idle aggregator does not fill the topic; the topic's
+retention is bounded on start (``topics.CHECKPOINT_CONFIG``).
 """
 
 from __future__ import annotations
@@ -41,11 +48,23 @@ from finsent.records import DeadLetter, RecordError, ScoredItem
 from finsent.settings import Settings
 from finsent.stream.metrics import WorkerMetrics
 from finsent.stream.pipeline import Aggregation, Emitted
+from finsent.stream.topics import CHECKPOINT_CONFIG, bound_topic
 
 log = logging.getLogger("finsent.stream.aggregator")
 
 CHECKPOINT_VERSION = 2
 COMPRESSED = b"Z"  # zlib-compressed JSON follows: 100k keys of detector state stay far below Kafka's 1 MiB
+REWRITE_UNCHANGED_S = 3600.0  # an unchanged restore point is written again this often: retention never takes the last
+SCAN_CHUNK = 16  # restore points read per step of the backwards search for a readable one
+MAX_SKIPPED = 500  # past this many unreadable records in a row, start afresh rather than read the topic whole
+
+
+class RestorePointError(ValueError):
+    """A record on the checkpoints topic this version cannot restore from; ``reason``: unreadable | version."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
 
 
 @dataclass
@@ -64,13 +83,19 @@ class RestorePoint:
         return COMPRESSED + zlib.compress(body, 6)
 
     @classmethod
-    def from_json(cls, data: bytes) -> RestorePoint:
-        raw = json.loads(zlib.decompress(data[1:]) if data[:1] == COMPRESSED else data)
+    def from_json(cls, data: bytes | None) -> RestorePoint:
+        """Raises RestorePointError (a ValueError) for anything that is not a restore point of this version."""
+        raw = _decode(data)
         if raw.get("v") != CHECKPOINT_VERSION:
-            raise ValueError(f"restore point version {raw.get('v')} is not {CHECKPOINT_VERSION}")
-        until = raw["emitted_until"]
-        return cls({int(p): o for p, o in raw["replay_from"].items()}, -math.inf if until is None else float(until),
-                   raw["detector"], {int(p): o for p, o in raw.get("positions", {}).items()}, raw.get("written_at", 0.0))
+            raise RestorePointError("version", f"restore point version {raw.get('v')!r} is not {CHECKPOINT_VERSION}")
+        try:
+            until = raw["emitted_until"]
+            if not isinstance(raw["detector"], dict):
+                raise TypeError("detector is not an object")
+            return cls(_offsets(raw["replay_from"]), -math.inf if until is None else float(until), raw["detector"],
+                       _offsets(raw.get("positions", {})), float(raw.get("written_at", 0.0)))
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise RestorePointError("unreadable", f"restore point fields: {type(err).__name__}: {err}") from None
 
     def poisoned(self, now: float, tolerance_s: float) -> bool:
         """A restore point from before the edge checks could hold event times in the future."""
@@ -93,6 +118,9 @@ class Aggregator:
         self.last_event_wall = time.monotonic()
         self.lane_seen: dict[int, float] = {}  # partition -> wall time of its last record
         self.last_checkpoint = 0.0
+        self.last_written = -math.inf  # monotonic time of the last restore point written
+        self.written_positions: dict[int, int] | None = None  # what it covers: None until one is written
+        self.unsaved_output = False  # outputs acknowledged that no restore point moved past yet
         self.restoring = True
         self._forgotten = 0
         self.started_wall = time.monotonic()
@@ -104,6 +132,7 @@ class Aggregator:
         self.producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, client_id=self.client_id, acks="all",
                                          request_timeout_ms=int(self.settings.stream.produce_timeout_s * 1000))
         await self.producer.start()
+        await self._bound_checkpoints()
         point = await self._load_restore_point()
         self.consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, client_id=self.client_id, group_id=None,
                                          enable_auto_commit=False, auto_offset_reset="earliest",
@@ -129,6 +158,7 @@ class Aggregator:
         self.restoring = point is not None
         if self.restoring and backlog == 0:
             self._finish_restore()
+        self.metrics.restore_point_current.set(time.time())  # the state now is what the restore point held
         log.info("aggregator started", extra={
             "restore_point": point is not None, "replay_items": backlog,
             "emitted_until": _iso(point.emitted_until) if point else None,
@@ -188,6 +218,7 @@ class Aggregator:
         decoded.sort(key=lambda r: r[2].item.published)
         store = self.agg.store
         late0, dup0 = store.late, store.duplicates
+        self.metrics.aggregated.inc(len(decoded))
         for partition, msg, scored in decoded:
             lane_start = store.bucket_start(scored.item.published.timestamp())
             lows = self.lows.setdefault(partition, {})
@@ -226,6 +257,7 @@ class Aggregator:
         self.metrics.duplicates.inc(store.duplicates - dup0)
         await self.publish(out)
         if out:
+            self.unsaved_output = True
             self._export(out)
         await self.maybe_checkpoint(force=bool(out))
         self._observe_state()
@@ -261,11 +293,24 @@ class Aggregator:
             return
         if self.restoring:
             return  # the newest restore point is still the right one until the replay has caught up
-        assert self.producer is not None
-        point = RestorePoint(self.replay_from(), self.agg.judged_until, self.agg.snapshot(), dict(self.positions))
-        await self.producer.send_and_wait(self.settings.topics.checkpoints.name, key=b"aggregator", value=point.to_json())
         self.last_checkpoint = now
+        if self._unchanged() and now - self.last_written < REWRITE_UNCHANGED_S:
+            self.metrics.restore_point_current.set(time.time())  # the newest restore point still covers the state
+            return
+        assert self.producer is not None
+        positions = dict(self.positions)
+        point = RestorePoint(self.replay_from(), self.agg.judged_until, self.agg.snapshot(), positions)
+        await self.producer.send_and_wait(self.settings.topics.checkpoints.name, key=b"aggregator", value=point.to_json())
+        self.last_written, self.written_positions, self.unsaved_output = now, positions, False
         self.metrics.checkpoints.inc()
+        self.metrics.restore_point_current.set(time.time())
+
+    def _unchanged(self) -> bool:
+        """Nothing read and nothing published since the last restore point: restarting from it rebuilds this state.
+
+        The idle timer moves event time on while nothing arrives, but windows without items publish
+        nothing, and a restart's idle timer moves it on the same way."""
+        return self.written_positions == self.positions and not self.unsaved_output
 
     def replay_from(self) -> dict[int, int]:
         """Per partition, the first offset whose item may still be in a window in memory."""
@@ -280,31 +325,67 @@ class Aggregator:
         return out
 
     # -- helpers ----------------------------------------------------------------------------------
-    async def _load_restore_point(self) -> RestorePoint | None:
+    async def _bound_checkpoints(self) -> None:
+        """Bound the checkpoints topic's retention, whoever created it; a failure is logged, never fatal."""
         name = self.settings.topics.checkpoints.name
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka.bootstrap, client_id=self.client_id,
-                                    group_id=None, enable_auto_commit=False)
-        await consumer.start()
         try:
-            tp = TopicPartition(name, 0)
-            consumer.assign([tp])
-            end = (await consumer.end_offsets([tp]))[tp]
-            if end == 0:
-                return None
-            consumer.seek(tp, end - 1)
-            batch = await consumer.getmany(tp, timeout_ms=5000)
-            messages = batch.get(tp, [])
-            if not messages:
-                raise RuntimeError(f"could not read the newest restore point at {name}[0]@{end - 1}")
-            point = RestorePoint.from_json(messages[-1].value)
-        finally:
-            await consumer.stop()
-        if point.poisoned(time.time(), self.settings.windows.future_tolerance_s):
+            await asyncio.to_thread(bound_topic, self.settings.kafka.bootstrap, name, CHECKPOINT_CONFIG)
+        except Exception as err:  # noqa: BLE001 (an unbounded topic is a later problem; no windows is a now problem)
+            log.warning("could not bound the checkpoints topic",
+                        extra={"topic": name, "error": f"{type(err).__name__}: {err}"})
+
+    async def _load_restore_point(self) -> RestorePoint | None:
+        point = await self._newest_readable()
+        if point is not None and point.poisoned(time.time(), self.settings.windows.future_tolerance_s):
             log.error("restore point holds event times in the future; starting its windows afresh", extra={
                 "emitted_until": _iso(point.emitted_until)})
             self.metrics.rejected.labels("poisoned_restore_point").inc()
+            self.metrics.restore_fresh.labels("poisoned").inc()
             return None
         return point
+
+    async def _newest_readable(self) -> RestorePoint | None:
+        """The newest restore point this version can restore from, searching backwards past bad records."""
+        name = self.settings.topics.checkpoints.name
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka.bootstrap, client_id=self.client_id,
+                                    group_id=None, enable_auto_commit=False,
+                                    fetch_max_wait_ms=self.settings.stream.fetch_max_wait_ms)
+        await consumer.start()
+        skipped = 0
+        try:
+            tp = TopicPartition(name, 0)
+            consumer.assign([tp])
+            begin, upto = await _log_bounds(consumer, tp)
+            while upto > begin and skipped < MAX_SKIPPED:
+                start = max(begin, upto - SCAN_CHUNK)
+                for msg in reversed(await _read_span(consumer, tp, start, upto)):
+                    point = self._readable(msg)
+                    if point is not None:
+                        if skipped:
+                            log.warning("restoring from an older restore point",
+                                        extra={"offset": msg.offset, "skipped": skipped})
+                        return point
+                    skipped += 1
+                upto = start
+        finally:
+            await consumer.stop()
+        if skipped:
+            log.error("no readable restore point; starting the windows afresh",
+                      extra={"topic": name, "skipped": skipped})
+            self.metrics.restore_fresh.labels("none_readable").inc()
+        return None
+
+    def _readable(self, msg) -> RestorePoint | None:
+        """The restore point in ``msg``, or None (counted and logged) when this version cannot restore from it."""
+        try:
+            point = RestorePoint.from_json(msg.value)
+            _check_restorable(self.settings, point)
+            return point
+        except RestorePointError as err:
+            self.metrics.restore_skipped.labels(err.reason).inc()
+            log.warning("restore point skipped", extra={"topic": msg.topic, "offset": msg.offset, "reason": err.reason,
+                                                        "error": str(err)})
+            return None
 
     async def _dead_letter(self, msg, error: str, reason: str = "bad_scored_record") -> None:
         assert self.producer is not None
@@ -349,6 +430,58 @@ class Aggregator:
                     self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - self.positions.get(tp.partition, 0)))
 
 
+async def _log_bounds(consumer: AIOKafkaConsumer, tp: TopicPartition) -> tuple[int, int]:
+    """First and next offset of the partition's log; the end from a fetch's high watermark (Tansu's ListOffsets
+    answers the last batch's base offset + 1, which cuts off records written in one batch)."""
+    begin = (await consumer.beginning_offsets([tp]))[tp]
+    end = (await consumer.end_offsets([tp]))[tp]
+    if end <= begin:
+        return begin, begin  # empty, or emptied by retention
+    consumer.seek(tp, end - 1)
+    if not (await consumer.getmany(tp, timeout_ms=5000)).get(tp):
+        raise RuntimeError(f"could not read the newest restore point at {tp.topic}[{tp.partition}]@{end - 1}")
+    return begin, max(end, consumer.highwater(tp) or end)
+
+
+async def _read_span(consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, upto: int,
+                     timeout_s: float = 10.0) -> list:
+    """The records at offsets start..upto-1 (compaction may have left gaps). A broker that does not deliver
+    them raises: starting afresh would throw state away over a network problem."""
+    consumer.seek(tp, start)
+    out: list = []
+    deadline = time.monotonic() + timeout_s
+    while await consumer.position(tp) < upto:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"could not read restore points {start}..{upto - 1} of {tp.topic}[{tp.partition}]")
+        batch = await consumer.getmany(tp, timeout_ms=1000)
+        out += [m for m in batch.get(tp, []) if m.offset < upto]
+    return out
+
+
+def _check_restorable(settings: Settings, point: RestorePoint) -> None:
+    """Rebuild the detector from ``point`` on a scratch aggregation: a malformed row must be found here, where
+    the search can go on to an older restore point, not in the start that would then fail again and again."""
+    try:
+        Aggregation(settings).begin_restore(point.emitted_until, point.detector)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        raise RestorePointError("unreadable", f"detector state: {type(err).__name__}: {err}") from None
+
+
+def _decode(data: bytes | None) -> dict:
+    """The JSON object in a record's value (zlib-compressed or not); RestorePointError("unreadable") otherwise."""
+    try:
+        raw = json.loads(zlib.decompress(data[1:]) if data[:1] == COMPRESSED else data)
+    except (TypeError, ValueError, zlib.error) as err:  # TypeError: a tombstone; ValueError: bad JSON or UTF-8
+        raise RestorePointError("unreadable", f"not a restore point: {type(err).__name__}: {err}") from None
+    if not isinstance(raw, dict):
+        raise RestorePointError("unreadable", f"not a restore point: a JSON {type(raw).__name__}")
+    return raw
+
+
+def _offsets(raw: dict) -> dict[int, int]:
+    return {int(p): int(o) for p, o in raw.items()}
+
+
 def _iso(ts: float) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat() if math.isfinite(ts) and ts > 0 else None
 
@@ -357,4 +490,4 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-__all__ = ["Aggregator", "RestorePoint"]
+__all__ = ["Aggregator", "RestorePoint", "RestorePointError"]

@@ -69,6 +69,26 @@ class WorkerMetrics:
         self.state_ids = Gauge("finsent_window_state_item_ids", "Item ids held for redelivery dedup (bounded)", registry=r)
         self.restored = Counter("finsent_window_restored_items_total", "Scored items replayed to rebuild state after a start", registry=r)
         self.checkpoints = Counter("finsent_window_checkpoints_total", "Aggregator restore points written", registry=r)
+        self.aggregated = Counter(
+            "finsent_window_items_total",
+            "Scored items the aggregator read, live and replayed (the denominator of late/rejected shares)", registry=r,
+        )
+        # Unix time, not an age: a stuck event loop freezes an age gauge, while time() - this keeps growing.
+        self.restore_point_current = Gauge(
+            "finsent_window_restore_point_timestamp_seconds",
+            "When the newest restore point was last known to cover the aggregator's state (written, or found "
+            "unchanged; set at start). 0 on workers that do not aggregate", registry=r,
+        )
+        self.restore_skipped = Counter(
+            "finsent_restore_points_skipped_total",
+            "Restore points passed over on start, by reason (unreadable: not a restore point; version: another format)",
+            ["reason"], registry=r,
+        )
+        self.restore_fresh = Counter(
+            "finsent_restore_fresh_starts_total",
+            "Aggregator starts without state although restore points exist, by reason (none_readable, poisoned)",
+            ["reason"], registry=r,
+        )
         labels = ["dim", "name", "width"]
         self.w_count = Gauge("finsent_window_count", "Headlines in the newest closed window", labels, registry=r)
         self.w_negative = Gauge("finsent_window_negative", "Negative headlines in the newest closed window", labels, registry=r)

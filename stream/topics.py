@@ -7,6 +7,11 @@ and per-key ordering assumptions depend on it.
 
 ``read_all`` reads a topic whole (tests, benchmarks) without trusting the broker's end offsets, which the
 embedded broker understates.
+
+``bound_topic`` sets retention on an existing topic (the aggregator bounds its checkpoints topic with
+``CHECKPOINT_CONFIG`` on every start, whoever created the topic). Apache Kafka applies and reports it;
+Tansu 0.6 answers OK to CreateTopics configs and IncrementalAlterConfigs but keeps, reports and
+enforces none of them (its memory log is lost on stop anyway), so there the result is "unverified".
 """
 
 from __future__ import annotations
@@ -14,17 +19,34 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from finsent.procs import bootstrap_reachable
 from finsent.settings import TopicSpec
 
 log = logging.getLogger("finsent.stream.topics")
+
+
+HOUR_MS = 3600 * 1000
+
+# The checkpoints topic: every restore point has the key "aggregator" and only the newest readable one is
+# ever used. Compaction keeps the newest; min.compaction.lag.ms keeps the last hour whole, so a start can
+# fall back past an unreadable newest record; delete bounds age and size (a restore point older than the
+# scored topic's retention, Kafka's default 7 days, points at offsets that are gone anyway). Both act on
+# closed segments only, hence segment.ms. The aggregator rewrites an unchanged restore point hourly, so
+# deletion never takes the last one.
+CHECKPOINT_CONFIG = {
+    "cleanup.policy": "compact,delete",
+    "retention.ms": str(7 * 24 * HOUR_MS),
+    "retention.bytes": str(512 << 20),
+    "segment.ms": str(HOUR_MS),
+    "min.compaction.lag.ms": str(HOUR_MS),
+}
 
 
 class TopicMismatch(RuntimeError):
@@ -181,3 +203,52 @@ def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout_s: float =
         return TopicReport(created=created, existing=sorted(existing))
     finally:
         admin.close()
+
+
+def bound_topic(bootstrap: str, name: str, config: Mapping[str, str], timeout_s: float = 15.0) -> str:
+    """Set ``config`` on topic ``name``: "applied", "unverified" (accepted, not reported back) or "refused".
+
+    A broker that refuses the cleanup policy (or an ACL that forbids altering it) gets the size and age
+    bounds alone; a refusal of those too is logged, never raised: an unbounded topic is a disk-space
+    problem for later, a crash here would stop the windows now."""
+    attempts = [dict(config)]
+    if "cleanup.policy" in config:
+        attempts.append({k: v for k, v in config.items() if k != "cleanup.policy"})
+    admin = admin_client(bootstrap, timeout_s)
+    try:
+        for attempt in attempts:
+            error = _alter_topic(admin, name, attempt)
+            if error is None:
+                return _verify_topic(admin, name, attempt)
+            log.warning("topic config refused", extra={"topic": name, "config": attempt, "error": error})
+        return "refused"
+    finally:
+        admin.close()
+
+
+def _alter_topic(admin: KafkaAdminClient, name: str, config: dict[str, str]) -> str | None:
+    """None when the broker accepted ``config``, else its error. Incremental: other settings stay."""
+    resource = ConfigResource(ConfigResourceType.TOPIC, name, configs=config)
+    try:
+        # raise_on_unknown=False: the client's check asks the broker which keys are set, and unset ones are unknown
+        result = admin.alter_configs([resource], raise_on_unknown=False)
+    except (KafkaError, ValueError) as err:
+        return f"{type(err).__name__}: {err}"
+    outcome = result.get("topic", {}).get(name)
+    return None if outcome == "OK" else str(outcome)
+
+
+def _verify_topic(admin: KafkaAdminClient, name: str, config: dict[str, str]) -> str:
+    """Read the topic's settings back: a broker may answer OK and keep nothing (Tansu)."""
+    try:
+        described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+        reported = described.get("topic", {}).get(name, {})
+    except (KafkaError, ValueError) as err:
+        reported = {"error": {"value": str(err)}}
+    missing = sorted(k for k, v in config.items() if reported.get(k, {}).get("value") != v)
+    if missing:
+        log.info("topic config accepted but not reported back; the broker may not enforce it",
+                    extra={"topic": name, "not_reported": missing})
+        return "unverified"
+    log.info("topic config applied", extra={"topic": name, "config": config})
+    return "applied"

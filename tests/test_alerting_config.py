@@ -1,5 +1,6 @@
 """The shipped Prometheus rules and Alertmanager routing, checked by the real promtool and amtool."""
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -7,6 +8,8 @@ import yaml
 
 from conftest import make_settings
 from finsent.alerts.embedded import ALERTMANAGER_CONFIG, RULES_DIR, render_alertmanager_config
+
+RUNBOOKS = Path(__file__).resolve().parents[1] / "docs" / "runbooks.md"
 
 
 def run(*argv: str) -> subprocess.CompletedProcess:
@@ -29,7 +32,31 @@ def test_every_alert_has_promtool_unit_tests_and_they_pass():
               for t in case.get("alert_rule_test", [])}
     assert alerts == tested, f"alerts without a promtool test: {alerts - tested}"
     assert alerts >= {"NegativeSentimentSurge", "FeedStale", "FeedErrors", "WorkerDown", "ConsumerLagHigh",
-                      "InferenceSlow", "DeadLettersGrowing"}
+                      "InferenceSlow", "DeadLettersGrowing", "AggregatorDown", "AggregatorStuck", "WatermarkStalled",
+                      "WatermarkAhead", "LateItemsHigh", "ItemsRejectedTooLate"}
+
+
+def alert_rules() -> list[dict]:
+    return [rule for f in RULES_DIR.glob("*.yml") for g in yaml.safe_load(f.read_text())["groups"]
+            for rule in g["rules"] if "alert" in rule]
+
+
+def anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a document's headings: lower case, punctuation dropped, spaces to hyphens."""
+    return {re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+            for m in re.finditer(r"^#{1,6} (.+)$", markdown, re.M)}
+
+
+def test_every_alert_links_a_runbook_section_that_exists():
+    sections = anchors(RUNBOOKS.read_text())
+    for rule in alert_rules():
+        url = rule["annotations"].get("runbook_url", "")
+        path, _, anchor = url.partition("#")
+        assert path == "docs/runbooks.md" and anchor, f"{rule['alert']}: runbook_url {url!r}"
+        assert anchor in sections, f"{rule['alert']}: no section #{anchor} in docs/runbooks.md"
+        section = RUNBOOKS.read_text().split(f"## {rule['alert']}\n", 1)[-1].split("\n## ", 1)[0]
+        assert all(part in section for part in ("**Means.**", "**Check.**", "**Fix.**")), rule["alert"]
+    assert "aggregatordown" in sections and "no-such-alert" not in sections  # the slugs are computed, not assumed
 
 
 def test_a_broken_rule_file_is_caught(tmp_path):

@@ -242,3 +242,146 @@ def _nested(env: dict[str, str]) -> dict:
             node = node.setdefault(p, {})
         node[parts[-1]] = value
     return out
+
+
+# ---- data directories, volumes, the token file, network policy --------------------------------------------
+
+FINSENT_UID = 10001
+ALERTMANAGER_UID = 65534  # prom/alertmanager runs as nobody
+
+
+def runtime_instructions() -> list[tuple[str, str]]:
+    """The runtime stage's instructions (after the last FROM), continuation lines joined: (INSTRUCTION, rest)."""
+    text = re.sub(r"\\\n\s*", " ", (DEPLOY / "docker" / "Dockerfile").read_text())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    last_from = max(i for i, line in enumerate(lines) if line.startswith("FROM "))
+    return [tuple(line.split(" ", 1)) for line in lines[last_from:]]  # type: ignore[misc]
+
+
+def image_dirs() -> dict[str, tuple[int, int]]:
+    """Directories the runtime stage creates with `install -d -o UID`: path -> (owner, instruction index)."""
+    out = {}
+    for i, (op, rest) in enumerate(runtime_instructions()):
+        if op != "RUN":
+            continue
+        for cmd in re.findall(r"install -d ([^&;]+)", rest):
+            words = cmd.split()
+            owner = int(words[words.index("-o") + 1])
+            flags_end = max(words.index(f) + 2 for f in ("-o", "-g", "-m") if f in words)
+            for path in words[flags_end:]:
+                out[path] = (owner, i)
+    return out
+
+
+def service_uid(svc: dict) -> int:
+    return int(str(svc.get("user", FINSENT_UID)).split(":")[0])
+
+
+def k8s_docs(name: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((DEPLOY / "k8s" / name).read_text()) if d]
+
+
+def test_the_image_creates_every_volume_directory_owned_by_its_writer_before_switching_user():
+    """Named volumes start as a copy of the image's directory, owner included: missing ones come up root-owned."""
+    instructions = runtime_instructions()
+    dirs = image_dirs()
+    user_at = next(i for i, (op, _) in enumerate(instructions) if op == "USER")
+    volume_at = [i for i, (op, _) in enumerate(instructions) if op == "VOLUME"]
+    assert instructions[user_at][1].startswith(f"{FINSENT_UID}:")
+    doc = compose()
+    checked = 0
+    for name in FINSENT_SERVICES:
+        svc = doc["services"][name]
+        for volume in svc.get("volumes", []):
+            source, target = volume.split(":")[:2]
+            if source.startswith((".", "/", "$")):
+                continue  # a bind mount of a repo file, read-only
+            assert target in dirs, f"{name}: {target} (volume {source}) is not created in the image"
+            owner, at = dirs[target]
+            assert owner == service_uid(svc), f"{name} runs as {service_uid(svc)} but {target} belongs to {owner}"
+            assert at < user_at and all(at < v for v in volume_at), f"{target} is created after USER/VOLUME"
+            checked += 1
+    assert checked >= 5  # archive, ingest state, audit, feedback, alertmanager config
+    for name in ("api.yaml", "ingest.yaml", "receiver.yaml"):  # PVCs: the pod's fsGroup makes them writable
+        for d in k8s_docs(name):
+            if d["kind"] == "Deployment":
+                assert d["spec"]["template"]["spec"]["securityContext"]["fsGroup"] == FINSENT_UID, name
+
+
+def test_the_ingest_dedup_db_is_on_a_volume_in_compose_and_kubernetes():
+    service = (ROOT / "ingest" / "service.py").read_text()
+    assert 'state / "ingest" / (' in service and '"dedup.sqlite"' in service  # <state_dir>/ingest/dedup.sqlite
+    state_dir = re.search(r"FINSENT_PATHS__STATE_DIR=(\S+)", (DEPLOY / "docker" / "Dockerfile").read_text()).group(1)
+    dedup = Path(state_dir) / "ingest" / "dedup.sqlite"
+    ingest = compose()["services"]["ingest"]
+    named = [v.split(":")[:2] for v in ingest["volumes"] if not v.startswith((".", "/", "$"))]
+    assert any(dedup.is_relative_to(target) for _, target in named), f"compose: {dedup} is on the container's disk"
+    deployment = next(d for d in k8s_docs("ingest.yaml") if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    claims = {v["name"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    mounts = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] in claims]
+    assert any(dedup.is_relative_to(m["mountPath"]) for m in mounts), f"k8s: {dedup} is on the pod's disk"
+    pvcs = {d["metadata"]["name"] for d in k8s_docs("ingest.yaml") if d["kind"] == "PersistentVolumeClaim"}
+    assert {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v} <= pvcs
+
+
+def test_alertmanager_can_read_the_token_file_the_config_job_writes(tmp_path, monkeypatch):
+    """The job writes the token 0600 (owner-only): the job must run as Alertmanager's user, into a directory
+    the image gives that user."""
+    from conftest import make_settings
+    from finsent.alerts.embedded import render_alertmanager_config
+
+    services = compose()["services"]
+    job, am = services["alertmanager-config"], services["alertmanager"]
+    assert service_uid(job) == service_uid(am) == ALERTMANAGER_UID
+    out_dir = job["command"][2]
+    assert image_dirs()[out_dir][0] == ALERTMANAGER_UID and job["working_dir"] == out_dir
+    assert f"alertmanager-config:{out_dir}:ro" in am["volumes"]
+    monkeypatch.setenv("FINSENT_RECEIVER__TOKEN", "t0ken")
+    render_alertmanager_config(make_settings(tmp_path), tmp_path / "am")
+    mode = (tmp_path / "am" / "receiver-token").stat().st_mode & 0o777
+    assert mode & 0o400 and not mode & 0o077  # owner-readable only: the owner (the job's uid) is Alertmanager
+
+
+def test_network_policies_limit_ingest_egress_and_who_reads_the_receiver_and_api():
+    policies = {d["metadata"]["name"]: d["spec"] for d in k8s_docs("networkpolicy.yaml")}
+    components = {d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+                  for name in ("ingest.yaml", "receiver.yaml", "api.yaml")
+                  for d in k8s_docs(name) if d["kind"] == "Deployment"}
+
+    def policy_for(component: str) -> dict:
+        selector = {"app.kubernetes.io/component": component}
+        matching = [p for p in policies.values() if p["podSelector"]["matchLabels"] == selector]
+        assert len(matching) == 1 and component in components, component
+        return matching[0]
+
+    egress = policy_for("finsent-ingest")
+    assert egress["policyTypes"] == ["Egress"]
+    by_port: dict[int, list] = {}
+    for rule in egress["egress"]:
+        assert rule.get("ports") and rule.get("to"), "an egress rule without ports or peers allows everything"
+        for port in rule["ports"]:
+            by_port.setdefault(port["port"], []).extend(rule["to"])
+    assert set(by_port) == {53, 80, 443, 9092}
+    assert all(peer["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"} for peer in by_port[53])
+    web = [peer["ipBlock"] for peer in by_port[443]]
+    assert len(web) == len(by_port[443]) and by_port[80] == by_port[443]
+    v4 = next(b for b in web if b["cidr"] == "0.0.0.0/0")
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(v4["except"])
+    assert all("ipBlock" not in peer and "namespaceSelector" in peer for peer in by_port[9092])
+
+    allowed = {"prometheus", "alertmanager"}
+    for component, readers in (("finsent-receiver", {"prometheus", "alertmanager"}), ("finsent-api", {"prometheus"})):
+        policy = policy_for(component)
+        assert policy["policyTypes"] == ["Ingress"]
+        seen = set()
+        for rule in policy["ingress"]:
+            assert rule.get("from") and rule.get("ports"), f"{component}: a rule open to everyone"
+            for peer in rule["from"]:
+                if "namespaceSelector" not in peer:
+                    assert set(peer) == {"podSelector"} and peer["podSelector"] == {}  # this namespace
+                    continue
+                name = peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+                assert name in allowed and "ipBlock" not in peer, f"{component}: reader {peer}"
+                seen.add(name)
+        assert seen == readers, component
