@@ -1,47 +1,79 @@
 """Stream benchmarks, all figures measured in one run.
 
     .venv/bin/python bench/bench_stream.py [--items 3000] [--latency-s 60] [--core 1000000] [--backend auto]
+        [--max-batch N] [--max-wait-s S] [--fetch-max-wait-ms MS] [--threads N] [--set stream.x=y …] [--out PATH]
 
-1. bare ``Classifier.predict`` throughput at the worker's batch size (``stream.max_batch``) on demo
-   headlines, in this process;
+1. ceiling: bare ``Classifier.predict`` of the backend the worker serves, in this process, on the same
+   headlines sorted by token length and cut into batches of ``--ceiling-batch`` (one forward pass each):
+   no broker, no decoding, no padding waste, so no stream processor on this box can score faster;
 2. end-to-end throughput through the embedded broker and a real ``finsent worker`` process (publish
    ``--items`` headlines, time until the worker's ``items_scored_total`` counts them all), and its ratio to 1;
-3. published→scored latency (raw record's Kafka timestamp → scored record's Kafka timestamp), p50/p99, at a
+3. a naive peer on the same broker, model and backend: a plain kafka-python loop in this process (poll up to
+   ``--naive-batch`` records → ``predict`` → produce the scored records with acks=all and wait → commit
+   synchronously) over a fresh copy of the same items on its own raw topic; the worker's ratio to it;
+4. published→scored latency (raw record's Kafka timestamp → scored record's Kafka timestamp), p50/p99, at a
    fixed offered load of 50 % of the end-to-end capacity measured in 2, for ``--latency-s`` seconds;
-4. window + surge core throughput (events/s) on ``--core`` synthetic observations, and the state it holds
+5. window + surge core throughput (events/s) on ``--core`` synthetic observations, and the state it holds
    at the end (bounded by eviction).
 
-On a 2-core machine the benchmark process, the broker and the worker share the cores; the ratio in 2
-includes that contention (it is what a one-box deployment gets).
+The goals are printed beside the figures (MET / MISSED by how much) and recorded under ``goals``.
+
+The worker's settings that matter (stream.max_batch, stream.max_wait_s, stream.fetch_max_wait_ms,
+model.threads, model.backend, model.device, model.batch_size) default to this process's settings
+(``FINSENT_*`` environment / config file), may be overridden on the command line (``--set`` for any other
+setting), reach the worker as ``FINSENT_*`` environment variables (nothing else of this environment does),
+and are recorded under ``worker_settings`` so that configurations can be compared. The ceiling and the naive
+peer use the same model directory, backend, device and threads.
+
+On a 2-core machine the benchmark process, the broker and the worker share the cores; the ratios include
+that contention (it is what a one-box deployment gets). The naive peer runs while no worker is running.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import os
 import random
+import shlex
 import statistics
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 from benchkit import write_results
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer
 
 from finsent.ingest.localfeeds import load_rows
 from finsent.labels import TOPIC_LABELS
 from finsent.procs import Child, free_port, http_ok, port_open
 from finsent.records import Evidence, NewsItem
-from finsent.settings import load
+from finsent.settings import ENV_PREFIX, Settings, TopicSpec, load
 from finsent.stream.embedded_broker import broker_child
-from finsent.stream.pipeline import Aggregation
+from finsent.stream.pipeline import Aggregation, decode_raw, text_of, to_scored
 from finsent.stream.topics import ensure_topics, read_all
 from finsent.stream.windows import Observation, keys_for
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# The goals printed beside the figures.
+GOAL_CEILING_SHARE = 0.85  # end to end >= this x ceiling
+GOAL_ITEMS_PER_S = 500.0  # end to end, items/s
+GOAL_VS_NAIVE = 1.5  # worker >= this x the naive loop
+GOAL_P99_S = 0.3  # published->scored p99 at 50 % of capacity
+
+# Worker settings with their own command-line option: (option dest, dotted setting).
+TUNABLES = [
+    ("backend", "model.backend"), ("device", "model.device"), ("threads", "model.threads"),
+    ("model_batch_size", "model.batch_size"), ("max_batch", "stream.max_batch"), ("max_wait_s", "stream.max_wait_s"),
+    ("fetch_max_wait_ms", "stream.fetch_max_wait_ms"),
+]
 
 
 def texts(n: int) -> list[str]:
@@ -49,17 +81,58 @@ def texts(n: int) -> list[str]:
     return [f"{rows[i % len(rows)]} #{i}" for i in range(n)]
 
 
-def bench_bare(backend: str, batch: int, n: int = 2000) -> dict:
-    from finsent.model import Classifier
+def env_name(dotted: str) -> str:
+    return ENV_PREFIX + "__".join(part.upper() for part in dotted.split("."))
 
-    clf = Classifier.load(backend=backend, batch_size=load().model.batch_size)
-    data = texts(n)
-    clf.predict(data[:batch])  # warm-up
+
+def setting(settings: Settings, dotted: str):
+    value = settings
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+@contextlib.contextmanager
+def only_env(finsent_env: dict[str, str]) -> Iterator[None]:
+    """This process's environment with exactly ``finsent_env`` as its FINSENT_* variables (restored after)."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+    for k in saved:
+        del os.environ[k]
+    os.environ.update(finsent_env)
+    try:
+        yield
+    finally:
+        for k in finsent_env:
+            os.environ.pop(k, None)
+        os.environ.update(saved)
+
+
+def model_dir(settings: Settings) -> Path:
+    """The directory ``finsent worker`` serves without --model (the same lookup), made absolute."""
+    from finsent.model import artifact
+
+    try:
+        return artifact.resolve(settings.paths.models_dir, settings.model.name, settings.model.version).resolve()
+    except artifact.ModelError:
+        return artifact.default_model_dir().resolve()
+
+
+def bench_ceiling(clf, headlines: list[str], batch: int) -> dict:
+    """``clf.predict`` on length-sorted batches of ``batch`` texts (``clf.batch_size`` >= batch: one forward each)."""
+    from finsent.model.text import prepare
+
+    ids = clf.tokenizer([prepare(t) for t in headlines], truncation=True, max_length=clf.meta.max_length)["input_ids"]
+    order = sorted(range(len(headlines)), key=lambda i: len(ids[i]))
+    ordered = [headlines[i] for i in order]
+    batches = [ordered[i : i + batch] for i in range(0, len(ordered), batch)]
+    clf.predict(batches[len(batches) // 2])  # warm-up
     started = time.perf_counter()
-    for i in range(0, n, batch):
-        clf.predict(data[i : i + batch])
+    for b in batches:
+        clf.predict(b)
     seconds = time.perf_counter() - started
-    return {"backend": clf.backend.name, "model": clf.version, "batch": batch, "texts": n, "texts_per_s": n / seconds}
+    return {"backend": clf.backend.name, "model": clf.version, "batch": batch, "length_sorted": True,
+            "texts": len(headlines), "mean_tokens": sum(map(len, ids)) / len(ids), "seconds": seconds,
+            "texts_per_s": len(headlines) / seconds}
 
 
 def metric(url: str, name: str) -> float:
@@ -67,6 +140,14 @@ def metric(url: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     return 0.0
+
+
+def served_backend(url: str) -> str | None:
+    """The ``backend`` label of the worker's ``finsent_worker_model_info``."""
+    for line in httpx.get(url, timeout=5).text.splitlines():
+        if line.startswith("finsent_worker_model_info{") and 'backend="' in line:
+            return line.split('backend="', 1)[1].split('"', 1)[0]
+    return None
 
 
 def scored_total(url: str) -> float:
@@ -84,18 +165,84 @@ def items(n: int, prefix: str) -> list[NewsItem]:
     return [NewsItem(id=f"{prefix}{i}", title=t, source="bench", published=now, fetched=now) for i, t in enumerate(texts(n))]
 
 
-def bench_end_to_end(n: int, latency_s: float, backend: str, tmp: Path, worker_args: tuple[str, ...] = ()) -> dict:
-    port, metrics_port = free_port(), free_port()
-    bootstrap = f"127.0.0.1:{port}"
+@contextlib.contextmanager
+def embedded_broker(tmp: Path) -> Iterator[str]:
+    port = free_port()
     broker = broker_child("127.0.0.1", port, tmp / "logs")
     broker.start(lambda: port_open("127.0.0.1", port), 15)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        broker.stop()
+
+
+def bench_naive(clf, bootstrap: str, settings: Settings, n: int, poll_max: int) -> dict:
+    """The plain loop: poll ≤ poll_max → predict → produce (acks=all, wait) → commit (sync), until n are done.
+
+    Its items are published (untimed) to its own raw topic first; the clock starts at the poll that returned
+    the first records (the group join is not counted, as the worker's is not) and stops after the last commit.
+    """
+    s = settings.stream
+    run = uuid.uuid4().hex[:6]
+    raw = TopicSpec(name=f"bench.naive.{run}.raw", partitions=settings.topics.raw.partitions)
+    out = TopicSpec(name=f"bench.naive.{run}.scored", partitions=settings.topics.scored.partitions)
+    ensure_topics(bootstrap, [raw, out])
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    consumer = None
+    try:
+        for it in items(n, "naive-"):
+            producer.send(raw.name, key=it.id.encode(), value=it.to_json())
+        producer.flush()
+        consumer = KafkaConsumer(
+            raw.name, bootstrap_servers=bootstrap, group_id=f"bench-naive-{run}", auto_offset_reset="earliest",
+            enable_auto_commit=False, max_poll_records=poll_max, fetch_max_wait_ms=s.fetch_max_wait_ms,
+            session_timeout_ms=int(s.session_timeout_s * 1000), heartbeat_interval_ms=int(s.heartbeat_s * 1000),
+            max_poll_interval_ms=int(s.rebalance_timeout_s * 1000),  # Tansu: the join waits this long
+        )
+        joined_from = time.perf_counter()
+        started = None
+        done = polls = 0
+        deadline = time.monotonic() + 120 + n / 5
+        while done < n:
+            assert time.monotonic() < deadline, f"naive loop: {done}/{n} items after the deadline"
+            before = time.perf_counter()
+            msgs = [r for records in consumer.poll(timeout_ms=1000, max_records=poll_max).values() for r in records]
+            if not msgs:
+                continue
+            if started is None:
+                started = before
+            polls += 1
+            batch = [decode_raw(m.value, s.max_record_bytes) for m in msgs]
+            predictions = clf.predict([text_of(it) for it in batch])
+            scored_at = datetime.now(UTC)
+            futures = [producer.send(out.name, key=it.id.encode(), value=to_scored(it, p, scored_at).to_json())
+                       for it, p in zip(batch, predictions)]
+            for f in futures:
+                f.get(timeout=s.produce_timeout_s)
+            consumer.commit()
+            done += len(msgs)
+        seconds = time.perf_counter() - started
+        return {"items": n, "seconds": seconds, "items_per_s": n / seconds, "polls": polls, "poll_max": poll_max,
+                "join_and_first_fetch_s": started - joined_from, "backend": clf.backend.name,
+                "classifier_batch_size": clf.batch_size, "fetch_max_wait_ms": s.fetch_max_wait_ms}
+    finally:
+        if consumer is not None:
+            consumer.close()
+        producer.close()
+
+
+def bench_end_to_end(bootstrap: str, settings: Settings, n: int, latency_s: float, tmp: Path,
+                     worker_env: dict[str, str], worker_args: tuple[str, ...] = ()) -> dict:
+    """``settings``: what the worker reads (its topics); ``worker_env``: the FINSENT_* variables it gets."""
+    metrics_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    env.update(worker_env)
     env.update({"FINSENT_KAFKA__BOOTSTRAP": bootstrap, "FINSENT_STREAM__METRICS_PORT": str(metrics_port),
-                "FINSENT_PATHS__STATE_DIR": str(tmp / "state"), "FINSENT_MODEL__BACKEND": backend, "FINSENT_LOG_JSON": "1"})
-    settings = load(kafka={"bootstrap": bootstrap})
+                "FINSENT_PATHS__STATE_DIR": str(tmp / "state"), "FINSENT_LOG_JSON": "1"})
     ensure_topics(bootstrap, settings.topics.all())
     url = f"http://127.0.0.1:{metrics_port}/metrics"
-    worker = Child("worker", [sys.executable, "-m", "finsent.cli", "--log-level", "WARNING", "worker", *worker_args], tmp / "logs" / "worker.log", env=env)
+    worker = Child("worker", [sys.executable, "-m", "finsent.cli", "--log-level", "WARNING", "worker", *worker_args],
+                   tmp / "logs" / "worker.log", env=env)
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     raw = settings.topics.raw.name
     try:
@@ -108,6 +255,7 @@ def bench_end_to_end(n: int, latency_s: float, backend: str, tmp: Path, worker_a
         while scored_total(url) < len(warm):  # group joined, model warm
             assert time.monotonic() < deadline, worker.log_tail()
             time.sleep(0.1)
+        backend = served_backend(url)
         base = scored_total(url)
         infer0, batches0 = metric(url, "finsent_worker_inference_seconds_sum"), metric(url, "finsent_worker_batch_size_count")
         batch = [(it.id.encode(), it.to_json()) for it in items(n, "tput-")]
@@ -143,16 +291,16 @@ def bench_end_to_end(n: int, latency_s: float, backend: str, tmp: Path, worker_a
                            if key in sent_at)
         q = statistics.quantiles(latencies, n=100)
         return {
-            "items": n, "seconds": seconds, "end_to_end_per_s": capacity,
+            "items": n, "seconds": seconds, "end_to_end_per_s": capacity, "backend": backend,
             "inference_seconds_in_worker": inference_s, "inference_share": inference_s / seconds,
             "inference_per_s_in_worker": n / inference_s if inference_s else None, "batches": batches,
+            "mean_batch": n / batches if batches else None,
             "latency": {"offered_per_s": rate, "seconds": latency_s, "items": len(latencies),
                         "p50_s": q[49], "p99_s": q[98], "max_s": latencies[-1]},
         }
     finally:
         producer.close()
         worker.stop()
-        broker.stop()
 
 
 def bench_core(n: int) -> dict:
@@ -183,36 +331,100 @@ def bench_core(n: int) -> dict:
             "event_span_hours": n * 0.05 / 3600}
 
 
+def goal(name: str, value: float, target: float, higher_is_better: bool, unit: str = "") -> dict:
+    met = value >= target if higher_is_better else value <= target
+    short = (target - value) if higher_is_better else (value - target)
+    verdict = "MET" if met else f"MISSED by {short:.3g}{unit} ({value / target:.2f} x the goal)"
+    return {"goal": name, "value": value, "target": target, "met": met, "shortfall": 0.0 if met else short,
+            "verdict": verdict}
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    base = load()  # this process's settings: the defaults of the worker options below
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=3000)
     ap.add_argument("--latency-s", type=float, default=60.0)
     ap.add_argument("--core", type=int, default=1_000_000)
-    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--ceiling-batch", type=int, default=64, help="Texts per predict call of the ceiling (length-sorted)")
+    ap.add_argument("--naive-batch", type=int, default=64, help="Records per poll of the naive loop")
+    ap.add_argument("--backend", default=base.model.backend, help="model.backend (auto = what the worker serves)")
+    ap.add_argument("--device", default=base.model.device, help="model.device")
+    ap.add_argument("--threads", type=int, default=base.model.threads, help="model.threads (ONNX Runtime; 0 = one per core)")
+    ap.add_argument("--model-batch-size", type=int, default=base.model.batch_size, help="model.batch_size (texts per forward)")
+    ap.add_argument("--max-batch", type=int, default=base.stream.max_batch, help="stream.max_batch")
+    ap.add_argument("--max-wait-s", type=float, default=base.stream.max_wait_s, help="stream.max_wait_s")
+    ap.add_argument("--fetch-max-wait-ms", type=int, default=base.stream.fetch_max_wait_ms, help="stream.fetch_max_wait_ms")
+    ap.add_argument("--set", dest="extra", action="append", default=[], metavar="GROUP.FIELD=VALUE",
+                    help="Any other worker setting, e.g. stream.commit_interval_s=0.5 (repeatable)")
     ap.add_argument("--no-aggregate", action="store_true", help="Scoring only (the aggregator's share of the CPU)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "stream-cpu.json")
     args = ap.parse_args()
-    batch = load().stream.max_batch
-    results: dict = {}
-    results["bare"] = r = bench_bare(args.backend, batch)
-    print(f"bare Classifier.predict ({r['backend']}, batch {batch}): {r['texts_per_s']:.0f} texts/s", flush=True)
-    with tempfile.TemporaryDirectory(prefix="finsent-bench-") as tmp:
-        results["end_to_end"] = r = bench_end_to_end(args.items, args.latency_s, args.backend, Path(tmp),
-                                                         ("--no-aggregate",) if args.no_aggregate else ())
-    ratio = r["end_to_end_per_s"] / results["bare"]["texts_per_s"]
-    results["ratio_end_to_end_vs_bare"] = ratio
-    print(f"end to end (broker + worker): {r['end_to_end_per_s']:.0f} items/s = {ratio:.2f} x bare; inside the worker "
-          f"inference ran {r['inference_share']:.0%} of the time at {r['inference_per_s_in_worker']:.0f} texts/s "
-          f"in {r['batches']:.0f} batches", flush=True)
+
+    worker_env = {env_name(dotted): str(getattr(args, dest)) for dest, dotted in TUNABLES}
+    for kv in args.extra:
+        key, sep, value = kv.partition("=")
+        if not sep or "." not in key:
+            ap.error(f"--set wants GROUP.FIELD=VALUE, got {kv!r}")
+        worker_env[env_name(key.strip())] = value
+    with only_env(worker_env):
+        settings = load()  # exactly what the worker will read (invalid values fail here, before anything starts)
+    m = settings.model
+    directory = model_dir(settings)
+    worker_settings = {dotted: setting(settings, dotted) for _, dotted in TUNABLES}
+    worker_settings.update({"extra": dict(kv.partition("=")[::2] for kv in args.extra), "model_dir": str(directory),
+                            "env": worker_env})
+    print("worker settings: " + ", ".join(f"{k}={v}" for k, v in worker_settings.items() if k not in ("env", "extra"))
+          + "".join(f", {k}={v}" for k, v in worker_settings["extra"].items()), flush=True)
+
+    from finsent.model import Classifier
+
+    results: dict = {"worker_settings": worker_settings}
+    headlines = texts(args.items)
+    # One load; the ceiling's copy forwards each --ceiling-batch batch whole, the naive peer's splits as the worker does.
+    served = Classifier.load(directory, backend=m.backend, device=m.device, batch_size=m.batch_size, threads=m.threads)
+    ceiling_clf = copy.copy(served)
+    ceiling_clf.batch_size = max(args.ceiling_batch, m.batch_size)
+    results["ceiling"] = c = bench_ceiling(ceiling_clf, headlines, args.ceiling_batch)
+    ceiling = c["texts_per_s"]
+    print(f"ceiling: bare Classifier.predict, backend {c['backend']} ({c['model']}), length-sorted batches of "
+          f"{c['batch']}: {ceiling:.0f} texts/s ({c['texts']} texts, {c['mean_tokens']:.1f} tokens mean)", flush=True)
+
+    worker_args = ("--model", str(directory)) + (("--no-aggregate",) if args.no_aggregate else ())
+    with tempfile.TemporaryDirectory(prefix="finsent-bench-") as tmp, embedded_broker(Path(tmp)) as bootstrap:
+        results["naive"] = nv = bench_naive(served, bootstrap, settings, args.items, args.naive_batch)
+        print(f"naive kafka-python loop (poll <= {args.naive_batch} -> predict -> produce acks=all -> commit, "
+              f"backend {nv['backend']}): {nv['items_per_s']:.0f} items/s = {nv['items_per_s'] / ceiling:.2f} x ceiling", flush=True)
+        results["end_to_end"] = r = bench_end_to_end(bootstrap, settings, args.items, args.latency_s, Path(tmp), worker_env, worker_args)
+    e2e = r["end_to_end_per_s"]
+    results["ratio_end_to_end_vs_ceiling"] = e2e / ceiling
+    results["ratio_worker_vs_naive"] = e2e / nv["items_per_s"]
+    if r["backend"] != c["backend"]:
+        print(f"WARNING: the worker served {r['backend']}, the ceiling and the naive loop ran {c['backend']}", flush=True)
+    print(f"end to end (broker + worker, backend {r['backend']}): {e2e:.0f} items/s = {e2e / ceiling:.2f} x ceiling = "
+          f"{e2e / nv['items_per_s']:.2f} x naive; inside the worker inference ran {r['inference_share']:.0%} of the time "
+          f"at {r['inference_per_s_in_worker']:.0f} texts/s in {r['batches']:.0f} batches (mean {r['mean_batch']:.1f})", flush=True)
     lat = r["latency"]
     print(f"published->scored at {lat['offered_per_s']:.0f}/s offered: p50 {lat['p50_s'] * 1000:.0f} ms, "
           f"p99 {lat['p99_s'] * 1000:.0f} ms ({lat['items']} items)", flush=True)
+    goals = [
+        goal(f"end to end >= {GOAL_CEILING_SHARE} x ceiling", e2e / ceiling, GOAL_CEILING_SHARE, True, " x ceiling"),
+        goal(f"end to end >= {GOAL_ITEMS_PER_S:g} items/s", e2e, GOAL_ITEMS_PER_S, True, " items/s"),
+        goal(f"worker >= {GOAL_VS_NAIVE} x naive", e2e / nv["items_per_s"], GOAL_VS_NAIVE, True, " x naive"),
+        goal(f"p99 <= {GOAL_P99_S} s at 50 % capacity", lat["p99_s"], GOAL_P99_S, False, " s"),
+    ]
+    results["goals"] = goals
+    for g in goals:
+        print(f"goal {g['goal']}: {g['value']:.3g} -> {g['verdict']}", flush=True)
+
     results["core"] = r = bench_core(args.core)
     print(f"window+surge core: {r['events_per_s']:.0f} events/s over {r['events']} events "
           f"({r['windows_closed']} windows closed, state at end: {r['state_buckets_at_end']} buckets, "
           f"{r['state_ids_at_end']} ids)", flush=True)
-    write_results(results, (f"python bench/bench_stream.py --items {args.items} --latency-s {args.latency_s:g} "
-                          f"--core {args.core} --backend {args.backend}" + (" --no-aggregate" if args.no_aggregate else "")), args.out)
+    command = [f"--items={args.items}", f"--latency-s={args.latency_s:g}", f"--core={args.core}",
+               f"--ceiling-batch={args.ceiling_batch}", f"--naive-batch={args.naive_batch}"]
+    command += [f"--{dest.replace('_', '-')}={getattr(args, dest)}" for dest, _ in TUNABLES]
+    command += [f"--set={kv}" for kv in args.extra] + (["--no-aggregate"] if args.no_aggregate else [])
+    write_results(results, shlex.join(["python", "bench/bench_stream.py", *command]), args.out)
 
 
 if __name__ == "__main__":

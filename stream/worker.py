@@ -18,8 +18,10 @@ Faust traps worked around here, on purpose:
 
 * ``take_events`` acks every buffered event in a ``finally`` -- also when the body raised or the
   worker is stopping mid-batch -- and an acked offset gets committed. Each event is therefore
-  ``incref``-ed on arrival and released only after its outputs are acknowledged: a failed or
-  interrupted batch leaves its offsets uncommitted, so it is redelivered.
+  ``incref``-ed on arrival and acked by us (the last reference) only after its outputs are
+  acknowledged, which happens while the next batch is classified: a failed or interrupted batch
+  leaves its offsets uncommitted, so it is redelivered. Faust commits only the contiguous acked run
+  of a partition, so a batch released later than ``take_events`` moved on cannot be skipped.
 * an exception escaping an agent kills the agent while the worker lives on (consuming nothing).
   Errors are handled inside; anything unforeseen exits the process (crash-only), and the
   supervisor (``finsent demo``, compose ``restart:``) starts a fresh worker that resumes from the
@@ -38,6 +40,7 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
@@ -58,8 +61,24 @@ EXIT_BROKER_RESET = 75  # EX_TEMPFAIL: restart me (the supervisor in `finsent de
 EXIT_UNEXPECTED = 70  # EX_SOFTWARE: a bug; the batch was not committed, a restarted worker redelivers it
 
 
+@dataclass
+class Scored:
+    """A micro-batch between its two stages: classified (``Scorer.score``), not yet delivered."""
+
+    messages: list
+    items: list[tuple[object, NewsItem]] = field(default_factory=list)
+    outputs: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (reason, error) per dead letter
+    fixed: dict[str, int] = field(default_factory=dict)  # edge corrections, counted once delivered
+
+
 class Scorer:
-    """One micro-batch in, scored records and dead letters out, acknowledged before we return."""
+    """Micro-batches in two stages: ``score`` (decode, check, classify) and ``deliver`` (produce, wait for acks).
+
+    The agent overlaps them: batch N's records are produced and acknowledged while batch N+1 is
+    classified, so the model never waits on the broker. Deliveries stay in batch order, and an offset is
+    released for commit only after its batch's outputs are acknowledged.
+    """
 
     def __init__(self, settings: Settings, classifier, metrics: WorkerMetrics):
         self.settings = settings
@@ -82,55 +101,63 @@ class Scorer:
         self.producer = producer
 
     async def process(self, messages: list) -> None:
-        """``messages``: Kafka messages with .topic .partition .offset .key .value .timestamp (ms)."""
+        """Score a micro-batch and deliver its outputs (acknowledged) before returning."""
+        await self.deliver(await self.score(messages))
+
+    async def score(self, messages: list) -> Scored:
+        """Decode, edge-check and classify; nothing is sent yet.
+
+        ``messages``: Kafka messages with .topic .partition .offset .key .value .timestamp (ms).
+        """
         m = self.metrics
         m.items_in.inc(len(messages))
-        items: list[tuple[object, NewsItem]] = []
-        outputs: list[tuple[str, bytes | None, bytes]] = []
-        failed: list[tuple[str, str]] = []
+        batch = Scored(messages)
         now = datetime.now(UTC)
-        fixed: dict[str, int] = {}
         for msg in messages:
             try:
                 item = decode_raw(msg.value, self.settings.stream.max_record_bytes)
             except PoisonRecord as err:
-                outputs.append(self._dead_letter(msg, str(err)))
-                failed.append(("poison", str(err)))
+                batch.outputs.append(self._dead_letter(msg, str(err)))
+                batch.failed.append(("poison", str(err)))
                 continue
-            items.append((msg, self._checked(item, now, fixed)))
-        scored_at = None
+            batch.items.append((msg, self._checked(item, now, batch.fixed)))
         if self.settings.stream.debug_batch_delay_s:
             await asyncio.sleep(self.settings.stream.debug_batch_delay_s)  # test hook: a slower model
-        if items:
-            m.batch_size.observe(len(items))
+        if batch.items:
+            m.batch_size.observe(len(batch.items))
             t0 = time.perf_counter()
             result = await asyncio.get_running_loop().run_in_executor(
-                self.executor, score_batch, self.classifier.predict, [it for _, it in items],
+                self.executor, score_batch, self.classifier.predict, [it for _, it in batch.items],
                 text_of, self.settings.stream.inference_retries,
             )
             m.inference_seconds.observe(time.perf_counter() - t0)
             m.retries.inc(max(0, result.calls - 1))
-            by_item = {id(it): msg for msg, it in items}
+            by_item = {id(it): msg for msg, it in batch.items}
             scored_at = datetime.now(UTC)
             for item, prediction in result.scored:
                 scored = to_scored(item, prediction, scored_at)
-                outputs.append((self.settings.topics.scored.name, item.id.encode(), scored.to_json()))
+                batch.outputs.append((self.settings.topics.scored.name, item.id.encode(), scored.to_json()))
             for item, error in result.failed:
-                outputs.append(self._dead_letter(by_item[id(item)], f"classifier failed on this item: {error}"))
-                failed.append(("model", error))
-        await self._send_acknowledged(outputs)
-        self._count_corrected(fixed)
+                batch.outputs.append(self._dead_letter(by_item[id(item)], f"classifier failed on this item: {error}"))
+                batch.failed.append(("model", error))
+        return batch
+
+    async def deliver(self, batch: Scored) -> None:
+        """Send a scored batch's outputs and wait for their acks; only then is it counted and its position moved."""
+        m = self.metrics
+        await self._send_acknowledged(batch.outputs)
+        self._count_corrected(batch.fixed)
         done = time.time()
-        for reason, error in failed:
+        for reason, error in batch.failed:
             m.items_failed.labels(reason).inc()
             log.warning("record sent to DLQ", extra={"reason": reason, "error": error[:300]})
-        if items:
-            m.items_scored.inc(len(items) - sum(1 for r, _ in failed if r == "model"))
-            for msg, item in items:
+        if batch.items:
+            m.items_scored.inc(len(batch.items) - sum(1 for r, _ in batch.failed if r == "model"))
+            for msg, item in batch.items:
                 if msg.timestamp:
                     m.e2e_seconds.observe(max(0.0, done - msg.timestamp / 1000))
                 m.news_age_seconds.observe(max(0.0, done - item.published.timestamp()))
-        for msg in messages:
+        for msg in batch.messages:
             self.positions[(msg.topic, msg.partition)] = msg.offset + 1
 
     def _checked(self, item: NewsItem, now: datetime, fixed: dict[str, int]) -> NewsItem:
@@ -235,18 +262,21 @@ def build_app(settings: Settings, scorer: Scorer, aggregate: bool = True, input_
 
     @app.agent(raw, name="score")
     async def score(stream):
-        async for events in stream.take_events(s.max_batch, within=s.max_wait_s):
-            for event in events:
-                event.message.incref()  # hold the offset until our outputs are acknowledged (see module doc)
-            try:
-                await scorer.process([event.message for event in events])
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("unexpected error in a batch; exiting so a fresh worker redelivers it")
-                os._exit(EXIT_UNEXPECTED)
-            for event in events:
-                event.message.decref()  # take_events' own ack now completes it
+        delivering: asyncio.Task | None = None
+        try:
+            async for events in stream.take_events(s.max_batch, within=s.max_wait_s):
+                for event in events:
+                    event.message.incref()  # hold the offset until our outputs are acknowledged (see module doc)
+                scored = await _or_exit(scorer.score([event.message for event in events]))
+                if delivering is not None:
+                    await delivering  # deliveries in batch order
+                delivering = asyncio.create_task(_deliver_and_release(scorer, scored, events))
+            if delivering is not None:
+                await delivering
+        except asyncio.CancelledError:
+            if delivering is not None:
+                delivering.cancel()  # its events stay unreleased: never committed, redelivered to the next worker
+            raise
 
     @app.timer(interval=5.0)
     async def export_lag():
@@ -268,6 +298,25 @@ def build_app(settings: Settings, scorer: Scorer, aggregate: bool = True, input_
             await supervise_aggregator(settings, scorer.metrics)
 
     return app
+
+
+async def _or_exit(step):
+    """Crash-only: anything unforeseen in a batch exits, so a fresh worker redelivers the uncommitted batch."""
+    try:
+        return await step
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unexpected error in a batch; exiting so a fresh worker redelivers it")
+        os._exit(EXIT_UNEXPECTED)
+
+
+async def _deliver_and_release(scorer: Scorer, scored: Scored, events) -> None:
+    """Deliver, then drop our hold on each event. ``take_events`` has usually acked them already (leaving
+    our reference), so this is an ``ack`` that, being the last, marks the offset safe to commit."""
+    await _or_exit(scorer.deliver(scored))
+    for event in events:
+        event.ack()
 
 
 async def supervise_aggregator(settings: Settings, metrics: WorkerMetrics) -> None:
@@ -320,4 +369,4 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
     return 0
 
 
-__all__ = ["InputLogGuard", "Scorer", "build_app", "run", "supervise_aggregator"]
+__all__ = ["InputLogGuard", "Scored", "Scorer", "build_app", "run", "supervise_aggregator"]
