@@ -228,8 +228,16 @@ async function loadAlerts() {
 function connect(after) {
   const source = new EventSource(`/events?after=${after || 0}`);
   state.source = source;
-  source.onopen = () => { $("conn").textContent = "live"; $("conn").className = "conn on"; };
-  source.onerror = () => { $("conn").textContent = "reconnecting…"; $("conn").className = "conn off"; };
+  source.onopen = () => { state.retryMs = 0; $("conn").textContent = "live"; $("conn").className = "conn on"; };
+  source.onerror = () => {
+    $("conn").textContent = "reconnecting…"; $("conn").className = "conn off";
+    // The browser retries a dropped stream by itself, but not one refused outright (503 when the API's
+    // stream slots are full): that one is closed, so retry it ourselves, backing off up to 30 s.
+    if (source.readyState === EventSource.CLOSED) {
+      state.retryMs = Math.min((state.retryMs || 1000) * 2, 30000);
+      setTimeout(() => connect(state.seq), state.retryMs);
+    }
+  };
   source.addEventListener("item", (ev) => {
     const s = JSON.parse(ev.data);
     state.seq = Number(ev.lastEventId) || state.seq;
