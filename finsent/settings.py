@@ -176,6 +176,7 @@ class ModelChoice(_Group):
     batch_size: int = Field(default=32, ge=1, le=4096)
     max_length: int = Field(default=96, ge=8, le=512)
     threads: int = Field(default=0, ge=0, le=256)  # ONNX Runtime intra-op threads; 0 = one per core
+    gpu_batch_size: int = Field(default=256, ge=1, le=4096)  # texts per forward pass on CUDA (bf16/fp16 autocast)
 
 
 class Windows(_Group):
@@ -302,6 +303,10 @@ class Web(_Group):
     max_classify_waiting: int = Field(default=32, ge=1)  # POST /classify requests running or waiting for the model
     max_event_streams: int = Field(default=100, ge=1)  # open /events (SSE) streams
     busy_retry_after_s: int = Field(default=5, ge=1)  # the Retry-After of those 503 answers
+    # Dynamic batching (finsent/web/batcher.py): concurrent POST /classify requests share one model call, closed
+    # at this many texts (whole requests only; a larger request runs alone) or when its oldest request waited this long.
+    classify_max_batch: int = Field(default=64, ge=1, le=4096)
+    classify_max_wait_ms: int = Field(default=5, ge=0, le=10_000)
 
     _check_port = field_validator("port")(classmethod(lambda cls, v: _port(v)))
 

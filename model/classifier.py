@@ -86,14 +86,20 @@ class Classifier:
         device: str = "auto",
         batch_size: int = 32,
         threads: int = 0,
+        gpu_batch_size: int | None = None,
     ) -> Classifier:
-        """Load a model directory; ``None`` = the newest shipped model in the repository's ``models/``."""
+        """Load a model directory; ``None`` = the newest shipped model in the repository's ``models/``.
+
+        ``gpu_batch_size`` replaces ``batch_size`` when the backend runs on CUDA: a GPU wants large
+        length-sorted batches, a CPU small ones (latency; padding costs real time there)."""
         directory = Path(path) if path is not None else artifact.default_model_dir()
         model, tokenizer, meta = artifact.load(directory)
         chosen = make_backend(backend, model, directory, device, threads)
         news_bias = load_news_bias(directory, meta.full_name, list(meta.sentiment_labels))
+        if gpu_batch_size and chosen.name == "torch-cuda":
+            batch_size = gpu_batch_size
         log.info("classifier loaded", extra={"model": meta.full_name, "backend": chosen.name, "path": str(directory),
-                                             "news_bias": news_bias is not None})
+                                             "news_bias": news_bias is not None, "batch_size": batch_size})
         return cls(directory, chosen, meta, tokenizer, batch_size, news_bias)
 
     def sentiment_offsets(self, domain: str | None = None) -> np.ndarray | None:
