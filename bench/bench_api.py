@@ -7,8 +7,10 @@ A real ``finsent serve`` process on 127.0.0.1 (the shipped model), driven over H
 1. bare ``Classifier.predict`` in this process, 1 text and 32 texts per call (the floor the API adds to);
 2. one client, 1 headline per request, sequential: latency p50/p99 and requests/s;
 3. one client, 32 headlines per request: texts/s, and its ratio to bare predict at batch 32;
-4. 8 concurrent clients, 1 headline each: latency p50/p99 and requests/s (the API runs one batch at a
-   time, so concurrent single requests queue rather than batch together -- measured, not assumed).
+4. 8 concurrent clients, 1 headline each: latency p50/p99 and requests/s. The API coalesces concurrent
+   requests into one model call (``web.classify_max_batch`` / ``web.classify_max_wait_ms``); how many texts
+   its model calls held in this phase is read from ``finsent_api_classify_batch_texts`` on /metrics
+   (measured, not assumed).
 
 On a 2-core machine client, server and model share the cores.
 """
@@ -36,6 +38,17 @@ ROOT = Path(__file__).resolve().parents[1]
 def texts(n: int, offset: int = 0) -> list[str]:
     rows = [t for _, t in load_rows()]
     return [f"{rows[(offset + i) % len(rows)]} #{offset + i}" for i in range(n)]
+
+
+def batch_histogram(base: str) -> tuple[float, float]:
+    """(model calls, texts) so far, from the API's coalesced batch-size histogram."""
+    calls = texts_ = 0.0
+    for line in httpx.get(base + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("finsent_api_classify_batch_texts_count "):
+            calls = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("finsent_api_classify_batch_texts_sum "):
+            texts_ = float(line.rsplit(" ", 1)[1])
+    return calls, texts_
 
 
 def pct(values: list[float], q: float) -> float:
@@ -127,9 +140,13 @@ def main() -> None:
             r["ratio_vs_bare_batch32"] = r["texts_per_s"] / b["texts_per_s_batch32"]
             print(f"32 headlines/request, 1 client: {r['texts_per_s']:.0f} texts/s = {r['ratio_vs_bare_batch32']:.2f} x bare, "
                   f"p50 {r['p50_ms']:.0f} ms", flush=True)
+            calls0, texts0 = batch_histogram(base)
             results["concurrent8"] = r = asyncio.run(concurrent(url, args.requests, 8))
+            calls1, texts1 = batch_histogram(base)
+            r["model_calls"] = calls1 - calls0
+            r["texts_per_model_call"] = (texts1 - texts0) / max(1.0, calls1 - calls0)
             print(f"1 headline/request, 8 clients: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
-                  f"{r['requests_per_s']:.0f} req/s", flush=True)
+                  f"{r['requests_per_s']:.0f} req/s, {r['texts_per_model_call']:.1f} texts per model call", flush=True)
         finally:
             server.terminate()
             server.wait(timeout=30)

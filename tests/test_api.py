@@ -379,3 +379,93 @@ def test_event_streams_are_bounded_and_stream_n_plus_one_gets_503(tmp_path):
             time.sleep(0.05)
         with httpx.stream("GET", srv.url + "/events", timeout=20) as again:
             assert again.status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------- dynamic batching
+
+
+def _histogram(base_url: str, name: str) -> dict[str, float]:
+    """A histogram's buckets by ``le`` plus its ``count`` and ``sum``, read from /metrics."""
+    import httpx
+
+    out = {}
+    for line in httpx.get(base_url + "/metrics", timeout=5).text.splitlines():
+        if line.startswith(f'{name}_bucket{{le="'):
+            out[line.split('"')[1]] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith((f"{name}_count ", f"{name}_sum ")):
+            out[line.split(" ")[0][len(name) + 1:]] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def test_concurrent_single_headline_requests_share_a_model_call_and_each_gets_its_own_answer(tmp_path, tiny_model_dir):
+    """Real HTTP, the real tiny model: 8 clients post one distinct headline each at the same moment. Each gets
+    exactly the prediction the model makes for its headline alone, and /metrics shows they were coalesced."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    import pytest as _pytest
+
+    from finsent.model import Classifier
+    from webkit import serve_in_thread
+
+    clf = Classifier.load(tiny_model_dir)
+    headlines = ["Oil plunges as OPEC talks collapse", "Apple beats earnings estimates", "Fed holds rates steady",
+                 "Exxon shares slide on weak refining margins", "Gold rallies on safe-haven demand",
+                 "Tesla recalls 2 million cars", "Bank stocks soar after stress test", "Chipmaker merger talks end"]
+    alone = [clf.predict([h])[0] for h in headlines]
+    distinct = {tuple(round(p, 4) for p in a.topic_probs.values()) for a in alone}
+    assert len(distinct) == len(headlines), "the model must tell the headlines apart, or a mix-up goes unseen"
+    settings = make_settings(tmp_path, web={"classify_max_wait_ms": 250}, kafka={"bootstrap": "127.0.0.1:1"})
+    start = threading.Barrier(len(headlines))
+
+    def post(client: httpx.Client, headline: str) -> httpx.Response:
+        start.wait(10)
+        return client.post("/classify", json={"texts": [headline]})
+
+    with serve_in_thread(build_api(settings, lambda: clf, StreamViews(), follow_topics=False)) as srv, \
+            ThreadPoolExecutor(len(headlines)) as pool:
+        clients = [httpx.Client(base_url=srv.url, timeout=30) for _ in headlines]
+        try:
+            for c in clients:  # connections open before the race, so the posts arrive together
+                assert c.get("/healthz").status_code == 200
+            answers = list(pool.map(post, clients, headlines))
+        finally:
+            for c in clients:
+                c.close()
+        batches = _histogram(srv.url, "finsent_api_classify_batch_texts")
+    for headline, want, r in zip(headlines, alone, answers):
+        assert r.status_code == 200, r.text
+        (got,) = r.json()["results"]
+        assert (got["topic"], got["sentiment"]) == (want.topic, want.sentiment), headline
+        assert got["topic_probs"] == _pytest.approx(want.topic_probs, abs=1e-5), headline
+        assert got["sentiment_probs"] == _pytest.approx(want.sentiment_probs, abs=1e-5), headline
+    assert batches["sum"] == len(headlines) and batches["count"] < len(headlines), batches  # fewer model calls
+    assert batches["count"] - batches["1.0"] >= 1, batches  # at least one call held more than one request's text
+
+
+class _FailingModel:
+    """Raises on the text "boom", answers the rest."""
+
+    version = "failing@test"
+
+    def predict(self, texts):
+        from types import SimpleNamespace
+
+        if "boom" in texts:
+            raise ValueError("model failed")
+        return [SimpleNamespace(topic="Energy | Oil", topic_probs={}, sentiment="neutral", sentiment_probs={}, flag=None)
+                for _ in texts]
+
+
+def test_a_model_error_answers_500_to_its_batch_and_the_api_keeps_serving(tmp_path):
+    import httpx
+
+    from webkit import serve_in_thread
+
+    settings = make_settings(tmp_path, kafka={"bootstrap": "127.0.0.1:1"})
+    with serve_in_thread(build_api(settings, lambda: _FailingModel(), StreamViews(), follow_topics=False)) as srv:
+        assert httpx.post(srv.url + "/classify", json={"texts": ["boom"]}, timeout=10).status_code == 500
+        ok = httpx.post(srv.url + "/classify", json={"texts": ["Oil slumps"]}, timeout=10)
+        assert ok.status_code == 200 and ok.json()["results"][0]["topic"] == "Energy | Oil"
+        assert _metric(srv.url, "finsent_api_classify_waiting") == 0  # the failed request gave its slot back

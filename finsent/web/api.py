@@ -4,6 +4,9 @@ FastAPI for the typed request/response models and the OpenAPI schema. Limits are
 work: the body size (413, counted on the bytes as they arrive, so a chunked upload cannot be buffered whole),
 the batch size and text length (422 naming the field). The classifier is loaded once at start and called
 in a worker thread, one batch at a time, so the event loop keeps answering health checks during inference.
+Concurrent ``/classify`` requests are coalesced into one model call (``finsent.web.batcher``: at most
+``web.classify_max_batch`` texts, started once the oldest waited ``web.classify_max_wait_ms``), so
+single-headline clients share a forward pass instead of queueing for one each.
 Requests waiting for the model and open ``/events`` streams are bounded: past the bound the answer is 503
 with Retry-After at once, so an overload sheds load instead of queueing memory and sockets without end.
 
@@ -26,7 +29,7 @@ import time
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -36,7 +39,8 @@ from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
 from finsent.labels import SENTIMENT_LABELS, TOPIC_LABELS
 from finsent.records import Feedback, utcnow
-from finsent.settings import Settings
+from finsent.settings import Settings, Web
+from finsent.web.batcher import Batcher, BatcherClosed
 from finsent.web.views import StreamViews, follow
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -65,6 +69,9 @@ class ApiMetrics:
         self.feedback = Counter("finsent_api_feedback_total", "Corrections stored", ["published"], registry=r)
         self.classify_waiting = Gauge("finsent_api_classify_waiting",
                                       "POST /classify requests running or waiting for the model", registry=r)
+        self.batch_texts = Histogram("finsent_api_classify_batch_texts", "Texts per model call of POST /classify "
+                                     "(concurrent requests coalesced into one call)", registry=r,
+                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096))
         self.busy_refusals = Counter("finsent_api_busy_refusals_total", "Requests answered 503 because a bound "
                                      "(web.max_classify_waiting, web.max_event_streams) was full", ["route"], registry=r)
 
@@ -207,8 +214,7 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
     class ClassifyRequest(BaseModel):
         texts: list[Text] = Field(min_length=1, max_length=w.max_batch, description="headlines to classify")
 
-    state: dict = {"classifier": None}
-    lock = asyncio.Lock()
+    state: dict = {"classifier": None, "batcher": None}
     classify_slots = _Slots(w.max_classify_waiting, metrics.classify_waiting)
     stream_slots = _Slots(w.max_event_streams, metrics.live_clients)
 
@@ -222,10 +228,13 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         task = asyncio.create_task(follow(settings, views)) if follow_topics else None
-        state["classifier"] = await asyncio.to_thread(load_classifier)
+        state["classifier"] = clf = await asyncio.to_thread(load_classifier)
+        state["batcher"] = batcher = _classify_batcher(clf, w, metrics)
+        batcher.start()
         try:
             yield
         finally:
+            await batcher.close()  # requests still waiting for the model get 503, not a hang
             if task:
                 task.cancel()
             if "producer" in producer_box:
@@ -295,25 +304,25 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
 
     too_large = {400: {"description": "Content-Length is not a number"},
                  413: {"description": "body larger than web.max_body_bytes (declared, or counted as it arrives)"}}
-    classify_busy = {503: {"description": "web.max_classify_waiting requests already wait for the model; "
-                                          "retry after the Retry-After seconds"}}
+    classify_busy = {503: {"description": "web.max_classify_waiting requests already wait for the model, or the "
+                                          "server is shutting down; retry after the Retry-After seconds"}}
 
     @app.post("/classify", response_model=ClassifyResponse, responses={**too_large, **classify_busy})
     async def classify(req: ClassifyRequest) -> ClassifyResponse:
+        """The texts join the next model call with other requests' (dynamic batching); ``seconds`` is that call's."""
         if not classify_slots.take():  # the model answers one batch at a time: bound the queue in front of it
             raise busy("/classify", w.max_classify_waiting)
         try:
-            clf = state["classifier"]
-            async with lock:
-                t0 = time.perf_counter()
-                preds = await asyncio.to_thread(clf.predict, req.texts)
-                seconds = time.perf_counter() - t0
+            answer = await state["batcher"].submit(req.texts)  # a model error propagates: the usual 500
+        except BatcherClosed:
+            raise HTTPException(503, "shutting down; retry later",
+                                headers={"Retry-After": str(w.busy_retry_after_s)}) from None
         finally:
             classify_slots.release()
         metrics.classified.inc(len(req.texts))
-        return ClassifyResponse(model=clf.version, seconds=round(seconds, 4), results=[
+        return ClassifyResponse(model=state["classifier"].version, seconds=round(answer.seconds, 4), results=[
             Scores(topic=p.topic, topic_probs=p.topic_probs, sentiment=p.sentiment, sentiment_probs=p.sentiment_probs,
-                   flag=p.flag) for p in preds])
+                   flag=p.flag) for p in answer.results])
 
     @app.get("/items")
     async def items(topic: str | None = None, ticker: str | None = None,
@@ -427,6 +436,14 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
         return {"ready": True, "model": state["classifier"].version}
 
     return app
+
+
+def _classify_batcher(clf: Any, w: Web, metrics: ApiMetrics) -> Batcher:
+    """The batcher in front of ``clf.predict``. The attribute is looked up per call, so a stand-in without a
+    model (tests of other routes) still starts; ``on_batch`` feeds the batch-size histogram."""
+    return Batcher(lambda texts: clf.predict(texts), max_texts=w.classify_max_batch,
+                   max_wait_s=w.classify_max_wait_ms / 1000,
+                   on_batch=lambda requests, texts, seconds: metrics.batch_texts.observe(texts))
 
 
 def serve(settings: Settings, model_dir) -> None:
