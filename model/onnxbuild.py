@@ -133,7 +133,9 @@ def ensure(model_dir: Path, recipe: str = FP32) -> Path:
 
 
 def _atomic_target(path: Path) -> Path:
+    """A temp file beside ``path`` (same filesystem, so ``os.replace`` is atomic), readable like any model file."""
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o644)
     os.close(fd)
     return Path(tmp)
 
