@@ -5,20 +5,36 @@ this module's manners. One row per alert per notification state: Alertmanager's 
 notifications of the same alert in the same state carry the same fingerprint and start time, so they
 map to the same ``dedup_key`` and are recorded once. The SurgeAlerts read from ``finsent.alerts``
 are kept in a second table, so evidence can be attached after a restart too.
+
+Tamper evidence: triggers stop mistakes, not someone with the file and ``sqlite3``. So every row also
+holds ``row_hash`` = sha256(previous row's hash + the row's canonical content), a chain from
+:data:`GENESIS`; :func:`verify_chain` recomputes it and names the first row that does not fit (an
+edited row, or one removed or moved before it). The head hash it prints can be copied elsewhere, which
+also makes a truncated tail visible. A log written before the chain existed is chained from its
+current rows the first time it is opened (logged), since nothing older can be vouched for.
+
+The table is a list of events (today one kind: a notification); later kinds (acknowledge, assign,
+close) are new rows, never edits. Columns added later must be nullable with no default: NULL cells are
+left out of the canonical content, so adding a column keeps every existing row's hash valid.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Literal, NamedTuple
+from urllib.parse import quote
 
 from finsent.records import SurgeAlert
+
+log = logging.getLogger("finsent.alerts.audit")
 
 SCHEMA = """
 PRAGMA journal_mode=WAL;
@@ -38,13 +54,11 @@ CREATE TABLE IF NOT EXISTS notifications (
     labels TEXT NOT NULL,
     annotations TEXT NOT NULL,
     surge_alert_id TEXT,
-    evidence TEXT NOT NULL
+    evidence TEXT NOT NULL,
+    evidence_match TEXT,
+    row_hash TEXT
 );
 CREATE INDEX IF NOT EXISTS notifications_received ON notifications (received_at);
-CREATE TRIGGER IF NOT EXISTS notifications_no_update BEFORE UPDATE ON notifications
-BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS notifications_no_delete BEFORE DELETE ON notifications
-BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TABLE IF NOT EXISTS surges (
     alert_id TEXT NOT NULL,
     state TEXT NOT NULL,
@@ -58,8 +72,21 @@ CREATE TABLE IF NOT EXISTS surges (
 CREATE INDEX IF NOT EXISTS surges_key ON surges (key, received_at);
 """
 
+TRIGGERS = (  # one statement each: executescript would commit the migration's transaction half-way
+    "CREATE TRIGGER IF NOT EXISTS notifications_no_update BEFORE UPDATE ON notifications"
+    " BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS notifications_no_delete BEFORE DELETE ON notifications"
+    " BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
+)
+
 COLUMNS = ("seq", "received_at", "receiver", "status", "alertname", "fingerprint", "starts_at", "ends_at",
-           "severity", "dim", "name", "labels", "annotations", "surge_alert_id", "evidence")
+           "severity", "dim", "name", "labels", "annotations", "surge_alert_id", "evidence", "evidence_match", "row_hash")
+_JSON_FIELDS = ("labels", "annotations", "evidence")
+_ADDED_COLUMNS = ("evidence_match", "row_hash")  # absent from logs written before them: added on open
+
+GENESIS = "0" * 64  # the "previous hash" of the first row
+_MISMATCH = "hash does not match: this row was edited, or one before it removed or reordered"
+MatchStatus = Literal["matched", "stale", "missing"]
 
 
 @dataclass(frozen=True)
@@ -84,11 +111,78 @@ class Notification:
         return "all" if dim == "all" else f"{dim}:{name}"
 
     @property
+    def surge_alert_id(self) -> str | None:
+        """The SurgeAlert id when the Prometheus alert carries one (label or annotation ``alert_id``)."""
+        return self.labels.get("alert_id") or self.annotations.get("alert_id") or None
+
+    @property
     def dedup_key(self) -> str:
         parts = [self.receiver, self.fingerprint, self.status, self.starts_at]
         if self.status == "resolved":
             parts.append(self.ends_at or "")
         return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+class SurgeMatch(NamedTuple):
+    """Which SurgeAlert a notification is about: ``matched`` (``surge`` set), ``stale`` (the key has standing
+    surges, none of this alert's time or id: ``nearest`` names the closest) or ``missing`` (none at all)."""
+
+    status: MatchStatus
+    surge: SurgeAlert | None = None
+    nearest: str | None = None
+
+
+class ChainReport(NamedTuple):
+    """What :func:`verify_chain` found: ``bad_seq`` is None when every row fits."""
+
+    rows: int
+    head: str
+    bad_seq: int | None = None
+    reason: str = ""
+
+
+# -- the hash chain -----------------------------------------------------------------------------------
+def canonical(row: dict) -> bytes:
+    """A row's content as hashed: every column but ``row_hash``, NULLs left out (so later columns do not
+    change older rows' hashes), sorted keys, no whitespace."""
+    content = {k: v for k, v in row.items() if k != "row_hash" and v is not None}
+    return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def chain_hash(previous: str, row: dict) -> str:
+    return hashlib.sha256(previous.encode() + canonical(row)).hexdigest()
+
+
+def verify_chain(path: Path) -> ChainReport:
+    """Recompute the chain over the whole log, read-only; stops at the first row that does not fit."""
+    db = _read_only(path)
+    try:
+        cur = db.execute("SELECT * FROM notifications ORDER BY seq")
+        names = [d[0] for d in cur.description]
+        if "row_hash" not in names:
+            raise ValueError(f"{path} has no hash chain yet (the receiver adds one when it next opens the log)")
+        previous, rows = GENESIS, 0
+        while batch := cur.fetchmany(1000):
+            for values in batch:
+                row = dict(zip(names, values))
+                if row["seq"] != rows + 1:  # seqs are handed out one by one: a gap is a removed row
+                    return ChainReport(rows, previous, row["seq"], f"expected seq {rows + 1}: rows were removed")
+                if row["row_hash"] != chain_hash(previous, row):
+                    return ChainReport(rows, previous, row["seq"], "no hash" if row["row_hash"] is None else _MISMATCH)
+                previous, rows = row["row_hash"], rows + 1
+        return ChainReport(rows, previous)
+    finally:
+        db.close()
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True, isolation_level=None)
+
+
+def _decode(row: dict) -> dict:
+    for field in _JSON_FIELDS:
+        row[field] = json.loads(row[field])
+    return row
 
 
 class AuditLog:
@@ -99,49 +193,118 @@ class AuditLog:
         self._db.executescript(SCHEMA)
         self._db.execute("PRAGMA synchronous=FULL")  # an accepted notification survives a power cut
         self._lock = threading.Lock()
+        self._migrate()
 
     def close(self) -> None:
         self._db.close()
 
-    # -- notifications ----------------------------------------------------------------------------
-    def record(self, n: Notification, received_at: datetime, surge: SurgeAlert | None) -> bool:
-        """Append one notification; False when it was already recorded (a duplicate delivery)."""
-        evidence = [e.to_dict() for e in surge.evidence] if surge else []
+    # -- schema migration -------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        """Add the columns a log written by an older receiver lacks, in one transaction; a log without
+        ``row_hash`` gets its chain computed from the rows it has now."""
         with self._lock:
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO notifications (dedup_key, received_at, receiver, status, alertname, fingerprint,"
-                " starts_at, ends_at, severity, dim, name, labels, annotations, surge_alert_id, evidence)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (n.dedup_key, received_at.isoformat(), n.receiver, n.status, n.alertname, n.fingerprint, n.starts_at,
-                 n.ends_at, n.labels.get("severity"), n.labels.get("dim"), n.labels.get("name"),
-                 json.dumps(n.labels, sort_keys=True), json.dumps(n.annotations, sort_keys=True),
-                 surge.alert_id if surge else None, json.dumps(evidence)),
-            )
-            return cur.rowcount == 1
+            self._db.execute("BEGIN IMMEDIATE")  # a second process opening the same old log waits, then sees it done
+            try:
+                have = {r[1] for r in self._db.execute("PRAGMA table_info(notifications)")}
+                missing = [c for c in _ADDED_COLUMNS if c not in have]
+                for column in missing:
+                    self._db.execute(f"ALTER TABLE notifications ADD COLUMN {column} TEXT")
+                chained = self._chain_existing_rows() if "row_hash" in missing else None
+                for trigger in TRIGGERS:
+                    self._db.execute(trigger)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        if chained is not None:
+            log.warning("audit log had no hash chain: chained from its current rows (nothing older can be vouched for)",
+                        extra={"audit_db": str(self.path), "rows_chained": chained})
+        elif missing:
+            log.info("audit log migrated", extra={"audit_db": str(self.path), "columns_added": missing})
+
+    def _chain_existing_rows(self) -> int:
+        """The one time rows are updated: the append-only trigger is lifted inside the migration's transaction
+        (and put back before it commits)."""
+        self._db.execute("DROP TRIGGER IF EXISTS notifications_no_update")
+        cur = self._db.execute("SELECT * FROM notifications ORDER BY seq")
+        names = [d[0] for d in cur.description]
+        previous, hashes = GENESIS, []
+        for values in cur.fetchall():
+            previous = chain_hash(previous, dict(zip(names, values)))
+            hashes.append((previous, values[names.index("seq")]))
+        self._db.executemany("UPDATE notifications SET row_hash = ? WHERE seq = ?", hashes)
+        return len(hashes)
+
+    # -- notifications ----------------------------------------------------------------------------
+    def record(self, n: Notification, received_at: datetime, surge: SurgeAlert | None,
+               match: MatchStatus | None = None) -> bool:
+        """Append one notification, chained to the last row; False when it was already recorded (a
+        duplicate delivery). ``match`` says how ``surge`` was found (None: not a surge notification)."""
+        row = {
+            "dedup_key": n.dedup_key, "received_at": received_at.isoformat(), "receiver": n.receiver, "status": n.status,
+            "alertname": n.alertname, "fingerprint": n.fingerprint, "starts_at": n.starts_at, "ends_at": n.ends_at,
+            "severity": n.labels.get("severity"), "dim": n.labels.get("dim"), "name": n.labels.get("name"),
+            "labels": json.dumps(n.labels, sort_keys=True), "annotations": json.dumps(n.annotations, sort_keys=True),
+            "surge_alert_id": surge.alert_id if surge else None,
+            "evidence": json.dumps([e.to_dict() for e in surge.evidence] if surge else []), "evidence_match": match,
+        }
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if self._db.execute("SELECT 1 FROM notifications WHERE dedup_key = ?", (row["dedup_key"],)).fetchone():
+                    self._db.execute("ROLLBACK")
+                    return False
+                self._append(row)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return True
+
+    def _append(self, row: dict) -> None:
+        """Insert ``row`` as the next seq with its chained hash (inside the caller's write transaction)."""
+        last = self._db.execute("SELECT seq, row_hash FROM notifications ORDER BY seq DESC LIMIT 1").fetchone()
+        used = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'notifications'").fetchone()
+        row["seq"] = max(last[0] if last else 0, used[0] if used else 0) + 1  # AUTOINCREMENT: never reuse a seq
+        previous = (last[1] if last else None) or GENESIS  # a last row stripped of its hash: verify names it
+        row["row_hash"] = chain_hash(previous, row)
+        self._db.execute(f"INSERT INTO notifications ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                         list(row.values()))
 
     def query(self, start: datetime | None = None, end: datetime | None = None, status: str | None = None,
-              limit: int = 10_000) -> list[dict]:
-        sql, args = f"SELECT {', '.join(COLUMNS)} FROM notifications WHERE 1=1", []
-        if start is not None:
-            sql += " AND received_at >= ?"
-            args.append(start.isoformat())
-        if end is not None:
-            sql += " AND received_at < ?"
-            args.append(end.isoformat())
-        if status:
-            sql += " AND status = ?"
-            args.append(status)
-        sql += " ORDER BY seq LIMIT ?"
-        args.append(limit)
+              limit: int = 1000, after: int = 0) -> list[dict]:
+        """One page: at most ``limit`` rows with ``seq > after``, oldest first (``after`` is the cursor)."""
+        sql, args = self._select(start, end, status, None, after)
         with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
-        out = []
-        for row in rows:
-            d = dict(zip(COLUMNS, row))
-            for field in ("labels", "annotations", "evidence"):
-                d[field] = json.loads(d[field])
-            out.append(d)
-        return out
+            rows = self._db.execute(sql + " LIMIT ?", [*args, limit]).fetchall()
+        return [_decode(dict(zip(COLUMNS, row))) for row in rows]
+
+    def iter_rows(self, start: datetime | None = None, end: datetime | None = None, status: str | None = None,
+                  alertname: str | None = None, batch: int = 500) -> Iterator[dict]:
+        """Every matching row, oldest first, streamed from a cursor on a connection of its own: memory stays
+        at one batch whatever the log's size, the export is one consistent snapshot, and the receiver's
+        writes are not held up (WAL readers do not block the writer)."""
+        db = _read_only(self.path)
+        try:
+            db.execute("BEGIN")  # one snapshot for the whole export
+            sql, args = self._select(start, end, status, alertname, 0)
+            cur = db.execute(sql, args)
+            while rows := cur.fetchmany(batch):
+                for row in rows:
+                    yield _decode(dict(zip(COLUMNS, row)))
+        finally:
+            db.close()
+
+    @staticmethod
+    def _select(start, end, status, alertname, after) -> tuple[str, list]:
+        sql, args = f"SELECT {', '.join(COLUMNS)} FROM notifications WHERE seq > ?", [after]
+        for clause, value in ((" AND received_at >= ?", start.isoformat() if start else None),
+                              (" AND received_at < ?", end.isoformat() if end else None),
+                              (" AND status = ?", status), (" AND alertname = ?", alertname)):
+            if value is not None:
+                sql += clause
+                args.append(value)
+        return sql + " ORDER BY seq", args
 
     def count(self) -> int:
         with self._lock:
@@ -160,17 +323,48 @@ class AuditLog:
                   a.to_json().decode()) for a in alerts],
             )
 
-    def latest_surge(self, key: str) -> SurgeAlert | None:
-        """The newest firing SurgeAlert of ``key`` that still stands (its evidence is what compliance needs)."""
+    def standing_surges(self, key: str, limit: int = 500) -> list[SurgeAlert]:
+        """The firing SurgeAlerts of ``key`` that still stand (not retracted), newest window first."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT record FROM surges WHERE key = ? AND state = 'firing' ORDER BY window_end DESC, received_at DESC"
-                " LIMIT 20", (key,)).fetchall()
-        for (record,) in rows:
-            alert = SurgeAlert.from_json(record)
-            if not alert.retracted:
-                return alert
-        return None
+                " LIMIT ?", (key, limit)).fetchall()
+        alerts = (SurgeAlert.from_json(record) for (record,) in rows)
+        return [a for a in alerts if not a.retracted]
+
+    def match_surge(self, key: str, starts_at: datetime | None, tolerance_s: float, severity: str | None = None,
+                    alert_id: str | None = None) -> SurgeMatch:
+        """The SurgeAlert a notification is about, by id when the alert carries one, else by time."""
+        standing = self.standing_surges(key)
+        return match_surge(standing, starts_at, tolerance_s, severity, alert_id)
 
 
-__all__ = ["AuditLog", "Notification"]
+def match_surge(standing: list[SurgeAlert], starts_at: datetime | None, tolerance_s: float,
+                severity: str | None = None, alert_id: str | None = None) -> SurgeMatch:
+    """Pick the surge of the notification's own time, never simply the newest: the newest may be an earlier
+    surge of the key (its headlines would be filed as this alert's evidence) when this one's SurgeAlert has
+    not arrived yet. By time: Prometheus starts the alert while the worker's surge gauge is up, i.e. during
+    the firing window or shortly after it closed, so the alert's ``startsAt`` must lie within
+    ``tolerance_s`` of the window [window_start, window_end]; the nearest wins, same severity first."""
+    if alert_id is not None:
+        found = [a for a in standing if a.alert_id == alert_id]
+        best = min(found, key=lambda a: a.severity != severity, default=None)
+    elif starts_at is not None:
+        near = [(_distance(a, starts_at), a.severity != severity, -a.window_end.timestamp(), i)
+                for i, a in enumerate(standing)]
+        best = standing[min(near)[-1]] if near and min(near)[0] <= timedelta(seconds=tolerance_s) else None
+    else:
+        best = None
+    if best is not None:
+        return SurgeMatch("matched", best)
+    if standing:
+        return SurgeMatch("stale", None, standing[0].alert_id)
+    return SurgeMatch("missing")
+
+
+def _distance(a: SurgeAlert, t: datetime) -> timedelta:
+    """How far ``t`` lies outside the surge's window (zero inside it)."""
+    return max(timedelta(0), a.window_start - t, t - a.window_end)
+
+
+__all__ = ["AuditLog", "ChainReport", "Notification", "SurgeMatch", "canonical", "chain_hash", "match_surge", "verify_chain"]

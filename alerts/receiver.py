@@ -2,13 +2,21 @@
 
 Alertmanager only knows labels (``dim``, ``name``, ``severity``); the headlines behind a surge are on
 ``finsent.alerts``. The receiver follows that topic into its own SQLite store, and when a surge
-notification arrives it attaches the evidence of the newest firing SurgeAlert of the same key (waiting
-up to ``receiver.evidence_wait_s`` when the webhook outruns the topic).
+notification arrives it attaches the evidence of the SurgeAlert *of that alert*: the one named by an
+``alert_id`` label/annotation when the alert carries one, else the one whose window the alert's
+``startsAt`` falls in (within ``receiver.evidence_tolerance_s``). Never simply the newest surge of the
+key: that may be an earlier surge, whose headlines must not be filed as this alert's evidence. When the
+webhook outruns the topic the request waits (at most ``receiver.evidence_wait_s`` in all, without
+holding up other requests); each row records ``evidence_match``: ``matched``, ``stale`` (the key has
+surges, none of this alert's time) or ``missing``.
 
-Rejected, and never recorded: a wrong or missing bearer token when ``FINSENT_RECEIVER__TOKEN`` is set
-(401), a body over ``receiver.max_body_bytes`` (413), malformed JSON (400), a payload that is not an
-Alertmanager v4 webhook (422, naming the field). A request is answered 200 only once every alert in it
-is committed to disk, so Alertmanager retries anything that was not.
+Closed by default. Refused, and never recorded: a Host header that is not this receiver's address and
+a browser's cross-origin request (403: DNS rebinding, forms on other sites), a wrong or missing bearer
+token when ``FINSENT_RECEIVER__TOKEN`` is set (401), a body that is not ``application/json`` (415), a body
+over ``receiver.max_body_bytes`` (413), malformed JSON (400), a payload that is not an Alertmanager v4
+webhook (422, naming the field). The receiver will not start on a non-loopback address without a write
+token, and ``GET /alerts`` needs ``FINSENT_RECEIVER__READ_TOKEN`` when that is set. A request is answered
+200 only once every alert in it is committed to disk, so Alertmanager retries anything that was not.
 """
 
 from __future__ import annotations
@@ -17,26 +25,39 @@ import asyncio
 import csv
 import hmac
 import io
+import ipaddress
 import json
 import logging
+import textwrap
 import time
+from collections.abc import Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, TextIO
+from urllib.parse import urlencode, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from finsent.alerts.audit import AuditLog, Notification
+from finsent.alerts.audit import AuditLog, Notification, SurgeMatch
 from finsent.follow import follow_topics
 from finsent.records import SurgeAlert
 from finsent.settings import Settings
 
 log = logging.getLogger("finsent.alerts.receiver")
+
+LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+WILDCARDS = frozenset({"", "0.0.0.0", "::"})
+
+
+class ReceiverConfigError(ValueError):
+    """Settings the receiver refuses to serve with; the message says what to set."""
 
 
 class WebhookAlert(BaseModel):
@@ -62,23 +83,109 @@ class ReceiverMetrics:
         self.registry = r = CollectorRegistry()
         self.notifications = Counter("finsent_receiver_notifications_total", "Alerts in accepted webhooks",
                                      ["status", "outcome"], registry=r)
-        self.rejected = Counter("finsent_receiver_rejected_total", "Webhooks refused", ["reason"], registry=r)
+        self.rejected = Counter("finsent_receiver_rejected_total", "Requests refused", ["reason"], registry=r)
         self.surges = Counter("finsent_receiver_surges_total", "SurgeAlerts read from finsent.alerts", registry=r)
+        self.evidence = Counter("finsent_receiver_evidence_total", "Surge notifications by how their SurgeAlert was found",
+                                ["match"], registry=r)
         self.evidence_wait = Histogram("finsent_receiver_evidence_wait_seconds", "Time a surge notification waited for its SurgeAlert",
                                        registry=r, buckets=(0, 0.1, 0.5, 1, 2, 5, 10))
 
 
 def _error(status: int, reason: str, message: str, metrics: ReceiverMetrics, **extra) -> JSONResponse:
     metrics.rejected.labels(reason).inc()
-    log.warning("webhook rejected", extra={"reason": reason, "detail": message[:300]})
+    log.warning("request rejected", extra={"reason": reason, "detail": message[:300]})
     return JSONResponse({"error": message, **extra}, status_code=status)
 
 
+# -- who may talk to the receiver ---------------------------------------------------------------------
+def is_loopback(host: str) -> bool:
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(settings: Settings) -> None:
+    """Anyone who can reach a non-loopback address could write permanent rows: require the write token there."""
+    host = settings.services.host
+    if settings.receiver.token is None and not is_loopback(host):
+        raise ReceiverConfigError(
+            f"refusing to serve the receiver on {host or '(all addresses)'}:{settings.receiver.port} without a write token: "
+            "set FINSENT_RECEIVER__TOKEN (and render it for Alertmanager with `finsent receiver alertmanager-config`), "
+            "or bind services.host to 127.0.0.1")
+
+
+def allowed_hosts(bound: str, extra: Iterable[str]) -> frozenset[str] | None:
+    """Host names a request may address: the bound one, localhost, ``receiver.allowed_hosts``. None (not
+    checked) on a wildcard address with none configured: the names are unknowable there, and the write
+    token, mandatory off loopback, already guards the writes."""
+    names = {h.lower().rstrip(".") for h in extra}
+    if bound in WILDCARDS:
+        return frozenset(LOCAL_NAMES | names) if names else None
+    return frozenset(LOCAL_NAMES | names | {bound.lower().strip("[]")})
+
+
+def hostname(host_header: str) -> str:
+    """``example:9184`` → ``example``, ``[::1]:9184`` → ``::1``."""
+    value = host_header.strip().lower()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value
+    name, sep, port = value.rpartition(":")
+    return (name if sep and port.isdigit() else value).rstrip(".")
+
+
+def refusal(headers: Headers, allowed: frozenset[str] | None) -> tuple[str, str] | None:
+    """(reason, message) when a request must be refused before any route sees it: a Host that is not ours
+    defeats DNS rebinding (a web page whose name now resolves to 127.0.0.1); an Origin other than our own,
+    or a browser's cross-site fetch, is a page on another site (Alertmanager sends neither)."""
+    host = headers.get("host", "")
+    if allowed is not None and hostname(host) not in allowed:
+        return "bad_host", f"Host {host!r} is not this receiver's address (see receiver.allowed_hosts)"
+    origin = headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc.lower() != host.lower():
+        return "cross_origin", f"cross-origin request from {origin[:100]!r} refused"
+    if headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+        return "cross_origin", "cross-site browser request refused"
+    return None
+
+
+class RequestGuard:
+    """ASGI middleware: :func:`refusal` for every HTTP request, webhook, listing and metrics alike."""
+
+    def __init__(self, app, allowed: frozenset[str] | None, metrics: ReceiverMetrics) -> None:
+        self.app, self.allowed, self.metrics = app, allowed, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and (refused := refusal(Headers(scope=scope), self.allowed)):
+            await _error(403, *refused, self.metrics)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _bearer_ok(request: Request, token: bytes) -> bool:
+    given = request.headers.get("authorization", "")
+    return given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token)
+
+
+def _is_json(request: Request) -> bool:
+    """Only ``application/json``: a browser form can send text/plain cross-origin without a preflight."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
+
+
 def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
+    check_exposure(settings)
     cfg = settings.receiver
     audit = AuditLog(settings.audit_db)
     metrics = ReceiverMetrics()
     token = cfg.token.get_secret_value().encode() if cfg.token else None
+    read_token = cfg.read_token.get_secret_value().encode() if cfg.read_token else None
+    tolerance_s = evidence_tolerance(settings)
+    hosts = allowed_hosts(settings.services.host, cfg.allowed_hosts)
+    if hosts is None:
+        log.warning("Host header not checked: bound to a wildcard address with no receiver.allowed_hosts",
+                    extra={"host": settings.services.host})
 
     async def follow() -> None:
         """Tail finsent.alerts into the store (from the beginning: the store ignores what it has)."""
@@ -100,10 +207,10 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
             audit.close()
 
     async def webhook(request: Request) -> Response:
-        if token is not None:
-            given = request.headers.get("authorization", "")
-            if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token)):
-                return _error(401, "unauthorized", "missing or wrong bearer token", metrics)
+        if token is not None and not _bearer_ok(request, token):
+            return _error(401, "unauthorized", "missing or wrong bearer token", metrics)
+        if not _is_json(request):
+            return _error(415, "not_json", "Content-Type must be application/json", metrics)
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > cfg.max_body_bytes:
             return _error(413, "too_large", f"body of {length} bytes exceeds {cfg.max_body_bytes}", metrics)
@@ -122,13 +229,15 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
             fields = [{"field": ".".join(str(p) for p in e["loc"]), "error": e["msg"]} for e in err.errors()[:20]]
             return _error(422, "bad_schema", "not an Alertmanager v4 webhook", metrics, fields=fields)
         received = datetime.now(UTC)
+        deadline = time.monotonic() + cfg.evidence_wait_s  # for the whole request, not per alert
         recorded = duplicates = 0
         for a in hook.alerts:
             n = Notification(receiver=hook.receiver, status=a.status, alertname=a.labels.get("alertname", ""),
                              fingerprint=a.fingerprint, starts_at=a.startsAt,
                              ends_at=a.endsAt if a.status == "resolved" else None, labels=a.labels, annotations=a.annotations)
-            surge = await _evidence_for(n) if n.alertname == "NegativeSentimentSurge" and n.key else None
-            new = await asyncio.to_thread(audit.record, n, received, surge)
+            match = await _evidence_for(n, deadline) if n.alertname == "NegativeSentimentSurge" and n.key else None
+            surge = match.surge if match else None
+            new = await asyncio.to_thread(audit.record, n, received, surge, match.status if match else None)
             recorded += new
             duplicates += not new
             metrics.notifications.labels(a.status, "recorded" if new else "duplicate").inc()
@@ -136,34 +245,50 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
                 log.info("notification recorded", extra={
                     "alertname": n.alertname, "status": n.status, "key": n.key, "severity": n.labels.get("severity"),
                     "evidence": len(surge.evidence) if surge else 0, "surge_alert_id": surge.alert_id if surge else None,
+                    "evidence_match": match.status if match else None,
                 })
         return JSONResponse({"recorded": recorded, "duplicates": duplicates})
 
-    async def _evidence_for(n: Notification) -> SurgeAlert | None:
+    async def _evidence_for(n: Notification, deadline: float) -> SurgeMatch:
+        """Poll the store for this alert's SurgeAlert until it is there or the request's deadline passes."""
         started = time.monotonic()
+        starts_at = _time_or_none(n.starts_at)
         while True:
-            surge = await asyncio.to_thread(audit.latest_surge, n.key)
-            if surge is not None or time.monotonic() - started >= cfg.evidence_wait_s:
-                metrics.evidence_wait.observe(time.monotonic() - started)
-                if surge is None:
-                    log.warning("no SurgeAlert for a surge notification; recorded without evidence", extra={"key": n.key})
-                return surge
-            await asyncio.sleep(0.2)
+            match = await asyncio.to_thread(audit.match_surge, n.key, starts_at, tolerance_s,
+                                            n.labels.get("severity"), n.surge_alert_id)
+            unmatchable = starts_at is None and n.surge_alert_id is None
+            if match.status == "matched" or unmatchable or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        metrics.evidence_wait.observe(time.monotonic() - started)
+        metrics.evidence.labels(match.status).inc()
+        if match.status != "matched":
+            log.warning("no SurgeAlert of this alert's time or id; recorded without evidence", extra={
+                "key": n.key, "starts_at": n.starts_at, "evidence_match": match.status, "nearest_surge": match.nearest})
+        return match
 
     async def list_alerts(request: Request) -> Response:
+        if read_token is not None and not _bearer_ok(request, read_token):
+            return _error(401, "unauthorized_read", "missing or wrong bearer token (FINSENT_RECEIVER__READ_TOKEN)", metrics)
         q = request.query_params
         try:
-            start = parse_time(q.get("from"))
-            end = parse_time(q.get("to"))
+            start, end = parse_time(q.get("from")), parse_time(q.get("to"))
+            limit, after = _page_params(q.get("limit"), q.get("after"), cfg.page_limit)
         except ValueError as err:
             return JSONResponse({"error": str(err)}, status_code=422)
         status = q.get("status")
         if status not in (None, "firing", "resolved"):
             return JSONResponse({"error": "status must be firing or resolved"}, status_code=422)
-        rows = await asyncio.to_thread(audit.query, start, end, status)
+        rows = await asyncio.to_thread(audit.query, start, end, status, limit + 1, after)
+        truncated = len(rows) > limit
+        rows = rows[:limit]
+        next_url = f"{request.url.path}?{urlencode({**q, 'after': rows[-1]['seq']})}" if truncated else None
+        headers = {"Link": f'<{next_url}>; rel="next"'} if next_url else {}
         if q.get("format", "json") == "csv":
-            return PlainTextResponse(to_csv(rows), media_type="text/csv")
-        return JSONResponse({"count": len(rows), "notifications": rows})
+            return PlainTextResponse(to_csv(rows), media_type="text/csv",
+                                     headers={**headers, "X-Truncated": "true" if truncated else "false"})
+        return JSONResponse({"count": len(rows), "notifications": rows, "truncated": truncated, "next": next_url},
+                            headers=headers)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"ok": True, "notifications": await asyncio.to_thread(audit.count)})
@@ -175,10 +300,30 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", lambda request: Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)),
         ],
+        middleware=[Middleware(RequestGuard, allowed=hosts, metrics=metrics)],
         lifespan=lifespan,
     )
     app.state.audit = audit
     return app
+
+
+def evidence_tolerance(settings: Settings) -> float:
+    """How far an alert's startsAt may lie from its surge's window. It must stay below the least gap between
+    two surges of one key (the detector's cooldown), or a late SurgeAlert's predecessor would pass for it;
+    and above the rule's delay (scrape, evaluation, ``for:``) plus the watermark a closed window waits."""
+    if settings.receiver.evidence_tolerance_s is not None:
+        return settings.receiver.evidence_tolerance_s
+    return max(60.0, min(600.0, float(settings.surge.cooldown_s)))
+
+
+def _page_params(limit: str | None, after: str | None, page_limit: int) -> tuple[int, int]:
+    """``?limit=`` (1..page_limit, default page_limit) and the ``?after=`` cursor (a seq, from ``next``)."""
+    n = int(limit) if limit and limit.isdigit() else (page_limit if limit is None else -1)
+    if not 1 <= n <= page_limit:
+        raise ValueError(f"limit must be an integer in 1..{page_limit}")
+    if after is not None and not after.isdigit():
+        raise ValueError("after must be a row's seq (take the listing's next link)")
+    return n, int(after or 0)
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -190,6 +335,19 @@ def parse_time(value: str | None) -> datetime | None:
     return dt.astimezone(UTC)
 
 
+def _time_or_none(value: str) -> datetime | None:
+    try:
+        return parse_time(value)
+    except ValueError:
+        return None
+
+
+# -- export ---------------------------------------------------------------------------------------------
+CSV_FIELDS = ["seq", "received_at", "receiver", "status", "alertname", "severity", "dim", "name", "starts_at",
+              "ends_at", "fingerprint", "surge_alert_id", "summary", "evidence_titles", "evidence_links",
+              "evidence_match", "row_hash"]
+
+
 def _cell(value):
     """A text cell a spreadsheet would run as a formula (= + - @, or a leading tab/CR) is quoted with '."""
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
@@ -197,19 +355,43 @@ def _cell(value):
     return value
 
 
-def to_csv(rows: list[dict]) -> str:
-    """The audit rows as CSV for compliance's spreadsheets: headlines are attacker-controlled text, so every
-    cell that could start a formula is neutralised (CSV/formula injection)."""
-    out = io.StringIO()
-    fields = ["seq", "received_at", "receiver", "status", "alertname", "severity", "dim", "name", "starts_at",
-              "ends_at", "fingerprint", "surge_alert_id", "summary", "evidence_titles", "evidence_links"]
-    w = csv.DictWriter(out, fieldnames=fields)
+def _csv_row(r: dict) -> dict:
+    row = {**{k: r.get(k) for k in CSV_FIELDS if k in r}, "summary": r["annotations"].get("summary", ""),
+           "evidence_titles": " | ".join(e["title"] for e in r["evidence"]),
+           "evidence_links": " ".join(e.get("url") or "" for e in r["evidence"])}
+    return {k: _cell(v) for k, v in row.items()}
+
+
+def write_csv(rows: Iterable[dict], out: TextIO) -> int:
+    """The audit rows as CSV for compliance's spreadsheets, row by row: headlines are attacker-controlled
+    text, so every cell that could start a formula is neutralised (CSV/formula injection)."""
+    w = csv.DictWriter(out, fieldnames=CSV_FIELDS)
     w.writeheader()
+    n = 0
     for r in rows:
-        row = {**{k: r.get(k) for k in fields if k in r}, "summary": r["annotations"].get("summary", ""),
-               "evidence_titles": " | ".join(e["title"] for e in r["evidence"]),
-               "evidence_links": " ".join(e.get("url") or "" for e in r["evidence"])}
-        w.writerow({k: _cell(v) for k, v in row.items()})
+        w.writerow(_csv_row(r))
+        n += 1
+    return n
+
+
+def write_json(rows: Iterable[dict], out: TextIO) -> int:
+    """The rows as one JSON array, written row by row; the text is what ``json.dumps(rows, indent=2)`` gives."""
+    n = 0
+    for r in rows:
+        out.write(("[\n" if n == 0 else ",\n") + textwrap.indent(json.dumps(r, indent=2), "  "))
+        n += 1
+    out.write("\n]" if n else "[]")
+    return n
+
+
+def export(rows: Iterable[dict], out: TextIO, fmt: Literal["csv", "json"]) -> int:
+    """Stream every row to ``out`` (nothing is collected in memory); returns how many."""
+    return write_csv(rows, out) if fmt == "csv" else write_json(rows, out)
+
+
+def to_csv(rows: list[dict]) -> str:
+    out = io.StringIO()
+    write_csv(rows, out)
     return out.getvalue()
 
 
@@ -217,9 +399,13 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     app = build_app(settings)
-    log.info("receiver listening", extra={"url": f"http://{settings.services.host}:{settings.receiver.port}/alertmanager",
-                                          "audit_db": str(settings.audit_db), "token_required": settings.receiver.token is not None})
-    uvicorn.run(app, host=settings.services.host, port=settings.receiver.port, log_level="warning", access_log=False)
+    host, cfg = settings.services.host, settings.receiver
+    log.info("receiver listening", extra={"url": f"http://{host}:{cfg.port}/alertmanager", "audit_db": str(settings.audit_db),
+                                          "token_required": cfg.token is not None, "read_token_required": cfg.read_token is not None})
+    if cfg.read_token is None and not is_loopback(host):
+        log.warning("GET /alerts is open to anyone who can reach this address: set FINSENT_RECEIVER__READ_TOKEN",
+                    extra={"host": host})
+    uvicorn.run(app, host=host, port=cfg.port, log_level="warning", access_log=False)
 
 
-__all__ = ["Webhook", "build_app", "parse_time", "serve", "to_csv"]
+__all__ = ["ReceiverConfigError", "Webhook", "build_app", "check_exposure", "export", "parse_time", "serve", "to_csv"]

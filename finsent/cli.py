@@ -356,9 +356,13 @@ def receiver(ctx: typer.Context, config: ConfigOption = None) -> None:
     """Serve the webhook endpoint (POST /alertmanager), GET /alerts, /healthz and /metrics on 127.0.0.1."""
     if ctx.invoked_subcommand:
         return
-    from finsent.alerts.receiver import serve
+    from finsent.alerts.receiver import ReceiverConfigError, serve
 
-    serve(_settings(config))
+    try:
+        serve(_settings(config))
+    except ReceiverConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
 
 
 @receiver_app.command("alertmanager-config")
@@ -383,11 +387,11 @@ def receiver_export(
     out: Annotated[Optional[Path], typer.Option(help="File to write; default: standard output.")] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Export recorded notifications (firing and resolved, with evidence) for a time range."""
-    import json as json_mod
+    """Export every recorded notification (firing and resolved, with evidence) for a time range, streamed."""
+    from contextlib import nullcontext
 
     from finsent.alerts.audit import AuditLog
-    from finsent.alerts.receiver import parse_time, to_csv
+    from finsent.alerts.receiver import export, parse_time
 
     settings = _settings(config)
     if format not in ("csv", "json"):
@@ -403,15 +407,37 @@ def receiver_export(
         raise typer.Exit(2) from None
     audit = AuditLog(settings.audit_db)
     try:
-        rows = audit.query(start, end)
+        with out.open("w", newline="") if out else nullcontext(sys.stdout) as fh:
+            n = export(audit.iter_rows(start, end), fh, format)
+    except OSError as err:
+        typer.echo(f"error: export to {out or 'standard output'} failed: {err}", err=True)
+        raise typer.Exit(1) from None
     finally:
         audit.close()
-    text = to_csv(rows) if format == "csv" else json_mod.dumps(rows, indent=2)
     if out:
-        out.write_text(text)
-        typer.echo(f"{len(rows)} notifications written to {out}", err=True)
-    else:
-        sys.stdout.write(text)
+        typer.echo(f"{n} notifications written to {out}", err=True)
+
+
+@receiver_app.command("verify")
+def receiver_verify(config: ConfigOption = None) -> None:
+    """Check the audit log's hash chain: prints OK and the head hash, or the first row that does not fit (exit 1)."""
+    import sqlite3
+
+    from finsent.alerts.audit import verify_chain
+
+    settings = _settings(config)
+    if not settings.audit_db.exists():
+        typer.echo(f"error: no audit log at {settings.audit_db}", err=True)
+        raise typer.Exit(1)
+    try:
+        report = verify_chain(settings.audit_db)
+    except (ValueError, sqlite3.Error) as err:
+        typer.echo(f"error: {settings.audit_db}: {err}", err=True)
+        raise typer.Exit(1) from None
+    if report.bad_seq is not None:
+        typer.echo(f"FAILED: row seq={report.bad_seq}: {report.reason} ({report.rows} rows before it verified)")
+        raise typer.Exit(1)
+    typer.echo(f"OK: {report.rows} rows, head {report.head}")
 
 
 grafana_app = typer.Typer(help="Dashboards as code: build the JSON, publish to a Grafana with grafana-client.")
@@ -448,7 +474,7 @@ def grafana_publish(
         if annotations and settings.audit_db.exists():
             audit = AuditLog(settings.audit_db)
             try:
-                posted = publish.publish_annotations(api, audit.query())
+                posted = publish.publish_annotations(api, audit.iter_rows(alertname=publish.SURGE_ALERT))
             finally:
                 audit.close()
     except Exception as err:  # grafana-client raises its own and niquests' errors: report, do not trace

@@ -233,7 +233,7 @@ def test_occupied_port_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize(
     "command",
     [[], ["broker"], ["demo"], ["worker"], ["train"], ["eval"], ["export"], ["ingest"], ["ingest", "import"], ["ingest", "refill"],
-     ["ingest", "demo-feeds"], ["replay"], ["backtest"], ["receiver"], ["receiver", "export"], ["receiver", "alertmanager-config"], ["grafana", "build"],
+     ["ingest", "demo-feeds"], ["replay"], ["backtest"], ["receiver"], ["receiver", "export"], ["receiver", "verify"], ["receiver", "alertmanager-config"], ["grafana", "build"],
      ["grafana", "publish"], ["serve"], ["topics"]],
 )
 def test_every_command_has_help(command):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,22 +16,46 @@ from starlette.testclient import TestClient
 
 from conftest import make_settings
 from finsent.alerts.receiver import build_app
+from finsent.procs import Child, free_port, http_ok
 from finsent.records import Evidence, SurgeAlert
 from streamkit import publish
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 
-def surge(key="topic:Energy | Oil", state="firing", n=3) -> SurgeAlert:
-    ev = tuple(Evidence(item_id=f"e{i}", title=f"Oil plunges as supply glut deepens #{i}", source="oil-desk",
-                        url=f"http://news.example/{i}", published=NOW - timedelta(seconds=i), p_negative=0.9 - i / 100)
+def surge(key="topic:Energy | Oil", state="firing", n=3, at=NOW, title="Oil plunges as supply glut deepens") -> SurgeAlert:
+    """A SurgeAlert whose window ends at ``at`` (its alert_id, as the detector makes it, says so too)."""
+    ev = tuple(Evidence(item_id=f"e{i}", title=f"{title} #{i}", source="oil-desk",
+                        url=f"http://news.example/{i}", published=at - timedelta(seconds=i), p_negative=0.9 - i / 100)
                for i in range(n))
-    return SurgeAlert(alert_id=f"{key}|{NOW.isoformat()}", key=key, state=state, severity="warning",
-                      window_start=NOW - timedelta(minutes=5), window_end=NOW, count=40, negative=30,
-                      negative_share=0.75, zscore=4.2, baseline_mean=0.2, baseline_std=0.1, raised_at=NOW, evidence=ev)
+    return SurgeAlert(alert_id=f"{key}|{at.isoformat()}", key=key, state=state, severity="warning",
+                      window_start=at - timedelta(minutes=5), window_end=at, count=40, negative=30,
+                      negative_share=0.75, zscore=4.2, baseline_mean=0.2, baseline_std=0.1, raised_at=at, evidence=ev)
 
 
-def webhook(status="firing", fingerprint="abc123", name="Energy | Oil", receiver="compliance", ends="0001-01-01T00:00:00Z"):
+def receiver_env(tmp_path, **env) -> dict[str, str]:
+    """The environment of a ``finsent receiver`` child: this one's without FINSENT_*, a free port, its own log."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
+    return {**base, "FINSENT_LOG_JSON": "1", "FINSENT_RECEIVER__PORT": str(free_port()),
+            "FINSENT_RECEIVER__AUDIT_DB": str(tmp_path / "audit.sqlite"), "FINSENT_PATHS__STATE_DIR": str(tmp_path / "state"),
+            "FINSENT_KAFKA__BOOTSTRAP": "127.0.0.1:1", **env}  # no broker unless given: the receiver keeps serving
+
+
+@contextmanager
+def receiver_process(tmp_path, **env):
+    """A real ``finsent receiver`` on 127.0.0.1; yields its base URL."""
+    child_env = receiver_env(tmp_path, **env)
+    url = f"http://127.0.0.1:{child_env['FINSENT_RECEIVER__PORT']}"
+    child = Child("receiver", [sys.executable, "-m", "finsent.cli", "receiver"], tmp_path / "receiver.log", env=child_env)
+    child.start(http_ok(f"{url}/healthz"), timeout=60)
+    try:
+        yield url
+    finally:
+        child.stop()
+
+
+def webhook(status="firing", fingerprint="abc123", name="Energy | Oil", receiver="compliance", ends="0001-01-01T00:00:00Z",
+            labels=None):
     return {
         "version": "4", "groupKey": "{}:{alertname=\"NegativeSentimentSurge\"}", "truncatedAlerts": 0,
         "status": status, "receiver": receiver, "groupLabels": {"alertname": "NegativeSentimentSurge"},
@@ -37,7 +63,7 @@ def webhook(status="firing", fingerprint="abc123", name="Energy | Oil", receiver
         "alerts": [{
             "status": status,
             "labels": {"alertname": "NegativeSentimentSurge", "dim": "topic", "name": name, "topic": name,
-                       "severity": "warning", "kind": "market"},
+                       "severity": "warning", "kind": "market", **(labels or {})},
             "annotations": {"summary": f"Negative-sentiment surge: topic {name} (warning)", "value": "4.20"},
             "startsAt": "2026-11-22T12:00:30Z", "endsAt": ends, "generatorURL": "http://prom/graph", "fingerprint": fingerprint,
         }],
@@ -48,7 +74,8 @@ def webhook(status="firing", fingerprint="abc123", name="Energy | Oil", receiver
 def settings(tmp_path, broker):
     return make_settings(tmp_path, kafka={"bootstrap": broker},
                          topics={"alerts": {"name": f"receiver-{tmp_path.name}.alerts"}},
-                         receiver={"evidence_wait_s": 10, "max_body_bytes": 1024 * 1024})
+                         receiver={"evidence_wait_s": 10, "max_body_bytes": 1024 * 1024,
+                                   "allowed_hosts": ["testserver"]})  # TestClient's Host
 
 
 def test_a_surge_notification_is_recorded_with_its_evidence_once_and_survives_a_restart(settings):
@@ -64,6 +91,7 @@ def test_a_surge_notification_is_recorded_with_its_evidence_once_and_survives_a_
         assert [r["status"] for r in rows] == ["firing", "resolved"]
         first = rows[0]
         assert first["surge_alert_id"] == surge().alert_id and len(first["evidence"]) == 3
+        assert first["evidence_match"] == "matched" and len(first["row_hash"]) == 64
         assert first["evidence"][0]["title"].startswith("Oil plunges") and first["evidence"][0]["source"] == "oil-desk"
         assert first["labels"]["dim"] == "topic" and first["annotations"]["value"] == "4.20"
         csv_text = client.get("/alerts", params={"format": "csv", "status": "resolved"}).text
@@ -81,7 +109,7 @@ def test_bad_webhooks_get_4xx_and_leave_the_audit_log_intact(settings, monkeypat
              receiver={**settings.receiver.model_dump(exclude={"token"}), "evidence_wait_s": 0})
     assert s.receiver.token is not None
     with TestClient(build_app(s, follow_alerts=False)) as client:
-        auth = {"Authorization": "Bearer s3cret"}
+        auth = {"Authorization": "Bearer s3cret", "Content-Type": "application/json"}
         assert client.post("/alertmanager", json=webhook(), headers=auth).status_code == 200
         before = client.get("/alerts").json()["notifications"]
         cases = [

@@ -3,12 +3,14 @@
 For a Grafana that is not provisioned from files (deploy/ provisions them; a desk's existing Grafana
 may not). The API token comes from ``FINSENT_GRAFANA__TOKEN`` only. Annotations mark each surge of
 the audit log (firing → resolved as a region) with tags ``finsent``, ``surge`` and the key, so the
-dashboards' "finsent surges" annotation layer shows them.
+dashboards' "finsent surges" annotation layer shows them. The audit rows are streamed (the whole log,
+however long), and only one entry per surge is kept in memory.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import datetime
 
 from grafana_client import GrafanaApi
@@ -16,6 +18,8 @@ from grafana_client import GrafanaApi
 from finsent.alerts.grafana.build import dashboards
 
 log = logging.getLogger("finsent.alerts.grafana")
+
+SURGE_ALERT = "NegativeSentimentSurge"
 
 
 def client(url: str, token: str, timeout: float = 10.0) -> GrafanaApi:
@@ -34,11 +38,12 @@ def publish_dashboards(api: GrafanaApi, folder_uid: str | None = None) -> list[s
     return uids
 
 
-def surge_annotations(rows: list[dict]) -> list[dict]:
-    """Audit-log rows → one annotation per surge (firing start to resolved end, or a point while open)."""
+def surge_annotations(rows: Iterable[dict]) -> list[dict]:
+    """Audit-log rows (any number, e.g. ``AuditLog.iter_rows``) → one annotation per surge (firing start to
+    resolved end, or a point while open)."""
     surges: dict[str, dict] = {}
     for r in rows:
-        if r["alertname"] != "NegativeSentimentSurge":
+        if r["alertname"] != SURGE_ALERT:
             continue
         key = f"{r['dim']}:{r['name']}" if r["dim"] != "all" else "all"
         s = surges.setdefault(r["fingerprint"] + r["starts_at"], {"key": key, "severity": r["severity"], "start": r["starts_at"],
@@ -55,7 +60,7 @@ def surge_annotations(rows: list[dict]) -> list[dict]:
     return out
 
 
-def publish_annotations(api: GrafanaApi, rows: list[dict]) -> int:
+def publish_annotations(api: GrafanaApi, rows: Iterable[dict]) -> int:
     annotations = surge_annotations(rows)
     for a in annotations:
         api.annotations.add_annotation(**a)
