@@ -61,6 +61,16 @@ class Prediction:
         return self.sentiment_probs["positive"] - self.sentiment_probs["negative"]
 
 
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """Texts after ``Classifier.encode``: fallbacks for the unclassifiable, token ids for the rest."""
+
+    n: int
+    fallbacks: dict[int, Prediction]  # input index -> flagged fallback prediction
+    good_idx: list[int]  # input index of each row of ``ids``
+    ids: list[list[int]]
+
+
 class Classifier:
     def __init__(
         self, directory: Path, backend: Backend, meta: artifact.ModelMeta, tokenizer, batch_size: int = 32,
@@ -109,35 +119,51 @@ class Classifier:
 
     def predict(self, texts: Sequence[object], domain: str | None = None) -> list[Prediction]:
         """``domain="news"``: use the stored news decision rule if the model has one (else the default)."""
-        offsets = self.sentiment_offsets(domain)
-        results: list[Prediction | None] = [None] * len(texts)
+        return self.predict_encoded(self.encode(texts), domain)
+
+    def encode(self, texts: Sequence[object]) -> Encoded:
+        """The CPU-side half of ``predict``: clean, flag and tokenize. The stream worker runs it in its own
+        thread, so batch N+1 is tokenized while batch N is in the model."""
+        fallbacks: dict[int, Prediction] = {}
         good_idx: list[int] = []
         good_texts: list[str] = []
         cap = self.meta.max_length * _CHAR_CAP_PER_TOKEN
         for i, text in enumerate(texts):
             if not isinstance(text, str):
-                results[i] = self._fallback("not_text")
+                fallbacks[i] = self._fallback("not_text")
                 continue
             prepared = prepare(text[: cap * 4])[:cap]
             if not prepared:
-                results[i] = self._fallback("empty")
+                fallbacks[i] = self._fallback("empty")
                 continue
             good_idx.append(i)
             good_texts.append(prepared)
-        if good_texts:
-            topic_logits, sent_logits = self.logits(good_texts)
+        return Encoded(len(texts), fallbacks, good_idx, self._token_ids(good_texts) if good_texts else [])
+
+    def predict_encoded(self, encoded: Encoded, domain: str | None = None) -> list[Prediction]:
+        """The model-side half of ``predict``: predictions in the caller's order."""
+        offsets = self.sentiment_offsets(domain)
+        results: list[Prediction | None] = [encoded.fallbacks.get(i) for i in range(encoded.n)]
+        if encoded.ids:
+            topic_logits, sent_logits = self._run(encoded.ids)
             topic_p = softmax(topic_logits, self.meta.temperature_topic)
             if offsets is None:
                 sent_p = softmax(sent_logits, self.meta.temperature_sentiment)
             else:
                 sent_p = softmax(sent_logits / self.meta.temperature_sentiment + offsets)
-            for row, i in enumerate(good_idx):
+            for row, i in enumerate(encoded.good_idx):
                 results[i] = self._prediction(topic_p[row], sent_p[row])
         return results  # type: ignore[return-value]
 
     def logits(self, prepared: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Uncalibrated logits for already-prepared, non-empty texts, in input order."""
-        ids = self.tokenizer(list(prepared), truncation=True, max_length=self.meta.max_length)["input_ids"]
+        return self._run(self._token_ids(prepared))
+
+    def _token_ids(self, prepared: Sequence[str]) -> list[list[int]]:
+        return self.tokenizer(list(prepared), truncation=True, max_length=self.meta.max_length)["input_ids"]
+
+    def _run(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Length-sorted batches through the backend; logits back in input order."""
         pad_id = self.tokenizer.pad_token_id or 0
         topic = np.zeros((len(ids), len(self.meta.topic_labels)), dtype=np.float32)
         sent = np.zeros((len(ids), len(self.meta.sentiment_labels)), dtype=np.float32)

@@ -7,8 +7,10 @@ Scoring (a Faust agent on ``finsent.news.raw``):
   ``max_batch`` (128) when the loop comes back, and a caught-up stream yields a lone headline after
   ``max_wait_s`` (20 ms). The classifier sorts each batch by token length (less padding) and returns
   predictions in input order;
-* the classifier runs in a one-thread executor, off the event loop, so heartbeats, commits and the
-  aggregator keep running during inference;
+* three overlapped stages (``Scorer``): batch N+1 is decoded and tokenized (tokenizer thread) while
+  batch N is in the model (one inference thread, off the event loop, so heartbeats, commits and the
+  aggregator keep running), and batch N's outputs are produced and acknowledged while N+1 is in the
+  model; deliveries stay in batch order, at most two batches are past the tokenizer;
 * poison records (undecodable, schema-invalid, oversized) and items the model fails on by themselves
   (after retry and bisection) go to ``finsent.dlq`` with their source offset; the stream goes on;
 * every decoded item passes the edge check (``checked_item``) before it is scored: any producer can
@@ -48,13 +50,14 @@ from datetime import UTC, datetime
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from finsent.model.classifier import Encoded
 from finsent.records import DeadLetter, NewsItem, checked_item
 from finsent.settings import Settings
 from finsent.stream.aggregator import Aggregator
 from finsent.stream.faust_transport import transport_class
 from finsent.stream.metrics import WorkerMetrics
 from finsent.stream.pipeline import PoisonRecord, decode_raw, text_of, to_scored
-from finsent.stream.scoring import score_batch
+from finsent.stream.scoring import BatchResult, score_batch
 from finsent.stream.topics import TopicIdWatch, ensure_topics
 
 log = logging.getLogger("finsent.stream.worker")
@@ -65,21 +68,24 @@ EXIT_UNEXPECTED = 70  # EX_SOFTWARE: a bug; the batch was not committed, a resta
 
 @dataclass
 class Scored:
-    """A micro-batch between its two stages: classified (``Scorer.score``), not yet delivered."""
+    """A micro-batch on its way through the stages: prepared (decoded, checked, tokenized), classified, delivered."""
 
     messages: list
     items: list[tuple[object, NewsItem]] = field(default_factory=list)
+    encoded: Encoded | None = None  # token ids of the items' texts (``Classifier.encode``), set by ``prepare``
     outputs: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (reason, error) per dead letter
     fixed: dict[str, int] = field(default_factory=dict)  # edge corrections, counted once delivered
 
 
 class Scorer:
-    """Micro-batches in two stages: ``score`` (decode, check, classify) and ``deliver`` (produce, wait for acks).
+    """Micro-batches in three stages: ``prepare`` (decode, check, tokenize: a tokenizer thread), ``infer``
+    (the model: one inference thread) and ``deliver`` (produce, wait for acks: the event loop).
 
-    The agent overlaps them: batch N's records are produced and acknowledged while batch N+1 is
-    classified, so the model never waits on the broker. Deliveries stay in batch order, and an offset is
-    released for commit only after its batch's outputs are acknowledged.
+    The agent overlaps them: batch N+1 is tokenized while batch N is in the model, and batch N's records
+    are produced and acknowledged while batch N+1 is in the model, so the model neither waits for the
+    tokenizer nor for the broker. Deliveries stay in batch order, and an offset is released for commit
+    only after its batch's outputs are acknowledged.
     """
 
     def __init__(self, settings: Settings, classifier, metrics: WorkerMetrics):
@@ -87,6 +93,7 @@ class Scorer:
         self.classifier = classifier
         self.metrics = metrics
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finsent-infer")
+        self.tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finsent-tokenize")
         self.producer: AIOKafkaProducer | None = None
         self.positions: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset to process
 
@@ -103,16 +110,18 @@ class Scorer:
         self.producer = producer
 
     async def process(self, messages: list) -> None:
-        """Score a micro-batch and deliver its outputs (acknowledged) before returning."""
+        """All three stages of one micro-batch, its outputs acknowledged before returning."""
         await self.deliver(await self.score(messages))
 
     async def score(self, messages: list) -> Scored:
-        """Decode, edge-check and classify; nothing is sent yet.
+        return await self.infer(await self.prepare(messages))
+
+    async def prepare(self, messages: list) -> Scored:
+        """Decode, edge-check and tokenize (off the loop); nothing is classified or sent yet.
 
         ``messages``: Kafka messages with .topic .partition .offset .key .value .timestamp (ms).
         """
-        m = self.metrics
-        m.items_in.inc(len(messages))
+        self.metrics.items_in.inc(len(messages))
         batch = Scored(messages)
         now = datetime.now(UTC)
         for msg in messages:
@@ -123,15 +132,20 @@ class Scorer:
                 batch.failed.append(("poison", str(err)))
                 continue
             batch.items.append((msg, self._checked(item, now, batch.fixed)))
+        if batch.items and hasattr(self.classifier, "encode"):
+            texts = [text_of(it) for _, it in batch.items]
+            batch.encoded = await asyncio.get_running_loop().run_in_executor(self.tokenizer_pool, self.classifier.encode, texts)
+        return batch
+
+    async def infer(self, batch: Scored) -> Scored:
+        """Classify the prepared items in the inference thread; model failures become dead letters."""
+        m = self.metrics
         if self.settings.stream.debug_batch_delay_s:
             await asyncio.sleep(self.settings.stream.debug_batch_delay_s)  # test hook: a slower model
         if batch.items:
             m.batch_size.observe(len(batch.items))
             t0 = time.perf_counter()
-            result = await asyncio.get_running_loop().run_in_executor(
-                self.executor, score_batch, self.classifier.predict, [it for _, it in batch.items],
-                text_of, self.settings.stream.inference_retries,
-            )
+            result = await asyncio.get_running_loop().run_in_executor(self.executor, self._classify, batch)
             m.inference_seconds.observe(time.perf_counter() - t0)
             m.retries.inc(max(0, result.calls - 1))
             by_item = {id(it): msg for msg, it in batch.items}
@@ -143,6 +157,17 @@ class Scorer:
                 batch.outputs.append(self._dead_letter(by_item[id(item)], f"classifier failed on this item: {error}"))
                 batch.failed.append(("model", error))
         return batch
+
+    def _classify(self, batch: Scored) -> BatchResult:
+        """The pre-tokenized batch in one call; if that fails, retries and bisection from the texts."""
+        items = [it for _, it in batch.items]
+        if batch.encoded is not None:
+            try:
+                predictions = self.classifier.predict_encoded(batch.encoded)
+                return BatchResult(list(zip(items, predictions)), [], 1)
+            except Exception as err:  # noqa: BLE001 (any model error: score_batch isolates the culprit)
+                log.warning("batch failed, retrying from the texts", extra={"error": f"{type(err).__name__}: {err}"})
+        return score_batch(self.classifier.predict, items, text_of, self.settings.stream.inference_retries)
 
     async def deliver(self, batch: Scored) -> None:
         """Send a scored batch's outputs and wait for their acks; only then is it counted and its position moved."""
@@ -264,21 +289,21 @@ def build_app(settings: Settings, scorer: Scorer, aggregate: bool = True, input_
 
     @app.agent(raw, name="score")
     async def score(stream):
-        delivering: asyncio.Task | None = None
+        in_flight = asyncio.Semaphore(2)  # one batch in the model, the next tokenized and waiting for it
+        last: asyncio.Task | None = None
         try:
             async for events in stream.take_events(s.max_batch, within=s.max_wait_s):
                 for event in events:
                     event.message.incref()  # hold the offset until our outputs are acknowledged (see module doc)
-                scored = await _or_exit(scorer.score([event.message for event in events]))
-                if delivering is not None:
-                    await delivering  # deliveries in batch order
-                delivering = asyncio.create_task(_deliver_and_release(scorer, scored, events))
-            if delivering is not None:
-                await delivering
+                await in_flight.acquire()
+                prepared = await _or_exit(scorer.prepare([event.message for event in events]))
+                last = asyncio.create_task(_infer_deliver_release(scorer, prepared, events, last, in_flight))
+            if last is not None:
+                await last
         except asyncio.CancelledError:
-            if delivering is not None:
-                delivering.cancel()  # its events stay unreleased: never committed, redelivered to the next worker
-            raise
+            if last is not None:
+                last.cancel()  # and, through its wait, the batches before it: their events stay unreleased,
+            raise  # so they are never committed and a fresh worker gets them again
 
     @app.timer(interval=5.0)
     async def export_lag():
@@ -313,9 +338,17 @@ async def _or_exit(step):
         os._exit(EXIT_UNEXPECTED)
 
 
-async def _deliver_and_release(scorer: Scorer, scored: Scored, events) -> None:
-    """Deliver, then drop our hold on each event. ``take_events`` has usually acked them already (leaving
-    our reference), so this is an ``ack`` that, being the last, marks the offset safe to commit."""
+async def _infer_deliver_release(scorer: Scorer, batch: Scored, events, previous: asyncio.Task | None,
+                                 in_flight: asyncio.Semaphore) -> None:
+    """Classify, wait for the batch before this one to be delivered (deliveries in batch order), deliver,
+    then drop our hold on each event. ``take_events`` has usually acked them already (leaving our
+    reference), so this is an ``ack`` that, being the last, marks the offset safe to commit."""
+    try:
+        scored = await _or_exit(scorer.infer(batch))
+    finally:
+        in_flight.release()
+    if previous is not None:
+        await previous
     await _or_exit(scorer.deliver(scored))
     for event in events:
         event.ack()
