@@ -81,6 +81,7 @@ def save(
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "weights.safetensors"))
+    (directory / "weights.safetensors").chmod(0o644)  # safetensors writes 0600; a model is read by every service
     model.encoder.config.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     (directory / "meta.json").write_text(json.dumps(asdict(meta), indent=2) + "\n")

@@ -1,9 +1,10 @@
 """The model shipped in models/ loads offline and is accurate on a fixed validation sample.
 
 The sample (tests/fixtures/twitter_valid_sample.csv, MIT) is part of the held-out test split. The
-thresholds sit a few points under the shipped model's measured accuracy on it (sentiment 0.890,
-topic 0.920 for finsent-minilm@20261122-main), so a broken export, tokenizer mismatch or lost
-calibration fails this test while the same model passes every time (inference is deterministic).
+thresholds sit a few points under the shipped model's measured accuracy on it (sentiment 0.905,
+topic 0.892 for finsent-minilm@20261123-v2; 0.890 / 0.920 for v1), so a broken export, tokenizer
+mismatch or lost calibration fails this test while the same model passes every time (inference is
+deterministic).
 """
 
 import csv
@@ -32,7 +33,7 @@ def test_shipped_model_is_the_newest_in_the_repository(shipped):
     assert (shipped.directory / "weights.safetensors").stat().st_size < 50 * 1024 * 1024
 
 
-@pytest.mark.parametrize(("task", "threshold"), [("sentiment", 0.86), ("topic", 0.89)])
+@pytest.mark.parametrize(("task", "threshold"), [("sentiment", 0.88), ("topic", 0.87)])
 def test_shipped_model_accuracy_on_fixed_sample(shipped, task, threshold):
     rows = _rows(task)
     preds = shipped.predict([r["text"] for r in rows])
