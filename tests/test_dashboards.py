@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -84,6 +85,28 @@ class FakeGrafana(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
+@contextmanager
+def fake_grafana():
+    """A ``FakeGrafana`` server on 127.0.0.1 for the block; yields its URL."""
+    FakeGrafana.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeGrafana)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def grafana_publish(url: str, audit_db, token: str | None = "glsa_test", timeout: float = 60):
+    """``finsent grafana publish --url URL`` reading ``audit_db``, with only the FINSENT_* variables given here."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
+    env["FINSENT_RECEIVER__AUDIT_DB"] = str(audit_db)
+    if token:
+        env["FINSENT_GRAFANA__TOKEN"] = token
+    return subprocess.run([sys.executable, "-m", "finsent.cli", "grafana", "publish", "--url", url], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def test_publish_uploads_dashboards_and_surge_annotations_with_the_token(tmp_path):
     db = tmp_path / "audit.sqlite"
     audit = AuditLog(db)
@@ -98,22 +121,11 @@ def test_publish_uploads_dashboards_and_surge_annotations_with_the_token(tmp_pat
                                   labels, {}), now, surge)
     audit.close()
 
-    FakeGrafana.requests = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeGrafana)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
-        env.update({"FINSENT_GRAFANA__TOKEN": "glsa_test", "FINSENT_RECEIVER__AUDIT_DB": str(db)})
-        url = f"http://127.0.0.1:{server.server_address[1]}"
-        r = subprocess.run([sys.executable, "-m", "finsent.cli", "grafana", "publish", "--url", url], env=env,
-                           capture_output=True, text=True, timeout=60)
+    with fake_grafana() as url:
+        r = grafana_publish(url, db)
         assert r.returncode == 0, r.stderr
-        no_token = subprocess.run([sys.executable, "-m", "finsent.cli", "grafana", "publish", "--url", url],
-                                  env={k: v for k, v in env.items() if k != "FINSENT_GRAFANA__TOKEN"},
-                                  capture_output=True, text=True, timeout=60)
+        no_token = grafana_publish(url, db, token=None)
         assert no_token.returncode == 2 and "FINSENT_GRAFANA__TOKEN" in no_token.stderr
-    finally:
-        server.shutdown()
     boards = [b for path, _, b in FakeGrafana.requests if path == "/api/dashboards/db"]
     notes = [b for path, _, b in FakeGrafana.requests if path == "/api/annotations"]
     assert {auth for _, auth, _ in FakeGrafana.requests} == {"Bearer glsa_test"}

@@ -6,20 +6,17 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import subprocess
 import sys
-import threading
 import tracemalloc
 from datetime import UTC, datetime
-from http.server import ThreadingHTTPServer
 
 import httpx
 import pytest
 
 from finsent.alerts.audit import AuditLog, Notification
 from finsent.alerts.receiver import export
-from test_dashboards import FakeGrafana
+from test_dashboards import FakeGrafana, fake_grafana, grafana_publish
 from test_receiver import NOW, receiver_env, receiver_process, surge
 
 ROWS = 25_000
@@ -118,17 +115,9 @@ def test_export_memory_does_not_grow_with_the_log(big_log, tmp_path):
 
 
 def test_grafana_publish_annotates_surges_beyond_the_first_10000_rows(big_log):
-    FakeGrafana.requests = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeGrafana)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
-        env.update({"FINSENT_GRAFANA__TOKEN": "glsa_test", "FINSENT_RECEIVER__AUDIT_DB": str(big_log)})
-        r = subprocess.run([sys.executable, "-m", "finsent.cli", "grafana", "publish", "--url",
-                            f"http://127.0.0.1:{server.server_address[1]}"], env=env, capture_output=True, text=True, timeout=300)
+    with fake_grafana() as url:
+        r = grafana_publish(url, big_log, timeout=300)
         assert r.returncode == 0, r.stderr
-    finally:
-        server.shutdown()
     notes = [b for path, _, b in FakeGrafana.requests if path == "/api/annotations"]
     assert len(notes) == SURGES and f"{SURGES} surge annotations" in r.stderr
     assert [n["tags"][2] for n in notes] == [f"topic:Topic {i}" for i in range(ROWS - SURGES, ROWS)]
