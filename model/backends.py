@@ -27,6 +27,7 @@ log = logging.getLogger("finsent.model.backends")
 
 BACKENDS = ("torch", "torch-int8", "onnx", "onnx-int8")
 EXPORT_MANIFEST = "export.json"
+GATE_VERSION = 2  # finsent.model.export's gate; older manifests did not check batch invariance
 
 
 class Backend(Protocol):
@@ -109,6 +110,10 @@ def recommended(directory: Path) -> str | None:
     found = manifest(directory)
     choice = found.get("recommended")
     if choice not in BACKENDS:
+        return None
+    if found.get("gate", 1) < GATE_VERSION:
+        log.warning("export.json predates the batch-invariance gate; not trusting its choice (run `finsent export`)",
+                    extra={"model_dir": str(directory), "recommended": choice})
         return None
     measured_on = found.get("weights_sha256")
     if measured_on and measured_on != onnxbuild.weights_digest(directory):

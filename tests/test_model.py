@@ -137,8 +137,10 @@ def test_auto_serves_onnx_on_unmeasured_weights_and_distrusts_an_export_of_other
     assert Classifier.load(directory, backend="auto").backend.name == "onnx"  # measured on other weights
     from finsent.model import onnxbuild
 
-    (directory / "export.json").write_text(json.dumps({"recommended": "torch-int8",
-                                                        "weights_sha256": onnxbuild.weights_digest(directory)}))
+    measured = {"recommended": "torch-int8", "weights_sha256": onnxbuild.weights_digest(directory)}
+    (directory / "export.json").write_text(json.dumps(measured))
+    assert Classifier.load(directory, backend="auto").backend.name == "onnx"  # a gate without batch invariance
+    (directory / "export.json").write_text(json.dumps({**measured, "gate": 2}))
     assert Classifier.load(directory, backend="auto").backend.name == "torch-int8"
 
 
@@ -166,10 +168,11 @@ def test_the_export_gate_is_strict_on_each_head():
     from finsent.model.export import MAX_ACCURACY_DROP, MIN_AGREEMENT, accepted
 
     base = {"topic_accuracy": 0.906, "sentiment_accuracy": 0.870}
-    ok = {"topic_accuracy": 0.9058, "sentiment_accuracy": 0.8723, "agreement_with_fp32": 0.9868}
+    ok = {"topic_accuracy": 0.9058, "sentiment_accuracy": 0.8723, "agreement_with_fp32": 0.9868, "batch_invariance": 1.0}
     assert (MAX_ACCURACY_DROP, MIN_AGREEMENT) == (0.003, 0.98) and accepted(ok, base, MAX_ACCURACY_DROP, MIN_AGREEMENT)
     assert not accepted({**ok, "topic_accuracy": 0.9007}, base, MAX_ACCURACY_DROP, MIN_AGREEMENT)  # -0.53 pt
     assert not accepted({**ok, "agreement_with_fp32": 0.968}, base, MAX_ACCURACY_DROP, MIN_AGREEMENT)
+    assert not accepted({**ok, "batch_invariance": 0.968}, base, MAX_ACCURACY_DROP, MIN_AGREEMENT)  # dynamic int8
 
 
 def test_model_registry_resolves_newest_and_named_versions(tmp_path, tiny_model_dir):
@@ -239,6 +242,7 @@ def test_onnx_export_matches_torch(tmp_path, tiny_model_dir, tiny_data_dir):
     shutil.copytree(tiny_model_dir, directory)
     report = run(directory, tiny_data_dir, limit=40, batch_size=8)
     assert report["backends"]["onnx"]["agreement_with_fp32"] >= 0.99
+    assert report["backends"]["onnx"]["batch_invariance"] == 1.0 and report["gate"] == 2
     assert {"onnx-int8:dynamic", "onnx-int8:dynamic-pc"} <= set(report["backends"])  # every candidate in the table
     served = report["recommended"]
     row = report["backends"][served if served != "onnx-int8" else f"onnx-int8:{report['int8_recipe']}"]

@@ -44,35 +44,48 @@ def test_shipped_model_accuracy_on_fixed_sample(shipped, task, threshold):
     assert all(p.model == shipped.version for p in preds)
 
 
-def test_the_served_int8_graph_passes_the_export_gate_on_the_sample(shipped):
-    """The int8 graph a fresh clone builds on first use (no `finsent export` run) agrees with fp32 as the
-    gate demands (>= 98 % of labels, accuracy within 0.3 pt per head; measured here on the fixed sample,
-    the full figures are in the model's export.json)."""
-    from finsent.model.export import MIN_AGREEMENT
+def _labels_in_two_batchings(clf, texts):
+    """Labels and p(negative) with batches of 32 in order, and batches of 5 in reverse order."""
+    size = clf.batch_size
+    try:
+        clf.batch_size = 32
+        a = clf.predict(texts)
+        clf.batch_size = 5
+        b = clf.predict(texts[::-1])[::-1]
+    finally:
+        clf.batch_size = size
+    return a, b
+
+
+def test_the_served_backend_scores_a_headline_the_same_whatever_it_is_batched_with():
+    """Live, replay and backtest batch the same headline with different neighbours; its labels and scores
+    must not depend on them (the backtest-parity test failed when dynamic int8 was served)."""
+    from finsent.ingest.localfeeds import load_rows
+
+    served = Classifier.load()
+    texts = [t for _, t in load_rows()][:400]
+    a, b = _labels_in_two_batchings(served, texts)
+    assert all(x.topic == y.topic and x.sentiment == y.sentiment for x, y in zip(a, b)), served.backend.name
+    assert max(abs(x.sentiment_probs["negative"] - y.sentiment_probs["negative"]) for x, y in zip(a, b)) < 1e-4
+
+
+def test_dynamic_int8_is_not_served_because_a_headlines_score_depends_on_its_batch_mates():
+    """Why the gate refuses dynamic int8: it quantises activations with one scale per batch. (The graph is
+    still built on first use when asked for; its agreement with fp32 is in the model's export.json.)"""
+    from finsent.ingest.localfeeds import load_rows
 
     int8 = Classifier.load(backend="onnx-int8", batch_size=64)
-    assert int8.backend.name == "onnx-int8"
-    agree, total = 0, 0
-    for task in ("sentiment", "topic"):
-        rows = _rows(task)
-        texts = [r["text"] for r in rows]
-        a = [p.sentiment if task == "sentiment" else p.topic for p in shipped.predict(texts)]
-        b = [p.sentiment if task == "sentiment" else p.topic for p in int8.predict(texts)]
-        agree += sum(x == y for x, y in zip(a, b))
-        total += len(rows)
-        acc_fp32 = sum(x == r["label"] for x, r in zip(a, rows)) / len(rows)
-        acc_int8 = sum(x == r["label"] for x, r in zip(b, rows)) / len(rows)
-        print(f"{task}: fp32 {acc_fp32:.3f} int8 {acc_int8:.3f}")
-        # ~400 rows per head: one text is 0.25 pt, so the 0.3 pt accuracy gate itself is measured on the full
-        # validation sets (`finsent export`, tests/test_model.py's slow gate test); here a coarse bound.
-        assert acc_fp32 - acc_int8 <= 0.015
-    print(f"agreement {agree / total:.4f} over {total} texts")
-    assert agree / total >= MIN_AGREEMENT
+    assert Classifier.load().backend.name != "onnx-int8"
+    texts = [t for _, t in load_rows()][:400]
+    a, b = _labels_in_two_batchings(int8, texts)
+    flips = sum(x.topic != y.topic or x.sentiment != y.sentiment for x, y in zip(a, b))
+    print(f"int8: {flips} of {len(texts)} headlines change label with their batch-mates")
+    assert flips > 0
 
 
 @pytest.mark.slow
-def test_an_int8_recipe_passes_the_strict_gate_on_the_full_validation_sets():
-    """The export gate on the shipped model, on both full Twitter validation sets (~10 min on 2 cores)."""
+def test_the_strict_gate_on_the_full_validation_sets_accepts_fp32_and_refuses_dynamic_int8():
+    """The export gate on the shipped model, on both full Twitter validation sets (~6 min on 2 cores)."""
     from finsent.model.export import parity
     from finsent.settings import load
 
@@ -80,6 +93,6 @@ def test_an_int8_recipe_passes_the_strict_gate_on_the_full_validation_sets():
     if not (data_dir / "twitter-topic" / "valid.csv").exists():
         pytest.skip(f"evaluation data not found under {data_dir} (a clone without ../shared)")
     report = parity(artifact.default_model_dir(), data_dir)
-    assert report["int8_recipe"], report["backends"]
-    assert report["backends"][f"onnx-int8:{report['int8_recipe']}"]["accepted"]
-    assert not report["backends"]["onnx-int8:dynamic"]["accepted"]  # per-tensor int8 misses it: the gate bites
+    assert report["backends"]["onnx"]["accepted"] and report["backends"]["onnx"]["batch_invariance"] == 1.0
+    int8 = {k: v for k, v in report["backends"].items() if k.startswith("onnx-int8:")}
+    assert int8 and all(v["batch_invariance"] < 0.999 and not v["accepted"] for v in int8.values())
