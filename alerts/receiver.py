@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from typing import Literal, TextIO
 from urllib.parse import urlencode, urlsplit
 
+from finsent.alerts.audit import AuditLog, Notification, SurgeMatch
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
@@ -45,8 +46,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from finsent.alerts.audit import AuditLog, Notification, SurgeMatch
-from finsent.follow import follow_topics
+from finsent.errors import ReceiverConfigError
+from finsent.kafka import follow_topics
 from finsent.records import SurgeAlert
 from finsent.settings import Settings
 
@@ -54,10 +55,6 @@ log = logging.getLogger("finsent.alerts.receiver")
 
 LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 WILDCARDS = frozenset({"", "0.0.0.0", "::"})
-
-
-class ReceiverConfigError(ValueError):
-    """Settings the receiver refuses to serve with; the message says what to set."""
 
 
 class WebhookAlert(BaseModel):
@@ -193,7 +190,7 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
             audit.add_surges([SurgeAlert.from_json(value or b"")], datetime.now(UTC))
             metrics.surges.inc()
 
-        await follow_topics(settings.kafka.bootstrap, [settings.topics.alerts.name], handle, "finsent-receiver",
+        await follow_topics(settings.kafka, [settings.topics.alerts.name], handle, "receiver",
                             settings.stream.fetch_max_wait_ms)
 
     @asynccontextmanager

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import httpx
 from benchkit import write_results
+from finsent.local.feeds import load_rows
 
-from finsent.ingest.localfeeds import load_rows
-from finsent.procs import free_port
+from finsent.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,10 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_stream import texts  # noqa: E402
+from finsent.backtest.run import ScoreCache, run_backtest  # noqa: E402
 
 from finsent.records import NewsItem  # noqa: E402
 from finsent.settings import load  # noqa: E402
-from finsent.stream.backtest import ScoreCache, run_backtest  # noqa: E402
 
 
 def main() -> None:

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from finsent.model import Classifier, artifact
 from finsent.model.backends import BACKENDS
 from finsent.model.data import twitter_topic

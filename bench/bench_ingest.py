@@ -21,9 +21,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from finsent.ingest.dedup import Deduper, minhash
-from finsent.ingest.localfeeds import load_rows, rss
 from finsent.ingest.normalize import normalize
 from finsent.ingest.parse import parse
+from finsent.local.feeds import load_rows, rss
+
 from finsent.records import NewsItem
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,13 +78,13 @@ def _time_minhash(texts: list[str]) -> float:
 
 
 def bench_publish(n: int) -> dict:
+    from finsent.ingest.sinks import KafkaSink
+    from finsent.local.broker import broker_child
     from kafka import KafkaProducer
 
-    from finsent.ingest.sinks import KafkaSink
-    from finsent.procs import free_port, port_open
+    from finsent.kafka import ensure_topics
+    from finsent.net import free_port, port_open
     from finsent.settings import TopicSpec
-    from finsent.stream.embedded_broker import broker_child
-    from finsent.stream.topics import ensure_topics
 
     port = free_port()
     broker = broker_child("127.0.0.1", port, Path("/tmp") / f"finsent-bench-{uuid.uuid4().hex[:6]}")

@@ -65,14 +65,14 @@ from pathlib import Path
 
 import httpx
 from benchkit import write_results
+from finsent.local.feeds import load_rows
+from finsent.stream.pipeline import final_alerts
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from finsent.ingest.localfeeds import load_rows
-from finsent.procs import free_port
+from finsent.kafka import read_all
+from finsent.net import free_port
 from finsent.records import NewsItem, ScoredItem, SurgeAlert
 from finsent.settings import Settings, Surge, Windows, load
-from finsent.stream.pipeline import final_alerts
-from finsent.stream.topics import read_all
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_A_S = 5.0

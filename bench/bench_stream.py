@@ -48,17 +48,19 @@ from pathlib import Path
 
 import httpx
 from benchkit import write_results
+from finsent.local.broker import broker_child
+from finsent.local.feeds import load_rows
+from finsent.local.procs import Child, http_ok
+from finsent.stream.pipeline import Aggregation, decode_raw, text_of, to_scored
+from finsent.stream.windows import Observation, keys_for
 from kafka import KafkaConsumer, KafkaProducer
 
-from finsent.ingest.localfeeds import load_rows
+from finsent import errors
+from finsent.kafka import ensure_topics, read_all
 from finsent.labels import TOPIC_LABELS
-from finsent.procs import Child, free_port, http_ok, port_open
+from finsent.net import free_port, port_open
 from finsent.records import Evidence, NewsItem
 from finsent.settings import ENV_PREFIX, Settings, TopicSpec, load
-from finsent.stream.embedded_broker import broker_child
-from finsent.stream.pipeline import Aggregation, decode_raw, text_of, to_scored
-from finsent.stream.topics import ensure_topics, read_all
-from finsent.stream.windows import Observation, keys_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,7 +115,7 @@ def model_dir(settings: Settings) -> Path:
 
     try:
         return artifact.resolve(settings.paths.models_dir, settings.model.name, settings.model.version).resolve()
-    except artifact.ModelError:
+    except errors.ModelError:
         return artifact.default_model_dir().resolve()
 
 

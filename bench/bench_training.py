@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from finsent.model import artifact
 from finsent.model.batching import bucketed_batches, pad
 from finsent.model.data import IGNORE, load_twitter
 from finsent.model.train import TrainConfig, _apply_lora, _param_groups, count_parameters, encode
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 

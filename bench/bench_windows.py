@@ -21,12 +21,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from benchkit import write_results  # noqa: E402
+from finsent.stream.pipeline import Aggregation  # noqa: E402
+from finsent.stream.windows import Observation, keys_for  # noqa: E402
 
 from finsent.labels import TOPIC_LABELS  # noqa: E402
 from finsent.records import Evidence  # noqa: E402
 from finsent.settings import load  # noqa: E402
-from finsent.stream.pipeline import Aggregation  # noqa: E402
-from finsent.stream.windows import Observation, keys_for  # noqa: E402
 
 
 def stream(n: int, late_share: float, seed: int = 7) -> list[Observation]:

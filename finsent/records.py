@@ -25,19 +25,12 @@ from pydantic import (
     model_validator,
 )
 
+from finsent.errors import RecordError, UnsupportedSchemaVersion
 from finsent.labels import SENTIMENT_LABELS, TOPIC_LABELS
 
 # 2: NewsItem.published_clamped, WindowStat.revision, SurgeAlert.trigger/retracted, DeadLetter
 #    truncation fields. Version-1 records are still read.
 SCHEMA_VERSION = 2
-
-
-class RecordError(ValueError):
-    """Bytes that are not a valid record of the expected type."""
-
-
-class UnsupportedSchemaVersion(RecordError):
-    """The record was written by a newer finsent with a schema this one does not know."""
 
 
 def _utc(v: datetime) -> datetime:

@@ -13,16 +13,28 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from finsent.errors import SettingsError
 
 ENV_PREFIX = "FINSENT_"
 LOOPBACK = "127.0.0.1"
 _CONFIG_FILE: ContextVar[str | None] = ContextVar("finsent_config_file", default=None)
-
-
-class SettingsError(ValueError):
-    """Settings that cannot work; the message names each bad field."""
 
 
 class _Group(BaseModel):
@@ -88,6 +100,13 @@ class Kafka(_Group):
     bootstrap: str = Field(default=f"{LOOPBACK}:9092", min_length=3)
     client_id: str = "finsent"
     replication_factor: int = Field(default=1, ge=1, le=16)  # for topics finsent creates (3 on a 3-broker cluster)
+    # Authentication and TLS for every client finsent opens (finsent.kafka applies them, nowhere else).
+    # The password comes from the environment only: FINSENT_KAFKA__SASL_PASSWORD.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
 
     @field_validator("bootstrap")
     @classmethod
@@ -306,7 +325,7 @@ class Web(_Group):
     max_classify_waiting: int = Field(default=32, ge=1)  # POST /classify requests running or waiting for the model
     max_event_streams: int = Field(default=100, ge=1)  # open /events (SSE) streams
     busy_retry_after_s: int = Field(default=5, ge=1)  # the Retry-After of those 503 answers
-    # Dynamic batching (finsent/web/batcher.py): concurrent POST /classify requests share one model call, closed
+    # Dynamic batching (web/batcher.py): concurrent POST /classify requests share one model call, closed
     # at this many texts (whole requests only; a larger request runs alone) or when its oldest request waited this long.
     classify_max_batch: int = Field(default=64, ge=1, le=4096)
     classify_max_wait_ms: int = Field(default=5, ge=0, le=10_000)

@@ -33,8 +33,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-
 from finsent.ingest.normalize import normalised_title
+
 from finsent.records import NewsItem
 
 log = logging.getLogger("finsent.ingest.dedup")

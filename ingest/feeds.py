@@ -7,6 +7,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from finsent.errors import FeedListError
+
 
 class FeedConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -23,10 +25,6 @@ class FeedConfig(BaseModel):
         if not v.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return v
-
-
-class FeedListError(ValueError):
-    pass
 
 
 def load_feeds(path: Path) -> list[FeedConfig]:

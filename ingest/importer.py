@@ -24,18 +24,14 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from dateutil import parser as dateparser
-
 from finsent.ingest.normalize import FUTURE_TOLERANCE_S, MAX_TICKERS, canonical_url, normalize_checked
-from finsent.records import NewsItem
-from finsent.records import checked_item
+
+from finsent.errors import ImportFileError
+from finsent.records import NewsItem, checked_item
 
 FIELDS = {"title", "summary", "url", "published", "id", "source", "tickers", "language"}
 _US_EASTERN = ZoneInfo("America/New_York")
 TZINFOS = {"ET": _US_EASTERN, "EST": _US_EASTERN, "EDT": _US_EASTERN, "UTC": UTC, "GMT": UTC, "Z": UTC}
-
-
-class ImportError_(ValueError):  # noqa: N801 - not the builtin
-    pass
 
 
 @dataclass
@@ -53,10 +49,10 @@ def parse_mapping(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         target, sep, column = pair.partition("=")
         if not sep or target not in FIELDS or not column:
-            raise ImportError_(f"bad --map {pair!r}: expected FIELD=COLUMN with FIELD in {sorted(FIELDS)}")
+            raise ImportFileError(f"bad --map {pair!r}: expected FIELD=COLUMN with FIELD in {sorted(FIELDS)}")
         mapping[target] = column
     if "title" not in mapping:
-        raise ImportError_("--map title=COLUMN is required")
+        raise ImportFileError("--map title=COLUMN is required")
     return mapping
 
 
@@ -82,7 +78,7 @@ def rows(path: Path, fmt: str) -> Iterator[tuple[int, dict]]:
                     except json.JSONDecodeError as err:
                         yield n, {"__error__": f"invalid JSON: {err}"}
     else:
-        raise ImportError_(f"unknown format {fmt!r}; use csv or jsonl")
+        raise ImportFileError(f"unknown format {fmt!r}; use csv or jsonl")
 
 
 @dataclass(frozen=True)

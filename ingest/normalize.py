@@ -41,9 +41,10 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from finsent.ingest.tickers import extract
-from finsent.records import NewsItem
+
+from finsent.errors import NormalizeError
+from finsent.records import NewsItem, checked_item
 from finsent.settings import Windows
-from finsent.records import checked_item
 
 MAX_TITLE = 500
 MAX_SUMMARY = 5000
@@ -79,10 +80,6 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # Executable tags never pass, even in plain text (what lies between them stays, as text).
 _EXECUTABLE_TAG = re.compile(r"</?(?:script|style|iframe|object|embed)\b[^<>]*>", re.I)
 HTML_TYPES = {"text/html", "application/xhtml+xml"}
-
-
-class NormalizeError(ValueError):
-    """An entry that cannot become a NewsItem (e.g. neither title nor summary)."""
 
 
 class _TextOnly(HTMLParser):

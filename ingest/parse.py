@@ -36,6 +36,8 @@ from typing import Any
 
 import feedparser
 
+from finsent.errors import ParseError
+
 _ENTITY_DECL = re.compile(r"<!ENTITY", re.I)
 _HTML = re.compile(r"<html[\s>]", re.I)
 _TAG = re.compile(r"</?[A-Za-z][^<>]*>")
@@ -52,13 +54,6 @@ _BOMS = (
     (codecs.BOM_UTF16_BE, "utf-16-be"),
 )
 _WIDE = ("utf-32-le", "utf-32-be", "utf-16-le", "utf-16-be")
-
-
-class ParseError(ValueError):
-    def __init__(self, kind: str, detail: str):
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind
-        self.detail = detail
 
 
 @dataclass

@@ -34,9 +34,11 @@ from finsent.ingest.dedup import Deduper, DedupStore
 from finsent.ingest.feeds import FeedConfig
 from finsent.ingest.fetch import Fetcher, Validators
 from finsent.ingest.metrics import IngestMetrics
-from finsent.ingest.normalize import FUTURE_TOLERANCE_S, MAX_TICKERS, NormalizeError, normalize_checked
-from finsent.ingest.parse import ParseError, parse
+from finsent.ingest.normalize import FUTURE_TOLERANCE_S, MAX_TICKERS, normalize_checked
+from finsent.ingest.parse import parse
 from finsent.ingest.sinks import Sink
+
+from finsent.errors import NormalizeError, ParseError
 from finsent.records import NewsItem
 
 log = logging.getLogger("finsent.ingest")

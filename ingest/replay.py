@@ -218,4 +218,27 @@ def kafka_sender(sink) -> Callable[[list[NewsItem]], list[NewsItem]]:
     return lambda batch: asyncio.run(sink.send(batch))
 
 
-__all__ = ["ReplayReport", "ResumeState", "kafka_sender", "parse_speed", "replay", "state_path"]
+def refill(items: Iterable[NewsItem], send: Callable[[list[NewsItem]], list[NewsItem]], batch: int = 1000,
+           progress: Callable[[int], object] | None = None) -> tuple[int, int]:
+    """Send ``items`` in rounds of ``batch`` as fast as the broker acknowledges them (no event-time pacing,
+    no resume state: a refill of a broker that lost its log sends everything again and dedup downstream keeps
+    results exact). Returns (acknowledged, not acknowledged)."""
+    sent = failed = 0
+    chunk: list[NewsItem] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= batch:
+            ok = len(send(chunk))
+            sent, failed = sent + ok, failed + len(chunk) - ok
+            if progress:
+                progress(len(chunk))
+            chunk = []
+    if chunk:
+        ok = len(send(chunk))
+        sent, failed = sent + ok, failed + len(chunk) - ok
+        if progress:
+            progress(len(chunk))
+    return sent, failed
+
+
+__all__ = ["ReplayReport", "ResumeState", "kafka_sender", "parse_speed", "refill", "replay", "state_path"]

@@ -9,15 +9,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from prometheus_client import start_http_server
-
 from finsent.ingest.archive import Archive
 from finsent.ingest.dedup import DedupStore
 from finsent.ingest.feeds import FeedConfig
 from finsent.ingest.fetch import Fetcher, FetchLimits
 from finsent.ingest.metrics import IngestMetrics
-from finsent.ingest.poller import PollSummary, Poller
+from finsent.ingest.poller import Poller, PollSummary
 from finsent.ingest.sinks import JsonlSink, KafkaSink, Sink
+from prometheus_client import start_http_server
+
 from finsent.settings import Settings
 
 log = logging.getLogger("finsent.ingest")
@@ -35,7 +35,7 @@ def build(settings: Settings, feeds: list[FeedConfig], output: Path | None) -> C
     cfg = settings.ingest
     state = settings.paths.state_dir
     metrics = IngestMetrics()
-    sink: Sink = JsonlSink(output) if output else KafkaSink(settings.kafka.bootstrap, settings.topics.raw.name)
+    sink: Sink = JsonlSink(output) if output else KafkaSink(settings.kafka, settings.topics.raw.name)
     # A JSONL run keeps its own dedup memory, so trying a feed list into a file does not hide items from Kafka later.
     dedup_path = state / "ingest" / ("dedup-" + output.stem + ".sqlite" if output else "dedup.sqlite")
     dedup = DedupStore(dedup_path, timedelta(hours=cfg.dedup_horizon_hours), cfg.near_duplicate_threshold,

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-from finsent.procs import bootstrap_reachable
+from finsent.kafka import KafkaLike, as_kafka, bootstrap_reachable, producer
 from finsent.records import NewsItem
 
 log = logging.getLogger("finsent.ingest.sinks")
@@ -44,22 +44,21 @@ class JsonlSink:
 class KafkaSink:
     """kafka-python producer, acks=all, keyed by item id; a dead broker means nothing is acked."""
 
-    def __init__(self, bootstrap: str, topic: str, client_id: str = "finsent-ingest", timeout_s: float = 10.0):
-        self.bootstrap = bootstrap
+    def __init__(self, kafka: KafkaLike, topic: str, role: str = "ingest", timeout_s: float = 10.0):
+        self.kafka = as_kafka(kafka)
+        self.bootstrap = self.kafka.bootstrap
         self.topic = topic
-        self.client_id = client_id
+        self.role = role
         self.timeout_s = timeout_s
         self._producer = None
 
     def _ensure(self):
         if self._producer is None:
-            from kafka import KafkaProducer
-
             if not bootstrap_reachable(self.bootstrap):
                 raise ConnectionError(f"no broker at {self.bootstrap}")
-            self._producer = KafkaProducer(
-                bootstrap_servers=self.bootstrap, client_id=self.client_id, acks="all", retries=5,
-                linger_ms=5, max_block_ms=int(self.timeout_s * 1000), request_timeout_ms=int(self.timeout_s * 1000),
+            self._producer = producer(
+                self.kafka, self.role, retries=5, linger_ms=5,
+                max_block_ms=int(self.timeout_s * 1000), request_timeout_ms=int(self.timeout_s * 1000),
             )
         return self._producer
 

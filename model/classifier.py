@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from finsent.model import artifact
 from finsent.model.backends import Backend, make_backend
 from finsent.model.batching import pad, sorted_batches

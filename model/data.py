@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from finsent.errors import DataError, MissingData
 from finsent.labels import SENTIMENT_INDEX, TWITTER_SENTIMENT_TO_LABEL
 
 IGNORE = -100  # label value for "this example has no label for this head"
@@ -31,20 +32,6 @@ class Example:
     text: str
     topic: int = IGNORE
     sentiment: int = IGNORE
-
-
-class DataError(RuntimeError):
-    """The data directory is missing or a file does not look like what PROVENANCE describes."""
-
-
-class MissingData(DataError):
-    """A data directory or file is not there (a clone without ``../shared/data``)."""
-
-    def __init__(self, path: Path, what: str = "data file"):
-        where = "" if Path(path).is_absolute() else f" (= {Path(path).resolve()})"
-        super().__init__(f"missing {what} {path}{where}; the data sets live in ../shared/data (see its README), "
-                         "or set paths.data_dir / FINSENT_PATHS__DATA_DIR")
-        self.path = path
 
 
 def check_data_dir(data_dir: Path) -> None:

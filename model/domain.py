@@ -184,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from finsent.model.classifier import Classifier
-    from finsent.model.data import DataError, check_data_dir
+    from finsent.model.data import check_data_dir
 
+    from finsent.errors import DataError
     from finsent.settings import load
 
     args.data_dir = args.data_dir or load().paths.data_dir

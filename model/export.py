@@ -20,12 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from finsent.model import artifact, onnxbuild
 from finsent.model.backends import EXPORT_MANIFEST, GATE_VERSION, OnnxBackend, make_backend
 from finsent.model.classifier import Classifier
 from finsent.model.data import Example, check_data_dir, twitter_sentiment, twitter_topic
 from finsent.model.text import prepare
+
+from finsent import errors
 
 log = logging.getLogger("finsent.model.export")
 
@@ -96,7 +97,7 @@ def parity(
     for row_name, how in _candidates(directory):
         try:
             backend = _backend(directory, row_name, how, threads)
-        except (FileNotFoundError, ValueError, ImportError, onnxbuild.GraphError) as err:
+        except (FileNotFoundError, ValueError, ImportError, errors.GraphError) as err:
             log.warning("backend skipped", extra={"backend": row_name, "error": str(err)})
             continue
         clf = Classifier(directory, backend, meta, tokenizer, batch_size)

@@ -17,11 +17,13 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from finsent.labels import SENTIMENT_INDEX, TOPIC_INDEX
 from finsent.model import artifact
 from finsent.model.data import IGNORE, Example, load_twitter
 from finsent.model.train import TrainConfig, encode, evaluate, pick_device, train
-from finsent.records import Feedback, RecordError
+
+from finsent.errors import RecordError
+from finsent.labels import SENTIMENT_INDEX, TOPIC_INDEX
+from finsent.records import Feedback
 
 log = logging.getLogger("finsent.model.feedback")
 

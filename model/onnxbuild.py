@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from finsent.errors import GraphError
+
 log = logging.getLogger("finsent.model.onnxbuild")
 
 GRAPH_DIR = "onnx"
@@ -39,10 +41,6 @@ RECIPES: dict[str, dict[str, Any]] = {
     "dynamic-pc-rr": {"per_channel": True, "reduce_range": True, "op_types": ["MatMul"]},
 }
 DEFAULT_INT8_RECIPE = "dynamic-pc"
-
-
-class GraphError(RuntimeError):
-    """An ONNX graph could not be built (onnx / onnxruntime missing, or export failed)."""
 
 
 def weights_digest(model_dir: Path) -> str:
@@ -142,7 +140,6 @@ def _atomic_target(path: Path) -> Path:
 
 def _build_fp32(model_dir: Path, path: Path) -> None:
     import torch
-
     from finsent.model import artifact
 
     try:

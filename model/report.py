@@ -28,8 +28,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import classification_report, confusion_matrix  # noqa: E402
-
 from finsent.model.classifier import Classifier  # noqa: E402
 from finsent.model.data import (  # noqa: E402
     NEWS_SETS,
@@ -53,6 +51,7 @@ from finsent.model.metrics import (  # noqa: E402
     softmax,
 )
 from finsent.model.text import prepare  # noqa: E402
+from sklearn.metrics import classification_report, confusion_matrix  # noqa: E402
 
 log = logging.getLogger("finsent.model.report")
 

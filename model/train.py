@@ -26,15 +26,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
-from tqdm import tqdm
-
 from finsent.model import artifact, corpus
 from finsent.model.batching import bucketed_batches, pad, sorted_batches
 from finsent.model.data import IGNORE, Example, load_twitter
 from finsent.model.metrics import fit_temperature, scores
 from finsent.model.network import MultiTaskModel
 from finsent.model.text import prepare
+from torch import nn
+from tqdm import tqdm
 
 log = logging.getLogger("finsent.model.train")
 

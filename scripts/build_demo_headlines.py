@@ -1,6 +1,6 @@
-"""Regenerate ingest/data/demo_headlines.csv from ../shared/data (MIT Twitter financial news), by a developer.
+"""Regenerate local/data/demo_headlines.csv from ../shared/data (MIT Twitter financial news), by a developer.
 
-    python scripts/build_demo_headlines.py ../shared/data > ingest/data/demo_headlines.csv
+    python scripts/build_demo_headlines.py ../shared/data > local/data/demo_headlines.csv
 
 background: 2,400 headlines drawn at random (seed 11) from both Twitter training sets;
 burst: every Bearish (negative) headline about oil (oil, crude, OPEC, Brent, WTI), replayed close

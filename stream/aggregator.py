@@ -28,7 +28,7 @@ format version) are skipped and counted (``finsent_restore_points_skipped_total`
 cannot crash-loop the aggregator; with none readable it starts afresh (``finsent_restore_fresh_starts_total``).
 A restore point is written only when something changed since the last one (positions read, outputs
 published), and an unchanged one again hourly, so an idle aggregator does not fill the topic; the topic's
-retention is bounded on start (``topics.CHECKPOINT_CONFIG``).
+retention is bounded on start (``finsent.kafka.CHECKPOINT_CONFIG``).
 """
 
 from __future__ import annotations
@@ -43,12 +43,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
-from finsent.records import DeadLetter, RecordError, ScoredItem
-from finsent.settings import Settings
 from finsent.stream.metrics import WorkerMetrics
 from finsent.stream.pipeline import Aggregation, Emitted
-from finsent.stream.topics import CHECKPOINT_CONFIG, bound_topic
+
+from finsent import kafka as kafka_room
+from finsent.errors import RecordError, RestorePointError
+from finsent.kafka import CHECKPOINT_CONFIG, bound_topic
+from finsent.records import ScoredItem
+from finsent.settings import Settings
 
 log = logging.getLogger("finsent.stream.aggregator")
 
@@ -57,14 +59,6 @@ COMPRESSED = b"Z"  # zlib-compressed JSON follows: 100k keys of detector state s
 REWRITE_UNCHANGED_S = 3600.0  # an unchanged restore point is written again this often: retention never takes the last
 SCAN_CHUNK = 16  # restore points read per step of the backwards search for a readable one
 MAX_SKIPPED = 500  # past this many unreadable records in a row, start afresh rather than read the topic whole
-
-
-class RestorePointError(ValueError):
-    """A record on the checkpoints topic this version cannot restore from; ``reason``: unreadable | version."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason = reason
 
 
 @dataclass
@@ -108,7 +102,6 @@ class Aggregator:
         self.metrics = metrics
         self.agg = Aggregation(settings)
         self.topic = settings.topics.scored.name
-        self.client_id = f"{settings.kafka.client_id}-aggregator"
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.partitions: list[TopicPartition] = []
@@ -129,14 +122,13 @@ class Aggregator:
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         kafka = self.settings.kafka
-        self.producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, client_id=self.client_id, acks="all",
-                                         request_timeout_ms=int(self.settings.stream.produce_timeout_s * 1000))
+        self.producer = kafka_room.aio_producer(kafka, "aggregator",
+                                                request_timeout_ms=int(self.settings.stream.produce_timeout_s * 1000))
         await self.producer.start()
         await self._bound_checkpoints()
         point = await self._load_restore_point()
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, client_id=self.client_id, group_id=None,
-                                         enable_auto_commit=False, auto_offset_reset="earliest",
-                                         fetch_max_wait_ms=self.settings.stream.fetch_max_wait_ms)
+        self.consumer = kafka_room.aio_consumer(kafka, "aggregator", auto_offset_reset="earliest",
+                                                fetch_max_wait_ms=self.settings.stream.fetch_max_wait_ms)
         await self.consumer.start()
         parts = self.consumer.partitions_for_topic(self.topic) or set()
         if not parts:
@@ -329,7 +321,7 @@ class Aggregator:
         """Bound the checkpoints topic's retention, whoever created it; a failure is logged, never fatal."""
         name = self.settings.topics.checkpoints.name
         try:
-            await asyncio.to_thread(bound_topic, self.settings.kafka.bootstrap, name, CHECKPOINT_CONFIG)
+            await asyncio.to_thread(bound_topic, self.settings.kafka, name, CHECKPOINT_CONFIG)
         except Exception as err:  # noqa: BLE001 (an unbounded topic is a later problem; no windows is a now problem)
             log.warning("could not bound the checkpoints topic",
                         extra={"topic": name, "error": f"{type(err).__name__}: {err}"})
@@ -347,9 +339,8 @@ class Aggregator:
     async def _newest_readable(self) -> RestorePoint | None:
         """The newest restore point this version can restore from, searching backwards past bad records."""
         name = self.settings.topics.checkpoints.name
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka.bootstrap, client_id=self.client_id,
-                                    group_id=None, enable_auto_commit=False,
-                                    fetch_max_wait_ms=self.settings.stream.fetch_max_wait_ms)
+        consumer = kafka_room.aio_consumer(self.settings.kafka, "aggregator",
+                                           fetch_max_wait_ms=self.settings.stream.fetch_max_wait_ms)
         await consumer.start()
         skipped = 0
         try:
@@ -389,9 +380,8 @@ class Aggregator:
 
     async def _dead_letter(self, msg, error: str, reason: str = "bad_scored_record") -> None:
         assert self.producer is not None
-        letter = DeadLetter.of(topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key,
-                               value=msg.value or b"", error=error)
-        await self.producer.send_and_wait(self.settings.topics.dlq.name, key=msg.key, value=letter.to_json())
+        topic, key, value = kafka_room.dead_letter(self.settings, msg, error)
+        await self.producer.send_and_wait(topic, key=key, value=value)
         if reason == "too_late":
             self.metrics.rejected.labels(reason).inc()
         else:

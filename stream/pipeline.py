@@ -17,14 +17,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from finsent.records import Evidence, NewsItem, RecordError, ScoredItem, SurgeAlert, WindowStat
-from finsent.settings import Settings
 from finsent.stream.surge import KeyState, SurgeDetector
 from finsent.stream.windows import NEVER, Closed, Observation, WindowStore, keys_for
 
-
-class PoisonRecord(ValueError):
-    """A raw record that can never be processed (it goes to the DLQ with this message)."""
+from finsent.errors import PoisonRecord, RecordError
+from finsent.records import Evidence, NewsItem, ScoredItem, SurgeAlert, WindowStat
+from finsent.settings import Settings
 
 
 def decode_raw(value: bytes | None, max_bytes: int) -> NewsItem:

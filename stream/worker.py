@@ -49,16 +49,18 @@ from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-
 from finsent.model.classifier import Encoded
-from finsent.records import DeadLetter, NewsItem, checked_item
-from finsent.settings import Settings
 from finsent.stream.aggregator import Aggregator
 from finsent.stream.faust_transport import transport_class
 from finsent.stream.metrics import WorkerMetrics
-from finsent.stream.pipeline import PoisonRecord, decode_raw, text_of, to_scored
+from finsent.stream.pipeline import decode_raw, text_of, to_scored
 from finsent.stream.scoring import BatchResult, score_batch
-from finsent.stream.topics import TopicIdWatch, ensure_topics
+
+from finsent import kafka as kafka_room
+from finsent.errors import PoisonRecord
+from finsent.kafka import TopicIdWatch, ensure_topics
+from finsent.records import NewsItem, checked_item
+from finsent.settings import Settings
 
 log = logging.getLogger("finsent.stream.worker")
 
@@ -98,9 +100,9 @@ class Scorer:
         self.positions: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset to process
 
     async def start(self) -> None:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka.bootstrap, client_id=f"{self.settings.kafka.client_id}-scorer",
-            acks="all", linger_ms=2, request_timeout_ms=int(self.settings.stream.produce_timeout_s * 1000),
+        producer = kafka_room.aio_producer(
+            self.settings.kafka, "scorer", linger_ms=2,
+            request_timeout_ms=int(self.settings.stream.produce_timeout_s * 1000),
         )
         try:
             await producer.start()
@@ -207,9 +209,7 @@ class Scorer:
             })
 
     def _dead_letter(self, msg, error: str) -> tuple[str, bytes | None, bytes]:
-        letter = DeadLetter.of(topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key,
-                               value=msg.value or b"", error=error)
-        return self.settings.topics.dlq.name, msg.key, letter.to_json()
+        return kafka_room.dead_letter(self.settings, msg, error)
 
     async def _send_acknowledged(self, outputs: list[tuple[str, bytes | None, bytes]]) -> None:
         """Send all outputs and wait for acks; on a broker failure keep trying (nothing is committed meanwhile)."""
@@ -242,7 +242,7 @@ class InputLogGuard:
 
     def __init__(self, settings: Settings):
         self.topic = settings.topics.raw.name
-        self.watch = TopicIdWatch(settings.kafka.bootstrap, self.topic, timeout_s=3.0)
+        self.watch = TopicIdWatch(settings.kafka, self.topic, timeout_s=3.0)
         self.expected = self.watch.current()
 
     def check(self) -> bool:
@@ -376,11 +376,10 @@ async def supervise_aggregator(settings: Settings, metrics: WorkerMetrics) -> No
 def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
     """Blocking: create topics, load the model, serve /metrics, run the Faust worker until stopped."""
     import faust
+    from finsent.model import Classifier
     from prometheus_client import start_http_server
 
-    from finsent.model import Classifier
-
-    ensure_topics(settings.kafka.bootstrap, settings.topics.all(), timeout_s=60,
+    ensure_topics(settings.kafka, settings.topics.all(), timeout_s=60,
                   replication_factor=settings.kafka.replication_factor)
     input_guard = InputLogGuard(settings)
     m = settings.model

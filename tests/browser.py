@@ -27,7 +27,6 @@ def check_dashboard(api_url: str, kafka: str, raw_topic: str, feedback_store: Pa
     stays text, a filter and the ticker search narrow the table, a correction lands in the feedback store,
     the chart draws windows. Returns what it saw; raises AssertionError on the first failed expectation."""
     from playwright.sync_api import expect, sync_playwright
-
     from streamkit import publish_items
 
     seen: dict = {}

@@ -10,11 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from finsent.local.broker import broker_child
+from finsent.local.procs import Child
+from finsent.local.services import alertmanager_child, prometheus_child, ready_check
 
-from finsent.alerts.embedded import alertmanager_child, prometheus_child, ready_check
-from finsent.procs import Child, free_port, port_open
+from finsent.net import free_port, port_open
 from finsent.settings import Settings, load
-from finsent.stream.embedded_broker import broker_child
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,11 +128,11 @@ def write_tiny_data(root: Path, n_train: int = 96, n_valid: int = 48) -> Path:
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight 2-layer BERT saved as a finsent model directory (real tokenizer of the base)."""
     import torch
+    from finsent.model import artifact
+    from finsent.model.network import MultiTaskModel, tiny_config
     from transformers import AutoTokenizer
 
     from finsent.labels import SENTIMENT_LABELS, TOPIC_LABELS
-    from finsent.model import artifact
-    from finsent.model.network import MultiTaskModel, tiny_config
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(artifact.base_path("all-MiniLM-L6-v2"))

@@ -12,12 +12,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from finsent.local.procs import Child, http_ok
 from kafka import KafkaProducer
 
-from finsent.procs import Child, free_port, http_ok
+from finsent.kafka import ensure_topics, read_all
+from finsent.net import free_port
 from finsent.records import NewsItem
 from finsent.settings import load
-from finsent.stream.topics import ensure_topics, read_all
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPICS = ("raw", "scored", "alerts", "feedback", "dlq", "windows", "checkpoints")
@@ -81,7 +82,7 @@ def start_worker(env: dict[str, str], log: Path, *args: str) -> Child:
 
 def headlines(n: int, start: datetime, step_s: float, prefix: str = "n", burst: range = range(0)) -> list[NewsItem]:
     """``n`` items ``step_s`` apart in event time; indices in ``burst`` are negative oil headlines."""
-    from finsent.ingest.localfeeds import load_rows
+    from finsent.local.feeds import load_rows
 
     rows = load_rows()
     background = [t for kind, t in rows if kind == "background"]
@@ -109,7 +110,7 @@ def publish_items(bootstrap: str, name: str, items: list[NewsItem]) -> None:
 
 def read_topic(bootstrap: str, name: str, timeout_s: float = 10.0) -> list:
     """Every record currently in the topic (all partitions). Not "up to the end offsets": Tansu reports the
-    last batch's base offset + 1 there (see ``finsent.stream.topics.read_all`` and tests/test_offsets.py)."""
+    last batch's base offset + 1 there (see ``finsent.kafka.read_all`` and tests/test_offsets.py)."""
     return read_all(bootstrap, name, timeout_s)
 
 

@@ -5,9 +5,8 @@ import subprocess
 from pathlib import Path
 
 import yaml
-
 from conftest import make_settings
-from finsent.alerts.embedded import ALERTMANAGER_CONFIG, RULES_DIR, render_alertmanager_config
+from finsent.local.services import ALERTMANAGER_CONFIG, RULES_DIR, render_alertmanager_config
 
 RUNBOOKS = Path(__file__).resolve().parents[1] / "docs" / "runbooks.md"
 

@@ -3,9 +3,9 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from conftest import make_settings
 from starlette.testclient import TestClient
 
-from conftest import make_settings
 from finsent.labels import TOPIC_LABELS
 from finsent.records import NewsItem, ScoredItem, WindowStat
 from finsent.web.api import build_api
@@ -208,9 +208,9 @@ def test_live_events_push_new_items_and_alerts_and_resume_after_last_event_id(tm
     """Real HTTP (uvicorn on 127.0.0.1): the dashboard's EventSource gets the backlog, then new entries as they
     arrive, and a reconnect with Last-Event-ID continues without repeats."""
     import httpx
+    from webkit import serve_in_thread
 
     from finsent.records import SurgeAlert
-    from webkit import serve_in_thread
 
     views = StreamViews()
     views.add_item(scored(300, "Backlog headline"))
@@ -274,7 +274,6 @@ def test_a_chunked_upload_over_the_limit_is_cut_off_with_413_long_before_it_ends
     4 KiB limit; the server counts the bytes as they arrive and answers 413 after a few socket buffers'
     worth, never holding the whole body (the old check, on Content-Length only, read and parsed all of it)."""
     import httpx
-
     from webkit import serve_in_thread
 
     settings = make_settings(tmp_path, web={"max_body_bytes": 4096}, kafka={"bootstrap": "127.0.0.1:1"})
@@ -325,7 +324,6 @@ def test_classify_waiters_are_bounded_and_the_next_gets_503_with_retry_after(tmp
     from concurrent.futures import ThreadPoolExecutor
 
     import httpx
-
     from webkit import serve_in_thread
 
     model = _SlowModel()
@@ -355,7 +353,6 @@ def test_event_streams_are_bounded_and_stream_n_plus_one_gets_503(tmp_path):
     from contextlib import ExitStack
 
     import httpx
-
     from webkit import serve_in_thread
 
     n = 3
@@ -405,7 +402,6 @@ def test_concurrent_single_headline_requests_share_a_model_call_and_each_gets_it
 
     import httpx
     import pytest as _pytest
-
     from finsent.model import Classifier
     from webkit import serve_in_thread
 
@@ -460,7 +456,6 @@ class _FailingModel:
 
 def test_a_model_error_answers_500_to_its_batch_and_the_api_keeps_serving(tmp_path):
     import httpx
-
     from webkit import serve_in_thread
 
     settings = make_settings(tmp_path, kafka={"bootstrap": "127.0.0.1:1"})

@@ -10,10 +10,10 @@ its limits are the same objects `finsent serve` runs; the socket path is covered
 
 import pytest
 import schemathesis
+from conftest import make_settings
 from hypothesis import HealthCheck, given, settings
 from starlette.testclient import TestClient
 
-from conftest import make_settings
 from finsent.web.api import build_api
 from finsent.web.views import StreamViews
 
@@ -25,11 +25,13 @@ OPERATIONS = {"POST /classify", "GET /items", "GET /windows", "GET /windows/keys
 def test_every_operation_honours_its_schema(tmp_path):
     """(schemathesis' pytest plugin does not load under this pytest, so its engine is driven directly: one
     hypothesis run per operation.)"""
-    from schemathesis.checks import not_a_server_error
-    from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
-                                                   status_code_conformance)
-
     from finsent.model import Classifier
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
 
     s = make_settings(tmp_path, web={"max_batch": 4, "max_text_chars": 200, "max_body_bytes": 8192},
                       kafka={"bootstrap": "127.0.0.1:1"})

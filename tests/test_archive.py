@@ -1,8 +1,8 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from finsent.ingest.archive import Archive
+
 from finsent.records import NewsItem
 
 T0 = datetime(2024, 5, 2, 23, 50, tzinfo=UTC)
@@ -50,7 +50,6 @@ def test_no_partial_files_visible(tmp_path):
 def test_the_clamped_flag_is_kept_and_parts_written_before_it_existed_still_read(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
-
     from finsent.ingest.archive import SCHEMA
 
     a = Archive(tmp_path)

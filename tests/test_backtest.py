@@ -4,7 +4,6 @@ produce the same windows and surges. Plus the backtest's score cache and the rep
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,13 +12,24 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow.parquet as pq
 import pytest
-
+from finsent.backtest.run import ScoreCache, run_backtest
 from finsent.ingest.archive import Archive
 from finsent.ingest.replay import parse_speed, replay, state_path
-from finsent.records import SurgeAlert, WindowStat
-from finsent.stream.backtest import ScoreCache, run_backtest
 from finsent.stream.pipeline import final_alerts, final_windows
-from streamkit import FAST_WINDOWS, create_topics, headlines, past, read_topic, settings_from, start_worker, topic, wait_for, worker_env
+from streamkit import (
+    FAST_WINDOWS,
+    create_topics,
+    headlines,
+    past,
+    read_topic,
+    settings_from,
+    start_worker,
+    topic,
+    wait_for,
+    worker_env,
+)
+
+from finsent.records import SurgeAlert, WindowStat
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +206,7 @@ def test_the_report_is_self_contained_html_with_its_plots(tmp_path, classifier):
         for k in range(3):
             fh.write(json.dumps({"key": "ticker:XOM", "state": "firing", "severity": "warning", "zscore": 4.0 + k,
                                  "window_end": (start + timedelta(days=20 + 15 * k)).isoformat()}) + "\n")
-    from finsent.stream.backtest_report import write_report
+    from finsent.backtest.report import write_report
 
     out = write_report(tmp_path / "bt", tmp_path / "prices.csv")
     text = out.read_text()

@@ -1,4 +1,4 @@
-"""The /classify batcher's logic, without HTTP or a model (finsent/web/batcher.py).
+"""The /classify batcher's logic, without HTTP or a model (web/batcher.py).
 
 The model is a fake ``predict`` that records each call and answers ``"pred:<text>"`` per text. That is
 enough here, and a fake is right for it: these tests are about who gets which answer, how requests are
@@ -14,8 +14,9 @@ import time
 from collections.abc import Sequence
 
 import pytest
+from finsent.web.batcher import Batcher
 
-from finsent.web.batcher import Batcher, BatcherClosed
+from finsent.errors import BatcherClosed
 
 
 class FakeModel:

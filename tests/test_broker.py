@@ -10,8 +10,14 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from kafka import KafkaProducer
 
+from finsent.kafka import (
+    BrokerUnavailable,
+    TopicMismatch,
+    admin_client,
+    ensure_topics,
+    partition_counts,
+)
 from finsent.settings import TopicSpec
-from finsent.stream.topics import BrokerUnavailable, TopicMismatch, admin_client, ensure_topics, partition_counts
 
 
 def _specs(prefix: str) -> list[TopicSpec]:

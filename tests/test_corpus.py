@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-
 from finsent.model.corpus import COMMERCIAL, RESEARCH, TRAIN_SETS, extra_examples, licence_of, pseudo_label
 from finsent.model.data import (
     IGNORE,

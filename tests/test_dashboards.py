@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
-
 from finsent.alerts.audit import AuditLog, Notification
 from finsent.alerts.grafana.build import DASHBOARDS_DIR, dashboards, render
+
 from finsent.records import Evidence, SurgeAlert
 
 

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-
 from finsent.ingest.dedup import Deduper, DedupStore, minhash, similarity
-from finsent.ingest.localfeeds import FeedServer, rss
+from finsent.local.feeds import FeedServer, rss
+
 from finsent.records import NewsItem
 
 T0 = datetime(2024, 5, 2, 12, tzinfo=UTC)
@@ -180,7 +180,6 @@ def test_ingest_starts_on_a_corrupt_dedup_store_with_one_clear_line(tmp_path, se
 
 def test_the_reset_is_counted_in_a_metric(tmp_path):
     from conftest import make_settings
-
     from finsent.ingest import service
 
     settings = make_settings(tmp_path)

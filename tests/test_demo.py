@@ -12,7 +12,7 @@ import httpx
 import psutil
 import pytest
 
-from finsent.procs import free_port, port_open
+from finsent.net import free_port, port_open
 
 
 def _start_demo(tmp_path: Path, **extra_env: str) -> tuple[subprocess.Popen, dict, Path]:
@@ -68,9 +68,9 @@ def test_demo_serves_every_url_then_stops_on_sigterm_without_orphans(tmp_path):
         children = list(info["children"].values())
         assert all(psutil.pid_exists(p) for p in children)
         # Headlines flow from the local feeds through ingest into finsent.news.raw and the archive.
+        from finsent.ingest.archive import Archive
         from kafka import KafkaConsumer
 
-        from finsent.ingest.archive import Archive
         from finsent.records import NewsItem
 
         consumer = KafkaConsumer("finsent.news.raw", bootstrap_servers=info["urls"]["kafka"], auto_offset_reset="earliest",
@@ -89,7 +89,7 @@ def test_demo_serves_every_url_then_stops_on_sigterm_without_orphans(tmp_path):
         assert result and float(result[0]["value"][1]) > 0
         # The worker scores them, and the scripted oil burst raises a surge: on finsent.alerts with its
         # evidence, and on the worker's /metrics (which Prometheus scrapes for the alert rules).
-        from finsent.records import ScoredItem, SurgeAlert
+        from finsent.records import ScoredItem
 
         consumer = KafkaConsumer("finsent.news.scored", bootstrap_servers=info["urls"]["kafka"], auto_offset_reset="earliest",
                                  group_id=None, consumer_timeout_ms=30000)

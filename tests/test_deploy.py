@@ -329,7 +329,7 @@ def test_alertmanager_can_read_the_token_file_the_config_job_writes(tmp_path, mo
     """The job writes the token 0600 (owner-only): the job must run as Alertmanager's user, into a directory
     the image gives that user."""
     from conftest import make_settings
-    from finsent.alerts.embedded import render_alertmanager_config
+    from finsent.local.services import render_alertmanager_config
 
     services = compose()["services"]
     job, am = services["alertmanager-config"], services["alertmanager"]

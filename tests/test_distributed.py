@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import torch
-
 from finsent.model import artifact
 
 

@@ -14,11 +14,19 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import httpx
+from streamkit import (
+    FAST_WINDOWS,
+    create_topics,
+    metrics_url,
+    publish,
+    read_topic,
+    start_worker,
+    topic,
+    wait_for,
+    worker_env,
+)
 
 from finsent.records import DeadLetter, NewsItem, ScoredItem
-from streamkit import (
-    FAST_WINDOWS, create_topics, metrics_url, publish, read_topic, start_worker, topic, wait_for, worker_env,
-)
 
 POISON_BYTES = 900 * 1024  # under a 1 MiB message limit itself; its letter in base64 (1.2 MB) would not be
 

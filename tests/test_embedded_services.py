@@ -5,10 +5,10 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
+from finsent.local.services import register_target
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-from finsent.alerts.embedded import register_target
-from finsent.procs import free_port
+from finsent.net import free_port
 
 
 def _query(prometheus: str, promql: str) -> list[dict]:
@@ -48,7 +48,7 @@ def test_alertmanager_accepts_and_lists_alerts(alertmanager):
 def test_shipped_alertmanager_config_is_valid():
     import subprocess
 
-    from finsent.alerts.embedded import ALERTMANAGER_CONFIG
+    from finsent.local.services import ALERTMANAGER_CONFIG
 
     proc = subprocess.run(["amtool", "check-config", str(ALERTMANAGER_CONFIG)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -59,7 +59,8 @@ def test_target_files_are_absolute_even_with_a_relative_state_dir(tmp_path, monk
     state dir (.state, relative) once left the demo's ingest/worker/receiver unscraped."""
     from pathlib import Path
 
-    from finsent.alerts.embedded import prometheus_config
+    from finsent.local.services import prometheus_config
+
     from finsent.settings import load
 
     monkeypatch.chdir(tmp_path)

@@ -4,9 +4,14 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
-
-from finsent.stream.eventstudy import (
-    alert_events, alert_vs_large_moves, daily_sentiment, event_sessions, forward_returns, sentiment_return_correlation, study,
+from finsent.backtest.eventstudy import (
+    alert_events,
+    alert_vs_large_moves,
+    daily_sentiment,
+    event_sessions,
+    forward_returns,
+    sentiment_return_correlation,
+    study,
 )
 
 DAYS = pd.bdate_range("2015-01-05", periods=200)
@@ -68,8 +73,7 @@ def test_daily_sentiment_correlates_with_next_session_returns_when_planted():
 
 def test_any_ohlc_file_loads_with_a_column_mapping(tmp_path):
     import pytest
-
-    from finsent.stream.eventstudy import PriceColumns, load_prices
+    from finsent.backtest.eventstudy import PriceColumns, load_prices
 
     path = tmp_path / "bars.csv"
     path.write_text("Date,Symbol,Open,Close\n2015-01-05,aaa,1,10\n2015-01-06,aaa,1,11\n2015-01-05,bbb,1,5\n")

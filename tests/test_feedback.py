@@ -4,11 +4,11 @@ import shutil
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from conftest import TINY_SENT_WORDS, tiny_examples
 from finsent.model import artifact
 from finsent.model.feedback import append, fine_tune, read_store, to_examples
 from finsent.model.train import TrainConfig
+
 from finsent.records import Feedback
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)

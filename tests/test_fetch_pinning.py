@@ -14,7 +14,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 from finsent.ingest.fetch import Fetcher, FetchLimits
 
 PUBLIC = "8.8.8.8"  # a globally routable address: passes the check; unreachable from this sandbox

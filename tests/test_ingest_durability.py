@@ -20,19 +20,19 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from finsent.ingest.archive import Archive
 from finsent.ingest.dedup import DedupStore
 from finsent.ingest.feeds import FeedConfig
 from finsent.ingest.fetch import Fetcher
-from finsent.ingest.localfeeds import DEMO_FEEDS, FeedServer
 from finsent.ingest.metrics import IngestMetrics
 from finsent.ingest.poller import Poller
 from finsent.ingest.sinks import JsonlSink
+from finsent.local.feeds import DEMO_FEEDS, FeedServer
+from streamkit import read_topic
+
+from finsent.kafka import ensure_topics
 from finsent.records import NewsItem
 from finsent.settings import TopicSpec
-from finsent.stream.topics import ensure_topics
-from streamkit import read_topic
 
 
 @pytest.fixture

@@ -8,14 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
-
 from finsent.ingest.dedup import Deduper
 from finsent.ingest.feeds import FeedConfig
 from finsent.ingest.fetch import Fetcher, FetchLimits, retry_after_seconds
-from finsent.ingest.localfeeds import FeedServer
 from finsent.ingest.metrics import IngestMetrics
 from finsent.ingest.poller import Poller
 from finsent.ingest.sinks import JsonlSink
+from finsent.local.feeds import FeedServer
 
 
 @pytest.fixture(scope="module")

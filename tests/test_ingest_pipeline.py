@@ -10,21 +10,22 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer
-
 from finsent.ingest.archive import Archive
 from finsent.ingest.dedup import DedupStore
-from finsent.ingest.feeds import FeedConfig, FeedListError, load_feeds
+from finsent.ingest.feeds import FeedConfig, load_feeds
 from finsent.ingest.fetch import Fetcher
-from finsent.ingest.importer import EdgeCheck, ImportError_, import_file, parse_mapping
-from finsent.ingest.localfeeds import FeedServer
+from finsent.ingest.importer import EdgeCheck, import_file, parse_mapping
 from finsent.ingest.poller import Poller
 from finsent.ingest.sinks import KafkaSink
-from finsent.procs import free_port, port_open
+from finsent.local.broker import broker_child
+from finsent.local.feeds import FeedServer
+from kafka import KafkaConsumer
+
+from finsent.errors import FeedListError, ImportFileError
+from finsent.kafka import ensure_topics
+from finsent.net import free_port, port_open
 from finsent.records import NewsItem
 from finsent.settings import TopicSpec
-from finsent.stream.embedded_broker import broker_child
-from finsent.stream.topics import ensure_topics
 
 
 @pytest.fixture
@@ -151,7 +152,7 @@ def test_import_merges_repeated_ids_and_reports_bad_rows(tmp_path):
     items = list(Archive(tmp_path / "a").read())
     assert items[0].tickers == ("AAPL", "GOOG") and items[0].title.startswith("RT @x: $AAPL and $GOOG fall & tumble")
     assert items[0].published.isoformat() == "2014-01-02T14:30:00+00:00" and not items[0].published_inferred
-    with pytest.raises(ImportError_, match="title=COLUMN"):
+    with pytest.raises(ImportFileError, match="title=COLUMN"):
         parse_mapping(["published=x"])
 
 

@@ -4,14 +4,13 @@ Accuracy is *not* tested here (random weights); the shipped model's accuracy has
 """
 
 import json
-import os
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_examples
 from finsent.model import Classifier, artifact
 from finsent.model.batching import bucketed_batches, pad, sorted_batches
@@ -19,6 +18,8 @@ from finsent.model.data import IGNORE, _in_dev, load_twitter
 from finsent.model.metrics import expected_calibration_error, fit_temperature, softmax
 from finsent.model.text import prepare
 from finsent.model.train import TrainConfig, train
+
+from finsent import errors
 
 
 def test_prepare_drops_urls_and_entities():
@@ -182,7 +183,7 @@ def test_model_registry_resolves_newest_and_named_versions(tmp_path, tiny_model_
         shutil.copytree(tiny_model_dir, tmp_path / "tiny" / v)
     assert artifact.resolve(tmp_path, "tiny").name == "20250101T000000Z"
     assert artifact.resolve(tmp_path, "tiny", "20240101T000000Z").name == "20240101T000000Z"
-    with pytest.raises(artifact.ModelError, match="not found"):
+    with pytest.raises(errors.ModelError, match="not found"):
         artifact.resolve(tmp_path, "tiny", "nope")
 
 

@@ -4,7 +4,6 @@ from datetime import UTC, datetime
 
 import feedparser
 import pytest
-
 from finsent.ingest.normalize import (
     MAX_URL,
     NormalizeError,

@@ -14,10 +14,10 @@ import time
 import uuid
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-
-from finsent.settings import TopicSpec
-from finsent.stream.topics import ensure_topics
 from streamkit import read_topic
+
+from finsent.kafka import ensure_topics
+from finsent.settings import TopicSpec
 
 N = 1000  # more than max_poll_records: a reader stopping at Tansu's end offset gets only the first poll
 

@@ -4,12 +4,19 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from finsent.stream.pipeline import (
+    Aggregation,
+    PoisonRecord,
+    decode_raw,
+    final_alerts,
+    final_windows,
+    observation,
+)
+from finsent.stream.scoring import score_batch
 
 from finsent.labels import TOPIC_LABELS
 from finsent.records import NewsItem, ScoredItem
 from finsent.settings import load
-from finsent.stream.pipeline import Aggregation, PoisonRecord, decode_raw, final_alerts, final_windows, observation
-from finsent.stream.scoring import score_batch
 
 T0 = datetime(2024, 5, 2, 12, 0, tzinfo=UTC)
 

@@ -7,18 +7,18 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from starlette.testclient import TestClient
-
 from conftest import make_settings
 from finsent.alerts.receiver import build_app
-from finsent.procs import Child, free_port, http_ok
-from finsent.records import Evidence, SurgeAlert
+from finsent.local.procs import Child, http_ok
+from starlette.testclient import TestClient
 from streamkit import publish
+
+from finsent.net import free_port
+from finsent.records import Evidence, SurgeAlert
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -174,7 +174,8 @@ def test_csv_export_neutralises_formula_injection():
 
 def test_embedded_prometheus_has_no_lifecycle_api(tmp_path):
     """--web.enable-lifecycle would let anyone on the host shut Prometheus down with one POST."""
-    from finsent.alerts.embedded import prometheus_child
+    from finsent.local.services import prometheus_child
+
     from finsent.settings import load
 
     child, _ = prometheus_child(load(), tmp_path)

@@ -11,10 +11,10 @@ from datetime import timedelta
 
 import httpx
 import pytest
-
-from finsent.records import SurgeAlert
 from streamkit import publish
 from test_receiver import NOW, receiver_process, surge, webhook
+
+from finsent.records import SurgeAlert
 
 WAIT_S = 3.0
 YESTERDAY = NOW - timedelta(days=1)

@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-
 from finsent.alerts.audit import AuditLog, Notification
 from finsent.alerts.receiver import export
 from test_dashboards import FakeGrafana, fake_grafana, grafana_publish

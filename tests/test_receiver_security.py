@@ -10,7 +10,6 @@ import sys
 
 import httpx
 import pytest
-
 from finsent.alerts.audit import AuditLog, Notification
 from test_receiver import NOW, receiver_env, receiver_process, webhook
 

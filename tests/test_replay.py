@@ -8,9 +8,9 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from finsent.ingest.archive import Archive
 from finsent.ingest.replay import replay, state_path
+
 from finsent.records import NewsItem
 
 T0 = datetime(2024, 5, 2, 12, 0, tzinfo=UTC)

@@ -15,15 +15,24 @@ import zlib
 from datetime import datetime
 
 import pytest
+from finsent.stream.aggregator import COMPRESSED, Aggregator, RestorePoint
+from finsent.stream.metrics import WorkerMetrics
+from streamkit import (
+    FAST_WINDOWS,
+    create_topics,
+    headlines,
+    past,
+    publish,
+    read_topic,
+    settings_from,
+    topic,
+    worker_env,
+)
 
+from finsent.errors import RestorePointError
+from finsent.kafka import CHECKPOINT_CONFIG, bound_topic
 from finsent.labels import SENTIMENT_LABELS, TOPIC_LABELS
 from finsent.records import ScoredItem
-from finsent.stream.aggregator import COMPRESSED, Aggregator, RestorePoint, RestorePointError
-from finsent.stream.metrics import WorkerMetrics
-from finsent.stream.topics import CHECKPOINT_CONFIG, bound_topic
-from streamkit import (
-    FAST_WINDOWS, create_topics, headlines, past, publish, read_topic, settings_from, topic, worker_env,
-)
 
 FAST_CHECKPOINTS = {"FINSENT_STREAM__CHECKPOINT_INTERVAL_S": "0.2"}
 # 2 s windows, no watermark delay: with nothing more to read, the aggregator has published all it will within seconds.

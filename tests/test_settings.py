@@ -3,7 +3,8 @@ import sys
 
 import pytest
 
-from finsent.settings import SettingsError, load
+from finsent.errors import SettingsError
+from finsent.settings import load
 
 
 def test_defaults_bind_to_loopback_and_validate():

@@ -11,7 +11,6 @@ import csv
 from pathlib import Path
 
 import pytest
-
 from finsent.model import Classifier, artifact
 
 SAMPLE = Path(__file__).parent / "fixtures" / "twitter_valid_sample.csv"
@@ -60,7 +59,7 @@ def _labels_in_two_batchings(clf, texts):
 def test_the_served_backend_scores_a_headline_the_same_whatever_it_is_batched_with():
     """Live, replay and backtest batch the same headline with different neighbours; its labels and scores
     must not depend on them (the backtest-parity test failed when dynamic int8 was served)."""
-    from finsent.ingest.localfeeds import load_rows
+    from finsent.local.feeds import load_rows
 
     served = Classifier.load()
     texts = [t for _, t in load_rows()][:400]
@@ -72,7 +71,7 @@ def test_the_served_backend_scores_a_headline_the_same_whatever_it_is_batched_wi
 def test_dynamic_int8_is_not_served_because_a_headlines_score_depends_on_its_batch_mates():
     """Why the gate refuses dynamic int8: it quantises activations with one scale per batch. (The graph is
     still built on first use when asked for; its agreement with fp32 is in the model's export.json.)"""
-    from finsent.ingest.localfeeds import load_rows
+    from finsent.local.feeds import load_rows
 
     int8 = Classifier.load(backend="onnx-int8", batch_size=64)
     assert Classifier.load().backend.name != "onnx-int8"
@@ -87,6 +86,7 @@ def test_dynamic_int8_is_not_served_because_a_headlines_score_depends_on_its_bat
 def test_the_strict_gate_on_the_full_validation_sets_accepts_fp32_and_refuses_dynamic_int8():
     """The export gate on the shipped model, on both full Twitter validation sets (~6 min on 2 cores)."""
     from finsent.model.export import parity
+
     from finsent.settings import load
 
     data_dir = load().paths.data_dir

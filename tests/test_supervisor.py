@@ -3,7 +3,7 @@
 import sys
 import time
 
-from finsent.procs import Child, Supervisor
+from finsent.local.procs import Child, Supervisor
 
 
 def test_a_restartable_child_is_revived_up_to_a_rate_limit(tmp_path):

@@ -2,9 +2,10 @@
 
 from datetime import UTC, datetime, timedelta
 
+from finsent.stream.surge import SurgeDetector
+
 from finsent.records import WindowStat
 from finsent.settings import Surge
-from finsent.stream.surge import SurgeDetector
 
 T0 = datetime(2024, 5, 2, 12, 0, tzinfo=UTC)
 CFG = Surge(z_threshold=3.0, z_resolve=1.5, min_volume=5, min_negative_share=0.4, ewma_alpha=0.1,

@@ -4,7 +4,6 @@ import csv
 from pathlib import Path
 
 import pytest
-
 from finsent.ingest.tickers import build_lexicon, extract
 
 SAMPLE = Path(__file__).parent / "fixtures" / "ticker_sample.csv"

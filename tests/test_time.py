@@ -6,12 +6,22 @@ import random
 import time
 from datetime import UTC, datetime, timedelta
 
-from finsent.records import NewsItem, WindowStat
-from finsent.stream.pipeline import final_windows
 import httpx
+from finsent.stream.pipeline import final_windows
+from streamkit import (
+    FAST_WINDOWS,
+    create_topics,
+    headlines,
+    metrics_url,
+    publish_items,
+    read_topic,
+    start_worker,
+    topic,
+    wait_for,
+    worker_env,
+)
 
-from streamkit import (FAST_WINDOWS, create_topics, headlines, metrics_url, publish_items, read_topic, start_worker, topic,
-                       wait_for, worker_env)
+from finsent.records import NewsItem, WindowStat
 
 
 def feed_lag(rng: random.Random) -> float:

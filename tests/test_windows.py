@@ -2,9 +2,10 @@
 
 from datetime import UTC, datetime, timedelta
 
-from finsent.records import Evidence
 from finsent.stream.pipeline import final_windows
 from finsent.stream.windows import Observation, WindowStore, keys_for
+
+from finsent.records import Evidence
 
 T0 = datetime(2024, 5, 2, 12, 0, tzinfo=UTC)
 

@@ -15,14 +15,24 @@ from datetime import timedelta
 
 import httpx
 import pytest
-
-from finsent.records import DeadLetter, ScoredItem, SurgeAlert, WindowStat
 from finsent.stream.pipeline import Aggregation, final_alerts
 from streamkit import (
-    FAST_WINDOWS, create_topics, headlines, metrics_url, past, publish, publish_items, read_topic,
-    settings_from, start_worker, topic, wait_for, worker_env,
+    FAST_WINDOWS,
+    create_topics,
+    headlines,
+    metrics_url,
+    past,
+    publish,
+    publish_items,
+    read_topic,
+    settings_from,
+    start_worker,
+    topic,
+    wait_for,
+    worker_env,
 )
 
+from finsent.records import DeadLetter, ScoredItem, SurgeAlert, WindowStat
 
 
 def scored_ids(bootstrap, env):
@@ -187,8 +197,9 @@ def test_kill_9_mid_batch_then_restart_loses_nothing_and_counts_nothing_twice(br
 
 def own_broker(tmp_path, env_of):
     """A broker of the test's own (the session one must not go down) and a way to start it again."""
-    from finsent.procs import free_port, port_open
-    from finsent.stream.embedded_broker import broker_child
+    from finsent.local.broker import broker_child
+
+    from finsent.net import free_port, port_open
 
     port = free_port()
 

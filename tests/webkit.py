@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import httpx
 import uvicorn
 
-from finsent.procs import free_port
+from finsent.net import free_port
 
 
 class ThreadServer:

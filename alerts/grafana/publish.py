@@ -13,9 +13,8 @@ import logging
 from collections.abc import Iterable
 from datetime import datetime
 
-from grafana_client import GrafanaApi
-
 from finsent.alerts.grafana.build import dashboards
+from grafana_client import GrafanaApi
 
 log = logging.getLogger("finsent.alerts.grafana")
 

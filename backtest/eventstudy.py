@@ -17,6 +17,8 @@ No look-ahead, by construction:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from dataclasses import dataclass
 from datetime import time as dtime
 from pathlib import Path
@@ -32,6 +34,15 @@ class PriceColumns:
     date: str = "date"
     ticker: str = "ticker"
     close: str = "adj_close"  # split/dividend-adjusted close when the file has one
+
+    @classmethod
+    def parse(cls, pairs: Iterable[str]) -> PriceColumns:
+        """``FIELD=COLUMN`` pairs (the CLI's ``--price-map``); ValueError names a bad field."""
+        mapping = dict(pair.split("=", 1) for pair in pairs)
+        unknown = set(mapping) - {"date", "ticker", "close"}
+        if unknown:
+            raise ValueError(f"--price-map fields must be date, ticker, close (got {sorted(unknown)})")
+        return cls(**mapping)
 
 
 def load_prices(path: Path, cols: PriceColumns = PriceColumns()) -> pd.DataFrame:

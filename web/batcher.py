@@ -33,15 +33,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from finsent.errors import BatcherClosed
+
 R = TypeVar("R")
 # (requests, texts, model seconds) of each model call that answered: for the batch-size histogram
 BatchObserver = Callable[[int, int, float], None]
 
 log = logging.getLogger("finsent.web.batcher")
-
-
-class BatcherClosed(RuntimeError):
-    """The batcher shut down before this request was answered (the API answers 503: retry elsewhere/later)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ single-headline clients share a forward pass instead of queueing for one each.
 Requests waiting for the model and open ``/events`` streams are bounded: past the bound the answer is 503
 with Retry-After at once, so an overload sheds load instead of queueing memory and sockets without end.
 
-The dashboard (``/``) is plain HTML/JS/CSS from ``finsent/web/static`` (no CDN, no build step): it reads the
+The dashboard (``/``) is plain HTML/JS/CSS from ``web/static`` (no CDN, no build step): it reads the
 same JSON endpoints, and ``/events`` pushes new scored items and alerts as server-sent events, numbered so a
 reconnecting browser resumes where it left off. Every response carries a strict Content-Security-Policy
 (scripts only from this origin, no inline script), a second line of defence behind the dashboard's rule of
@@ -34,14 +34,22 @@ from typing import Annotated, Any, Literal
 from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from finsent.web.batcher import Batcher
+from finsent.web.views import StreamViews, follow
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
+from finsent.errors import BatcherClosed
 from finsent.labels import SENTIMENT_LABELS, TOPIC_LABELS
 from finsent.records import Feedback, utcnow
 from finsent.settings import Settings, Web
-from finsent.web.batcher import Batcher, BatcherClosed
-from finsent.web.views import StreamViews, follow
 
 STATIC_DIR = Path(__file__).parent / "static"
 SECURITY_HEADERS = {
@@ -386,11 +394,11 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
         return {"stored": True, "published": published}
 
     async def _publish_feedback(fb: Feedback) -> bool:
-        from aiokafka import AIOKafkaProducer
+        from finsent.kafka import aio_producer
 
         try:
             if "producer" not in producer_box:
-                producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", request_timeout_ms=5000)
+                producer = aio_producer(settings.kafka, "web", request_timeout_ms=5000)
                 await asyncio.wait_for(producer.start(), 5)
                 producer_box["producer"] = producer
             await asyncio.wait_for(producer_box["producer"].send_and_wait(
@@ -448,7 +456,6 @@ def _classify_batcher(clf: Any, w: Web, metrics: ApiMetrics) -> Batcher:
 
 def serve(settings: Settings, model_dir) -> None:
     import uvicorn
-
     from finsent.model import Classifier
 
     m = settings.model

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from finsent.stream.pipeline import Aggregation, final_alerts, text_of, to_scored
 
 from finsent.records import NewsItem, SurgeAlert, checked_item
 from finsent.settings import Settings
-from finsent.stream.pipeline import Aggregation, final_alerts, text_of, to_scored
 
-log = logging.getLogger("finsent.stream.backtest")
+log = logging.getLogger("finsent.backtest.run")
 
 
 @dataclass(frozen=True)
@@ -218,4 +218,32 @@ def run_backtest(
     return report
 
 
-__all__ = ["BacktestReport", "CachedScore", "ScoreCache", "run_backtest"]
+
+
+def backtest_archive(settings: Settings, items: Iterable[NewsItem], out_dir: Path, model_dir: Path, batch_size: int = 256,
+                     progress: Callable[[int], None] | None = None,
+                     data_range: tuple[datetime | None, datetime | None] = (None, None)) -> BacktestReport:
+    """``run_backtest`` with the settings' model and the on-disk score cache: the model is loaded only when
+    something is not cached yet, and scores are cached per (model version, backend)."""
+    from finsent.model import Classifier, artifact
+
+    classifier = None
+
+    def predict(texts: list[str]) -> list:
+        nonlocal classifier
+        if classifier is None:  # only when something is not cached
+            m = settings.model
+            classifier = Classifier.load(model_dir, backend=m.backend, device=m.device, batch_size=m.batch_size,
+                                         threads=m.threads)
+        return classifier.predict(texts)
+
+    model_key = f"{artifact.load_meta(model_dir).full_name}/{settings.model.backend}"
+    cache = ScoreCache(settings.paths.state_dir / "backtest" / "scores.sqlite")
+    try:
+        return run_backtest(settings, items, out_dir, model_key, predict, cache, batch_size, progress=progress,
+                            data_range=data_range)
+    finally:
+        cache.close()
+
+
+__all__ = ["BacktestReport", "CachedScore", "ScoreCache", "backtest_archive", "run_backtest"]

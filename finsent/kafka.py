@@ -1,4 +1,10 @@
-"""Create and check finsent's Kafka topics (embedded Tansu or Apache Kafka alike).
+"""The one Kafka room: every client finsent builds, topic admin, the tail loop and dead letters.
+
+Why one room: clients used to be built by hand in six files with two libraries, each setting its client id
+its own way. Here every client comes from ``settings.kafka`` (bootstrap, client id ``<client_id>-<role>``,
+and the SASL/TLS options, set once), so a deployment that adds authentication changes one settings group.
+Two libraries remain on purpose: aiokafka inside event loops (worker, aggregator, API, receiver) and
+kafka-python where blocking is the point (ingest's acks=all sink, admin, whole-topic reads in tests).
 
 Topics are created explicitly with their partition counts because partitions are the unit of worker
 scale, and because Tansu auto-creates unknown topics with its own default count. An existing topic
@@ -12,26 +18,120 @@ embedded broker understates.
 ``CHECKPOINT_CONFIG`` on every start, whoever created the topic). Apache Kafka applies and reports it;
 Tansu 0.6 answers OK to CreateTopics configs and IncrementalAlterConfigs but keeps, reports and
 enforces none of them (its memory log is lost on stop anyway), so there the result is "unverified".
+
+``follow_topics`` tails small topics from the beginning, forever, reconnecting after broker failures: the
+receiver (evidence) and the web API (views of the output topics) both keep a local copy that way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from finsent.procs import bootstrap_reachable
-from finsent.settings import TopicSpec
+from finsent.errors import BrokerUnavailable, RecordError, TopicMismatch
+from finsent.net import port_open
+from finsent.records import DeadLetter
+from finsent.settings import Kafka, Settings, TopicSpec
 
-log = logging.getLogger("finsent.stream.topics")
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from kafka import KafkaConsumer, KafkaProducer
+
+log = logging.getLogger("finsent.kafka")
 
 
+# -- reachability and clients ----------------------------------------------------------------------------
+KafkaLike = Kafka | str  # settings.kafka, or a bare bootstrap address (tests, benchmarks: PLAINTEXT)
+
+
+def as_kafka(kafka: KafkaLike) -> Kafka:
+    return Kafka(bootstrap=kafka) if isinstance(kafka, str) else kafka
+
+
+def bootstrap_reachable(bootstrap: str, timeout: float = 0.5) -> bool:
+    """True if any host:port of a Kafka bootstrap list accepts a TCP connection (a cheap liveness probe)."""
+    for part in bootstrap.split(","):
+        host, _, port = part.strip().rpartition(":")
+        if port.isdigit() and port_open(host, int(port), timeout):
+            return True
+    return False
+
+
+def client_id(kafka: Kafka, role: str) -> str:
+    """``<kafka.client_id>-<role>``: every connection says which part of finsent opened it."""
+    return f"{kafka.client_id}-{role}"
+
+
+def security_options(kafka: Kafka, *, aio: bool) -> dict[str, Any]:
+    """SASL/TLS options for either library; empty for PLAINTEXT, so local runs pass nothing extra."""
+    if kafka.security_protocol == "PLAINTEXT":
+        return {}
+    options: dict[str, Any] = {"security_protocol": kafka.security_protocol}
+    if kafka.security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = kafka.sasl_mechanism
+        options["sasl_plain_username"] = kafka.sasl_username
+        options["sasl_plain_password"] = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+    if kafka.security_protocol.endswith("SSL"):
+        if aio:
+            from aiokafka.helpers import create_ssl_context
+
+            options["ssl_context"] = create_ssl_context(cafile=kafka.ssl_cafile)
+        elif kafka.ssl_cafile:
+            options["ssl_cafile"] = kafka.ssl_cafile
+    return options
+
+
+def producer(kafka: Kafka, role: str, **options: Any) -> KafkaProducer:
+    """A blocking kafka-python producer (acks=all unless ``options`` say otherwise)."""
+    from kafka import KafkaProducer
+
+    return KafkaProducer(**{"bootstrap_servers": kafka.bootstrap, "client_id": client_id(kafka, role), "acks": "all",
+                            **security_options(kafka, aio=False), **options})
+
+
+def consumer(kafka: Kafka, role: str, **options: Any) -> KafkaConsumer:
+    """A blocking kafka-python consumer without a group (finsent tracks its own positions)."""
+    from kafka import KafkaConsumer
+
+    return KafkaConsumer(**{"bootstrap_servers": kafka.bootstrap, "client_id": client_id(kafka, role),
+                            "group_id": None, "enable_auto_commit": False,
+                            **security_options(kafka, aio=False), **options})
+
+
+def aio_producer(kafka: Kafka, role: str, **options: Any) -> AIOKafkaProducer:
+    """An aiokafka producer (acks=all unless ``options`` say otherwise); start it in the running loop."""
+    from aiokafka import AIOKafkaProducer
+
+    return AIOKafkaProducer(**{"bootstrap_servers": kafka.bootstrap, "client_id": client_id(kafka, role), "acks": "all",
+                               **security_options(kafka, aio=True), **options})
+
+
+def aio_consumer(kafka: Kafka, role: str, *topics: str, **options: Any) -> AIOKafkaConsumer:
+    """An aiokafka consumer without a group (finsent assigns partitions and tracks positions itself)."""
+    from aiokafka import AIOKafkaConsumer
+
+    return AIOKafkaConsumer(*topics, **{"bootstrap_servers": kafka.bootstrap, "client_id": client_id(kafka, role),
+                                        "group_id": None, "enable_auto_commit": False,
+                                        **security_options(kafka, aio=True), **options})
+
+
+def dead_letter(settings: Settings, msg: Any, error: str) -> tuple[str, bytes | None, bytes]:
+    """(topic, key, value) of the dead letter for a consumed message: the bytes kept, and why."""
+    letter = DeadLetter.of(topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key,
+                           value=msg.value or b"", error=error)
+    return settings.topics.dlq.name, msg.key, letter.to_json()
+
+
+# -- topic admin -----------------------------------------------------------------------------------------
 HOUR_MS = 3600 * 1000
 
 # The checkpoints topic: every restore point has the key "aggregator" and only the newest readable one is
@@ -49,29 +149,24 @@ CHECKPOINT_CONFIG = {
 }
 
 
-class TopicMismatch(RuntimeError):
-    """An existing topic has another partition count than the settings ask for."""
-
-
-class BrokerUnavailable(RuntimeError):
-    """No broker answered at the bootstrap address in time."""
-
-
 @dataclass(frozen=True)
 class TopicReport:
     created: list[str]
     existing: list[str]
 
 
-def admin_client(bootstrap: str, timeout_s: float = 15.0, client_id: str = "finsent-admin") -> KafkaAdminClient:
+def admin_client(kafka: KafkaLike, timeout_s: float = 15.0) -> KafkaAdminClient:
     """An admin client once a broker answers; a plain TCP probe first, because kafka-python's own
     bootstrap can block for ~30 s on a dead address whatever timeout it is given."""
+    kafka = as_kafka(kafka)
+    bootstrap = kafka.bootstrap
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             if not bootstrap_reachable(bootstrap):
                 raise OSError("connection refused")
-            return KafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id, request_timeout_ms=10_000)
+            return KafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id(kafka, "admin"),
+                                    request_timeout_ms=10_000, **security_options(kafka, aio=False))
         except (KafkaError, OSError) as err:
             if time.monotonic() > deadline:
                 raise BrokerUnavailable(f"no Kafka broker at {bootstrap} after {timeout_s:.0f}s ({err})") from None
@@ -98,8 +193,8 @@ class TopicIdWatch:
 
     Thread-safe: the worker asks from its timer and from its consumer's commit path."""
 
-    def __init__(self, bootstrap: str, name: str, timeout_s: float = 10.0):
-        self.bootstrap, self.name, self.timeout_s = bootstrap, name, timeout_s
+    def __init__(self, kafka: KafkaLike, name: str, timeout_s: float = 10.0):
+        self.kafka, self.name, self.timeout_s = as_kafka(kafka), name, timeout_s
         self._admin: KafkaAdminClient | None = None
         self._lock = threading.Lock()
 
@@ -110,7 +205,7 @@ class TopicIdWatch:
     def _current(self) -> str | None:
         try:
             if self._admin is None:
-                self._admin = admin_client(self.bootstrap, self.timeout_s)
+                self._admin = admin_client(self.kafka, self.timeout_s)
             return topic_id(self._admin, self.name)
         except Exception:
             self.close()
@@ -125,38 +220,37 @@ class TopicIdWatch:
             self._admin = None
 
 
-def read_all(bootstrap: str, name: str, timeout_s: float = 10.0, quiet_s: float = 0.3) -> list:
+def read_all(kafka: KafkaLike, name: str, timeout_s: float = 10.0, quiet_s: float = 0.3) -> list:
     """Every record now in topic ``name`` (all partitions, from the beginning): kafka-python ConsumerRecords.
 
     "Up to the end offsets" is not a safe place to stop. Tansu answers ListOffsets(latest) with the base
     offset of the partition's last record batch + 1 (after one batch of 100 records: 1, where a fetch's high
     watermark says 100), so a reader stopping there gets one poll's worth of records. So this reads until
     every partition's position reached both the end offset (a lower bound on any broker) and the high
-    watermark of its last fetch (``consumer.highwater``, once a fetch has reported one), and polls have come
+    watermark of its last fetch (``reader.highwater``, once a fetch has reported one), and polls have come
     back empty for ``quiet_s``. ``timeout_s`` bounds the whole read; what was read by then is returned.
     """
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                             fetch_max_wait_ms=100)  # Tansu holds an empty fetch for the whole wait
+    reader = consumer(as_kafka(kafka), "reader", fetch_max_wait_ms=100)  # Tansu holds an empty fetch for the whole wait
     try:
-        tps = [TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or ())]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps) if tps else {}
+        tps = [TopicPartition(name, p) for p in sorted(reader.partitions_for_topic(name) or ())]
+        reader.assign(tps)
+        reader.seek_to_beginning(*tps)
+        ends = reader.end_offsets(tps) if tps else {}
         out: list = []
         deadline = time.monotonic() + timeout_s
         quiet_since = time.monotonic()
         while tps and time.monotonic() < deadline:
-            got = [r for records in consumer.poll(timeout_ms=100).values() for r in records]
+            got = [r for records in reader.poll(timeout_ms=100).values() for r in records]
             out.extend(got)
             if got:
                 quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since >= quiet_s and _caught_up(consumer, tps, ends):
+            elif time.monotonic() - quiet_since >= quiet_s and _caught_up(reader, tps, ends):
                 break
         return out
     finally:
-        consumer.close()
+        reader.close()
 
 
 def _caught_up(consumer, tps: list, ends: dict) -> bool:
@@ -168,11 +262,11 @@ def _caught_up(consumer, tps: list, ends: dict) -> bool:
     return True
 
 
-def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout_s: float = 15.0,
+def ensure_topics(kafka: KafkaLike, specs: Iterable[TopicSpec], timeout_s: float = 15.0,
                   replication_factor: int = 1) -> TopicReport:
     """Create missing topics; check existing ones. Idempotent; raises TopicMismatch on a conflict."""
     specs = list(specs)
-    admin = admin_client(bootstrap, timeout_s)
+    admin = admin_client(kafka, timeout_s)
     try:
         existing = partition_counts(admin, [s.name for s in specs])
         mismatches = [
@@ -205,7 +299,7 @@ def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout_s: float =
         admin.close()
 
 
-def bound_topic(bootstrap: str, name: str, config: Mapping[str, str], timeout_s: float = 15.0) -> str:
+def bound_topic(kafka: KafkaLike, name: str, config: Mapping[str, str], timeout_s: float = 15.0) -> str:
     """Set ``config`` on topic ``name``: "applied", "unverified" (accepted, not reported back) or "refused".
 
     A broker that refuses the cleanup policy (or an ACL that forbids altering it) gets the size and age
@@ -214,7 +308,7 @@ def bound_topic(bootstrap: str, name: str, config: Mapping[str, str], timeout_s:
     attempts = [dict(config)]
     if "cleanup.policy" in config:
         attempts.append({k: v for k, v in config.items() if k != "cleanup.policy"})
-    admin = admin_client(bootstrap, timeout_s)
+    admin = admin_client(kafka, timeout_s)
     try:
         for attempt in attempts:
             error = _alter_topic(admin, name, attempt)
@@ -252,3 +346,39 @@ def _verify_topic(admin: KafkaAdminClient, name: str, config: dict[str, str]) ->
         return "unverified"
     log.info("topic config applied", extra={"topic": name, "config": config})
     return "applied"
+
+
+# -- following small topics -----------------------------------------------------------------------------
+async def follow_topics(kafka: KafkaLike, topics: Iterable[str], handle: Callable[[str, bytes | None, int], None],
+                        role: str, fetch_max_wait_ms: int = 100) -> None:
+    """Call ``handle(topic, value, offset)`` for every record; a record ``handle`` rejects with RecordError or
+    ValueError is logged and skipped. Runs until cancelled."""
+    topics = list(topics)
+    kafka = as_kafka(kafka)
+    delay = 1.0
+    while True:
+        tail = aio_consumer(kafka, role, *topics, auto_offset_reset="earliest", fetch_max_wait_ms=fetch_max_wait_ms)
+        try:
+            await tail.start()
+            delay = 1.0
+            while True:
+                batch = await tail.getmany(timeout_ms=1000)
+                for tp, messages in batch.items():
+                    for msg in messages:
+                        try:
+                            handle(tp.topic, msg.value, msg.offset)
+                        except (RecordError, ValueError) as err:
+                            log.warning("unreadable record skipped", extra={"topic": tp.topic, "offset": msg.offset,
+                                                                            "error": str(err)[:200]})
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # broker down or unreachable: keep serving, reconnect later
+            log.warning("topics unavailable, retrying", extra={"topics": topics, "error": f"{type(err).__name__}: {err}",
+                                                                "retry_in_s": delay})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+        finally:
+            try:
+                await tail.stop()
+            except Exception:  # noqa: BLE001 (stopping a consumer of a dead broker)
+                pass

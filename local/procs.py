@@ -11,7 +11,6 @@ import ctypes
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,36 +19,11 @@ from pathlib import Path
 
 import httpx
 
-log = logging.getLogger("finsent.procs")
+from finsent.errors import ProcessStartError
+
+log = logging.getLogger("finsent.local.procs")
 
 _PR_SET_PDEATHSIG = 1
-
-
-class ProcessStartError(RuntimeError):
-    """A child did not become ready; the message carries the tail of its log."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def bootstrap_reachable(bootstrap: str, timeout: float = 0.5) -> bool:
-    """True if any host:port of a Kafka bootstrap list accepts a TCP connection (a cheap liveness probe)."""
-    for part in bootstrap.split(","):
-        host, _, port = part.strip().rpartition(":")
-        if port.isdigit() and port_open(host, int(port), timeout):
-            return True
-    return False
 
 
 def http_ok(url: str) -> Callable[[], bool]:

@@ -11,14 +11,16 @@ import os
 import sys
 from pathlib import Path
 
-from finsent.alerts.embedded import alertmanager_child, prometheus_child, ready_check, register_target
-from finsent.ingest.localfeeds import DEMO_FEEDS
-from finsent.procs import Child, Supervisor, http_ok, port_open
-from finsent.runtime import wait_for_signal, write_state
-from finsent.settings import Settings
-from finsent.stream.embedded_broker import start_broker
+from finsent.local.broker import start_broker
+from finsent.local.feeds import DEMO_FEEDS
+from finsent.local.procs import Child, Supervisor, http_ok
+from finsent.local.runtime import wait_for_signal, write_state
+from finsent.local.services import alertmanager_child, prometheus_child, ready_check, register_target
 
-log = logging.getLogger("finsent.demo")
+from finsent.net import port_open
+from finsent.settings import Settings
+
+log = logging.getLogger("finsent.local.demo")
 
 
 def finsent_child(name: str, args: list[str], logs: Path, restart: bool = False, **env: str) -> Child:

@@ -12,9 +12,9 @@ import signal
 import threading
 from pathlib import Path
 
-from finsent.procs import Supervisor
+from finsent.local.procs import Supervisor
 
-log = logging.getLogger("finsent.runtime")
+log = logging.getLogger("finsent.local.runtime")
 
 
 def wait_for_signal(supervisor: Supervisor, poll_s: float = 0.5) -> int:

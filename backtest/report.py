@@ -18,8 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-
-from finsent.stream import eventstudy as es  # noqa: E402
+from finsent.backtest import eventstudy as es  # noqa: E402
 
 
 def _png(fig) -> str:

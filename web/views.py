@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from datetime import datetime
 
-from finsent.follow import follow_topics
+from finsent.kafka import follow_topics
 from finsent.records import ScoredItem, SurgeAlert, WindowStat
 from finsent.settings import Settings
 
@@ -117,7 +117,7 @@ async def follow(settings: Settings, views: StreamViews) -> None:
         record_type, add = handlers[topic]
         add(record_type.from_json(value or b""))
 
-    await follow_topics(settings.kafka.bootstrap, handlers, handle, "finsent-web", settings.stream.fetch_max_wait_ms)
+    await follow_topics(settings.kafka, handlers, handle, "web", settings.stream.fetch_max_wait_ms)
 
 
 __all__ = ["StreamViews", "follow"]

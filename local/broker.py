@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from finsent.procs import Child, port_open
+from finsent.local.procs import Child
+
+from finsent.kafka import TopicReport, ensure_topics
+from finsent.net import port_open
 from finsent.settings import Settings
-from finsent.stream.topics import TopicReport, ensure_topics
 
 
 def tansu_binary() -> str:

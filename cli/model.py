@@ -1,0 +1,113 @@
+"""Commands of the model: train, evaluate, export."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from finsent.cli.app import ConfigOption, ModelDirOption, app, load_settings, model_dir
+
+
+@app.command()
+def train(
+    run_config: Annotated[Path, typer.Option("--run-config", "-r", help="Training run TOML (see configs/).")] = Path(
+        "configs/train-minilm.toml"
+    ),
+    version: Annotated[str, typer.Option(help="Model version; default: UTC timestamp.")] = "",
+    epochs: Annotated[int | None, typer.Option(help="Override the run config's epochs.")] = None,
+    lora: Annotated[bool | None, typer.Option("--lora/--full", help="LoRA adapters instead of full fine-tuning.")] = None,
+    limit_train: Annotated[int | None, typer.Option(help="Use only the first N training examples.")] = None,
+    out_dir: Annotated[str | None, typer.Option(help="Where model versions are written.")] = None,
+    no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Skip experiment tracking.")] = False,
+    feedback: Annotated[
+        Path | None, typer.Option(help="Fine-tune the served model on this feedback store (JSON lines) instead.")
+    ] = None,
+    model: ModelDirOption = None,
+    replay: Annotated[int, typer.Option(help="With --feedback: original training examples mixed in.")] = 2000,
+    max_drop: Annotated[float, typer.Option(help="With --feedback: allowed drop of dev macro-F1 before a version is refused.")] = 0.01,
+    config: ConfigOption = None,
+) -> None:
+    """Fine-tune the topic + sentiment model (also under `torchrun --nproc_per_node N`), or continue it from feedback."""
+    from finsent.model.train import TrainConfig
+    from finsent.model.train import train as run_training
+
+    cfg = TrainConfig.from_toml(
+        run_config, version=version or None, epochs=epochs, lora=lora, limit_train=limit_train, out_dir=out_dir,
+        mlflow=False if no_mlflow else None,
+    )
+    if feedback is None:
+        out = run_training(cfg, progress=sys.stderr.isatty())
+        if out is not None:
+            typer.echo(str(out))
+        return
+    from dataclasses import replace
+
+    from finsent.model.feedback import fine_tune
+
+    settings = load_settings(config)
+    parent = model_dir(settings, model)
+    if out_dir is None:
+        cfg = replace(cfg, out_dir=str(parent.parent.parent))  # register beside the parent
+    if epochs is None:
+        cfg = replace(cfg, epochs=1)
+    result = fine_tune(parent, feedback, cfg, replay=replay, max_drop=max_drop)
+    verdict = f"registered {result.registered_dir}" if result.registered else f"refused (kept in {result.candidate_dir})"
+    typer.echo(
+        f"dev selection: parent {result.parent_score:.4f}, candidate {result.candidate_score:.4f} "
+        f"(max drop {result.max_drop}); {verdict}"
+    )
+    raise typer.Exit(0 if result.registered else 3)
+
+
+@app.command("eval")
+def evaluate(
+    model: ModelDirOption = None,
+    out: Annotated[Path | None, typer.Option(help="Report directory; default: reports/<name>@<version>.")] = None,
+    backend: Annotated[str, typer.Option(help="auto, torch, torch-int8, onnx, onnx-int8.")] = "torch",
+    limit: Annotated[int, typer.Option(help="Evaluate only the first N examples of each set (0 = all).")] = 0,
+    mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Also log the report to MLflow (./mlruns.db).")] = True,
+    config: ConfigOption = None,
+) -> None:
+    """Evaluation report (Markdown + PNG): Twitter and news sets (news score), confusion, calibration, worst errors."""
+    from finsent.model.data import check_data_dir
+
+    settings = load_settings(config)
+    check_data_dir(settings.paths.data_dir)  # before loading anything: a clone has no ../shared/data
+    from finsent.model import Classifier
+    from finsent.model.report import run, summary_lines
+
+    clf = Classifier.load(model_dir(settings, model), backend=backend, device=settings.model.device)
+    out = out or Path("reports") / clf.version
+    summary = run(clf, settings.paths.data_dir, out, limit)
+    for line in summary_lines(summary):
+        typer.echo(line)
+    typer.echo(f"report: {out / 'report.md'}")
+    if mlflow:
+        from finsent.model.report import log_to_mlflow
+
+        typer.echo(f"mlflow run: {log_to_mlflow(clf, out, summary)}")
+
+
+@app.command()
+def export(
+    model: ModelDirOption = None,
+    limit: Annotated[int, typer.Option(help="Parity-check on the first N texts of each validation set (0 = all).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Batch size for the speed measurement.")] = 32,
+    config: ConfigOption = None,
+) -> None:
+    """Measure every CPU backend and int8 recipe against fp32 under the gate, and record the one that wins."""
+    from finsent.model.export import run
+
+    settings = load_settings(config)
+    report = run(model_dir(settings, model), settings.paths.data_dir, limit, batch_size)
+    typer.echo(f"{'backend':<24} {'topic acc':>9} {'sent acc':>9} {'agree':>6} {'texts/s':>8} {'speed-up':>8}  accepted")
+    for name, r in report["backends"].items():
+        typer.echo(
+            f"{name:<24} {r['topic_accuracy']:>9.4f} {r['sentiment_accuracy']:>9.4f} {r['agreement_with_fp32']:>6.3f} "
+            f"{r['texts_per_s']:>8.1f} {r['speedup_vs_fp32']:>7.2f}x  {r['accepted']}"
+        )
+    typer.echo(f"gate: accuracy drop <= {report['max_accuracy_drop']} on each head, agreement >= {report['min_agreement']}; "
+               f"int8 recipe: {report['int8_recipe'] or 'none passed'}; recommended CPU backend: {report['recommended']}")

@@ -1,0 +1,156 @@
+"""One error tree: every failure finsent expects is a ``FinsentError`` with an exit code.
+
+Why one tree: the CLI maps it once (one line on stderr naming the problem and the fix, the documented exit
+code, a traceback only with ``--debug``), services log it the same way, and a caller can catch "anything
+finsent raises on purpose" without a list. Anything else that escapes is a bug and keeps its traceback.
+
+Each class also keeps the built-in base it had before the tree existed (``ValueError`` for bad input and
+configuration, ``RuntimeError`` for the rest), so code that catches those still behaves as it did.
+
+Exit codes (README, "Exit codes"); the numbers are the ones finsent's commands always used:
+
+====  ======================================================================================
+0     done
+1     a step ran and failed: no broker answered, a topic conflicts with the settings, a child
+      process did not start, a file could not be written, an audit chain does not verify
+2     the command cannot run as asked: bad usage or settings, or something it needs is
+      missing (the data sets on a clone, a model directory, a Debian binary)
+3     a gate refused the result (``finsent train --feedback``: the candidate was not registered)
+====  ======================================================================================
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class FinsentError(Exception):
+    """Base of every expected failure. ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+# -- 2: usage and configuration --------------------------------------------------------------------------
+class ConfigError(FinsentError, ValueError):
+    """Settings or options that cannot work; the message names the setting."""
+
+    exit_code = 2
+
+
+class SettingsError(ConfigError):
+    """Settings that cannot work; the message names each bad field."""
+
+
+class FeedListError(ConfigError):
+    """A feed list file is unreadable or invalid."""
+
+
+class ReceiverConfigError(ConfigError):
+    """Settings the receiver refuses to serve with; the message says what to set."""
+
+
+# -- 2: missing things the command needs -----------------------------------------------------------------
+class MissingResource(FinsentError, RuntimeError):
+    exit_code = 2
+
+
+class ModelError(MissingResource):
+    """A model directory is missing, incomplete or of an unknown format."""
+
+
+class MissingBinary(MissingResource):
+    """Prometheus or Alertmanager is not installed (the README's set-up installs both)."""
+
+
+class DataError(FinsentError, RuntimeError):
+    """The data directory is missing or a file does not look like what PROVENANCE describes."""
+
+    exit_code = 2
+
+
+class MissingData(DataError):
+    """A data directory or file is not there (a clone without ``../shared/data``)."""
+
+    def __init__(self, path: Path, what: str = "data file"):
+        where = "" if Path(path).is_absolute() else f" (= {Path(path).resolve()})"
+        super().__init__(f"missing {what} {path}{where}; the data sets live in ../shared/data (see its README), "
+                         "or set paths.data_dir / FINSENT_PATHS__DATA_DIR")
+        self.path = path
+
+
+# -- 1: unreachable services and conflicts ---------------------------------------------------------------
+class BrokerUnavailable(FinsentError, RuntimeError):
+    """No broker answered at the bootstrap address in time."""
+
+
+class Conflict(FinsentError, RuntimeError):
+    """What the command would create conflicts with what exists."""
+
+
+class TopicMismatch(Conflict):
+    """An existing topic has another partition count than the settings ask for."""
+
+
+class ProcessStartError(Conflict):
+    """A child did not become ready (often: its port is taken); the message carries the tail of its log."""
+
+
+# -- 1: bad input data (records, feeds, restore points: counted and dead-lettered where they arrive) -----
+class InputError(FinsentError, ValueError):
+    """Bytes from outside that are not what they should be."""
+
+
+class RecordError(InputError):
+    """Bytes that are not a valid record of the expected type."""
+
+
+class UnsupportedSchemaVersion(RecordError):
+    """The record was written by a newer finsent with a schema this one does not know."""
+
+
+class PoisonRecord(InputError):
+    """A raw record that can never be processed (it goes to the DLQ with this message)."""
+
+
+class RestorePointError(InputError):
+    """A record on the checkpoints topic this version cannot restore from; ``reason``: unreadable | version."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+class ParseError(InputError):
+    """A feed body that is not a feed; ``kind`` says which way (the rejection metric's label)."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+class NormalizeError(InputError):
+    """An entry that cannot become a NewsItem (e.g. neither title nor summary)."""
+
+
+class ImportFileError(ConfigError):
+    """A history import's column mapping or format option is unusable."""
+
+
+class GateRefused(FinsentError, RuntimeError):
+    """A quality gate refused the result (the message says which score and by how much)."""
+
+    exit_code = 3
+
+
+# -- 1: steps that ran and failed ------------------------------------------------------------------------
+class GraphError(FinsentError, RuntimeError):
+    """An ONNX graph could not be built (onnx / onnxruntime missing, or export failed)."""
+
+
+class BatcherClosed(FinsentError, RuntimeError):
+    """The batcher shut down before this request was answered (the API answers 503: retry elsewhere/later)."""
+
+
+__all__ = [name for name, value in list(globals().items())
+           if isinstance(value, type) and issubclass(value, FinsentError)]
