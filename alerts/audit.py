@@ -79,8 +79,25 @@ TRIGGERS = (  # one statement each: executescript would commit the migration's t
     " BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
 )
 
-COLUMNS = ("seq", "received_at", "receiver", "status", "alertname", "fingerprint", "starts_at", "ends_at",
-           "severity", "dim", "name", "labels", "annotations", "surge_alert_id", "evidence", "evidence_match", "row_hash")
+COLUMNS = (
+    "seq",
+    "received_at",
+    "receiver",
+    "status",
+    "alertname",
+    "fingerprint",
+    "starts_at",
+    "ends_at",
+    "severity",
+    "dim",
+    "name",
+    "labels",
+    "annotations",
+    "surge_alert_id",
+    "evidence",
+    "evidence_match",
+    "row_hash",
+)
 _JSON_FIELDS = ("labels", "annotations", "evidence")
 _ADDED_COLUMNS = ("evidence_match", "row_hash")  # absent from logs written before them: added on open
 
@@ -217,8 +234,10 @@ class AuditLog:
                 self._db.execute("ROLLBACK")
                 raise
         if chained is not None:
-            log.warning("audit log had no hash chain: chained from its current rows (nothing older can be vouched for)",
-                        extra={"audit_db": str(self.path), "rows_chained": chained})
+            log.warning(
+                "audit log had no hash chain: chained from its current rows (nothing older can be vouched for)",
+                extra={"audit_db": str(self.path), "rows_chained": chained},
+            )
         elif missing:
             log.info("audit log migrated", extra={"audit_db": str(self.path), "columns_added": missing})
 
@@ -236,17 +255,28 @@ class AuditLog:
         return len(hashes)
 
     # -- notifications ----------------------------------------------------------------------------
-    def record(self, n: Notification, received_at: datetime, surge: SurgeAlert | None,
-               match: MatchStatus | None = None) -> bool:
+    def record(
+        self, n: Notification, received_at: datetime, surge: SurgeAlert | None, match: MatchStatus | None = None
+    ) -> bool:
         """Append one notification, chained to the last row; False when it was already recorded (a
         duplicate delivery). ``match`` says how ``surge`` was found (None: not a surge notification)."""
         row = {
-            "dedup_key": n.dedup_key, "received_at": received_at.isoformat(), "receiver": n.receiver, "status": n.status,
-            "alertname": n.alertname, "fingerprint": n.fingerprint, "starts_at": n.starts_at, "ends_at": n.ends_at,
-            "severity": n.labels.get("severity"), "dim": n.labels.get("dim"), "name": n.labels.get("name"),
-            "labels": json.dumps(n.labels, sort_keys=True), "annotations": json.dumps(n.annotations, sort_keys=True),
+            "dedup_key": n.dedup_key,
+            "received_at": received_at.isoformat(),
+            "receiver": n.receiver,
+            "status": n.status,
+            "alertname": n.alertname,
+            "fingerprint": n.fingerprint,
+            "starts_at": n.starts_at,
+            "ends_at": n.ends_at,
+            "severity": n.labels.get("severity"),
+            "dim": n.labels.get("dim"),
+            "name": n.labels.get("name"),
+            "labels": json.dumps(n.labels, sort_keys=True),
+            "annotations": json.dumps(n.annotations, sort_keys=True),
             "surge_alert_id": surge.alert_id if surge else None,
-            "evidence": json.dumps([e.to_dict() for e in surge.evidence] if surge else []), "evidence_match": match,
+            "evidence": json.dumps([e.to_dict() for e in surge.evidence] if surge else []),
+            "evidence_match": match,
         }
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -268,19 +298,32 @@ class AuditLog:
         row["seq"] = max(last[0] if last else 0, used[0] if used else 0) + 1  # AUTOINCREMENT: never reuse a seq
         previous = (last[1] if last else None) or GENESIS  # a last row stripped of its hash: verify names it
         row["row_hash"] = chain_hash(previous, row)
-        self._db.execute(f"INSERT INTO notifications ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                         list(row.values()))
+        self._db.execute(
+            f"INSERT INTO notifications ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values())
+        )
 
-    def query(self, start: datetime | None = None, end: datetime | None = None, status: str | None = None,
-              limit: int = 1000, after: int = 0) -> list[dict]:
+    def query(
+        self,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        status: str | None = None,
+        limit: int = 1000,
+        after: int = 0,
+    ) -> list[dict]:
         """One page: at most ``limit`` rows with ``seq > after``, oldest first (``after`` is the cursor)."""
         sql, args = self._select(start, end, status, None, after)
         with self._lock:
             rows = self._db.execute(sql + " LIMIT ?", [*args, limit]).fetchall()
         return [_decode(dict(zip(COLUMNS, row))) for row in rows]
 
-    def iter_rows(self, start: datetime | None = None, end: datetime | None = None, status: str | None = None,
-                  alertname: str | None = None, batch: int = 500) -> Iterator[dict]:
+    def iter_rows(
+        self,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        status: str | None = None,
+        alertname: str | None = None,
+        batch: int = 500,
+    ) -> Iterator[dict]:
         """Every matching row, oldest first, streamed from a cursor on a connection of its own: memory stays
         at one batch whatever the log's size, the export is one consistent snapshot, and the receiver's
         writes are not held up (WAL readers do not block the writer)."""
@@ -298,9 +341,12 @@ class AuditLog:
     @staticmethod
     def _select(start, end, status, alertname, after) -> tuple[str, list]:
         sql, args = f"SELECT {', '.join(COLUMNS)} FROM notifications WHERE seq > ?", [after]
-        for clause, value in ((" AND received_at >= ?", start.isoformat() if start else None),
-                              (" AND received_at < ?", end.isoformat() if end else None),
-                              (" AND status = ?", status), (" AND alertname = ?", alertname)):
+        for clause, value in (
+            (" AND received_at >= ?", start.isoformat() if start else None),
+            (" AND received_at < ?", end.isoformat() if end else None),
+            (" AND status = ?", status),
+            (" AND alertname = ?", alertname),
+        ):
             if value is not None:
                 sql += clause
                 args.append(value)
@@ -319,8 +365,18 @@ class AuditLog:
             self._db.executemany(
                 "INSERT OR REPLACE INTO surges (alert_id, state, severity, key, window_end, received_at, record)"
                 " VALUES (?,?,?,?,?,?,?)",
-                [(a.alert_id, a.state, a.severity, a.key, a.window_end.isoformat(), received_at.isoformat(),
-                  a.to_json().decode()) for a in alerts],
+                [
+                    (
+                        a.alert_id,
+                        a.state,
+                        a.severity,
+                        a.key,
+                        a.window_end.isoformat(),
+                        received_at.isoformat(),
+                        a.to_json().decode(),
+                    )
+                    for a in alerts
+                ],
             )
 
     def standing_surges(self, key: str, limit: int = 500) -> list[SurgeAlert]:
@@ -328,19 +384,32 @@ class AuditLog:
         with self._lock:
             rows = self._db.execute(
                 "SELECT record FROM surges WHERE key = ? AND state = 'firing' ORDER BY window_end DESC, received_at DESC"
-                " LIMIT ?", (key, limit)).fetchall()
+                " LIMIT ?",
+                (key, limit),
+            ).fetchall()
         alerts = (SurgeAlert.from_json(record) for (record,) in rows)
         return [a for a in alerts if not a.retracted]
 
-    def match_surge(self, key: str, starts_at: datetime | None, tolerance_s: float, severity: str | None = None,
-                    alert_id: str | None = None) -> SurgeMatch:
+    def match_surge(
+        self,
+        key: str,
+        starts_at: datetime | None,
+        tolerance_s: float,
+        severity: str | None = None,
+        alert_id: str | None = None,
+    ) -> SurgeMatch:
         """The SurgeAlert a notification is about, by id when the alert carries one, else by time."""
         standing = self.standing_surges(key)
         return match_surge(standing, starts_at, tolerance_s, severity, alert_id)
 
 
-def match_surge(standing: list[SurgeAlert], starts_at: datetime | None, tolerance_s: float,
-                severity: str | None = None, alert_id: str | None = None) -> SurgeMatch:
+def match_surge(
+    standing: list[SurgeAlert],
+    starts_at: datetime | None,
+    tolerance_s: float,
+    severity: str | None = None,
+    alert_id: str | None = None,
+) -> SurgeMatch:
     """Pick the surge of the notification's own time, never simply the newest: the newest may be an earlier
     surge of the key (its headlines would be filed as this alert's evidence) when this one's SurgeAlert has
     not arrived yet. By time: Prometheus starts the alert while the worker's surge gauge is up, i.e. during
@@ -350,8 +419,10 @@ def match_surge(standing: list[SurgeAlert], starts_at: datetime | None, toleranc
         found = [a for a in standing if a.alert_id == alert_id]
         best = min(found, key=lambda a: a.severity != severity, default=None)
     elif starts_at is not None:
-        near = [(_distance(a, starts_at), a.severity != severity, -a.window_end.timestamp(), i)
-                for i, a in enumerate(standing)]
+        near = [
+            (_distance(a, starts_at), a.severity != severity, -a.window_end.timestamp(), i)
+            for i, a in enumerate(standing)
+        ]
         best = standing[min(near)[-1]] if near and min(near)[0] <= timedelta(seconds=tolerance_s) else None
     else:
         best = None
@@ -367,4 +438,13 @@ def _distance(a: SurgeAlert, t: datetime) -> timedelta:
     return max(timedelta(0), a.window_start - t, t - a.window_end)
 
 
-__all__ = ["AuditLog", "ChainReport", "Notification", "SurgeMatch", "canonical", "chain_hash", "match_surge", "verify_chain"]
+__all__ = [
+    "AuditLog",
+    "ChainReport",
+    "Notification",
+    "SurgeMatch",
+    "canonical",
+    "chain_hash",
+    "match_surge",
+    "verify_chain",
+]

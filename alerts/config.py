@@ -21,8 +21,9 @@ ALERTMANAGER_CONFIG = ALERTS_DIR / "alertmanager.yml"
 DEFAULT_RECEIVER = "127.0.0.1:9184"
 
 
-def render_alertmanager_config(settings: Settings, home: Path, source: Path = ALERTMANAGER_CONFIG,
-                               receiver_address: str | None = None) -> Path:
+def render_alertmanager_config(
+    settings: Settings, home: Path, source: Path = ALERTMANAGER_CONFIG, receiver_address: str | None = None
+) -> Path:
     """The shipped routing with this machine's receiver address, and the bearer token (from the environment)
     written to a private file Alertmanager reads: the token never lands in a config file of the repo.
     ``receiver_address`` (host:port) overrides services.host:receiver.port, e.g. ``receiver:9184`` in compose."""

@@ -36,7 +36,6 @@ from datetime import UTC, datetime
 from typing import Literal, TextIO
 from urllib.parse import urlencode, urlsplit
 
-from finsent.alerts.audit import AuditLog, Notification, SurgeMatch
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
@@ -46,6 +45,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from finsent.alerts.audit import AuditLog, Notification, SurgeMatch
 from finsent.errors import ReceiverConfigError
 from finsent.kafka import follow_topics
 from finsent.records import SurgeAlert
@@ -78,14 +78,23 @@ class Webhook(BaseModel):
 class ReceiverMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.notifications = Counter("finsent_receiver_notifications_total", "Alerts in accepted webhooks",
-                                     ["status", "outcome"], registry=r)
+        self.notifications = Counter(
+            "finsent_receiver_notifications_total", "Alerts in accepted webhooks", ["status", "outcome"], registry=r
+        )
         self.rejected = Counter("finsent_receiver_rejected_total", "Requests refused", ["reason"], registry=r)
         self.surges = Counter("finsent_receiver_surges_total", "SurgeAlerts read from finsent.alerts", registry=r)
-        self.evidence = Counter("finsent_receiver_evidence_total", "Surge notifications by how their SurgeAlert was found",
-                                ["match"], registry=r)
-        self.evidence_wait = Histogram("finsent_receiver_evidence_wait_seconds", "Time a surge notification waited for its SurgeAlert",
-                                       registry=r, buckets=(0, 0.1, 0.5, 1, 2, 5, 10))
+        self.evidence = Counter(
+            "finsent_receiver_evidence_total",
+            "Surge notifications by how their SurgeAlert was found",
+            ["match"],
+            registry=r,
+        )
+        self.evidence_wait = Histogram(
+            "finsent_receiver_evidence_wait_seconds",
+            "Time a surge notification waited for its SurgeAlert",
+            registry=r,
+            buckets=(0, 0.1, 0.5, 1, 2, 5, 10),
+        )
 
 
 def _error(status: int, reason: str, message: str, metrics: ReceiverMetrics, **extra) -> JSONResponse:
@@ -111,7 +120,8 @@ def check_exposure(settings: Settings) -> None:
         raise ReceiverConfigError(
             f"refusing to serve the receiver on {host or '(all addresses)'}:{settings.receiver.port} without a write token: "
             "set FINSENT_RECEIVER__TOKEN (and render it for Alertmanager with `finsent receiver alertmanager-config`), "
-            "or bind services.host to 127.0.0.1")
+            "or bind services.host to 127.0.0.1"
+        )
 
 
 def allowed_hosts(bound: str, extra: Iterable[str]) -> frozenset[str] | None:
@@ -128,7 +138,7 @@ def hostname(host_header: str) -> str:
     """``example:9184`` → ``example``, ``[::1]:9184`` → ``::1``."""
     value = host_header.strip().lower()
     if value.startswith("["):
-        return value[1:value.find("]")] if "]" in value else value
+        return value[1 : value.find("]")] if "]" in value else value
     name, sep, port = value.rpartition(":")
     return (name if sep and port.isdigit() else value).rstrip(".")
 
@@ -181,17 +191,21 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
     tolerance_s = evidence_tolerance(settings)
     hosts = allowed_hosts(settings.services.host, cfg.allowed_hosts)
     if hosts is None:
-        log.warning("Host header not checked: bound to a wildcard address with no receiver.allowed_hosts",
-                    extra={"host": settings.services.host})
+        log.warning(
+            "Host header not checked: bound to a wildcard address with no receiver.allowed_hosts",
+            extra={"host": settings.services.host},
+        )
 
     async def follow() -> None:
         """Tail finsent.alerts into the store (from the beginning: the store ignores what it has)."""
+
         def handle(topic: str, value: bytes | None, offset: int) -> None:
             audit.add_surges([SurgeAlert.from_json(value or b"")], datetime.now(UTC))
             metrics.surges.inc()
 
-        await follow_topics(settings.kafka, [settings.topics.alerts.name], handle, "receiver",
-                            settings.stream.fetch_max_wait_ms)
+        await follow_topics(
+            settings.kafka, [settings.topics.alerts.name], handle, "receiver", settings.stream.fetch_max_wait_ms
+        )
 
     @asynccontextmanager
     async def lifespan(app):
@@ -229,9 +243,16 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
         deadline = time.monotonic() + cfg.evidence_wait_s  # for the whole request, not per alert
         recorded = duplicates = 0
         for a in hook.alerts:
-            n = Notification(receiver=hook.receiver, status=a.status, alertname=a.labels.get("alertname", ""),
-                             fingerprint=a.fingerprint, starts_at=a.startsAt,
-                             ends_at=a.endsAt if a.status == "resolved" else None, labels=a.labels, annotations=a.annotations)
+            n = Notification(
+                receiver=hook.receiver,
+                status=a.status,
+                alertname=a.labels.get("alertname", ""),
+                fingerprint=a.fingerprint,
+                starts_at=a.startsAt,
+                ends_at=a.endsAt if a.status == "resolved" else None,
+                labels=a.labels,
+                annotations=a.annotations,
+            )
             match = await _evidence_for(n, deadline) if n.alertname == "NegativeSentimentSurge" and n.key else None
             surge = match.surge if match else None
             new = await asyncio.to_thread(audit.record, n, received, surge, match.status if match else None)
@@ -239,11 +260,18 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
             duplicates += not new
             metrics.notifications.labels(a.status, "recorded" if new else "duplicate").inc()
             if new:
-                log.info("notification recorded", extra={
-                    "alertname": n.alertname, "status": n.status, "key": n.key, "severity": n.labels.get("severity"),
-                    "evidence": len(surge.evidence) if surge else 0, "surge_alert_id": surge.alert_id if surge else None,
-                    "evidence_match": match.status if match else None,
-                })
+                log.info(
+                    "notification recorded",
+                    extra={
+                        "alertname": n.alertname,
+                        "status": n.status,
+                        "key": n.key,
+                        "severity": n.labels.get("severity"),
+                        "evidence": len(surge.evidence) if surge else 0,
+                        "surge_alert_id": surge.alert_id if surge else None,
+                        "evidence_match": match.status if match else None,
+                    },
+                )
         return JSONResponse({"recorded": recorded, "duplicates": duplicates})
 
     async def _evidence_for(n: Notification, deadline: float) -> SurgeMatch:
@@ -251,8 +279,9 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
         started = time.monotonic()
         starts_at = _time_or_none(n.starts_at)
         while True:
-            match = await asyncio.to_thread(audit.match_surge, n.key, starts_at, tolerance_s,
-                                            n.labels.get("severity"), n.surge_alert_id)
+            match = await asyncio.to_thread(
+                audit.match_surge, n.key, starts_at, tolerance_s, n.labels.get("severity"), n.surge_alert_id
+            )
             unmatchable = starts_at is None and n.surge_alert_id is None
             if match.status == "matched" or unmatchable or time.monotonic() >= deadline:
                 break
@@ -260,13 +289,22 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
         metrics.evidence_wait.observe(time.monotonic() - started)
         metrics.evidence.labels(match.status).inc()
         if match.status != "matched":
-            log.warning("no SurgeAlert of this alert's time or id; recorded without evidence", extra={
-                "key": n.key, "starts_at": n.starts_at, "evidence_match": match.status, "nearest_surge": match.nearest})
+            log.warning(
+                "no SurgeAlert of this alert's time or id; recorded without evidence",
+                extra={
+                    "key": n.key,
+                    "starts_at": n.starts_at,
+                    "evidence_match": match.status,
+                    "nearest_surge": match.nearest,
+                },
+            )
         return match
 
     async def list_alerts(request: Request) -> Response:
         if read_token is not None and not _bearer_ok(request, read_token):
-            return _error(401, "unauthorized_read", "missing or wrong bearer token (FINSENT_RECEIVER__READ_TOKEN)", metrics)
+            return _error(
+                401, "unauthorized_read", "missing or wrong bearer token (FINSENT_RECEIVER__READ_TOKEN)", metrics
+            )
         q = request.query_params
         try:
             start, end = parse_time(q.get("from")), parse_time(q.get("to"))
@@ -282,10 +320,14 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
         next_url = f"{request.url.path}?{urlencode({**q, 'after': rows[-1]['seq']})}" if truncated else None
         headers = {"Link": f'<{next_url}>; rel="next"'} if next_url else {}
         if q.get("format", "json") == "csv":
-            return PlainTextResponse(to_csv(rows), media_type="text/csv",
-                                     headers={**headers, "X-Truncated": "true" if truncated else "false"})
-        return JSONResponse({"count": len(rows), "notifications": rows, "truncated": truncated, "next": next_url},
-                            headers=headers)
+            return PlainTextResponse(
+                to_csv(rows),
+                media_type="text/csv",
+                headers={**headers, "X-Truncated": "true" if truncated else "false"},
+            )
+        return JSONResponse(
+            {"count": len(rows), "notifications": rows, "truncated": truncated, "next": next_url}, headers=headers
+        )
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"ok": True, "notifications": await asyncio.to_thread(audit.count)})
@@ -295,7 +337,9 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
             Route("/alertmanager", webhook, methods=["POST"]),
             Route("/alerts", list_alerts, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
-            Route("/metrics", lambda request: Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)),
+            Route(
+                "/metrics", lambda request: Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+            ),
         ],
         middleware=[Middleware(RequestGuard, allowed=hosts, metrics=metrics)],
         lifespan=lifespan,
@@ -340,9 +384,25 @@ def _time_or_none(value: str) -> datetime | None:
 
 
 # -- export ---------------------------------------------------------------------------------------------
-CSV_FIELDS = ["seq", "received_at", "receiver", "status", "alertname", "severity", "dim", "name", "starts_at",
-              "ends_at", "fingerprint", "surge_alert_id", "summary", "evidence_titles", "evidence_links",
-              "evidence_match", "row_hash"]
+CSV_FIELDS = [
+    "seq",
+    "received_at",
+    "receiver",
+    "status",
+    "alertname",
+    "severity",
+    "dim",
+    "name",
+    "starts_at",
+    "ends_at",
+    "fingerprint",
+    "surge_alert_id",
+    "summary",
+    "evidence_titles",
+    "evidence_links",
+    "evidence_match",
+    "row_hash",
+]
 
 
 def _cell(value):
@@ -353,9 +413,12 @@ def _cell(value):
 
 
 def _csv_row(r: dict) -> dict:
-    row = {**{k: r.get(k) for k in CSV_FIELDS if k in r}, "summary": r["annotations"].get("summary", ""),
-           "evidence_titles": " | ".join(e["title"] for e in r["evidence"]),
-           "evidence_links": " ".join(e.get("url") or "" for e in r["evidence"])}
+    row = {
+        **{k: r.get(k) for k in CSV_FIELDS if k in r},
+        "summary": r["annotations"].get("summary", ""),
+        "evidence_titles": " | ".join(e["title"] for e in r["evidence"]),
+        "evidence_links": " ".join(e.get("url") or "" for e in r["evidence"]),
+    }
     return {k: _cell(v) for k, v in row.items()}
 
 
@@ -397,11 +460,20 @@ def serve(settings: Settings) -> None:
 
     app = build_app(settings)
     host, cfg = settings.services.host, settings.receiver
-    log.info("receiver listening", extra={"url": f"http://{host}:{cfg.port}/alertmanager", "audit_db": str(settings.audit_db),
-                                          "token_required": cfg.token is not None, "read_token_required": cfg.read_token is not None})
+    log.info(
+        "receiver listening",
+        extra={
+            "url": f"http://{host}:{cfg.port}/alertmanager",
+            "audit_db": str(settings.audit_db),
+            "token_required": cfg.token is not None,
+            "read_token_required": cfg.read_token is not None,
+        },
+    )
     if cfg.read_token is None and not is_loopback(host):
-        log.warning("GET /alerts is open to anyone who can reach this address: set FINSENT_RECEIVER__READ_TOKEN",
-                    extra={"host": host})
+        log.warning(
+            "GET /alerts is open to anyone who can reach this address: set FINSENT_RECEIVER__READ_TOKEN",
+            extra={"host": host},
+        )
     uvicorn.run(app, host=host, port=cfg.port, log_level="warning", access_log=False)
 
 

@@ -18,7 +18,6 @@ No look-ahead, by construction:
 from __future__ import annotations
 
 from collections.abc import Iterable
-
 from dataclasses import dataclass
 from datetime import time as dtime
 from pathlib import Path
@@ -52,8 +51,13 @@ def load_prices(path: Path, cols: PriceColumns = PriceColumns()) -> pd.DataFrame
     missing = [c for c in (cols.date, cols.ticker, close) if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing price columns {missing} (have {list(df.columns)})")
-    out = pd.DataFrame({"ticker": df[cols.ticker].astype(str).str.upper(), "date": pd.to_datetime(df[cols.date]).dt.normalize(),
-                        "close": pd.to_numeric(df[close], errors="coerce")})
+    out = pd.DataFrame(
+        {
+            "ticker": df[cols.ticker].astype(str).str.upper(),
+            "date": pd.to_datetime(df[cols.date]).dt.normalize(),
+            "close": pd.to_numeric(df[close], errors="coerce"),
+        }
+    )
     return out.dropna().drop_duplicates(["ticker", "date"]).sort_values(["ticker", "date"]).reset_index(drop=True)
 
 
@@ -70,8 +74,13 @@ def forward_returns(prices: pd.DataFrame, horizons=HORIZONS) -> pd.DataFrame:
     return p
 
 
-def event_sessions(times: pd.Series, tickers: pd.Series, prices: pd.DataFrame, tz: str = "America/New_York",
-                   close: dtime = dtime(16, 0)) -> pd.Series:
+def event_sessions(
+    times: pd.Series,
+    tickers: pd.Series,
+    prices: pd.DataFrame,
+    tz: str = "America/New_York",
+    close: dtime = dtime(16, 0),
+) -> pd.Series:
     """The trading day each (time, ticker) counts for: same day before the close, else the next session."""
     local = pd.to_datetime(times, utc=True).dt.tz_convert(tz)
     day = local.dt.tz_localize(None).dt.normalize()
@@ -99,10 +108,15 @@ def daily_sentiment(scores: pd.DataFrame, prices: pd.DataFrame) -> pd.DataFrame:
     s = s[s["ticker"].isin(set(prices["ticker"]))]
     s["date"] = event_sessions(s["published"], s["ticker"], prices)
     s = s.dropna(subset=["date"])
-    return (s.groupby(["ticker", "date"])
-             .agg(items=("item_id", "size"), mean_score=("score", "mean"),
-                  negative_share=("sentiment", lambda x: float((x == "negative").mean())))
-             .reset_index())
+    return (
+        s.groupby(["ticker", "date"])
+        .agg(
+            items=("item_id", "size"),
+            mean_score=("score", "mean"),
+            negative_share=("sentiment", lambda x: float((x == "negative").mean())),
+        )
+        .reset_index()
+    )
 
 
 def alert_events(alerts: pd.DataFrame, prices: pd.DataFrame) -> pd.DataFrame:
@@ -144,13 +158,21 @@ def study(events: pd.DataFrame, returns: pd.DataFrame, horizons=HORIZONS, window
         b = baseline[col].dropna().to_numpy()
         lo, hi = bootstrap_ci(e)
         blo, bhi = bootstrap_ci(b)
-        rows.append({
-            "horizon": h, "events": len(e), "mean_ar": float(e.mean()) if len(e) else float("nan"), "ci_low": lo, "ci_high": hi,
-            "hit_rate": float((e < 0).mean()) if len(e) else float("nan"),
-            "baseline_n": len(b), "baseline_mean_ar": float(b.mean()) if len(b) else float("nan"),
-            "baseline_ci_low": blo, "baseline_ci_high": bhi,
-            "baseline_hit_rate": float((b < 0).mean()) if len(b) else float("nan"),
-        })
+        rows.append(
+            {
+                "horizon": h,
+                "events": len(e),
+                "mean_ar": float(e.mean()) if len(e) else float("nan"),
+                "ci_low": lo,
+                "ci_high": hi,
+                "hit_rate": float((e < 0).mean()) if len(e) else float("nan"),
+                "baseline_n": len(b),
+                "baseline_mean_ar": float(b.mean()) if len(b) else float("nan"),
+                "baseline_ci_low": blo,
+                "baseline_ci_high": bhi,
+                "baseline_hit_rate": float((b < 0).mean()) if len(b) else float("nan"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -159,19 +181,37 @@ def sentiment_return_correlation(daily: pd.DataFrame, returns: pd.DataFrame, min
     d = daily[daily["items"] >= min_items].merge(returns[["ticker", "date", "ar1"]], on=["ticker", "date"]).dropna()
     if len(d) < 3:
         return {"n": len(d), "pearson": float("nan"), "spearman": float("nan")}
-    return {"n": int(len(d)), "pearson": float(d["mean_score"].corr(d["ar1"])),
-            "spearman": float(d["mean_score"].corr(d["ar1"], method="spearman"))}
+    return {
+        "n": len(d),
+        "pearson": float(d["mean_score"].corr(d["ar1"])),
+        "spearman": float(d["mean_score"].corr(d["ar1"], method="spearman")),
+    }
 
 
 def alert_vs_large_moves(events: pd.DataFrame, returns: pd.DataFrame, sigmas: float = 2.0) -> dict:
     """2×2 counts over (ticker, session): surge or not × next-session |abnormal return| above ``sigmas``·σ."""
     r = returns.dropna(subset=["ar1"]).copy()
-    r["large"] = (r["ar1"].abs() > sigmas * r.groupby("ticker")["ar1"].transform("std"))
+    r["large"] = r["ar1"].abs() > sigmas * r.groupby("ticker")["ar1"].transform("std")
     keys = set(zip(events["ticker"], events["date"]))
     r["alert"] = [(t, d) in keys for t, d in zip(r["ticker"], r["date"])]
     r = r[r["ticker"].isin(set(events["ticker"]))] if len(events) else r
-    return {f"alert={a},large={m}": int(((r["alert"] == a) & (r["large"] == m)).sum()) for a in (True, False) for m in (True, False)}
+    return {
+        f"alert={a},large={m}": int(((r["alert"] == a) & (r["large"] == m)).sum())
+        for a in (True, False)
+        for m in (True, False)
+    }
 
 
-__all__ = ["HORIZONS", "PriceColumns", "alert_events", "alert_vs_large_moves", "bootstrap_ci", "daily_sentiment",
-           "event_sessions", "forward_returns", "load_prices", "sentiment_return_correlation", "study"]
+__all__ = [
+    "HORIZONS",
+    "PriceColumns",
+    "alert_events",
+    "alert_vs_large_moves",
+    "bootstrap_ci",
+    "daily_sentiment",
+    "event_sessions",
+    "forward_returns",
+    "load_prices",
+    "sentiment_return_correlation",
+    "study",
+]

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from finsent.stream.pipeline import Aggregation, final_alerts, text_of, to_scored
 
 from finsent.records import NewsItem, SurgeAlert, checked_item
 from finsent.settings import Settings
+from finsent.stream.pipeline import Aggregation, final_alerts, text_of, to_scored
 
 log = logging.getLogger("finsent.backtest.run")
 
@@ -55,22 +55,28 @@ class ScoreCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS scores (model TEXT NOT NULL, item_id TEXT NOT NULL, score TEXT NOT NULL,"
-                        " PRIMARY KEY (model, item_id))")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS scores (model TEXT NOT NULL, item_id TEXT NOT NULL, score TEXT NOT NULL,"
+            " PRIMARY KEY (model, item_id))"
+        )
 
     def get_many(self, model: str, ids: list[str]) -> dict[str, CachedScore]:
         out: dict[str, CachedScore] = {}
         for i in range(0, len(ids), 500):
             part = ids[i : i + 500]
-            rows = self.db.execute(f"SELECT item_id, score FROM scores WHERE model = ? AND item_id IN ({','.join('?' * len(part))})",
-                                   [model, *part]).fetchall()
+            rows = self.db.execute(
+                f"SELECT item_id, score FROM scores WHERE model = ? AND item_id IN ({','.join('?' * len(part))})",
+                [model, *part],
+            ).fetchall()
             out.update({item_id: CachedScore(**json.loads(score)) for item_id, score in rows})
         return out
 
     def put_many(self, model: str, scores: dict[str, CachedScore]) -> None:
         with self.db:
-            self.db.executemany("INSERT OR REPLACE INTO scores (model, item_id, score) VALUES (?,?,?)",
-                                [(model, i, json.dumps(s.__dict__)) for i, s in scores.items()])
+            self.db.executemany(
+                "INSERT OR REPLACE INTO scores (model, item_id, score) VALUES (?,?,?)",
+                [(model, i, json.dumps(s.__dict__)) for i, s in scores.items()],
+            )
 
     def close(self) -> None:
         self.db.close()
@@ -103,14 +109,35 @@ def _batches(items: Iterable[NewsItem], size: int) -> Iterator[list[NewsItem]]:
         yield batch
 
 
-WINDOW_SCHEMA = pa.schema([("key", pa.string()), ("width_s", pa.int32()), ("start", pa.timestamp("s", tz="UTC")),
-                           ("end", pa.timestamp("s", tz="UTC")), ("revision", pa.int32()), ("count", pa.int32()), ("negative", pa.int32()),
-                           ("neutral", pa.int32()), ("positive", pa.int32()), ("negative_share", pa.float32()),
-                           ("mean_score", pa.float32())])
-SCORE_SCHEMA = pa.schema([("item_id", pa.string()), ("published", pa.timestamp("s", tz="UTC")), ("source", pa.string()),
-                          ("tickers", pa.list_(pa.string())), ("topic", pa.string()), ("sentiment", pa.string()),
-                          ("p_negative", pa.float32()), ("p_neutral", pa.float32()), ("p_positive", pa.float32()),
-                          ("score", pa.float32())])
+WINDOW_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("width_s", pa.int32()),
+        ("start", pa.timestamp("s", tz="UTC")),
+        ("end", pa.timestamp("s", tz="UTC")),
+        ("revision", pa.int32()),
+        ("count", pa.int32()),
+        ("negative", pa.int32()),
+        ("neutral", pa.int32()),
+        ("positive", pa.int32()),
+        ("negative_share", pa.float32()),
+        ("mean_score", pa.float32()),
+    ]
+)
+SCORE_SCHEMA = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("published", pa.timestamp("s", tz="UTC")),
+        ("source", pa.string()),
+        ("tickers", pa.list_(pa.string())),
+        ("topic", pa.string()),
+        ("sentiment", pa.string()),
+        ("p_negative", pa.float32()),
+        ("p_neutral", pa.float32()),
+        ("p_positive", pa.float32()),
+        ("score", pa.float32()),
+    ]
+)
 
 
 def run_backtest(
@@ -142,13 +169,24 @@ def run_backtest(
         nonlocal n_windows
         if out.windows:
             stats = [c.stat for c in out.windows]
-            windows_writer.write_table(pa.Table.from_pydict({
-                "key": [s.key for s in stats], "width_s": [c.width_s for c in out.windows],
-                "start": [s.start for s in stats], "end": [s.end for s in stats],
-                "revision": [s.revision for s in stats], "count": [s.count for s in stats],
-                "negative": [s.negative for s in stats], "neutral": [s.neutral for s in stats],
-                "positive": [s.positive for s in stats], "negative_share": [s.negative_share for s in stats],
-                "mean_score": [s.mean_score for s in stats]}, schema=WINDOW_SCHEMA))
+            windows_writer.write_table(
+                pa.Table.from_pydict(
+                    {
+                        "key": [s.key for s in stats],
+                        "width_s": [c.width_s for c in out.windows],
+                        "start": [s.start for s in stats],
+                        "end": [s.end for s in stats],
+                        "revision": [s.revision for s in stats],
+                        "count": [s.count for s in stats],
+                        "negative": [s.negative for s in stats],
+                        "neutral": [s.neutral for s in stats],
+                        "positive": [s.positive for s in stats],
+                        "negative_share": [s.negative_share for s in stats],
+                        "mean_score": [s.mean_score for s in stats],
+                    },
+                    schema=WINDOW_SCHEMA,
+                )
+            )
             n_windows += len(stats)
         for alert in out.alerts:
             records.append(alert)
@@ -160,26 +198,39 @@ def run_backtest(
             missing = [it for it in batch if it.id not in known]
             if missing:
                 if predict is None:
-                    raise RuntimeError(f"{len(missing)} items are not in the score cache for {model} and no model was given")
+                    raise RuntimeError(
+                        f"{len(missing)} items are not in the score cache for {model} and no model was given"
+                    )
                 t0 = time.perf_counter()
                 preds = predict([text_of(it) for it in missing])
                 inference_s += time.perf_counter() - t0
-                fresh = {it.id: CachedScore(p.topic, p.topic_probs, p.sentiment, p.sentiment_probs, p.model, p.flag)
-                         for it, p in zip(missing, preds)}
+                fresh = {
+                    it.id: CachedScore(p.topic, p.topic_probs, p.sentiment, p.sentiment_probs, p.model, p.flag)
+                    for it, p in zip(missing, preds)
+                }
                 cache.put_many(model, fresh)
                 known.update(fresh)
                 inferred += len(missing)
             cached_n += len(batch) - len(missing)
             checked = [checked_item(it, now, w.future_tolerance_s, w.max_tickers_per_item)[0] for it in batch]
             scored_batch = [to_scored(it, known[it.id], it.published) for it in checked]
-            scores_writer.write_table(pa.Table.from_pydict({
-                "item_id": [s.item.id for s in scored_batch], "published": [s.item.published for s in scored_batch],
-                "source": [s.item.source for s in scored_batch], "tickers": [list(s.item.tickers) for s in scored_batch],
-                "topic": [s.topic for s in scored_batch], "sentiment": [s.sentiment for s in scored_batch],
-                "p_negative": [s.sentiment_probs["negative"] for s in scored_batch],
-                "p_neutral": [s.sentiment_probs["neutral"] for s in scored_batch],
-                "p_positive": [s.sentiment_probs["positive"] for s in scored_batch],
-                "score": [s.score for s in scored_batch]}, schema=SCORE_SCHEMA))
+            scores_writer.write_table(
+                pa.Table.from_pydict(
+                    {
+                        "item_id": [s.item.id for s in scored_batch],
+                        "published": [s.item.published for s in scored_batch],
+                        "source": [s.item.source for s in scored_batch],
+                        "tickers": [list(s.item.tickers) for s in scored_batch],
+                        "topic": [s.topic for s in scored_batch],
+                        "sentiment": [s.sentiment for s in scored_batch],
+                        "p_negative": [s.sentiment_probs["negative"] for s in scored_batch],
+                        "p_neutral": [s.sentiment_probs["neutral"] for s in scored_batch],
+                        "p_positive": [s.sentiment_probs["positive"] for s in scored_batch],
+                        "score": [s.score for s in scored_batch],
+                    },
+                    schema=SCORE_SCHEMA,
+                )
+            )
             for scored in scored_batch:
                 emit(agg.add(scored))
                 last = scored.item.published
@@ -188,9 +239,16 @@ def run_backtest(
             if progress:
                 progress(len(batch))
             if n // 10_000 != (n - len(batch)) // 10_000:  # a log line per 10k items, for runs without a terminal
-                log.info("backtest progress", extra={"items": n, "inferred": inferred, "alert_records": len(records),
-                                                     "items_per_s": round(n / (time.perf_counter() - started), 1),
-                                                     "at": last.isoformat() if last else None})
+                log.info(
+                    "backtest progress",
+                    extra={
+                        "items": n,
+                        "inferred": inferred,
+                        "alert_records": len(records),
+                        "items_per_s": round(n / (time.perf_counter() - started), 1),
+                        "at": last.isoformat() if last else None,
+                    },
+                )
         if last is not None:
             # The end of the data: what the live idle timer does once the stream goes quiet.
             emit(agg.advance(last + timedelta(seconds=max(w.rolling_seconds) + w.watermark_delay_s + w.bucket_seconds)))
@@ -205,24 +263,49 @@ def run_backtest(
     seconds = time.perf_counter() - started
     report = BacktestReport(n, inferred, cached_n, n_windows, alerts, seconds, inference_s, out_dir)
     start, end = data_range
-    (out_dir / "run.json").write_text(json.dumps({
-        "model": model, "items": n, "inferred": inferred, "cached": cached_n, "windows": n_windows,
-        "alerts": len(alerts), "firing": sum(a.state == "firing" for a in alerts), "seconds": round(seconds, 3),
-        "inference_seconds": round(inference_s, 3), "items_per_s": round(report.items_per_s, 1),
-        "data_range": [start.isoformat() if start else None, end.isoformat() if end else None],
-        "settings": {"windows": settings.windows.model_dump(), "surge": settings.surge.model_dump()},
-        "finished_at": datetime.now(UTC).isoformat(),
-    }, indent=2))
-    log.info("backtest done", extra={"items": n, "inferred": inferred, "cached": cached_n, "alerts": len(alerts),
-                                     "seconds": round(seconds, 2), "out": str(out_dir)})
+    (out_dir / "run.json").write_text(
+        json.dumps(
+            {
+                "model": model,
+                "items": n,
+                "inferred": inferred,
+                "cached": cached_n,
+                "windows": n_windows,
+                "alerts": len(alerts),
+                "firing": sum(a.state == "firing" for a in alerts),
+                "seconds": round(seconds, 3),
+                "inference_seconds": round(inference_s, 3),
+                "items_per_s": round(report.items_per_s, 1),
+                "data_range": [start.isoformat() if start else None, end.isoformat() if end else None],
+                "settings": {"windows": settings.windows.model_dump(), "surge": settings.surge.model_dump()},
+                "finished_at": datetime.now(UTC).isoformat(),
+            },
+            indent=2,
+        )
+    )
+    log.info(
+        "backtest done",
+        extra={
+            "items": n,
+            "inferred": inferred,
+            "cached": cached_n,
+            "alerts": len(alerts),
+            "seconds": round(seconds, 2),
+            "out": str(out_dir),
+        },
+    )
     return report
 
 
-
-
-def backtest_archive(settings: Settings, items: Iterable[NewsItem], out_dir: Path, model_dir: Path, batch_size: int = 256,
-                     progress: Callable[[int], None] | None = None,
-                     data_range: tuple[datetime | None, datetime | None] = (None, None)) -> BacktestReport:
+def backtest_archive(
+    settings: Settings,
+    items: Iterable[NewsItem],
+    out_dir: Path,
+    model_dir: Path,
+    batch_size: int = 256,
+    progress: Callable[[int], None] | None = None,
+    data_range: tuple[datetime | None, datetime | None] = (None, None),
+) -> BacktestReport:
     """``run_backtest`` with the settings' model and the on-disk score cache: the model is loaded only when
     something is not cached yet, and scores are cached per (model version, backend)."""
     from finsent.model import Classifier, artifact
@@ -233,15 +316,17 @@ def backtest_archive(settings: Settings, items: Iterable[NewsItem], out_dir: Pat
         nonlocal classifier
         if classifier is None:  # only when something is not cached
             m = settings.model
-            classifier = Classifier.load(model_dir, backend=m.backend, device=m.device, batch_size=m.batch_size,
-                                         threads=m.threads)
+            classifier = Classifier.load(
+                model_dir, backend=m.backend, device=m.device, batch_size=m.batch_size, threads=m.threads
+            )
         return classifier.predict(texts)
 
     model_key = f"{artifact.load_meta(model_dir).full_name}/{settings.model.backend}"
     cache = ScoreCache(settings.paths.state_dir / "backtest" / "scores.sqlite")
     try:
-        return run_backtest(settings, items, out_dir, model_key, predict, cache, batch_size, progress=progress,
-                            data_range=data_range)
+        return run_backtest(
+            settings, items, out_dir, model_key, predict, cache, batch_size, progress=progress, data_range=data_range
+        )
     finally:
         cache.close()
 

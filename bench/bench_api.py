@@ -28,8 +28,8 @@ from pathlib import Path
 
 import httpx
 from benchkit import write_results
-from finsent.local.feeds import load_rows
 
+from finsent.local.feeds import load_rows
 from finsent.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,8 +84,14 @@ def sequential(url: str, n: int, batch: int) -> dict:
             r.raise_for_status()
             latencies.append(time.perf_counter() - s)
         seconds = time.perf_counter() - t0
-    return {"requests": n, "texts_per_request": batch, "requests_per_s": n / seconds, "texts_per_s": n * batch / seconds,
-            "p50_ms": pct(latencies, 0.5) * 1000, "p99_ms": pct(latencies, 0.99) * 1000}
+    return {
+        "requests": n,
+        "texts_per_request": batch,
+        "requests_per_s": n / seconds,
+        "texts_per_s": n * batch / seconds,
+        "p50_ms": pct(latencies, 0.5) * 1000,
+        "p99_ms": pct(latencies, 0.99) * 1000,
+    }
 
 
 async def concurrent(url: str, n: int, clients: int) -> dict:
@@ -101,8 +107,13 @@ async def concurrent(url: str, n: int, clients: int) -> dict:
         t0 = time.perf_counter()
         await asyncio.gather(*(client(k, c) for k in range(clients)))
         seconds = time.perf_counter() - t0
-    return {"requests": n, "clients": clients, "requests_per_s": n / seconds,
-            "p50_ms": pct(latencies, 0.5) * 1000, "p99_ms": pct(latencies, 0.99) * 1000}
+    return {
+        "requests": n,
+        "clients": clients,
+        "requests_per_s": n / seconds,
+        "p50_ms": pct(latencies, 0.5) * 1000,
+        "p99_ms": pct(latencies, 0.99) * 1000,
+    }
 
 
 def main() -> None:
@@ -113,14 +124,26 @@ def main() -> None:
     args = ap.parse_args()
     results: dict = {"bare": bench_bare(args.backend, args.requests)}
     b = results["bare"]
-    print(f"bare predict ({b['backend']}): {b['texts_per_s_batch1']:.0f} texts/s at 1 per call, "
-          f"{b['texts_per_s_batch32']:.0f} texts/s at 32 per call", flush=True)
+    print(
+        f"bare predict ({b['backend']}): {b['texts_per_s_batch1']:.0f} texts/s at 1 per call, "
+        f"{b['texts_per_s_batch32']:.0f} texts/s at 32 per call",
+        flush=True,
+    )
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="finsent-bench-api-") as tmp:
-        env = {**os.environ, "FINSENT_WEB__PORT": str(port), "FINSENT_PATHS__STATE_DIR": tmp,
-               "FINSENT_KAFKA__BOOTSTRAP": "127.0.0.1:1", "FINSENT_MODEL__BACKEND": args.backend}
-        server = subprocess.Popen([sys.executable, "-m", "finsent.cli", "serve"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=open(Path(tmp) / "serve.log", "wb"))
+        env = {
+            **os.environ,
+            "FINSENT_WEB__PORT": str(port),
+            "FINSENT_PATHS__STATE_DIR": tmp,
+            "FINSENT_KAFKA__BOOTSTRAP": "127.0.0.1:1",
+            "FINSENT_MODEL__BACKEND": args.backend,
+        }
+        server = subprocess.Popen(
+            [sys.executable, "-m", "finsent.cli", "serve"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(Path(tmp) / "serve.log", "wb"),  # noqa: SIM115 - the child holds it; closed with the tmp dir
+        )
         try:
             base = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 120
@@ -134,19 +157,28 @@ def main() -> None:
                 time.sleep(0.2)
             url = base + "/classify"
             results["single"] = r = sequential(url, args.requests, 1)
-            print(f"1 headline/request, 1 client: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
-                  f"{r['requests_per_s']:.0f} req/s", flush=True)
+            print(
+                f"1 headline/request, 1 client: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
+                f"{r['requests_per_s']:.0f} req/s",
+                flush=True,
+            )
             results["batch32"] = r = sequential(url, max(10, args.requests // 10), 32)
             r["ratio_vs_bare_batch32"] = r["texts_per_s"] / b["texts_per_s_batch32"]
-            print(f"32 headlines/request, 1 client: {r['texts_per_s']:.0f} texts/s = {r['ratio_vs_bare_batch32']:.2f} x bare, "
-                  f"p50 {r['p50_ms']:.0f} ms", flush=True)
+            print(
+                f"32 headlines/request, 1 client: {r['texts_per_s']:.0f} texts/s = {r['ratio_vs_bare_batch32']:.2f} x bare, "
+                f"p50 {r['p50_ms']:.0f} ms",
+                flush=True,
+            )
             calls0, texts0 = batch_histogram(base)
             results["concurrent8"] = r = asyncio.run(concurrent(url, args.requests, 8))
             calls1, texts1 = batch_histogram(base)
             r["model_calls"] = calls1 - calls0
             r["texts_per_model_call"] = (texts1 - texts0) / max(1.0, calls1 - calls0)
-            print(f"1 headline/request, 8 clients: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
-                  f"{r['requests_per_s']:.0f} req/s, {r['texts_per_model_call']:.1f} texts per model call", flush=True)
+            print(
+                f"1 headline/request, 8 clients: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
+                f"{r['requests_per_s']:.0f} req/s, {r['texts_per_model_call']:.1f} texts per model call",
+                flush=True,
+            )
         finally:
             server.terminate()
             server.wait(timeout=30)

@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_stream import texts  # noqa: E402
-from finsent.backtest.run import ScoreCache, run_backtest  # noqa: E402
 
+from finsent.backtest.run import ScoreCache, run_backtest  # noqa: E402
 from finsent.records import NewsItem  # noqa: E402
 from finsent.settings import load  # noqa: E402
 
@@ -43,8 +43,17 @@ def main() -> None:
     clf = Classifier.load(backend=args.backend, batch_size=settings.model.batch_size)
     data = texts(args.items)
     t0 = datetime(2024, 1, 2, tzinfo=UTC)
-    items = [NewsItem(id=f"b{i}", title=t, source="bench", published=t0 + timedelta(seconds=10 * i),
-                      fetched=t0 + timedelta(seconds=10 * i), tickers=("XOM",) if i % 9 == 0 else ()) for i, t in enumerate(data)]
+    items = [
+        NewsItem(
+            id=f"b{i}",
+            title=t,
+            source="bench",
+            published=t0 + timedelta(seconds=10 * i),
+            fetched=t0 + timedelta(seconds=10 * i),
+            tickers=("XOM",) if i % 9 == 0 else (),
+        )
+        for i, t in enumerate(data)
+    ]
     clf.predict(data[: args.batch])  # warm-up
     started = time.perf_counter()
     for i in range(0, len(data), args.batch):
@@ -59,14 +68,24 @@ def main() -> None:
         second = run_backtest(other, items, Path(tmp) / "run2", model, None, cache, args.batch)
         cache.close()
     ratio = first.items_per_s / bare
-    print(f"backtest, empty cache: {first.items_per_s:.0f} headlines/s = {first.items_per_s * 3600:,.0f}/hour "
-          f"= {ratio:.2f} x bare (inference {first.inference_seconds / first.seconds:.0%} of the time)", flush=True)
+    print(
+        f"backtest, empty cache: {first.items_per_s:.0f} headlines/s = {first.items_per_s * 3600:,.0f}/hour "
+        f"= {ratio:.2f} x bare (inference {first.inference_seconds / first.seconds:.0%} of the time)",
+        flush=True,
+    )
     print(f"backtest, all cached (other surge settings): {second.items_per_s:,.0f} headlines/s", flush=True)
     result = {
-        "bare_texts_per_s": bare, "backend": clf.backend.name, "model": clf.version, "items": args.items, "batch": args.batch,
-        "backtest_items_per_s": first.items_per_s, "backtest_items_per_hour": first.items_per_s * 3600,
-        "ratio_backtest_vs_bare": ratio, "inference_share": first.inference_seconds / first.seconds,
-        "cached_items_per_s": second.items_per_s, "cached_inferred": second.inferred,
+        "bare_texts_per_s": bare,
+        "backend": clf.backend.name,
+        "model": clf.version,
+        "items": args.items,
+        "batch": args.batch,
+        "backtest_items_per_s": first.items_per_s,
+        "backtest_items_per_hour": first.items_per_s * 3600,
+        "ratio_backtest_vs_bare": ratio,
+        "inference_share": first.inference_seconds / first.seconds,
+        "cached_items_per_s": second.items_per_s,
+        "cached_inferred": second.inferred,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "command": f"python bench/bench_backtest.py --items {args.items} --batch {args.batch} --backend {args.backend}",
     }

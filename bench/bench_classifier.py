@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from finsent.model import Classifier, artifact
 from finsent.model.backends import BACKENDS
 from finsent.model.data import twitter_topic
@@ -78,10 +79,19 @@ def main() -> None:
         print(f"{r['backend']:<11} {r['batch_size']:>5} {r['texts_per_s']:>9.1f} {r['speedup_vs_torch_fp32']:>7.2f}x")
     meta = artifact.load_meta(directory)
     doc = {
-        "model": meta.full_name, "device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(), "machine": platform.machine(), "texts": len(texts),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "results": rows,
-        "command": "python bench/bench_classifier.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("model", "out") and v is not None),
+        "model": meta.full_name,
+        "device": args.device,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "texts": len(texts),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "results": rows,
+        "command": "python bench/bench_classifier.py "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("model", "out") and v is not None
+        ),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")

@@ -24,7 +24,6 @@ from finsent.ingest.dedup import Deduper, minhash
 from finsent.ingest.normalize import normalize
 from finsent.ingest.parse import parse
 from finsent.local.feeds import load_rows, rss
-
 from finsent.records import NewsItem
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,8 +38,16 @@ def headlines(n: int) -> list[str]:
 def bench_pipeline(n: int) -> dict:
     now = datetime.now(UTC)
     texts = headlines(n)
-    docs = [rss(f"f{d}", [(f"g{d}-{i}", t, f"https://news.example/{d}/{i}", now - timedelta(seconds=i))
-                          for i, t in enumerate(texts[d * 1000 : (d + 1) * 1000])]) for d in range(n // 1000)]
+    docs = [
+        rss(
+            f"f{d}",
+            [
+                (f"g{d}-{i}", t, f"https://news.example/{d}/{i}", now - timedelta(seconds=i))
+                for i, t in enumerate(texts[d * 1000 : (d + 1) * 1000])
+            ],
+        )
+        for d in range(n // 1000)
+    ]
     dedup = Deduper()
     accepted = 0
     started = time.perf_counter()
@@ -62,12 +69,20 @@ def bench_dedup_at_scale(store: int, queries: int = 5000) -> dict:
     for i in range(store):
         d.mark(NewsItem(id=f"s{i}", title=texts[i], source="s", published=now, fetched=now))
     fill = time.perf_counter() - started
-    probes = [NewsItem(id=f"q{i}", title=texts[store + i], source="q", published=now, fetched=now) for i in range(queries)]
+    probes = [
+        NewsItem(id=f"q{i}", title=texts[store + i], source="q", published=now, fetched=now) for i in range(queries)
+    ]
     started = time.perf_counter()
     dups = sum(d.check(p).duplicate for p in probes)
     per_check = (time.perf_counter() - started) / queries
-    return {"store": store, "fill_seconds": fill, "check_us": per_check * 1e6, "queries": queries, "near_duplicates_found": dups,
-            "minhash_us": _time_minhash(texts[:2000])}
+    return {
+        "store": store,
+        "fill_seconds": fill,
+        "check_us": per_check * 1e6,
+        "queries": queries,
+        "near_duplicates_found": dups,
+        "minhash_us": _time_minhash(texts[:2000]),
+    }
 
 
 def _time_minhash(texts: list[str]) -> float:
@@ -78,11 +93,11 @@ def _time_minhash(texts: list[str]) -> float:
 
 
 def bench_publish(n: int) -> dict:
-    from finsent.ingest.sinks import KafkaSink
-    from finsent.local.broker import broker_child
     from kafka import KafkaProducer
 
+    from finsent.ingest.sinks import KafkaSink
     from finsent.kafka import ensure_topics
+    from finsent.local.broker import broker_child
     from finsent.net import free_port, port_open
     from finsent.settings import TopicSpec
 
@@ -91,9 +106,14 @@ def bench_publish(n: int) -> dict:
     broker.start(lambda: port_open("127.0.0.1", port), 15)
     bootstrap = f"127.0.0.1:{port}"
     try:
-        ensure_topics(bootstrap, [TopicSpec(name="bench.sink", partitions=4), TopicSpec(name="bench.raw", partitions=4)])
+        ensure_topics(
+            bootstrap, [TopicSpec(name="bench.sink", partitions=4), TopicSpec(name="bench.raw", partitions=4)]
+        )
         now = datetime.now(UTC)
-        items = [NewsItem(id=f"p{i}", title=t, source="bench", published=now, fetched=now) for i, t in enumerate(headlines(n))]
+        items = [
+            NewsItem(id=f"p{i}", title=t, source="bench", published=now, fetched=now)
+            for i, t in enumerate(headlines(n))
+        ]
         payloads = [(i.id.encode(), i.to_json()) for i in items]
 
         raw = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
@@ -117,7 +137,12 @@ def bench_publish(n: int) -> dict:
         acked = asyncio.run(run())
         sink_s = time.perf_counter() - started
         assert acked == n
-        return {"items": n, "raw_producer_per_s": n / raw_s, "kafka_sink_per_s": n / sink_s, "ratio_sink_vs_raw": raw_s / sink_s}
+        return {
+            "items": n,
+            "raw_producer_per_s": n / raw_s,
+            "kafka_sink_per_s": n / sink_s,
+            "ratio_sink_vs_raw": raw_s / sink_s,
+        }
     finally:
         broker.stop()
 
@@ -131,16 +156,34 @@ def main() -> None:
     args = ap.parse_args()
     results = {}
     results["pipeline"] = r = bench_pipeline(args.items)
-    print(f"parse+normalise+dedup: {r['items_per_s']:,.0f} items/s ({r['items']:,} items, {r['seconds']:.1f} s)", flush=True)
+    print(
+        f"parse+normalise+dedup: {r['items_per_s']:,.0f} items/s ({r['items']:,} items, {r['seconds']:.1f} s)",
+        flush=True,
+    )
     results["publish"] = r = bench_publish(args.publish)
-    print(f"publish acks=all: KafkaSink {r['kafka_sink_per_s']:,.0f}/s, raw producer {r['raw_producer_per_s']:,.0f}/s, "
-          f"ratio {r['ratio_sink_vs_raw']:.2f}", flush=True)
+    print(
+        f"publish acks=all: KafkaSink {r['kafka_sink_per_s']:,.0f}/s, raw producer {r['raw_producer_per_s']:,.0f}/s, "
+        f"ratio {r['ratio_sink_vs_raw']:.2f}",
+        flush=True,
+    )
     results["dedup_at_scale"] = r = bench_dedup_at_scale(args.store)
-    print(f"near-dup check with {r['store']:,} stored: {r['check_us']:.1f} us/item (minhash alone {r['minhash_us']:.1f} us; "
-          f"fill {r['fill_seconds']:.0f} s)", flush=True)
+    print(
+        f"near-dup check with {r['store']:,} stored: {r['check_us']:.1f} us/item (minhash alone {r['minhash_us']:.1f} us; "
+        f"fill {r['fill_seconds']:.0f} s)",
+        flush=True,
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": f"python bench/bench_ingest.py --items {args.items} --store {args.store} "
-                                               f"--publish {args.publish}", **results}, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "command": f"python bench/bench_ingest.py --items {args.items} --store {args.store} "
+                f"--publish {args.publish}",
+                **results,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"written {args.out}")
 
 

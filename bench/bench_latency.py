@@ -65,14 +65,14 @@ from pathlib import Path
 
 import httpx
 from benchkit import write_results
-from finsent.local.feeds import load_rows
-from finsent.stream.pipeline import final_alerts
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from finsent.kafka import read_all
+from finsent.local.feeds import load_rows
 from finsent.net import free_port
 from finsent.records import NewsItem, ScoredItem, SurgeAlert
 from finsent.settings import Settings, Surge, Windows, load
+from finsent.stream.pipeline import final_alerts
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_A_S = 5.0
@@ -82,18 +82,28 @@ GOAL_B_S = 30.0
 # -- settings and the demo process ---------------------------------------------------------------------
 def demo_env(state: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
-    ports = ["BROKER__PORT", "SERVICES__PROMETHEUS_PORT", "SERVICES__ALERTMANAGER_PORT",
-             "SERVICES__ALERTMANAGER_CLUSTER_PORT", "STREAM__METRICS_PORT", "RECEIVER__PORT", "WEB__PORT",
-             "INGEST__METRICS_PORT", "INGEST__DEMO_FEEDS_PORT"]
+    ports = [
+        "BROKER__PORT",
+        "SERVICES__PROMETHEUS_PORT",
+        "SERVICES__ALERTMANAGER_PORT",
+        "SERVICES__ALERTMANAGER_CLUSTER_PORT",
+        "STREAM__METRICS_PORT",
+        "RECEIVER__PORT",
+        "WEB__PORT",
+        "INGEST__METRICS_PORT",
+        "INGEST__DEMO_FEEDS_PORT",
+    ]
     env.update({f"FINSENT_{name}": str(free_port()) for name in ports})
-    env.update({
-        "FINSENT_PATHS__STATE_DIR": str(state),
-        # Any FINSENT_WINDOWS__*/FINSENT_SURGE__* variable turns the demo's compressed time scale off; these
-        # are the defaults, spelled out.
-        "FINSENT_WINDOWS__BUCKET_SECONDS": "60",
-        "FINSENT_SURGE__WINDOW_S": "300",
-        "FINSENT_INGEST__DEMO_BURST_AT_S": "86400",  # the demo feeds' oil burst: not during this run
-    })
+    env.update(
+        {
+            "FINSENT_PATHS__STATE_DIR": str(state),
+            # Any FINSENT_WINDOWS__*/FINSENT_SURGE__* variable turns the demo's compressed time scale off; these
+            # are the defaults, spelled out.
+            "FINSENT_WINDOWS__BUCKET_SECONDS": "60",
+            "FINSENT_SURGE__WINDOW_S": "300",
+            "FINSENT_INGEST__DEMO_BURST_AT_S": "86400",  # the demo feeds' oil burst: not during this run
+        }
+    )
     return env
 
 
@@ -119,8 +129,14 @@ class Demo:
 
     def start(self, timeout_s: float) -> dict:
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "finsent.cli", "demo"], env=self.env, stdout=out,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "finsent.cli", "demo"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         info = self.state / "demo.json"
         deadline = time.monotonic() + timeout_s
         while not info.exists():
@@ -180,18 +196,20 @@ class AlertTail(threading.Thread):
 
     def run(self) -> None:
         try:
-            consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-                                     fetch_max_wait_ms=100)  # Tansu holds an empty fetch for the whole wait
+            consumer = KafkaConsumer(
+                bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=100
+            )  # Tansu holds an empty fetch for the whole wait
             tp = TopicPartition(self.topic, 0)
             consumer.assign([tp])
             consumer.seek_to_beginning(tp)
             while not self.stopping.is_set():
                 for records in consumer.poll(timeout_ms=200).values():
                     with self.lock:
-                        self.records += [(r.offset, r.timestamp, r.timestamp_type, SurgeAlert.from_json(r.value))
-                                         for r in records]
+                        self.records += [
+                            (r.offset, r.timestamp, r.timestamp_type, SurgeAlert.from_json(r.value)) for r in records
+                        ]
             consumer.close()
-        except BaseException as err:  # noqa: BLE001 (reported by the main thread)
+        except BaseException as err:
             self.error = err
 
     def snapshot(self) -> list[tuple[int, int, int, SurgeAlert]]:
@@ -211,8 +229,10 @@ def audit_rows(db: Path) -> list[dict]:
         return []
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
-        cur = con.execute("SELECT seq, received_at, status, alertname, severity, dim, name, starts_at, surge_alert_id,"
-                          " receiver FROM notifications ORDER BY seq")
+        cur = con.execute(
+            "SELECT seq, received_at, status, alertname, severity, dim, name, starts_at, surge_alert_id,"
+            " receiver FROM notifications ORDER BY seq"
+        )
         cols = [c[0] for c in cur.description]
         return [dict(zip(cols, row)) for row in cur.fetchall()]
     except sqlite3.OperationalError:  # the receiver has not created its tables yet
@@ -232,7 +252,14 @@ def quantiles(xs: list[float]) -> dict:
     if len(xs) == 1:
         return {"n": 1, "p50_s": xs[0], "p99_s": xs[0], "min_s": xs[0], "max_s": xs[0], "mean_s": xs[0]}
     q = statistics.quantiles(xs, n=100, method="inclusive")  # few samples: interpolate, never extrapolate
-    return {"n": len(xs), "p50_s": q[49], "p99_s": q[98], "min_s": xs[0], "max_s": xs[-1], "mean_s": statistics.fmean(xs)}
+    return {
+        "n": len(xs),
+        "p50_s": q[49],
+        "p99_s": q[98],
+        "min_s": xs[0],
+        "max_s": xs[-1],
+        "mean_s": statistics.fmean(xs),
+    }
 
 
 def loadavg() -> list[float]:
@@ -246,8 +273,16 @@ def loadavg() -> list[float]:
 class Feed:
     """Our headlines: the per-ticker background schedule, bursts, and everything sent (for the analysis)."""
 
-    def __init__(self, producer: KafkaProducer, topic: str, tickers: list[str], rate_per_min: float,
-                 history_start: float, horizon: float, seed: int = 7):
+    def __init__(
+        self,
+        producer: KafkaProducer,
+        topic: str,
+        tickers: list[str],
+        rate_per_min: float,
+        history_start: float,
+        horizon: float,
+        seed: int = 7,
+    ):
         rows = load_rows()
         self.background = [t for kind, t in rows if kind == "background"]
         self.burst = [t for kind, t in rows if kind == "burst"]
@@ -268,8 +303,14 @@ class Feed:
 
     def _item(self, ticker: str, title: str, published: datetime, kind: str) -> NewsItem:
         self.n += 1
-        return NewsItem(id=f"bench-{ticker}-{kind}{self.n}", title=title, source="bench-latency", published=published,
-                        fetched=published, tickers=(ticker,))
+        return NewsItem(
+            id=f"bench-{ticker}-{kind}{self.n}",
+            title=title,
+            source="bench-latency",
+            published=published,
+            fetched=published,
+            tickers=(ticker,),
+        )
 
     def history(self, until: float) -> int:
         """Every scheduled item before ``until``, with its scheduled publish time, in event-time order."""
@@ -306,7 +347,9 @@ class Feed:
             time.sleep(min(0.05, left))
 
 
-def wait_settled(feed: Feed, url: str, scored_before: float, n_history: int, need_watermark: float, timeout_s: float) -> dict:
+def wait_settled(
+    feed: Feed, url: str, scored_before: float, n_history: int, need_watermark: float, timeout_s: float
+) -> dict:
     """Until the worker scored the history, both its consumers are caught up, its watermark has closed the
     windows the warm-up needs and the window output has been quiet for 2 s."""
     started = time.monotonic()
@@ -321,16 +364,26 @@ def wait_settled(feed: Feed, url: str, scored_before: float, n_history: int, nee
         if out != last_out:
             last_out, quiet_since = out, time.monotonic()
         # revisions of the backfill stop; on-time closes go on once a minute
-        if scored >= scored_before + n_history and lag == 0 and wm >= need_watermark and time.monotonic() - quiet_since >= 2:
+        if (
+            scored >= scored_before + n_history
+            and lag == 0
+            and wm >= need_watermark
+            and time.monotonic() - quiet_since >= 2
+        ):
             break
         if time.monotonic() - started > timeout_s:
-            raise RuntimeError(f"worker not settled after {timeout_s:.0f} s: scored {scored - scored_before:.0f}/"
-                               f"{n_history}, lag {lag:.0f}, watermark {wm:.0f} (need {need_watermark:.0f})")
-    return {"seconds": time.monotonic() - started, "watermark": wm,
-            "late_items": msum(m, "finsent_window_late_items_total"),
-            "rejected_items": msum(m, "finsent_window_rejected_items_total"),
-            "windows_closed": msum(m, "finsent_windows_closed_total"),
-            "window_revisions": msum(m, "finsent_window_revisions_total")}
+            raise RuntimeError(
+                f"worker not settled after {timeout_s:.0f} s: scored {scored - scored_before:.0f}/"
+                f"{n_history}, lag {lag:.0f}, watermark {wm:.0f} (need {need_watermark:.0f})"
+            )
+    return {
+        "seconds": time.monotonic() - started,
+        "watermark": wm,
+        "late_items": msum(m, "finsent_window_late_items_total"),
+        "rejected_items": msum(m, "finsent_window_rejected_items_total"),
+        "windows_closed": msum(m, "finsent_windows_closed_total"),
+        "window_revisions": msum(m, "finsent_window_revisions_total"),
+    }
 
 
 def busy(alerts: list[SurgeAlert], key: str, s: Settings, horizon: float) -> str | None:
@@ -362,8 +415,12 @@ def crossing_prefix(items: list[tuple[NewsItem, str | None]], alert: SurgeAlert,
         neg += sentiment == "negative"
         share = neg / k
         z = (share - alert.baseline_mean) / max(alert.baseline_std, 0.05)
-        if (item.published.timestamp() >= open_from and k >= s.surge.min_volume
-                and share >= s.surge.min_negative_share and z >= s.surge.z_threshold - 1e-3):
+        if (
+            item.published.timestamp() >= open_from
+            and k >= s.surge.min_volume
+            and share >= s.surge.min_negative_share
+            and z >= s.surge.z_threshold - 1e-3
+        ):
             return k
     return None
 
@@ -379,10 +436,14 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
     tickers = [f"ZQA{i:02d}" for i in range(1, args.tickers + args.spares + 1)]
     results: dict = {
         "params": {k: v for k, v in vars(args).items() if k != "out"},
-        "settings": {"windows": s.windows.model_dump(mode="json"), "surge": s.surge.model_dump(mode="json"),
-                     "scrape_interval_s": s.services.scrape_interval_s,
-                     "evaluation_interval_s": s.services.evaluation_interval_s,
-                     "rule_for": "4s", "alertmanager_group_wait": "2s (critical: 0s)"},
+        "settings": {
+            "windows": s.windows.model_dump(mode="json"),
+            "surge": s.surge.model_dump(mode="json"),
+            "scrape_interval_s": s.services.scrape_interval_s,
+            "evaluation_interval_s": s.services.evaluation_interval_s,
+            "rule_for": "4s",
+            "alertmanager_group_wait": "2s (critical: 0s)",
+        },
         "loadavg_before": loadavg(),
     }
     tail: AlertTail | None = None
@@ -404,17 +465,24 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
         feed = Feed(producer, s.topics.raw.name, tickers, args.rate_per_min, history_start, now + args.budget_s)
         scored_before = msum(metrics(worker_url), "finsent_worker_items_scored_total")
         n_history = feed.history(until=now)
-        print(f"published {n_history} history items ({args.history_min:g} min x {len(tickers)} tickers x "
-              f"{args.rate_per_min:g}/min)", flush=True)
+        print(
+            f"published {n_history} history items ({args.history_min:g} min x {len(tickers)} tickers x "
+            f"{args.rate_per_min:g}/min)",
+            flush=True,
+        )
         bucket = s.windows.bucket_seconds
         first_end = (int(history_start) // bucket + 1) * bucket
         need_wm = first_end + bucket * (s.surge.warmup_windows + 1)
-        settled = wait_settled(feed, worker_url, scored_before, n_history, need_wm,
-                               timeout_s=max(30.0, deadline - time.monotonic() - 120))
+        settled = wait_settled(
+            feed, worker_url, scored_before, n_history, need_wm, timeout_s=max(30.0, deadline - time.monotonic() - 120)
+        )
         settled["judged_windows_per_ticker"] = int((settled["watermark"] - first_end) // bucket) + 1
         results["history"] = {"items": n_history, **settled}
-        print(f"worker settled in {settled['seconds']:.0f} s: ~{settled['judged_windows_per_ticker']} judged windows per "
-              f"ticker, {settled['late_items']:.0f} late items, {settled['rejected_items']:.0f} rejected", flush=True)
+        print(
+            f"worker settled in {settled['seconds']:.0f} s: ~{settled['judged_windows_per_ticker']} judged windows per "
+            f"ticker, {settled['late_items']:.0f} late items, {settled['rejected_items']:.0f} rejected",
+            flush=True,
+        )
 
         # 2. live: background + one burst per ticker
         feed.idle(args.gap_s)
@@ -432,7 +500,9 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
             key = f"ticker:{ticker}"
             # A key already in a surge (or in its cool-down after one) cannot raise a new alert: background noise
             # does that now and then (see busy()); such a ticker is skipped and a spare takes its place.
-            horizon = time.time() + s.windows.bucket_seconds + (args.max_burst + args.burst_tail) * args.burst_interval_s
+            horizon = (
+                time.time() + s.windows.bucket_seconds + (args.max_burst + args.burst_tail) * args.burst_interval_s
+            )
             if (reason := busy([r[3] for r in tail.snapshot()], key, s, horizon)) is not None:
                 skipped[ticker] = reason
                 print(f"  {ticker}: skipped, {reason}", flush=True)
@@ -454,25 +524,38 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
                 for _ in range(args.burst_tail):
                     feed.idle(args.burst_interval_s)
                     sent.append(feed.send(ticker, feed.rng.choice(feed.burst), "x"))
-            bursts[ticker] = {"start_ms": start_ms, "items": len(sent), "items_to_alert": n_before,
-                              "alert_seen": got is not None,
-                              "records_before_burst": [("retracted " if a.retracted else "") + f"{a.trigger} {a.state}"
-                                                       f" (window end {a.window_end:%H:%M})" for a in pre]}
-            print(f"  {ticker}: alert on finsent.alerts after {n_before} burst items: {'yes' if got else 'NO'}"
-                  f" ({len(sent)} sent)", flush=True)
+            bursts[ticker] = {
+                "start_ms": start_ms,
+                "items": len(sent),
+                "items_to_alert": n_before,
+                "alert_seen": got is not None,
+                "records_before_burst": [
+                    ("retracted " if a.retracted else "") + f"{a.trigger} {a.state} (window end {a.window_end:%H:%M})"
+                    for a in pre
+                ],
+            }
+            print(
+                f"  {ticker}: alert on finsent.alerts after {n_before} burst items: {'yes' if got else 'NO'}"
+                f" ({len(sent)} sent)",
+                flush=True,
+            )
             next_at = time.monotonic() + max(4.0, args.gap_s - len(sent) * args.burst_interval_s)
 
         # drain: until every alerted ticker has its audit row and (--confirm) the close-time judgement of its first
         # firing is out (confirmed or retracted: window end + watermark delay), or the budget is spent
         reserve_s = 25.0
         while time.monotonic() < deadline - reserve_s:
-            firing = {r["name"] for r in audit_rows(audit_db)
-                      if r["alertname"] == "NegativeSentimentSurge" and r["status"] == "firing" and r["dim"] == "ticker"}
+            firing = {
+                r["name"]
+                for r in audit_rows(audit_db)
+                if r["alertname"] == "NegativeSentimentSurge" and r["status"] == "firing" and r["dim"] == "ticker"
+            }
             firsts = {t: tail.first_firing(f"ticker:{t}", b["start_ms"]) for t, b in bursts.items()}
             records = tail.snapshot()
             rows_ok = all(t in firing for t, r in firsts.items() if r)
-            judged = all(any(x[0] > r[0] and x[3].transition == r[3].transition for x in records)
-                         for r in firsts.values() if r)
+            judged = all(
+                any(x[0] > r[0] and x[3].transition == r[3].transition for x in records) for r in firsts.values() if r
+            )
             if rows_ok and (judged or not args.confirm):
                 break
             feed.idle(1.0)
@@ -493,9 +576,11 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
         demo_log = demo.log.read_text(errors="replace")
         results["worker_restarts"] = demo_log.count('"msg": "restarting"')
         results["analysis"] = analyse(s, tickers, feed, bursts, records, rows, scored)
-        results["worker_end"] = {"late_items": msum(wm, "finsent_window_late_items_total"),
-                                 "rejected_items": msum(wm, "finsent_window_rejected_items_total"),
-                                 "surge_alerts_total": {k: v for k, v in wm.items() if k.startswith("finsent_surge_alerts_total{")}}
+        results["worker_end"] = {
+            "late_items": msum(wm, "finsent_window_late_items_total"),
+            "rejected_items": msum(wm, "finsent_window_rejected_items_total"),
+            "surge_alerts_total": {k: v for k, v in wm.items() if k.startswith("finsent_surge_alerts_total{")},
+        }
         results["wall_s"] = time.monotonic() - t_start
         return results
     finally:
@@ -510,8 +595,15 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
             print(f"demo log: {demo.log}", flush=True)
 
 
-def analyse(s: Settings, tickers: list[str], feed: Feed, bursts: dict[str, dict], records: list, rows: list[dict],
-            scored: dict[str, tuple[str, int]]) -> dict:
+def analyse(
+    s: Settings,
+    tickers: list[str],
+    feed: Feed,
+    bursts: dict[str, dict],
+    records: list,
+    rows: list[dict],
+    scored: dict[str, tuple[str, int]],
+) -> dict:
     per: dict[str, dict] = {}
     lat_a, lat_b, lat_scored, lat_rule, lat_am = [], [], [], [], []
     triggers: Counter = Counter()
@@ -523,13 +615,25 @@ def analyse(s: Settings, tickers: list[str], feed: Feed, bursts: dict[str, dict]
         if b is None:
             continue
         key = f"ticker:{ticker}"
-        d: dict = {"burst_items": b["items"], "burst_items_to_alert": b["items_to_alert"],
-                   "records_before_burst": b["records_before_burst"],
-                   "audit_statuses": [f"{r['status']} {r['severity']}" for r in rows if r["dim"] == "ticker"
-                                      and r["name"] == ticker and r["alertname"] == "NegativeSentimentSurge"]}
+        d: dict = {
+            "burst_items": b["items"],
+            "burst_items_to_alert": b["items_to_alert"],
+            "records_before_burst": b["records_before_burst"],
+            "audit_statuses": [
+                f"{r['status']} {r['severity']}"
+                for r in rows
+                if r["dim"] == "ticker" and r["name"] == ticker and r["alertname"] == "NegativeSentimentSurge"
+            ],
+        }
         per[ticker] = d
-        first = next((r for r in records if r[3].key == key and r[3].state == "firing" and not r[3].retracted
-                      and r[1] >= b["start_ms"]), None)
+        first = next(
+            (
+                r
+                for r in records
+                if r[3].key == key and r[3].state == "firing" and not r[3].retracted and r[1] >= b["start_ms"]
+            ),
+            None,
+        )
         if first is None:
             d["error"] = "no firing SurgeAlert on finsent.alerts"
             continue
@@ -537,23 +641,42 @@ def analyse(s: Settings, tickers: list[str], feed: Feed, bursts: dict[str, dict]
         triggers[alert.trigger] += 1
         ts_types["LogAppendTime" if rec_type == 1 else "CreateTime"] += 1
         later = [r[3] for r in records if r[0] > offset and r[3].transition == alert.transition]
-        d.update({"trigger": alert.trigger, "severity": alert.severity, "zscore": alert.zscore, "count": alert.count,
-                  "negative": alert.negative, "baseline_mean": alert.baseline_mean, "baseline_std": alert.baseline_std,
-                  "window_end": alert.window_end.isoformat(), "record_timestamp_type": rec_type,
-                  "later_records_of_transition": [("retracted " if a.retracted else "") + a.trigger for a in later],
-                  "close_outcome": ("retracted" if later[-1].retracted else "confirmed") if later else "pending"})
-        d["records_after_burst"] = [f"{'retracted ' if a.retracted else ''}{a.trigger} {a.state} {a.severity} "
-                                    f"(window end {a.window_end:%H:%M})" for o, t_ms, _, a in records
-                                    if a.key == key and t_ms >= b["start_ms"]]
+        d.update(
+            {
+                "trigger": alert.trigger,
+                "severity": alert.severity,
+                "zscore": alert.zscore,
+                "count": alert.count,
+                "negative": alert.negative,
+                "baseline_mean": alert.baseline_mean,
+                "baseline_std": alert.baseline_std,
+                "window_end": alert.window_end.isoformat(),
+                "record_timestamp_type": rec_type,
+                "later_records_of_transition": [("retracted " if a.retracted else "") + a.trigger for a in later],
+                "close_outcome": ("retracted" if later[-1].retracted else "confirmed") if later else "pending",
+            }
+        )
+        d["records_after_burst"] = [
+            f"{'retracted ' if a.retracted else ''}{a.trigger} {a.state} {a.severity} (window end {a.window_end:%H:%M})"
+            for o, t_ms, _, a in records
+            if a.key == key and t_ms >= b["start_ms"]
+        ]
         if d["close_outcome"] == "retracted":
             # The surge may stand under another transition: the same window escalated to critical at close, or an
             # earlier window end (a burst straddling a bucket boundary) that fired at its own close first.
-            other = [a for a in final_alerts(r[3] for r in records if r[3].key == key)
-                     if a.state == "firing" and a.transition != alert.transition and a.window_end >= alert.window_start
-                     and a.window_end.timestamp() * 1000 >= b["start_ms"] - 60_000]
+            other = [
+                a
+                for a in final_alerts(r[3] for r in records if r[3].key == key)
+                if a.state == "firing"
+                and a.transition != alert.transition
+                and a.window_end >= alert.window_start
+                and a.window_end.timestamp() * 1000 >= b["start_ms"] - 60_000
+            ]
             if other:
-                d["close_outcome"] = (f"retracted, surge stands as {other[0].trigger} {other[0].severity} "
-                                      f"({'same window' if other[0].alert_id == alert.alert_id else 'window end ' + format(other[0].window_end, '%H:%M')})")
+                d["close_outcome"] = (
+                    f"retracted, surge stands as {other[0].trigger} {other[0].severity} "
+                    f"({'same window' if other[0].alert_id == alert.alert_id else 'window end ' + format(other[0].window_end, '%H:%M')})"
+                )
         ws, we = alert.window_start, alert.window_end
         window = sorted((it for it in feed.sent[ticker] if ws <= it.published < we), key=lambda it: it.published)
         if alert.count > len(window):
@@ -573,8 +696,18 @@ def analyse(s: Settings, tickers: list[str], feed: Feed, bursts: dict[str, dict]
         d["first_crossing_prefix"] = k
         if k is not None and k != alert.count:
             d["a_from_first_crossing_s"] = rec_ms / 1000 - window[k - 1].published.timestamp()
-        row = next((r for r in rows if r["alertname"] == "NegativeSentimentSurge" and r["status"] == "firing"
-                    and r["dim"] == "ticker" and r["name"] == ticker and ts(r["received_at"]) * 1000 >= b["start_ms"]), None)
+        row = next(
+            (
+                r
+                for r in rows
+                if r["alertname"] == "NegativeSentimentSurge"
+                and r["status"] == "firing"
+                and r["dim"] == "ticker"
+                and r["name"] == ticker
+                and ts(r["received_at"]) * 1000 >= b["start_ms"]
+            ),
+            None,
+        )
         if row is None:
             d["error_b"] = "no firing row in the audit log"
             continue
@@ -594,17 +727,37 @@ def analyse(s: Settings, tickers: list[str], feed: Feed, bursts: dict[str, dict]
     other_rows = [r for r in rows if not (r["dim"] == "ticker" and r["name"] in tickers)]
     # Surges of our keys that no burst caused: background noise (in the backfilled history or live).
     standing = final_alerts(r[3] for r in records if r[3].key in ours)
-    noise = [a for a in standing if a.state == "firing" and (
-        (b := bursts.get(a.key.split(":", 1)[1])) is None or a.window_end.timestamp() * 1000 <= b["start_ms"])]
-    noise_records = [a for _, t_ms, _, a in records if a.key in ours and a.state == "firing" and not a.retracted
-                     and ((b := bursts.get(a.key.split(":", 1)[1])) is None or t_ms < b["start_ms"])]
-    noise_rows = [r for r in rows if r["dim"] == "ticker" and r["name"] in tickers and r["status"] == "firing"
-                  and (r["name"] not in bursts or ts(r["received_at"]) * 1000 < bursts[r["name"]]["start_ms"])]
+    noise = [
+        a
+        for a in standing
+        if a.state == "firing"
+        and ((b := bursts.get(a.key.split(":", 1)[1])) is None or a.window_end.timestamp() * 1000 <= b["start_ms"])
+    ]
+    noise_records = [
+        a
+        for _, t_ms, _, a in records
+        if a.key in ours
+        and a.state == "firing"
+        and not a.retracted
+        and ((b := bursts.get(a.key.split(":", 1)[1])) is None or t_ms < b["start_ms"])
+    ]
+    noise_rows = [
+        r
+        for r in rows
+        if r["dim"] == "ticker"
+        and r["name"] in tickers
+        and r["status"] == "firing"
+        and (r["name"] not in bursts or ts(r["received_at"]) * 1000 < bursts[r["name"]]["start_ms"])
+    ]
     return {
         "per_ticker": per,
-        "a": quantiles(lat_a), "b": quantiles(lat_b),
-        "breakdown": {"published_to_scored": quantiles(lat_scored), "alert_to_rule_firing": quantiles(lat_rule),
-                      "rule_firing_to_audit": quantiles(lat_am)},
+        "a": quantiles(lat_a),
+        "b": quantiles(lat_b),
+        "breakdown": {
+            "published_to_scored": quantiles(lat_scored),
+            "alert_to_rule_firing": quantiles(lat_rule),
+            "rule_firing_to_audit": quantiles(lat_am),
+        },
         "bursts": len(per),
         "alerts_on_topic": sum(1 for d in per.values() if "a_s" in d),
         "audit_rows": sum(1 for d in per.values() if "b_s" in d),
@@ -618,14 +771,20 @@ def analyse(s: Settings, tickers: list[str], feed: Feed, bursts: dict[str, dict]
         "noise_surges_by_trigger": dict(Counter(a.trigger for a in noise)),
         "noise_surge_keys": sorted({a.key for a in noise}),
         "noise_audit_rows": len(noise_rows),
-        "noise_audit_row_list": [f"{r['name']} {r['status']} {r['severity']} at {r['received_at'][11:19]}" for r in noise_rows],
+        "noise_audit_row_list": [
+            f"{r['name']} {r['status']} {r['severity']} at {r['received_at'][11:19]}" for r in noise_rows
+        ],
         "close_outcomes": dict(Counter(d["close_outcome"] for d in per.values() if "close_outcome" in d)),
-        "retracted_but_in_audit_log": sum(1 for d in per.values()
-                                          if d.get("close_outcome", "").startswith("retracted") and "b_s" in d),
-        "crossing_prefix_mismatches": sum(1 for d in per.values() if d.get("first_crossing_prefix") not in (None, d.get("count"))),
+        "retracted_but_in_audit_log": sum(
+            1 for d in per.values() if d.get("close_outcome", "").startswith("retracted") and "b_s" in d
+        ),
+        "crossing_prefix_mismatches": sum(
+            1 for d in per.values() if d.get("first_crossing_prefix") not in (None, d.get("count"))
+        ),
         "alert_records_total": len(records),
-        "alert_records_by_key_dim": dict(Counter(a.key.split(":")[0] + ("" if not a.retracted else " retracted")
-                                                 for _, _, _, a in records)),
+        "alert_records_by_key_dim": dict(
+            Counter(a.key.split(":")[0] + ("" if not a.retracted else " retracted") for _, _, _, a in records)
+        ),
         "other_audit_rows": [{k: r[k] for k in ("status", "alertname", "severity", "dim", "name")} for r in other_rows],
     }
 
@@ -633,16 +792,24 @@ def analyse(s: Settings, tickers: list[str], feed: Feed, bursts: dict[str, dict]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tickers", type=int, default=16, help="bursts (one synthetic ticker each)")
-    ap.add_argument("--spares", type=int, default=6,
-                    help="extra tickers with a baseline, for those that background noise already put in a surge")
+    ap.add_argument(
+        "--spares",
+        type=int,
+        default=6,
+        help="extra tickers with a baseline, for those that background noise already put in a surge",
+    )
     ap.add_argument("--history-min", type=float, default=30.0)
     ap.add_argument("--rate-per-min", type=float, default=3.0, help="background headlines per ticker per minute")
     ap.add_argument("--gap-s", type=float, default=10.0, help="seconds between the starts of two bursts")
     ap.add_argument("--burst-interval-s", type=float, default=0.5)
     ap.add_argument("--max-burst", type=int, default=60, help="burst items at most before giving up on a ticker")
     ap.add_argument("--burst-tail", type=int, default=6, help="burst items sent after the alert showed up")
-    ap.add_argument("--confirm", action=argparse.BooleanOptionalAction, default=True,
-                    help="wait for the close-time judgement of each first firing (confirmed or retracted)")
+    ap.add_argument(
+        "--confirm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="wait for the close-time judgement of each first firing (confirmed or retracted)",
+    )
     ap.add_argument("--budget-s", type=float, default=480.0, help="wall-time bound of the whole run")
     ap.add_argument("--keep", action="store_true", help="keep the state dir (logs, audit DB) for inspection")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latency-cpu.json")
@@ -662,45 +829,67 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
     an = results["analysis"]
     a, b = an["a"], an["b"]
-    print(f"bursts: {an['bursts']}, SurgeAlerts: {an['alerts_on_topic']} (first firing by trigger: "
-          f"{an['first_firing_by_trigger']}), at window close: {an['close_outcomes']}, "
-          f"audit rows: {an['audit_rows']}", flush=True)
-    for label, q, goal in (("(a) crossing headline -> SurgeAlert on finsent.alerts", a, GOAL_A_S),
-                           ("(b) crossing headline -> receiver audit row", b, GOAL_B_S)):
+    print(
+        f"bursts: {an['bursts']}, SurgeAlerts: {an['alerts_on_topic']} (first firing by trigger: "
+        f"{an['first_firing_by_trigger']}), at window close: {an['close_outcomes']}, "
+        f"audit rows: {an['audit_rows']}",
+        flush=True,
+    )
+    for label, q, goal in (
+        ("(a) crossing headline -> SurgeAlert on finsent.alerts", a, GOAL_A_S),
+        ("(b) crossing headline -> receiver audit row", b, GOAL_B_S),
+    ):
         if q["n"]:
             q["goal_s"] = goal
             q["p50_vs_goal"] = q["p50_s"] / goal
             q["p99_vs_goal"] = q["p99_s"] / goal
-            print(f"{label}: p50 {q['p50_s']:.2f} s, p99 {q['p99_s']:.2f} s, max {q['max_s']:.2f} s over {q['n']} "
-                  f"tickers; goal <= {goal:g} s: p99 = {q['p99_vs_goal']:.2f} x goal", flush=True)
+            print(
+                f"{label}: p50 {q['p50_s']:.2f} s, p99 {q['p99_s']:.2f} s, max {q['max_s']:.2f} s over {q['n']} "
+                f"tickers; goal <= {goal:g} s: p99 = {q['p99_vs_goal']:.2f} x goal",
+                flush=True,
+            )
         else:
             print(f"{label}: no samples", flush=True)
     bd = an["breakdown"]
     if bd["published_to_scored"]["n"] and bd["alert_to_rule_firing"]["n"]:
-        print(f"  breakdown p50 (p99): published->scored {bd['published_to_scored']['p50_s']:.2f} "
-              f"({bd['published_to_scored']['p99_s']:.2f}) s; SurgeAlert->Prometheus rule firing (webhook startsAt, "
-              f"after scrape + evaluation + for: 4s) {bd['alert_to_rule_firing']['p50_s']:.2f} "
-              f"({bd['alert_to_rule_firing']['p99_s']:.2f}) s; rule firing->audit row (Alertmanager group_wait + "
-              f"webhook) {bd['rule_firing_to_audit']['p50_s']:.2f} ({bd['rule_firing_to_audit']['p99_s']:.2f}) s",
-              flush=True)
-    print(f"  background noise on our keys (no burst): {an['noise_firing_records']} firing records "
-          f"{an['noise_firing_records_by_trigger']}, {an['noise_surges_standing']} still standing at the end, "
-          f"{an['noise_audit_rows']} firing rows in the audit log {an['noise_audit_row_list']}; tickers skipped for it: "
-          f"{len(results['skipped_tickers'])}; first firings retracted at close but in the audit log: "
-          f"{an['retracted_but_in_audit_log']}", flush=True)
-    print(f"  SurgeAlert record timestamps: {an['alert_record_timestamp_types']}; crossing headline = first prefix "
-          f"meeting the rule: {an['bursts'] - an['crossing_prefix_mismatches']}/{an['bursts']}; retraction records on "
-          f"our keys: {an['retraction_records_for_our_keys']}; worker restarts: {results['worker_restarts']}; "
-          f"load average before/after: {results['loadavg_before']} / {results['loadavg_after']}", flush=True)
+        print(
+            f"  breakdown p50 (p99): published->scored {bd['published_to_scored']['p50_s']:.2f} "
+            f"({bd['published_to_scored']['p99_s']:.2f}) s; SurgeAlert->Prometheus rule firing (webhook startsAt, "
+            f"after scrape + evaluation + for: 4s) {bd['alert_to_rule_firing']['p50_s']:.2f} "
+            f"({bd['alert_to_rule_firing']['p99_s']:.2f}) s; rule firing->audit row (Alertmanager group_wait + "
+            f"webhook) {bd['rule_firing_to_audit']['p50_s']:.2f} ({bd['rule_firing_to_audit']['p99_s']:.2f}) s",
+            flush=True,
+        )
+    print(
+        f"  background noise on our keys (no burst): {an['noise_firing_records']} firing records "
+        f"{an['noise_firing_records_by_trigger']}, {an['noise_surges_standing']} still standing at the end, "
+        f"{an['noise_audit_rows']} firing rows in the audit log {an['noise_audit_row_list']}; tickers skipped for it: "
+        f"{len(results['skipped_tickers'])}; first firings retracted at close but in the audit log: "
+        f"{an['retracted_but_in_audit_log']}",
+        flush=True,
+    )
+    print(
+        f"  SurgeAlert record timestamps: {an['alert_record_timestamp_types']}; crossing headline = first prefix "
+        f"meeting the rule: {an['bursts'] - an['crossing_prefix_mismatches']}/{an['bursts']}; retraction records on "
+        f"our keys: {an['retraction_records_for_our_keys']}; worker restarts: {results['worker_restarts']}; "
+        f"load average before/after: {results['loadavg_before']} / {results['loadavg_after']}",
+        flush=True,
+    )
     for t, d in an["per_ticker"].items():
         if "error" in d or "error_b" in d:
             print(f"  {t}: {d.get('error') or d.get('error_b')}", flush=True)
-    results["goals"] = {"a_p99_s": GOAL_A_S, "b_p99_s": GOAL_B_S,
-                        "a_met": bool(a["n"]) and a["p99_s"] <= GOAL_A_S, "b_met": bool(b["n"]) and b["p99_s"] <= GOAL_B_S}
-    command = (f"python bench/bench_latency.py --tickers {args.tickers} --spares {args.spares} --history-min {args.history_min:g} "
-               f"--rate-per-min {args.rate_per_min:g} --gap-s {args.gap_s:g} --burst-interval-s {args.burst_interval_s:g} "
-               f"--max-burst {args.max_burst} --burst-tail {args.burst_tail} --budget-s {args.budget_s:g}"
-               + ("" if args.confirm else " --no-confirm"))
+    results["goals"] = {
+        "a_p99_s": GOAL_A_S,
+        "b_p99_s": GOAL_B_S,
+        "a_met": bool(a["n"]) and a["p99_s"] <= GOAL_A_S,
+        "b_met": bool(b["n"]) and b["p99_s"] <= GOAL_B_S,
+    }
+    command = (
+        f"python bench/bench_latency.py --tickers {args.tickers} --spares {args.spares} --history-min {args.history_min:g} "
+        f"--rate-per-min {args.rate_per_min:g} --gap-s {args.gap_s:g} --burst-interval-s {args.burst_interval_s:g} "
+        f"--max-burst {args.max_burst} --burst-tail {args.burst_tail} --budget-s {args.budget_s:g}"
+        + ("" if args.confirm else " --no-confirm")
+    )
     write_results(results, command, args.out)
 
 

@@ -48,19 +48,19 @@ from pathlib import Path
 
 import httpx
 from benchkit import write_results
-from finsent.local.broker import broker_child
-from finsent.local.feeds import load_rows
-from finsent.local.procs import Child, http_ok
-from finsent.stream.pipeline import Aggregation, decode_raw, text_of, to_scored
-from finsent.stream.windows import Observation, keys_for
 from kafka import KafkaConsumer, KafkaProducer
 
 from finsent import errors
 from finsent.kafka import ensure_topics, read_all
 from finsent.labels import TOPIC_LABELS
+from finsent.local.broker import broker_child
+from finsent.local.feeds import load_rows
+from finsent.local.procs import Child, http_ok
 from finsent.net import free_port, port_open
 from finsent.records import Evidence, NewsItem
 from finsent.settings import ENV_PREFIX, Settings, TopicSpec, load
+from finsent.stream.pipeline import Aggregation, decode_raw, text_of, to_scored
+from finsent.stream.windows import Observation, keys_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,8 +72,12 @@ GOAL_P99_S = 0.3  # published->scored p99 at 50 % of capacity
 
 # Worker settings with their own command-line option: (option dest, dotted setting).
 TUNABLES = [
-    ("backend", "model.backend"), ("device", "model.device"), ("threads", "model.threads"),
-    ("model_batch_size", "model.batch_size"), ("max_batch", "stream.max_batch"), ("max_wait_s", "stream.max_wait_s"),
+    ("backend", "model.backend"),
+    ("device", "model.device"),
+    ("threads", "model.threads"),
+    ("model_batch_size", "model.batch_size"),
+    ("max_batch", "stream.max_batch"),
+    ("max_wait_s", "stream.max_wait_s"),
     ("fetch_max_wait_ms", "stream.fetch_max_wait_ms"),
 ]
 
@@ -132,9 +136,16 @@ def bench_ceiling(clf, headlines: list[str], batch: int) -> dict:
     for b in batches:
         clf.predict(b)
     seconds = time.perf_counter() - started
-    return {"backend": clf.backend.name, "model": clf.version, "batch": batch, "length_sorted": True,
-            "texts": len(headlines), "mean_tokens": sum(map(len, ids)) / len(ids), "seconds": seconds,
-            "texts_per_s": len(headlines) / seconds}
+    return {
+        "backend": clf.backend.name,
+        "model": clf.version,
+        "batch": batch,
+        "length_sorted": True,
+        "texts": len(headlines),
+        "mean_tokens": sum(map(len, ids)) / len(ids),
+        "seconds": seconds,
+        "texts_per_s": len(headlines) / seconds,
+    }
 
 
 def metric(url: str, name: str) -> float:
@@ -164,7 +175,9 @@ def scored_timestamps(bootstrap: str, topic: str) -> list[tuple[str, int]]:
 
 def items(n: int, prefix: str) -> list[NewsItem]:
     now = datetime.now(UTC)
-    return [NewsItem(id=f"{prefix}{i}", title=t, source="bench", published=now, fetched=now) for i, t in enumerate(texts(n))]
+    return [
+        NewsItem(id=f"{prefix}{i}", title=t, source="bench", published=now, fetched=now) for i, t in enumerate(texts(n))
+    ]
 
 
 @contextlib.contextmanager
@@ -196,9 +209,15 @@ def bench_naive(clf, bootstrap: str, settings: Settings, n: int, poll_max: int) 
             producer.send(raw.name, key=it.id.encode(), value=it.to_json())
         producer.flush()
         consumer = KafkaConsumer(
-            raw.name, bootstrap_servers=bootstrap, group_id=f"bench-naive-{run}", auto_offset_reset="earliest",
-            enable_auto_commit=False, max_poll_records=poll_max, fetch_max_wait_ms=s.fetch_max_wait_ms,
-            session_timeout_ms=int(s.session_timeout_s * 1000), heartbeat_interval_ms=int(s.heartbeat_s * 1000),
+            raw.name,
+            bootstrap_servers=bootstrap,
+            group_id=f"bench-naive-{run}",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            max_poll_records=poll_max,
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
+            session_timeout_ms=int(s.session_timeout_s * 1000),
+            heartbeat_interval_ms=int(s.heartbeat_s * 1000),
             max_poll_interval_ms=int(s.rebalance_timeout_s * 1000),  # Tansu: the join waits this long
         )
         joined_from = time.perf_counter()
@@ -217,34 +236,61 @@ def bench_naive(clf, bootstrap: str, settings: Settings, n: int, poll_max: int) 
             batch = [decode_raw(m.value, s.max_record_bytes) for m in msgs]
             predictions = clf.predict([text_of(it) for it in batch])
             scored_at = datetime.now(UTC)
-            futures = [producer.send(out.name, key=it.id.encode(), value=to_scored(it, p, scored_at).to_json())
-                       for it, p in zip(batch, predictions)]
+            futures = [
+                producer.send(out.name, key=it.id.encode(), value=to_scored(it, p, scored_at).to_json())
+                for it, p in zip(batch, predictions)
+            ]
             for f in futures:
                 f.get(timeout=s.produce_timeout_s)
             consumer.commit()
             done += len(msgs)
         seconds = time.perf_counter() - started
-        return {"items": n, "seconds": seconds, "items_per_s": n / seconds, "polls": polls, "poll_max": poll_max,
-                "join_and_first_fetch_s": started - joined_from, "backend": clf.backend.name,
-                "classifier_batch_size": clf.batch_size, "fetch_max_wait_ms": s.fetch_max_wait_ms}
+        return {
+            "items": n,
+            "seconds": seconds,
+            "items_per_s": n / seconds,
+            "polls": polls,
+            "poll_max": poll_max,
+            "join_and_first_fetch_s": started - joined_from,
+            "backend": clf.backend.name,
+            "classifier_batch_size": clf.batch_size,
+            "fetch_max_wait_ms": s.fetch_max_wait_ms,
+        }
     finally:
         if consumer is not None:
             consumer.close()
         producer.close()
 
 
-def bench_end_to_end(bootstrap: str, settings: Settings, n: int, latency_s: float, tmp: Path,
-                     worker_env: dict[str, str], worker_args: tuple[str, ...] = ()) -> dict:
+def bench_end_to_end(
+    bootstrap: str,
+    settings: Settings,
+    n: int,
+    latency_s: float,
+    tmp: Path,
+    worker_env: dict[str, str],
+    worker_args: tuple[str, ...] = (),
+) -> dict:
     """``settings``: what the worker reads (its topics); ``worker_env``: the FINSENT_* variables it gets."""
     metrics_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     env.update(worker_env)
-    env.update({"FINSENT_KAFKA__BOOTSTRAP": bootstrap, "FINSENT_STREAM__METRICS_PORT": str(metrics_port),
-                "FINSENT_PATHS__STATE_DIR": str(tmp / "state"), "FINSENT_LOG_JSON": "1"})
+    env.update(
+        {
+            "FINSENT_KAFKA__BOOTSTRAP": bootstrap,
+            "FINSENT_STREAM__METRICS_PORT": str(metrics_port),
+            "FINSENT_PATHS__STATE_DIR": str(tmp / "state"),
+            "FINSENT_LOG_JSON": "1",
+        }
+    )
     ensure_topics(bootstrap, settings.topics.all())
     url = f"http://127.0.0.1:{metrics_port}/metrics"
-    worker = Child("worker", [sys.executable, "-m", "finsent.cli", "--log-level", "WARNING", "worker", *worker_args],
-                   tmp / "logs" / "worker.log", env=env)
+    worker = Child(
+        "worker",
+        [sys.executable, "-m", "finsent.cli", "--log-level", "WARNING", "worker", *worker_args],
+        tmp / "logs" / "worker.log",
+        env=env,
+    )
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     raw = settings.topics.raw.name
     try:
@@ -259,7 +305,10 @@ def bench_end_to_end(bootstrap: str, settings: Settings, n: int, latency_s: floa
             time.sleep(0.1)
         backend = served_backend(url)
         base = scored_total(url)
-        infer0, batches0 = metric(url, "finsent_worker_inference_seconds_sum"), metric(url, "finsent_worker_batch_size_count")
+        infer0, batches0 = (
+            metric(url, "finsent_worker_inference_seconds_sum"),
+            metric(url, "finsent_worker_batch_size_count"),
+        )
         batch = [(it.id.encode(), it.to_json()) for it in items(n, "tput-")]
         started_ms = time.time() * 1000
         for key, value in batch:
@@ -268,7 +317,9 @@ def bench_end_to_end(bootstrap: str, settings: Settings, n: int, latency_s: floa
         while scored_total(url) < base + n:
             time.sleep(0.5)  # slow polling: scraping /metrics costs the worker CPU too
         # The end is the broker's timestamp of the last scored record, not when we happened to look.
-        last_ms = max(ts for key, ts in scored_timestamps(bootstrap, settings.topics.scored.name) if key.startswith("tput-"))
+        last_ms = max(
+            ts for key, ts in scored_timestamps(bootstrap, settings.topics.scored.name) if key.startswith("tput-")
+        )
         seconds = (last_ms - started_ms) / 1000
         capacity = n / seconds
         inference_s = metric(url, "finsent_worker_inference_seconds_sum") - infer0
@@ -289,16 +340,30 @@ def bench_end_to_end(bootstrap: str, settings: Settings, n: int, latency_s: floa
         producer.flush()
         while scored_total(url) < base + n + len(lat_items):
             time.sleep(0.1)
-        latencies = sorted((ts - sent_at[key]) / 1000 for key, ts in scored_timestamps(bootstrap, settings.topics.scored.name)
-                           if key in sent_at)
+        latencies = sorted(
+            (ts - sent_at[key]) / 1000
+            for key, ts in scored_timestamps(bootstrap, settings.topics.scored.name)
+            if key in sent_at
+        )
         q = statistics.quantiles(latencies, n=100)
         return {
-            "items": n, "seconds": seconds, "end_to_end_per_s": capacity, "backend": backend,
-            "inference_seconds_in_worker": inference_s, "inference_share": inference_s / seconds,
-            "inference_per_s_in_worker": n / inference_s if inference_s else None, "batches": batches,
+            "items": n,
+            "seconds": seconds,
+            "end_to_end_per_s": capacity,
+            "backend": backend,
+            "inference_seconds_in_worker": inference_s,
+            "inference_share": inference_s / seconds,
+            "inference_per_s_in_worker": n / inference_s if inference_s else None,
+            "batches": batches,
             "mean_batch": n / batches if batches else None,
-            "latency": {"offered_per_s": rate, "seconds": latency_s, "items": len(latencies),
-                        "p50_s": q[49], "p99_s": q[98], "max_s": latencies[-1]},
+            "latency": {
+                "offered_per_s": rate,
+                "seconds": latency_s,
+                "items": len(latencies),
+                "p50_s": q[49],
+                "p99_s": q[98],
+                "max_s": latencies[-1],
+            },
         }
     finally:
         producer.close()
@@ -310,7 +375,10 @@ def bench_core(n: int) -> dict:
     agg = Aggregation(settings)
     rng = random.Random(7)
     t0 = datetime(2024, 1, 1, tzinfo=UTC)
-    pool = [Evidence(item_id=f"e{i}", title=f"headline {i}", source="s", published=t0, p_negative=rng.random()) for i in range(1000)]
+    pool = [
+        Evidence(item_id=f"e{i}", title=f"headline {i}", source="s", published=t0, p_negative=rng.random())
+        for i in range(1000)
+    ]
     tickers = [f"T{i:03d}" for i in range(200)]
     sentiments = ("negative", "neutral", "positive")
     obs = []
@@ -318,8 +386,16 @@ def bench_core(n: int) -> dict:
         topic = TOPIC_LABELS[rng.randrange(len(TOPIC_LABELS))]
         tk = (tickers[rng.randrange(200)],) if rng.random() < 0.3 else ()
         s = sentiments[rng.randrange(3)]
-        obs.append(Observation(f"i{i}", t0 + timedelta(seconds=i * 0.05 + rng.uniform(-5, 5)), keys_for(topic, tk), s,
-                               {"negative": -0.8, "neutral": 0.0, "positive": 0.8}[s], pool[i % 1000]))
+        obs.append(
+            Observation(
+                f"i{i}",
+                t0 + timedelta(seconds=i * 0.05 + rng.uniform(-5, 5)),
+                keys_for(topic, tk),
+                s,
+                {"negative": -0.8, "neutral": 0.0, "positive": 0.8}[s],
+                pool[i % 1000],
+            )
+        )
     windows = alerts = 0
     started = time.perf_counter()
     for o in obs:
@@ -328,36 +404,66 @@ def bench_core(n: int) -> dict:
         alerts += len(out.alerts)
     seconds = time.perf_counter() - started
     buckets, ids = agg.store.size()
-    return {"events": n, "seconds": seconds, "events_per_s": n / seconds, "windows_closed": windows, "alerts": alerts,
-            "late": agg.store.late, "state_buckets_at_end": buckets, "state_ids_at_end": ids,
-            "event_span_hours": n * 0.05 / 3600}
+    return {
+        "events": n,
+        "seconds": seconds,
+        "events_per_s": n / seconds,
+        "windows_closed": windows,
+        "alerts": alerts,
+        "late": agg.store.late,
+        "state_buckets_at_end": buckets,
+        "state_ids_at_end": ids,
+        "event_span_hours": n * 0.05 / 3600,
+    }
 
 
 def goal(name: str, value: float, target: float, higher_is_better: bool, unit: str = "") -> dict:
     met = value >= target if higher_is_better else value <= target
     short = (target - value) if higher_is_better else (value - target)
     verdict = "MET" if met else f"MISSED by {short:.3g}{unit} ({value / target:.2f} x the goal)"
-    return {"goal": name, "value": value, "target": target, "met": met, "shortfall": 0.0 if met else short,
-            "verdict": verdict}
+    return {
+        "goal": name,
+        "value": value,
+        "target": target,
+        "met": met,
+        "shortfall": 0.0 if met else short,
+        "verdict": verdict,
+    }
 
 
 def main() -> None:
     base = load()  # this process's settings: the defaults of the worker options below
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--items", type=int, default=3000)
     ap.add_argument("--latency-s", type=float, default=60.0)
     ap.add_argument("--core", type=int, default=1_000_000)
-    ap.add_argument("--ceiling-batch", type=int, default=64, help="Texts per predict call of the ceiling (length-sorted)")
+    ap.add_argument(
+        "--ceiling-batch", type=int, default=64, help="Texts per predict call of the ceiling (length-sorted)"
+    )
     ap.add_argument("--naive-batch", type=int, default=64, help="Records per poll of the naive loop")
     ap.add_argument("--backend", default=base.model.backend, help="model.backend (auto = what the worker serves)")
     ap.add_argument("--device", default=base.model.device, help="model.device")
-    ap.add_argument("--threads", type=int, default=base.model.threads, help="model.threads (ONNX Runtime; 0 = one per core)")
-    ap.add_argument("--model-batch-size", type=int, default=base.model.batch_size, help="model.batch_size (texts per forward)")
+    ap.add_argument(
+        "--threads", type=int, default=base.model.threads, help="model.threads (ONNX Runtime; 0 = one per core)"
+    )
+    ap.add_argument(
+        "--model-batch-size", type=int, default=base.model.batch_size, help="model.batch_size (texts per forward)"
+    )
     ap.add_argument("--max-batch", type=int, default=base.stream.max_batch, help="stream.max_batch")
     ap.add_argument("--max-wait-s", type=float, default=base.stream.max_wait_s, help="stream.max_wait_s")
-    ap.add_argument("--fetch-max-wait-ms", type=int, default=base.stream.fetch_max_wait_ms, help="stream.fetch_max_wait_ms")
-    ap.add_argument("--set", dest="extra", action="append", default=[], metavar="GROUP.FIELD=VALUE",
-                    help="Any other worker setting, e.g. stream.commit_interval_s=0.5 (repeatable)")
+    ap.add_argument(
+        "--fetch-max-wait-ms", type=int, default=base.stream.fetch_max_wait_ms, help="stream.fetch_max_wait_ms"
+    )
+    ap.add_argument(
+        "--set",
+        dest="extra",
+        action="append",
+        default=[],
+        metavar="GROUP.FIELD=VALUE",
+        help="Any other worker setting, e.g. stream.commit_interval_s=0.5 (repeatable)",
+    )
     ap.add_argument("--no-aggregate", action="store_true", help="Scoring only (the aggregator's share of the CPU)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "stream-cpu.json")
     args = ap.parse_args()
@@ -373,10 +479,15 @@ def main() -> None:
     m = settings.model
     directory = model_dir(settings)
     worker_settings = {dotted: setting(settings, dotted) for _, dotted in TUNABLES}
-    worker_settings.update({"extra": dict(kv.partition("=")[::2] for kv in args.extra), "model_dir": str(directory),
-                            "env": worker_env})
-    print("worker settings: " + ", ".join(f"{k}={v}" for k, v in worker_settings.items() if k not in ("env", "extra"))
-          + "".join(f", {k}={v}" for k, v in worker_settings["extra"].items()), flush=True)
+    worker_settings.update(
+        {"extra": dict(kv.partition("=")[::2] for kv in args.extra), "model_dir": str(directory), "env": worker_env}
+    )
+    print(
+        "worker settings: "
+        + ", ".join(f"{k}={v}" for k, v in worker_settings.items() if k not in ("env", "extra"))
+        + "".join(f", {k}={v}" for k, v in worker_settings["extra"].items()),
+        flush=True,
+    )
 
     from finsent.model import Classifier
 
@@ -388,26 +499,42 @@ def main() -> None:
     ceiling_clf.batch_size = max(args.ceiling_batch, m.batch_size)
     results["ceiling"] = c = bench_ceiling(ceiling_clf, headlines, args.ceiling_batch)
     ceiling = c["texts_per_s"]
-    print(f"ceiling: bare Classifier.predict, backend {c['backend']} ({c['model']}), length-sorted batches of "
-          f"{c['batch']}: {ceiling:.0f} texts/s ({c['texts']} texts, {c['mean_tokens']:.1f} tokens mean)", flush=True)
+    print(
+        f"ceiling: bare Classifier.predict, backend {c['backend']} ({c['model']}), length-sorted batches of "
+        f"{c['batch']}: {ceiling:.0f} texts/s ({c['texts']} texts, {c['mean_tokens']:.1f} tokens mean)",
+        flush=True,
+    )
 
     worker_args = ("--model", str(directory)) + (("--no-aggregate",) if args.no_aggregate else ())
     with tempfile.TemporaryDirectory(prefix="finsent-bench-") as tmp, embedded_broker(Path(tmp)) as bootstrap:
         results["naive"] = nv = bench_naive(served, bootstrap, settings, args.items, args.naive_batch)
-        print(f"naive kafka-python loop (poll <= {args.naive_batch} -> predict -> produce acks=all -> commit, "
-              f"backend {nv['backend']}): {nv['items_per_s']:.0f} items/s = {nv['items_per_s'] / ceiling:.2f} x ceiling", flush=True)
-        results["end_to_end"] = r = bench_end_to_end(bootstrap, settings, args.items, args.latency_s, Path(tmp), worker_env, worker_args)
+        print(
+            f"naive kafka-python loop (poll <= {args.naive_batch} -> predict -> produce acks=all -> commit, "
+            f"backend {nv['backend']}): {nv['items_per_s']:.0f} items/s = {nv['items_per_s'] / ceiling:.2f} x ceiling",
+            flush=True,
+        )
+        results["end_to_end"] = r = bench_end_to_end(
+            bootstrap, settings, args.items, args.latency_s, Path(tmp), worker_env, worker_args
+        )
     e2e = r["end_to_end_per_s"]
     results["ratio_end_to_end_vs_ceiling"] = e2e / ceiling
     results["ratio_worker_vs_naive"] = e2e / nv["items_per_s"]
     if r["backend"] != c["backend"]:
-        print(f"WARNING: the worker served {r['backend']}, the ceiling and the naive loop ran {c['backend']}", flush=True)
-    print(f"end to end (broker + worker, backend {r['backend']}): {e2e:.0f} items/s = {e2e / ceiling:.2f} x ceiling = "
-          f"{e2e / nv['items_per_s']:.2f} x naive; inside the worker inference ran {r['inference_share']:.0%} of the time "
-          f"at {r['inference_per_s_in_worker']:.0f} texts/s in {r['batches']:.0f} batches (mean {r['mean_batch']:.1f})", flush=True)
+        print(
+            f"WARNING: the worker served {r['backend']}, the ceiling and the naive loop ran {c['backend']}", flush=True
+        )
+    print(
+        f"end to end (broker + worker, backend {r['backend']}): {e2e:.0f} items/s = {e2e / ceiling:.2f} x ceiling = "
+        f"{e2e / nv['items_per_s']:.2f} x naive; inside the worker inference ran {r['inference_share']:.0%} of the time "
+        f"at {r['inference_per_s_in_worker']:.0f} texts/s in {r['batches']:.0f} batches (mean {r['mean_batch']:.1f})",
+        flush=True,
+    )
     lat = r["latency"]
-    print(f"published->scored at {lat['offered_per_s']:.0f}/s offered: p50 {lat['p50_s'] * 1000:.0f} ms, "
-          f"p99 {lat['p99_s'] * 1000:.0f} ms ({lat['items']} items)", flush=True)
+    print(
+        f"published->scored at {lat['offered_per_s']:.0f}/s offered: p50 {lat['p50_s'] * 1000:.0f} ms, "
+        f"p99 {lat['p99_s'] * 1000:.0f} ms ({lat['items']} items)",
+        flush=True,
+    )
     goals = [
         goal(f"end to end >= {GOAL_CEILING_SHARE} x ceiling", e2e / ceiling, GOAL_CEILING_SHARE, True, " x ceiling"),
         goal(f"end to end >= {GOAL_ITEMS_PER_S:g} items/s", e2e, GOAL_ITEMS_PER_S, True, " items/s"),
@@ -419,11 +546,19 @@ def main() -> None:
         print(f"goal {g['goal']}: {g['value']:.3g} -> {g['verdict']}", flush=True)
 
     results["core"] = r = bench_core(args.core)
-    print(f"window+surge core: {r['events_per_s']:.0f} events/s over {r['events']} events "
-          f"({r['windows_closed']} windows closed, state at end: {r['state_buckets_at_end']} buckets, "
-          f"{r['state_ids_at_end']} ids)", flush=True)
-    command = [f"--items={args.items}", f"--latency-s={args.latency_s:g}", f"--core={args.core}",
-               f"--ceiling-batch={args.ceiling_batch}", f"--naive-batch={args.naive_batch}"]
+    print(
+        f"window+surge core: {r['events_per_s']:.0f} events/s over {r['events']} events "
+        f"({r['windows_closed']} windows closed, state at end: {r['state_buckets_at_end']} buckets, "
+        f"{r['state_ids_at_end']} ids)",
+        flush=True,
+    )
+    command = [
+        f"--items={args.items}",
+        f"--latency-s={args.latency_s:g}",
+        f"--core={args.core}",
+        f"--ceiling-batch={args.ceiling_batch}",
+        f"--naive-batch={args.naive_batch}",
+    ]
     command += [f"--{dest.replace('_', '-')}={getattr(args, dest)}" for dest, _ in TUNABLES]
     command += [f"--set={kv}" for kv in args.extra] + (["--no-aggregate"] if args.no_aggregate else [])
     write_results(results, shlex.join(["python", "bench/bench_stream.py", *command]), args.out)

@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
+
 from finsent.model import artifact
 from finsent.model.batching import bucketed_batches, pad
 from finsent.model.data import IGNORE, load_twitter
 from finsent.model.train import TrainConfig, _apply_lora, _param_groups, count_parameters, encode
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,8 +47,13 @@ def time_mode(lora: bool, data, batches, steps: int, warmup: int = 3) -> dict:
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
     per_step = (time.perf_counter() - started) / steps
-    return {"mode": "lora" if lora else "full", "trainable_params": trainable, "total_params": total,
-            "seconds_per_step": per_step, "minutes_per_epoch": per_step * len(batches) / 60}
+    return {
+        "mode": "lora" if lora else "full",
+        "trainable_params": trainable,
+        "total_params": total,
+        "seconds_per_step": per_step,
+        "minutes_per_epoch": per_step * len(batches) / 60,
+    }
 
 
 def main() -> None:
@@ -62,11 +68,23 @@ def main() -> None:
     batches = bucketed_batches(data.lengths, cfg.batch_size, cfg.seed, 0)
     rows = [time_mode(False, data, batches, args.steps), time_mode(True, data, batches, args.steps)]
     for r in rows:
-        print(f"{r['mode']:<5} trainable {r['trainable_params']:>10,} / {r['total_params']:,}  "
-              f"{r['seconds_per_step']:.3f} s/step  {r['minutes_per_epoch']:.1f} min/epoch ({len(batches)} steps)")
+        print(
+            f"{r['mode']:<5} trainable {r['trainable_params']:>10,} / {r['total_params']:,}  "
+            f"{r['seconds_per_step']:.3f} s/step  {r['minutes_per_epoch']:.1f} min/epoch ({len(batches)} steps)"
+        )
     print(f"LoRA time per epoch / full: {rows[1]['minutes_per_epoch'] / rows[0]['minutes_per_epoch']:.2f}")
-    args.out.write_text(json.dumps({"threads": torch.get_num_threads(), "steps_timed": args.steps,
-                                    "steps_per_epoch": len(batches), "results": rows}, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "threads": torch.get_num_threads(),
+                "steps_timed": args.steps,
+                "steps_per_epoch": len(batches),
+                "results": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

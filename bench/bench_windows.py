@@ -21,20 +21,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from benchkit import write_results  # noqa: E402
-from finsent.stream.pipeline import Aggregation  # noqa: E402
-from finsent.stream.windows import Observation, keys_for  # noqa: E402
 
 from finsent.labels import TOPIC_LABELS  # noqa: E402
 from finsent.records import Evidence  # noqa: E402
 from finsent.settings import load  # noqa: E402
+from finsent.stream.pipeline import Aggregation  # noqa: E402
+from finsent.stream.windows import Observation, keys_for  # noqa: E402
 
 
 def stream(n: int, late_share: float, seed: int = 7) -> list[Observation]:
     """``n`` observations in arrival order; ``late_share`` of them arrive 1–30 min after their event time."""
     rng = random.Random(seed)
     t0 = datetime(2024, 1, 1, tzinfo=UTC)
-    pool = [Evidence(item_id=f"e{i}", title=f"headline {i}", source="s", published=t0, p_negative=rng.random())
-            for i in range(1000)]
+    pool = [
+        Evidence(item_id=f"e{i}", title=f"headline {i}", source="s", published=t0, p_negative=rng.random())
+        for i in range(1000)
+    ]
     tickers = [f"T{i:03d}" for i in range(200)]
     sentiments = ("negative", "neutral", "positive")
     arrivals = []
@@ -44,9 +46,19 @@ def stream(n: int, late_share: float, seed: int = 7) -> list[Observation]:
         tk = (tickers[rng.randrange(200)],) if rng.random() < 0.3 else ()
         s = sentiments[rng.randrange(3)]
         delay = rng.uniform(60, 1800) if rng.random() < late_share else rng.uniform(0, 5)
-        arrivals.append((at.timestamp() + delay, Observation(f"i{i}", at, keys_for(topic, tk), s,
-                                                            {"negative": -0.8, "neutral": 0.0, "positive": 0.8}[s],
-                                                            pool[i % 1000])))
+        arrivals.append(
+            (
+                at.timestamp() + delay,
+                Observation(
+                    f"i{i}",
+                    at,
+                    keys_for(topic, tk),
+                    s,
+                    {"negative": -0.8, "neutral": 0.0, "positive": 0.8}[s],
+                    pool[i % 1000],
+                ),
+            )
+        )
     arrivals.sort(key=lambda a: a[0])
     return [o for _, o in arrivals]
 
@@ -64,9 +76,18 @@ def run(observations: list[Observation], poll: int = 200) -> dict:
         alerts += len(out.alerts)
     seconds = time.perf_counter() - started
     buckets, ids = agg.store.size()
-    return {"events": len(observations), "seconds": round(seconds, 2), "events_per_s": round(len(observations) / seconds),
-            "window_results": windows, "revisions": revisions, "alert_records": alerts, "late": agg.store.late,
-            "rejected": agg.store.rejected, "state_buckets_at_end": buckets, "state_ids_at_end": ids}
+    return {
+        "events": len(observations),
+        "seconds": round(seconds, 2),
+        "events_per_s": round(len(observations) / seconds),
+        "window_results": windows,
+        "revisions": revisions,
+        "alert_records": alerts,
+        "late": agg.store.late,
+        "rejected": agg.store.rejected,
+        "state_buckets_at_end": buckets,
+        "state_ids_at_end": ids,
+    }
 
 
 def main() -> None:
@@ -77,13 +98,17 @@ def main() -> None:
     args = ap.parse_args()
     results = {"on_time": run(stream(args.events, 0.0)), "late": run(stream(args.events, args.late_share))}
     for name, r in results.items():
-        print(f"{name:8s}: {r['events_per_s']:>7} events/s ({r['events']} events, {r['late']} late, {r['revisions']} "
-              f"revisions, {r['rejected']} rejected; state at end {r['state_buckets_at_end']} buckets, "
-              f"{r['state_ids_at_end']} ids)", flush=True)
+        print(
+            f"{name:8s}: {r['events_per_s']:>7} events/s ({r['events']} events, {r['late']} late, {r['revisions']} "
+            f"revisions, {r['rejected']} rejected; state at end {r['state_buckets_at_end']} buckets, "
+            f"{r['state_ids_at_end']} ids)",
+            flush=True,
+        )
     results["ratio_late_vs_on_time"] = round(results["late"]["events_per_s"] / results["on_time"]["events_per_s"], 3)
     print(f"late / on-time: {results['ratio_late_vs_on_time']:.2f}")
-    write_results(results, f"python bench/bench_windows.py --events {args.events} --late-share {args.late_share:g}",
-                  args.out)
+    write_results(
+        results, f"python bench/bench_windows.py --events {args.events} --late-share {args.late_share:g}", args.out
+    )
 
 
 if __name__ == "__main__":

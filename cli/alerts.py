@@ -11,8 +11,9 @@ import typer
 from finsent.cli.app import ConfigOption, app, load_settings
 from finsent.errors import ConfigError, FinsentError, MissingResource
 
-receiver_app = typer.Typer(help="The compliance receiver: Alertmanager webhooks into an append-only audit log.",
-                           no_args_is_help=False)
+receiver_app = typer.Typer(
+    help="The compliance receiver: Alertmanager webhooks into an append-only audit log.", no_args_is_help=False
+)
 app.add_typer(receiver_app, name="receiver")
 grafana_app = typer.Typer(help="Dashboards as code: build the JSON, publish to a Grafana with grafana-client.")
 app.add_typer(grafana_app, name="grafana")
@@ -36,8 +37,12 @@ def receiver(ctx: typer.Context, config: ConfigOption = None) -> None:
 
 @receiver_app.command("alertmanager-config")
 def receiver_alertmanager_config(
-    out_dir: Annotated[Path, typer.Argument(help="Directory for alertmanager.yml and the token file (shared with Alertmanager).")],
-    receiver_address: Annotated[str | None, typer.Option(help="host:port of the receiver as Alertmanager reaches it.")] = None,
+    out_dir: Annotated[
+        Path, typer.Argument(help="Directory for alertmanager.yml and the token file (shared with Alertmanager).")
+    ],
+    receiver_address: Annotated[
+        str | None, typer.Option(help="host:port of the receiver as Alertmanager reaches it.")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Render alerts/alertmanager.yml for a deployment: the receiver's address, the bearer token from FINSENT_RECEIVER__TOKEN."""
@@ -113,7 +118,9 @@ def grafana_build() -> None:
 @grafana_app.command("publish")
 def grafana_publish(
     url: Annotated[str | None, typer.Option(help="Grafana base URL (default: settings grafana.url).")] = None,
-    annotations: Annotated[bool, typer.Option("--annotations/--no-annotations", help="Also post surges from the audit log.")] = True,
+    annotations: Annotated[
+        bool, typer.Option("--annotations/--no-annotations", help="Also post surges from the audit log.")
+    ] = True,
     config: ConfigOption = None,
 ) -> None:
     """Upload the dashboards (overwrite) and annotate surges; the API token comes from FINSENT_GRAFANA__TOKEN."""
@@ -133,6 +140,6 @@ def grafana_publish(
                 posted = publish.publish_annotations(api, audit.iter_rows(alertname=publish.SURGE_ALERT))
             finally:
                 audit.close()
-    except Exception as err:  # grafana-client raises its own and niquests' errors: report, do not trace
+    except Exception as err:  # noqa: BLE001 - grafana-client raises its own and niquests' errors: report, do not trace
         raise FinsentError(f"publishing to {url or settings.grafana.url} failed: {type(err).__name__}: {err}") from None
     typer.echo(f"published dashboards {uids}; {posted} surge annotations", err=True)

@@ -42,7 +42,9 @@ class Options:
 @app.callback()
 def main_options(
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.")] = "INFO",
-    log_json: Annotated[bool | None, typer.Option("--log-json/--log-text", help="Default: JSON when stderr is not a terminal.")] = None,
+    log_json: Annotated[
+        bool | None, typer.Option("--log-json/--log-text", help="Default: JSON when stderr is not a terminal.")
+    ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an expected failure too.")] = False,
 ) -> None:
     Options.debug = debug

@@ -15,12 +15,27 @@ from finsent.cli.app import ConfigOption, ModelDirOption, app, load_settings, mo
 def backtest(
     since: Annotated[datetime | None, typer.Option("--from", help="First event time (UTC if no zone).")] = None,
     until: Annotated[datetime | None, typer.Option("--to", help="End event time, exclusive.")] = None,
-    out: Annotated[Path, typer.Option(help="Output folder (alerts.jsonl, windows.parquet, scores.parquet, run.json).")] = Path("runs/backtest"),
+    out: Annotated[
+        Path, typer.Option(help="Output folder (alerts.jsonl, windows.parquet, scores.parquet, run.json).")
+    ] = Path("runs/backtest"),
     model: ModelDirOption = None,
     batch: Annotated[int, typer.Option(help="Headlines per classifier call.")] = 256,
-    prices: Annotated[Path | None, typer.Option(help="Daily OHLC CSV/Parquet (date, ticker, close/adj_close): run the event study and write report.html.")] = None,
-    price_map: Annotated[list[str], typer.Option("--price-map", help="FIELD=COLUMN for the price file: date, ticker, close (default date, ticker, adj_close or close).")] = [],  # noqa: B006
-    open_report: Annotated[bool, typer.Option("--open", help="Print the report's path (file:// URL) at the end.")] = False,
+    prices: Annotated[
+        Path | None,
+        typer.Option(
+            help="Daily OHLC CSV/Parquet (date, ticker, close/adj_close): run the event study and write report.html."
+        ),
+    ] = None,
+    price_map: Annotated[
+        list[str],
+        typer.Option(
+            "--price-map",
+            help="FIELD=COLUMN for the price file: date, ticker, close (default date, ticker, adj_close or close).",
+        ),
+    ] = [],  # noqa: B006
+    open_report: Annotated[
+        bool, typer.Option("--open", help="Print the report's path (file:// URL) at the end.")
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Run the live scoring, window and surge code over the archive, without a broker; scores are cached."""
@@ -34,11 +49,21 @@ def backtest(
     start, end = utc(since), utc(until)
     archive = Archive(settings.paths.archive_dir)
     with tqdm(desc="backtest", unit=" items", total=archive.count(start, end), disable=None) as bar:
-        report = backtest_archive(settings, archive.read(start, end), out, model_dir(settings, model), batch,
-                                  progress=bar.update, data_range=(start, end))
+        report = backtest_archive(
+            settings,
+            archive.read(start, end),
+            out,
+            model_dir(settings, model),
+            batch,
+            progress=bar.update,
+            data_range=(start, end),
+        )
     firing = sum(a.state == "firing" for a in report.alerts)
-    typer.echo(f"{report.items} items ({report.inferred} scored, {report.cached} from cache) in {report.seconds:.1f} s "
-               f"= {report.items_per_s:.0f}/s; {report.windows} windows, {firing} surges; results in {out}", err=True)
+    typer.echo(
+        f"{report.items} items ({report.inferred} scored, {report.cached} from cache) in {report.seconds:.1f} s "
+        f"= {report.items_per_s:.0f}/s; {report.windows} windows, {firing} surges; results in {out}",
+        err=True,
+    )
     if prices is not None:
         from finsent.backtest.eventstudy import PriceColumns
         from finsent.backtest.report import write_report

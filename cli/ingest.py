@@ -11,17 +11,22 @@ import typer
 
 from finsent.cli.app import ConfigOption, app, load_settings, utc
 
-ingest_app = typer.Typer(help="Poll feeds into finsent.news.raw and the archive; import history; refill a broker.",
-                         rich_markup_mode=None)
+ingest_app = typer.Typer(
+    help="Poll feeds into finsent.news.raw and the archive; import history; refill a broker.", rich_markup_mode=None
+)
 app.add_typer(ingest_app, name="ingest")
 
 
 @ingest_app.callback(invoke_without_command=True)
 def ingest(
     ctx: typer.Context,
-    feeds: Annotated[Path | None, typer.Option(help="Feed list TOML ([[feeds]] name, url, interval, tickers, tags).")] = None,
+    feeds: Annotated[
+        Path | None, typer.Option(help="Feed list TOML ([[feeds]] name, url, interval, tickers, tags).")
+    ] = None,
     once: Annotated[bool, typer.Option("--once", help="Poll every feed once, print a summary, exit 0.")] = False,
-    output: Annotated[Path | None, typer.Option(help="Write accepted items as JSON lines here instead of Kafka.")] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Write accepted items as JSON lines here instead of Kafka.")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Poll the feeds continuously (or --once) into finsent.news.raw (or --output FILE.jsonl) and the archive."""
@@ -41,7 +46,10 @@ def ingest(
 def ingest_import(
     file: Annotated[Path, typer.Argument(help="CSV or JSON-lines file of historical headlines.")],
     format: Annotated[str, typer.Option("--format", help="csv or jsonl.")] = "csv",
-    map_: Annotated[list[str], typer.Option("--map", help="FIELD=COLUMN (title, summary, url, published, id, source, tickers, language).")] = [],  # noqa: B006
+    map_: Annotated[
+        list[str],
+        typer.Option("--map", help="FIELD=COLUMN (title, summary, url, published, id, source, tickers, language)."),
+    ] = [],  # noqa: B006
     source: Annotated[str, typer.Option(help="Source name for rows without a source column.")] = "import",
     timezone: Annotated[str, typer.Option(help="Time zone of times given without one (IANA name).")] = "UTC",
     config: ConfigOption = None,
@@ -59,20 +67,34 @@ def ingest_import(
     w = settings.windows
     edge = EdgeCheck(datetime.now(UTC), w.future_tolerance_s, w.max_tickers_per_item)
     with tqdm(desc=f"importing {file.name}", unit=" rows", disable=None) as bar:
-        report = import_file(file, format, mapping, source, Archive(settings.paths.archive_dir), ZoneInfo(timezone),
-                             progress=bar.update, edge=edge)
-    typer.echo(f"read {report.read} rows, imported {report.imported} items, {report.bad} bad rows into {settings.paths.archive_dir}")
+        report = import_file(
+            file,
+            format,
+            mapping,
+            source,
+            Archive(settings.paths.archive_dir),
+            ZoneInfo(timezone),
+            progress=bar.update,
+            edge=edge,
+        )
+    typer.echo(
+        f"read {report.read} rows, imported {report.imported} items, {report.bad} bad rows into {settings.paths.archive_dir}"
+    )
     if report.clamped or report.tickers_capped:
-        typer.echo(f"corrected: {report.clamped} items dated more than {w.future_tolerance_s:g} s after the import "
-                   f"clamped to the import time (published_clamped), {report.tickers_capped} items with more than "
-                   f"{w.max_tickers_per_item} tickers capped")
+        typer.echo(
+            f"corrected: {report.clamped} items dated more than {w.future_tolerance_s:g} s after the import "
+            f"clamped to the import time (published_clamped), {report.tickers_capped} items with more than "
+            f"{w.max_tickers_per_item} tickers capped"
+        )
     for line in report.errors:
         typer.echo(f"  {line}", err=True)
 
 
 @ingest_app.command("refill")
 def ingest_refill(
-    since: Annotated[datetime, typer.Option(help="Publish archived items published at or after this time (UTC if no zone).")],
+    since: Annotated[
+        datetime, typer.Option(help="Publish archived items published at or after this time (UTC if no zone).")
+    ],
     until: Annotated[datetime | None, typer.Option(help="...and before this time.")] = None,
     batch: Annotated[int, typer.Option(help="Items per produce/flush round.")] = 1000,
     config: ConfigOption = None,
@@ -87,8 +109,12 @@ def ingest_refill(
     settings = load_settings(config)
     sink = KafkaSink(settings.kafka, settings.topics.raw.name)
     with tqdm(desc="refill", unit=" items", disable=None) as bar:
-        sent, failed = refill(Archive(settings.paths.archive_dir).read(utc(since), utc(until)), kafka_sender(sink),
-                              batch, progress=bar.update)
+        sent, failed = refill(
+            Archive(settings.paths.archive_dir).read(utc(since), utc(until)),
+            kafka_sender(sink),
+            batch,
+            progress=bar.update,
+        )
     asyncio.run(sink.close())
     typer.echo(f"refilled {sent} items to {settings.topics.raw.name}; {failed} not acknowledged")
     if failed:
@@ -97,8 +123,15 @@ def ingest_refill(
 
 @ingest_app.command("demo-feeds")
 def ingest_demo_feeds(
-    port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 (default: settings ingest.demo_feeds_port).")] = None,
-    burst_at: Annotated[float | None, typer.Option(help="Seconds after start when the negative oil burst begins (default: settings ingest.demo_burst_at_s).")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port on 127.0.0.1 (default: settings ingest.demo_feeds_port).")
+    ] = None,
+    burst_at: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds after start when the negative oil burst begins (default: settings ingest.demo_burst_at_s)."
+        ),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Serve the local demo feeds (and the hostile test cases) over HTTP on 127.0.0.1."""
@@ -108,8 +141,11 @@ def ingest_demo_feeds(
     from finsent.local.feeds import DEMO_FEEDS, FeedServer
 
     settings = load_settings(config)
-    server = FeedServer(settings.services.host, port if port is not None else settings.ingest.demo_feeds_port,
-                        burst_at=burst_at if burst_at is not None else settings.ingest.demo_burst_at_s).start()
+    server = FeedServer(
+        settings.services.host,
+        port if port is not None else settings.ingest.demo_feeds_port,
+        burst_at=burst_at if burst_at is not None else settings.ingest.demo_burst_at_s,
+    ).start()
     for name in DEMO_FEEDS:
         typer.echo(f"{server.url}/feeds/{name}", err=True)
     stop = threading.Event()
@@ -124,7 +160,9 @@ def replay(
     since: Annotated[datetime | None, typer.Option("--from", help="First event time (UTC if no zone).")] = None,
     until: Annotated[datetime | None, typer.Option("--to", help="End event time, exclusive.")] = None,
     speed: Annotated[str, typer.Option(help="60x = an hour of news per minute; max = no waiting.")] = "60x",
-    restart: Annotated[bool, typer.Option("--restart", help="Ignore an earlier interrupted replay of this range.")] = False,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Ignore an earlier interrupted replay of this range.")
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Replay the archive into finsent.news.raw in event-time order, gaps scaled by --speed; resumable."""
@@ -152,5 +190,8 @@ def replay(
             report = run_replay(archive.read(start, end), kafka_sender(sink), factor, state, progress=bar.update)
         except RuntimeError as err:
             raise FinsentError(str(err)) from None
-    typer.echo(f"replayed {report.published} items to {settings.topics.raw.name} in {report.seconds:.1f} s"
-               f" ({report.skipped} already sent by an earlier run)", err=True)
+    typer.echo(
+        f"replayed {report.published} items to {settings.topics.raw.name} in {report.seconds:.1f} s"
+        f" ({report.skipped} already sent by an earlier run)",
+        err=True,
+    )

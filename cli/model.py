@@ -18,7 +18,9 @@ def train(
     ),
     version: Annotated[str, typer.Option(help="Model version; default: UTC timestamp.")] = "",
     epochs: Annotated[int | None, typer.Option(help="Override the run config's epochs.")] = None,
-    lora: Annotated[bool | None, typer.Option("--lora/--full", help="LoRA adapters instead of full fine-tuning.")] = None,
+    lora: Annotated[
+        bool | None, typer.Option("--lora/--full", help="LoRA adapters instead of full fine-tuning.")
+    ] = None,
     limit_train: Annotated[int | None, typer.Option(help="Use only the first N training examples.")] = None,
     out_dir: Annotated[str | None, typer.Option(help="Where model versions are written.")] = None,
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Skip experiment tracking.")] = False,
@@ -27,7 +29,9 @@ def train(
     ] = None,
     model: ModelDirOption = None,
     replay: Annotated[int, typer.Option(help="With --feedback: original training examples mixed in.")] = 2000,
-    max_drop: Annotated[float, typer.Option(help="With --feedback: allowed drop of dev macro-F1 before a version is refused.")] = 0.01,
+    max_drop: Annotated[
+        float, typer.Option(help="With --feedback: allowed drop of dev macro-F1 before a version is refused.")
+    ] = 0.01,
     config: ConfigOption = None,
 ) -> None:
     """Fine-tune the topic + sentiment model (also under `torchrun --nproc_per_node N`), or continue it from feedback."""
@@ -35,7 +39,12 @@ def train(
     from finsent.model.train import train as run_training
 
     cfg = TrainConfig.from_toml(
-        run_config, version=version or None, epochs=epochs, lora=lora, limit_train=limit_train, out_dir=out_dir,
+        run_config,
+        version=version or None,
+        epochs=epochs,
+        lora=lora,
+        limit_train=limit_train,
+        out_dir=out_dir,
         mlflow=False if no_mlflow else None,
     )
     if feedback is None:
@@ -54,7 +63,9 @@ def train(
     if epochs is None:
         cfg = replace(cfg, epochs=1)
     result = fine_tune(parent, feedback, cfg, replay=replay, max_drop=max_drop)
-    verdict = f"registered {result.registered_dir}" if result.registered else f"refused (kept in {result.candidate_dir})"
+    verdict = (
+        f"registered {result.registered_dir}" if result.registered else f"refused (kept in {result.candidate_dir})"
+    )
     typer.echo(
         f"dev selection: parent {result.parent_score:.4f}, candidate {result.candidate_score:.4f} "
         f"(max drop {result.max_drop}); {verdict}"
@@ -68,7 +79,9 @@ def evaluate(
     out: Annotated[Path | None, typer.Option(help="Report directory; default: reports/<name>@<version>.")] = None,
     backend: Annotated[str, typer.Option(help="auto, torch, torch-int8, onnx, onnx-int8.")] = "torch",
     limit: Annotated[int, typer.Option(help="Evaluate only the first N examples of each set (0 = all).")] = 0,
-    mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Also log the report to MLflow (./mlruns.db).")] = True,
+    mlflow: Annotated[
+        bool, typer.Option("--mlflow/--no-mlflow", help="Also log the report to MLflow (./mlruns.db).")
+    ] = True,
     config: ConfigOption = None,
 ) -> None:
     """Evaluation report (Markdown + PNG): Twitter and news sets (news score), confusion, calibration, worst errors."""
@@ -103,11 +116,15 @@ def export(
 
     settings = load_settings(config)
     report = run(model_dir(settings, model), settings.paths.data_dir, limit, batch_size)
-    typer.echo(f"{'backend':<24} {'topic acc':>9} {'sent acc':>9} {'agree':>6} {'texts/s':>8} {'speed-up':>8}  accepted")
+    typer.echo(
+        f"{'backend':<24} {'topic acc':>9} {'sent acc':>9} {'agree':>6} {'texts/s':>8} {'speed-up':>8}  accepted"
+    )
     for name, r in report["backends"].items():
         typer.echo(
             f"{name:<24} {r['topic_accuracy']:>9.4f} {r['sentiment_accuracy']:>9.4f} {r['agreement_with_fp32']:>6.3f} "
             f"{r['texts_per_s']:>8.1f} {r['speedup_vs_fp32']:>7.2f}x  {r['accepted']}"
         )
-    typer.echo(f"gate: accuracy drop <= {report['max_accuracy_drop']} on each head, agreement >= {report['min_agreement']}; "
-               f"int8 recipe: {report['int8_recipe'] or 'none passed'}; recommended CPU backend: {report['recommended']}")
+    typer.echo(
+        f"gate: accuracy drop <= {report['max_accuracy_drop']} on each head, agreement >= {report['min_agreement']}; "
+        f"int8 recipe: {report['int8_recipe'] or 'none passed'}; recommended CPU backend: {report['recommended']}"
+    )

@@ -15,20 +15,28 @@ def topics(config: ConfigOption = None) -> None:
     from finsent.kafka import ensure_topics
 
     settings = load_settings(config)
-    report = ensure_topics(settings.kafka, settings.topics.all(), timeout_s=60,
-                           replication_factor=settings.kafka.replication_factor)
-    typer.echo(f"topics ready on {settings.kafka.bootstrap}: created {report.created or 'none'}, "
-               f"existing {report.existing or 'none'}", err=True)
+    report = ensure_topics(
+        settings.kafka, settings.topics.all(), timeout_s=60, replication_factor=settings.kafka.replication_factor
+    )
+    typer.echo(
+        f"topics ready on {settings.kafka.bootstrap}: created {report.created or 'none'}, "
+        f"existing {report.existing or 'none'}",
+        err=True,
+    )
 
 
 @app.command()
 def worker(
     config: ConfigOption = None,
     model: ModelDirOption = None,
-    aggregate: Annotated[bool, typer.Option(
-        "--aggregate/--no-aggregate",
-        help="Also run the aggregator (windows, surges). Run exactly one aggregating worker per deployment; "
-             "extra scoring workers use --no-aggregate.")] = True,
+    aggregate: Annotated[
+        bool,
+        typer.Option(
+            "--aggregate/--no-aggregate",
+            help="Also run the aggregator (windows, surges). Run exactly one aggregating worker per deployment; "
+            "extra scoring workers use --no-aggregate.",
+        ),
+    ] = True,
 ) -> None:
     """Score finsent.news.raw into finsent.news.scored; window, detect surges, export /metrics."""
     from finsent.stream import worker as worker_mod

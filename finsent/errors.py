@@ -73,8 +73,10 @@ class MissingData(DataError):
 
     def __init__(self, path: Path, what: str = "data file"):
         where = "" if Path(path).is_absolute() else f" (= {Path(path).resolve()})"
-        super().__init__(f"missing {what} {path}{where}; the data sets live in ../shared/data (see its README), "
-                         "or set paths.data_dir / FINSENT_PATHS__DATA_DIR")
+        super().__init__(
+            f"missing {what} {path}{where}; the data sets live in ../shared/data (see its README), "
+            "or set paths.data_dir / FINSENT_PATHS__DATA_DIR"
+        )
         self.path = path
 
 
@@ -152,5 +154,6 @@ class BatcherClosed(FinsentError, RuntimeError):
     """The batcher shut down before this request was answered (the API answers 503: retry elsewhere/later)."""
 
 
-__all__ = [name for name, value in list(globals().items())
-           if isinstance(value, type) and issubclass(value, FinsentError)]
+__all__ = [
+    name for name, value in list(globals().items()) if isinstance(value, type) and issubclass(value, FinsentError)
+]

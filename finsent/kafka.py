@@ -94,40 +94,70 @@ def producer(kafka: Kafka, role: str, **options: Any) -> KafkaProducer:
     """A blocking kafka-python producer (acks=all unless ``options`` say otherwise)."""
     from kafka import KafkaProducer
 
-    return KafkaProducer(**{"bootstrap_servers": kafka.bootstrap, "client_id": client_id(kafka, role), "acks": "all",
-                            **security_options(kafka, aio=False), **options})
+    return KafkaProducer(
+        **{
+            "bootstrap_servers": kafka.bootstrap,
+            "client_id": client_id(kafka, role),
+            "acks": "all",
+            **security_options(kafka, aio=False),
+            **options,
+        }
+    )
 
 
 def consumer(kafka: Kafka, role: str, **options: Any) -> KafkaConsumer:
     """A blocking kafka-python consumer without a group (finsent tracks its own positions)."""
     from kafka import KafkaConsumer
 
-    return KafkaConsumer(**{"bootstrap_servers": kafka.bootstrap, "client_id": client_id(kafka, role),
-                            "group_id": None, "enable_auto_commit": False,
-                            **security_options(kafka, aio=False), **options})
+    return KafkaConsumer(
+        **{
+            "bootstrap_servers": kafka.bootstrap,
+            "client_id": client_id(kafka, role),
+            "group_id": None,
+            "enable_auto_commit": False,
+            **security_options(kafka, aio=False),
+            **options,
+        }
+    )
 
 
 def aio_producer(kafka: Kafka, role: str, **options: Any) -> AIOKafkaProducer:
     """An aiokafka producer (acks=all unless ``options`` say otherwise); start it in the running loop."""
     from aiokafka import AIOKafkaProducer
 
-    return AIOKafkaProducer(**{"bootstrap_servers": kafka.bootstrap, "client_id": client_id(kafka, role), "acks": "all",
-                               **security_options(kafka, aio=True), **options})
+    return AIOKafkaProducer(
+        **{
+            "bootstrap_servers": kafka.bootstrap,
+            "client_id": client_id(kafka, role),
+            "acks": "all",
+            **security_options(kafka, aio=True),
+            **options,
+        }
+    )
 
 
 def aio_consumer(kafka: Kafka, role: str, *topics: str, **options: Any) -> AIOKafkaConsumer:
     """An aiokafka consumer without a group (finsent assigns partitions and tracks positions itself)."""
     from aiokafka import AIOKafkaConsumer
 
-    return AIOKafkaConsumer(*topics, **{"bootstrap_servers": kafka.bootstrap, "client_id": client_id(kafka, role),
-                                        "group_id": None, "enable_auto_commit": False,
-                                        **security_options(kafka, aio=True), **options})
+    return AIOKafkaConsumer(
+        *topics,
+        **{
+            "bootstrap_servers": kafka.bootstrap,
+            "client_id": client_id(kafka, role),
+            "group_id": None,
+            "enable_auto_commit": False,
+            **security_options(kafka, aio=True),
+            **options,
+        },
+    )
 
 
 def dead_letter(settings: Settings, msg: Any, error: str) -> tuple[str, bytes | None, bytes]:
     """(topic, key, value) of the dead letter for a consumed message: the bytes kept, and why."""
-    letter = DeadLetter.of(topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key,
-                           value=msg.value or b"", error=error)
+    letter = DeadLetter.of(
+        topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key, value=msg.value or b"", error=error
+    )
     return settings.topics.dlq.name, msg.key, letter.to_json()
 
 
@@ -165,8 +195,12 @@ def admin_client(kafka: KafkaLike, timeout_s: float = 15.0) -> KafkaAdminClient:
         try:
             if not bootstrap_reachable(bootstrap):
                 raise OSError("connection refused")
-            return KafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id(kafka, "admin"),
-                                    request_timeout_ms=10_000, **security_options(kafka, aio=False))
+            return KafkaAdminClient(
+                bootstrap_servers=bootstrap,
+                client_id=client_id(kafka, "admin"),
+                request_timeout_ms=10_000,
+                **security_options(kafka, aio=False),
+            )
         except (KafkaError, OSError) as err:
             if time.monotonic() > deadline:
                 raise BrokerUnavailable(f"no Kafka broker at {bootstrap} after {timeout_s:.0f}s ({err})") from None
@@ -262,8 +296,9 @@ def _caught_up(consumer, tps: list, ends: dict) -> bool:
     return True
 
 
-def ensure_topics(kafka: KafkaLike, specs: Iterable[TopicSpec], timeout_s: float = 15.0,
-                  replication_factor: int = 1) -> TopicReport:
+def ensure_topics(
+    kafka: KafkaLike, specs: Iterable[TopicSpec], timeout_s: float = 15.0, replication_factor: int = 1
+) -> TopicReport:
     """Create missing topics; check existing ones. Idempotent; raises TopicMismatch on a conflict."""
     specs = list(specs)
     admin = admin_client(kafka, timeout_s)
@@ -341,16 +376,23 @@ def _verify_topic(admin: KafkaAdminClient, name: str, config: dict[str, str]) ->
         reported = {"error": {"value": str(err)}}
     missing = sorted(k for k, v in config.items() if reported.get(k, {}).get("value") != v)
     if missing:
-        log.info("topic config accepted but not reported back; the broker may not enforce it",
-                    extra={"topic": name, "not_reported": missing})
+        log.info(
+            "topic config accepted but not reported back; the broker may not enforce it",
+            extra={"topic": name, "not_reported": missing},
+        )
         return "unverified"
     log.info("topic config applied", extra={"topic": name, "config": config})
     return "applied"
 
 
 # -- following small topics -----------------------------------------------------------------------------
-async def follow_topics(kafka: KafkaLike, topics: Iterable[str], handle: Callable[[str, bytes | None, int], None],
-                        role: str, fetch_max_wait_ms: int = 100) -> None:
+async def follow_topics(
+    kafka: KafkaLike,
+    topics: Iterable[str],
+    handle: Callable[[str, bytes | None, int], None],
+    role: str,
+    fetch_max_wait_ms: int = 100,
+) -> None:
     """Call ``handle(topic, value, offset)`` for every record; a record ``handle`` rejects with RecordError or
     ValueError is logged and skipped. Runs until cancelled."""
     topics = list(topics)
@@ -368,13 +410,17 @@ async def follow_topics(kafka: KafkaLike, topics: Iterable[str], handle: Callabl
                         try:
                             handle(tp.topic, msg.value, msg.offset)
                         except (RecordError, ValueError) as err:
-                            log.warning("unreadable record skipped", extra={"topic": tp.topic, "offset": msg.offset,
-                                                                            "error": str(err)[:200]})
+                            log.warning(
+                                "unreadable record skipped",
+                                extra={"topic": tp.topic, "offset": msg.offset, "error": str(err)[:200]},
+                            )
         except asyncio.CancelledError:
             raise
-        except Exception as err:  # broker down or unreachable: keep serving, reconnect later
-            log.warning("topics unavailable, retrying", extra={"topics": topics, "error": f"{type(err).__name__}: {err}",
-                                                                "retry_in_s": delay})
+        except Exception as err:  # noqa: BLE001 - broker down or unreachable: keep serving, reconnect later
+            log.warning(
+                "topics unavailable, retrying",
+                extra={"topics": topics, "error": f"{type(err).__name__}: {err}", "retry_in_s": delay},
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
         finally:

@@ -117,7 +117,9 @@ class NewsItem(Record):
         return tuple(dict.fromkeys(t.upper() for t in v))
 
 
-def checked_item(item: NewsItem, now: datetime, future_tolerance_s: float, max_tickers: int) -> tuple[NewsItem, list[str]]:
+def checked_item(
+    item: NewsItem, now: datetime, future_tolerance_s: float, max_tickers: int
+) -> tuple[NewsItem, list[str]]:
     """The item as the windows may count it, and what was corrected (``"clamped"``, ``"tickers_capped"``).
 
     The edge check of event time, shared by ingest, import, the worker and the backtest (a record can reach the raw

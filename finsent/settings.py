@@ -235,7 +235,9 @@ class Surge(_Group):
     warmup_windows: int = Field(default=5, ge=0)
     cooldown_s: int = Field(default=900, ge=0)
     critical_z: float = Field(default=6.0, gt=0)
-    window_s: int = Field(default=300, gt=0)  # which rolling width the detector watches (one of windows.rolling_seconds)
+    window_s: int = Field(
+        default=300, gt=0
+    )  # which rolling width the detector watches (one of windows.rolling_seconds)
     early: bool = True  # also judge the open window as items arrive (provisional alerts, confirmed at close)
     forget_after_s: int = Field(default=7 * 24 * 3600, gt=0)  # a key with no window for this long loses its baseline
     max_keys: int = Field(default=5000, ge=1)  # baselines kept; the least recently active quiet keys go first
@@ -390,7 +392,10 @@ def _describe(err: ValidationError) -> str:
         loc = [str(p) for p in e["loc"] if not str(p).startswith("function-")]
         dotted = ".".join(loc) or "(settings)"
         env = ENV_PREFIX + "__".join(p.upper() for p in loc) if loc else ""
-        lines.append(f"  {dotted} ({env}): {e['msg']}" + (f" [got {e['input']!r}]" if "input" in e and not isinstance(e["input"], dict) else ""))
+        lines.append(
+            f"  {dotted} ({env}): {e['msg']}"
+            + (f" [got {e['input']!r}]" if "input" in e and not isinstance(e["input"], dict) else "")
+        )
     return "invalid finsent settings:\n" + "\n".join(lines)
 
 
@@ -400,7 +405,9 @@ def load(config_file: str | os.PathLike[str] | None = None, **overrides) -> Sett
     try:
         path = _config_path()
         if path and not Path(path).is_file():
-            raise SettingsError(f"invalid finsent settings:\n  config file {path!r} ({ENV_PREFIX}CONFIG) does not exist")
+            raise SettingsError(
+                f"invalid finsent settings:\n  config file {path!r} ({ENV_PREFIX}CONFIG) does not exist"
+            )
         unknown = _unknown_env()
         if unknown:
             raise SettingsError(
@@ -421,10 +428,10 @@ def _unknown_env() -> list[str]:
     """FINSENT_* variables that match no setting: a typo must not be silently ignored."""
     bad = []
     for key in os.environ:
-        if not key.startswith(ENV_PREFIX) or key[len(ENV_PREFIX):] in _OTHER_ENV:
+        if not key.startswith(ENV_PREFIX) or key[len(ENV_PREFIX) :] in _OTHER_ENV:
             continue
         model: type[BaseModel] | None = Settings
-        for part in key[len(ENV_PREFIX):].lower().split("__"):
+        for part in key[len(ENV_PREFIX) :].lower().split("__"):
             field = model.model_fields.get(part) if model else None
             if field is None:
                 bad.append(key)

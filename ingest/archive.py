@@ -122,7 +122,9 @@ class Archive:
                 seen.add(row["id"])
                 if (start and row["published"] < start) or (end and row["published"] >= end):
                     continue
-                yield NewsItem.model_validate({k: v for k, v in row.items() if v is not None} | {"summary": row["summary"] or ""})
+                yield NewsItem.model_validate(
+                    {k: v for k, v in row.items() if v is not None} | {"summary": row["summary"] or ""}
+                )
 
     def count(self, start: datetime | None = None, end: datetime | None = None) -> int:
         return sum(1 for _ in self.read(start, end))
@@ -133,8 +135,12 @@ class Archive:
         parts = sorted(directory.glob("part-*.parquet"))
         if len(parts) <= 1:
             return sum(pq.read_metadata(p).num_rows for p in parts)
-        items = list(self.read(datetime.combine(day, datetime.min.time(), UTC),
-                               datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)))
+        items = list(
+            self.read(
+                datetime.combine(day, datetime.min.time(), UTC),
+                datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC),
+            )
+        )
         self._write(directory / f"part-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}-compacted.parquet", items)
         for part in parts:
             part.unlink()

@@ -22,6 +22,7 @@ a store that cannot be read is moved aside (renamed with a timestamp) so ingest 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import re
 import sqlite3
@@ -33,8 +34,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-from finsent.ingest.normalize import normalised_title
 
+from finsent.ingest.normalize import normalised_title
 from finsent.records import NewsItem
 
 log = logging.getLogger("finsent.ingest.dedup")
@@ -49,7 +50,7 @@ _B = _RNG.integers(0, 2**63, NUM_PERM, dtype=np.uint64)
 
 def shingles(text: str) -> set[str]:
     words = re.findall(r"[a-z0-9]+", text.lower())
-    return set(words) | {f"{a} {b}" for a, b in zip(words, words[1:])}
+    return set(words) | {f"{a} {b}" for a, b in itertools.pairwise(words)}
 
 
 def minhash(text: str) -> np.ndarray:
@@ -57,7 +58,8 @@ def minhash(text: str) -> np.ndarray:
     grams = shingles(text) or {""}
     h = np.fromiter(
         (int.from_bytes(hashlib.blake2b(g.encode(), digest_size=8).digest(), "big") for g in grams),
-        dtype=np.uint64, count=len(grams),
+        dtype=np.uint64,
+        count=len(grams),
     )
     with np.errstate(over="ignore"):
         return (np.outer(_A, h) + _B[:, None]).min(axis=1)
@@ -87,8 +89,15 @@ class _Mark:
 class Deduper:
     """In-memory index over the last ``horizon`` of marked items, and their ids over ``id_horizon`` (no I/O)."""
 
-    def __init__(self, horizon: timedelta = timedelta(hours=48), threshold: float = 0.7, bands: int = 8,
-                 max_candidates: int = 64, id_horizon: timedelta = ID_HORIZON, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        horizon: timedelta = timedelta(hours=48),
+        threshold: float = 0.7,
+        bands: int = 8,
+        max_candidates: int = 64,
+        id_horizon: timedelta = ID_HORIZON,
+        clock: Callable[[], float] = time.time,
+    ):
         if NUM_PERM % bands:
             raise ValueError(f"bands must divide {NUM_PERM}")
         self.horizon = horizon.total_seconds()
@@ -142,8 +151,13 @@ class Deduper:
 
     @classmethod
     def mark_of(cls, item: NewsItem, seen: float | None = None) -> _Mark:
-        return _Mark(item.id, item.published.timestamp(), cls.exact_keys(item), minhash(item.title),
-                     time.time() if seen is None else seen)
+        return _Mark(
+            item.id,
+            item.published.timestamp(),
+            cls.exact_keys(item),
+            minhash(item.title),
+            time.time() if seen is None else seen,
+        )
 
     def mark(self, item: NewsItem) -> None:
         self._add(self.mark_of(item, self.clock()))
@@ -199,8 +213,14 @@ class DedupStore:
     still answers for its id. ``moved_aside`` is where an unreadable store went (None if it was fine).
     """
 
-    def __init__(self, path: Path, horizon: timedelta = timedelta(hours=48), threshold: float = 0.7,
-                 id_horizon: timedelta = ID_HORIZON, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        path: Path,
+        horizon: timedelta = timedelta(hours=48),
+        threshold: float = 0.7,
+        id_horizon: timedelta = ID_HORIZON,
+        clock: Callable[[], float] = time.time,
+    ):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.moved_aside: Path | None = None
@@ -227,8 +247,10 @@ class DedupStore:
 
     def _migrate(self) -> None:
         """Stores written before the id horizon have no ``seen``: their marks count as seen now."""
-        self.db.execute("CREATE TABLE IF NOT EXISTS marks (item_id TEXT PRIMARY KEY, at REAL NOT NULL, keys TEXT NOT NULL,"
-                        " sig BLOB NOT NULL, seen REAL)")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS marks (item_id TEXT PRIMARY KEY, at REAL NOT NULL, keys TEXT NOT NULL,"
+            " sig BLOB NOT NULL, seen REAL)"
+        )
         if "seen" not in {row[1] for row in self.db.execute("PRAGMA table_info(marks)")}:
             self.db.execute("ALTER TABLE marks ADD COLUMN seen REAL")
         self.db.execute("UPDATE marks SET seen = ? WHERE seen IS NULL", (time.time(),))
@@ -237,9 +259,13 @@ class DedupStore:
         newest = self.db.execute("SELECT MAX(at) FROM marks").fetchone()[0] or 0.0
         near_cutoff, id_cutoff = newest - horizon_s, now - id_horizon_s
         self.db.execute("DELETE FROM marks WHERE at < ? AND seen < ?", (near_cutoff, id_cutoff))
-        for item_id, seen in self.db.execute("SELECT item_id, seen FROM marks WHERE seen >= ? ORDER BY seen", (id_cutoff,)):
+        for item_id, seen in self.db.execute(
+            "SELECT item_id, seen FROM marks WHERE seen >= ? ORDER BY seen", (id_cutoff,)
+        ):
             self.core._remember_id(item_id, seen)
-        rows = self.db.execute("SELECT item_id, at, keys, sig, seen FROM marks WHERE at >= ? ORDER BY at", (near_cutoff,))
+        rows = self.db.execute(
+            "SELECT item_id, at, keys, sig, seen FROM marks WHERE at >= ? ORDER BY at", (near_cutoff,)
+        )
         for item_id, at, keys, sig, seen in rows:
             self.core._add_near(_Mark(item_id, at, tuple(keys.split("\n")), np.frombuffer(sig, dtype=np.uint64), seen))
 
@@ -251,8 +277,11 @@ class DedupStore:
             source = self.path.with_name(self.path.name + suffix)
             if source.exists():
                 source.replace(target.with_name(target.name + suffix))
-        log.error("dedup store unreadable: moved aside, starting with an empty one (items the feeds still list "
-                  "will be published again)", extra={"path": str(self.path), "moved_to": str(target), "error": str(err)})
+        log.error(
+            "dedup store unreadable: moved aside, starting with an empty one (items the feeds still list "
+            "will be published again)",
+            extra={"path": str(self.path), "moved_to": str(target), "error": str(err)},
+        )
         return target
 
     def check(self, item: NewsItem) -> Verdict:

@@ -40,7 +40,11 @@ def load_feeds(path: Path) -> list[FeedConfig]:
         try:
             feeds.append(FeedConfig(**table))
         except (ValidationError, TypeError) as err:
-            detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()) if isinstance(err, ValidationError) else str(err)
+            detail = (
+                "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+                if isinstance(err, ValidationError)
+                else str(err)
+            )
             problems.append(f"feeds[{i}] ({table.get('name', '?')}): {detail}")
     names = [f.name for f in feeds]
     dupes = sorted({n for n in names if names.count(n) > 1})

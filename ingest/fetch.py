@@ -112,8 +112,9 @@ class _Refused(Exception):
         self.kind, self.detail = kind, detail
 
 
-async def _resolve_checked(url: str, allow_private: bool, resolve: Resolver = system_resolve,
-                           allowed: Collection[str] = ()) -> tuple[str, tuple[str, ...]]:
+async def _resolve_checked(
+    url: str, allow_private: bool, resolve: Resolver = system_resolve, allowed: Collection[str] = ()
+) -> tuple[str, tuple[str, ...]]:
     """(host as the connection names it, the addresses to connect to), each address checked; else _Refused.
 
     The host key is httpx's own parse of the URL (what its connection pool will ask to connect to), so a
@@ -137,8 +138,7 @@ async def _resolve_checked(url: str, allow_private: bool, resolve: Resolver = sy
     return host, addresses
 
 
-async def _check_host(url: str, allow_private: bool,
-                      resolve: Resolver = system_resolve) -> tuple[str, str] | None:
+async def _check_host(url: str, allow_private: bool, resolve: Resolver = system_resolve) -> tuple[str, str] | None:
     """None if the URL may be fetched; else (error kind, detail)."""
     try:
         await _resolve_checked(url, allow_private, resolve)
@@ -179,8 +179,9 @@ class _PinnedBackend(httpcore.AsyncNetworkBackend):
         failure: Exception | None = None
         for ip in addresses:  # like socket.create_connection: the next address if one does not answer
             try:
-                return await self._inner.connect_tcp(ip, port, timeout=timeout, local_address=local_address,
-                                                     socket_options=socket_options)
+                return await self._inner.connect_tcp(
+                    ip, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+                )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as err:
                 failure = err
         raise failure  # type: ignore[misc]
@@ -201,9 +202,11 @@ class PinnedTransport(httpx.AsyncHTTPTransport):
     def __init__(self, limits: httpx.Limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)):
         super().__init__(limits=limits, trust_env=False)
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(), max_connections=limits.max_connections,
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry, network_backend=_PinnedBackend(),
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_PinnedBackend(),
         )
 
 
@@ -213,18 +216,28 @@ class Fetcher:
     host this way); ``allow_private`` lets every address through. A ``client`` passed in must use
     :class:`PinnedTransport`, or its connections resolve the name again."""
 
-    def __init__(self, limits: FetchLimits = FetchLimits(), allow_private: bool = False,
-                 client: httpx.AsyncClient | None = None, resolve: Resolver = system_resolve,
-                 allow_addresses: Collection[str] = ()):
+    def __init__(
+        self,
+        limits: FetchLimits = FetchLimits(),
+        allow_private: bool = False,
+        client: httpx.AsyncClient | None = None,
+        resolve: Resolver = system_resolve,
+        allow_addresses: Collection[str] = (),
+    ):
         self.limits = limits
         self.allow_private = allow_private
         self.resolve = resolve
         self.allow_addresses = frozenset(allow_addresses)
         self.client = client or httpx.AsyncClient(
             transport=PinnedTransport(),
-            timeout=httpx.Timeout(connect=limits.connect_s, read=limits.read_s, write=limits.read_s, pool=limits.connect_s),
+            timeout=httpx.Timeout(
+                connect=limits.connect_s, read=limits.read_s, write=limits.read_s, pool=limits.connect_s
+            ),
             follow_redirects=False,
-            headers={"User-Agent": USER_AGENT, "Accept": "application/rss+xml, application/atom+xml, application/xml;q=0.9, text/xml;q=0.8, */*;q=0.1"},
+            headers={
+                "User-Agent": USER_AGENT,
+                "Accept": "application/rss+xml, application/atom+xml, application/xml;q=0.9, text/xml;q=0.8, */*;q=0.1",
+            },
         )
 
     async def aclose(self) -> None:
@@ -245,11 +258,11 @@ class Fetcher:
         current = url
         for hop in range(self.limits.max_redirects + 1):
             try:  # resolved once per hop (a redirect may lead anywhere), every address checked
-                host, addresses = await _resolve_checked(current, self.allow_private, self.resolve,
-                                                         self.allow_addresses)
+                host, addresses = await _resolve_checked(
+                    current, self.allow_private, self.resolve, self.allow_addresses
+                )
             except (ValueError, httpx.InvalidURL) as err:  # "http://[bad", a port over 65535: parsing refuses it
-                return FetchResult(url, error="bad_redirect" if hop else "bad_url",
-                                   detail=f"{current[:200]!r}: {err}")
+                return FetchResult(url, error="bad_redirect" if hop else "bad_url", detail=f"{current[:200]!r}: {err}")
             except _Refused as refused:
                 return FetchResult(url, error=refused.kind, detail=refused.detail)
             headers = {}
@@ -263,14 +276,25 @@ class Fetcher:
                         if response.is_redirect and response.status_code != 304:
                             location = response.headers.get("location")
                             if not location:
-                                return FetchResult(url, status=response.status_code, error="bad_redirect", detail="redirect without Location")
+                                return FetchResult(
+                                    url,
+                                    status=response.status_code,
+                                    error="bad_redirect",
+                                    detail="redirect without Location",
+                                )
                             try:
                                 current = urljoin(current, location)
                             except ValueError as err:
-                                return FetchResult(url, status=response.status_code, error="bad_redirect",
-                                                   detail=f"{location[:200]!r}: {err}")
+                                return FetchResult(
+                                    url,
+                                    status=response.status_code,
+                                    error="bad_redirect",
+                                    detail=f"{location[:200]!r}: {err}",
+                                )
                             if current in seen:
-                                return FetchResult(url, status=response.status_code, error="redirect_loop", detail=current)
+                                return FetchResult(
+                                    url, status=response.status_code, error="redirect_loop", detail=current
+                                )
                             seen.add(current)
                             continue
                         return await self._read(url, response, validators)
@@ -288,20 +312,30 @@ class Fetcher:
             return FetchResult(url, status=304, validators=validators)
         if status >= 400:
             return FetchResult(
-                url, status=status, error=f"http_{status}", detail=response.reason_phrase,
+                url,
+                status=status,
+                error=f"http_{status}",
+                detail=response.reason_phrase,
                 retry_after=retry_after_seconds(response.headers.get("retry-after")) if status in (429, 503) else None,
             )
         declared = response.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.limits.max_bytes:
-            return FetchResult(url, status=status, error="too_large", detail=f"Content-Length {declared} > {self.limits.max_bytes}")
+            return FetchResult(
+                url, status=status, error="too_large", detail=f"Content-Length {declared} > {self.limits.max_bytes}"
+            )
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.aiter_bytes():
             size += len(chunk)
             if size > self.limits.max_bytes:
-                return FetchResult(url, status=status, error="too_large", detail=f"body over {self.limits.max_bytes} bytes")
+                return FetchResult(
+                    url, status=status, error="too_large", detail=f"body over {self.limits.max_bytes} bytes"
+                )
             chunks.append(chunk)
         return FetchResult(
-            url, status=status, body=b"".join(chunks), content_type=response.headers.get("content-type"),
+            url,
+            status=status,
+            body=b"".join(chunks),
+            content_type=response.headers.get("content-type"),
             validators=Validators(response.headers.get("etag"), response.headers.get("last-modified")),
         )

@@ -24,9 +24,9 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from dateutil import parser as dateparser
-from finsent.ingest.normalize import FUTURE_TOLERANCE_S, MAX_TICKERS, canonical_url, normalize_checked
 
 from finsent.errors import ImportFileError
+from finsent.ingest.normalize import FUTURE_TOLERANCE_S, MAX_TICKERS, canonical_url, normalize_checked
 from finsent.records import NewsItem, checked_item
 
 FIELDS = {"title", "summary", "url", "published", "id", "source", "tickers", "language"}
@@ -93,8 +93,9 @@ class EdgeCheck:
         return tickers[: self.max_tickers]
 
 
-def row_to_item(row: dict, mapping: dict[str, str], source: str, default_tz=UTC,
-                edge: EdgeCheck | None = None) -> tuple[NewsItem, list[str]]:
+def row_to_item(
+    row: dict, mapping: dict[str, str], source: str, default_tz=UTC, edge: EdgeCheck | None = None
+) -> tuple[NewsItem, list[str]]:
     """(item, fixes): ``fixes`` names what the edge check corrected (``"clamped"``, ``"tickers_capped"``)."""
     edge = edge or EdgeCheck(datetime.now(UTC))
 
@@ -116,22 +117,34 @@ def row_to_item(row: dict, mapping: dict[str, str], source: str, default_tz=UTC,
         "id": get("id"),
         # normalize() reads feedparser's struct_time; give it the parsed time directly below instead.
     }
-    item, fixes = normalize_checked(entry, source=get("source") or source, fetched=published,
-                                    max_tickers=edge.max_tickers)
+    item, fixes = normalize_checked(
+        entry, source=get("source") or source, fetched=published, max_tickers=edge.max_tickers
+    )
     extra_tickers = tuple(t.strip().upper() for t in (get("tickers") or "").replace(";", ",").split(",") if t.strip())
-    item = item.model_copy(update={
-        "published": published,
-        "fetched": published,
-        "published_inferred": False,
-        "tickers": tuple(dict.fromkeys(extra_tickers + item.tickers)),
-        "language": (get("language") or item.language),
-    })
+    item = item.model_copy(
+        update={
+            "published": published,
+            "fetched": published,
+            "published_inferred": False,
+            "tickers": tuple(dict.fromkeys(extra_tickers + item.tickers)),
+            "language": (get("language") or item.language),
+        }
+    )
     item, more = checked_item(item, edge.imported_at, edge.future_tolerance_s, edge.max_tickers)
     return item, sorted(set(fixes) | set(more))
 
 
-def import_file(path: Path, fmt: str, mapping: dict[str, str], source: str, archive, default_tz=UTC,
-                batch: int = 5000, progress=None, edge: EdgeCheck | None = None) -> ImportReport:
+def import_file(
+    path: Path,
+    fmt: str,
+    mapping: dict[str, str],
+    source: str,
+    archive,
+    default_tz=UTC,
+    batch: int = 5000,
+    progress=None,
+    edge: EdgeCheck | None = None,
+) -> ImportReport:
     """Rows repeating an id (StockNet lists a tweet once per ticker it names) become one item with all tickers
     (at most ``edge.max_tickers``). ``edge``: the check against the time of the import (now by default)."""
     edge = edge or EdgeCheck(datetime.now(UTC))

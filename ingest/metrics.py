@@ -11,33 +11,69 @@ class IngestMetrics:
         r = self.registry
         self.fetches = Counter("finsent_feed_fetches_total", "Feed fetches by outcome", ["feed", "outcome"], registry=r)
         self.errors = Counter("finsent_feed_errors_total", "Feed errors by kind", ["feed", "kind"], registry=r)
-        self.items = Counter("finsent_feed_items_total", "Feed entries by status (new, duplicate, invalid, dropped)", ["feed", "status"], registry=r)
+        self.items = Counter(
+            "finsent_feed_items_total",
+            "Feed entries by status (new, duplicate, invalid, dropped)",
+            ["feed", "status"],
+            registry=r,
+        )
         # fix: clamped (publish time too far ahead of the fetch time) | tickers_capped (more than max_tickers_per_item)
-        self.corrected = Counter("finsent_ingest_items_corrected_total", "Entries the edge check corrected, by fix",
-                                 ["feed", "fix"], registry=r)
-        self.duplicates = Counter("finsent_feed_duplicates_total", "Duplicates by feed and reason", ["feed", "reason"], registry=r)
-        self.last_success = Gauge("finsent_feed_last_success_timestamp_seconds", "Unix time of the last successful fetch", ["feed"], registry=r)
+        self.corrected = Counter(
+            "finsent_ingest_items_corrected_total",
+            "Entries the edge check corrected, by fix",
+            ["feed", "fix"],
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "finsent_feed_duplicates_total", "Duplicates by feed and reason", ["feed", "reason"], registry=r
+        )
+        self.last_success = Gauge(
+            "finsent_feed_last_success_timestamp_seconds",
+            "Unix time of the last successful fetch",
+            ["feed"],
+            registry=r,
+        )
         self.fetch_seconds = Histogram(
-            "finsent_feed_fetch_seconds", "Fetch latency", ["feed"], registry=r,
+            "finsent_feed_fetch_seconds",
+            "Fetch latency",
+            ["feed"],
+            registry=r,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         # A poll that raised past its own error handling (a bug, or input nothing anticipated): the feed is backed
         # off and polled again; the other feeds are not affected.
-        self.poll_crashes = Counter("finsent_ingest_poll_crashes_total",
-                                    "Feed polls that crashed (retried with backoff)", ["feed"], registry=r)
+        self.poll_crashes = Counter(
+            "finsent_ingest_poll_crashes_total", "Feed polls that crashed (retried with backoff)", ["feed"], registry=r
+        )
         self.parse_seconds = Histogram(
-            "finsent_feed_parse_seconds", "Decoding and parsing one fetched feed (in a worker thread)", ["feed"],
-            registry=r, buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            "finsent_feed_parse_seconds",
+            "Decoding and parsing one fetched feed (in a worker thread)",
+            ["feed"],
+            registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self.published = Counter("finsent_ingest_published_total", "Items acknowledged by the sink", registry=r)
-        self.publish_errors = Counter("finsent_ingest_publish_errors_total", "Sink failures (items retried later)", registry=r)
-        self.pending = Gauge("finsent_ingest_pending_items", "Items accepted but not yet acknowledged by the sink", registry=r)
+        self.publish_errors = Counter(
+            "finsent_ingest_publish_errors_total", "Sink failures (items retried later)", registry=r
+        )
+        self.pending = Gauge(
+            "finsent_ingest_pending_items", "Items accepted but not yet acknowledged by the sink", registry=r
+        )
         # Acknowledged items wait, unmarked, until the archive holds them durably: a failed write (full disk, permissions)
         # is retried with backoff instead of losing the item from the archive, the broker's recovery path.
-        self.archive_errors = Counter("finsent_ingest_archive_errors_total",
-                                      "Archive writes that failed (the items are retried with backoff, not marked)", registry=r)
-        self.unarchived = Gauge("finsent_ingest_unarchived_items",
-                                "Items acknowledged by the sink but not yet durably archived (and so not marked)", registry=r)
+        self.archive_errors = Counter(
+            "finsent_ingest_archive_errors_total",
+            "Archive writes that failed (the items are retried with backoff, not marked)",
+            registry=r,
+        )
+        self.unarchived = Gauge(
+            "finsent_ingest_unarchived_items",
+            "Items acknowledged by the sink but not yet durably archived (and so not marked)",
+            registry=r,
+        )
         # An unreadable dedup store is moved aside and ingest starts on an empty one (items still listed are re-published).
-        self.dedup_resets = Counter("finsent_ingest_dedup_store_resets_total",
-                                    "Dedup stores found unreadable at start and moved aside", registry=r)
+        self.dedup_resets = Counter(
+            "finsent_ingest_dedup_store_resets_total",
+            "Dedup stores found unreadable at start and moved aside",
+            registry=r,
+        )

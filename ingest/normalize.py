@@ -40,9 +40,8 @@ from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from finsent.ingest.tickers import extract
-
 from finsent.errors import NormalizeError
+from finsent.ingest.tickers import extract
 from finsent.records import NewsItem, checked_item
 from finsent.settings import Windows
 
@@ -167,7 +166,9 @@ def canonical_url(url: str | None) -> str | None:
     host = parts.hostname.lower()
     port = port if port and (parts.scheme, port) not in (("http", 80), ("https", 443)) else None
     netloc = f"{host}:{port}" if port else host
-    query = urlencode(sorted((k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not TRACKING_PARAMS.match(k)))
+    query = urlencode(
+        sorted((k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not TRACKING_PARAMS.match(k))
+    )
     path = parts.path or "/"
     return urlunsplit((parts.scheme.lower(), netloc, path, query, ""))
 

@@ -102,7 +102,7 @@ def decode(body: bytes, content_type: str | None = None) -> tuple[str, str]:
     """(text, codec). Never raises: the last resort, latin-1, decodes any bytes."""
     for bom, codec in _BOMS:
         if body.startswith(bom):
-            return body[len(bom):].decode(codec, errors="replace"), codec
+            return body[len(bom) :].decode(codec, errors="replace"), codec
     wide = _sniff_wide(body)
     if wide:
         return body.decode(wide, errors="replace"), wide
@@ -147,18 +147,20 @@ def parse(body: bytes, content_type: str | None = None, max_entries: int = 10_00
         raise ParseError("entity_declared", "document declares XML entities (refused: entity expansion / XXE)")
     try:
         # The header names the encoding we hand over; feedparser rewrites the XML declaration to match.
-        doc = feedparser.parse(io.BytesIO(_as_utf8(text)),
-                               response_headers={"content-type": "application/xml; charset=utf-8"},
-                               sanitize_html=False, resolve_relative_uris=False)
-    except Exception as err:  # noqa: BLE001 - whatever a stranger's bytes make feedparser raise
+        doc = feedparser.parse(
+            io.BytesIO(_as_utf8(text)),
+            response_headers={"content-type": "application/xml; charset=utf-8"},
+            sanitize_html=False,
+            resolve_relative_uris=False,
+        )
+    except Exception as err:
         raise ParseError("parse_error", f"{type(err).__name__}: {err}"[:300]) from err
     entries = list(doc.entries)
     bozo = f"{type(doc.bozo_exception).__name__}: {doc.bozo_exception}"[:300] if doc.get("bozo") else None
-    if not entries:
-        if not doc.get("version"):
-            if _HTML.search(text[:65536]):
-                raise ParseError("not_a_feed", "an HTML page, not RSS/Atom")
-            raise ParseError("malformed", bozo or "no feed found in the document")
+    if not entries and not doc.get("version"):
+        if _HTML.search(text[:65536]):
+            raise ParseError("not_a_feed", "an HTML page, not RSS/Atom")
+        raise ParseError("malformed", bozo or "no feed found in the document")
     if not str(doc.get("version") or "").startswith("atom"):
         _undo_entity_only_html_guess(entries)
     dropped = max(0, len(entries) - max_entries)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
+from finsent.errors import NormalizeError, ParseError
 from finsent.ingest.archive import Archive
 from finsent.ingest.dedup import Deduper, DedupStore
 from finsent.ingest.feeds import FeedConfig
@@ -37,8 +38,6 @@ from finsent.ingest.metrics import IngestMetrics
 from finsent.ingest.normalize import FUTURE_TOLERANCE_S, MAX_TICKERS, normalize_checked
 from finsent.ingest.parse import parse
 from finsent.ingest.sinks import Sink
-
-from finsent.errors import NormalizeError, ParseError
 from finsent.records import NewsItem
 
 log = logging.getLogger("finsent.ingest")
@@ -158,7 +157,7 @@ class Poller:
                 parsed = await asyncio.to_thread(parse, result.body, result.content_type)
             except ParseError as err:
                 return self._failed(feed, summary, err.kind, err.detail, None)
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:
                 log.debug("parse raised", exc_info=True, extra={"feed": feed.name})
                 return self._failed(feed, summary, "parse_error", f"{type(err).__name__}: {err}", None)
             finally:
@@ -171,7 +170,7 @@ class Poller:
             summary.entries = len(parsed.entries)
             try:
                 items = await asyncio.to_thread(self._normalize_all, feed, parsed, fetched, summary)
-            except Exception as err:  # noqa: BLE001 - not an entry's NormalizeError: a feed we cannot read
+            except Exception as err:
                 log.debug("normalise raised", exc_info=True, extra={"feed": feed.name})
                 return self._failed(feed, summary, "normalize_error", f"{type(err).__name__}: {err}", None)
             self.metrics.items.labels(feed.name, "invalid").inc(summary.invalid)
@@ -188,9 +187,14 @@ class Poller:
         for entry in parsed.entries:
             try:
                 item, fixes = normalize_checked(
-                    entry, source=feed.name, fetched=fetched, feed_language=parsed.language,
-                    default_tickers=feed.tickers, tags=feed.tags,
-                    future_tolerance_s=self.future_tolerance_s, max_tickers=self.max_tickers,
+                    entry,
+                    source=feed.name,
+                    fetched=fetched,
+                    feed_language=parsed.language,
+                    default_tickers=feed.tickers,
+                    tags=feed.tags,
+                    future_tolerance_s=self.future_tolerance_s,
+                    max_tickers=self.max_tickers,
                 )
             except (NormalizeError, ValueError) as err:
                 summary.invalid += 1
@@ -207,18 +211,28 @@ class Poller:
         for fix, n in summary.corrected.items():
             self.metrics.corrected.labels(feed.name, fix).inc(n)
         if summary.corrected:
-            log.warning("feed entries corrected at the edge", extra={
-                "feed": feed.name, **{f"items_{fix}": n for fix, n in sorted(summary.corrected.items())},
-                "future_tolerance_s": self.future_tolerance_s, "max_tickers": self.max_tickers,
-            })
+            log.warning(
+                "feed entries corrected at the edge",
+                extra={
+                    "feed": feed.name,
+                    **{f"items_{fix}": n for fix, n in sorted(summary.corrected.items())},
+                    "future_tolerance_s": self.future_tolerance_s,
+                    "max_tickers": self.max_tickers,
+                },
+            )
 
-    def _failed(self, feed: FeedConfig, summary: PollSummary, kind: str, detail: str, retry_after: float | None) -> PollSummary:
+    def _failed(
+        self, feed: FeedConfig, summary: PollSummary, kind: str, detail: str, retry_after: float | None
+    ) -> PollSummary:
         summary.outcome, summary.error, summary.detail = "error", kind, detail
         self.metrics.fetches.labels(feed.name, "error").inc()
         self.metrics.errors.labels(feed.name, kind).inc()
         delay = self._delay_after(feed, summary, retry_after)
         self.state[feed.name].next_due = time.monotonic() + delay
-        log.warning("feed failed", extra={"feed": feed.name, "kind": kind, "detail": detail[:300], "retry_in_s": round(delay, 1)})
+        log.warning(
+            "feed failed",
+            extra={"feed": feed.name, "kind": kind, "detail": detail[:300], "retry_in_s": round(delay, 1)},
+        )
         return summary
 
     async def _accept(self, feed: FeedConfig, items: list[NewsItem], summary: PollSummary) -> None:
@@ -229,8 +243,10 @@ class Poller:
             self.metrics.items.labels(feed.name, "duplicate").inc(summary.duplicate)
             room = self.max_pending - len(self.pending) - len(self.unarchived)
             if len(fresh) > room:
-                log.error("pending buffer full: items left unmarked for the next poll",
-                          extra={"feed": feed.name, "deferred": len(fresh) - room})
+                log.error(
+                    "pending buffer full: items left unmarked for the next poll",
+                    extra={"feed": feed.name, "deferred": len(fresh) - room},
+                )
                 fresh = fresh[: max(room, 0)]
             summary.published = await self._flush(self.pending + fresh)
 
@@ -298,9 +314,15 @@ class Poller:
         self._archive_retry_at = time.monotonic() + delay
         self.metrics.archive_errors.inc()
         self.metrics.unarchived.set(items)
-        log.error("archive write failed: items stay unmarked and are retried", extra={
-            "error": f"{type(err).__name__}: {err}", "items": items, "failures": self._archive_failures,
-            "retry_in_s": round(delay, 1)})
+        log.error(
+            "archive write failed: items stay unmarked and are retried",
+            extra={
+                "error": f"{type(err).__name__}: {err}",
+                "items": items,
+                "failures": self._archive_failures,
+                "retry_in_s": round(delay, 1),
+            },
+        )
 
     def _crash_point(self, point: str) -> None:
         """Test hook (``ingest.debug_crash_at``): die here as kill -9 would, with no cleanup and no flush."""
@@ -337,7 +359,7 @@ class Poller:
                 try:
                     async with self._lock:
                         await self._flush(self.pending)
-                except Exception:  # noqa: BLE001 - the items stay pending; the next round tries again
+                except Exception:
                     log.exception("flushing pending items failed", extra={"pending": len(self.pending)})
             try:
                 await asyncio.wait_for(stop.wait(), timeout=0.5)

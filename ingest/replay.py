@@ -100,12 +100,18 @@ class ResumeState:
         if "position" not in doc:  # {"published": N} from before positions: resume by count this once
             return cls(published=doc.get("published", 0), legacy_count=doc.get("published", 0))
         at, item_id = doc["position"]
-        return cls((datetime.fromisoformat(at), item_id), {d: (n, int(h, 16)) for d, (n, h) in doc["days"].items()},
-                   doc["published"])
+        return cls(
+            (datetime.fromisoformat(at), item_id),
+            {d: (n, int(h, 16)) for d, (n, h) in doc["days"].items()},
+            doc["published"],
+        )
 
     def save(self, path: Path) -> None:
-        doc = {"published": self.published, "days": {d: [n, f"{h:016x}"] for d, (n, h) in sorted(self.days.items())},
-               "position": [self.position[0].isoformat(), self.position[1]] if self.position else None}
+        doc = {
+            "published": self.published,
+            "days": {d: [n, f"{h:016x}"] for d, (n, h) in sorted(self.days.items())},
+            "position": [self.position[0].isoformat(), self.position[1]] if self.position else None,
+        }
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc))
         tmp.replace(path)
@@ -174,8 +180,10 @@ def replay(
         behind = []
 
     def catch_up(day: str, day_items: list[NewsItem], now: tuple[int, int], before: tuple[int, int]) -> None:
-        log.warning("archive gained items behind the resume position since the interrupted replay: "
-                    "that day is sent again", extra={"day": day, "items": len(day_items), "items_before": before[0]})
+        log.warning(
+            "archive gained items behind the resume position since the interrupted replay: that day is sent again",
+            extra={"day": day, "items": len(day_items), "items_before": before[0]},
+        )
         for i in range(0, len(day_items), batch):
             publish(day_items[i : i + batch])
         report.caught_up += len(day_items)
@@ -218,8 +226,12 @@ def kafka_sender(sink) -> Callable[[list[NewsItem]], list[NewsItem]]:
     return lambda batch: asyncio.run(sink.send(batch))
 
 
-def refill(items: Iterable[NewsItem], send: Callable[[list[NewsItem]], list[NewsItem]], batch: int = 1000,
-           progress: Callable[[int], object] | None = None) -> tuple[int, int]:
+def refill(
+    items: Iterable[NewsItem],
+    send: Callable[[list[NewsItem]], list[NewsItem]],
+    batch: int = 1000,
+    progress: Callable[[int], object] | None = None,
+) -> tuple[int, int]:
     """Send ``items`` in rounds of ``batch`` as fast as the broker acknowledges them (no event-time pacing,
     no resume state: a refill of a broker that lost its log sends everything again and dedup downstream keeps
     results exact). Returns (acknowledged, not acknowledged)."""

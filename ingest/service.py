@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from prometheus_client import start_http_server
+
 from finsent.ingest.archive import Archive
 from finsent.ingest.dedup import DedupStore
 from finsent.ingest.feeds import FeedConfig
@@ -16,8 +18,6 @@ from finsent.ingest.fetch import Fetcher, FetchLimits
 from finsent.ingest.metrics import IngestMetrics
 from finsent.ingest.poller import Poller, PollSummary
 from finsent.ingest.sinks import JsonlSink, KafkaSink, Sink
-from prometheus_client import start_http_server
-
 from finsent.settings import Settings
 
 log = logging.getLogger("finsent.ingest")
@@ -38,8 +38,12 @@ def build(settings: Settings, feeds: list[FeedConfig], output: Path | None) -> C
     sink: Sink = JsonlSink(output) if output else KafkaSink(settings.kafka, settings.topics.raw.name)
     # A JSONL run keeps its own dedup memory, so trying a feed list into a file does not hide items from Kafka later.
     dedup_path = state / "ingest" / ("dedup-" + output.stem + ".sqlite" if output else "dedup.sqlite")
-    dedup = DedupStore(dedup_path, timedelta(hours=cfg.dedup_horizon_hours), cfg.near_duplicate_threshold,
-                       id_horizon=timedelta(days=cfg.dedup_id_horizon_days))
+    dedup = DedupStore(
+        dedup_path,
+        timedelta(hours=cfg.dedup_horizon_hours),
+        cfg.near_duplicate_threshold,
+        id_horizon=timedelta(days=cfg.dedup_id_horizon_days),
+    )
     if dedup.moved_aside is not None:  # logged by the store; counted here, where the registry is
         metrics.dedup_resets.inc()
     fetcher = Fetcher(
@@ -47,10 +51,19 @@ def build(settings: Settings, feeds: list[FeedConfig], output: Path | None) -> C
         allow_private=settings.allow_private_feeds,
     )
     edge = settings.windows
-    poller = Poller(feeds, fetcher, dedup, sink, Archive(settings.paths.archive_dir), metrics,
-                    per_host=cfg.per_host, max_pending=cfg.max_pending,
-                    future_tolerance_s=edge.future_tolerance_s, max_tickers=edge.max_tickers_per_item,
-                    crash_at=cfg.debug_crash_at)
+    poller = Poller(
+        feeds,
+        fetcher,
+        dedup,
+        sink,
+        Archive(settings.paths.archive_dir),
+        metrics,
+        per_host=cfg.per_host,
+        max_pending=cfg.max_pending,
+        future_tolerance_s=edge.future_tolerance_s,
+        max_tickers=edge.max_tickers_per_item,
+        crash_at=cfg.debug_crash_at,
+    )
     return Components(poller, sink, dedup, metrics)
 
 
@@ -58,7 +71,9 @@ def format_summary(summaries: list[PollSummary]) -> str:
     lines = [f"{'feed':<24} {'outcome':<13} {'entries':>7} {'new':>5} {'dup':>5} {'invalid':>7} {'sent':>5}  error"]
     for s in summaries:
         err = f"{s.error}: {s.detail[:60]}" if s.error else ""
-        lines.append(f"{s.feed:<24} {s.outcome:<13} {s.entries:>7} {s.new:>5} {s.duplicate:>5} {s.invalid:>7} {s.published:>5}  {err}")
+        lines.append(
+            f"{s.feed:<24} {s.outcome:<13} {s.entries:>7} {s.new:>5} {s.duplicate:>5} {s.invalid:>7} {s.published:>5}  {err}"
+        )
     return "\n".join(lines)
 
 
@@ -78,17 +93,32 @@ async def _run(components: Components, once: bool) -> list[PollSummary]:
         components.dedup.close()
 
 
-def run(settings: Settings, feeds: list[FeedConfig], once: bool = False, output: Path | None = None) -> list[PollSummary]:
+def run(
+    settings: Settings, feeds: list[FeedConfig], once: bool = False, output: Path | None = None
+) -> list[PollSummary]:
     components = build(settings, feeds, output)
     if not once:
-        server, _ = start_http_server(settings.ingest.metrics_port, addr=settings.services.host, registry=components.metrics.registry)
-        log.info("ingest running", extra={"feeds": len(feeds), "metrics": f"http://{settings.services.host}:{settings.ingest.metrics_port}/metrics",
-                                          "sink": "jsonl" if output else settings.topics.raw.name})
+        _server, _ = start_http_server(
+            settings.ingest.metrics_port, addr=settings.services.host, registry=components.metrics.registry
+        )
+        log.info(
+            "ingest running",
+            extra={
+                "feeds": len(feeds),
+                "metrics": f"http://{settings.services.host}:{settings.ingest.metrics_port}/metrics",
+                "sink": "jsonl" if output else settings.topics.raw.name,
+            },
+        )
     summaries = asyncio.run(_run(components, once))
     if components.poller.pending:
-        log.error("items not acknowledged by the sink at exit (they stay unmarked and will be fetched again)",
-                  extra={"pending": len(components.poller.pending)})
+        log.error(
+            "items not acknowledged by the sink at exit (they stay unmarked and will be fetched again)",
+            extra={"pending": len(components.poller.pending)},
+        )
     if components.poller.unarchived:
-        log.error("items published but not archived at exit (they stay unmarked and will be fetched, published "
-                  "and archived again)", extra={"unarchived": len(components.poller.unarchived)})
+        log.error(
+            "items published but not archived at exit (they stay unmarked and will be fetched, published "
+            "and archived again)",
+            extra={"unarchived": len(components.poller.unarchived)},
+        )
     return summaries

@@ -57,8 +57,12 @@ class KafkaSink:
             if not bootstrap_reachable(self.bootstrap):
                 raise ConnectionError(f"no broker at {self.bootstrap}")
             self._producer = producer(
-                self.kafka, self.role, retries=5, linger_ms=5,
-                max_block_ms=int(self.timeout_s * 1000), request_timeout_ms=int(self.timeout_s * 1000),
+                self.kafka,
+                self.role,
+                retries=5,
+                linger_ms=5,
+                max_block_ms=int(self.timeout_s * 1000),
+                request_timeout_ms=int(self.timeout_s * 1000),
             )
         return self._producer
 
@@ -67,7 +71,7 @@ class KafkaSink:
             producer = self._ensure()
             futures = [(item, producer.send(self.topic, key=item.id.encode(), value=item.to_json())) for item in items]
             producer.flush(timeout=self.timeout_s)
-        except Exception as err:  # broker down, metadata timeout, …: nothing acked, try again later
+        except Exception as err:  # noqa: BLE001 - broker down, metadata timeout, …: nothing acked, try again later
             log.warning("publish failed", extra={"error": f"{type(err).__name__}: {err}", "items": len(items)})
             self._reset()
             return []
@@ -76,7 +80,7 @@ class KafkaSink:
             try:
                 future.get(timeout=0)
                 acked.append(item)
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - a failed future is this item's, whatever it raised
                 log.warning("item not acknowledged", extra={"item": item.id, "error": f"{type(err).__name__}: {err}"})
         if len(acked) < len(items):
             self._reset()
@@ -86,7 +90,7 @@ class KafkaSink:
         if self._producer is not None:
             try:
                 self._producer.close(timeout=1)
-            except Exception:
+            except Exception:  # noqa: BLE001 - closing a producer of a dead broker
                 pass
             self._producer = None
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from finsent.local.procs import Child
-
 from finsent.kafka import TopicReport, ensure_topics
+from finsent.local.procs import Child
 from finsent.net import port_open
 from finsent.settings import Settings
 
@@ -24,8 +23,18 @@ def tansu_binary() -> str:
 
 def broker_child(host: str, port: int, log_dir: Path) -> Child:
     url = f"tcp://{host}:{port}"
-    argv = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/", "--cluster-id", "finsent"]
+    argv = [
+        tansu_binary(),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+        "--cluster-id",
+        "finsent",
+    ]
     return Child("broker", argv, log_dir / "broker.log")
 
 

@@ -16,7 +16,6 @@ from finsent.local.feeds import DEMO_FEEDS
 from finsent.local.procs import Child, Supervisor, http_ok
 from finsent.local.runtime import wait_for_signal, write_state
 from finsent.local.services import alertmanager_child, prometheus_child, ready_check, register_target
-
 from finsent.net import port_open
 from finsent.settings import Settings
 
@@ -26,7 +25,9 @@ log = logging.getLogger("finsent.local.demo")
 def finsent_child(name: str, args: list[str], logs: Path, restart: bool = False, **env: str) -> Child:
     """A finsent command as a child process, sharing this process's settings (env + config file)."""
     child_env = {**os.environ, "FINSENT_LOG_JSON": "1", **env}
-    return Child(name, [sys.executable, "-m", "finsent.cli", *args], logs / f"{name}.log", env=child_env, restart=restart)
+    return Child(
+        name, [sys.executable, "-m", "finsent.cli", *args], logs / f"{name}.log", env=child_env, restart=restart
+    )
 
 
 # The demo compresses time so a new user sees windows close and the scripted burst raise a surge within
@@ -86,8 +87,11 @@ def run(settings: Settings) -> int:
         urls["feeds"] = f"{feeds_url}/feeds/"
         feed_list = demo_feed_list(state / "demo-feeds.toml", feeds_url)
         ingest = finsent_child(
-            "ingest", ["ingest", "--feeds", str(feed_list)], logs,
-            FINSENT_KAFKA__BOOTSTRAP=urls["kafka"], FINSENT_ALLOW_PRIVATE_FEEDS="1",
+            "ingest",
+            ["ingest", "--feeds", str(feed_list)],
+            logs,
+            FINSENT_KAFKA__BOOTSTRAP=urls["kafka"],
+            FINSENT_ALLOW_PRIVATE_FEEDS="1",
         )
         supervisor.start(ingest, lambda: port_open(host, settings.ingest.metrics_port), timeout)
         urls["ingest metrics"] = f"http://{host}:{settings.ingest.metrics_port}/metrics"
@@ -97,14 +101,16 @@ def run(settings: Settings) -> int:
         supervisor.start(receiver, http_ok(f"{receiver_url}/healthz"), timeout)
         urls["receiver"] = f"{receiver_url}/alerts"
         register_target(state, "receiver", f"{host}:{settings.receiver.port}")
-        worker = finsent_child("worker", ["worker"], logs, restart=True,
-                               FINSENT_KAFKA__BOOTSTRAP=urls["kafka"], **demo_stream_env())
+        worker = finsent_child(
+            "worker", ["worker"], logs, restart=True, FINSENT_KAFKA__BOOTSTRAP=urls["kafka"], **demo_stream_env()
+        )
         supervisor.start(worker, http_ok(f"http://{host}:{settings.stream.metrics_port}/metrics"), 120)
         urls["worker metrics"] = f"http://{host}:{settings.stream.metrics_port}/metrics"
         register_target(state, "worker", f"{host}:{settings.stream.metrics_port}")
         api_url = f"http://{host}:{settings.web.port}"
-        api = finsent_child("api", ["serve"], logs, restart=True, FINSENT_KAFKA__BOOTSTRAP=urls["kafka"],
-                            **demo_stream_env())  # the dashboard charts the detector's window width
+        api = finsent_child(
+            "api", ["serve"], logs, restart=True, FINSENT_KAFKA__BOOTSTRAP=urls["kafka"], **demo_stream_env()
+        )  # the dashboard charts the detector's window width
         supervisor.start(api, http_ok(f"{api_url}/readyz"), 120)
         urls["api"] = f"{api_url}/openapi.json"
         urls["dashboard"] = f"{api_url}/"

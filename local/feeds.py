@@ -37,7 +37,10 @@ class Scheduled:
 
 
 def schedule(
-    rows: list[tuple[str, str]], rate_per_s: float = 0.7, burst_at: float = 150.0, burst_span: float = 90.0,
+    rows: list[tuple[str, str]],
+    rate_per_s: float = 0.7,
+    burst_at: float = 150.0,
+    burst_span: float = 90.0,
     backlog: int = 40,
 ) -> list[Scheduled]:
     """Background headlines round-robin over the feeds at ``rate_per_s`` (``backlog`` already published
@@ -59,11 +62,13 @@ def load_rows(path: Path = DATA) -> list[tuple[str, str]]:
 
 
 def rss(title: str, items: list[tuple[str, str, str, datetime]], language: str = "en") -> bytes:
-    parts = [f'<?xml version="1.0" encoding="utf-8"?>\n<rss version="2.0"><channel><title>{escape(title)}</title>'
-             f"<link>http://127.0.0.1/</link><description>finsent demo feed</description><language>{language}</language>"]
+    parts = [
+        f'<?xml version="1.0" encoding="utf-8"?>\n<rss version="2.0"><channel><title>{escape(title)}</title>'
+        f"<link>http://127.0.0.1/</link><description>finsent demo feed</description><language>{language}</language>"
+    ]
     for guid, text, link, published in items:
         parts.append(
-            f"<item><title>{escape(text)}</title><link>{escape(link)}</link><guid isPermaLink=\"false\">{escape(guid)}</guid>"
+            f'<item><title>{escape(text)}</title><link>{escape(link)}</link><guid isPermaLink="false">{escape(guid)}</guid>'
             f"<pubDate>{format_datetime(published, usegmt=True)}</pubDate></item>"
         )
     parts.append("</channel></rss>")
@@ -71,11 +76,13 @@ def rss(title: str, items: list[tuple[str, str, str, datetime]], language: str =
 
 
 def atom(title: str, items: list[tuple[str, str, str, datetime]]) -> bytes:
-    parts = [f'<?xml version="1.0" encoding="utf-8"?>\n<feed xmlns="http://www.w3.org/2005/Atom"><title>{escape(title)}</title>'
-             f"<id>urn:finsent:{escape(title)}</id><updated>{datetime.now(UTC).isoformat()}</updated>"]
+    parts = [
+        f'<?xml version="1.0" encoding="utf-8"?>\n<feed xmlns="http://www.w3.org/2005/Atom"><title>{escape(title)}</title>'
+        f"<id>urn:finsent:{escape(title)}</id><updated>{datetime.now(UTC).isoformat()}</updated>"
+    ]
     for guid, text, link, published in items:
         parts.append(
-            f"<entry><title>{escape(text)}</title><id>urn:finsent:{escape(guid)}</id><link href=\"{escape(link)}\"/>"
+            f'<entry><title>{escape(text)}</title><id>urn:finsent:{escape(guid)}</id><link href="{escape(link)}"/>'
             f"<updated>{published.isoformat()}</updated></entry>"
         )
     parts.append("</feed>")
@@ -86,37 +93,60 @@ def _hostile_items(n: int, prefix: str = "h") -> list[tuple[str, str, str, datet
     """``n`` well-formed entries with real (distinct) headlines, newest first."""
     now = datetime.now(UTC)
     texts = [t for _, t in load_rows()]
-    return [(f"{prefix}-{i}", f"{texts[i % len(texts)]} ({i // len(texts)})" if i >= len(texts) else texts[i],
-             f"http://127.0.0.1/{prefix}/{i}", now - timedelta(seconds=i)) for i in range(n)]
+    return [
+        (
+            f"{prefix}-{i}",
+            f"{texts[i % len(texts)]} ({i // len(texts)})" if i >= len(texts) else texts[i],
+            f"http://127.0.0.1/{prefix}/{i}",
+            now - timedelta(seconds=i),
+        )
+        for i in range(n)
+    ]
 
 
 HOSTILE_DOCS: dict[str, bytes] = {
     "malformed": b'<?xml version="1.0"?><rss version="2.0"><channel><item><title>Unclosed & broken <b></title></chan',
     "garbage": b"\x00\xff\xfe binary junk, not a feed at all",
-    "laughs": (b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol1 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">'
-               b'<!ENTITY lol2 "&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;">]><rss version="2.0"><channel><item><title>&lol2;</title></item></channel></rss>'),
-    "xxe": (b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
-            b'<rss version="2.0"><channel><item><title>&xxe;</title></item></channel></rss>'),
+    "laughs": (
+        b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol1 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">'
+        b'<!ENTITY lol2 "&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;">]><rss version="2.0"><channel><item><title>&lol2;</title></item></channel></rss>'
+    ),
+    "xxe": (
+        b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
+        b'<rss version="2.0"><channel><item><title>&xxe;</title></item></channel></rss>'
+    ),
     "html": b"<!DOCTYPE html><html><head><title>Not a feed</title></head><body><h1>Welcome</h1></body></html>",
-    "latin1": ('<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel><title>x</title>'
-               "<item><title>Soci\xe9t\xe9 G\xe9n\xe9rale shares fall</title><guid>latin1-1</guid></item></channel></rss>").encode("latin-1"),
-    "no-charset": ("<rss version=\"2.0\"><channel><title>x</title><item><title>Nestl\xe9 profit rises</title>"
-                   "<guid>nocs-1</guid></item></channel></rss>").encode("cp1252"),
-    "no-fields": (b'<?xml version="1.0"?><rss version="2.0"><channel><title>x</title>'
-                  b"<item></item><item><description>Only a description, no title or link or date.</description></item>"
-                  b"<item><title>Title only</title></item></channel></rss>"),
-    "dates": (b'<?xml version="1.0"?><rss version="2.0"><channel><title>x</title>'
-              b"<item><title>From the far future</title><guid>d-1</guid><pubDate>Fri, 01 Jan 2100 00:00:00 GMT</pubDate></item>"
-              b"<item><title>From the epoch</title><guid>d-2</guid><pubDate>Thu, 01 Jan 1970 00:00:00 GMT</pubDate></item>"
-              b"<item><title>Unparsable date</title><guid>d-3</guid><pubDate>yesterday-ish</pubDate></item></channel></rss>"),
-    "dup-guids": (b'<?xml version="1.0"?><rss version="2.0"><channel><title>x</title>'
-                  b"<item><title>First version of the story</title><guid>same</guid></item>"
-                  b"<item><title>Completely different second story</title><guid>same</guid></item></channel></rss>"),
+    "latin1": (
+        '<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel><title>x</title>'
+        "<item><title>Soci\xe9t\xe9 G\xe9n\xe9rale shares fall</title><guid>latin1-1</guid></item></channel></rss>"
+    ).encode("latin-1"),
+    "no-charset": (
+        '<rss version="2.0"><channel><title>x</title><item><title>Nestl\xe9 profit rises</title>'
+        "<guid>nocs-1</guid></item></channel></rss>"
+    ).encode("cp1252"),
+    "no-fields": (
+        b'<?xml version="1.0"?><rss version="2.0"><channel><title>x</title>'
+        b"<item></item><item><description>Only a description, no title or link or date.</description></item>"
+        b"<item><title>Title only</title></item></channel></rss>"
+    ),
+    "dates": (
+        b'<?xml version="1.0"?><rss version="2.0"><channel><title>x</title>'
+        b"<item><title>From the far future</title><guid>d-1</guid><pubDate>Fri, 01 Jan 2100 00:00:00 GMT</pubDate></item>"
+        b"<item><title>From the epoch</title><guid>d-2</guid><pubDate>Thu, 01 Jan 1970 00:00:00 GMT</pubDate></item>"
+        b"<item><title>Unparsable date</title><guid>d-3</guid><pubDate>yesterday-ish</pubDate></item></channel></rss>"
+    ),
+    "dup-guids": (
+        b'<?xml version="1.0"?><rss version="2.0"><channel><title>x</title>'
+        b"<item><title>First version of the story</title><guid>same</guid></item>"
+        b"<item><title>Completely different second story</title><guid>same</guid></item></channel></rss>"
+    ),
     # 300 cashtags in one entry (pump-and-dump spam): every ticker would be a window key of its own
-    "ticker-spam": (b'<?xml version="1.0"?><rss version="2.0"><channel><title>x</title>'
-                    b"<item><title>Top movers today</title><guid>spam-1</guid><description>"
-                    + " ".join(f"$AA{chr(65 + i // 26)}{chr(65 + i % 26)}" for i in range(300)).encode()
-                    + b"</description></item></channel></rss>"),
+    "ticker-spam": (
+        b'<?xml version="1.0"?><rss version="2.0"><channel><title>x</title>'
+        b"<item><title>Top movers today</title><guid>spam-1</guid><description>"
+        + " ".join(f"$AA{chr(65 + i // 26)}{chr(65 + i % 26)}" for i in range(300)).encode()
+        + b"</description></item></channel></rss>"
+    ),
 }
 
 
@@ -124,45 +154,79 @@ def _rss_doc(items: str, declaration: str = '<?xml version="1.0" encoding="utf-8
     return f'{declaration}<rss version="2.0"><channel><title>x</title>{items}</channel></rss>'
 
 
-_LAUGHS = ('<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol1 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">'
-           '<!ENTITY lol2 "&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;">]>')
-_WIDE_DOC = _rss_doc("<item><title>Oil shares rise</title><guid>w-1</guid></item>"
-                     "<item><title>Caf&#233; chain profit &#x2191;</title><guid>w-2</guid></item>",
-                     '<?xml version="1.0" encoding="{enc}"?>')
+_LAUGHS = (
+    '<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol1 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">'
+    '<!ENTITY lol2 "&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;">]>'
+)
+_WIDE_DOC = _rss_doc(
+    "<item><title>Oil shares rise</title><guid>w-1</guid></item>"
+    "<item><title>Caf&#233; chain profit &#x2191;</title><guid>w-2</guid></item>",
+    '<?xml version="1.0" encoding="{enc}"?>',
+)
 
 # Bad input inside well-formed (or nearly) documents: what comes out must be clean text. Served as
 # ``(body, content type)``.
 HOSTILE_TEXT: dict[str, tuple[bytes, str]] = {
     # &#xD800; made feedparser raise UnicodeEncodeError (and the whole run exit 1)
-    "surrogate": (_rss_doc("<item><title>Lone &#xD800; surrogate in a headline</title><guid>s-1</guid></item>"
-                           "<item><title>Out of range &#x110000; reference</title><guid>s-2</guid></item>"
-                           "<item><title>Oil prices climb</title><guid>s-3</guid></item>").encode(),
-                  "application/rss+xml; charset=utf-8"),
-    "controls": (_rss_doc("<item><title>Nul\x00 and \x1b[31mred\x1b[0m escape \x07bell</title><guid>c-1</guid></item>"
-                          "<item><title>C1 \u0081control\u009b2J here&#x1b;</title><guid>c-2</guid></item>"
-                          "<item><title>Line\nbreaks\tand\rtabs</title><guid>c-3</guid></item>").encode(),
-                 "application/rss+xml; charset=utf-8"),
-    "bidi": (_rss_doc("<item><title>Bank \u202egnp.exe\u202c results</title><guid>b-1</guid></item>"
-                      "<item><title>Zero\u200bwidth\u200d join\ufeff and \u2066isolate\u2069</title><guid>b-2</guid></item>"
-                      "<item><title>\u200b\u200c\u202e\u2066</title><guid>b-3</guid></item>"
-                      "<item><title>\u200b\u200b</title><description>Invisible title, visible summary.</description>"
-                      "<guid>b-4</guid></item>").encode(), "application/rss+xml; charset=utf-8"),
-    "escaped": (_rss_doc("<item><title>&amp;lt;script&amp;gt;alert(1)&amp;lt;/script&amp;gt; double-escaped</title><guid>e-1</guid></item>"
-                         "<item><title>&lt;script&gt;alert(2)&lt;/script&gt; escaped once</title><guid>e-2</guid></item>"
-                         "<item><title>&lt;b&gt;Earnings&lt;/b&gt; beat &amp;amp; raise</title><guid>e-3</guid></item>").encode(),
-                "application/rss+xml; charset=utf-8"),
-    "atom-html": (('<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org/2005/Atom"><title>a</title>'
-                   '<entry><title type="html">Fed &lt;i&gt;holds&lt;/i&gt; &amp;amp;lt;script&amp;amp;gt; rates</title><id>urn:a:1</id></entry>'
-                   '<entry><title type="text">Apple &lt;AAPL.O&gt; &amp;lt;b&amp;gt; text</title><id>urn:a:2</id></entry>'
-                   "</feed>").encode(), "application/atom+xml; charset=utf-8"),
-    "ric": (_rss_doc("<item><title>Apple &lt;AAPL.O&gt; shares rise</title><guid>r-1</guid></item>"
-                     "<item><title>History of the &lt;blink&gt; tag</title><guid>r-2</guid></item>"
-                     "<item><title>Results from &lt;RIVN.O&gt; and &lt;BRKa.N&gt; due</title><guid>r-3</guid></item>").encode(),
-            "application/rss+xml; charset=utf-8"),
-    "long-link": (_rss_doc("<item><title>Headline with a very long link</title><guid>l-1</guid>"
-                           f"<link>http://127.0.0.1/story?q={'x' * 5000}</link></item>"
-                           "<item><title>Headline with a normal link</title><link>http://127.0.0.1/story/2</link></item>").encode(),
-                  "application/rss+xml; charset=utf-8"),
+    "surrogate": (
+        _rss_doc(
+            "<item><title>Lone &#xD800; surrogate in a headline</title><guid>s-1</guid></item>"
+            "<item><title>Out of range &#x110000; reference</title><guid>s-2</guid></item>"
+            "<item><title>Oil prices climb</title><guid>s-3</guid></item>"
+        ).encode(),
+        "application/rss+xml; charset=utf-8",
+    ),
+    "controls": (
+        _rss_doc(
+            "<item><title>Nul\x00 and \x1b[31mred\x1b[0m escape \x07bell</title><guid>c-1</guid></item>"
+            "<item><title>C1 \u0081control\u009b2J here&#x1b;</title><guid>c-2</guid></item>"
+            "<item><title>Line\nbreaks\tand\rtabs</title><guid>c-3</guid></item>"
+        ).encode(),
+        "application/rss+xml; charset=utf-8",
+    ),
+    "bidi": (
+        _rss_doc(
+            "<item><title>Bank \u202egnp.exe\u202c results</title><guid>b-1</guid></item>"
+            "<item><title>Zero\u200bwidth\u200d join\ufeff and \u2066isolate\u2069</title><guid>b-2</guid></item>"
+            "<item><title>\u200b\u200c\u202e\u2066</title><guid>b-3</guid></item>"
+            "<item><title>\u200b\u200b</title><description>Invisible title, visible summary.</description>"
+            "<guid>b-4</guid></item>"
+        ).encode(),
+        "application/rss+xml; charset=utf-8",
+    ),
+    "escaped": (
+        _rss_doc(
+            "<item><title>&amp;lt;script&amp;gt;alert(1)&amp;lt;/script&amp;gt; double-escaped</title><guid>e-1</guid></item>"
+            "<item><title>&lt;script&gt;alert(2)&lt;/script&gt; escaped once</title><guid>e-2</guid></item>"
+            "<item><title>&lt;b&gt;Earnings&lt;/b&gt; beat &amp;amp; raise</title><guid>e-3</guid></item>"
+        ).encode(),
+        "application/rss+xml; charset=utf-8",
+    ),
+    "atom-html": (
+        (
+            b'<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org/2005/Atom"><title>a</title>'
+            b'<entry><title type="html">Fed &lt;i&gt;holds&lt;/i&gt; &amp;amp;lt;script&amp;amp;gt; rates</title><id>urn:a:1</id></entry>'
+            b'<entry><title type="text">Apple &lt;AAPL.O&gt; &amp;lt;b&amp;gt; text</title><id>urn:a:2</id></entry>'
+            b"</feed>"
+        ),
+        "application/atom+xml; charset=utf-8",
+    ),
+    "ric": (
+        _rss_doc(
+            "<item><title>Apple &lt;AAPL.O&gt; shares rise</title><guid>r-1</guid></item>"
+            "<item><title>History of the &lt;blink&gt; tag</title><guid>r-2</guid></item>"
+            "<item><title>Results from &lt;RIVN.O&gt; and &lt;BRKa.N&gt; due</title><guid>r-3</guid></item>"
+        ).encode(),
+        "application/rss+xml; charset=utf-8",
+    ),
+    "long-link": (
+        _rss_doc(
+            "<item><title>Headline with a very long link</title><guid>l-1</guid>"
+            f"<link>http://127.0.0.1/story?q={'x' * 5000}</link></item>"
+            "<item><title>Headline with a normal link</title><link>http://127.0.0.1/story/2</link></item>"
+        ).encode(),
+        "application/rss+xml; charset=utf-8",
+    ),
     # UTF-16/32 served as text/xml without a charset: RFC 3023 says us-ascii, the byte-order mark says otherwise.
     # ASCII text only: the NUL-laden bytes then "decode" as us-ascii, and feedparser never looks further.
     "utf16le-bom": (b"\xff\xfe" + _WIDE_DOC.format(enc="utf-16").encode("utf-16-le"), "text/xml"),
@@ -171,12 +235,30 @@ HOSTILE_TEXT: dict[str, tuple[bytes, str]] = {
     "utf16le-nobom": (_WIDE_DOC.format(enc="utf-16").encode("utf-16-le"), "text/xml"),
     "utf16be-nobom": (_WIDE_DOC.format(enc="utf-16").encode("utf-16-be"), "application/xml"),
     # entity declarations the raw-byte prefix scan missed: in UTF-16/32, or after 64 KiB of comment
-    "laughs-utf16": (b"\xff\xfe" + ('<?xml version="1.0" encoding="utf-16"?>' + _LAUGHS
-                                     + _rss_doc("<item><title>&lol2;</title></item>", "")).encode("utf-16-le"), "text/xml"),
-    "xxe-utf32": (('<?xml version="1.0" encoding="utf-32"?><!DOCTYPE r [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
-                   + _rss_doc("<item><title>&xxe;</title></item>", "")).encode("utf-32-be"), "application/xml"),
-    "laughs-late": (('<?xml version="1.0"?><!--' + " pad" * 20000 + " -->" + _LAUGHS
-                     + _rss_doc("<item><title>&lol2;</title></item>", "")).encode(), "application/rss+xml"),
+    "laughs-utf16": (
+        b"\xff\xfe"
+        + (
+            '<?xml version="1.0" encoding="utf-16"?>' + _LAUGHS + _rss_doc("<item><title>&lol2;</title></item>", "")
+        ).encode("utf-16-le"),
+        "text/xml",
+    ),
+    "xxe-utf32": (
+        (
+            '<?xml version="1.0" encoding="utf-32"?><!DOCTYPE r [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
+            + _rss_doc("<item><title>&xxe;</title></item>", "")
+        ).encode("utf-32-be"),
+        "application/xml",
+    ),
+    "laughs-late": (
+        (
+            '<?xml version="1.0"?><!--'
+            + " pad" * 20000
+            + " -->"
+            + _LAUGHS
+            + _rss_doc("<item><title>&lol2;</title></item>", "")
+        ).encode(),
+        "application/rss+xml",
+    ),
 }
 
 
@@ -194,7 +276,13 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # quiet; the server counts requests instead
         pass
 
-    def _send(self, status: int, body: bytes = b"", ctype: str = "application/rss+xml; charset=utf-8", headers: dict | None = None):
+    def _send(
+        self,
+        status: int,
+        body: bytes = b"",
+        ctype: str = "application/rss+xml; charset=utf-8",
+        headers: dict | None = None,
+    ):
         self.send_response(status)
         if body or status == 200:
             self.send_header("Content-Type", ctype)
@@ -205,7 +293,7 @@ class _Handler(BaseHTTPRequestHandler):
         if body and self.command != "HEAD":
             self.wfile.write(body)
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         self.server.hits[self.path] = self.server.hits.get(self.path, 0) + 1
         self.server.hit_times.setdefault(self.path, []).append(time.monotonic())
         path = self.path.split("?", 1)[0]
@@ -222,7 +310,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(404, b"no such feed", "text/plain")
         items = self.server.published(name)
         newest = items[0][3] if items else self.server.started_at
-        etag = '"' + hashlib.blake2b(f"{name}|{len(items)}|{items[0][0] if items else ''}".encode(), digest_size=8).hexdigest() + '"'
+        etag = (
+            '"'
+            + hashlib.blake2b(f"{name}|{len(items)}|{items[0][0] if items else ''}".encode(), digest_size=8).hexdigest()
+            + '"'
+        )
         last_modified = format_datetime(newest, usegmt=True)
         if self.headers.get("If-None-Match") == etag:
             return self._send(304, headers={"ETag": etag, "Last-Modified": last_modified})
@@ -232,7 +324,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _hostile(self, case: str):
         if case in HOSTILE_DOCS:
-            ctype = "text/html" if case == "html" else ("application/xml" if case == "no-charset" else "application/rss+xml; charset=utf-8")
+            ctype = (
+                "text/html"
+                if case == "html"
+                else ("application/xml" if case == "no-charset" else "application/rss+xml; charset=utf-8")
+            )
             return self._send(200, HOSTILE_DOCS[case], ctype)
         if case in HOSTILE_TEXT:
             return self._send(200, *HOSTILE_TEXT[case])
@@ -318,7 +414,9 @@ class LoopbackServer(ThreadingHTTPServer):
 class FeedServer(LoopbackServer):
     daemon_threads = True
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, rows: list[tuple[str, str]] | None = None, **schedule_kw):
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, rows: list[tuple[str, str]] | None = None, **schedule_kw
+    ):
         super().__init__((host, port), _Handler)
         self.started = time.monotonic()
         self.started_at = datetime.now(UTC)
@@ -339,7 +437,10 @@ class FeedServer(LoopbackServer):
         """Newest first: items of ``feed`` whose due time has passed on the demo clock."""
         elapsed = time.monotonic() - self.started
         due = [s for s in self.items if s.feed == feed and s.due <= elapsed][-limit:]
-        return [(s.guid, s.title, f"{self.url}/story/{s.guid}", self.started_at + timedelta(seconds=s.due)) for s in reversed(due)]
+        return [
+            (s.guid, s.title, f"{self.url}/story/{s.guid}", self.started_at + timedelta(seconds=s.due))
+            for s in reversed(due)
+        ]
 
     def start(self) -> FeedServer:
         self._thread = threading.Thread(target=self.serve_forever, name="feed-server", daemon=True)

@@ -46,8 +46,15 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 class Child:
     """One supervised child process whose output goes to a log file."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
-                 cwd: Path | None = None, restart: bool = False):
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        restart: bool = False,
+    ):
         self.name = name
         self.restart = restart  # crash-only children (the worker): the supervisor starts them again
         self.restarts: list[float] = []
@@ -68,15 +75,22 @@ class Child:
         with self.log_path.open("ab") as out:
             try:
                 self.proc = subprocess.Popen(
-                    self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env=self.env, cwd=self.cwd, preexec_fn=_die_with_parent,
+                    self.argv,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=self.env,
+                    cwd=self.cwd,
+                    preexec_fn=_die_with_parent,
                 )
             except FileNotFoundError as err:
                 raise ProcessStartError(f"{self.name}: cannot run {self.argv[0]!r}: {err.strerror}") from None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise ProcessStartError(f"{self.name} exited with {self.proc.returncode} during start:\n{self.log_tail()}")
+                raise ProcessStartError(
+                    f"{self.name} exited with {self.proc.returncode} during start:\n{self.log_tail()}"
+                )
             if ready():
                 log.info("started", extra={"child": self.name, "pid": self.proc.pid})
                 return

@@ -33,7 +33,10 @@ def wait_for_signal(supervisor: Supervisor, poll_s: float = 0.5) -> int:
             dead = [c for c in supervisor.dead() if not supervisor.revive(c)]
             if dead:
                 for child in dead:
-                    log.error("child exited", extra={"child": child.name, "rc": child.proc.returncode, "log": str(child.log_path)})
+                    log.error(
+                        "child exited",
+                        extra={"child": child.name, "rc": child.proc.returncode, "log": str(child.log_path)},
+                    )
                 return 1
         log.info("stopping", extra={"signal": signal.Signals(received[0]).name})
         return 0

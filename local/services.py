@@ -12,10 +12,10 @@ import shutil
 from pathlib import Path
 
 import yaml
-from finsent.alerts.config import ALERTMANAGER_CONFIG, RULES_DIR, render_alertmanager_config
-from finsent.local.procs import Child, http_ok
 
+from finsent.alerts.config import ALERTMANAGER_CONFIG, RULES_DIR, render_alertmanager_config
 from finsent.errors import MissingBinary
+from finsent.local.procs import Child, http_ok
 from finsent.settings import Settings
 
 

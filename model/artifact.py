@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from finsent.model.network import MultiTaskModel
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerBase
 
 from finsent.errors import ModelError
 from finsent.labels import SENTIMENT_LABELS, TOPIC_LABELS
+from finsent.model.network import MultiTaskModel
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -19,10 +19,10 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from finsent.model import onnxbuild
-from finsent.model.network import MultiTaskModel
 
 from finsent import errors
+from finsent.model import onnxbuild
+from finsent.model.network import MultiTaskModel
 
 log = logging.getLogger("finsent.model.backends")
 
@@ -113,13 +113,17 @@ def recommended(directory: Path) -> str | None:
     if choice not in BACKENDS:
         return None
     if found.get("gate", 1) < GATE_VERSION:
-        log.warning("export.json predates the batch-invariance gate; not trusting its choice (run `finsent export`)",
-                    extra={"model_dir": str(directory), "recommended": choice})
+        log.warning(
+            "export.json predates the batch-invariance gate; not trusting its choice (run `finsent export`)",
+            extra={"model_dir": str(directory), "recommended": choice},
+        )
         return None
     measured_on = found.get("weights_sha256")
     if measured_on and measured_on != onnxbuild.weights_digest(directory):
-        log.warning("export.json was measured on other weights; not trusting its choice",
-                    extra={"model_dir": str(directory), "measured_on": measured_on[:12]})
+        log.warning(
+            "export.json was measured on other weights; not trusting its choice",
+            extra={"model_dir": str(directory), "measured_on": measured_on[:12]},
+        )
         return None
     return choice
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from finsent.model import artifact
 from finsent.model.backends import Backend, make_backend
 from finsent.model.batching import pad, sorted_batches
@@ -72,7 +73,12 @@ class Encoded:
 
 class Classifier:
     def __init__(
-        self, directory: Path, backend: Backend, meta: artifact.ModelMeta, tokenizer, batch_size: int = 32,
+        self,
+        directory: Path,
+        backend: Backend,
+        meta: artifact.ModelMeta,
+        tokenizer,
+        batch_size: int = 32,
         news_bias: np.ndarray | None = None,
     ):
         self.directory = directory
@@ -107,8 +113,16 @@ class Classifier:
         news_bias = load_news_bias(directory, meta.full_name, list(meta.sentiment_labels))
         if gpu_batch_size and chosen.name == "torch-cuda":
             batch_size = gpu_batch_size
-        log.info("classifier loaded", extra={"model": meta.full_name, "backend": chosen.name, "path": str(directory),
-                                             "news_bias": news_bias is not None, "batch_size": batch_size})
+        log.info(
+            "classifier loaded",
+            extra={
+                "model": meta.full_name,
+                "backend": chosen.name,
+                "path": str(directory),
+                "news_bias": news_bias is not None,
+                "batch_size": batch_size,
+            },
+        )
         return cls(directory, chosen, meta, tokenizer, batch_size, news_bias)
 
     def sentiment_offsets(self, domain: str | None = None) -> np.ndarray | None:

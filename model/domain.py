@@ -54,8 +54,10 @@ def load_news_bias(directory: Path, full_name: str, sentiment_labels: list[str])
         return None
     raw = json.loads(path.read_text())
     if raw.get("model") != full_name:
-        log.warning("news bias ignored: fitted for another model", extra={"path": str(path), "fitted_for": raw.get("model"),
-                                                                          "model": full_name})
+        log.warning(
+            "news bias ignored: fitted for another model",
+            extra={"path": str(path), "fitted_for": raw.get("model"), "model": full_name},
+        )
         return None
     offsets = raw["sentiment_offsets"]
     if sorted(offsets) != sorted(sentiment_labels):
@@ -101,8 +103,10 @@ def _scored_sets(clf, data_dir: Path, logits_fn) -> list[tuple[str, np.ndarray, 
     from finsent.model.text import prepare
 
     sets = [(ns.name, ns.load(data_dir), ns.labels) for ns in NEWS_SETS]
-    sets += [("twitter-sentiment", twitter_sentiment(data_dir, "valid"), (0, 1, 2)),
-             ("finentity-dev (fit set)", finentity(data_dir, "dev"), (0, 1, 2))]
+    sets += [
+        ("twitter-sentiment", twitter_sentiment(data_dir, "valid"), (0, 1, 2)),
+        ("finentity-dev (fit set)", finentity(data_dir, "dev"), (0, 1, 2)),
+    ]
     out = []
     for name, examples, labels in sets:
         pairs = [(prepare(ex.text), ex.sentiment) for ex in examples]
@@ -124,8 +128,15 @@ def compare(clf, data_dir: Path, offsets: np.ndarray, logits_fn=None, bound_grid
 
     sets = _scored_sets(clf, data_dir, logits_fn or LogitCache(clf))
     news_names = {ns.name for ns in NEWS_SETS}
-    rows = [{"set": name, "n": len(y), "default": _sentiment_metrics(z, y, labels),
-             "rule": _sentiment_metrics(z + offsets, y, labels)} for name, z, y, labels in sets]
+    rows = [
+        {
+            "set": name,
+            "n": len(y),
+            "default": _sentiment_metrics(z, y, labels),
+            "rule": _sentiment_metrics(z + offsets, y, labels),
+        }
+        for name, z, y, labels in sets
+    ]
     result = {"rows": rows}
     for key in ("default", "rule"):
         result[f"news_score_{key}"] = float(np.mean([r[key]["accuracy"] for r in rows if r["set"] in news_names]))
@@ -139,8 +150,11 @@ def compare(clf, data_dir: Path, offsets: np.ndarray, logits_fn=None, bound_grid
                 if score > best[0] + 1e-12:
                     best = (score, b)
         twitter = next((z, y) for name, z, y, _ in sets if name == "twitter-sentiment")
-        result["upper_bound"] = {"offsets": best[1].tolist(), "news_score": best[0],
-                                 "twitter_sentiment_accuracy": float(((twitter[0] + best[1]).argmax(1) == twitter[1]).mean())}
+        result["upper_bound"] = {
+            "offsets": best[1].tolist(),
+            "news_score": best[0],
+            "twitter_sentiment_accuracy": float(((twitter[0] + best[1]).argmax(1) == twitter[1]).mean()),
+        }
     return result
 
 
@@ -158,16 +172,25 @@ def render_comparison(doc: dict, comparison: dict) -> str:
     ]
     for r in comparison["rows"]:
         a, b = r["default"], r["rule"]
-        restricted = (f"{a['accuracy_restricted']:.3f} → {b['accuracy_restricted']:.3f}" if "accuracy_restricted" in a else "—")
-        lines.append(f"| {r['set']} | {r['n']} | {a['accuracy']:.3f} → {b['accuracy']:.3f} | {a['macro_f1']:.3f} → "
-                     f"{b['macro_f1']:.3f} | {a['neutral_rate']:.3f} → {b['neutral_rate']:.3f} | {restricted} |")
-    lines.append(f"| **news score** | | **{comparison['news_score_default']:.3f} → {comparison['news_score_rule']:.3f}** | | | |")
+        restricted = (
+            f"{a['accuracy_restricted']:.3f} → {b['accuracy_restricted']:.3f}" if "accuracy_restricted" in a else "—"
+        )
+        lines.append(
+            f"| {r['set']} | {r['n']} | {a['accuracy']:.3f} → {b['accuracy']:.3f} | {a['macro_f1']:.3f} → "
+            f"{b['macro_f1']:.3f} | {a['neutral_rate']:.3f} → {b['neutral_rate']:.3f} | {restricted} |"
+        )
+    lines.append(
+        f"| **news score** | | **{comparison['news_score_default']:.3f} → {comparison['news_score_rule']:.3f}** | | | |"
+    )
     bound = comparison.get("upper_bound")
     if bound:
         b = bound["offsets"]
-        lines += ["", f"Upper bound of this rule family, for scale only (offsets grid-searched on the news *test* sets "
-                  f"themselves, so not a candidate): negative {b[0]:+.1f}, positive {b[2]:+.1f} → news score "
-                  f"{bound['news_score']:.3f}, Twitter sentiment accuracy {bound['twitter_sentiment_accuracy']:.3f}."]
+        lines += [
+            "",
+            f"Upper bound of this rule family, for scale only (offsets grid-searched on the news *test* sets "
+            f"themselves, so not a candidate): negative {b[0]:+.1f}, positive {b[2]:+.1f} → news score "
+            f"{bound['news_score']:.3f}, Twitter sentiment accuracy {bound['twitter_sentiment_accuracy']:.3f}.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -175,18 +198,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m finsent.model.domain",
         description="Fit the news decision rule on FinEntity dev, compare it with the default on every news set and "
-                    "Twitter sentiment; with --store, write news_bias.json into the model directory.")
+        "Twitter sentiment; with --store, write news_bias.json into the model directory.",
+    )
     parser.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped one)")
-    parser.add_argument("--data-dir", type=Path, default=None, help="default: the settings' paths.data_dir (../shared/data)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="where the comparison goes (default: reports/<name>@<version>/news-bias-candidate.md)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="default: the settings' paths.data_dir (../shared/data)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where the comparison goes (default: reports/<name>@<version>/news-bias-candidate.md)",
+    )
     parser.add_argument("--store", action="store_true", help="write news_bias.json next to the model (opt-in rule)")
     args = parser.parse_args(argv)
 
+    from finsent.errors import DataError
     from finsent.model.classifier import Classifier
     from finsent.model.data import check_data_dir
-
-    from finsent.errors import DataError
     from finsent.settings import load
 
     args.data_dir = args.data_dir or load().paths.data_dir

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from finsent import errors
 from finsent.model import artifact, onnxbuild
 from finsent.model.backends import EXPORT_MANIFEST, GATE_VERSION, OnnxBackend, make_backend
 from finsent.model.classifier import Classifier
 from finsent.model.data import Example, check_data_dir, twitter_sentiment, twitter_topic
 from finsent.model.text import prepare
-
-from finsent import errors
 
 log = logging.getLogger("finsent.model.export")
 
@@ -38,8 +38,12 @@ INVARIANCE_TEXTS = 1000
 
 def _candidates(directory: Path) -> list[tuple[str, str]]:
     """(table row name, how to build it): torch fp32/int8, ONNX fp32 and every int8 recipe."""
-    return [("torch", "torch"), ("torch-int8", "torch-int8"), ("onnx", onnxbuild.FP32),
-            *((f"onnx-int8:{recipe}", recipe) for recipe in onnxbuild.RECIPES)]
+    return [
+        ("torch", "torch"),
+        ("torch-int8", "torch-int8"),
+        ("onnx", onnxbuild.FP32),
+        *((f"onnx-int8:{recipe}", recipe) for recipe in onnxbuild.RECIPES),
+    ]
 
 
 def _backend(directory: Path, row: str, how: str, threads: int):
@@ -83,8 +87,13 @@ def accepted(row: dict, base: dict, max_accuracy_drop: float, min_agreement: flo
 
 
 def parity(
-    directory: Path, data_dir: Path, limit: int = 0, batch_size: int = 32, max_accuracy_drop: float = MAX_ACCURACY_DROP,
-    min_agreement: float = MIN_AGREEMENT, threads: int = 0,
+    directory: Path,
+    data_dir: Path,
+    limit: int = 0,
+    batch_size: int = 32,
+    max_accuracy_drop: float = MAX_ACCURACY_DROP,
+    min_agreement: float = MIN_AGREEMENT,
+    threads: int = 0,
 ) -> dict:
     topic_set, sent_set = _validation(data_dir, limit)
     texts_t = [prepare(e.text) for e in topic_set]
@@ -114,7 +123,9 @@ def parity(
         }
         if row_name == "torch":
             reference = {"topic": pt, "sentiment": ps}
-        row["agreement_with_fp32"] = float(np.concatenate([pt == reference["topic"], ps == reference["sentiment"]]).mean())
+        row["agreement_with_fp32"] = float(
+            np.concatenate([pt == reference["topic"], ps == reference["sentiment"]]).mean()
+        )
         results[row_name] = row
         log.info("backend measured", extra={"backend": row_name, **row})
     base = results["torch"]

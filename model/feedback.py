@@ -17,12 +17,11 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from finsent.errors import RecordError
+from finsent.labels import SENTIMENT_INDEX, TOPIC_INDEX
 from finsent.model import artifact
 from finsent.model.data import IGNORE, Example, load_twitter
 from finsent.model.train import TrainConfig, encode, evaluate, pick_device, train
-
-from finsent.errors import RecordError
-from finsent.labels import SENTIMENT_INDEX, TOPIC_INDEX
 from finsent.records import Feedback
 
 log = logging.getLogger("finsent.model.feedback")
@@ -104,25 +103,42 @@ def fine_tune(
     parent_model, tokenizer, parent_meta = artifact.load(parent_dir)
     device = pick_device(cfg.device)
     dev_data = encode(dev, tokenizer, parent_meta.max_length)
-    parent_score = evaluate(parent_model.to(device), dev_data, tokenizer.pad_token_id or 0, device, cfg.eval_batch_size)["selection"]
+    parent_score = evaluate(
+        parent_model.to(device), dev_data, tokenizer.pad_token_id or 0, device, cfg.eval_batch_size
+    )["selection"]
 
     version = cfg.version or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     staging = Path(cfg.run_dir) / "feedback-candidates"
-    run_cfg = replace(cfg, version=version, init_from=str(parent_dir), name=parent_meta.name, out_dir=str(staging),
-                      max_length=parent_meta.max_length)
+    run_cfg = replace(
+        cfg,
+        version=version,
+        init_from=str(parent_dir),
+        name=parent_meta.name,
+        out_dir=str(staging),
+        max_length=parent_meta.max_length,
+    )
     candidate_dir = train(run_cfg, examples=mixed, dev=dev, progress=False)
     assert candidate_dir is not None
     candidate_meta = artifact.load_meta(candidate_dir)
     candidate_score = candidate_meta.metrics["dev"]["selection"]
     passed = candidate_score >= parent_score - max_drop
     registered = None
-    gate = {"parent": parent_meta.full_name, "parent_dev_selection": parent_score, "candidate_dev_selection": candidate_score,
-            "max_drop": max_drop, "passed": passed, "feedback_examples": len(feedback), "replay_examples": len(replayed),
-            "feedback_bad_lines": bad}
+    gate = {
+        "parent": parent_meta.full_name,
+        "parent_dev_selection": parent_score,
+        "candidate_dev_selection": candidate_score,
+        "max_drop": max_drop,
+        "passed": passed,
+        "feedback_examples": len(feedback),
+        "replay_examples": len(replayed),
+        "feedback_bad_lines": bad,
+    }
     candidate_meta.metrics["feedback_gate"] = gate
     (candidate_dir / "meta.json").write_text(json.dumps(asdict(candidate_meta), indent=2) + "\n")
     if passed:
         registered = Path(cfg.out_dir) / parent_meta.name / version
         shutil.copytree(candidate_dir, registered)
     log.info("feedback gate", extra={**gate, "registered": str(registered) if registered else None})
-    return GateResult(passed, parent_score, candidate_score, max_drop, candidate_dir, registered, len(feedback), len(replayed))
+    return GateResult(
+        passed, parent_score, candidate_score, max_drop, candidate_dir, registered, len(feedback), len(replayed)
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
@@ -43,8 +45,14 @@ def restricted_accuracy(scores_: np.ndarray, y_true: np.ndarray, allowed: tuple[
     return float((pred == np.asarray(y_true)).mean())
 
 
-def fit_offsets(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0, reference: int = 1,
-                l2: float = 1e-3, steps: int = 200) -> np.ndarray:
+def fit_offsets(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    temperature: float = 1.0,
+    reference: int = 1,
+    l2: float = 1e-3,
+    steps: int = 200,
+) -> np.ndarray:
     """Per-class offsets b minimising the NLL of softmax(logits / T + b) on held-out data.
 
     A prior-shift correction for a new domain (the temperature stays as fitted on dev). ``b[reference]``
@@ -56,8 +64,9 @@ def fit_offsets(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0
     free = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
     mask = torch.ones(x.shape[1], dtype=torch.float64)
     mask[reference] = 0
-    opt = torch.optim.LBFGS([free], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-10, tolerance_change=1e-12)
+    opt = torch.optim.LBFGS(
+        [free], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe", tolerance_grad=1e-10, tolerance_change=1e-12
+    )
 
     def closure():
         opt.zero_grad()
@@ -100,7 +109,7 @@ def reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> l
     correct = probs.argmax(axis=1) == labels
     edges = np.linspace(0.0, 1.0, bins + 1)
     out = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         sel = (conf > lo) & (conf <= hi)
         if sel.any():
             out.append((float(sel.mean()), float(conf[sel].mean()), float(correct[sel].mean())))

@@ -24,9 +24,7 @@ class MultiTaskModel(nn.Module):
         self.topic_head = nn.Linear(config.hidden_size, n_topics)
         self.sentiment_head = nn.Linear(config.hidden_size, n_sentiments)
 
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (topic_logits, sentiment_logits)."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         pooled = self.dropout(mean_pool(hidden, attention_mask))

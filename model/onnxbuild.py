@@ -125,8 +125,16 @@ def ensure(model_dir: Path, recipe: str = FP32) -> Path:
             started = time.monotonic()
             _build_fp32(model_dir, path)
         _write_stamp(directory, path.name, digest)
-        log.info("onnx graph built", extra={"model_dir": str(model_dir), "recipe": recipe, "path": str(path),
-                                             "seconds": round(time.monotonic() - started, 1), "weights_sha256": digest[:12]})
+        log.info(
+            "onnx graph built",
+            extra={
+                "model_dir": str(model_dir),
+                "recipe": recipe,
+                "path": str(path),
+                "seconds": round(time.monotonic() - started, 1),
+                "weights_sha256": digest[:12],
+            },
+        )
     return path
 
 
@@ -140,6 +148,7 @@ def _atomic_target(path: Path) -> Path:
 
 def _build_fp32(model_dir: Path, path: Path) -> None:
     import torch
+
     from finsent.model import artifact
 
     try:
@@ -156,8 +165,12 @@ def _build_fp32(model_dir: Path, path: Path) -> None:
             str(tmp),
             input_names=["input_ids", "attention_mask"],
             output_names=["topic_logits", "sentiment_logits"],
-            dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
-                          "topic_logits": {0: "batch"}, "sentiment_logits": {0: "batch"}},
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "seq"},
+                "attention_mask": {0: "batch", 1: "seq"},
+                "topic_logits": {0: "batch"},
+                "sentiment_logits": {0: "batch"},
+            },
             opset_version=17,
             dynamo=False,
         )
@@ -171,8 +184,14 @@ def _quantize(fp32: Path, path: Path, recipe: dict[str, Any]) -> None:
 
     tmp = _atomic_target(path)
     try:
-        quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=recipe["per_channel"],
-                         reduce_range=recipe["reduce_range"], op_types_to_quantize=recipe["op_types"])
+        quantize_dynamic(
+            str(fp32),
+            str(tmp),
+            weight_type=QuantType.QInt8,
+            per_channel=recipe["per_channel"],
+            reduce_range=recipe["reduce_range"],
+            op_types_to_quantize=recipe["op_types"],
+        )
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -26,10 +26,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from finsent.model.classifier import Classifier  # noqa: E402
-from finsent.model.data import (  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.metrics import classification_report, confusion_matrix
+
+from finsent.model.classifier import Classifier
+from finsent.model.data import (
     NEWS_SETS,
     Example,
     MissingData,
@@ -42,7 +44,7 @@ from finsent.model.data import (  # noqa: E402
     twitter_sentiment,
     twitter_topic,
 )
-from finsent.model.metrics import (  # noqa: E402
+from finsent.model.metrics import (
     expected_calibration_error,
     reliability_bins,
     restricted_accuracy,
@@ -50,15 +52,16 @@ from finsent.model.metrics import (  # noqa: E402
     sentiment_scores,
     softmax,
 )
-from finsent.model.text import prepare  # noqa: E402
-from sklearn.metrics import classification_report, confusion_matrix  # noqa: E402
+from finsent.model.text import prepare
 
 log = logging.getLogger("finsent.model.report")
 
 PUBLISHED = {
     "twitter-sentiment": [
-        ("DistilBERT", 0.859, None), ("finbert-tone", 0.884, None),
-        ("twitter-roberta", 0.888, None), ("twhin-bert-large", 0.890, None),
+        ("DistilBERT", 0.859, None),
+        ("finbert-tone", 0.884, None),
+        ("twitter-roberta", 0.888, None),
+        ("twhin-bert-large", 0.890, None),
     ],
     "twitter-topic": [("bert-base", 0.901, None), ("best public fine-tune", 0.911, None)],
     "phrasebank-50-finbert-test": [("FinBERT (in-domain, trained on PhraseBank)", 0.86, 0.84)],
@@ -106,8 +109,15 @@ def _plot_confusion(cm: np.ndarray, labels: list[str], title: str, path: Path) -
     for i in range(len(labels)):
         for j in range(len(labels)):
             if cm[i, j]:
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6,
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
@@ -116,11 +126,15 @@ def _plot_confusion(cm: np.ndarray, labels: list[str], title: str, path: Path) -
     plt.close(fig)
 
 
-def _plot_reliability(before: np.ndarray, after: np.ndarray, labels: np.ndarray, title: str, path: Path, bins: int = 15) -> None:
+def _plot_reliability(
+    before: np.ndarray, after: np.ndarray, labels: np.ndarray, title: str, path: Path, bins: int = 15
+) -> None:
     fig, ax = plt.subplots(figsize=(5, 5))
     min_share = 5 / len(labels)  # plot only bins holding at least 5 examples
     for probs, name in ((before, "raw (T=1)"), (after, "temperature-scaled")):
-        points = [(conf, acc) for share, conf, acc in reliability_bins(probs, labels, bins) if share >= min_share - 1e-12]
+        points = [
+            (conf, acc) for share, conf, acc in reliability_bins(probs, labels, bins) if share >= min_share - 1e-12
+        ]
         xs, ys = [p[0] for p in points], [p[1] for p in points]
         ax.plot(xs, ys, marker="o", label=f"{name}, ECE {expected_calibration_error(probs, labels):.3f}")
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect")
@@ -141,8 +155,15 @@ def _sentiment_metrics(probs: np.ndarray, y: np.ndarray, labels: tuple[int, ...]
 
 
 def evaluate_set(
-    clf: Classifier, name: str, head: str, examples: list[Example], out_dir: Path, worst: int = 12,
-    labels: tuple[int, ...] | None = None, logits_fn=None, news_bias: np.ndarray | None = None,
+    clf: Classifier,
+    name: str,
+    head: str,
+    examples: list[Example],
+    out_dir: Path,
+    worst: int = 12,
+    labels: tuple[int, ...] | None = None,
+    logits_fn=None,
+    news_bias: np.ndarray | None = None,
 ) -> SetResult:
     """Score one set. Sentiment sets: ``labels`` are the classes its gold labels use (default all);
     ``news_bias`` (offsets) adds ``metrics["news_bias"]``, the same logits under the news decision rule."""
@@ -175,12 +196,18 @@ def evaluate_set(
     wrong = np.flatnonzero(pred != y)
     wrong = wrong[np.argsort(-calibrated[wrong, pred[wrong]])][:worst]
     metrics["worst_errors"] = [
-        {"text": examples[i].text, "true": labels_vocab[y[i]], "predicted": labels_vocab[pred[i]],
-         "confidence": round(float(calibrated[i, pred[i]]), 3)}
+        {
+            "text": examples[i].text,
+            "true": labels_vocab[y[i]],
+            "predicted": labels_vocab[pred[i]],
+            "confidence": round(float(calibrated[i, pred[i]]), 3),
+        }
         for i in wrong
     ]
     cm_path = out_dir / f"{name}-confusion.png"
-    _plot_confusion(confusion_matrix(y, pred, labels=range(len(labels_vocab))), list(labels_vocab), f"{name} ({head})", cm_path)
+    _plot_confusion(
+        confusion_matrix(y, pred, labels=range(len(labels_vocab))), list(labels_vocab), f"{name} ({head})", cm_path
+    )
     rel_path = out_dir / f"{name}-reliability.png"
     _plot_reliability(raw, calibrated, y, f"{name}: reliability", rel_path)
     log.info("evaluated", extra={"set": name, "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]})
@@ -198,8 +225,13 @@ class NewsSummary:
     offsets: dict[str, float] | None
 
     def as_dict(self) -> dict:
-        return {"score": self.score, "score_news_bias": self.score_news_bias, "sets": self.sets,
-                "missing": self.missing, "news_bias_offsets": self.offsets}
+        return {
+            "score": self.score,
+            "score_news_bias": self.score_news_bias,
+            "sets": self.sets,
+            "missing": self.missing,
+            "news_bias_offsets": self.offsets,
+        }
 
 
 def run(clf: Classifier, data_dir: Path, out_dir: Path, limit: int = 0) -> dict:
@@ -223,19 +255,38 @@ def run(clf: Classifier, data_dir: Path, out_dir: Path, limit: int = 0) -> dict:
             news_sets.append((news_set, news_set.load(data_dir)))
         except MissingData as err:
             missing[news_set.name] = str(err.path)
-            log.warning("news set missing: the news score will be incomplete", extra={"set": news_set.name, "path": str(err.path)})
+            log.warning(
+                "news set missing: the news score will be incomplete",
+                extra={"set": news_set.name, "path": str(err.path)},
+            )
     out_dir.mkdir(parents=True, exist_ok=True)
     logits = LogitCache(clf)
     bias = clf.news_bias
     results = [
-        evaluate_set(clf, name, head, ex[:limit] if limit else ex, out_dir, logits_fn=logits,
-                     news_bias=bias if name == "twitter-sentiment" else None)
+        evaluate_set(
+            clf,
+            name,
+            head,
+            ex[:limit] if limit else ex,
+            out_dir,
+            logits_fn=logits,
+            news_bias=bias if name == "twitter-sentiment" else None,
+        )
         for name, head, ex in sets
         if ex
     ]
     news_results = [
-        evaluate_set(clf, ns.name, "sentiment", ex[:limit] if limit else ex, out_dir, labels=ns.labels,
-                     logits_fn=logits, news_bias=bias, worst=12 if ns.commercial else QUOTED_RESTRICTED)
+        evaluate_set(
+            clf,
+            ns.name,
+            "sentiment",
+            ex[:limit] if limit else ex,
+            out_dir,
+            labels=ns.labels,
+            logits_fn=logits,
+            news_bias=bias,
+            worst=12 if ns.commercial else QUOTED_RESTRICTED,
+        )
         for ns, ex in news_sets
         if ex  # a held-out slice of a tiny set can be empty: nothing to report
     ]
@@ -246,8 +297,11 @@ def run(clf: Classifier, data_dir: Path, out_dir: Path, limit: int = 0) -> dict:
         sets=[r.name for r in in_score],
         missing=missing,
         score=float(np.mean([r.metrics["accuracy"] for r in in_score])) if complete else None,
-        score_news_bias=(float(np.mean([r.metrics["news_bias"]["accuracy"] for r in in_score]))
-                         if complete and bias is not None else None),
+        score_news_bias=(
+            float(np.mean([r.metrics["news_bias"]["accuracy"] for r in in_score]))
+            if complete and bias is not None
+            else None
+        ),
         offsets=None if bias is None else {k: float(v) for k, v in zip(clf.meta.sentiment_labels, bias)},
     )
     everything = results + news_results
@@ -274,15 +328,19 @@ def summary_lines(summary: dict) -> list[str]:
         if "ece_calibrated" not in row:
             continue
         neutral = f" neutral={row['neutral_rate']:.3f}" if "neutral_rate" in row else ""
-        lines.append(f"{name:<28} n={row['n']:<5} accuracy={row['accuracy']:.3f} macro_f1={row['macro_f1']:.3f} "
-                     f"ece={row['ece_calibrated']:.3f}{neutral}")
+        lines.append(
+            f"{name:<28} n={row['n']:<5} accuracy={row['accuracy']:.3f} macro_f1={row['macro_f1']:.3f} "
+            f"ece={row['ece_calibrated']:.3f}{neutral}"
+        )
     news = summary.get(NEWS, {})
     if news.get("score") is None:
         lines.append("news score: incomplete (news sets missing under the data directory; see the warnings)")
     else:
         lines.append(f"news score (mean accuracy over {int(news['sets'])} news sets): {news['score']:.3f}")
     if BIAS + NEWS in summary:
-        lines.append(f"news score with the stored news decision rule (news_bias.json): {summary[BIAS + NEWS]['score']:.3f}")
+        lines.append(
+            f"news score with the stored news decision rule (news_bias.json): {summary[BIAS + NEWS]['score']:.3f}"
+        )
     return lines
 
 
@@ -293,10 +351,22 @@ def log_to_mlflow(clf: Classifier, out_dir: Path, summary: dict, uri: str = "") 
     mlflow.set_tracking_uri(uri or f"sqlite:///{Path('mlruns.db').resolve()}")
     mlflow.set_experiment(clf.meta.name)
     with mlflow.start_run(run_name=f"eval-{clf.meta.version}") as run:
-        mlflow.set_tags({"model": clf.version, "kind": "evaluation", "backend": clf.backend.name,
-                         "news_bias": "stored" if clf.news_bias is not None else "none"})
-        mlflow.log_metrics({f"{name}.{k}": v for name, row in summary.items() for k, v in row.items()
-                            if isinstance(v, float) and not isinstance(v, bool)})
+        mlflow.set_tags(
+            {
+                "model": clf.version,
+                "kind": "evaluation",
+                "backend": clf.backend.name,
+                "news_bias": "stored" if clf.news_bias is not None else "none",
+            }
+        )
+        mlflow.log_metrics(
+            {
+                f"{name}.{k}": v
+                for name, row in summary.items()
+                for k, v in row.items()
+                if isinstance(v, float) and not isinstance(v, bool)
+            }
+        )
         mlflow.log_artifacts(str(out_dir))
         return run.info.run_id
 
@@ -313,10 +383,13 @@ def _confusion_lines(r: SetResult, vocab: list[str]) -> list[str]:
     return lines
 
 
-def _news_lines(clf: Classifier, results: list[SetResult], news_results: list[SetResult], news: NewsSummary,
-                candidate: bool = False) -> list[str]:
+def _news_lines(
+    clf: Classifier, results: list[SetResult], news_results: list[SetResult], news: NewsSummary, candidate: bool = False
+) -> list[str]:
     by_name = {r.name: r.metrics for r in results}
-    twitter = " / ".join(f"{name} {by_name[name]['accuracy']:.3f}" for name in ("twitter-sentiment", "twitter-topic") if name in by_name)
+    twitter = " / ".join(
+        f"{name} {by_name[name]['accuracy']:.3f}" for name in ("twitter-sentiment", "twitter-topic") if name in by_name
+    )
     licences = {ns.name: ns.licence for ns in NEWS_SETS}
     descriptions = {ns.name: ns.description for ns in NEWS_SETS}
     score = "incomplete" if news.score is None else f"**{news.score:.3f}**"
@@ -337,33 +410,46 @@ def _news_lines(clf: Classifier, results: list[SetResult], news_results: list[Se
         "",
     ]
     if news.missing:
-        lines += ["**Missing sets** (news score not computed): "
-                  + ", ".join(f"{name} (`{path}`)" for name, path in news.missing.items()), ""]
-    lines += ["| set | licence | n | gold neutral | accuracy | macro-F1 | neutral rate | acc. neg/pos only |",
-              "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "**Missing sets** (news score not computed): "
+            + ", ".join(f"{name} (`{path}`)" for name, path in news.missing.items()),
+            "",
+        ]
+    lines += [
+        "| set | licence | n | gold neutral | accuracy | macro-F1 | neutral rate | acc. neg/pos only |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in news_results:
         x = r.metrics
         restricted = _pct(x.get("accuracy_restricted"))
-        lines.append(f"| {r.name} | {licences[r.name]} | {x['n']} | {x['gold_neutral_share']:.3f} | {x['accuracy']:.3f} | "
-                     f"{x['macro_f1']:.3f} | {x['neutral_rate']:.3f} | {restricted} |")
+        lines.append(
+            f"| {r.name} | {licences[r.name]} | {x['n']} | {x['gold_neutral_share']:.3f} | {x['accuracy']:.3f} | "
+            f"{x['macro_f1']:.3f} | {x['neutral_rate']:.3f} | {restricted} |"
+        )
     lines += ["", *(f"- `{r.name}`: {descriptions[r.name]}." for r in news_results), ""]
-    lines += ["Confusion matrices: for each true class, how many were predicted negative / neutral / positive "
-              "(— : the set has no such class).", "",
-              "| set | " + " | ".join(f"true {label}" for label in clf.meta.sentiment_labels) + " |", "|---|---|---|---|"]
+    lines += [
+        "Confusion matrices: for each true class, how many were predicted negative / neutral / positive "
+        "(— : the set has no such class).",
+        "",
+        "| set | " + " | ".join(f"true {label}" for label in clf.meta.sentiment_labels) + " |",
+        "|---|---|---|---|",
+    ]
     for r in news_results:
         cm = r.metrics["confusion"]
         cells = [" / ".join(map(str, cm[i])) if i in r.labels else "—" for i in range(3)]
         lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
     lines += ["", "## News decision rule (`news_bias.json`)", ""]
     if news.offsets is None:
-        lines += ["This model stores no news decision rule; `predict(texts, domain=\"news\")` equals the default."]
+        lines += ['This model stores no news decision rule; `predict(texts, domain="news")` equals the default.']
         if candidate:
-            lines += ["A candidate rule was measured and not stored: see [news-bias-candidate.md](news-bias-candidate.md) "
-                      "(`python -m finsent.model.domain`)."]
-        return lines + [""]
+            lines += [
+                "A candidate rule was measured and not stored: see [news-bias-candidate.md](news-bias-candidate.md) "
+                "(`python -m finsent.model.domain`)."
+            ]
+        return [*lines, ""]
     offsets = ", ".join(f"{k} {v:+.3f}" for k, v in news.offsets.items())
     lines += [
-        f"Per-class offsets added to the calibrated sentiment logits for `domain=\"news\"`: {offsets}, fitted on "
+        f'Per-class offsets added to the calibrated sentiment logits for `domain="news"`: {offsets}, fitted on '
         "FinEntity's dev half only (`python -m finsent.model.domain`). The default rule (`domain=None`, used by the "
         "stream) is unchanged. Same logits, both rules:",
         "",
@@ -372,15 +458,22 @@ def _news_lines(clf: Classifier, results: list[SetResult], news_results: list[Se
     ]
     for r in [*(r for r in results if "news_bias" in r.metrics), *news_results]:
         a, b = r.metrics, r.metrics["news_bias"]
-        lines.append(f"| {r.name} | {a['accuracy']:.3f} → {b['accuracy']:.3f} | {a['macro_f1']:.3f} → {b['macro_f1']:.3f} "
-                     f"| {a['neutral_rate']:.3f} → {b['neutral_rate']:.3f} |")
+        lines.append(
+            f"| {r.name} | {a['accuracy']:.3f} → {b['accuracy']:.3f} | {a['macro_f1']:.3f} → {b['macro_f1']:.3f} "
+            f"| {a['neutral_rate']:.3f} → {b['neutral_rate']:.3f} |"
+        )
     if news.score is not None and news.score_news_bias is not None:
         lines.append(f"| **news score** | **{news.score:.3f} → {news.score_news_bias:.3f}** | | |")
-    return lines + [""]
+    return [*lines, ""]
 
 
-def render(clf: Classifier, results: list[SetResult], news_results: list[SetResult] | None = None,
-           news: NewsSummary | None = None, candidate: bool = False) -> str:
+def render(
+    clf: Classifier,
+    results: list[SetResult],
+    news_results: list[SetResult] | None = None,
+    news: NewsSummary | None = None,
+    candidate: bool = False,
+) -> str:
     m = clf.meta
     news_results = news_results or []
     lines = [
@@ -405,24 +498,49 @@ def render(clf: Classifier, results: list[SetResult], news_results: list[SetResu
     if news is not None:
         score = "incomplete (see News)" if news.score is None else f"**{news.score:.3f}**"
         twitter = ", ".join(f"{r.name} {r.metrics['accuracy']:.3f}" for r in results if r.name.startswith("twitter-"))
-        lines += ["", f"**News score** (mean accuracy over the {len(news_results)} news sets): {score} — Twitter: {twitter}."]
+        lines += [
+            "",
+            f"**News score** (mean accuracy over the {len(news_results)} news sets): {score} — Twitter: {twitter}.",
+        ]
         lines += ["", *_news_lines(clf, results, news_results, news, candidate)]
     lines += ["", "## Beside published results", "", "| set | model | accuracy | macro-F1 |", "|---|---|---|---|"]
     for r in results:
         for name, acc, f1 in PUBLISHED.get(r.name, []):
             lines.append(f"| {r.name} | {name} | {_pct(acc)} | {_pct(f1)} |")
         if r.name in PUBLISHED:
-            lines.append(f"| {r.name} | **{m.full_name}** | **{r.metrics['accuracy']:.3f}** | **{r.metrics['macro_f1']:.3f}** |")
+            lines.append(
+                f"| {r.name} | **{m.full_name}** | **{r.metrics['accuracy']:.3f}** | **{r.metrics['macro_f1']:.3f}** |"
+            )
     for r in results + news_results:
-        lines += ["", f"## {r.name} ({r.head})", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## {r.name} ({r.head})",
+            "",
+            "| class | precision | recall | F1 | support |",
+            "|---|---|---|---|---|",
+        ]
         for label, row in r.metrics["per_class"].items():
             if isinstance(row, dict) and label not in ("macro avg", "weighted avg"):
-                lines.append(f"| {label} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1-score']:.3f} | {int(row['support'])} |")
+                lines.append(
+                    f"| {label} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1-score']:.3f} | {int(row['support'])} |"
+                )
         if "confusion" in r.metrics:
-            lines += ["", f"Neutral rate {r.metrics['neutral_rate']:.3f} (gold {r.metrics['gold_neutral_share']:.3f}). "
-                      "Confusion (rows true, columns predicted):", "", *_confusion_lines(r, list(m.sentiment_labels))]
-        lines += ["", *(f"![{img}]({img})" for img in r.images), "", "Most confident errors:", "",
-                  "| text | true | predicted | confidence |", "|---|---|---|---|"]
+            lines += [
+                "",
+                f"Neutral rate {r.metrics['neutral_rate']:.3f} (gold {r.metrics['gold_neutral_share']:.3f}). "
+                "Confusion (rows true, columns predicted):",
+                "",
+                *_confusion_lines(r, list(m.sentiment_labels)),
+            ]
+        lines += [
+            "",
+            *(f"![{img}]({img})" for img in r.images),
+            "",
+            "Most confident errors:",
+            "",
+            "| text | true | predicted | confidence |",
+            "|---|---|---|---|",
+        ]
         for e in r.metrics["worst_errors"]:
             text = e["text"].replace("|", "\\|").replace("\n", " ")[:140]
             lines.append(f"| {text} | {e['true']} | {e['predicted']} | {e['confidence']:.2f} |")

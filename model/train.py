@@ -26,14 +26,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
 from finsent.model import artifact, corpus
 from finsent.model.batching import bucketed_batches, pad, sorted_batches
 from finsent.model.data import IGNORE, Example, load_twitter
 from finsent.model.metrics import fit_temperature, scores
 from finsent.model.network import MultiTaskModel
 from finsent.model.text import prepare
-from torch import nn
-from tqdm import tqdm
 
 log = logging.getLogger("finsent.model.train")
 
@@ -410,8 +411,11 @@ def train(
         net.train()
         started = time.monotonic()
         bar = tqdm(
-            total=len(batches), initial=state["step_in_epoch"], desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not (progress and ddp.main), dynamic_ncols=True,
+            total=len(batches),
+            initial=state["step_in_epoch"],
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not (progress and ddp.main),
+            dynamic_ncols=True,
         )
         running = 0.0
         for i in range(state["step_in_epoch"], len(batches)):
@@ -424,8 +428,9 @@ def train(
             y_sent = torch.from_numpy(train_data.sentiment[mine]).to(device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 t_logits, s_logits = net(ids.to(device), mask.to(device))
-            loss = (cfg.topic_weight * ce(t_logits.float(), y_topic) / max(n_topic, 1)
-                    + cfg.sentiment_weight * ce(s_logits.float(), y_sent) / max(n_sent, 1))
+            loss = cfg.topic_weight * ce(t_logits.float(), y_topic) / max(n_topic, 1) + cfg.sentiment_weight * ce(
+                s_logits.float(), y_sent
+            ) / max(n_sent, 1)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss * ddp.world).backward()
             scaler.unscale_(optimizer)
@@ -440,7 +445,10 @@ def train(
             bar.set_postfix(loss=f"{running:.3f}")
             if cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
                 save_checkpoint()
-                log.info("checkpoint", extra={"epoch": epoch + 1, "step": i + 1, "of": len(batches), "loss": round(running, 4)})
+                log.info(
+                    "checkpoint",
+                    extra={"epoch": epoch + 1, "step": i + 1, "of": len(batches), "loss": round(running, 4)},
+                )
             if cfg.max_steps and state["global_step"] >= cfg.max_steps:
                 save_checkpoint()
                 bar.close()
@@ -475,9 +483,13 @@ def train(
     best_model, _, best_meta = artifact.load(best_dir)
     best_model.to(device)
     result = evaluate(best_model, dev_data, pad_id, device, cfg.eval_batch_size)
-    best_meta.temperature_topic = fit_temperature(result["_topic_logits"], result["_topic_labels"]) if "_topic_logits" in result else 1.0
+    best_meta.temperature_topic = (
+        fit_temperature(result["_topic_logits"], result["_topic_labels"]) if "_topic_logits" in result else 1.0
+    )
     best_meta.temperature_sentiment = (
-        fit_temperature(result["_sentiment_logits"], result["_sentiment_labels"]) if "_sentiment_logits" in result else 1.0
+        fit_temperature(result["_sentiment_logits"], result["_sentiment_labels"])
+        if "_sentiment_logits" in result
+        else 1.0
     )
     best_meta.metrics = {
         "dev": {k: v for k, v in result.items() if not k.startswith("_")},

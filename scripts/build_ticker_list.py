@@ -12,7 +12,7 @@ import re
 import sys
 
 sys.path.insert(0, sys.argv[1])
-from pytickersymbols.indices_data import INDICES  # noqa: E402
+from pytickersymbols.indices_data import INDICES
 
 SUFFIX = re.compile(
     r"[,\s]+(inc\.?|incorporated|corp\.?|corporation|co\.?|company|ltd\.?|limited|plc|n\.v\.|s\.a\.|holdings?|group|"

@@ -23,8 +23,12 @@ def main(out: Path) -> None:
 
     state = Path(tempfile.mkdtemp(prefix="finsent-shot-"))
     env = {**os.environ, "FINSENT_PATHS__STATE_DIR": str(state), "FINSENT_INGEST__DEMO_BURST_AT_S": "20"}
-    proc = subprocess.Popen([sys.executable, "-m", "finsent.cli", "demo"], env=env,
-                            stdout=(state / "demo.log").open("wb"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "finsent.cli", "demo"],
+        env=env,
+        stdout=(state / "demo.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         while not (state / "demo.json").exists():
             assert proc.poll() is None, (state / "demo.log").read_text()[-2000:]

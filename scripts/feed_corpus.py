@@ -71,7 +71,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):
         pass
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         path = self.server.files.get(self.path.split("?", 1)[0].lstrip("/"))
         body = path.read_bytes() if path else b"not found"
         self.send_response(200 if path else 404)
@@ -87,7 +87,6 @@ class _FolderServer(LoopbackServer):
     def __init__(self, files: dict[str, Path]):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.files = files
-
 
 
 @dataclass
@@ -125,9 +124,15 @@ def parse_summary(stdout: str, names: set[str]) -> dict[str, dict]:
         parts = line.split(None, 7)
         if len(parts) >= 7 and parts[0] in names and all(p.isdigit() for p in parts[2:7]):
             error = parts[7] if len(parts) > 7 else ""
-            rows[parts[0]] = {"outcome": parts[1], "entries": int(parts[2]), "new": int(parts[3]),
-                              "duplicate": int(parts[4]), "invalid": int(parts[5]), "sent": int(parts[6]),
-                              "error": error.split(":", 1)[0] if error else ""}
+            rows[parts[0]] = {
+                "outcome": parts[1],
+                "entries": int(parts[2]),
+                "new": int(parts[3]),
+                "duplicate": int(parts[4]),
+                "invalid": int(parts[5]),
+                "sent": int(parts[6]),
+                "error": error.split(":", 1)[0] if error else "",
+            }
     return rows
 
 
@@ -141,25 +146,52 @@ def run_corpus(folder: Path, workdir: Path, timeout_s: float = 300.0) -> CorpusR
     threading.Thread(target=server.serve_forever, name="corpus-server", daemon=True).start()
     try:
         feeds_toml = workdir / "feeds.toml"
-        feeds_toml.write_text("".join(
-            f'[[feeds]]\nname = "{name}"\nurl = "{server.url}/{file}"\n\n' for name, file in sorted(names.items())
-        ), encoding="utf-8")
+        feeds_toml.write_text(
+            "".join(
+                f'[[feeds]]\nname = "{name}"\nurl = "{server.url}/{file}"\n\n' for name, file in sorted(names.items())
+            ),
+            encoding="utf-8",
+        )
         output = workdir / "items.jsonl"
         output.unlink(missing_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
-        env.update({"FINSENT_ALLOW_PRIVATE_FEEDS": "1", "FINSENT_PATHS__STATE_DIR": str(workdir / "state"),
-                    "FINSENT_PATHS__ARCHIVE_DIR": str(workdir / "archive")})
+        env.update(
+            {
+                "FINSENT_ALLOW_PRIVATE_FEEDS": "1",
+                "FINSENT_PATHS__STATE_DIR": str(workdir / "state"),
+                "FINSENT_PATHS__ARCHIVE_DIR": str(workdir / "archive"),
+            }
+        )
         proc = subprocess.run(
-            [sys.executable, "-m", "finsent.cli", "ingest", "--feeds", str(feeds_toml), "--once", "--output", str(output)],
-            env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s,
+            [
+                sys.executable,
+                "-m",
+                "finsent.cli",
+                "ingest",
+                "--feeds",
+                str(feeds_toml),
+                "--once",
+                "--output",
+                str(output),
+            ],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
         )
     finally:
         server.shutdown()
         server.server_close()
     items = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()] if output.exists() else []
     rows = parse_summary(proc.stdout, set(names))
-    report = CorpusReport(proc.returncode, proc.stdout, proc.stderr,
-                          {n: FeedOutcome(n, f, **rows.get(n, {})) for n, f in sorted(names.items())}, items)
+    report = CorpusReport(
+        proc.returncode,
+        proc.stdout,
+        proc.stderr,
+        {n: FeedOutcome(n, f, **rows.get(n, {})) for n, f in sorted(names.items())},
+        items,
+    )
     for item in items:
         if item["source"] in report.feeds:
             report.feeds[item["source"]].written += 1
@@ -171,23 +203,33 @@ def run_corpus(folder: Path, workdir: Path, timeout_s: float = 300.0) -> CorpusR
         if f.outcome == "missing":
             report.problems.append(f"{f.file}: not in the summary")
         elif f.entries != f.new + f.duplicate + f.invalid:
-            report.problems.append(f"{f.file}: {f.entries} entries but {f.new} new + {f.duplicate} dup + {f.invalid} invalid")
+            report.problems.append(
+                f"{f.file}: {f.entries} entries but {f.new} new + {f.duplicate} dup + {f.invalid} invalid"
+            )
         if f.written != f.sent:
             report.problems.append(f"{f.file}: {f.sent} sent but {f.written} written")
     for item in items:
         for part in ("title", "summary"):
             for problem in unclean(item.get(part) or ""):
-                report.problems.append(f"{names.get(item['source'], item['source'])}: {part} {item.get(part)!r} has {problem}")
+                report.problems.append(
+                    f"{names.get(item['source'], item['source'])}: {part} {item.get(part)!r} has {problem}"
+                )
     return report
 
 
 def format_report(report: CorpusReport) -> str:
-    lines = [f"{'file':<32} {'outcome':<8} {'error':<16} {'entries':>7} {'new':>4} {'dup':>4} {'invalid':>7} {'written':>7}"]
+    lines = [
+        f"{'file':<32} {'outcome':<8} {'error':<16} {'entries':>7} {'new':>4} {'dup':>4} {'invalid':>7} {'written':>7}"
+    ]
     for f in report.feeds.values():
-        lines.append(f"{f.file:<32} {f.outcome:<8} {f.error:<16} {f.entries:>7} {f.new:>4} {f.duplicate:>4} {f.invalid:>7} {f.written:>7}")
+        lines.append(
+            f"{f.file:<32} {f.outcome:<8} {f.error:<16} {f.entries:>7} {f.new:>4} {f.duplicate:>4} {f.invalid:>7} {f.written:>7}"
+        )
     clean = sum(1 for i in report.items if not unclean(i.get("title") or "") and not unclean(i.get("summary") or ""))
-    lines.append(f"{len(report.feeds)} feeds, {sum(f.outcome != 'missing' for f in report.feeds.values())} in the summary; "
-                 f"{len(report.items)} items written, {clean} clean; exit status {report.returncode}")
+    lines.append(
+        f"{len(report.feeds)} feeds, {sum(f.outcome != 'missing' for f in report.feeds.values())} in the summary; "
+        f"{len(report.items)} items written, {clean} clean; exit status {report.returncode}"
+    )
     lines += [f"PROBLEM: {p}" for p in report.problems] or ["no problems"]
     return "\n".join(lines)
 

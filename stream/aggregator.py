@@ -43,14 +43,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from finsent.stream.metrics import WorkerMetrics
-from finsent.stream.pipeline import Aggregation, Emitted
 
 from finsent import kafka as kafka_room
 from finsent.errors import RecordError, RestorePointError
 from finsent.kafka import CHECKPOINT_CONFIG, bound_topic
 from finsent.records import ScoredItem
 from finsent.settings import Settings
+from finsent.stream.metrics import WorkerMetrics
+from finsent.stream.pipeline import Aggregation, Emitted
 
 log = logging.getLogger("finsent.stream.aggregator")
 
@@ -70,10 +70,17 @@ class RestorePoint:
     written_at: float = field(default_factory=time.time)
 
     def to_json(self) -> bytes:
-        body = json.dumps({"v": CHECKPOINT_VERSION, "replay_from": {str(p): o for p, o in self.replay_from.items()},
-                           "positions": {str(p): o for p, o in self.positions.items()},
-                           "emitted_until": _finite(self.emitted_until), "detector": self.detector,
-                           "written_at": self.written_at}, separators=(",", ":")).encode()
+        body = json.dumps(
+            {
+                "v": CHECKPOINT_VERSION,
+                "replay_from": {str(p): o for p, o in self.replay_from.items()},
+                "positions": {str(p): o for p, o in self.positions.items()},
+                "emitted_until": _finite(self.emitted_until),
+                "detector": self.detector,
+                "written_at": self.written_at,
+            },
+            separators=(",", ":"),
+        ).encode()
         return COMPRESSED + zlib.compress(body, 6)
 
     @classmethod
@@ -86,8 +93,13 @@ class RestorePoint:
             until = raw["emitted_until"]
             if not isinstance(raw["detector"], dict):
                 raise TypeError("detector is not an object")
-            return cls(_offsets(raw["replay_from"]), -math.inf if until is None else float(until), raw["detector"],
-                       _offsets(raw.get("positions", {})), float(raw.get("written_at", 0.0)))
+            return cls(
+                _offsets(raw["replay_from"]),
+                -math.inf if until is None else float(until),
+                raw["detector"],
+                _offsets(raw.get("positions", {})),
+                float(raw.get("written_at", 0.0)),
+            )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise RestorePointError("unreadable", f"restore point fields: {type(err).__name__}: {err}") from None
 
@@ -122,13 +134,15 @@ class Aggregator:
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         kafka = self.settings.kafka
-        self.producer = kafka_room.aio_producer(kafka, "aggregator",
-                                                request_timeout_ms=int(self.settings.stream.produce_timeout_s * 1000))
+        self.producer = kafka_room.aio_producer(
+            kafka, "aggregator", request_timeout_ms=int(self.settings.stream.produce_timeout_s * 1000)
+        )
         await self.producer.start()
         await self._bound_checkpoints()
         point = await self._load_restore_point()
-        self.consumer = kafka_room.aio_consumer(kafka, "aggregator", auto_offset_reset="earliest",
-                                                fetch_max_wait_ms=self.settings.stream.fetch_max_wait_ms)
+        self.consumer = kafka_room.aio_consumer(
+            kafka, "aggregator", auto_offset_reset="earliest", fetch_max_wait_ms=self.settings.stream.fetch_max_wait_ms
+        )
         await self.consumer.start()
         parts = self.consumer.partitions_for_topic(self.topic) or set()
         if not parts:
@@ -151,10 +165,14 @@ class Aggregator:
         if self.restoring and backlog == 0:
             self._finish_restore()
         self.metrics.restore_point_current.set(time.time())  # the state now is what the restore point held
-        log.info("aggregator started", extra={
-            "restore_point": point is not None, "replay_items": backlog,
-            "emitted_until": _iso(point.emitted_until) if point else None,
-        })
+        log.info(
+            "aggregator started",
+            extra={
+                "restore_point": point is not None,
+                "replay_items": backlog,
+                "emitted_until": _iso(point.emitted_until) if point else None,
+            },
+        )
 
     async def stop(self) -> None:
         self.stopped.set()
@@ -162,7 +180,7 @@ class Aggregator:
             if client is not None:
                 try:
                     await client.stop()
-                except Exception as err:  # closing a client of a dead broker must not mask the real error
+                except Exception as err:  # noqa: BLE001 - closing a client of a dead broker must not mask the real error
                     log.warning("client stop failed", extra={"error": str(err)})
 
     async def run(self) -> None:
@@ -217,10 +235,12 @@ class Aggregator:
             lows[lane_start] = min(lows.get(lane_start, msg.offset), msg.offset)
             result = self.agg.add(scored, lane=partition)
             if result.rejected:
-                await self._dead_letter(msg, "too late: event time {} is more than windows.allowed_lateness_s={} "
-                                        "behind the watermark {}".format(scored.item.published.isoformat(),
-                                                                         self.settings.windows.allowed_lateness_s,
-                                                                         _iso(store.watermark)), reason="too_late")
+                await self._dead_letter(
+                    msg,
+                    f"too late: event time {scored.item.published.isoformat()} is more than windows.allowed_lateness_s={self.settings.windows.allowed_lateness_s} "
+                    f"behind the watermark {_iso(store.watermark)}",
+                    reason="too_late",
+                )
                 result.rejected.clear()
             out.extend(result)
             if self.restoring:
@@ -263,8 +283,9 @@ class Aggregator:
         t = self.settings.topics
         futures = []
         for closed in out.windows:
-            futures.append(await self.producer.send(t.windows.name, key=closed.stat.key.encode(),
-                                                    value=closed.stat.to_json()))
+            futures.append(
+                await self.producer.send(t.windows.name, key=closed.stat.key.encode(), value=closed.stat.to_json())
+            )
         for alert in out.alerts:
             futures.append(await self.producer.send(t.alerts.name, key=alert.key.encode(), value=alert.to_json()))
         await asyncio.gather(*futures)
@@ -273,11 +294,18 @@ class Aggregator:
         self.metrics.revisions.inc(revisions)
         for alert in out.alerts:
             self.metrics.alert(alert)
-            log.info("surge " + ("retracted" if alert.retracted else alert.state), extra={
-                "key": alert.key, "severity": alert.severity, "zscore": alert.zscore, "count": alert.count,
-                "negative_share": round(alert.negative_share, 3), "window_end": alert.window_end.isoformat(),
-                "trigger": alert.trigger,
-            })
+            log.info(
+                "surge " + ("retracted" if alert.retracted else alert.state),
+                extra={
+                    "key": alert.key,
+                    "severity": alert.severity,
+                    "zscore": alert.zscore,
+                    "count": alert.count,
+                    "negative_share": round(alert.negative_share, 3),
+                    "window_end": alert.window_end.isoformat(),
+                    "trigger": alert.trigger,
+                },
+            )
 
     async def maybe_checkpoint(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -292,7 +320,9 @@ class Aggregator:
         assert self.producer is not None
         positions = dict(self.positions)
         point = RestorePoint(self.replay_from(), self.agg.judged_until, self.agg.snapshot(), positions)
-        await self.producer.send_and_wait(self.settings.topics.checkpoints.name, key=b"aggregator", value=point.to_json())
+        await self.producer.send_and_wait(
+            self.settings.topics.checkpoints.name, key=b"aggregator", value=point.to_json()
+        )
         self.last_written, self.written_positions, self.unsaved_output = now, positions, False
         self.metrics.checkpoints.inc()
         self.metrics.restore_point_current.set(time.time())
@@ -323,14 +353,17 @@ class Aggregator:
         try:
             await asyncio.to_thread(bound_topic, self.settings.kafka, name, CHECKPOINT_CONFIG)
         except Exception as err:  # noqa: BLE001 (an unbounded topic is a later problem; no windows is a now problem)
-            log.warning("could not bound the checkpoints topic",
-                        extra={"topic": name, "error": f"{type(err).__name__}: {err}"})
+            log.warning(
+                "could not bound the checkpoints topic", extra={"topic": name, "error": f"{type(err).__name__}: {err}"}
+            )
 
     async def _load_restore_point(self) -> RestorePoint | None:
         point = await self._newest_readable()
         if point is not None and point.poisoned(time.time(), self.settings.windows.future_tolerance_s):
-            log.error("restore point holds event times in the future; starting its windows afresh", extra={
-                "emitted_until": _iso(point.emitted_until)})
+            log.error(
+                "restore point holds event times in the future; starting its windows afresh",
+                extra={"emitted_until": _iso(point.emitted_until)},
+            )
             self.metrics.rejected.labels("poisoned_restore_point").inc()
             self.metrics.restore_fresh.labels("poisoned").inc()
             return None
@@ -339,8 +372,9 @@ class Aggregator:
     async def _newest_readable(self) -> RestorePoint | None:
         """The newest restore point this version can restore from, searching backwards past bad records."""
         name = self.settings.topics.checkpoints.name
-        consumer = kafka_room.aio_consumer(self.settings.kafka, "aggregator",
-                                           fetch_max_wait_ms=self.settings.stream.fetch_max_wait_ms)
+        consumer = kafka_room.aio_consumer(
+            self.settings.kafka, "aggregator", fetch_max_wait_ms=self.settings.stream.fetch_max_wait_ms
+        )
         await consumer.start()
         skipped = 0
         try:
@@ -353,16 +387,19 @@ class Aggregator:
                     point = self._readable(msg)
                     if point is not None:
                         if skipped:
-                            log.warning("restoring from an older restore point",
-                                        extra={"offset": msg.offset, "skipped": skipped})
+                            log.warning(
+                                "restoring from an older restore point",
+                                extra={"offset": msg.offset, "skipped": skipped},
+                            )
                         return point
                     skipped += 1
                 upto = start
         finally:
             await consumer.stop()
         if skipped:
-            log.error("no readable restore point; starting the windows afresh",
-                      extra={"topic": name, "skipped": skipped})
+            log.error(
+                "no readable restore point; starting the windows afresh", extra={"topic": name, "skipped": skipped}
+            )
             self.metrics.restore_fresh.labels("none_readable").inc()
         return None
 
@@ -374,8 +411,10 @@ class Aggregator:
             return point
         except RestorePointError as err:
             self.metrics.restore_skipped.labels(err.reason).inc()
-            log.warning("restore point skipped", extra={"topic": msg.topic, "offset": msg.offset, "reason": err.reason,
-                                                        "error": str(err)})
+            log.warning(
+                "restore point skipped",
+                extra={"topic": msg.topic, "offset": msg.offset, "reason": err.reason, "error": str(err)},
+            )
             return None
 
     async def _dead_letter(self, msg, error: str, reason: str = "bad_scored_record") -> None:
@@ -393,7 +432,9 @@ class Aggregator:
         if out.windows:
             end = max(c.stat.end for c in out.windows)
             newest = [(c.stat, c.width_s) for c in out.windows if c.stat.end == end]
-            volumes = {s.key.split(":", 1)[1]: s.count for s, w in newest if w == widest and s.key.startswith("ticker:")}
+            volumes = {
+                s.key.split(":", 1)[1]: s.count for s, w in newest if w == widest and s.key.startswith("ticker:")
+            }
             self.metrics.windows(newest, volumes, end)
         for key, st in agg.detector.keys.items():
             last = agg.last.get((key, agg.surge_width))
@@ -417,7 +458,9 @@ class Aggregator:
             for tp in self.partitions:
                 high = self.consumer.highwater(tp)
                 if high is not None:
-                    self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - self.positions.get(tp.partition, 0)))
+                    self.metrics.lag.labels(tp.topic, str(tp.partition)).set(
+                        max(0, high - self.positions.get(tp.partition, 0))
+                    )
 
 
 async def _log_bounds(consumer: AIOKafkaConsumer, tp: TopicPartition) -> tuple[int, int]:
@@ -433,8 +476,9 @@ async def _log_bounds(consumer: AIOKafkaConsumer, tp: TopicPartition) -> tuple[i
     return begin, max(end, consumer.highwater(tp) or end)
 
 
-async def _read_span(consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, upto: int,
-                     timeout_s: float = 10.0) -> list:
+async def _read_span(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, upto: int, timeout_s: float = 10.0
+) -> list:
     """The records at offsets start..upto-1 (compaction may have left gaps). A broker that does not deliver
     them raises: starting afresh would throw state away over a network problem."""
     consumer.seek(tp, start)

@@ -17,12 +17,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from finsent.stream.surge import KeyState, SurgeDetector
-from finsent.stream.windows import NEVER, Closed, Observation, WindowStore, keys_for
-
 from finsent.errors import PoisonRecord, RecordError
 from finsent.records import Evidence, NewsItem, ScoredItem, SurgeAlert, WindowStat
 from finsent.settings import Settings
+from finsent.stream.surge import KeyState, SurgeDetector
+from finsent.stream.windows import NEVER, Closed, Observation, WindowStore, keys_for
 
 
 def decode_raw(value: bytes | None, max_bytes: int) -> NewsItem:
@@ -70,7 +69,11 @@ def observation(scored: ScoredItem) -> Observation:
         sentiment=scored.sentiment,  # type: ignore[arg-type]
         score=scored.score,
         evidence=Evidence(
-            item_id=item.id, title=item.title, source=item.source, url=item.url, published=item.published,
+            item_id=item.id,
+            title=item.title,
+            source=item.source,
+            url=item.url,
+            published=item.published,
             p_negative=scored.sentiment_probs["negative"],
         ),
     )
@@ -126,8 +129,10 @@ class Aggregation:
     def __init__(self, settings: Settings):
         w, s = settings.windows, settings.surge
         self.store = WindowStore(
-            bucket_seconds=w.bucket_seconds, rolling_seconds=tuple(w.rolling_seconds),
-            watermark_delay_s=w.watermark_delay_s, allowed_lateness_s=w.allowed_lateness_s,
+            bucket_seconds=w.bucket_seconds,
+            rolling_seconds=tuple(w.rolling_seconds),
+            watermark_delay_s=w.watermark_delay_s,
+            allowed_lateness_s=w.allowed_lateness_s,
             evidence=w.evidence_per_window,
         )
         self.detector = SurgeDetector(s)
@@ -236,8 +241,16 @@ class Aggregation:
             if st.firing is None:
                 return []
             # A firing key that went silent still needs its window: an empty one resolves it.
-            stat = WindowStat(key=key, start=_dt(end - self.surge_width), end=_dt(end), count=0,
-                              negative=0, neutral=0, positive=0, mean_score=0.0)
+            stat = WindowStat(
+                key=key,
+                start=_dt(end - self.surge_width),
+                end=_dt(end),
+                count=0,
+                negative=0,
+                neutral=0,
+                positive=0,
+                mean_score=0.0,
+            )
             evidence: tuple[Evidence, ...] = ()
         else:
             stat, evidence = closed.stat, closed.evidence
@@ -314,8 +327,11 @@ class Aggregation:
         for key, st in self.detector.keys.items():
             hist = self.history.get(key, [])
             keys[key] = next((j.before for j in hist if j.end > horizon), st).to_row()
-        return {"judged_from": _finite(horizon), "keys": keys,
-                "provisional": {k: a.to_dict() for k, a in self.provisional.items()}}
+        return {
+            "judged_from": _finite(horizon),
+            "keys": keys,
+            "provisional": {k: a.to_dict() for k, a in self.provisional.items()},
+        }
 
     def begin_restore(self, emitted_until: float, snapshot: dict) -> None:
         """Start a rebuild: the shell then replays the scored log and calls :meth:`finish_restore`."""
@@ -379,4 +395,14 @@ def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
-__all__ = ["Aggregation", "Emitted", "PoisonRecord", "decode_raw", "final_alerts", "final_windows", "observation", "text_of", "to_scored"]
+__all__ = [
+    "Aggregation",
+    "Emitted",
+    "PoisonRecord",
+    "decode_raw",
+    "final_alerts",
+    "final_windows",
+    "observation",
+    "text_of",
+    "to_scored",
+]

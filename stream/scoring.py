@@ -44,7 +44,7 @@ def score_batch(
                 if len(preds) != len(part):
                     raise RuntimeError(f"predict returned {len(preds)} results for {len(part)} texts")
                 return list(zip(part, preds)), []
-            except Exception as err:  # the model is a black box here: any error is the batch's
+            except Exception as err:  # noqa: BLE001 - the model is a black box here: any error is the batch's
                 last = err
         if len(part) == 1:
             return [], [(part[0], f"{type(last).__name__}: {last}")]

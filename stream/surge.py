@@ -52,13 +52,27 @@ class KeyState:
 
     def to_row(self) -> list:
         """Compact JSON form for a restore point: 100k keys of it stay small."""
-        return [round(self.mean, 6), round(self.var, 8), self.windows, _finite(self.quiet_until), round(self.last_z, 4),
-                _finite(self.last_active), self.firing.to_dict() if self.firing else None]
+        return [
+            round(self.mean, 6),
+            round(self.var, 8),
+            self.windows,
+            _finite(self.quiet_until),
+            round(self.last_z, 4),
+            _finite(self.last_active),
+            self.firing.to_dict() if self.firing else None,
+        ]
 
     @classmethod
     def from_row(cls, v: list) -> KeyState:
-        return cls(mean=v[0], var=v[1], windows=v[2], quiet_until=_inf(v[3]), last_z=v[4], last_active=_inf(v[5]),
-                   firing=SurgeAlert.from_json(json.dumps(v[6])) if v[6] else None)  # strict records: JSON mode
+        return cls(
+            mean=v[0],
+            var=v[1],
+            windows=v[2],
+            quiet_until=_inf(v[3]),
+            last_z=v[4],
+            last_active=_inf(v[5]),
+            firing=SurgeAlert.from_json(json.dumps(v[6])) if v[6] else None,
+        )  # strict records: JSON mode
 
     @property
     def std(self) -> float:
@@ -153,13 +167,31 @@ class SurgeDetector:
         self._learn(st, share)
         return None
 
-    def _alert(self, alert_id: str, stat: WindowStat, state: str, severity: str, z: float, st: KeyState,
-               evidence: tuple[Evidence, ...]) -> SurgeAlert:
+    def _alert(
+        self,
+        alert_id: str,
+        stat: WindowStat,
+        state: str,
+        severity: str,
+        z: float,
+        st: KeyState,
+        evidence: tuple[Evidence, ...],
+    ) -> SurgeAlert:
         return SurgeAlert(
-            alert_id=alert_id, key=stat.key, state=state, severity=severity, window_start=stat.start,
-            window_end=stat.end, count=stat.count, negative=stat.negative, negative_share=stat.negative_share,
-            zscore=round(z, 4), baseline_mean=round(st.mean, 6), baseline_std=round(st.std, 6),
-            raised_at=stat.end, evidence=evidence,
+            alert_id=alert_id,
+            key=stat.key,
+            state=state,
+            severity=severity,
+            window_start=stat.start,
+            window_end=stat.end,
+            count=stat.count,
+            negative=stat.negative,
+            negative_share=stat.negative_share,
+            zscore=round(z, 4),
+            baseline_mean=round(st.mean, 6),
+            baseline_std=round(st.std, 6),
+            raised_at=stat.end,
+            evidence=evidence,
         )
 
 

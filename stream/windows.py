@@ -224,9 +224,16 @@ class WindowStore:
         return Closed(
             # Built from counts this class keeps consistent itself: skip re-validation (hot path).
             WindowStat.model_construct(
-                key=key, start=_dt(end - width), end=_dt(end), count=count, negative=neg, neutral=neu, positive=pos,
+                key=key,
+                start=_dt(end - width),
+                end=_dt(end),
+                count=count,
+                negative=neg,
+                neutral=neu,
+                positive=pos,
                 mean_score=max(-1.0, min(1.0, sum(b.score_sum for b in parts) / count)),
-                revision=sum(b.late for b in parts), v=WindowStat.SCHEMA,
+                revision=sum(b.late for b in parts),
+                v=WindowStat.SCHEMA,
             ),
             width,
             tuple(e[2] for e in evidence),

@@ -49,18 +49,18 @@ from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+
+from finsent import kafka as kafka_room
+from finsent.errors import PoisonRecord
+from finsent.kafka import TopicIdWatch, ensure_topics
 from finsent.model.classifier import Encoded
+from finsent.records import NewsItem, checked_item
+from finsent.settings import Settings
 from finsent.stream.aggregator import Aggregator
 from finsent.stream.faust_transport import transport_class
 from finsent.stream.metrics import WorkerMetrics
 from finsent.stream.pipeline import decode_raw, text_of, to_scored
 from finsent.stream.scoring import BatchResult, score_batch
-
-from finsent import kafka as kafka_room
-from finsent.errors import PoisonRecord
-from finsent.kafka import TopicIdWatch, ensure_topics
-from finsent.records import NewsItem, checked_item
-from finsent.settings import Settings
 
 log = logging.getLogger("finsent.stream.worker")
 
@@ -101,7 +101,9 @@ class Scorer:
 
     async def start(self) -> None:
         producer = kafka_room.aio_producer(
-            self.settings.kafka, "scorer", linger_ms=2,
+            self.settings.kafka,
+            "scorer",
+            linger_ms=2,
             request_timeout_ms=int(self.settings.stream.produce_timeout_s * 1000),
         )
         try:
@@ -136,7 +138,9 @@ class Scorer:
             batch.items.append((msg, self._checked(item, now, batch.fixed)))
         if batch.items and hasattr(self.classifier, "encode"):
             texts = [text_of(it) for _, it in batch.items]
-            batch.encoded = await asyncio.get_running_loop().run_in_executor(self.tokenizer_pool, self.classifier.encode, texts)
+            batch.encoded = await asyncio.get_running_loop().run_in_executor(
+                self.tokenizer_pool, self.classifier.encode, texts
+            )
         return batch
 
     async def infer(self, batch: Scored) -> Scored:
@@ -202,11 +206,14 @@ class Scorer:
         for fix, n in fixed.items():
             self.metrics.items_corrected.labels(fix).inc(n)
         if fixed:
-            log.warning("raw items corrected at the edge", extra={
-                **{f"items_{fix}": n for fix, n in sorted(fixed.items())},
-                "future_tolerance_s": self.settings.windows.future_tolerance_s,
-                "max_tickers": self.settings.windows.max_tickers_per_item,
-            })
+            log.warning(
+                "raw items corrected at the edge",
+                extra={
+                    **{f"items_{fix}": n for fix, n in sorted(fixed.items())},
+                    "future_tolerance_s": self.settings.windows.future_tolerance_s,
+                    "max_tickers": self.settings.windows.max_tickers_per_item,
+                },
+            )
 
     def _dead_letter(self, msg, error: str) -> tuple[str, bytes | None, bytes]:
         return kafka_room.dead_letter(self.settings, msg, error)
@@ -223,8 +230,10 @@ class Scorer:
                 await asyncio.gather(*futures)
                 return
             except KafkaError as err:  # a stopping worker cancels this wait; its events stay unacked
-                log.warning("produce failed, retrying the whole batch (duplicates are deduplicated downstream)",
-                            extra={"error": f"{type(err).__name__}: {err}", "records": len(outputs), "retry_in_s": delay})
+                log.warning(
+                    "produce failed, retrying the whole batch (duplicates are deduplicated downstream)",
+                    extra={"error": f"{type(err).__name__}: {err}", "records": len(outputs), "retry_in_s": delay},
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
@@ -252,8 +261,10 @@ class InputLogGuard:
         except Exception:  # noqa: BLE001 (broker unreachable: aiokafka is reconnecting; nothing to decide)
             return False
         if now != self.expected:
-            log.error("input topic was recreated (the broker lost its log); exiting for a fresh start",
-                      extra={"topic": self.topic, "was": self.expected, "now": now})
+            log.error(
+                "input topic was recreated (the broker lost its log); exiting for a fresh start",
+                extra={"topic": self.topic, "was": self.expected, "now": now},
+            )
             os._exit(EXIT_BROKER_RESET)
         return True
 
@@ -284,8 +295,13 @@ def build_app(settings: Settings, scorer: Scorer, aggregate: bool = True, input_
     )
     before_commit = input_guard.check if input_guard is not None else None
     app.transport = transport_class(s.fetch_max_wait_ms, before_commit)(app.conf.broker_consumer, app)
-    raw = app.topic(settings.topics.raw.name, key_type=bytes, value_type=bytes, internal=False,
-                    partitions=settings.topics.raw.partitions)
+    raw = app.topic(
+        settings.topics.raw.name,
+        key_type=bytes,
+        value_type=bytes,
+        internal=False,
+        partitions=settings.topics.raw.partitions,
+    )
 
     @app.agent(raw, name="score")
     async def score(stream):
@@ -314,12 +330,14 @@ def build_app(settings: Settings, scorer: Scorer, aggregate: bool = True, input_
                 scorer.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - pos))
 
     if input_guard is not None:
+
         @app.timer(interval=s.input_check_interval_s)
         async def check_input_topic():
             """An idle worker commits nothing, so the commit check alone would not notice a replaced log."""
             await asyncio.to_thread(input_guard.check)
 
     if aggregate:
+
         @app.task
         async def run_aggregator():
             await supervise_aggregator(settings, scorer.metrics)
@@ -338,8 +356,9 @@ async def _or_exit(step):
         os._exit(EXIT_UNEXPECTED)
 
 
-async def _infer_deliver_release(scorer: Scorer, batch: Scored, events, previous: asyncio.Task | None,
-                                 in_flight: asyncio.Semaphore) -> None:
+async def _infer_deliver_release(
+    scorer: Scorer, batch: Scored, events, previous: asyncio.Task | None, in_flight: asyncio.Semaphore
+) -> None:
     """Classify, wait for the batch before this one to be delivered (deliveries in batch order), deliver,
     then drop our hold on each event. ``take_events`` has usually acked them already (leaving our
     reference), so this is an ``ack`` that, being the last, marks the offset safe to commit."""
@@ -365,9 +384,11 @@ async def supervise_aggregator(settings: Settings, metrics: WorkerMetrics) -> No
         except asyncio.CancelledError:
             await agg.stop()
             raise
-        except Exception as err:
-            log.warning("aggregator failed; rebuilding from the newest restore point",
-                        extra={"error": f"{type(err).__name__}: {err}", "retry_in_s": delay})
+        except Exception as err:  # noqa: BLE001 - any aggregator failure: rebuild from the restore point, never exit
+            log.warning(
+                "aggregator failed; rebuilding from the newest restore point",
+                extra={"error": f"{type(err).__name__}: {err}", "retry_in_s": delay},
+            )
             await agg.stop()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 15.0)
@@ -376,23 +397,38 @@ async def supervise_aggregator(settings: Settings, metrics: WorkerMetrics) -> No
 def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
     """Blocking: create topics, load the model, serve /metrics, run the Faust worker until stopped."""
     import faust
-    from finsent.model import Classifier
     from prometheus_client import start_http_server
 
-    ensure_topics(settings.kafka, settings.topics.all(), timeout_s=60,
-                  replication_factor=settings.kafka.replication_factor)
+    from finsent.model import Classifier
+
+    ensure_topics(
+        settings.kafka, settings.topics.all(), timeout_s=60, replication_factor=settings.kafka.replication_factor
+    )
     input_guard = InputLogGuard(settings)
     m = settings.model
-    classifier = Classifier.load(model_dir, backend=m.backend, device=m.device, batch_size=m.batch_size, threads=m.threads,
-                                 gpu_batch_size=m.gpu_batch_size)
+    classifier = Classifier.load(
+        model_dir,
+        backend=m.backend,
+        device=m.device,
+        batch_size=m.batch_size,
+        threads=m.threads,
+        gpu_batch_size=m.gpu_batch_size,
+    )
     metrics = WorkerMetrics(top_k=settings.stream.ticker_top_k, watchlist=tuple(settings.stream.ticker_watchlist))
     metrics.model_info.labels(classifier.version, classifier.backend.name).set(1)
     server, _ = start_http_server(settings.stream.metrics_port, addr=settings.services.host, registry=metrics.registry)
-    log.info("worker starting", extra={
-        "model": classifier.version, "backend": classifier.backend.name, "aggregate": aggregate,
-        "metrics": f"http://{settings.services.host}:{settings.stream.metrics_port}/metrics",
-        "input": settings.topics.raw.name, "max_batch": settings.stream.max_batch, "max_wait_s": settings.stream.max_wait_s,
-    })
+    log.info(
+        "worker starting",
+        extra={
+            "model": classifier.version,
+            "backend": classifier.backend.name,
+            "aggregate": aggregate,
+            "metrics": f"http://{settings.services.host}:{settings.stream.metrics_port}/metrics",
+            "input": settings.topics.raw.name,
+            "max_batch": settings.stream.max_batch,
+            "max_wait_s": settings.stream.max_wait_s,
+        },
+    )
     scorer = Scorer(settings, classifier, metrics)
     app = build_app(settings, scorer, aggregate=aggregate, input_guard=input_guard)
     loglevel = logging.getLevelName(max(logging.getLogger().level, logging.WARNING))  # Faust's INFO is chatty

@@ -18,8 +18,15 @@ def xss_item():
     from finsent.records import NewsItem
 
     now = datetime.now(UTC)
-    return NewsItem(id=f"browser-xss-{int(time.time() * 1000)}", title=XSS_TITLE, source="browser-test",
-                    url="javascript:window.__xss=3", published=now, fetched=now, tickers=("FNSX",))
+    return NewsItem(
+        id=f"browser-xss-{int(time.time() * 1000)}",
+        title=XSS_TITLE,
+        source="browser-test",
+        url="javascript:window.__xss=3",
+        published=now,
+        fetched=now,
+        tickers=("FNSX",),
+    )
 
 
 def check_dashboard(api_url: str, kafka: str, raw_topic: str, feedback_store: Path, screenshot: Path) -> dict:

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from finsent.local.broker import broker_child
 from finsent.local.procs import Child
 from finsent.local.services import alertmanager_child, prometheus_child, ready_check
-
 from finsent.net import free_port, port_open
 from finsent.settings import Settings, load
 
@@ -112,7 +112,10 @@ def write_tiny_data(root: Path, n_train: int = 96, n_valid: int = 48) -> Path:
     sent_to_twitter = {0: 0, 1: 2, 2: 1}  # negative->Bearish(0), neutral->Neutral(2), positive->Bullish(1)
     for split, n, seed in (("train", n_train, 1), ("valid", n_valid, 2)):
         rows = tiny_examples(n, seed)
-        for folder, pick in (("twitter-topic", lambda e: e.topic), ("twitter-sentiment", lambda e: sent_to_twitter.get(e.sentiment))):
+        for folder, pick in (
+            ("twitter-topic", lambda e: e.topic),
+            ("twitter-sentiment", lambda e: sent_to_twitter.get(e.sentiment)),
+        ):
             (root / folder).mkdir(parents=True, exist_ok=True)
             with (root / folder / f"{split}.csv").open("w", newline="") as fh:
                 w = csv.writer(fh)
@@ -128,21 +131,38 @@ def write_tiny_data(root: Path, n_train: int = 96, n_valid: int = 48) -> Path:
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight 2-layer BERT saved as a finsent model directory (real tokenizer of the base)."""
     import torch
-    from finsent.model import artifact
-    from finsent.model.network import MultiTaskModel, tiny_config
     from transformers import AutoTokenizer
 
     from finsent.labels import SENTIMENT_LABELS, TOPIC_LABELS
+    from finsent.model import artifact
+    from finsent.model.network import MultiTaskModel, tiny_config
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(artifact.base_path("all-MiniLM-L6-v2"))
     model = MultiTaskModel(tiny_config(tokenizer.vocab_size), len(TOPIC_LABELS), len(SENTIMENT_LABELS), dropout=0.0)
     directory = tmp_path_factory.mktemp("models") / "tiny" / "v1"
-    artifact.save(directory, model, tokenizer, artifact.ModelMeta(name="tiny", version="v1", base="tiny-random", max_length=32),
-                  dtype=torch.float32)
+    artifact.save(
+        directory,
+        model,
+        tokenizer,
+        artifact.ModelMeta(name="tiny", version="v1", base="tiny-random", max_length=32),
+        dtype=torch.float32,
+    )
     return directory
 
 
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_data(tmp_path_factory.mktemp("data"))
+
+
+LAYERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test is marked by its folder: ``pytest -m unit`` runs the pure, fast ones; ``-m e2e`` the
+    multi-process runs (demo, worker kill -9, backtest parity through Kafka)."""
+    for item in items:
+        layer = Path(str(item.path)).parent.name
+        if layer in LAYERS:
+            item.add_marker(getattr(pytest.mark, layer))

@@ -12,10 +12,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from finsent.local.procs import Child, http_ok
+from factories import news_item
 from kafka import KafkaProducer
 
 from finsent.kafka import ensure_topics, read_all
+from finsent.local.procs import Child, http_ok
 from finsent.net import free_port
 from finsent.records import NewsItem
 from finsent.settings import load
@@ -38,14 +39,16 @@ FAST_WINDOWS = {
 def worker_env(bootstrap: str, tmp: Path, **extra: str) -> dict[str, str]:
     prefix = f"t{uuid.uuid4().hex[:8]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
-    env.update({
-        "FINSENT_KAFKA__BOOTSTRAP": bootstrap,
-        "FINSENT_PATHS__STATE_DIR": str(tmp / "state"),
-        "FINSENT_STREAM__METRICS_PORT": str(free_port()),
-        "FINSENT_STREAM__GROUP_ID": f"{prefix}-worker",
-        "FINSENT_LOG_JSON": "1",
-        **{f"FINSENT_TOPICS__{t.upper()}__NAME": f"{prefix}.{t}" for t in TOPICS},
-    })
+    env.update(
+        {
+            "FINSENT_KAFKA__BOOTSTRAP": bootstrap,
+            "FINSENT_PATHS__STATE_DIR": str(tmp / "state"),
+            "FINSENT_STREAM__METRICS_PORT": str(free_port()),
+            "FINSENT_STREAM__GROUP_ID": f"{prefix}-worker",
+            "FINSENT_LOG_JSON": "1",
+            **{f"FINSENT_TOPICS__{t.upper()}__NAME": f"{prefix}.{t}" for t in TOPICS},
+        }
+    )
     env.update(extra)
     return env
 
@@ -91,8 +94,7 @@ def headlines(n: int, start: datetime, step_s: float, prefix: str = "n", burst: 
     for i in range(n):
         at = start + timedelta(seconds=i * step_s)
         title = negative[i % len(negative)] if i in burst else background[i % len(background)]
-        out.append(NewsItem(id=f"{prefix}{i}", title=title, source="test-wire", published=at, fetched=at,
-                            tickers=("XOM",) if i % 7 == 0 else ()))
+        out.append(news_item(f"{prefix}{i}", title, at=at, source="test-wire", tickers=("XOM",) if i % 7 == 0 else ()))
     return out
 
 
@@ -110,7 +112,7 @@ def publish_items(bootstrap: str, name: str, items: list[NewsItem]) -> None:
 
 def read_topic(bootstrap: str, name: str, timeout_s: float = 10.0) -> list:
     """Every record currently in the topic (all partitions). Not "up to the end offsets": Tansu reports the
-    last batch's base offset + 1 there (see ``finsent.kafka.read_all`` and tests/test_offsets.py)."""
+    last batch's base offset + 1 there (see ``finsent.kafka.read_all`` and tests/integration/test_offsets.py)."""
     return read_all(bootstrap, name, timeout_s)
 
 

@@ -20,7 +20,6 @@ inserting headline text only as text.
 per app from the settings' limits, from the real annotation object.)
 """
 
-
 import asyncio
 import hmac
 import json
@@ -34,8 +33,6 @@ from typing import Annotated, Any, Literal
 from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from finsent.web.batcher import Batcher
-from finsent.web.views import StreamViews, follow
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -50,11 +47,13 @@ from finsent.errors import BatcherClosed
 from finsent.labels import SENTIMENT_LABELS, TOPIC_LABELS
 from finsent.records import Feedback, utcnow
 from finsent.settings import Settings, Web
+from finsent.web.batcher import Batcher
+from finsent.web.views import StreamViews, follow
 
 STATIC_DIR = Path(__file__).parent / "static"
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                               "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
@@ -70,18 +69,33 @@ class ApiMetrics:
     def __init__(self):
         self.registry = r = CollectorRegistry()
         self.requests = Counter("finsent_api_requests_total", "HTTP answers", ["route", "status"], registry=r)
-        self.seconds = Histogram("finsent_api_request_seconds", "Time to answer (SSE: to the first byte)", ["route"],
-                                 registry=r, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-        self.classified = Counter("finsent_api_classified_texts_total", "Texts classified by POST /classify", registry=r)
+        self.seconds = Histogram(
+            "finsent_api_request_seconds",
+            "Time to answer (SSE: to the first byte)",
+            ["route"],
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.classified = Counter(
+            "finsent_api_classified_texts_total", "Texts classified by POST /classify", registry=r
+        )
         self.live_clients = Gauge("finsent_api_live_clients", "Open /events streams (dashboards watching)", registry=r)
         self.feedback = Counter("finsent_api_feedback_total", "Corrections stored", ["published"], registry=r)
-        self.classify_waiting = Gauge("finsent_api_classify_waiting",
-                                      "POST /classify requests running or waiting for the model", registry=r)
-        self.batch_texts = Histogram("finsent_api_classify_batch_texts", "Texts per model call of POST /classify "
-                                     "(concurrent requests coalesced into one call)", registry=r,
-                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096))
-        self.busy_refusals = Counter("finsent_api_busy_refusals_total", "Requests answered 503 because a bound "
-                                     "(web.max_classify_waiting, web.max_event_streams) was full", ["route"], registry=r)
+        self.classify_waiting = Gauge(
+            "finsent_api_classify_waiting", "POST /classify requests running or waiting for the model", registry=r
+        )
+        self.batch_texts = Histogram(
+            "finsent_api_classify_batch_texts",
+            "Texts per model call of POST /classify (concurrent requests coalesced into one call)",
+            registry=r,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+        )
+        self.busy_refusals = Counter(
+            "finsent_api_busy_refusals_total",
+            "Requests answered 503 because a bound (web.max_classify_waiting, web.max_event_streams) was full",
+            ["route"],
+            registry=r,
+        )
 
 
 class _BodyTooLarge(Exception):
@@ -131,8 +145,7 @@ class BodyLimit:
         except _BodyTooLarge:
             pass
         if over and not started:
-            log.info("request body cut off at the limit",
-                     extra={"path": scope.get("path"), "limit": self.max_bytes})
+            log.info("request body cut off at the limit", extra={"path": scope.get("path"), "limit": self.max_bytes})
             await self._too_large()(scope, receive, send)
 
     def _check_declared(self, scope) -> Response | None:
@@ -140,16 +153,18 @@ class BodyLimit:
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 if not value.isdigit():
-                    return JSONResponse({"detail": "Content-Length is not a number"}, status_code=400,
-                                        headers={"Connection": "close"})
+                    return JSONResponse(
+                        {"detail": "Content-Length is not a number"}, status_code=400, headers={"Connection": "close"}
+                    )
                 if int(value) > self.max_bytes:
                     return self._too_large()
         return None
 
     def _too_large(self) -> Response:
         """Connection: close, so the server stops reading the rest of an upload it will not use."""
-        return JSONResponse({"detail": f"body larger than {self.max_bytes} bytes"}, status_code=413,
-                            headers={"Connection": "close"})
+        return JSONResponse(
+            {"detail": f"body larger than {self.max_bytes} bytes"}, status_code=413, headers={"Connection": "close"}
+        )
 
 
 class _Slots:
@@ -209,7 +224,9 @@ class FeedbackRequest(BaseModel):
     comment: str = Field(default="", max_length=2000)
 
 
-def build_api(settings: Settings, load_classifier, views: StreamViews | None = None, follow_topics: bool = True) -> FastAPI:
+def build_api(
+    settings: Settings, load_classifier, views: StreamViews | None = None, follow_topics: bool = True
+) -> FastAPI:
     """``load_classifier()`` returns a ``finsent.model.Classifier`` (called once, at start). ``views`` are
     filled from the output topics by a background task unless ``follow_topics`` is False."""
     views = views if views is not None else StreamViews()
@@ -217,7 +234,7 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
     token = settings.web.token.get_secret_value().encode() if settings.web.token else None
     producer_box: dict = {}
     w = settings.web
-    Text = Annotated[str, StringConstraints(max_length=w.max_text_chars)]
+    Text = Annotated[str, StringConstraints(max_length=w.max_text_chars)]  # noqa: N806 - a type, named as one
 
     class ClassifyRequest(BaseModel):
         texts: list[Text] = Field(min_length=1, max_length=w.max_batch, description="headlines to classify")
@@ -230,8 +247,11 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
         """503 with Retry-After, counted: a full bound answers at once rather than queueing without end."""
         metrics.busy_refusals.labels(route).inc()
         log.warning("busy: request refused", extra={"route": route, "limit": limit})
-        return HTTPException(503, f"busy: {limit} {route} requests already in progress; retry later",
-                             headers={"Retry-After": str(w.busy_retry_after_s)})
+        return HTTPException(
+            503,
+            f"busy: {limit} {route} requests already in progress; retry later",
+            headers={"Retry-After": str(w.busy_retry_after_s)},
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -249,8 +269,14 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
                 await producer_box["producer"].stop()
 
     # No /docs or /redoc: FastAPI's pages load their JS from a CDN, and finsent must work offline.
-    app = FastAPI(title="finsent", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Financial-news sentiment: classify headlines; scored items, windows and alerts.")
+    app = FastAPI(
+        title="finsent",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="Financial-news sentiment: classify headlines; scored items, windows and alerts.",
+    )
 
     # Added first, so it runs inside the middleware below: its 413/400 answers get headers and are measured.
     app.add_middleware(BodyLimit, max_bytes=w.max_body_bytes)
@@ -280,12 +306,17 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
     @app.get("/dashboard/config")
     async def dashboard_config() -> dict:
         """What the dashboard needs to draw its controls: labels, the surge window, whether writes need a token."""
-        return {"topics": list(TOPIC_LABELS), "sentiments": list(SENTIMENT_LABELS),
-                "surge_window_s": settings.surge.window_s, "feedback_needs_token": token is not None}
+        return {
+            "topics": list(TOPIC_LABELS),
+            "sentiments": list(SENTIMENT_LABELS),
+            "surge_window_s": settings.surge.window_s,
+            "feedback_needs_token": token is not None,
+        }
 
     @app.get("/events", include_in_schema=False)
-    async def events(request: Request, after: Annotated[int, Query(ge=0)] = 0,
-                     last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
+    async def events(
+        request: Request, after: Annotated[int, Query(ge=0)] = 0, last_event_id: Annotated[str | None, Header()] = None
+    ) -> StreamingResponse:
         """Server-sent events: ``item`` (a ScoredItem) and ``alert`` (a SurgeAlert), each with its feed number
         as the event id. A browser's automatic reconnect sends Last-Event-ID and resumes after it."""
         cursor = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
@@ -307,13 +338,23 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
 
         if not stream_slots.take():  # each stream holds a socket and a poll loop: bounded
             raise busy("/events", w.max_event_streams)
-        return _HeldStream(_events(), stream_slots.release, media_type="text/event-stream",
-                           headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return _HeldStream(
+            _events(),
+            stream_slots.release,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
-    too_large = {400: {"description": "Content-Length is not a number"},
-                 413: {"description": "body larger than web.max_body_bytes (declared, or counted as it arrives)"}}
-    classify_busy = {503: {"description": "web.max_classify_waiting requests already wait for the model, or the "
-                                          "server is shutting down; retry after the Retry-After seconds"}}
+    too_large = {
+        400: {"description": "Content-Length is not a number"},
+        413: {"description": "body larger than web.max_body_bytes (declared, or counted as it arrives)"},
+    }
+    classify_busy = {
+        503: {
+            "description": "web.max_classify_waiting requests already wait for the model, or the "
+            "server is shutting down; retry after the Retry-After seconds"
+        }
+    }
 
     @app.post("/classify", response_model=ClassifyResponse, responses={**too_large, **classify_busy})
     async def classify(req: ClassifyRequest) -> ClassifyResponse:
@@ -323,31 +364,53 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
         try:
             answer = await state["batcher"].submit(req.texts)  # a model error propagates: the usual 500
         except BatcherClosed:
-            raise HTTPException(503, "shutting down; retry later",
-                                headers={"Retry-After": str(w.busy_retry_after_s)}) from None
+            raise HTTPException(
+                503, "shutting down; retry later", headers={"Retry-After": str(w.busy_retry_after_s)}
+            ) from None
         finally:
             classify_slots.release()
         metrics.classified.inc(len(req.texts))
-        return ClassifyResponse(model=state["classifier"].version, seconds=round(answer.seconds, 4), results=[
-            Scores(topic=p.topic, topic_probs=p.topic_probs, sentiment=p.sentiment, sentiment_probs=p.sentiment_probs,
-                   flag=p.flag) for p in answer.results])
+        return ClassifyResponse(
+            model=state["classifier"].version,
+            seconds=round(answer.seconds, 4),
+            results=[
+                Scores(
+                    topic=p.topic,
+                    topic_probs=p.topic_probs,
+                    sentiment=p.sentiment,
+                    sentiment_probs=p.sentiment_probs,
+                    flag=p.flag,
+                )
+                for p in answer.results
+            ],
+        )
 
     @app.get("/items")
-    async def items(topic: str | None = None, ticker: str | None = None,
-                    sentiment: Literal[SENTIMENT_LABELS] | None = None,  # type: ignore[valid-type]
-                    since: Annotated[datetime | None, Query(alias="from")] = None,
-                    until: Annotated[datetime | None, Query(alias="to")] = None,
-                    q: Annotated[str | None, Query(max_length=200)] = None,
-                    limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0)] = 0) -> dict:
+    async def items(
+        topic: str | None = None,
+        ticker: str | None = None,
+        sentiment: Literal[SENTIMENT_LABELS] | None = None,  # type: ignore[valid-type]
+        since: Annotated[datetime | None, Query(alias="from")] = None,
+        until: Annotated[datetime | None, Query(alias="to")] = None,
+        q: Annotated[str | None, Query(max_length=200)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict:
         """Recent scored headlines, newest first, filtered and paginated."""
         for name, value in (("from", since), ("to", until)):
             if value is not None and value.tzinfo is None:
                 raise HTTPException(422, [{"loc": ["query", name], "msg": "needs a time zone", "type": "value_error"}])
         if topic is not None and topic not in TOPIC_LABELS:
-            raise HTTPException(422, [{"loc": ["query", "topic"], "msg": f"unknown topic {topic!r}", "type": "value_error"}])
+            raise HTTPException(
+                422, [{"loc": ["query", "topic"], "msg": f"unknown topic {topic!r}", "type": "value_error"}]
+            )
         found = views.query_items(topic, ticker, sentiment, since, until, q)
-        return {"total": len(found), "offset": offset, "seq": views.seq,  # seq: resume /events after this answer
-                "items": [s.to_dict() for s in found[offset : offset + limit]]}
+        return {
+            "total": len(found),
+            "offset": offset,
+            "seq": views.seq,  # seq: resume /events after this answer
+            "items": [s.to_dict() for s in found[offset : offset + limit]],
+        }
 
     @app.get("/windows/keys")
     async def window_keys() -> dict:
@@ -355,37 +418,62 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
         return {"keys": views.window_keys()}
 
     @app.get("/windows")
-    async def windows(key: Annotated[str, Query(min_length=1, examples=["all", "topic:Earnings", "ticker:AAPL"])],
-                      width: Annotated[int | None, Query(gt=0)] = None,
-                      limit: Annotated[int, Query(ge=1, le=2000)] = 500) -> dict:
+    async def windows(
+        key: Annotated[str, Query(min_length=1, examples=["all", "topic:Earnings", "ticker:AAPL"])],
+        width: Annotated[int | None, Query(gt=0)] = None,
+        limit: Annotated[int, Query(ge=1, le=2000)] = 500,
+    ) -> dict:
         """The closed windows of one key (oldest first), per rolling width."""
-        series = {w: list(pts)[-limit:] for (k, w), pts in views.windows.items() if k == key and (width is None or w == width)}
+        series = {
+            w: list(pts)[-limit:] for (k, w), pts in views.windows.items() if k == key and (width is None or w == width)
+        }
         return {"key": key, "series": {str(w): [p.to_dict() for p in pts] for w, pts in sorted(series.items())}}
 
     @app.get("/alerts")
-    async def alerts(state: Literal["firing", "resolved"] | None = None,
-                     limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict:
+    async def alerts(
+        state: Literal["firing", "resolved"] | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> dict:
         """Surges with their evidence headlines, newest first."""
         found = [a for a in reversed(views.alerts.values()) if state is None or a.state == state][:limit]
         return {"alerts": [a.to_dict() for a in found]}
 
-    @app.post("/feedback", status_code=201, responses={
-        **too_large, 401: {"description": "missing or wrong bearer token (when FINSENT_WEB__TOKEN is set)"},
-        404: {"description": "the item id is not among the recent scored items"}})
+    @app.post(
+        "/feedback",
+        status_code=201,
+        responses={
+            **too_large,
+            401: {"description": "missing or wrong bearer token (when FINSENT_WEB__TOKEN is set)"},
+            404: {"description": "the item id is not among the recent scored items"},
+        },
+    )
     async def feedback(req: FeedbackRequest, authorization: Annotated[str | None, Header()] = None) -> dict:
         """An analyst's correction: kept in the feedback store (what fine-tuning reads) and sent to finsent.feedback."""
-        if token is not None and not (authorization and authorization.startswith("Bearer ")
-                                      and hmac.compare_digest(authorization[7:].encode(), token)):
+        if token is not None and not (
+            authorization
+            and authorization.startswith("Bearer ")
+            and hmac.compare_digest(authorization[7:].encode(), token)
+        ):
             raise HTTPException(401, "missing or wrong bearer token")
         scored = views.items.get(req.item_id)
         if scored is None:
             raise HTTPException(404, f"unknown item id {req.item_id!r} (not among the recent scored items)")
         try:
-            fb = Feedback(item_id=req.item_id, text=scored.item.title[:2000], topic=req.topic, sentiment=req.sentiment,
-                          who=req.who, comment=req.comment, at=utcnow(), model=scored.model,
-                          model_topic=scored.topic, model_sentiment=scored.sentiment)
+            fb = Feedback(
+                item_id=req.item_id,
+                text=scored.item.title[:2000],
+                topic=req.topic,
+                sentiment=req.sentiment,
+                who=req.who,
+                comment=req.comment,
+                at=utcnow(),
+                model=scored.model,
+                model_topic=scored.topic,
+                model_sentiment=scored.sentiment,
+            )
         except ValidationError as err:
-            raise HTTPException(422, [{"loc": ["body"], "msg": e["msg"], "type": e["type"]} for e in err.errors()]) from None
+            raise HTTPException(
+                422, [{"loc": ["body"], "msg": e["msg"], "type": e["type"]} for e in err.errors()]
+            ) from None
         from finsent.model.feedback import append
 
         await asyncio.to_thread(append, settings.paths.feedback_store, fb)
@@ -401,10 +489,14 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
                 producer = aio_producer(settings.kafka, "web", request_timeout_ms=5000)
                 await asyncio.wait_for(producer.start(), 5)
                 producer_box["producer"] = producer
-            await asyncio.wait_for(producer_box["producer"].send_and_wait(
-                settings.topics.feedback.name, key=fb.item_id.encode(), value=fb.to_json()), 10)
+            await asyncio.wait_for(
+                producer_box["producer"].send_and_wait(
+                    settings.topics.feedback.name, key=fb.item_id.encode(), value=fb.to_json()
+                ),
+                10,
+            )
             return True
-        except Exception:  # the store has it; the topic copy is for other consumers
+        except Exception:  # noqa: BLE001 - the store has it; the topic copy is for other consumers
             producer_box.pop("producer", None)
             return False
 
@@ -419,10 +511,16 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
             records, bad = [], 0
         out = {"corrections": len(records), "bad_lines": bad}
         for kind in ("topic", "sentiment"):
-            pairs = [(getattr(r, kind), predicted) for r in records if getattr(r, kind) is not None
-                     and (predicted := _predicted(r, kind)) is not None]
-            out[kind] = {"corrections": sum(1 for r in records if getattr(r, kind) is not None), "compared": len(pairs),
-                         "model_agreed": sum(a == b for a, b in pairs)}
+            pairs = [
+                (getattr(r, kind), predicted)
+                for r in records
+                if getattr(r, kind) is not None and (predicted := _predicted(r, kind)) is not None
+            ]
+            out[kind] = {
+                "corrections": sum(1 for r in records if getattr(r, kind) is not None),
+                "compared": len(pairs),
+                "model_agreed": sum(a == b for a, b in pairs),
+            }
         return out
 
     def _predicted(r: Feedback, kind: str) -> str | None:
@@ -449,20 +547,32 @@ def build_api(settings: Settings, load_classifier, views: StreamViews | None = N
 def _classify_batcher(clf: Any, w: Web, metrics: ApiMetrics) -> Batcher:
     """The batcher in front of ``clf.predict``. The attribute is looked up per call, so a stand-in without a
     model (tests of other routes) still starts; ``on_batch`` feeds the batch-size histogram."""
-    return Batcher(lambda texts: clf.predict(texts), max_texts=w.classify_max_batch,
-                   max_wait_s=w.classify_max_wait_ms / 1000,
-                   on_batch=lambda requests, texts, seconds: metrics.batch_texts.observe(texts))
+    return Batcher(
+        lambda texts: clf.predict(texts),
+        max_texts=w.classify_max_batch,
+        max_wait_s=w.classify_max_wait_ms / 1000,
+        on_batch=lambda requests, texts, seconds: metrics.batch_texts.observe(texts),
+    )
 
 
 def serve(settings: Settings, model_dir) -> None:
     import uvicorn
+
     from finsent.model import Classifier
 
     m = settings.model
-    app = build_api(settings, lambda: Classifier.load(model_dir, backend=m.backend, device=m.device, batch_size=m.batch_size))
+    app = build_api(
+        settings, lambda: Classifier.load(model_dir, backend=m.backend, device=m.device, batch_size=m.batch_size)
+    )
     # A live dashboard holds an /events stream open; do not let it hold a shutdown too.
-    uvicorn.run(app, host=settings.services.host, port=settings.web.port, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=3)
+    uvicorn.run(
+        app,
+        host=settings.services.host,
+        port=settings.web.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=3,
+    )
 
 
 __all__ = ["build_api", "serve"]

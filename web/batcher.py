@@ -61,8 +61,14 @@ class _Request(Generic[R]):
 class Batcher(Generic[R]):
     """Collects ``submit(texts)`` calls into ``predict`` calls of at most ``max_texts`` texts (see the module)."""
 
-    def __init__(self, predict: Callable[[list[str]], Sequence[R]], max_texts: int, max_wait_s: float,
-                 on_batch: BatchObserver | None = None, name: str = "classify"):
+    def __init__(
+        self,
+        predict: Callable[[list[str]], Sequence[R]],
+        max_texts: int,
+        max_wait_s: float,
+        on_batch: BatchObserver | None = None,
+        name: str = "classify",
+    ):
         if max_texts < 1 or max_wait_s < 0:
             raise ValueError(f"max_texts must be >= 1 and max_wait_s >= 0 (got {max_texts}, {max_wait_s})")
         self.predict, self.max_texts, self.max_wait_s = predict, max_texts, max_wait_s
@@ -188,15 +194,19 @@ class Batcher(Generic[R]):
         except asyncio.CancelledError:
             self._fail(batch, BatcherClosed(f"{self.name} batcher shut down during the model call"))
             raise
-        except Exception as err:
-            log.warning("model call failed: its batch's requests get the error", extra={
-                "batcher": self.name, "requests": len(batch), "texts": len(texts), "error": repr(err)})
+        except Exception as err:  # noqa: BLE001 - a failing model must answer the waiting requests, not kill the batcher
+            log.warning(
+                "model call failed: its batch's requests get the error",
+                extra={"batcher": self.name, "requests": len(batch), "texts": len(texts), "error": repr(err)},
+            )
             self._fail(batch, err)
             return
         seconds = time.perf_counter() - t0
         self._split_back(batch, predictions, seconds)
-        log.debug("batch answered", extra={"batcher": self.name, "requests": len(batch), "texts": len(texts),
-                                           "seconds": round(seconds, 4)})
+        log.debug(
+            "batch answered",
+            extra={"batcher": self.name, "requests": len(batch), "texts": len(texts), "seconds": round(seconds, 4)},
+        )
         if self.on_batch is not None:
             self.on_batch(len(batch), len(texts), seconds)
 

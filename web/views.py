@@ -87,8 +87,15 @@ class StreamViews:
             k["widths"].sort()
         return sorted(keys.values(), key=lambda k: (-k["latest_count"], k["key"]))
 
-    def query_items(self, topic: str | None = None, ticker: str | None = None, sentiment: str | None = None,
-                    since: datetime | None = None, until: datetime | None = None, text: str | None = None) -> list[ScoredItem]:
+    def query_items(
+        self,
+        topic: str | None = None,
+        ticker: str | None = None,
+        sentiment: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        text: str | None = None,
+    ) -> list[ScoredItem]:
         """Newest first (by publish time)."""
         out = []
         needle = text.lower() if text else None
@@ -110,8 +117,11 @@ class StreamViews:
 async def follow(settings: Settings, views: StreamViews) -> None:
     """Tail the three output topics into ``views`` (until cancelled)."""
     t = settings.topics
-    handlers = {t.scored.name: (ScoredItem, views.add_item), t.windows.name: (WindowStat, views.add_window),
-                t.alerts.name: (SurgeAlert, views.add_alert)}
+    handlers = {
+        t.scored.name: (ScoredItem, views.add_item),
+        t.windows.name: (WindowStat, views.add_window),
+        t.alerts.name: (SurgeAlert, views.add_alert),
+    }
 
     def handle(topic: str, value: bytes | None, offset: int) -> None:
         record_type, add = handlers[topic]

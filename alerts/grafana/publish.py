@@ -13,8 +13,9 @@ import logging
 from collections.abc import Iterable
 from datetime import datetime
 
-from finsent.alerts.grafana.build import dashboards
 from grafana_client import GrafanaApi
+
+from finsent.alerts.grafana.build import dashboards
 
 log = logging.getLogger("finsent.alerts.grafana")
 
@@ -45,8 +46,10 @@ def surge_annotations(rows: Iterable[dict]) -> list[dict]:
         if r["alertname"] != SURGE_ALERT:
             continue
         key = f"{r['dim']}:{r['name']}" if r["dim"] != "all" else "all"
-        s = surges.setdefault(r["fingerprint"] + r["starts_at"], {"key": key, "severity": r["severity"], "start": r["starts_at"],
-                                                                  "end": None, "titles": []})
+        s = surges.setdefault(
+            r["fingerprint"] + r["starts_at"],
+            {"key": key, "severity": r["severity"], "start": r["starts_at"], "end": None, "titles": []},
+        )
         if r["status"] == "resolved":
             s["end"] = r["ends_at"]
         s["titles"] = s["titles"] or [e["title"] for e in r["evidence"][:3]]
@@ -54,8 +57,14 @@ def surge_annotations(rows: Iterable[dict]) -> list[dict]:
     for s in surges.values():
         start = _ms(s["start"])
         text = f"Negative surge {s['key']} ({s['severity']})" + "".join(f"<br>• {t}" for t in s["titles"])
-        out.append({"time_from": start, "time_to": _ms(s["end"]) if s["end"] else start,
-                    "tags": ["finsent", "surge", s["key"], s["severity"]], "text": text})
+        out.append(
+            {
+                "time_from": start,
+                "time_to": _ms(s["end"]) if s["end"] else start,
+                "tags": ["finsent", "surge", s["key"], s["severity"]],
+                "text": text,
+            }
+        )
     return out
 
 

@@ -1,0 +1,67 @@
+"""The training corpus: held-out splits, the licence gate, pseudo-labels (tiny random model of conftest)."""
+
+from pathlib import Path
+
+import pytest
+
+from finsent.model.corpus import COMMERCIAL, RESEARCH, TRAIN_SETS, extra_examples, licence_of, pseudo_label
+from finsent.model.data import (
+    IGNORE,
+    Example,
+    finbert_test_split,
+    is_heldout,
+    phrasebank,
+    phrasebank_train_part,
+    split_heldout,
+)
+from finsent.model.train import TrainConfig
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "news"
+CONFIGS = Path(__file__).parents[2] / "configs"
+
+
+def test_heldout_is_stable_about_a_fifth_and_salted_by_set():
+    texts = [f"headline number {i}" for i in range(5000)]
+    held = [t for t in texts if is_heldout("sp500-posneg", t)]
+    assert held == [t for t in texts if is_heldout("sp500-posneg", t)]
+    assert 0.18 < len(held) / len(texts) < 0.22
+    assert held != [t for t in texts if is_heldout("sentfin-headline", t)]
+    train, test = split_heldout("sp500-posneg", [Example(t) for t in texts])
+    assert {e.text for e in test} == set(held) and not {e.text for e in train} & set(held)
+
+
+def test_phrasebank_training_part_never_holds_a_finbert_test_sentence():
+    test = {e.text for e in finbert_test_split(phrasebank(FIXTURES, "50Agree"))}
+    train = {e.text for e in phrasebank_train_part(FIXTURES)}
+    assert train and not train & test
+
+
+def test_the_licence_gate_marks_any_non_commercial_set_as_research():
+    assert licence_of([]) == COMMERCIAL and licence_of(["finentity-dev"]) == COMMERCIAL
+    assert licence_of(["finentity-dev", "sp500-posneg"]) == RESEARCH
+    with pytest.raises(ValueError, match="unknown training sets"):
+        licence_of(["not-a-set"])
+    assert [n for n, s in TRAIN_SETS.items() if s.commercial] == ["finentity-dev"]
+
+
+def test_extra_sets_train_only_outside_their_heldout_part():
+    rows = extra_examples(FIXTURES, ["sp500-posneg"], repeat=2)
+    held = {e.text for e in split_heldout("sp500-posneg", TRAIN_SETS["sp500-posneg"].load(FIXTURES))[1]}
+    assert rows and not held & {e.text for e in rows} and len(rows) % 2 == 0
+
+
+def test_shipped_run_configs_parse_and_the_default_one_is_commercial():
+    v2 = TrainConfig.from_toml(CONFIGS / "train-minilm-v2.toml")
+    research = TrainConfig.from_toml(CONFIGS / "train-minilm-research.toml")
+    assert licence_of(v2.train_sets) == COMMERCIAL and v2.name == "finsent-minilm"
+    assert licence_of(research.train_sets) == RESEARCH and research.name != v2.name
+
+
+def test_pseudo_labels_fill_only_missing_heads_and_only_when_confident(tiny_model_dir):
+    examples = [Example("shares of acme fall", topic=3), Example("fed holds rates", sentiment=1)]
+    filled, counts = pseudo_label(examples, tiny_model_dir, threshold=0.0)
+    assert filled[0].topic == 3 and filled[0].sentiment != IGNORE  # kept its own label, got the other
+    assert filled[1].sentiment == 1 and filled[1].topic != IGNORE
+    assert counts == {"topic": 1, "sentiment": 1}
+    none, counts = pseudo_label(examples, tiny_model_dir, threshold=1.01)
+    assert none == examples and counts == {"topic": 0, "sentiment": 0}

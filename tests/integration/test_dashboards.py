@@ -1,0 +1,164 @@
+"""Grafana as code. Grafana cannot be installed here, so: the JSON must match its generator, every panel's
+PromQL must return series from a real Prometheus scraping a real worker (``check_panels``, run by the demo
+test on its live stack), and ``finsent grafana publish`` is tested against a local HTTP server that
+stands in for Grafana's API and checks the request shape."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+
+from finsent.alerts.audit import AuditLog, Notification
+from finsent.alerts.grafana.build import DASHBOARDS_DIR, dashboards, render
+from finsent.records import Evidence, SurgeAlert
+
+
+def test_committed_dashboards_match_their_generator(tmp_path):
+    fresh = {p.name: p.read_text() for p in render(tmp_path)}
+    committed = {p.name: p.read_text() for p in DASHBOARDS_DIR.glob("*.json")}
+    assert fresh == committed, "run `finsent grafana build` and commit alerts/grafana/dashboards/"
+    for d in dashboards():
+        doc = d.to_json()
+        assert all(t["datasource"]["uid"] == "finsent-prometheus" for p in doc["panels"] for t in p["targets"])
+        boxes = [(p["gridPos"]["x"], p["gridPos"]["y"]) for p in doc["panels"]]
+        assert len(set(boxes)) == len(boxes) and all(p["gridPos"]["x"] + p["gridPos"]["w"] <= 24 for p in doc["panels"])
+
+
+def panel_queries() -> list[tuple[str, str, str]]:
+    return [(d.uid, p["title"], t["expr"]) for d in dashboards() for p in d.to_json()["panels"] for t in p["targets"]]
+
+
+def check_panels(prometheus: str) -> dict[str, int]:
+    """Resolve the dashboard variables the way Grafana does, run every panel query, return series per query."""
+
+    def label_values(label: str, match: str) -> list[str]:
+        r = httpx.get(f"{prometheus}/api/v1/label/{label}/values", params={"match[]": match}, timeout=10).json()
+        return r["data"]
+
+    widths = label_values("width", "finsent_window_count")
+    tickers = label_values("name", 'finsent_window_count{dim="ticker"}')
+    assert widths and tickers, (widths, tickers)
+    values = {"width": "300" if "300" in widths else widths[0], "ticker": tickers[0]}
+    counts = {}
+    for uid, title, expr in panel_queries():
+        resolved = re.sub(r"\$(\w+)", lambda m: values[m.group(1)], expr)
+        r = httpx.get(f"{prometheus}/api/v1/query", params={"query": resolved}, timeout=10).json()
+        assert r["status"] == "success", (uid, title, resolved, r)
+        counts[f"{uid} / {title} / {resolved}"] = len(r["data"]["result"])
+    empty = [k for k, n in counts.items() if n == 0]
+    assert not empty, f"panels whose query returns no series: {empty}"
+    return counts
+
+
+class FakeGrafana(BaseHTTPRequestHandler):
+    """Stands in for Grafana's HTTP API (Grafana is not installable here): records what the client sends."""
+
+    requests: list = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        FakeGrafana.requests.append((self.path, self.headers.get("Authorization"), body))
+        if self.path == "/api/dashboards/db":
+            reply = {"status": "success", "uid": body["dashboard"]["uid"], "version": 1, "id": 1}
+        elif self.path == "/api/annotations":
+            reply = {"id": len(FakeGrafana.requests), "message": "Annotation added"}
+        else:
+            self.send_response(404)
+            self.end_headers()
+            return
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@contextmanager
+def fake_grafana():
+    """A ``FakeGrafana`` server on 127.0.0.1 for the block; yields its URL."""
+    FakeGrafana.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeGrafana)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def grafana_publish(url: str, audit_db, token: str | None = "glsa_test", timeout: float = 60):
+    """``finsent grafana publish --url URL`` reading ``audit_db``, with only the FINSENT_* variables given here."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
+    env["FINSENT_RECEIVER__AUDIT_DB"] = str(audit_db)
+    if token:
+        env["FINSENT_GRAFANA__TOKEN"] = token
+    return subprocess.run(
+        [sys.executable, "-m", "finsent.cli", "grafana", "publish", "--url", url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_publish_uploads_dashboards_and_surge_annotations_with_the_token(tmp_path):
+    db = tmp_path / "audit.sqlite"
+    audit = AuditLog(db)
+    now = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+    ev = (
+        Evidence(
+            item_id="e1", title="Oil plunges as supply glut deepens", source="oil-desk", published=now, p_negative=0.95
+        ),
+    )
+    surge = SurgeAlert(
+        alert_id="topic:Energy | Oil|x",
+        key="topic:Energy | Oil",
+        state="firing",
+        severity="warning",
+        window_start=now,
+        window_end=now,
+        count=40,
+        negative=30,
+        negative_share=0.75,
+        zscore=4.2,
+        baseline_mean=0.2,
+        baseline_std=0.1,
+        raised_at=now,
+        evidence=ev,
+    )
+    labels = {"alertname": "NegativeSentimentSurge", "dim": "topic", "name": "Energy | Oil", "severity": "warning"}
+    for status, ends in (("firing", None), ("resolved", "2026-11-22T12:10:00Z")):
+        audit.record(
+            Notification(
+                "compliance", status, "NegativeSentimentSurge", "fp1", "2026-11-22T12:00:00Z", ends, labels, {}
+            ),
+            now,
+            surge,
+        )
+    audit.close()
+
+    with fake_grafana() as url:
+        r = grafana_publish(url, db)
+        assert r.returncode == 0, r.stderr
+        no_token = grafana_publish(url, db, token=None)
+        assert no_token.returncode == 2 and "FINSENT_GRAFANA__TOKEN" in no_token.stderr
+    boards = [b for path, _, b in FakeGrafana.requests if path == "/api/dashboards/db"]
+    notes = [b for path, _, b in FakeGrafana.requests if path == "/api/annotations"]
+    assert {auth for _, auth, _ in FakeGrafana.requests} == {"Bearer glsa_test"}
+    assert sorted(b["dashboard"]["uid"] for b in boards) == ["finsent-overview", "finsent-pipeline", "finsent-ticker"]
+    assert all(b["overwrite"] is True and b["dashboard"]["id"] is None and b["dashboard"]["panels"] for b in boards)
+    (note,) = notes
+    assert note["time"] == int(now.timestamp() * 1000) and note["timeEnd"] == note["time"] + 600_000
+    assert {"finsent", "surge", "topic:Energy | Oil"} <= set(note["tags"]) and "Oil plunges" in note["text"]

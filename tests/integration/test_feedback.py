@@ -1,0 +1,106 @@
+"""Continual learning from analyst feedback on the tiny model: store, mixing, no-regression gate."""
+
+import shutil
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from conftest import TINY_SENT_WORDS, tiny_examples
+
+from finsent.model import artifact
+from finsent.model.feedback import append, fine_tune, read_store, to_examples
+from finsent.model.train import TrainConfig
+from finsent.records import Feedback
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def _store(path, n=12):
+    for i in range(n):
+        word = TINY_SENT_WORDS[i % 3]
+        label = ("negative", "neutral", "positive")[i % 3]
+        append(
+            path, Feedback(item_id=f"i{i}", text=f"shares {word} after report {i}", sentiment=label, who="ana", at=T0)
+        )
+    return path
+
+
+def test_store_keeps_last_correction_and_skips_bad_lines(tmp_path):
+    store = tmp_path / "fb.jsonl"
+    append(store, Feedback(item_id="a", text="Oil slumps", sentiment="neutral", who="ana", at=T0))
+    append(
+        store,
+        Feedback(
+            item_id="a",
+            text="Oil slumps",
+            sentiment="negative",
+            topic="Energy | Oil",
+            who="bo",
+            at=T0 + timedelta(minutes=1),
+        ),
+    )
+    with store.open("a") as fh:
+        fh.write('{"broken": true}\n')
+    records, bad = read_store(store)
+    assert bad == 1 and len(records) == 1 and records[0].sentiment == "negative"
+    (ex,) = to_examples(records)
+    assert ex.sentiment == 0 and ex.topic == 6
+
+
+def _cfg(tmp_path, **kw):
+    return TrainConfig(
+        out_dir=str(tmp_path / "models"),
+        run_dir=str(tmp_path / "runs"),
+        epochs=1,
+        batch_size=8,
+        lr=2e-3,
+        head_lr=2e-3,
+        mlflow=False,
+        checkpoint_every=0,
+        **kw,
+    )
+
+
+@pytest.fixture
+def parent(tmp_path, tiny_model_dir):
+    directory = tmp_path / "models" / "tiny" / "v1"
+    shutil.copytree(tiny_model_dir, directory)
+    return directory
+
+
+def test_passing_gate_registers_a_child_version(tmp_path, parent):
+    result = fine_tune(
+        parent,
+        _store(tmp_path / "fb.jsonl"),
+        _cfg(tmp_path, version="v2"),
+        replay=40,
+        max_drop=1.0,
+        dev=tiny_examples(24, seed=2),
+        replay_pool=tiny_examples(80, seed=1),
+    )
+    assert result.registered and result.registered_dir == tmp_path / "models" / "tiny" / "v2"
+    assert artifact.versions(tmp_path / "models", "tiny") == ["v1", "v2"]
+    meta = artifact.load_meta(result.registered_dir)
+    assert meta.parent == "tiny@v1" and meta.metrics["feedback_gate"]["passed"] is True
+    assert result.feedback_examples == 12 and result.replay_examples == 40
+
+
+def test_failing_gate_registers_nothing(tmp_path, parent):
+    result = fine_tune(
+        parent,
+        _store(tmp_path / "fb.jsonl"),
+        _cfg(tmp_path, version="v2"),
+        replay=40,
+        max_drop=-1.0,
+        dev=tiny_examples(24, seed=2),
+        replay_pool=tiny_examples(80, seed=1),
+    )
+    assert not result.registered and result.registered_dir is None
+    assert artifact.versions(tmp_path / "models", "tiny") == ["v1"]
+    assert artifact.load_meta(result.candidate_dir).metrics["feedback_gate"]["passed"] is False
+
+
+def test_empty_store_is_a_clear_error(tmp_path, parent):
+    store = tmp_path / "fb.jsonl"
+    store.write_text("not json\n")
+    with pytest.raises(ValueError, match="no valid feedback"):
+        fine_tune(parent, store, _cfg(tmp_path), dev=[], replay_pool=[])

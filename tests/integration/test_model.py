@@ -1,0 +1,345 @@
+"""Model plumbing on a tiny random-weight BERT: batching, inference API, training loop, resume, export.
+
+Accuracy is *not* tested here (random weights); the shipped model's accuracy has its own test.
+"""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_examples
+
+from finsent import errors
+from finsent.model import Classifier, artifact
+from finsent.model.batching import bucketed_batches, pad, sorted_batches
+from finsent.model.data import IGNORE, _in_dev, load_twitter
+from finsent.model.metrics import expected_calibration_error, fit_temperature, softmax
+from finsent.model.text import prepare
+from finsent.model.train import TrainConfig, train
+
+
+def test_prepare_drops_urls_and_entities():
+    assert prepare("Apple &amp; Google  rally https://t.co/AbC123 \n today") == "Apple & Google rally today"
+    assert prepare("   https://t.co/x   ") == ""
+
+
+def test_bucketed_batches_are_a_deterministic_partition():
+    lengths = [(i * 37) % 50 + 1 for i in range(1000)]
+    a = bucketed_batches(lengths, 32, seed=1, epoch=0)
+    assert a == bucketed_batches(lengths, 32, seed=1, epoch=0)
+    assert a != bucketed_batches(lengths, 32, seed=1, epoch=1)
+    flat = sorted(i for b in a for i in b)
+    assert flat == list(range(1000))
+    # Bucketing pays: padded tokens are far fewer than with random batches.
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in a)
+    assert padded < 0.8 * 1000 * 50
+
+
+def test_sorted_batches_and_pad():
+    batches = sorted_batches([5, 1, 3], 2)
+    assert batches == [[1, 2], [0]]
+    ids, mask = pad([[7, 8, 9], [5]], pad_id=0)
+    assert ids.tolist() == [[7, 8, 9], [5, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_dev_split_is_stable_and_disjoint(tiny_data_dir):
+    s1, s2 = load_twitter(tiny_data_dir), load_twitter(tiny_data_dir)
+    assert [e.text for e in s1.dev] == [e.text for e in s2.dev]
+    assert not {e.text for e in s1.dev} & {e.text for e in s1.train}
+    assert _in_dev("x", 1.0) and not _in_dev("x", 0.0)
+
+
+def test_temperature_scaling_improves_calibration_of_overconfident_logits():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 2000)
+    logits = rng.normal(0, 1, (2000, 3))
+    logits[np.arange(2000), labels] += 1.0
+    logits *= 4  # overconfident
+    t = fit_temperature(logits, labels)
+    assert t > 2
+    assert (
+        expected_calibration_error(softmax(logits, t), labels) < expected_calibration_error(softmax(logits), labels) / 2
+    )
+
+
+def test_classifier_handles_bad_inputs_without_failing_the_batch(tiny_model_dir):
+    clf = Classifier.load(tiny_model_dir)
+    texts = ["Oil prices plunge", "", "   \n ", None, 42, b"bytes", "x " * 500_000, "Fed holds rates https://t.co/q"]
+    preds = clf.predict(texts)
+    assert len(preds) == len(texts)
+    assert [p.flag for p in preds] == [None, "empty", "empty", "not_text", "not_text", "not_text", None, None]
+    for p in preds:
+        assert math.isclose(sum(p.topic_probs.values()), 1, abs_tol=1e-5)
+        assert math.isclose(sum(p.sentiment_probs.values()), 1, abs_tol=1e-5)
+        assert p.topic in p.topic_probs and p.sentiment in ("negative", "neutral", "positive")
+        assert p.model == "tiny@v1"
+    assert preds[1].sentiment_probs == {"negative": 1 / 3, "neutral": 1 / 3, "positive": 1 / 3}
+
+
+def test_batched_predictions_equal_one_by_one_and_keep_order(tiny_model_dir):
+    clf = Classifier.load(tiny_model_dir, batch_size=3)
+    texts = [f"headline number {i} " + "word " * (i % 7) for i in range(10)]
+    batched = clf.predict(texts)
+    single = [clf.predict([t])[0] for t in texts]
+    for a, b in zip(batched, single):
+        assert a.topic == b.topic and a.sentiment == b.sentiment
+        np.testing.assert_allclose(list(a.sentiment_probs.values()), list(b.sentiment_probs.values()), atol=1e-5)
+
+
+def test_unknown_backend_is_a_clear_error(tiny_model_dir):
+    with pytest.raises(ValueError, match="unknown backend"):
+        Classifier.load(tiny_model_dir, backend="tpu")
+
+
+def test_onnx_graphs_are_built_on_first_use_cached_and_rebuilt_when_the_weights_change(tmp_path, tiny_model_dir):
+    """A fresh clone has weights only: asking for an ONNX backend builds its graph once, beside the model,
+    stamped with the weights' digest; other weights in the same place get a new graph, not the stale one."""
+    import shutil
+
+    from finsent.model import onnxbuild
+
+    directory = tmp_path / "tiny" / "v1"
+    shutil.copytree(tiny_model_dir, directory)
+    int8 = Classifier.load(directory, backend="onnx-int8")
+    assert int8.backend.name == "onnx-int8" and int8.backend.path.name == "model.int8-dynamic-pc.onnx"
+    built = int8.backend.path.stat().st_mtime_ns
+    again = Classifier.load(directory, backend="onnx-int8")
+    assert again.backend.path.stat().st_mtime_ns == built  # cached
+    stamps = json.loads((directory / "onnx" / "build.json").read_text())
+    assert stamps["model.onnx"] == stamps["model.int8-dynamic-pc.onnx"] == onnxbuild.weights_digest(directory)
+    fp32 = Classifier.load(directory, backend="onnx")
+    torch_ = Classifier.load(directory, backend="torch")
+    texts = ["oil merger news", "shares plunge after report 3"]
+    for a, b in zip(fp32.predict(texts), torch_.predict(texts)):
+        np.testing.assert_allclose(list(a.topic_probs.values()), list(b.topic_probs.values()), atol=1e-4)
+    # retrain in place: different weights, same directory
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(directory / "weights.safetensors"))
+    key = next(k for k in state if k.startswith("topic_head"))
+    state[key] = state[key] + 1
+    save_file(state, str(directory / "weights.safetensors"))
+    rebuilt = Classifier.load(directory, backend="onnx")
+    assert json.loads((directory / "onnx" / "build.json").read_text())["model.onnx"] == onnxbuild.weights_digest(
+        directory
+    )
+    changed = Classifier.load(directory, backend="torch")
+    for a, b in zip(rebuilt.predict(texts), changed.predict(texts)):
+        np.testing.assert_allclose(list(a.topic_probs.values()), list(b.topic_probs.values()), atol=1e-4)
+
+
+def test_auto_serves_onnx_on_unmeasured_weights_and_distrusts_an_export_of_other_weights(tmp_path, tiny_model_dir):
+    import shutil
+
+    directory = tmp_path / "tiny" / "v1"
+    shutil.copytree(tiny_model_dir, directory)
+    assert Classifier.load(directory, backend="auto").backend.name == "onnx"  # never exported: fp32 ONNX
+    (directory / "export.json").write_text(json.dumps({"recommended": "torch-int8", "weights_sha256": "0" * 64}))
+    assert Classifier.load(directory, backend="auto").backend.name == "onnx"  # measured on other weights
+    from finsent.model import onnxbuild
+
+    measured = {"recommended": "torch-int8", "weights_sha256": onnxbuild.weights_digest(directory)}
+    (directory / "export.json").write_text(json.dumps(measured))
+    assert Classifier.load(directory, backend="auto").backend.name == "onnx"  # a gate without batch invariance
+    (directory / "export.json").write_text(json.dumps({**measured, "gate": 2}))
+    assert Classifier.load(directory, backend="auto").backend.name == "torch-int8"
+
+
+def test_a_read_only_model_directory_caches_its_graphs_in_the_user_cache(tmp_path, tiny_model_dir, monkeypatch):
+    import shutil
+
+    directory = tmp_path / "tiny" / "v1"
+    shutil.copytree(tiny_model_dir, directory, ignore=shutil.ignore_patterns("onnx"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    if os.geteuid() == 0:  # root writes through permission bits, so stand in for the failed probe there
+        from finsent.model import onnxbuild
+
+        real = onnxbuild._writable
+        monkeypatch.setattr(onnxbuild, "_writable", lambda d: False if d.parent == directory else real(d))
+    directory.chmod(0o555)
+    try:
+        clf = Classifier.load(directory, backend="onnx")
+    finally:
+        directory.chmod(0o755)
+    assert str(clf.backend.path).startswith(str(tmp_path / "cache" / "finsent" / "onnx"))
+    assert not (directory / "onnx").exists()
+
+
+def test_the_export_gate_is_strict_on_each_head():
+    from finsent.model.export import MAX_ACCURACY_DROP, MIN_AGREEMENT, accepted
+
+    base = {"topic_accuracy": 0.906, "sentiment_accuracy": 0.870}
+    ok = {
+        "topic_accuracy": 0.9058,
+        "sentiment_accuracy": 0.8723,
+        "agreement_with_fp32": 0.9868,
+        "batch_invariance": 1.0,
+    }
+    assert (MAX_ACCURACY_DROP, MIN_AGREEMENT) == (0.003, 0.98) and accepted(ok, base, MAX_ACCURACY_DROP, MIN_AGREEMENT)
+    assert not accepted({**ok, "topic_accuracy": 0.9007}, base, MAX_ACCURACY_DROP, MIN_AGREEMENT)  # -0.53 pt
+    assert not accepted({**ok, "agreement_with_fp32": 0.968}, base, MAX_ACCURACY_DROP, MIN_AGREEMENT)
+    assert not accepted({**ok, "batch_invariance": 0.968}, base, MAX_ACCURACY_DROP, MIN_AGREEMENT)  # dynamic int8
+
+
+def test_model_registry_resolves_newest_and_named_versions(tmp_path, tiny_model_dir):
+    import shutil
+
+    for v in ("20240101T000000Z", "20250101T000000Z"):
+        shutil.copytree(tiny_model_dir, tmp_path / "tiny" / v)
+    assert artifact.resolve(tmp_path, "tiny").name == "20250101T000000Z"
+    assert artifact.resolve(tmp_path, "tiny", "20240101T000000Z").name == "20240101T000000Z"
+    with pytest.raises(errors.ModelError, match="not found"):
+        artifact.resolve(tmp_path, "tiny", "nope")
+
+
+def _tiny_cfg(tmp_path: Path, tiny_model_dir: Path, **kw) -> TrainConfig:
+    base = {
+        "name": "tiny",
+        "version": "t1",
+        "init_from": str(tiny_model_dir),
+        "out_dir": str(tmp_path / "models"),
+        "run_dir": str(tmp_path / "runs"),
+        "epochs": 3,
+        "batch_size": 8,
+        "lr": 3e-3,
+        "head_lr": 3e-3,
+        "warmup_ratio": 0.1,
+        "max_length": 32,
+        "dropout": 0.0,
+        "patience": 5,
+        "mlflow": False,
+        "checkpoint_every": 0,
+        "seed": 3,
+    }
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_learns_calibrates_and_registers_a_version(tmp_path, tiny_model_dir):
+    train_set, dev_set = tiny_examples(160, seed=1), tiny_examples(60, seed=2)
+    out = train(_tiny_cfg(tmp_path, tiny_model_dir, epochs=4), examples=train_set, dev=dev_set, progress=False)
+    meta = artifact.load_meta(out)
+    history = meta.metrics["history"]
+    assert len(history) == 4
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert meta.metrics["dev"]["sentiment_accuracy"] > 0.6  # keyword task: random would be ~0.33
+    assert meta.temperature_topic > 0 and meta.temperature_sentiment > 0
+    assert meta.parent == "tiny@v1"
+    clf = Classifier.load(out)
+    assert clf.predict(["shares soar after report 5"])[0].model == "tiny@t1"
+    assert json.loads((out / "train_config.json").read_text())["epochs"] == 4
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, tiny_model_dir):
+    """A run stopped mid-epoch and restarted ends with the same weights as an uninterrupted run."""
+    train_set, dev_set = tiny_examples(64, seed=1), tiny_examples(16, seed=2)
+    full = train(_tiny_cfg(tmp_path / "a", tiny_model_dir, epochs=2), examples=train_set, dev=dev_set, progress=False)
+    paused = train(
+        _tiny_cfg(tmp_path / "b", tiny_model_dir, epochs=2, max_steps=5),
+        examples=train_set,
+        dev=dev_set,
+        progress=False,
+    )
+    assert paused is None and (tmp_path / "b" / "runs" / "tiny-t1" / "checkpoint.pt").exists()
+    resumed = train(
+        _tiny_cfg(tmp_path / "b", tiny_model_dir, epochs=2), examples=train_set, dev=dev_set, progress=False
+    )
+    a, b = artifact.load(full)[0].state_dict(), artifact.load(resumed)[0].state_dict()
+    assert len(artifact.load_meta(resumed).metrics["history"]) == 2
+    for key in a:  # optimizer, schedule, batch position and RNG state all restored: identical weights
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+
+
+def test_lora_trains_only_adapters_and_heads(tmp_path, tiny_model_dir):
+    train_set, dev_set = tiny_examples(48, seed=1), tiny_examples(16, seed=2)
+    out = train(
+        _tiny_cfg(tmp_path, tiny_model_dir, epochs=1, lora=True, lora_r=4),
+        examples=train_set,
+        dev=dev_set,
+        progress=False,
+    )
+    meta = artifact.load_meta(out)
+    assert meta.metrics["trainable_params"] < 0.5 * meta.metrics["total_params"]
+    model, _, _ = artifact.load(out)  # merged back into a plain BERT: loads like any other version
+    assert not any("lora" in k for k in model.state_dict())
+
+
+def test_onnx_export_matches_torch(tmp_path, tiny_model_dir, tiny_data_dir):
+    import shutil
+
+    from finsent.model.export import run
+
+    directory = tmp_path / "tiny" / "v1"
+    shutil.copytree(tiny_model_dir, directory)
+    report = run(directory, tiny_data_dir, limit=40, batch_size=8)
+    assert report["backends"]["onnx"]["agreement_with_fp32"] >= 0.99
+    assert report["backends"]["onnx"]["batch_invariance"] == 1.0 and report["gate"] == 2
+    assert {"onnx-int8:dynamic", "onnx-int8:dynamic-pc"} <= set(report["backends"])  # every candidate in the table
+    served = report["recommended"]
+    row = report["backends"][served if served != "onnx-int8" else f"onnx-int8:{report['int8_recipe']}"]
+    assert row["accepted"] and report["weights_sha256"]
+    onnx = Classifier.load(directory, backend="onnx")
+    torch_ = Classifier.load(directory, backend="torch")
+    texts = ["oil merger news", "shares plunge after report 3"]
+    for a, b in zip(onnx.predict(texts), torch_.predict(texts)):
+        np.testing.assert_allclose(list(a.topic_probs.values()), list(b.topic_probs.values()), atol=1e-4)
+    assert Classifier.load(directory, backend="auto").backend.name == report["recommended"]
+
+
+def test_examples_without_a_head_label_contribute_no_loss_for_it():
+    ce = torch.nn.CrossEntropyLoss(ignore_index=IGNORE, reduction="sum")
+    logits = torch.randn(3, 4, requires_grad=True)
+    loss = ce(logits, torch.tensor([IGNORE, IGNORE, IGNORE]))
+    loss.backward()
+    assert loss.item() == 0 and logits.grad.abs().sum() == 0
+
+
+def test_eval_and_export_commands_write_their_reports(tmp_path, tiny_model_dir, tiny_data_dir):
+    import shutil
+    import subprocess
+    import sys
+
+    directory = tmp_path / "tiny" / "v1"
+    shutil.copytree(tiny_model_dir, directory)
+    env = {"FINSENT_PATHS__DATA_DIR": str(tiny_data_dir), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    out = tmp_path / "report"
+    proc = subprocess.run(
+        [sys.executable, "-m", "finsent.cli", "eval", "--model", str(directory), "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "twitter-sentiment" in proc.stdout and "twitter-topic" in proc.stdout
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    runs = mlflow.search_runs(experiment_names=["tiny"])
+    assert list(runs["tags.kind"]) == ["evaluation"] and runs["metrics.twitter-topic.accuracy"].between(0, 1).all()
+    report = (out / "report.md").read_text()
+    assert "## Beside published results" in report and "finbert-tone" in report and "Most confident errors" in report
+    assert (out / "twitter-topic-confusion.png").stat().st_size > 1000
+    assert (out / "twitter-sentiment-reliability.png").stat().st_size > 1000
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["twitter-topic"]["accuracy"] <= 1 and "ece_calibrated" in metrics["twitter-sentiment"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "finsent.cli", "export", "--model", str(directory), "--limit", "24"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "recommended CPU backend:" in proc.stdout and "gate: accuracy drop <= 0.003" in proc.stdout
+    assert json.loads((directory / "export.json").read_text())["recommended"] in (
+        "torch",
+        "torch-int8",
+        "onnx",
+        "onnx-int8",
+    )

@@ -1,0 +1,278 @@
+"""News-domain evaluation: loaders, metrics, the news score, the news decision rule, missing data.
+
+Runs on tests/fixtures/news/ (a miniature ../shared/data with hand-written rows in each set's
+format, MIT) and the tiny random-weight model of conftest: plumbing and arithmetic, not accuracy.
+"""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from finsent.model.data import (
+    NEG,
+    NEU,
+    NEWS_SETS,
+    POS,
+    DataError,
+    MissingData,
+    check_data_dir,
+    finentity,
+    finentity_split,
+    phrasebank,
+    sentfin_entities,
+    sentfin_headlines,
+    sentivent_headlines,
+    sp500_posneg,
+)
+from finsent.model.metrics import fit_offsets, restricted_accuracy, sentiment_scores
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "news"
+
+
+# ----------------------------------------------------------------------------- loaders
+
+
+def test_sp500_is_binary_and_keeps_every_row():
+    rows = sp500_posneg(FIXTURES)
+    assert [e.sentiment for e in rows] == [POS, NEG, POS, NEG, POS, NEG]
+    assert rows[2].text == "Globex, Initech sign supply deal"
+
+
+def test_sentfin_by_headline_drops_mixed_and_by_entity_keeps_every_entity():
+    heads = sentfin_headlines(FIXTURES)
+    assert [e.sentiment for e in heads] == [POS, NEU, NEG, NEU]
+    assert all("Sensex" not in e.text for e in heads)
+    ents = sentfin_entities(FIXTURES)
+    assert len(ents) == 6
+    mixed = [e for e in ents if e.text.startswith("Sensex gains")]
+    assert [e.sentiment for e in mixed] == [POS, NEG]  # one headline, two entities, the headline's text for both
+
+
+def test_finentity_split_is_a_stable_partition_and_drops_mixed():
+    dev, test, every = finentity(FIXTURES, "dev"), finentity(FIXTURES, "test"), finentity(FIXTURES, "all")
+    assert len(every) == 7  # 8 passages, 1 mixed
+    assert sorted(e.text for e in dev + test) == sorted(e.text for e in every)
+    assert not {e.text for e in dev} & {e.text for e in test}
+    assert [e.sentiment for e in test] == [POS, POS, NEU]
+    assert all(finentity_split(e.text) == "test" for e in test)
+    with pytest.raises(ValueError):
+        finentity(FIXTURES, "train")
+
+
+def test_sentivent_keeps_headlines_with_a_consensus_only():
+    rows = sentivent_headlines(FIXTURES)
+    assert [(e.text, e.sentiment) for e in rows] == [
+        ("Acme Up on Record Quarterly Sales , Upbeat View", POS),
+        ("Globex Misses Estimates as Costs Climb", NEG),
+        ("Umbrella Co Sets Date for Annual Meeting", NEU),
+    ]
+
+
+def test_phrasebank_lines():
+    assert [e.sentiment for e in phrasebank(FIXTURES, "50Agree")] == [POS, NEU, NEG, NEU, POS]
+    assert phrasebank(FIXTURES, "AllAgree")[0].text == "Acme 's operating profit rose to EUR 5.1 mn from EUR 3.2 mn ."
+
+
+def test_every_news_set_loads_from_the_fixture_directory():
+    sizes = {s.name: len(s.load(FIXTURES)) for s in NEWS_SETS}
+    assert sizes == {
+        "sp500-posneg": 6,
+        "sentfin-headline": 4,
+        "sentfin-entity": 6,
+        "finentity-test": 3,
+        "sentivent-headlines": 3,
+        "phrasebank-50-all": 5,
+        "phrasebank-allagree": 3,
+        "sp500-posneg-heldout": 2,
+        "sentfin-headline-heldout": 0,
+    }
+    # the held-out slices are the part of their set that ``split_heldout`` keeps back, nothing else
+    assert all(
+        {ex.text for ex in s.load(FIXTURES)} <= {ex.text for ex in sp500_posneg(FIXTURES)}
+        for s in NEWS_SETS
+        if s.name == "sp500-posneg-heldout"
+    )
+    assert [s.name for s in NEWS_SETS if s.binary] == ["sp500-posneg", "sp500-posneg-heldout"]
+
+
+def test_a_file_in_another_format_is_refused(tmp_path):
+    (tmp_path / "sentfin").mkdir()
+    (tmp_path / "sentfin" / "sentfin_headlines.csv").write_text("id,title,label\n1,x,positive\n")
+    with pytest.raises(DataError, match="label_consensus"):
+        sentfin_headlines(tmp_path)
+    (tmp_path / "sp500-headlines-posneg").mkdir()
+    (tmp_path / "sp500-headlines-posneg" / "sp500_headlines_posneg.csv").write_text("headline,label\nx,neutral\n")
+    with pytest.raises(DataError, match="no neutral"):
+        sp500_posneg(tmp_path)
+
+
+def test_missing_data_names_the_path(tmp_path):
+    with pytest.raises(MissingData) as err:
+        check_data_dir(tmp_path / "nope")
+    assert str(tmp_path / "nope") in str(err.value) and err.value.path == tmp_path / "nope"
+    with pytest.raises(MissingData) as err:
+        sp500_posneg(tmp_path)
+    assert err.value.path == tmp_path / "sp500-headlines-posneg" / "sp500_headlines_posneg.csv"
+
+
+# ----------------------------------------------------------------------------- metrics, by hand
+
+
+def test_three_class_metrics_on_a_hand_computed_example():
+    y_true = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    y_pred = np.array([0, 1, 2, 1, 1, 2, 2, 1, 0])
+    m = sentiment_scores(y_true, y_pred, (0, 1, 2))
+    # confusion: rows true, columns predicted
+    assert m["confusion"] == [[1, 1, 1], [0, 2, 0], [1, 1, 2]]
+    assert m["accuracy"] == pytest.approx(5 / 9)
+    # F1 negative: P 1/2, R 1/3 -> 0.4; neutral: P 2/4, R 2/2 -> 2/3; positive: P 2/3, R 2/4 -> 4/7
+    assert m["macro_f1"] == pytest.approx((0.4 + 2 / 3 + 4 / 7) / 3)
+    assert m["weighted_f1"] == pytest.approx((3 * 0.4 + 2 * 2 / 3 + 4 * 4 / 7) / 9)
+    assert m["neutral_rate"] == pytest.approx(4 / 9)
+    assert m["gold_neutral_share"] == pytest.approx(2 / 9)
+
+
+def test_binary_set_scored_on_the_three_way_prediction():
+    y_true = np.array([0, 0, 2, 2, 2])
+    scores = np.array([[0.6, 0.3, 0.1], [0.3, 0.6, 0.1], [0.1, 0.2, 0.7], [0.15, 0.8, 0.05], [0.5, 0.1, 0.4]])
+    y_pred = scores.argmax(1)
+    assert y_pred.tolist() == [0, 1, 2, 1, 0]
+    m = sentiment_scores(y_true, y_pred, (0, 2))
+    assert m["accuracy"] == pytest.approx(2 / 5)  # neutral predictions count as wrong
+    # F1 over negative and positive only: negative P 1/2 R 1/2 -> 0.5; positive P 1/1 R 1/3 -> 0.5
+    assert m["macro_f1"] == pytest.approx(0.5)
+    assert m["neutral_rate"] == pytest.approx(2 / 5) and m["gold_neutral_share"] == 0
+    assert m["confusion"] == [[1, 1, 0], [0, 0, 0], [1, 1, 1]]
+    # argmax over {negative, positive} only: rows 0, 1, 2 right, 3 and 4 wrong
+    assert restricted_accuracy(scores, y_true, (0, 2)) == pytest.approx(3 / 5)
+
+
+def test_offsets_fitted_by_nll_recover_the_label_prior():
+    # The logits say nothing (all zero), so the best offsets are the log prior ratios to neutral.
+    labels = np.array([0] * 6 + [1] * 3 + [2] * 1)
+    b = fit_offsets(np.zeros((10, 3)), labels, temperature=3.0, reference=1, l2=0.0)
+    assert b[1] == 0
+    assert b[0] == pytest.approx(math.log(6 / 3), abs=1e-4)
+    assert b[2] == pytest.approx(math.log(1 / 3), abs=1e-4)
+
+
+# ----------------------------------------------------------------------------- classifier + report
+
+
+@pytest.fixture
+def model_dir(tmp_path, tiny_model_dir):
+    directory = tmp_path / "models" / "tiny" / "v1"
+    shutil.copytree(tiny_model_dir, directory)
+    return directory
+
+
+def _write_bias(directory: Path, positive: float, model: str = "tiny@v1") -> None:
+    doc = {
+        "domain": "news",
+        "model": model,
+        "sentiment_offsets": {"negative": 0.0, "neutral": 0.0, "positive": positive},
+    }
+    (directory / "news_bias.json").write_text(json.dumps(doc))
+
+
+TEXTS = ["Acme shares soar after results", "Globex cuts outlook", "Initech to hold meeting"]
+
+
+def test_news_rule_applies_only_when_asked(model_dir):
+    from finsent.model import Classifier
+
+    plain = Classifier.load(model_dir, backend="torch", device="cpu")
+    assert plain.news_bias is None
+    default = plain.predict(TEXTS)
+    assert plain.predict(TEXTS, domain="news") == default  # no rule stored: news = default
+
+    _write_bias(model_dir, 50.0)
+    clf = Classifier.load(model_dir, backend="torch", device="cpu")
+    assert clf.predict(TEXTS) == default and clf.predict(TEXTS, domain="twitter") == default
+    news = clf.predict(TEXTS, domain="news")
+    assert [p.sentiment for p in news] == ["positive"] * 3
+    assert [p.topic_probs for p in news] == [p.topic_probs for p in default]  # the topic head is untouched
+    assert all(abs(sum(p.sentiment_probs.values()) - 1) < 1e-5 for p in news)
+    with pytest.raises(ValueError, match="unknown domain"):
+        clf.predict(TEXTS, domain="reddit")
+
+
+def test_a_rule_fitted_for_another_model_is_ignored(model_dir):
+    from finsent.model import Classifier
+
+    _write_bias(model_dir, 50.0, model="tiny@v0")
+    assert Classifier.load(model_dir, backend="torch", device="cpu").news_bias is None
+
+
+def test_report_has_the_news_section_and_score(tmp_path, model_dir):
+    from finsent.model import Classifier
+    from finsent.model.report import BIAS, NEWS, run, summary_lines
+
+    _write_bias(model_dir, 1.5)
+    clf = Classifier.load(model_dir, backend="torch", device="cpu")
+    out = tmp_path / "report"
+    summary = run(clf, FIXTURES, out)
+    names = [s.name for s in NEWS_SETS if s.scored]
+    assert "sp500-posneg-heldout" in summary and "sp500-posneg-heldout" not in names
+    assert summary["reuters-topics-heldout"]["n"] >= 1  # topic on news
+    assert summary[NEWS]["score"] == pytest.approx(np.mean([summary[n]["accuracy"] for n in names]))
+    assert summary[BIAS + NEWS]["score"] == pytest.approx(np.mean([summary[BIAS + n]["accuracy"] for n in names]))
+    assert "accuracy_restricted" in summary["sp500-posneg"] and "accuracy_restricted" not in summary["sentfin-headline"]
+    assert BIAS + "twitter-sentiment" in summary and BIAS + "twitter-topic" not in summary
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["sentfin-entity"]["n"] == 6 and np.array(metrics["sentfin-entity"]["confusion"]).sum() == 6
+    assert metrics[NEWS]["sets"] == names and metrics[NEWS]["missing"] == {}
+    report = (out / "report.md").read_text()
+    assert "## News" in report and "**News score**" in report and "## News decision rule" in report
+    assert all(f"| {n} |" in report for n in names)
+    assert (out / "sp500-posneg-confusion.png").stat().st_size > 1000
+    lines = summary_lines(summary)
+    assert any(line.startswith("news score (mean accuracy over 7 news sets)") for line in lines)
+
+
+def test_a_missing_news_set_leaves_the_news_score_incomplete(tmp_path, model_dir):
+    from finsent.model import Classifier
+    from finsent.model.report import NEWS, run, summary_lines
+
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURES, data)
+    shutil.rmtree(data / "sentivent")
+    summary = run(Classifier.load(model_dir, backend="torch", device="cpu"), data, tmp_path / "report")
+    assert summary[NEWS]["score"] is None and "sentivent-headlines" not in summary
+    assert "sentivent_implicit_sentences.csv" in (tmp_path / "report" / "report.md").read_text()
+    assert any("incomplete" in line for line in summary_lines(summary))
+
+
+def _eval(tmp_path: Path, data_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FINSENT_PATHS__DATA_DIR": str(data_dir), "HOME": str(tmp_path)}
+    env = {k: v for k, v in env.items() if k != "FINSENT_CONFIG"}
+    return subprocess.run(
+        [sys.executable, "-m", "finsent.cli", "eval", "--no-mlflow", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+
+
+def test_eval_without_the_data_directory_fails_with_one_line(tmp_path):
+    missing = tmp_path / "shared" / "data"
+    proc = _eval(tmp_path, missing)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # exactly one line
+    assert str(missing) in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_eval_command_prints_the_news_score(tmp_path, model_dir):
+    proc = _eval(tmp_path, FIXTURES, "--model", str(model_dir), "--out", str(tmp_path / "r"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "sp500-posneg" in proc.stdout and "news score (mean accuracy over 7 news sets)" in proc.stdout

@@ -1,0 +1,94 @@
+import subprocess
+import sys
+
+import pytest
+
+from finsent.errors import SettingsError
+from finsent.settings import load
+
+
+def test_defaults_bind_to_loopback_and_validate():
+    s = load()
+    assert s.broker.host == s.services.host == "127.0.0.1"
+    assert s.kafka.bootstrap.startswith("127.0.0.1:")
+    assert {t.name for t in s.topics.all()} == {
+        "finsent.news.raw",
+        "finsent.news.scored",
+        "finsent.alerts",
+        "finsent.feedback",
+        "finsent.dlq",
+        "finsent.windows",
+        "finsent.stream.checkpoints",
+    }
+    assert s.surge.window_s in s.windows.rolling_seconds
+
+
+def test_the_surge_width_must_be_a_rolling_window():
+    with pytest.raises(SettingsError, match=r"surge.window_s=60 must be one of windows.rolling_seconds"):
+        load(surge={"window_s": 60})
+
+
+def test_environment_overrides_nested_fields(monkeypatch):
+    monkeypatch.setenv("FINSENT_TOPICS__RAW__PARTITIONS", "12")
+    monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP", "kafka-1:9092,kafka-2:9092")
+    s = load()
+    assert s.topics.raw.partitions == 12
+    assert s.kafka.bootstrap == "kafka-1:9092,kafka-2:9092"
+
+
+def test_toml_file_then_environment_wins(tmp_path, monkeypatch):
+    cfg = tmp_path / "finsent.toml"
+    cfg.write_text('[topics.raw]\nname = "desk.raw"\npartitions = 8\n[surge]\nz_threshold = 4.0\n')
+    s = load(cfg)
+    assert (s.topics.raw.name, s.topics.raw.partitions, s.surge.z_threshold) == ("desk.raw", 8, 4.0)
+    monkeypatch.setenv("FINSENT_TOPICS__RAW__PARTITIONS", "2")
+    assert load(cfg).topics.raw.partitions == 2
+    monkeypatch.setenv("FINSENT_CONFIG", str(cfg))
+    assert load().topics.raw.name == "desk.raw"
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "named"),
+    [
+        ("FINSENT_BROKER__PORT", "99999", "broker.port (FINSENT_BROKER__PORT)"),
+        ("FINSENT_TOPICS__SCORED__PARTITIONS", "0", "topics.scored.partitions (FINSENT_TOPICS__SCORED__PARTITIONS)"),
+        ("FINSENT_KAFKA__BOOTSTRAP", "no-port", "kafka.bootstrap (FINSENT_KAFKA__BOOTSTRAP)"),
+        ("FINSENT_WINDOWS__ROLLING_SECONDS", "[90]", "windows.rolling_seconds"),
+        ("FINSENT_SURGE__Z_RESOLVE", "5", "surge.z_resolve"),
+        ("FINSENT_MODEL__BACKEND", "tpu", "model.backend"),
+        ("FINSENT_NO_SUCH_THING", "1", "FINSENT_NO_SUCH_THING: no such setting"),
+        ("FINSENT_BROKER__PROT", "1", "FINSENT_BROKER__PROT: no such setting"),
+    ],
+)
+def test_invalid_settings_name_the_field(monkeypatch, env, value, named):
+    monkeypatch.setenv(env, value)
+    with pytest.raises(SettingsError) as err:
+        load()
+    assert named in str(err.value)
+
+
+def test_duplicate_topic_names_rejected(monkeypatch):
+    monkeypatch.setenv("FINSENT_TOPICS__DLQ__NAME", "finsent.news.raw")
+    with pytest.raises(SettingsError, match="distinct"):
+        load()
+
+
+def test_missing_config_file_is_an_error(tmp_path):
+    with pytest.raises(SettingsError, match="does not exist"):
+        load(tmp_path / "absent.toml")
+
+
+def test_unknown_key_in_toml_is_an_error(tmp_path):
+    cfg = tmp_path / "f.toml"
+    cfg.write_text("[broker]\nprot = 1\n")
+    with pytest.raises(SettingsError, match=r"broker\.prot"):
+        load(cfg)
+
+
+def test_cli_fails_at_start_naming_the_field(tmp_path):
+    env = {"FINSENT_BROKER__PORT": "-1", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "finsent.cli", "broker"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    assert "broker.port (FINSENT_BROKER__PORT)" in proc.stderr

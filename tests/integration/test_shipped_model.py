@@ -1,0 +1,98 @@
+"""The model shipped in models/ loads offline and is accurate on a fixed validation sample.
+
+The sample (tests/fixtures/twitter_valid_sample.csv, MIT) is part of the held-out test split. The
+thresholds sit a few points under the shipped model's measured accuracy on it (sentiment 0.905,
+topic 0.892 for finsent-minilm@20261123-v2; 0.890 / 0.920 for v1), so a broken export, tokenizer
+mismatch or lost calibration fails this test while the same model passes every time (inference is
+deterministic).
+"""
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from finsent.model import Classifier, artifact
+
+SAMPLE = Path(__file__).parents[1] / "fixtures" / "twitter_valid_sample.csv"
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return Classifier.load(backend="torch", device="cpu", batch_size=64)
+
+
+def _rows(task):
+    with SAMPLE.open(encoding="utf-8") as fh:
+        return [r for r in csv.DictReader(fh) if r["task"] == task]
+
+
+def test_shipped_model_is_the_newest_in_the_repository(shipped):
+    assert shipped.directory == artifact.default_model_dir()
+    assert shipped.version.startswith("finsent-minilm@")
+    assert (shipped.directory / "weights.safetensors").stat().st_size < 50 * 1024 * 1024
+
+
+@pytest.mark.parametrize(("task", "threshold"), [("sentiment", 0.88), ("topic", 0.87)])
+def test_shipped_model_accuracy_on_fixed_sample(shipped, task, threshold):
+    rows = _rows(task)
+    preds = shipped.predict([r["text"] for r in rows])
+    got = [p.sentiment if task == "sentiment" else p.topic for p in preds]
+    accuracy = sum(g == r["label"] for g, r in zip(got, rows)) / len(rows)
+    print(f"shipped {shipped.version} {task} accuracy on {len(rows)} sample rows: {accuracy:.3f}")
+    assert accuracy >= threshold
+    assert all(p.model == shipped.version for p in preds)
+
+
+def _labels_in_two_batchings(clf, texts):
+    """Labels and p(negative) with batches of 32 in order, and batches of 5 in reverse order."""
+    size = clf.batch_size
+    try:
+        clf.batch_size = 32
+        a = clf.predict(texts)
+        clf.batch_size = 5
+        b = clf.predict(texts[::-1])[::-1]
+    finally:
+        clf.batch_size = size
+    return a, b
+
+
+def test_the_served_backend_scores_a_headline_the_same_whatever_it_is_batched_with():
+    """Live, replay and backtest batch the same headline with different neighbours; its labels and scores
+    must not depend on them (the backtest-parity test failed when dynamic int8 was served)."""
+    from finsent.local.feeds import load_rows
+
+    served = Classifier.load()
+    texts = [t for _, t in load_rows()][:400]
+    a, b = _labels_in_two_batchings(served, texts)
+    assert all(x.topic == y.topic and x.sentiment == y.sentiment for x, y in zip(a, b)), served.backend.name
+    assert max(abs(x.sentiment_probs["negative"] - y.sentiment_probs["negative"]) for x, y in zip(a, b)) < 1e-4
+
+
+def test_dynamic_int8_is_not_served_because_a_headlines_score_depends_on_its_batch_mates():
+    """Why the gate refuses dynamic int8: it quantises activations with one scale per batch. (The graph is
+    still built on first use when asked for; its agreement with fp32 is in the model's export.json.)"""
+    from finsent.local.feeds import load_rows
+
+    int8 = Classifier.load(backend="onnx-int8", batch_size=64)
+    assert Classifier.load().backend.name != "onnx-int8"
+    texts = [t for _, t in load_rows()][:400]
+    a, b = _labels_in_two_batchings(int8, texts)
+    flips = sum(x.topic != y.topic or x.sentiment != y.sentiment for x, y in zip(a, b))
+    print(f"int8: {flips} of {len(texts)} headlines change label with their batch-mates")
+    assert flips > 0
+
+
+@pytest.mark.slow
+def test_the_strict_gate_on_the_full_validation_sets_accepts_fp32_and_refuses_dynamic_int8():
+    """The export gate on the shipped model, on both full Twitter validation sets (~6 min on 2 cores)."""
+    from finsent.model.export import parity
+    from finsent.settings import load
+
+    data_dir = load().paths.data_dir
+    if not (data_dir / "twitter-topic" / "valid.csv").exists():
+        pytest.skip(f"evaluation data not found under {data_dir} (a clone without ../shared)")
+    report = parity(artifact.default_model_dir(), data_dir)
+    assert report["backends"]["onnx"]["accepted"] and report["backends"]["onnx"]["batch_invariance"] == 1.0
+    int8 = {k: v for k, v in report["backends"].items() if k.startswith("onnx-int8:")}
+    assert int8 and all(v["batch_invariance"] < 0.999 and not v["accepted"] for v in int8.values())

@@ -1,0 +1,94 @@
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from factories import news_item
+
+from finsent.ingest.archive import Archive
+
+T0 = datetime(2024, 5, 2, 23, 50, tzinfo=UTC)
+
+
+def item(i, minutes, **kw):
+    return news_item(f"id{i:03d}", f"headline {i}", at=T0 + timedelta(minutes=minutes), **kw)
+
+
+def test_items_come_back_in_event_time_order_across_days_and_appends(tmp_path):
+    a = Archive(tmp_path)
+    a.append([item(3, 30), item(1, 0, tickers=("AAPL",), url="https://x.com/1")])
+    a.append([item(2, 5, summary="s"), item(0, -5)])
+    assert a.days() == [T0.date(), (T0 + timedelta(days=1)).date()]
+    got = list(a.read())
+    assert [x.id for x in got] == ["id000", "id001", "id002", "id003"]
+    assert got[1].tickers == ("AAPL",) and got[1].url == "https://x.com/1" and got[2].summary == "s"
+    assert got[1] == item(1, 0, tickers=("AAPL",), url="https://x.com/1")  # lossless
+
+
+def test_time_range_is_half_open(tmp_path):
+    a = Archive(tmp_path)
+    a.append([item(i, i * 10) for i in range(6)])
+    got = [x.id for x in a.read(T0 + timedelta(minutes=10), T0 + timedelta(minutes=30))]
+    assert got == ["id001", "id002"]
+
+
+def test_repeated_ids_read_once_and_compaction_merges_parts(tmp_path):
+    a = Archive(tmp_path)
+    a.append([item(1, 1)])
+    a.append([item(1, 1), item(2, 2)])
+    assert a.count() == 2
+    assert a.compact(T0.date()) == 2
+    assert len(list((tmp_path / f"day={T0.date()}").glob("part-*.parquet"))) == 1
+    assert [x.id for x in a.read()] == ["id001", "id002"]
+
+
+def test_no_partial_files_visible(tmp_path):
+    a = Archive(tmp_path)
+    a.append([item(1, 1)])
+    assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_the_clamped_flag_is_kept_and_parts_written_before_it_existed_still_read(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from finsent.ingest.archive import SCHEMA
+
+    a = Archive(tmp_path)
+    a.append([item(1, 1, published_clamped=True), item(2, 2)])
+    old_schema = pa.schema([f for f in SCHEMA if f.name != "published_clamped"])  # the archive before the flag
+    row = item(3, 3).model_dump(exclude={"published_clamped"})
+    pq.write_table(pa.Table.from_pylist([row], schema=old_schema), tmp_path / f"day={T0.date()}" / "part-0-old.parquet")
+    got = {x.id: x for x in a.read()}
+    assert got["id001"].published_clamped is True and got["id001"] == item(1, 1, published_clamped=True)
+    assert got["id002"].published_clamped is None and got["id003"] == item(3, 3)
+
+
+def test_parts_are_fsynced_with_their_directories_and_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    """Ingest marks an item as seen once ``append`` returns, so by then the part must be on disk for good:
+    the file and the directories naming it (the new day directory, the part's rename) are fsynced."""
+    import os
+    import stat
+
+    import pyarrow.parquet as pq
+
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    a = Archive(tmp_path / "archive")
+    a.append([item(1, 1)])
+    assert synced.count("file") == 1 and synced.count("dir") >= 3  # archive root's parent, root, day dir
+    synced.clear()
+    a.append([item(2, 2)])
+    assert synced == ["file", "dir"]  # an existing day: the part, then its directory
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", full_disk)
+    with pytest.raises(OSError, match="No space left"):  # reaches the caller: ingest retries it
+        a.append([item(3, 3)])
+    assert not list(tmp_path.rglob("*.tmp")) and a.count() == 2

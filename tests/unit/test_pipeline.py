@@ -1,0 +1,282 @@
+"""The stream's pure pipeline steps: decoding, batch scoring with bisection, aggregation with restore points."""
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from factories import news_item, scored_item
+
+from finsent.settings import load
+from finsent.stream.pipeline import (
+    Aggregation,
+    PoisonRecord,
+    decode_raw,
+    final_alerts,
+    final_windows,
+    observation,
+)
+from finsent.stream.scoring import score_batch
+
+T0 = datetime(2024, 5, 2, 12, 0, tzinfo=UTC)
+
+
+def item(i, seconds, title="Stocks steady", tickers=()):
+    return news_item(f"n{i}", title, at=T0 + timedelta(seconds=seconds), tickers=tickers)
+
+
+def scored(i, seconds, sentiment="neutral", topic="Energy | Oil", tickers=()):
+    return scored_item(item(i, seconds, tickers=tickers), sentiment, topic)
+
+
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        (None, "tombstone"),
+        (b"x" * 5000, "exceeds max_record_bytes"),
+        (b"{not json", "invalid NewsItem"),
+        (b"\xff\xfe\x00", "NewsItem"),
+        (json.dumps({"id": "a", "title": "t"}).encode(), "invalid NewsItem"),
+    ],
+)
+def test_poison_records_are_named_not_raised_as_anything_else(value, reason):
+    with pytest.raises(PoisonRecord, match=reason):
+        decode_raw(value, max_bytes=4096)
+
+
+def test_a_valid_record_decodes():
+    it = item(1, 0)
+    assert decode_raw(it.to_json(), max_bytes=4096) == it
+
+
+def test_a_bad_item_is_isolated_by_bisection_and_the_rest_is_scored():
+    calls = []
+
+    def predict(texts):
+        calls.append(len(texts))
+        if any("BOOM" in t for t in texts):
+            raise RuntimeError("model exploded")
+        return [t.upper() for t in texts]
+
+    texts = [f"t{i}" for i in range(10)]
+    texts[3] = "BOOM 3"
+    texts[8] = "BOOM 8"
+    res = score_batch(predict, texts, text=lambda x: x, retries=1)
+    assert [x for x, _ in res.scored] == [t for t in texts if "BOOM" not in t]  # input order kept
+    assert all(p == x.upper() for x, p in res.scored)
+    assert [x for x, _ in res.failed] == ["BOOM 3", "BOOM 8"] and "model exploded" in res.failed[0][1]
+    assert calls[:2] == [10, 10]  # the whole batch is retried once before bisecting
+
+
+def test_a_transient_model_error_is_retried_without_losing_anything():
+    state = {"n": 0}
+
+    def predict(texts):
+        state["n"] += 1
+        if state["n"] == 1:
+            raise MemoryError("transient")
+        return list(texts)
+
+    res = score_batch(predict, ["a", "b"], text=lambda x: x, retries=1)
+    assert [x for x, _ in res.scored] == ["a", "b"] and res.failed == [] and res.calls == 2
+
+
+def test_a_predictor_returning_the_wrong_number_of_results_counts_as_a_failure():
+    res = score_batch(lambda texts: texts[:-1] if len(texts) > 1 else [], ["a", "b"], text=lambda x: x, retries=0)
+    assert res.scored == [] and len(res.failed) == 2
+
+
+def settings(windows=None, **surge):
+    return load(
+        windows={
+            "bucket_seconds": 60,
+            "rolling_seconds": [60, 300],
+            "watermark_delay_s": 30,
+            "allowed_lateness_s": 3600,
+            **(windows or {}),
+        },
+        surge={"window_s": 300, "warmup_windows": 5, "cooldown_s": 600, **surge},
+    )
+
+
+def burst_sequence():
+    """25 quiet minutes (1 of 10 negative), a 5-minute negative burst, 15 quiet minutes."""
+    out, i = [], 0
+    for minute in range(45):
+        burst = 25 <= minute < 30
+        for k in range(10):
+            negative = (burst and k < 8) or (not burst and k == 0)
+            out.append(
+                scored(i, minute * 60 + k * 6, "negative" if negative else "neutral", tickers=("XOM",) if k % 2 else ())
+            )
+            i += 1
+    return out
+
+
+def run_all(agg, items, lanes=None, step=50):
+    """Feed like the aggregator does: items in polls of ``step``, end_step after each, then the end of data."""
+    windows, alerts = [], []
+
+    def take(e):
+        windows.extend(e.windows)
+        alerts.extend(e.alerts)
+
+    for n, s in enumerate(items):
+        take(agg.add(s, lane=lanes[n] if lanes else 0))
+        if n % step == step - 1:
+            take(agg.end_step())
+    take(agg.end_step())
+    return windows, alerts
+
+
+def finish(agg, windows, alerts):
+    last = max(T0.timestamp(), agg.store.max_event)
+    e = agg.advance(datetime.fromtimestamp(last + 3 * 3600, UTC))
+    e.extend(agg.end_step())
+    return windows + e.windows, alerts + e.alerts
+
+
+def final(windows, alerts):
+    fw = final_windows(c.stat for c in windows)
+    return (
+        {k: (w.count, w.negative) for k, w in fw.items()},
+        {(a.key, a.window_start, a.window_end, a.state, a.severity) for a in final_alerts(alerts)},
+    )
+
+
+def test_the_burst_fires_once_and_resolves_once_per_key():
+    _, alerts = run_all(Aggregation(settings()), burst_sequence())
+    alerts = final_alerts(alerts)
+    energy = [(a.state, a.severity) for a in alerts if a.key == "topic:Energy | Oil"]
+    assert energy[0] == ("firing", energy[0][1]) and energy[-1][0] == "resolved"
+    assert len({a.alert_id for a in alerts if a.key == "topic:Energy | Oil"}) == 1
+    assert {a.key for a in alerts} >= {"all", "topic:Energy | Oil", "ticker:XOM"}
+
+
+def test_the_detector_fires_on_the_open_window_before_it_closes():
+    agg = Aggregation(settings())
+    items = burst_sequence()
+    first_burst = next(n for n, s in enumerate(items) if s.item.published >= T0 + timedelta(minutes=25))
+    early = None
+    for n, s in enumerate(items):
+        agg.add(s)
+        out = agg.end_step()  # a poll of one item: judged as soon as it arrives
+        if hit := [a for a in out.alerts if a.key == "all" and a.trigger == "early"]:
+            early = (n, hit[0], agg.store.closed_until)
+            break
+    assert early is not None, "no early firing"
+    n, alert, closed_until = early
+    assert alert.state == "firing" and alert.window_end.timestamp() > closed_until  # its window is still open
+    assert n - first_burst < 30  # within the burst's first three minutes
+    # The complete window confirms the surge under the same alert id (its severity may differ: the
+    # share of the complete window decides), and the provisional record never stands on its own.
+    _windows, alerts = run_all(agg, items[n + 1 :])
+    standing = [a for a in final_alerts([alert, *alerts]) if a.alert_id == alert.alert_id]
+    assert standing and all(a.trigger == "close" for a in standing)
+    assert {a.state for a in standing} == {"firing", "resolved"}
+
+
+def test_a_provisional_firing_that_the_complete_window_does_not_confirm_is_retracted():
+    agg = Aggregation(settings(min_volume=5, window_s=60))
+    quiet = [scored(i, m * 60 + k, "neutral") for i, (m, k) in enumerate((m, k) for m in range(10) for k in range(10))]
+    _, _alerts = run_all(agg, quiet)
+    spike = [scored(1000 + k, 10 * 60 + k, "negative") for k in range(6)]  # 6 negatives open minute 10 ...
+    dilute = [scored(2000 + k, 10 * 60 + 10 + k, "neutral") for k in range(200)]  # ... then 200 neutrals
+    _, a1 = run_all(agg, spike, step=6)
+    assert [a.trigger for a in a1 if a.key == "all"] == ["early"]
+    _, a2 = run_all(agg, dilute)
+    _windows, a3 = finish(agg, [], [])
+    retracted = [a for a in a2 + a3 if a.key == "all" and a.retracted]
+    assert [a.transition for a in retracted] == [a1[0].transition]
+    assert not [a for a in final_alerts(a1 + a2 + a3) if a.key == "all"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_final_windows_and_surges_do_not_depend_on_the_arrival_order(seed):
+    """Live, items arrive out of order (slow partitions, feed delays); the answer must not change."""
+    import random
+
+    rng = random.Random(seed)
+    items = burst_sequence()
+    in_order = final(*finish(agg := Aggregation(settings()), *run_all(agg, items)))
+    # Each item delayed by 0..8 minutes of arrival (a quarter of them), spread over 3 lanes, idle advances.
+    delayed = sorted(items, key=lambda s: s.item.published.timestamp() + (rng.random() < 0.25) * rng.uniform(0, 480))
+    lanes = [rng.randrange(3) for _ in delayed]
+    shuffled = Aggregation(settings())
+    w, a = run_all(shuffled, delayed, lanes=lanes, step=rng.choice([1, 7, 50]))
+    assert shuffled.store.late > 0 and shuffled.store.rejected == 0  # the test exercises revisions
+    assert final(*finish(shuffled, w, a)) == in_order
+
+
+def test_items_later_than_the_allowed_lateness_are_rejected_and_reported():
+    agg = Aggregation(settings(windows={"allowed_lateness_s": 120}))
+    run_all(agg, [scored(i, i * 30) for i in range(40)])  # 20 minutes
+    out = agg.add(scored(999, 60))  # 19 minutes late
+    assert [o.item_id for o in out.rejected] == ["n999"] and agg.store.rejected == 1
+
+
+def test_a_restore_point_plus_replay_reproduces_exactly_what_a_clean_run_publishes():
+    items = burst_sequence()
+    clean = Aggregation(settings())
+    clean_final = final(*finish(clean, *run_all(clean, items)))
+
+    first = Aggregation(settings())
+    w1, a1 = run_all(first, items[:270])  # "crash" during the burst, after some windows were published
+    point = json.loads(json.dumps({"emitted_until": first.judged_until, "detector": first.snapshot()}))
+
+    restarted = Aggregation(settings())
+    restarted.begin_restore(point["emitted_until"], point["detector"])
+    silent_w, silent_a = run_all(restarted, items[100:270])  # the restored span: nothing published again
+    assert (silent_w, silent_a) == ([], [])
+    restarted.finish_restore()
+    w2, a2 = run_all(restarted, items[200:])  # redeliveries (at-least-once), then new items
+    assert restarted.store.duplicates > 0
+    assert final(*finish(restarted, w1 + w2, a1 + a2)) == clean_final
+
+
+def test_a_restore_point_stays_small_with_100k_tickers_seen():
+    from finsent.stream.aggregator import RestorePoint
+
+    agg = Aggregation(settings(windows={"rolling_seconds": [60]}, window_s=60))  # one window per ticker: fast
+    items = [
+        scored(i, i * 0.5, "negative" if i % 3 == 0 else "neutral", tickers=(f"T{i:06d}",)) for i in range(100_000)
+    ]
+    run_all(agg, items, step=500)
+    assert len(agg.detector.keys) <= agg.detector.cfg.max_keys and agg.forgotten > 0
+    size = len(RestorePoint({0: 1}, agg.judged_until, agg.snapshot(), {0: 2}).to_json())
+    assert size < 256 * 1024, size
+
+
+def test_a_firing_key_that_goes_silent_resolves_with_an_empty_window():
+    agg = Aggregation(settings(min_volume=3, warmup_windows=2))
+    seq = [scored(2000 + m, m * 60, "neutral", topic="Currencies") for m in range(8)]  # a baseline
+    seq += [scored(3000 + k, 8 * 60 + k, "negative", topic="Currencies") for k in range(10)]  # the burst
+    seq += [scored(4000 + m, (9 + m) * 60, "neutral", topic="Macro") for m in range(15)]  # Currencies silent
+    _, alerts = run_all(agg, seq)
+    assert [a.state for a in final_alerts(alerts) if a.key == "topic:Currencies"] == ["firing", "resolved"]
+    assert observation(seq[0]).keys == ("all", "topic:Currencies")
+
+
+def test_a_restore_point_from_the_future_is_recognised_as_poisoned():
+    import time
+
+    from finsent.stream.aggregator import RestorePoint
+
+    now = time.time()
+    good = RestorePoint({0: 5}, now - 60, {"keys": {}}, {0: 9})
+    back = RestorePoint.from_json(good.to_json())
+    assert (back.replay_from, back.positions, back.emitted_until) == ({0: 5}, {0: 9}, now - 60)
+    assert not back.poisoned(now, 300)
+    assert RestorePoint({0: 5}, 3_093_000_000.0, {}, {}).poisoned(now, 300)  # windows dated 2068 were published
+
+
+def test_a_restore_point_carries_a_firing_key_and_a_provisional_alert_through_json():
+    items = burst_sequence()
+    agg = Aggregation(settings(windows={"allowed_lateness_s": 0}))  # the snapshot is then the current state
+    run_all(agg, items[:300])  # inside the burst: keys are firing
+    assert any(st.firing for st in agg.detector.keys.values())
+    agg.provisional["all"] = next(st.firing for st in agg.detector.keys.values() if st.firing)
+    snap = json.loads(json.dumps(agg.snapshot()))
+    restored = Aggregation(settings(windows={"allowed_lateness_s": 0}))
+    restored.begin_restore(agg.judged_until, snap)
+    firing = {k for k, st in restored.detector.keys.items() if st.firing}
+    assert firing and restored.provisional["all"] == agg.provisional["all"]
