@@ -13,7 +13,8 @@ surges, none of this alert's time) or ``missing``.
 Closed by default. Refused, and never recorded: a Host header that is not this receiver's address and
 a browser's cross-origin request (403: DNS rebinding, forms on other sites), a wrong or missing bearer
 token when ``FINSENT_RECEIVER__TOKEN`` is set (401), a body that is not ``application/json`` (415), a body
-over ``receiver.max_body_bytes`` (413), malformed JSON (400), a payload that is not an Alertmanager v4
+over ``receiver.max_body_bytes`` (413, counted as it arrives), a Content-Length that is not a number or
+malformed JSON (400), a payload that is not an Alertmanager v4
 webhook (422, naming the field). The receiver will not start on a non-loopback address without a write
 token, and ``GET /alerts`` needs ``FINSENT_RECEIVER__READ_TOKEN`` when that is set. A request is answered
 200 only once every alert in it is committed to disk, so Alertmanager retries anything that was not.
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import hmac
 import io
 import ipaddress
 import json
@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from typing import Literal, TextIO
 from urllib.parse import urlencode, urlsplit
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
@@ -47,6 +47,7 @@ from starlette.routing import Route
 
 from finsent.alerts.audit import AuditLog, Notification, SurgeMatch
 from finsent.errors import ReceiverConfigError
+from finsent.http import BodyTooLarge, MalformedLength, bearer_ok, declared_length, metrics_route_app, read_limited
 from finsent.kafka import follow_topics
 from finsent.records import SurgeAlert
 from finsent.settings import Settings
@@ -171,11 +172,6 @@ class RequestGuard:
         await self.app(scope, receive, send)
 
 
-def _bearer_ok(request: Request, token: bytes) -> bool:
-    given = request.headers.get("authorization", "")
-    return given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token)
-
-
 def _is_json(request: Request) -> bool:
     """Only ``application/json``: a browser form can send text/plain cross-origin without a preflight."""
     return request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
@@ -218,18 +214,20 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
             audit.close()
 
     async def webhook(request: Request) -> Response:
-        if token is not None and not _bearer_ok(request, token):
+        if token is not None and not bearer_ok(request.headers.get("authorization"), token):
             return _error(401, "unauthorized", "missing or wrong bearer token", metrics)
         if not _is_json(request):
             return _error(415, "not_json", "Content-Type must be application/json", metrics)
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > cfg.max_body_bytes:
+        try:
+            length = declared_length(request.scope["headers"])
+        except MalformedLength as err:
+            return _error(400, "bad_length", str(err), metrics)
+        if length is not None and length > cfg.max_body_bytes:
             return _error(413, "too_large", f"body of {length} bytes exceeds {cfg.max_body_bytes}", metrics)
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > cfg.max_body_bytes:
-                return _error(413, "too_large", f"body exceeds {cfg.max_body_bytes} bytes", metrics)
+        try:
+            body = await read_limited(request.stream(), cfg.max_body_bytes)
+        except BodyTooLarge as err:
+            return _error(413, "too_large", str(err), metrics)
         try:
             payload = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -301,7 +299,7 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
         return match
 
     async def list_alerts(request: Request) -> Response:
-        if read_token is not None and not _bearer_ok(request, read_token):
+        if read_token is not None and not bearer_ok(request.headers.get("authorization"), read_token):
             return _error(
                 401, "unauthorized_read", "missing or wrong bearer token (FINSENT_RECEIVER__READ_TOKEN)", metrics
             )
@@ -337,9 +335,7 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
             Route("/alertmanager", webhook, methods=["POST"]),
             Route("/alerts", list_alerts, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
-            Route(
-                "/metrics", lambda request: Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-            ),
+            Route("/metrics", metrics_route_app(metrics.registry)),
         ],
         middleware=[Middleware(RequestGuard, allowed=hosts, metrics=metrics)],
         lifespan=lifespan,

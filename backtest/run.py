@@ -22,30 +22,22 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from finsent.records import NewsItem, SurgeAlert, checked_item
+from finsent.records import NewsItem, Prediction, SurgeAlert, checked_item
 from finsent.settings import Settings
 from finsent.stream.pipeline import Aggregation, final_alerts, text_of, to_scored
 
 log = logging.getLogger("finsent.backtest.run")
 
 
-@dataclass(frozen=True)
-class CachedScore:
-    """What the windows need from a prediction (and what an event study reads), without the model."""
-
-    topic: str
-    topic_probs: dict[str, float]
-    sentiment: str
-    sentiment_probs: dict[str, float]
-    model: str
-    flag: str | None = None
+# What the windows need from a prediction (and what an event study reads), without the model: the prediction.
+CachedScore = Prediction
 
 
 class ScoreCache:
@@ -75,7 +67,7 @@ class ScoreCache:
         with self.db:
             self.db.executemany(
                 "INSERT OR REPLACE INTO scores (model, item_id, score) VALUES (?,?,?)",
-                [(model, i, json.dumps(s.__dict__)) for i, s in scores.items()],
+                [(model, i, json.dumps(asdict(s))) for i, s in scores.items()],
             )
 
     def close(self) -> None:

@@ -16,7 +16,10 @@ def topics(config: ConfigOption = None) -> None:
 
     settings = load_settings(config)
     report = ensure_topics(
-        settings.kafka, settings.topics.all(), timeout_s=60, replication_factor=settings.kafka.replication_factor
+        settings.kafka,
+        settings.topics.all(),
+        timeout_s=settings.kafka.connect_timeout_s,
+        replication_factor=settings.kafka.replication_factor,
     )
     typer.echo(
         f"topics ready on {settings.kafka.bootstrap}: created {report.created or 'none'}, "

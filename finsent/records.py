@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import math
+import time
+import zlib
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -25,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from finsent.errors import RecordError, UnsupportedSchemaVersion
+from finsent.errors import RecordError, RestorePointError, UnsupportedSchemaVersion
 from finsent.labels import SENTIMENT_LABELS, TOPIC_LABELS
 
 # 2: NewsItem.published_clamped, WindowStat.revision, SurgeAlert.trigger/retracted, DeadLetter
@@ -318,3 +323,104 @@ class DeadLetter(Record):
     @property
     def value(self) -> bytes:
         return base64.b64decode(self.value_b64)
+
+
+# -- a classifier's answer ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One text's labels and calibrated probabilities: what the classifier answers, what the backtest's score
+    cache keeps, and what a ScoredItem is made from. Not a Kafka record itself (no schema version)."""
+
+    topic: str
+    topic_probs: dict[str, float]
+    sentiment: Sentiment
+    sentiment_probs: dict[str, float]
+    model: str  # "name@version"
+    flag: str | None = None
+
+    @property
+    def score(self) -> float:
+        """p(positive) - p(negative), in [-1, 1]."""
+        return self.sentiment_probs["positive"] - self.sentiment_probs["negative"]
+
+
+# -- the aggregator's restore point --------------------------------------------------------------------------
+# Its own version, separate from SCHEMA_VERSION: it changes when the detector's state layout does, and a
+# restore point of another version is skipped (the aggregator rebuilds from the scored log), never mis-read.
+RESTORE_POINT_VERSION = 2
+COMPRESSED = b"Z"  # zlib-compressed JSON follows: 100k keys of detector state stay far below Kafka's 1 MiB
+
+
+@dataclass
+class RestorePoint:
+    """The aggregator's state on the checkpoints topic: where to replay from, what was published, and the
+    surge detector as of the oldest window late items may still revise (``detector`` is
+    ``Aggregation.snapshot()``; the detector owns that layout). Plain JSON, zlib-compressed."""
+
+    replay_from: dict[int, int]
+    emitted_until: float
+    detector: dict
+    positions: dict[int, int] = field(default_factory=dict)  # per partition: everything before was processed
+    written_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict:
+        return {
+            "v": RESTORE_POINT_VERSION,
+            "replay_from": {str(p): o for p, o in self.replay_from.items()},
+            "positions": {str(p): o for p, o in self.positions.items()},
+            "emitted_until": _finite(self.emitted_until),
+            "detector": self.detector,
+            "written_at": self.written_at,
+        }
+
+    def to_json(self) -> bytes:
+        body = json.dumps(self.to_dict(), separators=(",", ":")).encode()
+        return COMPRESSED + zlib.compress(body, 6)
+
+    @classmethod
+    def from_json(cls, data: bytes | None) -> RestorePoint:
+        """Raises RestorePointError (a ValueError) for anything that is not a restore point of this version."""
+        return cls.from_dict(_decode_restore_point(data))
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> RestorePoint:
+        if raw.get("v") != RESTORE_POINT_VERSION:
+            raise RestorePointError("version", f"restore point version {raw.get('v')!r} is not {RESTORE_POINT_VERSION}")
+        try:
+            until = raw["emitted_until"]
+            if not isinstance(raw["detector"], dict):
+                raise TypeError("detector is not an object")
+            return cls(
+                _offsets(raw["replay_from"]),
+                -math.inf if until is None else float(until),
+                raw["detector"],
+                _offsets(raw.get("positions", {})),
+                float(raw.get("written_at", 0.0)),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise RestorePointError("unreadable", f"restore point fields: {type(err).__name__}: {err}") from None
+
+    def poisoned(self, now: float, tolerance_s: float) -> bool:
+        """A restore point from before the edge checks could hold event times in the future."""
+        return self.emitted_until > now + tolerance_s
+
+
+def _decode_restore_point(data: bytes | None) -> dict[str, Any]:
+    """The JSON object in a record's value (zlib-compressed or not); RestorePointError("unreadable") otherwise."""
+    if data is None:
+        raise RestorePointError("unreadable", "not a restore point: a tombstone (no value)")
+    try:
+        raw = json.loads(zlib.decompress(data[1:]) if data[:1] == COMPRESSED else data)
+    except (ValueError, zlib.error) as err:  # ValueError: bad JSON or UTF-8
+        raise RestorePointError("unreadable", f"not a restore point: {type(err).__name__}: {err}") from None
+    if not isinstance(raw, dict):
+        raise RestorePointError("unreadable", f"not a restore point: a JSON {type(raw).__name__}")
+    return raw
+
+
+def _offsets(raw: dict) -> dict[int, int]:
+    return {int(p): int(o) for p, o in raw.items()}
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None

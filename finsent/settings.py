@@ -55,6 +55,8 @@ class TopicSpec(_Group):
     partitions: int = Field(ge=1, le=1024)
 
 
+# The one table of finsent's topics: field name -> (default name, default partitions). The fields below,
+# partial overrides and ``all()`` are all read from it.
 _DEFAULT_TOPICS = {
     "raw": ("finsent.news.raw", 4),
     "scored": ("finsent.news.scored", 4),
@@ -66,14 +68,19 @@ _DEFAULT_TOPICS = {
 }
 
 
+def _default_topic(key: str) -> TopicSpec:
+    name, partitions = _DEFAULT_TOPICS[key]
+    return TopicSpec(name=name, partitions=partitions)
+
+
 class Topics(_Group):
-    raw: TopicSpec = TopicSpec(name="finsent.news.raw", partitions=4)
-    scored: TopicSpec = TopicSpec(name="finsent.news.scored", partitions=4)
-    alerts: TopicSpec = TopicSpec(name="finsent.alerts", partitions=1)
-    feedback: TopicSpec = TopicSpec(name="finsent.feedback", partitions=1)
-    dlq: TopicSpec = TopicSpec(name="finsent.dlq", partitions=1)
-    windows: TopicSpec = TopicSpec(name="finsent.windows", partitions=4)  # closed WindowStats, keyed by dimension key
-    checkpoints: TopicSpec = TopicSpec(name="finsent.stream.checkpoints", partitions=1)  # aggregator restore points
+    raw: TopicSpec = _default_topic("raw")
+    scored: TopicSpec = _default_topic("scored")
+    alerts: TopicSpec = _default_topic("alerts")
+    feedback: TopicSpec = _default_topic("feedback")
+    dlq: TopicSpec = _default_topic("dlq")
+    windows: TopicSpec = _default_topic("windows")  # closed WindowStats, keyed by dimension key
+    checkpoints: TopicSpec = _default_topic("checkpoints")  # aggregator restore points
 
     @model_validator(mode="before")
     @classmethod
@@ -86,7 +93,7 @@ class Topics(_Group):
         return data
 
     def all(self) -> list[TopicSpec]:
-        return [self.raw, self.scored, self.alerts, self.feedback, self.dlq, self.windows, self.checkpoints]
+        return [getattr(self, key) for key in _DEFAULT_TOPICS]
 
     @model_validator(mode="after")
     def _unique(self) -> Topics:
@@ -100,6 +107,7 @@ class Kafka(_Group):
     bootstrap: str = Field(default=f"{LOOPBACK}:9092", min_length=3)
     client_id: str = "finsent"
     replication_factor: int = Field(default=1, ge=1, le=16)  # for topics finsent creates (3 on a 3-broker cluster)
+    connect_timeout_s: float = Field(default=60.0, gt=0, le=3600)  # how long `topics` and the worker wait for a broker
     # Authentication and TLS for every client finsent opens (finsent.kafka applies them, nowhere else).
     # The password comes from the environment only: FINSENT_KAFKA__SASL_PASSWORD.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

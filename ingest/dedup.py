@@ -62,7 +62,8 @@ def minhash(text: str) -> np.ndarray:
         count=len(grams),
     )
     with np.errstate(over="ignore"):
-        return (np.outer(_A, h) + _B[:, None]).min(axis=1)
+        signature: np.ndarray = (np.outer(_A, h) + _B[:, None]).min(axis=1)
+    return signature
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> float:

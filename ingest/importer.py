@@ -65,6 +65,8 @@ def parse_time(value: str, default_tz: ZoneInfo | type[UTC] = UTC) -> datetime:
 
 
 def rows(path: Path, fmt: str) -> Iterator[tuple[int, dict]]:
+    if not Path(path).is_file():
+        raise ImportFileError(f"{path}: no such file")
     if fmt == "csv":
         with path.open(newline="", encoding="utf-8-sig") as fh:
             for n, row in enumerate(csv.DictReader(fh), start=2):

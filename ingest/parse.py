@@ -64,7 +64,7 @@ class ParsedFeed:
     bozo: str | None = None  # feedparser's complaint about a document it could still read
     dropped: int = 0  # entries beyond max_entries
     encoding: str = ""  # how the body was decoded
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, object] = field(default_factory=dict)
 
 
 def _ascii_compatible(codec: str) -> bool:
@@ -93,8 +93,8 @@ def _declared(body: bytes, content_type: str | None) -> list[str]:
     names = []
     if content_type and (m := _CHARSET.search(content_type)):
         names.append(m.group(1).lower())
-    if m := _XML_DECL_ENCODING.match(body[:1024]):
-        names.append(m.group(1).decode("ascii").lower())
+    if declared := _XML_DECL_ENCODING.match(body[:1024]):
+        names.append(declared.group(1).decode("ascii").lower())
     return [n for n in dict.fromkeys(names) if _ascii_compatible(n)]
 
 
@@ -116,14 +116,14 @@ def decode(body: bytes, content_type: str | None = None) -> tuple[str, str]:
     return body.decode("latin-1"), "latin-1"
 
 
-def _charref(m: re.Match) -> str:
+def _charref(m: re.Match[str]) -> str:
     try:
         code = int(m.group(1), 16) if m.group(1) else int(m.group(2))
     except ValueError:
         return "&#xFFFD;"
     if 0xD800 <= code <= 0xDFFF or code > 0x10FFFF:
         return "&#xFFFD;"
-    return m.group(0)
+    return str(m.group(0))
 
 
 def _as_utf8(text: str) -> bytes:

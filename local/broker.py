@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from finsent.errors import Conflict
 from finsent.kafka import TopicReport, ensure_topics
 from finsent.local.procs import Child
 from finsent.net import port_open
@@ -42,7 +43,7 @@ def start_broker(settings: Settings, log_dir: Path) -> tuple[Child, TopicReport]
     """Start Tansu on settings.broker's address, wait until it answers, create every topic."""
     host, port = settings.broker.host, settings.broker.port
     if port_open(host, port):
-        raise RuntimeError(f"{host}:{port} is already in use; set FINSENT_BROKER__PORT to a free port")
+        raise Conflict(f"{host}:{port} is already in use; set FINSENT_BROKER__PORT to a free port")
     child = broker_child(host, port, log_dir)
     child.start(lambda: port_open(host, port), settings.broker.start_timeout_s)
     try:

@@ -36,29 +36,15 @@ from finsent.model import artifact
 from finsent.model.backends import Backend, make_backend
 from finsent.model.batching import pad, sorted_batches
 from finsent.model.domain import check_domain, load_news_bias
-from finsent.model.metrics import softmax
+from finsent.model.quality import softmax
 from finsent.model.text import prepare
+from finsent.records import Prediction
 
 log = logging.getLogger("finsent.model.classifier")
 
 FALLBACK_TOPIC = "General News | Opinion"
 FALLBACK_SENTIMENT = "neutral"
 _CHAR_CAP_PER_TOKEN = 24  # characters kept per allowed token before tokenising huge inputs
-
-
-@dataclass(frozen=True, slots=True)
-class Prediction:
-    topic: str
-    topic_probs: dict[str, float]
-    sentiment: str
-    sentiment_probs: dict[str, float]
-    model: str  # "name@version"
-    flag: str | None = None
-
-    @property
-    def score(self) -> float:
-        """p(positive) - p(negative), in [-1, 1]."""
-        return self.sentiment_probs["positive"] - self.sentiment_probs["negative"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,7 +68,7 @@ def load_news_bias(directory: Path, full_name: str, sentiment_labels: list[str])
 def fit_news_bias(clf, data_dir: Path, logits_fn=None) -> dict:
     """Fit the offsets on FinEntity dev for ``clf``; returns the JSON document (not yet written)."""
     from finsent.model.data import NEU, finentity
-    from finsent.model.metrics import fit_offsets, sentiment_scores
+    from finsent.model.quality import fit_offsets, sentiment_scores
     from finsent.model.text import prepare
 
     examples = [(prepare(ex.text), ex.sentiment) for ex in finentity(data_dir, "dev")]

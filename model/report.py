@@ -44,7 +44,7 @@ from finsent.model.data import (
     twitter_sentiment,
     twitter_topic,
 )
-from finsent.model.metrics import (
+from finsent.model.quality import (
     expected_calibration_error,
     reliability_bins,
     restricted_accuracy,

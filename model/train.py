@@ -32,8 +32,8 @@ from tqdm import tqdm
 from finsent.model import artifact, corpus
 from finsent.model.batching import bucketed_batches, pad, sorted_batches
 from finsent.model.data import IGNORE, Example, load_twitter
-from finsent.model.metrics import fit_temperature, scores
 from finsent.model.network import MultiTaskModel
+from finsent.model.quality import fit_temperature, scores
 from finsent.model.text import prepare
 
 log = logging.getLogger("finsent.model.train")

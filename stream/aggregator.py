@@ -34,12 +34,9 @@ retention is bounded on start (``finsent.kafka.CHECKPOINT_CONFIG``).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
-import zlib
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -47,65 +44,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from finsent import kafka as kafka_room
 from finsent.errors import RecordError, RestorePointError
 from finsent.kafka import CHECKPOINT_CONFIG, bound_topic
-from finsent.records import ScoredItem
+from finsent.records import RestorePoint, ScoredItem
 from finsent.settings import Settings
 from finsent.stream.metrics import WorkerMetrics
 from finsent.stream.pipeline import Aggregation, Emitted
 
 log = logging.getLogger("finsent.stream.aggregator")
 
-CHECKPOINT_VERSION = 2
-COMPRESSED = b"Z"  # zlib-compressed JSON follows: 100k keys of detector state stay far below Kafka's 1 MiB
 REWRITE_UNCHANGED_S = 3600.0  # an unchanged restore point is written again this often: retention never takes the last
 SCAN_CHUNK = 16  # restore points read per step of the backwards search for a readable one
 MAX_SKIPPED = 500  # past this many unreadable records in a row, start afresh rather than read the topic whole
-
-
-@dataclass
-class RestorePoint:
-    replay_from: dict[int, int]
-    emitted_until: float
-    detector: dict
-    positions: dict[int, int] = field(default_factory=dict)  # per partition: everything before was processed
-    written_at: float = field(default_factory=time.time)
-
-    def to_json(self) -> bytes:
-        body = json.dumps(
-            {
-                "v": CHECKPOINT_VERSION,
-                "replay_from": {str(p): o for p, o in self.replay_from.items()},
-                "positions": {str(p): o for p, o in self.positions.items()},
-                "emitted_until": _finite(self.emitted_until),
-                "detector": self.detector,
-                "written_at": self.written_at,
-            },
-            separators=(",", ":"),
-        ).encode()
-        return COMPRESSED + zlib.compress(body, 6)
-
-    @classmethod
-    def from_json(cls, data: bytes | None) -> RestorePoint:
-        """Raises RestorePointError (a ValueError) for anything that is not a restore point of this version."""
-        raw = _decode(data)
-        if raw.get("v") != CHECKPOINT_VERSION:
-            raise RestorePointError("version", f"restore point version {raw.get('v')!r} is not {CHECKPOINT_VERSION}")
-        try:
-            until = raw["emitted_until"]
-            if not isinstance(raw["detector"], dict):
-                raise TypeError("detector is not an object")
-            return cls(
-                _offsets(raw["replay_from"]),
-                -math.inf if until is None else float(until),
-                raw["detector"],
-                _offsets(raw.get("positions", {})),
-                float(raw.get("written_at", 0.0)),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise RestorePointError("unreadable", f"restore point fields: {type(err).__name__}: {err}") from None
-
-    def poisoned(self, now: float, tolerance_s: float) -> bool:
-        """A restore point from before the edge checks could hold event times in the future."""
-        return self.emitted_until > now + tolerance_s
 
 
 class Aggregator:
@@ -157,7 +105,7 @@ class Aggregator:
             self.consumer.seek(tp, start)
             self.positions[tp.partition] = start
             self.restore_until[tp.partition] = point.positions.get(tp.partition, start) if point else start
-            self.agg.store.expect(tp.partition)  # every lane holds the watermark until it delivers or idles
+            self.agg.expect_lane(tp.partition)  # every lane holds the watermark until it delivers or idles
         if point is not None:
             self.agg.begin_restore(point.emitted_until, point.detector)
         backlog = sum(max(0, self.restore_until[p] - self.positions[p]) for p in self.positions)
@@ -208,9 +156,9 @@ class Aggregator:
         out = Emitted()
         records = []
         wall = time.monotonic()
-        self.agg.store.ceiling = time.time() + self.settings.windows.future_tolerance_s
+        self.agg.cap_event_time(time.time() + self.settings.windows.future_tolerance_s)
         for tp, messages in batch.items():
-            self.agg.store.expect(tp.partition)
+            self.agg.expect_lane(tp.partition)
             self.lane_seen[tp.partition] = wall
             for msg in messages:
                 if self.restoring and msg.offset >= self.restore_until[tp.partition]:
@@ -226,11 +174,10 @@ class Aggregator:
             except (RecordError, ValueError, TypeError) as err:
                 await self._dead_letter(msg, f"undecodable scored record: {err}")
         decoded.sort(key=lambda r: r[2].item.published)
-        store = self.agg.store
-        late0, dup0 = store.late, store.duplicates
+        late0, dup0 = self.agg.counts()
         self.metrics.aggregated.inc(len(decoded))
         for partition, msg, scored in decoded:
-            lane_start = store.bucket_start(scored.item.published.timestamp())
+            lane_start = self.agg.bucket_of(scored.item.published.timestamp())
             lows = self.lows.setdefault(partition, {})
             lows[lane_start] = min(lows.get(lane_start, msg.offset), msg.offset)
             result = self.agg.add(scored, lane=partition)
@@ -238,7 +185,7 @@ class Aggregator:
                 await self._dead_letter(
                     msg,
                     f"too late: event time {scored.item.published.isoformat()} is more than windows.allowed_lateness_s={self.settings.windows.allowed_lateness_s} "
-                    f"behind the watermark {_iso(store.watermark)}",
+                    f"behind the watermark {_iso(self.agg.watermark)}",
                     reason="too_late",
                 )
                 result.rejected.clear()
@@ -260,13 +207,15 @@ class Aggregator:
             self._finish_restore()
             self.consumer.resume(*self.partitions)
         idle = time.monotonic() - self.last_event_wall
-        if not self.restoring and idle >= self.settings.windows.idle_close_s and store.max_event >= 0:
+        newest = self.agg.newest_event
+        if not self.restoring and idle >= self.settings.windows.idle_close_s and newest >= 0:
             # Nothing arrived for a while: let event time run on with the wall clock so quiet windows close
             # (never past the wall clock itself: the store's ceiling caps it).
-            now = datetime.fromtimestamp(min(store.max_event + idle, time.time()), UTC)
+            now = datetime.fromtimestamp(min(newest + idle, time.time()), UTC)
             out.extend(self.agg.advance(now))
-        self.metrics.late.inc(store.late - late0)
-        self.metrics.duplicates.inc(store.duplicates - dup0)
+        late, duplicates = self.agg.counts()
+        self.metrics.late.inc(late - late0)
+        self.metrics.duplicates.inc(duplicates - dup0)
         await self.publish(out)
         if out:
             self.unsaved_output = True
@@ -336,8 +285,7 @@ class Aggregator:
 
     def replay_from(self) -> dict[int, int]:
         """Per partition, the first offset whose item may still be in a window in memory."""
-        store = self.agg.store
-        keep_from = store.bucket_start(store.watermark) - store.widths[-1] - store.lateness - store.bucket
+        keep_from = self.agg.revisable_from()
         out = {}
         for p, pos in self.positions.items():
             lows = self.lows.get(p, {})
@@ -428,7 +376,7 @@ class Aggregator:
 
     def _export(self, out: Emitted) -> None:
         """Gauges show the newest closed windows; keys without items in them now read 0."""
-        agg, widest = self.agg, self.agg.store.widths[-1]
+        widest = self.agg.widest_s
         if out.windows:
             end = max(c.stat.end for c in out.windows)
             newest = [(c.stat, c.width_s) for c in out.windows if c.stat.end == end]
@@ -436,24 +384,17 @@ class Aggregator:
                 s.key.split(":", 1)[1]: s.count for s, w in newest if w == widest and s.key.startswith("ticker:")
             }
             self.metrics.windows(newest, volumes, end)
-        for key, st in agg.detector.keys.items():
-            last = agg.last.get((key, agg.surge_width))
-            fresh = last is not None and last.end.timestamp() == agg.judged_until
-            provisional = agg.provisional.get(key) if st.firing is None else None
-            if provisional is not None:  # an early firing: its open window is what the rule's floor must see
-                self.metrics.surge_state(key, provisional.zscore, st.mean, provisional, provisional.count)
-            else:
-                self.metrics.surge_state(key, st.last_z, st.mean, st.firing, last.count if fresh else 0)
+        for key, z, mean, firing, count in self.agg.surge_gauges():
+            self.metrics.surge_state(key, z, mean, firing, count)
 
     def _observe_state(self) -> None:
-        store = self.agg.store
         self.metrics.keys_forgotten.inc(self.agg.forgotten - self._forgotten)
         self._forgotten = self.agg.forgotten
-        buckets, ids = store.size()
+        buckets, ids = self.agg.state_size()
         self.metrics.state_buckets.set(buckets)
         self.metrics.state_ids.set(ids)
-        if store.watermark > 0:
-            self.metrics.watermark.set(store.watermark)
+        if self.agg.watermark > 0:
+            self.metrics.watermark.set(self.agg.watermark)
         if self.consumer is not None:
             for tp in self.partitions:
                 high = self.consumer.highwater(tp)
@@ -501,27 +442,8 @@ def _check_restorable(settings: Settings, point: RestorePoint) -> None:
         raise RestorePointError("unreadable", f"detector state: {type(err).__name__}: {err}") from None
 
 
-def _decode(data: bytes | None) -> dict:
-    """The JSON object in a record's value (zlib-compressed or not); RestorePointError("unreadable") otherwise."""
-    try:
-        raw = json.loads(zlib.decompress(data[1:]) if data[:1] == COMPRESSED else data)
-    except (TypeError, ValueError, zlib.error) as err:  # TypeError: a tombstone; ValueError: bad JSON or UTF-8
-        raise RestorePointError("unreadable", f"not a restore point: {type(err).__name__}: {err}") from None
-    if not isinstance(raw, dict):
-        raise RestorePointError("unreadable", f"not a restore point: a JSON {type(raw).__name__}")
-    return raw
-
-
-def _offsets(raw: dict) -> dict[int, int]:
-    return {int(p): int(o) for p, o in raw.items()}
-
-
 def _iso(ts: float) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat() if math.isfinite(ts) and ts > 0 else None
 
 
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
-
-
-__all__ = ["Aggregator", "RestorePoint", "RestorePointError"]
+__all__ = ["Aggregator"]

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from finsent.errors import PoisonRecord, RecordError
-from finsent.records import Evidence, NewsItem, ScoredItem, SurgeAlert, WindowStat
+from finsent.records import Evidence, NewsItem, Prediction, ScoredItem, SurgeAlert, WindowStat
 from finsent.settings import Settings
 from finsent.stream.surge import KeyState, SurgeDetector
 from finsent.stream.windows import NEVER, Closed, Observation, WindowStore, keys_for
@@ -45,8 +46,8 @@ def text_of(item: NewsItem) -> str:
     return item.title
 
 
-def to_scored(item: NewsItem, prediction, scored_at: datetime) -> ScoredItem:
-    """``prediction`` is a ``finsent.model.Prediction`` (duck-typed: the pure core does not import torch)."""
+def to_scored(item: NewsItem, prediction: Prediction, scored_at: datetime) -> ScoredItem:
+    """``prediction``: the classifier's answer (``finsent.records.Prediction``; the pure core imports no model)."""
     return ScoredItem(
         item=item,
         topic=prediction.topic,
@@ -66,7 +67,7 @@ def observation(scored: ScoredItem) -> Observation:
         item_id=item.id,
         at=item.published,
         keys=keys_for(scored.topic, item.tickers),
-        sentiment=scored.sentiment,  # type: ignore[arg-type]
+        sentiment=scored.sentiment,
         score=scored.score,
         evidence=Evidence(
             item_id=item.id,
@@ -315,7 +316,7 @@ class Aggregation:
         return _corrections([d for j in old for d in j.decisions], new)
 
     # -- restore points ---------------------------------------------------------------------------
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         """The detector as of :meth:`_rewind_horizon` (compact), for a restore point.
 
         Later judgements are not stored: a restart replays the scored log and re-judges them, which
@@ -333,7 +334,7 @@ class Aggregation:
             "provisional": {k: a.to_dict() for k, a in self.provisional.items()},
         }
 
-    def begin_restore(self, emitted_until: float, snapshot: dict) -> None:
+    def begin_restore(self, emitted_until: float, snapshot: dict[str, Any]) -> None:
         """Start a rebuild: the shell then replays the scored log and calls :meth:`finish_restore`."""
         self.restoring = True
         self.emitted_until = emitted_until
@@ -350,6 +351,58 @@ class Aggregation:
         self._revise()
         self.touched.clear()
         self.restoring = False
+
+    # -- what the Kafka shell asks of the core: it never reaches into the store or the detector ----------------
+    def expect_lane(self, lane: int) -> None:
+        """``lane`` holds the watermark until it delivers or goes idle."""
+        self.store.expect(lane)
+
+    def cap_event_time(self, ceiling: float) -> None:
+        """No event time past ``ceiling`` (wall clock + tolerance) may move the watermark."""
+        self.store.ceiling = ceiling
+
+    def bucket_of(self, ts: float) -> int:
+        return self.store.bucket_start(ts)
+
+    @property
+    def watermark(self) -> float:
+        return self.store.watermark
+
+    @property
+    def newest_event(self) -> float:
+        """The newest event time seen (negative before the first item)."""
+        return self.store.max_event
+
+    @property
+    def widest_s(self) -> int:
+        return self.store.widths[-1]
+
+    def counts(self) -> tuple[int, int]:
+        """(late items counted, redelivered items not counted again), since the start."""
+        return self.store.late, self.store.duplicates
+
+    def state_size(self) -> tuple[int, int]:
+        """(buckets, item ids) held in memory."""
+        return self.store.size()
+
+    def revisable_from(self) -> float:
+        """The earliest bucket start an item may still land in: older offsets need not be replayed."""
+        store = self.store
+        return store.bucket_start(store.watermark) - store.widths[-1] - store.lateness - store.bucket
+
+    def surge_gauges(self) -> Iterator[tuple[str, float | None, float, SurgeAlert | None, int]]:
+        """Per key: (key, z-score, baseline mean, the firing alert or None, count of the watched window).
+
+        An early (provisional) firing shows its open window, which is what the alert rule's volume floor
+        must see; otherwise the newest judged window, or 0 when the key had no items in it."""
+        for key, st in self.detector.keys.items():
+            last = self.last.get((key, self.surge_width))
+            fresh = last is not None and last.end.timestamp() == self.judged_until
+            provisional = self.provisional.get(key) if st.firing is None else None
+            if provisional is not None:
+                yield key, provisional.zscore, st.mean, provisional, provisional.count
+            else:
+                yield key, st.last_z, st.mean, st.firing, last.count if fresh and last is not None else 0
 
 
 def final_alerts(records: Iterable[SurgeAlert]) -> list[SurgeAlert]:

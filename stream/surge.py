@@ -32,9 +32,12 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
+from typing import Any, Literal
 
 from finsent.records import Evidence, SurgeAlert, WindowStat
 from finsent.settings import Surge
+
+Severity = Literal["warning", "critical"]
 
 
 @dataclass
@@ -50,7 +53,7 @@ class KeyState:
     def copy(self) -> KeyState:
         return dataclasses.replace(self)  # ``firing`` is an immutable record: a shallow copy is a snapshot
 
-    def to_row(self) -> list:
+    def to_row(self) -> list[object]:
         """Compact JSON form for a restore point: 100k keys of it stay small."""
         return [
             round(self.mean, 6),
@@ -63,7 +66,7 @@ class KeyState:
         ]
 
     @classmethod
-    def from_row(cls, v: list) -> KeyState:
+    def from_row(cls, v: list[Any]) -> KeyState:
         return cls(
             mean=v[0],
             var=v[1],
@@ -109,7 +112,7 @@ class SurgeDetector:
         z = self.zscore(st, stat.negative_share)
         if not self._fires(st, stat, z):
             return None
-        severity = "critical" if z >= self.cfg.critical_z else "warning"
+        severity: Severity = "critical" if z >= self.cfg.critical_z else "warning"
         return self._alert(f"{stat.key}|{stat.end.isoformat()}", stat, "firing", severity, z, st, evidence)
 
     def _fires(self, st: KeyState, stat: WindowStat, z: float) -> bool:
@@ -145,7 +148,7 @@ class SurgeDetector:
         z = self.zscore(st, share)
         st.last_z = z
         enough = stat.count >= cfg.min_volume
-        severity = "critical" if z >= cfg.critical_z else "warning"
+        severity: Severity = "critical" if z >= cfg.critical_z else "warning"
         now = stat.end.timestamp()
         if stat.count:
             st.last_active = max(st.last_active, now)
@@ -171,8 +174,8 @@ class SurgeDetector:
         self,
         alert_id: str,
         stat: WindowStat,
-        state: str,
-        severity: str,
+        state: Literal["firing", "resolved"],
+        severity: Severity,
         z: float,
         st: KeyState,
         evidence: tuple[Evidence, ...],

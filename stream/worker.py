@@ -402,7 +402,10 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
     from finsent.model import Classifier
 
     ensure_topics(
-        settings.kafka, settings.topics.all(), timeout_s=60, replication_factor=settings.kafka.replication_factor
+        settings.kafka,
+        settings.topics.all(),
+        timeout_s=settings.kafka.connect_timeout_s,
+        replication_factor=settings.kafka.replication_factor,
     )
     input_guard = InputLogGuard(settings)
     m = settings.model

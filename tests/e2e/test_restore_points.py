@@ -31,8 +31,8 @@ from streamkit import (
 from finsent.errors import RestorePointError
 from finsent.kafka import CHECKPOINT_CONFIG, bound_topic
 from finsent.labels import TOPIC_LABELS
-from finsent.records import ScoredItem
-from finsent.stream.aggregator import COMPRESSED, Aggregator, RestorePoint
+from finsent.records import COMPRESSED, RestorePoint, ScoredItem
+from finsent.stream.aggregator import Aggregator
 from finsent.stream.metrics import WorkerMetrics
 
 FAST_CHECKPOINTS = {"FINSENT_STREAM__CHECKPOINT_INTERVAL_S": "0.2"}

@@ -17,7 +17,7 @@ from finsent import errors
 from finsent.model import Classifier, artifact
 from finsent.model.batching import bucketed_batches, pad, sorted_batches
 from finsent.model.data import IGNORE, _in_dev, load_twitter
-from finsent.model.metrics import expected_calibration_error, fit_temperature, softmax
+from finsent.model.quality import expected_calibration_error, fit_temperature, softmax
 from finsent.model.text import prepare
 from finsent.model.train import TrainConfig, train
 

@@ -31,7 +31,7 @@ from finsent.model.data import (
     sentivent_headlines,
     sp500_posneg,
 )
-from finsent.model.metrics import fit_offsets, restricted_accuracy, sentiment_scores
+from finsent.model.quality import fit_offsets, restricted_accuracy, sentiment_scores
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "news"
 

@@ -189,3 +189,23 @@ CREATE TABLE surges (
     received_at TEXT NOT NULL, record TEXT NOT NULL, PRIMARY KEY (alert_id, state, severity)
 );
 """
+
+
+def test_a_content_length_that_is_not_a_number_is_400_as_in_the_api(tmp_path):
+    """Both services read Content-Length with the same kit (finsent.http): a malformed one is a bad request,
+    never recorded. (ASGI level through TestClient: uvicorn's own parser refuses it before any app would.)"""
+    from conftest import make_settings
+    from starlette.testclient import TestClient
+
+    from finsent.alerts.receiver import build_app
+
+    settings = make_settings(tmp_path)
+    with TestClient(build_app(settings, follow_alerts=False), base_url="http://127.0.0.1") as client:
+        r = client.post(
+            "/alertmanager",
+            content=httpx.Request("POST", "/", json=webhook()).content,
+            headers={"content-type": "application/json", "content-length": "12x"},
+        )
+        assert r.status_code == 400 and "Content-Length" in r.json()["error"]
+        assert client.get("/healthz").json()["notifications"] == 0
+        assert b'finsent_receiver_rejected_total{reason="bad_length"} 1.0' in client.get("/metrics").content

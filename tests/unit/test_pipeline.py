@@ -234,7 +234,7 @@ def test_a_restore_point_plus_replay_reproduces_exactly_what_a_clean_run_publish
 
 
 def test_a_restore_point_stays_small_with_100k_tickers_seen():
-    from finsent.stream.aggregator import RestorePoint
+    from finsent.records import RestorePoint
 
     agg = Aggregation(settings(windows={"rolling_seconds": [60]}, window_s=60))  # one window per ticker: fast
     items = [
@@ -259,7 +259,7 @@ def test_a_firing_key_that_goes_silent_resolves_with_an_empty_window():
 def test_a_restore_point_from_the_future_is_recognised_as_poisoned():
     import time
 
-    from finsent.stream.aggregator import RestorePoint
+    from finsent.records import RestorePoint
 
     now = time.time()
     good = RestorePoint({0: 5}, now - 60, {"keys": {}}, {0: 9})

@@ -1,0 +1,132 @@
+"""The small HTTP kit both services share (the web API and the compliance receiver).
+
+Why one kit: each service used to write its own bearer check, body limit and /metrics route, and they
+disagreed (a Content-Length that is not a number was 400 in one and ignored in the other). Here:
+
+- ``bearer_ok``: constant-time check of an ``Authorization: Bearer`` header;
+- ``declared_length`` / ``read_limited``: the body limit on the declared length *and* on the bytes as they
+  arrive (a chunked upload has no length to check), for handlers that read the body themselves;
+- ``BodyLimit``: the same as pure ASGI middleware, for frameworks that parse the body for you;
+- ``metrics_route_app``: prometheus_client's own ``make_asgi_app`` for ``/metrics`` (content negotiation,
+  gzip, ``name[]`` filtering), wrapped so Starlette and FastAPI route it as an ASGI app.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, make_asgi_app
+from starlette.responses import JSONResponse, Response
+
+log = logging.getLogger("finsent.http")
+
+
+class BodyTooLarge(Exception):
+    """A request body passed the limit (declared or counted)."""
+
+
+class MalformedLength(ValueError):
+    """A Content-Length header that is not a number."""
+
+
+def bearer_ok(authorization: str | None, token: bytes) -> bool:
+    """True for ``Bearer <token>``; compared in constant time."""
+    given = authorization or ""
+    return given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token)
+
+
+def declared_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
+    """The Content-Length of raw ASGI headers; None when absent; MalformedLength when not a number."""
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            if not value.isdigit():
+                raise MalformedLength("Content-Length is not a number")
+            return int(value)
+    return None
+
+
+async def read_limited(chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    """The whole body, or BodyTooLarge as soon as more than ``limit`` bytes have arrived."""
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge(f"body exceeds {limit} bytes")
+    return bytes(body)
+
+
+class BodyLimit:
+    """Pure ASGI middleware: the body limit enforced on the bytes as they arrive.
+
+    Checking only Content-Length let a chunked upload (which has none) be buffered whole by the JSON parser.
+    Here every received chunk is counted and the request is answered 413 (connection closed) as soon as the
+    count passes the limit, so at most the limit plus one chunk is ever held. A declared length over the
+    limit is refused before reading anything; one that is not a number is a malformed request (400).
+    """
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        refused = self._check_declared(scope)
+        if refused is not None:
+            return await refused(scope, receive, send)
+        seen, over, started = 0, False, False
+
+        async def counted_receive() -> Any:
+            nonlocal seen, over
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    over = True
+                    raise BodyTooLarge
+            return message
+
+        async def guarded_send(message: Any) -> None:
+            nonlocal started
+            if over and not started:  # the app's answer to a body it never got (FastAPI makes it 400): 413 instead
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except BodyTooLarge:
+            pass
+        if over and not started:
+            log.info("request body cut off at the limit", extra={"path": scope.get("path"), "limit": self.max_bytes})
+            await self._too_large()(scope, receive, send)
+
+    def _check_declared(self, scope: Any) -> Response | None:
+        """413 for a declared length over the limit, 400 for one that is not a number, else None."""
+        try:
+            length = declared_length(scope.get("headers", ()))
+        except MalformedLength as err:
+            return JSONResponse({"detail": str(err)}, status_code=400, headers={"Connection": "close"})
+        if length is not None and length > self.max_bytes:
+            return self._too_large()
+        return None
+
+    def _too_large(self) -> Response:
+        """Connection: close, so the server stops reading the rest of an upload it will not use."""
+        return JSONResponse(
+            {"detail": f"body larger than {self.max_bytes} bytes"}, status_code=413, headers={"Connection": "close"}
+        )
+
+
+class metrics_route_app:  # noqa: N801 - used like the function it wraps
+    """``make_asgi_app(registry)`` as an object, so a Starlette/FastAPI Route treats it as an ASGI app
+    (a plain function endpoint would be called as a request handler)."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self._app = make_asgi_app(registry)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self._app(scope, receive, send)

@@ -1,0 +1,104 @@
+"""Every ``finsent`` command's usual failures end in one line and a documented exit code, never a traceback.
+
+Real processes (``python -m finsent.cli``), real sockets: a dead broker is a port nobody listens on, a taken
+port is one this test holds open. ``--debug`` is the one way to see the traceback, and that is checked too.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from finsent.net import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def finsent(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
+    child_env = {
+        **base,
+        "FINSENT_PATHS__STATE_DIR": str(tmp_path / "state"),
+        "FINSENT_PATHS__DATA_DIR": str(tmp_path / "no-shared-data"),  # a clone without ../shared
+        "FINSENT_LOG_JSON": "1",
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "finsent.cli", *args], env=child_env, capture_output=True, text=True, timeout=240
+    )
+
+
+@pytest.fixture
+def taken_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def dead_broker() -> dict[str, str]:
+    return {"FINSENT_KAFKA__BOOTSTRAP": f"127.0.0.1:{free_port()}", "FINSENT_KAFKA__CONNECT_TIMEOUT_S": "1"}
+
+
+CASES = {
+    # name: (argv, env, exit code, what the line must say)
+    "eval without data": (["eval", "--no-mlflow"], {}, 2, "missing evaluation data directory"),
+    "export without data": (["export"], {}, 2, "missing"),
+    "train without data": (["train", "--no-mlflow", "--limit-train", "8"], "run_config", 2, "missing"),
+    "topics, broker down": (["topics"], "dead_broker", 1, "no Kafka broker"),
+    "worker, broker down": (["worker"], "dead_broker", 1, "no Kafka broker"),
+    "bad setting": (["topics"], {"FINSENT_BROKER__PORT": "99999"}, 2, "broker.port (FINSENT_BROKER__PORT)"),
+    "unknown setting": (["topics"], {"FINSENT_BROKER__PROT": "1"}, 2, "FINSENT_BROKER__PROT"),
+    "broker port taken": (["broker"], "taken:FINSENT_BROKER__PORT", 1, "already in use"),
+    "no model": (["serve", "--model", "/nonexistent/model"], {}, 2, "not a finsent model directory"),
+    "no audit log": (["receiver", "verify"], {}, 1, "no audit log"),
+    "bad replay speed": (["replay", "--speed", "fast"], {}, 2, "speed"),
+    "missing import file": (["ingest", "import", "/nonexistent/news.csv", "--map", "title=t"], {}, 2, "no such file"),
+    "bad import mapping": (["ingest", "import", "/nonexistent/news.csv", "--map", "nonsense"], {}, 2, "--map"),
+    "missing feed list": (["ingest", "--once", "--feeds", "/nonexistent/feeds.toml"], {}, 2, "feeds.toml"),
+    "grafana without token": (["grafana", "publish"], {}, 2, "FINSENT_GRAFANA__TOKEN"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_usual_failure_is_one_line_with_its_exit_code_and_no_traceback(case, tmp_path, taken_port):
+    argv, env, code, says = CASES[case]
+    if env == "dead_broker":
+        env = dead_broker()
+    elif env == "run_config":  # the shipped run config, pointed at data that is not there, writing nowhere real
+        config = tmp_path / "run.toml"
+        lines = (ROOT / "configs" / "train-minilm.toml").read_text().splitlines()
+        config.write_text(
+            "\n".join(
+                f'data_dir = "{tmp_path / "no-shared-data"}"' if line.startswith("data_dir") else line for line in lines
+            )
+        )
+        argv, env = [*argv, "--run-config", str(config), "--out-dir", str(tmp_path / "models")], {}
+    elif isinstance(env, str) and env.startswith("taken:"):
+        env = {env.split(":", 1)[1]: str(taken_port)}
+    proc = finsent(tmp_path, *argv, **env)
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == code, (proc.returncode, proc.stderr[-1000:])
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and says in proc.stderr.split(errors[0], 1)[1] + errors[0], proc.stderr[-1000:]
+
+
+def test_debug_shows_the_traceback_of_an_expected_failure(tmp_path):
+    proc = finsent(tmp_path, "--debug", "eval", "--no-mlflow")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "MissingData" in proc.stderr
+
+
+def test_a_taken_port_stops_the_api_and_the_receiver_without_a_traceback(tmp_path, taken_port):
+    for argv, env in (
+        (["serve"], {"FINSENT_WEB__PORT": str(taken_port)}),
+        (["receiver"], {"FINSENT_RECEIVER__PORT": str(taken_port), **dead_broker()}),
+    ):
+        proc = finsent(tmp_path, *argv, **env)
+        assert proc.returncode != 0, argv
+        assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert "address already in use" in proc.stderr.lower() or "in use" in proc.stderr, proc.stderr[-500:]

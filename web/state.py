@@ -1,0 +1,186 @@
+"""The web API's state, owned in one object: the classifier and its batcher, the views of the output topics,
+the bounds on scarce things, the feedback producer, the metrics.
+
+Why an object: the routes (``finsent.web.routes``) are plain module-level functions that get it by dependency
+(``api_state``) instead of closures over a mutable dict inside one long ``build_api``; its ``lifespan`` loads the
+model, starts the batcher and the topic follower, and stops them in reverse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import StreamingResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from finsent.records import Feedback
+from finsent.settings import Settings, Web
+from finsent.web.batcher import Batcher
+from finsent.web.views import StreamViews, follow
+
+log = logging.getLogger("finsent.web")
+
+
+class ApiMetrics:
+    """What operations watch on the API: answers per route and status, latency, /classify load, live clients."""
+
+    def __init__(self):
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("finsent_api_requests_total", "HTTP answers", ["route", "status"], registry=r)
+        self.seconds = Histogram(
+            "finsent_api_request_seconds",
+            "Time to answer (SSE: to the first byte)",
+            ["route"],
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.classified = Counter(
+            "finsent_api_classified_texts_total", "Texts classified by POST /classify", registry=r
+        )
+        self.live_clients = Gauge("finsent_api_live_clients", "Open /events streams (dashboards watching)", registry=r)
+        self.feedback = Counter("finsent_api_feedback_total", "Corrections stored", ["published"], registry=r)
+        self.classify_waiting = Gauge(
+            "finsent_api_classify_waiting", "POST /classify requests running or waiting for the model", registry=r
+        )
+        self.batch_texts = Histogram(
+            "finsent_api_classify_batch_texts",
+            "Texts per model call of POST /classify (concurrent requests coalesced into one call)",
+            registry=r,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+        )
+        self.busy_refusals = Counter(
+            "finsent_api_busy_refusals_total",
+            "Requests answered 503 because a bound (web.max_classify_waiting, web.max_event_streams) was full",
+            ["route"],
+            registry=r,
+        )
+
+
+class Slots:
+    """A bounded count of requests holding something scarce (the model queue, an open stream), with its gauge.
+
+    No lock: it is only touched from the event loop, between awaits."""
+
+    def __init__(self, limit: int, gauge: Gauge):
+        self.limit, self.held, self.gauge = limit, 0, gauge
+
+    def take(self) -> bool:
+        if self.held >= self.limit:
+            return False
+        self.held += 1
+        self.gauge.inc()
+        return True
+
+    def release(self) -> None:
+        self.held -= 1
+        self.gauge.dec()
+
+
+class HeldStream(StreamingResponse):
+    """A streaming response that gives its slot back however it ends: finished, client gone, or headers never
+    sent (a generator that never started would not run its own ``finally``)."""
+
+    def __init__(self, content, release, **kwargs):
+        super().__init__(content, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
+@dataclass
+class ApiState:
+    """Everything the routes share. ``load_classifier()`` is called once, in ``lifespan``."""
+
+    settings: Settings
+    load_classifier: Any
+    views: StreamViews = field(default_factory=StreamViews)
+    follow_topics: bool = True
+    metrics: ApiMetrics = field(default_factory=ApiMetrics)
+    classifier: Any = None
+    batcher: Batcher | None = None
+    producer: Any = None
+
+    def __post_init__(self) -> None:
+        w = self.settings.web
+        self.token = w.token.get_secret_value().encode() if w.token else None
+        self.classify_slots = Slots(w.max_classify_waiting, self.metrics.classify_waiting)
+        self.stream_slots = Slots(w.max_event_streams, self.metrics.live_clients)
+
+    @asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(follow(self.settings, self.views)) if self.follow_topics else None
+        self.classifier = clf = await asyncio.to_thread(self.load_classifier)
+        self.batcher = batcher = _classify_batcher(clf, self.settings.web, self.metrics)
+        batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.close()  # requests still waiting for the model get 503, not a hang
+            if task:
+                task.cancel()
+            if self.producer is not None:
+                await self.producer.stop()
+
+    def busy(self, route: str, limit: int) -> HTTPException:
+        """503 with Retry-After, counted: a full bound answers at once rather than queueing without end."""
+        self.metrics.busy_refusals.labels(route).inc()
+        log.warning("busy: request refused", extra={"route": route, "limit": limit})
+        return HTTPException(
+            503,
+            f"busy: {limit} {route} requests already in progress; retry later",
+            headers={"Retry-After": str(self.settings.web.busy_retry_after_s)},
+        )
+
+    async def publish_feedback(self, fb: Feedback) -> bool:
+        """Send a correction to finsent.feedback; False (never raised) when the broker is not there."""
+        from finsent.kafka import aio_producer
+
+        try:
+            if self.producer is None:
+                producer = aio_producer(self.settings.kafka, "web", request_timeout_ms=5000)
+                await asyncio.wait_for(producer.start(), 5)
+                self.producer = producer
+            await asyncio.wait_for(
+                self.producer.send_and_wait(
+                    self.settings.topics.feedback.name, key=fb.item_id.encode(), value=fb.to_json()
+                ),
+                10,
+            )
+            return True
+        except Exception:  # noqa: BLE001 - the store has it; the topic copy is for other consumers
+            self.producer = None
+            return False
+
+    def predicted(self, r: Feedback, kind: str) -> str | None:
+        """The model's label as recorded with the correction; for older records, the item if still in view."""
+        recorded = getattr(r, f"model_{kind}")
+        if recorded is not None:
+            return recorded
+        scored = self.views.items.get(r.item_id)
+        return getattr(scored, kind) if scored is not None else None
+
+
+def api_state(request: Request) -> ApiState:
+    """The FastAPI dependency every route takes its state from."""
+    return request.app.state.api
+
+
+def _classify_batcher(clf: Any, w: Web, metrics: ApiMetrics) -> Batcher:
+    """The batcher in front of ``clf.predict``. The attribute is looked up per call, so a stand-in without a
+    model (tests of other routes) still starts; ``on_batch`` feeds the batch-size histogram."""
+    return Batcher(
+        lambda texts: clf.predict(texts),
+        max_texts=w.classify_max_batch,
+        max_wait_s=w.classify_max_wait_ms / 1000,
+        on_batch=lambda requests, texts, seconds: metrics.batch_texts.observe(texts),
+    )
