@@ -20,14 +20,7 @@ from finsent.kafka import (
 from finsent.settings import TopicSpec
 
 
-def _specs(prefix: str) -> list[TopicSpec]:
-    return [TopicSpec(name=f"{prefix}.raw", partitions=4), TopicSpec(name=f"{prefix}.alerts", partitions=1)]
-
-
-def test_topics_created_with_their_partition_counts_idempotently(broker):
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    first = ensure_topics(broker, _specs(prefix))
-    assert sorted(first.created) == [f"{prefix}.alerts", f"{prefix}.raw"]
+def assert_raw_4_alerts_1(broker: str, prefix: str) -> None:
     admin = admin_client(broker)
     try:
         assert partition_counts(admin, [f"{prefix}.raw", f"{prefix}.alerts"]) == {
@@ -36,6 +29,17 @@ def test_topics_created_with_their_partition_counts_idempotently(broker):
         }
     finally:
         admin.close()
+
+
+def _specs(prefix: str) -> list[TopicSpec]:
+    return [TopicSpec(name=f"{prefix}.raw", partitions=4), TopicSpec(name=f"{prefix}.alerts", partitions=1)]
+
+
+def test_topics_created_with_their_partition_counts_idempotently(broker):
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    first = ensure_topics(broker, _specs(prefix))
+    assert sorted(first.created) == [f"{prefix}.alerts", f"{prefix}.raw"]
+    assert_raw_4_alerts_1(broker, prefix)
     second = ensure_topics(broker, _specs(prefix))
     assert second.created == [] and sorted(second.existing) == sorted(first.created)
 
@@ -128,14 +132,7 @@ def test_topics_command_creates_then_checks_what_the_deploy_topic_init_job_needs
     assert first.returncode == 0 and f"{prefix}.raw" in first.stderr.split("created")[1].split("existing")[0], (
         first.stderr
     )
-    admin = admin_client(broker)
-    try:
-        assert partition_counts(admin, [f"{prefix}.raw", f"{prefix}.alerts"]) == {
-            f"{prefix}.raw": 4,
-            f"{prefix}.alerts": 1,
-        }
-    finally:
-        admin.close()
+    assert_raw_4_alerts_1(broker, prefix)
     second = run()
     assert second.returncode == 0 and "created none" in second.stderr
     mismatch = run(FINSENT_TOPICS__RAW__PARTITIONS="12")

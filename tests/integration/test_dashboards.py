@@ -16,10 +16,11 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
+from factories import surge_alert
 
 from finsent.alerts.audit import AuditLog, Notification
 from finsent.alerts.grafana.build import DASHBOARDS_DIR, dashboards, render
-from finsent.records import Evidence, SurgeAlert
+from finsent.records import Evidence
 
 
 def test_committed_dashboards_match_their_generator(tmp_path):
@@ -122,19 +123,13 @@ def test_publish_uploads_dashboards_and_surge_annotations_with_the_token(tmp_pat
             item_id="e1", title="Oil plunges as supply glut deepens", source="oil-desk", published=now, p_negative=0.95
         ),
     )
-    surge = SurgeAlert(
-        alert_id="topic:Energy | Oil|x",
-        key="topic:Energy | Oil",
-        state="firing",
-        severity="warning",
-        window_start=now,
-        window_end=now,
+    surge = surge_alert(
+        "topic:Energy | Oil",
+        at=now,
         count=40,
         negative=30,
-        negative_share=0.75,
-        zscore=4.2,
-        baseline_mean=0.2,
-        baseline_std=0.1,
+        alert_id="topic:Energy | Oil|x",
+        window_end=now,
         raised_at=now,
         evidence=ev,
     )

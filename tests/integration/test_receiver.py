@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import make_settings
+from factories import surge_alert
 from starlette.testclient import TestClient
 from streamkit import publish
 
@@ -38,20 +39,13 @@ def surge(
         )
         for i in range(n)
     )
-    return SurgeAlert(
-        alert_id=f"{key}|{at.isoformat()}",
-        key=key,
+    return surge_alert(
+        key,
         state=state,
-        severity="warning",
-        window_start=at - timedelta(minutes=5),
-        window_end=at,
+        at=at - timedelta(minutes=5),
         count=40,
         negative=30,
-        negative_share=0.75,
-        zscore=4.2,
-        baseline_mean=0.2,
-        baseline_std=0.1,
-        raised_at=at,
+        alert_id=f"{key}|{at.isoformat()}",
         evidence=ev,
     )
 
