@@ -335,7 +335,7 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
             Route("/alertmanager", webhook, methods=["POST"]),
             Route("/alerts", list_alerts, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
-            Route("/metrics", metrics_route_app(metrics.registry)),
+            Route("/metrics", metrics_route_app(metrics.registry), methods=["GET"]),
         ],
         middleware=[Middleware(RequestGuard, allowed=hosts, metrics=metrics)],
         lifespan=lifespan,

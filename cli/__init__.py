@@ -12,7 +12,7 @@ import sys
 import typer
 
 from finsent.cli import alerts, backtest, ingest, local, model, stream, web  # noqa: F401  (they register commands)
-from finsent.cli.app import Options, app
+from finsent.cli.common import Options, app
 from finsent.errors import FinsentError
 
 

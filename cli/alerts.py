@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from finsent.cli.app import ConfigOption, app, load_settings
+from finsent.cli.common import ConfigOption, app, load_settings
 from finsent.errors import ConfigError, FinsentError, MissingResource
 
 receiver_app = typer.Typer(

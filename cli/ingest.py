@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from finsent.cli.app import ConfigOption, app, load_settings, utc
+from finsent.cli.common import ConfigOption, app, load_settings, utc
 
 ingest_app = typer.Typer(
     help="Poll feeds into finsent.news.raw and the archive; import history; refill a broker.", rich_markup_mode=None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from finsent.cli.app import ConfigOption, app, load_settings
+from finsent.cli.common import ConfigOption, app, load_settings
 
 
 @app.command()

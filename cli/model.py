@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from finsent.cli.app import ConfigOption, ModelDirOption, app, load_settings, model_dir
+from finsent.cli.common import ConfigOption, ModelDirOption, app, load_settings, model_dir
 
 
 @app.command()

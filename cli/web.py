@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from finsent.cli.app import ConfigOption, ModelDirOption, app, load_settings, model_dir
+from finsent.cli.common import ConfigOption, ModelDirOption, app, load_settings, model_dir
 
 
 @app.command()

@@ -71,18 +71,26 @@ def build_api(
         response = await call_next(request)
         response.headers.update(SECURITY_HEADERS)
         route = request.scope.get("route")
-        name = route.path if route is not None else ("/static" if request.url.path.startswith("/static/") else "other")
+        name = route.path if route is not None else _unrouted_name(request.url.path)
         metrics.requests.labels(name, str(response.status_code)).inc()
         metrics.seconds.labels(name).observe(time.perf_counter() - t0)
         return response
 
-    app.add_route("/metrics", metrics_route_app(metrics.registry), include_in_schema=False)
+    app.add_route("/metrics", metrics_route_app(metrics.registry), methods=["GET"], include_in_schema=False)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(routes.pages)
     app.include_router(routes.classify_router(settings.web))
     app.include_router(routes.data)
     app.include_router(routes.feedback_routes)
     return app
+
+
+def _unrouted_name(path: str) -> str:
+    """The metrics label of a path no FastAPI route claimed: the mounted static files, the Prometheus exposition
+    (a plain ASGI route, which sets no ``scope["route"]``), else ``other`` (404s): bounded cardinality."""
+    if path.startswith("/static/"):
+        return "/static"
+    return "/metrics" if path == "/metrics" else "other"
 
 
 def serve(settings: Settings, model_dir) -> None:
