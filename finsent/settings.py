@@ -165,6 +165,9 @@ class Ingest(_Group):
     # Exact item ids are remembered this long (wall clock since first published), apart from the near-duplicate
     # horizon above: at least as long as any feed keeps listing an item, or a restart publishes it again.
     dedup_id_horizon_days: float = Field(default=30.0, gt=0)
+    # Where ingest remembers what it published; default <state_dir>/ingest/dedup.sqlite. `finsent demo` gives
+    # each run its own (the demo feeds serve the same sample every time), so real feeds' memory is not touched.
+    dedup_path: Path | None = None
     # Tests only: the ingest process kills itself (SIGKILL) at this point of accepting a batch, to prove a crash
     # there loses nothing. after_ack: the sink acknowledged; after_archive: archived, not yet marked as seen.
     debug_crash_at: Literal["", "after_ack", "after_archive"] = ""

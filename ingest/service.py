@@ -37,7 +37,7 @@ def build(settings: Settings, feeds: list[FeedConfig], output: Path | None) -> C
     metrics = IngestMetrics()
     sink: Sink = JsonlSink(output) if output else KafkaSink(settings.kafka, settings.topics.raw.name)
     # A JSONL run keeps its own dedup memory, so trying a feed list into a file does not hide items from Kafka later.
-    dedup_path = state / "ingest" / ("dedup-" + output.stem + ".sqlite" if output else "dedup.sqlite")
+    dedup_path = cfg.dedup_path or state / "ingest" / ("dedup-" + output.stem + ".sqlite" if output else "dedup.sqlite")
     dedup = DedupStore(
         dedup_path,
         timedelta(hours=cfg.dedup_horizon_hours),

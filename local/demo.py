@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from finsent.local.broker import start_broker
@@ -64,6 +66,25 @@ def demo_feed_list(path: Path, feeds_url: str, interval: float = 10.0) -> Path:
     return path
 
 
+DEMO_RUNS_KEPT = 3
+
+
+def demo_dedup_path(state: Path, keep: int = DEMO_RUNS_KEPT) -> Path:
+    """A fresh dedup store for this demo run (the last ``keep`` runs' stores are kept, older ones removed).
+
+    The demo feeds serve the same shipped sample on every run: with one dedup memory a second ``make demo``
+    would publish nothing new and show an empty dashboard. A store per run keeps every run's story whole
+    without touching the store real feeds use (``<state_dir>/ingest/dedup.sqlite``)."""
+    runs = state / "demo-runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    old = sorted(p for p in runs.iterdir() if p.is_dir())
+    for stale in old[: max(0, len(old) - (keep - 1))]:
+        shutil.rmtree(stale, ignore_errors=True)
+    run_dir = runs / datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    run_dir.mkdir()
+    return run_dir / "dedup.sqlite"
+
+
 def run(settings: Settings) -> int:
     state = settings.paths.state_dir
     logs = state / "logs"
@@ -92,6 +113,7 @@ def run(settings: Settings) -> int:
             logs,
             FINSENT_KAFKA__BOOTSTRAP=urls["kafka"],
             FINSENT_ALLOW_PRIVATE_FEEDS="1",
+            FINSENT_INGEST__DEDUP_PATH=str(demo_dedup_path(state)),
         )
         supervisor.start(ingest, lambda: port_open(host, settings.ingest.metrics_port), timeout)
         urls["ingest metrics"] = f"http://{host}:{settings.ingest.metrics_port}/metrics"
@@ -126,4 +148,7 @@ def run(settings: Settings) -> int:
     print(f"  topics created: {report.created or 'none (all existed)'}", file=sys.stderr)
     print(f"Open the live dashboard: {urls['dashboard']}", file=sys.stderr, flush=True)
     log.info("demo ready", extra={"urls": urls})
-    return wait_for_signal(supervisor)
+    try:
+        return wait_for_signal(supervisor)
+    finally:  # the file says what is up: once the stack is down it must not claim otherwise
+        (state / "demo.json").unlink(missing_ok=True)
