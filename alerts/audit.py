@@ -25,6 +25,7 @@ import json
 import logging
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 from urllib.parse import quote
 
+from finsent.alerts.cases import Case, check_action, fold
 from finsent.records import SurgeAlert
 
 log = logging.getLogger("finsent.alerts.audit")
@@ -98,8 +100,11 @@ COLUMNS = (
     "evidence_match",
     "row_hash",
 )
+ACTION_COLUMNS = ("action", "actor", "assignee", "note", "disposition", "case_seq")
 _JSON_FIELDS = ("labels", "annotations", "evidence")
-_ADDED_COLUMNS = ("evidence_match", "row_hash")  # absent from logs written before them: added on open
+# absent from logs written before them: added on open (nullable, so older rows' hashes stay valid)
+_ADDED_COLUMNS = ("evidence_match", "row_hash", "action", "actor", "assignee", "note", "disposition", "case_seq")
+_NOTIFICATIONS_ONLY = " AND action IS NULL"  # the listing, export and count are of notifications, not actions
 
 GENESIS = "0" * 64  # the "previous hash" of the first row
 _MISMATCH = "hash does not match: this row was edited, or one before it removed or reordered"
@@ -340,7 +345,7 @@ class AuditLog:
 
     @staticmethod
     def _select(start, end, status, alertname, after) -> tuple[str, list]:
-        sql, args = f"SELECT {', '.join(COLUMNS)} FROM notifications WHERE seq > ?", [after]
+        sql, args = f"SELECT {', '.join(COLUMNS)} FROM notifications WHERE seq > ?{_NOTIFICATIONS_ONLY}", [after]
         for clause, value in (
             (" AND received_at >= ?", start.isoformat() if start else None),
             (" AND received_at < ?", end.isoformat() if end else None),
@@ -354,7 +359,65 @@ class AuditLog:
 
     def count(self) -> int:
         with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM notifications").fetchone()[0]
+            return self._db.execute(f"SELECT COUNT(*) FROM notifications WHERE 1{_NOTIFICATIONS_ONLY}").fetchone()[0]
+
+    # -- cases: compliance's actions, each a new row ------------------------------------------------
+    def cases(self) -> dict[int, Case]:
+        """Every alert case as it stands now (folded from the whole log, notifications and actions)."""
+        with self._lock:
+            return self._cases_in_transaction()
+
+    def record_action(
+        self,
+        case_id: int,
+        action: str,
+        actor: str,
+        at: datetime,
+        assignee: str | None = None,
+        note: str | None = None,
+        disposition: str | None = None,
+    ) -> Case:
+        """Append one action on a case (checked against the case as it stands, inside the write transaction,
+        so two people closing at once cannot both succeed); returns the case after it. CaseError otherwise."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                case = self._cases_in_transaction().get(case_id)
+                check_action(case, action, assignee, disposition)
+                assert case is not None
+                self._append(
+                    {
+                        "dedup_key": f"action:{uuid.uuid4().hex}",
+                        "received_at": at.isoformat(),
+                        "receiver": "compliance",
+                        "status": action,
+                        "alertname": case.alertname,
+                        "fingerprint": case.fingerprint,
+                        "starts_at": case.opened_at,
+                        "labels": "{}",
+                        "annotations": "{}",
+                        "evidence": "[]",
+                        "dim": case.dim,
+                        "name": case.name,
+                        "action": action,
+                        "actor": actor,
+                        "assignee": assignee if action == "assign" else None,
+                        "note": note or None,
+                        "disposition": disposition if action == "close" else None,
+                        "case_seq": str(case_id),  # a TEXT column: hashed as it is stored
+                    }
+                )
+                after = self._cases_in_transaction()[case_id]
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return after
+
+    def _cases_in_transaction(self) -> dict[int, Case]:
+        names = ("seq", "received_at", "status", "alertname", "fingerprint", "severity", "dim", "name", *ACTION_COLUMNS)
+        rows = self._db.execute(f"SELECT {', '.join(names)} FROM notifications ORDER BY seq").fetchall()
+        return fold(dict(zip(names, row)) for row in rows)
 
     # -- surges from finsent.alerts ---------------------------------------------------------------
     def add_surges(self, alerts: Iterable[SurgeAlert], received_at: datetime) -> None:

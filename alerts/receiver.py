@@ -30,13 +30,14 @@ import json
 import logging
 import textwrap
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Literal, TextIO
 from urllib.parse import urlencode, urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
@@ -46,7 +47,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from finsent.alerts.audit import AuditLog, Notification, SurgeMatch
-from finsent.errors import ReceiverConfigError
+from finsent.alerts.cases import disposition_counts
+from finsent.errors import CaseError, ReceiverConfigError
 from finsent.http import BodyTooLarge, MalformedLength, bearer_ok, declared_length, metrics_route_app, read_limited
 from finsent.kafka import follow_topics
 from finsent.records import SurgeAlert
@@ -76,6 +78,42 @@ class Webhook(BaseModel):
     alerts: list[WebhookAlert] = Field(min_length=1, max_length=5000)
 
 
+class ActionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    who: str = Field(min_length=1, max_length=200)
+    assignee: str | None = Field(default=None, min_length=1, max_length=200)
+    note: str | None = Field(default=None, max_length=4000)
+    disposition: Literal["escalated", "no_action", "false_positive"] | None = None
+
+
+class CaseCollector:
+    """Alert cases by state, and closed cases by key kind and disposition, computed at scrape time from the
+    audit log (the client_python ``Collector`` pattern): the log is the one record, so there is no second
+    count to keep in step, and a restart shows the right figures at once. The false-positive rate per key
+    kind, what surge thresholds are tuned on, is ``false_positive`` over all dispositions of that kind."""
+
+    def __init__(self, audit: AuditLog) -> None:
+        self.audit = audit
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        cases = self.audit.cases()
+        states = GaugeMetricFamily("finsent_receiver_cases", "Alert cases by state", labels=["state"])
+        counts = {"open": 0, "acknowledged": 0, "closed": 0}
+        for case in cases.values():
+            counts[case.state] += 1
+        for state, n in counts.items():
+            states.add_metric([state], n)
+        yield states
+        closed = GaugeMetricFamily(
+            "finsent_receiver_case_dispositions",
+            "Closed alert cases by key kind (dim: all, topic, ticker, none) and disposition",
+            labels=["dim", "disposition"],
+        )
+        for (dim, disposition), n in sorted(disposition_counts(cases.values()).items()):
+            closed.add_metric([dim, disposition], n)
+        yield closed
+
+
 class ReceiverMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
@@ -89,6 +127,9 @@ class ReceiverMetrics:
             "Surge notifications by how their SurgeAlert was found",
             ["match"],
             registry=r,
+        )
+        self.actions = Counter(
+            "finsent_receiver_case_actions_total", "Compliance actions recorded", ["action"], registry=r
         )
         self.evidence_wait = Histogram(
             "finsent_receiver_evidence_wait_seconds",
@@ -182,6 +223,7 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
     cfg = settings.receiver
     audit = AuditLog(settings.audit_db)
     metrics = ReceiverMetrics()
+    metrics.registry.register(CaseCollector(audit))
     token = cfg.token.get_secret_value().encode() if cfg.token else None
     read_token = cfg.read_token.get_secret_value().encode() if cfg.read_token else None
     tolerance_s = evidence_tolerance(settings)
@@ -327,6 +369,60 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
             {"count": len(rows), "notifications": rows, "truncated": truncated, "next": next_url}, headers=headers
         )
 
+    async def list_cases(request: Request) -> Response:
+        """Every alert case with its current state, newest first; ``?state=open`` (open or acknowledged),
+        ``closed`` or ``all`` (default)."""
+        if read_token is not None and not bearer_ok(request.headers.get("authorization"), read_token):
+            return _error(
+                401, "unauthorized_read", "missing or wrong bearer token (FINSENT_RECEIVER__READ_TOKEN)", metrics
+            )
+        wanted = request.query_params.get("state", "all")
+        if wanted not in ("all", "open", "closed"):
+            return JSONResponse({"error": "state must be all, open or closed"}, status_code=422)
+        cases = await asyncio.to_thread(audit.cases)
+        found = [
+            c.to_dict()
+            for c in sorted(cases.values(), key=lambda c: c.case_id, reverse=True)
+            if wanted == "all" or (c.state == "closed") == (wanted == "closed")
+        ]
+        return JSONResponse({"count": len(found), "cases": found})
+
+    async def case_action(request: Request) -> Response:
+        """``POST /cases/{case_id}/{action}`` with ``{"who": ..., "assignee"?, "note"?, "disposition"?}``: one new
+        audit row (who, when, what), never an edit. Writes need the write token, like the webhook."""
+        if token is not None and not bearer_ok(request.headers.get("authorization"), token):
+            return _error(401, "unauthorized", "missing or wrong bearer token", metrics)
+        if not _is_json(request):
+            return _error(415, "not_json", "Content-Type must be application/json", metrics)
+        try:
+            body = json.loads(await read_limited(request.stream(), 16 * 1024))
+            action = ActionRequest.model_validate(body)
+        except BodyTooLarge as err:
+            return _error(413, "too_large", str(err), metrics)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            return _error(400, "bad_json", f"malformed JSON: {err}", metrics)
+        except ValidationError as err:
+            fields = [{"field": ".".join(str(p) for p in e["loc"]), "error": e["msg"]} for e in err.errors()[:20]]
+            return _error(422, "bad_action", "not a case action", metrics, fields=fields)
+        case_id, name = int(request.path_params["case_id"]), request.path_params["action"]
+        try:
+            case = await asyncio.to_thread(
+                audit.record_action,
+                case_id,
+                name,
+                action.who,
+                datetime.now(UTC),
+                action.assignee,
+                action.note,
+                action.disposition,
+            )
+        except CaseError as err:
+            status = 404 if "no such case" in str(err) else 409 if "is closed" in str(err) else 422
+            return _error(status, "bad_action", str(err), metrics)
+        metrics.actions.labels(name).inc()
+        log.info("case action recorded", extra={"case_id": case_id, "action": name, "who": action.who})
+        return JSONResponse(case.to_dict())
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"ok": True, "notifications": await asyncio.to_thread(audit.count)})
 
@@ -334,6 +430,8 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
         routes=[
             Route("/alertmanager", webhook, methods=["POST"]),
             Route("/alerts", list_alerts, methods=["GET"]),
+            Route("/cases", list_cases, methods=["GET"]),
+            Route("/cases/{case_id:int}/{action}", case_action, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics_route_app(metrics.registry), methods=["GET"]),
         ],

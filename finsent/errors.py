@@ -135,6 +135,10 @@ class NormalizeError(InputError):
     """An entry that cannot become a NewsItem (e.g. neither title nor summary)."""
 
 
+class CaseError(InputError):
+    """A compliance action that does not fit its alert case (unknown, already closed, a close without disposition)."""
+
+
 class ImportFileError(ConfigError):
     """A history import's column mapping or format option is unusable."""
 

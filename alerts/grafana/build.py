@@ -273,6 +273,18 @@ def pipeline() -> Dashboard:
                 width=8,
             ),
             Panel(
+                "Alert cases: false-positive share of closed cases, by key kind (tune surge thresholds on it)",
+                [
+                    (
+                        '(sum by (dim) (finsent_receiver_case_dispositions{disposition="false_positive"})'
+                        " / sum by (dim) (finsent_receiver_case_dispositions)) or vector(0)",
+                        "{{dim}}",
+                    ),
+                    ("sum by (state) (finsent_receiver_cases)", "cases {{state}}"),
+                ],
+                width=8,
+            ),
+            Panel(
                 "API answers per second (by route, status)",
                 [
                     (

@@ -1,0 +1,153 @@
+"""Alert cases: what compliance works on, folded from the audit log's rows (notifications and actions).
+
+Why a fold and not a table of states: the audit log is append-only and hash-chained; a person's action
+(acknowledge, assign, note, close) is one more row in it, never an edit. The current state of every case is
+what this pure function computes from the rows in order, so the log stays the one record of who did what when.
+
+A **case** opens with a firing notification of an alert (Alertmanager's fingerprint: alert name + labels,
+so one finsent key) that has no open case; further notifications of that alert, firing again or resolved,
+attach to the open case instead of raising a new one, until a person closes it with a disposition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from finsent.errors import CaseError
+
+ACTIONS = ("acknowledge", "assign", "note", "close")
+DISPOSITIONS = ("escalated", "no_action", "false_positive")
+Action = Literal["acknowledge", "assign", "note", "close"]
+
+
+@dataclass
+class Case:
+    case_id: int  # the seq of the notification that opened it
+    alertname: str
+    fingerprint: str
+    dim: str | None
+    name: str | None
+    severity: str | None
+    opened_at: str
+    alert_status: str = "firing"  # of the newest notification: firing | resolved
+    notifications: int = 0
+    acknowledged_by: str | None = None
+    acknowledged_at: str | None = None
+    assignee: str | None = None
+    closed_by: str | None = None
+    closed_at: str | None = None
+    disposition: str | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def state(self) -> str:
+        if self.closed_at is not None:
+            return "closed"
+        return "acknowledged" if self.acknowledged_at is not None else "open"
+
+    @property
+    def key(self) -> str | None:
+        if not self.dim:
+            return None
+        return "all" if self.dim == "all" else f"{self.dim}:{self.name}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "case_id": self.case_id,
+            "state": self.state,
+            "alertname": self.alertname,
+            "key": self.key,
+            "severity": self.severity,
+            "opened_at": self.opened_at,
+            "alert_status": self.alert_status,
+            "notifications": self.notifications,
+            "acknowledged_by": self.acknowledged_by,
+            "acknowledged_at": self.acknowledged_at,
+            "assignee": self.assignee,
+            "closed_by": self.closed_by,
+            "closed_at": self.closed_at,
+            "disposition": self.disposition,
+            "events": self.events,
+        }
+
+
+def fold(rows: Iterable[dict[str, Any]]) -> dict[int, Case]:
+    """Every case, by id, from the audit rows in seq order (notification rows have ``action`` None)."""
+    cases: dict[int, Case] = {}
+    open_by_alert: dict[tuple[str, str], int] = {}
+    for row in rows:
+        if row.get("action") is None:
+            _notification(row, cases, open_by_alert)
+        else:
+            case = cases.get(int(row["case_seq"]))
+            if case is not None:
+                _apply(case, row)
+                if case.closed_at is not None:
+                    open_by_alert.pop((case.alertname, case.fingerprint), None)
+    return cases
+
+
+def _notification(row: dict[str, Any], cases: dict[int, Case], open_by_alert: dict[tuple[str, str], int]) -> None:
+    alert = (row["alertname"], row["fingerprint"])
+    case_id = open_by_alert.get(alert)
+    if case_id is None:
+        if row["status"] != "firing":
+            return  # a resolution of an alert whose case was closed already: nothing to act on
+        case_id = row["seq"]
+        cases[case_id] = Case(
+            case_id,
+            row["alertname"],
+            row["fingerprint"],
+            row.get("dim"),
+            row.get("name"),
+            row.get("severity"),
+            row["received_at"],
+        )
+        open_by_alert[alert] = case_id
+    case = cases[case_id]
+    case.notifications += 1
+    case.alert_status = row["status"]
+    if row.get("severity") == "critical":
+        case.severity = "critical"
+    case.events.append({"seq": row["seq"], "at": row["received_at"], "event": f"notification:{row['status']}"})
+
+
+def _apply(case: Case, row: dict[str, Any]) -> None:
+    action, who, at = row["action"], row["actor"], row["received_at"]
+    if action == "acknowledge" and case.acknowledged_at is None:
+        case.acknowledged_by, case.acknowledged_at = who, at
+    elif action == "assign":
+        case.assignee = row["assignee"]
+    elif action == "close":
+        case.closed_by, case.closed_at, case.disposition = who, at, row["disposition"]
+    event = {"seq": row["seq"], "at": at, "event": action, "who": who}
+    for extra in ("assignee", "note", "disposition"):
+        if row.get(extra) is not None:
+            event[extra] = row[extra]
+    case.events.append(event)
+
+
+def check_action(case: Case | None, action: str, assignee: str | None, disposition: str | None) -> None:
+    """Raise CaseError unless ``action`` may be taken on ``case`` now."""
+    if case is None:
+        raise CaseError("no such case")
+    if action not in ACTIONS:
+        raise CaseError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
+    if case.state == "closed":
+        raise CaseError(f"case {case.case_id} is closed ({case.disposition}); a new firing opens a new case")
+    if action == "assign" and not assignee:
+        raise CaseError("assign needs an assignee")
+    if action == "close" and disposition not in DISPOSITIONS:
+        raise CaseError(f"close needs a disposition: one of {', '.join(DISPOSITIONS)}")
+
+
+def disposition_counts(cases: Iterable[Case]) -> dict[tuple[str, str], int]:
+    """Closed cases by (key kind, disposition): what the false-positive rate per key kind is computed from."""
+    out: dict[tuple[str, str], int] = {}
+    for case in cases:
+        if case.disposition is not None:
+            kind = case.dim or "none"
+            out[(kind, case.disposition)] = out.get((kind, case.disposition), 0) + 1
+    return out

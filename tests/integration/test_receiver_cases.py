@@ -1,0 +1,133 @@
+"""Compliance acts on alerts: acknowledge, assign, note, close with a disposition — each a new row of the
+append-only, hash-chained audit log, never an edit; a re-firing alert joins its open case; the dispositions
+come back as a metric. The receiver app in-process (TestClient), its real SQLite audit log."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from conftest import make_settings
+from starlette.testclient import TestClient
+from test_receiver import webhook
+
+from finsent.alerts.audit import verify_chain
+from finsent.alerts.receiver import build_app
+
+
+@pytest.fixture
+def app_and_settings(tmp_path):
+    settings = make_settings(
+        tmp_path,
+        kafka={"bootstrap": "127.0.0.1:1"},  # no broker: the case workflow needs none
+        receiver={"evidence_wait_s": 0, "allowed_hosts": ["testserver"]},
+    )
+    with TestClient(build_app(settings, follow_alerts=False)) as client:
+        yield client, settings
+
+
+def fire(client, fingerprint="abc123", starts="2026-11-22T12:00:30Z", status="firing", name="Energy | Oil"):
+    hook = webhook(
+        status=status,
+        fingerprint=fingerprint,
+        name=name,
+        ends="2026-11-22T12:09:00Z" if status == "resolved" else "0001-01-01T00:00:00Z",
+    )
+    hook["alerts"][0]["startsAt"] = starts
+    r = client.post("/alertmanager", json=hook)
+    assert r.status_code == 200, r.text
+
+
+def act(client, case_id, action, **body):
+    return client.post(f"/cases/{case_id}/{action}", json={"who": "alice", **body})
+
+
+def rows(settings) -> list[tuple]:
+    db = sqlite3.connect(settings.audit_db)
+    try:
+        return db.execute(
+            "SELECT seq, status, action, actor, assignee, note, disposition FROM notifications"
+        ).fetchall()
+    finally:
+        db.close()
+
+
+def test_a_case_is_acknowledged_assigned_noted_and_closed_each_as_a_new_audit_row(app_and_settings):
+    client, settings = app_and_settings
+    fire(client)
+    cases = client.get("/cases", params={"state": "open"}).json()["cases"]
+    assert len(cases) == 1 and cases[0]["state"] == "open" and cases[0]["key"] == "topic:Energy | Oil"
+    case_id = cases[0]["case_id"]
+
+    assert act(client, case_id, "acknowledge").json()["state"] == "acknowledged"
+    assert act(client, case_id, "assign", assignee="bob").json()["assignee"] == "bob"
+    assert act(client, case_id, "note", note="called the desk; oil inventories report").status_code == 200
+    before = rows(settings)
+    closed = act(client, case_id, "close", disposition="false_positive", note="inventory data, not news").json()
+    after = rows(settings)
+
+    assert closed["state"] == "closed" and closed["disposition"] == "false_positive" and closed["closed_by"] == "alice"
+    assert [e["event"] for e in closed["events"]] == ["notification:firing", "acknowledge", "assign", "note", "close"]
+    assert after[: len(before)] == before and len(after) == len(before) + 1  # appended, nothing changed
+    assert after[-1][1:] == ("close", "close", "alice", None, "inventory data, not news", "false_positive")
+    assert verify_chain(settings.audit_db).bad_seq is None  # the chain holds over notifications and actions
+    # the notification listing and count stay notifications only
+    assert client.get("/healthz").json()["notifications"] == 1
+    assert client.get("/alerts").json()["count"] == 1
+    assert client.get("/cases", params={"state": "open"}).json()["count"] == 0
+    metrics = client.get("/metrics").text
+    assert 'finsent_receiver_case_dispositions{dim="topic",disposition="false_positive"} 1.0' in metrics
+    assert 'finsent_receiver_cases{state="closed"} 1.0' in metrics
+
+
+def test_an_alert_that_fires_again_while_its_case_is_open_joins_it(app_and_settings):
+    client, _ = app_and_settings
+    fire(client)
+    fire(client, status="resolved")
+    fire(client, starts="2026-11-22T12:20:30Z")  # the same alert fires again: same case
+    fire(client, fingerprint="other", name="Macro")  # another alert: its own case
+    cases = {c["key"]: c for c in client.get("/cases").json()["cases"]}
+    assert len(cases) == 2
+    oil = cases["topic:Energy | Oil"]
+    assert oil["notifications"] == 3 and oil["alert_status"] == "firing" and oil["state"] == "open"
+    act(client, oil["case_id"], "close", disposition="escalated")
+    fire(client, starts="2026-11-22T13:00:30Z")  # after the case was closed: a new case
+    oil_cases = [c for c in client.get("/cases").json()["cases"] if c["key"] == "topic:Energy | Oil"]
+    assert [c["state"] for c in oil_cases] == ["open", "closed"]
+
+
+def test_actions_that_do_not_fit_are_refused_and_record_nothing(app_and_settings):
+    client, settings = app_and_settings
+    fire(client)
+    case_id = client.get("/cases").json()["cases"][0]["case_id"]
+    n = len(rows(settings))
+    assert act(client, 999, "acknowledge").status_code == 404
+    assert act(client, case_id, "close").status_code == 422  # no disposition
+    assert act(client, case_id, "close", disposition="meh").status_code == 422
+    assert act(client, case_id, "assign").status_code == 422  # no assignee
+    assert act(client, case_id, "delete").status_code == 422
+    assert client.post(f"/cases/{case_id}/note", json={"note": "anonymous"}).status_code == 422  # who is required
+    assert (
+        client.post(f"/cases/{case_id}/note", content=b"{}", headers={"content-type": "text/plain"}).status_code == 415
+    )
+    assert len(rows(settings)) == n
+    assert act(client, case_id, "close", disposition="no_action").status_code == 200
+    assert act(client, case_id, "note", note="too late").status_code == 409  # closed cases take no more actions
+    assert len(rows(settings)) == n + 1
+
+
+def test_writes_need_the_token_when_one_is_set(tmp_path):
+    settings = make_settings(
+        tmp_path,
+        kafka={"bootstrap": "127.0.0.1:1"},
+        receiver={"evidence_wait_s": 0, "allowed_hosts": ["testserver"], "token": "s3cret"},
+    )
+    with TestClient(build_app(settings, follow_alerts=False)) as client:
+        ok = client.post("/alertmanager", json=webhook(), headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+        case_id = client.get("/cases").json()["cases"][0]["case_id"]
+        assert act(client, case_id, "acknowledge").status_code == 401
+        r = client.post(
+            f"/cases/{case_id}/acknowledge", json={"who": "alice"}, headers={"Authorization": "Bearer s3cret"}
+        )
+        assert r.status_code == 200
