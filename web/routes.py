@@ -24,6 +24,7 @@ from finsent.http import bearer_ok
 from finsent.labels import SENTIMENT_LABELS, TOPIC_LABELS
 from finsent.records import Feedback, utcnow
 from finsent.settings import Web
+from finsent.web.review import review_queue
 from finsent.web.state import ApiState, HeldStream, api_state
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -281,6 +282,14 @@ async def feedback(req: FeedbackRequest, api: State, authorization: Annotated[st
     return {"stored": True, "published": published}
 
 
+@feedback_routes.get("/review")
+async def review(api: State, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict:
+    """The headlines a correction is worth most on: those behind a firing alert first, then the ones the model
+    is least sure about (smallest margin between its two likeliest sentiment classes). Correct them with
+    POST /feedback."""
+    return {"items": review_queue(list(api.views.items.values()), list(api.views.alerts.values()), limit)}
+
+
 @feedback_routes.get("/feedback/stats")
 async def feedback_stats(api: State) -> dict:
     """How many corrections, and how often the model already agreed with them (per label kind)."""
@@ -297,9 +306,14 @@ async def feedback_stats(api: State) -> dict:
             for r in records
             if getattr(r, kind) is not None and (predicted := api.predicted(r, kind)) is not None
         ]
+        corrected: dict[str, int] = {}
+        for label, predicted in pairs:
+            if label != predicted:
+                corrected[predicted] = corrected.get(predicted, 0) + 1
         out[kind] = {
             "corrections": sum(1 for r in records if getattr(r, kind) is not None),
             "compared": len(pairs),
             "model_agreed": sum(a == b for a, b in pairs),
+            "corrected_by_model_label": dict(sorted(corrected.items())),  # which of the model's classes analysts fixed
         }
     return out

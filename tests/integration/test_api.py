@@ -146,10 +146,15 @@ def test_feedback_is_stored_for_fine_tuning_and_counted(client):
     )
     assert (fb.model_topic, fb.model_sentiment) == ("Energy | Oil", "neutral")  # what the model said, kept with it
     stats = client.get("/feedback/stats").json()
-    assert stats["corrections"] == 1 and stats["sentiment"] == {"corrections": 1, "compared": 1, "model_agreed": 0}
+    assert stats["corrections"] == 1 and stats["sentiment"] == {
+        "corrections": 1,
+        "compared": 1,
+        "model_agreed": 0,
+        "corrected_by_model_label": {"neutral": 1},
+    }
     VIEWS.items.pop("n3")  # the item leaves the live view (or the API restarts): agreement still counts
     try:
-        assert client.get("/feedback/stats").json()["sentiment"] == {"corrections": 1, "compared": 1, "model_agreed": 0}
+        assert client.get("/feedback/stats").json()["sentiment"]["model_agreed"] == 0
     finally:
         VIEWS.add_item(scored(3, "Exxon shares steady", "neutral", tickers=("XOM",), minutes=3))
     assert client.post("/feedback", json={"item_id": "nope", "sentiment": "negative", "who": "a"}).status_code == 404
@@ -555,3 +560,11 @@ def test_a_model_error_answers_500_to_its_batch_and_the_api_keeps_serving(tmp_pa
         ok = httpx.post(srv.url + "/classify", json={"texts": ["Oil slumps"]}, timeout=10)
         assert ok.status_code == 200 and ok.json()["results"][0]["topic"] == "Energy | Oil"
         assert _metric(srv.url, "finsent_api_classify_waiting") == 0  # the failed request gave its slot back
+
+
+def test_the_review_queue_ranks_the_live_views(client):
+    queue = client.get("/review", params={"limit": 3}).json()["items"]
+    assert 0 < len(queue) <= 3 and all({"margin", "entropy", "behind_alert", "item"} <= set(q) for q in queue)
+    ranked = [(not q["behind_alert"], q["margin"]) for q in queue]
+    assert ranked == sorted(ranked)
+    assert client.get("/review", params={"limit": 0}).status_code == 422

@@ -25,6 +25,7 @@ OPERATIONS = {
     "GET /alerts",
     "POST /feedback",
     "GET /feedback/stats",
+    "GET /review",
     "GET /healthz",
     "GET /readyz",
     "GET /dashboard/config",
