@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 from urllib.parse import quote
 
-from finsent.alerts.cases import Case, check_action, fold
+from finsent.alerts.cases import Case, apply_action, check_action, fold
 from finsent.records import SurgeAlert
 
 log = logging.getLogger("finsent.alerts.audit")
@@ -385,34 +385,33 @@ class AuditLog:
                 case = self._cases_in_transaction().get(case_id)
                 check_action(case, action, assignee, disposition)
                 assert case is not None
-                self._append(
-                    {
-                        "dedup_key": f"action:{uuid.uuid4().hex}",
-                        "received_at": at.isoformat(),
-                        "receiver": "compliance",
-                        "status": action,
-                        "alertname": case.alertname,
-                        "fingerprint": case.fingerprint,
-                        "starts_at": case.opened_at,
-                        "labels": "{}",
-                        "annotations": "{}",
-                        "evidence": "[]",
-                        "dim": case.dim,
-                        "name": case.name,
-                        "action": action,
-                        "actor": actor,
-                        "assignee": assignee if action == "assign" else None,
-                        "note": note or None,
-                        "disposition": disposition if action == "close" else None,
-                        "case_seq": str(case_id),  # a TEXT column: hashed as it is stored
-                    }
-                )
-                after = self._cases_in_transaction()[case_id]
+                row = {
+                    "dedup_key": f"action:{uuid.uuid4().hex}",
+                    "received_at": at.isoformat(),
+                    "receiver": "compliance",
+                    "status": action,
+                    "alertname": case.alertname,
+                    "fingerprint": case.fingerprint,
+                    "starts_at": case.opened_at,
+                    "labels": "{}",
+                    "annotations": "{}",
+                    "evidence": "[]",
+                    "dim": case.dim,
+                    "name": case.name,
+                    "action": action,
+                    "actor": actor,
+                    "assignee": assignee if action == "assign" else None,
+                    "note": note or None,
+                    "disposition": disposition if action == "close" else None,
+                    "case_seq": str(case_id),  # a TEXT column: hashed as it is stored
+                }
+                self._append(row)  # sets row["seq"]
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return after
+        apply_action(case, row)  # the case as the fold would now give it, without reading the log again
+        return case
 
     def _cases_in_transaction(self) -> dict[int, Case]:
         names = ("seq", "received_at", "status", "alertname", "fingerprint", "severity", "dim", "name", *ACTION_COLUMNS)

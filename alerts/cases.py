@@ -83,7 +83,7 @@ def fold(rows: Iterable[dict[str, Any]]) -> dict[int, Case]:
         else:
             case = cases.get(int(row["case_seq"]))
             if case is not None:
-                _apply(case, row)
+                apply_action(case, row)
                 if case.closed_at is not None:
                     open_by_alert.pop((case.alertname, case.fingerprint), None)
     return cases
@@ -114,7 +114,8 @@ def _notification(row: dict[str, Any], cases: dict[int, Case], open_by_alert: di
     case.events.append({"seq": row["seq"], "at": row["received_at"], "event": f"notification:{row['status']}"})
 
 
-def _apply(case: Case, row: dict[str, Any]) -> None:
+def apply_action(case: Case, row: dict[str, Any]) -> None:
+    """One action row (``action``, ``actor``, ``received_at``, ``seq`` and its extras) applied to its case."""
     action, who, at = row["action"], row["actor"], row["received_at"]
     if action == "acknowledge" and case.acknowledged_at is None:
         case.acknowledged_by, case.acknowledged_at = who, at
@@ -132,15 +133,15 @@ def _apply(case: Case, row: dict[str, Any]) -> None:
 def check_action(case: Case | None, action: str, assignee: str | None, disposition: str | None) -> None:
     """Raise CaseError unless ``action`` may be taken on ``case`` now."""
     if case is None:
-        raise CaseError("no such case")
+        raise CaseError("unknown", "no such case")
     if action not in ACTIONS:
-        raise CaseError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
+        raise CaseError("invalid", f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
     if case.state == "closed":
-        raise CaseError(f"case {case.case_id} is closed ({case.disposition}); a new firing opens a new case")
+        raise CaseError("closed", f"case {case.case_id} is closed ({case.disposition}); a new firing opens a new case")
     if action == "assign" and not assignee:
-        raise CaseError("assign needs an assignee")
+        raise CaseError("invalid", "assign needs an assignee")
     if action == "close" and disposition not in DISPOSITIONS:
-        raise CaseError(f"close needs a disposition: one of {', '.join(DISPOSITIONS)}")
+        raise CaseError("invalid", f"close needs a disposition: one of {', '.join(DISPOSITIONS)}")
 
 
 def disposition_counts(cases: Iterable[Case]) -> dict[tuple[str, str], int]:

@@ -417,7 +417,7 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
                 action.disposition,
             )
         except CaseError as err:
-            status = 404 if "no such case" in str(err) else 409 if "is closed" in str(err) else 422
+            status = {"unknown": 404, "closed": 409}.get(err.reason, 422)
             return _error(status, "bad_action", str(err), metrics)
         metrics.actions.labels(name).inc()
         log.info("case action recorded", extra={"case_id": case_id, "action": name, "who": action.who})

@@ -136,7 +136,12 @@ class NormalizeError(InputError):
 
 
 class CaseError(InputError):
-    """A compliance action that does not fit its alert case (unknown, already closed, a close without disposition)."""
+    """A compliance action that does not fit its alert case; ``reason``: unknown (no such case), closed (it takes
+    no more actions) or invalid (a bad action, an assign without assignee, a close without disposition)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
 
 
 class ImportFileError(ConfigError):
