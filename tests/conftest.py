@@ -28,6 +28,12 @@ def _clean_finsent_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(key)
 
 
+def environ_without_finsent() -> dict[str, str]:
+    """This process's environment minus every FINSENT_* variable: what a child finsent process starts from,
+    so that only the settings a test gives it apply."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
+
+
 def make_settings(tmp: Path, **overrides) -> Settings:
     """Settings with every port free and every path under ``tmp``."""
     base = {

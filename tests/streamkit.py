@@ -12,6 +12,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from conftest import environ_without_finsent
 from factories import news_item
 from kafka import KafkaProducer
 
@@ -38,7 +39,7 @@ FAST_WINDOWS = {
 
 def worker_env(bootstrap: str, tmp: Path, **extra: str) -> dict[str, str]:
     prefix = f"t{uuid.uuid4().hex[:8]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
+    env = environ_without_finsent()
     env.update(
         {
             "FINSENT_KAFKA__BOOTSTRAP": bootstrap,

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from conftest import environ_without_finsent
 
 from finsent.net import free_port, port_open
 
@@ -18,7 +19,7 @@ from finsent.net import free_port, port_open
 def _start_demo(tmp_path: Path, **extra_env: str) -> tuple[subprocess.Popen, dict, Path]:
     state = tmp_path / "state"
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")},
+        **environ_without_finsent(),
         "FINSENT_PATHS__STATE_DIR": str(state),
         "FINSENT_BROKER__PORT": str(free_port()),
         "FINSENT_SERVICES__PROMETHEUS_PORT": str(free_port()),

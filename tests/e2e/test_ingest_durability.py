@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import environ_without_finsent
 from streamkit import read_topic
 
 from finsent.ingest.archive import Archive
@@ -55,7 +56,7 @@ def _feeds_file(tmp_path: Path, server: FeedServer) -> Path:
 def _ingest(
     tmp_path: Path, server: FeedServer, *, output: Path | None = None, **env_extra: str
 ) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
+    env = environ_without_finsent()
     env.update(
         FINSENT_PATHS__STATE_DIR=str(tmp_path / "state"),
         FINSENT_PATHS__ARCHIVE_DIR=str(tmp_path / "archive"),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from conftest import environ_without_finsent
 from kafka import KafkaProducer
 
 from finsent.kafka import (
@@ -106,11 +107,10 @@ def test_kafka_python_to_faust_worker(broker, tmp_path: Path):
 
 def test_topics_command_creates_then_checks_what_the_deploy_topic_init_job_needs(broker, tmp_path):
     """`finsent topics` is deploy/'s topic-init job: created once, then found; a mismatch exits 1 with the reason."""
-    import os
 
     prefix = f"t{uuid.uuid4().hex[:8]}"
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")},
+        **environ_without_finsent(),
         "FINSENT_KAFKA__BOOTSTRAP": broker,
         "FINSENT_PATHS__STATE_DIR": str(tmp_path),
         **{

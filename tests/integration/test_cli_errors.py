@@ -6,13 +6,13 @@ port is one this test holds open. ``--debug`` is the one way to see the tracebac
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import environ_without_finsent
 
 from finsent.net import free_port
 
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def finsent(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
+    base = environ_without_finsent()
     child_env = {
         **base,
         "FINSENT_PATHS__STATE_DIR": str(tmp_path / "state"),

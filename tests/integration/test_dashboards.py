@@ -6,7 +6,6 @@ stands in for Grafana's API and checks the request shape."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
+from conftest import environ_without_finsent
 from factories import surge_alert
 
 from finsent.alerts.audit import AuditLog, Notification
@@ -101,7 +101,7 @@ def fake_grafana():
 
 def grafana_publish(url: str, audit_db, token: str | None = "glsa_test", timeout: float = 60):
     """``finsent grafana publish --url URL`` reading ``audit_db``, with only the FINSENT_* variables given here."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
+    env = environ_without_finsent()
     env["FINSENT_RECEIVER__AUDIT_DB"] = str(audit_db)
     if token:
         env["FINSENT_GRAFANA__TOKEN"] = token

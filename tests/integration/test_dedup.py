@@ -1,11 +1,11 @@
 import json
-import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import environ_without_finsent
 from factories import news_item
 
 from finsent.ingest.dedup import Deduper, DedupStore, minhash, similarity
@@ -165,7 +165,7 @@ def server():
 def _ingest_once(tmp_path, server, out):
     feeds = tmp_path / "feeds.toml"
     feeds.write_text(f'[[feeds]]\nname = "central-bank"\nurl = "{server.url}/hostile/central-bank"\n')
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
+    env = environ_without_finsent()
     env.update(FINSENT_PATHS__STATE_DIR=str(tmp_path / "state"), FINSENT_ALLOW_PRIVATE_FEEDS="1", FINSENT_LOG_JSON="1")
     return subprocess.run(
         [sys.executable, "-m", "finsent.cli", "ingest", "--feeds", str(feeds), "--once", "--output", str(out)],

@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -10,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import environ_without_finsent
 from kafka import KafkaConsumer
 
 from finsent.errors import FeedListError, ImportFileError
@@ -36,7 +36,7 @@ def server():
 
 
 def _env(tmp_path: Path, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
+    env = environ_without_finsent()
     env.update(
         {
             "FINSENT_PATHS__STATE_DIR": str(tmp_path / "state"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import make_settings
+from conftest import environ_without_finsent, make_settings
 from factories import surge_alert
 from starlette.testclient import TestClient
 from streamkit import publish
@@ -52,7 +51,7 @@ def surge(
 
 def receiver_env(tmp_path, **env) -> dict[str, str]:
     """The environment of a ``finsent receiver`` child: this one's without FINSENT_*, a free port, its own log."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
+    base = environ_without_finsent()
     return {
         **base,
         "FINSENT_LOG_JSON": "1",
@@ -199,9 +198,8 @@ def test_export_cli_writes_csv_and_json_for_a_time_range(settings, tmp_path):
     with TestClient(build_app(settings, follow_alerts=False)) as client:
         client.post("/alertmanager", json=webhook())
     env = {"FINSENT_RECEIVER__AUDIT_DB": str(settings.audit_db)}
-    import os
 
-    base = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
+    base = environ_without_finsent()
     out = tmp_path / "export.json"
     since = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
     r = subprocess.run(
