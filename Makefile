@@ -28,7 +28,8 @@ test: system-deps venv lint  ## lint, then the default test suite
 # rooms' shells for what a type checker finds without annotations everywhere.
 MYPY_MODULES := finsent.errors finsent.labels finsent.net finsent.settings finsent.records finsent.kafka \
 	finsent.stream.windows finsent.stream.surge finsent.stream.pipeline \
-	finsent.ingest.dedup finsent.ingest.parse finsent.ingest.normalize
+	finsent.ingest.dedup finsent.ingest.parse finsent.ingest.normalize \
+	finsent.alerts.cases finsent.web.review finsent.web.heatmap finsent.web.cases finsent.web.state
 
 lint: venv  ## ruff check, ruff format --check, mypy, import-linter contracts (layers, pure cores)
 	$(VENV)/bin/ruff check .

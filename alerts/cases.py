@@ -15,11 +15,23 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from finsent.errors import CaseError
 
 ACTIONS = ("acknowledge", "assign", "note", "close")
 DISPOSITIONS = ("escalated", "no_action", "false_positive")
 Action = Literal["acknowledge", "assign", "note", "close"]
+
+
+class ActionRequest(BaseModel):
+    """The body of ``POST /cases/{id}/{action}`` (the receiver's, and the dashboard's that forwards to it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    who: str = Field(min_length=1, max_length=200)
+    assignee: str | None = Field(default=None, min_length=1, max_length=200)
+    note: str | None = Field(default=None, max_length=4000)
+    disposition: Literal["escalated", "no_action", "false_positive"] | None = None
 
 
 @dataclass
@@ -142,6 +154,11 @@ def check_action(case: Case | None, action: str, assignee: str | None, dispositi
         raise CaseError("invalid", "assign needs an assignee")
     if action == "close" and disposition not in DISPOSITIONS:
         raise CaseError("invalid", f"close needs a disposition: one of {', '.join(DISPOSITIONS)}")
+
+
+def case_of_notification(cases: Iterable[Case]) -> dict[int, Case]:
+    """Notification seq -> the case it belongs to (a resolution of an already closed case has none)."""
+    return {e["seq"]: case for case in cases for e in case.events if str(e["event"]).startswith("notification:")}
 
 
 def disposition_counts(cases: Iterable[Case]) -> dict[tuple[str, str], int]:

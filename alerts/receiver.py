@@ -47,7 +47,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from finsent.alerts.audit import AuditLog, Notification, SurgeMatch
-from finsent.alerts.cases import disposition_counts
+from finsent.alerts.cases import ActionRequest, Case, case_of_notification, disposition_counts
 from finsent.errors import CaseError, ReceiverConfigError
 from finsent.http import BodyTooLarge, MalformedLength, bearer_ok, declared_length, metrics_route_app, read_limited
 from finsent.kafka import follow_topics
@@ -76,14 +76,6 @@ class Webhook(BaseModel):
     status: Literal["firing", "resolved"]
     receiver: str = Field(min_length=1, max_length=200)
     alerts: list[WebhookAlert] = Field(min_length=1, max_length=5000)
-
-
-class ActionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    who: str = Field(min_length=1, max_length=200)
-    assignee: str | None = Field(default=None, min_length=1, max_length=200)
-    note: str | None = Field(default=None, max_length=4000)
-    disposition: Literal["escalated", "no_action", "false_positive"] | None = None
 
 
 class CaseCollector:
@@ -365,6 +357,11 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
                 media_type="text/csv",
                 headers={**headers, "X-Truncated": "true" if truncated else "false"},
             )
+        # JSON: each notification with the current state of its alert case (the CSV export stays the log's rows).
+        by_seq = case_of_notification((await asyncio.to_thread(audit.cases)).values())
+        for row in rows:
+            case = by_seq.get(row["seq"])
+            row["case"] = None if case is None else _case_summary(case)
         return JSONResponse(
             {"count": len(rows), "notifications": rows, "truncated": truncated, "next": next_url}, headers=headers
         )
@@ -440,6 +437,11 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
     )
     app.state.audit = audit
     return app
+
+
+def _case_summary(case: Case) -> dict:
+    d = case.to_dict()
+    return {k: d[k] for k in ("case_id", "state", "assignee", "acknowledged_by", "disposition", "closed_at")}
 
 
 def evidence_tolerance(settings: Settings) -> float:

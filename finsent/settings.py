@@ -342,6 +342,9 @@ class Web(_Group):
     # at this many texts (whole requests only; a larger request runs alone) or when its oldest request waited this long.
     classify_max_batch: int = Field(default=64, ge=1, le=4096)
     classify_max_wait_ms: int = Field(default=5, ge=0, le=10_000)
+    # The alert receiver the dashboard's open-alerts view reads and acts through (server-side, with the
+    # receiver's tokens from the environment). Unset: http://<services.host>:<receiver.port>.
+    receiver_url: str | None = None
 
     _check_port = field_validator("port")(classmethod(lambda cls, v: _port(v)))
 
@@ -372,6 +375,12 @@ class Settings(BaseSettings):
     @property
     def audit_db(self) -> Path:
         return self.receiver.audit_db or self.paths.state_dir / "receiver" / "audit.sqlite"
+
+    @property
+    def receiver_url(self) -> str:
+        """Where the web API reaches the alert receiver (a wildcard bind address is reached on loopback)."""
+        host = self.services.host if self.services.host not in ("", "0.0.0.0", "::") else LOOPBACK
+        return (self.web.receiver_url or f"http://{host}:{self.receiver.port}").rstrip("/")
 
     @model_validator(mode="after")
     def _surge_width(self) -> Settings:

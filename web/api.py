@@ -31,6 +31,7 @@ from fastapi.staticfiles import StaticFiles
 from finsent.http import BodyLimit, metrics_route_app
 from finsent.settings import Settings
 from finsent.web import routes
+from finsent.web.cases import cases_routes
 from finsent.web.routes import STATIC_DIR
 from finsent.web.state import ApiMetrics, ApiState
 from finsent.web.views import StreamViews
@@ -82,6 +83,7 @@ def build_api(
     app.include_router(routes.classify_router(settings.web))
     app.include_router(routes.data)
     app.include_router(routes.feedback_routes)
+    app.include_router(cases_routes)
     return app
 
 

@@ -9,7 +9,7 @@ tested without a server.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from finsent.records import ScoredItem, SurgeAlert
@@ -30,11 +30,19 @@ def uncertainty(probs: dict[str, float]) -> tuple[float, float]:
     return margin, entropy
 
 
-def review_queue(items: Iterable[ScoredItem], alerts: Iterable[SurgeAlert], limit: int = 50) -> list[dict[str, Any]]:
-    """The ``limit`` headlines to review first: behind a firing alert first, then by smallest margin."""
+def review_queue(
+    items: Iterable[ScoredItem],
+    alerts: Iterable[SurgeAlert],
+    limit: int = 50,
+    reviewed: Collection[str] = frozenset(),
+) -> list[dict[str, Any]]:
+    """The ``limit`` headlines to review first: behind a firing alert first, then by smallest margin. Items in
+    ``reviewed`` (already corrected or confirmed) are left out: an analyst's time goes to the next one."""
     behind = firing_evidence(alerts)
     ranked = []
     for s in items:
+        if s.item.id in reviewed:
+            continue
         margin, entropy = uncertainty(s.sentiment_probs)
         ranked.append((s.item.id not in behind, margin, -entropy, s.item.id, s))
     ranked.sort(key=lambda r: r[:4])

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
@@ -24,14 +24,13 @@ from finsent.http import bearer_ok
 from finsent.labels import SENTIMENT_LABELS, TOPIC_LABELS
 from finsent.records import Feedback, utcnow
 from finsent.settings import Web
+from finsent.web.heatmap import heatmap
 from finsent.web.review import review_queue
-from finsent.web.state import ApiState, HeldStream, api_state
+from finsent.web.state import ApiState, HeldStream, State
 
 STATIC_DIR = Path(__file__).parent / "static"
 SSE_POLL_S = 0.25
 SSE_PING_S = 15.0
-
-State = Annotated[ApiState, Depends(api_state)]
 
 TOO_LARGE = {
     400: {"description": "Content-Length is not a number"},
@@ -218,6 +217,18 @@ async def window_keys(api: State) -> dict:
     return {"keys": api.views.window_keys()}
 
 
+@data.get("/windows/heatmap")
+async def windows_heatmap(
+    api: State,
+    prefix: Annotated[str, Query(max_length=100)] = "topic:",
+    width: Annotated[int | None, Query(gt=0)] = None,
+    columns: Annotated[int, Query(ge=1, le=500)] = 60,
+) -> dict:
+    """Negative share and volume per key (those starting with ``prefix``) and window end: the topic × time
+    heatmap. ``width`` defaults to the surge detector's window."""
+    return heatmap(api.views.windows, prefix, width or api.settings.surge.window_s, columns)
+
+
 @data.get("/windows")
 async def windows(
     api: State,
@@ -286,19 +297,16 @@ async def feedback(req: FeedbackRequest, api: State, authorization: Annotated[st
 async def review(api: State, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict:
     """The headlines a correction is worth most on: those behind a firing alert first, then the ones the model
     is least sure about (smallest margin between its two likeliest sentiment classes). Correct them with
-    POST /feedback."""
-    return {"items": review_queue(list(api.views.items.values()), list(api.views.alerts.values()), limit)}
+    POST /feedback. Headlines already in the feedback store are left out."""
+    records, _ = await api.feedback_records()
+    reviewed = {r.item_id for r in records}
+    return {"items": review_queue(list(api.views.items.values()), list(api.views.alerts.values()), limit, reviewed)}
 
 
 @feedback_routes.get("/feedback/stats")
 async def feedback_stats(api: State) -> dict:
     """How many corrections, and how often the model already agreed with them (per label kind)."""
-    from finsent.model.feedback import read_store
-
-    try:
-        records, bad = await asyncio.to_thread(read_store, api.settings.paths.feedback_store)
-    except FileNotFoundError:
-        records, bad = [], 0
+    records, bad = await api.feedback_records()
     out = {"corrections": len(records), "bad_lines": bad}
     for kind in ("topic", "sentiment"):
         pairs = [

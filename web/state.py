@@ -9,13 +9,14 @@ model, starts the batcher and the topic follower, and stops them in reverse.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -145,8 +146,9 @@ class ApiState:
         """Send a correction to finsent.feedback; False (never raised) when the broker is not there."""
         from finsent.kafka import aio_producer
 
+        producer = self.producer
         try:
-            if self.producer is None:
+            if producer is None:
                 producer = aio_producer(self.settings.kafka, "web", request_timeout_ms=5000)
                 await asyncio.wait_for(producer.start(), 5)
                 self.producer = producer
@@ -159,7 +161,19 @@ class ApiState:
             return True
         except Exception:  # noqa: BLE001 - the store has it; the topic copy is for other consumers
             self.producer = None
+            if producer is not None:  # closed, not leaked: the next correction starts a fresh one
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(producer.stop(), 5)
             return False
+
+    async def feedback_records(self) -> tuple[list[Feedback], int]:
+        """The feedback store's corrections and its count of bad lines (none yet: empty)."""
+        from finsent.model.feedback import read_store
+
+        try:
+            return await asyncio.to_thread(read_store, self.settings.paths.feedback_store)
+        except FileNotFoundError:
+            return [], 0
 
     def predicted(self, r: Feedback, kind: str) -> str | None:
         """The model's label as recorded with the correction; for older records, the item if still in view."""
@@ -173,6 +187,9 @@ class ApiState:
 def api_state(request: Request) -> ApiState:
     """The FastAPI dependency every route takes its state from."""
     return request.app.state.api
+
+
+State = Annotated[ApiState, Depends(api_state)]
 
 
 def _classify_batcher(clf: Any, w: Web, metrics: ApiMetrics) -> Batcher:

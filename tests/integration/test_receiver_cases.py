@@ -59,8 +59,17 @@ def test_a_case_is_acknowledged_assigned_noted_and_closed_each_as_a_new_audit_ro
     assert len(cases) == 1 and cases[0]["state"] == "open" and cases[0]["key"] == "topic:Energy | Oil"
     case_id = cases[0]["case_id"]
 
+    assert client.get("/alerts").json()["notifications"][0]["case"]["state"] == "open"
     assert act(client, case_id, "acknowledge").json()["state"] == "acknowledged"
     assert act(client, case_id, "assign", assignee="bob").json()["assignee"] == "bob"
+    listed = client.get("/alerts").json()["notifications"][0]["case"]  # GET /alerts: each alert's current state
+    assert listed == {
+        **listed,
+        "case_id": case_id,
+        "state": "acknowledged",
+        "assignee": "bob",
+        "acknowledged_by": "alice",
+    }
     assert act(client, case_id, "note", note="called the desk; oil inventories report").status_code == 200
     before = rows(settings)
     closed = act(client, case_id, "close", disposition="false_positive", note="inventory data, not news").json()
@@ -74,6 +83,7 @@ def test_a_case_is_acknowledged_assigned_noted_and_closed_each_as_a_new_audit_ro
     # the notification listing and count stay notifications only
     assert client.get("/healthz").json()["notifications"] == 1
     assert client.get("/alerts").json()["count"] == 1
+    assert client.get("/alerts").json()["notifications"][0]["case"]["disposition"] == "false_positive"
     assert client.get("/cases", params={"state": "open"}).json()["count"] == 0
     metrics = client.get("/metrics").text
     assert 'finsent_receiver_case_dispositions{dim="topic",disposition="false_positive"} 1.0' in metrics

@@ -38,3 +38,8 @@ def test_margin_and_entropy():
     assert uncertainty({"negative": 0.5, "neutral": 0.5, "positive": 0.0}) == (0.0, 1.0)
     margin, entropy = uncertainty({"negative": 0.9, "neutral": 0.05, "positive": 0.05})
     assert abs(margin - 0.85) < 1e-9 and 0 < entropy < 1
+
+
+def test_headlines_already_reviewed_leave_the_queue():
+    items = [item(1, 0.95), item(2, 0.40), item(3, 0.60)]
+    assert [q["item"]["id"] for q in review_queue(items, [], reviewed={"n2"})] == ["n3", "n1"]

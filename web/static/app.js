@@ -12,6 +12,7 @@ const state = {
   config: null,
   items: new Map(),          // item id -> scored item (rows on screen)
   alerts: new Map(),         // alert id -> newest SurgeAlert of that surge
+  transitions: new Map(),    // "alert id|state|severity" -> its newest record (the alert timeline)
   seq: 0,
   source: null,
   chartFromSearch: false,   // the chart follows the ticker search until the search is cleared
@@ -148,20 +149,16 @@ async function sendCorrection(form, s) {
   if (form.topic.value) body.topic = form.topic.value;
   if (form.sentiment.value) body.sentiment = form.sentiment.value;
   if (!body.topic && !body.sentiment) { result.textContent = "choose the right topic or sentiment"; return; }
-  const headers = { "Content-Type": "application/json" };
-  const token = $("token").value;
-  if (token) headers.Authorization = `Bearer ${token}`;
   result.textContent = "sending…";
   try {
-    const r = await fetch("/feedback", { method: "POST", headers, body: JSON.stringify(body) });
+    const r = await fetch("/feedback", { method: "POST", headers: authHeaders(), body: JSON.stringify(body) });
     const answer = await r.json().catch(() => ({}));
     if (r.ok) {
       result.textContent = answer.published ? "saved, thank you" : "saved (the broker copy will follow)";
       form.closest("tr").previousElementSibling?.classList.add("corrected");
       refreshFeedbackStats();
     } else {
-      const detail = Array.isArray(answer.detail) ? answer.detail.map((d) => d.msg).join("; ") : answer.detail;
-      result.textContent = `not saved: ${detail || `HTTP ${r.status}`}`;
+      result.textContent = `not saved: ${errorText(answer, r)}`;
     }
   } catch (err) {
     result.textContent = `not saved: ${err.message}`;
@@ -181,6 +178,9 @@ async function refreshFeedbackStats() {
 // replaces it, and a retracted one withdraws it (an early, provisional firing the closed window did not confirm).
 function applyAlert(a) {
   const prev = state.alerts.get(a.alert_id);
+  const tkey = `${a.alert_id}|${a.state}|${a.severity}`;
+  if (a.retracted) state.transitions.delete(tkey);
+  else state.transitions.set(tkey, a);
   if (a.retracted) {
     if (prev && prev.state === a.state && prev.severity === a.severity) state.alerts.delete(a.alert_id);
     return;
@@ -192,6 +192,9 @@ function addAlert(a) {
   applyAlert(a);
   renderAlerts();
   drawChart();
+  drawTimeline();
+  clearTimeout(state.casesSoon);  // the receiver opens or updates a case shortly after a transition
+  state.casesSoon = setTimeout(loadCases, 1500);
 }
 
 function renderAlerts() {
@@ -221,6 +224,138 @@ async function loadAlerts() {
     for (const a of page.alerts.reverse()) applyAlert(a);
     renderAlerts();
   } catch { /* the live stream fills it */ }
+}
+
+// ---- open alerts (cases, through the compliance receiver) ------------------------------------------
+
+function authHeaders() {
+  const headers = { "Content-Type": "application/json" };
+  const token = $("token").value;
+  if (token) headers.Authorization = `Bearer ${token}`;
+  return headers;
+}
+
+function errorText(answer, r) {
+  const detail = Array.isArray(answer.detail) ? answer.detail.map((d) => d.msg).join("; ") : answer.detail;
+  return detail || `HTTP ${r.status}`;
+}
+
+function caseItem(c) {
+  const meta = [`opened ${fmtTime(c.opened_at)}`, `${c.notifications} notification${c.notifications === 1 ? "" : "s"}`,
+    `alert ${c.alert_status}`];
+  if (c.acknowledged_by) meta.push(`seen by ${c.acknowledged_by}`);
+  if (c.assignee) meta.push(`assigned to ${c.assignee}`);
+  if (c.closed_by) meta.push(`closed by ${c.closed_by} as ${c.disposition.replace("_", " ")}`);
+  const notes = c.events.filter((e) => e.note).slice(-3).map((e) =>
+    el("li", {}, el("span", { class: "muted", text: `${e.who} · ${fmtTime(e.at)}: ` }), e.note));
+  const li = el("li", { class: `case ${c.severity || ""} ${c.state}`, "data-case": String(c.case_id) },
+    el("div", { class: "alert-head" }, badge("sev", c.severity || "warning"), el("strong", { text: ` ${c.key || c.alertname} ` }),
+      badge("state", c.state), el("span", { class: "muted", text: ` #${c.case_id}` })),
+    el("div", { class: "case-meta muted", text: meta.join(" · ") }),
+    el("ul", { class: "evidence notes" }, ...notes));
+  if (c.state !== "closed") {
+    const actions = $("case-actions").content.cloneNode(true).firstElementChild;
+    for (const b of actions.querySelectorAll("button[data-action]")) {
+      b.addEventListener("click", () => caseAction(c, b.dataset.action, actions));
+    }
+    li.append(actions);
+  }
+  return li;
+}
+
+async function caseAction(c, action, box) {
+  const result = box.querySelector(".result");
+  const who = $("who").value.trim();
+  if (!who) { result.textContent = "enter your name (Analyst) first"; $("who").focus(); return; }
+  const body = { who };
+  if (action === "assign") {
+    body.assignee = box.querySelector("[name=assignee]").value.trim();
+    if (!body.assignee) { result.textContent = "whom to assign?"; return; }
+  }
+  if (action === "note" || action === "close") {
+    const note = box.querySelector("[name=note]").value.trim();
+    if (note) body.note = note;
+    else if (action === "note") { result.textContent = "write the note first"; return; }
+  }
+  if (action === "close") {
+    body.disposition = box.querySelector("[name=disposition]").value;
+    if (!body.disposition) { result.textContent = "choose how to close it"; return; }
+  }
+  result.textContent = "saving…";
+  try {
+    const r = await fetch(`/cases/${c.case_id}/${action}`, { method: "POST", headers: authHeaders(), body: JSON.stringify(body) });
+    const answer = await r.json().catch(() => ({}));
+    if (!r.ok) { result.textContent = `not saved: ${errorText(answer, r)}`; return; }
+    await loadCases();
+  } catch (err) {
+    result.textContent = `not saved: ${err.message}`;
+  }
+}
+
+async function loadCases() {
+  const list = $("cases");
+  if (list.contains(document.activeElement) && document.activeElement.matches("input, select")) return;  // typing
+  const wanted = $("cases-closed").checked ? "all" : "open";
+  try {
+    const page = await getJSON(`/cases?state=${wanted}`);
+    const open = page.cases.filter((c) => c.state !== "closed").length;
+    $("case-count").textContent = `${open} open`;
+    list.replaceChildren(...(page.cases.length ? page.cases.map(caseItem) : [el("li", { class: "muted", text: "no open alerts" })]));
+  } catch (err) {
+    $("case-count").textContent = "";
+    list.replaceChildren(el("li", { class: "muted", text: `alert cases unavailable: ${err.message}` }));
+  }
+}
+
+// ---- review queue ----------------------------------------------------------------------------------
+
+function reviewRow(q) {
+  const why = q.behind_alert ? badge("sev", "behind alert", "evidence of a firing surge") : el("span", { class: "muted", text: "uncertain" });
+  const p = q.sentiment_probs[q.sentiment];
+  const answer = el("td", { class: "answer" });
+  const row = el("tr", { "data-id": q.item.id },
+    el("td", {}, why),
+    el("td", { class: "margin", title: `entropy ${q.entropy.toFixed(2)} bits`, text: q.margin.toFixed(2) }),
+    el("td", { class: "title", text: q.item.title }),
+    el("td", {}, badge("sent", q.sentiment, p !== undefined ? `p=${p.toFixed(2)}` : "")),
+    answer);
+  for (const label of state.config.sentiments) {
+    const b = el("button", { type: "button", "data-label": label, text: label === q.sentiment ? `${label} ✓` : label });
+    b.addEventListener("click", () => sendReview(row, q, label));
+    answer.append(b);
+  }
+  answer.append(el("span", { class: "result muted", role: "status" }));
+  return row;
+}
+
+async function sendReview(row, q, label) {
+  const result = row.querySelector(".result");
+  const who = $("who").value.trim();
+  if (!who) { result.textContent = "enter your name (Analyst) first"; $("who").focus(); return; }
+  result.textContent = "saving…";
+  try {
+    const r = await fetch("/feedback", { method: "POST", headers: authHeaders(),
+      body: JSON.stringify({ item_id: q.item.id, sentiment: label, who, comment: "review queue" }) });
+    const answer = await r.json().catch(() => ({}));
+    if (!r.ok) { result.textContent = `not saved: ${errorText(answer, r)}`; return; }
+    result.textContent = "";
+    row.classList.add("done");
+    for (const b of row.querySelectorAll("button")) b.disabled = true;
+    refreshFeedbackStats();
+  } catch (err) {
+    result.textContent = `not saved: ${err.message}`;
+  }
+}
+
+async function loadReview() {
+  if ($("review").querySelector("tr:not(.done) .result:not(:empty)")) return;  // a save in flight
+  try {
+    const page = await getJSON("/review?limit=12");
+    $("review").replaceChildren(...page.items.map(reviewRow));
+    $("review-status").textContent = page.items.length ? "" : "nothing to review yet";
+  } catch (err) {
+    $("review-status").textContent = `review queue unavailable: ${err.message}`;
+  }
 }
 
 // ---- live stream (server-sent events) --------------------------------------------------------------
@@ -284,16 +419,9 @@ async function refreshChart() {
 }
 
 function drawChart() {
-  const canvas = $("chart");
-  const ratio = window.devicePixelRatio || 1;
-  const cssW = canvas.clientWidth || 900, cssH = canvas.clientHeight || 300;
-  canvas.width = cssW * ratio; canvas.height = cssH * ratio;
-  const g = canvas.getContext("2d");
-  g.setTransform(ratio, 0, 0, ratio, 0, 0);
-  g.clearRect(0, 0, cssW, cssH);
+  const { g, w: cssW, h: cssH } = canvasContext($("chart"));
   const pad = { l: 44, r: 12, t: 10, b: 26 };
   const pts = chart.series.flatMap((s) => s.points);
-  g.font = "11px system-ui, sans-serif";
   g.fillStyle = "#888";
   if (!pts.length) { g.fillText("waiting for the first closed windows…", pad.l, cssH / 2); $("legend").replaceChildren(); return; }
   const t = (p) => Date.parse(p.end);
@@ -337,6 +465,112 @@ function drawChart() {
   $("legend").replaceChildren(...legend);
 }
 
+// ---- heatmap: topic × time -------------------------------------------------------------------------
+
+function canvasContext(canvas) {
+  const ratio = window.devicePixelRatio || 1;
+  const w = canvas.clientWidth || 900, h = canvas.clientHeight || 300;
+  canvas.width = w * ratio; canvas.height = h * ratio;
+  const g = canvas.getContext("2d");
+  g.setTransform(ratio, 0, 0, ratio, 0, 0);
+  g.clearRect(0, 0, w, h);
+  g.font = "11px system-ui, sans-serif";
+  return { g, w, h };
+}
+
+function shareColor(share, alpha) {
+  // grey (0 % negative) to red (100 %)
+  const r = Math.round(60 + share * (225 - 60)), gr = Math.round(66 + share * (87 - 66)), b = Math.round(76 + share * (89 - 76));
+  return `rgba(${r},${gr},${b},${alpha})`;
+}
+
+let heat = null;
+
+async function refreshHeatmap() {
+  try {
+    heat = await getJSON("/windows/heatmap?columns=60");
+    $("heatmap-note").textContent = heat.rows.length ? `${heat.width} s windows, ${heat.ends.length} shown` : "";
+  } catch (err) {
+    $("heatmap-note").textContent = `heatmap unavailable: ${err.message}`;
+  }
+  drawHeatmap();
+}
+
+function drawHeatmap() {
+  const { g, w, h } = canvasContext($("heatmap"));
+  g.fillStyle = "#888";
+  if (!heat || !heat.rows.length) { g.fillText("waiting for the first closed windows…", 12, h / 2); return; }
+  const rows = heat.rows.slice(0, 14), cols = heat.ends.length;
+  const pad = { l: 170, r: 8, t: 34, b: 20 };
+  const cw = (w - pad.l - pad.r) / cols, ch = (h - pad.t - pad.b) / rows.length;
+  const colTotals = heat.ends.map((_, i) => rows.reduce((n, r) => n + (r.cells[i] ? r.cells[i][1] : 0), 0));
+  const maxCol = Math.max(...colTotals, 1), maxCell = Math.max(...rows.flatMap((r) => r.cells.map((c) => (c ? c[1] : 0))), 1);
+  colTotals.forEach((n, i) => {  // volume bars above the grid
+    const bh = (n / maxCol) * (pad.t - 8);
+    g.fillStyle = "#4e79a7"; g.fillRect(pad.l + i * cw + 1, pad.t - 4 - bh, Math.max(cw - 2, 1), bh);
+  });
+  rows.forEach((r, j) => {
+    g.fillStyle = "#c9d1d9";
+    const label = r.key.replace(/^topic:/, "");
+    g.fillText(label.length > 26 ? `${label.slice(0, 25)}…` : label, 6, pad.t + j * ch + ch / 2 + 4);
+    r.cells.forEach((c, i) => {
+      if (!c) return;
+      g.fillStyle = shareColor(c[0], 0.25 + 0.75 * Math.sqrt(c[1] / maxCell));
+      g.fillRect(pad.l + i * cw + 1, pad.t + j * ch + 1, Math.max(cw - 2, 1), Math.max(ch - 2, 1));
+    });
+  });
+  g.fillStyle = "#888";
+  for (const i of [0, Math.floor(cols / 2), cols - 1]) {
+    if (i < 0 || i >= cols) continue;
+    g.fillText(fmtTime(heat.ends[i]), Math.min(pad.l + i * cw, w - 60), h - 5);
+  }
+}
+
+// ---- alert timeline --------------------------------------------------------------------------------
+
+function surges() {
+  const by = new Map();
+  for (const a of state.transitions.values()) {
+    const s = by.get(a.alert_id) || { key: a.key, severity: "warning", start: null, end: null, last: null };
+    if (a.state === "firing") {
+      const t = Date.parse(a.window_start);
+      s.start = s.start === null ? t : Math.min(s.start, t);
+      if (a.severity === "critical") s.severity = "critical";
+    } else s.end = Date.parse(a.window_end);
+    s.last = Math.max(s.last || 0, Date.parse(a.window_end));
+    by.set(a.alert_id, s);
+  }
+  return [...by.values()].filter((s) => s.start !== null);
+}
+
+function drawTimeline() {
+  const { g, w, h } = canvasContext($("timeline"));
+  const all = surges();
+  g.fillStyle = "#888";
+  if (!all.length) { g.fillText("no surge yet", 12, h / 2); return; }
+  const t0 = Math.min(...all.map((s) => s.start)), t1 = Math.max(...all.map((s) => s.end || s.last), t0 + 60000);
+  const keys = [...new Set(all.sort((a, b) => b.start - a.start).map((s) => s.key))].slice(0, 6);
+  const pad = { l: 170, r: 10, t: 6, b: 20 };
+  const lane = (h - pad.t - pad.b) / Math.max(keys.length, 1);
+  const x = (ms) => pad.l + ((ms - t0) / (t1 - t0)) * (w - pad.l - pad.r);
+  keys.forEach((key, j) => {
+    g.fillStyle = "#c9d1d9";
+    g.fillText(key.length > 26 ? `${key.slice(0, 25)}…` : key, 6, pad.t + j * lane + lane / 2 + 4);
+    for (const s of all.filter((s) => s.key === key)) {
+      const end = s.end || t1;
+      g.fillStyle = s.severity === "critical" ? "#e15759" : "#f28e2b";
+      g.globalAlpha = s.end ? 0.6 : 1;
+      g.fillRect(x(s.start), pad.t + j * lane + 3, Math.max(x(end) - x(s.start), 3), Math.max(lane - 6, 2));
+      g.globalAlpha = 1;
+    }
+  });
+  g.fillStyle = "#888";
+  for (let i = 0; i <= 4; i++) {
+    const ms = t0 + ((t1 - t0) * i) / 4;
+    g.fillText(fmtTime(new Date(ms).toISOString()), Math.min(x(ms) - 20, w - 60), h - 5);
+  }
+}
+
 // ---- start -----------------------------------------------------------------------------------------
 
 async function start() {
@@ -351,12 +585,20 @@ async function start() {
     $(id).addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(reloadItems, 250); });
   }
   $("chart-key").addEventListener("change", refreshChart);
-  window.addEventListener("resize", drawChart);
+  $("cases-closed").addEventListener("change", loadCases);
+  window.addEventListener("resize", () => { drawChart(); drawHeatmap(); drawTimeline(); });
   getJSON("/readyz").then((r) => { $("model").textContent = r.model ? `model ${r.model}` : ""; }).catch(() => {});
   await Promise.all([reloadItems(), loadAlerts()]);
+  drawTimeline();
   refreshChart();
+  refreshHeatmap();
   refreshFeedbackStats();
+  loadCases();
+  loadReview();
   setInterval(refreshChart, 5000);
+  setInterval(refreshHeatmap, 5000);
+  setInterval(loadCases, 5000);
+  setInterval(loadReview, 10000);
   setInterval(refreshFeedbackStats, 15000);
 }
 
