@@ -522,7 +522,7 @@ function drawHeatmap() {
   g.fillStyle = "#888";
   for (const i of [0, Math.floor(cols / 2), cols - 1]) {
     if (i < 0 || i >= cols) continue;
-    g.fillText(fmtTime(heat.ends[i]), Math.min(pad.l + i * cw, w - 60), h - 5);
+    g.fillText(fmtTime(heat.ends[i]), Math.min(pad.l + i * cw, w - 85), h - 5);
   }
 }
 
@@ -567,7 +567,7 @@ function drawTimeline() {
   g.fillStyle = "#888";
   for (let i = 0; i <= 4; i++) {
     const ms = t0 + ((t1 - t0) * i) / 4;
-    g.fillText(fmtTime(new Date(ms).toISOString()), Math.min(x(ms) - 20, w - 60), h - 5);
+    g.fillText(fmtTime(new Date(ms).toISOString()), Math.min(x(ms) - 20, w - 85), h - 5);
   }
 }
 
