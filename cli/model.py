@@ -63,13 +63,7 @@ def train(
     if epochs is None:
         cfg = replace(cfg, epochs=1)
     result = fine_tune(parent, feedback, cfg, replay=replay, max_drop=max_drop)
-    verdict = (
-        f"registered {result.registered_dir}" if result.registered else f"refused (kept in {result.candidate_dir})"
-    )
-    typer.echo(
-        f"dev selection: parent {result.parent_score:.4f}, candidate {result.candidate_score:.4f} "
-        f"(max drop {result.max_drop}); {verdict}"
-    )
+    typer.echo(result.table())
     raise typer.Exit(0 if result.registered else 3)
 
 

@@ -5,6 +5,10 @@ skewed towards the model's mistakes; training on them alone would make the model
 fine-tune mixes them, repeated ``feedback_weight`` times, with a replay sample of the original
 training data, starts from the version in service, and is registered as a new version only if its
 dev macro-F1 has not dropped by more than ``max_drop`` against that version's (same dev slice).
+
+The gate table also shows the accuracy on the corrected items themselves, parent against candidate: whether
+the corrections took. Those items are in the fine-tune's training mix, so this is not a held-out score; the
+dev macro-F1 is what guards generalisation.
 """
 
 from __future__ import annotations
@@ -74,6 +78,31 @@ class GateResult:
     registered_dir: Path | None
     feedback_examples: int
     replay_examples: int
+    # accuracy on the corrected items per head ("topic", "sentiment"): {"n", "parent", "candidate"}
+    corrected: dict[str, dict[str, float]] | None = None
+
+    def table(self) -> str:
+        """The gate as a small table, what ``finsent train --feedback`` prints."""
+        rows = [
+            ("dev selection (macro-F1)", self.parent_score, self.candidate_score, f"max drop {self.max_drop}"),
+            *(
+                (f"corrected items, {head} accuracy", c["parent"], c["candidate"], f"n={int(c['n'])}, trained on")
+                for head, c in (self.corrected or {}).items()
+            ),
+        ]
+        lines = [f"{'gate':<36} {'parent':>8} {'candidate':>10}"]
+        lines += [f"{name:<36} {p:>8.4f} {c:>10.4f}   {note}" for name, p, c, note in rows]
+        verdict = f"registered {self.registered_dir}" if self.registered else f"refused (kept in {self.candidate_dir})"
+        return "\n".join([*lines, verdict])
+
+
+def corrected_accuracy(metrics: dict) -> dict[str, tuple[int, float]]:
+    """(count, accuracy) per head that the corrected items carry a label for, from ``evaluate``'s output."""
+    return {
+        head: (len(metrics[f"_{head}_labels"]), metrics[f"{head}_accuracy"])
+        for head in ("topic", "sentiment")
+        if f"{head}_accuracy" in metrics
+    }
 
 
 def fine_tune(
@@ -103,9 +132,11 @@ def fine_tune(
     parent_model, tokenizer, parent_meta = artifact.load(parent_dir)
     device = pick_device(cfg.device)
     dev_data = encode(dev, tokenizer, parent_meta.max_length)
-    parent_score = evaluate(
-        parent_model.to(device), dev_data, tokenizer.pad_token_id or 0, device, cfg.eval_batch_size
-    )["selection"]
+    feedback_data = encode(feedback, tokenizer, parent_meta.max_length)
+    pad = tokenizer.pad_token_id or 0
+    parent_model = parent_model.to(device)
+    parent_score = evaluate(parent_model, dev_data, pad, device, cfg.eval_batch_size)["selection"]
+    parent_corrected = corrected_accuracy(evaluate(parent_model, feedback_data, pad, device, cfg.eval_batch_size))
 
     version = cfg.version or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     staging = Path(cfg.run_dir) / "feedback-candidates"
@@ -121,6 +152,12 @@ def fine_tune(
     assert candidate_dir is not None
     candidate_meta = artifact.load_meta(candidate_dir)
     candidate_score = candidate_meta.metrics["dev"]["selection"]
+    candidate_model = artifact.load(candidate_dir)[0].to(device)
+    candidate_corrected = corrected_accuracy(evaluate(candidate_model, feedback_data, pad, device, cfg.eval_batch_size))
+    corrected = {
+        head: {"n": n, "parent": acc, "candidate": candidate_corrected[head][1]}
+        for head, (n, acc) in parent_corrected.items()
+    }
     passed = candidate_score >= parent_score - max_drop
     registered = None
     gate = {
@@ -132,6 +169,7 @@ def fine_tune(
         "feedback_examples": len(feedback),
         "replay_examples": len(replayed),
         "feedback_bad_lines": bad,
+        "corrected_items_accuracy": corrected,  # on the corrected items (trained on: not held out)
     }
     candidate_meta.metrics["feedback_gate"] = gate
     (candidate_dir / "meta.json").write_text(json.dumps(asdict(candidate_meta), indent=2) + "\n")
@@ -140,5 +178,13 @@ def fine_tune(
         shutil.copytree(candidate_dir, registered)
     log.info("feedback gate", extra={**gate, "registered": str(registered) if registered else None})
     return GateResult(
-        passed, parent_score, candidate_score, max_drop, candidate_dir, registered, len(feedback), len(replayed)
+        passed,
+        parent_score,
+        candidate_score,
+        max_drop,
+        candidate_dir,
+        registered,
+        len(feedback),
+        len(replayed),
+        corrected,
     )

@@ -82,6 +82,14 @@ def test_passing_gate_registers_a_child_version(tmp_path, parent):
     meta = artifact.load_meta(result.registered_dir)
     assert meta.parent == "tiny@v1" and meta.metrics["feedback_gate"]["passed"] is True
     assert result.feedback_examples == 12 and result.replay_examples == 40
+    # The gate table: dev selection and the accuracy on the corrected items, parent against candidate.
+    gate = meta.metrics["feedback_gate"]["corrected_items_accuracy"]
+    assert set(gate) == set(result.corrected) and gate["sentiment"]["n"] > 0
+    assert all(0 <= c["parent"] <= 1 and 0 <= c["candidate"] <= 1 for c in gate.values())
+    table = result.table().splitlines()
+    assert table[0].split() == ["gate", "parent", "candidate"] and table[-1].startswith("registered ")
+    sentiment = next(line for line in table if line.startswith("corrected items, sentiment accuracy"))
+    assert f"{gate['sentiment']['parent']:.4f}" in sentiment and f"{gate['sentiment']['candidate']:.4f}" in sentiment
 
 
 def test_failing_gate_registers_nothing(tmp_path, parent):
