@@ -136,11 +136,15 @@ def ingest_demo_feeds(
 ) -> None:
     """Serve the local demo feeds (and the hostile test cases) over HTTP on 127.0.0.1."""
     import signal
-    import threading
 
     from finsent.local.feeds import DEMO_FEEDS, FeedServer
 
     settings = load_settings(config)
+    # Wait for the stop signal with sigwait, not a handler that sets an Event: a handler runs in the main
+    # thread and can interrupt it while it holds the Event's own lock (a stop then hangs forever). Blocked
+    # before the server thread starts, so that thread inherits the mask and the signal waits for sigwait.
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     server = FeedServer(
         settings.services.host,
         port if port is not None else settings.ingest.demo_feeds_port,
@@ -148,10 +152,7 @@ def ingest_demo_feeds(
     ).start()
     for name in DEMO_FEEDS:
         typer.echo(f"{server.url}/feeds/{name}", err=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    signal.sigwait(stop_signals)
     server.stop()
 
 

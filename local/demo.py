@@ -94,49 +94,52 @@ def run(settings: Settings) -> int:
         broker, report = start_broker(settings, logs)
         supervisor.children.append(broker)
         urls["kafka"] = f"{settings.broker.host}:{settings.broker.port}"
-        am, am_url = alertmanager_child(settings, state)
-        supervisor.start(am, ready_check(am_url), settings.services.start_timeout_s)
-        urls["alertmanager"] = am_url
-        prom, prom_url = prometheus_child(settings, state)
-        supervisor.start(prom, ready_check(prom_url), settings.services.start_timeout_s)
-        urls["prometheus"] = prom_url
-
         host, timeout = settings.services.host, settings.services.start_timeout_s
+        kafka = {"FINSENT_KAFKA__BOOTSTRAP": urls["kafka"]}
+        am, am_url = alertmanager_child(settings, state)
+        prom, prom_url = prometheus_child(settings, state)
         feeds_url = f"http://{host}:{settings.ingest.demo_feeds_port}"
         feeds = finsent_child("feeds", ["ingest", "demo-feeds", "--port", str(settings.ingest.demo_feeds_port)], logs)
-        supervisor.start(feeds, http_ok(f"{feeds_url}/healthz"), timeout)
+        receiver_url = f"http://{host}:{settings.receiver.port}"
+        receiver = finsent_child("receiver", ["receiver"], logs, restart=True, **kafka)
+        worker = finsent_child("worker", ["worker"], logs, restart=True, **kafka, **demo_stream_env())
+        api_url = f"http://{host}:{settings.web.port}"
+        # the dashboard charts the detector's window width
+        api = finsent_child("api", ["serve"], logs, restart=True, **kafka, **demo_stream_env())
+        # Everything but ingest needs only the broker: start them side by side (the worker and the API
+        # load the model meanwhile). Ingest comes last, so the first headlines meet a consuming worker.
+        supervisor.start_together(
+            (am, ready_check(am_url), timeout),
+            (prom, ready_check(prom_url), timeout),
+            (feeds, http_ok(f"{feeds_url}/healthz"), timeout),
+            (receiver, http_ok(f"{receiver_url}/healthz"), timeout),
+            (worker, http_ok(f"http://{host}:{settings.stream.metrics_port}/metrics"), 120),
+            (api, http_ok(f"{api_url}/readyz"), 120),
+        )
+        urls["alertmanager"], urls["prometheus"] = am_url, prom_url
         urls["feeds"] = f"{feeds_url}/feeds/"
         feed_list = demo_feed_list(state / "demo-feeds.toml", feeds_url)
         ingest = finsent_child(
             "ingest",
             ["ingest", "--feeds", str(feed_list)],
             logs,
-            FINSENT_KAFKA__BOOTSTRAP=urls["kafka"],
+            **kafka,
             FINSENT_ALLOW_PRIVATE_FEEDS="1",
             FINSENT_INGEST__DEDUP_PATH=str(demo_dedup_path(state)),
         )
         supervisor.start(ingest, lambda: port_open(host, settings.ingest.metrics_port), timeout)
         urls["ingest metrics"] = f"http://{host}:{settings.ingest.metrics_port}/metrics"
-        register_target(state, "ingest", f"{host}:{settings.ingest.metrics_port}")
-        receiver_url = f"http://{host}:{settings.receiver.port}"
-        receiver = finsent_child("receiver", ["receiver"], logs, restart=True, FINSENT_KAFKA__BOOTSTRAP=urls["kafka"])
-        supervisor.start(receiver, http_ok(f"{receiver_url}/healthz"), timeout)
         urls["receiver"] = f"{receiver_url}/alerts"
-        register_target(state, "receiver", f"{host}:{settings.receiver.port}")
-        worker = finsent_child(
-            "worker", ["worker"], logs, restart=True, FINSENT_KAFKA__BOOTSTRAP=urls["kafka"], **demo_stream_env()
-        )
-        supervisor.start(worker, http_ok(f"http://{host}:{settings.stream.metrics_port}/metrics"), 120)
         urls["worker metrics"] = f"http://{host}:{settings.stream.metrics_port}/metrics"
-        register_target(state, "worker", f"{host}:{settings.stream.metrics_port}")
-        api_url = f"http://{host}:{settings.web.port}"
-        api = finsent_child(
-            "api", ["serve"], logs, restart=True, FINSENT_KAFKA__BOOTSTRAP=urls["kafka"], **demo_stream_env()
-        )  # the dashboard charts the detector's window width
-        supervisor.start(api, http_ok(f"{api_url}/readyz"), 120)
         urls["api"] = f"{api_url}/openapi.json"
         urls["dashboard"] = f"{api_url}/"
-        register_target(state, "api", f"{host}:{settings.web.port}")
+        for name, port in (
+            ("ingest", settings.ingest.metrics_port),
+            ("receiver", settings.receiver.port),
+            ("worker", settings.stream.metrics_port),
+            ("api", settings.web.port),
+        ):
+            register_target(state, name, f"{host}:{port}")
     except BaseException:
         supervisor.stop()
         raise

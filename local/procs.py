@@ -36,11 +36,16 @@ def http_ok(url: str) -> Callable[[], bool]:
     return check
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    os.setsid()
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    def preexec() -> None:  # runs in the child between fork and exec
+        os.setsid()
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(Exception):
+                ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != parent:  # the parent died before the signal was armed: it will never come
+                os._exit(1)
+
+    return preexec
 
 
 class Child:
@@ -70,7 +75,14 @@ class Child:
         return self.proc.pid if self.proc else None
 
     def start(self, ready: Callable[[], bool], timeout: float) -> None:
+        self.spawn(ready, timeout)
+        self.wait_ready()
+
+    def spawn(self, ready: Callable[[], bool], timeout: float) -> None:
+        """Start the process without waiting for it (``wait_ready`` does): children that do not depend on each
+        other start side by side."""
         self._ready = (ready, timeout)
+        self._deadline = time.monotonic() + timeout
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as out:
             try:
@@ -81,12 +93,16 @@ class Child:
                     stdin=subprocess.DEVNULL,
                     env=self.env,
                     cwd=self.cwd,
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=_die_with_parent(os.getpid()),
                 )
             except FileNotFoundError as err:
                 raise ProcessStartError(f"{self.name}: cannot run {self.argv[0]!r}: {err.strerror}") from None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+    def wait_ready(self) -> None:
+        """Until ``ready()`` (the timeout counts from ``spawn``); a child that exits or times out meanwhile raises."""
+        assert self.proc is not None and self._ready is not None, "spawn first"
+        ready, timeout = self._ready
+        while time.monotonic() < self._deadline:
             if self.proc.poll() is not None:
                 raise ProcessStartError(
                     f"{self.name} exited with {self.proc.returncode} during start:\n{self.log_tail()}"
@@ -133,6 +149,15 @@ class Supervisor:
         child.start(ready, timeout)
         self.children.append(child)
         return child
+
+    def start_together(self, *starts: tuple[Child, Callable[[], bool], float]) -> None:
+        """Start children that do not depend on each other side by side, then wait until each is ready (each
+        within its own timeout). Every one is supervised from its spawn, so a failure stops them all."""
+        for child, ready, timeout in starts:
+            child.spawn(ready, timeout)
+            self.children.append(child)
+        for child, _, _ in starts:
+            child.wait_ready()
 
     def dead(self) -> list[Child]:
         return [c for c in self.children if not c.alive()]

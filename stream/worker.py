@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -394,6 +395,33 @@ async def supervise_aggregator(settings: Settings, metrics: WorkerMetrics) -> No
             delay = min(delay * 2, 15.0)
 
 
+def _bounded_stop_worker(base: type, timeout_s: float) -> type:
+    """``base`` (faust.Worker) whose stop on SIGTERM/SIGINT is bounded: past ``timeout_s`` the process exits.
+
+    Why: when the demo's parent dies, its children all get SIGTERM at once, and a worker whose broker went
+    first waits out Kafka timeouts (half a minute was seen) before it exits. Exiting early loses nothing."""
+
+    def exit_later(sig: str) -> None:
+        def hard_exit() -> None:
+            log.warning("stop took too long; exiting now", extra={"signal": sig, "timeout_s": timeout_s})
+            os._exit(EXIT_UNEXPECTED)
+
+        timer = threading.Timer(timeout_s, hard_exit)
+        timer.daemon = True
+        timer.start()
+
+    class BoundedStopWorker(base):  # type: ignore[misc,valid-type]
+        def _on_sigterm(self) -> None:
+            exit_later("SIGTERM")
+            super()._on_sigterm()
+
+        def _on_sigint(self) -> None:
+            exit_later("SIGINT")
+            super()._on_sigint()
+
+    return BoundedStopWorker
+
+
 def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
     """Blocking: create topics, load the model, serve /metrics, run the Faust worker until stopped."""
     import faust
@@ -435,7 +463,9 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
     scorer = Scorer(settings, classifier, metrics)
     app = build_app(settings, scorer, aggregate=aggregate, input_guard=input_guard)
     loglevel = logging.getLevelName(max(logging.getLogger().level, logging.WARNING))  # Faust's INFO is chatty
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False, override_logging=False)
+    worker = _bounded_stop_worker(faust.Worker, settings.stream.shutdown_timeout_s)(
+        app, loglevel=loglevel, quiet=True, redirect_stdouts=False, override_logging=False
+    )
     try:
         worker.execute_from_commandline()
     finally:

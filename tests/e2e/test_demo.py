@@ -47,7 +47,8 @@ def _assert_all_gone(pids: list[int], timeout: float = 15) -> None:
     while alive and time.monotonic() < deadline:
         alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
         time.sleep(0.1)
-    assert not alive, f"processes left behind: {alive}"
+    names = {p: " ".join(psutil.Process(p).cmdline()[:4]) for p in alive if psutil.pid_exists(p)}
+    assert not alive, f"processes left behind: {names}"
 
 
 def test_demo_serves_every_url_then_stops_on_sigterm_without_orphans(tmp_path):
