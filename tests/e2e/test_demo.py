@@ -41,6 +41,12 @@ def _start_demo(tmp_path: Path, **extra_env: str) -> tuple[subprocess.Popen, dic
     return proc, json.loads(info_path.read_text()), tmp_path / "demo.log"
 
 
+def _surge_notifications(info: dict, status: str) -> list[dict]:
+    """The receiver's audit rows of surge notifications with a SurgeAlert attached (the evidence)."""
+    rows = httpx.get(info["urls"]["receiver"], params={"status": status}, timeout=5).json()["notifications"]
+    return [r for r in rows if r["alertname"] == "NegativeSentimentSurge" and r["surge_alert_id"]]
+
+
 def _assert_all_gone(pids: list[int], timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     alive = pids
@@ -220,8 +226,7 @@ def test_demo_burst_reaches_the_compliance_audit_log_with_evidence_then_resolves
         published_at = record.timestamp / 1000  # when the worker put the SurgeAlert on finsent.alerts
 
         def audit(status):
-            rows = httpx.get(info["urls"]["receiver"], params={"status": status}, timeout=5).json()["notifications"]
-            return [r for r in rows if r["alertname"] == "NegativeSentimentSurge" and r["surge_alert_id"]]
+            return _surge_notifications(info, status)
 
         deadline = time.monotonic() + 180
         while not (fired := audit("firing")) and time.monotonic() < deadline:
@@ -309,11 +314,14 @@ def test_every_command_has_help(command):
     assert proc.returncode == 0 and "Usage" in proc.stdout
 
 
-def test_a_second_demo_run_shows_scored_headlines_within_10_s_of_ready(tmp_path):
+@pytest.mark.timeout(600)
+def test_a_second_demo_run_shows_scored_headlines_within_10_s_of_ready_and_its_burst_reaches_the_receiver(tmp_path):
     """The demo feeds serve the same shipped sample every run; each run gets its own dedup memory, so a second
-    ``make demo`` in the same clone tells the whole story again (it used to publish nothing new: 0 headlines)."""
+    ``make demo`` in the same clone, after the first was stopped with Ctrl-C in the middle, tells the whole
+    story again (it used to publish nothing new: 0 headlines, no surge)."""
     for run in (1, 2):
-        proc, info, log = _start_demo(tmp_path)  # the same state directory both times
+        burst = {"FINSENT_INGEST__DEMO_BURST_AT_S": "20"} if run == 2 else {}
+        proc, info, log = _start_demo(tmp_path, **burst)  # the same state directory both times
         try:
             api = info["urls"]["dashboard"]
             deadline = time.monotonic() + 10  # demo.json is written when every stage is ready
@@ -324,6 +332,17 @@ def test_a_second_demo_run_shows_scored_headlines_within_10_s_of_ready(tmp_path)
             assert total > 0, f"run {run}: no scored headline on the page 10 s after ready\n{log.read_text()[-2000:]}"
             if run == 1:  # let ingest publish past the second run's 10 s: with one dedup memory all of it is old
                 time.sleep(25)
+            else:  # the burst's surge reaches compliance, with oil-desk evidence, on this run too
+                deadline = time.monotonic() + 300
+                while time.monotonic() < deadline:
+                    fired = _surge_notifications(info, "firing")
+                    if any(e["source"] == "oil-desk" for r in fired for e in r["evidence"]):
+                        break
+                    time.sleep(2)
+                else:
+                    raise AssertionError(
+                        f"run 2: the burst's surge never reached the receiver\n{log.read_text()[-2000:]}"
+                    )
         finally:
             proc.send_signal(signal.SIGINT)
             proc.wait(60)
