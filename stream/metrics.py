@@ -3,13 +3,23 @@
 Per-key series carry ``dim`` (``all`` | ``topic`` | ``ticker``) and ``name`` (the topic label, the
 ticker symbol, or ``all``). Cardinality is bounded: tickers get per-key window gauges only when they
 are on the watch-list or among the ``ticker_top_k`` busiest over the widest window; a ticker that
-drops out has its series removed. Surge state is exported for *every* key that fires, so no alert is
+drops out has no series any more. Surge state is exported for *every* key that fires, so no alert is
 lost to the bound.
+
+The per-key gauges are built at scrape time from the current state (``KeyGauges``, client_python's
+``Collector`` pattern): the aggregator hands over the newest windows and detector state, and a key that is no
+longer in that state simply has no series, instead of a label book that must remember to remove it.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 from finsent.records import SurgeAlert, WindowStat
 
@@ -26,10 +36,8 @@ class WorkerMetrics:
         self.registry = r = registry or CollectorRegistry()
         self.top_k = top_k
         self.watchlist = {t.upper() for t in watchlist}
-        self.shown_tickers: set[str] = set()
-        self._widths: dict[tuple[str, str], set[str]] = {}  # label sets written, so they can be removed
-        self._surge_keys: set[tuple[str, str]] = set()
-        self._firing: set[tuple[str, str]] = set()  # never dropped by the cardinality bound
+        self.keys = KeyGauges()
+        r.register(self.keys)
         # scoring
         self.items_in = Counter("finsent_worker_items_in_total", "Raw records taken from the input topic", registry=r)
         self.items_scored = Counter(
@@ -141,38 +149,6 @@ class WorkerMetrics:
             ["reason"],
             registry=r,
         )
-        labels = ["dim", "name", "width"]
-        self.w_count = Gauge("finsent_window_count", "Headlines in the newest closed window", labels, registry=r)
-        self.w_negative = Gauge(
-            "finsent_window_negative", "Negative headlines in the newest closed window", labels, registry=r
-        )
-        self.w_share = Gauge(
-            "finsent_window_negative_share", "Negative share of the newest closed window", labels, registry=r
-        )
-        self.w_score = Gauge(
-            "finsent_window_mean_score", "Mean p(pos)-p(neg) of the newest closed window", labels, registry=r
-        )
-        self.w_end = Gauge(
-            "finsent_window_end_timestamp_seconds", "End of the newest closed window", labels, registry=r
-        )
-        self.s_z = Gauge(
-            "finsent_surge_zscore", "z-score of the watched window vs the key's baseline", ["dim", "name"], registry=r
-        )
-        self.s_count = Gauge(
-            "finsent_surge_window_count",
-            "Headlines in the window the detector judged last",
-            ["dim", "name"],
-            registry=r,
-        )
-        self.s_baseline = Gauge(
-            "finsent_surge_baseline_negative_share", "EWMA baseline of the negative share", ["dim", "name"], registry=r
-        )
-        self.s_active = Gauge(
-            "finsent_surge_active",
-            "1 while a surge fires for the key (label: its severity)",
-            ["dim", "name", "severity"],
-            registry=r,
-        )
         self.s_alerts = Counter(
             "finsent_surge_alerts_total",
             "Surge events published (state: firing, resolved or retracted)",
@@ -180,66 +156,120 @@ class WorkerMetrics:
             registry=r,
         )
 
-    # -- per-key gauges ---------------------------------------------------------------------------
+    # -- per-key gauges (state handed to KeyGauges, read at scrape time) ------------------------------
     def allowed_tickers(self, volumes: dict[str, int]) -> set[str]:
         busiest = sorted(volumes, key=lambda t: (-volumes[t], t))[: self.top_k]
         return set(busiest) | self.watchlist
 
-    def windows(self, stats: list[tuple[WindowStat, int]], ticker_volumes: dict[str, int], end=None) -> None:
-        """The windows closed at one boundary; series written before but absent now read as empty."""
-        shown = self.allowed_tickers(ticker_volumes)
-        for gone in self.shown_tickers - shown:
-            self._forget("ticker", gone)
-        self.shown_tickers = shown
-        present = {(*split_key(stat.key), str(width)) for stat, width in stats}
-        for (dim, name), widths in self._widths.items():
-            for width in widths:
-                if (dim, name, width) not in present:
-                    for gauge in (self.w_count, self.w_negative, self.w_share, self.w_score):
-                        gauge.labels(dim, name, width).set(0)
-                    if end is not None:
-                        self.w_end.labels(dim, name, width).set(end.timestamp())
-        for stat, width in stats:
-            dim, name = split_key(stat.key)
-            if dim == "ticker" and name not in shown:
-                continue
-            lab = (dim, name, str(width))
-            self._widths.setdefault((dim, name), set()).add(lab[2])
-            self.w_count.labels(*lab).set(stat.count)
-            self.w_negative.labels(*lab).set(stat.negative)
-            self.w_share.labels(*lab).set(stat.negative_share)
-            self.w_score.labels(*lab).set(stat.mean_score)
-            self.w_end.labels(*lab).set(stat.end.timestamp())
+    def windows(
+        self, stats: list[tuple[WindowStat, int]], ticker_volumes: dict[str, int], end: datetime | None = None
+    ) -> None:
+        """The windows closed at one boundary; series shown before but absent now read as empty."""
+        self.keys.windows(stats, self.allowed_tickers(ticker_volumes), end)
 
     def surge_state(self, key: str, z: float, baseline: float, firing: SurgeAlert | None, count: int = 0) -> None:
-        dim, name = split_key(key)
-        if dim == "ticker" and name not in self.shown_tickers and firing is None:
-            return
-        self._surge_keys.add((dim, name))
-        if firing is None:
-            self._firing.discard((dim, name))
-        else:
-            self._firing.add((dim, name))
-        self.s_z.labels(dim, name).set(z)
-        self.s_count.labels(dim, name).set(count)
-        self.s_baseline.labels(dim, name).set(baseline)
-        for sev in SEVERITIES:
-            self.s_active.labels(dim, name, sev).set(1 if firing is not None and firing.severity == sev else 0)
+        self.keys.surge(key, z, baseline, firing.severity if firing is not None else None, count)
 
     def alert(self, alert: SurgeAlert) -> None:
         state = "retracted" if alert.retracted else alert.state
         self.s_alerts.labels(split_key(alert.key)[0], state, alert.severity).inc()
 
-    def _forget(self, dim: str, name: str) -> None:
-        for width in self._widths.pop((dim, name), ()):
-            for gauge in (self.w_count, self.w_negative, self.w_share, self.w_score, self.w_end):
-                gauge.remove(dim, name, width)
-        if (dim, name) in self._surge_keys and (dim, name) not in self._firing:
-            self._surge_keys.discard((dim, name))
-            for gauge in (self.s_z, self.s_baseline, self.s_count):
-                gauge.remove(dim, name)
+
+@dataclass(frozen=True)
+class _Window:
+    count: int
+    negative: int
+    share: float
+    score: float
+    end: float
+
+
+@dataclass(frozen=True)
+class _Surge:
+    z: float
+    count: int
+    baseline: float
+    severity: str | None  # firing at this severity, or None
+
+
+WINDOW_GAUGES = (
+    ("finsent_window_count", "Headlines in the newest closed window", "count"),
+    ("finsent_window_negative", "Negative headlines in the newest closed window", "negative"),
+    ("finsent_window_negative_share", "Negative share of the newest closed window", "share"),
+    ("finsent_window_mean_score", "Mean p(pos)-p(neg) of the newest closed window", "score"),
+    ("finsent_window_end_timestamp_seconds", "End of the newest closed window", "end"),
+)
+SURGE_GAUGES = (
+    ("finsent_surge_zscore", "z-score of the watched window vs the key's baseline", "z"),
+    ("finsent_surge_window_count", "Headlines in the window the detector judged last", "count"),
+    ("finsent_surge_baseline_negative_share", "EWMA baseline of the negative share", "baseline"),
+)
+
+
+class KeyGauges:
+    """The per-key window and surge gauges, made at scrape time from the newest state (a ``Collector``).
+
+    ``shown_tickers`` is the cardinality bound's verdict at the last boundary: tickers outside it have no window
+    series, and no surge series unless they fire (a firing key is never hidden). Updated from the aggregator's
+    event loop, read by the metrics server's thread: one lock around both."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._windows: dict[tuple[str, str, str], _Window] = {}
+        self._surges: dict[tuple[str, str], _Surge] = {}
+        self.shown_tickers: set[str] = set()
+
+    def windows(self, stats: list[tuple[WindowStat, int]], shown_tickers: set[str], end: datetime | None) -> None:
+        with self._lock:
+            self.shown_tickers = shown_tickers
+            hidden = [k for k in self._windows if k[0] == "ticker" and k[1] not in shown_tickers]
+            for label in hidden:
+                del self._windows[label]
+            for key, surge in list(self._surges.items()):
+                if key[0] == "ticker" and key[1] not in shown_tickers and surge.severity is None:
+                    del self._surges[key]
+            for label, old in self._windows.items():  # shown before, no window now: an empty window
+                self._windows[label] = _Window(0, 0, 0.0, 0.0, end.timestamp() if end is not None else old.end)
+            for stat, width in stats:
+                dim, name = split_key(stat.key)
+                if dim == "ticker" and name not in shown_tickers:
+                    continue
+                self._windows[(dim, name, str(width))] = _Window(
+                    stat.count, stat.negative, stat.negative_share, stat.mean_score, stat.end.timestamp()
+                )
+
+    def surge(self, key: str, z: float, baseline: float, severity: str | None, count: int) -> None:
+        dim, name = split_key(key)
+        with self._lock:
+            if dim == "ticker" and name not in self.shown_tickers and severity is None:
+                # Outside the bound and not firing: no series. (A ticker that fired and resolved must lose its
+                # active=1 here; the label book before this kept it, and the alert never resolved.)
+                self._surges.pop((dim, name), None)
+                return
+            self._surges[(dim, name)] = _Surge(z, count, baseline, severity)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            windows, surges = list(self._windows.items()), list(self._surges.items())
+        for metric, doc, field in WINDOW_GAUGES:
+            family = GaugeMetricFamily(metric, doc, labels=["dim", "name", "width"])
+            for label, w in windows:
+                family.add_metric(list(label), getattr(w, field))
+            yield family
+        for metric, doc, field in SURGE_GAUGES:
+            family = GaugeMetricFamily(metric, doc, labels=["dim", "name"])
+            for key, sg in surges:
+                family.add_metric(list(key), getattr(sg, field))
+            yield family
+        active = GaugeMetricFamily(
+            "finsent_surge_active",
+            "1 while a surge fires for the key (label: its severity)",
+            labels=["dim", "name", "severity"],
+        )
+        for key, sg in surges:
             for sev in SEVERITIES:
-                self.s_active.remove(dim, name, sev)
+                active.add_metric([*key, sev], 1.0 if sg.severity == sev else 0.0)
+        yield active
 
 
-__all__ = ["WorkerMetrics", "split_key"]
+__all__ = ["KeyGauges", "WorkerMetrics", "split_key"]
