@@ -35,7 +35,6 @@ import argparse
 import contextlib
 import copy
 import os
-import random
 import shlex
 import statistics
 import sys
@@ -43,24 +42,23 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 from benchkit import write_results
 from kafka import KafkaConsumer, KafkaProducer
+from synthetic import observations
 
 from finsent import errors
 from finsent.kafka import ensure_topics, read_all
-from finsent.labels import TOPIC_LABELS
 from finsent.local.broker import broker_child
 from finsent.local.feeds import load_rows
 from finsent.local.procs import Child, http_ok
 from finsent.net import free_port, port_open
-from finsent.records import Evidence, NewsItem
+from finsent.records import NewsItem
 from finsent.settings import ENV_PREFIX, Settings, TopicSpec, load
 from finsent.stream.pipeline import Aggregation, decode_raw, text_of, to_scored
-from finsent.stream.windows import Observation, keys_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -373,29 +371,7 @@ def bench_end_to_end(
 def bench_core(n: int) -> dict:
     settings = load()
     agg = Aggregation(settings)
-    rng = random.Random(7)
-    t0 = datetime(2024, 1, 1, tzinfo=UTC)
-    pool = [
-        Evidence(item_id=f"e{i}", title=f"headline {i}", source="s", published=t0, p_negative=rng.random())
-        for i in range(1000)
-    ]
-    tickers = [f"T{i:03d}" for i in range(200)]
-    sentiments = ("negative", "neutral", "positive")
-    obs = []
-    for i in range(n):
-        topic = TOPIC_LABELS[rng.randrange(len(TOPIC_LABELS))]
-        tk = (tickers[rng.randrange(200)],) if rng.random() < 0.3 else ()
-        s = sentiments[rng.randrange(3)]
-        obs.append(
-            Observation(
-                f"i{i}",
-                t0 + timedelta(seconds=i * 0.05 + rng.uniform(-5, 5)),
-                keys_for(topic, tk),
-                s,
-                {"negative": -0.8, "neutral": 0.0, "positive": 0.8}[s],
-                pool[i % 1000],
-            )
-        )
+    obs = observations(n)  # one every 50 ms of event time, arriving 0-5 s late, in arrival order
     windows = alerts = 0
     started = time.perf_counter()
     for o in obs:

@@ -11,56 +11,19 @@ an hour), so they revise closed windows and re-judge their keys. Prints events/s
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from benchkit import write_results  # noqa: E402
+from synthetic import observations as stream  # noqa: E402
 
-from finsent.labels import TOPIC_LABELS  # noqa: E402
-from finsent.records import Evidence  # noqa: E402
 from finsent.settings import load  # noqa: E402
 from finsent.stream.pipeline import Aggregation  # noqa: E402
-from finsent.stream.windows import Observation, keys_for  # noqa: E402
-
-
-def stream(n: int, late_share: float, seed: int = 7) -> list[Observation]:
-    """``n`` observations in arrival order; ``late_share`` of them arrive 1–30 min after their event time."""
-    rng = random.Random(seed)
-    t0 = datetime(2024, 1, 1, tzinfo=UTC)
-    pool = [
-        Evidence(item_id=f"e{i}", title=f"headline {i}", source="s", published=t0, p_negative=rng.random())
-        for i in range(1000)
-    ]
-    tickers = [f"T{i:03d}" for i in range(200)]
-    sentiments = ("negative", "neutral", "positive")
-    arrivals = []
-    for i in range(n):
-        at = t0 + timedelta(seconds=i * 0.05)
-        topic = TOPIC_LABELS[rng.randrange(len(TOPIC_LABELS))]
-        tk = (tickers[rng.randrange(200)],) if rng.random() < 0.3 else ()
-        s = sentiments[rng.randrange(3)]
-        delay = rng.uniform(60, 1800) if rng.random() < late_share else rng.uniform(0, 5)
-        arrivals.append(
-            (
-                at.timestamp() + delay,
-                Observation(
-                    f"i{i}",
-                    at,
-                    keys_for(topic, tk),
-                    s,
-                    {"negative": -0.8, "neutral": 0.0, "positive": 0.8}[s],
-                    pool[i % 1000],
-                ),
-            )
-        )
-    arrivals.sort(key=lambda a: a[0])
-    return [o for _, o in arrivals]
+from finsent.stream.windows import Observation  # noqa: E402
 
 
 def run(observations: list[Observation], poll: int = 200) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from contextlib import contextmanager
 from datetime import timedelta
 
 import httpx
@@ -82,6 +83,20 @@ def _views() -> StreamViews:
     return views
 
 
+@contextmanager
+def receiver_with_a_case(tmp_path):
+    """A real receiver (write token ``rcv-write``) in which a real Alertmanager-shaped webhook opened case 1."""
+    receiver_settings = make_settings(
+        tmp_path, kafka={"bootstrap": "127.0.0.1:1"}, receiver={"evidence_wait_s": 0, "token": "rcv-write"}
+    )
+    with serve_in_thread(build_app(receiver_settings, follow_alerts=False), ready_path="/healthz") as receiver:
+        hook = httpx.post(
+            receiver.url + "/alertmanager", json=webhook(), headers={"Authorization": "Bearer rcv-write"}, timeout=10
+        )
+        assert hook.status_code == 200, hook.text
+        yield receiver, receiver_settings
+
+
 def _actions(audit_db) -> list[tuple]:
     db = sqlite3.connect(audit_db)
     try:
@@ -93,14 +108,7 @@ def _actions(audit_db) -> list[tuple]:
 
 
 def test_an_alert_is_acknowledged_assigned_noted_and_closed_from_the_page(tmp_path, page):
-    receiver_settings = make_settings(
-        tmp_path, kafka={"bootstrap": "127.0.0.1:1"}, receiver={"evidence_wait_s": 0, "token": "rcv-write"}
-    )
-    with serve_in_thread(build_app(receiver_settings, follow_alerts=False), ready_path="/healthz") as receiver:
-        hook = httpx.post(
-            receiver.url + "/alertmanager", json=webhook(), headers={"Authorization": "Bearer rcv-write"}, timeout=10
-        )
-        assert hook.status_code == 200, hook.text
+    with receiver_with_a_case(tmp_path) as (receiver, receiver_settings):
         settings = make_settings(
             tmp_path,
             kafka={"bootstrap": "127.0.0.1:1"},
@@ -198,14 +206,7 @@ def test_the_review_queue_ranks_by_uncertainty_and_a_click_stores_the_correction
 def test_the_receivers_refusals_reach_the_page_as_this_apis_errors(tmp_path):
     """No browser: the forwarding itself. A wrong action is the analyst's 422/404/409; a receiver that refuses
     this server's token is the operator's 502, not the analyst's 401."""
-    receiver_settings = make_settings(
-        tmp_path, kafka={"bootstrap": "127.0.0.1:1"}, receiver={"evidence_wait_s": 0, "token": "rcv-write"}
-    )
-    with serve_in_thread(build_app(receiver_settings, follow_alerts=False), ready_path="/healthz") as receiver:
-        hook = httpx.post(
-            receiver.url + "/alertmanager", json=webhook(), headers={"Authorization": "Bearer rcv-write"}, timeout=10
-        )
-        assert hook.status_code == 200, hook.text
+    with receiver_with_a_case(tmp_path) as (receiver, receiver_settings):
 
         def api_with(receiver_token: str):
             settings = make_settings(

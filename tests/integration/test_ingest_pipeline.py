@@ -48,6 +48,13 @@ def _env(tmp_path: Path, **extra) -> dict:
     return env
 
 
+def _finsent(env: dict, *args: str) -> subprocess.CompletedProcess:
+    """``finsent <args>`` in a child process with ``env``; its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "finsent.cli", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
 def _feeds_file(tmp_path: Path, server: FeedServer) -> Path:
     path = tmp_path / "feeds.toml"
     path.write_text(
@@ -211,25 +218,17 @@ def test_import_clamps_dates_after_the_import_and_caps_tickers(tmp_path):
 def test_import_cli_says_how_many_items_were_clamped(tmp_path):
     path = tmp_path / "two-digit.csv"
     path.write_text(TWO_DIGIT_YEARS)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "finsent.cli",
-            "ingest",
-            "import",
-            str(path),
-            "--map",
-            "title=text",
-            "--map",
-            "published=date",
-            "--map",
-            "id=id",
-        ],
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    proc = _finsent(
+        _env(tmp_path),
+        "ingest",
+        "import",
+        str(path),
+        "--map",
+        "title=text",
+        "--map",
+        "published=date",
+        "--map",
+        "id=id",
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "imported 2 items" in proc.stdout
@@ -245,27 +244,19 @@ def test_import_cli_with_eastern_times_then_refill_to_broker(tmp_path, broker):
         '"Oil jumps","10:00  AM ET Mon, 20 July 2020",""\n'
     )
     env = _env(tmp_path)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "finsent.cli",
-            "ingest",
-            "import",
-            str(path),
-            "--map",
-            "title=Headlines",
-            "--map",
-            "published=Time",
-            "--map",
-            "summary=Description",
-            "--source",
-            "cnbc",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    proc = _finsent(
+        env,
+        "ingest",
+        "import",
+        str(path),
+        "--map",
+        "title=Headlines",
+        "--map",
+        "published=Time",
+        "--map",
+        "summary=Description",
+        "--source",
+        "cnbc",
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "imported 2 items" in proc.stdout
@@ -274,13 +265,7 @@ def test_import_cli_with_eastern_times_then_refill_to_broker(tmp_path, broker):
     topic = f"raw-{uuid.uuid4().hex[:6]}"
     ensure_topics(broker, [TopicSpec(name=topic, partitions=1)])
     env.update(FINSENT_KAFKA__BOOTSTRAP=broker, FINSENT_TOPICS__RAW__NAME=topic, FINSENT_TOPICS__RAW__PARTITIONS="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "finsent.cli", "ingest", "refill", "--since", "2020-07-01"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _finsent(env, "ingest", "refill", "--since", "2020-07-01")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "refilled 2 items" in proc.stdout
     assert [i.title for i in _consume(broker, topic, 2)] == ["Stocks slide", "Oil jumps"]
