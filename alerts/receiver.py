@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import ipaddress
 import json
 import logging
 import textwrap
@@ -49,7 +48,16 @@ from starlette.routing import Route
 from finsent.alerts.audit import AuditLog, Notification, SurgeMatch
 from finsent.alerts.cases import ActionRequest, Case, case_of_notification, disposition_counts
 from finsent.errors import CaseError, ReceiverConfigError
-from finsent.http import BodyTooLarge, MalformedLength, bearer_ok, declared_length, metrics_route_app, read_limited
+from finsent.http import (
+    BodyTooLarge,
+    MalformedLength,
+    bearer_ok,
+    declared_length,
+    hostname,
+    is_loopback,
+    metrics_route_app,
+    read_limited,
+)
 from finsent.kafka import follow_topics
 from finsent.records import SurgeAlert
 from finsent.settings import Settings
@@ -138,15 +146,6 @@ def _error(status: int, reason: str, message: str, metrics: ReceiverMetrics, **e
 
 
 # -- who may talk to the receiver ---------------------------------------------------------------------
-def is_loopback(host: str) -> bool:
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def check_exposure(settings: Settings) -> None:
     """Anyone who can reach a non-loopback address could write permanent rows: require the write token there."""
     host = settings.services.host
@@ -166,15 +165,6 @@ def allowed_hosts(bound: str, extra: Iterable[str]) -> frozenset[str] | None:
     if bound in WILDCARDS:
         return frozenset(LOCAL_NAMES | names) if names else None
     return frozenset(LOCAL_NAMES | names | {bound.lower().strip("[]")})
-
-
-def hostname(host_header: str) -> str:
-    """``example:9184`` → ``example``, ``[::1]:9184`` → ``::1``."""
-    value = host_header.strip().lower()
-    if value.startswith("["):
-        return value[1 : value.find("]")] if "]" in value else value
-    name, sep, port = value.rpartition(":")
-    return (name if sep and port.isdigit() else value).rstrip(".")
 
 
 def refusal(headers: Headers, allowed: frozenset[str] | None) -> tuple[str, str] | None:

@@ -21,6 +21,9 @@ Exit codes (README, "Exit codes"); the numbers are the ones finsent's commands a
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
 from pathlib import Path
 
 
@@ -163,6 +166,24 @@ class BatcherClosed(FinsentError, RuntimeError):
     """The batcher shut down before this request was answered (the API answers 503: retry elsewhere/later)."""
 
 
-__all__ = [
+def exit_later(timeout_s: float, code: int, what: str) -> None:
+    """End the process with ``code`` if it is still alive ``timeout_s`` from now: the bound on a graceful stop.
+
+    Why: when the demo's parent dies its children all get SIGTERM at once, and a process whose broker went first
+    waits out Kafka timeouts (half a minute was seen) before it exits. Called from a stop-signal handler; the
+    callers' ordering (offsets after results, marks after the archive) makes the early exit lossless."""
+
+    def hard_exit() -> None:
+        logging.getLogger("finsent").warning(
+            "stop took too long; exiting now", extra={"what": what, "timeout_s": timeout_s, "exit_code": code}
+        )
+        os._exit(code)
+
+    timer = threading.Timer(timeout_s, hard_exit)
+    timer.daemon = True
+    timer.start()
+
+
+__all__ = ["exit_later"] + [
     name for name, value in list(globals().items()) if isinstance(value, type) and issubclass(value, FinsentError)
 ]

@@ -14,6 +14,7 @@ disagreed (a Content-Length that is not a number was 400 in one and ignored in t
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -130,3 +131,21 @@ class metrics_route_app:  # noqa: N801 - used like the function it wraps
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self._app(scope, receive, send)
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def hostname(host_header: str) -> str:
+    """``example:9184`` → ``example``, ``[::1]:9184`` → ``::1``."""
+    value = host_header.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    name, sep, port = value.rpartition(":")
+    return (name if sep and port.isdigit() else value).rstrip(".")

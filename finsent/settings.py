@@ -292,7 +292,7 @@ class Stream(_Group):
     # How often an idle worker checks that its input topic is still the same log (it also checks before
     # every offset commit): a broker that lost its log comes back with new, empty topics.
     input_check_interval_s: float = Field(default=2.0, gt=0)
-    # A stop (SIGTERM/SIGINT) that has not finished after this long ends the process: a broker that went
+    # A stop (SIGTERM/SIGINT) of the worker or of ingest that has not finished after this long ends the process: a broker that went
     # down first would otherwise hold the worker in Kafka timeouts. Nothing is lost: offsets are committed only
     # after results are produced, so a restart re-reads what was not finished.
     shutdown_timeout_s: float = Field(default=8.0, gt=0)
@@ -384,6 +384,7 @@ class Settings(BaseSettings):
     def receiver_url(self) -> str:
         """Where the web API reaches the alert receiver (a wildcard bind address is reached on loopback)."""
         host = self.services.host if self.services.host not in ("", "0.0.0.0", "::") else LOOPBACK
+        host = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
         return (self.web.receiver_url or f"http://{host}:{self.receiver.port}").rstrip("/")
 
     @model_validator(mode="after")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from prometheus_client import start_http_server
 
+from finsent.errors import exit_later
 from finsent.ingest.archive import Archive
 from finsent.ingest.dedup import DedupStore
 from finsent.ingest.feeds import FeedConfig
@@ -77,14 +78,19 @@ def format_summary(summaries: list[PollSummary]) -> str:
     return "\n".join(lines)
 
 
-async def _run(components: Components, once: bool) -> list[PollSummary]:
+async def _run(components: Components, once: bool, stop_timeout_s: float = 8.0) -> list[PollSummary]:
     try:
         if once:
             return await components.poller.run_once()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_stop() -> None:  # a stop stuck on a broker that went first is bounded (marks follow the archive)
+            exit_later(stop_timeout_s, 1, "ingest stop")
+            stop.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_stop)
         await components.poller.run_forever(stop)
         return []
     finally:
@@ -109,7 +115,7 @@ def run(
                 "sink": "jsonl" if output else settings.topics.raw.name,
             },
         )
-    summaries = asyncio.run(_run(components, once))
+    summaries = asyncio.run(_run(components, once, settings.stream.shutdown_timeout_s))
     if components.poller.pending:
         log.error(
             "items not acknowledged by the sink at exit (they stay unmarked and will be fetched again)",

@@ -42,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -52,7 +51,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from finsent import kafka as kafka_room
-from finsent.errors import PoisonRecord
+from finsent.errors import PoisonRecord, exit_later
 from finsent.kafka import TopicIdWatch, ensure_topics
 from finsent.model.classifier import Encoded
 from finsent.records import NewsItem, checked_item
@@ -398,25 +397,15 @@ async def supervise_aggregator(settings: Settings, metrics: WorkerMetrics) -> No
 def _bounded_stop_worker(base: type, timeout_s: float) -> type:
     """``base`` (faust.Worker) whose stop on SIGTERM/SIGINT is bounded: past ``timeout_s`` the process exits.
 
-    Why: when the demo's parent dies, its children all get SIGTERM at once, and a worker whose broker went
-    first waits out Kafka timeouts (half a minute was seen) before it exits. Exiting early loses nothing."""
-
-    def exit_later(sig: str) -> None:
-        def hard_exit() -> None:
-            log.warning("stop took too long; exiting now", extra={"signal": sig, "timeout_s": timeout_s})
-            os._exit(EXIT_UNEXPECTED)
-
-        timer = threading.Timer(timeout_s, hard_exit)
-        timer.daemon = True
-        timer.start()
+    Why: see ``finsent.errors.exit_later``; exiting early loses nothing (offsets follow results)."""
 
     class BoundedStopWorker(base):  # type: ignore[misc,valid-type]
         def _on_sigterm(self) -> None:
-            exit_later("SIGTERM")
+            exit_later(timeout_s, EXIT_UNEXPECTED, "worker stop (SIGTERM)")
             super()._on_sigterm()
 
         def _on_sigint(self) -> None:
-            exit_later("SIGINT")
+            exit_later(timeout_s, EXIT_UNEXPECTED, "worker stop (SIGINT)")
             super()._on_sigint()
 
     return BoundedStopWorker

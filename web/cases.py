@@ -9,12 +9,12 @@ write here (``FINSENT_WEB__TOKEN`` when set). The receiver stays the one record:
 from typing import Annotated, Any, Literal
 
 import httpx
-from fastapi import APIRouter, Header, HTTPException, Path
+from fastapi import APIRouter, Header, HTTPException, Path, Request
 from fastapi.responses import JSONResponse
 
 from finsent.alerts.cases import ActionRequest
-from finsent.http import bearer_ok
-from finsent.web.state import State
+from finsent.http import bearer_ok, hostname, is_loopback
+from finsent.web.state import ApiState, State
 
 RECEIVER_TIMEOUT_S = 10.0
 
@@ -34,14 +34,51 @@ async def _forward(api, method: str, path: str, **kwargs) -> httpx.Response:
     try:
         async with httpx.AsyncClient(timeout=RECEIVER_TIMEOUT_S) as client:
             return await client.request(method, url, **kwargs)
-    except (TimeoutError, httpx.HTTPError) as err:
+    except (TimeoutError, httpx.HTTPError, httpx.InvalidURL) as err:
         raise HTTPException(502, f"alert receiver unreachable at {api.settings.receiver_url}: {err}") from None
 
 
-@cases_routes.get("/cases", responses=UNREACHABLE)
-async def cases(api: State, state: Literal["all", "open", "closed"] = "open") -> JSONResponse:
+GUARDED: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing or wrong bearer token (FINSENT_WEB__TOKEN)"},
+    403: {
+        "description": "this server would lend the receiver's token to anyone: it needs FINSENT_WEB__TOKEN "
+        "(off loopback, or when the receiver has a token), or the Host is not this server's name"
+    },
+}
+
+
+def _guard(api: ApiState, request: Request, authorization: str | None, receiver_secret: Any, write: bool) -> None:
+    """The checks the receiver makes on its own writes (and reads), made here before lending it our credentials.
+
+    Without ``FINSENT_WEB__TOKEN`` this server would act with the receiver's token for anyone who reaches it, so a
+    write is refused when the receiver has a write token (its owner asked for one) or when this server serves off
+    loopback; a read, when the receiver has a read token. On loopback the Host must be a loopback name, so a page
+    that re-points its own domain at 127.0.0.1 (DNS rebinding) is refused too."""
+    bound = api.settings.services.host
+    if is_loopback(bound) and not is_loopback(hostname(request.headers.get("host", ""))):
+        raise HTTPException(403, "the Host header does not name this server (127.0.0.1 / localhost)")
+    needs_token = receiver_secret is not None or (write and not is_loopback(bound))
+    if api.token is None:
+        if needs_token:
+            raise HTTPException(
+                403,
+                "set FINSENT_WEB__TOKEN: this server lends the receiver's token only to requests that carry its own",
+            )
+    elif (needs_token or write) and not bearer_ok(authorization, api.token):
+        raise HTTPException(401, "missing or wrong bearer token")
+
+
+@cases_routes.get("/cases", responses={**UNREACHABLE, **GUARDED})
+async def cases(
+    api: State,
+    request: Request,
+    state: Literal["all", "open", "closed"] = "open",
+    authorization: Annotated[str | None, Header()] = None,
+) -> JSONResponse:
     """Alert cases and who has them, from the receiver's audit log (``open`` also lists acknowledged ones)."""
-    r = await _forward(api, "GET", "/cases", params={"state": state}, headers=_bearer(api.settings.receiver.read_token))
+    read_token = api.settings.receiver.read_token
+    _guard(api, request, authorization, read_token, write=False)
+    r = await _forward(api, "GET", "/cases", params={"state": state}, headers=_bearer(read_token))
     return _answer(r)
 
 
@@ -49,7 +86,7 @@ async def cases(api: State, state: Literal["all", "open", "closed"] = "open") ->
     "/cases/{case_id}/{action}",
     responses={
         **UNREACHABLE,
-        401: {"description": "missing or wrong bearer token (when FINSENT_WEB__TOKEN is set)"},
+        **GUARDED,
         404: {"description": "no such case"},
         409: {"description": "the case is closed"},
     },
@@ -57,13 +94,13 @@ async def cases(api: State, state: Literal["all", "open", "closed"] = "open") ->
 async def case_action(
     req: ActionRequest,
     api: State,
+    request: Request,
     case_id: Annotated[int, Path(ge=1)],
     action: Literal["acknowledge", "assign", "note", "close"],
     authorization: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
     """Acknowledge, assign, note or close (with a disposition) a case: one new row of the receiver's audit log."""
-    if api.token is not None and not bearer_ok(authorization, api.token):
-        raise HTTPException(401, "missing or wrong bearer token")
+    _guard(api, request, authorization, api.settings.receiver.token, write=True)
     r = await _forward(
         api,
         "POST",

@@ -299,7 +299,7 @@ async def review(api: State, limit: Annotated[int, Query(ge=1, le=500)] = 50) ->
     is least sure about (smallest margin between its two likeliest sentiment classes). Correct them with
     POST /feedback. Headlines already in the feedback store are left out."""
     records, _ = await api.feedback_records()
-    reviewed = {r.item_id for r in records}
+    reviewed = {r.item_id for r in records if r.sentiment is not None}  # the queue ranks by sentiment
     return {"items": review_queue(list(api.views.items.values()), list(api.views.alerts.values()), limit, reviewed)}
 
 

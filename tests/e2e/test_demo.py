@@ -133,9 +133,13 @@ def test_demo_serves_every_url_then_stops_on_sigterm_without_orphans(tmp_path):
             ).json()["data"]["result"]
             time.sleep(0.5)
         assert up, "Prometheus does not scrape the worker"
-        receiver_up = httpx.get(
-            info["urls"]["prometheus"] + "/api/v1/query", params={"query": 'up{job="receiver"} == 1'}, timeout=5
-        ).json()["data"]["result"]
+        deadline = time.monotonic() + 30  # every target is registered at ready; each is scraped on its own tick
+        receiver_up = []
+        while not receiver_up and time.monotonic() < deadline:
+            receiver_up = httpx.get(
+                info["urls"]["prometheus"] + "/api/v1/query", params={"query": 'up{job="receiver"} == 1'}, timeout=5
+            ).json()["data"]["result"]
+            time.sleep(0.5)
         assert receiver_up, "Prometheus does not scrape the receiver"
         deadline = time.monotonic() + 30
         while (

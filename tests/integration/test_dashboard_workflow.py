@@ -157,7 +157,7 @@ def test_an_alert_is_acknowledged_assigned_noted_and_closed_from_the_page(tmp_pa
             assert verify_chain(receiver_settings.audit_db).bad_seq is None  # the hash chain still holds
             listed = httpx.get(receiver.url + "/alerts", timeout=10).json()["notifications"]
             assert listed[0]["case"]["state"] == "closed"
-            # The heatmap and the timeline drew from the same views (their own data is checked in unit tests).
+            # The heatmap drew from the same views (its grid is unit-tested; the timeline is only looked at).
             expect(page.locator("#heatmap-note")).to_contain_text("300 s windows, 4 shown")
             assert not page.errors, page.errors
 
@@ -213,12 +213,17 @@ def test_the_receivers_refusals_reach_the_page_as_this_apis_errors(tmp_path):
                 tmp_path,
                 kafka={"bootstrap": "127.0.0.1:1"},
                 receiver={"token": receiver_token},
-                web={"receiver_url": receiver.url},
+                web={"receiver_url": receiver.url, "token": "web-write"},
             )
             return serve_in_thread(build_api(settings, _NoModel, StreamViews(), follow_topics=False))
 
         def post(api, action: str, case_id: int = 1, **body) -> httpx.Response:
-            return httpx.post(f"{api.url}/cases/{case_id}/{action}", json={"who": "alice", **body}, timeout=10)
+            return httpx.post(
+                f"{api.url}/cases/{case_id}/{action}",
+                json={"who": "alice", **body},
+                headers={"Authorization": "Bearer web-write"},
+                timeout=10,
+            )
 
         with api_with("wrong") as api:
             r = post(api, "acknowledge")
@@ -232,3 +237,36 @@ def test_the_receivers_refusals_reach_the_page_as_this_apis_errors(tmp_path):
             assert post(api, "close", disposition="escalated").status_code == 200
             assert post(api, "note", note="too late").status_code == 409
     assert [a[0] for a in _actions(receiver_settings.audit_db)] == ["close"]
+
+
+def test_the_api_lends_the_receivers_tokens_only_to_requests_that_carry_its_own(tmp_path):
+    """Without FINSENT_WEB__TOKEN this server would act with the receiver's write token for anyone: refused (403)
+    when the receiver has one; reads likewise when the receiver has a read token; and on loopback a Host that is
+    not a loopback name (DNS rebinding) is refused. Nothing reaches the audit log."""
+    with receiver_with_a_case(tmp_path) as (receiver, receiver_settings):
+        settings = make_settings(
+            tmp_path,
+            kafka={"bootstrap": "127.0.0.1:1"},
+            receiver={"token": "rcv-write", "read_token": "rcv-read"},
+            web={"receiver_url": receiver.url},
+        )
+        with serve_in_thread(build_api(settings, _NoModel, StreamViews(), follow_topics=False)) as api:
+            write = httpx.post(f"{api.url}/cases/1/acknowledge", json={"who": "mallory"}, timeout=10)
+            assert write.status_code == 403 and "FINSENT_WEB__TOKEN" in write.json()["detail"]
+            assert httpx.get(f"{api.url}/cases", timeout=10).status_code == 403
+        settings = make_settings(
+            tmp_path,
+            kafka={"bootstrap": "127.0.0.1:1"},
+            receiver={"token": "rcv-write"},
+            web={"receiver_url": receiver.url, "token": "web-write"},
+        )
+        with serve_in_thread(build_api(settings, _NoModel, StreamViews(), follow_topics=False)) as api:
+            rebound = httpx.post(
+                f"{api.url}/cases/1/acknowledge",
+                json={"who": "mallory"},
+                headers={"Host": f"evil.example:{api.port}", "Authorization": "Bearer web-write"},
+                timeout=10,
+            )
+            assert rebound.status_code == 403 and "Host" in rebound.json()["detail"]
+            assert httpx.get(f"{api.url}/cases", timeout=10).status_code == 200  # the receiver has no read token
+        assert _actions(receiver_settings.audit_db) == []

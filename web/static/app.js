@@ -282,22 +282,33 @@ async function caseAction(c, action, box) {
     if (!body.disposition) { result.textContent = "choose how to close it"; return; }
   }
   result.textContent = "saving…";
+  state.caseSaving = true;
+  let saved = false;
   try {
     const r = await fetch(`/cases/${c.case_id}/${action}`, { method: "POST", headers: authHeaders(), body: JSON.stringify(body) });
     const answer = await r.json().catch(() => ({}));
-    if (!r.ok) { result.textContent = `not saved: ${errorText(answer, r)}`; return; }
-    await loadCases();
+    if (!r.ok) result.textContent = `not saved: ${errorText(answer, r)}`;
+    else saved = true;
   } catch (err) {
     result.textContent = `not saved: ${err.message}`;
+  } finally {
+    state.caseSaving = false;
   }
+  if (saved) await loadCases(true);
+  else setTimeout(() => { result.textContent = ""; }, 10000);  // read it, then the list refreshes again
 }
 
-async function loadCases() {
+async function loadCases(force = false) {
   const list = $("cases");
-  if (list.contains(document.activeElement) && document.activeElement.matches("input, select")) return;  // typing
+  // Not under the analyst's hands: a save in flight, a refusal still to read, text typed but not sent.
+  const busy = state.caseSaving || [...list.querySelectorAll(".case-actions")].some((box) =>
+    box.querySelector(".result").textContent || [...box.querySelectorAll("input, select")].some((f) => f.value));
+  if (busy && !force) return;
   const wanted = $("cases-closed").checked ? "all" : "open";
   try {
-    const page = await getJSON(`/cases?state=${wanted}`);
+    const r = await fetch(`/cases?state=${wanted}`, { headers: { ...authHeaders(), Accept: "application/json" } });
+    const page = await r.json().catch(() => ({}));
+    if (!r.ok) throw new Error(errorText(page, r));
     const open = page.cases.filter((c) => c.state !== "closed").length;
     $("case-count").textContent = `${open} open`;
     list.replaceChildren(...(page.cases.length ? page.cases.map(caseItem) : [el("li", { class: "muted", text: "no open alerts" })]));
@@ -333,6 +344,7 @@ async function sendReview(row, q, label) {
   const who = $("who").value.trim();
   if (!who) { result.textContent = "enter your name (Analyst) first"; $("who").focus(); return; }
   result.textContent = "saving…";
+  state.reviewSaving = (state.reviewSaving || 0) + 1;  // the queue is not redrawn under a save in flight
   try {
     const r = await fetch("/feedback", { method: "POST", headers: authHeaders(),
       body: JSON.stringify({ item_id: q.item.id, sentiment: label, who, comment: "review queue" }) });
@@ -344,11 +356,13 @@ async function sendReview(row, q, label) {
     refreshFeedbackStats();
   } catch (err) {
     result.textContent = `not saved: ${err.message}`;
+  } finally {
+    state.reviewSaving -= 1;
   }
 }
 
 async function loadReview() {
-  if ($("review").querySelector("tr:not(.done) .result:not(:empty)")) return;  // a save in flight
+  if (state.reviewSaving) return;  // a save in flight: its row keeps its answer
   try {
     const page = await getJSON("/review?limit=12");
     $("review").replaceChildren(...page.items.map(reviewRow));
@@ -585,7 +599,8 @@ async function start() {
     $(id).addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(reloadItems, 250); });
   }
   $("chart-key").addEventListener("change", refreshChart);
-  $("cases-closed").addEventListener("change", loadCases);
+  $("cases-closed").addEventListener("change", () => loadCases(true));
+  $("token").addEventListener("change", () => loadCases(true));
   window.addEventListener("resize", () => { drawChart(); drawHeatmap(); drawTimeline(); });
   getJSON("/readyz").then((r) => { $("model").textContent = r.model ? `model ${r.model}` : ""; }).catch(() => {});
   await Promise.all([reloadItems(), loadAlerts()]);
