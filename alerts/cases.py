@@ -13,15 +13,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from finsent.errors import CaseError
 
-ACTIONS = ("acknowledge", "assign", "note", "close")
-DISPOSITIONS = ("escalated", "no_action", "false_positive")
 Action = Literal["acknowledge", "assign", "note", "close"]
+Disposition = Literal["escalated", "no_action", "false_positive"]
+CaseFilter = Literal["all", "open", "closed"]  # ``open`` also lists acknowledged cases
+ACTIONS: tuple[str, ...] = get_args(Action)
+DISPOSITIONS: tuple[str, ...] = get_args(Disposition)
+CASE_FILTERS: tuple[str, ...] = get_args(CaseFilter)
 
 
 class ActionRequest(BaseModel):
@@ -31,7 +34,7 @@ class ActionRequest(BaseModel):
     who: str = Field(min_length=1, max_length=200)
     assignee: str | None = Field(default=None, min_length=1, max_length=200)
     note: str | None = Field(default=None, max_length=4000)
-    disposition: Literal["escalated", "no_action", "false_positive"] | None = None
+    disposition: Disposition | None = None
 
 
 @dataclass

@@ -46,7 +46,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from finsent.alerts.audit import AuditLog, Notification, SurgeMatch
-from finsent.alerts.cases import ActionRequest, Case, case_of_notification, disposition_counts
+from finsent.alerts.cases import CASE_FILTERS, ActionRequest, Case, case_of_notification, disposition_counts
 from finsent.errors import CaseError, ReceiverConfigError
 from finsent.http import (
     BodyTooLarge,
@@ -60,12 +60,11 @@ from finsent.http import (
 )
 from finsent.kafka import follow_topics
 from finsent.records import SurgeAlert
-from finsent.settings import Settings
+from finsent.settings import WILDCARD_HOSTS, Settings
 
 log = logging.getLogger("finsent.alerts.receiver")
 
 LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-WILDCARDS = frozenset({"", "0.0.0.0", "::"})
 
 
 class WebhookAlert(BaseModel):
@@ -162,7 +161,7 @@ def allowed_hosts(bound: str, extra: Iterable[str]) -> frozenset[str] | None:
     checked) on a wildcard address with none configured: the names are unknowable there, and the write
     token, mandatory off loopback, already guards the writes."""
     names = {h.lower().rstrip(".") for h in extra}
-    if bound in WILDCARDS:
+    if bound in WILDCARD_HOSTS:
         return frozenset(LOCAL_NAMES | names) if names else None
     return frozenset(LOCAL_NAMES | names | {bound.lower().strip("[]")})
 
@@ -322,11 +321,17 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
             )
         return match
 
-    async def list_alerts(request: Request) -> Response:
+    def unauthorized_read(request: Request) -> Response | None:
+        """401 when reads need FINSENT_RECEIVER__READ_TOKEN and the request does not carry it."""
         if read_token is not None and not bearer_ok(request.headers.get("authorization"), read_token):
             return _error(
                 401, "unauthorized_read", "missing or wrong bearer token (FINSENT_RECEIVER__READ_TOKEN)", metrics
             )
+        return None
+
+    async def list_alerts(request: Request) -> Response:
+        if (refused := unauthorized_read(request)) is not None:
+            return refused
         q = request.query_params
         try:
             start, end = parse_time(q.get("from")), parse_time(q.get("to"))
@@ -359,12 +364,10 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
     async def list_cases(request: Request) -> Response:
         """Every alert case with its current state, newest first; ``?state=open`` (open or acknowledged),
         ``closed`` or ``all`` (default)."""
-        if read_token is not None and not bearer_ok(request.headers.get("authorization"), read_token):
-            return _error(
-                401, "unauthorized_read", "missing or wrong bearer token (FINSENT_RECEIVER__READ_TOKEN)", metrics
-            )
+        if (refused := unauthorized_read(request)) is not None:
+            return refused
         wanted = request.query_params.get("state", "all")
-        if wanted not in ("all", "open", "closed"):
+        if wanted not in CASE_FILTERS:
             return JSONResponse({"error": "state must be all, open or closed"}, status_code=422)
         cases = await asyncio.to_thread(audit.cases)
         found = [

@@ -34,6 +34,7 @@ from finsent.errors import SettingsError
 
 ENV_PREFIX = "FINSENT_"
 LOOPBACK = "127.0.0.1"
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})  # bind addresses that mean "every interface"
 _CONFIG_FILE: ContextVar[str | None] = ContextVar("finsent_config_file", default=None)
 
 
@@ -383,7 +384,7 @@ class Settings(BaseSettings):
     @property
     def receiver_url(self) -> str:
         """Where the web API reaches the alert receiver (a wildcard bind address is reached on loopback)."""
-        host = self.services.host if self.services.host not in ("", "0.0.0.0", "::") else LOOPBACK
+        host = self.services.host if self.services.host not in WILDCARD_HOSTS else LOOPBACK
         host = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
         return (self.web.receiver_url or f"http://{host}:{self.receiver.port}").rstrip("/")
 

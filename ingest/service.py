@@ -78,7 +78,7 @@ def format_summary(summaries: list[PollSummary]) -> str:
     return "\n".join(lines)
 
 
-async def _run(components: Components, once: bool, stop_timeout_s: float = 8.0) -> list[PollSummary]:
+async def _run(components: Components, once: bool, stop_timeout_s: float) -> list[PollSummary]:
     try:
         if once:
             return await components.poller.run_once()

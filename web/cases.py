@@ -2,17 +2,17 @@
 
 Why forward instead of letting the page call the receiver: the receiver is another origin (the page's CSP
 allows only its own), and its tokens must stay on the server. The web API forwards with the receiver's read
-and write tokens (``FINSENT_RECEIVER__READ_TOKEN`` / ``__TOKEN``) and guards its own end like every other
-write here (``FINSENT_WEB__TOKEN`` when set). The receiver stays the one record: every action is its audit row.
+and write tokens (``FINSENT_RECEIVER__READ_TOKEN`` / ``__TOKEN``) and lends them only to requests that carry its
+own (``_guard``). The receiver stays the one record: every action is its audit row.
 """
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import httpx
 from fastapi import APIRouter, Header, HTTPException, Path, Request
 from fastapi.responses import JSONResponse
 
-from finsent.alerts.cases import ActionRequest
+from finsent.alerts.cases import Action, ActionRequest, CaseFilter
 from finsent.http import bearer_ok, hostname, is_loopback
 from finsent.web.state import ApiState, State
 
@@ -72,7 +72,7 @@ def _guard(api: ApiState, request: Request, authorization: str | None, receiver_
 async def cases(
     api: State,
     request: Request,
-    state: Literal["all", "open", "closed"] = "open",
+    state: CaseFilter = "open",
     authorization: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
     """Alert cases and who has them, from the receiver's audit log (``open`` also lists acknowledged ones)."""
@@ -96,7 +96,7 @@ async def case_action(
     api: State,
     request: Request,
     case_id: Annotated[int, Path(ge=1)],
-    action: Literal["acknowledge", "assign", "note", "close"],
+    action: Action,
     authorization: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
     """Acknowledge, assign, note or close (with a disposition) a case: one new row of the receiver's audit log."""
