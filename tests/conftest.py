@@ -28,24 +28,41 @@ def _clean_finsent_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(key)
 
 
+# Every port a finsent process listens on, as (settings group, field). Tests get a free one for each, never the
+# default: `make test` runs the suite on two workers (pytest -n), and two tests must not meet on a default port.
+LISTENERS = (
+    ("broker", "port"),
+    ("services", "prometheus_port"),
+    ("services", "alertmanager_port"),
+    ("ingest", "metrics_port"),
+    ("ingest", "demo_feeds_port"),
+    ("stream", "metrics_port"),
+    ("receiver", "port"),
+    ("web", "port"),
+)
+
+
+def free_listener_ports() -> dict[str, dict[str, int]]:
+    ports: dict[str, dict[str, int]] = {}
+    for group, field in LISTENERS:
+        ports.setdefault(group, {})[field] = free_port()
+    return ports
+
+
 def environ_without_finsent() -> dict[str, str]:
     """This process's environment minus every FINSENT_* variable: what a child finsent process starts from,
-    so that only the settings a test gives it apply."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
+    so that only the settings a test gives it apply -- plus a free port for everything it could listen on."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
+    for group, fields in free_listener_ports().items():
+        env.update({f"FINSENT_{group.upper()}__{field.upper()}": str(port) for field, port in fields.items()})
+    return env
 
 
 def make_settings(tmp: Path, **overrides) -> Settings:
     """Settings with every port free and every path under ``tmp``."""
-    base = {
-        "broker": {"port": free_port()},
-        "services": {
-            "prometheus_port": free_port(),
-            "alertmanager_port": free_port(),
-            "scrape_interval_s": 1,
-            "evaluation_interval_s": 1,
-        },
-        "paths": {"state_dir": str(tmp / "state"), "archive_dir": str(tmp / "state" / "archive")},
-    }
+    base: dict = free_listener_ports()
+    base["services"] |= {"scrape_interval_s": 1, "evaluation_interval_s": 1}
+    base["paths"] = {"state_dir": str(tmp / "state"), "archive_dir": str(tmp / "state" / "archive")}
     for key, value in overrides.items():
         base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
     return load(**base)

@@ -1,7 +1,6 @@
 """``finsent demo`` as a user runs it: real processes, real ports, clean stop, no orphans."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,20 +12,14 @@ import psutil
 import pytest
 from conftest import environ_without_finsent
 
-from finsent.net import free_port, port_open
+from finsent.net import port_open
 
 
 def _start_demo(tmp_path: Path, **extra_env: str) -> tuple[subprocess.Popen, dict, Path]:
     state = tmp_path / "state"
     env = {
-        **environ_without_finsent(),
+        **environ_without_finsent(),  # every port free
         "FINSENT_PATHS__STATE_DIR": str(state),
-        "FINSENT_BROKER__PORT": str(free_port()),
-        "FINSENT_SERVICES__PROMETHEUS_PORT": str(free_port()),
-        "FINSENT_SERVICES__ALERTMANAGER_PORT": str(free_port()),
-        "FINSENT_INGEST__DEMO_FEEDS_PORT": str(free_port()),
-        "FINSENT_INGEST__METRICS_PORT": str(free_port()),
-        "FINSENT_STREAM__METRICS_PORT": str(free_port()),
         "FINSENT_INGEST__DEMO_BURST_AT_S": "45",
         "FINSENT_PATHS__ARCHIVE_DIR": str(state / "archive"),
     }
@@ -283,7 +276,11 @@ def test_occupied_port_is_a_clear_error(tmp_path):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        env = {**os.environ, "FINSENT_PATHS__STATE_DIR": str(tmp_path), "FINSENT_BROKER__PORT": str(port)}
+        env = {
+            **environ_without_finsent(),
+            "FINSENT_PATHS__STATE_DIR": str(tmp_path),
+            "FINSENT_BROKER__PORT": str(port),
+        }
         proc = subprocess.run(
             [sys.executable, "-m", "finsent.cli", "demo"], env=env, capture_output=True, text=True, timeout=60
         )

@@ -294,25 +294,52 @@ async function caseAction(c, action, box) {
   } finally {
     state.caseSaving = false;
   }
-  if (saved) await loadCases(true);
-  else setTimeout(() => { result.textContent = ""; }, 10000);  // read it, then the list refreshes again
+  if (saved) {
+    for (const f of box.querySelectorAll("input, select")) f.value = "";  // sent: the redraw starts it afresh
+    await loadCases(true);
+  } else setTimeout(() => { result.textContent = ""; }, 10000);  // read it, then the list refreshes again
+}
+
+// Not under the analyst's hands: a save in flight, a refusal still to read, text typed but not sent.
+function casesBusy(list) {
+  return state.caseSaving || [...list.querySelectorAll(".case-actions")].some((box) =>
+    box.querySelector(".result").textContent || [...box.querySelectorAll("input, select")].some((f) => f.value));
+}
+
+// What the analyst typed into each case's fields and has not sent, by "case id/field name".
+function typedInCases(list) {
+  const typed = new Map();
+  for (const li of list.querySelectorAll("li.case")) {
+    for (const f of li.querySelectorAll(".case-actions input, .case-actions select")) {
+      if (f.value) typed.set(`${li.dataset.case}/${f.name}`, f.value);
+    }
+  }
+  return typed;
 }
 
 async function loadCases(force = false) {
   const list = $("cases");
-  // Not under the analyst's hands: a save in flight, a refusal still to read, text typed but not sent.
-  const busy = state.caseSaving || [...list.querySelectorAll(".case-actions")].some((box) =>
-    box.querySelector(".result").textContent || [...box.querySelectorAll("input, select")].some((f) => f.value));
-  if (busy && !force) return;
+  if (!force && casesBusy(list)) return;
   const wanted = $("cases-closed").checked ? "all" : "open";
+  const seq = (state.casesSeq = (state.casesSeq || 0) + 1);
   try {
     const r = await fetch(`/cases?state=${wanted}`, { headers: { ...authHeaders(), Accept: "application/json" } });
     const page = await r.json().catch(() => ({}));
     if (!r.ok) throw new Error(errorText(page, r));
+    // The list may have changed hands while this was fetched: a newer load answers instead, and a routine
+    // refresh never redraws under text the analyst began typing meanwhile.
+    if (seq !== state.casesSeq || (!force && casesBusy(list))) return;
     const open = page.cases.filter((c) => c.state !== "closed").length;
     $("case-count").textContent = `${open} open`;
+    const typed = typedInCases(list);  // a forced redraw (after a save, a new token) keeps what was typed
     list.replaceChildren(...(page.cases.length ? page.cases.map(caseItem) : [el("li", { class: "muted", text: "no open alerts" })]));
+    for (const [key, value] of typed) {
+      const [id, name] = key.split("/");
+      const field = list.querySelector(`li.case[data-case="${id}"] .case-actions [name="${name}"]`);
+      if (field) field.value = value;
+    }
   } catch (err) {
+    if (seq !== state.casesSeq) return;
     $("case-count").textContent = "";
     list.replaceChildren(el("li", { class: "muted", text: `alert cases unavailable: ${err.message}` }));
   }
@@ -363,8 +390,10 @@ async function sendReview(row, q, label) {
 
 async function loadReview() {
   if (state.reviewSaving) return;  // a save in flight: its row keeps its answer
+  const seq = (state.reviewSeq = (state.reviewSeq || 0) + 1);
   try {
     const page = await getJSON("/review?limit=12");
+    if (state.reviewSaving || seq !== state.reviewSeq) return;  // a save began meanwhile, or a newer load answers
     $("review").replaceChildren(...page.items.map(reviewRow));
     $("review-status").textContent = page.items.length ? "" : "nothing to review yet";
   } catch (err) {
