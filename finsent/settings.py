@@ -293,9 +293,10 @@ class Stream(_Group):
     # How often an idle worker checks that its input topic is still the same log (it also checks before
     # every offset commit): a broker that lost its log comes back with new, empty topics.
     input_check_interval_s: float = Field(default=2.0, gt=0)
-    # A stop (SIGTERM/SIGINT) of the worker or of ingest that has not finished after this long ends the process: a broker that went
-    # down first would otherwise hold the worker in Kafka timeouts. Nothing is lost: offsets are committed only
-    # after results are produced, so a restart re-reads what was not finished.
+    # A stop (SIGTERM/SIGINT) of the worker or of ingest that has not finished after this long ends the process:
+    # a broker that went down first would otherwise hold it in Kafka timeouts. Nothing is lost: offsets are
+    # committed only after results are produced (ingest marks items only once archived), so a restart re-reads
+    # what was not finished.
     shutdown_timeout_s: float = Field(default=8.0, gt=0)
     # Test hook: sleep this long per micro-batch, to show the windows and surges do not depend on speed.
     debug_batch_delay_s: float = Field(default=0.0, ge=0, le=60)

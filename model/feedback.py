@@ -21,40 +21,14 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from finsent.errors import RecordError
 from finsent.labels import SENTIMENT_INDEX, TOPIC_INDEX
 from finsent.model import artifact
 from finsent.model.data import IGNORE, Example, load_twitter
+from finsent.model.feedback_store import read_store
 from finsent.model.train import TrainConfig, encode, evaluate, pick_device, train
 from finsent.records import Feedback
 
 log = logging.getLogger("finsent.model.feedback")
-
-
-def read_store(path: Path) -> tuple[list[Feedback], int]:
-    """Feedback records from a JSON-lines store; the last correction of an item wins. Returns (records, bad lines)."""
-    latest: dict[str, Feedback] = {}
-    bad = 0
-    if not path.exists():
-        raise FileNotFoundError(f"no feedback store at {path}")
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            fb = Feedback.from_json(line)
-        except RecordError as err:
-            bad += 1
-            log.warning("bad feedback line skipped", extra={"line": n, "error": str(err)})
-            continue
-        if fb.item_id not in latest or fb.at >= latest[fb.item_id].at:
-            latest[fb.item_id] = fb
-    return list(latest.values()), bad
-
-
-def append(path: Path, feedback: Feedback) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("ab") as fh:
-        fh.write(feedback.to_json() + b"\n")
 
 
 def to_examples(records: list[Feedback]) -> list[Example]:

@@ -29,7 +29,7 @@ def _clean_finsent_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # Every port a finsent process listens on, as (settings group, field). Tests get a free one for each, never the
-# default: `make test` runs the suite on two workers (pytest -n), and two tests must not meet on a default port.
+# default: `make test` runs the suite on several workers (pytest -n), and two tests must not meet on a default port.
 LISTENERS = (
     ("broker", "port"),
     ("services", "prometheus_port"),

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, StringConstraints, ValidationError
 from finsent.errors import BatcherClosed
 from finsent.http import bearer_ok
 from finsent.labels import SENTIMENT_LABELS, TOPIC_LABELS
+from finsent.model.feedback_store import append
 from finsent.records import Feedback, utcnow
 from finsent.settings import Web
 from finsent.web.heatmap import heatmap
@@ -285,8 +286,6 @@ async def feedback(req: FeedbackRequest, api: State, authorization: Annotated[st
         raise HTTPException(
             422, [{"loc": ["body"], "msg": e["msg"], "type": e["type"]} for e in err.errors()]
         ) from None
-    from finsent.model.feedback import append
-
     await asyncio.to_thread(append, api.settings.paths.feedback_store, fb)
     published = await api.publish_feedback(fb)
     api.metrics.feedback.labels(str(published).lower()).inc()

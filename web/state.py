@@ -20,6 +20,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from finsent.model.feedback_store import read_store
 from finsent.records import Feedback
 from finsent.settings import Settings, Web
 from finsent.web.batcher import Batcher
@@ -168,8 +169,6 @@ class ApiState:
 
     async def feedback_records(self) -> tuple[list[Feedback], int]:
         """The feedback store's corrections and its count of bad lines (none yet: empty)."""
-        from finsent.model.feedback import read_store
-
         try:
             return await asyncio.to_thread(read_store, self.settings.paths.feedback_store)
         except FileNotFoundError:

@@ -34,6 +34,17 @@ def _start_demo(tmp_path: Path, **extra_env: str) -> tuple[subprocess.Popen, dic
     return proc, json.loads(info_path.read_text()), tmp_path / "demo.log"
 
 
+def _prometheus_until(info: dict, query: str, timeout: float = 30) -> list:
+    """``query``'s result once it has a series, or the empty result after ``timeout``: every target is registered
+    at ready, and each is scraped on its own tick, so a series may take a scrape interval or two to appear."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = httpx.get(info["urls"]["prometheus"] + "/api/v1/query", params={"query": query}, timeout=5).json()
+        if result["data"]["result"] or time.monotonic() > deadline:
+            return result["data"]["result"]
+        time.sleep(0.5)
+
+
 def _surge_notifications(info: dict, status: str) -> list[dict]:
     """The receiver's audit rows of surge notifications with a SurgeAlert attached (the evidence)."""
     rows = httpx.get(info["urls"]["receiver"], params={"status": status}, timeout=5).json()["notifications"]
@@ -101,15 +112,7 @@ def test_demo_serves_every_url_then_stops_on_sigterm_without_orphans(tmp_path):
             time.sleep(0.25)
         assert archive.count() > 0
         # ... and Prometheus scrapes ingest's metrics.
-        deadline = time.monotonic() + 30
-        result = []
-        while not result and time.monotonic() < deadline:
-            result = httpx.get(
-                info["urls"]["prometheus"] + "/api/v1/query",
-                params={"query": 'sum(finsent_feed_items_total{job="ingest",status="new"})'},
-                timeout=5,
-            ).json()["data"]["result"]
-            time.sleep(0.5)
+        result = _prometheus_until(info, 'sum(finsent_feed_items_total{job="ingest",status="new"})')
         assert result and float(result[0]["value"][1]) > 0
         # The worker scores them, and the scripted oil burst raises a surge: on finsent.alerts with its
         # evidence, and on the worker's /metrics (which Prometheus scrapes for the alert rules).
@@ -124,33 +127,8 @@ def test_demo_serves_every_url_then_stops_on_sigterm_without_orphans(tmp_path):
         )
         assert ScoredItem.from_json(next(iter(consumer)).value).model.startswith("finsent-minilm@")
         consumer.close()
-        deadline = time.monotonic() + 30
-        up = []
-        while not up and time.monotonic() < deadline:
-            up = httpx.get(
-                info["urls"]["prometheus"] + "/api/v1/query", params={"query": 'up{job="worker"} == 1'}, timeout=5
-            ).json()["data"]["result"]
-            time.sleep(0.5)
-        assert up, "Prometheus does not scrape the worker"
-        deadline = time.monotonic() + 30  # every target is registered at ready; each is scraped on its own tick
-        receiver_up = []
-        while not receiver_up and time.monotonic() < deadline:
-            receiver_up = httpx.get(
-                info["urls"]["prometheus"] + "/api/v1/query", params={"query": 'up{job="receiver"} == 1'}, timeout=5
-            ).json()["data"]["result"]
-            time.sleep(0.5)
-        assert receiver_up, "Prometheus does not scrape the receiver"
-        deadline = time.monotonic() + 30
-        while (
-            not (
-                api_up := httpx.get(
-                    info["urls"]["prometheus"] + "/api/v1/query", params={"query": 'up{job="api"} == 1'}, timeout=5
-                ).json()["data"]["result"]
-            )
-            and time.monotonic() < deadline
-        ):
-            time.sleep(0.5)
-        assert api_up, "Prometheus does not scrape the API"
+        for job in ("worker", "receiver", "api"):
+            assert _prometheus_until(info, f'up{{job="{job}"}} == 1'), f"Prometheus does not scrape the {job}"
         # The API serves the scored headlines it follows from the broker.
         api = info["urls"]["api"].removesuffix("/openapi.json")
         deadline = time.monotonic() + 30

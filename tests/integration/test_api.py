@@ -134,7 +134,7 @@ def test_windows_series_per_width(client):
 def test_feedback_is_stored_for_fine_tuning_and_counted(client):
     r = client.post("/feedback", json={"item_id": "n3", "sentiment": "negative", "who": "analyst@desk"})
     assert r.status_code == 201 and r.json() == {"stored": True, "published": False}  # no broker in this test
-    from finsent.model.feedback import read_store
+    from finsent.model.feedback_store import read_store
 
     (fb,), bad = read_store(client.settings.paths.feedback_store)
     assert (fb.item_id, fb.sentiment, fb.who, fb.model, bad) == (
@@ -568,3 +568,55 @@ def test_the_review_queue_ranks_the_live_views(client):
     ranked = [(not q["behind_alert"], q["margin"]) for q in queue]
     assert ranked == sorted(ranked)
     assert client.get("/review", params={"limit": 0}).status_code == 422
+
+
+_REVIEW_LOOP_WITHOUT_TORCH = """
+import sys
+from pathlib import Path
+
+from starlette.testclient import TestClient
+
+sys.path.insert(0, sys.argv[2])  # the tests' factories
+from factories import news_item, scored_item  # noqa: E402
+
+from finsent.settings import load  # noqa: E402
+from finsent.web.api import build_api  # noqa: E402
+from finsent.web.views import StreamViews  # noqa: E402
+
+
+class NoModel:
+    version = "none@test"
+
+
+tmp = Path(sys.argv[1])
+settings = load(paths={"state_dir": str(tmp / "state")}, kafka={"bootstrap": "127.0.0.1:1"})
+views = StreamViews()
+views.add_item(scored_item(news_item("x", "Oil falls"), "neutral"))
+with TestClient(build_api(settings, NoModel, views, follow_topics=False)) as c:
+    r = c.post("/feedback", json={"item_id": "x", "sentiment": "negative", "who": "analyst"})
+    assert r.status_code == 201, r.text
+    assert c.get("/feedback/stats").json()["corrections"] == 1
+    assert c.get("/review").status_code == 200
+print("torch imported:", "torch" in sys.modules)
+"""
+
+
+def test_the_review_loop_never_imports_torch_inside_a_request(tmp_path):
+    """Importing torch takes seconds on a busy machine; done inside a request it held the API's one event loop,
+    so every other request (the page's first load, the event stream) waited behind it. The review loop's routes
+    need only the feedback store. A fresh interpreter, because this test run has long imported torch."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import environ_without_finsent
+
+    out = subprocess.run(
+        [sys.executable, "-c", _REVIEW_LOOP_WITHOUT_TORCH, str(tmp_path), str(Path(__file__).parents[1])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environ_without_finsent(),
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("torch imported: False"), out.stdout

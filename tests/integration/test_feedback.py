@@ -7,7 +7,8 @@ import pytest
 from conftest import TINY_SENT_WORDS, tiny_examples
 
 from finsent.model import artifact
-from finsent.model.feedback import append, fine_tune, read_store, to_examples
+from finsent.model.feedback import fine_tune, to_examples
+from finsent.model.feedback_store import append, read_store
 from finsent.model.train import TrainConfig
 from finsent.records import Feedback
 

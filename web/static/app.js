@@ -300,12 +300,6 @@ async function caseAction(c, action, box) {
   } else setTimeout(() => { result.textContent = ""; }, 10000);  // read it, then the list refreshes again
 }
 
-// Not under the analyst's hands: a save in flight, a refusal still to read, text typed but not sent.
-function casesBusy(list) {
-  return state.caseSaving || [...list.querySelectorAll(".case-actions")].some((box) =>
-    box.querySelector(".result").textContent || [...box.querySelectorAll("input, select")].some((f) => f.value));
-}
-
 // What the analyst typed into each case's fields and has not sent, by "case id/field name".
 function typedInCases(list) {
   const typed = new Map();
@@ -315,6 +309,12 @@ function typedInCases(list) {
     }
   }
   return typed;
+}
+
+// Not under the analyst's hands: a save in flight, a refusal still to read, text typed but not sent.
+function casesBusy(list) {
+  return state.caseSaving || typedInCases(list).size > 0 ||
+    [...list.querySelectorAll(".case-actions .result")].some((result) => result.textContent);
 }
 
 async function loadCases(force = false) {

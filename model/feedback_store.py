@@ -1,0 +1,43 @@
+"""The analysts' corrections on disk: one JSON-lines file, appended to by the web API, read by the review
+queue, the stats and the fine-tune.
+
+Kept apart from ``feedback`` (the fine-tune) because the web API reads and appends on every request of the
+review loop: importing the fine-tune would import torch, and doing that inside a request held the API's event
+loop for seconds on a busy machine (every other request, the event stream included, waited behind it).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from finsent.errors import RecordError
+from finsent.records import Feedback
+
+log = logging.getLogger("finsent.model.feedback")
+
+
+def read_store(path: Path) -> tuple[list[Feedback], int]:
+    """Feedback records from a JSON-lines store; the last correction of an item wins. Returns (records, bad lines)."""
+    latest: dict[str, Feedback] = {}
+    bad = 0
+    if not path.exists():
+        raise FileNotFoundError(f"no feedback store at {path}")
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            fb = Feedback.from_json(line)
+        except RecordError as err:
+            bad += 1
+            log.warning("bad feedback line skipped", extra={"line": n, "error": str(err)})
+            continue
+        if fb.item_id not in latest or fb.at >= latest[fb.item_id].at:
+            latest[fb.item_id] = fb
+    return list(latest.values()), bad
+
+
+def append(path: Path, feedback: Feedback) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab") as fh:
+        fh.write(feedback.to_json() + b"\n")
