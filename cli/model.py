@@ -103,13 +103,20 @@ def export(
     model: ModelDirOption = None,
     limit: Annotated[int, typer.Option(help="Parity-check on the first N texts of each validation set (0 = all).")] = 0,
     batch_size: Annotated[int, typer.Option(help="Batch size for the speed measurement.")] = 32,
+    plan_static: Annotated[
+        bool,
+        typer.Option(
+            "--plan-static",
+            help="First measure the static int8 plan (calibration + which MatMuls stay fp32, on training text; ~15 min).",
+        ),
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Measure every CPU backend and int8 recipe against fp32 under the gate, and record the one that wins."""
     from finsent.model.export import run
 
     settings = load_settings(config)
-    report = run(model_dir(settings, model), settings.paths.data_dir, limit, batch_size)
+    report = run(model_dir(settings, model), settings.paths.data_dir, limit, batch_size, plan_static)
     typer.echo(
         f"{'backend':<24} {'topic acc':>9} {'sent acc':>9} {'agree':>6} {'texts/s':>8} {'speed-up':>8}  accepted"
     )

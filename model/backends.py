@@ -4,7 +4,8 @@
 ``torch``      fp32 on CPU; fp16/bf16 autocast on CUDA
 ``torch-int8`` torch dynamic int8 quantisation of every Linear (CPU only)
 ``onnx``       ONNX Runtime fp32 (graph built on first use and cached: ``finsent.model.onnxbuild``)
-``onnx-int8``  ONNX Runtime with int8 weights, the recipe the export gate accepted (CPU)
+``onnx-int8``  ONNX Runtime int8, the recipe the export gate accepted (CPU): static int8 (fixed activation
+               scales from the model's ``int8-static.json`` plan, so batch-invariant)
 ``auto``       CUDA when available; on CPU the backend ``finsent export`` measured fastest within
                the gate on these very weights (``export.json``), else ``onnx`` fp32, else ``torch``
 =============  ==========================================================================
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from finsent import errors
-from finsent.model import onnxbuild
+from finsent.model import int8_static, onnxbuild
 from finsent.model.network import MultiTaskModel
 
 log = logging.getLogger("finsent.model.backends")
@@ -102,8 +103,12 @@ def manifest(directory: Path) -> dict:
 
 
 def int8_recipe(directory: Path) -> str:
-    """The int8 recipe the export gate accepted (or, never exported, the one that passes it on the shipped model)."""
-    return manifest(directory).get("int8_recipe") or onnxbuild.DEFAULT_INT8_RECIPE
+    """The int8 recipe the export gate accepted; never exported, static int8 when the model has its plan, else
+    (``onnx-int8`` asked for by name) dynamic per-channel, whose labels depend on their batch-mates."""
+    chosen = manifest(directory).get("int8_recipe")
+    if chosen:
+        return chosen
+    return "static" if int8_static.plan_path(directory).exists() else onnxbuild.DEFAULT_INT8_RECIPE
 
 
 def recommended(directory: Path) -> str | None:

@@ -12,6 +12,7 @@ choice measured on other weights is not trusted.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from finsent import errors
-from finsent.model import artifact, onnxbuild
+from finsent.model import artifact, int8_static, onnxbuild
 from finsent.model.backends import EXPORT_MANIFEST, GATE_VERSION, OnnxBackend, make_backend
 from finsent.model.classifier import Classifier
 from finsent.model.data import Example, check_data_dir, twitter_sentiment, twitter_topic
@@ -155,8 +156,40 @@ def parity(
     }
 
 
-def run(directory: Path, data_dir: Path, limit: int = 0, batch_size: int = 32) -> dict:
+def plan_texts(data_dir: Path) -> tuple[list[str], list[str]]:
+    """Calibration and selection text for static int8: Twitter *training* texts (never validation), in a
+    fixed order (by a hash of the text), so the plan is reproducible from ``../shared``."""
+    train = twitter_topic(data_dir, "train") + twitter_sentiment(data_dir, "train")
+    texts = sorted({prepare(e.text) for e in train}, key=lambda t: hashlib.sha256(t.encode()).hexdigest())
+    calibration = texts[: min(int8_static.CALIBRATION_TEXTS, len(texts) // 5)]  # small sets: a fifth
+    return calibration, texts[len(calibration) : len(calibration) + int8_static.SELECTION_TEXTS]
+
+
+def plan_static(
+    directory: Path, data_dir: Path, threads: int = 0, target_agreement: float = int8_static.TARGET_AGREEMENT
+) -> int8_static.Plan:
+    """Measure and write the model's static int8 plan (``int8-static.json``)."""
     check_data_dir(data_dir)
+    calibration, selection = plan_texts(data_dir)
+    fp32 = onnxbuild.ensure(directory)
+    plan = int8_static.build_plan(
+        directory,
+        fp32,
+        onnxbuild.weights_digest(directory),
+        calibration,
+        selection,
+        "twitter-topic + twitter-sentiment train, ordered by SHA-256 of the text",
+        threads,
+        target_agreement,
+    )
+    int8_static.write_plan(directory, plan)
+    return plan
+
+
+def run(directory: Path, data_dir: Path, limit: int = 0, batch_size: int = 32, plan: bool = False) -> dict:
+    check_data_dir(data_dir)
+    if plan:
+        plan_static(directory, data_dir)
     report = parity(directory, data_dir, limit, batch_size)
     (directory / EXPORT_MANIFEST).write_text(json.dumps(report, indent=2) + "\n")
     return report

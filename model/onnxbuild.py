@@ -6,7 +6,8 @@ a file lock (the demo starts the worker and the API at once; one builds, the oth
 writes it atomically, and records the SHA-256 of the weights it came from. A graph whose weights digest
 no longer matches (the model directory was retrained or edited) is rebuilt, never served stale.
 
-Quantisation recipes (``RECIPES``) are deterministic functions of the fp32 graph, so the recipe that
+Quantisation recipes (``RECIPES``) are deterministic functions of the fp32 graph (and, for static int8, of
+the calibration plan shipped with the model, ``int8_static``), so the recipe that
 ``finsent export`` measured and accepted under the gate (``export.json``) is rebuilt bit-for-bit on any
 machine without the evaluation data. Where the model directory is read-only, the cache falls back to
 ``$XDG_CACHE_HOME/finsent/onnx/<name>@<version>-<digest>/``.
@@ -39,8 +40,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "dynamic": {"per_channel": False, "reduce_range": False, "op_types": None},  # ORT default: MatMul + Gather
     "dynamic-pc": {"per_channel": True, "reduce_range": False, "op_types": ["MatMul"]},
     "dynamic-pc-rr": {"per_channel": True, "reduce_range": True, "op_types": ["MatMul"]},
+    # Fixed activation scales from the model's plan (``int8_static``): batch-invariant, unlike the dynamic ones.
+    "static": {"static": True},
 }
-DEFAULT_INT8_RECIPE = "dynamic-pc"
+DEFAULT_INT8_RECIPE = "dynamic-pc"  # asked for on a model never exported and without a static plan
 
 
 def weights_digest(model_dir: Path) -> str:
@@ -108,11 +111,18 @@ def ensure(model_dir: Path, recipe: str = FP32) -> Path:
     if recipe != FP32 and recipe not in RECIPES:
         raise GraphError(f"unknown int8 recipe {recipe!r}; known: {sorted(RECIPES)}")
     digest = weights_digest(model_dir)
+    plan = None
+    stamp = digest
+    if RECIPES.get(recipe, {}).get("static"):
+        from finsent.model import int8_static
+
+        plan, plan_digest = int8_static.load_plan(model_dir, digest)
+        stamp = f"{digest}+plan:{plan_digest}"  # a new plan for the same weights rebuilds the graph
     directory = cache_dir(model_dir, digest)
     path = directory / graph_name(recipe)
     with _locked(directory):
         stamps = _stamps(directory)
-        if path.exists() and stamps.get(path.name) == digest:
+        if path.exists() and stamps.get(path.name) == stamp:
             return path
         if recipe != FP32:
             ensure_fp32 = directory / graph_name(FP32)
@@ -120,11 +130,11 @@ def ensure(model_dir: Path, recipe: str = FP32) -> Path:
                 _build_fp32(model_dir, ensure_fp32)
                 _write_stamp(directory, ensure_fp32.name, digest)
             started = time.monotonic()
-            _quantize(ensure_fp32, path, RECIPES[recipe])
+            _quantize(ensure_fp32, path, RECIPES[recipe], plan)
         else:
             started = time.monotonic()
             _build_fp32(model_dir, path)
-        _write_stamp(directory, path.name, digest)
+        _write_stamp(directory, path.name, stamp)
         log.info(
             "onnx graph built",
             extra={
@@ -179,11 +189,17 @@ def _build_fp32(model_dir: Path, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _quantize(fp32: Path, path: Path, recipe: dict[str, Any]) -> None:
+def _quantize(fp32: Path, path: Path, recipe: dict[str, Any], plan: Any = None) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     tmp = _atomic_target(path)
     try:
+        if plan is not None:
+            from finsent.model import int8_static
+
+            int8_static.quantize(fp32, tmp, plan)
+            os.replace(tmp, path)
+            return
         quantize_dynamic(
             str(fp32),
             str(tmp),

@@ -343,3 +343,77 @@ def test_eval_and_export_commands_write_their_reports(tmp_path, tiny_model_dir, 
         "onnx",
         "onnx-int8",
     )
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_static_int8_plan_is_measured_on_training_text_and_rebuilds_the_same_batch_invariant_graph(
+    tmp_path, tiny_model_dir, tiny_data_dir
+):
+    """Static int8 is the int8 that can be served: fixed activation scales (a headline's labels never depend
+    on its batch-mates) in a plan shipped with the model, from which any machine rebuilds the same graph."""
+    import shutil
+
+    import onnx
+
+    from finsent.model import int8_static, onnxbuild
+    from finsent.model.data import twitter_topic
+    from finsent.model.export import plan_static
+
+    directory = tmp_path / "tiny" / "v1"
+    shutil.copytree(tiny_model_dir, directory)
+    plan = plan_static(directory, tiny_data_dir)
+    weighted = int8_static.weighted_matmuls(onnxbuild.ensure(directory))
+    assert len(weighted) == 12 and {r["matmul"] for r in plan.ranking} == set(weighted)  # every MatMul ranked
+    assert plan.weights_sha256 == onnxbuild.weights_digest(directory) and plan.calibration
+    assert plan.texts["calibration"] > 0 and plan.texts["selection"] > 0
+    # the fewest kept in fp32 that reach the target: every smaller K fell short
+    assert plan.keep_top[-1]["agreement"] >= int8_static.TARGET_AGREEMENT
+    assert all(k["agreement"] < int8_static.TARGET_AGREEMENT for k in plan.keep_top[:-1])
+    assert plan.keep == [r["matmul"] for r in plan.ranking[: plan.keep_top[-1]["keep_top"]]]
+
+    int8 = Classifier.load(directory, backend="onnx-int8")  # never exported: the plan's static recipe
+    assert int8.backend.path.name == "model.int8-static.onnx"
+    graph = onnx.load(str(int8.backend.path))
+    assert sum(n.op_type == "DequantizeLinear" for n in graph.graph.node) >= 2 * (len(weighted) - len(plan.keep))
+    built = _sha256(int8.backend.path)
+    texts = [prepare(e.text) for e in twitter_topic(tiny_data_dir, "valid")]
+    int8.batch_size = 32
+    t1, s1 = int8.logits(texts)
+    int8.batch_size = 7
+    t2, s2 = (a[::-1] for a in int8.logits(texts[::-1]))
+    np.testing.assert_array_equal(t1.argmax(1), t2.argmax(1))
+    np.testing.assert_allclose(s1, s2, atol=1e-5)  # batch-invariant: fixed scales, row-independent
+
+    shutil.rmtree(directory / "onnx")  # another machine: the weights and the plan only
+    assert _sha256(onnxbuild.ensure(directory, "static")) == built
+
+    raw = json.loads(int8_static.plan_path(directory).read_text())
+    raw["keep"] = weighted[:1]
+    int8_static.plan_path(directory).write_text(json.dumps(raw))
+    assert _sha256(onnxbuild.ensure(directory, "static")) != built  # a new plan rebuilds the graph
+
+    raw["weights_sha256"] = "0" * 64  # a plan measured on other weights is never used
+    int8_static.plan_path(directory).write_text(json.dumps(raw))
+    with pytest.raises(errors.GraphError, match="other weights"):
+        onnxbuild.ensure(directory, "static")
+    int8_static.plan_path(directory).unlink()
+    with pytest.raises(errors.GraphError, match="--plan-static"):
+        onnxbuild.ensure(directory, "static")
+
+
+def test_a_plan_that_cannot_reach_its_target_is_not_written(tmp_path, tiny_model_dir, tiny_data_dir):
+    import shutil
+
+    from finsent.model import int8_static
+    from finsent.model.export import plan_static
+
+    directory = tmp_path / "tiny" / "v1"
+    shutil.copytree(tiny_model_dir, directory)
+    with pytest.raises(errors.GraphError, match="no plan written"):
+        plan_static(directory, tiny_data_dir, target_agreement=1.01)
+    assert not int8_static.plan_path(directory).exists()

@@ -17,9 +17,10 @@ from finsent.model import Classifier, artifact
 SAMPLE = Path(__file__).parents[1] / "fixtures" / "twitter_valid_sample.csv"
 
 
-@pytest.fixture(scope="module")
-def shipped():
-    return Classifier.load(backend="torch", device="cpu", batch_size=64)
+@pytest.fixture(scope="module", params=["torch", "auto"])
+def shipped(request):
+    """The model in torch fp32, and as served on CPU (``auto``: static int8, which the export gate accepted)."""
+    return Classifier.load(backend=request.param, device="cpu", batch_size=64)
 
 
 def _rows(task):
@@ -69,13 +70,25 @@ def test_the_served_backend_scores_a_headline_the_same_whatever_it_is_batched_wi
     assert max(abs(x.sentiment_probs["negative"] - y.sentiment_probs["negative"]) for x, y in zip(a, b)) < 1e-4
 
 
+def test_a_fresh_clone_serves_static_int8_without_any_command_first():
+    """The export gate accepted static int8 on the shipped weights (export.json, int8-static.json committed), so
+    ``auto`` serves it; its graph is built from the shipped plan on first use."""
+    served = Classifier.load()
+    assert served.backend.name == "onnx-int8" and served.backend.path.name == "model.int8-static.onnx"
+
+
 def test_dynamic_int8_is_not_served_because_a_headlines_score_depends_on_its_batch_mates():
     """Why the gate refuses dynamic int8: it quantises activations with one scale per batch. (The graph is
-    still built on first use when asked for; its agreement with fp32 is in the model's export.json.)"""
+    still built when asked for; its agreement with fp32 is in the model's export.json.)"""
     from finsent.local.feeds import load_rows
+    from finsent.model import onnxbuild
+    from finsent.model.backends import OnnxBackend
 
-    int8 = Classifier.load(backend="onnx-int8", batch_size=64)
-    assert Classifier.load().backend.name != "onnx-int8"
+    directory = artifact.default_model_dir()
+    _, tokenizer, meta = artifact.load(directory)
+    dynamic = OnnxBackend(onnxbuild.ensure(directory, "dynamic-pc"), "onnx-int8")
+    int8 = Classifier(directory, dynamic, meta, tokenizer, 64)
+    assert Classifier.load().backend.path.name != dynamic.path.name
     texts = [t for _, t in load_rows()][:400]
     a, b = _labels_in_two_batchings(int8, texts)
     flips = sum(x.topic != y.topic or x.sentiment != y.sentiment for x, y in zip(a, b))
@@ -84,7 +97,7 @@ def test_dynamic_int8_is_not_served_because_a_headlines_score_depends_on_its_bat
 
 
 @pytest.mark.slow
-def test_the_strict_gate_on_the_full_validation_sets_accepts_fp32_and_refuses_dynamic_int8():
+def test_the_strict_gate_on_the_full_validation_sets_accepts_fp32_and_static_int8_and_refuses_dynamic_int8():
     """The export gate on the shipped model, on both full Twitter validation sets (~6 min on 2 cores)."""
     from finsent.model.export import parity
     from finsent.settings import load
@@ -94,5 +107,7 @@ def test_the_strict_gate_on_the_full_validation_sets_accepts_fp32_and_refuses_dy
         pytest.skip(f"evaluation data not found under {data_dir} (a clone without ../shared)")
     report = parity(artifact.default_model_dir(), data_dir)
     assert report["backends"]["onnx"]["accepted"] and report["backends"]["onnx"]["batch_invariance"] == 1.0
-    int8 = {k: v for k, v in report["backends"].items() if k.startswith("onnx-int8:")}
-    assert int8 and all(v["batch_invariance"] < 0.999 and not v["accepted"] for v in int8.values())
+    static = report["backends"]["onnx-int8:static"]
+    assert static["accepted"] and static["batch_invariance"] == 1.0 and report["int8_recipe"] == "static"
+    dynamic = {k: v for k, v in report["backends"].items() if k.startswith("onnx-int8:dynamic")}
+    assert dynamic and all(v["batch_invariance"] < 0.999 and not v["accepted"] for v in dynamic.values())
