@@ -130,6 +130,14 @@ def recommended(directory: Path) -> str | None:
             extra={"model_dir": str(directory), "measured_on": measured_on[:12]},
         )
         return None
+    if choice == "onnx-int8" and found.get("int8_recipe") == "static":
+        measured_plan = found.get("int8_plan_sha256")
+        if measured_plan != int8_static.current_plan_digest(directory):  # re-planned or edited since the gate ran
+            log.warning(
+                "export.json was measured with another static int8 plan; not trusting its choice",
+                extra={"model_dir": str(directory), "measured_plan": (measured_plan or "none")[:12]},
+            )
+            return None
     return choice
 
 
@@ -160,11 +168,13 @@ def make_backend(name: str, model: MultiTaskModel, directory: Path, device: str 
     if name == "torch-int8":
         return TorchBackend(model, torch.device("cpu"), int8=True)
     if name in ("onnx", "onnx-int8"):
-        try:
-            return OnnxBackend(graph_path(directory, name), name, threads)
-        except (errors.GraphError, ImportError, OSError) as err:
-            if not auto:
-                raise
-            log.warning("onnx backend unavailable; serving torch", extra={"error": f"{type(err).__name__}: {err}"})
-            return TorchBackend(model, dev)
+        # auto never fails to serve: int8 that cannot be built falls back to ONNX fp32, then to torch
+        for choice in [name, "onnx"] if auto and name == "onnx-int8" else [name]:
+            try:
+                return OnnxBackend(graph_path(directory, choice), choice, threads)
+            except (errors.GraphError, ImportError, OSError) as err:
+                if not auto:
+                    raise
+                log.warning(f"{choice} backend unavailable", extra={"error": f"{type(err).__name__}: {err}"})
+        return TorchBackend(model, dev)
     raise ValueError(f"unknown backend {name!r}; choose from auto, {', '.join(BACKENDS)}")

@@ -152,6 +152,7 @@ def parity(
         "gate": GATE_VERSION,
         "backends": results,
         "int8_recipe": best_int8.split(":", 1)[1] if best_int8 else None,
+        "int8_plan_sha256": int8_static.current_plan_digest(directory),  # the static plan the gate measured
         "recommended": winner,
     }
 

@@ -62,9 +62,30 @@ def load_plan(model_dir: Path, digest: str) -> tuple[Plan, str]:
         raise GraphError(f"no static int8 plan ({PLAN}) in {model_dir}; run `finsent export --plan-static`") from None
     except (OSError, ValueError, TypeError) as err:
         raise GraphError(f"unreadable static int8 plan {path}: {err}") from None
+    if not (
+        isinstance(plan.keep, list)
+        and all(isinstance(k, str) for k in plan.keep)
+        and isinstance(plan.calibration, dict)
+        and isinstance(plan.calibration.get("data"), dict)
+    ):
+        raise GraphError(
+            f"malformed static int8 plan {path}: `keep` must be a list of names, `calibration` ORT's ranges"
+        )
     if plan.weights_sha256 != digest:
         raise GraphError(f"{path} was measured on other weights; run `finsent export --plan-static` again")
-    return plan, hashlib.sha256(raw).hexdigest()
+    return plan, plan_digest(raw)
+
+
+def plan_digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def current_plan_digest(model_dir: Path) -> str | None:
+    """The SHA-256 of the model's plan file, None without one (what ``export.json`` records it measured)."""
+    try:
+        return plan_digest(plan_path(model_dir).read_bytes())
+    except OSError:
+        return None
 
 
 def weighted_matmuls(fp32: Path) -> list[str]:
@@ -136,7 +157,12 @@ def quantize(fp32: Path, out: Path, plan: Plan) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "calibration.json"
         cache.write_text(json.dumps(plan.calibration))
-        _quantize_nodes(fp32, out, nodes, cache)
+        try:
+            _quantize_nodes(fp32, out, nodes, cache)
+        except GraphError:
+            raise
+        except Exception as err:  # a bad range in a plan must not crash a worker: auto falls back
+            raise GraphError(f"static int8 plan could not be applied: {type(err).__name__}: {err}") from err
 
 
 def _calibrate(fp32: Path, feeds: list[dict], cache: Path, nodes: list[str]) -> None:

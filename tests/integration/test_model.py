@@ -393,9 +393,31 @@ def test_a_static_int8_plan_is_measured_on_training_text_and_rebuilds_the_same_b
     assert _sha256(onnxbuild.ensure(directory, "static")) == built
 
     raw = json.loads(int8_static.plan_path(directory).read_text())
-    raw["keep"] = weighted[:1]
+    raw["keep"] = plan.keep + [n for n in weighted if n not in plan.keep][:1]  # one more MatMul kept fp32
     int8_static.plan_path(directory).write_text(json.dumps(raw))
     assert _sha256(onnxbuild.ensure(directory, "static")) != built  # a new plan rebuilds the graph
+
+    # export.json's choice holds only for the plan the gate measured; a plan that cannot be applied falls back
+    # to ONNX fp32 (not torch) under auto, and is a clear error when asked for by name
+    measured = {
+        "recommended": "onnx-int8",
+        "int8_recipe": "static",
+        "gate": 2,
+        "weights_sha256": onnxbuild.weights_digest(directory),
+        "int8_plan_sha256": "0" * 64,
+    }
+    (directory / "export.json").write_text(json.dumps(measured))
+    assert Classifier.load(directory, backend="auto", device="cpu").backend.name == "onnx"  # another plan
+    broken = {**raw, "calibration": {**raw["calibration"], "data": {}}}  # ranges missing for every tensor
+    int8_static.plan_path(directory).write_text(json.dumps(broken))
+    measured["int8_plan_sha256"] = int8_static.current_plan_digest(directory)
+    (directory / "export.json").write_text(json.dumps(measured))
+    assert Classifier.load(directory, backend="auto", device="cpu").backend.name == "onnx"
+    with pytest.raises(errors.GraphError, match="does not fit"):
+        Classifier.load(directory, backend="onnx-int8")
+    int8_static.plan_path(directory).write_text(json.dumps({**raw, "keep": None}))
+    with pytest.raises(errors.GraphError, match="malformed"):
+        onnxbuild.ensure(directory, "static")
 
     raw["weights_sha256"] = "0" * 64  # a plan measured on other weights is never used
     int8_static.plan_path(directory).write_text(json.dumps(raw))

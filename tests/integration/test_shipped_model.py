@@ -20,7 +20,9 @@ SAMPLE = Path(__file__).parents[1] / "fixtures" / "twitter_valid_sample.csv"
 @pytest.fixture(scope="module", params=["torch", "auto"])
 def shipped(request):
     """The model in torch fp32, and as served on CPU (``auto``: static int8, which the export gate accepted)."""
-    return Classifier.load(backend=request.param, device="cpu", batch_size=64)
+    clf = Classifier.load(backend=request.param, device="cpu", batch_size=64)
+    assert clf.backend.name == {"torch": "torch", "auto": "onnx-int8"}[request.param]  # no silent fallback
+    return clf
 
 
 def _rows(task):
@@ -73,7 +75,7 @@ def test_the_served_backend_scores_a_headline_the_same_whatever_it_is_batched_wi
 def test_a_fresh_clone_serves_static_int8_without_any_command_first():
     """The export gate accepted static int8 on the shipped weights (export.json, int8-static.json committed), so
     ``auto`` serves it; its graph is built from the shipped plan on first use."""
-    served = Classifier.load()
+    served = Classifier.load(device="cpu")
     assert served.backend.name == "onnx-int8" and served.backend.path.name == "model.int8-static.onnx"
 
 
