@@ -198,16 +198,15 @@ def _quantize(fp32: Path, path: Path, recipe: dict[str, Any], plan: Any = None) 
             from finsent.model import int8_static
 
             int8_static.quantize(fp32, tmp, plan)
-            os.replace(tmp, path)
-            return
-        quantize_dynamic(
-            str(fp32),
-            str(tmp),
-            weight_type=QuantType.QInt8,
-            per_channel=recipe["per_channel"],
-            reduce_range=recipe["reduce_range"],
-            op_types_to_quantize=recipe["op_types"],
-        )
+        else:
+            quantize_dynamic(
+                str(fp32),
+                str(tmp),
+                weight_type=QuantType.QInt8,
+                per_channel=recipe["per_channel"],
+                reduce_range=recipe["reduce_range"],
+                op_types_to_quantize=recipe["op_types"],
+            )
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -367,7 +367,7 @@ def test_a_static_int8_plan_is_measured_on_training_text_and_rebuilds_the_same_b
     directory = tmp_path / "tiny" / "v1"
     shutil.copytree(tiny_model_dir, directory)
     plan = plan_static(directory, tiny_data_dir)
-    weighted = int8_static.weighted_matmuls(onnxbuild.ensure(directory))
+    weighted = list(int8_static.weighted_matmuls(onnxbuild.ensure(directory)))
     assert len(weighted) == 12 and {r["matmul"] for r in plan.ranking} == set(weighted)  # every MatMul ranked
     assert plan.weights_sha256 == onnxbuild.weights_digest(directory) and plan.calibration
     assert plan.texts["calibration"] > 0 and plan.texts["selection"] > 0
