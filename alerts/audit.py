@@ -108,7 +108,7 @@ _NOTIFICATIONS_ONLY = " AND action IS NULL"  # the listing, export and count are
 
 GENESIS = "0" * 64  # the "previous hash" of the first row
 _MISMATCH = "hash does not match: this row was edited, or one before it removed or reordered"
-MatchStatus = Literal["matched", "stale", "missing"]
+MatchStatus = Literal["matched", "retracted", "stale", "missing"]
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,8 @@ class Notification:
 
 
 class SurgeMatch(NamedTuple):
-    """Which SurgeAlert a notification is about: ``matched`` (``surge`` set), ``stale`` (the key has standing
+    """Which SurgeAlert a notification is about: ``matched`` (``surge`` set), ``retracted`` (``surge`` set: a
+    provisional firing its complete window withdrew, which Prometheus had already seen), ``stale`` (the key has
     surges, none of this alert's time or id: ``nearest`` names the closest) or ``missing`` (none at all)."""
 
     status: MatchStatus
@@ -441,16 +442,26 @@ class AuditLog:
                 ],
             )
 
-    def standing_surges(self, key: str, limit: int = 500) -> list[SurgeAlert]:
-        """The firing SurgeAlerts of ``key`` that still stand (not retracted), newest window first."""
+    def firing_surges(self, key: str, limit: int = 500) -> list[SurgeAlert]:
+        """The firing SurgeAlerts of ``key``, retracted ones included, newest window first."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT record FROM surges WHERE key = ? AND state = 'firing' ORDER BY window_end DESC, received_at DESC"
                 " LIMIT ?",
                 (key, limit),
             ).fetchall()
-        alerts = (SurgeAlert.from_json(record) for (record,) in rows)
-        return [a for a in alerts if not a.retracted]
+        return [SurgeAlert.from_json(record) for (record,) in rows]
+
+    def surge_filed_with_firing(self, n: Notification) -> str | None:
+        """The SurgeAlert id the firing notification of the same alert (receiver, fingerprint, start) was filed
+        with: its resolution is about that surge, whatever arrived on the topic since."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT surge_alert_id FROM notifications WHERE fingerprint = ? AND starts_at = ? AND receiver = ?"
+                " AND status = 'firing' AND surge_alert_id IS NOT NULL ORDER BY seq DESC LIMIT 1",
+                (n.fingerprint, n.starts_at, n.receiver),
+            ).fetchone()
+        return row[0] if row else None
 
     def match_surge(
         self,
@@ -459,39 +470,55 @@ class AuditLog:
         tolerance_s: float,
         severity: str | None = None,
         alert_id: str | None = None,
+        filed_with: str | None = None,
     ) -> SurgeMatch:
-        """The SurgeAlert a notification is about, by id when the alert carries one, else by time."""
-        standing = self.standing_surges(key)
-        return match_surge(standing, starts_at, tolerance_s, severity, alert_id)
+        """The SurgeAlert a notification is about: see :func:`match_surge`."""
+        return match_surge(self.firing_surges(key), starts_at, tolerance_s, severity, alert_id, filed_with)
 
 
 def match_surge(
-    standing: list[SurgeAlert],
+    firing: list[SurgeAlert],
     starts_at: datetime | None,
     tolerance_s: float,
     severity: str | None = None,
     alert_id: str | None = None,
+    filed_with: str | None = None,
 ) -> SurgeMatch:
-    """Pick the surge of the notification's own time, never simply the newest: the newest may be an earlier
-    surge of the key (its headlines would be filed as this alert's evidence) when this one's SurgeAlert has
-    not arrived yet. By time: Prometheus starts the alert while the worker's surge gauge is up, i.e. during
-    the firing window or shortly after it closed, so the alert's ``startsAt`` must lie within
-    ``tolerance_s`` of the window [window_start, window_end]; the nearest wins, same severity first."""
+    """Pick the surge a notification is about, never simply the newest of its key: the newest may be an
+    earlier surge (its headlines would be filed as this alert's evidence) when this one's SurgeAlert has not
+    arrived yet. In order:
+
+    1. ``alert_id``, carried by the alert itself: that surge.
+    2. ``filed_with``, the surge a resolution's firing notification was filed with, while it stands.
+    3. By time: Prometheus starts the alert while the worker's surge gauge is up, i.e. during the firing
+       window or shortly after it closed, so the alert's ``startsAt`` must lie within ``tolerance_s`` of
+       the window [window_start, window_end]. A standing surge before a retracted one, then the nearest,
+       same severity first: when an early firing is withdrawn and the complete window next to it fires,
+       the one Prometheus alert was held up by both, and the confirmed surge is what it was about.
+    4. ``filed_with`` though retracted.
+
+    A retracted surge is an answer (status ``retracted``), not a miss: its early firing was on the worker's
+    gauge long enough to page, and compliance must see which headlines that page was about, and that the
+    complete window withdrew it."""
+    by_id = {a.alert_id: a for a in sorted(firing, key=lambda a: (not a.retracted, a.severity == severity))}
+    best = None
     if alert_id is not None:
-        found = [a for a in standing if a.alert_id == alert_id]
-        best = min(found, key=lambda a: a.severity != severity, default=None)
+        best = by_id.get(alert_id)
+    elif filed_with in by_id and not by_id[filed_with].retracted:
+        best = by_id[filed_with]
     elif starts_at is not None:
         near = [
-            (_distance(a, starts_at), a.severity != severity, -a.window_end.timestamp(), i)
-            for i, a in enumerate(standing)
+            (bool(a.retracted), _distance(a, starts_at), a.severity != severity, -a.window_end.timestamp(), i)
+            for i, a in enumerate(firing)
+            if _distance(a, starts_at) <= timedelta(seconds=tolerance_s)
         ]
-        best = standing[min(near)[-1]] if near and min(near)[0] <= timedelta(seconds=tolerance_s) else None
-    else:
-        best = None
+        best = firing[min(near)[-1]] if near else None
+    if best is None and filed_with is not None and alert_id is None:
+        best = by_id.get(filed_with)
     if best is not None:
-        return SurgeMatch("matched", best)
-    if standing:
-        return SurgeMatch("stale", None, standing[0].alert_id)
+        return SurgeMatch("retracted" if best.retracted else "matched", best)
+    if firing:
+        return SurgeMatch("stale", None, firing[0].alert_id)
     return SurgeMatch("missing")
 
 

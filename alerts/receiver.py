@@ -7,8 +7,11 @@ notification arrives it attaches the evidence of the SurgeAlert *of that alert*:
 ``startsAt`` falls in (within ``receiver.evidence_tolerance_s``). Never simply the newest surge of the
 key: that may be an earlier surge, whose headlines must not be filed as this alert's evidence. When the
 webhook outruns the topic the request waits (at most ``receiver.evidence_wait_s`` in all, without
-holding up other requests); each row records ``evidence_match``: ``matched``, ``stale`` (the key has
-surges, none of this alert's time) or ``missing``.
+holding up other requests); each row records ``evidence_match``: ``matched``, ``retracted`` (the surge of
+this alert's time, an early firing its complete window withdrew: the page went out, so its headlines are
+filed too), ``stale`` (the key has surges, none of this alert's time) or ``missing``. A resolved
+notification is filed with the surge its firing notification was filed with while that one stands
+(``audit.match_surge`` has the whole order).
 
 Closed by default. Refused, and never recorded: a Host header that is not this receiver's address and
 a browser's cross-origin request (403: DNS rebinding, forms on other sites), a wrong or missing bearer
@@ -299,17 +302,19 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
         """Poll the store for this alert's SurgeAlert until it is there or the request's deadline passes."""
         started = time.monotonic()
         starts_at = _time_or_none(n.starts_at)
+        alert_id = n.surge_alert_id
+        filed = await asyncio.to_thread(audit.surge_filed_with_firing, n) if n.status == "resolved" else None
         while True:
             match = await asyncio.to_thread(
-                audit.match_surge, n.key, starts_at, tolerance_s, n.labels.get("severity"), n.surge_alert_id
+                audit.match_surge, n.key, starts_at, tolerance_s, n.labels.get("severity"), alert_id, filed
             )
-            unmatchable = starts_at is None and n.surge_alert_id is None
-            if match.status == "matched" or unmatchable or time.monotonic() >= deadline:
+            unmatchable = starts_at is None and alert_id is None and filed is None
+            if match.surge is not None or unmatchable or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
         metrics.evidence_wait.observe(time.monotonic() - started)
         metrics.evidence.labels(match.status).inc()
-        if match.status != "matched":
+        if match.surge is None:
             log.warning(
                 "no SurgeAlert of this alert's time or id; recorded without evidence",
                 extra={

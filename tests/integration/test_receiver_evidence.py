@@ -57,8 +57,9 @@ def post(url: str, hook: dict) -> tuple[dict, float]:
     r = httpx.post(f"{url}/alertmanager", json=hook, timeout=30)
     took = time.monotonic() - started
     assert r.status_code == 200 and r.json()["recorded"] == 1, r.text
-    fp = hook["alerts"][0]["fingerprint"]
-    (row,) = [n for n in httpx.get(f"{url}/alerts", timeout=5).json()["notifications"] if n["fingerprint"] == fp]
+    fp, status = hook["alerts"][0]["fingerprint"], hook["alerts"][0]["status"]
+    rows = httpx.get(f"{url}/alerts", params={"status": status}, timeout=5).json()["notifications"]
+    (row,) = [n for n in rows if n["fingerprint"] == fp]
     return row, took
 
 
@@ -105,6 +106,49 @@ def test_an_alert_id_on_the_alert_picks_that_surge_even_when_another_is_nearer_i
     assert by_time["evidence_match"] == "matched" and by_time["surge_alert_id"] == second.alert_id
     by_id, _ = post(url, webhook(fingerprint="bank2", name=name, labels={"alert_id": first.alert_id}))
     assert by_id["surge_alert_id"] == first.alert_id and by_id["evidence"][0]["title"].startswith("First")
+
+
+def test_a_retracted_surge_keeps_its_pages_and_a_confirmed_surge_of_the_time_takes_over(receiver):
+    """An early firing the complete window withdrew had paged already (Prometheus saw the gauge): its resolved
+    notification, and a firing one that arrives after the retraction, are filed with that surge's headlines
+    and say ``retracted``, never recorded as evidence-less. Once the complete window next to it confirms a
+    surge, that one (standing) is what the alert was about."""
+    url, _ = receiver
+    key, name = "topic:Shipping", "Shipping"
+    early = surge(key, title="Early shipping scare")
+    publish_and_wait(receiver, early)
+    fired, _ = post(url, webhook(fingerprint="ship1", name=name))
+    assert fired["evidence_match"] == "matched" and fired["surge_alert_id"] == early.alert_id
+    publish_and_wait(receiver, early.model_copy(update={"retracted": True, "trigger": "close"}))
+    late, took = post(url, webhook(fingerprint="ship2", name=name))
+    assert late["evidence_match"] == "retracted" and late["surge_alert_id"] == early.alert_id
+    assert took < WAIT_S - 1  # the surge of its time is found: no waiting for another
+    resolved, took = post(url, webhook(status="resolved", fingerprint="ship1", name=name, ends="2026-11-22T12:03:00Z"))
+    assert resolved["surge_alert_id"] == early.alert_id and resolved["evidence_match"] == "retracted"
+    assert [e["title"] for e in resolved["evidence"]] == [e.title for e in early.evidence]
+    assert took < WAIT_S - 1
+    confirmed = surge(key, at=NOW - timedelta(seconds=10), title="Confirmed shipping surge")
+    publish_and_wait(receiver, confirmed)
+    resolved, _ = post(url, webhook(status="resolved", fingerprint="ship2", name=name, ends="2026-11-22T12:03:00Z"))
+    assert resolved["surge_alert_id"] == confirmed.alert_id and resolved["evidence_match"] == "matched"
+    metrics = httpx.get(f"{url}/metrics", timeout=5).text
+    assert 'finsent_receiver_evidence_total{match="retracted"} 2.0' in metrics
+
+
+def test_a_resolution_is_filed_with_the_surge_its_firing_was_filed_with(receiver):
+    """Not with a newer surge of the key whose window happens to hold the alert's start."""
+    url, _ = receiver
+    key, name = "topic:Rail", "Rail"
+    first = surge(key, title="Rail strike")
+    publish_and_wait(receiver, first)
+    fired, _ = post(url, webhook(fingerprint="rail1", name=name))  # startsAt 30 s after first's window
+    assert fired["surge_alert_id"] == first.alert_id
+    newer = surge(key, at=NOW + timedelta(minutes=2), title="Newer rail surge")  # its window holds startsAt
+    publish_and_wait(receiver, newer)
+    resolved, _ = post(url, webhook(status="resolved", fingerprint="rail1", name=name, ends="2026-11-22T12:03:00Z"))
+    assert resolved["surge_alert_id"] == first.alert_id and resolved["evidence_match"] == "matched"
+    another, _ = post(url, webhook(fingerprint="rail2", name=name))  # a firing one goes by time: the newer
+    assert another["surge_alert_id"] == newer.alert_id
 
 
 def test_a_webhook_waiting_for_evidence_does_not_hold_up_other_requests(receiver):
