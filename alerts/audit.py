@@ -27,6 +27,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -202,6 +203,12 @@ def _read_only(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True, isolation_level=None)
 
 
+def _fold_cases(db: sqlite3.Connection) -> dict[int, Case]:
+    names = ("seq", "received_at", "status", "alertname", "fingerprint", "severity", "dim", "name", *ACTION_COLUMNS)
+    cur = db.execute(f"SELECT {', '.join(names)} FROM notifications ORDER BY seq")
+    return fold(dict(zip(names, row)) for batch in iter(lambda: cur.fetchmany(1000), []) for row in batch)
+
+
 def _decode(row: dict) -> dict:
     for field in _JSON_FIELDS:
         row[field] = json.loads(row[field])
@@ -225,20 +232,14 @@ class AuditLog:
     def _migrate(self) -> None:
         """Add the columns a log written by an older receiver lacks, in one transaction; a log without
         ``row_hash`` gets its chain computed from the rows it has now."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")  # a second process opening the same old log waits, then sees it done
-            try:
-                have = {r[1] for r in self._db.execute("PRAGMA table_info(notifications)")}
-                missing = [c for c in _ADDED_COLUMNS if c not in have]
-                for column in missing:
-                    self._db.execute(f"ALTER TABLE notifications ADD COLUMN {column} TEXT")
-                chained = self._chain_existing_rows() if "row_hash" in missing else None
-                for trigger in TRIGGERS:
-                    self._db.execute(trigger)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, self._transaction():  # a second process opening the same old log waits, then sees it done
+            have = {r[1] for r in self._db.execute("PRAGMA table_info(notifications)")}
+            missing = [c for c in _ADDED_COLUMNS if c not in have]
+            for column in missing:
+                self._db.execute(f"ALTER TABLE notifications ADD COLUMN {column} TEXT")
+            chained = self._chain_existing_rows() if "row_hash" in missing else None
+            for trigger in TRIGGERS:
+                self._db.execute(trigger)
         if chained is not None:
             log.warning(
                 "audit log had no hash chain: chained from its current rows (nothing older can be vouched for)",
@@ -284,18 +285,23 @@ class AuditLog:
             "evidence": json.dumps([e.to_dict() for e in surge.evidence] if surge else []),
             "evidence_match": match,
         }
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                if self._db.execute("SELECT 1 FROM notifications WHERE dedup_key = ?", (row["dedup_key"],)).fetchone():
-                    self._db.execute("ROLLBACK")
-                    return False
-                self._append(row)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, self._transaction():
+            if self._db.execute("SELECT 1 FROM notifications WHERE dedup_key = ?", (row["dedup_key"],)).fetchone():
+                return False
+            self._append(row)
         return True
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction (taken at once: IMMEDIATE), committed when the block ends, rolled back on
+        any exception. Callers hold ``_lock``."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def _append(self, row: dict) -> None:
         """Insert ``row`` as the next seq with its chained hash (inside the caller's write transaction)."""
@@ -364,9 +370,15 @@ class AuditLog:
 
     # -- cases: compliance's actions, each a new row ------------------------------------------------
     def cases(self) -> dict[int, Case]:
-        """Every alert case as it stands now (folded from the whole log, notifications and actions)."""
-        with self._lock:
-            return self._cases_in_transaction()
+        """Every alert case as it stands now (folded from the whole log, notifications and actions), read from
+        a snapshot on a connection of its own: a fold of a long log takes seconds, and holding the writer's
+        lock that long would hold up the webhooks being recorded (WAL readers do not block the writer)."""
+        db = _read_only(self.path)
+        try:
+            db.execute("BEGIN")
+            return _fold_cases(db)
+        finally:
+            db.close()
 
     def record_action(
         self,
@@ -380,51 +392,44 @@ class AuditLog:
     ) -> Case:
         """Append one action on a case (checked against the case as it stands, inside the write transaction,
         so two people closing at once cannot both succeed); returns the case after it. CaseError otherwise."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                case = self._cases_in_transaction().get(case_id)
-                check_action(case, action, assignee, disposition)
-                assert case is not None
-                row = {
-                    "dedup_key": f"action:{uuid.uuid4().hex}",
-                    "received_at": at.isoformat(),
-                    "receiver": "compliance",
-                    "status": action,
-                    "alertname": case.alertname,
-                    "fingerprint": case.fingerprint,
-                    "starts_at": case.opened_at,
-                    "labels": "{}",
-                    "annotations": "{}",
-                    "evidence": "[]",
-                    "dim": case.dim,
-                    "name": case.name,
-                    "action": action,
-                    "actor": actor,
-                    "assignee": assignee if action == "assign" else None,
-                    "note": note or None,
-                    "disposition": disposition if action == "close" else None,
-                    "case_seq": str(case_id),  # a TEXT column: hashed as it is stored
-                }
-                self._append(row)  # sets row["seq"]
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, self._transaction():
+            case = self._cases_in_transaction().get(case_id)
+            check_action(case, action, assignee, disposition)
+            assert case is not None
+            row = {
+                "dedup_key": f"action:{uuid.uuid4().hex}",
+                "received_at": at.isoformat(),
+                "receiver": "compliance",
+                "status": action,
+                "alertname": case.alertname,
+                "fingerprint": case.fingerprint,
+                "starts_at": case.opened_at,
+                "labels": "{}",
+                "annotations": "{}",
+                "evidence": "[]",
+                "dim": case.dim,
+                "name": case.name,
+                "action": action,
+                "actor": actor,
+                "assignee": assignee if action == "assign" else None,
+                "note": note or None,
+                "disposition": disposition if action == "close" else None,
+                "case_seq": str(case_id),  # a TEXT column: hashed as it is stored
+            }
+            self._append(row)  # sets row["seq"]
         apply_action(case, row)  # the case as the fold would now give it, without reading the log again
         return case
 
     def _cases_in_transaction(self) -> dict[int, Case]:
-        names = ("seq", "received_at", "status", "alertname", "fingerprint", "severity", "dim", "name", *ACTION_COLUMNS)
-        rows = self._db.execute(f"SELECT {', '.join(names)} FROM notifications ORDER BY seq").fetchall()
-        return fold(dict(zip(names, row)) for row in rows)
+        return _fold_cases(self._db)
 
     # -- surges from finsent.alerts ---------------------------------------------------------------
     def add_surges(self, alerts: Iterable[SurgeAlert], received_at: datetime) -> None:
         """``finsent.alerts`` is a changelog of transitions: the newest record of each one replaces the
         last (a provisional firing confirmed with the complete window's evidence, or retracted). This
-        table is a cache of that topic, not the audit log: replacing rows here rewrites no history."""
-        with self._lock:
+        table is a cache of that topic, not the audit log: replacing rows here rewrites no history. One
+        transaction per call (autocommit would sync to disk once per row)."""
+        with self._lock, self._transaction():
             self._db.executemany(
                 "INSERT OR REPLACE INTO surges (alert_id, state, severity, key, window_end, received_at, record)"
                 " VALUES (?,?,?,?,?,?,?)",

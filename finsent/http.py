@@ -8,18 +8,23 @@ disagreed (a Content-Length that is not a number was 400 in one and ignored in t
   arrive (a chunked upload has no length to check), for handlers that read the body themselves;
 - ``BodyLimit``: the same as pure ASGI middleware, for frameworks that parse the body for you;
 - ``metrics_route_app``: prometheus_client's own ``make_asgi_app`` for ``/metrics`` (content negotiation,
-  gzip, ``name[]`` filtering), wrapped so Starlette and FastAPI route it as an ASGI app.
+  gzip, ``name[]`` filtering), wrapped so Starlette and FastAPI route it as an ASGI app; or the same answer
+  collected in a worker thread, for a registry whose collectors read a store.
 """
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import hmac
 import ipaddress
 import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
+from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry, make_asgi_app
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 from starlette.responses import JSONResponse, Response
 
 log = logging.getLogger("finsent.http")
@@ -124,13 +129,40 @@ class BodyLimit:
 
 class metrics_route_app:  # noqa: N801 - used like the function it wraps
     """``make_asgi_app(registry)`` as an object, so a Starlette/FastAPI Route treats it as an ASGI app
-    (a plain function endpoint would be called as a request handler)."""
+    (a plain function endpoint would be called as a request handler).
 
-    def __init__(self, registry: CollectorRegistry):
+    ``off_loop``: collect and encode in a worker thread, for a registry with a collector that reads a
+    store at scrape time (the receiver's cases fold the audit log): ``make_asgi_app`` collects on the event
+    loop, so every scrape would hold up the requests the service is there for. Only for registries whose
+    collectors are thread-safe (client_python's own metrics are)."""
+
+    def __init__(self, registry: CollectorRegistry, off_loop: bool = False):
+        self._registry = registry
         self._app = make_asgi_app(registry)
+        self._off_loop = off_loop
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self._app(scope, receive, send)
+        if not self._off_loop:
+            await self._app(scope, receive, send)
+            return
+        header = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        names = parse_qs(scope.get("query_string", b"").decode()).get("name[]")
+        body, headers = await asyncio.to_thread(
+            _exposition, self._registry, header.get("accept", ""), header.get("accept-encoding", ""), names
+        )
+        await Response(body, headers=headers)(scope, receive, send)
+
+
+def _exposition(
+    registry: CollectorRegistry, accept: str, accept_encoding: str, names: list[str] | None
+) -> tuple[bytes, dict[str, str]]:
+    """What ``make_asgi_app`` answers (format by Accept, ``name[]`` filter, gzip), from public API."""
+    encoder, content_type = choose_encoder(accept)
+    output = encoder(registry.restricted_registry(names) if names else registry)
+    headers = {"Content-Type": content_type}
+    if gzip_accepted(accept_encoding):
+        output, headers["Content-Encoding"] = gzip.compress(output), "gzip"
+    return output, headers
 
 
 def is_loopback(host: str) -> bool:

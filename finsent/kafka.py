@@ -29,7 +29,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -392,9 +392,11 @@ async def follow_topics(
     handle: Callable[[str, bytes | None, int], None],
     role: str,
     fetch_max_wait_ms: int = 100,
+    after_batch: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Call ``handle(topic, value, offset)`` for every record; a record ``handle`` rejects with RecordError or
-    ValueError is logged and skipped. Runs until cancelled."""
+    ValueError is logged and skipped. ``after_batch`` is awaited after each fetched batch: a ``handle`` that
+    only collects lets it write the batch in one go, off the event loop. Runs until cancelled."""
     topics = list(topics)
     kafka = as_kafka(kafka)
     delay = 1.0
@@ -414,6 +416,8 @@ async def follow_topics(
                                 "unreadable record skipped",
                                 extra={"topic": tp.topic, "offset": msg.offset, "error": str(err)[:200]},
                             )
+                if after_batch is not None:
+                    await after_batch()
         except asyncio.CancelledError:
             raise
         except Exception as err:  # noqa: BLE001 - broker down or unreachable: keep serving, reconnect later

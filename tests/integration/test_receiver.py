@@ -260,3 +260,78 @@ def test_embedded_prometheus_has_no_lifecycle_api(tmp_path):
 
     child, _ = prometheus_child(load(), tmp_path)
     assert not any("lifecycle" in a for a in child.argv)
+
+
+def _a_long_audit_log(path, notifications: int) -> None:
+    """An audit log of ``notifications`` rows (years of alerts), bulk-inserted: the receiver's cases fold all of
+    them. The hash chain is not computed (not what this is about), so ``verify`` would name row 1."""
+    from finsent.alerts.audit import AuditLog
+
+    AuditLog(path).close()  # the schema
+    db = sqlite3.connect(path)
+    with db:
+        db.executemany(
+            "INSERT INTO notifications (dedup_key, received_at, receiver, status, alertname, fingerprint, starts_at,"
+            " labels, annotations, evidence, dim, name, severity) VALUES (?,?,?,?,?,?,?,'{}','{}','[]','topic','Oil',"
+            "'warning')",
+            (
+                (
+                    f"bulk{i}",
+                    "2026-01-01T00:00:00+00:00",
+                    "compliance",
+                    ("firing", "resolved")[i % 2],
+                    "NegativeSentimentSurge",
+                    f"fp{i // 2}",
+                    "2026-01-01T00:00:00Z",
+                )
+                for i in range(notifications)
+            ),
+        )
+    db.close()
+
+
+def test_a_scrape_of_a_long_audit_log_does_not_hold_up_the_webhooks(tmp_path):
+    """Prometheus scrapes the receiver's /metrics, whose case figures fold the whole audit log: seconds on a
+    long log. Webhooks arriving meanwhile must not wait for it (neither for the event loop nor for the log's
+    write lock): Alertmanager times out and retries a slow receiver, and compliance's record is late."""
+    import threading
+    import time
+
+    import httpx
+
+    _a_long_audit_log(tmp_path / "audit.sqlite", 200_000)
+    with receiver_process(tmp_path) as url:
+        scrapes: list[float] = []
+        open_cases: list[float] = []
+        done = threading.Event()
+
+        def scrape() -> None:
+            while not done.is_set():
+                started = time.monotonic()
+                text = httpx.get(f"{url}/metrics", timeout=60).text
+                scrapes.append(time.monotonic() - started)
+                line = next(x for x in text.splitlines() if x.startswith('finsent_receiver_cases{state="open"}'))
+                open_cases.append(float(line.split()[-1]))
+
+        scraper = threading.Thread(target=scrape, daemon=True)
+        scraper.start()
+        posts: list[float] = []
+        deadline = time.monotonic() + 8
+        i = 0
+        while time.monotonic() < deadline or len(scrapes) < 2:
+            i += 1
+            alert = {**webhook()["alerts"][0], "fingerprint": f"live{i}", "labels": {"alertname": "WorkerDown"}}
+            started = time.monotonic()
+            r = httpx.post(f"{url}/alertmanager", json={**webhook(), "alerts": [alert]}, timeout=60)
+            posts.append(time.monotonic() - started)
+            assert r.status_code == 200 and r.json()["recorded"] == 1
+            time.sleep(0.05)
+        done.set()
+        scraper.join(timeout=60)
+    scrape_s = sorted(scrapes)[len(scrapes) // 2]
+    print(
+        f"\nscrape of 200,000 rows: median {scrape_s:.2f} s; {len(posts)} webhooks during them, slowest {max(posts):.3f} s"
+    )
+    assert open_cases and min(open_cases) >= 100_000  # every scrape folded the whole log
+    assert scrape_s > 0.3, "premise: on this machine a scrape of this log is too quick to hold anything up"
+    assert max(posts) < scrape_s / 2
