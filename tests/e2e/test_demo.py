@@ -51,14 +51,23 @@ def _surge_notifications(info: dict, status: str) -> list[dict]:
     return [r for r in rows if r["alertname"] == "NegativeSentimentSurge" and r["surge_alert_id"]]
 
 
+def _running(pid: int) -> str | None:
+    """The command line of ``pid`` while it runs (not a zombie), else None. One lookup: a process can end
+    between two (``pid_exists`` then ``Process``), which is exactly what these tests wait for."""
+    try:
+        proc = psutil.Process(pid)
+        return None if proc.status() == psutil.STATUS_ZOMBIE else " ".join(proc.cmdline()[:4])
+    except psutil.NoSuchProcess:
+        return None
+
+
 def _assert_all_gone(pids: list[int], timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
-    alive = pids
+    alive = {p: cmd for p in pids if (cmd := _running(p)) is not None}
     while alive and time.monotonic() < deadline:
-        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
         time.sleep(0.1)
-    names = {p: " ".join(psutil.Process(p).cmdline()[:4]) for p in alive if psutil.pid_exists(p)}
-    assert not alive, f"processes left behind: {names}"
+        alive = {p: cmd for p in pids if (cmd := _running(p)) is not None}
+    assert not alive, f"processes left behind: {alive}"
 
 
 def test_demo_serves_every_url_then_stops_on_sigterm_without_orphans(tmp_path):
