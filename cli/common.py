@@ -56,15 +56,28 @@ def load_settings(config: Path | None) -> Settings:
 
 
 def model_dir(settings: Settings, model: Path | None) -> Path:
-    """``--model``, else the settings' model (newest version), else the model shipped in the repo."""
+    """``--model``, else the settings' model (``model.name``, ``model.version``; empty = newest) from
+    ``paths.models_dir`` or the repository's ``models/``, else, when neither was chosen, the shipped default.
+
+    A model the user chose and does not have is an error, not the default in its place: someone who asked
+    for the research variant must not be served the permissive model without knowing it."""
     from finsent.model import artifact
 
     if model is not None:
         return model
-    try:
-        return artifact.resolve(settings.paths.models_dir, settings.model.name, settings.model.version)
-    except ModelError:
+    name, version = settings.model.name, settings.model.version
+    for models_dir in dict.fromkeys((settings.paths.models_dir, artifact.REPO_MODELS_DIR)):
+        try:
+            return artifact.resolve(models_dir, name, version)
+        except ModelError:
+            continue
+    if name == artifact.DEFAULT_NAME and not version:
         return artifact.default_model_dir()
+    build = " (build it: finsent train --run-config configs/train-minilm-research.toml)" if "research" in name else ""
+    raise ModelError(
+        f"model {name}@{version or 'newest'} not found under {settings.paths.models_dir} or "
+        f"{artifact.REPO_MODELS_DIR}{build}; unset FINSENT_MODEL__NAME/FINSENT_MODEL__VERSION for the default"
+    )
 
 
 def utc(d: datetime | None) -> datetime | None:

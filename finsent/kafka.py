@@ -191,6 +191,7 @@ def admin_client(kafka: KafkaLike, timeout_s: float = 15.0) -> KafkaAdminClient:
     kafka = as_kafka(kafka)
     bootstrap = kafka.bootstrap
     deadline = time.monotonic() + timeout_s
+    waiting = False
     while True:
         try:
             if not bootstrap_reachable(bootstrap):
@@ -204,6 +205,12 @@ def admin_client(kafka: KafkaLike, timeout_s: float = 15.0) -> KafkaAdminClient:
         except (KafkaError, OSError) as err:
             if time.monotonic() > deadline:
                 raise BrokerUnavailable(f"no Kafka broker at {bootstrap} after {timeout_s:.0f}s ({err})") from None
+            if not waiting:  # say once why nothing happens yet, rather than sit silent for timeout_s
+                log.warning(
+                    "waiting for the Kafka broker",
+                    extra={"bootstrap": bootstrap, "error": str(err)[:200], "give_up_after_s": timeout_s},
+                )
+                waiting = True
             time.sleep(0.2)
 
 

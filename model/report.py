@@ -500,7 +500,8 @@ def render(
         twitter = ", ".join(f"{r.name} {r.metrics['accuracy']:.3f}" for r in results if r.name.startswith("twitter-"))
         lines += [
             "",
-            f"**News score** (mean accuracy over the {len(news_results)} news sets): {score} — Twitter: {twitter}.",
+            f"**News score** (mean accuracy over the {len(news.sets)} news sets not marked held-out): {score} — "
+            f"Twitter: {twitter}.",
         ]
         lines += ["", *_news_lines(clf, results, news_results, news, candidate)]
     lines += ["", "## Beside published results", "", "| set | model | accuracy | macro-F1 |", "|---|---|---|---|"]

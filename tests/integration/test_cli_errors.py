@@ -56,6 +56,14 @@ CASES = {
     "unknown setting": (["topics"], {"FINSENT_BROKER__PROT": "1"}, 2, "FINSENT_BROKER__PROT"),
     "broker port taken": (["broker"], "taken:FINSENT_BROKER__PORT", 1, "already in use"),
     "no model": (["serve", "--model", "/nonexistent/model"], {}, 2, "not a finsent model directory"),
+    # a model chosen by name or version that is not there: an error, never the default served in its place
+    "unbuilt research model": (
+        ["serve"],
+        {"FINSENT_MODEL__NAME": "finsent-minilm-research-unbuilt"},
+        2,
+        "configs/train-minilm-research.toml",
+    ),
+    "unknown model version": (["worker"], {"FINSENT_MODEL__VERSION": "19990101"}, 2, "finsent-minilm@19990101 not"),
     "no audit log": (["receiver", "verify"], {}, 1, "no audit log"),
     "bad replay speed": (["replay", "--speed", "fast"], {}, 2, "speed"),
     "missing import file": (["ingest", "import", "/nonexistent/news.csv", "--map", "title=t"], {}, 2, "no such file"),
