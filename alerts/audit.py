@@ -513,9 +513,9 @@ def match_surge(
         best = by_id[filed_with]
     elif starts_at is not None:
         near = [
-            (bool(a.retracted), _distance(a, starts_at), a.severity != severity, -a.window_end.timestamp(), i)
+            (bool(a.retracted), d, a.severity != severity, -a.window_end.timestamp(), i)
             for i, a in enumerate(firing)
-            if _distance(a, starts_at) <= timedelta(seconds=tolerance_s)
+            if (d := _distance(a, starts_at)) <= timedelta(seconds=tolerance_s)
         ]
         best = firing[min(near)[-1]] if near else None
     if best is None and filed_with is not None and alert_id is None:
