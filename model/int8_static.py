@@ -173,16 +173,13 @@ def _calibrate(fp32: Path, feeds: list[dict], cache: Path, nodes: list[str]) -> 
         _quantize_nodes(fp32, Path(tmp) / "all.onnx", nodes, cache, Reader())
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
-
-
 def _kl(reference: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray]) -> float:
     """KL(fp32 || quantised), summed over the two heads, mean over texts."""
+    from finsent.model.quality import softmax  # planning only: keeps sklearn out of the serving import path
+
     total = 0.0
     for p_logits, q_logits in zip(reference, other, strict=True):
-        p, q = _softmax(p_logits), _softmax(q_logits)
+        p, q = softmax(p_logits), softmax(q_logits)
         total += float((p * (np.log(p + 1e-12) - np.log(q + 1e-12))).sum(1).mean())
     return total
 
