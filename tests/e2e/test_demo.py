@@ -51,6 +51,26 @@ def _surge_notifications(info: dict, status: str) -> list[dict]:
     return [r for r in rows if r["alertname"] == "NegativeSentimentSurge" and r["surge_alert_id"]]
 
 
+def _firing_surges(kafka: str) -> dict[str, list]:
+    """Each surge's firing transitions on ``finsent.alerts`` (a changelog topic keyed by alert id, state and
+    severity), the newest record of each: a surge stands while any of them is not retracted."""
+    from kafka import KafkaConsumer
+
+    from finsent.records import SurgeAlert
+
+    consumer = KafkaConsumer(
+        "finsent.alerts", bootstrap_servers=kafka, auto_offset_reset="earliest", group_id=None, consumer_timeout_ms=2000
+    )
+    try:
+        newest = {a.transition: a for r in consumer if (a := SurgeAlert.from_json(r.value)).state == "firing"}
+    finally:
+        consumer.close()
+    firings: dict[str, list] = {}
+    for a in newest.values():
+        firings.setdefault(a.alert_id, []).append(a)
+    return firings
+
+
 def _running(pid: int) -> str | None:
     """The command line of ``pid`` while it runs (not a zombie), else None. One lookup: a process can end
     between two (``pid_exists`` then ``Process``), which is exactly what these tests wait for."""
@@ -233,9 +253,10 @@ def test_demo_burst_reaches_the_compliance_audit_log_with_evidence_then_resolves
         )
         assert latency < 60
 
-        # That alert's own resolution, filed with the same surge: an early firing that its complete window
-        # withdrew resolves within a minute (evidence_match "retracted"); a confirmed one once the burst has
-        # left the detector's 60 s window.
+        # That alert's own resolution (same fingerprint and start), filed with the same surge: an early firing
+        # that its complete window withdrew resolves within a minute (evidence_match "retracted"); a confirmed
+        # one once the burst has left the detector's 60 s window. Which of the two happens, and whether a
+        # confirmed surge of the same key took the alert over, depends on batch timing, so on the machine's load.
         def resolution():
             return [
                 r
@@ -247,7 +268,21 @@ def test_demo_burst_reaches_the_compliance_audit_log_with_evidence_then_resolves
         while not resolution() and time.monotonic() < deadline:
             time.sleep(2)
         assert resolution(), f"the surge of {row['dim']} {row['name']} never resolved in the audit log"
-        assert resolution()[0]["surge_alert_id"] == row["surge_alert_id"]
+        resolved = resolution()[0]
+        assert resolved["evidence"] and resolved["evidence_match"] in ("matched", "retracted")
+        firings = _firing_surges(info["urls"]["kafka"])
+        assert {a.key for a in firings[resolved["surge_alert_id"]]} == {a.key for a in firings[row["surge_alert_id"]]}
+        if resolved["surge_alert_id"] != row["surge_alert_id"]:
+            # The documented exception (alerts.audit.match_surge, rule 3): the firing's surge was an early one
+            # that its complete window withdrew, and a confirmed surge of the same key held the one Prometheus
+            # alert up meanwhile; the resolution is filed with that standing surge. Checked on the alerts topic
+            # itself, not on the receiver's word.
+            assert all(a.retracted for a in firings[row["surge_alert_id"]]), (
+                f"the resolution was filed with {resolved['surge_alert_id']}, not with the firing's own "
+                f"{row['surge_alert_id']}, which still stands"
+            )
+            assert not all(a.retracted for a in firings[resolved["surge_alert_id"]])
+            assert resolved["evidence_match"] == "matched"
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
