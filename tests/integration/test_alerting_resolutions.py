@@ -1,0 +1,129 @@
+"""Every surge page compliance receives is closed by a resolved notification, through the real Alertmanager
+with the shipped routing and inhibition. Alertmanager mutes an inhibited alert's *resolved* notification too
+(prometheus/alertmanager#2754), so an inhibit rule that targets surges leaves the compliance case of a page
+open for ever: a warning escalated to critical (the worker's gauge carries one severity per key, so the
+warning resolves as the critical fires), or a surge whose series went away with its worker (WorkerDown).
+
+The webhook end is a small real HTTP server on 127.0.0.1 standing in for `finsent receiver`, to see exactly
+what Alertmanager sends; the receiver's own handling of webhooks is tested in test_receiver*.py."""
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+from conftest import make_settings
+
+from finsent.local.services import ALERTMANAGER_CONFIG, alertmanager_child, ready_check
+
+
+class _Webhooks(ThreadingHTTPServer):
+    def __init__(self, port: int):
+        self.alerts: list[dict] = []
+        self.lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(handler):  # noqa: N805 - the server is `self` here
+                body = json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))
+                with self.lock:
+                    self.alerts += [{"receiver": body["receiver"], **a} for a in body["alerts"]]
+                handler.send_response(200)
+                handler.end_headers()
+
+            def log_message(handler, *args):  # noqa: N805
+                pass
+
+        super().__init__(("127.0.0.1", port), Handler)
+
+    def received(self, alertname: str, status: str, **labels) -> list[dict]:
+        with self.lock:
+            return [
+                a
+                for a in self.alerts
+                if a["status"] == status
+                and a["labels"]["alertname"] == alertname
+                and all(a["labels"].get(k) == v for k, v in labels.items())
+            ]
+
+
+@pytest.fixture
+def routed(tmp_path) -> Iterator[tuple[str, _Webhooks]]:
+    """The real Alertmanager on the shipped config, its group waits and intervals shortened to 1 s (so a page
+    and its resolution go out within seconds), posting to a webhook collector on the receiver's port."""
+    settings = make_settings(tmp_path)
+    config = tmp_path / "alertmanager.yml"
+    shipped = ALERTMANAGER_CONFIG.read_text()
+    config.write_text(re.sub(r"group_(wait|interval): \w+", r"group_\1: 1s", shipped))
+    hooks = _Webhooks(settings.receiver.port)
+    threading.Thread(target=hooks.serve_forever, daemon=True).start()
+    child, url = alertmanager_child(settings, settings.paths.state_dir, config)
+    child.start(ready_check(url), timeout=30)
+    try:
+        yield url, hooks
+    finally:
+        child.stop()
+        hooks.shutdown()
+
+
+def _post(url: str, labels: dict, starts_at: datetime, ends_at: datetime) -> None:
+    alert = {"labels": labels, "startsAt": starts_at.isoformat(), "endsAt": ends_at.isoformat()}
+    assert httpx.post(f"{url}/api/v2/alerts", json=[alert], timeout=5).status_code == 200
+
+
+def _wait(check, what: str, timeout: float = 30.0) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while not (found := check()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert found, what
+    return found
+
+
+SURGE = {"alertname": "NegativeSentimentSurge", "kind": "market", "dim": "topic", "name": "Energy | Oil"}
+
+
+def test_a_warning_escalated_to_critical_still_reaches_compliance_resolved(routed):
+    url, hooks = routed
+    start = datetime.now(UTC)
+    warning = SURGE | {"severity": "warning"}
+    _post(url, warning, start, start + timedelta(minutes=5))
+    _wait(lambda: hooks.received("NegativeSentimentSurge", "firing", severity="warning"), "the warning page")
+    # The complete window escalates: the gauge's series moves from severity=warning to severity=critical, so
+    # Prometheus sends the critical firing and the warning resolved together.
+    now = datetime.now(UTC)
+    _post(url, SURGE | {"severity": "critical"}, now, now + timedelta(minutes=5))
+    _post(url, warning, start, now)
+    _wait(lambda: hooks.received("NegativeSentimentSurge", "firing", severity="critical"), "the critical page")
+    resolved = _wait(
+        lambda: hooks.received("NegativeSentimentSurge", "resolved", severity="warning"),
+        "the warning page was never resolved: its compliance case stays open",
+    )
+    assert resolved[0]["receiver"] == "compliance"
+
+
+def test_a_surge_resolved_while_its_worker_is_down_still_reaches_compliance(routed):
+    url, hooks = routed
+    start = datetime.now(UTC)
+    surge = SURGE | {"severity": "critical"}
+    _post(url, surge, start, start + timedelta(minutes=5))
+    _wait(lambda: hooks.received("NegativeSentimentSurge", "firing"), "the surge page")
+    now = datetime.now(UTC)
+    _post(url, {"alertname": "WorkerDown", "kind": "pipeline", "severity": "critical"}, now, now + timedelta(minutes=5))
+    _post(url, surge, start, now)  # the worker's series went away with it: Prometheus resolves the surge
+    _wait(
+        lambda: hooks.received("NegativeSentimentSurge", "resolved"),
+        "the surge page was never resolved: its compliance case stays open",
+    )
+    # What WorkerDown is there to silence still is: a pipeline alert that follows from the worker being down.
+    _post(
+        url, {"alertname": "InferenceSlow", "kind": "pipeline", "severity": "warning"}, now, now + timedelta(minutes=5)
+    )
+    stale = {"alertname": "FeedStale", "kind": "pipeline", "severity": "warning", "feed": "f"}
+    _post(url, stale, now, now + timedelta(minutes=5))
+    _wait(lambda: hooks.received("FeedStale", "firing"), "a pipeline alert WorkerDown does not inhibit")
+    time.sleep(2)
+    assert not hooks.received("InferenceSlow", "firing"), "WorkerDown no longer silences what follows from it"
