@@ -499,7 +499,9 @@ def match_surge(
        window or shortly after it closed, so the alert's ``startsAt`` must lie within ``tolerance_s`` of
        the window [window_start, window_end]. A standing surge before a retracted one, then the nearest,
        same severity first: when an early firing is withdrawn and the complete window next to it fires,
-       the one Prometheus alert was held up by both, and the confirmed surge is what it was about.
+       the one Prometheus alert was held up by both, and the confirmed surge is what it was about. For a
+       resolution whose firing was filed (``filed_with``), standing surges only: another withdrawn surge
+       is no better an answer than the one the page went out with.
     4. ``filed_with`` though retracted.
 
     A retracted surge is an answer (status ``retracted``), not a miss: its early firing was on the worker's
@@ -516,6 +518,7 @@ def match_surge(
             (bool(a.retracted), d, a.severity != severity, -a.window_end.timestamp(), i)
             for i, a in enumerate(firing)
             if (d := _distance(a, starts_at)) <= timedelta(seconds=tolerance_s)
+            and not (filed_with is not None and a.retracted)
         ]
         best = firing[min(near)[-1]] if near else None
     if best is None and filed_with is not None and alert_id is None:
