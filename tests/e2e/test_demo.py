@@ -26,10 +26,12 @@ def _start_demo(tmp_path: Path, **extra_env: str) -> tuple[subprocess.Popen, dic
     log = (tmp_path / "demo.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "finsent.cli", "demo"], env=env, stdout=log, stderr=log)
     info_path = state / "demo.json"
-    deadline = time.monotonic() + 60
+    # The demo itself gives the worker and the API 120 s each to load the model (side by side); on a loaded
+    # 2-core CI machine another demo test may be loading its own at the same time.
+    deadline = time.monotonic() + 240
     while not info_path.exists():
         assert proc.poll() is None, (tmp_path / "demo.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "demo did not come up in 60 s"
+        assert time.monotonic() < deadline, "demo did not come up in 240 s"
         time.sleep(0.1)
     return proc, json.loads(info_path.read_text()), tmp_path / "demo.log"
 
@@ -51,24 +53,23 @@ def _surge_notifications(info: dict, status: str) -> list[dict]:
     return [r for r in rows if r["alertname"] == "NegativeSentimentSurge" and r["surge_alert_id"]]
 
 
-def _firing_surges(kafka: str) -> dict[str, list]:
+def _firing_surges(kafka: str) -> tuple[dict[str, list], dict[str, float]]:
     """Each surge's firing transitions on ``finsent.alerts`` (a changelog topic keyed by alert id, state and
-    severity), the newest record of each: a surge stands while any of them is not retracted."""
-    from kafka import KafkaConsumer
-
+    severity), the newest record of each: a surge stands while any of them is not retracted. And when each
+    surge was first published (seconds since the epoch)."""
+    from finsent.kafka import read_all
     from finsent.records import SurgeAlert
 
-    consumer = KafkaConsumer(
-        "finsent.alerts", bootstrap_servers=kafka, auto_offset_reset="earliest", group_id=None, consumer_timeout_ms=2000
-    )
-    try:
-        newest = {a.transition: a for r in consumer if (a := SurgeAlert.from_json(r.value)).state == "firing"}
-    finally:
-        consumer.close()
+    newest, published = {}, {}
+    for r in read_all(kafka, "finsent.alerts"):
+        a = SurgeAlert.from_json(r.value)
+        if a.state == "firing":
+            newest[a.transition] = a
+            published.setdefault(a.alert_id, r.timestamp / 1000)
     firings: dict[str, list] = {}
     for a in newest.values():
         firings.setdefault(a.alert_id, []).append(a)
-    return firings
+    return firings, published
 
 
 def _running(pid: int) -> str | None:
@@ -229,24 +230,39 @@ def test_demo_burst_reaches_the_compliance_audit_log_with_evidence_then_resolves
                     break
         consumer.close()
         assert alert is not None, "no surge from the oil burst within 200 s"
-        assert alert.evidence and alert.negative_share > 0.4
+        assert alert.evidence and alert.negative_share >= 0.4  # the detector fires at >= min_negative_share
+        # The worker's surge gauge went up for it. Read back from Prometheus over the last minutes, not from the
+        # worker's /metrics now: the gauge is set once the broker acknowledged the alert (we may have read it
+        # first), and by now an early firing may have been withdrawn or escalated to the other severity.
         dim, _, name = alert.key.partition(":")
-        metrics = httpx.get(info["urls"]["worker metrics"], timeout=5).text
-        assert f'finsent_surge_active{{dim="{dim}",name="{name or dim}",severity="{alert.severity}"}} 1.0' in metrics
-        published_at = record.timestamp / 1000  # when the worker put the SurgeAlert on finsent.alerts
+        selector = f'finsent_surge_active{{dim="{dim}",name="{name or dim}"}}'
+        deadline = time.monotonic() + 60
+        while not _prometheus_until(info, f"max_over_time({selector}[10m]) == 1", timeout=0):
+            assert time.monotonic() < deadline, f"{selector} never 1 in Prometheus"
+            time.sleep(1)
 
         def audit(status):
             return _surge_notifications(info, status)
 
+        def burst_pages():
+            """Pages of a burst key with oil-desk headlines: another key may page first on the background."""
+            return [
+                r
+                for r in audit("firing")
+                if ("all" if r["dim"] == "all" else f"{r['dim']}:{r['name']}") in burst_keys
+                and any(e["source"] == "oil-desk" for e in r["evidence"])
+            ]
+
         deadline = time.monotonic() + 180
-        while not (fired := audit("firing")) and time.monotonic() < deadline:
+        while not (fired := burst_pages()) and time.monotonic() < deadline:
             time.sleep(1)
-        assert fired, "no surge notification reached the audit log"
+        assert fired, "no surge notification of the oil burst reached the audit log"
         row = fired[0]
         assert row["evidence"] and all(e["title"] for e in row["evidence"])
         assert any(e["source"] == "oil-desk" for e in row["evidence"])
         assert row["labels"]["kind"] == "market" and row["receiver"] == "compliance"
-        latency = datetime.fromisoformat(row["received_at"]).timestamp() - published_at
+        firings, published = _firing_surges(info["urls"]["kafka"])
+        latency = datetime.fromisoformat(row["received_at"]).timestamp() - published[row["surge_alert_id"]]
         print(
             f"\ndetection (SurgeAlert on finsent.alerts) -> audit log entry: {latency:.1f} s "
             "(scrape 2 s, rule evaluation 2 s, for: 4s, Alertmanager group_wait 2 s)"
@@ -270,7 +286,7 @@ def test_demo_burst_reaches_the_compliance_audit_log_with_evidence_then_resolves
         assert resolution(), f"the surge of {row['dim']} {row['name']} never resolved in the audit log"
         resolved = resolution()[0]
         assert resolved["evidence"] and resolved["evidence_match"] in ("matched", "retracted")
-        firings = _firing_surges(info["urls"]["kafka"])
+        firings, _ = _firing_surges(info["urls"]["kafka"])
         assert {a.key for a in firings[resolved["surge_alert_id"]]} == {a.key for a in firings[row["surge_alert_id"]]}
         if resolved["surge_alert_id"] != row["surge_alert_id"]:
             # The documented exception (alerts.audit.match_surge, rule 3): the firing's surge was an early one

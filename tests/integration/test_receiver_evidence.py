@@ -16,7 +16,7 @@ from test_receiver import NOW, receiver_process, surge, webhook
 
 from finsent.records import SurgeAlert
 
-WAIT_S = 3.0
+WAIT_S = 8.0  # long enough, on a loaded machine, for a SurgeAlert published a second after its webhook
 YESTERDAY = NOW - timedelta(days=1)
 
 
@@ -76,7 +76,7 @@ def test_a_late_surgealert_is_awaited_and_an_earlier_surge_of_the_key_is_not_tak
     timer.join()
     assert row["evidence_match"] == "matched" and row["surge_alert_id"] == today.alert_id
     assert all(e["title"].startswith("Oil plunges today") for e in row["evidence"]) and len(row["evidence"]) == 3
-    assert 0.9 < took < WAIT_S + 2
+    assert 0.9 < took < WAIT_S  # it waited for it, and stopped waiting once it came
 
 
 def test_only_an_earlier_surge_of_the_key_is_stale_no_surge_at_all_is_missing(receiver):
