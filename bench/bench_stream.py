@@ -6,13 +6,16 @@
 1. ceiling: bare ``Classifier.predict`` of the backend the worker serves, in this process, on the same
    headlines sorted by token length and cut into batches of ``--ceiling-batch`` (one forward pass each):
    no broker, no decoding, no padding waste, so no stream processor on this box can score faster;
-2. end-to-end throughput through the embedded broker and a real ``finsent worker`` process (publish
-   ``--items`` headlines, time until the worker's ``items_scored_total`` counts them all), and its ratio to 1;
+2. end-to-end throughput through the embedded broker and a real ``finsent worker`` process, and its ratio
+   to 1: ``--items`` headlines published as a backlog while the worker is stopped (SIGSTOP), then timed from
+   SIGCONT to the broker timestamp of the last scored record, as the naive loop (3) is timed on its own
+   backlog. For the record also the rate while this process publishes the items beside the worker (its
+   producing shares the 2 cores: ``while_producing``);
 3. a naive peer on the same broker, model and backend: a plain kafka-python loop in this process (poll up to
    ``--naive-batch`` records → ``predict`` → produce the scored records with acks=all and wait → commit
    synchronously) over a fresh copy of the same items on its own raw topic; the worker's ratio to it;
 4. published→scored latency (raw record's Kafka timestamp → scored record's Kafka timestamp), p50/p99, at a
-   fixed offered load of 50 % of the end-to-end capacity measured in 2, for ``--latency-s`` seconds;
+   fixed offered load of 50 % of the rate measured in 2 while producing, for ``--latency-s`` seconds;
 5. window + surge core throughput (events/s) on ``--core`` synthetic observations, and the state it holds
    at the end (bounded by eviction).
 
@@ -23,7 +26,8 @@ model.threads, model.backend, model.device, model.batch_size) default to this pr
 (``FINSENT_*`` environment / config file), may be overridden on the command line (``--set`` for any other
 setting), reach the worker as ``FINSENT_*`` environment variables (nothing else of this environment does),
 and are recorded under ``worker_settings`` so that configurations can be compared. The ceiling and the naive
-peer use the same model directory, backend, device and threads.
+peer use the same model directory, backend, device and threads, with ONNX Runtime's default busy-waiting
+threads (faster for bare scoring; the worker turns it off unless ``--set model.spin_wait=true``).
 
 On a 2-core machine the benchmark process, the broker and the worker share the cores; the ratios include
 that contention (it is what a one-box deployment gets). The naive peer runs while no worker is running.
@@ -36,6 +40,7 @@ import contextlib
 import copy
 import os
 import shlex
+import signal
 import statistics
 import sys
 import tempfile
@@ -73,6 +78,7 @@ TUNABLES = [
     ("backend", "model.backend"),
     ("device", "model.device"),
     ("threads", "model.threads"),
+    ("spin_wait", "model.spin_wait"),
     ("model_batch_size", "model.batch_size"),
     ("max_batch", "stream.max_batch"),
     ("max_wait_s", "stream.max_wait_s"),
@@ -303,10 +309,6 @@ def bench_end_to_end(
             time.sleep(0.1)
         backend = served_backend(url)
         base = scored_total(url)
-        infer0, batches0 = (
-            metric(url, "finsent_worker_inference_seconds_sum"),
-            metric(url, "finsent_worker_batch_size_count"),
-        )
         batch = [(it.id.encode(), it.to_json()) for it in items(n, "tput-")]
         started_ms = time.time() * 1000
         for key, value in batch:
@@ -319,12 +321,9 @@ def bench_end_to_end(
             ts for key, ts in scored_timestamps(bootstrap, settings.topics.scored.name) if key.startswith("tput-")
         )
         seconds = (last_ms - started_ms) / 1000
-        capacity = n / seconds
-        inference_s = metric(url, "finsent_worker_inference_seconds_sum") - infer0
-        batches = metric(url, "finsent_worker_batch_size_count") - batches0
-
-        # Latency at half the capacity: paced sends, Kafka timestamps on both sides.
-        rate = capacity / 2
+        # Latency at half the capacity (measured while producing, as these are): paced sends, Kafka
+        # timestamps on both sides.
+        rate = n / seconds / 2
         lat_items = items(int(rate * latency_s), "lat-")
         sent_at: dict[str, int] = {}
         t0 = time.perf_counter()
@@ -344,13 +343,41 @@ def bench_end_to_end(
             if key in sent_at
         )
         q = statistics.quantiles(latencies, n=100)
+
+        infer0, batches0 = (
+            metric(url, "finsent_worker_inference_seconds_sum"),
+            metric(url, "finsent_worker_batch_size_count"),
+        )
+        # Last, so that a stopped worker cannot disturb the figures above: the same n as a backlog, measured the
+        # way the naive loop is. Published untimed while the worker is stopped (SIGSTOP; well inside its 6 s
+        # session timeout), so neither this process's producing nor the worker's fetching of a trickle is on
+        # the clock; then the worker let go: SIGCONT to the broker timestamp of the last scored record.
+        os.kill(worker.proc.pid, signal.SIGSTOP)
+        try:
+            for it in items(n, "drain-"):
+                producer.send(raw, key=it.id.encode(), value=it.to_json())
+            producer.flush()
+        finally:
+            resumed_ms = time.time() * 1000
+            os.kill(worker.proc.pid, signal.SIGCONT)
+        while scored_total(url) < base + 2 * n + len(lat_items):
+            time.sleep(0.5)
+        drain_last_ms = max(
+            ts for key, ts in scored_timestamps(bootstrap, settings.topics.scored.name) if key.startswith("drain-")
+        )
+        drain_seconds = (drain_last_ms - resumed_ms) / 1000
+        capacity = n / drain_seconds
+        inference_s = metric(url, "finsent_worker_inference_seconds_sum") - infer0
+        batches = metric(url, "finsent_worker_batch_size_count") - batches0
+
         return {
             "items": n,
-            "seconds": seconds,
+            "seconds": drain_seconds,
             "end_to_end_per_s": capacity,
+            "while_producing": {"seconds": seconds, "items_per_s": n / seconds},
             "backend": backend,
             "inference_seconds_in_worker": inference_s,
-            "inference_share": inference_s / seconds,
+            "inference_share": inference_s / drain_seconds,
             "inference_per_s_in_worker": n / inference_s if inference_s else None,
             "batches": batches,
             "mean_batch": n / batches if batches else None,
@@ -423,6 +450,12 @@ def main() -> None:
     ap.add_argument("--device", default=base.model.device, help="model.device")
     ap.add_argument(
         "--threads", type=int, default=base.model.threads, help="model.threads (ONNX Runtime; 0 = one per core)"
+    )
+    ap.add_argument(
+        "--spin-wait",
+        type=lambda v: v.lower() in ("1", "true", "yes"),
+        default=base.model.spin_wait,
+        help="model.spin_wait (the worker's ONNX Runtime threads busy-wait: true/false)",
     )
     ap.add_argument(
         "--model-batch-size", type=int, default=base.model.batch_size, help="model.batch_size (texts per forward)"
@@ -500,7 +533,12 @@ def main() -> None:
             f"WARNING: the worker served {r['backend']}, the ceiling and the naive loop ran {c['backend']}", flush=True
         )
     print(
-        f"end to end (broker + worker, backend {r['backend']}): {e2e:.0f} items/s = {e2e / ceiling:.2f} x ceiling = "
+        f"worker while this process publishes the items: {r['while_producing']['items_per_s']:.0f} items/s",
+        flush=True,
+    )
+    print(
+        f"end to end (broker + worker draining a backlog, backend {r['backend']}): {e2e:.0f} items/s = "
+        f"{e2e / ceiling:.2f} x ceiling = "
         f"{e2e / nv['items_per_s']:.2f} x naive; inside the worker inference ran {r['inference_share']:.0%} of the time "
         f"at {r['inference_per_s_in_worker']:.0f} texts/s in {r['batches']:.0f} batches (mean {r['mean_batch']:.1f})",
         flush=True,

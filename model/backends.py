@@ -68,7 +68,7 @@ class TorchBackend:
 
 
 class OnnxBackend:
-    def __init__(self, path: Path, name: str, threads: int = 0):
+    def __init__(self, path: Path, name: str, threads: int = 0, spin_wait: bool = True):
         import onnxruntime as ort
 
         if not path.exists():
@@ -76,6 +76,8 @@ class OnnxBackend:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        if not spin_wait:  # idle intra-op threads sleep instead of spinning: see settings.ModelChoice.spin_wait
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.inter_op_num_threads = 1  # one graph at a time: parallel branches only fight the intra-op pool
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -158,7 +160,9 @@ def _auto_cpu(directory: Path) -> str:
     return "onnx"
 
 
-def make_backend(name: str, model: MultiTaskModel, directory: Path, device: str = "auto", threads: int = 0) -> Backend:
+def make_backend(
+    name: str, model: MultiTaskModel, directory: Path, device: str = "auto", threads: int = 0, spin_wait: bool = True
+) -> Backend:
     dev = resolve_device(device)
     auto = name == "auto"
     if auto:
@@ -171,7 +175,7 @@ def make_backend(name: str, model: MultiTaskModel, directory: Path, device: str 
         # auto never fails to serve: int8 that cannot be built falls back to ONNX fp32, then to torch
         for choice in [name, "onnx"] if auto and name == "onnx-int8" else [name]:
             try:
-                return OnnxBackend(graph_path(directory, choice), choice, threads)
+                return OnnxBackend(graph_path(directory, choice), choice, threads, spin_wait)
             except (errors.GraphError, ImportError, OSError) as err:
                 if not auto:
                     raise

@@ -87,6 +87,7 @@ class Classifier:
         device: str = "auto",
         batch_size: int = 32,
         threads: int = 0,
+        spin_wait: bool = True,
         gpu_batch_size: int | None = None,
     ) -> Classifier:
         """Load a model directory; ``None`` = the newest shipped model in the repository's ``models/``.
@@ -95,7 +96,7 @@ class Classifier:
         length-sorted batches, a CPU small ones (latency; padding costs real time there)."""
         directory = Path(path) if path is not None else artifact.default_model_dir()
         model, tokenizer, meta = artifact.load(directory)
-        chosen = make_backend(backend, model, directory, device, threads)
+        chosen = make_backend(backend, model, directory, device, threads, spin_wait)
         news_bias = load_news_bias(directory, meta.full_name, list(meta.sentiment_labels))
         if gpu_batch_size and chosen.name == "torch-cuda":
             batch_size = gpu_batch_size
