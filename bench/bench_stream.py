@@ -27,7 +27,7 @@ model.threads, model.backend, model.device, model.batch_size) default to this pr
 setting), reach the worker as ``FINSENT_*`` environment variables (nothing else of this environment does),
 and are recorded under ``worker_settings`` so that configurations can be compared. The ceiling and the naive
 peer use the same model directory, backend, device and threads, with ONNX Runtime's default busy-waiting
-threads (faster for bare scoring; the worker turns it off unless ``--set model.spin_wait=true``).
+threads (faster for bare scoring; the worker turns it off unless ``--spin-wait true``).
 
 On a 2-core machine the benchmark process, the broker and the worker share the cores; the ratios include
 that contention (it is what a one-box deployment gets). The naive peer runs while no worker is running.

@@ -209,8 +209,8 @@ class ModelChoice(_Group):
     threads: int = Field(default=0, ge=0, le=256)  # ONNX Runtime intra-op threads; 0 = one per core
     # The stream worker's ONNX Runtime intra-op threads busy-wait between ops when true (ORT's default). The
     # worker shares its cores with its tokenizer thread, its event loop and, on a small machine, the broker,
-    # and the spinning takes their CPU: off unless asked for (bench/bench_stream.py, `--set
-    # model.spin_wait=true`). Bare scoring (backtest, API, the benchmark's ceiling) keeps ORT's default.
+    # and the spinning takes their CPU: off unless asked for (bench/bench_stream.py `--spin-wait true|false`
+    # compares). Bare scoring (backtest, API, the benchmark's ceiling) keeps ORT's default.
     spin_wait: bool = False
     gpu_batch_size: int = Field(default=256, ge=1, le=4096)  # texts per forward pass on CUDA (bf16/fp16 autocast)
 
