@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 from conftest import make_settings
+from streamkit import wait_for
 
 from finsent.local.services import ALERTMANAGER_CONFIG, alertmanager_child, ready_check
 
@@ -75,12 +76,8 @@ def _post(url: str, labels: dict, starts_at: datetime, ends_at: datetime) -> Non
     assert httpx.post(f"{url}/api/v2/alerts", json=[alert], timeout=5).status_code == 200
 
 
-def _wait(check, what: str, timeout: float = 30.0) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while not (found := check()) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert found, what
-    return found
+def _wait(check, what: str) -> list[dict]:
+    return wait_for(check, 30, what, every=0.2)
 
 
 SURGE = {"alertname": "NegativeSentimentSurge", "kind": "market", "dim": "topic", "name": "Energy | Oil"}
