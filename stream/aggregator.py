@@ -21,7 +21,11 @@ Tansu broker answers "latest offset" with the base offset of the last record bat
 
 Outputs (closed WindowStats to ``finsent.windows``, SurgeAlerts to ``finsent.alerts``) are awaited
 until the broker acknowledges them, and only then is a restore point written that moves past them.
-A crash between the two re-publishes identical records (same window, same alert id).
+A crash between the two re-publishes identical records (same window, same alert id). An early firing
+is the one output whose re-run is not certain (it depends on how the items were polled), so a restore
+point also records where the alerts topic ended (``alerts_from``), and a restart reads what was
+published past it: an early firing there that nothing settled is held again, and its window's close
+confirms or retracts it (``Aggregation._adopt_published``).
 
 A start uses the newest *readable* restore point: records that are not restore points (garbage, another
 format version) are skipped and counted (``finsent_restore_points_skipped_total``), so one bad record
@@ -44,7 +48,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from finsent import kafka as kafka_room
 from finsent.errors import RecordError, RestorePointError
 from finsent.kafka import CHECKPOINT_CONFIG, bound_topic
-from finsent.records import RestorePoint, ScoredItem
+from finsent.records import RestorePoint, ScoredItem, SurgeAlert
 from finsent.settings import Settings
 from finsent.stream.metrics import WorkerMetrics
 from finsent.stream.pipeline import Aggregation, Emitted
@@ -68,6 +72,7 @@ class Aggregator:
         self.lows: dict[int, dict[int, int]] = {}  # partition -> bucket start -> lowest offset counted there
         self.positions: dict[int, int] = {}  # partition -> next offset to read
         self.restore_until: dict[int, int] = {}  # partition -> position of the restore point (replay silently until)
+        self.alerts_end: dict[int, int] = {}  # alerts partition -> offset after the last alert acknowledged
         self.last_event_wall = time.monotonic()
         self.lane_seen: dict[int, float] = {}  # partition -> wall time of its last record
         self.last_checkpoint = 0.0
@@ -88,6 +93,7 @@ class Aggregator:
         await self.producer.start()
         await self._bound_checkpoints()
         point = await self._load_restore_point()
+        published = await self._alerts_published_since(point)
         self.consumer = kafka_room.aio_consumer(
             kafka, "aggregator", auto_offset_reset="earliest", fetch_max_wait_ms=self.settings.stream.fetch_max_wait_ms
         )
@@ -107,7 +113,7 @@ class Aggregator:
             self.restore_until[tp.partition] = point.positions.get(tp.partition, start) if point else start
             self.agg.expect_lane(tp.partition)  # every lane holds the watermark until it delivers or idles
         if point is not None:
-            self.agg.begin_restore(point.emitted_until, point.detector)
+            self.agg.begin_restore(point.emitted_until, point.detector, published)
         backlog = sum(max(0, self.restore_until[p] - self.positions[p]) for p in self.positions)
         self.restoring = point is not None
         if self.restoring and backlog == 0:
@@ -119,6 +125,7 @@ class Aggregator:
                 "restore_point": point is not None,
                 "replay_items": backlog,
                 "emitted_until": _iso(point.emitted_until) if point else None,
+                "alerts_after_restore_point": len(published),
             },
         )
 
@@ -237,7 +244,9 @@ class Aggregator:
             )
         for alert in out.alerts:
             futures.append(await self.producer.send(t.alerts.name, key=alert.key.encode(), value=alert.to_json()))
-        await asyncio.gather(*futures)
+        acked = await asyncio.gather(*futures)
+        for meta in acked[len(out.windows) :]:
+            self.alerts_end[meta.partition] = max(self.alerts_end.get(meta.partition, 0), meta.offset + 1)
         revisions = sum(1 for c in out.windows if c.revised)
         self.metrics.windows_closed.inc(len(out.windows) - revisions)
         self.metrics.revisions.inc(revisions)
@@ -268,7 +277,9 @@ class Aggregator:
             return
         assert self.producer is not None
         positions = dict(self.positions)
-        point = RestorePoint(self.replay_from(), self.agg.judged_until, self.agg.snapshot(), positions)
+        point = RestorePoint(
+            self.replay_from(), self.agg.judged_until, self.agg.snapshot(), positions, alerts_from=dict(self.alerts_end)
+        )
         await self.producer.send_and_wait(
             self.settings.topics.checkpoints.name, key=b"aggregator", value=point.to_json()
         )
@@ -316,6 +327,40 @@ class Aggregator:
             self.metrics.restore_fresh.labels("poisoned").inc()
             return None
         return point
+
+    async def _alerts_published_since(self, point: RestorePoint | None) -> list[SurgeAlert]:
+        """Where the alerts topic ends now (the next restore point's ``alerts_from``) and, after a restore point
+        that recorded where it ended then, every alert published past that: a crash between an alert's
+        acknowledgement and the restore point covering it leaves those on the topic but not in the restored
+        state. Unreadable records there are not ours to judge; they are skipped and logged."""
+        name = self.settings.topics.alerts.name
+        consumer = kafka_room.aio_consumer(
+            self.settings.kafka, "aggregator", fetch_max_wait_ms=self.settings.stream.fetch_max_wait_ms
+        )
+        await consumer.start()
+        published: list[SurgeAlert] = []
+        try:
+            parts = consumer.partitions_for_topic(name) or set()
+            for p in sorted(parts):
+                tp = TopicPartition(name, p)
+                consumer.assign([tp])
+                begin, end = await _log_bounds(consumer, tp)
+                self.alerts_end[p] = end
+                if point is None or not point.alerts_from:
+                    continue
+                start = max(begin, point.alerts_from.get(p, begin))
+                for msg in await _read_span(consumer, tp, start, end) if start < end else []:
+                    try:
+                        published.append(SurgeAlert.from_json(msg.value))
+                    except (RecordError, ValueError, TypeError) as err:
+                        log.warning("unreadable alert skipped", extra={"offset": msg.offset, "error": str(err)})
+        finally:
+            await consumer.stop()
+        if point is not None and not point.alerts_from:
+            log.warning(
+                "restore point does not say where the alerts topic ended; early firings after it are not re-read"
+            )
+        return published
 
     async def _newest_readable(self) -> RestorePoint | None:
         """The newest restore point this version can restore from, searching backwards past bad records."""
@@ -413,7 +458,7 @@ async def _log_bounds(consumer: AIOKafkaConsumer, tp: TopicPartition) -> tuple[i
         return begin, begin  # empty, or emptied by retention
     consumer.seek(tp, end - 1)
     if not (await consumer.getmany(tp, timeout_ms=5000)).get(tp):
-        raise RuntimeError(f"could not read the newest restore point at {tp.topic}[{tp.partition}]@{end - 1}")
+        raise RuntimeError(f"could not read the newest record at {tp.topic}[{tp.partition}]@{end - 1}")
     return begin, max(end, consumer.highwater(tp) or end)
 
 
@@ -427,7 +472,7 @@ async def _read_span(
     deadline = time.monotonic() + timeout_s
     while await consumer.position(tp) < upto:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"could not read restore points {start}..{upto - 1} of {tp.topic}[{tp.partition}]")
+            raise RuntimeError(f"could not read records {start}..{upto - 1} of {tp.topic}[{tp.partition}]")
         batch = await consumer.getmany(tp, timeout_ms=1000)
         out += [m for m in batch.get(tp, []) if m.offset < upto]
     return out

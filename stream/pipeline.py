@@ -124,7 +124,12 @@ class Aggregation:
 
     Restarts (:meth:`begin_restore`): the shell replays the scored log up to its restore point with
     ``restoring`` set; nothing up to ``emitted_until`` is emitted again, and the detector re-judges
-    silently from its restored state (``judged_from``) to rebuild the history rewinds need.
+    silently from its restored state (``judged_from``) to rebuild the history rewinds need. An early
+    firing published after the restore point was written (a crash between its acknowledgement and the
+    next restore point) is not in the restored state, and the live re-run may not fire it again (other
+    polls, other timing): the shell hands over what the alerts topic holds past the restore point, and
+    every early firing there that nothing later settled is held again (:meth:`_adopt_published`), so its
+    window's close confirms or retracts it as if there had been no crash.
     """
 
     def __init__(self, settings: Settings):
@@ -147,6 +152,7 @@ class Aggregation:
         self.history: dict[str, list[Judged]] = {}
         self.provisional: dict[str, SurgeAlert] = {}  # key -> early firing not yet confirmed or retracted
         self.touched: dict[str, float] = {}  # key -> newest event time added since the last end_step
+        self.published_since_restore: list[SurgeAlert] = []  # alerts published after the restore point
         self.forgotten = 0
         self._last_forget = -math.inf
 
@@ -334,9 +340,15 @@ class Aggregation:
             "provisional": {k: a.to_dict() for k, a in self.provisional.items()},
         }
 
-    def begin_restore(self, emitted_until: float, snapshot: dict[str, Any]) -> None:
-        """Start a rebuild: the shell then replays the scored log and calls :meth:`finish_restore`."""
+    def begin_restore(
+        self, emitted_until: float, snapshot: dict[str, Any], published: list[SurgeAlert] | None = None
+    ) -> None:
+        """Start a rebuild: the shell then replays the scored log and calls :meth:`finish_restore`.
+
+        ``published``: the alerts published after the restore point was written, in publication order
+        per key (the alerts topic past the restore point's ``alerts_from``)."""
         self.restoring = True
+        self.published_since_restore = list(published or ())
         self.emitted_until = emitted_until
         jf = snapshot.get("judged_from")
         self.judged_from = -math.inf if jf is None else float(jf)
@@ -349,8 +361,28 @@ class Aggregation:
         if math.isfinite(self.emitted_until):
             self._after(self.store.close_to(int(self.emitted_until)))
         self._revise()
+        self._adopt_published(self.published_since_restore)
+        self.published_since_restore = []
         self.touched.clear()
         self.restoring = False
+
+    def _adopt_published(self, published: list[SurgeAlert]) -> None:
+        """Hold again each early firing published after the restore point that nothing published after it
+        settled (a confirmation or retraction of its window, or anything about a later window of its key).
+        It replaces a restored provisional of an older window: that one's settlement is in ``published``
+        (a key holds one provisional at a time, so it was settled before the newer one was published)."""
+        unsettled: dict[str, SurgeAlert] = {}
+        for alert in published:
+            if alert.trigger == "early" and not alert.retracted:
+                unsettled[alert.key] = alert
+            elif (held := unsettled.get(alert.key)) is not None and alert.window_end >= held.window_end:
+                del unsettled[alert.key]
+        for key, alert in sorted(unsettled.items()):
+            held = self.provisional.get(key)
+            if alert.window_end.timestamp() <= self.store.closed_until:
+                continue  # its window was judged before the restore point: not an orphan of this restart
+            if held is None or held.window_end < alert.window_end:
+                self.provisional[key] = alert
 
     # -- what the Kafka shell asks of the core: it never reaches into the store or the detector ----------------
     def expect_lane(self, lane: int) -> None:

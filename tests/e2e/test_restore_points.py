@@ -31,7 +31,7 @@ from streamkit import (
 from finsent.errors import RestorePointError
 from finsent.kafka import CHECKPOINT_CONFIG, bound_topic
 from finsent.labels import TOPIC_LABELS
-from finsent.records import COMPRESSED, RestorePoint, ScoredItem
+from finsent.records import COMPRESSED, RestorePoint, ScoredItem, SurgeAlert
 from finsent.stream.aggregator import Aggregator
 from finsent.stream.metrics import WorkerMetrics
 
@@ -205,3 +205,81 @@ def test_the_checkpoints_topic_gets_bounded_retention_tansu_accepts_but_does_not
     assert {"retention.ms", "retention.bytes"} <= CHECKPOINT_CONFIG.keys()
     # Tansu 0.6 answers IncrementalAlterConfigs with OK and DescribeConfigs with nothing; Apache Kafka reports them.
     assert bound_topic(broker, topic(env, "checkpoints"), CHECKPOINT_CONFIG) == "unverified"
+
+
+def test_an_early_firing_acknowledged_after_the_newest_restore_point_is_settled_after_a_crash(broker, tmp_path):
+    """The process dies between an early firing's acknowledgement and the restore point that would cover it.
+
+    Aggregator A reads 8 negatives that open a 2 s window and fires early; its restore-point writer is cut
+    off for that step (``maybe_checkpoint`` replaced: the one stand-in here, for a kill -9 at that instant).
+    200 neutrals of the same window follow. Aggregator B restarts from the older restore point and reads
+    the negatives and the neutrals in one poll (one partition, one fetch), so its own re-run never fires
+    early. The firing A published must still be settled (here retracted) on the alerts topic: only the
+    alerts topic past the restore point says it went out.
+    """
+    env, settings = setup(broker, tmp_path, **TINY_WINDOWS)
+    alerts_topic = topic(env, "alerts")
+    start = past(400)
+    publish_scored(broker, env, scored(150, start, 0.4, prefix="q"))  # 30 quiet windows of 5 neutrals
+    t = (int(past(200).timestamp()) // 2) * 2  # a window boundary, 200 s after the quiet minute
+    at = datetime.fromtimestamp
+    negatives = [
+        scored_item(it, "negative", TOPIC_LABELS[0], model="test@1")
+        for it in headlines(8, at(t + 0.05, start.tzinfo), 0.05, prefix="s")
+    ]
+    neutrals = scored(200, at(t + 0.6, start.tzinfo), 0.006, prefix="d")
+    one_partition = b"crash-test"
+
+    async def crash_after_the_early_firing():
+        agg = Aggregator(settings, WorkerMetrics())
+        await agg.start()
+        try:
+            await step_until(
+                agg, lambda: sum(agg.positions.values()) == 150 and agg.written_positions == agg.positions, what="quiet"
+            )
+            await step_for(agg, 1.5)  # the quiet windows judged (the baseline) and covered by a restore point
+            covered = dict(agg.written_positions)
+
+            async def no_restore_point(force: bool = False) -> None:
+                return None
+
+            agg.maybe_checkpoint = no_restore_point  # the kill -9 falls after the acknowledgement, before this
+            publish(broker, topic(env, "scored"), [(one_partition, s.to_json()) for s in negatives])
+            fired: list = []
+            deadline = time.monotonic() + 30
+            while not fired:
+                assert time.monotonic() < deadline, "no early firing"
+                out = await agg.step(timeout_ms=100)
+                fired = [a for a in out.alerts if a.trigger == "early"]
+            return fired, covered
+        finally:
+            await agg.stop()
+
+    fired, covered = asyncio.run(crash_after_the_early_firing())
+    newest_point = RestorePoint.from_json(read_topic(broker, topic(env, "checkpoints"))[-1].value)
+    assert newest_point.positions == covered  # the restart really starts from before the negatives
+    publish(broker, topic(env, "scored"), [(one_partition, s.to_json()) for s in neutrals])
+
+    def settled() -> bool:
+        records = [SurgeAlert.from_json(r.value) for r in read_topic(broker, alerts_topic)]
+        newest = {a.transition: a for a in records}
+        return all(newest[a.transition] != a for a in fired)
+
+    async def restart():
+        agg = Aggregator(settings, WorkerMetrics())
+        await agg.start()
+        try:
+            await step_until(agg, lambda: sum(agg.positions.values()) == 150 + 208, what="every item read")
+            deadline = time.monotonic() + 30
+            while not settled():
+                assert time.monotonic() < deadline, "the early firing was neither confirmed nor retracted"
+                await step_for(agg, 1.0)
+        finally:
+            await agg.stop()
+
+    asyncio.run(restart())
+    records = [SurgeAlert.from_json(r.value) for r in read_topic(broker, alerts_topic)]
+    assert not [a for a in records[len(fired) :] if a.trigger == "early"]  # B did not fire it again itself
+    newest = {a.transition: a for a in records}
+    assert all(newest[a.transition].retracted for a in fired)  # 8 of 208: the complete window does not hold
+    assert RestorePoint.from_json(read_topic(broker, topic(env, "checkpoints"))[-1].value).alerts_from

@@ -190,6 +190,64 @@ def test_a_provisional_firing_that_the_complete_window_does_not_confirm_is_retra
     assert not [a for a in final_alerts(a1 + a2 + a3) if a.key == "all"]
 
 
+def crash_after_an_early_firing(dilute: bool):
+    """Quiet minutes, a restore point, then 6 negatives open minute 10 and fire early; the process dies after
+    that firing's acknowledgement, before the next restore point. Returns the restore point, the items
+    after it (``dilute``: 200 neutrals follow in the same minute, so the complete window does not fire) and
+    the early firing."""
+    agg = Aggregation(settings(min_volume=5, window_s=60))
+    quiet = [scored(i, m * 60 + k, "neutral") for i, (m, k) in enumerate((m, k) for m in range(10) for k in range(10))]
+    run_all(agg, quiet)
+    point = json.loads(json.dumps({"emitted_until": agg.judged_until, "detector": agg.snapshot()}))
+    spike = [scored(1000 + k, 10 * 60 + k, "negative") for k in range(6)]
+    _, fired = run_all(agg, spike, step=6)
+    early = [a for a in fired if a.key == "all"]
+    assert [a.trigger for a in early] == ["early"]
+    after = spike + ([scored(2000 + k, 10 * 60 + 10 + k, "neutral") for k in range(200)] if dilute else [])
+    return point, quiet, after, early[0]
+
+
+@pytest.mark.parametrize("published", [True, False], ids=["alerts topic read", "alerts topic not read"])
+def test_an_early_firing_published_after_the_newest_restore_point_is_still_retracted_after_a_crash(published):
+    """The restart re-reads the spike with the rest of the minute in one poll, so its own re-run never fires
+    early; without the alerts topic's word the firing already published would stand for ever."""
+    point, quiet, after, early = crash_after_an_early_firing(dilute=True)
+    restarted = Aggregation(settings(min_volume=5, window_s=60))
+    restarted.begin_restore(point["emitted_until"], point["detector"], published=[early] if published else None)
+    assert run_all(restarted, quiet) == ([], [])  # the restored span: nothing published again
+    restarted.finish_restore()
+    _w, a = finish(restarted, *run_all(restarted, after, step=len(after)))
+    assert not [x for x in a if x.key == "all" and x.trigger == "early"]  # not re-derived by the re-run
+    standing = [x for x in final_alerts([early, *a]) if x.key == "all"]
+    if published:
+        assert standing == []
+        assert [x.transition for x in a if x.key == "all" and x.retracted] == [early.transition]
+    else:  # what happened before the fix, and still happens to a restore point that cannot name its alerts
+        assert [x.alert_id for x in standing] == [early.alert_id]
+
+
+def test_an_adopted_early_firing_that_its_window_confirms_is_not_retracted():
+    point, quiet, after, early = crash_after_an_early_firing(dilute=False)
+    restarted = Aggregation(settings(min_volume=5, window_s=60))
+    restarted.begin_restore(point["emitted_until"], point["detector"], published=[early])
+    run_all(restarted, quiet)
+    restarted.finish_restore()
+    _w, a = finish(restarted, *run_all(restarted, after, step=len(after)))
+    assert not [x for x in a if x.retracted]
+    confirmed = [x for x in a if x.key == "all" and x.trigger == "close" and x.state == "firing"]
+    assert [x.transition for x in confirmed] == [early.transition]
+
+
+def test_an_early_firing_settled_before_the_crash_is_not_held_again():
+    point, quiet, _after, early = crash_after_an_early_firing(dilute=True)
+    settled = early.model_copy(update={"retracted": True, "trigger": "close"})
+    restarted = Aggregation(settings(min_volume=5, window_s=60))
+    restarted.begin_restore(point["emitted_until"], point["detector"], published=[early, settled])
+    run_all(restarted, quiet)
+    restarted.finish_restore()
+    assert "all" not in restarted.provisional
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_final_windows_and_surges_do_not_depend_on_the_arrival_order(seed):
     """Live, items arrive out of order (slow partitions, feed delays); the answer must not change."""
