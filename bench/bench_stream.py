@@ -10,7 +10,9 @@
    to 1: ``--items`` headlines published as a backlog while the worker is stopped (SIGSTOP), then timed from
    SIGCONT to the broker timestamp of the last scored record, as the naive loop (3) is timed on its own
    backlog. For the record also the rate while this process publishes the items beside the worker (its
-   producing shares the 2 cores: ``while_producing``);
+   producing shares the 2 cores: ``while_producing``), and where the drain's CPU went: each worker thread's
+   and the broker's CPU seconds from /proc, by role (event loop, tokenizer, inference, ONNX Runtime pool,
+   Faust's consumer thread; ``drain_cpu_profile``);
 3. a naive peer on the same broker, model and backend: a plain kafka-python loop in this process (poll up to
    ``--naive-batch`` records → ``predict`` → produce the scored records with acks=all and wait → commit
    synchronously) over a fresh copy of the same items on its own raw topic; the worker's ratio to it;
@@ -51,7 +53,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-from benchkit import write_results
+from benchkit import cpu_between, thread_cpu, write_results
 from kafka import KafkaConsumer, KafkaProducer
 from synthetic import observations
 
@@ -185,12 +187,14 @@ def items(n: int, prefix: str) -> list[NewsItem]:
 
 
 @contextlib.contextmanager
-def embedded_broker(tmp: Path) -> Iterator[str]:
+def embedded_broker(tmp: Path) -> Iterator[tuple[str, int]]:
+    """The broker's address and its process id (for the CPU profile)."""
     port = free_port()
     broker = broker_child("127.0.0.1", port, tmp / "logs")
     broker.start(lambda: port_open("127.0.0.1", port), 15)
     try:
-        yield f"127.0.0.1:{port}"
+        assert broker.proc is not None
+        yield f"127.0.0.1:{port}", broker.proc.pid
     finally:
         broker.stop()
 
@@ -274,6 +278,7 @@ def bench_end_to_end(
     tmp: Path,
     worker_env: dict[str, str],
     worker_args: tuple[str, ...] = (),
+    broker_pid: int | None = None,
 ) -> dict:
     """``settings``: what the worker reads (its topics); ``worker_env``: the FINSENT_* variables it gets."""
     metrics_port = free_port()
@@ -358,10 +363,18 @@ def bench_end_to_end(
                 producer.send(raw, key=it.id.encode(), value=it.to_json())
             producer.flush()
         finally:
+            cpu0 = {"worker": thread_cpu(worker.proc.pid), "broker": thread_cpu(broker_pid) if broker_pid else {}}
+            wall0 = time.monotonic()
             resumed_ms = time.time() * 1000
             os.kill(worker.proc.pid, signal.SIGCONT)
         while scored_total(url) < base + 2 * n + len(lat_items):
             time.sleep(0.5)
+        profile = cpu_profile(
+            cpu0,
+            {"worker": thread_cpu(worker.proc.pid), "broker": thread_cpu(broker_pid) if broker_pid else {}},
+            worker.proc.pid,
+            time.monotonic() - wall0,
+        )
         drain_last_ms = max(
             ts for key, ts in scored_timestamps(bootstrap, settings.topics.scored.name) if key.startswith("drain-")
         )
@@ -381,6 +394,7 @@ def bench_end_to_end(
             "inference_per_s_in_worker": n / inference_s if inference_s else None,
             "batches": batches,
             "mean_batch": n / batches if batches else None,
+            "drain_cpu_profile": profile,
             "latency": {
                 "offered_per_s": rate,
                 "seconds": latency_s,
@@ -393,6 +407,40 @@ def bench_end_to_end(
     finally:
         producer.close()
         worker.stop()
+
+
+# The worker's threads by kernel name (finsent.osthreads names them); what is left are the native threads the main
+# thread started, which in the worker are ONNX Runtime's intra-op pool (and asyncio.to_thread's, idle here).
+THREAD_ROLES = {
+    "finsent-infer": "inference thread (ONNX Runtime run, caller share)",
+    "finsent-tokens": "tokenizer thread (+ its Rust pool)",
+    "finsent-consume": "Faust consumer thread (fetching)",
+}
+
+
+def cpu_profile(before: dict, after: dict, worker_pid: int, wall_s: float) -> dict:
+    """CPU seconds per role over the drain, from /proc: where the worker's (and the broker's) time went."""
+    roles: dict[str, float] = {}
+    for tid, (name, seconds) in cpu_between(before["worker"], after["worker"]).items():
+        if tid == worker_pid:
+            role = "event loop (Faust agents, deliveries, aggregator, producing)"
+        else:
+            role = THREAD_ROLES.get(name, "ONNX Runtime intra-op pool (native threads of the main thread)")
+        roles[role] = roles.get(role, 0.0) + seconds
+    broker = sum(s for _, s in cpu_between(before["broker"], after["broker"]).values())
+    cores = os.cpu_count() or 1
+    used = sum(roles.values()) + broker
+    return {
+        "wall_s": wall_s,
+        "cores": cores,
+        "worker_cpu_s": {k: round(v, 2) for k, v in sorted(roles.items(), key=lambda kv: -kv[1])},
+        "broker_cpu_s": round(broker, 2),
+        "share_of_machine": {
+            **{k: round(v / (cores * wall_s), 3) for k, v in roles.items()},
+            "broker": round(broker / (cores * wall_s), 3),
+            "idle or other processes": round(max(0.0, 1 - used / (cores * wall_s)), 3),
+        },
+    }
 
 
 def bench_core(n: int) -> dict:
@@ -515,7 +563,10 @@ def main() -> None:
     )
 
     worker_args = ("--model", str(directory)) + (("--no-aggregate",) if args.no_aggregate else ())
-    with tempfile.TemporaryDirectory(prefix="finsent-bench-") as tmp, embedded_broker(Path(tmp)) as bootstrap:
+    with (
+        tempfile.TemporaryDirectory(prefix="finsent-bench-") as tmp,
+        embedded_broker(Path(tmp)) as (bootstrap, broker_pid),
+    ):
         results["naive"] = nv = bench_naive(served, bootstrap, settings, args.items, args.naive_batch)
         print(
             f"naive kafka-python loop (poll <= {args.naive_batch} -> predict -> produce acks=all -> commit, "
@@ -523,7 +574,7 @@ def main() -> None:
             flush=True,
         )
         results["end_to_end"] = r = bench_end_to_end(
-            bootstrap, settings, args.items, args.latency_s, Path(tmp), worker_env, worker_args
+            bootstrap, settings, args.items, args.latency_s, Path(tmp), worker_env, worker_args, broker_pid
         )
     e2e = r["end_to_end_per_s"]
     results["ratio_end_to_end_vs_ceiling"] = e2e / ceiling
@@ -541,6 +592,13 @@ def main() -> None:
         f"{e2e / ceiling:.2f} x ceiling = "
         f"{e2e / nv['items_per_s']:.2f} x naive; inside the worker inference ran {r['inference_share']:.0%} of the time "
         f"at {r['inference_per_s_in_worker']:.0f} texts/s in {r['batches']:.0f} batches (mean {r['mean_batch']:.1f})",
+        flush=True,
+    )
+    prof = r["drain_cpu_profile"]
+    print(
+        f"where the drain's CPU went ({prof['wall_s']:.1f} s x {prof['cores']} cores): "
+        + "; ".join(f"{k} {v:.1f} s" for k, v in prof["worker_cpu_s"].items())
+        + f"; broker {prof['broker_cpu_s']:.1f} s; idle/other {prof['share_of_machine']['idle or other processes']:.0%}",
         flush=True,
     )
     lat = r["latency"]

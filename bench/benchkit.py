@@ -16,3 +16,25 @@ def write_results(results: dict, command: str, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(f"written {out}")
+
+
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """Thread id -> (kernel name, CPU seconds used so far) for every thread of process ``pid`` (Linux /proc;
+    empty elsewhere). Two readings give what each thread burnt in between."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            out[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / tick)  # utime + stime
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended between listing and reading
+    return out
+
+
+def cpu_between(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[int, tuple[str, float]]:
+    """What each thread of ``after`` burnt since ``before`` (a thread started in between: all of it)."""
+    return {tid: (name, s - before.get(tid, (name, 0.0))[1]) for tid, (name, s) in after.items()}

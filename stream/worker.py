@@ -54,6 +54,7 @@ from finsent import kafka as kafka_room
 from finsent.errors import PoisonRecord, exit_later
 from finsent.kafka import TopicIdWatch, ensure_topics
 from finsent.model.classifier import Encoded
+from finsent.osthreads import name_os_thread
 from finsent.records import NewsItem, checked_item
 from finsent.settings import Settings
 from finsent.stream.aggregator import Aggregator
@@ -94,8 +95,15 @@ class Scorer:
         self.settings = settings
         self.classifier = classifier
         self.metrics = metrics
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finsent-infer")
-        self.tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finsent-tokenize")
+        self.executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="finsent-infer", initializer=name_os_thread, initargs=("finsent-infer",)
+        )
+        self.tokenizer_pool = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="finsent-tokenize",
+            initializer=name_os_thread,
+            initargs=("finsent-tokens",),
+        )
         self.producer: AIOKafkaProducer | None = None
         self.positions: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset to process
 
