@@ -362,9 +362,9 @@ class RestorePoint:
     detector: dict
     positions: dict[int, int] = field(default_factory=dict)  # per partition: everything before was processed
     written_at: float = field(default_factory=time.time)
-    # Per alerts-topic partition: the offset after the last alert acknowledged when this was written. What
-    # lies past it was published after this restore point (empty: written by a build that did not record it).
-    alerts_from: dict[int, int] = field(default_factory=dict)
+    # Per alerts-topic partition: the offset after the last alert acknowledged when this was written; what lies
+    # past it was published after this restore point. None: written by a build that did not record it.
+    alerts_from: dict[int, int] | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -374,7 +374,7 @@ class RestorePoint:
             "emitted_until": _finite(self.emitted_until),
             "detector": self.detector,
             "written_at": self.written_at,
-            "alerts_from": {str(p): o for p, o in self.alerts_from.items()},
+            **({} if self.alerts_from is None else {"alerts_from": {str(p): o for p, o in self.alerts_from.items()}}),
         }
 
     def to_json(self) -> bytes:
@@ -400,7 +400,7 @@ class RestorePoint:
                 raw["detector"],
                 _offsets(raw.get("positions", {})),
                 float(raw.get("written_at", 0.0)),
-                _offsets(raw.get("alerts_from", {})),
+                None if raw.get("alerts_from") is None else _offsets(raw["alerts_from"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise RestorePointError("unreadable", f"restore point fields: {type(err).__name__}: {err}") from None

@@ -152,7 +152,6 @@ class Aggregation:
         self.history: dict[str, list[Judged]] = {}
         self.provisional: dict[str, SurgeAlert] = {}  # key -> early firing not yet confirmed or retracted
         self.touched: dict[str, float] = {}  # key -> newest event time added since the last end_step
-        self.published_since_restore: list[SurgeAlert] = []  # alerts published after the restore point
         self.forgotten = 0
         self._last_forget = -math.inf
 
@@ -348,21 +347,20 @@ class Aggregation:
         ``published``: the alerts published after the restore point was written, in publication order
         per key (the alerts topic past the restore point's ``alerts_from``)."""
         self.restoring = True
-        self.published_since_restore = list(published or ())
         self.emitted_until = emitted_until
         jf = snapshot.get("judged_from")
         self.judged_from = -math.inf if jf is None else float(jf)
         self.judged_until = self.judged_from
         self.detector.keys = {key: KeyState.from_row(v) for key, v in snapshot.get("keys", {}).items()}
         self.provisional = {k: SurgeAlert.from_json(json.dumps(a)) for k, a in snapshot.get("provisional", {}).items()}
+        # Held from the start: the replay itself may close their windows (ends past emitted_until are published).
+        self._adopt_published(published or [])
 
     def finish_restore(self) -> None:
         """Everything published before the restart is rebuilt: close up to it silently, then go live."""
         if math.isfinite(self.emitted_until):
             self._after(self.store.close_to(int(self.emitted_until)))
         self._revise()
-        self._adopt_published(self.published_since_restore)
-        self.published_since_restore = []
         self.touched.clear()
         self.restoring = False
 
@@ -379,8 +377,8 @@ class Aggregation:
                 del unsettled[alert.key]
         for key, alert in sorted(unsettled.items()):
             held = self.provisional.get(key)
-            if alert.window_end.timestamp() <= self.store.closed_until:
-                continue  # its window was judged before the restore point: not an orphan of this restart
+            if alert.window_end.timestamp() <= self.emitted_until:
+                continue  # its window was judged and published before the restore point: settled there
             if held is None or held.window_end < alert.window_end:
                 self.provisional[key] = alert
 

@@ -238,14 +238,38 @@ def test_an_adopted_early_firing_that_its_window_confirms_is_not_retracted():
     assert [x.transition for x in confirmed] == [early.transition]
 
 
-def test_an_early_firing_settled_before_the_crash_is_not_held_again():
-    point, quiet, _after, early = crash_after_an_early_firing(dilute=True)
-    settled = early.model_copy(update={"retracted": True, "trigger": "close"})
+@pytest.mark.parametrize(
+    "after, held",
+    [
+        ({"retracted": True, "trigger": "close"}, False),  # its own window's close withdrew it
+        ({"trigger": "close"}, False),  # ... or confirmed it
+        ({"trigger": "close", "shift_s": 60}, False),  # a record of a later window of its key: long settled
+        ({"trigger": "late", "shift_s": -60}, True),  # a correction of an earlier window settles nothing
+    ],
+    ids=["retracted", "confirmed", "later window", "earlier correction"],
+)
+def test_only_an_early_firing_that_nothing_published_after_it_settled_is_held_again(after, held):
+    point, _quiet, _after, early = crash_after_an_early_firing(dilute=True)
+    shift = timedelta(seconds=after.pop("shift_s", 0))
+    other = early.model_copy(
+        update={**after, "window_start": early.window_start + shift, "window_end": early.window_end + shift}
+    )
     restarted = Aggregation(settings(min_volume=5, window_s=60))
-    restarted.begin_restore(point["emitted_until"], point["detector"], published=[early, settled])
-    run_all(restarted, quiet)
-    restarted.finish_restore()
-    assert "all" not in restarted.provisional
+    restarted.begin_restore(point["emitted_until"], point["detector"], published=[early, other])
+    assert (restarted.provisional.get("all") == early) is held
+
+
+def test_an_adopted_early_firing_replaces_an_older_one_the_restore_point_still_held():
+    point, _quiet, _after, early = crash_after_an_early_firing(dilute=True)
+    minute = timedelta(seconds=60)
+    older = early.model_copy(
+        update={"window_start": early.window_start - minute, "window_end": early.window_end - minute}
+    )
+    detector = {**point["detector"], "provisional": {"all": older.to_dict()}}
+    settled = older.model_copy(update={"retracted": True, "trigger": "close"})
+    restarted = Aggregation(settings(min_volume=5, window_s=60))
+    restarted.begin_restore(point["emitted_until"] - 60, detector, published=[settled, early])
+    assert restarted.provisional["all"] == early
 
 
 @pytest.mark.parametrize("seed", range(6))
