@@ -376,28 +376,27 @@ def bench_end_to_end(
             metric(url, "finsent_worker_inference_seconds_sum"),
             metric(url, "finsent_worker_batch_size_count"),
         )
+
         # Last, so that a stopped worker cannot disturb the figures above: the same n as a backlog, measured the
         # way the naive loop is. Published untimed while the worker is stopped (SIGSTOP; well inside its 6 s
         # session timeout), so neither this process's producing nor the worker's fetching of a trickle is on
         # the clock; then the worker let go: SIGCONT to the broker timestamp of the last scored record.
+        def cpu_now() -> dict:
+            return {"worker": thread_cpu(worker.proc.pid), "broker": thread_cpu(broker_pid) if broker_pid else {}}
+
         os.kill(worker.proc.pid, signal.SIGSTOP)
         try:
             for it in items(n, "drain-"):
                 producer.send(raw, key=it.id.encode(), value=it.to_json())
             producer.flush()
         finally:
-            cpu0 = {"worker": thread_cpu(worker.proc.pid), "broker": thread_cpu(broker_pid) if broker_pid else {}}
+            cpu0 = cpu_now()
             wall0 = time.monotonic()
             resumed_ms = time.time() * 1000
             os.kill(worker.proc.pid, signal.SIGCONT)
         while scored_total(url) < base + 2 * n + len(lat_items):
             time.sleep(0.5)
-        profile = cpu_profile(
-            cpu0,
-            {"worker": thread_cpu(worker.proc.pid), "broker": thread_cpu(broker_pid) if broker_pid else {}},
-            worker.proc.pid,
-            time.monotonic() - wall0,
-        )
+        profile = cpu_profile(cpu0, cpu_now(), worker.proc.pid, time.monotonic() - wall0)
         drain_last_ms = max(
             ts for key, ts in scored_timestamps(bootstrap, settings.topics.scored.name) if key.startswith("drain-")
         )
