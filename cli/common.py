@@ -73,7 +73,7 @@ def model_dir(settings: Settings, model: Path | None) -> Path:
             continue
     if name == artifact.DEFAULT_NAME and not version:
         return artifact.default_model_dir()
-    build = " (build it: finsent train --run-config configs/train-minilm-research.toml)" if "research" in name else ""
+    build = " (build it: make research-model; MODEL_CARD-research.md)" if "research" in name else ""
     raise ModelError(
         f"model {name}@{version or 'newest'} not found under {settings.paths.models_dir} or "
         f"{artifact.REPO_MODELS_DIR}{build}; unset FINSENT_MODEL__NAME/FINSENT_MODEL__VERSION for the default"

@@ -61,7 +61,7 @@ CASES = {
         ["serve"],
         {"FINSENT_MODEL__NAME": "finsent-minilm-research-unbuilt"},
         2,
-        "configs/train-minilm-research.toml",
+        "build it: make research-model",
     ),
     "unknown model version": (["worker"], {"FINSENT_MODEL__VERSION": "19990101"}, 2, "finsent-minilm@19990101 not"),
     "no audit log": (["receiver", "verify"], {}, 1, "no audit log"),
