@@ -5,7 +5,9 @@ Each test gets its own topic names on the session broker, so tests never see eac
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import time
 import uuid
@@ -126,6 +128,41 @@ def wait_for(check, timeout_s: float, what: str, every: float = 0.5):
             return last
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
+
+
+def kill_9_partway(child: Child, progress, at_least: int, total: int, timeout_s: float = 120) -> int:
+    """SIGKILL ``child`` once ``progress()`` has reached ``at_least`` and before it reaches ``total``; the progress
+    seen at the kill.
+
+    Waiting for progress while the child runs freely races: reading a topic the child is still writing goes on
+    until the writes pause, so on a loaded machine the child could finish during the reading and the test proved
+    nothing (CI failed so). Here the child's process group runs in slices and is frozen (SIGSTOP) while progress is
+    read, so the reading is quick and the child advances at most one slice past it; a slice is sized from the rate
+    seen so far to cover a quarter of what is left. The kill lands wherever the last slice stopped the child, often
+    with results produced and not yet committed."""
+    assert child.proc is not None
+    group = child.proc.pid
+    deadline = time.monotonic() + timeout_s
+    done, slice_s = 0, 0.25
+    try:
+        while True:
+            os.killpg(group, signal.SIGSTOP)
+            before, done = done, progress()
+            if done >= at_least:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {at_least} done (last: {done})")
+            rate = (done - before) / slice_s
+            slice_s = 0.25 if rate <= 0 else min(2.0, max(0.05, (total - done) / (4 * rate)))
+            os.killpg(group, signal.SIGCONT)
+            time.sleep(slice_s)
+        os.killpg(group, signal.SIGKILL)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGCONT)  # never leave a frozen child behind
+    child.proc.wait(10)
+    assert done < total, f"{child.name} finished all {total} before it was killed: the test would prove nothing"
+    return done
 
 
 def past(seconds: float) -> datetime:

@@ -4,7 +4,6 @@ produce the same windows and surges. Plus the backtest's score cache and the rep
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from streamkit import (
     FAST_WINDOWS,
     create_topics,
     headlines,
+    kill_9_partway,
     past,
     read_topic,
     settings_from,
@@ -185,10 +185,7 @@ def test_backtest_and_replay_through_kafka_and_a_real_worker_agree(broker, tmp_p
                 text=True,
             )
             if variant == "kill-9":
-                wait_for(lambda: len(read_topic(broker, topic(env, "scored"))) >= 300, 120, "300 items scored")
-                worker.proc.send_signal(signal.SIGKILL)
-                worker.proc.wait()
-                assert len(read_topic(broker, topic(env, "scored"))) < 1200, "finished before the kill: proves nothing"
+                kill_9_partway(worker, lambda: len(read_topic(broker, topic(env, "scored"))), 300, 1200)
                 worker = start_worker(env, tmp_path / "worker2.log")
             _, err = replay_cli.communicate(timeout=180)
             assert replay_cli.returncode == 0 and "replayed 1200 items" in err, err
