@@ -24,6 +24,7 @@ from finsent.model.data import (
     IGNORE,
     Example,
     finentity,
+    news_unlabelled,
     phrasebank_train_part,
     reuters_topics,
     sentfin_headlines,
@@ -42,6 +43,7 @@ class TrainSet:
     name: str
     load: Callable[[Path], list[Example]]
     commercial: bool
+    unlabelled: bool = False  # texts only: a run that names it must have a self-training teacher (``self_train``)
 
 
 def _train_part(name: str, load: Callable[[Path], list[Example]]) -> Callable[[Path], list[Example]]:
@@ -56,6 +58,7 @@ TRAIN_SETS: dict[str, TrainSet] = {
         TrainSet("sentfin-headline", _train_part("sentfin-headline", sentfin_headlines), commercial=False),
         TrainSet("phrasebank-50", phrasebank_train_part, commercial=False),
         TrainSet("reuters-topics", _train_part("reuters-topics", reuters_topics), commercial=False),
+        TrainSet("news-unlabelled", _train_part("news-unlabelled", news_unlabelled), commercial=False, unlabelled=True),
     )
 }
 
@@ -68,10 +71,12 @@ def licence_of(set_names: list[str]) -> str:
 
 
 def extra_examples(data_dir: Path, set_names: list[str], repeat: int = 1) -> list[Example]:
-    """The named sets' training parts, each repeated ``repeat`` times (small in-domain sets)."""
+    """The named labelled sets' training parts, each repeated ``repeat`` times (small in-domain sets)."""
     licence_of(set_names)
     out: list[Example] = []
     for name in set_names:
+        if TRAIN_SETS[name].unlabelled:
+            continue
         rows = TRAIN_SETS[name].load(data_dir)
         log.info("training set added", extra={"set": name, "examples": len(rows), "repeat": repeat})
         out.extend(rows * repeat)
@@ -99,6 +104,24 @@ def pseudo_label(examples: list[Example], teacher_dir: Path, threshold: float) -
         out.append(ex)
     log.info("pseudo-labelled", extra=counts)
     return out, counts
+
+
+def self_train(
+    data_dir: Path, set_names: list[str], teacher_dir: Path | None, threshold: float
+) -> tuple[list[Example], dict[str, int]]:
+    """The named unlabelled sets' training parts, labelled by ``teacher_dir`` where it is confident (both heads
+    on their own); texts it is unsure of on both heads are left out. Self-training: the teacher's confident
+    calls on in-domain text become supervision for the student."""
+    names = [n for n in set_names if TRAIN_SETS[n].unlabelled]
+    if not names:
+        return [], {"topic": 0, "sentiment": 0, "texts": 0}
+    if teacher_dir is None:
+        raise ValueError(f"training sets {names} have no labels: set self_train_from to a teacher model")
+    texts = [ex for name in names for ex in TRAIN_SETS[name].load(data_dir)]
+    labelled, counts = pseudo_label(texts, teacher_dir, threshold)
+    kept = [ex for ex in labelled if ex.topic != IGNORE or ex.sentiment != IGNORE]
+    log.info("self-training set", extra={"sets": names, "texts": len(texts), "kept": len(kept), **counts})
+    return kept, {**counts, "texts": len(texts)}
 
 
 def label_counts(examples: list[Example]) -> dict[str, int]:

@@ -332,3 +332,42 @@ def reuters_topics(data_dir: Path) -> list[Example]:
         for row in _read_rows(path, ("title", "suggested_topic_id"))
         if row["suggested_topic_id"].strip()
     ]
+
+
+# ----------------------------------------------------------------------------- unlabelled news (self-training)
+
+
+def _detokenise_reuters(text: str) -> str:
+    """Undo the uploader's normalisation of the Reuters copy (PROVENANCE.md): "boycott : WSJ" -> "boycott: WSJ"."""
+    for spaced, plain in ((" : ", ": "), (" ?", "?"), (" ,", ","), (" !", "!"), ("USD ", "$"), (" , 000", ",000")):
+        text = text.replace(spaced, plain)
+    return text
+
+
+def normalised(text: str) -> str:
+    """Lower case, letters and digits only: the key under which two copies of a headline compare equal."""
+    return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
+def news_unlabelled(data_dir: Path) -> list[Example]:
+    """The unlabelled CNBC, Guardian and Reuters headlines (``financial-news-headlines-full``, licence unknown:
+    research only), once each, minus every headline that is also a text of an evaluation set (the Twitter
+    ``valid`` files and all ``NEWS_SETS``), so that self-training never sees a test text, not even unlabelled."""
+    base = data_dir / "financial-news-headlines-full"
+    texts = [row["headline"] for row in _read_rows(base / "cnbc_headlines.csv", ("headline",))]
+    texts += [row["headline"] for row in _read_rows(base / "guardian_headlines.csv", ("headline",))]
+    texts += [
+        _detokenise_reuters(row["headline_normalised"])
+        for row in _read_rows(base / "reuters_headlines_normalised.csv", ("headline_normalised",))
+    ]
+    evaluated = {normalised(ex.text) for ex in twitter_topic(data_dir, "valid") + twitter_sentiment(data_dir, "valid")}
+    for news_set in NEWS_SETS:
+        evaluated |= {normalised(ex.text) for ex in news_set.load(data_dir)}
+    seen: set[str] = set()
+    out = []
+    for text in (t.strip() for t in texts):
+        key = normalised(text)
+        if key and key not in seen and key not in evaluated:
+            seen.add(key)
+            out.append(Example(text))
+    return out

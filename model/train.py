@@ -77,6 +77,8 @@ class TrainConfig:
     train_set_repeat: int = 1  # each extra set is seen this many times per epoch (they are small)
     pseudo_from: str = ""  # a teacher model dir: fill each Twitter text's missing head where it is confident
     pseudo_threshold: float = 0.9
+    self_train_from: str = ""  # a teacher model dir that labels the unlabelled training sets (corpus.self_train)
+    self_train_threshold: float = 0.9
     lora: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
@@ -337,6 +339,10 @@ def train(
         if cfg.pseudo_from:
             examples, _ = corpus.pseudo_label(examples, Path(cfg.pseudo_from), cfg.pseudo_threshold)
         examples = examples + corpus.extra_examples(Path(cfg.data_dir), cfg.train_sets, cfg.train_set_repeat)
+        teacher = Path(cfg.self_train_from) if cfg.self_train_from else None
+        examples = (
+            examples + corpus.self_train(Path(cfg.data_dir), cfg.train_sets, teacher, cfg.self_train_threshold)[0]
+        )
     if cfg.limit_train:
         examples = examples[: cfg.limit_train]
     if cfg.limit_dev:

@@ -4,12 +4,21 @@ from pathlib import Path
 
 import pytest
 
-from finsent.model.corpus import COMMERCIAL, RESEARCH, TRAIN_SETS, extra_examples, licence_of, pseudo_label
+from finsent.model.corpus import (
+    COMMERCIAL,
+    RESEARCH,
+    TRAIN_SETS,
+    extra_examples,
+    licence_of,
+    pseudo_label,
+    self_train,
+)
 from finsent.model.data import (
     IGNORE,
     Example,
     finbert_test_split,
     is_heldout,
+    news_unlabelled,
     phrasebank,
     phrasebank_train_part,
     split_heldout,
@@ -55,6 +64,8 @@ def test_shipped_run_configs_parse_and_the_default_one_is_commercial():
     research = TrainConfig.from_toml(CONFIGS / "train-minilm-research.toml")
     assert licence_of(v2.train_sets) == COMMERCIAL and v2.name == "finsent-minilm"
     assert licence_of(research.train_sets) == RESEARCH and research.name != v2.name
+    self_trained = TrainConfig.from_toml(CONFIGS / "train-minilm-research-st.toml")
+    assert licence_of(self_trained.train_sets) == RESEARCH and self_trained.self_train_from
 
 
 def test_pseudo_labels_fill_only_missing_heads_and_only_when_confident(tiny_model_dir):
@@ -65,3 +76,29 @@ def test_pseudo_labels_fill_only_missing_heads_and_only_when_confident(tiny_mode
     assert counts == {"topic": 1, "sentiment": 1}
     none, counts = pseudo_label(examples, tiny_model_dir, threshold=1.01)
     assert none == examples and counts == {"topic": 0, "sentiment": 0}
+
+
+def test_unlabelled_news_is_read_once_each_detokenised_and_never_holds_an_evaluation_text():
+    texts = [e.text for e in news_unlabelled(FIXTURES)]
+    assert texts == [
+        "Hooli shares jump as cloud sales double",  # CNBC and Guardian both carry it: once
+        "Pied Piper warns of job cuts at its compression plant",
+        "Vandelay Industries to sell latex unit for $600 million: sources",  # the Reuters copy's normalisation undone
+        "Is Soylent Corp running out of cash?",
+    ]  # gone: an S&P 500 headline in capitals with "!", a Twitter valid text
+    assert all(e.topic == IGNORE and e.sentiment == IGNORE for e in news_unlabelled(FIXTURES))
+
+
+def test_self_training_labels_unlabelled_sets_with_the_teacher_and_keeps_only_what_it_is_sure_of(tiny_model_dir):
+    names = ["sp500-posneg", "news-unlabelled"]
+    assert licence_of(names) == RESEARCH
+    assert not {e.text for e in extra_examples(FIXTURES, names)} & {e.text for e in news_unlabelled(FIXTURES)}
+    train_part = TRAIN_SETS["news-unlabelled"].load(FIXTURES)
+    sure, counts = self_train(FIXTURES, names, tiny_model_dir, threshold=0.0)
+    assert [e.text for e in sure] == [e.text for e in train_part] and counts["texts"] == len(train_part)
+    assert all(e.topic != IGNORE and e.sentiment != IGNORE for e in sure)
+    unsure, counts = self_train(FIXTURES, names, tiny_model_dir, threshold=1.01)
+    assert unsure == [] and counts == {"topic": 0, "sentiment": 0, "texts": len(train_part)}
+    assert self_train(FIXTURES, ["sp500-posneg"], None, 0.9)[0] == []  # nothing unlabelled: no teacher needed
+    with pytest.raises(ValueError, match="self_train_from"):
+        self_train(FIXTURES, names, None, 0.9)
