@@ -1,13 +1,13 @@
 """Stream benchmarks, all figures measured in one run.
 
     .venv/bin/python bench/bench_stream.py [--items 3000] [--latency-s 60] [--core 1000000] [--backend auto]
-        [--max-batch N] [--max-wait-s S] [--fetch-max-wait-ms MS] [--threads N] [--set stream.x=y …] [--out PATH]
+        [--max-batch N] [--max-model-batch N] [--max-wait-s S] [--fetch-max-wait-ms MS] [--threads N] [--set stream.x=y …] [--out PATH]
 
 1. ceiling: bare ``Classifier.predict`` of the backend the worker serves, in this process, on the same
    headlines sorted by token length and cut into batches of ``--ceiling-batch`` (one forward pass each):
    no broker, no decoding, no padding waste, so no stream processor on this box can score faster; beside it
-   the same bare ``predict`` on the batches a backlogged worker gets (arrival-order slices of
-   ``stream.max_batch``, sorted only inside: ``worker_batches``), which splits the gap between the ceiling
+   the same bare ``predict`` on the model calls a backlogged worker makes at most (arrival-order slices of
+   ``stream.max_model_batch``, sorted only inside: ``worker_batches``), which splits the gap between the ceiling
    and the worker into what batching costs (padding) and what the stream costs. The ceiling is measured again
    after the worker (this shared machine's speed drifts by up to a third within minutes) and ratios use the
    higher of the two;
@@ -28,7 +28,7 @@
 
 The goals are printed beside the figures (MET / MISSED by how much) and recorded under ``goals``.
 
-The worker's settings that matter (stream.max_batch, stream.max_wait_s, stream.fetch_max_wait_ms,
+The worker's settings that matter (stream.max_batch, stream.max_model_batch, stream.max_wait_s, stream.fetch_max_wait_ms,
 model.threads, model.backend, model.device, model.batch_size) default to this process's settings
 (``FINSENT_*`` environment / config file), may be overridden on the command line (``--set`` for any other
 setting), reach the worker as ``FINSENT_*`` environment variables (nothing else of this environment does),
@@ -88,6 +88,7 @@ TUNABLES = [
     ("spin_wait", "model.spin_wait"),
     ("model_batch_size", "model.batch_size"),
     ("max_batch", "stream.max_batch"),
+    ("max_model_batch", "stream.max_model_batch"),
     ("max_wait_s", "stream.max_wait_s"),
     ("fetch_max_wait_ms", "stream.fetch_max_wait_ms"),
 ]
@@ -531,6 +532,7 @@ def main() -> None:
         "--model-batch-size", type=int, default=base.model.batch_size, help="model.batch_size (texts per forward)"
     )
     ap.add_argument("--max-batch", type=int, default=base.stream.max_batch, help="stream.max_batch")
+    ap.add_argument("--max-model-batch", type=int, default=base.stream.max_model_batch, help="stream.max_model_batch")
     ap.add_argument("--max-wait-s", type=float, default=base.stream.max_wait_s, help="stream.max_wait_s")
     ap.add_argument(
         "--fetch-max-wait-ms", type=int, default=base.stream.fetch_max_wait_ms, help="stream.fetch_max_wait_ms"
@@ -583,9 +585,9 @@ def main() -> None:
         f"{c['batch']}: {ceiling:.0f} texts/s ({c['texts']} texts, {c['mean_tokens']:.1f} tokens mean)",
         flush=True,
     )
-    results["worker_batches"] = wb = bench_worker_batches(served, headlines, args.max_batch)
+    results["worker_batches"] = wb = bench_worker_batches(served, headlines, args.max_model_batch)
     print(
-        f"bare predict on the batches a backlogged worker gets (arrival order, {wb['micro_batch']} per batch, "
+        f"bare predict on a backlogged worker's largest model calls (arrival order, {wb['micro_batch']} per call, "
         f"length-sorted inside, forwards of {wb['model_batch']}): {wb['texts_per_s']:.0f} texts/s = "
         f"{wb['texts_per_s'] / ceiling:.2f} x ceiling",
         flush=True,

@@ -283,6 +283,9 @@ class Stream(_Group):
     # a quiet stream scores a lone headline at once instead of holding it for company).
     max_batch: int = Field(default=128, ge=1, le=4096)
     max_wait_s: float = Field(default=0.02, gt=0, le=60)
+    # Headlines per model call: batches prepared while the model is busy wait and then go in together, up to
+    # this many, sorted by length as one (a backlog gets big, well-padded model calls; a quiet stream, lone ones).
+    max_model_batch: int = Field(default=512, ge=1, le=8192)
     max_record_bytes: int = Field(default=256 * 1024, ge=1024)  # larger raw records go to the DLQ
     inference_retries: int = Field(default=1, ge=0, le=10)  # then the batch is bisected to find the bad item
     metrics_port: Port = 9182

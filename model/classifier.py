@@ -56,6 +56,18 @@ class Encoded:
     good_idx: list[int]  # input index of each row of ``ids``
     ids: list[list[int]]
 
+    @classmethod
+    def concat(cls, parts: Sequence[Encoded]) -> Encoded:
+        """One encoding of the parts' texts one after the other: the stream worker puts batches that waited for
+        the model into one call, which sorts them all by length together (less padding than each on its own)."""
+        n, fallbacks, good_idx, ids = 0, {}, [], []
+        for part in parts:
+            fallbacks.update({n + i: p for i, p in part.fallbacks.items()})
+            good_idx.extend(n + i for i in part.good_idx)
+            ids.extend(part.ids)
+            n += part.n
+        return cls(n, fallbacks, good_idx, ids)
+
 
 class Classifier:
     def __init__(

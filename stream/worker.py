@@ -10,7 +10,10 @@ Scoring (a Faust agent on ``finsent.news.raw``):
 * three overlapped stages (``Scorer``): batch N+1 is decoded and tokenized (tokenizer thread) while
   batch N is in the model (one inference thread, off the event loop, so heartbeats, commits and the
   aggregator keep running), and batch N's outputs are produced and acknowledged while N+1 is in the
-  model; deliveries stay in batch order, at most two batches are past the tokenizer;
+  model; deliveries stay in batch order;
+* the model's in-tray (``finsent.stream.feed.ModelFeed``): batches prepared while the model is busy wait
+  and go into it as one call (up to ``stream.max_model_batch``, 512), sorted by length together, so a
+  backlog gets large model calls although Faust hands over 100-200 records at a time;
 * poison records (undecodable, schema-invalid, oversized) and items the model fails on by themselves
   (after retry and bisection) go to ``finsent.dlq`` with their source offset; the stream goes on;
 * every decoded item passes the edge check (``checked_item``) before it is scored: any producer can
@@ -46,6 +49,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -59,6 +63,7 @@ from finsent.records import NewsItem, checked_item
 from finsent.settings import Settings
 from finsent.stream.aggregator import Aggregator
 from finsent.stream.faust_transport import transport_class
+from finsent.stream.feed import ModelFeed
 from finsent.stream.metrics import WorkerMetrics
 from finsent.stream.pipeline import decode_raw, text_of, to_scored
 from finsent.stream.scoring import BatchResult, score_batch
@@ -79,6 +84,21 @@ class Scored:
     outputs: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (reason, error) per dead letter
     fixed: dict[str, int] = field(default_factory=dict)  # edge corrections, counted once delivered
+
+    @classmethod
+    def merged(cls, batches: list[Scored]) -> Scored:
+        """Prepared batches as one, in order, for one model call (``finsent.stream.feed``)."""
+        out = cls([msg for b in batches for msg in b.messages])
+        for b in batches:
+            out.items.extend(b.items)
+            out.outputs.extend(b.outputs)
+            out.failed.extend(b.failed)
+            for fix, n in b.fixed.items():
+                out.fixed[fix] = out.fixed.get(fix, 0) + n
+        with_items = [b for b in batches if b.items]
+        if with_items and all(b.encoded is not None for b in with_items):
+            out.encoded = Encoded.concat([b.encoded for b in with_items if b.encoded is not None])
+        return out
 
 
 class Scorer:
@@ -313,21 +333,23 @@ def build_app(settings: Settings, scorer: Scorer, aggregate: bool = True, input_
 
     @app.agent(raw, name="score")
     async def score(stream):
-        in_flight = asyncio.Semaphore(2)  # one batch in the model, the next tokenized and waiting for it
-        last: asyncio.Task | None = None
+        feed: ModelFeed[Scored] = ModelFeed(
+            infer=lambda batch: _or_exit(scorer.infer(batch)),
+            deliver=lambda batch: _or_exit(scorer.deliver(batch)),
+            merge=Scored.merged,
+            size=lambda batch: len(batch.messages),
+            max_records=s.max_model_batch,
+        )
         try:
             async for events in stream.take_events(s.max_batch, within=s.max_wait_s):
                 for event in events:
                     event.message.incref()  # hold the offset until our outputs are acknowledged (see module doc)
-                await in_flight.acquire()
                 prepared = await _or_exit(scorer.prepare([event.message for event in events]))
-                last = asyncio.create_task(_infer_deliver_release(scorer, prepared, events, last, in_flight))
-            if last is not None:
-                await last
+                await feed.put(prepared, partial(_release, events))
+            await feed.join()
         except asyncio.CancelledError:
-            if last is not None:
-                last.cancel()  # and, through its wait, the batches before it: their events stay unreleased,
-            raise  # so they are never committed and a fresh worker gets them again
+            feed.cancel()  # undelivered batches stay unreleased, so they are never committed
+            raise  # and a fresh worker gets them again
 
     @app.timer(interval=5.0)
     async def export_lag():
@@ -364,19 +386,9 @@ async def _or_exit(step):
         os._exit(EXIT_UNEXPECTED)
 
 
-async def _infer_deliver_release(
-    scorer: Scorer, batch: Scored, events, previous: asyncio.Task | None, in_flight: asyncio.Semaphore
-) -> None:
-    """Classify, wait for the batch before this one to be delivered (deliveries in batch order), deliver,
-    then drop our hold on each event. ``take_events`` has usually acked them already (leaving our
-    reference), so this is an ``ack`` that, being the last, marks the offset safe to commit."""
-    try:
-        scored = await _or_exit(scorer.infer(batch))
-    finally:
-        in_flight.release()
-    if previous is not None:
-        await previous
-    await _or_exit(scorer.deliver(scored))
+def _release(events) -> None:
+    """Drop our hold on each event once its outputs are acknowledged. ``take_events`` has usually acked them
+    already (leaving our reference), so this is an ``ack`` that, being the last, marks the offset safe to commit."""
     for event in events:
         event.ack()
 
@@ -455,6 +467,7 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
             "metrics": f"http://{settings.services.host}:{settings.stream.metrics_port}/metrics",
             "input": settings.topics.raw.name,
             "max_batch": settings.stream.max_batch,
+            "max_model_batch": settings.stream.max_model_batch,
             "max_wait_s": settings.stream.max_wait_s,
         },
     )

@@ -16,6 +16,7 @@ from conftest import tiny_examples
 from finsent import errors
 from finsent.model import Classifier, artifact
 from finsent.model.batching import bucketed_batches, pad, sorted_batches
+from finsent.model.classifier import Encoded
 from finsent.model.data import IGNORE, _in_dev, load_twitter
 from finsent.model.quality import expected_calibration_error, fit_temperature, softmax
 from finsent.model.text import prepare
@@ -88,6 +89,19 @@ def test_batched_predictions_equal_one_by_one_and_keep_order(tiny_model_dir):
     for a, b in zip(batched, single):
         assert a.topic == b.topic and a.sentiment == b.sentiment
         np.testing.assert_allclose(list(a.sentiment_probs.values()), list(b.sentiment_probs.values()), atol=1e-5)
+
+
+def test_encodings_concatenated_predict_as_their_parts_fallbacks_included(tiny_model_dir):
+    """The stream worker puts batches that waited for the model into one call (``Encoded.concat``)."""
+    clf = Classifier.load(tiny_model_dir, batch_size=4)
+    parts = [["oil prices slump", "", "bank beats estimates"], [None, "a much longer headline " * 5], ["  "]]
+    joined = clf.predict_encoded(Encoded.concat([clf.encode(p) for p in parts]))
+    separate = [pred for p in parts for pred in clf.predict_encoded(clf.encode(p))]
+    assert len(joined) == len(separate) == 6
+    for a, b in zip(joined, separate):
+        assert (a.topic, a.sentiment, a.flag) == (b.topic, b.sentiment, b.flag)
+        np.testing.assert_allclose(list(a.sentiment_probs.values()), list(b.sentiment_probs.values()), atol=1e-5)
+    assert [p.flag for p in joined] == [None, "empty", None, "not_text", None, "empty"]
 
 
 def test_unknown_backend_is_a_clear_error(tiny_model_dir):

@@ -1,0 +1,160 @@
+"""The model's in-tray (stream/feed.py), without Kafka or a model.
+
+A batch here is a list of strings; the "model" is a coroutine that records each call and can be held on an
+``asyncio.Event``, and delivery records what it delivered and can be held likewise. A fake is right for this:
+the tests are about which batches go into one call, in which order outputs are delivered and when offsets are
+released, not about the model (tests/e2e/test_worker.py runs the real worker through it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from finsent.stream.feed import ModelFeed
+
+pytestmark = pytest.mark.unit
+
+
+class Steps:
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.delivered: list[list[str]] = []
+        self.released: list[str] = []
+        self.model_free = asyncio.Event()
+        self.model_free.set()
+        self.broker_up = asyncio.Event()
+        self.broker_up.set()
+
+    async def infer(self, batch: list[str]) -> list[str]:
+        self.calls.append(list(batch))
+        await self.model_free.wait()
+        return [f"scored:{x}" for x in batch]
+
+    async def deliver(self, batch: list[str]) -> None:
+        await self.broker_up.wait()
+        self.delivered.append(batch)
+
+    def feed(self, max_records: int = 8) -> ModelFeed[list[str]]:
+        return ModelFeed(self.infer, self.deliver, lambda bs: [x for b in bs for x in b], len, max_records)
+
+    def release(self, name: str):
+        return lambda: self.released.append(name)
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def test_a_lone_batch_goes_in_at_once_and_is_released_after_its_delivery():
+    async def main():
+        steps = Steps()
+        feed = steps.feed()
+        await feed.put(["a"], steps.release("A"))
+        await feed.join()
+        assert steps.calls == [["a"]] and steps.delivered == [["scored:a"]] and steps.released == ["A"]
+
+    asyncio.run(main())
+
+
+def test_batches_that_wait_while_the_model_is_busy_go_in_as_one_call_up_to_max_records_in_put_order():
+    async def main():
+        steps = Steps()
+        feed = steps.feed(max_records=5)
+        steps.model_free.clear()
+        await feed.put(["a1", "a2"], steps.release("A"))
+        await settle()  # A is in the model
+        for name, batch in (("B", ["b1", "b2"]), ("C", ["c1"]), ("D", ["d1", "d2"])):
+            await feed.put(batch, steps.release(name))
+        late = asyncio.create_task(feed.put(["e1"], steps.release("E")))  # waits: 5 records wait already
+        await settle()
+        steps.model_free.set()
+        await late
+        await feed.join()
+        # B + C + D is 5 records: one call; E would make it 6, so it goes in the next one.
+        assert steps.calls == [["a1", "a2"], ["b1", "b2", "c1", "d1", "d2"], ["e1"]]
+        assert [x for d in steps.delivered for x in d] == [
+            f"scored:{x}" for x in ("a1", "a2", "b1", "b2", "c1", "d1", "d2", "e1")
+        ]
+        assert steps.released == ["A", "B", "C", "D", "E"]
+
+    asyncio.run(main())
+
+
+def test_nothing_is_released_before_its_outputs_are_acknowledged_and_deliveries_keep_put_order():
+    async def main():
+        steps = Steps()
+        feed = steps.feed(max_records=2)
+        steps.broker_up.clear()
+        await feed.put(["a"], steps.release("A"))
+        await feed.put(["b", "c"], steps.release("B"))
+        await settle()
+        assert steps.calls and not steps.delivered and steps.released == []  # classified, not acknowledged
+        steps.broker_up.set()
+        await feed.join()
+        assert steps.released == ["A", "B"] and steps.delivered[0] == ["scored:a"]
+
+    asyncio.run(main())
+
+
+def test_put_waits_while_max_records_wait_for_the_model():
+    async def main():
+        steps = Steps()
+        feed = steps.feed(max_records=3)
+        steps.model_free.clear()
+        await feed.put(["a"], steps.release("A"))
+        await settle()  # A in the model
+        await feed.put(["b1", "b2", "b3"], steps.release("B"))  # the in-tray is full now
+        blocked = asyncio.create_task(feed.put(["c"], steps.release("C")))
+        await settle()
+        assert not blocked.done()
+        steps.model_free.set()
+        await asyncio.wait_for(blocked, 5)
+        await feed.join()
+        assert steps.released == ["A", "B", "C"]
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_feed_releases_nothing_it_had_not_delivered():
+    async def main():
+        steps = Steps()
+        feed = steps.feed()
+        await feed.put(["a"], steps.release("A"))
+        await feed.join()
+        steps.broker_up.clear()
+        await feed.put(["b"], steps.release("B"))  # classified, its delivery hangs (a dead broker)
+        steps.model_free.clear()
+        await settle()
+        await feed.put(["c"], steps.release("C"))  # in the model
+        await settle()
+        feed.cancel()
+        steps.broker_up.set()
+        steps.model_free.set()
+        await settle()
+        assert steps.released == ["A"]  # B and C stay held: never committed, a fresh worker redelivers them
+
+    asyncio.run(main())
+
+
+def test_at_most_two_deliveries_wait_behind_the_model():
+    async def main():
+        steps = Steps()
+        feed = steps.feed(max_records=1)
+        steps.broker_up.clear()  # no delivery completes
+        for name in "ABCD":
+            await feed.put([name.lower()], steps.release(name))
+            await settle()
+        late = asyncio.create_task(feed.put(["e"], steps.release("E")))
+        await settle()
+        # A, B and C are classified and wait for the broker (two behind the first); D waits for the model, and
+        # E for room in the in-tray: nothing piles up while the broker is away.
+        assert steps.calls == [["a"], ["b"], ["c"]] and not late.done()
+        steps.broker_up.set()
+        await late
+        await feed.join()
+        assert steps.released == list("ABCDE")
+
+    asyncio.run(main())
