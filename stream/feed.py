@@ -11,8 +11,12 @@ stream still sends a lone headline at once (nothing waits for company).
 Order and safety: the merged call's outputs are delivered in the order the batches were put, one delivery
 after the other, and each batch's ``release`` (the agent's offset hold) runs only after its outputs are
 acknowledged, so commit-after-ack holds as before. ``put`` waits while ``max_records`` already wait
-(backpressure into Faust's buffer), and at most two deliveries are outstanding behind the model. The core is
-free of Kafka and of the model: the steps are callables, so the tests drive it with plain coroutines.
+(backpressure into Faust's buffer), and the model starts no new call while more than two deliveries are
+outstanding. Anything unforeseen inside the feed's own tasks goes to ``on_error`` (the worker exits,
+crash-only): a task that died quietly would leave a worker that holds its partitions and scores nothing.
+A merged call that fails costs more to recover (the worker retries and bisects all its items); that is rare,
+and the price of the large calls. The core is free of Kafka and of the model: the steps are callables, so
+the tests drive it with plain coroutines.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Generic, TypeVar
 
 B = TypeVar("B")
 
-MAX_DELIVERIES = 2  # outstanding behind the model: one being acknowledged, one waiting for it
+MAX_DELIVERIES = 2  # the model starts no new call while more are outstanding
 
 
 class ModelFeed(Generic[B]):
@@ -35,8 +39,10 @@ class ModelFeed(Generic[B]):
         merge: Callable[[list[B]], B],
         size: Callable[[B], int],
         max_records: int,
+        on_error: Callable[[BaseException], None],
     ):
         self.infer, self.deliver, self.merge, self.size = infer, deliver, merge, size
+        self.on_error = on_error
         self.max_records = max_records
         self._waiting: deque[tuple[B, Callable[[], None]]] = deque()
         self._waiting_records = 0
@@ -58,13 +64,25 @@ class ModelFeed(Generic[B]):
         self._idle.clear()
         self._arrived.set()
         if self._runner is None:
-            self._runner = asyncio.create_task(self._run(), name="finsent-model-feed")
+            self._runner = self._watched(self._run())
 
     async def join(self) -> None:
-        """Until everything put so far is classified, delivered and released."""
+        """Until everything put so far is classified, delivered and released; then the feed's task ends."""
         await self._idle.wait()
         while self._deliveries:
             await self._deliveries.popleft()
+        if self._runner is not None and not self._waiting:
+            self._runner.cancel()
+            self._runner = None
+
+    def _watched(self, step) -> asyncio.Task:
+        task = asyncio.create_task(step)
+        task.add_done_callback(self._check)
+        return task
+
+    def _check(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.on_error(task.exception())  # type: ignore[arg-type]
 
     def cancel(self) -> None:
         """Stop mid-way: what is not delivered is not released (so never committed: a fresh worker redelivers it)."""
@@ -93,7 +111,7 @@ class ModelFeed(Generic[B]):
             batches = [batch for batch, _ in taken]
             scored = await self.infer(batches[0] if len(batches) == 1 else self.merge(batches))
             previous = self._deliveries[-1] if self._deliveries else None
-            self._deliveries.append(asyncio.create_task(self._deliver(scored, [r for _, r in taken], previous)))
+            self._deliveries.append(self._watched(self._deliver(scored, [r for _, r in taken], previous)))
             while self._deliveries and self._deliveries[0].done():
                 self._deliveries.popleft()
             if len(self._deliveries) > MAX_DELIVERIES:

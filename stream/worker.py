@@ -339,6 +339,7 @@ def build_app(settings: Settings, scorer: Scorer, aggregate: bool = True, input_
             merge=Scored.merged,
             size=lambda batch: len(batch.messages),
             max_records=s.max_model_batch,
+            on_error=_exit_on_feed_error,
         )
         try:
             async for events in stream.take_events(s.max_batch, within=s.max_wait_s):
@@ -384,6 +385,12 @@ async def _or_exit(step):
     except Exception:
         log.exception("unexpected error in a batch; exiting so a fresh worker redelivers it")
         os._exit(EXIT_UNEXPECTED)
+
+
+def _exit_on_feed_error(err: BaseException) -> None:
+    """Crash-only, as ``_or_exit``: an agent that lost its feed would hold its partitions and score nothing."""
+    log.error("the model feed failed; exiting so a fresh worker redelivers", exc_info=err)
+    os._exit(EXIT_UNEXPECTED)
 
 
 def _release(events) -> None:

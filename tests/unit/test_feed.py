@@ -26,6 +26,7 @@ class Steps:
         self.model_free.set()
         self.broker_up = asyncio.Event()
         self.broker_up.set()
+        self.errors: list[BaseException] = []
 
     async def infer(self, batch: list[str]) -> list[str]:
         self.calls.append(list(batch))
@@ -36,8 +37,9 @@ class Steps:
         await self.broker_up.wait()
         self.delivered.append(batch)
 
-    def feed(self, max_records: int = 8) -> ModelFeed[list[str]]:
-        return ModelFeed(self.infer, self.deliver, lambda bs: [x for b in bs for x in b], len, max_records)
+    def feed(self, max_records: int = 8, merge=None) -> ModelFeed[list[str]]:
+        merge = merge or (lambda bs: [x for b in bs for x in b])
+        return ModelFeed(self.infer, self.deliver, merge, len, max_records, on_error=self.errors.append)
 
     def release(self, name: str):
         return lambda: self.released.append(name)
@@ -158,3 +160,68 @@ def test_at_most_two_deliveries_wait_behind_the_model():
         assert steps.released == list("ABCDE")
 
     asyncio.run(main())
+
+
+def test_a_later_delivery_never_overtakes_an_earlier_one():
+    async def main():
+        acked = {"A": asyncio.Event(), "B": asyncio.Event()}
+        steps = Steps()
+
+        async def deliver(batch: list[str]) -> None:  # each batch's acks come when the test says
+            await acked[batch[0].removeprefix("scored:")].wait()
+            steps.delivered.append(batch)
+
+        steps.deliver = deliver  # type: ignore[method-assign]
+        feed = steps.feed(max_records=1)
+        await feed.put(["A"], steps.release("A"))
+        await settle()
+        await feed.put(["B"], steps.release("B"))
+        await settle()
+        acked["B"].set()  # B's acks first: B must still wait for A
+        await settle()
+        assert steps.delivered == [] and steps.released == []
+        acked["A"].set()
+        await feed.join()
+        assert steps.released == ["A", "B"] and steps.delivered == [["scored:A"], ["scored:B"]]
+
+    asyncio.run(main())
+
+
+def test_an_unforeseen_error_inside_the_feed_is_reported_not_swallowed():
+    async def main():
+        steps = Steps()
+
+        def broken_merge(batches):
+            raise RuntimeError("merge bug")
+
+        feed = steps.feed(max_records=4, merge=broken_merge)
+        steps.model_free.clear()
+        await feed.put(["a"], steps.release("A"))
+        await settle()
+        await feed.put(["b"], steps.release("B"))
+        await feed.put(["c"], steps.release("C"))  # B and C will be merged
+        steps.model_free.set()
+        await settle()
+        assert [str(e) for e in steps.errors] == ["merge bug"] and steps.released == ["A"]
+
+    asyncio.run(main())
+
+
+def test_the_workers_merge_keeps_items_encodings_dead_letters_and_corrections_aligned():
+    from finsent.model.classifier import Encoded
+    from finsent.stream.worker import Scored
+
+    def batch(msgs, items, encoded, outputs=(), failed=(), fixed=None):
+        return Scored(list(msgs), list(items), encoded, list(outputs), list(failed), dict(fixed or {}))
+
+    a = batch(["m1", "m2"], [("m1", "i1"), ("m2", "i2")], Encoded(2, {1: "fallback"}, [0], [[101, 7, 102]]))
+    poison_only = batch(["m3"], [], None, [("dlq", None, b"x")], [("poison", "bad json")], {"published_clamped": 1})
+    b = batch(["m4"], [("m4", "i4")], Encoded(1, {}, [0], [[101, 8, 9, 102]]), fixed={"published_clamped": 2})
+    merged = Scored.merged([a, poison_only, b])
+    assert merged.messages == ["m1", "m2", "m3", "m4"]
+    assert [it for _, it in merged.items] == ["i1", "i2", "i4"]
+    assert merged.encoded == Encoded(3, {1: "fallback"}, [0, 2], [[101, 7, 102], [101, 8, 9, 102]])
+    assert merged.outputs == [("dlq", None, b"x")] and merged.failed == [("poison", "bad json")]
+    assert merged.fixed == {"published_clamped": 3}
+    # A batch with items but no encoding (a classifier without ``encode``): the call goes from the texts.
+    assert Scored.merged([a, batch(["m5"], [("m5", "i5")], None)]).encoded is None
