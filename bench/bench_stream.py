@@ -86,6 +86,7 @@ TUNABLES = [
     ("device", "model.device"),
     ("threads", "model.threads"),
     ("spin_wait", "model.spin_wait"),
+    ("spin_from_texts", "model.spin_from_texts"),
     ("model_batch_size", "model.batch_size"),
     ("max_batch", "stream.max_batch"),
     ("max_model_batch", "stream.max_model_batch"),
@@ -527,6 +528,12 @@ def main() -> None:
         type=lambda v: v.lower() in ("1", "true", "yes"),
         default=base.model.spin_wait,
         help="model.spin_wait (the worker's ONNX Runtime threads busy-wait: true/false)",
+    )
+    ap.add_argument(
+        "--spin-from-texts",
+        type=int,
+        default=base.model.spin_from_texts,
+        help="model.spin_from_texts (model calls this large run with spinning threads; 0 = never)",
     )
     ap.add_argument(
         "--model-batch-size", type=int, default=base.model.batch_size, help="model.batch_size (texts per forward)"

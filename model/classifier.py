@@ -100,6 +100,7 @@ class Classifier:
         batch_size: int = 32,
         threads: int = 0,
         spin_wait: bool = True,
+        spin_from: int = 0,
         gpu_batch_size: int | None = None,
     ) -> Classifier:
         """Load a model directory; ``None`` = the newest shipped model in the repository's ``models/``.
@@ -108,7 +109,7 @@ class Classifier:
         length-sorted batches, a CPU small ones (latency; padding costs real time there)."""
         directory = Path(path) if path is not None else artifact.default_model_dir()
         model, tokenizer, meta = artifact.load(directory)
-        chosen = make_backend(backend, model, directory, device, threads, spin_wait)
+        chosen = make_backend(backend, model, directory, device, threads, spin_wait, spin_from)
         news_bias = load_news_bias(directory, meta.full_name, list(meta.sentiment_labels))
         if gpu_batch_size and chosen.name == "torch-cuda":
             batch_size = gpu_batch_size
@@ -179,9 +180,11 @@ class Classifier:
         pad_id = self.tokenizer.pad_token_id or 0
         topic = np.zeros((len(ids), len(self.meta.topic_labels)), dtype=np.float32)
         sent = np.zeros((len(ids), len(self.meta.sentiment_labels)), dtype=np.float32)
+        for_call = getattr(self.backend, "for_call", None)  # ONNX: a spinning session for large calls
+        forward = for_call(len(ids)) if for_call is not None else self.backend
         for batch in sorted_batches([len(x) for x in ids], self.batch_size):
             input_ids, mask = pad([ids[j] for j in batch], pad_id)
-            topic[batch], sent[batch] = self.backend(input_ids, mask)
+            topic[batch], sent[batch] = forward(input_ids, mask)
         return topic, sent
 
     def _prediction(self, topic_p: np.ndarray, sent_p: np.ndarray) -> Prediction:

@@ -460,6 +460,7 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
         batch_size=m.batch_size,
         threads=m.threads,
         spin_wait=m.spin_wait,
+        spin_from=m.spin_from_texts,
         gpu_batch_size=m.gpu_batch_size,
     )
     metrics = WorkerMetrics(top_k=settings.stream.ticker_top_k, watchlist=tuple(settings.stream.ticker_watchlist))

@@ -303,6 +303,23 @@ def test_onnx_export_matches_torch(tmp_path, tiny_model_dir, tiny_data_dir):
         np.testing.assert_allclose(list(a.topic_probs.values()), list(b.topic_probs.values()), atol=1e-4)
     assert Classifier.load(directory, backend="auto").backend.name == report["recommended"]
 
+    # The worker's backend: sleeping threads for small calls, a spinning session for a backlog's large ones.
+    worker = Classifier.load(directory, backend="onnx", spin_wait=False, spin_from=2)
+
+    def allow_spinning(session) -> str:
+        try:
+            return session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:  # not set: ONNX Runtime's default, spinning
+            return "default"
+
+    spinning = {
+        which: allow_spinning(s) for which, s in (("small", worker.backend.session), ("large", worker.backend.spinning))
+    }
+    assert spinning == {"small": "0", "large": "default"}
+    assert worker.backend.for_call(1) is worker.backend and worker.backend.for_call(2) is not worker.backend
+    for a, b in zip(worker.predict(texts) + worker.predict(texts[:1]), onnx.predict(texts) + onnx.predict(texts[:1])):
+        np.testing.assert_allclose(list(a.sentiment_probs.values()), list(b.sentiment_probs.values()), atol=1e-6)
+
 
 def test_examples_without_a_head_label_contribute_no_loss_for_it():
     ce = torch.nn.CrossEntropyLoss(ignore_index=IGNORE, reduction="sum")
