@@ -304,8 +304,10 @@ def bench_end_to_end(
     worker_env: dict[str, str],
     worker_args: tuple[str, ...] = (),
     broker_pid: int | None = None,
+    latency_rate: float = 0.0,
 ) -> dict:
-    """``settings``: what the worker reads (its topics); ``worker_env``: the FINSENT_* variables it gets."""
+    """``settings``: what the worker reads (its topics); ``worker_env``: the FINSENT_* variables it gets;
+    ``latency_rate``: the latency run's offered load (items/s), 0 = half the capacity measured here."""
     metrics_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     env.update(worker_env)
@@ -353,7 +355,7 @@ def bench_end_to_end(
         seconds = (last_ms - started_ms) / 1000
         # Latency at half the capacity (measured while producing, as these are): paced sends, Kafka
         # timestamps on both sides.
-        rate = n / seconds / 2
+        rate = latency_rate or n / seconds / 2
         lat_items = items(int(rate * latency_s), "lat-")
         sent_at: dict[str, int] = {}
         t0 = time.perf_counter()
@@ -513,6 +515,12 @@ def main() -> None:
     )
     ap.add_argument("--items", type=int, default=3000)
     ap.add_argument("--latency-s", type=float, default=60.0)
+    ap.add_argument(
+        "--latency-rate",
+        type=float,
+        default=0.0,
+        help="offered load of the latency run (items/s); 0 = 50 %% of capacity",
+    )
     ap.add_argument("--core", type=int, default=1_000_000)
     ap.add_argument(
         "--ceiling-batch", type=int, default=64, help="Texts per predict call of the ceiling (length-sorted)"
@@ -612,7 +620,15 @@ def main() -> None:
             flush=True,
         )
         results["end_to_end"] = r = bench_end_to_end(
-            bootstrap, settings, args.items, args.latency_s, Path(tmp), worker_env, worker_args, broker_pid
+            bootstrap,
+            settings,
+            args.items,
+            args.latency_s,
+            Path(tmp),
+            worker_env,
+            worker_args,
+            broker_pid,
+            args.latency_rate,
         )
     e2e = r["end_to_end_per_s"]
     # This machine's speed drifts by up to a third within minutes (a shared VM): the ceiling is measured again after
@@ -659,7 +675,14 @@ def main() -> None:
         goal(f"end to end >= {GOAL_CEILING_SHARE} x ceiling", e2e / ceiling, GOAL_CEILING_SHARE, True, " x ceiling"),
         goal(f"end to end >= {GOAL_ITEMS_PER_S:g} items/s", e2e, GOAL_ITEMS_PER_S, True, " items/s"),
         goal(f"worker >= {GOAL_VS_NAIVE} x naive", e2e / nv["items_per_s"], GOAL_VS_NAIVE, True, " x naive"),
-        goal(f"p99 <= {GOAL_P99_S} s at 50 % capacity", lat["p99_s"], GOAL_P99_S, False, " s"),
+        goal(
+            f"p99 <= {GOAL_P99_S} s at "
+            + (f"{args.latency_rate:g}/s offered (not the goal's load)" if args.latency_rate else "50 % capacity"),
+            lat["p99_s"],
+            GOAL_P99_S,
+            False,
+            " s",
+        ),
     ]
     results["goals"] = goals
     for g in goals:
