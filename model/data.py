@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -339,9 +340,9 @@ def reuters_topics(data_dir: Path) -> list[Example]:
 
 def _detokenise_reuters(text: str) -> str:
     """Undo the uploader's normalisation of the Reuters copy (PROVENANCE.md): "boycott : WSJ" -> "boycott: WSJ"."""
-    for spaced, plain in ((" : ", ": "), (" ?", "?"), (" ,", ","), (" !", "!"), ("USD ", "$"), (" , 000", ",000")):
+    for spaced, plain in ((" : ", ": "), (" ?", "?"), (" ,", ","), (" !", "!"), (" , 000", ",000")):
         text = text.replace(spaced, plain)
-    return text
+    return re.sub(r"\bUSD (?=\d)", "$", text)  # "USD 600" was "$600"; "the USD rallies" stays
 
 
 def normalised(text: str) -> str:
