@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from finsent.files import replace_text
 from finsent.records import NewsItem
 
 log = logging.getLogger("finsent.ingest.replay")
@@ -112,9 +113,7 @@ class ResumeState:
             "days": {d: [n, f"{h:016x}"] for d, (n, h) in sorted(self.days.items())},
             "position": [self.position[0].isoformat(), self.position[1]] if self.position else None,
         }
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc))
-        tmp.replace(path)
+        replace_text(path, json.dumps(doc))
 
     def behind(self, item: NewsItem) -> bool:
         return self.position is not None and _key(item) <= self.position

@@ -12,6 +12,7 @@ import signal
 import threading
 from pathlib import Path
 
+from finsent.files import replace_text
 from finsent.local.procs import Supervisor
 
 log = logging.getLogger("finsent.local.runtime")
@@ -50,4 +51,4 @@ def write_state(path: Path, supervisor: Supervisor, urls: dict[str, str]) -> Non
     """Record pids and URLs of a running stack (operators and tests read it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"pid": os.getpid(), "children": {c.name: c.pid for c in supervisor.children}, "urls": urls}
-    path.write_text(json.dumps(doc, indent=2))
+    replace_text(path, json.dumps(doc, indent=2))

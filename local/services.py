@@ -15,6 +15,7 @@ import yaml
 
 from finsent.alerts.config import ALERTMANAGER_CONFIG, RULES_DIR, render_alertmanager_config
 from finsent.errors import MissingBinary
+from finsent.files import replace_text
 from finsent.local.procs import Child, http_ok
 from finsent.settings import Settings
 
@@ -53,10 +54,7 @@ def register_target(state_dir: Path, job: str, address: str) -> Path:
     """Tell the embedded Prometheus to scrape ``address`` (host:port serving /metrics) as ``job``."""
     path = state_dir / "prometheus" / "targets" / f"{job}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps([{"targets": [address], "labels": {"job": job}}]))
-    tmp.replace(path)
-    return path
+    return replace_text(path, json.dumps([{"targets": [address], "labels": {"job": job}}]))
 
 
 def prometheus_child(settings: Settings, state_dir: Path) -> tuple[Child, str]:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from finsent.errors import GraphError
+from finsent.files import replace_text
 
 log = logging.getLogger("finsent.model.int8_static")
 
@@ -264,8 +265,4 @@ def build_plan(
 
 
 def write_plan(model_dir: Path, plan: Plan) -> Path:
-    path = plan_path(model_dir)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(plan), indent=1) + "\n")
-    tmp.replace(path)
-    return path
+    return replace_text(plan_path(model_dir), json.dumps(asdict(plan), indent=1) + "\n")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from finsent.errors import GraphError
+from finsent.files import replace_text
 
 log = logging.getLogger("finsent.model.onnxbuild")
 
@@ -101,9 +102,7 @@ def _stamps(directory: Path) -> dict[str, str]:
 def _write_stamp(directory: Path, name: str, digest: str) -> None:
     stamps = _stamps(directory)
     stamps[name] = digest
-    tmp = directory / f"{STAMP}.tmp"
-    tmp.write_text(json.dumps(stamps, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, directory / STAMP)
+    replace_text(directory / STAMP, json.dumps(stamps, indent=2, sort_keys=True) + "\n")
 
 
 def ensure(model_dir: Path, recipe: str = FP32) -> Path:
