@@ -178,7 +178,7 @@ def test_demo_serves_every_url_then_stops_on_sigterm_without_orphans(tmp_path):
         )
         print(f"\ndashboard: {seen}")
         # Every Grafana panel's PromQL returns series from this live stack (Grafana itself is not installable).
-        from test_dashboards import check_panels
+        from panels import check_panels
 
         deadline = time.monotonic() + 120
         while True:

@@ -1,12 +1,11 @@
 """Grafana as code. Grafana cannot be installed here, so: the JSON must match its generator, every panel's
-PromQL must return series from a real Prometheus scraping a real worker (``check_panels``, run by the demo
+PromQL must return series from a real Prometheus scraping a real worker (``tests/panels.py``, run by the demo
 test on its live stack), and ``finsent grafana publish`` is tested against a local HTTP server that
 stands in for Grafana's API and checks the request shape."""
 
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import threading
@@ -14,7 +13,6 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
 from conftest import environ_without_finsent
 from factories import surge_alert
 
@@ -32,32 +30,6 @@ def test_committed_dashboards_match_their_generator(tmp_path):
         assert all(t["datasource"]["uid"] == "finsent-prometheus" for p in doc["panels"] for t in p["targets"])
         boxes = [(p["gridPos"]["x"], p["gridPos"]["y"]) for p in doc["panels"]]
         assert len(set(boxes)) == len(boxes) and all(p["gridPos"]["x"] + p["gridPos"]["w"] <= 24 for p in doc["panels"])
-
-
-def panel_queries() -> list[tuple[str, str, str]]:
-    return [(d.uid, p["title"], t["expr"]) for d in dashboards() for p in d.to_json()["panels"] for t in p["targets"]]
-
-
-def check_panels(prometheus: str) -> dict[str, int]:
-    """Resolve the dashboard variables the way Grafana does, run every panel query, return series per query."""
-
-    def label_values(label: str, match: str) -> list[str]:
-        r = httpx.get(f"{prometheus}/api/v1/label/{label}/values", params={"match[]": match}, timeout=10).json()
-        return r["data"]
-
-    widths = label_values("width", "finsent_window_count")
-    tickers = label_values("name", 'finsent_window_count{dim="ticker"}')
-    assert widths and tickers, (widths, tickers)
-    values = {"width": "300" if "300" in widths else widths[0], "ticker": tickers[0]}
-    counts = {}
-    for uid, title, expr in panel_queries():
-        resolved = re.sub(r"\$(\w+)", lambda m: values[m.group(1)], expr)
-        r = httpx.get(f"{prometheus}/api/v1/query", params={"query": resolved}, timeout=10).json()
-        assert r["status"] == "success", (uid, title, resolved, r)
-        counts[f"{uid} / {title} / {resolved}"] = len(r["data"]["result"])
-    empty = [k for k, n in counts.items() if n == 0]
-    assert not empty, f"panels whose query returns no series: {empty}"
-    return counts
 
 
 class FakeGrafana(BaseHTTPRequestHandler):
