@@ -186,6 +186,41 @@ def metric(url: str, name: str) -> float:
     return 0.0
 
 
+def stage_histograms(url: str) -> dict[str, dict]:
+    """The worker's ``finsent_worker_stage_seconds`` per stage: cumulative bucket counts, sum and count."""
+    out: dict[str, dict] = {}
+    for line in httpx.get(url, timeout=5).text.splitlines():
+        if not line.startswith("finsent_worker_stage_seconds"):
+            continue
+        name, value = line.rsplit(" ", 1)
+        stage = name.split('stage="', 1)[1].split('"', 1)[0]
+        h = out.setdefault(stage, {"buckets": {}, "sum": 0.0, "count": 0.0})
+        if "_bucket{" in name:
+            h["buckets"][float(name.split('le="', 1)[1].split('"', 1)[0])] = float(value)
+        elif name.startswith("finsent_worker_stage_seconds_sum"):
+            h["sum"] = float(value)
+        elif name.startswith("finsent_worker_stage_seconds_count"):
+            h["count"] = float(value)
+    return out
+
+
+def stage_breakdown(before: dict[str, dict], after: dict[str, dict]) -> dict[str, dict]:
+    """Per stage over the interval between two readings: mean, and p50/p99 as the bucket bound that holds them."""
+    out = {}
+    for stage, h in after.items():
+        b = before.get(stage, {"buckets": {}, "sum": 0.0, "count": 0.0})
+        count = h["count"] - b["count"]
+        if count <= 0:
+            continue
+        cumulative = sorted((le, n - b["buckets"].get(le, 0.0)) for le, n in h["buckets"].items())
+
+        def bound(q: float, cumulative: list = cumulative, count: float = count) -> float:
+            return next(le for le, n in cumulative if n >= q * count)
+
+        out[stage] = {"mean_s": (h["sum"] - b["sum"]) / count, "p50_le_s": bound(0.5), "p99_le_s": bound(0.99)}
+    return out
+
+
 def served_backend(url: str) -> str | None:
     """The ``backend`` label of the worker's ``finsent_worker_model_info``."""
     for line in httpx.get(url, timeout=5).text.splitlines():
@@ -358,6 +393,7 @@ def bench_end_to_end(
         rate = latency_rate or n / seconds / 2
         lat_items = items(int(rate * latency_s), "lat-")
         sent_at: dict[str, int] = {}
+        stages0 = stage_histograms(url)
         t0 = time.perf_counter()
         for i, it in enumerate(lat_items):
             target = t0 + i / rate
@@ -375,6 +411,7 @@ def bench_end_to_end(
             if key in sent_at
         )
         q = statistics.quantiles(latencies, n=100)
+        stages = stage_breakdown(stages0, stage_histograms(url))
 
         infer0, batches0 = (
             metric(url, "finsent_worker_inference_seconds_sum"),
@@ -428,6 +465,7 @@ def bench_end_to_end(
                 "p50_s": q[49],
                 "p99_s": q[98],
                 "max_s": latencies[-1],
+                "worker_stages": stages,
             },
         }
     finally:
@@ -669,6 +707,14 @@ def main() -> None:
     print(
         f"published->scored at {lat['offered_per_s']:.0f}/s offered: p50 {lat['p50_s'] * 1000:.0f} ms, "
         f"p99 {lat['p99_s'] * 1000:.0f} ms ({lat['items']} items)",
+        flush=True,
+    )
+    print(
+        "  in the worker, per record (mean; p99 as a histogram bucket bound): "
+        + "; ".join(
+            f"{stage} {v['mean_s'] * 1000:.0f} ms (p99 <= {v['p99_le_s'] * 1000:.0f})"
+            for stage, v in lat["worker_stages"].items()
+        ),
         flush=True,
     )
     goals = [

@@ -24,6 +24,7 @@ from prometheus_client.core import GaugeMetricFamily
 from finsent.records import SurgeAlert, WindowStat
 
 SEVERITIES = ("warning", "critical")
+STAGES = ("fetch", "prepare", "in_tray", "infer", "deliver")  # a scored record's way through the worker
 
 
 def split_key(key: str) -> tuple[str, str]:
@@ -70,6 +71,16 @@ class WorkerMetrics:
             registry=r,
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
+        self.stage_seconds = Histogram(
+            "finsent_worker_stage_seconds",
+            "Per record taken from the input (dead letters too), the part of appended->acknowledged spent in each"
+            " worker stage: fetch (appended -> taken from Faust's buffer), prepare (decode, tokenize), in_tray"
+            " (waiting for the model), infer, deliver (produce -> acks)",
+            ["stage"],
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.stages = {name: self.stage_seconds.labels(name) for name in STAGES}
         self.news_age_seconds = Histogram(
             "finsent_worker_news_age_seconds",
             "Headline published -> scored (includes the feed's own delay)",

@@ -43,6 +43,7 @@ Faust traps worked around here, on purpose:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
@@ -84,6 +85,10 @@ class Scored:
     outputs: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (reason, error) per dead letter
     fixed: dict[str, int] = field(default_factory=dict)  # edge corrections, counted once delivered
+    # Where a record's time goes (``finsent_worker_stage_seconds``), in wall-clock seconds: per part that was
+    # prepared on its own, (records, taken, prepared); a merged call keeps each part's. Then the model call.
+    parts: list[tuple[int, float, float]] = field(default_factory=list)
+    inferred: tuple[float, float] = (0.0, 0.0)
 
     @classmethod
     def merged(cls, batches: list[Scored]) -> Scored:
@@ -95,6 +100,7 @@ class Scored:
             out.failed.extend(b.failed)
             for fix, n in b.fixed.items():
                 out.fixed[fix] = out.fixed.get(fix, 0) + n
+            out.parts.extend(b.parts)
         with_items = [b for b in batches if b.items]
         if with_items and all(b.encoded is not None for b in with_items):
             out.encoded = Encoded.concat([b.encoded for b in with_items if b.encoded is not None])
@@ -151,11 +157,13 @@ class Scorer:
     async def prepare(self, messages: list) -> Scored:
         """Decode, edge-check and tokenize (off the loop); nothing is classified or sent yet.
 
-        ``messages``: Kafka messages with .topic .partition .offset .key .value .timestamp (ms).
+        ``messages``: Faust messages with .topic .partition .offset .key .value .timestamp (seconds: Faust
+        divides Kafka's milliseconds by 1000).
         """
         self.metrics.items_in.inc(len(messages))
         batch = Scored(messages)
-        now = datetime.now(UTC)
+        taken = time.time()
+        now = datetime.fromtimestamp(taken, UTC)
         for msg in messages:
             try:
                 item = decode_raw(msg.value, self.settings.stream.max_record_bytes)
@@ -169,6 +177,7 @@ class Scorer:
             batch.encoded = await asyncio.get_running_loop().run_in_executor(
                 self.tokenizer_pool, self.classifier.encode, texts
             )
+        batch.parts.append((len(messages), taken, time.time()))
         return batch
 
     async def infer(self, batch: Scored) -> Scored:
@@ -178,9 +187,10 @@ class Scorer:
             await asyncio.sleep(self.settings.stream.debug_batch_delay_s)  # test hook: a slower model
         if batch.items:
             m.batch_size.observe(len(batch.items))
-            t0 = time.perf_counter()
+            t0, started = time.perf_counter(), time.time()
             result = await asyncio.get_running_loop().run_in_executor(self.executor, self._classify, batch)
             m.inference_seconds.observe(time.perf_counter() - t0)
+            batch.inferred = (started, time.time())
             m.retries.inc(max(0, result.calls - 1))
             by_item = {id(it): msg for msg, it in batch.items}
             scored_at = datetime.now(UTC)
@@ -216,10 +226,30 @@ class Scorer:
             m.items_scored.inc(len(batch.items) - sum(1 for r, _ in batch.failed if r == "model"))
             for msg, item in batch.items:
                 if msg.timestamp:
-                    m.e2e_seconds.observe(max(0.0, done - msg.timestamp / 1000))
+                    m.e2e_seconds.observe(max(0.0, done - msg.timestamp))
                 m.news_age_seconds.observe(max(0.0, done - item.published.timestamp()))
         for msg in batch.messages:
             self.positions[(msg.topic, msg.partition)] = msg.offset + 1
+        self._observe_stages(batch, done)
+
+    def _observe_stages(self, batch: Scored, acked: float) -> None:
+        """Each record's appended->acknowledged time split into the worker's stages, so that a latency figure says
+        where it comes from (the broker's fetch and Faust's buffer, tokenizing, the in-tray, the model, the acks)."""
+        stage = self.metrics.stages
+        started, ended = batch.inferred
+        msgs = iter(batch.messages)
+        for n, taken, prepared in batch.parts:
+            for msg in itertools.islice(msgs, n):
+                if msg.timestamp:
+                    stage["fetch"].observe(max(0.0, taken - msg.timestamp))
+            per_part = [("prepare", prepared - taken)] + ([("in_tray", started - prepared)] if started else [])
+            for name, seconds in per_part:
+                for _ in range(n):
+                    stage[name].observe(max(0.0, seconds))
+        if started:
+            for name, seconds in (("infer", ended - started), ("deliver", acked - ended)):
+                for _ in batch.messages:
+                    stage[name].observe(max(0.0, seconds))
 
     def _checked(self, item: NewsItem, now: datetime, fixed: dict[str, int]) -> NewsItem:
         """The item as the windows may count it; what was corrected is added up in ``fixed``."""

@@ -248,6 +248,18 @@ def pipeline() -> Dashboard:
                 width=8,
             ),
             Panel(
+                "Where a record's Kafka -> scored time goes (mean seconds by worker stage)",
+                [
+                    (
+                        "sum by (stage) (rate(finsent_worker_stage_seconds_sum[5m]))"
+                        " / sum by (stage) (rate(finsent_worker_stage_seconds_count[5m]))",
+                        "{{stage}}",
+                    )
+                ],
+                unit="s",
+                width=8,
+            ),
+            Panel(
                 "Dead letters per second (by reason)",
                 [("sum by (reason) (rate(finsent_worker_items_failed_total[5m])) or vector(0)", "{{reason}}")],
                 width=8,

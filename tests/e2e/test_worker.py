@@ -49,6 +49,13 @@ def metric(env, name: str) -> float:
     )
 
 
+def bucket(env, histogram: str, le: float, labels: str = "") -> float:
+    """A histogram's cumulative count of observations <= ``le`` (one bucket line of /metrics)."""
+    want = f'{histogram}_bucket{{le="{float(le)}"{"," + labels if labels else ""}}} '
+    text = httpx.get(metrics_url(env), timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(want))
+
+
 def test_a_poison_flood_goes_to_the_dlq_and_good_records_are_all_scored(broker, tmp_path):
     env = worker_env(broker, tmp_path, **FAST_WINDOWS)
     create_topics(env)
@@ -82,6 +89,17 @@ def test_a_poison_flood_goes_to_the_dlq_and_good_records_are_all_scored(broker, 
         assert metric(env, "finsent_worker_items_failed_total") == 300
         assert metric(env, "finsent_worker_items_scored_total") >= 120
         assert metric(env, "finsent_worker_batch_size_count") >= 2  # micro-batched, not one by one
+        # Latency is measured in seconds from the records' Kafka timestamps: all of this test's records were
+        # appended and scored within a minute (Faust gives timestamps in seconds; reading them as milliseconds
+        # once put every observation in the +Inf bucket, and the dashboard's latency panel with it).
+        assert metric(env, "finsent_worker_e2e_seconds_count") == 120
+        assert bucket(env, "finsent_worker_e2e_seconds", 60) == 120
+        taken = metric(env, "finsent_worker_items_in_total")
+        assert taken == 420
+        for stage in ("fetch", "prepare", "in_tray", "infer", "deliver"):
+            within = bucket(env, "finsent_worker_stage_seconds", 30, f'stage="{stage}"')
+            assert within == metric(env, f'finsent_worker_stage_seconds_count{{stage="{stage}"}}') > 0, stage
+        assert bucket(env, "finsent_worker_stage_seconds", 30, 'stage="fetch"') == taken
         wait_for(lambda: read_topic(broker, topic(env, "windows")), 30, "closed windows")
     finally:
         worker.stop()
