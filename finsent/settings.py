@@ -205,7 +205,7 @@ class ModelChoice(_Group):
     backend: Literal["auto", "torch", "torch-int8", "onnx", "onnx-int8"] = "auto"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # Texts per forward pass on the CPU. A model call is sorted by length and cut into forwards of this many, so
-    # small forwards pad less and keep activations in cache: 8 scored 1.2-1.6x faster than 32 in the small calls
+    # small forwards pad less and keep activations in cache: 8 scored 1.2-1.7x faster than 32 in the small calls
     # a stream at moderate load makes (16-128 texts, sleeping threads) and as fast in a backlog's 512-text calls
     # (interleaved measurement, 2 cores, int8 MiniLM-L6; see deploy/SCALING.md). GPUs use gpu_batch_size.
     batch_size: int = Field(default=8, ge=1, le=4096)
