@@ -33,6 +33,7 @@ from streamkit import (
 )
 
 from finsent.records import DeadLetter, ScoredItem, SurgeAlert, WindowStat
+from finsent.stream.metrics import STAGES
 from finsent.stream.pipeline import Aggregation, final_alerts
 
 
@@ -96,7 +97,7 @@ def test_a_poison_flood_goes_to_the_dlq_and_good_records_are_all_scored(broker, 
         assert bucket(env, "finsent_worker_e2e_seconds", 60) == 120
         taken = metric(env, "finsent_worker_items_in_total")
         assert taken == 420
-        for stage in ("fetch", "prepare", "in_tray", "infer", "deliver"):
+        for stage in STAGES:
             within = bucket(env, "finsent_worker_stage_seconds", 30, f'stage="{stage}"')
             assert within == metric(env, f'finsent_worker_stage_seconds_count{{stage="{stage}"}}') > 0, stage
         assert bucket(env, "finsent_worker_stage_seconds", 30, 'stage="fetch"') == taken
