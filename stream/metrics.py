@@ -75,7 +75,8 @@ class WorkerMetrics:
             "finsent_worker_stage_seconds",
             "Per record taken from the input (dead letters too), the part of appended->acknowledged spent in each"
             " worker stage: fetch (appended -> taken from Faust's buffer), prepare (decode, tokenize), in_tray"
-            " (waiting for the model), infer, deliver (produce -> acks)",
+            " (waiting for the model), infer, deliver (produce -> acks); the last three only for batches that reached"
+            " the model (a batch of dead letters alone skips it)",
             ["stage"],
             registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
