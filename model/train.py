@@ -77,6 +77,7 @@ class TrainConfig:
     train_set_repeat: int = 1  # each extra set is seen this many times per epoch (they are small)
     pseudo_from: str = ""  # a teacher model dir: fill each Twitter text's missing head where it is confident
     pseudo_threshold: float = 0.9
+    pseudo_polar_threshold: float = 0.0  # >0: the threshold for negative/positive sentiment pseudo-labels
     self_train_from: str = ""  # a teacher model dir that labels the unlabelled training sets (corpus.self_train)
     self_train_threshold: float = 0.9
     lora: bool = False
@@ -337,7 +338,9 @@ def train(
         examples = splits.train if examples is None else examples
         dev = splits.dev if dev is None else dev
         if cfg.pseudo_from:
-            examples, _ = corpus.pseudo_label(examples, Path(cfg.pseudo_from), cfg.pseudo_threshold)
+            examples, _ = corpus.pseudo_label(
+                examples, Path(cfg.pseudo_from), cfg.pseudo_threshold, cfg.pseudo_polar_threshold or None
+            )
         examples = examples + corpus.extra_examples(Path(cfg.data_dir), cfg.train_sets, cfg.train_set_repeat)
         teacher = Path(cfg.self_train_from) if cfg.self_train_from else None
         examples = (

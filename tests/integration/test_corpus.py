@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from finsent.labels import SENTIMENT_LABELS
 from finsent.model.corpus import (
     COMMERCIAL,
     RESEARCH,
@@ -76,6 +77,43 @@ def test_pseudo_labels_fill_only_missing_heads_and_only_when_confident(tiny_mode
     assert counts == {"topic": 1, "sentiment": 1}
     none, counts = pseudo_label(examples, tiny_model_dir, threshold=1.01)
     assert none == examples and counts == {"topic": 0, "sentiment": 0}
+
+
+@pytest.fixture(scope="module")
+def split_teacher_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model with its sentiment head scaled up: the random one calls every text positive, this one
+    calls some neutral and some polar, which the per-class thresholds need."""
+    import torch
+
+    from finsent.model import artifact
+
+    model, tokenizer, meta = artifact.load(tiny_model_dir, dropout=0.0)
+    batch = tokenizer([e.text for e in _polar_examples()], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        model.sentiment_head.weight.mul_(100.0)
+        _, logits = model(batch["input_ids"], batch["attention_mask"])
+        model.sentiment_head.bias.sub_(logits.mean(0))  # centred: no class wins every text
+    directory = tmp_path_factory.mktemp("teacher") / "tiny" / "v1"
+    artifact.save(directory, model, tokenizer, meta, dtype=torch.float32)
+    return directory
+
+
+def _polar_examples() -> list[Example]:
+    words = ["acme", "fed", "rates", "shares", "fall", "jump", "profit", "loss", "bank", "oil", "cut", "beat"]
+    return [Example(f"{a} {b} {c}", topic=1) for a in words for b in words[3:] for c in words[6:9]]
+
+
+def test_polar_pseudo_labels_have_their_own_threshold(split_teacher_dir):
+    examples = _polar_examples()
+    neutral = SENTIMENT_LABELS.index("neutral")
+    every, counts_every = pseudo_label(examples, split_teacher_dir, threshold=0.0)
+    labels = [e.sentiment for e in every]
+    assert neutral in labels and any(s != neutral for s in labels)  # the fixture's teacher calls both
+    polar_only, counts_polar = pseudo_label(examples, split_teacher_dir, threshold=1.01, polar_threshold=0.0)
+    neutral_only, counts_neutral = pseudo_label(examples, split_teacher_dir, threshold=0.0, polar_threshold=1.01)
+    assert [e.sentiment for e in polar_only] == [s if s != neutral else IGNORE for s in labels]
+    assert [e.sentiment for e in neutral_only] == [s if s == neutral else IGNORE for s in labels]
+    assert counts_polar["sentiment"] + counts_neutral["sentiment"] == counts_every["sentiment"]
 
 
 def test_unlabelled_news_is_read_once_each_detokenised_and_never_holds_an_evaluation_text():
