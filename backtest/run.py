@@ -307,10 +307,7 @@ def backtest_archive(
     def predict(texts: list[str]) -> list:
         nonlocal classifier
         if classifier is None:  # only when something is not cached
-            m = settings.model
-            classifier = Classifier.load(
-                model_dir, backend=m.backend, device=m.device, batch_size=m.batch_size, threads=m.threads
-            )
+            classifier = Classifier.from_settings(model_dir, settings.model)
         return classifier.predict(texts)
 
     model_key = f"{artifact.load_meta(model_dir).full_name}/{settings.model.backend}"

@@ -214,7 +214,8 @@ class ModelChoice(_Group):
     # The stream worker's ONNX Runtime intra-op threads busy-wait between ops when true (ORT's default). The
     # worker shares its cores with its tokenizer thread, its event loop and, on a small machine, the broker,
     # and the spinning takes their CPU: off unless asked for (bench/bench_stream.py `--spin-wait true|false`
-    # compares). Bare scoring (backtest, API, the benchmark's ceiling) keeps ORT's default.
+    # compares). The API and the backtest follow it too (``Classifier.from_settings``); only the benchmarks'
+    # bare ceilings keep ORT's default.
     spin_wait: bool = False
     # ... except in model calls of at least this many texts, which only a backlog makes: there the model is all
     # that runs, and spinning threads score ~20 % faster (a second ONNX session; 0 = never spin).

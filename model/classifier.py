@@ -29,6 +29,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -39,6 +40,9 @@ from finsent.model.domain import check_domain, load_news_bias
 from finsent.model.quality import softmax
 from finsent.model.text import prepare
 from finsent.records import Prediction
+
+if TYPE_CHECKING:
+    from finsent.settings import ModelChoice
 
 log = logging.getLogger("finsent.model.classifier")
 
@@ -124,6 +128,24 @@ class Classifier:
             },
         )
         return cls(directory, chosen, meta, tokenizer, batch_size, news_bias)
+
+    @classmethod
+    def from_settings(cls, path: str | Path | None, choice: ModelChoice) -> Classifier:
+        """The classifier as ``settings.model`` chooses it: backend, device, forward sizes, threads, spinning.
+
+        One place, so that the worker, the API and the backtest serve a model the same way: the API used to
+        leave out the thread and spinning settings (its ONNX Runtime threads spun, taking the CPU its event
+        loop needs) and the backtest the GPU's forward size."""
+        return cls.load(
+            path,
+            backend=choice.backend,
+            device=choice.device,
+            batch_size=choice.batch_size,
+            threads=choice.threads,
+            spin_wait=choice.spin_wait,
+            spin_from=choice.spin_from_texts,
+            gpu_batch_size=choice.gpu_batch_size,
+        )
 
     def sentiment_offsets(self, domain: str | None = None) -> np.ndarray | None:
         """The offsets the decision rule for ``domain`` adds to the calibrated sentiment logits (None: none)."""

@@ -482,17 +482,7 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
         replication_factor=settings.kafka.replication_factor,
     )
     input_guard = InputLogGuard(settings)
-    m = settings.model
-    classifier = Classifier.load(
-        model_dir,
-        backend=m.backend,
-        device=m.device,
-        batch_size=m.batch_size,
-        threads=m.threads,
-        spin_wait=m.spin_wait,
-        spin_from=m.spin_from_texts,
-        gpu_batch_size=m.gpu_batch_size,
-    )
+    classifier = Classifier.from_settings(model_dir, settings.model)
     metrics = WorkerMetrics(top_k=settings.stream.ticker_top_k, watchlist=tuple(settings.stream.ticker_watchlist))
     metrics.model_info.labels(classifier.version, classifier.backend.name).set(1)
     server, _ = start_http_server(settings.stream.metrics_port, addr=settings.services.host, registry=metrics.registry)

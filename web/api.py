@@ -101,10 +101,7 @@ def serve(settings: Settings, model_dir) -> None:
     from finsent.model import Classifier, artifact
 
     artifact.load_meta(Path(model_dir))  # a missing or foreign model directory: one clear line now, not at startup
-    m = settings.model
-    app = build_api(
-        settings, lambda: Classifier.load(model_dir, backend=m.backend, device=m.device, batch_size=m.batch_size)
-    )
+    app = build_api(settings, lambda: Classifier.from_settings(model_dir, settings.model))
     # A live dashboard holds an /events stream open; do not let it hold a shutdown too.
     uvicorn.run(
         app,
