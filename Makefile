@@ -31,7 +31,7 @@ test: system-deps venv lint  ## lint, then the default test suite
 
 # The modules mypy checks: the ground floor and the pure cores strictly (pyproject [tool.mypy]), and the
 # rooms' shells for what a type checker finds without annotations everywhere.
-MYPY_MODULES := finsent.errors finsent.labels finsent.net finsent.files finsent.settings finsent.records finsent.kafka \
+MYPY_MODULES := finsent.errors finsent.labels finsent.net finsent.files finsent.heap finsent.settings finsent.records finsent.kafka \
 	finsent.stream.windows finsent.stream.surge finsent.stream.pipeline finsent.stream.feed \
 	finsent.ingest.dedup finsent.ingest.parse finsent.ingest.normalize \
 	finsent.alerts.cases finsent.web.review finsent.web.heatmap finsent.web.cases finsent.web.state

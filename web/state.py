@@ -20,6 +20,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from finsent.heap import freeze_startup_objects
 from finsent.model.feedback_store import read_store
 from finsent.records import Feedback
 from finsent.settings import Settings, Web
@@ -122,6 +123,7 @@ class ApiState:
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(follow(self.settings, self.views)) if self.follow_topics else None
         self.classifier = clf = await asyncio.to_thread(self.load_classifier)
+        freeze_startup_objects()  # the model is loaded: keep full collections off it (finsent.heap)
         self.batcher = batcher = _classify_batcher(clf, self.settings.web, self.metrics)
         batcher.start()
         try:

@@ -1,0 +1,29 @@
+"""Keep the garbage collector's full passes off the objects a service loads once at start.
+
+Why: after the model is loaded a worker or API process holds ~450,000 objects the cyclic collector
+tracks (the classifier and tokenizer, and the modules of torch, transformers, faust, fastapi). Every
+generation-2 collection walks all of them: 230 ms on the 2-core machine, during which the event loop
+answers nothing. Under load such collections come every few seconds, and they were the API's p99
+(a bimodal tail: 90 % of ``/healthz`` answers in 2 ms, 99 % in 234 ms). ``gc.freeze()`` moves what is
+alive now into a permanent generation that later collections skip; objects made afterwards are
+collected as usual. One full collection first, so no garbage is frozen with them.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+
+log = logging.getLogger("finsent.heap")
+
+
+def freeze_startup_objects() -> int:
+    """Collect once, then exempt every object alive now from later collections; returns how many."""
+    gc.collect()
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    log.info("startup objects frozen", extra={"objects": frozen})
+    return frozen
+
+
+__all__ = ["freeze_startup_objects"]
