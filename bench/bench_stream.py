@@ -58,7 +58,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-from benchkit import cpu_between, thread_cpu, write_results
+from benchkit import cpu_between, goal, thread_cpu, write_results
 from kafka import KafkaConsumer, KafkaProducer
 from synthetic import observations
 
@@ -529,20 +529,6 @@ def bench_core(n: int) -> dict:
         "state_buckets_at_end": buckets,
         "state_ids_at_end": ids,
         "event_span_hours": n * 0.05 / 3600,
-    }
-
-
-def goal(name: str, value: float, target: float, higher_is_better: bool, unit: str = "") -> dict:
-    met = value >= target if higher_is_better else value <= target
-    short = (target - value) if higher_is_better else (value - target)
-    verdict = "MET" if met else f"MISSED by {short:.3g}{unit} ({value / target:.2f} x the goal)"
-    return {
-        "goal": name,
-        "value": value,
-        "target": target,
-        "met": met,
-        "shortfall": 0.0 if met else short,
-        "verdict": verdict,
     }
 
 

@@ -38,3 +38,18 @@ def cpu_between(
 ) -> dict[int, tuple[str, float]]:
     """What each thread of ``after`` burnt since ``before`` (a thread started in between: all of it)."""
     return {tid: (name, s - before.get(tid, (name, 0.0))[1]) for tid, (name, s) in after.items()}
+
+
+def goal(name: str, value: float, target: float, higher_is_better: bool, unit: str = "") -> dict:
+    """One goal of an issue as a benchmark reports it: the figure, the target and MET / MISSED by how much."""
+    met = value >= target if higher_is_better else value <= target
+    short = (target - value) if higher_is_better else (value - target)
+    verdict = "MET" if met else f"MISSED by {short:.3g}{unit} ({value / target:.2f} x the goal)"
+    return {
+        "goal": name,
+        "value": value,
+        "target": target,
+        "met": met,
+        "shortfall": 0.0 if met else short,
+        "verdict": verdict,
+    }
