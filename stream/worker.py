@@ -57,7 +57,6 @@ from aiokafka.errors import KafkaError
 
 from finsent import kafka as kafka_room
 from finsent.errors import PoisonRecord, exit_later
-from finsent.heap import freeze_startup_objects
 from finsent.kafka import TopicIdWatch, ensure_topics
 from finsent.model.classifier import Encoded
 from finsent.osthreads import name_os_thread
@@ -506,7 +505,6 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
     worker = _bounded_stop_worker(faust.Worker, settings.stream.shutdown_timeout_s)(
         app, loglevel=loglevel, quiet=True, redirect_stdouts=False, override_logging=False
     )
-    freeze_startup_objects()  # model, Faust and the app are built: keep full collections off them (finsent.heap)
     try:
         worker.execute_from_commandline()
     finally:
