@@ -34,7 +34,7 @@ from benchkit import goal, write_results
 
 from finsent.local.feeds import load_rows
 from finsent.net import free_port
-from finsent.settings import load
+from finsent.settings import ModelChoice, load
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_VS_BARE = 0.8  # 8 concurrent single-headline clients: texts/s against bare predict at batch 32
@@ -78,7 +78,7 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def bench_bare(backend: str, n: int) -> dict:
+def bench_bare(choice: ModelChoice, n: int) -> dict:
     from finsent.model import Classifier
 
     data = texts(32 * 20)
@@ -97,7 +97,6 @@ def bench_bare(backend: str, n: int) -> dict:
     # The reference: as served (forwards of model.batch_size) but with ORT's spinning threads, which a bare loop
     # can afford (nothing else runs) and which score small calls faster: the stricter reference. The served
     # configuration itself (model.spin_wait; the API's event loop shares the cores) is measured for context.
-    choice = load().model.model_copy(update={"backend": backend})
     clf = Classifier.from_settings(None, choice.model_copy(update={"spin_wait": True}))
     one, batch = rates(clf)
     _, as_served = rates(Classifier.from_settings(None, choice))
@@ -159,12 +158,13 @@ def main() -> None:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "api-cpu.json")
     args = ap.parse_args()
-    results: dict = {"bare": bench_bare(args.backend, args.requests)}
+    model = load().model.model_copy(update={"backend": args.backend})
+    results: dict = {"bare": bench_bare(model, args.requests)}
     b = results["bare"]
     print(
         f"bare predict ({b['backend']}): {b['texts_per_s_batch1']:.0f} texts/s at 1 per call, "
         f"{b['texts_per_s_batch32']:.0f} texts/s at 32 per call (served configuration, model.spin_wait="
-        f"{load().model.spin_wait}: {b['texts_per_s_batch32_as_served']:.0f})",
+        f"{model.spin_wait}: {b['texts_per_s_batch32_as_served']:.0f})",
         flush=True,
     )
     port = free_port()

@@ -613,8 +613,10 @@ def main() -> None:
 
     results: dict = {"worker_settings": worker_settings}
     headlines = texts(args.items)
-    # One load; the ceiling's copy forwards each --ceiling-batch batch whole, the naive peer's splits as the worker does.
-    served = Classifier.load(directory, backend=m.backend, device=m.device, batch_size=m.batch_size, threads=m.threads)
+    # One load, as the worker loads it (Classifier.from_settings: on CUDA its gpu_batch_size too) but with ORT's
+    # spinning threads, which bare scoring can afford; the ceiling's copy forwards each --ceiling-batch batch whole,
+    # the naive peer's splits as the worker does.
+    served = Classifier.from_settings(directory, m.model_copy(update={"spin_wait": True}))
     ceiling_clf = copy.copy(served)
     ceiling_clf.batch_size = max(args.ceiling_batch, m.batch_size)
     results["ceiling"] = c = bench_ceiling(ceiling_clf, headlines, args.ceiling_batch)
