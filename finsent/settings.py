@@ -360,10 +360,18 @@ class Web(_Group):
     max_classify_waiting: int = Field(default=32, ge=1)  # POST /classify requests running or waiting for the model
     max_event_streams: int = Field(default=100, ge=1)  # open /events (SSE) streams
     busy_retry_after_s: int = Field(default=5, ge=1)  # the Retry-After of those 503 answers
-    # Dynamic batching (web/batcher.py): concurrent POST /classify requests share one model call, closed
-    # at this many texts (whole requests only; a larger request runs alone) or when its oldest request waited this long.
+    # Dynamic batching (web/batcher.py): concurrent POST /classify requests share a model call, closed at this many
+    # texts or once its oldest request waited classify_max_wait_ms. 0 ms: a free call slot starts at once, and
+    # requests that come while every slot is busy gather for the next call anyway; on 2 cores (8 single-headline
+    # clients, 2 slots) 0 ms gave the most req/s, and a lone client's request does not wait for company.
     classify_max_batch: int = Field(default=64, ge=1, le=4096)
-    classify_max_wait_ms: int = Field(default=5, ge=0, le=10_000)
+    classify_max_wait_ms: int = Field(default=0, ge=0, le=10_000)
+    # Model calls /classify runs at once. 0 = auto: with ONNX Runtime, one per core, each on one intra-op thread
+    # (unless model.threads is set: then cores / threads calls); otherwise (torch, a GPU) one. Concurrent
+    # requests make small calls, which ONNX Runtime parallelises badly within one call; side by side, single-
+    # threaded calls keep every core busy, and queued texts are shared among the free slots (a lone bulk request
+    # is cut into parts). Measured in deploy/SCALING.md.
+    classify_concurrency: int = Field(default=0, ge=0, le=64)
     # The alert receiver the dashboard's open-alerts view reads and acts through (server-side, with the
     # receiver's tokens from the environment). Unset: http://<services.host>:<receiver.port>.
     receiver_url: str | None = None

@@ -1,6 +1,7 @@
 """The inference API: ``Classifier.load(path).predict(texts) -> [Prediction]``.
 
-One instance per process; the stream worker calls ``predict`` off its event loop. Texts are
+One instance per process; the stream worker calls ``predict`` off its event loop, the API from several threads at
+once (``predict`` is thread-safe: the backends are, and tokenizing is serialised). Texts are
 prepared exactly as in training, sorted by token length into batches (less padding), run through
 the chosen backend, and returned in the caller's order with temperature-calibrated probabilities.
 
@@ -26,6 +27,7 @@ one; without one, and for ``domain=None`` (the default) or ``"twitter"``, the ru
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +89,9 @@ class Classifier:
         self.backend = backend
         self.meta = meta
         self.tokenizer = tokenizer
+        # A fast tokenizer may mutably borrow its Rust state (truncation settings) inside a call, which fails
+        # ("Already borrowed") while another thread encodes: the API runs model calls side by side.
+        self._tokenize_lock = threading.Lock()
         self.batch_size = batch_size
         self.news_bias = news_bias  # offsets added to sentiment logits / T for domain="news"; None = no rule
 
@@ -195,7 +200,8 @@ class Classifier:
         return self._run(self._token_ids(prepared))
 
     def _token_ids(self, prepared: Sequence[str]) -> list[list[int]]:
-        return self.tokenizer(list(prepared), truncation=True, max_length=self.meta.max_length)["input_ids"]
+        with self._tokenize_lock:
+            return self.tokenizer(list(prepared), truncation=True, max_length=self.meta.max_length)["input_ids"]
 
     def _run(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Length-sorted batches through the backend; logits back in input order."""

@@ -3,7 +3,8 @@
 FastAPI for the typed request/response models and the OpenAPI schema. Limits are enforced before any
 work: the body size (413, counted on the bytes as they arrive, so a chunked upload cannot be buffered whole),
 the batch size and text length (422 naming the field). The classifier is loaded once at start and called
-in a worker thread, one batch at a time, so the event loop keeps answering health checks during inference.
+in worker threads (``web.classify_concurrency`` calls at once, each its own batch), so the event loop keeps
+answering health checks during inference.
 Concurrent ``/classify`` requests are coalesced into one model call (``finsent.web.batcher``: at most
 ``web.classify_max_batch`` texts, started once the oldest waited ``web.classify_max_wait_ms``), so
 single-headline clients share a forward pass instead of queueing for one each.
@@ -33,7 +34,7 @@ from finsent.settings import Settings
 from finsent.web import routes
 from finsent.web.cases import cases_routes
 from finsent.web.routes import STATIC_DIR
-from finsent.web.state import ApiMetrics, ApiState
+from finsent.web.state import ApiMetrics, ApiState, api_model
 from finsent.web.views import StreamViews
 
 SECURITY_HEADERS = {
@@ -101,7 +102,7 @@ def serve(settings: Settings, model_dir) -> None:
     from finsent.model import Classifier, artifact
 
     artifact.load_meta(Path(model_dir))  # a missing or foreign model directory: one clear line now, not at startup
-    app = build_api(settings, lambda: Classifier.from_settings(model_dir, settings.model))
+    app = build_api(settings, lambda: Classifier.from_settings(model_dir, api_model(settings)))
     # A live dashboard holds an /events stream open; do not let it hold a shutdown too.
     uvicorn.run(
         app,

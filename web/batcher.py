@@ -9,28 +9,38 @@ request waits at most ``max_wait_s`` before its call starts.
 
 The rules, each of which a caller relies on:
 
-* A batch holds whole requests in arrival order, never a part of one; a request with more than
-  ``max_texts`` texts runs alone. Each caller gets back exactly its own slice of the predictions, in order.
+* A batch holds requests in arrival order. With one free call slot it holds whole requests only, and a
+  request of more than ``max_texts`` texts runs alone and whole. With several free slots, what is queued is
+  shared among them, and a request larger than a slot's share is cut into consecutive parts, one per call (once
+  cut, none of its parts is over ``max_texts``), so that a lone bulk request keeps every core busy as well. Each caller gets back exactly its own predictions, in
+  order, once every part of its request is answered.
 * A model call that raises (or answers the wrong number of texts) fails the requests of that batch only,
-  each with the error; the worker goes on with the next batch.
+  each with the error (a request cut into parts fails with the first part that fails); the worker goes on with
+  the next batch.
 * A caller that goes away (its task cancelled) is dropped from the queue, or its answer discarded.
 * ``close()`` fails every queued and in-flight caller with :class:`BatcherClosed`, so nobody waits for a
   model that will not answer, and later ``submit`` calls fail at once the same way.
 
-The model runs in a one-thread executor: never on the event loop (health checks keep answering while it
-works) and never two calls at once (one model, one batch at a time). Pure asyncio plus a callable, so it is
-tested without HTTP or a model.
+The model runs in an executor of ``concurrency`` threads, never on the event loop (health checks keep
+answering while it works), with at most ``concurrency`` calls at once: a batch is only collected once a
+call slot is free, so while every slot is busy new requests gather for the next call. One slot is one batch
+at a time. Several slots pay on a small CPU: eight single-headline clients make calls of a few texts, and
+ONNX Runtime splits such a call's small matrices over its threads badly, while two single-threaded calls side
+by side keep both cores busy (see ``web.classify_concurrency``). ``predict`` must then be safe to call from
+several threads (``Classifier.predict`` is). Pure asyncio plus a callable, so it is tested without HTTP or a
+model.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from finsent.errors import BatcherClosed
@@ -47,8 +57,8 @@ class Answer(Generic[R]):
     """One caller's share of a model call."""
 
     results: list[R]  # one per text of the request, in the request's order
-    seconds: float  # duration of the model call that answered (shared by its whole batch)
-    batch_texts: int  # texts in that model call
+    seconds: float  # duration of the model call that answered (shared by its whole batch; cut: the longest part's)
+    batch_texts: int  # texts in that model call (cut: the largest part's call)
 
 
 @dataclass(slots=True)
@@ -56,6 +66,36 @@ class _Request(Generic[R]):
     texts: list[str]
     future: asyncio.Future[Answer[R]]
     queued_at: float  # loop.time()
+    taken: int = 0  # texts handed to model calls so far: a request is queued until all are taken
+    answered: int = 0  # texts whose predictions are in ``results``
+    results: list[R | None] = field(default_factory=list)
+    seconds: float = 0.0
+    batch_texts: int = 0
+
+    def receive(self, start: int, predictions: Sequence[R], seconds: float, batch_texts: int) -> None:
+        """One part's predictions; the caller's answer once the last part is in."""
+        if self.future.done():  # gone, or failed by another part
+            return
+        if not self.results:
+            self.results = [None] * len(self.texts)
+        self.results[start : start + len(predictions)] = predictions
+        self.answered += len(predictions)
+        self.seconds, self.batch_texts = max(self.seconds, seconds), max(self.batch_texts, batch_texts)
+        if self.answered == len(self.texts):
+            self.future.set_result(Answer(self.results, self.seconds, self.batch_texts))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class _Part(Generic[R]):
+    """Texts ``start:end`` of a request: the whole of it unless it was cut to share it among call slots."""
+
+    request: _Request[R]
+    start: int
+    end: int
+
+    @property
+    def texts(self) -> list[str]:
+        return self.request.texts[self.start : self.end]
 
 
 class Batcher(Generic[R]):
@@ -68,15 +108,20 @@ class Batcher(Generic[R]):
         max_wait_s: float,
         on_batch: BatchObserver | None = None,
         name: str = "classify",
+        concurrency: int = 1,
     ):
-        if max_texts < 1 or max_wait_s < 0:
-            raise ValueError(f"max_texts must be >= 1 and max_wait_s >= 0 (got {max_texts}, {max_wait_s})")
+        if max_texts < 1 or max_wait_s < 0 or concurrency < 1:
+            raise ValueError(
+                "max_texts and concurrency must be >= 1 and max_wait_s >= 0 "
+                f"(got {max_texts}, {concurrency}, {max_wait_s})"
+            )
         self.predict, self.max_texts, self.max_wait_s = predict, max_texts, max_wait_s
+        self.concurrency = concurrency
         self.on_batch = on_batch
         self.name = name
         self._queue: deque[_Request[R]] = deque()
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"finsent-{name}")
+        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"finsent-{name}")
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -136,11 +181,35 @@ class Batcher(Generic[R]):
     # ------------------------------------------------------------------------------------------------ worker
 
     async def _run(self) -> None:
-        while True:
-            await self._until_due()
-            batch = self._take()
-            if batch:
-                await self._answer(batch)
+        slots = asyncio.Semaphore(self.concurrency)
+        calls: set[asyncio.Task[None]] = set()
+
+        def call_ended(batch: list[_Part[R]], task: asyncio.Task[None]) -> None:
+            calls.discard(task)
+            slots.release()
+            if not task.cancelled() and task.exception() is not None:  # a bug past the model call: answer anyway
+                log.error("batch answer failed", exc_info=task.exception(), extra={"batcher": self.name})
+                self._fail(batch, BatcherClosed(f"{self.name} batcher failed: {task.exception()!r}"))
+
+        try:
+            while True:
+                await slots.acquire()  # a free call slot first: meanwhile requests gather for the next batch
+                await self._until_due()
+                # Share what is queued among the free slots: eight queued headlines and two idle slots make two
+                # calls of four side by side, not one of eight beside an idle core.
+                free = self.concurrency - len(calls)
+                batch = self._take(min(self.max_texts, -(-self._queued_texts() // free)), cut=free > 1)
+                if not batch:
+                    slots.release()
+                    continue
+                call = asyncio.get_running_loop().create_task(self._answer(batch))
+                calls.add(call)
+                call.add_done_callback(functools.partial(call_ended, batch))
+        finally:  # shut down (or died): the calls in flight fail their callers (see _answer)
+            for call in list(calls):
+                call.cancel()
+            if calls:
+                await asyncio.wait(calls)
 
     async def _until_due(self) -> None:
         """Return once a batch is due: ``max_texts`` texts queued, or the oldest queued request's wait is over."""
@@ -149,7 +218,7 @@ class Batcher(Generic[R]):
             self._drop_gone()
             timeout: float | None = None
             if self._queue:
-                if sum(len(r.texts) for r in self._queue) >= self.max_texts:
+                if self._queued_texts() >= self.max_texts:
                     return
                 timeout = self._queue[0].queued_at + self.max_wait_s - loop.time()
                 if timeout <= 0:
@@ -165,27 +234,35 @@ class Batcher(Generic[R]):
         if any(r.future.done() for r in self._queue):
             self._queue = deque(r for r in self._queue if not r.future.done())
 
-    def _take(self) -> list[_Request[R]]:
-        """Whole requests from the front, in order, up to ``max_texts`` texts; the first is always taken (alone
-        if it is larger than that)."""
-        batch: list[_Request[R]] = []
+    def _queued_texts(self) -> int:
+        return sum(len(r.texts) - r.taken for r in self._queue)
+
+    def _take(self, limit: int, cut: bool) -> list[_Part[R]]:
+        """Requests from the front, in order, up to ``limit`` texts. ``cut``: exactly up to ``limit``, cutting the
+        last request taken (its rest stays first in the queue, and is cut again when it comes up); else whole
+        requests only, the first always taken (alone if it is larger than that)."""
+        batch: list[_Part[R]] = []
         n = 0
-        while self._queue:
+        while self._queue and n < limit:
             request = self._queue[0]
             if request.future.done():
                 self._queue.popleft()
                 continue
-            if batch and n + len(request.texts) > self.max_texts:
+            left = len(request.texts) - request.taken
+            cuttable = cut or request.taken > 0  # a request cut once is cut again to fit: no part over max_texts
+            if batch and not cuttable and n + left > limit:
                 break
-            batch.append(self._queue.popleft())
-            n += len(request.texts)
-            if n >= self.max_texts:
-                break
+            size = min(left, limit - n) if cuttable else left
+            batch.append(_Part(request, request.taken, request.taken + size))
+            request.taken += size
+            n += size
+            if request.taken == len(request.texts):
+                self._queue.popleft()
         return batch
 
-    async def _answer(self, batch: list[_Request[R]]) -> None:
+    async def _answer(self, batch: list[_Part[R]]) -> None:
         """One model call for the batch, off the loop; each caller gets its slice, or the call's error."""
-        texts = [t for request in batch for t in request.texts]
+        texts = [t for part in batch for t in part.texts]
         t0 = time.perf_counter()
         try:
             predictions = await asyncio.get_running_loop().run_in_executor(self._executor, self.predict, texts)
@@ -211,18 +288,18 @@ class Batcher(Generic[R]):
             self.on_batch(len(batch), len(texts), seconds)
 
     @staticmethod
-    def _split_back(batch: list[_Request[R]], predictions: Sequence[R], seconds: float) -> None:
-        """Caller k gets predictions[offset_k : offset_k + len(texts_k)]: the batch is its requests back to back."""
+    def _split_back(batch: list[_Part[R]], predictions: Sequence[R], seconds: float) -> None:
+        """Part k gets predictions[offset_k : offset_k + len(texts_k)]: the batch is its parts back to back."""
         offset = 0
-        for request in batch:
-            end = offset + len(request.texts)
-            if not request.future.done():
-                request.future.set_result(Answer(list(predictions[offset:end]), seconds, len(predictions)))
+        for part in batch:
+            end = offset + part.end - part.start
+            part.request.receive(part.start, predictions[offset:end], seconds, len(predictions))
             offset = end
 
     @staticmethod
-    def _fail(requests: Iterable[_Request[R]], err: BaseException) -> None:
-        for request in requests:
+    def _fail(items: Iterable[_Request[R] | _Part[R]], err: BaseException) -> None:
+        for item in items:
+            request = item.request if isinstance(item, _Part) else item
             if not request.future.done():
                 request.future.set_exception(err)
 

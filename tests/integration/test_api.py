@@ -478,9 +478,14 @@ def _histogram(base_url: str, name: str) -> dict[str, float]:
     return out
 
 
-def test_concurrent_single_headline_requests_share_a_model_call_and_each_gets_its_own_answer(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("calls_at_once", [1, 2])
+def test_concurrent_single_headline_requests_share_a_model_call_and_each_gets_its_own_answer(
+    tmp_path, tiny_model_dir, calls_at_once
+):
     """Real HTTP, the real tiny model: 8 clients post one distinct headline each at the same moment. Each gets
-    exactly the prediction the model makes for its headline alone, and /metrics shows they were coalesced."""
+    exactly the prediction the model makes for its headline alone, and /metrics shows they were coalesced. With
+    two model calls at once (web.classify_concurrency) the model is called from two threads, and a bulk request
+    is cut between both: its answers still come back whole and in order."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
@@ -504,7 +509,11 @@ def test_concurrent_single_headline_requests_share_a_model_call_and_each_gets_it
     alone = [clf.predict([h])[0] for h in headlines]
     distinct = {tuple(round(p, 4) for p in a.topic_probs.values()) for a in alone}
     assert len(distinct) == len(headlines), "the model must tell the headlines apart, or a mix-up goes unseen"
-    settings = make_settings(tmp_path, web={"classify_max_wait_ms": 250}, kafka={"bootstrap": "127.0.0.1:1"})
+    settings = make_settings(
+        tmp_path,
+        web={"classify_max_wait_ms": 250, "classify_concurrency": calls_at_once},
+        kafka={"bootstrap": "127.0.0.1:1"},
+    )
     start = threading.Barrier(len(headlines))
 
     def post(client: httpx.Client, headline: str) -> httpx.Response:
@@ -520,10 +529,16 @@ def test_concurrent_single_headline_requests_share_a_model_call_and_each_gets_it
             for c in clients:  # connections open before the race, so the posts arrive together
                 assert c.get("/healthz").status_code == 200
             answers = list(pool.map(post, clients, headlines))
+            batches = _histogram(srv.url, "finsent_api_classify_batch_texts")
+            bulk = clients[0].post("/classify", json={"texts": headlines * 2})
+            after_bulk = _histogram(srv.url, "finsent_api_classify_batch_texts")
         finally:
             for c in clients:
                 c.close()
-        batches = _histogram(srv.url, "finsent_api_classify_batch_texts")
+    assert bulk.status_code == 200, bulk.text
+    assert [(r["topic"], r["sentiment"]) for r in bulk.json()["results"]] == [(a.topic, a.sentiment) for a in alone * 2]
+    assert after_bulk["sum"] - batches["sum"] == 16
+    assert after_bulk["count"] - batches["count"] == calls_at_once  # one call, or cut in two side by side
     for headline, want, r in zip(headlines, alone, answers):
         assert r.status_code == 200, r.text
         (got,) = r.json()["results"]

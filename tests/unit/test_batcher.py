@@ -26,16 +26,25 @@ class FakeModel:
         self.calls: list[list[str]] = []
         self.gate = threading.Event()
         self.started = threading.Event()
+        self.in_flight = self.most_in_flight = 0  # calls running at once (the batcher's executor has threads)
+        self._lock = threading.Lock()
         if not hold:
             self.gate.set()
 
     def predict(self, texts: list[str]) -> list[str]:
-        self.calls.append(list(texts))
+        with self._lock:
+            self.calls.append(list(texts))
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
         self.started.set()
-        assert self.gate.wait(10)
-        if "boom" in texts:
-            raise ValueError("model failed")
-        return [f"pred:{t}" for t in texts]
+        try:
+            assert self.gate.wait(10)
+            if "boom" in texts:
+                raise ValueError("model failed")
+            return [f"pred:{t}" for t in texts]
+        finally:
+            with self._lock:
+                self.in_flight -= 1
 
 
 def run(coro):
@@ -186,6 +195,134 @@ def test_shutdown_fails_waiting_and_in_flight_callers_at_once_and_refuses_new_on
         model.gate.set()  # let the executor thread finish its (unanswered) call
     assert all(isinstance(o, BatcherClosed) for o in outcomes), outcomes
     assert seconds < 2 and model.calls == [["running"]]  # the queued request never reached the model
+
+
+async def until(condition, seconds: float = 5) -> None:
+    """Let the loop run until ``condition()`` holds (the model works in executor threads meanwhile)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+@pytest.mark.parametrize("concurrency", [1, 2, 3])
+def test_at_most_concurrency_model_calls_run_at_once_and_each_caller_keeps_its_answers(concurrency):
+    """While the model is held, batches start in further call slots up to ``concurrency`` and no further;
+    the requests behind them wait, then every caller gets its own answers."""
+    model = FakeModel(hold=True)
+
+    async def main():
+        async with Batcher(model.predict, max_texts=2, max_wait_s=0, concurrency=concurrency) as b:
+            pending = []
+            for k in range(6):  # one at a time, so that each free slot takes a batch of its own
+                pending.append(asyncio.ensure_future(b.submit([f"r{k}"])))
+                await asyncio.sleep(0.02)
+            await until(lambda: model.in_flight == concurrency)
+            await asyncio.sleep(0.1)  # time for a wrongly started extra call to show
+            running = model.in_flight
+            model.gate.set()
+            return running, await asyncio.gather(*pending)
+
+    try:
+        running, answers = run(main())
+    finally:
+        model.gate.set()
+    assert running == concurrency and model.most_in_flight == concurrency
+    assert [a.results for a in answers] == [[f"pred:r{k}"] for k in range(6)]
+    assert sorted(t for call in model.calls for t in call) == [f"r{k}" for k in range(6)]  # each text once
+
+
+def test_requests_that_arrive_while_every_slot_is_busy_share_the_next_call():
+    model = FakeModel(hold=True)
+
+    async def main():
+        async with Batcher(model.predict, max_texts=64, max_wait_s=0, concurrency=2) as b:
+            pending = []
+            for k in range(6):
+                pending.append(asyncio.ensure_future(b.submit([f"r{k}"])))
+                await asyncio.sleep(0.02)  # r0 and r1 take a slot each; r2..r5 find both busy
+            await until(lambda: model.in_flight == 2)
+            model.gate.set()
+            return await asyncio.gather(*pending)
+
+    try:
+        answers = run(main())
+    finally:
+        model.gate.set()
+    assert model.calls[:2] == [["r0"], ["r1"]]
+    # r2..r5 queued, not sent one by one to the executor: they share the next call, or the next two if both
+    # slots are free by then (the two held calls end together)
+    later = model.calls[2:]
+    assert [t for call in later for t in call] == ["r2", "r3", "r4", "r5"] and len(later) <= 2, later
+    assert [a.results for a in answers] == [[f"pred:r{k}"] for k in range(6)]
+
+
+def test_a_batch_is_shared_among_the_free_slots_and_each_caller_keeps_its_answers():
+    model = FakeModel()
+
+    async def main():
+        async with Batcher(model.predict, max_texts=64, max_wait_s=0.05, concurrency=2) as b:
+            return await ask_all(b, [[f"h{k}"] for k in range(7)] + [["h7", "h8"]])
+
+    answers = run(main())
+    # 9 queued texts, 2 idle slots: calls of up to 5 side by side, whole requests in arrival order
+    assert model.calls == [[f"h{k}" for k in range(5)], ["h5", "h6", "h7", "h8"]]
+    assert [a.results for a in answers] == [[f"pred:h{k}"] for k in range(7)] + [["pred:h7", "pred:h8"]]
+
+
+def test_with_free_slots_a_large_request_is_cut_into_parts_and_answered_whole_in_order():
+    model = FakeModel()
+    big = [f"t{i}" for i in range(10)]
+    huge = [f"u{i}" for i in range(150)]
+
+    async def main():
+        async with Batcher(model.predict, max_texts=64, max_wait_s=0, concurrency=2) as b:
+            first = await b.submit(big)
+            calls_for_big = list(model.calls)
+            second = await b.submit(huge)
+            return first, calls_for_big, second
+
+    first, calls_for_big, second = run(main())
+    assert calls_for_big == [big[:5], big[5:]]  # two idle slots: two calls of five side by side
+    assert first.results == [f"pred:{t}" for t in big]
+    assert second.results == [f"pred:{t}" for t in huge]  # answered once, whole, in order
+    huge_calls = model.calls[2:]
+    assert all(len(call) <= 64 for call in huge_calls) and [t for c in huge_calls for t in c] == huge
+    assert model.most_in_flight <= 2
+
+
+def test_a_failing_part_fails_its_whole_request_and_only_that():
+    model = FakeModel()
+    cut = ["a0", "a1", "boom", "a3"]
+
+    async def main():
+        async with Batcher(model.predict, max_texts=64, max_wait_s=0, concurrency=2) as b:
+            failed = await ask_all(b, [cut])
+            return failed, await b.submit(["later"])
+
+    (failed,), later = run(main())
+    assert model.calls[:2] == [["a0", "a1"], ["boom", "a3"]]
+    assert isinstance(failed, ValueError)  # not an answer with holes
+    assert later.results == ["pred:later"]
+
+
+def test_shutdown_fails_the_callers_of_every_call_in_flight():
+    model = FakeModel(hold=True)
+
+    async def main():
+        b = Batcher(model.predict, max_texts=1, max_wait_s=0, concurrency=2)
+        b.start()
+        first = asyncio.ensure_future(b.submit(["first"]))
+        second = asyncio.ensure_future(b.submit(["second"]))
+        await until(lambda: model.in_flight == 2)
+        await b.close()
+        return await asyncio.gather(first, second, return_exceptions=True)
+
+    try:
+        outcomes = run(main())
+    finally:
+        model.gate.set()
+    assert all(isinstance(o, BatcherClosed) for o in outcomes), outcomes
 
 
 def test_submit_before_start_is_refused():
