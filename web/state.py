@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from finsent.heap import freeze_startup_objects
 from finsent.model.feedback_store import read_store
+from finsent.model.placement import calls_at_once, side_by_side
 from finsent.records import Feedback
 from finsent.settings import ModelChoice, Settings, Web
 from finsent.web.batcher import Batcher
@@ -196,37 +196,16 @@ async def api_state(request: Request) -> ApiState:
 State = Annotated[ApiState, Depends(api_state)]
 
 
-def _cores() -> int:
-    """The cores this process may run on (its CPU affinity, where the platform tells)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def api_model(settings: Settings) -> ModelChoice:
-    """The model settings the API loads its classifier with: ``settings.model``, except that with
-    ``web.classify_concurrency`` auto (0) or above one and ``model.threads`` auto, each model call gets its
-    share of the cores (one thread each when the calls are one per core), so that calls side by side do not
-    oversubscribe the CPU."""
-    w, m = settings.web, settings.model
-    calls = w.classify_concurrency or _cores()
-    if m.threads or calls == 1:
-        return m
-    return m.model_copy(update={"threads": max(1, _cores() // calls)})
+    """The model settings the API loads its classifier with: ``web.classify_concurrency`` calls side by side
+    (``finsent.model.placement``)."""
+    return side_by_side(settings.model, settings.web.classify_concurrency)
 
 
 def classify_calls(w: Web, clf: Any) -> int:
-    """Model calls /classify runs at once (``web.classify_concurrency``; auto: one per core's worth of
-    ``model.threads`` with ONNX Runtime, whose sessions run calls side by side; else one: torch takes every core
-    in each call, and a GPU wants one large batch, not several small ones)."""
-    if w.classify_concurrency:
-        return w.classify_concurrency
+    """Model calls /classify runs at once on the loaded classifier (a stand-in without a backend: one, or as set)."""
     backend = getattr(clf, "backend", None)
-    threads = getattr(backend, "threads", 0)
-    if not getattr(backend, "name", "").startswith("onnx") or not threads:
-        return 1
-    return max(1, _cores() // threads)
+    return calls_at_once(getattr(backend, "name", ""), getattr(backend, "threads", 0), w.classify_concurrency)
 
 
 def _classify_batcher(clf: Any, w: Web, metrics: ApiMetrics) -> Batcher:

@@ -44,6 +44,48 @@ def backtest(settings, items, out, classifier, cache, **kw):
     return run_backtest(settings, items, out, f"{classifier.version if classifier else 'm'}/auto", predict, cache, **kw)
 
 
+def test_batches_scored_side_by_side_give_the_same_output_in_the_same_order(tmp_path, classifier):
+    """``calls_at_once`` > 1 scores later batches while earlier ones are still in the model. The real model,
+    wrapped only to hold the first calls longer, so that later batches finish first: the output must not change."""
+    import threading
+
+    env = worker_env("127.0.0.1:1", tmp_path, **FAST_WINDOWS)
+    settings = settings_from(env)
+    items = headlines(400, past(3600), 0.5, burst=range(250, 300))
+    lock = threading.Lock()
+    calls = {"started": 0, "running": 0, "most": 0}
+
+    def slow_first(texts):
+        with lock:
+            k = calls["started"]
+            calls["started"] += 1
+            calls["running"] += 1
+            calls["most"] = max(calls["most"], calls["running"])
+        try:
+            time.sleep(0.15 if k % 3 == 0 else 0.0)  # every third call ends after the two started after it
+            return classifier.predict(texts)
+        finally:
+            with lock:
+                calls["running"] -= 1
+
+    outputs = {}
+    for at_once in (1, 3):
+        out = tmp_path / f"at-once-{at_once}"
+        cache = ScoreCache(tmp_path / f"cache-{at_once}.sqlite")
+        report = run_backtest(settings, items, out, "m/auto", slow_first, cache, 50, calls_at_once=at_once)
+        cache.close()
+        assert (report.items, report.inferred) == (400, 400)
+        outputs[at_once] = [
+            pq.read_table(out / "scores.parquet").to_pylist(),
+            pq.read_table(out / "windows.parquet").to_pylist(),
+            (out / "alerts.jsonl").read_bytes(),
+        ]
+    assert calls["most"] == 3  # the second run really had three calls in the model at once
+    scores, windows, alerts = outputs[3]
+    assert [r["item_id"] for r in scores] == [it.id for it in items]  # in input order
+    assert outputs[3] == outputs[1] and windows and alerts
+
+
 def test_a_second_backtest_with_other_surge_settings_runs_from_the_cache(tmp_path, classifier):
     env = worker_env("127.0.0.1:1", tmp_path, **FAST_WINDOWS)
     settings = settings_from(env)

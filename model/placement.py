@@ -1,0 +1,47 @@
+"""How many model calls run side by side, and with how many threads each: the API's and the backtest's rule.
+
+Why: on a small CPU, ONNX Runtime parallelises one call's matrices over its intra-op threads badly at the
+sizes a service makes (a few headlines from concurrent clients; and a thread preempted by the caller's own
+bookkeeping stalls every op's barrier). Single-threaded calls side by side keep every core busy instead:
+measured on 2 cores (int8 MiniLM-L6, bench/bench_api.py), two one-thread calls at 32 texts each scored
+651-734 texts/s against 446-645 for one two-thread call at a time. The stream worker keeps one call at a time
+(its order and commit pipeline is built on it). No torch here: the API's request-side modules import this.
+"""
+
+from __future__ import annotations
+
+import os
+
+from finsent.settings import ModelChoice
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its CPU affinity, where the platform tells)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def side_by_side(choice: ModelChoice, calls: int = 0) -> ModelChoice:
+    """The model settings for ``calls`` calls side by side (0: one per core): unless ``model.threads`` is set,
+    each call gets its share of the cores (one thread each when the calls are one per core), so that the calls
+    together do not oversubscribe the CPU."""
+    calls = calls or cpu_cores()
+    if choice.threads or calls == 1:
+        return choice
+    return choice.model_copy(update={"threads": max(1, cpu_cores() // calls)})
+
+
+def calls_at_once(backend: str, threads: int, requested: int = 0) -> int:
+    """Model calls to run side by side on a loaded backend: ``requested``, else (0, auto) one per ``threads``
+    cores with ONNX Runtime, whose sessions run concurrent calls each on its own threads; one otherwise (torch
+    spreads every call over all cores, and a GPU wants one large batch, not several small ones)."""
+    if requested:
+        return requested
+    if not backend.startswith("onnx") or not threads:
+        return 1
+    return max(1, cpu_cores() // threads)
+
+
+__all__ = ["calls_at_once", "cpu_cores", "side_by_side"]
