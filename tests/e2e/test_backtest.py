@@ -163,6 +163,7 @@ def _offline(settings, tmp_path, classifier):
         tmp_path / "bt",
         classifier,
         ScoreCache(tmp_path / "cache.sqlite"),
+        calls_at_once=2,  # as `finsent backtest` scores on 2 cores: batches side by side, used in order
     )
     windows = {
         (w["key"], w["start"], w["end"]): w["count"]
