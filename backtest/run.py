@@ -196,14 +196,14 @@ def run_backtest(
         return preds, time.perf_counter() - t0
 
     def submit(batch: list[NewsItem]) -> tuple[list[NewsItem], dict, list[NewsItem], Future | None]:
-        """Look batch up in the cache and start scoring what is missing, in the model thread."""
+        """Look batch up in the cache and start scoring what is missing, in a model thread."""
         known = cache.get_many(model, [it.id for it in batch])
         missing = [it for it in batch if it.id not in known]
         if not missing:
             return batch, known, missing, None
         if predict is None:
             raise RuntimeError(f"{len(missing)} items are not in the score cache for {model} and no model was given")
-        return batch, known, missing, model_thread.submit(timed_predict, [text_of(it) for it in missing])
+        return batch, known, missing, model_threads.submit(timed_predict, [text_of(it) for it in missing])
 
     def finish(batch: list[NewsItem], known: dict, missing: list[NewsItem], scoring: Future | None) -> None:
         """Wait for the batch's scores, cache them, then windows, surges and the Parquet rows, in order."""
@@ -260,7 +260,7 @@ def run_backtest(
     # The next batches are scored in model threads while this thread caches, aggregates and writes the oldest:
     # the model (which releases the GIL) is never idle for the bookkeeping (measured: 16 % of a backtest's time
     # when it ran in between). Results are processed strictly in order, so the output is the same.
-    model_thread = ThreadPoolExecutor(max_workers=calls_at_once, thread_name_prefix="finsent-backtest-model")
+    model_threads = ThreadPoolExecutor(max_workers=calls_at_once, thread_name_prefix="finsent-backtest-model")
     try:
         pending: deque = deque()
         for batch in _batches(items, batch_size):
@@ -274,7 +274,7 @@ def run_backtest(
             emit(agg.advance(last + timedelta(seconds=max(w.rolling_seconds) + w.watermark_delay_s + w.bucket_seconds)))
             emit(agg.end_step())
     finally:
-        model_thread.shutdown(wait=True, cancel_futures=True)  # a batch being scored finishes; none is started
+        model_threads.shutdown(wait=True, cancel_futures=True)  # a batch being scored finishes; none is started
         windows_writer.close()
         scores_writer.close()
         changelog.close()

@@ -11,9 +11,9 @@ The rules, each of which a caller relies on:
 
 * A batch holds requests in arrival order. With one free call slot it holds whole requests only, and a
   request of more than ``max_texts`` texts runs alone and whole. With several free slots, what is queued is
-  shared among them, and a request larger than a slot's share is cut into consecutive parts, one per call (once
-  cut, none of its parts is over ``max_texts``), so that a lone bulk request keeps every core busy as well. Each caller gets back exactly its own predictions, in
-  order, once every part of its request is answered.
+  shared among them, and a request larger than a slot's share is cut into consecutive parts, one per call
+  (once cut, none of its parts is over ``max_texts``), so that a lone bulk request keeps every core busy as
+  well. Each caller gets back exactly its own predictions, in order, once every part of its request is answered.
 * A model call that raises (or answers the wrong number of texts) fails the requests of that batch only,
   each with the error (a request cut into parts fails with the first part that fails); the worker goes on with
   the next batch.
