@@ -329,9 +329,12 @@ def backtest_archive(
 ) -> BacktestReport:
     """``run_backtest`` with the settings' model and the on-disk score cache: the model is loaded only when
     something is not cached yet, and scores are cached per (model version, backend). Batches are scored side
-    by side, one single-threaded call per core (``finsent.model.placement``)."""
+    by side, one single-threaded call per core unless ``model.threads`` says otherwise (``finsent.model.placement``;
+    the model loads lazily, so the count cannot depend on the backend: with torch the calls share its threads)."""
     from finsent.model import Classifier, artifact
-    from finsent.model.placement import cpu_cores, side_by_side
+    from finsent.model.placement import calls_for_threads, side_by_side
+
+    choice = side_by_side(settings.model)
 
     classifier = None
     loading = threading.Lock()
@@ -340,7 +343,7 @@ def backtest_archive(
         nonlocal classifier
         with loading:  # called from several model threads: load once
             if classifier is None:  # only when something is not cached
-                classifier = Classifier.from_settings(model_dir, side_by_side(settings.model))
+                classifier = Classifier.from_settings(model_dir, choice)
         return classifier.predict(texts)
 
     model_key = f"{artifact.load_meta(model_dir).full_name}/{settings.model.backend}"
@@ -356,7 +359,7 @@ def backtest_archive(
             batch_size,
             progress=progress,
             data_range=data_range,
-            calls_at_once=cpu_cores(),
+            calls_at_once=calls_for_threads(choice.threads),
         )
     finally:
         cache.close()

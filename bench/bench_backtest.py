@@ -30,7 +30,7 @@ from bench_stream import texts  # noqa: E402
 from benchkit import goal, write_results  # noqa: E402
 
 from finsent.backtest.run import ScoreCache, run_backtest  # noqa: E402
-from finsent.model.placement import cpu_cores, side_by_side  # noqa: E402
+from finsent.model.placement import calls_for_threads, side_by_side  # noqa: E402
 from finsent.records import NewsItem  # noqa: E402
 from finsent.settings import load  # noqa: E402
 
@@ -49,8 +49,9 @@ def main() -> None:
 
     settings = load()
     settings = settings.model_copy(update={"model": settings.model.model_copy(update={"backend": args.backend})})
-    calls = cpu_cores()
-    clf = Classifier.from_settings(None, side_by_side(settings.model))  # as backtest_archive loads it
+    side = side_by_side(settings.model)  # as backtest_archive loads and calls it
+    calls = calls_for_threads(side.threads)
+    clf = Classifier.from_settings(None, side)
     one_at_a_time = Classifier.from_settings(None, settings.model)  # as the stream worker loads it
     data = texts(args.items)
     t0 = datetime(2024, 1, 2, tzinfo=UTC)

@@ -33,15 +33,18 @@ def side_by_side(choice: ModelChoice, calls: int = 0) -> ModelChoice:
     return choice.model_copy(update={"threads": max(1, cpu_cores() // calls)})
 
 
+def calls_for_threads(threads: int) -> int:
+    """Calls side by side that fill the cores when each uses ``threads`` intra-op threads (0, unset: one call)."""
+    return max(1, cpu_cores() // threads) if threads else 1
+
+
 def calls_at_once(backend: str, threads: int, requested: int = 0) -> int:
     """Model calls to run side by side on a loaded backend: ``requested``, else (0, auto) one per ``threads``
     cores with ONNX Runtime, whose sessions run concurrent calls each on its own threads; one otherwise (torch
     spreads every call over all cores, and a GPU wants one large batch, not several small ones)."""
     if requested:
         return requested
-    if not backend.startswith("onnx") or not threads:
-        return 1
-    return max(1, cpu_cores() // threads)
+    return calls_for_threads(threads) if backend.startswith("onnx") else 1
 
 
-__all__ = ["calls_at_once", "cpu_cores", "side_by_side"]
+__all__ = ["calls_at_once", "calls_for_threads", "cpu_cores", "side_by_side"]
