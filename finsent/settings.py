@@ -294,6 +294,10 @@ class Stream(_Group):
     # Headlines per model call: batches prepared while the model is busy wait and then go in together, up to
     # this many, sorted by length as one (a backlog gets big, well-padded model calls; a quiet stream, lone ones).
     max_model_batch: int = Field(default=512, ge=1, le=8192)
+    # Model calls side by side (0 = auto: with ONNX Runtime one single-threaded call per core, as the API and the
+    # backtest; one call otherwise). On 2 cores two one-thread calls score more than one two-thread call, whose
+    # threads stall on every op's barrier when the event loop or the broker takes a core (finsent.model.placement).
+    model_calls: int = Field(default=0, ge=0, le=64)
     max_record_bytes: int = Field(default=256 * 1024, ge=1024)  # larger raw records go to the DLQ
     inference_retries: int = Field(default=1, ge=0, le=10)  # then the batch is bisected to find the bad item
     metrics_port: Port = 9182

@@ -84,7 +84,7 @@ class OnnxBackend:
         self.path = path
         self.threads = threads
         self.session = self._session(spin_wait)
-        self.spin_from = 0 if spin_wait else spin_from
+        self.spin_from = 0 if spin_wait or threads == 1 else spin_from  # one thread: no pool to spin
         self.spinning = self._session(True) if self.spin_from else None
 
     def _session(self, spin: bool):

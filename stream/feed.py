@@ -12,23 +12,54 @@ Order and safety: the merged call's outputs are delivered in the order the batch
 after the other, and each batch's ``release`` (the agent's offset hold) runs only after its outputs are
 acknowledged, so commit-after-ack holds as before. ``put`` waits while ``max_records`` already wait
 (backpressure into Faust's buffer), and the model starts no new call while more than two deliveries are
-outstanding. Anything unforeseen inside the feed's own tasks goes to ``on_error`` (the worker exits,
-crash-only): a task that died quietly would leave a worker that holds its partitions and scores nothing.
+outstanding beside the calls in progress. Anything unforeseen inside the feed's own tasks goes to ``on_error``
+(the worker exits, crash-only): a task that died quietly would leave a worker that holds its partitions and
+scores nothing.
 A merged call that fails costs more to recover (the worker retries and bisects all its items); that is rare,
 and the price of the large calls. The core is free of Kafka and of the model: the steps are callables, so
 the tests drive it with plain coroutines.
+
+Calls side by side (``calls`` > 1): up to ``calls`` model calls run at once (on 2 cores, two single-threaded ONNX
+calls score more than one two-threaded call: ``finsent.model.placement``). A call starts as soon as one is free
+and takes its share of what waits, in whole batches: ``ceil(waiting / calls)`` records (at least the oldest
+batch), the rest left to the next call to come free. Why not everything: a single-threaded call is half as fast
+as a call on both cores, so a pile-up (a slow poll, a burst) taken whole by one call would keep its headlines
+twice as long, and whatever arrived meanwhile behind them, while the other core idles. Outputs are still
+delivered in put order: a later call that finishes first waits for the earlier one's delivery.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 B = TypeVar("B")
+T = TypeVar("T")
 
-MAX_DELIVERIES = 2  # the model starts no new call while more are outstanding
+MAX_DELIVERIES = 2  # the model starts no new call while more are outstanding (beyond one per call in progress)
+
+
+def cut_for_calls(batch: Sequence[T], calls: int, min_part: int) -> list[Sequence[T]]:
+    """``batch`` in up to ``calls`` consecutive parts of at least ``min_part`` each (sizes differ by one at most).
+
+    Why: with calls side by side, a burst that arrives as one batch would go into one call on one core while the
+    other idles (a caught-up stream's fetch hands over ~40 headlines every 0.1 s). Cut, its parts go to the free
+    calls together; under a backlog the in-tray merges them back into large calls, so nothing is lost there."""
+    ways = max(1, min(calls, len(batch) // max(1, min_part)))
+    size, extra = divmod(len(batch), ways)
+    parts, start = [], 0
+    for k in range(ways):
+        end = start + size + (1 if k < extra else 0)
+        parts.append(batch[start:end])
+        start = end
+    return parts
+
+
+class _Halted(Exception):
+    """A delivery that cannot go on because an earlier step failed (that step's task reported the error)."""
 
 
 class ModelFeed(Generic[B]):
@@ -40,10 +71,17 @@ class ModelFeed(Generic[B]):
         size: Callable[[B], int],
         max_records: int,
         on_error: Callable[[BaseException], None],
+        calls: int = 1,
     ):
+        if calls < 1:
+            raise ValueError("calls must be at least 1")
         self.infer, self.deliver, self.merge, self.size = infer, deliver, merge, size
         self.on_error = on_error
         self.max_records = max_records
+        self.calls = calls
+        self._in_model = 0  # calls running now
+        self._call_free = asyncio.Event()
+        self._calls: set[asyncio.Task] = set()
         self._waiting: deque[tuple[B, Callable[[], None]]] = deque()
         self._waiting_records = 0
         self._arrived = asyncio.Event()
@@ -81,20 +119,20 @@ class ModelFeed(Generic[B]):
         return task
 
     def _check(self, task: asyncio.Task) -> None:
-        if not task.cancelled() and task.exception() is not None:
+        if not task.cancelled() and task.exception() is not None and not isinstance(task.exception(), _Halted):
             self.on_error(task.exception())  # type: ignore[arg-type]
 
     def cancel(self) -> None:
         """Stop mid-way: what is not delivered is not released (so never committed: a fresh worker redelivers it)."""
-        for task in (self._runner, *self._deliveries):
+        for task in (self._runner, *self._calls, *self._deliveries):
             if task is not None:
                 task.cancel()
 
-    def _take(self) -> list[tuple[B, Callable[[], None]]]:
-        """The oldest waiting batch and as many after it as fit in ``max_records`` together."""
+    def _take(self, limit: int) -> list[tuple[B, Callable[[], None]]]:
+        """The oldest waiting batch and as many after it as fit in ``limit`` records together."""
         taken = [self._waiting.popleft()]
         records = self.size(taken[0][0])
-        while self._waiting and records + self.size(self._waiting[0][0]) <= self.max_records:
+        while self._waiting and records + self.size(self._waiting[0][0]) <= limit:
             taken.append(self._waiting.popleft())
             records += self.size(taken[-1][0])
         self._waiting_records -= records
@@ -107,22 +145,42 @@ class ModelFeed(Generic[B]):
                 self._idle.set()
                 self._arrived.clear()
                 await self._arrived.wait()
-            taken = self._take()
+            while self._in_model >= self.calls:
+                self._call_free.clear()
+                await self._call_free.wait()
+            limit = min(self.max_records, math.ceil(self._waiting_records / self.calls))
+            taken = self._take(limit)
             batches = [batch for batch, _ in taken]
-            scored = await self.infer(batches[0] if len(batches) == 1 else self.merge(batches))
+            self._in_model += 1
+            call = self._watched(self._call(batches))
+            self._calls.add(call)
+            call.add_done_callback(self._calls.discard)
             previous = self._deliveries[-1] if self._deliveries else None
-            self._deliveries.append(self._watched(self._deliver(scored, [r for _, r in taken], previous)))
+            self._deliveries.append(self._watched(self._deliver(call, [r for _, r in taken], previous)))
             while self._deliveries and self._deliveries[0].done():
                 self._deliveries.popleft()
-            if len(self._deliveries) > MAX_DELIVERIES:
+            if len(self._deliveries) > MAX_DELIVERIES + self.calls - 1:
                 await self._deliveries[0]
 
-    async def _deliver(self, batch: B, releases: list[Callable[[], None]], previous: asyncio.Task | None) -> None:
-        if previous is not None:
-            await previous  # deliveries in the order the batches were put
+    async def _call(self, batches: list[B]) -> B:
+        try:
+            return await self.infer(batches[0] if len(batches) == 1 else self.merge(batches))
+        finally:
+            self._in_model -= 1
+            self._call_free.set()
+
+    async def _deliver(
+        self, call: asyncio.Task, releases: list[Callable[[], None]], previous: asyncio.Task | None
+    ) -> None:
+        try:
+            batch = await call
+            if previous is not None:
+                await previous  # deliveries in the order the batches were put
+        except Exception as err:  # reported by the task where it happened; nothing after it is released
+            raise _Halted from err
         await self.deliver(batch)
         for release in releases:
             release()
 
 
-__all__ = ["ModelFeed"]
+__all__ = ["ModelFeed", "cut_for_calls"]

@@ -8,12 +8,14 @@ Scoring (a Faust agent on ``finsent.news.raw``):
   ``max_wait_s`` (20 ms). The classifier sorts each batch by token length (less padding) and returns
   predictions in input order;
 * three overlapped stages (``Scorer``): batch N+1 is decoded and tokenized (tokenizer thread) while
-  batch N is in the model (one inference thread, off the event loop, so heartbeats, commits and the
+  batch N is in the model (inference threads, off the event loop, so heartbeats, commits and the
   aggregator keep running), and batch N's outputs are produced and acknowledged while N+1 is in the
   model; deliveries stay in batch order;
 * the model's in-tray (``finsent.stream.feed.ModelFeed``): batches prepared while the model is busy wait
   and go into it as one call (up to ``stream.max_model_batch``, 512), sorted by length together, so a
-  backlog gets large model calls although Faust hands over 100-200 records at a time;
+  backlog gets large model calls although Faust hands over 100-200 records at a time. With ONNX Runtime
+  ``stream.model_calls`` calls run side by side (auto: one single-threaded call per core,
+  ``finsent.model.placement``), what waits shared among the free ones; outputs still go out in order;
 * poison records (undecodable, schema-invalid, oversized) and items the model fails on by themselves
   (after retry and bisection) go to ``finsent.dlq`` with their source offset; the stream goes on;
 * every decoded item passes the edge check (``checked_item``) before it is scored: any producer can
@@ -64,7 +66,7 @@ from finsent.records import NewsItem, checked_item
 from finsent.settings import Settings
 from finsent.stream.aggregator import Aggregator
 from finsent.stream.faust_transport import transport_class
-from finsent.stream.feed import ModelFeed
+from finsent.stream.feed import ModelFeed, cut_for_calls
 from finsent.stream.metrics import WorkerMetrics
 from finsent.stream.pipeline import decode_raw, text_of, to_scored
 from finsent.stream.scoring import BatchResult, score_batch
@@ -72,6 +74,7 @@ from finsent.stream.scoring import BatchResult, score_batch
 log = logging.getLogger("finsent.stream.worker")
 
 EXIT_BROKER_RESET = 75  # EX_TEMPFAIL: restart me (the supervisor in `finsent demo` and compose do)
+MIN_PART = 8  # a micro-batch is cut for calls side by side only into parts of at least this many (one forward)
 EXIT_UNEXPECTED = 70  # EX_SOFTWARE: a bug; the batch was not committed, a restarted worker redelivers it
 
 
@@ -109,7 +112,7 @@ class Scored:
 
 class Scorer:
     """Micro-batches in three stages: ``prepare`` (decode, check, tokenize: a tokenizer thread), ``infer``
-    (the model: one inference thread) and ``deliver`` (produce, wait for acks: the event loop).
+    (the model: one inference thread per call side by side) and ``deliver`` (produce, wait for acks: the event loop).
 
     The agent overlaps them: batch N+1 is tokenized while batch N is in the model, and batch N's records
     are produced and acknowledged while batch N+1 is in the model, so the model neither waits for the
@@ -117,12 +120,16 @@ class Scorer:
     only after its batch's outputs are acknowledged.
     """
 
-    def __init__(self, settings: Settings, classifier, metrics: WorkerMetrics):
+    def __init__(self, settings: Settings, classifier, metrics: WorkerMetrics, model_calls: int = 1):
         self.settings = settings
         self.classifier = classifier
         self.metrics = metrics
+        self.model_calls = model_calls  # calls side by side (the feed runs this many; one inference thread each)
         self.executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="finsent-infer", initializer=name_os_thread, initargs=("finsent-infer",)
+            max_workers=model_calls,
+            thread_name_prefix="finsent-infer",
+            initializer=name_os_thread,
+            initargs=("finsent-infer",),
         )
         self.tokenizer_pool = ThreadPoolExecutor(
             max_workers=1,
@@ -370,13 +377,15 @@ def build_app(settings: Settings, scorer: Scorer, aggregate: bool = True, input_
             size=lambda batch: len(batch.messages),
             max_records=s.max_model_batch,
             on_error=_exit_on_feed_error,
+            calls=scorer.model_calls,
         )
         try:
             async for events in stream.take_events(s.max_batch, within=s.max_wait_s):
                 for event in events:
                     event.message.incref()  # hold the offset until our outputs are acknowledged (see module doc)
-                prepared = await _or_exit(scorer.prepare([event.message for event in events]))
-                await feed.put(prepared, partial(_release, events))
+                for part in cut_for_calls(events, scorer.model_calls, MIN_PART):  # a burst goes to every free call
+                    prepared = await _or_exit(scorer.prepare([event.message for event in part]))
+                    await feed.put(prepared, partial(_release, part))
             await feed.join()
         except asyncio.CancelledError:
             feed.cancel()  # undelivered batches stay unreleased, so they are never committed
@@ -474,6 +483,7 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
     from prometheus_client import start_http_server
 
     from finsent.model import Classifier
+    from finsent.model.placement import calls_at_once, side_by_side
 
     ensure_topics(
         settings.kafka,
@@ -482,7 +492,9 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
         replication_factor=settings.kafka.replication_factor,
     )
     input_guard = InputLogGuard(settings)
-    classifier = Classifier.from_settings(model_dir, settings.model)
+    classifier = Classifier.from_settings(model_dir, side_by_side(settings.model, settings.stream.model_calls))
+    backend = classifier.backend
+    model_calls = calls_at_once(backend.name, getattr(backend, "threads", 0), settings.stream.model_calls)
     metrics = WorkerMetrics(top_k=settings.stream.ticker_top_k, watchlist=tuple(settings.stream.ticker_watchlist))
     metrics.model_info.labels(classifier.version, classifier.backend.name).set(1)
     server, _ = start_http_server(settings.stream.metrics_port, addr=settings.services.host, registry=metrics.registry)
@@ -497,9 +509,11 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
             "max_batch": settings.stream.max_batch,
             "max_model_batch": settings.stream.max_model_batch,
             "max_wait_s": settings.stream.max_wait_s,
+            "model_calls": model_calls,
+            "threads_per_call": getattr(backend, "threads", 0) or None,
         },
     )
-    scorer = Scorer(settings, classifier, metrics)
+    scorer = Scorer(settings, classifier, metrics, model_calls)
     app = build_app(settings, scorer, aggregate=aggregate, input_guard=input_guard)
     loglevel = logging.getLevelName(max(logging.getLogger().level, logging.WARNING))  # Faust's INFO is chatty
     worker = _bounded_stop_worker(faust.Worker, settings.stream.shutdown_timeout_s)(

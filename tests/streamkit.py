@@ -138,8 +138,8 @@ def kill_9_partway(child: Child, progress, at_least: int, total: int, timeout_s:
     until the writes pause, so on a loaded machine the child could finish during the reading and the test proved
     nothing (CI failed so). Here the child's process group runs in slices and is frozen (SIGSTOP) while progress is
     read, so the reading is quick and the child advances at most one slice past it; a slice is sized from the rate
-    seen so far to cover a quarter of what is left. The kill lands wherever the last slice stopped the child, often
-    with results produced and not yet committed."""
+    seen so far to cover a quarter of what is left, and at most doubles. The kill lands wherever the last slice
+    stopped the child, often with results produced and not yet committed."""
     assert child.proc is not None
     group = child.proc.pid
     deadline = time.monotonic() + timeout_s
@@ -153,7 +153,12 @@ def kill_9_partway(child: Child, progress, at_least: int, total: int, timeout_s:
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {at_least} done (last: {done})")
             rate = (done - before) / slice_s
-            slice_s = 0.25 if rate <= 0 else min(2.0, max(0.05, (total - done) / (4 * rate)))
+            # The slice where progress first shows says little about the rate (the child may have spent most of it
+            # starting up), and a slice at most doubles: a rate misread low cannot buy one long slice.
+            if rate <= 0 or before == 0:
+                slice_s = 0.25
+            else:
+                slice_s = min(2.0, 2 * slice_s, max(0.05, (total - done) / (4 * rate)))
             os.killpg(group, signal.SIGCONT)
             time.sleep(slice_s)
         os.killpg(group, signal.SIGKILL)

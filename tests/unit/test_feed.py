@@ -12,7 +12,7 @@ import asyncio
 
 import pytest
 
-from finsent.stream.feed import ModelFeed
+from finsent.stream.feed import ModelFeed, cut_for_calls
 
 pytestmark = pytest.mark.unit
 
@@ -37,9 +37,9 @@ class Steps:
         await self.broker_up.wait()
         self.delivered.append(batch)
 
-    def feed(self, max_records: int = 8, merge=None) -> ModelFeed[list[str]]:
+    def feed(self, max_records: int = 8, merge=None, calls: int = 1) -> ModelFeed[list[str]]:
         merge = merge or (lambda bs: [x for b in bs for x in b])
-        return ModelFeed(self.infer, self.deliver, merge, len, max_records, on_error=self.errors.append)
+        return ModelFeed(self.infer, self.deliver, merge, len, max_records, on_error=self.errors.append, calls=calls)
 
     def release(self, name: str):
         return lambda: self.released.append(name)
@@ -205,6 +205,153 @@ def test_an_unforeseen_error_inside_the_feed_is_reported_not_swallowed():
         assert [str(e) for e in steps.errors] == ["merge bug"] and steps.released == ["A"]
 
     asyncio.run(main())
+
+
+class HeldCalls(Steps):
+    """Each model call is held until the test frees the batch it starts with (``free["a"]``), so calls can end
+    in any order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.free: dict[str, asyncio.Event] = {}
+        self.running = 0
+        self.most_at_once = 0
+
+    async def infer(self, batch: list[str]) -> list[str]:
+        self.calls.append(list(batch))
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        await self.free.setdefault(batch[0], asyncio.Event()).wait()
+        self.running -= 1
+        return [f"scored:{x}" for x in batch]
+
+    def let(self, *first: str) -> None:
+        for name in first:
+            self.free.setdefault(name, asyncio.Event()).set()
+
+
+def test_with_two_calls_a_second_batch_goes_in_while_the_first_is_in_the_model_and_a_third_waits():
+    async def main():
+        steps = HeldCalls()
+        feed = steps.feed(max_records=8, calls=2)
+        for name in "abc":
+            await feed.put([name], steps.release(name.upper()))
+            await settle()
+        assert steps.calls == [["a"], ["b"]] and steps.running == 2  # c waits for a free call
+        steps.let("b")
+        await settle()
+        assert steps.calls == [["a"], ["b"], ["c"]]
+        assert steps.delivered == [] and steps.released == []  # b is scored but must wait for a
+        steps.let("a", "c")
+        await feed.join()
+        assert steps.most_at_once == 2
+        assert steps.delivered == [["scored:a"], ["scored:b"], ["scored:c"]] and steps.released == ["A", "B", "C"]
+
+    asyncio.run(main())
+
+
+def test_with_one_call_batches_never_overlap_in_the_model():
+    async def main():
+        steps = HeldCalls()
+        feed = steps.feed(max_records=1, calls=1)
+        for name in "ab":
+            await feed.put([name], steps.release(name.upper()))
+            await settle()
+        assert steps.calls == [["a"]]
+        steps.let("a", "b")
+        await feed.join()
+        assert steps.most_at_once == 1 and steps.released == ["A", "B"]
+
+    asyncio.run(main())
+
+
+def test_what_waits_is_shared_among_the_calls_in_whole_batches():
+    async def main():
+        steps = HeldCalls()
+        feed = steps.feed(max_records=8, calls=2)
+        await feed.put(["a"], steps.release("A"))
+        await feed.put(["b"], steps.release("B"))
+        await settle()
+        for name, batch in (("C", ["c1", "c2"]), ("D", ["d1"]), ("E", ["e1", "e2"]), ("F", ["f1"])):
+            await feed.put(batch, steps.release(name))
+        steps.let("a", "b")
+        await settle()
+        # Six records waited when both calls came free: half each, in whole batches (C + D is 3; of the 3 left,
+        # E is 2 = ceil(3 / 2)), not all six in one call; F waits for the first call to come free.
+        assert steps.calls == [["a"], ["b"], ["c1", "c2", "d1"], ["e1", "e2"]]
+        steps.let("e1", "f1")
+        await settle()
+        assert steps.calls[-1] == ["f1"]
+        steps.let("c1")
+        await feed.join()
+        assert steps.released == list("ABCDEF")
+        assert [x for d in steps.delivered for x in d] == [
+            f"scored:{x}" for x in ("a", "b", "c1", "c2", "d1", "e1", "e2", "f1")
+        ]
+
+    asyncio.run(main())
+
+
+def test_a_call_that_comes_free_while_another_is_busy_takes_only_its_share_of_what_waits():
+    async def main():
+        steps = HeldCalls()
+        feed = steps.feed(max_records=8, calls=2)
+        await feed.put(["a"], steps.release("A"))
+        await feed.put(["b"], steps.release("B"))
+        await settle()
+        for name, batch in (("C", ["c1", "c2"]), ("D", ["d1"]), ("E", ["e1", "e2"]), ("F", ["f1"])):
+            await feed.put(batch, steps.release(name))
+        steps.let("a")  # b stays in the model
+        await settle()
+        # Six wait and one call is free: it takes three (C + D); E + F are left for the next call to come free.
+        assert steps.calls == [["a"], ["b"], ["c1", "c2", "d1"]]
+        steps.let("b", "c1", "e1", "f1")
+        await feed.join()
+        assert [x for call in steps.calls[3:] for x in call] == ["e1", "e2", "f1"]
+        assert steps.released == list("ABCDEF")
+
+    asyncio.run(main())
+
+
+def test_a_failed_call_is_reported_once_and_nothing_after_it_is_released():
+    async def main():
+        steps = HeldCalls()
+
+        async def infer(batch: list[str]) -> list[str]:
+            if batch[0] == "b":
+                raise RuntimeError("model bug")
+            return await HeldCalls.infer(steps, batch)
+
+        steps.infer = infer  # type: ignore[method-assign]
+        feed = steps.feed(max_records=1, calls=2)
+        for name in "abc":
+            await feed.put([name], steps.release(name.upper()))
+            await settle()
+        steps.let("a", "c")
+        await settle()
+        assert [str(e) for e in steps.errors] == ["model bug"]
+        assert steps.released == ["A"]  # C was scored after B, and B failed: C stays held (never committed)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("n", "calls", "min_part", "sizes"),
+    [
+        (37, 2, 8, [19, 18]),  # a burst: one part per call
+        (15, 2, 8, [15]),  # too small to cut into parts of 8
+        (16, 2, 8, [8, 8]),
+        (1, 2, 8, [1]),  # a lone headline goes whole
+        (100, 3, 8, [34, 33, 33]),
+        (100, 1, 8, [100]),  # one call: never cut
+        (0, 2, 8, [0]),
+    ],
+)
+def test_a_batch_is_cut_into_one_part_per_call_in_order_without_tiny_parts(n, calls, min_part, sizes):
+    batch = list(range(n))
+    parts = cut_for_calls(batch, calls, min_part)
+    assert [len(p) for p in parts] == sizes
+    assert [x for p in parts for x in p] == batch
 
 
 def test_the_workers_merge_keeps_items_encodings_dead_letters_and_corrections_aligned():
