@@ -7,7 +7,7 @@
    headlines sorted by token length and cut into batches of ``--ceiling-batch`` and of the worker's forward size
    (``model.batch_size``), one forward pass each: no broker, no decoding, no padding waste, so no stream processor
    on this box can score faster. Each batch size is measured two ways: one call at a time on all cores, and
-   ``stream.model_calls`` single-threaded calls side by side as the worker runs them (``finsent.model.placement``);
+   single-threaded calls side by side, one per core (``finsent.model.placement``), whatever the worker runs;
    the fastest counts. Beside it
    the same bare ``predict`` on the model calls a backlogged worker makes at most (arrival-order slices of
    ``stream.max_model_batch``, sorted only inside: ``worker_batches``), which splits the gap between the ceiling
@@ -634,13 +634,13 @@ def main() -> None:
     headlines = texts(args.items)
     # One load, as the worker loads it (Classifier.from_settings: on CUDA its gpu_batch_size too) but with ORT's
     # spinning threads, which bare scoring can afford; the ceiling's copy forwards each --ceiling-batch batch whole,
-    # the naive peer's splits as the worker does. And a second load as the worker runs its calls side by side
-    # (stream.model_calls; one thread each): the ceiling is the faster of the two ways, the stricter reading.
+    # the naive peer's splits as the worker does. And a second load for single-threaded calls side by side, one per
+    # core (finsent.model.placement), whatever the worker runs: the ceiling is the faster way, the stricter reading.
     served = Classifier.from_settings(directory, m.model_copy(update={"spin_wait": True}))
-    side = Classifier.from_settings(
-        directory, side_by_side(m, settings.stream.model_calls).model_copy(update={"spin_wait": True})
-    )
-    calls = calls_at_once(side.backend.name, getattr(side.backend, "threads", 0), settings.stream.model_calls)
+    side = Classifier.from_settings(directory, side_by_side(m).model_copy(update={"spin_wait": True}))
+    calls = calls_at_once(side.backend.name, getattr(side.backend, "threads", 0))
+    worker_threads = side_by_side(m, settings.stream.model_calls).threads
+    worker_calls = calls_at_once(side.backend.name, worker_threads, settings.stream.model_calls)
     # Each way at the worker's forward size and at --ceiling-batch (length-sorted batches, one forward each).
     ceiling_ways = []
     for clf, at_once in ((served, 1), (side, calls)) if calls > 1 else ((served, 1),):
@@ -668,11 +668,11 @@ def main() -> None:
     results["ceiling"] = c
     ceiling = c["texts_per_s"]
     results["worker_batches"] = wb = bench_worker_batches(
-        side if calls > 1 else served, headlines, args.max_model_batch, calls
+        side if worker_calls > 1 else served, headlines, args.max_model_batch, worker_calls
     )
     print(
         f"bare predict on a backlogged worker's largest model calls (arrival order, {wb['micro_batch']} per call, "
-        f"{calls} at once, length-sorted inside, forwards of {wb['model_batch']}): {wb['texts_per_s']:.0f} texts/s = "
+        f"{worker_calls} at once, length-sorted inside, forwards of {wb['model_batch']}): {wb['texts_per_s']:.0f} texts/s = "
         f"{wb['texts_per_s'] / ceiling:.2f} x ceiling",
         flush=True,
     )

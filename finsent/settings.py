@@ -295,9 +295,11 @@ class Stream(_Group):
     # this many, sorted by length as one (a backlog gets big, well-padded model calls; a quiet stream, lone ones).
     max_model_batch: int = Field(default=512, ge=1, le=8192)
     # Model calls side by side (0 = auto: with ONNX Runtime one single-threaded call per core, as the API and the
-    # backtest; one call otherwise). On 2 cores two one-thread calls score more than one two-thread call, whose
-    # threads stall on every op's barrier when the event loop or the broker takes a core (finsent.model.placement).
-    model_calls: int = Field(default=0, ge=0, le=64)
+    # backtest run; 1 = one call on all cores). Measured on 2 cores (deploy/SCALING.md): auto drains a backlog
+    # 15-25 % faster, but at half of that higher capacity its published->scored p99 was 281-664 ms against 266 ms
+    # for one call (a one-thread call keeps a burst twice as long, and two leave the event loop and broker no core),
+    # so the default keeps latency: a deployment that replays or catches up more than it serves live sets 0.
+    model_calls: int = Field(default=1, ge=0, le=64)
     max_record_bytes: int = Field(default=256 * 1024, ge=1024)  # larger raw records go to the DLQ
     inference_retries: int = Field(default=1, ge=0, le=10)  # then the batch is bisected to find the bad item
     metrics_port: Port = 9182

@@ -13,9 +13,10 @@ Scoring (a Faust agent on ``finsent.news.raw``):
   model; deliveries stay in batch order;
 * the model's in-tray (``finsent.stream.feed.ModelFeed``): batches prepared while the model is busy wait
   and go into it as one call (up to ``stream.max_model_batch``, 512), sorted by length together, so a
-  backlog gets large model calls although Faust hands over 100-200 records at a time. With ONNX Runtime
-  ``stream.model_calls`` calls run side by side (auto: one single-threaded call per core,
-  ``finsent.model.placement``), what waits shared among the free ones; outputs still go out in order;
+  backlog gets large model calls although Faust hands over 100-200 records at a time. With
+  ``stream.model_calls`` > 1 (or 0, auto: one single-threaded ONNX call per core, ``finsent.model.placement``)
+  calls run side by side, what waits shared among them and a burst cut into one part per call; outputs still
+  go out in order (the default is one call: see the setting for the latency it costs);
 * poison records (undecodable, schema-invalid, oversized) and items the model fails on by themselves
   (after retry and bisection) go to ``finsent.dlq`` with their source offset; the stream goes on;
 * every decoded item passes the edge check (``checked_item``) before it is scored: any producer can

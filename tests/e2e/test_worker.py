@@ -32,6 +32,7 @@ from streamkit import (
     worker_env,
 )
 
+from finsent.model.placement import cpu_cores
 from finsent.records import DeadLetter, ScoredItem, SurgeAlert, WindowStat
 from finsent.stream.metrics import STAGES
 from finsent.stream.pipeline import Aggregation, final_alerts, final_windows
@@ -107,12 +108,17 @@ def test_a_poison_flood_goes_to_the_dlq_and_good_records_are_all_scored(broker, 
     assert worker.proc.returncode == 0, worker.log_tail()
 
 
-def test_adaptive_sorted_batches_keep_each_partitions_order_and_commit_only_what_was_delivered(broker, tmp_path):
+@pytest.mark.parametrize("model_calls", ["1", "0"], ids=["one-call", "calls-side-by-side"])
+def test_adaptive_sorted_batches_keep_each_partitions_order_and_commit_only_what_was_delivered(
+    broker, tmp_path, model_calls
+):
     """A backlog of headlines of very different lengths (the classifier sorts each batch by length, and the
-    worker delivers batch N while it scores N+1): every item is scored once, each raw partition's items
-    reach each scored partition in their raw order, batches grew past the quiet-time size, and the
-    committed position never passes what was delivered."""
-    env = worker_env(broker, tmp_path, **FAST_WINDOWS, FINSENT_STREAM__MAX_BATCH="48")
+    worker delivers batch N while it scores N+1; side by side, a later call may finish first): every item is
+    scored once, each raw partition's items reach each scored partition in their raw order, batches grew past
+    the quiet-time size, and the committed position never passes what was delivered."""
+    env = worker_env(
+        broker, tmp_path, **FAST_WINDOWS, FINSENT_STREAM__MAX_BATCH="48", FINSENT_STREAM__MODEL_CALLS=model_calls
+    )
     create_topics(env)
     items = [
         it.model_copy(update={"title": it.title + " update" * (i * 7 % 23)})
@@ -154,6 +160,11 @@ def test_adaptive_sorted_batches_keep_each_partitions_order_and_commit_only_what
     finally:
         worker.stop()
     assert worker.proc.returncode == 0, worker.log_tail()
+    started = next(
+        json.loads(line) for line in (tmp_path / "worker.log").read_text().splitlines() if '"worker starting"' in line
+    )
+    side_by_side = model_calls == "0" and started["backend"].startswith("onnx") and cpu_cores() > 1
+    assert started["model_calls"] == (cpu_cores() if side_by_side else 1), started  # the way this variant runs
 
 
 def reference(env, scored: list[ScoredItem]) -> tuple[dict, list[SurgeAlert]]:
