@@ -265,15 +265,21 @@ def test_with_one_call_batches_never_overlap_in_the_model():
     asyncio.run(main())
 
 
+async def two_busy_calls_and_six_waiting() -> tuple[HeldCalls, ModelFeed[list[str]]]:
+    """Two calls side by side, both in the model (a, b), and six records waiting behind them in four batches."""
+    steps = HeldCalls()
+    feed = steps.feed(max_records=8, calls=2)
+    await feed.put(["a"], steps.release("A"))
+    await feed.put(["b"], steps.release("B"))
+    await settle()
+    for name, batch in (("C", ["c1", "c2"]), ("D", ["d1"]), ("E", ["e1", "e2"]), ("F", ["f1"])):
+        await feed.put(batch, steps.release(name))
+    return steps, feed
+
+
 def test_what_waits_is_shared_among_the_calls_in_whole_batches():
     async def main():
-        steps = HeldCalls()
-        feed = steps.feed(max_records=8, calls=2)
-        await feed.put(["a"], steps.release("A"))
-        await feed.put(["b"], steps.release("B"))
-        await settle()
-        for name, batch in (("C", ["c1", "c2"]), ("D", ["d1"]), ("E", ["e1", "e2"]), ("F", ["f1"])):
-            await feed.put(batch, steps.release(name))
+        steps, feed = await two_busy_calls_and_six_waiting()
         steps.let("a", "b")
         await settle()
         # Six records waited when both calls came free: half each, in whole batches (C + D is 3; of the 3 left,
@@ -294,13 +300,7 @@ def test_what_waits_is_shared_among_the_calls_in_whole_batches():
 
 def test_a_call_that_comes_free_while_another_is_busy_takes_only_its_share_of_what_waits():
     async def main():
-        steps = HeldCalls()
-        feed = steps.feed(max_records=8, calls=2)
-        await feed.put(["a"], steps.release("A"))
-        await feed.put(["b"], steps.release("B"))
-        await settle()
-        for name, batch in (("C", ["c1", "c2"]), ("D", ["d1"]), ("E", ["e1", "e2"]), ("F", ["f1"])):
-            await feed.put(batch, steps.release(name))
+        steps, feed = await two_busy_calls_and_six_waiting()
         steps.let("a")  # b stays in the model
         await settle()
         # Six wait and one call is free: it takes three (C + D); E + F are left for the next call to come free.
