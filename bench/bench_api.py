@@ -87,7 +87,8 @@ def bench_bare(settings: Settings, n: int) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
     from finsent.model import Classifier
-    from finsent.web.state import api_model, classify_calls
+    from finsent.model.placement import calls_at_once
+    from finsent.web.state import api_model
 
     data = texts(32 * 20)
     chunks = [data[i : i + 32] for i in range(0, len(data), 32)]
@@ -110,7 +111,7 @@ def bench_bare(settings: Settings, n: int) -> dict:
     clf = Classifier.from_settings(None, settings.model.model_copy(update={"spin_wait": True}))
     one, batch = rates(clf)
     served = Classifier.from_settings(None, api_model(settings))
-    calls = classify_calls(settings.web, served)
+    calls = calls_at_once(served, settings.web.classify_concurrency)  # as the API counts them
     _, as_served = rates(served, calls)
     return {
         "backend": clf.backend.name,

@@ -638,9 +638,8 @@ def main() -> None:
     # core (finsent.model.placement), whatever the worker runs: the ceiling is the faster way, the stricter reading.
     served = Classifier.from_settings(directory, m.model_copy(update={"spin_wait": True}))
     side = Classifier.from_settings(directory, side_by_side(m).model_copy(update={"spin_wait": True}))
-    calls = calls_at_once(side.backend.name, getattr(side.backend, "threads", 0))
-    worker_threads = side_by_side(m, settings.stream.model_calls).threads
-    worker_calls = calls_at_once(side.backend.name, worker_threads, settings.stream.model_calls)
+    calls = calls_at_once(side)
+    worker_calls = calls_at_once(side, settings.stream.model_calls)  # as the worker counts them
     # Each way at the worker's forward size and at --ceiling-batch (length-sorted batches, one forward each).
     ceiling_ways = []
     for clf, at_once in ((served, 1), (side, calls)) if calls > 1 else ((served, 1),):

@@ -12,6 +12,7 @@ measured on 2 cores (int8 MiniLM-L6, bench/bench_api.py), two one-thread calls a
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from finsent.settings import ModelChoice
 
@@ -39,13 +40,16 @@ def calls_for_threads(threads: int) -> int:
     return max(1, cpu_cores() // threads) if threads else 1
 
 
-def calls_at_once(backend: str, threads: int, requested: int = 0) -> int:
-    """Model calls to run side by side on a loaded backend: ``requested``, else (0, auto) one per ``threads``
-    cores with ONNX Runtime, whose sessions run concurrent calls each on its own threads; one otherwise (torch
-    spreads every call over all cores, and a GPU wants one large batch, not several small ones)."""
+def calls_at_once(classifier: Any, requested: int = 0) -> int:
+    """Model calls to run side by side on a loaded classifier: ``requested``, else (0, auto) one per ``threads``
+    cores of its backend with ONNX Runtime, whose sessions run concurrent calls each on its own threads; one
+    otherwise (torch spreads every call over all cores, and a GPU wants one large batch, not several small ones;
+    a stand-in without a backend gets one)."""
     if requested:
         return requested
-    return calls_for_threads(threads) if backend.startswith("onnx") else 1
+    backend = getattr(classifier, "backend", None)
+    name, threads = getattr(backend, "name", ""), getattr(backend, "threads", 0)
+    return calls_for_threads(threads) if name.startswith("onnx") else 1
 
 
 __all__ = ["calls_at_once", "calls_for_threads", "cpu_cores", "side_by_side"]

@@ -79,9 +79,8 @@ class ModelFeed(Generic[B]):
         self.on_error = on_error
         self.max_records = max_records
         self.calls = calls
-        self._in_model = 0  # calls running now
         self._call_free = asyncio.Event()
-        self._calls: set[asyncio.Task] = set()
+        self._calls: set[asyncio.Task] = set()  # the model calls running now
         self._waiting: deque[tuple[B, Callable[[], None]]] = deque()
         self._waiting_records = 0
         self._arrived = asyncio.Event()
@@ -145,16 +144,15 @@ class ModelFeed(Generic[B]):
                 self._idle.set()
                 self._arrived.clear()
                 await self._arrived.wait()
-            while self._in_model >= self.calls:
+            while len(self._calls) >= self.calls:
                 self._call_free.clear()
                 await self._call_free.wait()
             limit = min(self.max_records, math.ceil(self._waiting_records / self.calls))
             taken = self._take(limit)
             batches = [batch for batch, _ in taken]
-            self._in_model += 1
             call = self._watched(self._call(batches))
             self._calls.add(call)
-            call.add_done_callback(self._calls.discard)
+            call.add_done_callback(self._call_ended)
             previous = self._deliveries[-1] if self._deliveries else None
             self._deliveries.append(self._watched(self._deliver(call, [r for _, r in taken], previous)))
             while self._deliveries and self._deliveries[0].done():
@@ -163,11 +161,11 @@ class ModelFeed(Generic[B]):
                 await self._deliveries[0]
 
     async def _call(self, batches: list[B]) -> B:
-        try:
-            return await self.infer(batches[0] if len(batches) == 1 else self.merge(batches))
-        finally:
-            self._in_model -= 1
-            self._call_free.set()
+        return await self.infer(batches[0] if len(batches) == 1 else self.merge(batches))
+
+    def _call_ended(self, call: asyncio.Task) -> None:
+        self._calls.discard(call)
+        self._call_free.set()
 
     async def _deliver(
         self, call: asyncio.Task, releases: list[Callable[[], None]], previous: asyncio.Task | None

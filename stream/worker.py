@@ -75,8 +75,8 @@ from finsent.stream.scoring import BatchResult, score_batch
 log = logging.getLogger("finsent.stream.worker")
 
 EXIT_BROKER_RESET = 75  # EX_TEMPFAIL: restart me (the supervisor in `finsent demo` and compose do)
-MIN_PART = 8  # a micro-batch is cut for calls side by side only into parts of at least this many (one forward)
 EXIT_UNEXPECTED = 70  # EX_SOFTWARE: a bug; the batch was not committed, a restarted worker redelivers it
+MIN_PART = 8  # a micro-batch is cut for calls side by side only into parts of at least this many (one forward)
 
 
 @dataclass
@@ -494,8 +494,7 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
     )
     input_guard = InputLogGuard(settings)
     classifier = Classifier.from_settings(model_dir, side_by_side(settings.model, settings.stream.model_calls))
-    backend = classifier.backend
-    model_calls = calls_at_once(backend.name, getattr(backend, "threads", 0), settings.stream.model_calls)
+    model_calls = calls_at_once(classifier, settings.stream.model_calls)
     metrics = WorkerMetrics(top_k=settings.stream.ticker_top_k, watchlist=tuple(settings.stream.ticker_watchlist))
     metrics.model_info.labels(classifier.version, classifier.backend.name).set(1)
     server, _ = start_http_server(settings.stream.metrics_port, addr=settings.services.host, registry=metrics.registry)
@@ -511,7 +510,7 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
             "max_model_batch": settings.stream.max_model_batch,
             "max_wait_s": settings.stream.max_wait_s,
             "model_calls": model_calls,
-            "threads_per_call": getattr(backend, "threads", 0) or None,
+            "threads_per_call": getattr(classifier.backend, "threads", 0) or None,
         },
     )
     scorer = Scorer(settings, classifier, metrics, model_calls)

@@ -202,16 +202,10 @@ def api_model(settings: Settings) -> ModelChoice:
     return side_by_side(settings.model, settings.web.classify_concurrency)
 
 
-def classify_calls(w: Web, clf: Any) -> int:
-    """Model calls /classify runs at once on the loaded classifier (a stand-in without a backend: one, or as set)."""
-    backend = getattr(clf, "backend", None)
-    return calls_at_once(getattr(backend, "name", ""), getattr(backend, "threads", 0), w.classify_concurrency)
-
-
 def _classify_batcher(clf: Any, w: Web, metrics: ApiMetrics) -> Batcher:
     """The batcher in front of ``clf.predict``. The attribute is looked up per call, so a stand-in without a
     model (tests of other routes) still starts; ``on_batch`` feeds the batch-size histogram."""
-    calls = classify_calls(w, clf)
+    calls = calls_at_once(clf, w.classify_concurrency)
     log.info("classify batcher", extra={"concurrency": calls, "max_texts": w.classify_max_batch})
     return Batcher(
         lambda texts: clf.predict(texts),
