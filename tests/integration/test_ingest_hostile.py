@@ -457,12 +457,15 @@ def test_a_huge_feed_is_parsed_off_the_event_loop(feeds_server, tmp_path):
     assert parsed() >= 1, took
     hits = [t for t in feeds_server.hit_times[fast_path] if t >= started]
     gaps = [round(b - a, 2) for a, b in itertools.pairwise(hits)]
-    assert len(hits) >= 3 and max(gaps) < 2.5, gaps  # interval 1 s (+ up to 0.5 s of loop tick)
-    # the premise: on the event loop, one parse would have stalled the fast feed this long
+    # the premise: on the event loop, one parse would have stalled the fast feed this long, longer than its
+    # normal gap (interval 1 s + up to 0.5 s of loop tick)
     parse_s = _metric(metrics, "finsent_feed_parse_seconds_sum", {"feed": "big"}) / _metric(
         metrics, "finsent_feed_parse_seconds_count", {"feed": "big"}
     )
-    assert parse_s > 2.5, f"the big feed parsed in {parse_s:.1f}s: too fast to show a stall here, make it bigger"
+    assert parse_s > 2.0, f"the big feed parsed in {parse_s:.1f}s: too fast to show a stall here, make it bigger"
+    # a parse on the loop leaves a gap of at least parse_s between two fast polls; measured against this run's
+    # own parse time, so a slow or loaded host (longer gaps, longer parse) does not decide it
+    assert len(hits) >= 3 and max(gaps) < parse_s, (gaps, parse_s)
 
 
 def test_a_body_that_is_a_file_name_is_not_read_from_disk(feeds_server, tmp_path):

@@ -115,7 +115,7 @@ def test_a_lone_request_is_answered_after_about_max_wait():
 
     answer, seconds = run(main())
     assert answer.results == ["pred:alone"] and model.calls == [["alone"]]
-    assert 0.04 <= seconds < 0.5, seconds  # waited for company, then did not wait for more
+    assert 0.04 <= seconds < 1.0, seconds  # waited for company, then did not wait for more (20 x max_wait)
 
 
 def test_an_oversized_request_runs_alone_and_whole():
