@@ -1,7 +1,7 @@
 """Stream benchmarks, all figures measured in one run.
 
     .venv/bin/python bench/bench_stream.py [--items 3000] [--latency-s 60] [--core 1000000] [--backend auto]
-        [--max-batch N] [--max-model-batch N] [--model-calls N] [--max-wait-s S] [--fetch-max-wait-ms MS] [--threads N] [--set stream.x=y …] [--out PATH]
+        [--max-batch N] [--max-model-batch N] [--model-calls N] [--split-from-records N] [--max-wait-s S] [--fetch-max-wait-ms MS] [--threads N] [--set stream.x=y …] [--out PATH]
 
 1. ceiling: bare ``Classifier.predict`` of the backend the worker serves, in this process, on the same
    headlines sorted by token length and cut into batches of ``--ceiling-batch`` and of the worker's forward size
@@ -94,6 +94,7 @@ TUNABLES = [
     ("max_batch", "stream.max_batch"),
     ("max_model_batch", "stream.max_model_batch"),
     ("model_calls", "stream.model_calls"),
+    ("split_from_records", "stream.split_from_records"),
     ("max_wait_s", "stream.max_wait_s"),
     ("fetch_max_wait_ms", "stream.fetch_max_wait_ms"),
 ]
@@ -589,6 +590,12 @@ def main() -> None:
         type=int,
         default=base.stream.model_calls,
         help="stream.model_calls (model calls side by side; 0 = auto: one single-threaded ONNX call per core)",
+    )
+    ap.add_argument(
+        "--split-from-records",
+        type=int,
+        default=base.stream.split_from_records,
+        help="stream.split_from_records (with calls side by side: fewer waiting run alone on all cores; 0 = never)",
     )
     ap.add_argument("--max-wait-s", type=float, default=base.stream.max_wait_s, help="stream.max_wait_s")
     ap.add_argument(

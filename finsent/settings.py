@@ -300,6 +300,10 @@ class Stream(_Group):
     # for one call (a one-thread call keeps a burst twice as long, and two leave the event loop and broker no core),
     # so the default keeps latency: a deployment that replays or catches up more than it serves live sets 0.
     model_calls: int = Field(default=1, ge=0, le=64)
+    # With calls side by side (model_calls != 1, ONNX Runtime): while fewer than this many headlines wait, a call
+    # that would run alone runs on all cores (a second session) with no other beside it, as one call would; from
+    # this many waiting on (a backlog, a burst), calls go side by side. 0 = always side by side.
+    split_from_records: int = Field(default=128, ge=0, le=8192)
     max_record_bytes: int = Field(default=256 * 1024, ge=1024)  # larger raw records go to the DLQ
     inference_retries: int = Field(default=1, ge=0, le=10)  # then the batch is bisected to find the bad item
     metrics_port: Port = 9182

@@ -26,6 +26,12 @@ batch), the rest left to the next call to come free. Why not everything: a singl
 as a call on both cores, so a pile-up (a slow poll, a burst) taken whole by one call would keep its headlines
 twice as long, and whatever arrived meanwhile behind them, while the other core idles. Outputs are still
 delivered in put order: a later call that finishes first waits for the earlier one's delivery.
+
+Alone below a backlog (``infer_alone`` and ``split_from``): calls side by side drain a backlog faster, but at a
+moderate rate they cost latency (each headline waits in a one-thread call, half as fast as one on all cores). So
+a call that would start with no other running, while fewer than ``split_from`` records wait, goes to
+``infer_alone`` (the model on all cores) with everything waiting, and no other call starts beside it; from
+``split_from`` waiting records on (a backlog, a burst), or while another call runs, calls go side by side.
 """
 
 from __future__ import annotations
@@ -72,6 +78,8 @@ class ModelFeed(Generic[B]):
         max_records: int,
         on_error: Callable[[BaseException], None],
         calls: int = 1,
+        infer_alone: Callable[[B], Awaitable[B]] | None = None,
+        split_from: int = 0,
     ):
         if calls < 1:
             raise ValueError("calls must be at least 1")
@@ -79,6 +87,10 @@ class ModelFeed(Generic[B]):
         self.on_error = on_error
         self.max_records = max_records
         self.calls = calls
+        # a call alone (nothing else running, fewer than split_from waiting) goes to infer_alone, if given
+        self.infer_alone = infer_alone if calls > 1 and split_from > 0 else None
+        self.split_from = split_from
+        self._alone: asyncio.Task | None = None  # the call running alone now: no other starts beside it
         self._call_free = asyncio.Event()
         self._calls: set[asyncio.Task] = set()  # the model calls running now
         self._waiting: deque[tuple[B, Callable[[], None]]] = deque()
@@ -144,13 +156,16 @@ class ModelFeed(Generic[B]):
                 self._idle.set()
                 self._arrived.clear()
                 await self._arrived.wait()
-            while len(self._calls) >= self.calls:
+            while len(self._calls) >= (1 if self._alone is not None else self.calls):
                 self._call_free.clear()
                 await self._call_free.wait()
-            limit = min(self.max_records, math.ceil(self._waiting_records / self.calls))
-            taken = self._take(limit)
+            alone = self.infer_alone is not None and not self._calls and self._waiting_records < self.split_from
+            share = 1 if alone else self.calls
+            taken = self._take(min(self.max_records, math.ceil(self._waiting_records / share)))
             batches = [batch for batch, _ in taken]
-            call = self._watched(self._call(batches))
+            call = self._watched(self._call(batches, self.infer_alone if alone else self.infer))
+            if alone:
+                self._alone = call
             self._calls.add(call)
             call.add_done_callback(self._call_ended)
             previous = self._deliveries[-1] if self._deliveries else None
@@ -160,11 +175,13 @@ class ModelFeed(Generic[B]):
             if len(self._deliveries) > MAX_DELIVERIES + self.calls - 1:
                 await self._deliveries[0]
 
-    async def _call(self, batches: list[B]) -> B:
-        return await self.infer(batches[0] if len(batches) == 1 else self.merge(batches))
+    async def _call(self, batches: list[B], infer: Callable[[B], Awaitable[B]]) -> B:
+        return await infer(batches[0] if len(batches) == 1 else self.merge(batches))
 
     def _call_ended(self, call: asyncio.Task) -> None:
         self._calls.discard(call)
+        if call is self._alone:
+            self._alone = None
         self._call_free.set()
 
     async def _deliver(

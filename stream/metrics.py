@@ -59,6 +59,14 @@ class WorkerMetrics:
             registry=r,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
         )
+        self.model_calls = Counter(
+            "finsent_worker_model_calls_total",
+            "Classifier calls, by how they ran: alone on all cores, or side by side on a share of them"
+            " (stream.model_calls, stream.split_from_records)",
+            ["way"],
+            registry=r,
+        )
+        self.model_call_ways = {way: self.model_calls.labels(way) for way in ("alone", "side_by_side")}
         self.inference_seconds = Histogram(
             "finsent_worker_inference_seconds",
             "Classifier time per micro-batch",

@@ -16,7 +16,9 @@ Scoring (a Faust agent on ``finsent.news.raw``):
   backlog gets large model calls although Faust hands over 100-200 records at a time. With
   ``stream.model_calls`` > 1 (or 0, auto: one single-threaded ONNX call per core, ``finsent.model.placement``)
   calls run side by side, what waits shared among them and a burst cut into one part per call; outputs still
-  go out in order (the default is one call: see the setting for the latency it costs);
+  go out in order. Below a backlog (fewer than ``stream.split_from_records`` waiting, nothing else in the
+  model) a call runs alone on all cores instead (a second ONNX session): side by side drains faster, alone
+  answers a moderate stream sooner (``finsent_worker_model_calls_total{way}`` counts each);
 * poison records (undecodable, schema-invalid, oversized) and items the model fails on by themselves
   (after retry and bisection) go to ``finsent.dlq`` with their source offset; the stream goes on;
 * every decoded item passes the edge check (``checked_item``) before it is scored: any producer can
@@ -54,6 +56,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -121,9 +124,12 @@ class Scorer:
     only after its batch's outputs are acknowledged.
     """
 
-    def __init__(self, settings: Settings, classifier, metrics: WorkerMetrics, model_calls: int = 1):
+    def __init__(
+        self, settings: Settings, classifier, metrics: WorkerMetrics, model_calls: int = 1, classifier_alone=None
+    ):
         self.settings = settings
         self.classifier = classifier
+        self.classifier_alone = classifier_alone  # the same model on all cores, for a call that runs alone (feed)
         self.metrics = metrics
         self.model_calls = model_calls  # calls side by side (the feed runs this many; one inference thread each)
         self.executor = ThreadPoolExecutor(
@@ -188,15 +194,18 @@ class Scorer:
         batch.parts.append((len(messages), taken, time.time()))
         return batch
 
-    async def infer(self, batch: Scored) -> Scored:
-        """Classify the prepared items in the inference thread; model failures become dead letters."""
+    async def infer(self, batch: Scored, alone: bool = False) -> Scored:
+        """Classify the prepared items in an inference thread; model failures become dead letters. ``alone``: the
+        call runs with no other beside it, on ``classifier_alone`` (all cores)."""
         m = self.metrics
         if self.settings.stream.debug_batch_delay_s:
             await asyncio.sleep(self.settings.stream.debug_batch_delay_s)  # test hook: a slower model
         if batch.items:
             m.batch_size.observe(len(batch.items))
             t0, started = time.perf_counter(), time.time()
-            result = await asyncio.get_running_loop().run_in_executor(self.executor, self._classify, batch)
+            classifier, way = self._model_for(alone)
+            m.model_call_ways[way].inc()
+            result = await asyncio.get_running_loop().run_in_executor(self.executor, self._classify, batch, classifier)
             m.inference_seconds.observe(time.perf_counter() - t0)
             batch.inferred = (started, time.time())
             m.retries.inc(max(0, result.calls - 1))
@@ -210,16 +219,24 @@ class Scorer:
                 batch.failed.append(("model", error))
         return batch
 
-    def _classify(self, batch: Scored) -> BatchResult:
+    def _model_for(self, alone: bool) -> tuple[Any, str]:
+        """The classifier for a call, and how it runs (the ``way`` of ``finsent_worker_model_calls_total``)."""
+        if self.model_calls == 1:
+            return self.classifier, "alone"
+        if alone and self.classifier_alone is not None:
+            return self.classifier_alone, "alone"
+        return self.classifier, "side_by_side"
+
+    def _classify(self, batch: Scored, classifier) -> BatchResult:
         """The pre-tokenized batch in one call; if that fails, retries and bisection from the texts."""
         items = [it for _, it in batch.items]
         if batch.encoded is not None:
             try:
-                predictions = self.classifier.predict_encoded(batch.encoded)
+                predictions = classifier.predict_encoded(batch.encoded)
                 return BatchResult(list(zip(items, predictions)), [], 1)
             except Exception as err:  # noqa: BLE001 (any model error: score_batch isolates the culprit)
                 log.warning("batch failed, retrying from the texts", extra={"error": f"{type(err).__name__}: {err}"})
-        return score_batch(self.classifier.predict, items, text_of, self.settings.stream.inference_retries)
+        return score_batch(classifier.predict, items, text_of, self.settings.stream.inference_retries)
 
     async def deliver(self, batch: Scored) -> None:
         """Send a scored batch's outputs and wait for their acks; only then is it counted and its position moved."""
@@ -379,6 +396,8 @@ def build_app(settings: Settings, scorer: Scorer, aggregate: bool = True, input_
             max_records=s.max_model_batch,
             on_error=_exit_on_feed_error,
             calls=scorer.model_calls,
+            infer_alone=(lambda batch: _or_exit(scorer.infer(batch, alone=True))) if scorer.classifier_alone else None,
+            split_from=s.split_from_records,
         )
         try:
             async for events in stream.take_events(s.max_batch, within=s.max_wait_s):
@@ -495,6 +514,12 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
     input_guard = InputLogGuard(settings)
     classifier = Classifier.from_settings(model_dir, side_by_side(settings.model, settings.stream.model_calls))
     model_calls = calls_at_once(classifier, settings.stream.model_calls)
+    # Below a backlog, a call alone runs on all cores: a second ONNX session (stream.split_from_records); not
+    # where the threads are pinned (model.threads) or torch spreads every call over all cores anyway.
+    classifier_alone = None
+    splits = model_calls > 1 and settings.stream.split_from_records > 0 and not settings.model.threads
+    if splits and classifier.backend.name.startswith("onnx"):
+        classifier_alone = Classifier.from_settings(model_dir, settings.model)
     metrics = WorkerMetrics(top_k=settings.stream.ticker_top_k, watchlist=tuple(settings.stream.ticker_watchlist))
     metrics.model_info.labels(classifier.version, classifier.backend.name).set(1)
     server, _ = start_http_server(settings.stream.metrics_port, addr=settings.services.host, registry=metrics.registry)
@@ -511,9 +536,10 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
             "max_wait_s": settings.stream.max_wait_s,
             "model_calls": model_calls,
             "threads_per_call": getattr(classifier.backend, "threads", 0) or None,
+            "alone_below_records": settings.stream.split_from_records if classifier_alone is not None else None,
         },
     )
-    scorer = Scorer(settings, classifier, metrics, model_calls)
+    scorer = Scorer(settings, classifier, metrics, model_calls, classifier_alone)
     app = build_app(settings, scorer, aggregate=aggregate, input_guard=input_guard)
     loglevel = logging.getLevelName(max(logging.getLogger().level, logging.WARNING))  # Faust's INFO is chatty
     worker = _bounded_stop_worker(faust.Worker, settings.stream.shutdown_timeout_s)(

@@ -108,16 +108,28 @@ def test_a_poison_flood_goes_to_the_dlq_and_good_records_are_all_scored(broker, 
     assert worker.proc.returncode == 0, worker.log_tail()
 
 
-@pytest.mark.parametrize("model_calls", ["1", "0"], ids=["one-call", "calls-side-by-side"])
+@pytest.mark.parametrize(
+    ("model_calls", "split_from"),
+    [("1", "128"), ("0", "0"), ("0", "128")],
+    ids=["one-call", "calls-side-by-side", "alone-below-a-backlog"],
+)
 def test_adaptive_sorted_batches_keep_each_partitions_order_and_commit_only_what_was_delivered(
-    broker, tmp_path, model_calls
+    broker, tmp_path, model_calls, split_from
 ):
     """A backlog of headlines of very different lengths (the classifier sorts each batch by length, and the
     worker delivers batch N while it scores N+1; side by side, a later call may finish first): every item is
     scored once, each raw partition's items reach each scored partition in their raw order, batches grew past
-    the quiet-time size, and the committed position never passes what was delivered."""
+    the quiet-time size, and the committed position never passes what was delivered. Alone below a backlog:
+    the first call (one batch waiting) runs alone on all cores, the backlog that piles up behind it (a slower
+    model, the test hook) goes side by side."""
     env = worker_env(
-        broker, tmp_path, **FAST_WINDOWS, FINSENT_STREAM__MAX_BATCH="48", FINSENT_STREAM__MODEL_CALLS=model_calls
+        broker,
+        tmp_path,
+        **FAST_WINDOWS,
+        FINSENT_STREAM__MAX_BATCH="48",
+        FINSENT_STREAM__MODEL_CALLS=model_calls,
+        FINSENT_STREAM__SPLIT_FROM_RECORDS=split_from,
+        FINSENT_STREAM__DEBUG_BATCH_DELAY_S="0.3" if split_from != "0" and model_calls == "0" else "0",
     )
     create_topics(env)
     items = [
@@ -157,6 +169,7 @@ def test_adaptive_sorted_batches_keep_each_partitions_order_and_commit_only_what
             assert committed == ends  # everything delivered was committed, and no further
         finally:
             consumer.close()
+        ways = {w: metric(env, f'finsent_worker_model_calls_total{{way="{w}"}}') for w in ("alone", "side_by_side")}
     finally:
         worker.stop()
     assert worker.proc.returncode == 0, worker.log_tail()
@@ -165,6 +178,14 @@ def test_adaptive_sorted_batches_keep_each_partitions_order_and_commit_only_what
     )
     side_by_side = model_calls == "0" and started["backend"].startswith("onnx") and cpu_cores() > 1
     assert started["model_calls"] == (cpu_cores() if side_by_side else 1), started  # the way this variant runs
+    alone_below = side_by_side and split_from != "0"
+    assert started["alone_below_records"] == (int(split_from) if alone_below else None), started
+    if not side_by_side:
+        assert ways["alone"] > 0 and ways["side_by_side"] == 0, ways
+    elif alone_below:
+        assert ways["alone"] > 0 and ways["side_by_side"] > 0, ways  # the first call alone, the backlog side by side
+    else:
+        assert ways["alone"] == 0 and ways["side_by_side"] > 0, ways
 
 
 def reference(env, scored: list[ScoredItem]) -> tuple[dict, list[SurgeAlert]]:

@@ -313,6 +313,105 @@ def test_a_call_that_comes_free_while_another_is_busy_takes_only_its_share_of_wh
     asyncio.run(main())
 
 
+class AloneOrSideBySide(HeldCalls):
+    """HeldCalls with a second model path for a call that runs alone (``infer_alone``); ``alone`` records which
+    calls took it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alone: list[list[str]] = []
+
+    async def infer_alone(self, batch: list[str]) -> list[str]:
+        self.alone.append(list(batch))
+        return await self.infer(batch)
+
+    def feed(self, max_records: int = 8, merge=None, calls: int = 2, split_from: int = 4) -> ModelFeed[list[str]]:
+        merge = merge or (lambda bs: [x for b in bs for x in b])
+        return ModelFeed(
+            self.infer,
+            self.deliver,
+            merge,
+            len,
+            max_records,
+            on_error=self.errors.append,
+            calls=calls,
+            infer_alone=self.infer_alone,
+            split_from=split_from,
+        )
+
+
+def test_below_split_from_a_call_runs_alone_with_all_that_waits_and_none_starts_beside_it():
+    async def main():
+        steps = AloneOrSideBySide()
+        feed = steps.feed(split_from=4)
+        await feed.put(["a"], steps.release("A"))
+        await settle()
+        for name in "bc":
+            await feed.put([name], steps.release(name.upper()))
+        await settle()
+        # a went alone (1 waiting < 4); b and c wait for it although a second call would be free
+        assert steps.calls == [["a"]] and steps.alone == [["a"]] and steps.running == 1
+        steps.let("a")
+        await settle()
+        assert steps.calls == [["a"], ["b", "c"]] and steps.alone == [["a"], ["b", "c"]]  # alone again, whole
+        steps.let("b")
+        await feed.join()
+        assert steps.most_at_once == 1 and steps.released == ["A", "B", "C"]
+
+    asyncio.run(main())
+
+
+def test_from_split_from_waiting_the_calls_go_side_by_side_in_shares_and_back_alone_once_it_drains():
+    async def main():
+        steps = AloneOrSideBySide()
+        feed = steps.feed(max_records=8, split_from=4)
+        await feed.put(["a"], steps.release("A"))
+        await settle()
+        for name, batch in (("C", ["c1", "c2"]), ("D", ["d1"]), ("E", ["e1", "e2"]), ("F", ["f1"])):
+            await feed.put(batch, steps.release(name))
+        steps.let("a")
+        await settle()
+        # six waited when a ended (>= 4): two calls side by side, each its share in whole batches, none alone
+        assert steps.calls[1:] == [["c1", "c2", "d1"], ["e1", "e2"]] and steps.alone == [["a"]]
+        await feed.put(["g"], steps.release("G"))
+        await settle()
+        assert len(steps.calls) == 3  # both calls busy: f1 and g wait
+        steps.let("e1")
+        await settle()
+        assert steps.calls[-1] == ["f1"] and steps.alone == [["a"]]  # c1's call still runs: f1 goes beside it
+        steps.let("f1")
+        await settle()
+        assert steps.calls[-1] == ["g"] and steps.alone == [["a"]]  # below split_from, but c1's call still runs
+        steps.let("c1", "g")
+        await settle()
+        await feed.put(["h"], steps.release("H"))
+        await settle()
+        assert steps.alone[-1] == ["h"]  # drained, nothing else running: alone again
+        steps.let("h")
+        await feed.join()
+        assert steps.most_at_once == 2 and steps.released == list("ACDEFGH")
+        assert [x for d in steps.delivered for x in d] == [
+            f"scored:{x}" for x in ("a", "c1", "c2", "d1", "e1", "e2", "f1", "g", "h")
+        ]
+
+    asyncio.run(main())
+
+
+def test_without_split_from_or_with_one_call_nothing_goes_alone():
+    async def main():
+        for calls, split_from in ((2, 0), (1, 4)):
+            steps = AloneOrSideBySide()
+            feed = steps.feed(calls=calls, split_from=split_from)
+            for name in "ab":
+                await feed.put([name], steps.release(name.upper()))
+                await settle()
+            assert steps.alone == [] and steps.running == calls
+            steps.let("a", "b")
+            await feed.join()
+
+    asyncio.run(main())
+
+
 def test_a_failed_call_is_reported_once_and_nothing_after_it_is_released():
     async def main():
         steps = HeldCalls()
