@@ -52,4 +52,16 @@ def calls_at_once(classifier: Any, requested: int = 0) -> int:
     return calls_for_threads(threads) if name.startswith("onnx") else 1
 
 
-__all__ = ["calls_at_once", "calls_for_threads", "cpu_cores", "side_by_side"]
+def alone_choice(choice: ModelChoice, calls: int, backend_name: str, split_from: int) -> ModelChoice | None:
+    """The model settings for a call that runs alone below a backlog (``stream.split_from_records``), or None
+    where there is no such call: one call at a time anyway, threads pinned by ``model.threads``, or a backend
+    other than ONNX Runtime (torch spreads every call over all cores already). Its calls hold fewer than
+    ``split_from`` texts, so it needs no spinning session for large calls unless those start below that."""
+    if calls <= 1 or split_from <= 0 or choice.threads or not backend_name.startswith("onnx"):
+        return None
+    if choice.spin_from_texts >= split_from:
+        return choice.model_copy(update={"spin_from_texts": 0})
+    return choice
+
+
+__all__ = ["alone_choice", "calls_at_once", "calls_for_threads", "cpu_cores", "side_by_side"]

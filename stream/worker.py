@@ -18,7 +18,8 @@ Scoring (a Faust agent on ``finsent.news.raw``):
   calls run side by side, what waits shared among them and a burst cut into one part per call; outputs still
   go out in order. Below a backlog (fewer than ``stream.split_from_records`` waiting, nothing else in the
   model) a call runs alone on all cores instead (a second ONNX session): side by side drains faster, alone
-  answers a moderate stream sooner (``finsent_worker_model_calls_total{way}`` counts each);
+  answers a moderate stream sooner (``finsent_worker_model_calls_total{way}`` counts each). The default is
+  one call: see the settings for what each way costs;
 * poison records (undecodable, schema-invalid, oversized) and items the model fails on by themselves
   (after retry and bisection) go to ``finsent.dlq`` with their source offset; the stream goes on;
 * every decoded item passes the edge check (``checked_item``) before it is scored: any producer can
@@ -219,6 +220,13 @@ class Scorer:
                 batch.failed.append(("model", error))
         return batch
 
+    def ways_for(self, records: int) -> int:
+        """Parts to cut a micro-batch of ``records`` into, so that a burst goes to every free call; none below a
+        backlog where a call alone takes it whole on all cores (two parts would be two calls one after the other)."""
+        if self.classifier_alone is not None and records < self.settings.stream.split_from_records:
+            return 1
+        return self.model_calls
+
     def _model_for(self, alone: bool) -> tuple[Any, str]:
         """The classifier for a call, and how it runs (the ``way`` of ``finsent_worker_model_calls_total``)."""
         if self.model_calls == 1:
@@ -403,7 +411,7 @@ def build_app(settings: Settings, scorer: Scorer, aggregate: bool = True, input_
             async for events in stream.take_events(s.max_batch, within=s.max_wait_s):
                 for event in events:
                     event.message.incref()  # hold the offset until our outputs are acknowledged (see module doc)
-                for part in cut_for_calls(events, scorer.model_calls, MIN_PART):  # a burst goes to every free call
+                for part in cut_for_calls(events, scorer.ways_for(len(events)), MIN_PART):  # to every free call
                     prepared = await _or_exit(scorer.prepare([event.message for event in part]))
                     await feed.put(prepared, partial(_release, part))
             await feed.join()
@@ -503,7 +511,7 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
     from prometheus_client import start_http_server
 
     from finsent.model import Classifier
-    from finsent.model.placement import calls_at_once, side_by_side
+    from finsent.model.placement import alone_choice, calls_at_once, side_by_side
 
     ensure_topics(
         settings.kafka,
@@ -514,12 +522,8 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
     input_guard = InputLogGuard(settings)
     classifier = Classifier.from_settings(model_dir, side_by_side(settings.model, settings.stream.model_calls))
     model_calls = calls_at_once(classifier, settings.stream.model_calls)
-    # Below a backlog, a call alone runs on all cores: a second ONNX session (stream.split_from_records); not
-    # where the threads are pinned (model.threads) or torch spreads every call over all cores anyway.
-    classifier_alone = None
-    splits = model_calls > 1 and settings.stream.split_from_records > 0 and not settings.model.threads
-    if splits and classifier.backend.name.startswith("onnx"):
-        classifier_alone = Classifier.from_settings(model_dir, settings.model)
+    alone = alone_choice(settings.model, model_calls, classifier.backend.name, settings.stream.split_from_records)
+    classifier_alone = Classifier.from_settings(classifier.directory, alone) if alone is not None else None
     metrics = WorkerMetrics(top_k=settings.stream.ticker_top_k, watchlist=tuple(settings.stream.ticker_watchlist))
     metrics.model_info.labels(classifier.version, classifier.backend.name).set(1)
     server, _ = start_http_server(settings.stream.metrics_port, addr=settings.services.host, registry=metrics.registry)

@@ -28,6 +28,28 @@ def test_the_surge_width_must_be_a_rolling_window():
         load(surge={"window_s": 60})
 
 
+def test_a_split_point_the_in_tray_never_reaches_is_refused():
+    """With split_from_records above max_model_batch, calls would never go side by side: a setting that silently
+    does nothing."""
+    with pytest.raises(SettingsError, match=r"split_from_records \(600\) exceeds max_model_batch \(512\)"):
+        load(stream={"split_from_records": 600})
+    assert load(stream={"split_from_records": 512}).stream.split_from_records == 512
+
+
+def test_a_call_alone_gets_all_cores_only_where_calls_otherwise_go_side_by_side_on_onnx():
+    from finsent.model.placement import alone_choice
+
+    model = load().model  # threads unset, spin_from_texts 256
+    alone = alone_choice(model, 2, "onnx-int8", 128)
+    assert alone is not None and alone.threads == 0  # all cores
+    assert alone.spin_from_texts == 0  # its calls hold < 128 texts: no spinning session for large ones
+    assert alone_choice(model, 2, "onnx-int8", 512) == model  # calls of 256-511 alone still spin
+    assert alone_choice(model, 1, "onnx-int8", 128) is None  # one call at a time anyway
+    assert alone_choice(model, 2, "onnx-int8", 0) is None  # always side by side
+    assert alone_choice(model, 2, "torch", 128) is None  # torch spreads every call over all cores
+    assert alone_choice(model.model_copy(update={"threads": 1}), 2, "onnx", 128) is None  # threads pinned
+
+
 def test_environment_overrides_nested_fields(monkeypatch):
     monkeypatch.setenv("FINSENT_TOPICS__RAW__PARTITIONS", "12")
     monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP", "kafka-1:9092,kafka-2:9092")

@@ -397,6 +397,41 @@ def test_from_split_from_waiting_the_calls_go_side_by_side_in_shares_and_back_al
     asyncio.run(main())
 
 
+def test_exactly_split_from_waiting_goes_side_by_side_and_a_failed_alone_call_frees_the_model():
+    async def main():
+        steps = AloneOrSideBySide()
+        feed = steps.feed(split_from=2)
+        await feed.put(["a"], steps.release("A"))
+        await settle()
+        for name in "bc":
+            await feed.put([name], steps.release(name.upper()))
+        steps.let("a")
+        await settle()
+        assert steps.alone == [["a"]] and steps.calls[1:] == [["b"], ["c"]]  # 2 waited: side by side
+        steps.let("b", "c")
+        await feed.join()
+
+        failing = AloneOrSideBySide()
+
+        async def broken(batch: list[str]) -> list[str]:
+            failing.alone.append(list(batch))
+            raise RuntimeError("model down")
+
+        failing.infer_alone = broken
+        feed = failing.feed(split_from=4)
+        await feed.put(["x"], failing.release("X"))
+        await settle()
+        await feed.put(["y"], failing.release("Y"))
+        await settle()
+        # each failure is reported once (not again by its delivery); the model was free again after the first
+        # (the next call started, alone); nothing is released
+        assert [str(e) for e in failing.errors] == ["model down"] * 2 and failing.alone == [["x"], ["y"]]
+        assert failing.released == [] and failing.delivered == []
+        feed.cancel()
+
+    asyncio.run(main())
+
+
 def test_without_split_from_or_with_one_call_nothing_goes_alone():
     async def main():
         for calls, split_from in ((2, 0), (1, 4)):
