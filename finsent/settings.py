@@ -296,9 +296,10 @@ class Stream(_Group):
     max_model_batch: int = Field(default=512, ge=1, le=8192)
     # Model calls side by side (0 = auto: with ONNX Runtime one single-threaded call per core, as the API and the
     # backtest run; 1 = one call on all cores). Measured on 2 cores (deploy/SCALING.md): auto drains a backlog
-    # 15-25 % faster, but at half of that higher capacity its published->scored p99 was 281-664 ms against 266 ms
-    # for one call (a one-thread call keeps a burst twice as long, and two leave the event loop and broker no core),
-    # so the default keeps latency: a deployment that replays or catches up more than it serves live sets 0.
+    # 15-35 % faster and, with split_from_records below, matches one call's p99 at the same rate (252 vs 250 ms at
+    # 280/s); but at half of its own higher capacity its published->scored p99 was 429 ms (always side by side:
+    # 281-664 ms) against 179-269 ms for one call, so the default keeps latency: a deployment that replays or
+    # catches up more than it serves live sets 0.
     model_calls: int = Field(default=1, ge=0, le=64)
     # With calls side by side (model_calls != 1, ONNX Runtime, model.threads unset): while fewer than this many
     # records wait, a call that would run alone runs on all cores (a second session) with nothing beside it, as
