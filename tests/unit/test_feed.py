@@ -340,14 +340,20 @@ class AloneOrSideBySide(HeldCalls):
         )
 
 
+async def one_alone_and_two_waiting(split_from: int) -> tuple[AloneOrSideBySide, ModelFeed[list[str]]]:
+    """a put first (in the model, alone), then b and c put behind it."""
+    steps = AloneOrSideBySide()
+    feed = steps.feed(split_from=split_from)
+    await feed.put(["a"], steps.release("A"))
+    await settle()
+    for name in "bc":
+        await feed.put([name], steps.release(name.upper()))
+    return steps, feed
+
+
 def test_below_split_from_a_call_runs_alone_with_all_that_waits_and_none_starts_beside_it():
     async def main():
-        steps = AloneOrSideBySide()
-        feed = steps.feed(split_from=4)
-        await feed.put(["a"], steps.release("A"))
-        await settle()
-        for name in "bc":
-            await feed.put([name], steps.release(name.upper()))
+        steps, feed = await one_alone_and_two_waiting(split_from=4)
         await settle()
         # a went alone (1 waiting < 4); b and c wait for it although a second call would be free
         assert steps.calls == [["a"]] and steps.alone == [["a"]] and steps.running == 1
@@ -399,12 +405,7 @@ def test_from_split_from_waiting_the_calls_go_side_by_side_in_shares_and_back_al
 
 def test_exactly_split_from_waiting_goes_side_by_side_and_a_failed_alone_call_frees_the_model():
     async def main():
-        steps = AloneOrSideBySide()
-        feed = steps.feed(split_from=2)
-        await feed.put(["a"], steps.release("A"))
-        await settle()
-        for name in "bc":
-            await feed.put([name], steps.release(name.upper()))
+        steps, feed = await one_alone_and_two_waiting(split_from=2)
         steps.let("a")
         await settle()
         assert steps.alone == [["a"]] and steps.calls[1:] == [["b"], ["c"]]  # 2 waited: side by side
