@@ -159,12 +159,12 @@ class ModelFeed(Generic[B]):
             while len(self._calls) >= (1 if self._alone is not None else self.calls):
                 self._call_free.clear()
                 await self._call_free.wait()
-            alone = self.infer_alone is not None and not self._calls and self._waiting_records < self.split_from
-            share = 1 if alone else self.calls
+            infer_alone = self.infer_alone if not self._calls and self._waiting_records < self.split_from else None
+            share = 1 if infer_alone is not None else self.calls
             taken = self._take(min(self.max_records, math.ceil(self._waiting_records / share)))
             batches = [batch for batch, _ in taken]
-            call = self._watched(self._call(batches, self.infer_alone if alone else self.infer))
-            if alone:
+            call = self._watched(self._call(batches, infer_alone or self.infer))
+            if infer_alone is not None:
                 self._alone = call
             self._calls.add(call)
             call.add_done_callback(self._call_ended)
