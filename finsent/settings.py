@@ -304,7 +304,7 @@ class Stream(_Group):
     # With calls side by side (model_calls != 1, ONNX Runtime, model.threads unset): while fewer than this many
     # records wait, a call that would run alone runs on all cores (a second session) with nothing beside it, as
     # one call would; from this many waiting on (a backlog, a burst), calls go side by side. 0 = always side by
-    # side. At most max_model_batch: the in-tray never holds much more, so a larger value would never split.
+    # side. Above max_model_batch it counts as max_model_batch (the in-tray holds no more, so it would never split).
     split_from_records: int = Field(default=128, ge=0, le=8192)
     max_record_bytes: int = Field(default=256 * 1024, ge=1024)  # larger raw records go to the DLQ
     inference_retries: int = Field(default=1, ge=0, le=10)  # then the batch is bisected to find the bad item
@@ -330,15 +330,6 @@ class Stream(_Group):
     debug_batch_delay_s: float = Field(default=0.0, ge=0, le=60)
 
     _check_port = field_validator("metrics_port")(classmethod(lambda cls, v: _port(v)))
-
-    @model_validator(mode="after")
-    def _split_within_the_in_tray(self):
-        if self.split_from_records > self.max_model_batch:
-            raise ValueError(
-                f"split_from_records ({self.split_from_records}) exceeds max_model_batch ({self.max_model_batch}): "
-                "the in-tray never holds that many, so calls would never go side by side"
-            )
-        return self
 
 
 class Receiver(_Group):

@@ -89,7 +89,7 @@ class ModelFeed(Generic[B]):
         self.calls = calls
         # a call alone (nothing else running, fewer than split_from waiting) goes to infer_alone, if given
         self.infer_alone = infer_alone if calls > 1 and split_from > 0 else None
-        self.split_from = split_from
+        self.split_from = min(split_from, max_records)  # put() waits at max_records: more would never split
         self._alone: asyncio.Task | None = None  # the call running alone now: no other starts beside it
         self._call_free = asyncio.Event()
         self._calls: set[asyncio.Task] = set()  # the model calls running now

@@ -28,14 +28,6 @@ def test_the_surge_width_must_be_a_rolling_window():
         load(surge={"window_s": 60})
 
 
-def test_a_split_point_the_in_tray_never_reaches_is_refused():
-    """With split_from_records above max_model_batch, calls would never go side by side: a setting that silently
-    does nothing."""
-    with pytest.raises(SettingsError, match=r"split_from_records \(600\) exceeds max_model_batch \(512\)"):
-        load(stream={"split_from_records": 600})
-    assert load(stream={"split_from_records": 512}).stream.split_from_records == 512
-
-
 def test_a_call_alone_gets_all_cores_only_where_calls_otherwise_go_side_by_side_on_onnx():
     from finsent.model.placement import alone_choice
 

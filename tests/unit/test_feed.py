@@ -340,10 +340,12 @@ class AloneOrSideBySide(HeldCalls):
         )
 
 
-async def one_alone_and_two_waiting(split_from: int) -> tuple[AloneOrSideBySide, ModelFeed[list[str]]]:
+async def one_alone_and_two_waiting(
+    split_from: int, max_records: int = 8
+) -> tuple[AloneOrSideBySide, ModelFeed[list[str]]]:
     """a put first (in the model, alone), then b and c put behind it."""
     steps = AloneOrSideBySide()
-    feed = steps.feed(split_from=split_from)
+    feed = steps.feed(max_records=max_records, split_from=split_from)
     await feed.put(["a"], steps.release("A"))
     await settle()
     for name in "bc":
@@ -429,6 +431,21 @@ def test_exactly_split_from_waiting_goes_side_by_side_and_a_failed_alone_call_fr
         assert [str(e) for e in failing.errors] == ["model down"] * 2 and failing.alone == [["x"], ["y"]]
         assert failing.released == [] and failing.delivered == []
         feed.cancel()
+
+    asyncio.run(main())
+
+
+def test_a_split_point_above_max_records_counts_as_max_records():
+    """put() waits once max_records wait, so a larger split point would never be reached: no call would ever go
+    side by side (a worker with a small stream.max_model_batch and the default split point)."""
+
+    async def main():
+        steps, feed = await one_alone_and_two_waiting(split_from=100, max_records=2)
+        steps.let("a")
+        await settle()
+        assert steps.alone == [["a"]] and steps.calls[1:] == [["b"], ["c"]]  # 2 = max_records waited: side by side
+        steps.let("b", "c")
+        await feed.join()
 
     asyncio.run(main())
 
