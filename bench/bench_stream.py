@@ -595,7 +595,7 @@ def main() -> None:
         "--split-from-records",
         type=int,
         default=base.stream.split_from_records,
-        help="stream.split_from_records (with calls side by side: fewer waiting run alone on all cores; 0 = never)",
+        help="stream.split_from_records (with calls side by side: fewer waiting run alone on all cores; 0 = never alone)",
     )
     ap.add_argument("--max-wait-s", type=float, default=base.stream.max_wait_s, help="stream.max_wait_s")
     ap.add_argument(

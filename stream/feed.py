@@ -124,6 +124,13 @@ class ModelFeed(Generic[B]):
             self._runner.cancel()
             self._runner = None
 
+    def parts_for(self, records: int) -> int:
+        """Parts to cut a batch of ``records`` into before ``put``, so that a burst goes to every free call: one
+        where a call alone would take it whole on all cores (two parts would be two calls one after the other)."""
+        if self.infer_alone is not None and records < self.split_from:
+            return 1
+        return self.calls
+
     def _watched(self, step) -> asyncio.Task:
         task = asyncio.create_task(step)
         task.add_done_callback(self._check)

@@ -220,13 +220,6 @@ class Scorer:
                 batch.failed.append(("model", error))
         return batch
 
-    def ways_for(self, records: int) -> int:
-        """Parts to cut a micro-batch of ``records`` into, so that a burst goes to every free call; none below a
-        backlog where a call alone takes it whole on all cores (two parts would be two calls one after the other)."""
-        if self.classifier_alone is not None and records < self.settings.stream.split_from_records:
-            return 1
-        return self.model_calls
-
     def _model_for(self, alone: bool) -> tuple[Any, str]:
         """The classifier for a call, and how it runs (the ``way`` of ``finsent_worker_model_calls_total``)."""
         if self.model_calls == 1:
@@ -411,7 +404,7 @@ def build_app(settings: Settings, scorer: Scorer, aggregate: bool = True, input_
             async for events in stream.take_events(s.max_batch, within=s.max_wait_s):
                 for event in events:
                     event.message.incref()  # hold the offset until our outputs are acknowledged (see module doc)
-                for part in cut_for_calls(events, scorer.ways_for(len(events)), MIN_PART):  # to every free call
+                for part in cut_for_calls(events, feed.parts_for(len(events)), MIN_PART):  # to every free call
                     prepared = await _or_exit(scorer.prepare([event.message for event in part]))
                     await feed.put(prepared, partial(_release, part))
             await feed.join()

@@ -450,6 +450,18 @@ def test_a_split_point_above_max_records_counts_as_max_records():
     asyncio.run(main())
 
 
+def test_a_batch_is_cut_for_the_calls_only_where_it_would_not_run_alone():
+    async def main():
+        steps = AloneOrSideBySide()
+        alone_below_4 = steps.feed(max_records=8, split_from=4)
+        assert [alone_below_4.parts_for(n) for n in (1, 3, 4, 8)] == [1, 1, 2, 2]
+        assert steps.feed(max_records=2, split_from=100).parts_for(3) == 2  # the split point counts as max_records
+        assert steps.feed(split_from=0).parts_for(1) == 2  # always side by side
+        assert steps.feed(calls=1).parts_for(8) == 1
+
+    asyncio.run(main())
+
+
 def test_without_split_from_or_with_one_call_nothing_goes_alone():
     async def main():
         for calls, split_from in ((2, 0), (1, 4)):
