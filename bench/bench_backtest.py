@@ -30,6 +30,7 @@ from bench_stream import texts  # noqa: E402
 from benchkit import goal, write_results  # noqa: E402
 
 from finsent.backtest.run import ScoreCache, run_backtest  # noqa: E402
+from finsent.heap import freeze_startup_objects  # noqa: E402
 from finsent.model.placement import calls_for_threads, side_by_side  # noqa: E402
 from finsent.records import NewsItem  # noqa: E402
 from finsent.settings import load  # noqa: E402
@@ -66,6 +67,7 @@ def main() -> None:
         )
         for i, t in enumerate(data)
     ]
+    freeze_startup_objects()  # as backtest_archive does once the model's modules are imported
     clf.predict(data[: args.batch])  # warm-up
     one_at_a_time.predict(data[: args.batch])
     chunks = [data[i : i + args.batch] for i in range(0, len(data), args.batch)]

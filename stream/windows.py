@@ -107,6 +107,7 @@ class WindowStore:
         self.lateness = allowed_lateness_s
         self.keep = evidence
         self.buckets: dict[str, dict[int, Bucket]] = defaultdict(dict)  # key -> bucket start (epoch s) -> bucket
+        self.key_starts: dict[str, list[int]] = {}  # key -> its bucket starts, sorted: a window walks only these
         self.keys_at: dict[int, set[str]] = {}  # bucket start -> keys with data there
         self.starts: list[int] = []  # sorted keys of keys_at: finds the next boundary with data in O(log n)
         self.seen: dict[str, set[str]] = defaultdict(set)  # key -> item ids counted (redelivery dedup)
@@ -187,6 +188,7 @@ class WindowStore:
             bucket = buckets.get(start)
             if bucket is None:
                 bucket = buckets[start] = Bucket()
+                bisect.insort(self.key_starts.setdefault(key, []), start)
                 self._index(start, key)
             bucket.add(obs, self.keep)
             if late:
@@ -210,34 +212,63 @@ class WindowStore:
     # -- results ----------------------------------------------------------------------------------
     def window(self, key: str, width: int, end: int) -> Closed | None:
         """The window ``[end - width, end)`` of ``key`` as it stands now (None when it holds nothing)."""
-        buckets = self.buckets.get(key)
-        if not buckets:
-            return None
-        parts = [buckets[s] for s in range(end - width, end, self.bucket) if s in buckets]
-        if not parts:
-            return None
-        neg = sum(b.negative for b in parts)
-        neu = sum(b.neutral for b in parts)
-        pos = sum(b.positive for b in parts)
-        count = neg + neu + pos
-        evidence = heapq.nlargest(self.keep, (e for b in parts for e in b.evidence)) if self.keep else []
-        return Closed(
-            # Built from counts this class keeps consistent itself: skip re-validation (hot path).
-            WindowStat.model_construct(
-                key=key,
-                start=_dt(end - width),
-                end=_dt(end),
-                count=count,
-                negative=neg,
-                neutral=neu,
-                positive=pos,
-                mean_score=max(-1.0, min(1.0, sum(b.score_sum for b in parts) / count)),
-                revision=sum(b.late for b in parts),
-                v=WindowStat.SCHEMA,
-            ),
-            width,
-            tuple(e[2] for e in evidence),
-        )
+        found = self.windows_at(key, end, (width,))
+        return found[0] if found else None
+
+    def windows_at(self, key: str, end: int, widths: tuple[int, ...] | None = None) -> list[Closed]:
+        """Every window of ``key`` ending at ``end`` (``widths`` ascending; default all), narrowest first, in one
+        pass over the buckets from ``end`` back: the narrower windows are the newest buckets of the wider ones, so
+        a boundary's windows cost one walk over the widest instead of one per width (a backtest closes one
+        boundary per bucket for every key)."""
+        starts = self.key_starts.get(key)
+        if not starts:
+            return []
+        buckets = self.buckets[key]
+        keep = self.keep
+        neg = neu = pos = late = 0
+        score_sum = 0.0
+        top: list[tuple[float, str, Evidence]] = []  # min-heap: the ``keep`` largest entries seen so far
+        i = bisect.bisect_left(starts, end) - 1  # the newest bucket before ``end``
+        out: list[Closed] = []
+        end_dt = _dt(end)
+        for width in widths or self.widths:
+            stop = end - width
+            while i >= 0 and starts[i] >= stop:
+                b = buckets[starts[i]]
+                i -= 1
+                neg += b.negative
+                neu += b.neutral
+                pos += b.positive
+                score_sum += b.score_sum
+                late += b.late
+                for entry in b.evidence if keep else ():
+                    if len(top) < keep:
+                        heapq.heappush(top, entry)
+                    elif entry > top[0]:
+                        heapq.heapreplace(top, entry)
+            count = neg + neu + pos
+            if not count:
+                continue
+            out.append(
+                Closed(
+                    # Built from counts this class keeps consistent itself: skip re-validation (hot path).
+                    WindowStat.model_construct(
+                        key=key,
+                        start=_dt(stop),
+                        end=end_dt,
+                        count=count,
+                        negative=neg,
+                        neutral=neu,
+                        positive=pos,
+                        mean_score=max(-1.0, min(1.0, score_sum / count)),
+                        revision=late,
+                        v=WindowStat.SCHEMA,
+                    ),
+                    width,
+                    tuple(e[2] for e in sorted(top, reverse=True)),
+                )
+            )
+        return out
 
     def flush_revisions(self, until: float | None = None) -> list[Closed]:
         """Every closed window (ending at or before ``until``) that late items changed since the last
@@ -282,9 +313,7 @@ class WindowStore:
             keys = set().union(*(self.keys_at.get(s, ()) for s in range(end - widest, end, self.bucket)))
             if keys:
                 for key in sorted(keys):
-                    for width in self.widths:
-                        if (c := self.window(key, width, end)) is not None:
-                            closed.append(c)
+                    closed += self.windows_at(key, end)
                 self.next_close = end + self.bucket
                 continue
             # Nothing inside any window ending here: jump to the next boundary with data, but never past
@@ -307,8 +336,11 @@ class WindowStore:
                 buckets = self.buckets.get(key)
                 if buckets is not None:
                     buckets.pop(start, None)
+                    starts = self.key_starts[key]
+                    del starts[bisect.bisect_left(starts, start)]
                     if not buckets:
                         del self.buckets[key]
+                        del self.key_starts[key]
         for start in [s for s in self.seen_at if s < horizon]:
             for key, item_id in self.seen_at.pop(start):
                 ids = self.seen.get(key)
@@ -318,8 +350,10 @@ class WindowStore:
                         del self.seen[key]
 
     def size(self) -> tuple[int, int]:
-        """(buckets held, ids held): what eviction keeps bounded."""
-        return sum(len(b) for b in self.buckets.values()), sum(len(s) for s in self.seen.values())
+        """(buckets held, ids held): what eviction keeps bounded. A bucket counts while its data or its entry in
+        the per-key index is held (either one left behind would grow without bound)."""
+        held = max(sum(len(b) for b in self.buckets.values()), sum(len(s) for s in self.key_starts.values()))
+        return held, sum(len(s) for s in self.seen.values())
 
 
 def _dt(ts: int) -> datetime:

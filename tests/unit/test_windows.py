@@ -164,3 +164,42 @@ def test_a_future_dated_item_cannot_drag_the_watermark_past_the_ceiling():
     w.ceiling += 600  # time goes on: windows keep closing, nothing is "late"
     closed = w.add(obs(3, 500)) + w.advance(T0 + timedelta(seconds=800))
     assert by(closed, "all", 60) and w.late == 0
+
+
+def test_every_result_matches_a_recount_of_what_was_accepted_with_late_items_and_eviction():
+    """Each window result (all widths at once for a boundary, or one width for a revision) against a brute-force
+    recount of the counted observations in ``[start, end)``: counts, mean score and evidence, while late items
+    revise and old buckets are evicted."""
+    import random
+
+    rng = random.Random(7)
+    w = store(rolling_seconds=(60, 180, 300), allowed_lateness_s=240, evidence=3)
+    accepted: list[Observation] = []
+    clock = 0
+    for i in range(1500):
+        clock += rng.randint(0, 25)
+        late = rng.random() < 0.2
+        o = obs(
+            i,
+            clock - (rng.randint(60, 400) if late else 0),
+            sentiment=rng.choice(["negative", "neutral", "positive"]),
+            topic=rng.choice(["Macro", "Earnings", "M&A"]),
+            tickers=("XOM",) if rng.random() < 0.3 else (),
+            p_neg=round(rng.random(), 3),
+        )
+        if w.too_late(o.at):
+            continue
+        results = w.add(o) + w.flush_revisions()
+        accepted.append(o)
+        for c in results:
+            inside = [
+                a for a in accepted if c.stat.key in a.keys and c.stat.start <= a.at < c.stat.end
+            ]
+            assert c.stat.count == len(inside) > 0
+            assert c.stat.negative == sum(a.sentiment == "negative" for a in inside)
+            assert c.stat.positive == sum(a.sentiment == "positive" for a in inside)
+            assert abs(c.stat.mean_score - sum(a.score for a in inside) / len(inside)) < 1e-9
+            best = sorted(inside, key=lambda a: (a.evidence.p_negative, a.item_id), reverse=True)[:3]
+            assert [e.item_id for e in c.evidence] == [a.item_id for a in best]
+            assert c.width_s == (c.stat.end - c.stat.start).total_seconds()
+    assert w.late > 50 and w.size()[0] < 3 * 3 * (240 + 300 + 120) // 60  # late items counted; memory bounded
