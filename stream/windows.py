@@ -285,15 +285,14 @@ class WindowStore:
             return out
         closed_until = int(closed_until)
         for key, starts in self.dirty.items():
-            done: set[tuple[int, int]] = set()
+            touched: dict[int, set[int]] = defaultdict(set)  # window end -> widths a late item changed there
             for start in starts:
                 for width in self.widths:
                     last = min(start + width, closed_until)
                     for end in range(start + self.bucket, last + 1, self.bucket):
-                        if (width, end) not in done:
-                            done.add((width, end))
-                            if (c := self.window(key, width, end)) is not None:
-                                out.append(dataclasses.replace(c, revised=True))
+                        touched[end].add(width)
+            for end, widths in touched.items():
+                out += [dataclasses.replace(c, revised=True) for c in self.windows_at(key, end, tuple(sorted(widths)))]
         self.dirty.clear()
         return out
 
