@@ -192,9 +192,7 @@ def test_every_result_matches_a_recount_of_what_was_accepted_with_late_items_and
         results = w.add(o) + w.flush_revisions()
         accepted.append(o)
         for c in results:
-            inside = [
-                a for a in accepted if c.stat.key in a.keys and c.stat.start <= a.at < c.stat.end
-            ]
+            inside = [a for a in accepted if c.stat.key in a.keys and c.stat.start <= a.at < c.stat.end]
             assert c.stat.count == len(inside) > 0
             assert c.stat.negative == sum(a.sentiment == "negative" for a in inside)
             assert c.stat.positive == sum(a.sentiment == "positive" for a in inside)
