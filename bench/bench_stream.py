@@ -1,7 +1,7 @@
 """Stream benchmarks, all figures measured in one run.
 
     .venv/bin/python bench/bench_stream.py [--items 3000] [--latency-s 60] [--core 1000000] [--backend auto]
-        [--max-batch N] [--max-model-batch N] [--model-calls N] [--split-from-records N] [--max-wait-s S] [--fetch-max-wait-ms MS] [--threads N] [--set stream.x=y …] [--out PATH]
+        [--max-batch N] [--max-model-batch N] [--model-calls N] [--split-from-records N] [--max-wait-s S] [--fetch-max-wait-ms MS] [--threads N] [--sessions N] [--set stream.x=y …] [--out PATH]
 
 1. ceiling: bare ``Classifier.predict`` of the backend the worker serves, in this process, on the same
    headlines sorted by token length and cut into batches of ``--ceiling-batch`` and of the worker's forward size
@@ -90,6 +90,7 @@ TUNABLES = [
     ("threads", "model.threads"),
     ("spin_wait", "model.spin_wait"),
     ("spin_from_texts", "model.spin_from_texts"),
+    ("sessions", "model.sessions"),
     ("model_batch_size", "model.batch_size"),
     ("max_batch", "stream.max_batch"),
     ("max_model_batch", "stream.max_model_batch"),
@@ -157,6 +158,7 @@ def bench_ceiling(clf, headlines: list[str], batch: int, calls: int = 1) -> dict
         "batch": batch,
         "calls_side_by_side": calls,
         "threads_per_call": getattr(clf.backend, "threads", 0) or None,
+        "sessions_per_call": getattr(clf.backend, "spread", 1),
         "length_sorted": True,
         "texts": len(headlines),
         "mean_tokens": sum(map(len, ids)) / len(ids),
@@ -490,6 +492,7 @@ def bench_end_to_end(
 # thread started, which in the worker are ONNX Runtime's intra-op pool (and asyncio.to_thread's, idle here).
 THREAD_ROLES = {
     "finsent-infer": "inference thread (ONNX Runtime run, caller share)",
+    "finsent-spread": "second ONNX session's thread (a call's forwards spread, model.sessions)",
     "finsent-tokens": "tokenizer thread (+ its Rust pool)",
     "finsent-consume": "Faust consumer thread (fetching)",
 }
@@ -581,6 +584,12 @@ def main() -> None:
         help="model.spin_from_texts (model calls this large run with spinning threads; 0 = never)",
     )
     ap.add_argument(
+        "--sessions",
+        type=int,
+        default=base.model.sessions,
+        help="model.sessions (a call's forwards spread over this many one-thread ONNX sessions; 0 = auto)",
+    )
+    ap.add_argument(
         "--model-batch-size", type=int, default=base.model.batch_size, help="model.batch_size (texts per forward)"
     )
     ap.add_argument("--max-batch", type=int, default=base.stream.max_batch, help="stream.max_batch")
@@ -663,6 +672,7 @@ def main() -> None:
             + ", ".join(
                 f"{run['texts_per_s']:.0f} texts/s in batches of {run['batch']}, {run['calls_side_by_side']} at once"
                 + (f" x {run['threads_per_call']} thread(s)" if run["threads_per_call"] else "")
+                + (f" in {run['sessions_per_call']} sessions" if run["sessions_per_call"] > 1 else "")
                 for run in runs
             )
             + f" -> {best['texts_per_s']:.0f} ({best['texts']} texts, {best['mean_tokens']:.1f} tokens mean)",

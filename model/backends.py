@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Protocol
@@ -26,12 +27,16 @@ import torch
 from finsent import errors
 from finsent.model import int8_static, onnxbuild
 from finsent.model.network import MultiTaskModel
+from finsent.osthreads import name_os_thread
 
 log = logging.getLogger("finsent.model.backends")
 
 BACKENDS = ("torch", "torch-int8", "onnx", "onnx-int8")
 EXPORT_MANIFEST = "export.json"
 GATE_VERSION = 2  # finsent.model.export's gate; older manifests did not check batch invariance
+
+
+Forward = Callable[[torch.Tensor, torch.Tensor], tuple[np.ndarray, np.ndarray]]
 
 
 class Backend(Protocol):
@@ -77,15 +82,38 @@ class OnnxBackend:
     and broker need while a caught-up stream makes small calls (its latency doubled). Large calls only happen
     under a backlog, where the model is all that matters."""
 
-    def __init__(self, path: Path, name: str, threads: int = 0, spin_wait: bool = True, spin_from: int = 0):
+    def __init__(
+        self, path: Path, name: str, threads: int = 0, spin_wait: bool = True, spin_from: int = 0, sessions: int = 1
+    ):
         if not path.exists():
             raise FileNotFoundError(f"{path} not found; run `finsent export` for this model first")
         self.name = name
         self.path = path
         self.threads = threads
+        # ``sessions`` > 1 on the CPU: a call's forwards are spread over that many sessions of one thread each
+        # (``run_spread``) instead of one session parallelising every op over its intra-op pool: see
+        # settings.ModelChoice.sessions for why and what it measured.
+        self.spread = sessions if sessions > 1 and self._providers() == ["CPUExecutionProvider"] else 1
+        if self.spread > 1:
+            self.threads = threads or 1
+            self.sessions = [self._session(False) for _ in range(self.spread)]
+            self.session = self.sessions[0]
+            self.spin_from, self.spinning = 0, None  # one thread each: no pool to spin
+            self.pool: ThreadPoolExecutor | None = ThreadPoolExecutor(
+                self.spread - 1, "finsent-spread", initializer=name_os_thread, initargs=("finsent-spread",)
+            )
+            return
+        self.pool = None
         self.session = self._session(spin_wait)
         self.spin_from = 0 if spin_wait or threads == 1 else spin_from  # one thread: no pool to spin
         self.spinning = self._session(True) if self.spin_from else None
+
+    def _providers(self) -> list[str]:
+        import onnxruntime as ort
+
+        if self.name.endswith("int8"):
+            return ["CPUExecutionProvider"]
+        return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
 
     def _session(self, spin: bool):
         import onnxruntime as ort
@@ -98,12 +126,32 @@ class OnnxBackend:
         opts.inter_op_num_threads = 1  # one graph at a time: parallel branches only fight the intra-op pool
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-        if self.name.endswith("int8"):
-            providers = ["CPUExecutionProvider"]
-        return ort.InferenceSession(str(self.path), opts, providers=providers)
+        return ort.InferenceSession(str(self.path), opts, providers=self._providers())
 
-    def for_call(self, texts: int) -> Callable[[torch.Tensor, torch.Tensor], tuple[np.ndarray, np.ndarray]]:
+    def run_spread(self, shares: list[Callable[[Forward], None]]) -> None:
+        """Run ``shares[k]`` with session ``k``'s forward, all at once (the first on the calling thread, the others
+        in the backend's pool); return when every share is done, raising the first error only then (a share still
+        running writes into the caller's arrays)."""
+        if self.pool is None or len(shares) > self.spread:
+            raise ValueError(f"{len(shares)} shares for {self.spread} sessions")
+        running = [
+            self.pool.submit(share, partial(_run_session, session))
+            for share, session in zip(shares[1:], self.sessions[1:])
+        ]
+        error: BaseException | None = None
+        try:
+            shares[0](partial(_run_session, self.sessions[0]))
+        except BaseException as err:  # noqa: BLE001  # re-raised once the other shares are done
+            error = err
+        for future in running:
+            try:
+                future.result()
+            except BaseException as err:  # noqa: BLE001
+                error = error or err
+        if error is not None:
+            raise error
+
+    def for_call(self, texts: int) -> Forward:
         """The forward function for a model call of ``texts`` texts (``spin_from``)."""
         if self.spinning is not None and texts >= self.spin_from:
             return partial(_run_session, self.spinning)
@@ -193,6 +241,7 @@ def make_backend(
     threads: int = 0,
     spin_wait: bool = True,
     spin_from: int = 0,
+    sessions: int = 1,
 ) -> Backend:
     dev = resolve_device(device)
     auto = name == "auto"
@@ -206,7 +255,7 @@ def make_backend(
         # auto never fails to serve: int8 that cannot be built falls back to ONNX fp32, then to torch
         for choice in [name, "onnx"] if auto and name == "onnx-int8" else [name]:
             try:
-                return OnnxBackend(graph_path(directory, choice), choice, threads, spin_wait, spin_from)
+                return OnnxBackend(graph_path(directory, choice), choice, threads, spin_wait, spin_from, sessions)
             except (errors.GraphError, ImportError, OSError) as err:
                 if not auto:
                     raise

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,9 +36,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from finsent.model import artifact
-from finsent.model.backends import Backend, make_backend
+from finsent.model.backends import Backend, Forward, make_backend
 from finsent.model.batching import pad, sorted_batches
 from finsent.model.domain import check_domain, load_news_bias
+from finsent.model.placement import sessions_for
 from finsent.model.quality import softmax
 from finsent.model.text import prepare
 from finsent.records import Prediction
@@ -111,14 +112,16 @@ class Classifier:
         spin_wait: bool = True,
         spin_from: int = 0,
         gpu_batch_size: int | None = None,
+        sessions: int = 1,
     ) -> Classifier:
         """Load a model directory; ``None`` = the newest shipped model in the repository's ``models/``.
 
         ``gpu_batch_size`` replaces ``batch_size`` when the backend runs on CUDA: a GPU wants large
-        length-sorted batches, a CPU small ones (latency; padding costs real time there)."""
+        length-sorted batches, a CPU small ones (latency; padding costs real time there). ``sessions`` > 1: ONNX
+        Runtime on the CPU spreads each call's forwards over that many one-thread sessions (settings.ModelChoice)."""
         directory = Path(path) if path is not None else artifact.default_model_dir()
         model, tokenizer, meta = artifact.load(directory)
-        chosen = make_backend(backend, model, directory, device, threads, spin_wait, spin_from)
+        chosen = make_backend(backend, model, directory, device, threads, spin_wait, spin_from, sessions)
         news_bias = load_news_bias(directory, meta.full_name, list(meta.sentiment_labels))
         if gpu_batch_size and chosen.name == "torch-cuda":
             batch_size = gpu_batch_size
@@ -130,6 +133,7 @@ class Classifier:
                 "path": str(directory),
                 "news_bias": news_bias is not None,
                 "batch_size": batch_size,
+                "sessions": getattr(chosen, "spread", 1),
             },
         )
         return cls(directory, chosen, meta, tokenizer, batch_size, news_bias)
@@ -150,6 +154,7 @@ class Classifier:
             spin_wait=choice.spin_wait,
             spin_from=choice.spin_from_texts,
             gpu_batch_size=choice.gpu_batch_size,
+            sessions=sessions_for(choice),
         )
 
     def sentiment_offsets(self, domain: str | None = None) -> np.ndarray | None:
@@ -208,9 +213,26 @@ class Classifier:
         pad_id = self.tokenizer.pad_token_id or 0
         topic = np.zeros((len(ids), len(self.meta.topic_labels)), dtype=np.float32)
         sent = np.zeros((len(ids), len(self.meta.sentiment_labels)), dtype=np.float32)
+        lengths = [len(x) for x in ids]
+        spread = getattr(self.backend, "spread", 1)
+        if spread > 1 and len(ids) > 1:
+            # Forwards of at most ceil(n / spread) texts, so that even a small call keeps every session busy;
+            # session k takes every spread-th of the length-sorted forwards (neighbours pad alike).
+            batches = sorted_batches(lengths, min(self.batch_size, -(-len(ids) // spread)))
+
+            def share(k: int) -> Callable[[Forward], None]:
+                def run(forward: Forward) -> None:
+                    for batch in batches[k::spread]:
+                        input_ids, mask = pad([ids[j] for j in batch], pad_id)
+                        topic[batch], sent[batch] = forward(input_ids, mask)  # rows no other share writes
+
+                return run
+
+            self.backend.run_spread([share(k) for k in range(min(spread, len(batches)))])  # type: ignore[attr-defined]
+            return topic, sent
         for_call = getattr(self.backend, "for_call", None)  # ONNX: a spinning session for large calls
         forward = for_call(len(ids)) if for_call is not None else self.backend
-        for batch in sorted_batches([len(x) for x in ids], self.batch_size):
+        for batch in sorted_batches(lengths, self.batch_size):
             input_ids, mask = pad([ids[j] for j in batch], pad_id)
             topic[batch], sent[batch] = forward(input_ids, mask)
         return topic, sent

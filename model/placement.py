@@ -35,6 +35,15 @@ def side_by_side(choice: ModelChoice, calls: int = 0) -> ModelChoice:
     return choice.model_copy(update={"threads": max(1, cpu_cores() // calls)})
 
 
+def sessions_for(choice: ModelChoice) -> int:
+    """ONNX Runtime sessions one model call's forwards are spread over (``model.sessions``; 0, auto: one per core
+    when the call has the machine to itself, i.e. ``model.threads`` is unset, else one). Calls that already run
+    side by side with a thread each (the API, the backtest) get ``threads`` = 1 here, so one session each."""
+    if choice.sessions:
+        return choice.sessions
+    return 1 if choice.threads else cpu_cores()
+
+
 def calls_for_threads(threads: int) -> int:
     """Calls side by side that fill the cores when each uses ``threads`` intra-op threads (0, unset: one call)."""
     return max(1, cpu_cores() // threads) if threads else 1
@@ -64,4 +73,4 @@ def alone_choice(choice: ModelChoice, calls: int, backend_name: str, split_from:
     return choice
 
 
-__all__ = ["alone_choice", "calls_at_once", "calls_for_threads", "cpu_cores", "side_by_side"]
+__all__ = ["alone_choice", "calls_at_once", "calls_for_threads", "cpu_cores", "sessions_for", "side_by_side"]

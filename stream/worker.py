@@ -533,6 +533,7 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
             "max_wait_s": settings.stream.max_wait_s,
             "model_calls": model_calls,
             "threads_per_call": getattr(classifier.backend, "threads", 0) or None,
+            "sessions_per_call": getattr(classifier.backend, "spread", 1),
             "alone_below_records": settings.stream.split_from_records if classifier_alone is not None else None,
         },
     )

@@ -42,6 +42,17 @@ def test_a_call_alone_gets_all_cores_only_where_calls_otherwise_go_side_by_side_
     assert alone_choice(model.model_copy(update={"threads": 1}), 2, "onnx", 128) is None  # threads pinned
 
 
+def test_a_call_that_has_the_machine_spreads_its_forwards_over_one_session_per_core(monkeypatch):
+    from finsent.model import placement
+
+    monkeypatch.setattr(placement, "cpu_cores", lambda: 4)
+    model = load().model  # threads and sessions unset
+    assert placement.sessions_for(model) == 4  # one call at a time (the worker's default)
+    assert placement.sessions_for(placement.side_by_side(model)) == 1  # calls side by side (API, backtest)
+    assert placement.sessions_for(model.model_copy(update={"threads": 2})) == 1  # threads pinned
+    assert placement.sessions_for(model.model_copy(update={"sessions": 3, "threads": 2})) == 3  # asked for
+
+
 def test_environment_overrides_nested_fields(monkeypatch):
     monkeypatch.setenv("FINSENT_TOPICS__RAW__PARTITIONS", "12")
     monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP", "kafka-1:9092,kafka-2:9092")

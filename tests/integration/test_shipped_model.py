@@ -113,3 +113,56 @@ def test_the_strict_gate_on_the_full_validation_sets_accepts_fp32_and_static_int
     assert static["accepted"] and static["batch_invariance"] == 1.0 and report["int8_recipe"] == "static"
     dynamic = {k: v for k, v in report["backends"].items() if k.startswith("onnx-int8:dynamic")}
     assert dynamic and all(v["batch_invariance"] < 0.999 and not v["accepted"] for v in dynamic.values())
+
+
+class _CountingSession:
+    """A real ONNX Runtime session that records which thread ran each forward (the model still runs)."""
+
+    def __init__(self, session, seen):
+        self.session, self.seen = session, seen
+
+    def run(self, *args, **kwargs):
+        import threading
+
+        self.seen.append((id(self), threading.get_ident()))
+        return self.session.run(*args, **kwargs)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 9, 64])
+def test_a_call_spread_over_one_thread_sessions_scores_as_one_session_does_in_the_callers_order(n):
+    """``model.sessions`` = 2: a call's forwards run at once on two sessions, on two threads (from 2 texts on),
+    and every text gets the answer one session gives it, in the caller's order."""
+    from finsent.local.feeds import load_rows
+    from finsent.model.backends import OnnxBackend
+
+    spread = Classifier.load(batch_size=8, sessions=2)
+    one = Classifier.load(batch_size=8, threads=2, sessions=1)
+    assert isinstance(spread.backend, OnnxBackend) and spread.backend.spread == 2 and one.backend.pool is None
+    seen: list[tuple[int, int]] = []
+    spread.backend.sessions = [_CountingSession(s, seen) for s in spread.backend.sessions]
+    spread.backend.session = spread.backend.sessions[0]  # what a one-text call runs on
+    texts = [t for _, t in load_rows()][1000 : 1000 + n]
+    a, b = spread.predict(texts), one.predict(texts)
+    assert [(x.topic, x.sentiment) for x in a] == [(x.topic, x.sentiment) for x in b]
+    assert max(abs(x.sentiment_probs[k] - y.sentiment_probs[k]) for x, y in zip(a, b) for k in x.sentiment_probs) < 1e-5
+    sessions, threads = {s for s, _ in seen}, {t for _, t in seen}
+    assert (len(sessions), len(threads)) == ((1, 1) if n == 1 else (2, 2))
+
+
+def test_a_failing_share_of_a_spread_call_is_raised_only_once_every_share_is_done():
+    """The other share still writes into the caller's arrays: the call must not return (or raise) before it ends."""
+    import time
+
+    spread = Classifier.load(sessions=2)
+    finished: list[str] = []
+
+    def failing(forward):
+        raise RuntimeError("forward failed")
+
+    def slow(forward):
+        time.sleep(0.3)
+        finished.append("slow")
+
+    with pytest.raises(RuntimeError, match="forward failed"):
+        spread.backend.run_spread([failing, slow])
+    assert finished == ["slow"]
