@@ -385,11 +385,13 @@ class Web(_Group):
     # clients, 2 slots) 0 ms gave the most req/s, and a lone client's request does not wait for company.
     classify_max_batch: int = Field(default=64, ge=1, le=4096)
     classify_max_wait_ms: int = Field(default=0, ge=0, le=10_000)
-    # Model calls /classify runs at once. 0 = auto: with ONNX Runtime, one per core, each on one intra-op thread
-    # (unless model.threads is set: then cores / threads calls); otherwise (torch, a GPU) one. Concurrent
-    # requests make small calls, which ONNX Runtime parallelises badly within one call; side by side, single-
-    # threaded calls keep every core busy, and queued texts are shared among the free slots (a lone bulk request
-    # is cut into parts). Measured in deploy/SCALING.md.
+    # Model calls /classify runs at once. 0 = auto: one, which with ONNX Runtime on the CPU spreads its forwards
+    # over one single-threaded session per core (model.sessions); with model.threads set, cores / threads calls
+    # side by side. Concurrent requests make small calls, which one ONNX Runtime session parallelises badly over
+    # its intra-op threads. Two calls side by side (one thread each, queued texts shared among the free slots, a
+    # lone bulk request cut into parts) kept the cores busy too, but in calls of ~2 headlines; one spread call
+    # takes all that waits (~4), at less CPU per request and a lower p99 (8 clients, interleaved, 2 cores:
+    # 417/430 against 410/369 req/s, p99 27-29 against 41-44 ms). Measured in deploy/SCALING.md.
     classify_concurrency: int = Field(default=0, ge=0, le=64)
     # The alert receiver the dashboard's open-alerts view reads and acts through (server-side, with the
     # receiver's tokens from the environment). Unset: http://<services.host>:<receiver.port>.

@@ -50,13 +50,15 @@ def calls_for_threads(threads: int) -> int:
 
 
 def calls_at_once(classifier: Any, requested: int = 0) -> int:
-    """Model calls to run side by side on a loaded classifier: ``requested``, else (0, auto) one per ``threads``
-    cores of its backend with ONNX Runtime, whose sessions run concurrent calls each on its own threads; one
+    """Model calls to run side by side on a loaded classifier: ``requested``, else (0, auto) one where the backend
+    spreads each call over one session per core, one per ``threads`` cores of its backend with ONNX Runtime, whose sessions run concurrent calls each on its own threads; one
     otherwise (torch spreads every call over all cores, and a GPU wants one large batch, not several small ones;
     a stand-in without a backend gets one)."""
     if requested:
         return requested
     backend = getattr(classifier, "backend", None)
+    if getattr(backend, "spread", 1) > 1:
+        return 1  # each call already spreads its forwards over one session per core (model.sessions)
     name, threads = getattr(backend, "name", ""), getattr(backend, "threads", 0)
     return calls_for_threads(threads) if name.startswith("onnx") else 1
 

@@ -198,8 +198,9 @@ State = Annotated[ApiState, Depends(api_state)]
 
 def api_model(settings: Settings) -> ModelChoice:
     """The model settings the API loads its classifier with: ``web.classify_concurrency`` calls side by side
-    (``finsent.model.placement``)."""
-    return side_by_side(settings.model, settings.web.classify_concurrency)
+    (``finsent.model.placement``); auto (0) is one call at a time, which spreads its forwards over one
+    single-threaded session per core on ONNX Runtime (``model.sessions``) unless ``model.threads`` is set."""
+    return side_by_side(settings.model, settings.web.classify_concurrency or 1)
 
 
 def _classify_batcher(clf: Any, w: Web, metrics: ApiMetrics) -> Batcher:

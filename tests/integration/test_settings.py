@@ -53,6 +53,24 @@ def test_a_call_that_has_the_machine_spreads_its_forwards_over_one_session_per_c
     assert placement.sessions_for(model.model_copy(update={"sessions": 3, "threads": 2})) == 3  # asked for
 
 
+def test_the_api_makes_one_spread_call_at_a_time_unless_threads_are_pinned(monkeypatch):
+    """``web.classify_concurrency`` auto: one call (its forwards spread over the cores); pinned threads: calls side
+    by side as before. (Stand-in classifiers: ``calls_at_once`` reads only the backend's name, threads, spread.)"""
+    from types import SimpleNamespace
+
+    from finsent.model import placement
+    from finsent.web.state import api_model
+
+    monkeypatch.setattr(placement, "cpu_cores", lambda: 2)
+    settings = load()
+    assert placement.sessions_for(api_model(settings)) == 2
+    spread = SimpleNamespace(backend=SimpleNamespace(name="onnx-int8", threads=1, spread=2))
+    assert placement.calls_at_once(spread) == 1 and placement.calls_at_once(spread, 3) == 3
+    pinned = load(model={"threads": 1})
+    assert placement.sessions_for(api_model(pinned)) == 1
+    assert placement.calls_at_once(SimpleNamespace(backend=SimpleNamespace(name="onnx-int8", threads=1))) == 2
+
+
 def test_environment_overrides_nested_fields(monkeypatch):
     monkeypatch.setenv("FINSENT_TOPICS__RAW__PARTITIONS", "12")
     monkeypatch.setenv("FINSENT_KAFKA__BOOTSTRAP", "kafka-1:9092,kafka-2:9092")
