@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -216,19 +216,18 @@ class Classifier:
         lengths = [len(x) for x in ids]
         spread = getattr(self.backend, "spread", 1)
         if spread > 1 and len(ids) > 1:
-            # Forwards of at most ceil(n / spread) texts, so that even a small call keeps every session busy;
-            # session k takes every spread-th of the length-sorted forwards (neighbours pad alike).
+            # Forwards of at most ceil(n / spread) texts, so that even a small call keeps every session busy. The
+            # sessions take the next forward from one queue, longest first, so they finish together (a fixed
+            # share each left one core idle at the end of every call while the other finished its longer share).
             batches = sorted_batches(lengths, min(self.batch_size, -(-len(ids) // spread)))
+            queue = iter(batches[::-1])  # a list iterator: next() is atomic under the GIL
 
-            def share(k: int) -> Callable[[Forward], None]:
-                def run(forward: Forward) -> None:
-                    for batch in batches[k::spread]:
-                        input_ids, mask = pad([ids[j] for j in batch], pad_id)
-                        topic[batch], sent[batch] = forward(input_ids, mask)  # rows no other share writes
+            def run(forward: Forward) -> None:
+                for batch in queue:
+                    input_ids, mask = pad([ids[j] for j in batch], pad_id)
+                    topic[batch], sent[batch] = forward(input_ids, mask)  # rows no other session writes
 
-                return run
-
-            self.backend.run_spread([share(k) for k in range(min(spread, len(batches)))])  # type: ignore[attr-defined]
+            self.backend.run_spread([run] * min(spread, len(batches)))  # type: ignore[attr-defined]
             return topic, sent
         for_call = getattr(self.backend, "for_call", None)  # ONNX: a spinning session for large calls
         forward = for_call(len(ids)) if for_call is not None else self.backend

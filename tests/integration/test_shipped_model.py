@@ -115,38 +115,53 @@ def test_the_strict_gate_on_the_full_validation_sets_accepts_fp32_and_static_int
     assert dynamic and all(v["batch_invariance"] < 0.999 and not v["accepted"] for v in dynamic.values())
 
 
-class _CountingSession:
-    """A real ONNX Runtime session that records which thread ran each forward (the model still runs)."""
+class _TimedSession:
+    """A real ONNX Runtime session that records when, and on which thread, each forward ran (held ``delay_s``
+    longer, so that a forward on another thread has time to start beside it)."""
 
-    def __init__(self, session, seen):
-        self.session, self.seen = session, seen
+    def __init__(self, session, seen, delay_s=0.0):
+        self.session, self.seen, self.delay_s = session, seen, delay_s
 
     def run(self, *args, **kwargs):
         import threading
+        import time
 
-        self.seen.append((id(self), threading.get_ident()))
-        return self.session.run(*args, **kwargs)
+        start = time.perf_counter()
+        out = self.session.run(*args, **kwargs)
+        time.sleep(self.delay_s)
+        self.seen.append((id(self), threading.get_ident(), start, time.perf_counter()))
+        return out
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 9, 64])
 def test_a_call_spread_over_one_thread_sessions_scores_as_one_session_does_in_the_callers_order(n):
-    """``model.sessions`` = 2: a call's forwards run at once on two sessions, on two threads (from 2 texts on),
-    and every text gets the answer one session gives it, in the caller's order."""
+    """``model.sessions`` = 2: every text gets the answer one session gives it, in the caller's order, whatever
+    the call's size (one text: one forward, on the calling thread)."""
     from finsent.local.feeds import load_rows
     from finsent.model.backends import OnnxBackend
 
     spread = Classifier.load(batch_size=8, sessions=2)
     one = Classifier.load(batch_size=8, threads=2, sessions=1)
     assert isinstance(spread.backend, OnnxBackend) and spread.backend.spread == 2 and one.backend.pool is None
-    seen: list[tuple[int, int]] = []
-    spread.backend.sessions = [_CountingSession(s, seen) for s in spread.backend.sessions]
-    spread.backend.session = spread.backend.sessions[0]  # what a one-text call runs on
     texts = [t for _, t in load_rows()][1000 : 1000 + n]
     a, b = spread.predict(texts), one.predict(texts)
     assert [(x.topic, x.sentiment) for x in a] == [(x.topic, x.sentiment) for x in b]
     assert max(abs(x.sentiment_probs[k] - y.sentiment_probs[k]) for x, y in zip(a, b) for k in x.sentiment_probs) < 1e-5
-    sessions, threads = {s for s, _ in seen}, {t for _, t in seen}
-    assert (len(sessions), len(threads)) == ((1, 1) if n == 1 else (2, 2))
+
+
+def test_a_spread_call_runs_its_forwards_on_both_sessions_at_once():
+    from finsent.local.feeds import load_rows
+
+    spread = Classifier.load(batch_size=8, sessions=2)
+    seen: list[tuple[int, int, float, float]] = []
+    spread.backend.sessions = [_TimedSession(s, seen, delay_s=0.05) for s in spread.backend.sessions]
+    spread.predict([t for _, t in load_rows()][:64])  # 8 forwards of 8
+    assert len(seen) == 8
+    assert len({s for s, *_ in seen}) == 2 and len({t for _, t, *_ in seen}) == 2
+    overlapping = [
+        (a, b) for a in seen for b in seen if a[0] != b[0] and a[2] < b[3] and b[2] < a[3]
+    ]  # forwards of different sessions that ran at the same time
+    assert overlapping
 
 
 def test_a_failing_share_of_a_spread_call_is_raised_only_once_every_share_is_done():
