@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from finsent.records import NewsItem, Prediction, SurgeAlert, checked_item
 from finsent.settings import Settings
 from finsent.stream.pipeline import Aggregation, final_alerts, text_of, to_scored
+from finsent.stream.windows import Closed
 
 log = logging.getLogger("finsent.backtest.run")
 
@@ -166,7 +167,7 @@ def run_backtest(
     now = datetime.now(UTC)
     w = settings.windows
 
-    closed_rows: list = []  # window results since the last write: one Parquet write per batch, not per item
+    closed_rows: list[Closed] = []  # window results since the last write: one Parquet write per batch, not per item
 
     def emit(out) -> None:
         closed_rows.extend(out.windows)
@@ -288,10 +289,13 @@ def run_backtest(
             emit(agg.end_step())
             write_windows()
     finally:
-        model_threads.shutdown(wait=True, cancel_futures=True)  # a batch being scored finishes; none is started
-        windows_writer.close()
-        scores_writer.close()
-        changelog.close()
+        try:
+            write_windows()  # a batch that failed part-way: its alerts are in the changelog, so its windows too
+        finally:
+            model_threads.shutdown(wait=True, cancel_futures=True)  # a batch being scored finishes; none is started
+            windows_writer.close()
+            scores_writer.close()
+            changelog.close()
     alerts = final_alerts(records)
     with (out_dir / "alerts.jsonl").open("wb") as fh:
         fh.writelines(a.to_json() + b"\n" for a in alerts)
@@ -345,14 +349,9 @@ def backtest_archive(
     something is not cached yet, and scores are cached per (model version, backend). Batches are scored side
     by side, one single-threaded call per core unless ``model.threads`` says otherwise (``finsent.model.placement``;
     the model loads lazily, so the count cannot depend on the backend: with torch the calls share its threads)."""
-    from finsent.heap import freeze_startup_objects
     from finsent.model import Classifier, artifact
     from finsent.model.placement import calls_for_threads, side_by_side
 
-    # The model's modules are imported: ~450,000 objects the collector would walk at every full pass, while the
-    # bookkeeping allocates windows and alerts by the million (measured: bookkeeping 3,000-4,000 items/s with
-    # them, 5,700-6,300 without; finsent.heap).
-    freeze_startup_objects()
     choice = side_by_side(settings.model)
 
     classifier = None

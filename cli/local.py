@@ -18,8 +18,8 @@ def broker(config: ConfigOption = None) -> None:
     supervisor = Supervisor()
     child, report = start_broker(settings, settings.paths.state_dir / "logs")
     supervisor.children.append(child)
-    typer.echo(f"broker ready at {settings.broker.host}:{settings.broker.port}; created {report.created}", err=True)
-    raise typer.Exit(wait_for_signal(supervisor))
+    ready = f"broker ready at {settings.broker.host}:{settings.broker.port}; created {report.created}"
+    raise typer.Exit(wait_for_signal(supervisor, announce=lambda: typer.echo(ready, err=True)))
 
 
 @app.command()

@@ -221,10 +221,11 @@ class ModelChoice(_Group):
     # that runs, and spinning threads score ~20 % faster (a second ONNX session; 0 = never spin).
     spin_from_texts: int = Field(default=256, ge=0, le=8192)
     gpu_batch_size: int = Field(default=256, ge=1, le=4096)  # texts per forward pass on CUDA (bf16/fp16 autocast)
-    # ONNX Runtime on the CPU: a model call's forwards are spread over this many sessions of one thread each,
-    # run at once, instead of one session parallelising every op over its intra-op threads (whose barrier per op
-    # costs most in the small forwards the CPU uses). 0 = auto: one per core when ``threads`` is unset (the call
-    # has the machine), else 1. Measured on 2 cores (int8 MiniLM-L6, forwards of 8, interleaved): calls of
+    # ONNX Runtime on the CPU: a model call's forwards are spread over this many sessions (one thread each unless
+    # ``threads`` is set), run at once, instead of one session parallelising every op over its intra-op threads
+    # (whose barrier per op costs most in the small forwards the CPU uses). 0 = auto: one per core (at most 8:
+    # each session holds its own copy of the graph, ~70 MB for int8) when ``threads`` is unset (the call has the
+    # machine), else 1; calls run side by side get one each. Measured on 2 cores (int8 MiniLM-L6, forwards of 8, interleaved): calls of
     # 4-375 headlines 1.03-1.64x the texts/s of one two-thread session, each call as fast or faster; a
     # one-headline call 0.3 ms slower (one thread). ``finsent.model.placement.sessions_for``.
     sessions: int = Field(default=0, ge=0, le=64)

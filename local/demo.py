@@ -143,15 +143,18 @@ def run(settings: Settings) -> int:
     except BaseException:
         supervisor.stop()
         raise
-    write_state(state / "demo.json", supervisor, urls)
-    width = max(map(len, urls))
-    print("finsent demo is up (Ctrl-C to stop):", file=sys.stderr)
-    for name, url in urls.items():
-        print(f"  {name:<{width}}  {url}", file=sys.stderr)
-    print(f"  topics created: {report.created or 'none (all existed)'}", file=sys.stderr)
-    print(f"Open the live dashboard: {urls['dashboard']}", file=sys.stderr, flush=True)
-    log.info("demo ready", extra={"urls": urls})
+
+    def announce() -> None:
+        write_state(state / "demo.json", supervisor, urls)
+        width = max(map(len, urls))
+        print("finsent demo is up (Ctrl-C to stop):", file=sys.stderr)
+        for name, url in urls.items():
+            print(f"  {name:<{width}}  {url}", file=sys.stderr)
+        print(f"  topics created: {report.created or 'none (all existed)'}", file=sys.stderr)
+        print(f"Open the live dashboard: {urls['dashboard']}", file=sys.stderr, flush=True)
+        log.info("demo ready", extra={"urls": urls})
+
     try:
-        return wait_for_signal(supervisor)
+        return wait_for_signal(supervisor, announce=announce)
     finally:  # the file says what is up: once the stack is down it must not claim otherwise
         (state / "demo.json").unlink(missing_ok=True)

@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from finsent.files import replace_text
@@ -18,9 +19,12 @@ from finsent.local.procs import Supervisor
 log = logging.getLogger("finsent.local.runtime")
 
 
-def wait_for_signal(supervisor: Supervisor, poll_s: float = 0.5) -> int:
+def wait_for_signal(supervisor: Supervisor, poll_s: float = 0.5, announce: Callable[[], None] | None = None) -> int:
     """Block until SIGINT/SIGTERM (exit 0) or until a child dies on its own (exit 1); restartable
-    children (crash-only services such as the worker) are started again instead, up to a rate limit."""
+    children (crash-only services such as the worker) are started again instead, up to a rate limit.
+
+    ``announce`` (saying the stack is up: the state file, the URLs) runs once the handlers are in place: a Ctrl-C
+    that follows the announcement at once is a clean stop, not a KeyboardInterrupt (exit 130)."""
     stop = threading.Event()
     received: list[int] = []
 
@@ -30,6 +34,8 @@ def wait_for_signal(supervisor: Supervisor, poll_s: float = 0.5) -> int:
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        if announce is not None:
+            announce()
         while not stop.wait(poll_s):
             dead = [c for c in supervisor.dead() if not supervisor.revive(c)]
             if dead:

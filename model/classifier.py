@@ -221,11 +221,18 @@ class Classifier:
             # share each left one core idle at the end of every call while the other finished its longer share).
             batches = sorted_batches(lengths, min(self.batch_size, -(-len(ids) // spread)))
             queue = iter(batches[::-1])  # a list iterator: next() is atomic under the GIL
+            failed = threading.Event()  # one forward failed: the others stop taking work (the call fails anyway)
 
             def run(forward: Forward) -> None:
                 for batch in queue:
-                    input_ids, mask = pad([ids[j] for j in batch], pad_id)
-                    topic[batch], sent[batch] = forward(input_ids, mask)  # rows no other session writes
+                    if failed.is_set():
+                        return
+                    try:
+                        input_ids, mask = pad([ids[j] for j in batch], pad_id)
+                        topic[batch], sent[batch] = forward(input_ids, mask)  # rows no other session writes
+                    except BaseException:
+                        failed.set()
+                        raise
 
             self.backend.run_spread([run] * min(spread, len(batches)))  # type: ignore[attr-defined]
             return topic, sent

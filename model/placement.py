@@ -32,16 +32,22 @@ def side_by_side(choice: ModelChoice, calls: int = 0) -> ModelChoice:
     calls = calls or cpu_cores()
     if choice.threads or calls == 1:
         return choice
-    return choice.model_copy(update={"threads": max(1, cpu_cores() // calls)})
+    # Each call pins its threads, and its own model: one session (model.sessions would spread every call over
+    # further threads, oversubscribing the cores the calls side by side already fill).
+    return choice.model_copy(update={"threads": max(1, cpu_cores() // calls), "sessions": 1})
+
+
+AUTO_SESSIONS_MAX = 8  # each session holds its own copy of the graph; measured on 2 cores only
 
 
 def sessions_for(choice: ModelChoice) -> int:
-    """ONNX Runtime sessions one model call's forwards are spread over (``model.sessions``; 0, auto: one per core
-    when the call has the machine to itself, i.e. ``model.threads`` is unset, else one). Calls that already run
-    side by side with a thread each (the API, the backtest) get ``threads`` = 1 here, so one session each."""
+    """ONNX Runtime sessions one model call's forwards are spread over (``model.sessions``; 0, auto: one per core,
+    at most ``AUTO_SESSIONS_MAX``, when the call has the machine to itself, i.e. ``model.threads`` is unset, else
+    one). Calls that run side by side (the API with ``web.classify_concurrency`` >= 2, the backtest) get one
+    session each from ``side_by_side``."""
     if choice.sessions:
         return choice.sessions
-    return 1 if choice.threads else cpu_cores()
+    return 1 if choice.threads else min(cpu_cores(), AUTO_SESSIONS_MAX)
 
 
 def calls_for_threads(threads: int) -> int:
@@ -51,7 +57,7 @@ def calls_for_threads(threads: int) -> int:
 
 def calls_at_once(classifier: Any, requested: int = 0) -> int:
     """Model calls to run side by side on a loaded classifier: ``requested``, else (0, auto) one where the backend
-    spreads each call over one session per core, one per ``threads`` cores of its backend with ONNX Runtime, whose sessions run concurrent calls each on its own threads; one
+    spreads each call over its sessions, one per ``threads`` cores of its backend with ONNX Runtime, whose sessions run concurrent calls each on its own threads; one
     otherwise (torch spreads every call over all cores, and a GPU wants one large batch, not several small ones;
     a stand-in without a backend gets one)."""
     if requested:

@@ -231,7 +231,10 @@ class WindowStore:
         i = bisect.bisect_left(starts, end) - 1  # the newest bucket before ``end``
         out: list[Closed] = []
         end_dt = _dt(end)
-        for width in widths or self.widths:
+        widths = self.widths if widths is None else widths
+        if list(widths) != sorted(widths):
+            raise ValueError(f"widths must be ascending (each window extends the previous): {widths}")
+        for width in widths:
             stop = end - width
             while i >= 0 and starts[i] >= stop:
                 b = buckets[starts[i]]

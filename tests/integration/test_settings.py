@@ -51,6 +51,9 @@ def test_a_call_that_has_the_machine_spreads_its_forwards_over_one_session_per_c
     assert placement.sessions_for(placement.side_by_side(model)) == 1  # calls side by side (API, backtest)
     assert placement.sessions_for(model.model_copy(update={"threads": 2})) == 1  # threads pinned
     assert placement.sessions_for(model.model_copy(update={"sessions": 3, "threads": 2})) == 3  # asked for
+    assert placement.sessions_for(placement.side_by_side(model.model_copy(update={"sessions": 3}))) == 1
+    monkeypatch.setattr(placement, "cpu_cores", lambda: 64)
+    assert placement.sessions_for(model) == placement.AUTO_SESSIONS_MAX  # a copy of the graph each: capped
 
 
 def test_the_api_makes_one_spread_call_at_a_time_unless_threads_are_pinned(monkeypatch):

@@ -181,3 +181,18 @@ def test_a_failing_share_of_a_spread_call_is_raised_only_once_every_share_is_don
     with pytest.raises(RuntimeError, match="forward failed"):
         spread.backend.run_spread([failing, slow])
     assert finished == ["slow"]
+
+
+def test_once_a_forward_of_a_spread_call_fails_the_other_session_takes_no_more_work():
+    from finsent.local.feeds import load_rows
+
+    class Failing:
+        def run(self, *args, **kwargs):
+            raise RuntimeError("session lost")
+
+    spread = Classifier.load(batch_size=8, sessions=2)
+    seen: list[tuple[int, int, float, float]] = []
+    spread.backend.sessions = [Failing(), _TimedSession(spread.backend.sessions[1], seen, delay_s=0.05)]
+    with pytest.raises(RuntimeError, match="session lost"):
+        spread.predict([t for _, t in load_rows()][:64])  # 8 forwards: the caller's first one fails at once
+    assert len(seen) <= 2  # the forward it was running, and at most one it had taken just before
