@@ -287,10 +287,11 @@ def run_backtest(
             # The end of the data: what the live idle timer does once the stream goes quiet.
             emit(agg.advance(last + timedelta(seconds=max(w.rolling_seconds) + w.watermark_delay_s + w.bucket_seconds)))
             emit(agg.end_step())
-            write_windows()
     finally:
         try:
-            write_windows()  # a batch that failed part-way: its alerts are in the changelog, so its windows too
+            # What is still buffered: the end of the data's windows, or those of a batch that failed part-way
+            # (its alerts are in the changelog already, so its windows go out too).
+            write_windows()
         finally:
             model_threads.shutdown(wait=True, cancel_futures=True)  # a batch being scored finishes; none is started
             windows_writer.close()

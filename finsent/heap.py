@@ -8,11 +8,12 @@ answers nothing. Under load such collections come every few seconds, and they we
 alive now into a permanent generation that later collections skip; objects made afterwards are
 collected as usual. One full collection first, so no garbage is frozen with them.
 
-The API uses it, and ``finsent backtest`` (its bookkeeping allocates windows and alerts by the million: 3,000-4,000
-headlines/s of it with the startup objects walked, 5,700-6,300 frozen). The worker does not: there it bought little (p99 132–137 against 144–145 ms at 270/s
-offered, two runs each) and, with it, the second ``make demo`` run in the same state directory never
-raised its surge (``tests/e2e/test_demo.py::test_a_second_demo_run_…``, failing every time with it and
-passing without); the cause is not found yet, so the worker keeps the default collector.
+The API uses it, and ``finsent backtest`` (its bookkeeping allocates windows and alerts by the million:
+3,000-4,000 headlines/s of it with the startup objects walked, 5,700-6,300 frozen). The worker does not:
+there it bought little (p99 132–137 against 144–145 ms at 270/s offered, two runs each) and, with it, the
+second ``make demo`` run in the same state directory never raised its surge
+(``tests/e2e/test_demo.py::test_a_second_demo_run_…``, failing every time with it and passing without); the
+cause is not found yet, so the worker keeps the default collector.
 """
 
 from __future__ import annotations

@@ -225,9 +225,9 @@ class ModelChoice(_Group):
     # ``threads`` is set), run at once, instead of one session parallelising every op over its intra-op threads
     # (whose barrier per op costs most in the small forwards the CPU uses). 0 = auto: one per core (at most 8:
     # each session holds its own copy of the graph, ~70 MB for int8) when ``threads`` is unset (the call has the
-    # machine), else 1; calls run side by side get one each. Measured on 2 cores (int8 MiniLM-L6, forwards of 8, interleaved): calls of
-    # 4-375 headlines 1.03-1.64x the texts/s of one two-thread session, each call as fast or faster; a
-    # one-headline call 0.3 ms slower (one thread). ``finsent.model.placement.sessions_for``.
+    # machine), else 1; calls run side by side get one each. Measured on 2 cores (int8 MiniLM-L6, forwards of
+    # 8, interleaved): calls of 4-375 headlines 1.03-1.64x the texts/s of one two-thread session, each call as
+    # fast or faster; a one-headline call 0.3 ms slower (one thread). ``finsent.model.placement.sessions_for``.
     sessions: int = Field(default=0, ge=0, le=64)
 
 

@@ -57,9 +57,9 @@ def calls_for_threads(threads: int) -> int:
 
 def calls_at_once(classifier: Any, requested: int = 0) -> int:
     """Model calls to run side by side on a loaded classifier: ``requested``, else (0, auto) one where the backend
-    spreads each call over its sessions, one per ``threads`` cores of its backend with ONNX Runtime, whose sessions run concurrent calls each on its own threads; one
-    otherwise (torch spreads every call over all cores, and a GPU wants one large batch, not several small ones;
-    a stand-in without a backend gets one)."""
+    spreads each call over its sessions, one per ``threads`` cores of its backend with ONNX Runtime, whose
+    sessions run concurrent calls each on its own threads; one otherwise (torch spreads every call over all
+    cores, and a GPU wants one large batch, not several small ones; a stand-in without a backend gets one)."""
     if requested:
         return requested
     backend = getattr(classifier, "backend", None)

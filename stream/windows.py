@@ -231,8 +231,9 @@ class WindowStore:
         i = bisect.bisect_left(starts, end) - 1  # the newest bucket before ``end``
         out: list[Closed] = []
         end_dt = _dt(end)
-        widths = self.widths if widths is None else widths
-        if list(widths) != sorted(widths):
+        if widths is None:
+            widths = self.widths  # sorted once in __init__: no check on the close path
+        elif list(widths) != sorted(widths):
             raise ValueError(f"widths must be ascending (each window extends the previous): {widths}")
         for width in widths:
             stop = end - width
