@@ -20,10 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from finsent.model.augment import augmented
 from finsent.model.data import (
     IGNORE,
     Example,
     finentity,
+    finentity_spans,
     news_unlabelled,
     phrasebank_train_part,
     reuters_topics,
@@ -70,16 +72,25 @@ def licence_of(set_names: list[str]) -> str:
     return COMMERCIAL if all(TRAIN_SETS[n].commercial for n in set_names) else RESEARCH
 
 
-def extra_examples(data_dir: Path, set_names: list[str], repeat: int = 1) -> list[Example]:
-    """The named labelled sets' training parts, each repeated ``repeat`` times (small in-domain sets)."""
+def extra_examples(
+    data_dir: Path, set_names: list[str], repeat: int = 1, augment: int = 0, seed: int = 0
+) -> list[Example]:
+    """The named labelled sets' training parts, each repeated ``repeat`` times (small in-domain sets), plus
+    ``augment`` label-preserving rewrites of each example (``finsent.model.augment``: entity swaps where the set
+    annotates entities, i.e. FinEntity, and changed figures)."""
     licence_of(set_names)
     out: list[Example] = []
     for name in set_names:
         if TRAIN_SETS[name].unlabelled:
             continue
         rows = TRAIN_SETS[name].load(data_dir)
-        log.info("training set added", extra={"set": name, "examples": len(rows), "repeat": repeat})
-        out.extend(rows * repeat)
+        spans = finentity_spans(data_dir) if augment and name.startswith("finentity") else {}
+        rewrites = augmented(rows, spans, augment, seed) if augment else []
+        log.info(
+            "training set added",
+            extra={"set": name, "examples": len(rows), "repeat": repeat, "rewrites": len(rewrites)},
+        )
+        out.extend(rows * repeat + rewrites)
     return out
 
 

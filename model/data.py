@@ -179,6 +179,28 @@ def finentity(data_dir: Path, split: str = "test") -> list[Example]:
     ]
 
 
+def finentity_spans(data_dir: Path) -> dict[str, list[tuple[int, int]]]:
+    """Each FinEntity passage's annotated entity spans (character offsets into its text), for
+    ``finsent.model.augment``'s entity swaps. Some published offsets are off by a few characters ("bbott " for
+    "Abbott"): a span is kept where it holds the entity's name, else at the name's first occurrence, else
+    dropped."""
+    path = data_dir / "finentity" / "finentity_entities.csv"
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for row in _read_rows(path, ("text", "entity", "start", "end")):
+        text, name = row["text"], row["entity"].strip()
+        try:
+            start = int(row["start"])
+        except ValueError as err:
+            raise DataError(f"{path}: entity offsets must be integers ({err})") from err
+        if not name:
+            continue
+        if text[start : start + len(name)] != name:
+            start = text.find(name)
+        if start >= 0:
+            spans.setdefault(text, []).append((start, start + len(name)))
+    return spans
+
+
 def sentivent_headlines(data_dir: Path) -> list[Example]:
     """SENTiVENT headlines (sentence 0 of each article, all source splits) whose polar expressions agree.
 

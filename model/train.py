@@ -75,6 +75,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = torch default
     train_sets: list[str] = field(default_factory=list)  # extra supervised sets (finsent.model.corpus.TRAIN_SETS)
     train_set_repeat: int = 1  # each extra set is seen this many times per epoch (they are small)
+    train_set_augment: int = 0  # plus this many label-preserving rewrites of each extra example (model.augment)
     pseudo_from: str = ""  # a teacher model dir: fill each Twitter text's missing head where it is confident
     pseudo_threshold: float = 0.9
     pseudo_polar_threshold: float = 0.0  # >0: the threshold for negative/positive sentiment pseudo-labels
@@ -341,7 +342,9 @@ def train(
             examples, _ = corpus.pseudo_label(
                 examples, Path(cfg.pseudo_from), cfg.pseudo_threshold, cfg.pseudo_polar_threshold or None
             )
-        examples = examples + corpus.extra_examples(Path(cfg.data_dir), cfg.train_sets, cfg.train_set_repeat)
+        examples = examples + corpus.extra_examples(
+            Path(cfg.data_dir), cfg.train_sets, cfg.train_set_repeat, cfg.train_set_augment, cfg.seed
+        )
         teacher = Path(cfg.self_train_from) if cfg.self_train_from else None
         examples = (
             examples + corpus.self_train(Path(cfg.data_dir), cfg.train_sets, teacher, cfg.self_train_threshold)[0]

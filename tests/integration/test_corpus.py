@@ -1,5 +1,6 @@
 """The training corpus: held-out splits, the licence gate, pseudo-labels (tiny random model of conftest)."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,29 @@ def test_self_training_labels_unlabelled_sets_with_the_teacher_and_keeps_only_wh
     assert self_train(FIXTURES, ["sp500-posneg"], None, 0.9)[0] == []  # nothing unlabelled: no teacher needed
     with pytest.raises(ValueError, match="self_train_from"):
         self_train(FIXTURES, names, None, 0.9)
+
+
+def test_finentity_rewrites_swap_its_annotated_companies_and_keep_every_label():
+    from finsent.model.data import finentity, finentity_spans
+
+    spans = finentity_spans(FIXTURES)
+    text = "Initech <INIT.N> slumped after regulators opened an inquiry."
+    assert spans[text] == [(0, 7)]  # the published offset was one character off: relocated to the name
+    dev = finentity(FIXTURES, "dev")
+    plain = extra_examples(FIXTURES, ["finentity-dev"], repeat=1)
+    rows = extra_examples(FIXTURES, ["finentity-dev"], repeat=1, augment=2, seed=13)
+    assert plain == dev and rows[: len(dev)] == dev
+    rewrites = rows[len(dev) :]
+    assert rewrites and len(rewrites) <= 2 * len(dev)
+    names = ("Umbrella Co", "Acme", "Globex", "Initech")
+
+    def skeleton(t: str) -> str:  # what a rewrite must leave alone: everything but the companies and figures
+        for n in names:
+            t = t.replace(n, "E")
+        return re.sub(r"\d", "9", t)
+
+    label_of = {skeleton(e.text): e.sentiment for e in dev}
+    assert len(label_of) == len(dev)
+    assert [label_of[skeleton(r.text)] for r in rewrites] == [r.sentiment for r in rewrites]
+    assert not {r.text for r in rewrites} & {e.text for e in dev}
+    assert TrainConfig.from_toml(CONFIGS / "train-minilm-v5.toml").train_set_augment == 3
