@@ -81,6 +81,7 @@ class TrainConfig:
     pseudo_polar_threshold: float = 0.0  # >0: the threshold for negative/positive sentiment pseudo-labels
     self_train_from: str = ""  # a teacher model dir that labels the unlabelled training sets (corpus.self_train)
     self_train_threshold: float = 0.9
+    rdrop_alpha: float = 0.0  # >0: R-Drop, each batch run twice (two dropout masks), + alpha x their symmetric KL
     lora: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
@@ -438,11 +439,19 @@ def train(
             ids, mask = pad([train_data.ids[j] for j in mine], pad_id)
             y_topic = torch.from_numpy(train_data.topic[mine]).to(device)
             y_sent = torch.from_numpy(train_data.sentiment[mine]).to(device)
+            runs = 2 if cfg.rdrop_alpha > 0 else 1  # R-Drop: the batch twice in one forward, two dropout masks
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                t_logits, s_logits = net(ids.to(device), mask.to(device))
-            loss = cfg.topic_weight * ce(t_logits.float(), y_topic) / max(n_topic, 1) + cfg.sentiment_weight * ce(
-                s_logits.float(), y_sent
-            ) / max(n_sent, 1)
+                t_logits, s_logits = net(ids.repeat(runs, 1).to(device), mask.repeat(runs, 1).to(device))
+            t_logits, s_logits = t_logits.float(), s_logits.float()
+            loss = (
+                cfg.topic_weight * ce(t_logits, y_topic.repeat(runs)) / max(n_topic, 1)
+                + cfg.sentiment_weight * ce(s_logits, y_sent.repeat(runs)) / max(n_sent, 1)
+            ) / runs
+            if runs == 2:
+                loss = loss + cfg.rdrop_alpha * (
+                    symmetric_kl(*t_logits.chunk(2)) * cfg.topic_weight
+                    + symmetric_kl(*s_logits.chunk(2)) * cfg.sentiment_weight
+                )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss * ddp.world).backward()
             scaler.unscale_(optimizer)
@@ -516,6 +525,16 @@ def train(
     tracker.end()
     log.info("model written", extra={"path": str(out), "best_selection": state["best"]})
     return out
+
+
+def symmetric_kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """R-Drop's consistency term: the mean over rows of (KL(p_a || p_b) + KL(p_b || p_a)) / 2 between two
+    logit tensors of the same texts. Why: two dropout masks that disagree mark a prediction that hangs on a few
+    units; penalising it regularises every text, labelled for that head or not."""
+    la, lb = torch.log_softmax(a, dim=-1), torch.log_softmax(b, dim=-1)
+    kl_ab = (la.exp() * (la - lb)).sum(-1)
+    kl_ba = (lb.exp() * (lb - la)).sum(-1)
+    return ((kl_ab + kl_ba) / 2).mean()
 
 
 def _save_model(model, tokenizer, cfg, base_name, parent_meta, directory: Path, metrics) -> None:

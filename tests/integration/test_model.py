@@ -470,3 +470,40 @@ def test_a_plan_that_cannot_reach_its_target_is_not_written(tmp_path, tiny_model
     with pytest.raises(errors.GraphError, match="no plan written"):
         plan_static(directory, tiny_data_dir, target_agreement=1.01)
     assert not int8_static.plan_path(directory).exists()
+
+
+def test_rdrop_consistency_term_is_a_symmetric_kl_that_vanishes_only_on_agreement():
+    from finsent.model.train import symmetric_kl
+
+    a = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.5]])
+    b = torch.tensor([[0.0, 1.0, 0.0], [0.5, 0.5, 0.5]])
+    pa, pb = torch.softmax(a, -1), torch.softmax(b, -1)
+    by_hand = ((pa * (pa / pb).log()).sum(-1) + (pb * (pb / pa).log()).sum(-1)) / 2
+    torch.testing.assert_close(symmetric_kl(a, b), by_hand.mean())
+    torch.testing.assert_close(symmetric_kl(a, b), symmetric_kl(b, a))
+    assert symmetric_kl(a, b) > 0 and symmetric_kl(a, a) == 0
+
+
+def test_rdrop_without_dropout_trains_exactly_as_plain_training_and_with_dropout_still_learns(tmp_path, tiny_model_dir):
+    """Without dropout the two runs of a batch agree (KL 0), so R-Drop must train as plain training does: a check
+    that the second copy holds the same texts with the same labels (a shifted or mislabelled copy changes the
+    weights). Float sums over a batch twice the size differ in the last bits, hence the tolerance. AdamW makes
+    the update nearly blind to a constant scale of the loss, so this does not check the division by two."""
+    train_set, dev_set = tiny_examples(64, seed=1), tiny_examples(16, seed=2)
+    plain = train(_tiny_cfg(tmp_path / "a", tiny_model_dir, epochs=1), examples=train_set, dev=dev_set, progress=False)
+    twice = train(
+        _tiny_cfg(tmp_path / "b", tiny_model_dir, epochs=1, rdrop_alpha=1.0),
+        examples=train_set,
+        dev=dev_set,
+        progress=False,
+    )
+    a, b = artifact.load(plain)[0].state_dict(), artifact.load(twice)[0].state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-3)
+    learnt = train(
+        _tiny_cfg(tmp_path / "c", tiny_model_dir, epochs=4, dropout=0.1, rdrop_alpha=1.0),
+        examples=tiny_examples(160, seed=1),
+        dev=tiny_examples(60, seed=2),
+        progress=False,
+    )
+    assert artifact.load_meta(learnt).metrics["dev"]["sentiment_accuracy"] > 0.6
