@@ -233,6 +233,12 @@ def _tiny_cfg(tmp_path: Path, tiny_model_dir: Path, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+def _assert_same_weights(a_dir, b_dir, atol: float, rtol: float) -> None:
+    a, b = artifact.load(a_dir)[0].state_dict(), artifact.load(b_dir)[0].state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=rtol)
+
+
 def test_training_learns_calibrates_and_registers_a_version(tmp_path, tiny_model_dir):
     train_set, dev_set = tiny_examples(160, seed=1), tiny_examples(60, seed=2)
     out = train(_tiny_cfg(tmp_path, tiny_model_dir, epochs=4), examples=train_set, dev=dev_set, progress=False)
@@ -262,10 +268,9 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, tiny_model_d
     resumed = train(
         _tiny_cfg(tmp_path / "b", tiny_model_dir, epochs=2), examples=train_set, dev=dev_set, progress=False
     )
-    a, b = artifact.load(full)[0].state_dict(), artifact.load(resumed)[0].state_dict()
     assert len(artifact.load_meta(resumed).metrics["history"]) == 2
-    for key in a:  # optimizer, schedule, batch position and RNG state all restored: identical weights
-        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+    # optimizer, schedule, batch position and RNG state all restored: identical weights
+    _assert_same_weights(full, resumed, atol=1e-6, rtol=0)
 
 
 def test_lora_trains_only_adapters_and_heads(tmp_path, tiny_model_dir):
@@ -490,16 +495,11 @@ def test_rdrop_without_dropout_trains_exactly_as_plain_training_and_with_dropout
     weights). Float sums over a batch twice the size differ in the last bits, hence the tolerance. AdamW makes
     the update nearly blind to a constant scale of the loss, so this does not check the division by two."""
     train_set, dev_set = tiny_examples(64, seed=1), tiny_examples(16, seed=2)
-    plain = train(_tiny_cfg(tmp_path / "a", tiny_model_dir, epochs=1), examples=train_set, dev=dev_set, progress=False)
-    twice = train(
-        _tiny_cfg(tmp_path / "b", tiny_model_dir, epochs=1, rdrop_alpha=1.0),
-        examples=train_set,
-        dev=dev_set,
-        progress=False,
-    )
-    a, b = artifact.load(plain)[0].state_dict(), artifact.load(twice)[0].state_dict()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-3)
+    runs = [
+        train(_tiny_cfg(tmp_path / d, tiny_model_dir, epochs=1, rdrop_alpha=a), train_set, dev_set, progress=False)
+        for d, a in (("a", 0.0), ("b", 1.0))
+    ]
+    _assert_same_weights(*runs, atol=1e-4, rtol=1e-3)
     learnt = train(
         _tiny_cfg(tmp_path / "c", tiny_model_dir, epochs=4, dropout=0.1, rdrop_alpha=1.0),
         examples=tiny_examples(160, seed=1),
