@@ -71,7 +71,7 @@ def augmented(
     for ex in examples:
         seen = {ex.text}
         for _ in range(copies):
-            text = swap_entities(ex.text, spans.get(ex.text, []), names, rng) if names else ex.text
+            text = swap_entities(ex.text, spans.get(ex.text, []), names, rng)
             text = change_numbers(text, rng)
             if text not in seen:
                 seen.add(text)

@@ -46,6 +46,8 @@ class TrainSet:
     load: Callable[[Path], list[Example]]
     commercial: bool
     unlabelled: bool = False  # texts only: a run that names it must have a self-training teacher (``self_train``)
+    # each text's annotated entity spans, for augmentation's entity swaps (None: the set annotates none)
+    entity_spans: Callable[[Path], dict[str, list[tuple[int, int]]]] | None = None
 
 
 def _train_part(name: str, load: Callable[[Path], list[Example]]) -> Callable[[Path], list[Example]]:
@@ -55,7 +57,7 @@ def _train_part(name: str, load: Callable[[Path], list[Example]]) -> Callable[[P
 TRAIN_SETS: dict[str, TrainSet] = {
     s.name: s
     for s in (
-        TrainSet("finentity-dev", lambda d: finentity(d, "dev"), commercial=True),
+        TrainSet("finentity-dev", lambda d: finentity(d, "dev"), commercial=True, entity_spans=finentity_spans),
         TrainSet("sp500-posneg", _train_part("sp500-posneg", sp500_posneg), commercial=False),
         TrainSet("sentfin-headline", _train_part("sentfin-headline", sentfin_headlines), commercial=False),
         TrainSet("phrasebank-50", phrasebank_train_part, commercial=False),
@@ -77,15 +79,18 @@ def extra_examples(
 ) -> list[Example]:
     """The named labelled sets' training parts, each repeated ``repeat`` times (small in-domain sets), plus
     ``augment`` label-preserving rewrites of each example (``finsent.model.augment``: entity swaps where the set
-    annotates entities, i.e. FinEntity, and changed figures)."""
+    annotates entities, ``TrainSet.entity_spans``, and changed figures)."""
     licence_of(set_names)
     out: list[Example] = []
     for name in set_names:
         if TRAIN_SETS[name].unlabelled:
             continue
-        rows = TRAIN_SETS[name].load(data_dir)
-        spans = finentity_spans(data_dir) if augment and name.startswith("finentity") else {}
-        rewrites = augmented(rows, spans, augment, seed) if augment else []
+        train_set = TRAIN_SETS[name]
+        rows = train_set.load(data_dir)
+        rewrites: list[Example] = []
+        if augment:
+            spans = train_set.entity_spans(data_dir) if train_set.entity_spans is not None else {}
+            rewrites = augmented(rows, spans, augment, seed)
         log.info(
             "training set added",
             extra={"set": name, "examples": len(rows), "repeat": repeat, "rewrites": len(rewrites)},
