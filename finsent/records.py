@@ -212,6 +212,10 @@ class WindowStat(Record):
     def negative_share(self) -> float:
         return self.negative / self.count if self.count else 0.0
 
+    @property
+    def end_s(self) -> float:
+        return self.end.timestamp()
+
 
 class Evidence(Record):
     """A headline behind an alert, as compliance will see it."""

@@ -15,7 +15,7 @@ import json
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from finsent.errors import PoisonRecord, RecordError
@@ -140,6 +140,7 @@ class Aggregation:
             watermark_delay_s=w.watermark_delay_s,
             allowed_lateness_s=w.allowed_lateness_s,
             evidence=w.evidence_per_window,
+            evidence_widths=(s.window_s,),  # only the surge detector reads a window's headlines
         )
         self.detector = SurgeDetector(s)
         self.surge_width = s.window_s
@@ -148,7 +149,7 @@ class Aggregation:
         self.judged_from = -math.inf  # ends at or before this are in the detector's restored state already
         self.judged_until = -math.inf  # the newest end judged
         self.restoring = False
-        self.last: dict[tuple[str, int], WindowStat] = {}  # newest closed window per (key, width)
+        self.last: dict[tuple[str, int], Closed] = {}  # newest closed window per (key, width)
         self.history: dict[str, list[Judged]] = {}
         self.provisional: dict[str, SurgeAlert] = {}  # key -> early firing not yet confirmed or retracted
         self.touched: dict[str, float] = {}  # key -> newest event time added since the last end_step
@@ -198,7 +199,7 @@ class Aggregation:
                 if end <= store.closed_until or key in self.provisional:
                     continue
                 c = store.window(key, self.surge_width, end)
-                if c is not None and (alert := self.detector.would_fire(c.stat, c.evidence)):
+                if c is not None and (alert := self.detector.would_fire(c, c.evidence)):
                     alert = alert.model_copy(update={"trigger": "early"})
                     self.provisional[key] = alert
                     out.alerts.append(alert)
@@ -215,17 +216,17 @@ class Aggregation:
             return out
         by_end: dict[int, list[Closed]] = {}
         for c in closed:
-            by_end.setdefault(int(c.stat.end.timestamp()), []).append(c)
+            by_end.setdefault(c.end_s, []).append(c)
         for end in sorted(by_end):
             at_end = by_end[end]
             for c in at_end:
-                self.last[(c.stat.key, c.width_s)] = c.stat
+                self.last[(c.key, c.width_s)] = c
             silent = self._silent(end)
             if not silent:
                 out.windows += at_end
             if end <= self.judged_from:
                 continue  # the restored detector state already holds this judgement
-            watched = {c.stat.key: c for c in at_end if c.width_s == self.surge_width}
+            watched = {c.key: c for c in at_end if c.width_s == self.surge_width}
             firing = {k for k, st in self.detector.keys.items() if st.firing is not None}
             due = {k for k, a in self.provisional.items() if a.window_end.timestamp() <= end}
             for key in sorted(watched.keys() | firing | due):
@@ -247,21 +248,9 @@ class Aggregation:
             if st.firing is None:
                 return []
             # A firing key that went silent still needs its window: an empty one resolves it.
-            stat = WindowStat(
-                key=key,
-                start=_dt(end - self.surge_width),
-                end=_dt(end),
-                count=0,
-                negative=0,
-                neutral=0,
-                positive=0,
-                mean_score=0.0,
-            )
-            evidence: tuple[Evidence, ...] = ()
-        else:
-            stat, evidence = closed.stat, closed.evidence
+            closed = Closed(key, self.surge_width, end, 0, 0, 0, 0.0, 0, ())
         before = st.copy()
-        alert = self.detector.observe(stat, evidence)
+        alert = self.detector.observe(closed, closed.evidence)
         decisions = [alert] if alert else []
         hist = self.history.setdefault(key, [])
         horizon = self._rewind_horizon()
@@ -292,14 +281,14 @@ class Aggregation:
             return out
         first: dict[str, int] = {}
         for c in revised:
-            end = int(c.stat.end.timestamp())
+            end = c.end_s
             if not self._silent(end):
                 out.windows.append(c)
-            newest = self.last.get((c.stat.key, c.width_s))
-            if newest is not None and newest.end == c.stat.end:
-                self.last[(c.stat.key, c.width_s)] = c.stat
+            newest = self.last.get((c.key, c.width_s))
+            if newest is not None and newest.end_s == end:
+                self.last[(c.key, c.width_s)] = c
             if c.width_s == self.surge_width and end > self.judged_from:
-                first[c.stat.key] = min(first.get(c.stat.key, end), end)
+                first[c.key] = min(first.get(c.key, end), end)
         for key in sorted(first):
             out.alerts += self._rewind(key, first[key])
         return out
@@ -427,7 +416,7 @@ class Aggregation:
         must see; otherwise the newest judged window, or 0 when the key had no items in it."""
         for key, st in self.detector.keys.items():
             last = self.last.get((key, self.surge_width))
-            fresh = last is not None and last.end.timestamp() == self.judged_until
+            fresh = last is not None and last.end_s == self.judged_until
             provisional = self.provisional.get(key) if st.firing is None else None
             if provisional is not None:
                 yield key, provisional.zscore, st.mean, provisional, provisional.count
@@ -472,10 +461,6 @@ def _corrections(old: list[SurgeAlert], new: list[SurgeAlert]) -> list[SurgeAler
 
 def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
-
-
-def _dt(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
 
 
 __all__ = [

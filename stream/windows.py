@@ -80,14 +80,72 @@ class Bucket:
                 heapq.heapreplace(self.evidence, entry)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Closed:
-    """One rolling window's result (on-time or a revision), with the evidence behind it."""
+    """One rolling window's result (on-time or a revision), with the evidence behind it.
 
-    stat: WindowStat
+    Kept as plain numbers: a backtest closes about ten windows per headline and writes them straight to
+    columns, and building a validated :class:`WindowStat` for each cost a quarter of its bookkeeping. The
+    record is built on first use of :attr:`stat` (publishing, the surge detector), once.
+    """
+
+    key: str
     width_s: int
+    end_s: int  # epoch seconds; the window is [end_s - width_s, end_s)
+    negative: int
+    neutral: int
+    positive: int
+    score_sum: float
+    revision: int  # late items counted in the window after its on-time result
+    # The headlines behind it, most negative first: only for the widths the store gathers them for
+    # (``WindowStore(evidence_widths=...)``: the surge detector's), empty for the others.
     evidence: tuple[Evidence, ...]
     revised: bool = False  # published again because late items changed it (not its on-time result)
+    _stat: WindowStat | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def start_s(self) -> int:
+        return self.end_s - self.width_s
+
+    @property
+    def count(self) -> int:
+        return self.negative + self.neutral + self.positive
+
+    @property
+    def negative_share(self) -> float:
+        return self.negative / self.count if self.count else 0.0
+
+    @property
+    def start(self) -> datetime:
+        return _dt(self.start_s)
+
+    @property
+    def end(self) -> datetime:
+        return _dt(self.end_s)
+
+    @property
+    def mean_score(self) -> float:
+        return max(-1.0, min(1.0, self.score_sum / self.count)) if self.count else 0.0
+
+    @property
+    def stat(self) -> WindowStat:
+        stat = self._stat
+        if stat is None:
+            stat = WindowStat.model_construct(
+                # Built from counts the store keeps consistent itself: skip re-validation (hot path).
+                key=self.key,
+                start=_dt(self.start_s),
+                end=_dt(self.end_s),
+                count=self.count,
+                negative=self.negative,
+                neutral=self.neutral,
+                positive=self.positive,
+                mean_score=self.mean_score,
+                revision=self.revision,
+                v=WindowStat.SCHEMA,
+            )
+            object.__setattr__(self, "_stat", stat)  # frozen: a cache, not a change of value
+        return stat
 
 
 class WindowStore:
@@ -98,6 +156,7 @@ class WindowStore:
         watermark_delay_s: int = 120,
         allowed_lateness_s: int = 3600,
         evidence: int = 5,
+        evidence_widths: tuple[int, ...] | None = None,
     ):
         if any(w % bucket_seconds for w in rolling_seconds):
             raise ValueError("rolling widths must be multiples of the bucket size")
@@ -106,6 +165,13 @@ class WindowStore:
         self.delay = watermark_delay_s
         self.lateness = allowed_lateness_s
         self.keep = evidence
+        # Widths whose results carry evidence (None: all). Gathering it merges every bucket's top entries across
+        # the window: for the widest window that was a quarter of a backtest's bookkeeping, for results nobody read.
+        wanted = self.widths if evidence_widths is None else tuple(evidence_widths)
+        if not set(wanted) <= set(self.widths):
+            raise ValueError(f"evidence_widths {wanted} must be among the rolling widths {self.widths}")
+        self.evidence_widths = frozenset(wanted) if evidence else frozenset()
+        self.evidence_until = max(self.evidence_widths, default=0)  # no width wider than this merges evidence
         self.buckets: dict[str, dict[int, Bucket]] = defaultdict(dict)  # key -> bucket start (epoch s) -> bucket
         self.key_starts: dict[str, list[int]] = {}  # key -> its bucket starts, sorted: a window walks only these
         self.keys_at: dict[int, set[str]] = {}  # bucket start -> keys with data there
@@ -224,19 +290,19 @@ class WindowStore:
         if not starts:
             return []
         buckets = self.buckets[key]
-        keep = self.keep
+        keep, gather, gather_until = self.keep, self.evidence_widths, self.evidence_until
         neg = neu = pos = late = 0
         score_sum = 0.0
         top: list[tuple[float, str, Evidence]] = []  # min-heap: the ``keep`` largest entries seen so far
         i = bisect.bisect_left(starts, end) - 1  # the newest bucket before ``end``
         out: list[Closed] = []
-        end_dt = _dt(end)
         if widths is None:
             widths = self.widths  # sorted once in __init__: no check on the close path
         elif list(widths) != sorted(widths):
             raise ValueError(f"widths must be ascending (each window extends the previous): {widths}")
         for width in widths:
             stop = end - width
+            merge = width <= gather_until  # a wider evidence window still needs this one's entries
             while i >= 0 and starts[i] >= stop:
                 b = buckets[starts[i]]
                 i -= 1
@@ -245,33 +311,16 @@ class WindowStore:
                 pos += b.positive
                 score_sum += b.score_sum
                 late += b.late
-                for entry in b.evidence if keep else ():
-                    if len(top) < keep:
-                        heapq.heappush(top, entry)
-                    elif entry > top[0]:
-                        heapq.heapreplace(top, entry)
-            count = neg + neu + pos
-            if not count:
+                if merge:
+                    for entry in b.evidence:
+                        if len(top) < keep:
+                            heapq.heappush(top, entry)
+                        elif entry > top[0]:
+                            heapq.heapreplace(top, entry)
+            if not neg + neu + pos:
                 continue
-            out.append(
-                Closed(
-                    # Built from counts this class keeps consistent itself: skip re-validation (hot path).
-                    WindowStat.model_construct(
-                        key=key,
-                        start=_dt(stop),
-                        end=end_dt,
-                        count=count,
-                        negative=neg,
-                        neutral=neu,
-                        positive=pos,
-                        mean_score=max(-1.0, min(1.0, score_sum / count)),
-                        revision=late,
-                        v=WindowStat.SCHEMA,
-                    ),
-                    width,
-                    tuple(e[2] for e in sorted(top, reverse=True)),
-                )
-            )
+            evidence = tuple(e[2] for e in sorted(top, reverse=True)) if width in gather else ()
+            out.append(Closed(key, width, end, neg, neu, pos, score_sum, late, evidence))
         return out
 
     def flush_revisions(self, until: float | None = None) -> list[Closed]:
@@ -279,7 +328,7 @@ class WindowStore:
         flush, once each. Later ends get these items in their on-time result."""
         out, self.pending = self.pending, []
         out += self._revisions(self.closed_until if until is None else min(self.closed_until, until))
-        out.sort(key=lambda c: (c.stat.end, c.width_s, c.stat.key))
+        out.sort(key=lambda c: (c.end_s, c.width_s, c.key))
         return out
 
     def _revisions(self, closed_until: float) -> list[Closed]:

@@ -2,7 +2,9 @@
 
 from datetime import UTC, datetime, timedelta
 
-from finsent.records import Evidence
+import pytest
+
+from finsent.records import Evidence, WindowStat
 from finsent.stream.pipeline import final_windows
 from finsent.stream.windows import Observation, WindowStore, keys_for
 
@@ -166,14 +168,16 @@ def test_a_future_dated_item_cannot_drag_the_watermark_past_the_ceiling():
     assert by(closed, "all", 60) and w.late == 0
 
 
-def test_every_result_matches_a_recount_of_what_was_accepted_with_late_items_and_eviction():
+@pytest.mark.parametrize("evidence_widths", [None, (180,), (60, 300)])
+def test_every_result_matches_a_recount_of_what_was_accepted_with_late_items_and_eviction(evidence_widths):
     """Each window result (all widths at once for a boundary, or one width for a revision) against a brute-force
-    recount of the counted observations in ``[start, end)``: counts, mean score and evidence, while late items
-    revise and old buckets are evicted."""
+    recount of the counted observations in ``[start, end)``: counts, mean score and evidence (for the widths it is
+    gathered for, none for the others), while late items revise and old buckets are evicted."""
     import random
 
     rng = random.Random(7)
-    w = store(rolling_seconds=(60, 180, 300), allowed_lateness_s=240, evidence=3)
+    w = store(rolling_seconds=(60, 180, 300), allowed_lateness_s=240, evidence=3, evidence_widths=evidence_widths)
+    gathered = evidence_widths or (60, 180, 300)
     accepted: list[Observation] = []
     clock = 0
     for i in range(1500):
@@ -198,6 +202,18 @@ def test_every_result_matches_a_recount_of_what_was_accepted_with_late_items_and
             assert c.stat.positive == sum(a.sentiment == "positive" for a in inside)
             assert abs(c.stat.mean_score - sum(a.score for a in inside) / len(inside)) < 1e-9
             best = sorted(inside, key=lambda a: (a.evidence.p_negative, a.item_id), reverse=True)[:3]
-            assert [e.item_id for e in c.evidence] == [a.item_id for a in best]
+            assert [e.item_id for e in c.evidence] == [a.item_id for a in best if c.width_s in gathered]
             assert c.width_s == (c.stat.end - c.stat.start).total_seconds()
+            assert WindowStat.model_validate(c.stat.model_dump()) == c.stat  # the unvalidated record is valid
+            assert (c.key, c.count, c.revision, c.end_s) == (
+                c.stat.key,
+                c.stat.count,
+                c.stat.revision,
+                c.stat.end.timestamp(),
+            )
     assert w.late > 50 and w.size()[0] < 3 * 3 * (240 + 300 + 120) // 60  # late items counted; memory bounded
+
+
+def test_evidence_is_gathered_only_for_rolling_widths():
+    with pytest.raises(ValueError, match="evidence_widths"):
+        store(rolling_seconds=(60, 300), evidence_widths=(120,))
