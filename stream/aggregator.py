@@ -441,7 +441,7 @@ class Aggregator:
         """Gauges show the newest closed windows; keys without items in them now read 0."""
         widest = self.agg.widest_s
         if out.windows:
-            end = max(c.stat.end for c in out.windows)  # the live path publishes every record anyway
+            end = max(c.stat.end for c in out.windows)
             newest = [(c.stat, c.width_s) for c in out.windows if c.stat.end == end]
             volumes = {
                 s.key.split(":", 1)[1]: s.count for s, w in newest if w == widest and s.key.startswith("ticker:")
