@@ -178,9 +178,7 @@ def test_every_result_matches_a_recount_of_what_was_accepted_with_late_items_and
     import random
 
     rng = random.Random(7)
-    w = store(
-        rolling_seconds=(60, 180, 300), allowed_lateness_s=lateness, evidence=3, evidence_widths=evidence_widths
-    )
+    w = store(rolling_seconds=(60, 180, 300), allowed_lateness_s=lateness, evidence=3, evidence_widths=evidence_widths)
     gathered = evidence_widths or (60, 180, 300)
     accepted: list[Observation] = []
     clock = 0
