@@ -225,8 +225,6 @@ def run_backtest(
         if not closed_rows:
             return
         rows = closed_rows
-        counts = [c.count for c in rows]
-        negative = [c.negative for c in rows]
         windows_writer.write_table(
             pa.Table.from_pydict(
                 {
@@ -235,11 +233,11 @@ def run_backtest(
                     "start": [c.start_s for c in rows],  # epoch seconds: the column's own unit
                     "end": [c.end_s for c in rows],
                     "revision": [c.revision for c in rows],
-                    "count": counts,
-                    "negative": negative,
+                    "count": [c.count for c in rows],
+                    "negative": [c.negative for c in rows],
                     "neutral": [c.neutral for c in rows],
                     "positive": [c.positive for c in rows],
-                    "negative_share": [neg / count for neg, count in zip(negative, counts)],
+                    "negative_share": [c.negative_share for c in rows],
                     "mean_score": [c.mean_score for c in rows],
                 },
                 schema=WINDOW_SCHEMA,

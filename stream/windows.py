@@ -134,8 +134,8 @@ class Closed:
             stat = WindowStat.model_construct(
                 # Built from counts the store keeps consistent itself: skip re-validation (hot path).
                 key=self.key,
-                start=_dt(self.start_s),
-                end=_dt(self.end_s),
+                start=self.start,
+                end=self.end,
                 count=self.count,
                 negative=self.negative,
                 neutral=self.neutral,
