@@ -61,6 +61,7 @@ class ModelMeta:
     parent: str | None = None  # version this one was fine-tuned from (feedback learning)
     licence: str = ""  # what the training data allows (finsent.model.corpus); empty: before this was recorded
     training_sets: list[str] = field(default_factory=list)
+    domain_prefixes: dict[str, str] = field(default_factory=dict)  # trained with domain tags (model.domain); {}: none
     format: int = 1
 
     @property

@@ -21,7 +21,9 @@ thousand characters before tokenising and truncated to ``max_length`` tokens; th
 
 ``predict(texts, domain="news")`` applies the model's stored news decision rule (per-class offsets
 on the calibrated sentiment logits, ``news_bias.json``, see ``finsent.model.domain``) when it has
-one; without one, and for ``domain=None`` (the default) or ``"twitter"``, the rule is plain argmax.
+one; without one, and for ``domain=None`` (the default) or ``"twitter"``, the rule is plain argmax. A model
+trained with domain tags (``meta.domain_prefixes``) also reads each text behind its domain's tag, news when
+the caller names none (``finsent.model.domain.tag``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import numpy as np
 from finsent.model import artifact
 from finsent.model.backends import Backend, Forward, make_backend
 from finsent.model.batching import pad, sorted_batches
-from finsent.model.domain import check_domain, load_news_bias
+from finsent.model.domain import check_domain, load_news_bias, tag
 from finsent.model.placement import sessions_for
 from finsent.model.quality import softmax
 from finsent.model.text import prepare
@@ -164,9 +166,9 @@ class Classifier:
 
     def predict(self, texts: Sequence[object], domain: str | None = None) -> list[Prediction]:
         """``domain="news"``: use the stored news decision rule if the model has one (else the default)."""
-        return self.predict_encoded(self.encode(texts), domain)
+        return self.predict_encoded(self.encode(texts, domain), domain)
 
-    def encode(self, texts: Sequence[object]) -> Encoded:
+    def encode(self, texts: Sequence[object], domain: str | None = None) -> Encoded:
         """The CPU-side half of ``predict``: clean, flag and tokenize. The stream worker runs it in its own
         thread, so batch N+1 is tokenized while batch N is in the model."""
         fallbacks: dict[int, Prediction] = {}
@@ -183,7 +185,7 @@ class Classifier:
                 continue
             good_idx.append(i)
             good_texts.append(prepared)
-        return Encoded(len(texts), fallbacks, good_idx, self._token_ids(good_texts) if good_texts else [])
+        return Encoded(len(texts), fallbacks, good_idx, self._token_ids(good_texts, domain) if good_texts else [])
 
     def predict_encoded(self, encoded: Encoded, domain: str | None = None) -> list[Prediction]:
         """The model-side half of ``predict``: predictions in the caller's order."""
@@ -200,13 +202,15 @@ class Classifier:
                 results[i] = self._prediction(topic_p[row], sent_p[row])
         return results  # type: ignore[return-value]
 
-    def logits(self, prepared: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def logits(self, prepared: Sequence[str], domain: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Uncalibrated logits for already-prepared, non-empty texts, in input order."""
-        return self._run(self._token_ids(prepared))
+        return self._run(self._token_ids(prepared, domain))
 
-    def _token_ids(self, prepared: Sequence[str]) -> list[list[int]]:
+    def _token_ids(self, prepared: Sequence[str], domain: str | None = None) -> list[list[int]]:
+        prefixes = self.meta.domain_prefixes
+        texts = [tag(prefixes, domain, t) for t in prepared] if prefixes else list(prepared)
         with self._tokenize_lock:
-            return self.tokenizer(list(prepared), truncation=True, max_length=self.meta.max_length)["input_ids"]
+            return self.tokenizer(texts, truncation=True, max_length=self.meta.max_length)["input_ids"]
 
     def _run(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Length-sorted batches through the backend; logits back in input order."""

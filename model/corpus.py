@@ -118,7 +118,13 @@ def pseudo_label(
         "pseudo-labelling",
         extra={"teacher": teacher.version, "texts": len(texts), "threshold": threshold, "polar": polar_threshold},
     )
-    preds = teacher.predict(texts)
+    # Twitter texts as tweets, the rest as news: a domain-tagged teacher reads each behind its own tag (model.domain);
+    # for an untagged one both calls are its default rule.
+    preds: list = [None] * len(examples)
+    for domain in ("twitter", None):
+        idx = [i for i, ex in enumerate(examples) if (ex.domain == "twitter") == (domain == "twitter")]
+        for i, p in zip(idx, teacher.predict([texts[i] for i in idx], domain=domain) if idx else []):
+            preds[i] = p
     topics, sents = teacher.meta.topic_labels, teacher.meta.sentiment_labels
     counts = {"topic": 0, "sentiment": 0}
     out = []

@@ -33,6 +33,15 @@ class Example:
     text: str
     topic: int = IGNORE
     sentiment: int = IGNORE
+    domain: str = "news"  # "twitter" for the Twitter sets: the tag a domain-tagged model reads it behind (model.domain)
+
+
+def domain_of(examples: list[Example]) -> str:
+    """The one domain a set's examples share (an evaluation set is read behind one tag, ``model.domain``)."""
+    domains = {ex.domain for ex in examples}
+    if len(domains) > 1:
+        raise ValueError(f"a set mixes domains {sorted(domains)}")
+    return domains.pop() if domains else "news"
 
 
 def check_data_dir(data_dir: Path) -> None:
@@ -57,12 +66,12 @@ def _in_dev(text: str, dev_fraction: float) -> bool:
 
 
 def twitter_topic(data_dir: Path, split: str) -> list[Example]:
-    return [Example(t, topic=y) for t, y in _read_csv(data_dir / "twitter-topic" / f"{split}.csv")]
+    return [Example(t, topic=y, domain="twitter") for t, y in _read_csv(data_dir / "twitter-topic" / f"{split}.csv")]
 
 
 def twitter_sentiment(data_dir: Path, split: str) -> list[Example]:
     rows = _read_csv(data_dir / "twitter-sentiment" / f"{split}.csv")
-    return [Example(t, sentiment=SENTIMENT_INDEX[TWITTER_SENTIMENT_TO_LABEL[y]]) for t, y in rows]
+    return [Example(t, sentiment=SENTIMENT_INDEX[TWITTER_SENTIMENT_TO_LABEL[y]], domain="twitter") for t, y in rows]
 
 
 @dataclass(frozen=True)

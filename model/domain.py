@@ -1,4 +1,13 @@
-"""Per-domain decision rules: the optional *news bias* stored next to a model.
+"""Per-domain rules: the optional *news bias* stored next to a model, and *domain tags* learnt in training.
+
+**Domain tags.** Twitter's annotators and the news sets' disagree on a convention: a tweet from a news
+account saying "X announces a buyback" is labelled neutral, the same words in a news headline set
+positive. One head trained on both settles between them and pays on both (the research variant lost
+Twitter sentiment as it gained news). A model trained with ``TrainConfig.domain_prefixes`` saw each text
+behind a short word naming its domain (``ModelMeta.domain_prefixes``, e.g. ``{"twitter": "tweet |",
+"news": "headline |"}``), so it can keep both conventions; serving must add the same word
+(``tag``), and, since finsent ingests news, ``domain=None`` reads as ``"news"`` (``SERVED_DOMAIN``). A model
+without prefixes sees its text unchanged for every domain.
 
 The shipped model learnt its class priors from tweets (65 % neutral); news headlines are worded
 more clearly and the model calls many polar ones neutral. A cheap correction that needs no training
@@ -34,6 +43,7 @@ import numpy as np
 
 NEWS_BIAS_FILE = "news_bias.json"
 DOMAINS = (None, "twitter", "news")  # None and "twitter" are the default decision rule
+SERVED_DOMAIN = "news"  # the tag a tagged model's text gets when the caller names no domain: finsent ingests news
 
 log = logging.getLogger("finsent.model.domain")
 
@@ -41,6 +51,23 @@ log = logging.getLogger("finsent.model.domain")
 def check_domain(domain: str | None) -> None:
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; known: None, 'twitter', 'news'")
+
+
+def check_prefixes(prefixes: dict[str, str]) -> None:
+    """A tagged model names a prefix for every domain: a missing one would feed that domain untagged text."""
+    if prefixes and set(prefixes) != {"twitter", "news"}:
+        raise ValueError(f"domain_prefixes must name exactly 'twitter' and 'news', got {sorted(prefixes)}")
+    for domain, prefix in prefixes.items():
+        if not prefix.strip() or prefix != prefix.strip():
+            raise ValueError(f"domain prefix for {domain!r} must be non-empty words without outer spaces: {prefix!r}")
+
+
+def tag(prefixes: dict[str, str], domain: str | None, prepared: str) -> str:
+    """The text as a model with ``prefixes`` was trained to read it (training and serving both call this)."""
+    if not prefixes:
+        return prepared
+    check_domain(domain)
+    return f"{prefixes[domain or SERVED_DOMAIN]} {prepared}"
 
 
 def load_news_bias(directory: Path, full_name: str, sentiment_labels: list[str]) -> np.ndarray | None:
@@ -74,7 +101,7 @@ def fit_news_bias(clf, data_dir: Path, logits_fn=None) -> dict:
     examples = [(prepare(ex.text), ex.sentiment) for ex in finentity(data_dir, "dev")]
     examples = [(t, y) for t, y in examples if t]
     y = np.array([label for _, label in examples])
-    _, logits = (logits_fn or clf.logits)([t for t, _ in examples])
+    _, logits = (logits_fn or clf.logits)([t for t, _ in examples], "news")
     temperature = clf.meta.temperature_sentiment
     offsets = fit_offsets(logits, y, temperature, reference=NEU)
     labels = list(clf.meta.sentiment_labels)
@@ -99,7 +126,7 @@ def fit_news_bias(clf, data_dir: Path, logits_fn=None) -> dict:
 
 def _scored_sets(clf, data_dir: Path, logits_fn) -> list[tuple[str, np.ndarray, np.ndarray, tuple[int, ...]]]:
     """(name, calibrated sentiment logits, gold, classes) for every news set, Twitter sentiment and FinEntity dev."""
-    from finsent.model.data import NEWS_SETS, finentity, twitter_sentiment
+    from finsent.model.data import NEWS_SETS, domain_of, finentity, twitter_sentiment
     from finsent.model.text import prepare
 
     sets = [(ns.name, ns.load(data_dir), ns.labels) for ns in NEWS_SETS]
@@ -111,7 +138,7 @@ def _scored_sets(clf, data_dir: Path, logits_fn) -> list[tuple[str, np.ndarray, 
     for name, examples, labels in sets:
         pairs = [(prepare(ex.text), ex.sentiment) for ex in examples]
         pairs = [(t, y) for t, y in pairs if t]
-        _, logits = logits_fn([t for t, _ in pairs])
+        _, logits = logits_fn([t for t, _ in pairs], domain_of(examples))
         out.append((name, logits / clf.meta.temperature_sentiment, np.array([y for _, y in pairs]), labels))
     return out
 

@@ -105,8 +105,8 @@ def fine_tune(
 
     parent_model, tokenizer, parent_meta = artifact.load(parent_dir)
     device = pick_device(cfg.device)
-    dev_data = encode(dev, tokenizer, parent_meta.max_length)
-    feedback_data = encode(feedback, tokenizer, parent_meta.max_length)
+    dev_data = encode(dev, tokenizer, parent_meta.max_length, parent_meta.domain_prefixes)
+    feedback_data = encode(feedback, tokenizer, parent_meta.max_length, parent_meta.domain_prefixes)
     pad = tokenizer.pad_token_id or 0
     parent_model = parent_model.to(device)
     parent_score = evaluate(parent_model, dev_data, pad, device, cfg.eval_batch_size)["selection"]

@@ -37,6 +37,7 @@ from finsent.model.data import (
     MissingData,
     NewsSet,
     check_data_dir,
+    domain_of,
     finbert_test_split,
     phrasebank,
     reuters_topics,
@@ -89,14 +90,15 @@ class LogitCache:
         self.clf = clf
         self.store: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
-    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        todo = list(dict.fromkeys(t for t in texts if t not in self.store))
+    def __call__(self, texts: list[str], domain: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        keys = [(domain, t) for t in texts]  # a domain-tagged model reads the same text differently per domain
+        todo = list(dict.fromkeys(k for k in keys if k not in self.store))
         if todo:
-            topic, sent = self.clf.logits(todo)
-            self.store.update((t, (topic[i], sent[i])) for i, t in enumerate(todo))
+            topic, sent = self.clf.logits([t for _, t in todo], domain)
+            self.store.update((k, (topic[i], sent[i])) for i, k in enumerate(todo))
         if not texts:
             return np.zeros((0, len(self.clf.meta.topic_labels))), np.zeros((0, len(self.clf.meta.sentiment_labels)))
-        return np.stack([self.store[t][0] for t in texts]), np.stack([self.store[t][1] for t in texts])
+        return np.stack([self.store[k][0] for k in keys]), np.stack([self.store[k][1] for k in keys])
 
 
 def _plot_confusion(cm: np.ndarray, labels: list[str], title: str, path: Path) -> None:
@@ -173,7 +175,7 @@ def evaluate_set(
     examples = [ex for ex, text in prepared if text]
     texts = [text for _, text in prepared if text]
     y = np.array([ex.topic if head == "topic" else ex.sentiment for ex in examples])
-    topic_logits, sent_logits = (logits_fn or clf.logits)(texts)
+    topic_logits, sent_logits = (logits_fn or clf.logits)(texts, domain_of(examples))
     logits = topic_logits if head == "topic" else sent_logits
     raw, calibrated = softmax(logits), softmax(logits, temperature)
     pred = calibrated.argmax(1)

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from finsent.model import artifact, corpus
 from finsent.model.batching import bucketed_batches, pad, sorted_batches
 from finsent.model.data import IGNORE, Example, load_twitter
+from finsent.model.domain import check_prefixes, tag
 from finsent.model.network import MultiTaskModel
 from finsent.model.quality import fit_temperature, scores
 from finsent.model.text import prepare
@@ -82,6 +83,9 @@ class TrainConfig:
     self_train_from: str = ""  # a teacher model dir that labels the unlabelled training sets (corpus.self_train)
     self_train_threshold: float = 0.9
     rdrop_alpha: float = 0.0  # >0: R-Drop, each batch run twice (two dropout masks), + alpha x their symmetric KL
+    # {"twitter": ..., "news": ...}: each text read behind its domain's word (model.domain); {}: none, or the
+    # init_from model's (a model continued from a tagged one keeps its tags)
+    domain_prefixes: dict[str, str] = field(default_factory=dict)
     lora: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
@@ -157,8 +161,9 @@ class Encoded:
         return [len(x) for x in self.ids]
 
 
-def encode(examples: list[Example], tokenizer, max_length: int) -> Encoded:
-    texts = [prepare(ex.text) for ex in examples]
+def encode(examples: list[Example], tokenizer, max_length: int, prefixes: dict[str, str] | None = None) -> Encoded:
+    """Token ids and labels; with ``prefixes`` each text behind its domain's tag (``model.domain.tag``)."""
+    texts = [tag(prefixes or {}, ex.domain, prepare(ex.text)) for ex in examples]
     ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     return Encoded(
         ids=ids,
@@ -330,6 +335,8 @@ def train(
         model, tokenizer = artifact.from_base(cfg.base, cfg.dropout)
         parent_meta = None
         base_name = cfg.base
+    cfg.domain_prefixes = cfg.domain_prefixes or (parent_meta.domain_prefixes if parent_meta else {})
+    check_prefixes(cfg.domain_prefixes)
     if cfg.lora:
         _apply_lora(model, cfg)
     model.to(device)
@@ -354,8 +361,8 @@ def train(
         examples = examples[: cfg.limit_train]
     if cfg.limit_dev:
         dev = dev[: cfg.limit_dev]
-    train_data = encode(examples, tokenizer, cfg.max_length)
-    dev_data = encode(dev, tokenizer, cfg.max_length)
+    train_data = encode(examples, tokenizer, cfg.max_length, cfg.domain_prefixes)
+    dev_data = encode(dev, tokenizer, cfg.max_length, cfg.domain_prefixes)
     pad_id = tokenizer.pad_token_id or 0
 
     global_batch = cfg.batch_size * ddp.world
@@ -555,6 +562,7 @@ def _save_model(model, tokenizer, cfg, base_name, parent_meta, directory: Path, 
         parent=parent_meta.full_name if parent_meta else None,
         licence=corpus.licence_of(cfg.train_sets),
         training_sets=["twitter-topic", "twitter-sentiment", *cfg.train_sets],
+        domain_prefixes=dict(cfg.domain_prefixes),
     )
     # Checkpoints of the best epoch keep full precision; the shipped copy is cast to fp16 on save.
     artifact.save(directory, to_save, tokenizer, meta, dtype=torch.float32)

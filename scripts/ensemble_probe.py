@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from finsent.errors import MissingData
     from finsent.model.classifier import Classifier
-    from finsent.model.data import NEWS_SETS, check_data_dir, twitter_sentiment, twitter_topic
+    from finsent.model.data import NEWS_SETS, check_data_dir, domain_of, twitter_sentiment, twitter_topic
     from finsent.model.quality import softmax
     from finsent.model.text import prepare
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, examples, head, _ in sets:
             texts = [prepare(ex.text) for ex in examples]
             keep = [i for i, t in enumerate(texts) if t]
-            topic, sentiment = clf.logits([texts[i] for i in keep])
+            topic, sentiment = clf.logits([texts[i] for i in keep], domain_of(examples))
             logits, t = (
                 (topic, clf.meta.temperature_topic) if head == "topic" else (sentiment, clf.meta.temperature_sentiment)
             )

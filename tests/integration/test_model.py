@@ -507,3 +507,56 @@ def test_rdrop_without_dropout_trains_exactly_as_plain_training_and_with_dropout
         progress=False,
     )
     assert artifact.load_meta(learnt).metrics["dev"]["sentiment_accuracy"] > 0.6
+
+
+def _two_conventions(n: int, seed: int) -> list:
+    """The keyword task as news, and the same texts as tweets all labelled neutral: two domains, two conventions
+    (what Twitter's annotators and the news sets disagree on), which one untagged head cannot both follow."""
+    from dataclasses import replace
+
+    from finsent.labels import SENTIMENT_INDEX
+
+    news = [replace(ex, domain="news") for ex in tiny_examples(n, seed) if ex.sentiment != IGNORE]
+    return news + [replace(ex, sentiment=SENTIMENT_INDEX["neutral"], domain="twitter") for ex in news]
+
+
+def test_a_domain_tagged_model_learns_each_domains_convention_and_serving_reads_text_behind_the_same_tag(
+    tmp_path, tiny_model_dir
+):
+    prefixes = {"twitter": "tweet |", "news": "headline |"}
+    out = train(
+        _tiny_cfg(tmp_path, tiny_model_dir, epochs=6, domain_prefixes=prefixes),
+        examples=_two_conventions(240, seed=1),
+        dev=_two_conventions(60, seed=2),
+        progress=False,
+    )
+    assert artifact.load_meta(out).domain_prefixes == prefixes
+    clf = Classifier.load(out, backend="torch")
+    test = [ex for ex in _two_conventions(60, seed=3) if ex.domain == "news"]
+    texts = [ex.text for ex in test]
+    as_tweets = clf.predict(texts, domain="twitter")
+    assert sum(p.sentiment == "neutral" for p in as_tweets) / len(texts) > 0.9
+    for as_news in (clf.predict(texts, domain="news"), clf.predict(texts)):  # no domain: finsent serves news
+        accuracy = np.mean([p.sentiment == clf.meta.sentiment_labels[ex.sentiment] for p, ex in zip(as_news, test)])
+        assert accuracy > 0.8
+    # the stream's path (encode off the model thread, then predict_encoded) reads text as news too
+    streamed = clf.predict_encoded(clf.encode(texts))
+    assert [p.sentiment for p in streamed] == [p.sentiment for p in clf.predict(texts, domain="news")]
+    # a model continued from a tagged one keeps its tags (feedback fine-tuning names no prefixes)
+    child = train(
+        _tiny_cfg(tmp_path / "child", out, epochs=1, version="t2"),
+        examples=_two_conventions(40, seed=4),
+        dev=_two_conventions(20, seed=5),
+        progress=False,
+    )
+    assert artifact.load_meta(child).domain_prefixes == prefixes
+
+
+def test_domain_prefixes_must_name_both_domains(tmp_path, tiny_model_dir):
+    with pytest.raises(ValueError, match="exactly 'twitter' and 'news'"):
+        train(
+            _tiny_cfg(tmp_path, tiny_model_dir, domain_prefixes={"news": "headline |"}),
+            examples=tiny_examples(16, seed=1),
+            dev=tiny_examples(8, seed=2),
+            progress=False,
+        )
