@@ -485,6 +485,15 @@ def render(
         f"slice of train: topic {m.temperature_topic:.3f}, sentiment {m.temperature_sentiment:.3f}.",
         "Twitter *valid* splits are test sets here: model selection and calibration used a hash-selected 10 % dev slice "
         "of *train*. PhraseBank and the other news sets are out-of-domain for this model (never trained on).",
+        *(
+            [
+                "",
+                f"Trained with domain tags {m.domain_prefixes} (`finsent.model.domain`): the Twitter sets are read behind "
+                "the `twitter` tag, every other set (and anything served, by default) behind the `news` tag.",
+            ]
+            if m.domain_prefixes
+            else []
+        ),
         "",
         "## Summary",
         "",

@@ -25,6 +25,7 @@ from finsent.model.data import (
     phrasebank_train_part,
     split_heldout,
 )
+from finsent.model.domain import check_prefixes
 from finsent.model.train import TrainConfig
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "news"
@@ -68,6 +69,16 @@ def test_shipped_run_configs_parse_and_the_default_one_is_commercial():
     assert licence_of(research.train_sets) == RESEARCH and research.name != v2.name
     self_trained = TrainConfig.from_toml(CONFIGS / "train-minilm-research-st.toml")
     assert licence_of(self_trained.train_sets) == RESEARCH and self_trained.self_train_from
+    tagged = TrainConfig.from_toml(CONFIGS / "train-minilm-research-tags.toml")
+    assert set(tagged.domain_prefixes) == {"twitter", "news"} and tagged.name == research.name
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("train-*.toml")), ids=lambda p: p.name)
+def test_every_run_config_parses_and_names_known_sets_and_whole_domain_tags(path):
+    cfg = TrainConfig.from_toml(path)
+    licence_of(cfg.train_sets)
+    check_prefixes(cfg.domain_prefixes)
+    assert (licence_of(cfg.train_sets) == RESEARCH) == cfg.name.endswith("-research")
 
 
 def test_pseudo_labels_fill_only_missing_heads_and_only_when_confident(tiny_model_dir):
