@@ -121,9 +121,10 @@ def pseudo_label(
     # Twitter texts as tweets, the rest as news: a domain-tagged teacher reads each behind its own tag (model.domain);
     # for an untagged one both calls are its default rule.
     preds: list = [None] * len(examples)
-    for domain in ("twitter", None):
-        idx = [i for i, ex in enumerate(examples) if (ex.domain == "twitter") == (domain == "twitter")]
-        for i, p in zip(idx, teacher.predict([texts[i] for i in idx], domain=domain) if idx else []):
+    as_tweet = [ex.domain == "twitter" for ex in examples]
+    for tweets, domain in ((True, "twitter"), (False, None)):
+        idx = [i for i, t in enumerate(as_tweet) if t is tweets]
+        for i, p in zip(idx, teacher.predict([texts[i] for i in idx], domain=domain)):
             preds[i] = p
     topics, sents = teacher.meta.topic_labels, teacher.meta.sentiment_labels
     counts = {"topic": 0, "sentiment": 0}
