@@ -1,4 +1,4 @@
-"""Commands of the model: train, evaluate, export."""
+"""Commands of the model: pre-train, train, evaluate, export."""
 
 from __future__ import annotations
 
@@ -65,6 +65,28 @@ def train(
     result = fine_tune(parent, feedback, cfg, replay=replay, max_drop=max_drop)
     typer.echo(result.table())
     raise typer.Exit(0 if result.registered else 3)
+
+
+@app.command()
+def pretrain(
+    run_config: Annotated[
+        Path, typer.Option("--run-config", "-r", help="Pre-training run TOML (see configs/pretrain-*.toml).")
+    ],
+    version: Annotated[str, typer.Option(help="Encoder version; default: UTC timestamp.")] = "",
+    limit: Annotated[int | None, typer.Option(help="Read only the first N texts (smoke runs).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop (checkpointed) after N steps; rerun to resume.")] = None,
+    out_dir: Annotated[str | None, typer.Option(help="Where encoder versions are written.")] = None,
+) -> None:
+    """Continue the base encoder's masked-LM training on unlabelled headlines and tweets (research: see the config).
+
+    Writes an encoder directory that a training run config names as its `base`."""
+    from finsent.model.pretrain import PretrainConfig
+    from finsent.model.pretrain import pretrain as run_pretraining
+
+    cfg = PretrainConfig.from_toml(
+        run_config, version=version or None, limit=limit, max_steps=max_steps, out_dir=out_dir
+    )
+    typer.echo(str(run_pretraining(cfg, progress=sys.stderr.isatty())))
 
 
 @app.command("eval")

@@ -37,13 +37,25 @@ BASES: dict[str, tuple[str, str]] = {
 
 
 def base_path(name: str) -> Path:
+    """A packaged base by name, or an encoder directory (``finsent pretrain`` writes them)."""
     if name not in BASES:
-        raise ModelError(f"unknown base {name!r}; known: {sorted(BASES)}")
+        if (Path(name) / "config.json").is_file():
+            return Path(name)
+        raise ModelError(f"unknown base {name!r}; known: {sorted(BASES)}, or an encoder directory (finsent pretrain)")
     package, sub = BASES[name]
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
         raise ModelError(f"base {name!r} needs the PyPI package {package!r} installed")
     return Path(spec.origin).parent / sub
+
+
+def base_record(name: str) -> dict[str, Any]:
+    """What ``finsent pretrain`` recorded about an encoder directory (its sets, licence, losses); {} for a packaged
+    base. A model trained from a pre-trained base inherits the licence of the text that base read."""
+    if name in BASES:
+        return {}
+    path = base_path(name) / "pretrain.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 @dataclass

@@ -74,6 +74,12 @@ def licence_of(set_names: list[str]) -> str:
     return COMMERCIAL if all(TRAIN_SETS[n].commercial for n in set_names) else RESEARCH
 
 
+def run_licence(set_names: list[str], inherited: str = "") -> str:
+    """The licence of a run on ``set_names`` that started from weights whose licence is ``inherited`` (a parent
+    model's, or a pre-trained base's): research when either is."""
+    return RESEARCH if inherited == RESEARCH else licence_of(set_names)
+
+
 def extra_examples(
     data_dir: Path, set_names: list[str], repeat: int = 1, augment: int = 0, seed: int = 0
 ) -> list[Example]:

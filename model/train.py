@@ -552,6 +552,8 @@ def _save_model(model, tokenizer, cfg, base_name, parent_meta, directory: Path, 
     if cfg.lora:
         to_save = copy.deepcopy(model)
         _merge_lora(to_save)
+    # a model continued from another keeps its parent's licence; one trained from a pre-trained base, the base's
+    inherited = {"licence": parent_meta.licence} if parent_meta else artifact.base_record(base_name)
     meta = artifact.ModelMeta(
         name=cfg.name,
         version=cfg.version,
@@ -560,8 +562,13 @@ def _save_model(model, tokenizer, cfg, base_name, parent_meta, directory: Path, 
         metrics={"dev": metrics},
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         parent=parent_meta.full_name if parent_meta else None,
-        licence=corpus.licence_of(cfg.train_sets),
-        training_sets=["twitter-topic", "twitter-sentiment", *cfg.train_sets],
+        licence=corpus.run_licence(cfg.train_sets, inherited.get("licence", "")),
+        training_sets=[
+            *(f"pretrain:{s}" for s in inherited.get("sets", [])),
+            "twitter-topic",
+            "twitter-sentiment",
+            *cfg.train_sets,
+        ],
         domain_prefixes=dict(cfg.domain_prefixes),
     )
     # Checkpoints of the best epoch keep full precision; the shipped copy is cast to fp16 on save.

@@ -49,7 +49,13 @@ CASES = {
     # name: (argv, env, exit code, what the line must say)
     "eval without data": (["eval", "--no-mlflow"], {}, 2, "missing evaluation data directory"),
     "export without data": (["export"], {}, 2, "missing"),
-    "train without data": (["train", "--no-mlflow", "--limit-train", "8"], "run_config", 2, "missing"),
+    "train without data": (
+        ["train", "--no-mlflow", "--limit-train", "8"],
+        "run_config:train-minilm.toml",
+        2,
+        "missing",
+    ),
+    "pretrain without data": (["pretrain", "--limit", "8"], "run_config:pretrain-minilm-news.toml", 2, "missing"),
     "topics, broker down": (["topics"], "dead_broker", 1, "no Kafka broker"),
     "worker, broker down": (["worker"], "dead_broker", 1, "no Kafka broker"),
     "bad setting": (["topics"], {"FINSENT_BROKER__PORT": "99999"}, 2, "broker.port (FINSENT_BROKER__PORT)"),
@@ -78,9 +84,11 @@ def test_a_usual_failure_is_one_line_with_its_exit_code_and_no_traceback(case, t
     argv, env, code, says = CASES[case]
     if env == "dead_broker":
         env = dead_broker()
-    elif env == "run_config":  # the shipped run config, pointed at data that is not there, writing nowhere real
+    elif isinstance(env, str) and env.startswith(
+        "run_config:"
+    ):  # a shipped run config, pointed at data that is not there, writing nowhere real
         config = tmp_path / "run.toml"
-        lines = (ROOT / "configs" / "train-minilm.toml").read_text().splitlines()
+        lines = (ROOT / "configs" / env.split(":", 1)[1]).read_text().splitlines()
         config.write_text(
             "\n".join(
                 f'data_dir = "{tmp_path / "no-shared-data"}"' if line.startswith("data_dir") else line for line in lines

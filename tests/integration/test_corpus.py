@@ -179,3 +179,17 @@ def test_finentity_rewrites_swap_its_annotated_companies_and_keep_every_label():
     assert [label_of[skeleton(r.text)] for r in rewrites] == [r.sentiment for r in rewrites]
     assert not {r.text for r in rewrites} & {e.text for e in dev}
     assert TrainConfig.from_toml(CONFIGS / "train-minilm-v5.toml").train_set_augment == 3
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("pretrain-*.toml")), ids=lambda p: p.name)
+def test_every_pretraining_config_parses_and_says_what_its_encoder_may_be_used_for(path):
+    from finsent.model.pretrain import PretrainConfig
+    from finsent.model.pretrain import licence_of as pretrain_licence
+
+    cfg = PretrainConfig.from_toml(path)
+    check_prefixes(cfg.domain_prefixes)
+    if pretrain_licence(cfg.sets) == RESEARCH:  # a research-only encoder is only the base of research runs
+        for train_path in CONFIGS.glob("train-*.toml"):
+            run = TrainConfig.from_toml(train_path)
+            if Path(run.base).parent.name == cfg.name:
+                assert run.name.endswith("-research"), train_path.name
