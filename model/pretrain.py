@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
@@ -35,12 +34,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from finsent.model import artifact, corpus
+from finsent.model import artifact, checkpoint, corpus
 from finsent.model.batching import bucketed_batches, pad, sorted_batches
 from finsent.model.data import load_twitter, normalised
 from finsent.model.domain import check_prefixes, tag
 from finsent.model.text import prepare
-from finsent.model.train import _lr_lambda, _rng_state, _seed_everything, _set_rng_state, pick_device
+from finsent.model.train import _lr_lambda, _seed_everything, pick_device
 
 log = logging.getLogger("finsent.model.pretrain")
 
@@ -238,13 +237,9 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
     state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "losses": []}
-    if ckpt_path.exists():
-        saved = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state = saved["state"]
-        _set_rng_state(saved["rng"])
+    resumed = checkpoint.restore(ckpt_path, model, optimizer, scheduler)
+    if resumed is not None:
+        state = resumed
         log.info("resumed", extra={"checkpoint": str(ckpt_path), "global_step": state["global_step"]})
     else:
         state["heldout_loss_before"] = heldout_loss(model, heldout_batches, device, cfg.seed)
@@ -261,16 +256,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
     )
 
     def save_checkpoint() -> None:
-        tmp = ckpt_path.with_suffix(".tmp")
-        payload = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "state": state,
-            "rng": _rng_state(),
-        }
-        torch.save(payload, tmp)
-        os.replace(tmp, ckpt_path)
+        checkpoint.save(ckpt_path, model, optimizer, scheduler, state)
 
     encoder_params = list(model.encoder.parameters())
     while state["epoch"] < cfg.epochs:

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from finsent.model import artifact, corpus
+from finsent.model import artifact, checkpoint, corpus
 from finsent.model.batching import bucketed_batches, pad, sorted_batches
 from finsent.model.data import IGNORE, Example, load_twitter
 from finsent.model.domain import check_prefixes, tag
@@ -218,17 +218,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-
-
-def _set_rng_state(rng: dict) -> None:
-    """Restore the dropout/shuffle RNGs so a resumed run draws what the uninterrupted run would have."""
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-
-
 def _param_groups(model: MultiTaskModel, cfg: TrainConfig) -> list[dict]:
     no_decay = ("bias", "LayerNorm.weight", "LayerNorm.bias")
     groups: dict[tuple[bool, bool], list] = {}
@@ -382,13 +371,9 @@ def train(
     ckpt_path = run_dir / "checkpoint.pt"
     best_dir = run_dir / "best"
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": -1.0, "bad_epochs": 0, "history": []}
-    if ckpt_path.exists():
-        saved = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state = saved["state"]
-        _set_rng_state(saved["rng"])
+    resumed = checkpoint.restore(ckpt_path, model, optimizer, scheduler)
+    if resumed is not None:
+        state = resumed
         log.info("resumed", extra={"checkpoint": str(ckpt_path), **{k: state[k] for k in ("epoch", "step_in_epoch")}})
     if ddp.main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -410,18 +395,7 @@ def train(
 
     def save_checkpoint() -> None:
         if ddp.main:
-            tmp = ckpt_path.with_suffix(".tmp")
-            torch.save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "state": state,
-                    "rng": _rng_state(),
-                },
-                tmp,
-            )
-            os.replace(tmp, ckpt_path)
+            checkpoint.save(ckpt_path, model, optimizer, scheduler, state)
 
     ce = nn.CrossEntropyLoss(ignore_index=IGNORE, reduction="sum")
     stop = False

@@ -1,0 +1,54 @@
+"""A training run's resumable state on disk: weights, optimizer, schedule, loop position and RNGs.
+
+Why one module: fine-tuning (``model.train``) and masked-LM pre-training (``model.pretrain``) are both long CPU runs
+that must survive a stopped session; restoring the RNGs too is what makes a resumed run draw exactly what the
+uninterrupted one would have (their tests compare the weights).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(rng: dict) -> None:
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+
+
+def save(path: Path, model: nn.Module, optimizer, scheduler, state: dict[str, Any]) -> None:
+    """Written whole or not at all (a temporary file, then an atomic rename)."""
+    tmp = path.with_suffix(".tmp")
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "state": state,
+        "rng": rng_state(),
+    }
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def restore(path: Path, model: nn.Module, optimizer, scheduler) -> dict[str, Any] | None:
+    """Load ``path`` into the model, optimizer and schedule and restore the RNGs; returns the loop state, or None
+    when there is no checkpoint (a fresh run)."""
+    if not path.exists():
+        return None
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    set_rng_state(saved["rng"])
+    return saved["state"]
