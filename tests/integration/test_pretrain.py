@@ -89,7 +89,9 @@ def test_pretraining_freezes_the_encoder_for_the_head_warmup_then_learns_and_res
     base = _encoder(tiny_base)
     full = pretrain(_cfg(tmp_path / "full", tiny_base, tiny_data_dir), progress=False)
     record = json.loads((full / "pretrain.json").read_text())
-    assert record["heldout_loss_after"] < record["heldout_loss_before"] - 1.0
+    # the warmed-up head (encoder frozen) beats a random one, and the loss keeps falling once the encoder trains too
+    assert record["heldout_loss_base_encoder"] < record["heldout_loss_before"]
+    assert record["heldout_loss_after"] < record["heldout_loss_base_encoder"] - 0.5
     assert record["licence"] == corpus.COMMERCIAL and record["heldout_texts"] == 24
     trained = _encoder(full)
     assert any(not torch.equal(trained[k], base[k]) for k in base)
