@@ -80,8 +80,12 @@ def pretrain(
     """Continue the base encoder's masked-LM training on unlabelled headlines and tweets (research: see the config).
 
     Writes an encoder directory that a training run config names as its `base`."""
+    from finsent.errors import ConfigError
     from finsent.model.pretrain import PretrainConfig
     from finsent.model.pretrain import pretrain as run_pretraining
+
+    if max_steps and not version:
+        raise ConfigError("--max-steps needs --version: the rerun that resumes must name the same version")
 
     cfg = PretrainConfig.from_toml(
         run_config, version=version or None, limit=limit, max_steps=max_steps, out_dir=out_dir

@@ -39,6 +39,8 @@ BASES: dict[str, tuple[str, str]] = {
 def base_path(name: str) -> Path:
     """A packaged base by name, or an encoder directory (``finsent pretrain`` writes them)."""
     if name not in BASES:
+        if (Path(name) / "meta.json").is_file():
+            raise ModelError(f"{name} is a finsent model, not an encoder: continue from it with init_from")
         if (Path(name) / "config.json").is_file():
             return Path(name)
         raise ModelError(f"unknown base {name!r}; known: {sorted(BASES)}, or an encoder directory (finsent pretrain)")
@@ -55,7 +57,9 @@ def base_record(name: str) -> dict[str, Any]:
     if name in BASES:
         return {}
     path = base_path(name) / "pretrain.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():  # an encoder from elsewhere: nothing says what it read
+        return {"licence": f"unknown: {name} has no pretrain.json"}
+    return json.loads(path.read_text())
 
 
 @dataclass

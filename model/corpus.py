@@ -74,10 +74,14 @@ def licence_of(set_names: list[str]) -> str:
     return COMMERCIAL if all(TRAIN_SETS[n].commercial for n in set_names) else RESEARCH
 
 
-def run_licence(set_names: list[str], inherited: str = "") -> str:
-    """The licence of a run on ``set_names`` that started from weights whose licence is ``inherited`` (a parent
-    model's, or a pre-trained base's): research when either is."""
-    return RESEARCH if inherited == RESEARCH else licence_of(set_names)
+def run_licence(set_names: list[str], *inherited: str) -> str:
+    """The licence of a run on ``set_names`` that learned from other weights too (a parent model, a pre-trained base,
+    a pseudo-labelling teacher), each with its licence: research unless every one is commercial. An empty licence
+    is a model from before licences were recorded (the shipped v1, trained on the MIT Twitter sets) and adds
+    nothing; any other text that is not ``COMMERCIAL`` counts as research."""
+    if any(lic and lic != COMMERCIAL for lic in inherited):
+        return RESEARCH
+    return licence_of(set_names)
 
 
 def extra_examples(

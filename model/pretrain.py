@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
@@ -34,9 +35,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from finsent.errors import ConfigError
 from finsent.model import artifact, checkpoint, corpus
 from finsent.model.batching import bucketed_batches, pad, sorted_batches
-from finsent.model.data import load_twitter, normalised
+from finsent.model.data import evaluation_texts, load_twitter, normalised
 from finsent.model.domain import check_prefixes, tag
 from finsent.model.text import prepare
 from finsent.model.train import _lr_lambda, _seed_everything, pick_device
@@ -68,8 +70,9 @@ class PretrainConfig:
     warmup_ratio: float = 0.06
     head_warmup_steps: int = 200  # the encoder frozen while the fresh head learns
     mask_prob: float = 0.15
-    max_length: int = 64
+    max_length: int = 96  # as fine-tuning reads: every position it uses is adapted
     heldout_texts: int = 2000  # texts kept out of training to measure the masked-LM loss before and after
+    dev_fraction: float = 0.1  # the Twitter dev slice fine-tuning selects on (``data.load_twitter``): never read here
     seed: int = 13
     checkpoint_every: int = 200
     max_steps: int = 0  # >0: checkpoint and stop after this many steps (time-boxed runs); rerun to resume
@@ -79,33 +82,56 @@ class PretrainConfig:
 
     @classmethod
     def from_toml(cls, path: Path, **overrides: Any) -> PretrainConfig:
-        raw = tomllib.loads(path.read_text())
+        """The run a TOML file describes; anything that cannot work is one ``ConfigError`` naming it."""
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise ConfigError(f"{path}: {err}") from err
         raw = raw.get("pretrain", raw)
         unknown = set(raw) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"{path}: unknown pre-training settings {sorted(unknown)}")
+            raise ConfigError(f"{path}: unknown pre-training settings {sorted(unknown)}")
         raw.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**raw)
+        cfg = cls(**raw)
+        try:
+            licence_of(cfg.sets)
+            check_prefixes(cfg.domain_prefixes)
+        except ValueError as err:
+            raise ConfigError(f"{path}: {err}") from err
+        return cfg
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a resumed run must share with the run that wrote the checkpoint (not where or how fast it runs)."""
+        loose = {"version", "max_steps", "threads", "device", "out_dir", "run_dir", "checkpoint_every"}
+        return {k: v for k, v in asdict(self).items() if k not in loose}
 
 
-def licence_of(set_names: list[str]) -> str:
-    return corpus.licence_of([n for n in set_names if n != TWITTER])
+def licence_of(set_names: list[str], base: str = "") -> str:
+    """The licence of an encoder pre-trained on ``set_names`` from ``base``: research when either is."""
+    inherited = artifact.base_record(base).get("licence", "") if base else ""
+    return corpus.run_licence([n for n in set_names if n != TWITTER], inherited)
 
 
-def texts_of(cfg: PretrainConfig) -> list[str]:
-    """Each named set's training texts behind its domain's tag, once each (by normalised text), in a seeded order."""
+def texts_of(cfg: PretrainConfig) -> list[tuple[str, str]]:
+    """(domain, text behind its domain's tag) for each named set's training texts, once each (by normalised text),
+    in a seeded order. No text a model is scored or selected on is read, in any casing (``data.evaluation_texts``):
+    the Twitter train and valid files share a few texts, and the sets' held-out cut hashes the text as given."""
     data_dir = Path(cfg.data_dir)
-    licence_of(cfg.sets)  # unknown names fail before any data is read
-    seen: set[str] = set()
-    out: list[str] = []
+    seen = evaluation_texts(data_dir, cfg.dev_fraction)
+    out: list[tuple[str, str]] = []
     for name in cfg.sets:
-        examples = load_twitter(data_dir).train if name == TWITTER else corpus.TRAIN_SETS[name].load(data_dir)
+        if name == TWITTER:
+            examples = load_twitter(data_dir, cfg.dev_fraction).train
+        else:
+            examples = corpus.TRAIN_SETS[name].load(data_dir)
+        added = 0
         for ex in examples:
             key = normalised(ex.text)
             if key and key not in seen:
                 seen.add(key)
-                out.append(tag(cfg.domain_prefixes, ex.domain, prepare(ex.text)))
-        log.info("pre-training set added", extra={"set": name, "texts": len(examples)})
+                out.append((ex.domain, tag(cfg.domain_prefixes, ex.domain, prepare(ex.text))))
+                added += 1
+        log.info("pre-training set added", extra={"set": name, "texts": len(examples), "new": added})
     random.Random(cfg.seed).shuffle(out)
     return out[: cfg.limit] if cfg.limit else out
 
@@ -155,10 +181,13 @@ class MaskedLM(nn.Module):
 
 
 class _Batcher:
-    """Token ids of the texts, padded and masked per batch; specials come from the tokenizer, not a guess."""
+    """Token ids of the texts, padded and masked per batch. Never masked: the tokenizer's specials, padding and the
+    domain tag's tokens after [CLS] (a near-constant word would spend masks on nothing to learn)."""
 
-    def __init__(self, texts: list[str], tokenizer, max_length: int, mask_prob: float):
-        self.ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    def __init__(self, texts: list[tuple[str, str]], tokenizer, max_length: int, mask_prob: float, prefixes):
+        self.ids = tokenizer([t for _, t in texts], truncation=True, max_length=max_length)["input_ids"]
+        tag_tokens = {d: len(tokenizer(p, add_special_tokens=False)["input_ids"]) for d, p in prefixes.items()}
+        self.tagged = [tag_tokens.get(domain, 0) for domain, _ in texts]
         self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)))
         self.pad_id = tokenizer.pad_token_id or 0
         self.mask_id = tokenizer.mask_token_id
@@ -168,6 +197,8 @@ class _Batcher:
     def __call__(self, rows: list[int], generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         ids, attention = pad([self.ids[i] for i in rows], self.pad_id)
         special = torch.isin(ids, self.special_ids) | (attention == 0)
+        for row, i in enumerate(rows):
+            special[row, 1 : 1 + self.tagged[i]] = True
         inputs, labels = mask_tokens(ids, special, self.mask_id, self.vocab, self.mask_prob, generator)
         return inputs, attention, labels
 
@@ -192,24 +223,28 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     cfg.version = cfg.version or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    check_prefixes(cfg.domain_prefixes)
+    licence = licence_of(cfg.sets, cfg.base)
     device = pick_device(cfg.device)
     _seed_everything(cfg.seed)
     texts = texts_of(cfg)
     heldout, train_texts = texts[: cfg.heldout_texts], texts[cfg.heldout_texts :]
     if not train_texts or not heldout:
-        raise ValueError(f"{len(texts)} texts: too few for {cfg.heldout_texts} held-out texts and a training part")
+        raise ConfigError(f"{len(texts)} texts: too few for heldout_texts={cfg.heldout_texts} and a training part")
 
     from transformers import AutoTokenizer, BertModel
 
     base = artifact.base_path(cfg.base)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = MaskedLM(BertModel.from_pretrained(base, add_pooling_layer=False)).to(device)
-    train_batches = _Batcher(train_texts, tokenizer, cfg.max_length, cfg.mask_prob)
-    heldout_batches = _Batcher(heldout, tokenizer, cfg.max_length, cfg.mask_prob)
+    train_batches = _Batcher(train_texts, tokenizer, cfg.max_length, cfg.mask_prob, cfg.domain_prefixes)
+    heldout_batches = _Batcher(heldout, tokenizer, cfg.max_length, cfg.mask_prob, cfg.domain_prefixes)
 
     steps_per_epoch = math.ceil(len(train_texts) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
+    if cfg.head_warmup_steps >= total_steps:
+        raise ConfigError(
+            f"head_warmup_steps={cfg.head_warmup_steps} leaves none of the {total_steps} steps to the encoder"
+        )
     no_decay = ("bias", "LayerNorm", "transform.2")
     groups = {}
     for name, p in model.named_parameters():
@@ -239,9 +274,12 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
     state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "losses": []}
     resumed = checkpoint.restore(ckpt_path, model, optimizer, scheduler)
     if resumed is not None:
+        if resumed.get("fingerprint") != cfg.fingerprint():
+            raise ConfigError(f"{ckpt_path} was written by another run configuration: use another --version")
         state = resumed
         log.info("resumed", extra={"checkpoint": str(ckpt_path), "global_step": state["global_step"]})
     else:
+        state["fingerprint"] = cfg.fingerprint()
         state["heldout_loss_before"] = heldout_loss(model, heldout_batches, device, cfg.seed)
     (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     log.info(
@@ -304,14 +342,20 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
 
     after = heldout_loss(model, heldout_batches, device, cfg.seed)
     out = Path(cfg.out_dir) / cfg.name / cfg.version
-    out.mkdir(parents=True, exist_ok=True)
-    model.encoder.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    if out.exists():
+        raise ConfigError(f"{out} exists: an encoder version is written once (choose another --version)")
+    partial = out.with_name(
+        out.name + ".partial"
+    )  # the directory appears whole, licence record included, or not at all
+    shutil.rmtree(partial, ignore_errors=True)
+    model.encoder.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
     record = {
         "config": asdict(cfg),
         "base": cfg.base,
-        "licence": licence_of(cfg.sets),
-        "sets": cfg.sets,
+        "licence": licence,
+        # the text every encoder in the chain read: a base pre-trained from another keeps its sets
+        "sets": [*artifact.base_record(cfg.base).get("sets", []), *cfg.sets],
         "texts": len(train_texts),
         "heldout_texts": len(heldout),
         "heldout_loss_before": state["heldout_loss_before"],  # a random head: how far the head had to come
@@ -320,7 +364,8 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
         "losses": state["losses"],
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    (out / PRETRAIN_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    (partial / PRETRAIN_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    partial.rename(out)
     log.info(
         "encoder written",
         extra={"path": str(out), "heldout_loss_base_encoder": record["heldout_loss_base_encoder"],

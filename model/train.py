@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from finsent.errors import ConfigError
 from finsent.model import artifact, checkpoint, corpus
 from finsent.model.batching import bucketed_batches, pad, sorted_batches
 from finsent.model.data import IGNORE, Example, load_twitter
@@ -101,7 +102,7 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(raw) - known
         if unknown:
-            raise ValueError(f"{path}: unknown training settings {sorted(unknown)}")
+            raise ConfigError(f"{path}: unknown training settings {sorted(unknown)}")
         raw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**raw)
 
@@ -526,8 +527,10 @@ def _save_model(model, tokenizer, cfg, base_name, parent_meta, directory: Path, 
     if cfg.lora:
         to_save = copy.deepcopy(model)
         _merge_lora(to_save)
-    # a model continued from another keeps its parent's licence; one trained from a pre-trained base, the base's
+    # a model continued from another keeps its parent's licence; one trained from a pre-trained base, the base's;
+    # pseudo-labels distil their teacher, so its licence too
     inherited = {"licence": parent_meta.licence} if parent_meta else artifact.base_record(base_name)
+    teachers = [artifact.load_meta(Path(t)).licence for t in (cfg.pseudo_from, cfg.self_train_from) if t]
     meta = artifact.ModelMeta(
         name=cfg.name,
         version=cfg.version,
@@ -536,7 +539,7 @@ def _save_model(model, tokenizer, cfg, base_name, parent_meta, directory: Path, 
         metrics={"dev": metrics},
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         parent=parent_meta.full_name if parent_meta else None,
-        licence=corpus.run_licence(cfg.train_sets, inherited.get("licence", "")),
+        licence=corpus.run_licence(cfg.train_sets, inherited.get("licence", ""), *teachers),
         training_sets=[
             *(f"pretrain:{s}" for s in inherited.get("sets", [])),
             "twitter-topic",

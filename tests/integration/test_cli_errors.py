@@ -56,6 +56,12 @@ CASES = {
         "missing",
     ),
     "pretrain without data": (["pretrain", "--limit", "8"], "run_config:pretrain-minilm-news.toml", 2, "missing"),
+    "pretrain, resumable run unnamed": (
+        ["pretrain", "--max-steps", "5", "--run-config", "configs/pretrain-minilm-news.toml"],
+        {},
+        2,
+        "--max-steps needs --version",
+    ),
     "topics, broker down": (["topics"], "dead_broker", 1, "no Kafka broker"),
     "worker, broker down": (["worker"], "dead_broker", 1, "no Kafka broker"),
     "bad setting": (["topics"], {"FINSENT_BROKER__PORT": "99999"}, 2, "broker.port (FINSENT_BROKER__PORT)"),

@@ -7,6 +7,7 @@ What the masked-LM run does for accuracy is measured on the real model (MODEL_CA
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,9 @@ from conftest import tiny_examples
 from safetensors.torch import load_file
 
 from finsent.model import artifact, corpus
+from finsent.model.batching import pad
 from finsent.model.network import tiny_config
-from finsent.model.pretrain import IGNORE, PretrainConfig, mask_tokens, pretrain
+from finsent.model.pretrain import IGNORE, PretrainConfig, _Batcher, mask_tokens, pretrain, texts_of
 from finsent.model.train import TrainConfig, train
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "news"
@@ -24,7 +26,8 @@ FIXTURES = Path(__file__).parents[1] / "fixtures" / "news"
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory) -> Path:
-    """A random 2-layer BERT saved as a plain encoder directory (what ``finsent pretrain`` reads and writes)."""
+    """A random 2-layer BERT saved as an encoder directory (what ``finsent pretrain`` reads and writes); its record
+    says it read no text, so it passes no licence restriction on."""
     from transformers import AutoTokenizer, BertModel
 
     tokenizer = AutoTokenizer.from_pretrained(artifact.base_path("all-MiniLM-L6-v2"))
@@ -32,6 +35,7 @@ def tiny_base(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("base") / "tiny-encoder"
     BertModel(tiny_config(tokenizer.vocab_size), add_pooling_layer=False).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
+    (directory / "pretrain.json").write_text(json.dumps({"licence": corpus.COMMERCIAL, "sets": []}))
     return directory
 
 
@@ -135,3 +139,53 @@ def test_a_model_trained_from_a_pretrained_base_names_it_and_inherits_its_licenc
         assert meta.base == str(encoder)
         assert meta.licence == licence, sets  # no train_sets named: the licence comes from the base alone
         assert meta.training_sets[: len(sets)] == [f"pretrain:{s}" for s in sets]
+
+    # an encoder that does not say what it read passes on "unknown", which counts as research
+    unrecorded = tmp_path / "unrecorded-encoder"
+    shutil.copytree(tiny_base, unrecorded)
+    (unrecorded / "pretrain.json").unlink()
+    model = train(TrainConfig(base=str(unrecorded), version="u", **fine_tune), examples, dev, progress=False)
+    assert artifact.load_meta(model).licence == corpus.RESEARCH
+    # pseudo-labels distil their teacher: a research teacher makes a research student, on commercial data alone
+    cfg = TrainConfig(base=str(tiny_base), version="s", data_dir=str(data), pseudo_from=str(model), **fine_tune)
+    student = artifact.load_meta(train(cfg, progress=False))
+    assert student.licence == corpus.RESEARCH and "sp500-posneg" not in student.training_sets
+
+
+def test_the_batcher_never_masks_specials_padding_or_the_domain_tag_and_swaps_some_tokens_for_random_ones():
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(artifact.base_path("all-MiniLM-L6-v2"))
+    prefixes = {"twitter": "tweet |", "news": "headline |"}
+    texts = [("news", "headline | Acme beats quarterly estimates as margins widen")] * 150
+    texts += [("twitter", "tweet | $ACME up 5% premarket")] * 150
+    batcher = _Batcher(texts, tokenizer, 32, 0.5, prefixes)
+    inputs, attention, labels = batcher(list(range(300)), torch.Generator().manual_seed(3))
+    ids, _ = pad([batcher.ids[i] for i in range(300)], 0)
+    chosen = labels != IGNORE
+    assert not chosen[:, :3].any()  # [CLS] and the two tag tokens ("headline |", "tweet |")
+    assert not (chosen & (attention == 0)).any() and not (chosen & ids.eq(tokenizer.sep_token_id)).any()
+    assert chosen.sum() > 1000
+    as_mask = inputs[chosen] == tokenizer.mask_token_id
+    unchanged = inputs[chosen] == ids[chosen]
+    swapped = ~as_mask & ~unchanged
+    assert 0.75 < as_mask.float().mean() < 0.85
+    assert 0.05 < swapped.float().mean() < 0.15 and 0.05 < unchanged.float().mean() < 0.15
+
+
+def test_pretraining_reads_no_evaluation_text_in_any_casing(tmp_path, tiny_data_dir):
+    data = tmp_path / "data"
+    for folder in ("twitter-topic", "twitter-sentiment"):
+        (data / folder).mkdir(parents=True)
+        (data / folder / "train.csv").write_text((tiny_data_dir / folder / "train.csv").read_text())
+    train_rows = (tiny_data_dir / "twitter-topic" / "train.csv").read_text().splitlines()[1:]
+    tested = train_rows[0].rsplit(",", 1)[0]  # a training text that the valid file also holds, in capitals
+    (data / "twitter-topic" / "valid.csv").write_text(f"text,label\n{tested.upper()},1\n")
+    (data / "twitter-sentiment" / "valid.csv").write_text("text,label\nnothing in common,1\n")
+    cfg = PretrainConfig(data_dir=str(data), sets=["twitter-train"], heldout_texts=0)
+    read = {text for _, text in texts_of(cfg)}
+    assert tested not in read and read  # the valid file's text, though the train file has it in lower case
+    from finsent.model.data import load_twitter, normalised
+
+    dev = {normalised(ex.text) for ex in load_twitter(data).dev}
+    assert dev and not dev & {normalised(t) for t in read}  # nor the dev slice fine-tuning selects on
