@@ -71,6 +71,11 @@ def test_shipped_run_configs_parse_and_the_default_one_is_commercial():
     assert licence_of(self_trained.train_sets) == RESEARCH and self_trained.self_train_from
     tagged = TrainConfig.from_toml(CONFIGS / "train-minilm-research-tags.toml")
     assert set(tagged.domain_prefixes) == {"twitter", "news"} and tagged.name == research.name
+    # `make research-model` builds a research-licensed, tagged variant where the registry serves it by name
+    target = re.search(r"^research-model:.*\n\t.*--run-config (\S+)", (CONFIGS.parent / "Makefile").read_text(), re.M)
+    built = TrainConfig.from_toml(CONFIGS.parent / target.group(1))
+    assert licence_of(built.train_sets) == RESEARCH and built.name == research.name and built.domain_prefixes
+    assert built.out_dir == "models"
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("train-*.toml")), ids=lambda p: p.name)
