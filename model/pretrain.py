@@ -224,6 +224,9 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
         torch.set_num_threads(cfg.threads)
     cfg.version = cfg.version or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     licence = licence_of(cfg.sets, cfg.base)
+    out = Path(cfg.out_dir) / cfg.name / cfg.version
+    if out.exists():  # before any work: a finished version is not trained again to be refused at the end
+        raise ConfigError(f"{out} exists: an encoder version is written once (choose another --version)")
     device = pick_device(cfg.device)
     _seed_everything(cfg.seed)
     texts = texts_of(cfg)
@@ -341,9 +344,6 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
         save_checkpoint()
 
     after = heldout_loss(model, heldout_batches, device, cfg.seed)
-    out = Path(cfg.out_dir) / cfg.name / cfg.version
-    if out.exists():
-        raise ConfigError(f"{out} exists: an encoder version is written once (choose another --version)")
     partial = out.with_name(
         out.name + ".partial"
     )  # the directory appears whole, licence record included, or not at all
