@@ -241,6 +241,24 @@ class NewsSet:
         return NEU not in self.labels
 
 
+# The held-out parts (``split_heldout``) of the sets a model trains on: what the report scores them on and what
+# pre-training must never read (``evaluation_texts``), named once.
+def sp500_heldout(data_dir: Path) -> list[Example]:
+    return split_heldout("sp500-posneg", sp500_posneg(data_dir))[1]
+
+
+def sentfin_heldout(data_dir: Path) -> list[Example]:
+    return split_heldout("sentfin-headline", sentfin_headlines(data_dir))[1]
+
+
+def reuters_heldout(data_dir: Path) -> list[Example]:
+    return split_heldout("reuters-topics", reuters_topics(data_dir))[1]
+
+
+def phrasebank_finbert_test(data_dir: Path) -> list[Example]:
+    return finbert_test_split(phrasebank(data_dir, "50Agree"))
+
+
 NEWS_SETS: tuple[NewsSet, ...] = (
     NewsSet(
         "sp500-posneg",
@@ -302,7 +320,7 @@ NEWS_SETS: tuple[NewsSet, ...] = (
     # The held-out 20 % of each set the research variant trains on: its only fair figures on these sets.
     NewsSet(
         "sp500-posneg-heldout",
-        lambda d: split_heldout("sp500-posneg", sp500_posneg(d))[1],
+        sp500_heldout,
         (NEG, POS),
         "sp500-headlines-posneg/sp500_headlines_posneg.csv",
         "unknown",
@@ -311,7 +329,7 @@ NEWS_SETS: tuple[NewsSet, ...] = (
     ),
     NewsSet(
         "sentfin-headline-heldout",
-        lambda d: split_heldout("sentfin-headline", sentfin_headlines(d))[1],
+        sentfin_heldout,
         (NEG, NEU, POS),
         "sentfin/sentfin_headlines.csv",
         "unknown (treat as NC)",
@@ -420,10 +438,10 @@ def evaluation_texts(data_dir: Path, dev_fraction: float = 0.1) -> set[str]:
     texts = twitter_topic(data_dir, "valid") + twitter_sentiment(data_dir, "valid")
     texts += load_twitter(data_dir, dev_fraction).dev
     parts: list[Callable[[Path], list[Example]]] = [
-        lambda d: split_heldout("sp500-posneg", sp500_posneg(d))[1],
-        lambda d: split_heldout("sentfin-headline", sentfin_headlines(d))[1],
-        lambda d: split_heldout("reuters-topics", reuters_topics(d))[1],
-        lambda d: finbert_test_split(phrasebank(d, "50Agree")),
+        sp500_heldout,
+        sentfin_heldout,
+        reuters_heldout,
+        phrasebank_finbert_test,
         lambda d: finentity(d, "test"),
         sentivent_headlines,
     ]

@@ -38,10 +38,8 @@ from finsent.model.data import (
     NewsSet,
     check_data_dir,
     domain_of,
-    finbert_test_split,
-    phrasebank,
-    reuters_topics,
-    split_heldout,
+    phrasebank_finbert_test,
+    reuters_heldout,
     twitter_sentiment,
     twitter_topic,
 )
@@ -243,11 +241,11 @@ def run(clf: Classifier, data_dir: Path, out_dir: Path, limit: int = 0) -> dict:
         ("twitter-topic", "topic", twitter_topic(data_dir, "valid")),
     ]
     try:
-        sets.append(("phrasebank-50-finbert-test", "sentiment", finbert_test_split(phrasebank(data_dir, "50Agree"))))
+        sets.append(("phrasebank-50-finbert-test", "sentiment", phrasebank_finbert_test(data_dir)))
     except MissingData as err:
         log.warning("phrasebank FinBERT test split skipped", extra={"error": str(err)})
     try:  # topic on news: Reuters-21578 titles whose codes map to one topic, held-out 20 %
-        sets.append(("reuters-topics-heldout", "topic", split_heldout("reuters-topics", reuters_topics(data_dir))[1]))
+        sets.append(("reuters-topics-heldout", "topic", reuters_heldout(data_dir)))
     except MissingData as err:
         log.warning("reuters topic set skipped", extra={"error": str(err)})
     news_sets: list[tuple[NewsSet, list[Example]]] = []
