@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger("finsent.heap")
 
@@ -33,4 +35,23 @@ def freeze_startup_objects() -> int:
     return frozen
 
 
-__all__ = ["freeze_startup_objects"]
+@contextmanager
+def fewer_young_collections(threshold: int = 20_000) -> Iterator[None]:
+    """Collect the youngest generation after ``threshold`` net allocations instead of 700, for a batch job's run.
+
+    Why: a backtest's bookkeeping makes ~10 window results, a scored item and its records per headline, nearly all
+    freed by reference counting within the batch. At the default threshold the collector still ran ~27 times per
+    1,000 headlines and examined what happened to be alive, 7-10 us of CPU per headline (a tenth of the bookkeeping,
+    taken from the model threads on a 2-core machine); at 20,000 it runs a few times per run. Memory is not at
+    stake: only cyclic garbage waits longer, and the job makes little. The older generations keep their ratios.
+    The previous thresholds come back on exit.
+    """
+    before = gc.get_threshold()
+    gc.set_threshold(max(threshold, before[0]), *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+
+
+__all__ = ["fewer_young_collections", "freeze_startup_objects"]

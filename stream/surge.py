@@ -114,7 +114,10 @@ class SurgeDetector:
         self.keys: dict[str, KeyState] = {}
 
     def state(self, key: str) -> KeyState:
-        return self.keys.setdefault(key, KeyState())
+        st = self.keys.get(key)
+        if st is None:  # not ``setdefault(key, KeyState())``: that built a state per judgement, to throw away
+            st = self.keys[key] = KeyState()
+        return st
 
     def _learn(self, st: KeyState, share: float) -> None:
         a = self.cfg.ewma_alpha

@@ -2,7 +2,7 @@
 
 import gc
 
-from finsent.heap import freeze_startup_objects
+from finsent.heap import fewer_young_collections, freeze_startup_objects
 
 
 class Node:
@@ -26,3 +26,22 @@ def test_startup_objects_are_frozen_garbage_first_and_later_objects_are_still_co
         assert gc.collect() >= 1  # ... and their cycles freed
     finally:
         gc.unfreeze()
+
+
+def test_fewer_young_collections_raises_the_first_threshold_and_restores_all_three_even_on_error():
+    before = gc.get_threshold()
+    gc.set_threshold(700, 7, 9)
+    try:
+        try:
+            with fewer_young_collections(5_000):
+                assert gc.get_threshold() == (5_000, 7, 9)
+                raise RuntimeError("the job failed part-way")
+        except RuntimeError:
+            pass
+        assert gc.get_threshold() == (700, 7, 9)
+        gc.set_threshold(50_000, 7, 9)
+        with fewer_young_collections(5_000):
+            assert gc.get_threshold() == (50_000, 7, 9)  # never lowered
+        assert gc.get_threshold() == (50_000, 7, 9)
+    finally:
+        gc.set_threshold(*before)
