@@ -97,7 +97,7 @@ class Emitted:
         return bool(self.windows or self.alerts or self.rejected)
 
 
-@dataclass
+@dataclass(slots=True)
 class Judged:
     """One key judged at one window end: the state it was judged from, and the transitions it caused."""
 
@@ -227,10 +227,11 @@ class Aggregation:
             if end <= self.judged_from:
                 continue  # the restored detector state already holds this judgement
             watched = {c.key: c for c in at_end if c.width_s == self.surge_width}
+            horizon = self._rewind_horizon()
             firing = {k for k, st in self.detector.keys.items() if st.firing is not None}
             due = {k for k, a in self.provisional.items() if a.window_end.timestamp() <= end}
             for key in sorted(watched.keys() | firing | due):
-                decisions = self._judge(key, end, watched.get(key))
+                decisions = self._judge(key, end, watched.get(key), horizon)
                 if not silent:
                     out.alerts += decisions
                 prov = self.provisional.get(key)
@@ -241,8 +242,10 @@ class Aggregation:
             self._maybe_forget(end)
         return out
 
-    def _judge(self, key: str, end: int, closed: Closed | None) -> list[SurgeAlert]:
-        """One key at one window end; recorded so a late revision can re-judge from here."""
+    def _judge(self, key: str, end: int, closed: Closed | None, horizon: float) -> list[SurgeAlert]:
+        """One key at one window end; recorded so a late revision can re-judge from here. ``horizon``:
+        :meth:`_rewind_horizon`, which the caller takes once for all the keys it judges (the watermark stands
+        still meanwhile)."""
         st = self.detector.state(key)
         if closed is None:
             if st.firing is None:
@@ -252,8 +255,9 @@ class Aggregation:
         before = st.copy()
         alert = self.detector.observe(closed, closed.evidence)
         decisions = [alert] if alert else []
-        hist = self.history.setdefault(key, [])
-        horizon = self._rewind_horizon()
+        hist = self.history.get(key)
+        if hist is None:
+            hist = self.history[key] = []
         while hist and hist[0].end <= horizon:
             hist.pop(0)
         hist.append(Judged(end, before, decisions))
@@ -303,8 +307,9 @@ class Aggregation:
             self.detector.keys[key] = old[0].before.copy()
         new: list[SurgeAlert] = []
         bucket = self.store.bucket
+        horizon = self._rewind_horizon()
         for end in range(start, int(self.judged_until) + 1, bucket):
-            new += self._judge(key, end, self.store.window(key, self.surge_width, end))
+            new += self._judge(key, end, self.store.window(key, self.surge_width, end), horizon)
         if self._silent(self.judged_until):
             return []
         return _corrections([d for j in old for d in j.decisions], new)
