@@ -56,22 +56,36 @@ class Observation:
     evidence: Evidence
 
 
-@dataclass
+# Scores are summed as integers in units of 2**-52 (a headline's score is off by at most 2**-53, float precision; far below the
+# float32 the windows are published in). Integer sums do not depend on the order items arrive in, as float sums
+# did in their last bits, and they make a window a difference of two running totals (``WindowStore.windows_at``).
+SCORE_UNIT = 2.0**-52
+_UNITS_PER_SCORE = 2**52
+
+
+@dataclass(slots=True)
 class Bucket:
     negative: int = 0
     neutral: int = 0
     positive: int = 0
-    score_sum: float = 0.0
+    score_units: int = 0  # the scores' sum in SCORE_UNITs
     late: int = 0  # items counted after the bucket's first window closed: a window's revision is their sum
     evidence: list[tuple[float, str, Evidence]] = field(default_factory=list)  # min-heap on p_negative
+    # (negative, neutral, positive, score_units, late) summed over this key's held buckets up to this one, from the
+    # key's base: valid for the key's first ``WindowStore.totals_valid[key]`` buckets only
+    totals: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
 
     @property
     def count(self) -> int:
         return self.negative + self.neutral + self.positive
 
+    @property
+    def score_sum(self) -> float:
+        return self.score_units * SCORE_UNIT
+
     def add(self, obs: Observation, keep: int) -> None:
         setattr(self, obs.sentiment, getattr(self, obs.sentiment) + 1)
-        self.score_sum += obs.score
+        self.score_units += round(obs.score * _UNITS_PER_SCORE)
         if keep:
             entry = (obs.evidence.p_negative, obs.item_id, obs.evidence)
             if len(self.evidence) < keep:
@@ -182,6 +196,13 @@ class WindowStore:
         # key -> its buckets in the order of ``key_starts``: the walk reads ``row[i]``, not ``buckets[key][starts[i]]``
         # (a dict lookup per bucket visited; a backtest visits ~70 per headline)
         self.key_rows: dict[str, list[Bucket]] = {}
+        # Running totals (``Bucket.totals``): a window is the newest bucket's totals minus those of the bucket before
+        # its first one, not a walk over its buckets (60 for an hour of one-minute buckets, ~70 bucket visits per
+        # headline in a backtest). Kept lazily: a change to a key's bucket ``at`` makes the totals from ``at`` on
+        # stale, and the next window read brings them up to date as far as it needs. ``totals_base``: what the
+        # key's evicted buckets held, the totals before its first held bucket.
+        self.totals_valid: dict[str, int] = {}
+        self.totals_base: dict[str, tuple[int, int, int, int, int]] = {}
         self.keys_at: dict[int, set[str]] = {}  # bucket start -> keys with data there
         self.starts: list[int] = []  # sorted keys of keys_at: finds the next boundary with data in O(log n)
         self.seen: dict[str, set[str]] = defaultdict(set)  # key -> item ids counted (redelivery dedup)
@@ -267,6 +288,11 @@ class WindowStore:
                 starts.insert(at, start)
                 self.key_rows.setdefault(key, []).insert(at, bucket)
                 self._index(start, key)
+            else:
+                starts = self.key_starts[key]
+                at = len(starts) - 1 if starts[-1] == start else bisect.bisect_left(starts, start)
+            if self.totals_valid.get(key, 0) > at:
+                self.totals_valid[key] = at
             bucket.add(obs, self.keep)
             if late:
                 bucket.late += 1
@@ -293,46 +319,56 @@ class WindowStore:
         return found[0] if found else None
 
     def windows_at(self, key: str, end: int, widths: tuple[int, ...] | None = None) -> list[Closed]:
-        """Every window of ``key`` ending at ``end`` (``widths`` ascending; default all), narrowest first, in one
-        pass over the buckets from ``end`` back: the narrower windows are the newest buckets of the wider ones, so
-        a boundary's windows cost one walk over the widest instead of one per width (a backtest closes one
-        boundary per bucket for every key)."""
+        """Every window of ``key`` ending at ``end`` (``widths`` ascending; default all), narrowest first. Counts
+        and sums are differences of running totals (``Bucket.totals``); only the evidence is gathered bucket by
+        bucket, newest first, and only over the widths that carry it (the narrower windows' buckets are the
+        newest of the wider ones, so one walk serves them all)."""
         starts = self.key_starts.get(key)
         if not starts:
             return []
-        rows = self.key_rows[key]
-        keep, gather, gather_until = self.keep, self.evidence_widths, self.evidence_until
-        neg = neu = pos = late = 0
-        score_sum = 0.0
-        top: list[tuple[float, str, Evidence]] = []  # min-heap: the ``keep`` largest entries seen so far
         i = bisect.bisect_left(starts, end) - 1  # the newest bucket before ``end``
-        out: list[Closed] = []
+        if i < 0:
+            return []
         if widths is None:
             widths = self.widths  # sorted once in __init__: no check on the close path
         elif list(widths) != sorted(widths):
             raise ValueError(f"widths must be ascending (each window extends the previous): {widths}")
+        rows = self.key_rows[key]
+        base = self.totals_base.get(key, (0, 0, 0, 0, 0))
+        valid = self.totals_valid.get(key, 0)
+        if valid <= i:  # bring the totals up to date as far as this window needs
+            t = rows[valid - 1].totals if valid else base
+            for b in rows[valid : i + 1]:
+                t = b.totals = (
+                    t[0] + b.negative,
+                    t[1] + b.neutral,
+                    t[2] + b.positive,
+                    t[3] + b.score_units,
+                    t[4] + b.late,
+                )
+            self.totals_valid[key] = i + 1
+        newest = rows[i].totals
+        keep, gather, gather_until = self.keep, self.evidence_widths, self.evidence_until
+        top: list[tuple[float, str, Evidence]] = []  # min-heap: the ``keep`` largest entries seen so far
+        merged = i  # the evidence of buckets newer than this one is in ``top``
+        out: list[Closed] = []
         for width in widths:
-            merge = width <= gather_until  # a wider evidence window still needs this one's entries
             first = bisect.bisect_left(starts, end - width, 0, i + 1)  # the oldest bucket inside the window
-            newest_first = rows[first : i + 1]
-            newest_first.reverse()  # summed newest first, as the walk always has: the same floats
-            i = first - 1
-            for b in newest_first:
-                neg += b.negative
-                neu += b.neutral
-                pos += b.positive
-                score_sum += b.score_sum
-                late += b.late
-                if merge:
-                    for entry in b.evidence:
+            if first > i:
+                continue
+            before = rows[first - 1].totals if first else base
+            negative, neutral, positive = newest[0] - before[0], newest[1] - before[1], newest[2] - before[2]
+            if width <= gather_until:  # a wider evidence window still needs this one's entries
+                while merged >= first:
+                    for entry in rows[merged].evidence:
                         if len(top) < keep:
                             heapq.heappush(top, entry)
                         elif entry > top[0]:
                             heapq.heapreplace(top, entry)
-            if not neg + neu + pos:
-                continue
+                    merged -= 1
             evidence = tuple(e[2] for e in sorted(top, reverse=True)) if width in gather else ()
-            out.append(Closed(key, width, end, neg, neu, pos, score_sum, late, evidence))
+            score_sum = (newest[3] - before[3]) * SCORE_UNIT
+            out.append(Closed(key, width, end, negative, neutral, positive, score_sum, newest[4] - before[4], evidence))
         return out
 
     def flush_revisions(self, until: float | None = None) -> list[Closed]:
@@ -401,13 +437,25 @@ class WindowStore:
                 if buckets is not None:
                     buckets.pop(start, None)
                     starts = self.key_starts[key]
-                    at = bisect.bisect_left(starts, start)
+                    at = bisect.bisect_left(starts, start)  # 0: older buckets of the key went before this one
                     del starts[at]
-                    del self.key_rows[key][at]
+                    gone = self.key_rows[key].pop(at)
+                    base = self.totals_base.get(key, (0, 0, 0, 0, 0))
+                    self.totals_base[key] = (
+                        base[0] + gone.negative,
+                        base[1] + gone.neutral,
+                        base[2] + gone.positive,
+                        base[3] + gone.score_units,
+                        base[4] + gone.late,
+                    )
+                    # The later buckets' totals counted the evicted one, as the base now does: they stay right.
+                    self.totals_valid[key] = max(0, self.totals_valid.get(key, 0) - 1)
                     if not buckets:
                         del self.buckets[key]
                         del self.key_starts[key]
                         del self.key_rows[key]
+                        del self.totals_valid[key]
+                        del self.totals_base[key]
         for start in [s for s in self.seen_at if s < horizon]:
             for key, item_id in self.seen_at.pop(start):
                 ids = self.seen.get(key)
