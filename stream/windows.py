@@ -56,9 +56,9 @@ class Observation:
     evidence: Evidence
 
 
-# Scores are summed as integers in units of 2**-52 (a headline's score is off by at most 2**-53, float precision; far below the
-# float32 the windows are published in). Integer sums do not depend on the order items arrive in, as float sums
-# did in their last bits, and they make a window a difference of two running totals (``WindowStore.windows_at``).
+# Scores are summed as integers in units of 2**-52 (a headline's score is off by at most 2**-53, float precision,
+# far below the float32 the windows are published in). Integer sums do not depend on the order items arrive in, as
+# float sums did in their last bits, and they make a window a difference of two running totals (``windows_at``).
 SCORE_UNIT = 2.0**-52
 _UNITS_PER_SCORE = 2**52
 
@@ -192,10 +192,8 @@ class WindowStore:
         self.evidence_widths = frozenset(wanted) if evidence else frozenset()
         self.evidence_until = max(self.evidence_widths, default=0)  # no width wider than this merges evidence
         self.buckets: dict[str, dict[int, Bucket]] = defaultdict(dict)  # key -> bucket start (epoch s) -> bucket
-        self.key_starts: dict[str, list[int]] = {}  # key -> its bucket starts, sorted: a window walks only these
-        # key -> its buckets in the order of ``key_starts``: the walk reads ``row[i]``, not ``buckets[key][starts[i]]``
-        # (a dict lookup per bucket visited; a backtest visits ~70 per headline)
-        self.key_rows: dict[str, list[Bucket]] = {}
+        self.key_starts: dict[str, list[int]] = {}  # key -> its bucket starts, sorted: a window's ends by bisection
+        self.key_rows: dict[str, list[Bucket]] = {}  # key -> its buckets, in the order of ``key_starts``
         # Running totals (``Bucket.totals``): a window is the newest bucket's totals minus those of the bucket before
         # its first one, not a walk over its buckets (60 for an hour of one-minute buckets, ~70 bucket visits per
         # headline in a backtest). Kept lazily: a change to a key's bucket ``at`` makes the totals from ``at`` on
