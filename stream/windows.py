@@ -61,6 +61,7 @@ class Observation:
 # float sums did in their last bits, and they make a window a difference of two running totals (``windows_at``).
 SCORE_UNIT = 2.0**-52
 _UNITS_PER_SCORE = 2**52
+_SENTIMENTS = frozenset(("negative", "neutral", "positive"))
 
 
 @dataclass(slots=True)
@@ -83,9 +84,10 @@ class Bucket:
     def score_sum(self) -> float:
         return self.score_units * SCORE_UNIT
 
-    def add(self, obs: Observation, keep: int) -> None:
+    def add(self, obs: Observation, units: int, keep: int) -> None:
+        """``units``: ``obs.score`` in SCORE_UNITs, checked by the store before anything is counted."""
         setattr(self, obs.sentiment, getattr(self, obs.sentiment) + 1)
-        self.score_units += round(obs.score * _UNITS_PER_SCORE)
+        self.score_units += units
         if keep:
             entry = (obs.evidence.p_negative, obs.item_id, obs.evidence)
             if len(self.evidence) < keep:
@@ -264,6 +266,13 @@ class WindowStore:
         The caller checks :meth:`too_late` first; a late item is counted in its own bucket and marks
         the closed windows it touches for :meth:`flush_revisions`.
         """
+        # Checked before anything is counted: a bad observation raises here and leaves the store as it was
+        # (the pipeline's records already refuse both; hand-built observations do not pass through them).
+        if obs.sentiment not in _SENTIMENTS:
+            raise ValueError(f"{obs.item_id}: unknown sentiment {obs.sentiment!r}")
+        if not -1.0 <= obs.score <= 1.0:  # NaN fails this too
+            raise ValueError(f"{obs.item_id}: score {obs.score!r} outside [-1, 1]")
+        units = round(obs.score * _UNITS_PER_SCORE)
         ts = obs.at.timestamp()
         start = self.bucket_start(ts)
         end = start + self.bucket
@@ -291,7 +300,7 @@ class WindowStore:
                 at = len(starts) - 1 if starts[-1] == start else bisect.bisect_left(starts, start)
             if self.totals_valid.get(key, 0) > at:
                 self.totals_valid[key] = at
-            bucket.add(obs, self.keep)
+            bucket.add(obs, units, self.keep)
             if late:
                 bucket.late += 1
                 self.dirty[key].add(start)

@@ -45,3 +45,14 @@ def test_fewer_young_collections_raises_the_first_threshold_and_restores_all_thr
         assert gc.get_threshold() == (50_000, 7, 9)
     finally:
         gc.set_threshold(*before)
+
+
+def test_fewer_young_collections_leaves_automatic_collection_off_when_it_was_off():
+    before = gc.get_threshold()
+    gc.set_threshold(0, 7, 9)
+    try:
+        with fewer_young_collections(5_000):
+            assert gc.get_threshold() == (0, 7, 9)
+        assert gc.get_threshold() == (0, 7, 9)
+    finally:
+        gc.set_threshold(*before)

@@ -251,3 +251,18 @@ def test_window_scores_are_exactly_the_same_in_any_arrival_order():
         shuffled = sorted(items, key=lambda o: o.at.timestamp() + rng.uniform(0, 600))  # up to 10 minutes late
         assert final_results(shuffled) == in_order
     assert len(in_order) > 300
+
+
+@pytest.mark.parametrize("bad", [{"score": float("nan")}, {"score": 1.5}, {"sentiment": "bullish"}])
+def test_a_bad_observation_is_refused_before_anything_is_counted(bad):
+    w = store()
+    end = int(T0.timestamp()) + 60
+    w.add(obs(1, 10))
+    before = w.windows_at("all", end), w.size(), dict(w.seen)
+    o = obs(2, 20)
+    fields = {"score": o.score, "sentiment": o.sentiment, **bad}
+    with pytest.raises(ValueError):
+        w.add(Observation(o.item_id, o.at, o.keys, fields["sentiment"], fields["score"], o.evidence))
+    assert (w.windows_at("all", end), w.size(), dict(w.seen)) == before
+    w.add(o)  # the same item, well-formed, is then counted once
+    assert w.windows_at("all", end)[0].count == 2
