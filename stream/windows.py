@@ -193,8 +193,7 @@ class WindowStore:
             raise ValueError(f"evidence_widths {wanted} must be among the rolling widths {self.widths}")
         self.evidence_widths = frozenset(wanted) if evidence else frozenset()
         self.evidence_until = max(self.evidence_widths, default=0)  # no width wider than this merges evidence
-        self.buckets: dict[str, dict[int, Bucket]] = defaultdict(dict)  # key -> bucket start (epoch s) -> bucket
-        self.key_starts: dict[str, list[int]] = {}  # key -> its bucket starts, sorted: a window's ends by bisection
+        self.key_starts: dict[str, list[int]] = {}  # key -> its bucket starts (epoch s), sorted: found by bisection
         self.key_rows: dict[str, list[Bucket]] = {}  # key -> its buckets, in the order of ``key_starts``
         # Running totals (``Bucket.totals``): a window is the newest bucket's totals minus those of the bucket before
         # its first one, not a walk over its buckets (60 for an hour of one-minute buckets, ~70 bucket visits per
@@ -286,18 +285,19 @@ class WindowStore:
                 continue
             self.seen[key].add(obs.item_id)
             self.seen_at[start].append((key, obs.item_id))
-            buckets = self.buckets[key]
-            bucket = buckets.get(start)
-            if bucket is None:
-                bucket = buckets[start] = Bucket()
-                starts = self.key_starts.setdefault(key, [])
-                at = bisect.bisect_left(starts, start)
-                starts.insert(at, start)
-                self.key_rows.setdefault(key, []).insert(at, bucket)
-                self._index(start, key)
+            starts = self.key_starts.get(key)
+            if starts is None:
+                starts, rows = self.key_starts[key], self.key_rows[key] = [], []
             else:
-                starts = self.key_starts[key]
-                at = len(starts) - 1 if starts[-1] == start else bisect.bisect_left(starts, start)
+                rows = self.key_rows[key]
+            at = len(starts) - 1 if starts and starts[-1] == start else bisect.bisect_left(starts, start)
+            if at < len(starts) and starts[at] == start:
+                bucket = rows[at]
+            else:
+                bucket = Bucket()
+                starts.insert(at, start)
+                rows.insert(at, bucket)
+                self._index(start, key)
             if self.totals_valid.get(key, 0) > at:
                 self.totals_valid[key] = at
             bucket.add(obs, units, self.keep)
@@ -440,13 +440,11 @@ class WindowStore:
         while self.starts and self.starts[0] < horizon:
             start = self.starts.pop(0)
             for key in self.keys_at.pop(start, ()):
-                buckets = self.buckets.get(key)
-                if buckets is not None:
-                    buckets.pop(start, None)
-                    starts = self.key_starts[key]
-                    at = bisect.bisect_left(starts, start)  # 0: older buckets of the key went before this one
-                    del starts[at]
-                    gone = self.key_rows[key].pop(at)
+                starts = self.key_starts.get(key)
+                # The key's oldest bucket: its older ones went out with earlier starts (the base relies on it).
+                if starts is not None and starts[0] == start:
+                    del starts[0]
+                    gone = self.key_rows[key].pop(0)
                     base = self.totals_base.get(key, (0, 0, 0, 0, 0))
                     self.totals_base[key] = (
                         base[0] + gone.negative,
@@ -457,8 +455,7 @@ class WindowStore:
                     )
                     # The later buckets' totals counted the evicted one, as the base now does: they stay right.
                     self.totals_valid[key] = max(0, self.totals_valid.get(key, 0) - 1)
-                    if not buckets:
-                        del self.buckets[key]
+                    if not starts:
                         del self.key_starts[key]
                         del self.key_rows[key]
                         del self.totals_valid[key]
@@ -474,11 +471,7 @@ class WindowStore:
     def size(self) -> tuple[int, int]:
         """(buckets held, ids held): what eviction keeps bounded. A bucket counts while its data or its entry in
         the per-key index is held (either one left behind would grow without bound)."""
-        held = max(
-            sum(len(b) for b in self.buckets.values()),
-            sum(len(s) for s in self.key_starts.values()),
-            sum(len(r) for r in self.key_rows.values()),
-        )
+        held = max(sum(len(s) for s in self.key_starts.values()), sum(len(r) for r in self.key_rows.values()))
         return held, sum(len(s) for s in self.seen.values())
 
 
