@@ -454,7 +454,8 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
 
 def _case_summary(case: Case) -> dict:
     d = case.to_dict()
-    return {k: d[k] for k in ("case_id", "state", "assignee", "acknowledged_by", "disposition", "closed_at")}
+    keep = ("case_id", "state", "alert_status", "assignee", "acknowledged_by", "disposition", "closed_at")
+    return {k: d[k] for k in keep}
 
 
 def evidence_tolerance(settings: Settings) -> float:
