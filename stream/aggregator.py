@@ -199,7 +199,6 @@ class Aggregator:
             out.extend(result)
             if self.restoring:
                 self.metrics.restored.inc()
-        out.extend(self.agg.end_step())
         if decoded:
             self.last_event_wall = time.monotonic()
         # A lane goes idle (stops holding the watermark) once it is caught up *and* quiet for idle_close_s:
@@ -220,6 +219,9 @@ class Aggregator:
             # (never past the wall clock itself: the store's ceiling caps it).
             now = datetime.fromtimestamp(min(newest + idle, time.time()), UTC)
             out.extend(self.agg.advance(now))
+        # After the watermark moved, not before: open windows that it closed now are judged on time instead of
+        # early, and a key whose early firing it withdrew is judged early again at once (pipeline._rejudge_open).
+        out.extend(self.agg.end_step())
         late, duplicates = self.agg.counts()
         self.metrics.late.inc(late - late0)
         self.metrics.duplicates.inc(duplicates - dup0)

@@ -239,8 +239,19 @@ class Aggregation:
                     del self.provisional[key]
                     if not silent and not any(d.transition == prov.transition for d in decisions):
                         out.alerts.append(prov.model_copy(update={"retracted": True, "trigger": "close"}))
+                        self._rejudge_open(key)
             self._maybe_forget(end)
         return out
+
+    def _rejudge_open(self, key: str) -> None:
+        """An early firing its complete window withdrew: judge the key's open window early again at the next
+        :meth:`end_step`, not only when its next item arrives. Without this the worker's gauge dropped between a
+        withdrawal by the idle timer and the key's next poll, though the open window still surged, and Prometheus
+        resolved the alert and started it again (a flap: a resolution and a second page, or, inside one
+        Alertmanager flush, a resolution with the later start; session 23's CI failure)."""
+        starts = self.store.key_starts.get(key)
+        if starts and starts[-1] + self.store.bucket > self.store.closed_until:  # it has items in open buckets
+            self.touched[key] = max(self.touched.get(key, -math.inf), starts[-1])
 
     def _judge(self, key: str, end: int, closed: Closed | None, horizon: float) -> list[SurgeAlert]:
         """One key at one window end; recorded so a late revision can re-judge from here. ``horizon``:

@@ -190,6 +190,30 @@ def test_a_provisional_firing_that_the_complete_window_does_not_confirm_is_retra
     assert not [a for a in final_alerts(a1 + a2 + a3) if a.key == "all"]
 
 
+def test_a_withdrawn_early_firing_whose_next_open_window_surges_is_judged_again_at_once():
+    """The live worker's idle timer closes a window between polls. When that withdraws an early firing, the key's
+    open window (which may surge all the same) is judged early again in that step, not at the key's next item:
+    otherwise the surge gauge drops until then, and Prometheus resolves the alert and starts it again."""
+    agg = Aggregation(settings(min_volume=5, window_s=60, cooldown_s=0))
+    quiet = [scored(i, m * 60 + k, "neutral") for i, (m, k) in enumerate((m, k) for m in range(10) for k in range(10))]
+    _, _alerts = run_all(agg, quiet)
+    spike = [scored(1000 + k, 10 * 60 + k, "negative") for k in range(6)]  # 6 negatives open minute 10 ...
+    _, a1 = run_all(agg, spike, step=6)
+    assert [a.trigger for a in a1 if a.key == "all"] == ["early"]
+    dilute = [scored(2000 + k, 10 * 60 + 10 + k, "neutral") for k in range(40)]  # ... 40 neutrals withdraw it ...
+    again = [scored(3000 + k, 11 * 60 + k, "negative") for k in range(8)]  # ... and minute 11 opens negative
+    run_all(agg, dilute + again)
+    assert agg.store.closed_until < (T0 + timedelta(minutes=11)).timestamp()  # minute 10 is still open
+    # The idle timer: event time runs on past minute 10's close (watermark delay 30 s), no item arrives.
+    out = agg.advance(T0 + timedelta(minutes=11, seconds=40))
+    out.extend(agg.end_step())
+    alerts = [a for a in out.alerts if a.key == "all"]
+    assert [(a.trigger, bool(a.retracted)) for a in alerts] == [("close", True), ("early", False)], alerts
+    assert alerts[1].window_end == T0 + timedelta(minutes=12)  # the open window, judged before its next item
+    gauges = {key: firing for key, _z, _mean, firing, _count in agg.surge_gauges()}
+    assert gauges["all"] is not None and gauges["all"].transition == alerts[1].transition
+
+
 def crash_after_an_early_firing(dilute: bool):
     """Quiet minutes, a restore point, then 6 negatives open minute 10 and fire early; the process dies after
     that firing's acknowledgement, before the next restore point. Returns the restore point, the items
