@@ -79,6 +79,7 @@ class Aggregator:
         self.last_written = -math.inf  # monotonic time of the last restore point written
         self.written_positions: dict[int, int] | None = None  # what it covers: None until one is written
         self.unsaved_output = False  # outputs acknowledged that no restore point moved past yet
+        self.unpublished = Emitted()  # what finishing a restore emitted, published with the step's output
         self.restoring = True
         self._forgotten = 0
         self.started_wall = time.monotonic()
@@ -148,7 +149,7 @@ class Aggregator:
 
     # -- one poll ---------------------------------------------------------------------------------
     def _finish_restore(self) -> None:
-        self.agg.finish_restore()
+        self.unpublished.extend(self.agg.finish_restore())
         self.restoring = False
         log.info("aggregator restored", extra={"emitted_until": _iso(self.agg.emitted_until)})
 
@@ -160,7 +161,7 @@ class Aggregator:
                 if self.positions[tp.partition] >= self.restore_until[tp.partition]:
                     self.consumer.pause(tp)
         batch = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=2000)
-        out = Emitted()
+        out, self.unpublished = self.unpublished, Emitted()  # what the end of a restore left to publish
         records = []
         wall = time.monotonic()
         self.agg.cap_event_time(time.time() + self.settings.windows.future_tolerance_s)
@@ -211,6 +212,8 @@ class Aggregator:
                 out.extend(self.agg.set_idle(p))
         if self.restoring and all(self.positions[p] >= self.restore_until[p] for p in self.restore_until):
             self._finish_restore()
+            out.extend(self.unpublished)
+            self.unpublished = Emitted()
             self.consumer.resume(*self.partitions)
         idle = time.monotonic() - self.last_event_wall
         newest = self.agg.newest_event

@@ -361,13 +361,18 @@ class Aggregation:
         # Held from the start: the replay itself may close their windows (ends past emitted_until are published).
         self._adopt_published(published or [])
 
-    def finish_restore(self) -> None:
-        """Everything published before the restart is rebuilt: close up to it silently, then go live."""
+    def finish_restore(self) -> Emitted:
+        """Everything published before the restart is rebuilt: close up to it silently, then go live. Returns
+        what must still be published: revisions of windows past ``emitted_until`` that the replay's last items
+        made (the replay may close such windows, e.g. when a lane idles), which the caller publishes as it does
+        :meth:`end_step`'s."""
+        out = Emitted()
         if math.isfinite(self.emitted_until):
-            self._after(self.store.close_to(int(self.emitted_until)))
-        self._revise()
+            out.extend(self._after(self.store.close_to(int(self.emitted_until))))
+        out.extend(self._revise())
         self.touched.clear()
         self.restoring = False
+        return out
 
     def _adopt_published(self, published: list[SurgeAlert]) -> None:
         """Hold again each early firing published after the restore point that nothing published after it

@@ -276,7 +276,7 @@ def test_demo_burst_reaches_the_compliance_audit_log_with_evidence_then_resolves
         # a later start than the page: when the worker's gauge drops (an early firing withdrawn) and rises again
         # (the key's confirmed surge) before the group's next flush, Alertmanager replaces the resolved alert by the
         # new one and sends neither the first resolution nor a second page; its one resolution has the second
-        # start (test_alerting_resolutions.py). Compliance's case, kept by fingerprint, closes all the same.
+        # start (test_alerting_resolutions.py). Compliance's case, kept by fingerprint, reads resolved all the same.
         page_start = datetime.fromisoformat(row["starts_at"])
 
         def resolution():

@@ -339,6 +339,25 @@ def test_a_restore_point_plus_replay_reproduces_exactly_what_a_clean_run_publish
     assert final(*finish(restarted, w1 + w2, a1 + a2)) == clean_final
 
 
+def test_revisions_made_by_the_last_replayed_poll_are_handed_over_when_the_restore_finishes():
+    """The replay may close windows past ``emitted_until`` (a lane idles), and a late item in its last poll revises
+    one. The worker finishes the restore in that step, before its ``end_step``: ``finish_restore`` must hand those
+    revisions over to be published, not drop them (found by review: they were lost once end_step moved after it)."""
+    first = Aggregation(settings())
+    run_all(first, [scored(i, i * 20) for i in range(30)])  # 10 minutes, then a "crash"
+    point = json.loads(json.dumps({"emitted_until": first.judged_until, "detector": first.snapshot()}))
+    restarted = Aggregation(settings())
+    restarted.begin_restore(point["emitted_until"], point["detector"])
+    replayed, _ = run_all(restarted, [scored(i, i * 20) for i in range(45)])
+    assert restarted.judged_until > point["emitted_until"] and replayed  # the replay published windows past it
+    restarted.add(scored(999, 12 * 60 + 5))  # the last replayed poll: a late item for minute 12, closed already
+    out = restarted.finish_restore()
+    out.extend(restarted.end_step())
+    end = (T0 + timedelta(minutes=13)).timestamp()
+    revised = [c for c in out.windows if c.key == "all" and c.width_s == 60 and c.end_s == end]
+    assert [(c.revised, c.count) for c in revised] == [(True, 4)], out.windows  # 3 a minute, and the late one
+
+
 def test_a_restore_point_stays_small_with_100k_tickers_seen():
     from finsent.records import RestorePoint
 
