@@ -79,7 +79,7 @@ class Aggregator:
         self.last_written = -math.inf  # monotonic time of the last restore point written
         self.written_positions: dict[int, int] | None = None  # what it covers: None until one is written
         self.unsaved_output = False  # outputs acknowledged that no restore point moved past yet
-        self.unpublished = Emitted()  # what finishing a restore emitted, published with the step's output
+        self.unpublished = Emitted()  # what finishing the restore at start-up emitted: the first step publishes it
         self.restoring = True
         self._forgotten = 0
         self.started_wall = time.monotonic()
@@ -118,7 +118,7 @@ class Aggregator:
         backlog = sum(max(0, self.restore_until[p] - self.positions[p]) for p in self.positions)
         self.restoring = point is not None
         if self.restoring and backlog == 0:
-            self._finish_restore()
+            self.unpublished = self._finish_restore()
         self.metrics.restore_point_current.set(time.time())  # the state now is what the restore point held
         log.info(
             "aggregator started",
@@ -148,10 +148,12 @@ class Aggregator:
             await self.stop()
 
     # -- one poll ---------------------------------------------------------------------------------
-    def _finish_restore(self) -> None:
-        self.unpublished.extend(self.agg.finish_restore())
+    def _finish_restore(self) -> Emitted:
+        """Go live; returns what must still be published (``Aggregation.finish_restore``)."""
+        out = self.agg.finish_restore()
         self.restoring = False
         log.info("aggregator restored", extra={"emitted_until": _iso(self.agg.emitted_until)})
+        return out
 
     async def step(self, timeout_ms: int = 200) -> Emitted:
         assert self.consumer is not None
@@ -161,7 +163,7 @@ class Aggregator:
                 if self.positions[tp.partition] >= self.restore_until[tp.partition]:
                     self.consumer.pause(tp)
         batch = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=2000)
-        out, self.unpublished = self.unpublished, Emitted()  # what the end of a restore left to publish
+        out, self.unpublished = self.unpublished, Emitted()
         records = []
         wall = time.monotonic()
         self.agg.cap_event_time(time.time() + self.settings.windows.future_tolerance_s)
@@ -211,9 +213,7 @@ class Aggregator:
             if caught_up and wall - self.lane_seen.get(p, self.started_wall) >= idle_after:
                 out.extend(self.agg.set_idle(p))
         if self.restoring and all(self.positions[p] >= self.restore_until[p] for p in self.restore_until):
-            self._finish_restore()
-            out.extend(self.unpublished)
-            self.unpublished = Emitted()
+            out.extend(self._finish_restore())
             self.consumer.resume(*self.partitions)
         idle = time.monotonic() - self.last_event_wall
         newest = self.agg.newest_event
