@@ -249,9 +249,9 @@ class Aggregation:
         withdrawal by the idle timer and the key's next poll, though the open window still surged, and Prometheus
         resolved the alert and started it again (a flap: a resolution and a second page, or, inside one
         Alertmanager flush, a resolution with the later start; session 23's CI failure)."""
-        starts = self.store.key_starts.get(key)
-        if starts and starts[-1] + self.store.bucket > self.store.closed_until:  # it has items in open buckets
-            self.touched[key] = max(self.touched.get(key, -math.inf), starts[-1])
+        newest = self.store.newest_start(key)
+        if newest is not None and newest + self.store.bucket > self.store.closed_until:  # items in open buckets
+            self.touched[key] = max(self.touched.get(key, -math.inf), newest)
 
     def _judge(self, key: str, end: int, closed: Closed | None, horizon: float) -> list[SurgeAlert]:
         """One key at one window end; recorded so a late revision can re-judge from here. ``horizon``:

@@ -62,6 +62,8 @@ class Observation:
 SCORE_UNIT = 2.0**-52
 _UNITS_PER_SCORE = 2**52
 _SENTIMENTS = frozenset(("negative", "neutral", "positive"))
+Totals = tuple[int, int, int, int, int]  # (negative, neutral, positive, score_units, late)
+NO_TOTALS: Totals = (0, 0, 0, 0, 0)
 
 
 @dataclass(slots=True)
@@ -74,7 +76,7 @@ class Bucket:
     evidence: list[tuple[float, str, Evidence]] = field(default_factory=list)  # min-heap on p_negative
     # (negative, neutral, positive, score_units, late) summed over this key's held buckets up to this one, from the
     # key's base: valid for the key's first ``WindowStore.totals_valid[key]`` buckets only
-    totals: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
+    totals: Totals = NO_TOTALS
 
     @property
     def count(self) -> int:
@@ -83,6 +85,16 @@ class Bucket:
     @property
     def score_sum(self) -> float:
         return self.score_units * SCORE_UNIT
+
+    def plus(self, t: Totals) -> Totals:
+        """``t`` with this bucket's counts added: the next running totals, or an eviction's new base."""
+        return (
+            t[0] + self.negative,
+            t[1] + self.neutral,
+            t[2] + self.positive,
+            t[3] + self.score_units,
+            t[4] + self.late,
+        )
 
     def add(self, obs: Observation, units: int, keep: int) -> None:
         """``units``: ``obs.score`` in SCORE_UNITs, checked by the store before anything is counted."""
@@ -201,7 +213,7 @@ class WindowStore:
         # stale, and the next window read brings them up to date as far as it needs. ``totals_base``: what the
         # key's evicted buckets held, the totals before its first held bucket.
         self.totals_valid: dict[str, int] = {}
-        self.totals_base: dict[str, tuple[int, int, int, int, int]] = {}
+        self.totals_base: dict[str, Totals] = {}
         self.keys_at: dict[int, set[str]] = {}  # bucket start -> keys with data there
         self.starts: list[int] = []  # sorted keys of keys_at: finds the next boundary with data in O(log n)
         self.seen: dict[str, set[str]] = defaultdict(set)  # key -> item ids counted (redelivery dedup)
@@ -325,6 +337,11 @@ class WindowStore:
         found = self.windows_at(key, end, (width,))
         return found[0] if found else None
 
+    def newest_start(self, key: str) -> int | None:
+        """The start of ``key``'s newest bucket held (None: it holds none)."""
+        starts = self.key_starts.get(key)
+        return starts[-1] if starts else None
+
     def windows_at(self, key: str, end: int, widths: tuple[int, ...] | None = None) -> list[Closed]:
         """Every window of ``key`` ending at ``end`` (``widths`` ascending; default all), narrowest first. Counts
         and sums are differences of running totals (``Bucket.totals``); only the evidence is gathered bucket by
@@ -341,18 +358,12 @@ class WindowStore:
         elif list(widths) != sorted(widths):
             raise ValueError(f"widths must be ascending (each window extends the previous): {widths}")
         rows = self.key_rows[key]
-        base = self.totals_base.get(key, (0, 0, 0, 0, 0))
+        base = self.totals_base.get(key, NO_TOTALS)
         valid = self.totals_valid.get(key, 0)
         if valid <= i:  # bring the totals up to date as far as this window needs
             t = rows[valid - 1].totals if valid else base
             for b in rows[valid : i + 1]:
-                t = b.totals = (
-                    t[0] + b.negative,
-                    t[1] + b.neutral,
-                    t[2] + b.positive,
-                    t[3] + b.score_units,
-                    t[4] + b.late,
-                )
+                t = b.totals = b.plus(t)
             self.totals_valid[key] = i + 1
         newest = rows[i].totals
         keep, gather, gather_until = self.keep, self.evidence_widths, self.evidence_until
@@ -445,14 +456,7 @@ class WindowStore:
                 if starts is not None and starts[0] == start:
                     del starts[0]
                     gone = self.key_rows[key].pop(0)
-                    base = self.totals_base.get(key, (0, 0, 0, 0, 0))
-                    self.totals_base[key] = (
-                        base[0] + gone.negative,
-                        base[1] + gone.neutral,
-                        base[2] + gone.positive,
-                        base[3] + gone.score_units,
-                        base[4] + gone.late,
-                    )
+                    self.totals_base[key] = gone.plus(self.totals_base.get(key, NO_TOTALS))
                     # The later buckets' totals counted the evicted one, as the base now does: they stay right.
                     self.totals_valid[key] = max(0, self.totals_valid.get(key, 0) - 1)
                     if not starts:
