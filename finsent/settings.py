@@ -220,7 +220,13 @@ class ModelChoice(_Group):
     # ... except in model calls of at least this many texts, which only a backlog makes: there the model is all
     # that runs, and spinning threads score ~20 % faster (a second ONNX session; 0 = never spin).
     spin_from_texts: int = Field(default=256, ge=0, le=8192)
-    gpu_batch_size: int = Field(default=256, ge=1, le=4096)  # texts per forward pass on CUDA (bf16/fp16 autocast)
+    gpu_batch_size: int = Field(default=256, ge=1, le=4096)  # texts per forward pass on CUDA (fp16)
+    # The torch backends (torch, torch-int8, and torch on CUDA) run their forward as a TorchScript trace, checked
+    # against the eager model at load (finsent.model.tracing): the eager forward re-takes the GIL at each of its
+    # hundreds of ops and crawls beside a busy Python thread such as the worker's event loop (one forward: 1,375 ms
+    # eager against 14 ms traced on the H200; 512 against 37 ms on 2 CPU cores). false: eager, e.g. to rule the
+    # trace out when a model misbehaves.
+    trace: bool = True
     # ONNX Runtime on the CPU: a model call's forwards are spread over this many sessions (one thread each unless
     # ``threads`` is set), run at once, instead of one session parallelising every op over its intra-op threads
     # (whose barrier per op costs most in the small forwards the CPU uses). 0 = auto: one per core (at most 8:

@@ -1,7 +1,7 @@
 """Inference backends: one call shape, ``backend(input_ids, attention_mask) -> (topic_logits, sentiment_logits)``.
 
 =============  ==========================================================================
-``torch``      fp32 on CPU; fp16/bf16 autocast on CUDA
+``torch``      fp32 on CPU; fp16 on CUDA; its forward traced (``finsent.model.tracing``)
 ``torch-int8`` torch dynamic int8 quantisation of every Linear (CPU only)
 ``onnx``       ONNX Runtime fp32 (graph built on first use and cached: ``finsent.model.onnxbuild``)
 ``onnx-int8``  ONNX Runtime int8, the recipe the export gate accepted (CPU): static int8 (fixed activation
@@ -27,6 +27,7 @@ import torch
 from finsent import errors
 from finsent.model import int8_static, onnxbuild
 from finsent.model.network import MultiTaskModel
+from finsent.model.tracing import trace_forward
 from finsent.osthreads import name_os_thread
 
 log = logging.getLogger("finsent.model.backends")
@@ -55,22 +56,28 @@ def resolve_device(name: str) -> torch.device:
 
 
 class TorchBackend:
-    def __init__(self, model: MultiTaskModel, device: torch.device, int8: bool = False):
+    """The model in torch. On CUDA its weights are cast to fp16 once (autocast re-cast them, ~100 extra ops, at every
+    call; fp16 rather than bf16: its labels agreed with fp32 more often, bench/bench_gpu_precision.py). ``trace``: the forward runs as a checked TorchScript trace
+    (``finsent.model.tracing``: the eager forward re-takes the GIL at every op, and crawled beside the worker's
+    event loop); eager where the trace cannot be built or disagrees."""
+
+    def __init__(self, model: MultiTaskModel, device: torch.device, int8: bool = False, trace: bool = True):
         if int8:
             if device.type != "cpu":
                 raise ValueError("torch-int8 runs on CPU only")
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-        self.model = model.to(device).eval()
+        model = model.to(device).eval()
+        if device.type == "cuda":
+            model = model.half()
+        self.model = model
         self.device = device
         self.name = "torch-int8" if int8 else ("torch-cuda" if device.type == "cuda" else "torch")
-        self.amp = None
-        if device.type == "cuda":
-            self.amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.traced = trace_forward(model, device) if trace else None
+        self.forward = self.traced if self.traced is not None else model
 
     @torch.inference_mode()
     def __call__(self, input_ids, attention_mask):
-        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            t, s = self.model(input_ids.to(self.device), attention_mask.to(self.device))
+        t, s = self.forward(input_ids.to(self.device), attention_mask.to(self.device))
         return t.float().cpu().numpy(), s.float().cpu().numpy()
 
 
@@ -242,15 +249,16 @@ def make_backend(
     spin_wait: bool = True,
     spin_from: int = 0,
     sessions: int = 1,
+    trace: bool = True,
 ) -> Backend:
     dev = resolve_device(device)
     auto = name == "auto"
     if auto:
         name = "torch" if dev.type == "cuda" else _auto_cpu(directory)
     if name == "torch":
-        return TorchBackend(model, dev)
+        return TorchBackend(model, dev, trace=trace)
     if name == "torch-int8":
-        return TorchBackend(model, torch.device("cpu"), int8=True)
+        return TorchBackend(model, torch.device("cpu"), int8=True, trace=trace)
     if name in ("onnx", "onnx-int8"):
         # auto never fails to serve: int8 that cannot be built falls back to ONNX fp32, then to torch
         for choice in [name, "onnx"] if auto and name == "onnx-int8" else [name]:
@@ -260,5 +268,5 @@ def make_backend(
                 if not auto:
                     raise
                 log.warning(f"{choice} backend unavailable", extra={"error": f"{type(err).__name__}: {err}"})
-        return TorchBackend(model, dev)
+        return TorchBackend(model, dev, trace=trace)
     raise ValueError(f"unknown backend {name!r}; choose from auto, {', '.join(BACKENDS)}")

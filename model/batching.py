@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 
@@ -36,10 +37,16 @@ def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 
 
 def pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max((len(s) for s in sequences), default=1) or 1
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    """Right-padded ids and their attention mask, built in numpy and handed to torch once.
+
+    Why numpy: torch releases and re-takes the GIL at every op, and a row-by-row torch fill made three ops per
+    text. Beside a busy Python thread (the stream worker's event loop) each re-take can wait out the switch
+    interval: a forward's padding of 8 texts took 29 ms there against 63 us alone (numpy: 0.23 ms and 11 us;
+    2-core CPU, session 24)."""
+    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    width = int(lengths.max(initial=0)) or 1
+    ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
     for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
-    return ids, mask
+        ids[row, : len(seq)] = seq
+    mask = (np.arange(width) < lengths[:, None]).astype(np.int64)
+    return torch.from_numpy(ids), torch.from_numpy(mask)

@@ -115,6 +115,7 @@ class Classifier:
         spin_from: int = 0,
         gpu_batch_size: int | None = None,
         sessions: int = 1,
+        trace: bool = True,
     ) -> Classifier:
         """Load a model directory; ``None`` = the newest shipped model in the repository's ``models/``.
 
@@ -123,7 +124,7 @@ class Classifier:
         Runtime on the CPU spreads each call's forwards over that many one-thread sessions (settings.ModelChoice)."""
         directory = Path(path) if path is not None else artifact.default_model_dir()
         model, tokenizer, meta = artifact.load(directory)
-        chosen = make_backend(backend, model, directory, device, threads, spin_wait, spin_from, sessions)
+        chosen = make_backend(backend, model, directory, device, threads, spin_wait, spin_from, sessions, trace)
         news_bias = load_news_bias(directory, meta.full_name, list(meta.sentiment_labels))
         if gpu_batch_size and chosen.name == "torch-cuda":
             batch_size = gpu_batch_size
@@ -136,6 +137,7 @@ class Classifier:
                 "news_bias": news_bias is not None,
                 "batch_size": batch_size,
                 "sessions": getattr(chosen, "spread", 1),
+                "traced": getattr(chosen, "traced", None) is not None,
             },
         )
         return cls(directory, chosen, meta, tokenizer, batch_size, news_bias)
@@ -157,6 +159,7 @@ class Classifier:
             spin_from=choice.spin_from_texts,
             gpu_batch_size=choice.gpu_batch_size,
             sessions=sessions_for(choice),
+            trace=choice.trace,
         )
 
     def sentiment_offsets(self, domain: str | None = None) -> np.ndarray | None:

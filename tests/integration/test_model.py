@@ -104,6 +104,63 @@ def test_encodings_concatenated_predict_as_their_parts_fallbacks_included(tiny_m
     assert [p.flag for p in joined] == [None, "empty", None, "not_text", None, "empty"]
 
 
+@pytest.mark.parametrize("backend", ["torch", "torch-int8"])
+def test_the_torch_forward_is_traced_and_scores_as_the_eager_model(tiny_model_dir, backend):
+    """The torch backends serve a checked TorchScript trace (finsent.model.tracing: the eager forward crawls beside
+    the worker's busy event loop); it must score every call shape exactly as the eager model does."""
+    traced = Classifier.load(tiny_model_dir, backend=backend, device="cpu", batch_size=4)
+    eager = Classifier.load(tiny_model_dir, backend=backend, device="cpu", batch_size=4, trace=False)
+    assert traced.backend.traced is not None and eager.backend.traced is None
+    texts = [f"shares of company {i} " + "moved sharply " * (i % 9) for i in range(11)]
+    for call in (texts, texts[:1], texts[3:6], [texts[-1]] * 5):
+        for a, b in zip(traced.predict(call), eager.predict(call), strict=True):
+            assert (a.topic, a.sentiment) == (b.topic, b.sentiment)
+            np.testing.assert_allclose(list(a.topic_probs.values()), list(b.topic_probs.values()), atol=1e-6)
+            np.testing.assert_allclose(list(a.sentiment_probs.values()), list(b.sentiment_probs.values()), atol=1e-6)
+
+
+class _BranchesOnRows(torch.nn.Module):
+    """Scores two-row calls one way and others another: a trace, made on two rows, records only the first."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(4096, 8)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, ids, mask):
+        pooled = self.head(self.embed(ids).mean(1))
+        return (pooled, pooled) if ids.shape[0] == 2 else (pooled * 2, pooled)
+
+
+class _ReturnsADict(_BranchesOnRows):
+    def forward(self, ids, mask):
+        return {"topic": self.head(self.embed(ids).mean(1))}
+
+
+class _Faithful(_BranchesOnRows):
+    def forward(self, ids, mask):
+        pooled = self.head((self.embed(ids) * mask.unsqueeze(-1)).sum(1))
+        return pooled, -pooled
+
+
+def test_a_trace_that_does_not_reproduce_the_model_is_not_served():
+    from finsent.model.backends import TorchBackend
+    from finsent.model.tracing import trace_forward
+
+    cpu = torch.device("cpu")
+    assert trace_forward(_Faithful().eval(), cpu) is not None  # the check passes what it should
+    assert trace_forward(_BranchesOnRows().eval(), cpu) is None  # the checks' other row counts catch the branch
+    assert trace_forward(_ReturnsADict().eval(), cpu) is None  # tracing fails: eager, not an error
+    # The backend then serves the eager forward, which scores every call shape as the model does.
+    model = _BranchesOnRows().eval()
+    backend = TorchBackend(model, cpu)
+    assert backend.traced is None
+    ids, mask = pad([[1001, 1002, 1003]] * 3, 0)
+    with torch.no_grad():
+        expected = model(ids, mask)[0].numpy()
+    np.testing.assert_allclose(backend(ids, mask)[0], expected)
+
+
 def test_unknown_backend_is_a_clear_error(tiny_model_dir):
     with pytest.raises(ValueError, match="unknown backend"):
         Classifier.load(tiny_model_dir, backend="tpu")
