@@ -6,7 +6,8 @@ Texts: the shipped Twitter validation sample and the demo headlines (no ../share
 form (fp16 weights, traced forward), the same eager, bf16 eager, and fp32 eager on the GPU; each as the share
 of texts whose topic / sentiment label equals fp32 torch's on the CPU, the largest sentiment-probability
 difference, and texts/s of one ``predict`` over all texts in forwards of ``model.gpu_batch_size`` (after one
-warm-up pass). Needs a CUDA device (the ``device`` tool's lent GPU: see deploy/SCALING.md).
+warm-up pass). bf16 is measured as weights, not as the bf16 autocast the CUDA path used before session 24. Needs
+a CUDA device (the ``device`` tool's lent GPU: see deploy/SCALING.md).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from benchkit import write_results
 
 from finsent.model import Classifier
+from finsent.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,15 +71,19 @@ def main() -> None:
     items = texts()
     want = Classifier.load(backend="torch", device="cpu", trace=False, batch_size=64).predict(items)
     rows = []
-    served = Classifier.load(backend="torch", device="cuda")
+    forward = Settings().model.gpu_batch_size
+    served = Classifier.load(backend="torch", device="cuda", gpu_batch_size=forward)
     rows.append(measure("fp16, traced (served)", served, items, want))
+    cuda = torch.device("cuda")
     for label, dtype in (
         ("fp16, eager", torch.float16),
         ("bf16, eager", torch.bfloat16),
         ("fp32, eager", torch.float32),
     ):
-        clf = Classifier.load(backend="torch", device="cuda", trace=False)
-        clf.backend.model = clf.backend.forward = clf.backend.model.to(dtype)
+        # From the weights as stored (a CPU load is not cast), then moved and cast as the row says.
+        clf = Classifier.load(backend="torch", device="cpu", trace=False, batch_size=forward)
+        clf.backend.model = clf.backend.forward = clf.backend.model.to(cuda, dtype)
+        clf.backend.device = cuda
         rows.append(measure(label, clf, items, want))
     write_results({"texts": len(items), "rows": rows}, "python bench/bench_gpu_precision.py", args.out)
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 def write_results(results: dict, command: str, out: Path) -> None:
     results["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
-    if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():  # the GPU rows say which GPU
-        results["machine"]["gpu"] = sys.modules["torch"].cuda.get_device_name(0)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():  # this process used a GPU: its rows say which
+        results["machine"]["gpu"] = torch.cuda.get_device_name(0)
     results["command"] = command
     results["run_id"] = uuid.uuid4().hex[:8]
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -57,7 +57,8 @@ def resolve_device(name: str) -> torch.device:
 
 class TorchBackend:
     """The model in torch. On CUDA its weights are cast to fp16 once (autocast re-cast them, ~100 extra ops, at every
-    call; fp16 rather than bf16: its labels agreed with fp32 more often, bench/bench_gpu_precision.py). ``trace``: the forward runs as a checked TorchScript trace
+    call; fp16 rather than bf16 weights: its labels agreed with fp32 more often, bench/bench_gpu_precision.py; the old
+    bf16 autocast was not measured against it). ``trace``: the forward runs as a checked TorchScript trace
     (``finsent.model.tracing``: the eager forward re-takes the GIL at every op, and crawled beside the worker's
     event loop); eager where the trace cannot be built or disagrees."""
 

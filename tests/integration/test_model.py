@@ -21,6 +21,7 @@ from finsent.model.data import IGNORE, _in_dev, load_twitter
 from finsent.model.quality import expected_calibration_error, fit_temperature, softmax
 from finsent.model.text import prepare
 from finsent.model.train import TrainConfig, train
+from finsent.settings import ModelChoice
 
 
 def test_prepare_drops_urls_and_entities():
@@ -110,7 +111,14 @@ def test_the_torch_forward_is_traced_and_scores_as_the_eager_model(tiny_model_di
     the worker's busy event loop); it must score every call shape exactly as the eager model does."""
     traced = Classifier.load(tiny_model_dir, backend=backend, device="cpu", batch_size=4)
     eager = Classifier.load(tiny_model_dir, backend=backend, device="cpu", batch_size=4, trace=False)
-    assert traced.backend.traced is not None and eager.backend.traced is None
+    assert traced.backend.forward is traced.backend.traced is not None  # built, and what the backend calls
+    assert eager.backend.traced is None and eager.backend.forward is eager.backend.model
+    # The setting reaches the backend as the worker, the API and the backtest load it.
+    untraced = Classifier.from_settings(tiny_model_dir, ModelChoice(backend=backend, device="cpu", trace=False))
+    assert untraced.backend.traced is None
+    assert (
+        Classifier.from_settings(tiny_model_dir, ModelChoice(backend=backend, device="cpu")).backend.traced is not None
+    )
     texts = [f"shares of company {i} " + "moved sharply " * (i % 9) for i in range(11)]
     for call in (texts, texts[:1], texts[3:6], [texts[-1]] * 5):
         for a, b in zip(traced.predict(call), eager.predict(call), strict=True):
