@@ -1,7 +1,7 @@
 """Stream benchmarks, all figures measured in one run.
 
     .venv/bin/python bench/bench_stream.py [--items 3000] [--latency-s 60] [--core 1000000] [--backend auto]
-        [--max-batch N] [--max-model-batch N] [--model-calls N] [--split-from-records N] [--max-wait-s S] [--fetch-max-wait-ms MS] [--threads N] [--sessions N] [--set stream.x=y …] [--out PATH]
+        [--max-batch N] [--max-model-batch N] [--model-calls N] [--split-from-records N] [--max-wait-s S] [--fetch-max-wait-ms MS] [--threads N] [--sessions N] [--workers N] [--set stream.x=y …] [--out PATH]
 
 1. ceiling: bare ``Classifier.predict`` of the backend the worker serves, in this process, on the same
    headlines sorted by token length and cut into batches of ``--ceiling-batch`` and of the worker's forward size
@@ -219,6 +219,19 @@ def stage_histograms(url: str) -> dict[str, dict]:
     return out
 
 
+def stage_histograms_of(urls: list[str]) -> dict[str, dict]:
+    """``stage_histograms`` summed over several workers (bucket counts, sums and counts add up)."""
+    out: dict[str, dict] = {}
+    for url in urls:
+        for stage, h in stage_histograms(url).items():
+            into = out.setdefault(stage, {"buckets": {}, "sum": 0.0, "count": 0.0})
+            for le, n in h["buckets"].items():
+                into["buckets"][le] = into["buckets"].get(le, 0.0) + n
+            into["sum"] += h["sum"]
+            into["count"] += h["count"]
+    return out
+
+
 def stage_breakdown(before: dict[str, dict], after: dict[str, dict]) -> dict[str, dict]:
     """Per stage over the interval between two readings: mean, and p50/p99 as the bucket bound that holds them."""
     out = {}
@@ -355,48 +368,67 @@ def bench_end_to_end(
     worker_args: tuple[str, ...] = (),
     broker_pid: int | None = None,
     latency_rate: float = 0.0,
+    workers: int = 1,
 ) -> dict:
     """``settings``: what the worker reads (its topics); ``worker_env``: the FINSENT_* variables it gets;
-    ``latency_rate``: the latency run's offered load (items/s), 0 = half the capacity measured here."""
-    metrics_port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-    env.update(worker_env)
-    env.update(
-        {
-            "FINSENT_KAFKA__BOOTSTRAP": bootstrap,
-            "FINSENT_STREAM__METRICS_PORT": str(metrics_port),
-            "FINSENT_PATHS__STATE_DIR": str(tmp / "state"),
-            "FINSENT_LOG_JSON": "1",
-        }
-    )
+    ``latency_rate``: the latency run's offered load (items/s), 0 = half the capacity measured here; ``workers``:
+    worker processes in the one consumer group (e.g. several sharing one GPU), each with its own metrics port and
+    state directory; their counts and histograms are summed (at most the raw topic's partition count do work)."""
     ensure_topics(bootstrap, settings.topics.all())
-    url = f"http://127.0.0.1:{metrics_port}/metrics"
-    worker = Child(
-        "worker",
-        [sys.executable, "-m", "finsent.cli", "--log-level", "WARNING", "worker", *worker_args],
-        tmp / "logs" / "worker.log",
-        env=env,
-    )
+    procs: list[Child] = []
+    urls: list[str] = []
+    for k in range(workers):
+        metrics_port = free_port()
+        env = {key: v for key, v in os.environ.items() if not key.startswith(ENV_PREFIX)}
+        env.update(worker_env)
+        env.update(
+            {
+                "FINSENT_KAFKA__BOOTSTRAP": bootstrap,
+                "FINSENT_STREAM__METRICS_PORT": str(metrics_port),
+                "FINSENT_PATHS__STATE_DIR": str(tmp / f"state-{k}" if workers > 1 else tmp / "state"),
+                "FINSENT_LOG_JSON": "1",
+            }
+        )
+        urls.append(f"http://127.0.0.1:{metrics_port}/metrics")
+        procs.append(
+            Child(
+                "worker" if workers == 1 else f"worker-{k}",
+                [sys.executable, "-m", "finsent.cli", "--log-level", "WARNING", "worker", *worker_args],
+                tmp / "logs" / ("worker.log" if workers == 1 else f"worker-{k}.log"),
+                env=env,
+            )
+        )
+
+    def scored() -> float:
+        return sum(scored_total(url) for url in urls)
+
+    def summed(name: str) -> float:
+        return sum(metric(url, name) for url in urls)
+
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     raw = settings.topics.raw.name
     try:
-        worker.start(http_ok(url), 120)
-        warm = items(64, "warm-")
-        for it in warm:
-            producer.send(raw, key=it.id.encode(), value=it.to_json())
-        producer.flush()
-        deadline = time.monotonic() + 120
-        while scored_total(url) < len(warm):  # group joined, model warm
-            assert time.monotonic() < deadline, worker.log_tail()
-            time.sleep(0.1)
-        backend = served_backend(url)
-        base = scored_total(url)
+        for worker, url in zip(procs, urls, strict=True):
+            worker.start(http_ok(url), 120)
+        # Warm-up rounds until every worker has scored some (the group joined and settled: no rebalance left to
+        # stall the timed runs) and everything sent is scored (models warm).
+        deadline, sent = time.monotonic() + 120, 0
+        while sent == 0 or scored() < sent or not all(scored_total(url) > 0 for url in urls):
+            assert time.monotonic() < deadline, "\n".join(w.log_tail() for w in procs)
+            if scored() >= sent:
+                for it in items(64, f"warm-{sent}-"):
+                    producer.send(raw, key=it.id.encode(), value=it.to_json())
+                producer.flush()
+                sent += 64
+            time.sleep(0.1 if workers == 1 else 0.5)
+        backend = served_backend(urls[0])
+        base = scored()
         batch = [(it.id.encode(), it.to_json()) for it in items(n, "tput-")]
         started_ms = time.time() * 1000
         for key, value in batch:
             producer.send(raw, key=key, value=value)
         producer.flush()
-        while scored_total(url) < base + n:
+        while scored() < base + n:
             time.sleep(0.5)  # slow polling: scraping /metrics costs the worker CPU too
         # The end is the broker's timestamp of the last scored record, not when we happened to look.
         last_ms = max(
@@ -408,7 +440,7 @@ def bench_end_to_end(
         rate = latency_rate or n / seconds / 2
         lat_items = items(int(rate * latency_s), "lat-")
         sent_at: dict[str, int] = {}
-        stages0 = stage_histograms(url)
+        stages0 = stage_histograms_of(urls)
         t0 = time.perf_counter()
         for i, it in enumerate(lat_items):
             target = t0 + i / rate
@@ -418,7 +450,7 @@ def bench_end_to_end(
             sent_at[it.id] = ts
             producer.send(raw, key=it.id.encode(), value=it.to_json(), timestamp_ms=ts)
         producer.flush()
-        while scored_total(url) < base + n + len(lat_items):
+        while scored() < base + n + len(lat_items):
             time.sleep(0.1)
         latencies = sorted(
             (ts - sent_at[key]) / 1000
@@ -426,21 +458,22 @@ def bench_end_to_end(
             if key in sent_at
         )
         q = statistics.quantiles(latencies, n=100)
-        stages = stage_breakdown(stages0, stage_histograms(url))
+        stages = stage_breakdown(stages0, stage_histograms_of(urls))
 
-        infer0, batches0 = (
-            metric(url, "finsent_worker_inference_seconds_sum"),
-            metric(url, "finsent_worker_batch_size_count"),
-        )
+        infer0, batches0 = summed("finsent_worker_inference_seconds_sum"), summed("finsent_worker_batch_size_count")
 
         # Last, so that a stopped worker cannot disturb the figures above: the same n as a backlog, measured the
         # way the naive loop is. Published untimed while the worker is stopped (SIGSTOP; well inside its 6 s
         # session timeout), so neither this process's producing nor the worker's fetching of a trickle is on
         # the clock; then the worker let go: SIGCONT to the broker timestamp of the last scored record.
-        def cpu_now() -> dict:
-            return {"worker": thread_cpu(worker.proc.pid), "broker": thread_cpu(broker_pid) if broker_pid else {}}
+        pids = [w.proc.pid for w in procs]
 
-        os.kill(worker.proc.pid, signal.SIGSTOP)
+        def cpu_now() -> dict:
+            threads = {tid: cpu for pid in pids for tid, cpu in thread_cpu(pid).items()}
+            return {"worker": threads, "broker": thread_cpu(broker_pid) if broker_pid else {}}
+
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
         try:
             for it in items(n, "drain-"):
                 producer.send(raw, key=it.id.encode(), value=it.to_json())
@@ -449,8 +482,9 @@ def bench_end_to_end(
             cpu0 = cpu_now()
             wall0 = time.monotonic()
             resumed_ms = time.time() * 1000
-            os.kill(worker.proc.pid, signal.SIGCONT)
-        while scored_total(url) < base + 2 * n + len(lat_items):
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+        while scored() < base + 2 * n + len(lat_items):
             time.sleep(0.5)
         cpu1 = cpu_now()
         drain_last_ms = max(
@@ -460,20 +494,21 @@ def bench_end_to_end(
         # Shares of the drain's own time, SIGCONT to the last scored record: the CPU read comes up to one poll
         # (0.5 s) later, and that tail, idle, would otherwise count as idle time of the drain (session 17's
         # "15 % idle" was mostly this). The little CPU spent in the tail (the last commit) is counted as used.
-        profile = cpu_profile(cpu0, cpu1, worker.proc.pid, max(drain_seconds, 1e-3))
+        profile = cpu_profile(cpu0, cpu1, set(pids), max(drain_seconds, 1e-3))
         profile["read_after_s"] = round(time.monotonic() - wall0, 3)
         capacity = n / drain_seconds
-        inference_s = metric(url, "finsent_worker_inference_seconds_sum") - infer0
-        batches = metric(url, "finsent_worker_batch_size_count") - batches0
+        inference_s = summed("finsent_worker_inference_seconds_sum") - infer0
+        batches = summed("finsent_worker_batch_size_count") - batches0
 
         return {
             "items": n,
+            "workers": workers,
             "seconds": drain_seconds,
             "end_to_end_per_s": capacity,
             "while_producing": {"seconds": seconds, "items_per_s": n / seconds},
             "backend": backend,
             "inference_seconds_in_worker": inference_s,
-            "inference_share": inference_s / drain_seconds,
+            "inference_share": inference_s / (drain_seconds * workers),  # the mean worker's
             "inference_per_s_in_worker": n / inference_s if inference_s else None,
             "batches": batches,
             "mean_batch": n / batches if batches else None,
@@ -490,7 +525,8 @@ def bench_end_to_end(
         }
     finally:
         producer.close()
-        worker.stop()
+        for worker in procs:
+            worker.stop()
 
 
 # The worker's threads by kernel name (finsent.osthreads names them); what is left are the native threads the main
@@ -503,11 +539,11 @@ THREAD_ROLES = {
 }
 
 
-def cpu_profile(before: dict, after: dict, worker_pid: int, wall_s: float) -> dict:
-    """CPU seconds per role over the drain, from /proc: where the worker's (and the broker's) time went."""
+def cpu_profile(before: dict, after: dict, worker_pids: set[int], wall_s: float) -> dict:
+    """CPU seconds per role over the drain, from /proc: where the workers' (and the broker's) time went."""
     roles: dict[str, float] = {}
     for tid, (name, seconds) in cpu_between(before["worker"], after["worker"]).items():
-        if tid == worker_pid:
+        if tid in worker_pids:
             role = "event loop (Faust agents, deliveries, aggregator, producing)"
         else:
             role = THREAD_ROLES.get(name, "ONNX Runtime intra-op pool (native threads of the main thread)")
@@ -624,6 +660,13 @@ def main() -> None:
         help="Any other worker setting, e.g. stream.commit_interval_s=0.5 (repeatable)",
     )
     ap.add_argument("--no-aggregate", action="store_true", help="Scoring only (the aggregator's share of the CPU)")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="Worker processes in the one consumer group for the end-to-end and latency figures (e.g. several "
+        "sharing one GPU; at most the raw topic's partitions do work); the ceiling and the naive loop stay one process",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "stream-cpu.json")
     args = ap.parse_args()
 
@@ -719,6 +762,7 @@ def main() -> None:
             worker_args,
             broker_pid,
             args.latency_rate,
+            args.workers,
         )
     e2e = r["end_to_end_per_s"]
     # This machine's speed drifts by up to a third within minutes (a shared VM): the ceiling is measured again after
@@ -745,7 +789,7 @@ def main() -> None:
         flush=True,
     )
     print(
-        f"end to end (broker + worker draining a backlog, backend {r['backend']}): {e2e:.0f} items/s = "
+        f"end to end (broker + {r['workers']} worker(s) draining a backlog, backend {r['backend']}): {e2e:.0f} items/s = "
         f"{e2e / ceiling:.2f} x ceiling = "
         f"{e2e / nv['items_per_s']:.2f} x naive = {e2e / wb['texts_per_s']:.2f} x bare predict on its batches; inside the worker inference ran {r['inference_share']:.0%} of the time "
         f"at {r['inference_per_s_in_worker']:.0f} texts/s in {r['batches']:.0f} batches (mean {r['mean_batch']:.1f})",
