@@ -21,27 +21,26 @@ import warnings
 
 import torch
 
+from finsent.model.batching import pad
+
 log = logging.getLogger("finsent.model.tracing")
 
 # Token ids for the example and check inputs: inside any BERT vocabulary, away from the special tokens.
 _ID_LOW, _ID_HIGH = 1000, 2000
 
 
-def _inputs(lengths: list[int], width: int, device: torch.device, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random ids, one row per length, padded to ``width`` (id 0, mask 0)."""
+def _inputs(lengths: list[int], device: torch.device, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random ids, one row per length, padded as every model call is (``batching.pad``)."""
     gen = torch.Generator().manual_seed(seed)
-    ids = torch.zeros((len(lengths), width), dtype=torch.long)
-    mask = torch.zeros((len(lengths), width), dtype=torch.long)
-    for row, n in enumerate(lengths):
-        ids[row, :n] = torch.randint(_ID_LOW, _ID_HIGH, (n,), generator=gen)
-        mask[row, :n] = 1
+    rows = [torch.randint(_ID_LOW, _ID_HIGH, (n,), generator=gen).tolist() for n in lengths]
+    ids, mask = pad(rows, 0)
     return ids.to(device), mask.to(device)
 
 
-# (lengths, width): the trace is made on the first, with padding; checked on the others: more rows, longer,
-# heavily padded, and a single row without any padding (transformers may skip an all-ones mask).
-_EXAMPLE = ([9, 5], 9)
-_CHECKS = (([13, 7, 1], 13), ([4], 4), ([21, 21, 3, 17, 2], 24))
+# Row lengths: the trace is made on the first, with padding; checked on the others: more rows, longer, heavily
+# padded, and a single row without any padding (transformers may skip an all-ones mask).
+_EXAMPLE = [9, 5]
+_CHECKS = ([13, 7, 1], [4], [21, 21, 3, 17, 2])
 
 
 def _tolerance(dtype: torch.dtype) -> float:
@@ -64,10 +63,10 @@ def trace_forward(model: torch.nn.Module, device: torch.device) -> torch.jit.Scr
             # is gone, the except below serves the eager forward and logs why.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
-            traced = torch.jit.trace(model, _inputs(*_EXAMPLE, device, seed=0), check_trace=False)
+            traced = torch.jit.trace(model, _inputs(_EXAMPLE, device, seed=0), check_trace=False)
         with torch.inference_mode():
-            for seed, (lengths, width) in enumerate(_CHECKS, start=1):
-                ids, mask = _inputs(lengths, width, device, seed)
+            for seed, lengths in enumerate(_CHECKS, start=1):
+                ids, mask = _inputs(lengths, device, seed)
                 expected = model(ids, mask)
                 for _ in range(_CALLS_PER_CHECK):
                     for eager, got in zip(expected, traced(ids, mask), strict=True):
@@ -75,7 +74,7 @@ def trace_forward(model: torch.nn.Module, device: torch.device) -> torch.jit.Scr
                         if diff > _tolerance(dtype) * max(1.0, eager.float().abs().max().item()):
                             log.warning(
                                 "traced forward disagrees with the model; serving it eager",
-                                extra={"shape": [len(lengths), width], "max_abs_diff": diff},
+                                extra={"shape": list(ids.shape), "max_abs_diff": diff},
                             )
                             return None
     except Exception as err:  # noqa: BLE001  # any failure to trace leaves the eager forward, which still works
