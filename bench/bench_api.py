@@ -194,6 +194,50 @@ async def clients_run(url: str, n: int, clients: int, batch: int) -> dict:
     }
 
 
+def start_server(command: list[str], tmp: Path, name: str) -> tuple[subprocess.Popen, str]:
+    """Start an API server process on a free port of 127.0.0.1 and wait until /readyz answers."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "FINSENT_WEB__PORT": str(port),
+        "FINSENT_PATHS__STATE_DIR": str(tmp),
+        "FINSENT_KAFKA__BOOTSTRAP": "127.0.0.1:1",
+    }
+    server = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp / f"{name}.log", "wb"),  # noqa: SIM115 - the child holds it; closed with the tmp dir
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                return server, base
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise SystemExit(f"{name} did not become ready: see {tmp / f'{name}.log'}")
+        time.sleep(0.2)
+
+
+def http_stack(tmp: Path, n: int) -> dict:
+    """8 single-headline clients against the same app in front of an instant stand-in model
+    (``bench/api_stand_in.py``): the server's CPU per request is then the HTTP stack's and the batcher's alone."""
+    server, base = start_server([sys.executable, str(Path(__file__).with_name("api_stand_in.py"))], tmp, "stand-in")
+    try:
+        asyncio.run(clients_run(base + "/classify", 200, 8, 1))  # warm-up
+        server0 = process_cpu(server.pid)
+        r = asyncio.run(clients_run(base + "/classify", 4 * n, 8, 1))
+        r["server_cpu_ms_per_request"] = (process_cpu(server.pid) - server0) * 1000 / (4 * n)
+        return r
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=200)
@@ -212,31 +256,9 @@ def main() -> None:
         f"reference {b['texts_per_s_batch32']:.0f}",
         flush=True,
     )
-    port = free_port()
     with tempfile.TemporaryDirectory(prefix="finsent-bench-api-") as tmp:
-        env = {
-            **os.environ,
-            "FINSENT_WEB__PORT": str(port),
-            "FINSENT_PATHS__STATE_DIR": tmp,
-            "FINSENT_KAFKA__BOOTSTRAP": "127.0.0.1:1",
-        }
-        server = subprocess.Popen(
-            [sys.executable, "-m", "finsent.cli", "serve"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=open(Path(tmp) / "serve.log", "wb"),  # noqa: SIM115 - the child holds it; closed with the tmp dir
-        )
+        server, base = start_server([sys.executable, "-m", "finsent.cli", "serve"], Path(tmp), "serve")
         try:
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert server.poll() is None and time.monotonic() < deadline, "finsent serve did not become ready"
-                time.sleep(0.2)
             url = base + "/classify"
             results["single"] = r = asyncio.run(clients_run(url, args.requests, 1, 1))
             print(
@@ -260,6 +282,8 @@ def main() -> None:
             r["texts_per_model_call"] = (texts1 - texts0) / max(1.0, calls1 - calls0)
             r["server_cpu_ms_per_request"] = (server1 - server0) * 1000 / args.requests
             r["client_cpu_ms_per_request"] = (client1 - client0) * 1000 / args.requests
+            busy = (server1 - server0 + client1 - client0) / (args.requests / r["requests_per_s"])
+            r["idle_share_of_the_cores"] = max(0.0, 1 - busy / (os.cpu_count() or 1))
             r["ratio_vs_bare_batch32"] = r["requests_per_s"] / b["texts_per_s_batch32"]
             r["ratio_vs_bare_batch32_one_call_at_a_time"] = (
                 r["requests_per_s"] / b["texts_per_s_batch32_one_call_at_a_time"]
@@ -282,11 +306,27 @@ def main() -> None:
                 ),
                 goal(f"8 clients p99 <= {GOAL_P99_MS:g} ms", r["p99_ms"], GOAL_P99_MS, False, " ms"),
             ]
-            for g in results["goals"]:
-                print(f"goal: {g['goal']}: {g['value']:.3g} -> {g['verdict']}", flush=True)
         finally:
             server.terminate()
             server.wait(timeout=30)
+        results["http_stack"] = h = http_stack(Path(tmp), args.requests)
+        model_ms = r["server_cpu_ms_per_request"] - h["server_cpu_ms_per_request"]
+        r["where_the_cores_go"] = where = {
+            "model_cpu_ms_per_request": model_ms,
+            "http_stack_cpu_ms_per_request": h["server_cpu_ms_per_request"],
+            "client_cpu_ms_per_request": r["client_cpu_ms_per_request"],
+            "idle_share_of_the_cores": r["idle_share_of_the_cores"],
+        }
+        print(
+            f"the same 8 clients against an instant stand-in model: {h['requests_per_s']:.0f} req/s, server CPU "
+            f"{h['server_cpu_ms_per_request']:.2f} ms per request (the HTTP stack); so per request with the model: "
+            f"model {model_ms:.2f} ms, HTTP {h['server_cpu_ms_per_request']:.2f} ms, client "
+            f"{where['client_cpu_ms_per_request']:.2f} ms of CPU, and {where['idle_share_of_the_cores']:.0%} of the "
+            "cores idle",
+            flush=True,
+        )
+        for g in results["goals"]:
+            print(f"goal: {g['goal']}: {g['value']:.3g} -> {g['verdict']}", flush=True)
     write_results(results, f"python bench/bench_api.py --requests {args.requests} --backend {args.backend}", args.out)
 
 

@@ -333,6 +333,20 @@ def test_metrics_count_answers_per_route_and_status_and_classified_texts(client)
 # ---------------------------------------------------------------------------------------------- overload bounds
 
 
+def test_an_open_event_stream_is_measured_at_its_start_with_the_security_headers(tmp_path):
+    """Real HTTP. An ``/events`` stream is counted when it opens, with the security headers, not when it closes
+    hours later (the middleware observes the answer's start)."""
+    import httpx
+    from webkit import serve_in_thread
+
+    settings = make_settings(tmp_path, kafka={"bootstrap": "127.0.0.1:1"})
+    app = build_api(settings, lambda: _NoModel(), StreamViews(), follow_topics=False)
+    with serve_in_thread(app) as srv, httpx.stream("GET", srv.url + "/events", timeout=20) as stream:
+        assert stream.status_code == 200 and "script-src 'self'" in stream.headers["content-security-policy"]
+        assert _metric(srv.url, "finsent_api_request_seconds_count", route="/events") == 1
+        assert _metric(srv.url, "finsent_api_requests_total", route="/events", status="200") == 1
+
+
 def _metric(base_url: str, name: str, **labels) -> float:
     import httpx
 
@@ -572,6 +586,8 @@ def test_a_model_error_answers_500_to_its_batch_and_the_api_keeps_serving(tmp_pa
     settings = make_settings(tmp_path, kafka={"bootstrap": "127.0.0.1:1"})
     with serve_in_thread(build_api(settings, lambda: _FailingModel(), StreamViews(), follow_topics=False)) as srv:
         assert httpx.post(srv.url + "/classify", json={"texts": ["boom"]}, timeout=10).status_code == 500
+        # the error left the route unanswered (the server's error handler answers outside the middleware): counted
+        assert _metric(srv.url, "finsent_api_requests_total", route="/classify", status="500") == 1
         ok = httpx.post(srv.url + "/classify", json={"texts": ["Oil slumps"]}, timeout=10)
         assert ok.status_code == 200 and ok.json()["results"][0]["topic"] == "Energy | Oil"
         assert _metric(srv.url, "finsent_api_classify_waiting") == 0  # the failed request gave its slot back
