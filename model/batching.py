@@ -36,6 +36,37 @@ def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def balanced_batches(lengths: Sequence[int], parts: int, max_size: int) -> list[list[int]]:
+    """A small call's texts cut into at most ``parts`` forwards, one per session run side by side, so that they
+    finish together: by length, longest first, in consecutive runs whose sizes minimise the slowest forward's
+    cost (texts x padded width). Equal counts gave the longest texts' forward the same number of texts as the
+    shortest's, and the other session idled while it finished. Empty when the texts need more than ``parts``
+    forwards of ``max_size``: larger calls take their forwards from a queue instead."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    n = len(order)
+    if n == 0 or n > parts * max_size:
+        return []
+    width = [max(1, lengths[i]) for i in order]  # width[k]: the padded width of a forward starting at k
+    # best[p][k]: the least cost of the slowest forward when order[k:] is cut into at most p forwards
+    inf = float("inf")
+    best = [[inf] * (n + 1) for _ in range(parts + 1)]
+    cut = [[n] * (n + 1) for _ in range(parts + 1)]
+    for p in range(parts + 1):
+        best[p][n] = 0
+    for p in range(1, parts + 1):
+        for k in range(n - 1, -1, -1):
+            for end in range(k + 1, min(n, k + max_size) + 1):
+                cost = max((end - k) * width[k], best[p - 1][end])
+                if cost < best[p][k]:
+                    best[p][k], cut[p][k] = cost, end
+    batches, k, p = [], 0, parts
+    while k < n:
+        end = cut[p][k]
+        batches.append(order[k:end])
+        k, p = end, p - 1
+    return batches
+
+
 def pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids and their attention mask, built in numpy and handed to torch once.
 

@@ -28,10 +28,12 @@ the caller names none (``finsent.model.domain.tag``).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,7 +41,7 @@ import numpy as np
 
 from finsent.model import artifact
 from finsent.model.backends import Backend, Forward, make_backend
-from finsent.model.batching import pad, sorted_batches
+from finsent.model.batching import balanced_batches, pad, sorted_batches
 from finsent.model.domain import check_domain, load_news_bias, tag
 from finsent.model.placement import sessions_for
 from finsent.model.quality import softmax
@@ -223,15 +225,20 @@ class Classifier:
         lengths = [len(x) for x in ids]
         spread = getattr(self.backend, "spread", 1)
         if spread > 1 and len(ids) > 1:
-            # Forwards of at most ceil(n / spread) texts, so that even a small call keeps every session busy. The
-            # sessions take the next forward from one queue, longest first, so they finish together (a fixed
-            # share each left one core idle at the end of every call while the other finished its longer share).
-            batches = sorted_batches(lengths, min(self.batch_size, -(-len(ids) // spread)))
-            queue = iter(batches[::-1])  # a list iterator: next() is atomic under the GIL
+            # A small call: at most one forward per session, cut so that they finish together (balanced_batches).
+            # A larger one: forwards of batch_size that the sessions take from one queue, longest first, so they
+            # finish together (a fixed share each left one core idle at the end of every call while the other
+            # finished its longer share). Either way each session's first forward is its own, so a session that
+            # starts late still gets one.
+            batches = (
+                balanced_batches(lengths, spread, self.batch_size) or sorted_batches(lengths, self.batch_size)[::-1]
+            )
+            shares = min(spread, len(batches))
+            queue = iter(batches[shares:])  # a list iterator: next() is atomic under the GIL
             failed = threading.Event()  # one forward failed: the others stop taking work (the call fails anyway)
 
-            def run(forward: Forward) -> None:
-                for batch in queue:
+            def run(first: list[int], forward: Forward) -> None:
+                for batch in itertools.chain((first,), queue):
                     if failed.is_set():
                         return
                     try:
@@ -241,7 +248,7 @@ class Classifier:
                         failed.set()
                         raise
 
-            self.backend.run_spread([run] * min(spread, len(batches)))  # type: ignore[attr-defined]
+            self.backend.run_spread([partial(run, b) for b in batches[:shares]])  # type: ignore[attr-defined]
             return topic, sent
         for_call = getattr(self.backend, "for_call", None)  # ONNX: a spinning session for large calls
         forward = for_call(len(ids)) if for_call is not None else self.backend

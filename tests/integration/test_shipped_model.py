@@ -133,7 +133,7 @@ class _TimedSession:
         return out
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 9, 64])
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 9, 16, 17, 64])
 def test_a_call_spread_over_one_thread_sessions_scores_as_one_session_does_in_the_callers_order(n):
     """``model.sessions`` = 2: every text gets the answer one session gives it, in the caller's order, whatever
     the call's size (one text: one forward, on the calling thread)."""
@@ -162,6 +162,31 @@ def test_a_spread_call_runs_its_forwards_on_both_sessions_at_once():
         (a, b) for a in seen for b in seen if a[0] != b[0] and a[2] < b[3] and b[2] < a[3]
     ]  # forwards of different sessions that ran at the same time
     assert overlapping
+
+
+def test_a_small_spread_call_gives_each_session_its_own_forward_even_one_that_starts_late():
+    """Eight texts, two sessions: two forwards, one each, cut so the longest texts share theirs with fewer. A
+    session whose thread starts late (here 0.3 s) still runs its own forward: taken from one queue, the caller
+    used to run both, and the other core idled (py-spy under 8 API clients: the second session idle half the time)."""
+    import time
+
+    from finsent.local.feeds import load_rows
+
+    spread = Classifier.load(batch_size=8, sessions=2)
+    seen: list[tuple[int, int, float, float]] = []
+    spread.backend.sessions = [_TimedSession(s, seen) for s in spread.backend.sessions]
+    submit = spread.backend.pool.submit
+
+    def late(fn, *args):
+        return submit(lambda: (time.sleep(0.3), fn(*args))[1])
+
+    spread.backend.pool.submit = late
+    texts = sorted((t for _, t in load_rows()), key=len)
+    call = texts[-3:] + texts[:5]  # three long headlines, five short ones
+    got = spread.predict(call)
+    assert len(seen) == 2 and len({s for s, *_ in seen}) == 2  # one forward on each session
+    alone = Classifier.load(batch_size=8, threads=1, sessions=1)
+    assert [(p.topic, p.sentiment) for p in got] == [(p.topic, p.sentiment) for p in alone.predict(call)]
 
 
 def test_a_failing_share_of_a_spread_call_is_raised_only_once_every_share_is_done():
