@@ -28,7 +28,6 @@ import asyncio
 import functools
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ import httpx
 from benchkit import goal, write_results
 
 from finsent.local.feeds import load_rows
+from finsent.local.procs import Child, http_ok
 from finsent.net import free_port
 from finsent.settings import Settings, load
 
@@ -194,7 +194,7 @@ async def clients_run(url: str, n: int, clients: int, batch: int) -> dict:
     }
 
 
-def start_server(command: list[str], tmp: Path, name: str) -> tuple[subprocess.Popen, str]:
+def start_server(command: list[str], tmp: Path, name: str) -> tuple[Child, str]:
     """Start an API server process on a free port of 127.0.0.1 and wait until /readyz answers."""
     port = free_port()
     env = {
@@ -203,24 +203,10 @@ def start_server(command: list[str], tmp: Path, name: str) -> tuple[subprocess.P
         "FINSENT_PATHS__STATE_DIR": str(tmp),
         "FINSENT_KAFKA__BOOTSTRAP": "127.0.0.1:1",
     }
-    server = subprocess.Popen(
-        command,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp / f"{name}.log", "wb"),  # noqa: SIM115 - the child holds it; closed with the tmp dir
-    )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                return server, base
-        except httpx.HTTPError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            raise SystemExit(f"{name} did not become ready: see {tmp / f'{name}.log'}")
-        time.sleep(0.2)
+    server = Child(name, command, tmp / f"{name}.log", env=env)
+    server.start(http_ok(base + "/readyz"), timeout=120)
+    return server, base
 
 
 def http_stack(tmp: Path, n: int) -> dict:
@@ -234,8 +220,7 @@ def http_stack(tmp: Path, n: int) -> dict:
         r["server_cpu_ms_per_request"] = (process_cpu(server.pid) - server0) * 1000 / (4 * n)
         return r
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop(timeout=30)
 
 
 def main() -> None:
@@ -307,8 +292,7 @@ def main() -> None:
                 goal(f"8 clients p99 <= {GOAL_P99_MS:g} ms", r["p99_ms"], GOAL_P99_MS, False, " ms"),
             ]
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            server.stop(timeout=30)
         results["http_stack"] = h = http_stack(Path(tmp), args.requests)
         model_ms = r["server_cpu_ms_per_request"] - h["server_cpu_ms_per_request"]
         r["where_the_cores_go"] = where = {
