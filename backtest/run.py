@@ -420,6 +420,7 @@ def backtest_archive(
     from finsent.model.placement import calls_for_threads, side_by_side
 
     choice = side_by_side(settings.model)
+    calls = calls_for_threads(choice.threads)
 
     classifier = None
     loading = threading.Lock()
@@ -429,6 +430,7 @@ def backtest_archive(
         with loading:  # called from several model threads: load once
             if classifier is None:  # only when something is not cached
                 classifier = Classifier.from_settings(model_dir, choice)
+                classifier.ready_for_calls(calls)
         return classifier.predict(texts)
 
     model_key = f"{artifact.load_meta(model_dir).full_name}/{settings.model.backend}"
@@ -444,7 +446,7 @@ def backtest_archive(
             batch_size,
             progress=progress,
             data_range=data_range,
-            calls_at_once=calls_for_threads(choice.threads),
+            calls_at_once=calls,
         )
     finally:
         cache.close()

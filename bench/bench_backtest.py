@@ -55,6 +55,7 @@ def main() -> None:
     side = side_by_side(settings.model)  # as backtest_archive loads and calls it
     calls = calls_for_threads(side.threads)
     clf = Classifier.from_settings(None, side)
+    clf.ready_for_calls(calls)  # as backtest_archive does
     one_at_a_time = Classifier.from_settings(None, settings.model)  # as the stream worker loads it
     data = texts(args.items)
     t0 = datetime(2024, 1, 2, tzinfo=UTC)

@@ -164,6 +164,13 @@ class Classifier:
             trace=choice.trace,
         )
 
+    def ready_for_calls(self, calls: int) -> None:
+        """Prepare for ``calls`` model calls at once (side by side, each from its own thread): ONNX Runtime gets
+        a session per call up front (``OnnxBackend.reserve``), so that no call waits for one to load."""
+        reserve = getattr(self.backend, "reserve", None)
+        if reserve is not None and calls > 1:
+            reserve(calls)
+
     def sentiment_offsets(self, domain: str | None = None) -> np.ndarray | None:
         """The offsets the decision rule for ``domain`` adds to the calibrated sentiment logits (None: none)."""
         check_domain(domain)

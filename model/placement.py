@@ -32,8 +32,9 @@ def side_by_side(choice: ModelChoice, calls: int = 0) -> ModelChoice:
     calls = calls or cpu_cores()
     if choice.threads or calls == 1:
         return choice
-    # Each call pins its threads, and its own model: one session (model.sessions would spread every call over
-    # further threads, oversubscribing the cores the calls side by side already fill).
+    # Each call pins its threads, and its forwards run on one session at a time (model.sessions would spread every
+    # call over further threads, oversubscribing the cores the calls side by side already fill); the calls run
+    # on sessions of their own (``Classifier.ready_for_calls``).
     return choice.model_copy(update={"threads": max(1, cpu_cores() // calls), "sessions": 1})
 
 

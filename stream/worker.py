@@ -515,6 +515,7 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
     input_guard = InputLogGuard(settings)
     classifier = Classifier.from_settings(model_dir, side_by_side(settings.model, settings.stream.model_calls))
     model_calls = calls_at_once(classifier, settings.stream.model_calls)
+    classifier.ready_for_calls(model_calls)
     alone = alone_choice(settings.model, model_calls, classifier.backend.name, settings.stream.split_from_records)
     classifier_alone = Classifier.from_settings(classifier.directory, alone) if alone is not None else None
     metrics = WorkerMetrics(top_k=settings.stream.ticker_top_k, watchlist=tuple(settings.stream.ticker_watchlist))

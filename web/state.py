@@ -207,6 +207,9 @@ def _classify_batcher(clf: Any, w: Web, metrics: ApiMetrics) -> Batcher:
     """The batcher in front of ``clf.predict``. The attribute is looked up per call, so a stand-in without a
     model (tests of other routes) still starts; ``on_batch`` feeds the batch-size histogram."""
     calls = calls_at_once(clf, w.classify_concurrency)
+    ready = getattr(clf, "ready_for_calls", None)
+    if ready is not None:
+        ready(calls)
     log.info("classify batcher", extra={"concurrency": calls, "max_texts": w.classify_max_batch})
     return Batcher(
         lambda texts: clf.predict(texts),

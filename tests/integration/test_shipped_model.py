@@ -189,6 +189,62 @@ def test_a_small_spread_call_gives_each_session_its_own_forward_even_one_that_st
     assert [(p.topic, p.sentiment) for p in got] == [(p.topic, p.sentiment) for p in alone.predict(call)]
 
 
+def test_calls_side_by_side_each_run_on_a_session_of_their_own_and_score_as_one_call_does():
+    """The backtest's and the API's calls side by side (one-thread sessions, ``Classifier.ready_for_calls``): two
+    calls running at once never run their forwards on one session (two threads on one session ran at ~415 or ~490
+    texts/s by turns on 2 cores), and each caller gets the answers one call alone gives."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from finsent.local.feeds import load_rows
+    from finsent.model.backends import OnnxBackend
+
+    clf = Classifier.load(batch_size=8, threads=1, sessions=1)
+    assert isinstance(clf.backend, OnnxBackend) and clf.backend.callers == 1
+    clf.ready_for_calls(2)
+    assert clf.backend.callers == 2 and len(clf.backend._idle) == 2  # built up front, not by the first forward
+    seen: list[tuple[int, int, float, float]] = []
+    clf.backend._idle[:] = [_TimedSession(s, seen, delay_s=0.02) for s in clf.backend._idle]
+    texts = [t for _, t in load_rows()][:48]
+    halves = [texts[:24], texts[24:]]
+    both = threading.Barrier(2)
+
+    def call(part):
+        both.wait()  # the two calls start together
+        return clf.predict(part)
+
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(call, halves))
+    assert len(seen) == 6  # three forwards of 8 per call
+    overlapping = [(a, b) for a in seen for b in seen if a[1] != b[1] and a[2] < b[3] and b[2] < a[3]]
+    assert overlapping  # the calls did run at once ...
+    assert all(a[0] != b[0] for a, b in overlapping)  # ... and never on one session at the same time
+    alone = Classifier.load(batch_size=8, threads=1, sessions=1)
+    for part, answers in zip(halves, got):
+        assert [(p.topic, p.sentiment) for p in answers] == [(p.topic, p.sentiment) for p in alone.predict(part)]
+
+
+def test_a_forward_beyond_the_reserved_callers_gets_a_session_built_for_it():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from finsent.local.feeds import load_rows
+
+    clf = Classifier.load(batch_size=8, threads=1, sessions=1)
+    seen: list[tuple[int, int, float, float]] = []
+    clf.backend._idle[:] = [_TimedSession(s, seen, delay_s=0.3) for s in clf.backend._idle]
+    texts = [t for _, t in load_rows()][:2]
+    both = threading.Barrier(2)
+
+    def call(part):
+        both.wait()  # the second forward starts while the first holds the only session (0.3 s)
+        return clf.predict(part)
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(call, [texts[:1], texts[1:]]))
+    assert clf.backend.callers == 2 and len(clf.backend._idle) == 2  # the one in use, and the one added
+
+
 def test_a_failing_share_of_a_spread_call_is_raised_only_once_every_share_is_done():
     """The other share still writes into the caller's arrays: the call must not return (or raise) before it ends."""
     import time
