@@ -114,8 +114,10 @@ def bench_bare(settings: Settings, n: int) -> dict:
     one, batch = rates(clf)
     served = Classifier.from_settings(None, api_model(settings))
     calls = calls_at_once(served, settings.web.classify_concurrency)  # as the API counts them
+    served.ready_for_calls(calls)  # as the API does: a session per call, built before the clock starts
     _, as_served = rates(served, calls)
     per_core = Classifier.from_settings(None, side_by_side(settings.model))
+    per_core.ready_for_calls(calls_at_once(per_core))
     _, side = rates(per_core, calls_at_once(per_core))
     return {
         "backend": clf.backend.name,

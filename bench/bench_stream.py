@@ -704,6 +704,7 @@ def main() -> None:
     side = Classifier.from_settings(directory, side_by_side(m).model_copy(update={"spin_wait": True}))
     calls = calls_at_once(side)
     worker_calls = calls_at_once(side, settings.stream.model_calls)  # as the worker counts them
+    side.ready_for_calls(max(calls, worker_calls))  # a session per call side by side, as the worker builds them
     # Each way at the worker's forward size and at --ceiling-batch (length-sorted batches, one forward each).
     ceiling_ways = []
     for clf, at_once in ((served, 1), (side, calls)) if calls > 1 else ((served, 1),):
