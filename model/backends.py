@@ -111,23 +111,28 @@ class OnnxBackend:
             self.pool: ThreadPoolExecutor | None = ThreadPoolExecutor(
                 self.spread - 1, "finsent-spread", initializer=name_os_thread, initargs=("finsent-spread",)
             )
-            self._serve_callers(False)
+            # Calls side by side are not made on a spread backend (``placement.calls_at_once``): one session each.
+            self.plain = _CallerSessions(self.name, self.session, None)
+            self.spin_sessions: _CallerSessions | None = None
             return
         self.pool = None
         self.session = self._session(spin_wait)
         self.spin_from = 0 if spin_wait or threads == 1 else spin_from  # one thread: no pool to spin
         self.spinning = self._session(True) if self.spin_from else None
-        self._serve_callers(spin_wait)
+        # Calls side by side (the backtest's, the API's and the worker's when set to more than one) each run their
+        # forwards on a session of their own, on the CPU; a GPU session is shared, as CUDA wants one.
+        on_cpu = self._providers() == ["CPUExecutionProvider"]
+        self.plain = _CallerSessions(self.name, self.session, partial(self._session, spin_wait) if on_cpu else None)
+        self.spin_sessions = (
+            _CallerSessions(self.name, self.spinning, partial(self._session, True) if on_cpu else None)
+            if self.spinning is not None
+            else None
+        )
 
-    def _serve_callers(self, spin: bool) -> None:
-        # Sessions for calls made at once (``__call__`` from several threads: the backtest's and the API's calls
-        # side by side): each running forward holds one, so concurrent calls never share a session. Two threads
-        # running one session at once were bimodal on 2 cores: ~415 or ~490 texts/s from one six-second run to the
-        # next (session 26; each on its own session: 462-489, as steady as one call at a time).
-        self._spin = spin
-        self._idle = [self.session]  # list.pop / append are atomic under the GIL
-        self._grow = threading.Lock()
-        self.callers = 1
+    @property
+    def callers(self) -> int:
+        """Sessions built for forwards running at once (those for small calls; large ones have as many)."""
+        return self.plain.count
 
     def _providers(self) -> list[str]:
         import onnxruntime as ort
@@ -174,28 +179,56 @@ class OnnxBackend:
 
     def for_call(self, texts: int) -> Forward:
         """The forward function for a model call of ``texts`` texts (``spin_from``)."""
-        if self.spinning is not None and texts >= self.spin_from:
-            return partial(_run_session, self.spinning)
+        if self.spin_sessions is not None and texts >= self.spin_from:
+            return self.spin_sessions
         return self
 
     def reserve(self, calls: int) -> None:
-        """Build sessions now for ``calls`` forwards at once (a session per caller; more callers than reserved
-        still get one each, built when first needed, which costs that forward the graph's load)."""
-        while self.callers < calls:
-            self._idle.append(self._added_session())
+        """Build sessions now for ``calls`` calls at once, each running its forwards on a session of its own (more
+        callers than reserved still get one each, built when first needed, which costs that forward the graph's
+        load). A no-op where sessions are not per caller (a spread backend, a GPU)."""
+        self.plain.reserve(calls)
+        if self.spin_sessions is not None:
+            self.spin_sessions.reserve(calls)
 
-    def _added_session(self):
+    def __call__(self, input_ids, attention_mask):
+        return self.plain(input_ids, attention_mask)
+
+
+class _CallerSessions:
+    """ONNX Runtime sessions of one kind, one per forward running at once: a forward takes an idle session and
+    gives it back. Two threads running one session at once were bimodal on 2 cores: ~415 or ~490 texts/s from one
+    six-second run to the next (session 26); each on its own session 462-489, as steady as one call at a time.
+    ``build`` None: every forward runs on ``first`` (concurrent ones too)."""
+
+    def __init__(self, backend: str, first, build: Callable[[], object] | None):
+        self.backend, self.first, self.build = backend, first, build
+        self._idle = [first]  # list.pop / append are atomic under the GIL
+        self._grow = threading.Lock()
+        self.count = 1
+
+    def reserve(self, calls: int) -> None:
+        if self.build is None:
+            return
         with self._grow:
-            session = self._session(self._spin)
-            self.callers += 1
-        log.info("onnx session added for a concurrent caller", extra={"backend": self.name, "sessions": self.callers})
+            while self.count < calls:
+                self._idle.append(self.build())
+                self.count += 1
+
+    def _added(self):
+        with self._grow:
+            session = self.build()  # type: ignore[misc]  # only called when build is set
+            self.count += 1
+        log.info("onnx session added for a concurrent caller", extra={"backend": self.backend, "sessions": self.count})
         return session
 
     def __call__(self, input_ids, attention_mask):
+        if self.build is None:
+            return _run_session(self.first, input_ids, attention_mask)
         try:
             session = self._idle.pop()
         except IndexError:  # every session is running another caller's forward
-            session = self._added_session()
+            session = self._added()
         try:
             return _run_session(session, input_ids, attention_mask)
         finally:

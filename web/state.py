@@ -120,10 +120,18 @@ class ApiState:
         self.classify_slots = Slots(w.max_classify_waiting, self.metrics.classify_waiting)
         self.stream_slots = Slots(w.max_event_streams, self.metrics.live_clients)
 
+    def _loaded_for_calls(self) -> Any:
+        """The classifier, with a session per model call side by side built (off the event loop: ~0.1 s each)."""
+        clf = self.load_classifier()
+        ready = getattr(clf, "ready_for_calls", None)  # a stand-in without a model (tests of other routes) has none
+        if ready is not None:
+            ready(calls_at_once(clf, self.settings.web.classify_concurrency))
+        return clf
+
     @asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(follow(self.settings, self.views)) if self.follow_topics else None
-        self.classifier = clf = await asyncio.to_thread(self.load_classifier)
+        self.classifier = clf = await asyncio.to_thread(self._loaded_for_calls)
         freeze_startup_objects()  # the model is loaded: keep full collections off it (finsent.heap)
         self.batcher = batcher = _classify_batcher(clf, self.settings.web, self.metrics)
         batcher.start()
@@ -207,9 +215,6 @@ def _classify_batcher(clf: Any, w: Web, metrics: ApiMetrics) -> Batcher:
     """The batcher in front of ``clf.predict``. The attribute is looked up per call, so a stand-in without a
     model (tests of other routes) still starts; ``on_batch`` feeds the batch-size histogram."""
     calls = calls_at_once(clf, w.classify_concurrency)
-    ready = getattr(clf, "ready_for_calls", None)
-    if ready is not None:
-        ready(calls)
     log.info("classify batcher", extra={"concurrency": calls, "max_texts": w.classify_max_batch})
     return Batcher(
         lambda texts: clf.predict(texts),

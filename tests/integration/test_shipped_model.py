@@ -202,9 +202,9 @@ def test_calls_side_by_side_each_run_on_a_session_of_their_own_and_score_as_one_
     clf = Classifier.load(batch_size=8, threads=1, sessions=1)
     assert isinstance(clf.backend, OnnxBackend) and clf.backend.callers == 1
     clf.ready_for_calls(2)
-    assert clf.backend.callers == 2 and len(clf.backend._idle) == 2  # built up front, not by the first forward
+    assert clf.backend.callers == 2 and len(clf.backend.plain._idle) == 2  # built up front, not by the first forward
     seen: list[tuple[int, int, float, float]] = []
-    clf.backend._idle[:] = [_TimedSession(s, seen, delay_s=0.02) for s in clf.backend._idle]
+    clf.backend.plain._idle[:] = [_TimedSession(s, seen, delay_s=0.02) for s in clf.backend.plain._idle]
     texts = [t for _, t in load_rows()][:48]
     halves = [texts[:24], texts[24:]]
     both = threading.Barrier(2)
@@ -224,6 +224,36 @@ def test_calls_side_by_side_each_run_on_a_session_of_their_own_and_score_as_one_
         assert [(p.topic, p.sentiment) for p in answers] == [(p.topic, p.sentiment) for p in alone.predict(part)]
 
 
+def test_large_calls_side_by_side_each_run_on_a_spinning_session_of_their_own():
+    """With ``model.threads`` set and spinning off, calls of at least ``spin_from`` texts run on the spinning
+    sessions (``for_call``): those too are one per call side by side."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from finsent.local.feeds import load_rows
+
+    clf = Classifier.load(batch_size=8, threads=2, sessions=1, spin_wait=False, spin_from=16)
+    clf.ready_for_calls(2)
+    assert clf.backend.spin_sessions is not None and clf.backend.spin_sessions.count == 2
+    seen: list[tuple[int, int, float, float]] = []
+    spinning = clf.backend.spin_sessions._idle
+    spinning[:] = [_TimedSession(s, seen, delay_s=0.02) for s in spinning]
+    plain: list[tuple[int, int, float, float]] = []
+    clf.backend.plain._idle[:] = [_TimedSession(s, plain) for s in clf.backend.plain._idle]
+    texts = [t for _, t in load_rows()][:48]
+    both = threading.Barrier(2)
+
+    def call(part):
+        both.wait()
+        return clf.predict(part)
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(call, [texts[:24], texts[24:]]))
+    assert len(seen) == 6 and not plain  # every forward of the two large calls on a spinning session
+    overlapping = [(a, b) for a in seen for b in seen if a[1] != b[1] and a[2] < b[3] and b[2] < a[3]]
+    assert overlapping and all(a[0] != b[0] for a, b in overlapping)
+
+
 def test_a_forward_beyond_the_reserved_callers_gets_a_session_built_for_it():
     import threading
     from concurrent.futures import ThreadPoolExecutor
@@ -232,7 +262,7 @@ def test_a_forward_beyond_the_reserved_callers_gets_a_session_built_for_it():
 
     clf = Classifier.load(batch_size=8, threads=1, sessions=1)
     seen: list[tuple[int, int, float, float]] = []
-    clf.backend._idle[:] = [_TimedSession(s, seen, delay_s=0.3) for s in clf.backend._idle]
+    clf.backend.plain._idle[:] = [_TimedSession(s, seen, delay_s=0.3) for s in clf.backend.plain._idle]
     texts = [t for _, t in load_rows()][:2]
     both = threading.Barrier(2)
 
@@ -242,7 +272,7 @@ def test_a_forward_beyond_the_reserved_callers_gets_a_session_built_for_it():
 
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(call, [texts[:1], texts[1:]]))
-    assert clf.backend.callers == 2 and len(clf.backend._idle) == 2  # the one in use, and the one added
+    assert clf.backend.callers == 2 and len(clf.backend.plain._idle) == 2  # the one in use, and the one added
 
 
 def test_a_failing_share_of_a_spread_call_is_raised_only_once_every_share_is_done():
