@@ -89,6 +89,10 @@ def main() -> None:
             list(pool.map(clf.predict, chunks))
         return one, len(data) / (time.perf_counter() - started)
 
+    def higher_way_mean(before: tuple[float, float], after: tuple[float, float]) -> float:
+        """The higher of the two ways, each the mean of its run before and its run after the backtest."""
+        return max((before[0] + after[0]) / 2, (before[1] + after[1]) / 2)
+
     # Interleaved rounds (bare, a backtest with an empty cache, bare again): this host's speed drifts by more than
     # the margin measured (bare 380-500 texts/s from one six-second run to the next in session 26), so each ratio
     # pairs runs made back to back, the reference brackets the backtest (a slow spell during the bare runs before it
@@ -104,7 +108,7 @@ def main() -> None:
             )
             after = bare_rates()
             rounds.append((max(*before, *after), first, before, after))
-            bracketed = max((before[0] + after[0]) / 2, (before[1] + after[1]) / 2)
+            bracketed = higher_way_mean(before, after)
             print(
                 f"round {k + 1}: bare Classifier.predict ({clf.backend.name}, batch {args.batch}) one call at a time "
                 f"{before[0]:.0f} / {after[0]:.0f}, {calls} side by side {before[1]:.0f} / {after[1]:.0f} texts/s "
@@ -126,7 +130,7 @@ def main() -> None:
     def median_ratio(reference) -> float:
         return sorted(r[1].items_per_s / reference(r[2], r[3]) for r in rounds)[len(rounds) // 2]
 
-    bracketed = median_ratio(lambda b, a: max((b[0] + a[0]) / 2, (b[1] + a[1]) / 2))
+    bracketed = median_ratio(higher_way_mean)
     before_alone = median_ratio(lambda b, a: max(b))
     print(
         f"median round: backtest {first.items_per_s:.0f} headlines/s = {first.items_per_s * 3600:,.0f}/hour "
