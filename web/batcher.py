@@ -2,10 +2,10 @@
 
 Why: a forward pass on a few dozen short headlines costs little more than on one, so eight clients that
 each send one headline used to queue behind each other for eight model calls. Here every request joins a
-queue, and one worker task makes ONE ``predict(all_texts)`` call for the queued requests as soon as they add
-up to ``max_texts`` or the oldest of them has waited ``max_wait_s``, whichever comes first. While the model
-runs, new requests gather for the next call, so batches grow by themselves under load, and at idle a lone
-request waits at most ``max_wait_s`` before its call starts.
+queue, and a model thread takes ONE ``predict(all_texts)`` call's worth of queued requests as soon as they
+add up to ``max_texts`` or the oldest of them has waited ``max_wait_s``, whichever comes first. While the
+model runs, new requests gather for the next call, so batches grow by themselves under load, and at idle a
+lone request waits at most ``max_wait_s`` before its call starts.
 
 The rules, each of which a caller relies on:
 
@@ -15,31 +15,34 @@ The rules, each of which a caller relies on:
   (once cut, none of its parts is over ``max_texts``), so that a lone bulk request keeps every core busy as
   well. Each caller gets back exactly its own predictions, in order, once every part of its request is answered.
 * A model call that raises (or answers the wrong number of texts) fails the requests of that batch only,
-  each with the error (a request cut into parts fails with the first part that fails); the worker goes on with
+  each with the error (a request cut into parts fails with the first part that fails); its thread goes on with
   the next batch.
 * A caller that goes away (its task cancelled) is dropped from the queue, or its answer discarded.
 * ``close()`` fails every queued and in-flight caller with :class:`BatcherClosed`, so nobody waits for a
   model that will not answer, and later ``submit`` calls fail at once the same way.
 
-The model runs in an executor of ``concurrency`` threads, never on the event loop (health checks keep
-answering while it works), with at most ``concurrency`` calls at once: a batch is only collected once a
-call slot is free, so while every slot is busy new requests gather for the next call. One slot is one batch
-at a time. Several slots pay on a small CPU: eight single-headline clients make calls of a few texts, and
-ONNX Runtime splits such a call's small matrices over its threads badly, while two single-threaded calls side
-by side keep both cores busy (see ``web.classify_concurrency``). ``predict`` must then be safe to call from
-several threads (``Classifier.predict`` is). Pure asyncio plus a callable, so it is tested without HTTP or a
-model.
+The model runs in ``concurrency`` model threads, never on the event loop (health checks keep answering
+while it works), one call per thread at a time. Each thread *pulls*: the moment its call ends it takes the
+next batch itself, under a lock it shares with ``submit``, and only then hands the answers to the loop.
+Why: when the loop chose each batch, every call waited for the loop to answer the previous call's
+callers over HTTP and to come round to the queue; under 8 single-headline clients on 2 cores that gap
+between calls was 2.2 ms of each ~15 ms (14 % of the cores idle; 250-278 against 277-302 requests/s pulled,
+interleaved). A thread counts as idle again before its callers hear back, so a request sent in reply finds
+it free. More than one thread rarely pays on a small CPU: eight single-headline clients make calls
+of a few texts, and two single-threaded calls side by side keep both cores busy but in calls of ~2 texts
+that cost more per text than one call spread over both cores (see ``web.classify_concurrency``).
+``predict`` must then be safe to call from several threads (``Classifier.predict`` is). Pure threading plus
+a callable, so it is tested without HTTP or a model.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -119,33 +122,32 @@ class Batcher(Generic[R]):
         self.concurrency = concurrency
         self.on_batch = on_batch
         self.name = name
+        # Shared by the event loop (submit, close) and the model threads (which take batches): guarded by _work.
+        self._work = threading.Condition()
         self._queue: deque[_Request[R]] = deque()
-        self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"finsent-{name}")
-        self._worker: asyncio.Task[None] | None = None
+        self._idle = 0  # model threads waiting for a batch: what is queued is shared among them
+        self._shares: deque[list[_Part[R]]] = deque()  # batches cut for idle threads, not yet taken by one
+        self._in_flight: dict[int, list[_Part[R]]] = {}  # model thread -> the batch it is running
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------------------------------------- life cycle
 
     def start(self) -> None:
-        """Start the worker task on the running loop (call once, from inside it)."""
-        if self._worker is not None:
+        """Start the model threads (call once, from inside the running loop: answers are handed out on it)."""
+        if self._loop is not None:
             raise RuntimeError("batcher already started")
-        self._worker = asyncio.get_running_loop().create_task(self._run(), name=f"finsent-{self.name}-batcher")
-        self._worker.add_done_callback(self._worker_ended)
+        self._loop = asyncio.get_running_loop()
+        for k in range(self.concurrency):
+            thread = threading.Thread(target=self._serve, name=f"finsent-{self.name}-{k}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
     async def close(self) -> None:
-        """Stop: queued and in-flight callers get :class:`BatcherClosed`; a model call already running in the
+        """Stop: queued and in-flight callers get :class:`BatcherClosed`; a model call already running in its
         thread finishes there, unanswered (a thread cannot be interrupted)."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.wait([self._worker])  # not `await worker`: that would swallow a cancel of close() itself
-        self._fail(self._queue, BatcherClosed(f"{self.name} batcher shut down"))
-        self._queue.clear()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._shut(BatcherClosed(f"{self.name} batcher shut down"))
         log.info("batcher closed", extra={"batcher": self.name})
 
     async def __aenter__(self) -> Batcher[R]:
@@ -155,79 +157,145 @@ class Batcher(Generic[R]):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _worker_ended(self, task: asyncio.Task[None]) -> None:
-        """A worker that died of a bug must not leave callers waiting forever: fail them and refuse new ones."""
-        if task.cancelled() or task.exception() is None:
-            return
-        log.error("batcher worker died", exc_info=task.exception(), extra={"batcher": self.name})
-        self._closed = True
-        self._fail(self._queue, BatcherClosed(f"{self.name} batcher failed: {task.exception()!r}"))
-        self._queue.clear()
+    def _shut(self, err: BaseException) -> None:
+        """On the loop: refuse new callers, stop the model threads, fail everyone still waiting with ``err``."""
+        with self._work:
+            if self._closed:
+                return
+            self._closed = True
+            waiting: list[_Request[R] | _Part[R]] = list(self._queue)
+            waiting += [part for batch in [*self._shares, *self._in_flight.values()] for part in batch]
+            self._queue.clear()
+            self._shares.clear()
+            self._work.notify_all()
+        self._fail(waiting, err)
 
     # ----------------------------------------------------------------------------------------------- callers
 
     async def submit(self, texts: Sequence[str]) -> Answer[R]:
         """Wait for the predictions of ``texts`` (in order), made in one model call with other callers' texts."""
-        if self._closed or self._worker is None:
+        if self._closed or self._loop is None:
             raise BatcherClosed(f"{self.name} batcher is not running")
         if not texts:
             return Answer([], 0.0, 0)
-        loop = asyncio.get_running_loop()
-        request: _Request[R] = _Request(list(texts), loop.create_future(), loop.time())
-        self._queue.append(request)
-        self._wakeup.set()
-        return await request.future  # a cancelled caller cancels its future: the worker then skips it
+        request: _Request[R] = _Request(list(texts), self._loop.create_future(), time.monotonic())
+        with self._work:
+            self._queue.append(request)
+            self._work.notify()
+        return await request.future  # a cancelled caller cancels its future: the model threads then skip it
 
-    # ------------------------------------------------------------------------------------------------ worker
+    # ------------------------------------------------------------------------------------------ model threads
 
-    async def _run(self) -> None:
-        slots = asyncio.Semaphore(self.concurrency)
-        calls: set[asyncio.Task[None]] = set()
-
-        def call_ended(batch: list[_Part[R]], task: asyncio.Task[None]) -> None:
-            calls.discard(task)
-            slots.release()
-            if not task.cancelled() and task.exception() is not None:  # a bug past the model call: answer anyway
-                log.error("batch answer failed", exc_info=task.exception(), extra={"batcher": self.name})
-                self._fail(batch, BatcherClosed(f"{self.name} batcher failed: {task.exception()!r}"))
-
+    def _serve(self) -> None:
+        """One model thread: take the next batch the moment it is free, run it, hand the answers to the loop."""
+        me = threading.get_ident()
         try:
-            while True:
-                await slots.acquire()  # a free call slot first: meanwhile requests gather for the next batch
-                await self._until_due()
-                # Share what is queued among the free slots: eight queued headlines and two idle slots make two
-                # calls of four side by side, not one of eight beside an idle core.
-                free = self.concurrency - len(calls)
-                batch = self._take(min(self.max_texts, -(-self._queued_texts() // free)), cut=free > 1)
-                if not batch:
-                    slots.release()
-                    continue
-                call = asyncio.get_running_loop().create_task(self._answer(batch))
-                calls.add(call)
-                call.add_done_callback(functools.partial(call_ended, batch))
-        finally:  # shut down (or died): the calls in flight fail their callers (see _answer)
-            for call in list(calls):
-                call.cancel()
-            if calls:
-                await asyncio.wait(calls)
+            with self._work:
+                self._idle += 1
+            while (batch := self._next_batch(me)) is not None:
+                outcome = self._call(batch)
+                with self._work:
+                    # Idle again before its callers hear back: a request one of them sends in reply finds this
+                    # thread free (and a bulk one is shared with it), as it is.
+                    self._in_flight.pop(me, None)
+                    self._idle += 1
+                self._to_loop(self._answer, batch, *outcome)
+        except BaseException as err:  # noqa: BLE001 - a bug here must not leave callers waiting forever
+            self._to_loop(self._died, err)
 
-    async def _until_due(self) -> None:
-        """Return once a batch is due: ``max_texts`` texts queued, or the oldest queued request's wait is over."""
-        loop = asyncio.get_running_loop()
-        while True:
-            self._drop_gone()
-            timeout: float | None = None
-            if self._queue:
-                if self._queued_texts() >= self.max_texts:
-                    return
-                timeout = self._queue[0].queued_at + self.max_wait_s - loop.time()
-                if timeout <= 0:
-                    return
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
-            except TimeoutError:
-                pass  # the oldest's wait is over: checked at the top
+    def _next_batch(self, me: int) -> list[_Part[R]] | None:
+        """Block until a batch is due (``max_texts`` texts queued, or the oldest queued request waited
+        ``max_wait_s``), then take it. What is queued then is cut once among the idle model threads, as the
+        module says: this thread runs the first batch and leaves the others for them. None: shut down."""
+        with self._work:  # this thread counts as idle (``_serve``) until it takes a batch
+            while True:
+                if self._closed:
+                    return None
+                if self._shares:
+                    batch = self._shares.popleft()
+                    break
+                self._drop_gone()
+                timeout: float | None = None
+                if self._queue:
+                    if self._queued_texts() >= self.max_texts:
+                        batch = self._share_out()
+                        break
+                    timeout = self._queue[0].queued_at + self.max_wait_s - time.monotonic()
+                    if timeout <= 0:
+                        batch = self._share_out()
+                        break
+                self._work.wait(timeout)
+            self._idle -= 1
+            self._in_flight[me] = batch
+            return batch
+
+    def _share_out(self) -> list[_Part[R]]:
+        """Cut what is queued into one batch per idle model thread (eight queued headlines and two idle threads
+        make two calls of four side by side, not one of eight beside an idle core); returns this thread's, and
+        leaves the others in ``_shares`` for the threads it wakes."""
+        batches = []
+        for free in range(self._idle, 0, -1):
+            if not self._queue:
+                break
+            batches.append(self._take(min(self.max_texts, -(-self._queued_texts() // free)), cut=free > 1))
+        self._shares.extend(batches[1:])
+        if len(batches) > 1:
+            self._work.notify(len(batches) - 1)
+        return batches[0]
+
+    def _call(self, batch: list[_Part[R]]) -> tuple[Sequence[R] | None, BaseException | None, float]:
+        """The model call for ``batch``, in this thread: (predictions, None, seconds) or (None, error, seconds)."""
+        texts = [t for part in batch for t in part.texts]
+        t0 = time.perf_counter()
+        try:
+            predictions = self.predict(texts)
+            if len(predictions) != len(texts):
+                raise RuntimeError(f"model answered {len(predictions)} predictions for {len(texts)} texts")
+        except Exception as err:  # noqa: BLE001 - a failing model must answer the waiting requests, not kill the batcher
+            return None, err, time.perf_counter() - t0
+        return predictions, None, time.perf_counter() - t0
+
+    def _to_loop(self, callback: Callable[..., None], *args: object) -> None:
+        """Run ``callback(*args)`` on the loop (futures are not thread-safe); a closed loop has nobody to answer."""
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            pass
+
+    # ------------------------------------------------------------------------------------- on the event loop
+
+    def _answer(
+        self, batch: list[_Part[R]], predictions: Sequence[R] | None, err: BaseException | None, seconds: float
+    ) -> None:
+        """Each caller gets its slice of the call's predictions, or the call's error."""
+        texts = sum(part.end - part.start for part in batch)
+        try:
+            if err is not None:
+                log.warning(
+                    "model call failed: its batch's requests get the error",
+                    extra={"batcher": self.name, "requests": len(batch), "texts": texts, "error": repr(err)},
+                )
+                self._fail(batch, err)
+                return
+            assert predictions is not None
+            self._split_back(batch, predictions, seconds)
+            log.debug(
+                "batch answered",
+                extra={"batcher": self.name, "requests": len(batch), "texts": texts, "seconds": round(seconds, 4)},
+            )
+            if self.on_batch is not None:
+                self.on_batch(len(batch), texts, seconds)
+        except Exception as bug:  # a bug past the model call: answer anyway
+            log.error("batch answer failed", exc_info=bug, extra={"batcher": self.name})
+            self._fail(batch, BatcherClosed(f"{self.name} batcher failed: {bug!r}"))
+
+    def _died(self, err: BaseException) -> None:
+        """A model thread that died of a bug must not leave callers waiting forever: fail them, refuse new ones."""
+        log.error("batcher model thread died", exc_info=err, extra={"batcher": self.name})
+        self._shut(BatcherClosed(f"{self.name} batcher failed: {err!r}"))
+
+    # ------------------------------------------------------------------------- the queue (under self._work)
 
     def _drop_gone(self) -> None:
         """Forget requests whose callers went away, so they neither count towards a batch nor start its clock."""
@@ -259,33 +327,6 @@ class Batcher(Generic[R]):
             if request.taken == len(request.texts):
                 self._queue.popleft()
         return batch
-
-    async def _answer(self, batch: list[_Part[R]]) -> None:
-        """One model call for the batch, off the loop; each caller gets its slice, or the call's error."""
-        texts = [t for part in batch for t in part.texts]
-        t0 = time.perf_counter()
-        try:
-            predictions = await asyncio.get_running_loop().run_in_executor(self._executor, self.predict, texts)
-            if len(predictions) != len(texts):
-                raise RuntimeError(f"model answered {len(predictions)} predictions for {len(texts)} texts")
-        except asyncio.CancelledError:
-            self._fail(batch, BatcherClosed(f"{self.name} batcher shut down during the model call"))
-            raise
-        except Exception as err:  # noqa: BLE001 - a failing model must answer the waiting requests, not kill the batcher
-            log.warning(
-                "model call failed: its batch's requests get the error",
-                extra={"batcher": self.name, "requests": len(batch), "texts": len(texts), "error": repr(err)},
-            )
-            self._fail(batch, err)
-            return
-        seconds = time.perf_counter() - t0
-        self._split_back(batch, predictions, seconds)
-        log.debug(
-            "batch answered",
-            extra={"batcher": self.name, "requests": len(batch), "texts": len(texts), "seconds": round(seconds, 4)},
-        )
-        if self.on_batch is not None:
-            self.on_batch(len(batch), len(texts), seconds)
 
     @staticmethod
     def _split_back(batch: list[_Part[R]], predictions: Sequence[R], seconds: float) -> None:
