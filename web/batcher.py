@@ -18,17 +18,18 @@ The rules, each of which a caller relies on:
   each with the error (a request cut into parts fails with the first part that fails); its thread goes on with
   the next batch.
 * A caller that goes away (its task cancelled) is dropped from the queue, or its answer discarded.
-* ``close()`` fails every queued and in-flight caller with :class:`BatcherClosed`, so nobody waits for a
-  model that will not answer, and later ``submit`` calls fail at once the same way.
+* ``close()`` fails every queued caller and every caller of a call still running with :class:`BatcherClosed`,
+  so nobody waits for a model that will not answer, and later ``submit`` calls fail at once the same way (a
+  call that had ended just before still answers its callers: its answers were already on their way).
 
 The model runs in ``concurrency`` model threads, never on the event loop (health checks keep answering
-while it works), one call per thread at a time. Each thread *pulls*: the moment its call ends it takes the
-next batch itself, under a lock it shares with ``submit``, and only then hands the answers to the loop.
-Why: when the loop chose each batch, every call waited for the loop to answer the previous call's
+while it works), one call per thread at a time. Each thread *pulls*: the moment its call ends it counts
+itself idle, hands the answers to the loop and takes the next batch itself, under a lock it shares with
+``submit``, without waiting for the loop. Why: when the loop chose each batch, every call waited for the loop to answer the previous call's
 callers over HTTP and to come round to the queue; under 8 single-headline clients on 2 cores that gap
 between calls was 2.2 ms of each ~15 ms (14 % of the cores idle; 250-278 against 277-302 requests/s pulled,
-interleaved). A thread counts as idle again before its callers hear back, so a request sent in reply finds
-it free. More than one thread rarely pays on a small CPU: eight single-headline clients make calls
+interleaved). Because a thread counts as idle before its callers hear back, a request sent in reply finds it
+free. More than one thread rarely pays on a small CPU: eight single-headline clients make calls
 of a few texts, and two single-threaded calls side by side keep both cores busy but in calls of ~2 texts
 that cost more per text than one call spread over both cores (see ``web.classify_concurrency``).
 ``predict`` must then be safe to call from several threads (``Classifier.predict`` is). Pure threading plus
@@ -144,11 +145,20 @@ class Batcher(Generic[R]):
             self._threads.append(thread)
             thread.start()
 
-    async def close(self) -> None:
-        """Stop: queued and in-flight callers get :class:`BatcherClosed`; a model call already running in its
-        thread finishes there, unanswered (a thread cannot be interrupted)."""
+    async def close(self, wait_s: float = 0.0) -> None:
+        """Stop: queued and in-flight callers get :class:`BatcherClosed` at once; a model call already running in
+        its thread finishes there, unanswered (a thread cannot be interrupted). ``wait_s``: then wait up to that
+        long for such a call to end (off the loop), so that a process about to exit does not tear the model's
+        runtime down under it (the threads are daemons: a stuck model cannot hold the process up)."""
         self._shut(BatcherClosed(f"{self.name} batcher shut down"))
+        if wait_s > 0:
+            await asyncio.to_thread(self._join, wait_s)
         log.info("batcher closed", extra={"batcher": self.name})
+
+    def _join(self, wait_s: float) -> None:
+        deadline = time.monotonic() + wait_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     async def __aenter__(self) -> Batcher[R]:
         self.start()
@@ -196,10 +206,12 @@ class Batcher(Generic[R]):
                 outcome = self._call(batch)
                 with self._work:
                     # Idle again before its callers hear back: a request one of them sends in reply finds this
-                    # thread free (and a bulk one is shared with it), as it is.
+                    # thread free (and a bulk one is shared with it), as it is. Under the lock, so that a batch is
+                    # either in flight (``close`` fails its callers) or its answers are on their way to the loop.
                     self._in_flight.pop(me, None)
                     self._idle += 1
-                self._to_loop(self._answer, batch, *outcome)
+                    if not self._closed:
+                        self._to_loop(self._answer, batch, *outcome)
         except BaseException as err:  # noqa: BLE001 - a bug here must not leave callers waiting forever
             self._to_loop(self._died, err)
 
@@ -217,13 +229,12 @@ class Batcher(Generic[R]):
                 self._drop_gone()
                 timeout: float | None = None
                 if self._queue:
-                    if self._queued_texts() >= self.max_texts:
-                        batch = self._share_out()
-                        break
                     timeout = self._queue[0].queued_at + self.max_wait_s - time.monotonic()
-                    if timeout <= 0:
+                    if self._queued_texts() >= self.max_texts or timeout <= 0:
                         batch = self._share_out()
-                        break
+                        if batch:  # empty: its callers went away while it was cut (cancelled on the loop)
+                            break
+                        continue
                 self._work.wait(timeout)
             self._idle -= 1
             self._in_flight[me] = batch
@@ -237,11 +248,13 @@ class Batcher(Generic[R]):
         for free in range(self._idle, 0, -1):
             if not self._queue:
                 break
-            batches.append(self._take(min(self.max_texts, -(-self._queued_texts() // free)), cut=free > 1))
+            batch = self._take(min(self.max_texts, -(-self._queued_texts() // free)), cut=free > 1)
+            if batch:
+                batches.append(batch)
         self._shares.extend(batches[1:])
         if len(batches) > 1:
             self._work.notify(len(batches) - 1)
-        return batches[0]
+        return batches[0] if batches else []
 
     def _call(self, batch: list[_Part[R]]) -> tuple[Sequence[R] | None, BaseException | None, float]:
         """The model call for ``batch``, in this thread: (predictions, None, seconds) or (None, error, seconds)."""

@@ -101,6 +101,9 @@ class HeldStream(StreamingResponse):
             self._release()
 
 
+BATCHER_JOIN_S = 10.0  # on shutdown, how long a model call still running may take to end before the process exits
+
+
 @dataclass
 class ApiState:
     """Everything the routes share. ``load_classifier()`` is called once, in ``lifespan``."""
@@ -138,7 +141,7 @@ class ApiState:
         try:
             yield
         finally:
-            await batcher.close()  # requests still waiting for the model get 503, not a hang
+            await batcher.close(wait_s=BATCHER_JOIN_S)  # requests still waiting for the model get 503, not a hang
             if task:
                 task.cancel()
             if self.producer is not None:
