@@ -9,9 +9,9 @@ lone request waits at most ``max_wait_s`` before its call starts.
 
 The rules, each of which a caller relies on:
 
-* A batch holds requests in arrival order. With one free call slot it holds whole requests only, and a
-  request of more than ``max_texts`` texts runs alone and whole. With several free slots, what is queued is
-  shared among them, and a request larger than a slot's share is cut into consecutive parts, one per call
+* A batch holds requests in arrival order. With one idle model thread it holds whole requests only, and a
+  request of more than ``max_texts`` texts runs alone and whole. With several idle threads, what is queued is
+  shared among them, and a request larger than a thread's share is cut into consecutive parts, one per call
   (once cut, none of its parts is over ``max_texts``), so that a lone bulk request keeps every core busy as
   well. Each caller gets back exactly its own predictions, in order, once every part of its request is answered.
 * A model call that raises (or answers the wrong number of texts) fails the requests of that batch only,
@@ -22,18 +22,18 @@ The rules, each of which a caller relies on:
   so nobody waits for a model that will not answer, and later ``submit`` calls fail at once the same way (a
   call that had ended just before still answers its callers: its answers were already on their way).
 
-The model runs in ``concurrency`` model threads, never on the event loop (health checks keep answering
-while it works), one call per thread at a time. Each thread *pulls*: the moment its call ends it counts
-itself idle, hands the answers to the loop and takes the next batch itself, under a lock it shares with
-``submit``, without waiting for the loop. Why: when the loop chose each batch, every call waited for the loop to answer the previous call's
-callers over HTTP and to come round to the queue; under 8 single-headline clients on 2 cores that gap
-between calls was 2.2 ms of each ~15 ms (14 % of the cores idle; 250-278 against 277-302 requests/s pulled,
-interleaved). Because a thread counts as idle before its callers hear back, a request sent in reply finds it
-free. More than one thread rarely pays on a small CPU: eight single-headline clients make calls
-of a few texts, and two single-threaded calls side by side keep both cores busy but in calls of ~2 texts
-that cost more per text than one call spread over both cores (see ``web.classify_concurrency``).
-``predict`` must then be safe to call from several threads (``Classifier.predict`` is). Pure threading plus
-a callable, so it is tested without HTTP or a model.
+The model runs in ``concurrency`` model threads, never on the event loop (health checks keep answering while
+it works), one call per thread at a time. Each thread *pulls*: the moment its call ends it counts itself idle,
+hands the answers to the loop and takes the next batch itself, under a lock it shares with ``submit``, without
+waiting for the loop. Why: when the loop chose each batch, every call waited for the loop to answer the
+previous call's callers over HTTP and to come round to the queue; under 8 single-headline clients on 2 cores
+that gap between calls was 2.2 ms of each ~15 ms (14 % of the cores idle; 250-278 against 277-302 requests/s
+pulled, interleaved). Because a thread counts as idle before its callers hear back, a request sent in reply
+finds it free. More than one thread rarely pays on a small CPU: eight single-headline clients make calls of a
+few texts, and two single-threaded calls side by side keep both cores busy but in calls of ~2 texts that cost
+more per text than one call spread over both cores (see ``web.classify_concurrency``). ``predict`` must then
+be safe to call from several threads (``Classifier.predict`` is). Pure threading plus a callable, so it is
+tested without HTTP or a model.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class Answer(Generic[R]):
 class _Request(Generic[R]):
     texts: list[str]
     future: asyncio.Future[Answer[R]]
-    queued_at: float  # loop.time()
+    queued_at: float  # time.monotonic(): the model threads compare it with their own clock
     taken: int = 0  # texts handed to model calls so far: a request is queued until all are taken
     answered: int = 0  # texts whose predictions are in ``results``
     results: list[R | None] = field(default_factory=list)
@@ -91,7 +91,7 @@ class _Request(Generic[R]):
 
 @dataclass(frozen=True, slots=True)
 class _Part(Generic[R]):
-    """Texts ``start:end`` of a request: the whole of it unless it was cut to share it among call slots."""
+    """Texts ``start:end`` of a request: the whole of it unless it was cut to share it among model threads."""
 
     request: _Request[R]
     start: int
