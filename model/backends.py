@@ -17,7 +17,8 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Protocol
@@ -155,27 +156,26 @@ class OnnxBackend:
         return ort.InferenceSession(str(self.path), opts, providers=self._providers())
 
     def run_spread(self, shares: list[Callable[[Forward], None]]) -> None:
-        """Run ``shares[k]`` with session ``k``'s forward, all at once (the first on the calling thread, the others
-        in the backend's pool); return when every share is done, raising the first error only then (a share still
-        running writes into the caller's arrays)."""
+        """Run ``shares[k]`` with session ``k``'s forward, all at once; return when every share is done, raising the
+        first error only then (a share still running writes into the caller's arrays)."""
+        self.start_spread(shares).wait()
+
+    def start_spread(self, shares: list[Callable[[Forward], None]]) -> Spread:
+        """Start ``shares[k]`` with session ``k``'s forward: the others in the backend's pool (queued behind any
+        share a call started earlier left running there), then the first on the calling thread; returns once the
+        first is done, with the others maybe still running (``Spread``). One caller at a time: session 0 runs on
+        the calling thread."""
         if self.pool is None or len(shares) > self.spread:
             raise ValueError(f"{len(shares)} shares for {self.spread} sessions")
         running = [
             self.pool.submit(share, partial(_run_session, session))
             for share, session in zip(shares[1:], self.sessions[1:])
         ]
-        error: BaseException | None = None
         try:
             shares[0](partial(_run_session, self.sessions[0]))
-        except BaseException as err:  # noqa: BLE001  # re-raised once the other shares are done
-            error = err
-        for future in running:
-            try:
-                future.result()
-            except BaseException as err:  # noqa: BLE001
-                error = error or err
-        if error is not None:
-            raise error
+        except BaseException as err:  # noqa: BLE001  # raised by wait(), once the other shares are done
+            return Spread(running, err)
+        return Spread(running)
 
     def for_call(self, texts: int) -> Forward:
         """The forward function for a model call of ``texts`` texts (``spin_from``)."""
@@ -233,6 +233,25 @@ class _CallerSessions:
             return _run_session(session, input_ids, attention_mask)
         finally:
             self._idle.append(session)
+
+
+@dataclass(slots=True)
+class Spread:
+    """A spread call whose calling thread's share is done: the other sessions' shares may still be running."""
+
+    running: list[Future]
+    error: BaseException | None = None  # the calling thread's share's
+
+    def wait(self) -> None:
+        """Return when every share is done; raise the first error (the calling thread's first) only then."""
+        error = self.error
+        for future in self.running:
+            try:
+                future.result()
+            except BaseException as err:  # noqa: BLE001
+                error = error or err
+        if error is not None:
+            raise error
 
 
 def _run_session(session, input_ids, attention_mask):

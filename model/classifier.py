@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from finsent.model import artifact
-from finsent.model.backends import Backend, Forward, make_backend
+from finsent.model.backends import Backend, Forward, Spread, make_backend
 from finsent.model.batching import balanced_batches, pad, sorted_batches
 from finsent.model.domain import check_domain, load_news_bias, tag
 from finsent.model.placement import sessions_for
@@ -78,6 +78,24 @@ class Encoded:
             ids.extend(part.ids)
             n += part.n
         return cls(n, fallbacks, good_idx, ids)
+
+
+@dataclass(frozen=True, slots=True)
+class _Forwards:
+    """A model call's logits, filled by its forwards; ``spread``: the other sessions' share still running."""
+
+    topic: np.ndarray
+    sent: np.ndarray
+    spread: Spread | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A model call started by ``Classifier.start``, to be ended by ``Classifier.finish``."""
+
+    encoded: Encoded
+    domain: str | None
+    forwards: _Forwards | None  # None: no text to run (all flagged)
 
 
 class Classifier:
@@ -201,16 +219,30 @@ class Classifier:
 
     def predict_encoded(self, encoded: Encoded, domain: str | None = None) -> list[Prediction]:
         """The model-side half of ``predict``: predictions in the caller's order."""
-        offsets = self.sentiment_offsets(domain)
-        results: list[Prediction | None] = [encoded.fallbacks.get(i) for i in range(encoded.n)]
-        if encoded.ids:
-            topic_logits, sent_logits = self._run(encoded.ids)
+        return self.finish(self.start(encoded, domain))
+
+    def start(self, encoded: Encoded, domain: str | None = None) -> Call:
+        """Start the model call for ``encoded``: on return this thread's forwards are done, and a spread call's
+        other sessions may still be running theirs; ``finish`` (from any thread) waits for them. Why in two: the
+        API's batcher starts its next call the moment its own forwards of this one are done, while another
+        session's still run (small calls cut into few forwards rarely end together: its core sat idle till then)
+        and leaves the finishing to a thread of its own. Calls started one after the other queue their forwards
+        behind each other's on every session."""
+        check_domain(domain)
+        return Call(encoded, domain, self._start(encoded.ids) if encoded.ids else None)
+
+    def finish(self, call: Call) -> list[Prediction]:
+        """Wait for ``call``'s forwards and return its predictions in the caller's order."""
+        results: list[Prediction | None] = [call.encoded.fallbacks.get(i) for i in range(call.encoded.n)]
+        if call.forwards is not None:
+            topic_logits, sent_logits = self._wait(call.forwards)
+            offsets = self.sentiment_offsets(call.domain)
             topic_p = softmax(topic_logits, self.meta.temperature_topic)
             if offsets is None:
                 sent_p = softmax(sent_logits, self.meta.temperature_sentiment)
             else:
                 sent_p = softmax(sent_logits / self.meta.temperature_sentiment + offsets)
-            for row, i in enumerate(encoded.good_idx):
+            for row, i in enumerate(call.encoded.good_idx):
                 results[i] = self._prediction(topic_p[row], sent_p[row])
         return results  # type: ignore[return-value]
 
@@ -226,6 +258,11 @@ class Classifier:
 
     def _run(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Length-sorted batches through the backend; logits back in input order."""
+        return self._wait(self._start(ids))
+
+    def _start(self, ids: list[list[int]]) -> _Forwards:
+        """Run ``ids``' forwards: all of them on this thread, or spread over the backend's sessions, this thread's
+        share done on return, the other sessions' maybe still running (``_wait``)."""
         pad_id = self.tokenizer.pad_token_id or 0
         topic = np.zeros((len(ids), len(self.meta.topic_labels)), dtype=np.float32)
         sent = np.zeros((len(ids), len(self.meta.sentiment_labels)), dtype=np.float32)
@@ -236,7 +273,7 @@ class Classifier:
             # A larger one: forwards of batch_size that the sessions take from one queue, longest first, so they
             # finish together (a fixed share each left one core idle at the end of every call while the other
             # finished its longer share). Either way each session's first forward is its own, so a session that
-            # starts late still gets one.
+            # starts late (still running the previous call's share) still gets one.
             batches = (
                 balanced_batches(lengths, spread, self.batch_size) or sorted_batches(lengths, self.batch_size)[::-1]
             )
@@ -255,14 +292,20 @@ class Classifier:
                         failed.set()
                         raise
 
-            self.backend.run_spread([partial(run, b) for b in batches[:shares]])  # type: ignore[attr-defined]
-            return topic, sent
+            started = self.backend.start_spread([partial(run, b) for b in batches[:shares]])  # type: ignore[attr-defined]
+            return _Forwards(topic, sent, started)
         for_call = getattr(self.backend, "for_call", None)  # ONNX: a spinning session for large calls
         forward = for_call(len(ids)) if for_call is not None else self.backend
         for batch in sorted_batches(lengths, self.batch_size):
             input_ids, mask = pad([ids[j] for j in batch], pad_id)
             topic[batch], sent[batch] = forward(input_ids, mask)
-        return topic, sent
+        return _Forwards(topic, sent)
+
+    @staticmethod
+    def _wait(forwards: _Forwards) -> tuple[np.ndarray, np.ndarray]:
+        if forwards.spread is not None:
+            forwards.spread.wait()
+        return forwards.topic, forwards.sent
 
     def _prediction(self, topic_p: np.ndarray, sent_p: np.ndarray) -> Prediction:
         topics, sents = self.meta.topic_labels, self.meta.sentiment_labels

@@ -2,7 +2,7 @@
 
 Why: a forward pass on a few dozen short headlines costs little more than on one, so eight clients that
 each send one headline used to queue behind each other for eight model calls. Here every request joins a
-queue, and a model thread takes ONE ``predict(all_texts)`` call's worth of queued requests as soon as they
+queue, and a model thread takes ONE model call's worth of queued requests as soon as they
 add up to ``max_texts`` or the oldest of them has waited ``max_wait_s``, whichever comes first. While the
 model runs, new requests gather for the next call, so batches grow by themselves under load, and at idle a
 lone request waits at most ``max_wait_s`` before its call starts.
@@ -23,17 +23,29 @@ The rules, each of which a caller relies on:
   call that had ended just before still answers its callers: its answers were already on their way).
 
 The model runs in ``concurrency`` model threads, never on the event loop (health checks keep answering while
-it works), one call per thread at a time. Each thread *pulls*: the moment its call ends it counts itself idle,
-hands the answers to the loop and takes the next batch itself, under a lock it shares with ``submit``, without
-waiting for the loop. Why: when the loop chose each batch, every call waited for the loop to answer the
-previous call's callers over HTTP and to come round to the queue; under 8 single-headline clients on 2 cores
-that gap between calls was 2.2 ms of each ~15 ms (14 % of the cores idle; 250-278 against 277-302 requests/s
-pulled, interleaved). Because a thread counts as idle before its callers hear back, a request sent in reply
-finds it free. More than one thread rarely pays on a small CPU: eight single-headline clients make calls of a
-few texts, and two single-threaded calls side by side keep both cores busy but in calls of ~2 texts that cost
-more per text than one call spread over both cores (see ``web.classify_concurrency``). ``predict`` must then
-be safe to call from several threads (``Classifier.predict`` is). Pure threading plus a callable, so it is
-tested without HTTP or a model.
+it works). Each thread *pulls*: the moment it may, it takes the next batch itself, under a lock it shares with
+``submit``, without waiting for the loop. Why: when the loop chose each batch, every call waited for the loop to
+answer the previous call's callers over HTTP and to come round to the queue; under 8 single-headline clients on 2
+cores that gap between calls was 2.2 ms of each ~15 ms (14 % of the cores idle; 250-278 against 277-302
+requests/s pulled, interleaved).
+
+A call comes in two halves (``TwoStage``; a plain ``predict`` is all first half). The model thread *starts* it:
+tokenizing and its own share of the forwards, which ``Classifier.start`` spreads over one single-threaded
+session per core. A finishing thread of its own then waits for the other sessions' shares, makes the predictions
+and hands them to the loop, while the model thread takes its next batch and starts it on its core at once; its
+forwards on the other session queue behind the last call's. Why: a call of a few headlines cut into one forward
+per core rarely ends together (a tail of ~4.4 ms of each ~14 ms call with one core idle, traced), and the
+model thread used to wait out that tail. A model thread has at most two calls under way (one finishing, one
+starting): more would only queue forwards and latency. Its slot is given back, and so it may take a batch, before
+its callers hear back, so that a request one of them sends in reply finds it free. Interleaved on 2 cores (8
+single-headline clients): 277/259 requests/s with the call in one half, 314/302 in two (12-13 % of the cores
+idle against 18-20 %).
+
+More than one model thread rarely pays on a small CPU: eight single-headline clients make calls of a few texts,
+and two single-threaded calls side by side keep both cores busy but in calls of ~2 texts that cost more per text
+than one call spread over both cores (see ``web.classify_concurrency``). ``predict`` (or ``start``) must then be
+safe to call from several threads (``Classifier``'s are). Pure threading plus callables, so it is tested without
+HTTP or a model.
 """
 
 from __future__ import annotations
@@ -45,15 +57,20 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from queue import SimpleQueue
+from typing import Any, Generic, TypeVar
 
 from finsent.errors import BatcherClosed
+from finsent.osthreads import name_os_thread
 
 R = TypeVar("R")
+C = TypeVar("C")
 # (requests, texts, model seconds) of each model call that answered: for the batch-size histogram
 BatchObserver = Callable[[int, int, float], None]
 
 log = logging.getLogger("finsent.web.batcher")
+
+_CALLS_PER_THREAD = 2  # calls a model thread may have started and not yet answered: one finishing, one starting
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +119,32 @@ class _Part(Generic[R]):
         return self.request.texts[self.start : self.end]
 
 
+@dataclass(frozen=True, slots=True)
+class TwoStage(Generic[C, R]):
+    """A model call in two halves: ``start(texts)`` on the model thread, which on return may leave part of the call
+    running elsewhere (``Classifier.start``: a spread call's other sessions), and ``finish(call)`` on the
+    finishing thread, which waits for that part and returns the predictions (see the module)."""
+
+    start: Callable[[list[str]], C]
+    finish: Callable[[C], Sequence[R]]
+
+
+@dataclass(slots=True)
+class _Started(Generic[R]):
+    """A batch whose model call a model thread started (or the error starting it raised), to be finished."""
+
+    batch: list[_Part[R]]
+    call: object = None
+    error: BaseException | None = None
+    seconds: float = 0.0  # spent starting it
+
+
 class Batcher(Generic[R]):
     """Collects ``submit(texts)`` calls into ``predict`` calls of at most ``max_texts`` texts (see the module)."""
 
     def __init__(
         self,
-        predict: Callable[[list[str]], Sequence[R]],
+        predict: Callable[[list[str]], Sequence[R]] | TwoStage[Any, R],
         max_texts: int,
         max_wait_s: float,
         on_batch: BatchObserver | None = None,
@@ -119,7 +156,10 @@ class Batcher(Generic[R]):
                 "max_texts and concurrency must be >= 1 and max_wait_s >= 0 "
                 f"(got {max_texts}, {concurrency}, {max_wait_s})"
             )
-        self.predict, self.max_texts, self.max_wait_s = predict, max_texts, max_wait_s
+        self.model: TwoStage[Any, R] = (
+            predict if isinstance(predict, TwoStage) else TwoStage(predict, lambda predictions: predictions)
+        )
+        self.max_texts, self.max_wait_s = max_texts, max_wait_s
         self.concurrency = concurrency
         self.on_batch = on_batch
         self.name = name
@@ -128,7 +168,7 @@ class Batcher(Generic[R]):
         self._queue: deque[_Request[R]] = deque()
         self._idle = 0  # model threads waiting for a batch: what is queued is shared among them
         self._shares: deque[list[_Part[R]]] = deque()  # batches cut for idle threads, not yet taken by one
-        self._in_flight: dict[int, list[_Part[R]]] = {}  # model thread -> the batch it is running
+        self._in_flight: dict[int, list[_Part[R]]] = {}  # id(batch) -> a batch taken, not yet answered
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
@@ -141,8 +181,17 @@ class Batcher(Generic[R]):
             raise RuntimeError("batcher already started")
         self._loop = asyncio.get_running_loop()
         for k in range(self.concurrency):
-            thread = threading.Thread(target=self._serve, name=f"finsent-{self.name}-{k}", daemon=True)
-            self._threads.append(thread)
+            started: SimpleQueue[_Started[R] | None] = SimpleQueue()
+            slots = threading.Semaphore(_CALLS_PER_THREAD)
+            self._threads += [
+                threading.Thread(
+                    target=self._serve, args=(started, slots), name=f"finsent-{self.name}-{k}", daemon=True
+                ),
+                threading.Thread(
+                    target=self._finishing, args=(started, slots), name=f"finsent-{self.name}-fin-{k}", daemon=True
+                ),
+            ]
+        for thread in self._threads:
             thread.start()
 
     async def close(self, wait_s: float = 0.0) -> None:
@@ -196,48 +245,68 @@ class Batcher(Generic[R]):
 
     # ------------------------------------------------------------------------------------------ model threads
 
-    def _serve(self) -> None:
-        """One model thread: take the next batch the moment it is free, run it, hand the answers to the loop."""
-        me = threading.get_ident()
+    def _serve(self, started: SimpleQueue[_Started[R] | None], slots: threading.Semaphore) -> None:
+        """One model thread: take the next batch the moment it may, start its call, leave the rest to its finishing
+        thread (``_finishing``). It may start a call while its last is still being finished (a spread call's other
+        session running its last forward), never more than that: ``slots``."""
+        name_os_thread(f"finsent-{self.name}")
         try:
-            with self._work:
-                self._idle += 1
-            while (batch := self._next_batch(me)) is not None:
-                outcome = self._call(batch)
-                with self._work:
-                    # Idle again before its callers hear back: a request one of them sends in reply finds this
-                    # thread free (and a bulk one is shared with it), as it is. Under the lock, so that a batch is
-                    # either in flight (``close`` fails its callers) or its answers are on their way to the loop.
-                    self._in_flight.pop(me, None)
-                    self._idle += 1
-                    if not self._closed:
-                        self._to_loop(self._answer, batch, *outcome)
+            while True:
+                slots.acquire()  # given back by the finishing thread when a call of this thread is answered
+                if (batch := self._next_batch()) is None:
+                    return
+                started.put(self._start(batch))
         except BaseException as err:  # noqa: BLE001 - a bug here must not leave callers waiting forever
             self._to_loop(self._died, err)
+        finally:
+            started.put(None)
 
-    def _next_batch(self, me: int) -> list[_Part[R]] | None:
+    def _finishing(self, started: SimpleQueue[_Started[R] | None], slots: threading.Semaphore) -> None:
+        """One model thread's finishing thread: finish each call it started, in order, and hand the answers to the
+        loop."""
+        name_os_thread(f"finsent-{self.name}-fin")
+        try:
+            while (call := started.get()) is not None:
+                outcome = self._finish(call)
+                with self._work:
+                    # Its slot back before its callers hear back: a request one of them sends in reply finds the
+                    # model thread free (and a bulk one is shared with it), as it is. Under the lock, so that a batch
+                    # is either in flight (``close`` fails its callers) or its answers are on their way to the loop.
+                    self._in_flight.pop(id(call.batch), None)
+                    slots.release()
+                    if not self._closed:
+                        self._to_loop(self._answer, call.batch, *outcome)
+        except BaseException as err:  # noqa: BLE001
+            slots.release(_CALLS_PER_THREAD)  # the model thread must not wait for slots nobody will give back
+            self._to_loop(self._died, err)
+
+    def _next_batch(self) -> list[_Part[R]] | None:
         """Block until a batch is due (``max_texts`` texts queued, or the oldest queued request waited
-        ``max_wait_s``), then take it. What is queued then is cut once among the idle model threads, as the
-        module says: this thread runs the first batch and leaves the others for them. None: shut down."""
-        with self._work:  # this thread counts as idle (``_serve``) until it takes a batch
-            while True:
-                if self._closed:
-                    return None
-                if self._shares:
-                    batch = self._shares.popleft()
-                    break
-                self._drop_gone()
-                timeout: float | None = None
-                if self._queue:
-                    timeout = self._queue[0].queued_at + self.max_wait_s - time.monotonic()
-                    if self._queued_texts() >= self.max_texts or timeout <= 0:
-                        batch = self._share_out()
-                        if batch:  # empty: its callers went away while it was cut (cancelled on the loop)
-                            break
-                        continue
-                self._work.wait(timeout)
-            self._idle -= 1
-            self._in_flight[me] = batch
+        ``max_wait_s``), then take it. What is queued then is cut once among the model threads waiting for a
+        batch, as the module says: this thread runs the first batch and leaves the others for them. None: shut
+        down."""
+        with self._work:
+            self._idle += 1
+            try:
+                while True:
+                    if self._closed:
+                        return None
+                    if self._shares:
+                        batch = self._shares.popleft()
+                        break
+                    self._drop_gone()
+                    timeout: float | None = None
+                    if self._queue:
+                        timeout = self._queue[0].queued_at + self.max_wait_s - time.monotonic()
+                        if self._queued_texts() >= self.max_texts or timeout <= 0:
+                            batch = self._share_out()
+                            if batch:  # empty: its callers went away while it was cut (cancelled on the loop)
+                                break
+                            continue
+                    self._work.wait(timeout)
+            finally:
+                self._idle -= 1
+            self._in_flight[id(batch)] = batch
             return batch
 
     def _share_out(self) -> list[_Part[R]]:
@@ -256,17 +325,28 @@ class Batcher(Generic[R]):
             self._work.notify(len(batches) - 1)
         return batches[0] if batches else []
 
-    def _call(self, batch: list[_Part[R]]) -> tuple[Sequence[R] | None, BaseException | None, float]:
-        """The model call for ``batch``, in this thread: (predictions, None, seconds) or (None, error, seconds)."""
-        texts = [t for part in batch for t in part.texts]
+    def _start(self, batch: list[_Part[R]]) -> _Started[R]:
+        """Start ``batch``'s model call in this thread (an error fails the batch once it is finished)."""
         t0 = time.perf_counter()
         try:
-            predictions = self.predict(texts)
-            if len(predictions) != len(texts):
-                raise RuntimeError(f"model answered {len(predictions)} predictions for {len(texts)} texts")
+            call = self.model.start([t for part in batch for t in part.texts])
+        except Exception as err:  # noqa: BLE001 - answered to this batch's callers, as a failing model call is
+            return _Started(batch, error=err, seconds=time.perf_counter() - t0)
+        return _Started(batch, call, seconds=time.perf_counter() - t0)
+
+    def _finish(self, started: _Started[R]) -> tuple[Sequence[R] | None, BaseException | None, float]:
+        """End a started call: (predictions, None, seconds) or (None, error, seconds)."""
+        texts = sum(part.end - part.start for part in started.batch)
+        t0 = time.perf_counter()
+        try:
+            if started.error is not None:
+                raise started.error
+            predictions = self.model.finish(started.call)
+            if len(predictions) != texts:
+                raise RuntimeError(f"model answered {len(predictions)} predictions for {texts} texts")
         except Exception as err:  # noqa: BLE001 - a failing model must answer the waiting requests, not kill the batcher
-            return None, err, time.perf_counter() - t0
-        return predictions, None, time.perf_counter() - t0
+            return None, err, started.seconds + time.perf_counter() - t0
+        return predictions, None, started.seconds + time.perf_counter() - t0
 
     def _to_loop(self, callback: Callable[..., None], *args: object) -> None:
         """Run ``callback(*args)`` on the loop (futures are not thread-safe); a closed loop has nobody to answer."""
@@ -358,4 +438,4 @@ class Batcher(Generic[R]):
                 request.future.set_exception(err)
 
 
-__all__ = ["Answer", "Batcher", "BatcherClosed"]
+__all__ = ["Answer", "Batcher", "BatcherClosed", "TwoStage"]

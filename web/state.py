@@ -25,7 +25,7 @@ from finsent.model.feedback_store import read_store
 from finsent.model.placement import calls_at_once, side_by_side
 from finsent.records import Feedback
 from finsent.settings import ModelChoice, Settings, Web
-from finsent.web.batcher import Batcher
+from finsent.web.batcher import Batcher, TwoStage
 from finsent.web.views import StreamViews, follow
 
 log = logging.getLogger("finsent.web")
@@ -215,12 +215,19 @@ def api_model(settings: Settings) -> ModelChoice:
 
 
 def _classify_batcher(clf: Any, w: Web, metrics: ApiMetrics) -> Batcher:
-    """The batcher in front of ``clf.predict``. The attribute is looked up per call, so a stand-in without a
-    model (tests of other routes) still starts; ``on_batch`` feeds the batch-size histogram."""
+    """The batcher in front of the classifier: a model call in two halves (``Classifier.start`` / ``finish``,
+    see ``finsent.web.batcher``), or ``clf.predict`` in one for a stand-in without them (tests of other routes;
+    the attribute is looked up per call, so one without a model still starts); ``on_batch`` feeds the
+    batch-size histogram."""
     calls = calls_at_once(clf, w.classify_concurrency)
     log.info("classify batcher", extra={"concurrency": calls, "max_texts": w.classify_max_batch})
+    model = (
+        TwoStage(lambda texts: clf.start(clf.encode(texts)), lambda call: clf.finish(call))
+        if hasattr(clf, "start") and hasattr(clf, "finish")
+        else (lambda texts: clf.predict(texts))
+    )
     return Batcher(
-        lambda texts: clf.predict(texts),
+        model,
         max_texts=w.classify_max_batch,
         max_wait_s=w.classify_max_wait_ms / 1000,
         on_batch=lambda requests, texts, seconds: metrics.batch_texts.observe(texts),

@@ -189,6 +189,38 @@ def test_a_small_spread_call_gives_each_session_its_own_forward_even_one_that_st
     assert [(p.topic, p.sentiment) for p in got] == [(p.topic, p.sentiment) for p in alone.predict(call)]
 
 
+def test_a_call_started_while_the_last_is_still_running_on_the_other_session_scores_as_predict_does():
+    """The API's batcher starts its next call once its own forwards of the last are done (``Classifier.start``),
+    while the other session still runs the last call's share, and finishes each from another thread: the second
+    call's forwards on that session queue behind the first's, and every text gets the answer ``predict`` gives it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from finsent.local.feeds import load_rows
+
+    spread = Classifier.load(batch_size=8, sessions=2)
+    seen: list[tuple[int, int, float, float]] = []
+    slow, fast = spread.backend.sessions[1], spread.backend.sessions[0]
+    spread.backend.sessions = [_TimedSession(fast, seen), _TimedSession(slow, seen, delay_s=0.3)]
+    texts = [t for _, t in load_rows()]
+    first, second = texts[2000:2006], texts[2006:2011]
+    a = spread.start(spread.encode(first))
+    b = spread.start(spread.encode(second))  # returns while the first call's share still holds session 1
+    with ThreadPoolExecutor(1) as finisher:
+        got_a, got_b = finisher.submit(spread.finish, a).result(), finisher.submit(spread.finish, b).result()
+    ends_on_slow = sorted(end for s, _, _, end in seen if s == id(spread.backend.sessions[1]))
+    starts_on_fast = sorted(start for s, _, start, _ in seen if s == id(spread.backend.sessions[0]))
+    assert len(ends_on_slow) == 2 and len(starts_on_fast) == 2
+    assert starts_on_fast[1] < ends_on_slow[0]  # the second call began before the first's other share ended
+    alone = Classifier.load(batch_size=8, threads=1, sessions=1)
+    for got, part in ((got_a, first), (got_b, second)):
+        want = alone.predict(part)
+        assert [(p.topic, p.sentiment) for p in got] == [(p.topic, p.sentiment) for p in want]
+        assert (
+            max(abs(x.sentiment_probs[k] - y.sentiment_probs[k]) for x, y in zip(got, want) for k in x.sentiment_probs)
+            < 1e-5
+        )
+
+
 def test_calls_side_by_side_each_run_on_a_session_of_their_own_and_score_as_one_call_does():
     """The backtest's and the API's calls side by side (one-thread sessions, ``Classifier.ready_for_calls``): two
     calls running at once never run their forwards on one session (two threads on one session ran at ~415 or ~490

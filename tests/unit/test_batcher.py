@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import pytest
 
 from finsent.errors import BatcherClosed
-from finsent.web.batcher import Batcher
+from finsent.web.batcher import Batcher, TwoStage
 
 
 class FakeModel:
@@ -372,7 +372,7 @@ def test_close_can_wait_for_a_model_call_still_running_to_end():
     finally:
         model.gate.set()
     assert 0.2 <= waited < 4, waited  # it waited for the call, not for the whole allowance
-    assert alive == [False] and isinstance(outcome[0], BatcherClosed)
+    assert alive and not any(alive) and isinstance(outcome[0], BatcherClosed)
 
 
 class KeepsGoneCallers(Batcher):
@@ -407,3 +407,69 @@ def test_submit_before_start_is_refused():
             await Batcher(lambda texts: texts, max_texts=1, max_wait_s=0).submit(["x"])
 
     run(main())
+
+
+class HalvedModel:
+    """A model call in two halves (``TwoStage``): ``start`` records the call; ``finish`` waits for that call's own
+    gate, as a spread call waits for another session's last forward. A fake for the same reason as FakeModel."""
+
+    def __init__(self):
+        self.started: list[list[str]] = []
+        self.gates: list[threading.Event] = []
+        self.finished: list[int] = []
+
+    def start(self, texts: list[str]) -> int:
+        self.gates.append(threading.Event())
+        self.started.append(list(texts))
+        return len(self.started) - 1
+
+    def finish(self, call: int) -> list[str]:
+        assert self.gates[call].wait(10)
+        self.finished.append(call)
+        return [f"pred:{t}" for t in self.started[call]]
+
+
+def test_a_model_thread_starts_its_next_call_while_the_last_is_finishing_and_no_further():
+    """The model thread takes and starts the next batch while its last call's other half is still running, each
+    caller still gets its own answers, and a third call waits until one of the two is answered."""
+    model = HalvedModel()
+
+    async def main():
+        async with Batcher(TwoStage(model.start, model.finish), max_texts=64, max_wait_s=0) as b:
+            first = asyncio.ensure_future(b.submit(["a"]))
+            await until(lambda: len(model.started) == 1)
+            second = asyncio.ensure_future(b.submit(["b1", "b2"]))
+            await until(lambda: len(model.started) == 2)  # started while the first is not finished
+            third = asyncio.ensure_future(b.submit(["c"]))
+            await asyncio.sleep(0.1)
+            held = (len(model.started), first.done(), second.done())
+            model.gates[0].set()
+            answered_first = (await first).results
+            await until(lambda: len(model.started) == 3)  # its slot came back: the third call starts
+            model.gates[1].set()
+            model.gates[2].set()
+            return held, answered_first, (await second).results, (await third).results
+
+    held, first, second, third = run(main())
+    assert held == (2, False, False)  # two calls under way, the third waits for a slot
+    assert (first, second, third) == (["pred:a"], ["pred:b1", "pred:b2"], ["pred:c"])
+    assert model.finished == [0, 1, 2]
+
+
+def test_an_error_starting_a_call_fails_that_batch_only():
+    model = HalvedModel()
+
+    def start(texts: list[str]) -> int:
+        if "boom" in texts:
+            raise ValueError("tokenizer failed")
+        call = model.start(texts)
+        model.gates[call].set()
+        return call
+
+    async def main():
+        async with Batcher(TwoStage(start, model.finish), max_texts=64, max_wait_s=0) as b:
+            failed = await asyncio.gather(b.submit(["boom"]), return_exceptions=True)
+            return failed[0], (await b.submit(["fine"])).results
+
+    failed, fine = run(main())
+    assert isinstance(failed, ValueError) and fine == ["pred:fine"]
