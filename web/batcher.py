@@ -37,9 +37,9 @@ forwards on the other session queue behind the last call's. Why: a call of a few
 per core rarely ends together (a tail of ~4.4 ms of each ~14 ms call with one core idle, traced), and the
 model thread used to wait out that tail. A model thread has at most two calls under way (one finishing, one
 starting): more would only queue forwards and latency. Its slot is given back, and so it may take a batch, before
-its callers hear back, so that a request one of them sends in reply finds it free. Interleaved on 2 cores (8
-single-headline clients): 277/259 requests/s with the call in one half, 314/302 in two (12-13 % of the cores
-idle against 18-20 %).
+its callers hear back, so that a request one of them sends in reply finds it free. Interleaved with the batcher
+before it on 2 cores (8 single-headline clients): 278/266/280 -> 290/315/306 requests/s, 15-20 % -> 11-14 % of
+the cores idle (bench/results/api-two-halves-ab/).
 
 More than one model thread rarely pays on a small CPU: eight single-headline clients make calls of a few texts,
 and two single-threaded calls side by side keep both cores busy but in calls of ~2 texts that cost more per text
