@@ -387,9 +387,9 @@ class Web(_Group):
     max_event_streams: int = Field(default=100, ge=1)  # open /events (SSE) streams
     busy_retry_after_s: int = Field(default=5, ge=1)  # the Retry-After of those 503 answers
     # Dynamic batching (web/batcher.py): concurrent POST /classify requests share a model call, closed at this many
-    # texts or once its oldest request waited classify_max_wait_ms. 0 ms: a free call slot starts at once, and
-    # requests that come while every slot is busy gather for the next call anyway; on 2 cores (8 single-headline
-    # clients, 2 slots) 0 ms gave the most req/s, and a lone client's request does not wait for company.
+    # texts or once its oldest request waited classify_max_wait_ms. 0 ms: a free model thread starts at once, and
+    # requests that come while every model thread is busy gather for the next call anyway; on 2 cores (8
+    # single-headline clients) 0 ms gave the most req/s, and a lone client's request does not wait for company.
     classify_max_batch: int = Field(default=64, ge=1, le=4096)
     classify_max_wait_ms: int = Field(default=0, ge=0, le=10_000)
     # Model calls /classify runs at once. 0 = auto: one, which with ONNX Runtime on the CPU spreads its forwards

@@ -101,7 +101,7 @@ class OnnxBackend:
         self.path = path
         self.threads = threads
         # ``sessions`` > 1 on the CPU: a call's forwards are spread over that many sessions of one thread each
-        # (``run_spread``) instead of one session parallelising every op over its intra-op pool: see
+        # (``start_spread``) instead of one session parallelising every op over its intra-op pool: see
         # settings.ModelChoice.sessions for why and what it measured.
         self.spread = sessions if sessions > 1 and self._providers() == ["CPUExecutionProvider"] else 1
         if self.spread > 1:
@@ -109,14 +109,19 @@ class OnnxBackend:
             self.sessions = [self._session(False) for _ in range(self.spread)]
             self.session = self.sessions[0]
             self.spin_from, self.spinning = 0, None  # one thread each: no pool to spin
-            self.pool: ThreadPoolExecutor | None = ThreadPoolExecutor(
-                self.spread - 1, "finsent-spread", initializer=name_os_thread, initargs=("finsent-spread",)
-            )
-            # Calls side by side are not made on a spread backend (``placement.calls_at_once``): one session each.
+            # One thread per further session, so that a call started while the last one's forwards still run
+            # queues its forward on each session behind the last one's (a shared pool would run two forwards on one
+            # session at once beside an idle one).
+            self.pools: list[ThreadPoolExecutor] = [
+                ThreadPoolExecutor(1, "finsent-spread", initializer=name_os_thread, initargs=("finsent-spread",))
+                for _ in self.sessions[1:]
+            ]
+            # Calls side by side are not made on a spread backend (``placement.calls_at_once``): one session each;
+            # one caller's calls overlap only as ``start_spread`` says.
             self.plain = _CallerSessions(self.name, self.session, None)
             self.spin_sessions: _CallerSessions | None = None
             return
-        self.pool = None
+        self.pools = []
         self.session = self._session(spin_wait)
         self.spin_from = 0 if spin_wait or threads == 1 else spin_from  # one thread: no pool to spin
         self.spinning = self._session(True) if self.spin_from else None
@@ -155,21 +160,16 @@ class OnnxBackend:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         return ort.InferenceSession(str(self.path), opts, providers=self._providers())
 
-    def run_spread(self, shares: list[Callable[[Forward], None]]) -> None:
-        """Run ``shares[k]`` with session ``k``'s forward, all at once; return when every share is done, raising the
-        first error only then (a share still running writes into the caller's arrays)."""
-        self.start_spread(shares).wait()
-
     def start_spread(self, shares: list[Callable[[Forward], None]]) -> Spread:
-        """Start ``shares[k]`` with session ``k``'s forward: the others in the backend's pool (queued behind any
-        share a call started earlier left running there), then the first on the calling thread; returns once the
-        first is done, with the others maybe still running (``Spread``). One caller at a time: session 0 runs on
-        the calling thread."""
-        if self.pool is None or len(shares) > self.spread:
+        """Start ``shares[k]`` with session ``k``'s forward: the others each on its session's own thread (queued
+        behind a share an earlier call left running there), then the first on the calling thread; returns once the
+        first is done, with the others maybe still running (``Spread.wait``). One thread starts spread calls at a
+        time: session 0 runs on it."""
+        if not self.pools or len(shares) > self.spread:
             raise ValueError(f"{len(shares)} shares for {self.spread} sessions")
         running = [
-            self.pool.submit(share, partial(_run_session, session))
-            for share, session in zip(shares[1:], self.sessions[1:])
+            pool.submit(share, partial(_run_session, session))
+            for share, session, pool in zip(shares[1:], self.sessions[1:], self.pools)
         ]
         try:
             shares[0](partial(_run_session, self.sessions[0]))

@@ -3,8 +3,8 @@
 FastAPI for the typed request/response models and the OpenAPI schema. Limits are enforced before any
 work: the body size (413, counted on the bytes as they arrive, so a chunked upload cannot be buffered whole),
 the batch size and text length (422 naming the field). The classifier is loaded once at start and called
-in worker threads (``web.classify_concurrency`` calls at once, each its own batch), so the event loop keeps
-answering health checks during inference.
+in model threads of the batcher (``web.classify_concurrency`` of them, each starting a call while finishing
+its last one), so the event loop keeps answering health checks during inference.
 Concurrent ``/classify`` requests are coalesced into one model call (``finsent.web.batcher``: at most
 ``web.classify_max_batch`` texts, started once the oldest waited ``web.classify_max_wait_ms``), so
 single-headline clients share a forward pass instead of queueing for one each.

@@ -36,8 +36,9 @@ and hands them to the loop, while the model thread takes its next batch and star
 forwards on the other session queue behind the last call's. Why: a call of a few headlines cut into one forward
 per core rarely ends together (a tail of ~4.4 ms of each ~14 ms call with one core idle, traced), and the
 model thread used to wait out that tail. A model thread has at most two calls under way (one finishing, one
-starting): more would only queue forwards and latency. Its slot is given back, and so it may take a batch, before
-its callers hear back, so that a request one of them sends in reply finds it free. Interleaved with the batcher
+starting): more would only queue forwards and latency. Its slot is given back before its callers hear back, so
+that a request one of them sends in reply finds the model thread free to take it (with several model threads,
+another may take it first). Interleaved with the batcher
 before it on 2 cores (8 single-headline clients): 278/266/280 -> 290/315/306 requests/s, 15-20 % -> 11-14 % of
 the cores idle (bench/results/api-two-halves-ab/).
 
@@ -70,7 +71,7 @@ BatchObserver = Callable[[int, int, float], None]
 
 log = logging.getLogger("finsent.web.batcher")
 
-_CALLS_PER_THREAD = 2  # calls a model thread may have started and not yet answered: one finishing, one starting
+_CALLS_PER_THREAD = 2  # calls a model thread may have under way (started, not yet finished)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +79,7 @@ class Answer(Generic[R]):
     """One caller's share of a model call."""
 
     results: list[R]  # one per text of the request, in the request's order
-    seconds: float  # duration of the model call that answered (shared by its whole batch; cut: the longest part's)
+    seconds: float  # the model call's time, started to finished (shared by its batch; cut: the longest part's)
     batch_texts: int  # texts in that model call (cut: the largest part's call)
 
 
@@ -130,6 +131,20 @@ class TwoStage(Generic[C, R]):
 
 
 @dataclass(slots=True)
+class _ModelThread:
+    """What the batcher knows of one model thread (under its lock): calls it has under way, and whether it is
+    waiting for a batch."""
+
+    under_way: int = 0
+    waiting: bool = False
+
+    @property
+    def idle(self) -> bool:
+        """Waiting for a batch, and free to start one: what is queued is shared among such threads."""
+        return self.waiting and self.under_way < _CALLS_PER_THREAD
+
+
+@dataclass(slots=True)
 class _Started(Generic[R]):
     """A batch whose model call a model thread started (or the error starting it raised), to be finished."""
 
@@ -166,7 +181,7 @@ class Batcher(Generic[R]):
         # Shared by the event loop (submit, close) and the model threads (which take batches): guarded by _work.
         self._work = threading.Condition()
         self._queue: deque[_Request[R]] = deque()
-        self._idle = 0  # model threads waiting for a batch: what is queued is shared among them
+        self._model_threads = [_ModelThread() for _ in range(concurrency)]
         self._shares: deque[list[_Part[R]]] = deque()  # batches cut for idle threads, not yet taken by one
         self._in_flight: dict[int, list[_Part[R]]] = {}  # id(batch) -> a batch taken, not yet answered
         self._closed = False
@@ -182,13 +197,11 @@ class Batcher(Generic[R]):
         self._loop = asyncio.get_running_loop()
         for k in range(self.concurrency):
             started: SimpleQueue[_Started[R] | None] = SimpleQueue()
-            slots = threading.Semaphore(_CALLS_PER_THREAD)
+            me = self._model_threads[k]
             self._threads += [
+                threading.Thread(target=self._serve, args=(started, me), name=f"finsent-{self.name}-{k}", daemon=True),
                 threading.Thread(
-                    target=self._serve, args=(started, slots), name=f"finsent-{self.name}-{k}", daemon=True
-                ),
-                threading.Thread(
-                    target=self._finishing, args=(started, slots), name=f"finsent-{self.name}-fin-{k}", daemon=True
+                    target=self._finishing, args=(started, me), name=f"finsent-{self.name}-fin-{k}", daemon=True
                 ),
             ]
         for thread in self._threads:
@@ -240,28 +253,25 @@ class Batcher(Generic[R]):
         request: _Request[R] = _Request(list(texts), self._loop.create_future(), time.monotonic())
         with self._work:
             self._queue.append(request)
-            self._work.notify()
+            self._work.notify_all()  # a model thread with two calls under way waits on the same condition
         return await request.future  # a cancelled caller cancels its future: the model threads then skip it
 
     # ------------------------------------------------------------------------------------------ model threads
 
-    def _serve(self, started: SimpleQueue[_Started[R] | None], slots: threading.Semaphore) -> None:
+    def _serve(self, started: SimpleQueue[_Started[R] | None], me: _ModelThread) -> None:
         """One model thread: take the next batch the moment it may, start its call, leave the rest to its finishing
         thread (``_finishing``). It may start a call while its last is still being finished (a spread call's other
-        session running its last forward), never more than that: ``slots``."""
+        session running its last forward), never more than that: ``_CALLS_PER_THREAD``."""
         name_os_thread(f"finsent-{self.name}")
         try:
-            while True:
-                slots.acquire()  # given back by the finishing thread when a call of this thread is answered
-                if (batch := self._next_batch()) is None:
-                    return
+            while (batch := self._next_batch(me)) is not None:
                 started.put(self._start(batch))
         except BaseException as err:  # noqa: BLE001 - a bug here must not leave callers waiting forever
             self._to_loop(self._died, err)
         finally:
             started.put(None)
 
-    def _finishing(self, started: SimpleQueue[_Started[R] | None], slots: threading.Semaphore) -> None:
+    def _finishing(self, started: SimpleQueue[_Started[R] | None], me: _ModelThread) -> None:
         """One model thread's finishing thread: finish each call it started, in order, and hand the answers to the
         loop."""
         name_os_thread(f"finsent-{self.name}-fin")
@@ -269,28 +279,32 @@ class Batcher(Generic[R]):
             while (call := started.get()) is not None:
                 outcome = self._finish(call)
                 with self._work:
-                    # Its slot back before its callers hear back: a request one of them sends in reply finds the
-                    # model thread free (and a bulk one is shared with it), as it is. Under the lock, so that a batch
-                    # is either in flight (``close`` fails its callers) or its answers are on their way to the loop.
+                    # Free to start another call (idle, if it waits for one) before its callers hear back: a
+                    # request one of them sends in reply finds it so, and a bulk one is shared with it. Under the
+                    # lock, so that a batch is either in flight (``close`` fails its callers) or its answers are on
+                    # their way to the loop.
                     self._in_flight.pop(id(call.batch), None)
-                    slots.release()
+                    me.under_way -= 1
+                    self._work.notify_all()
                     if not self._closed:
                         self._to_loop(self._answer, call.batch, *outcome)
         except BaseException as err:  # noqa: BLE001
-            slots.release(_CALLS_PER_THREAD)  # the model thread must not wait for slots nobody will give back
             self._to_loop(self._died, err)
 
-    def _next_batch(self) -> list[_Part[R]] | None:
-        """Block until a batch is due (``max_texts`` texts queued, or the oldest queued request waited
-        ``max_wait_s``), then take it. What is queued then is cut once among the model threads waiting for a
-        batch, as the module says: this thread runs the first batch and leaves the others for them. None: shut
+    def _next_batch(self, me: _ModelThread) -> list[_Part[R]] | None:
+        """Block until this thread may start a call and a batch is due (``max_texts`` texts queued, or the oldest
+        queued request waited ``max_wait_s``), then take it. What is queued then is cut once among the idle model
+        threads, as the module says: this thread runs the first batch and leaves the others for them. None: shut
         down."""
         with self._work:
-            self._idle += 1
+            me.waiting = True
             try:
                 while True:
                     if self._closed:
                         return None
+                    if me.under_way >= _CALLS_PER_THREAD:
+                        self._work.wait()  # for its finishing thread
+                        continue
                     if self._shares:
                         batch = self._shares.popleft()
                         break
@@ -305,7 +319,8 @@ class Batcher(Generic[R]):
                             continue
                     self._work.wait(timeout)
             finally:
-                self._idle -= 1
+                me.waiting = False
+            me.under_way += 1
             self._in_flight[id(batch)] = batch
             return batch
 
@@ -314,7 +329,7 @@ class Batcher(Generic[R]):
         make two calls of four side by side, not one of eight beside an idle core); returns this thread's, and
         leaves the others in ``_shares`` for the threads it wakes."""
         batches = []
-        for free in range(self._idle, 0, -1):
+        for free in range(sum(t.idle for t in self._model_threads), 0, -1):
             if not self._queue:
                 break
             batch = self._take(min(self.max_texts, -(-self._queued_texts() // free)), cut=free > 1)
@@ -322,7 +337,7 @@ class Batcher(Generic[R]):
                 batches.append(batch)
         self._shares.extend(batches[1:])
         if len(batches) > 1:
-            self._work.notify(len(batches) - 1)
+            self._work.notify_all()  # not notify(n): threads with two calls under way wait on the same condition
         return batches[0] if batches else []
 
     def _start(self, batch: list[_Part[R]]) -> _Started[R]:

@@ -56,7 +56,7 @@ class Scores(BaseModel):
 class ClassifyResponse(BaseModel):
     model: str = Field(description="name@version of the classifier that answered")
     results: list[Scores]
-    seconds: float = Field(description="inference time of this request")
+    seconds: float = Field(description="inference time of this request (its model call's, start to finish)")
 
 
 class FeedbackRequest(BaseModel):

@@ -217,13 +217,13 @@ def api_model(settings: Settings) -> ModelChoice:
 def _classify_batcher(clf: Any, w: Web, metrics: ApiMetrics) -> Batcher:
     """The batcher in front of the classifier: a model call in two halves (``Classifier.start`` / ``finish``,
     see ``finsent.web.batcher``), or ``clf.predict`` in one for a stand-in without them (tests of other routes;
-    the attribute is looked up per call, so one without a model still starts); ``on_batch`` feeds the
-    batch-size histogram."""
+    ``predict`` is looked up per call, so one without a model still starts); ``on_batch`` feeds the batch-size
+    histogram."""
     calls = calls_at_once(clf, w.classify_concurrency)
     log.info("classify batcher", extra={"concurrency": calls, "max_texts": w.classify_max_batch})
     model = (
         TwoStage(lambda texts: clf.start(clf.encode(texts)), lambda call: clf.finish(call))
-        if hasattr(clf, "start") and hasattr(clf, "finish")
+        if all(hasattr(clf, name) for name in ("encode", "start", "finish"))
         else (lambda texts: clf.predict(texts))
     )
     return Batcher(

@@ -142,7 +142,7 @@ def test_a_call_spread_over_one_thread_sessions_scores_as_one_session_does_in_th
 
     spread = Classifier.load(batch_size=8, sessions=2)
     one = Classifier.load(batch_size=8, threads=2, sessions=1)
-    assert isinstance(spread.backend, OnnxBackend) and spread.backend.spread == 2 and one.backend.pool is None
+    assert isinstance(spread.backend, OnnxBackend) and spread.backend.spread == 2 and not one.backend.pools
     texts = [t for _, t in load_rows()][1000 : 1000 + n]
     a, b = spread.predict(texts), one.predict(texts)
     assert [(x.topic, x.sentiment) for x in a] == [(x.topic, x.sentiment) for x in b]
@@ -175,12 +175,12 @@ def test_a_small_spread_call_gives_each_session_its_own_forward_even_one_that_st
     spread = Classifier.load(batch_size=8, sessions=2)
     seen: list[tuple[int, int, float, float]] = []
     spread.backend.sessions = [_TimedSession(s, seen) for s in spread.backend.sessions]
-    submit = spread.backend.pool.submit
+    submit = spread.backend.pools[0].submit
 
     def late(fn, *args):
         return submit(lambda: (time.sleep(0.3), fn(*args))[1])
 
-    spread.backend.pool.submit = late
+    spread.backend.pools[0].submit = late
     texts = sorted((t for _, t in load_rows()), key=len)
     call = texts[-3:] + texts[:5]  # three long headlines, five short ones
     got = spread.predict(call)
@@ -189,28 +189,40 @@ def test_a_small_spread_call_gives_each_session_its_own_forward_even_one_that_st
     assert [(p.topic, p.sentiment) for p in got] == [(p.topic, p.sentiment) for p in alone.predict(call)]
 
 
-def test_a_call_started_while_the_last_is_still_running_on_the_other_session_scores_as_predict_does():
+@pytest.mark.parametrize("sessions", [2, 3])
+def test_a_call_started_while_the_last_is_still_running_on_other_sessions_queues_behind_it_and_scores_as_predict_does(
+    sessions,
+):
     """The API's batcher starts its next call once its own forwards of the last are done (``Classifier.start``),
-    while the other session still runs the last call's share, and finishes each from another thread: the second
-    call's forwards on that session queue behind the first's, and every text gets the answer ``predict`` gives it."""
+    while the other sessions still run the last call's shares, and finishes each from another thread: the second
+    call's forward on each session queues behind the first's (never two forwards on one session at once), and
+    every text gets the answer ``predict`` gives it."""
     from concurrent.futures import ThreadPoolExecutor
 
     from finsent.local.feeds import load_rows
 
-    spread = Classifier.load(batch_size=8, sessions=2)
+    spread = Classifier.load(batch_size=8, sessions=sessions)
     seen: list[tuple[int, int, float, float]] = []
-    slow, fast = spread.backend.sessions[1], spread.backend.sessions[0]
-    spread.backend.sessions = [_TimedSession(fast, seen), _TimedSession(slow, seen, delay_s=0.3)]
+    # Session 0 (the caller's) fast, the others slow and unequal: a pool shared by the sessions would hand the
+    # second call's forward for session 1 to the thread that finished session 2's first, beside session 1's first.
+    delays = (0.0, 0.3, 0.05)
+    spread.backend.sessions = [_TimedSession(s, seen, delay_s=delays[k]) for k, s in enumerate(spread.backend.sessions)]
     texts = [t for _, t in load_rows()]
-    first, second = texts[2000:2006], texts[2006:2011]
+    first, second = texts[2000:2006], texts[2006:2012]
     a = spread.start(spread.encode(first))
-    b = spread.start(spread.encode(second))  # returns while the first call's share still holds session 1
+    b = spread.start(spread.encode(second))  # returns while the first call's other shares still hold their sessions
     with ThreadPoolExecutor(1) as finisher:
         got_a, got_b = finisher.submit(spread.finish, a).result(), finisher.submit(spread.finish, b).result()
-    ends_on_slow = sorted(end for s, _, _, end in seen if s == id(spread.backend.sessions[1]))
-    starts_on_fast = sorted(start for s, _, start, _ in seen if s == id(spread.backend.sessions[0]))
-    assert len(ends_on_slow) == 2 and len(starts_on_fast) == 2
-    assert starts_on_fast[1] < ends_on_slow[0]  # the second call began before the first's other share ended
+    by_session: dict[int, list[tuple[float, float]]] = {}
+    for session, _, start, end in seen:
+        by_session.setdefault(session, []).append((start, end))
+    assert len(by_session) == sessions and all(len(runs) == 2 for runs in by_session.values())
+    for runs in by_session.values():
+        (_, first_end), (second_start, _) = sorted(runs)
+        assert first_end <= second_start  # one forward at a time on each session
+    fast = sorted(by_session[id(spread.backend.sessions[0])])
+    slow_ends = [sorted(by_session[id(s)])[0][1] for s in spread.backend.sessions[1:]]
+    assert fast[1][0] < min(slow_ends)  # the second call began before the first's other shares ended
     alone = Classifier.load(batch_size=8, threads=1, sessions=1)
     for got, part in ((got_a, first), (got_b, second)):
         want = alone.predict(part)
@@ -322,7 +334,7 @@ def test_a_failing_share_of_a_spread_call_is_raised_only_once_every_share_is_don
         finished.append("slow")
 
     with pytest.raises(RuntimeError, match="forward failed"):
-        spread.backend.run_spread([failing, slow])
+        spread.backend.start_spread([failing, slow]).wait()
     assert finished == ["slow"]
 
 

@@ -473,3 +473,25 @@ def test_an_error_starting_a_call_fails_that_batch_only():
 
     failed, fine = run(main())
     assert isinstance(failed, ValueError) and fine == ["pred:fine"]
+
+
+def test_close_fails_both_calls_under_way_and_the_one_waiting_for_a_slot_and_every_thread_ends():
+    model = HalvedModel()
+
+    async def main():
+        b = Batcher(TwoStage(model.start, model.finish), max_texts=64, max_wait_s=0)
+        b.start()
+        first = asyncio.ensure_future(b.submit(["a"]))
+        await until(lambda: len(model.started) == 1)
+        second = asyncio.ensure_future(b.submit(["b"]))
+        await until(lambda: len(model.started) == 2)
+        third = asyncio.ensure_future(b.submit(["c"]))  # queued: the model thread waits for a slot
+        await asyncio.sleep(0.05)
+        threading.Timer(0.2, lambda: [gate.set() for gate in model.gates]).start()
+        await b.close(wait_s=5)
+        outcomes = await asyncio.gather(first, second, third, return_exceptions=True)
+        return outcomes, [t.is_alive() for t in b._threads], len(model.started)
+
+    outcomes, alive, started = run(main())
+    assert all(isinstance(o, BatcherClosed) for o in outcomes)
+    assert alive and not any(alive) and started == 2  # the queued call was never started
