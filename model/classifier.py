@@ -94,7 +94,7 @@ class Call:
     """A model call started by ``Classifier.start``, to be ended by ``Classifier.finish``."""
 
     encoded: Encoded
-    domain: str | None
+    offsets: np.ndarray | None  # its domain's decision rule (``sentiment_offsets``)
     forwards: _Forwards | None  # None: no text to run (all flagged)
 
 
@@ -228,20 +228,19 @@ class Classifier:
         session's still run (small calls cut into few forwards rarely end together: its core sat idle till then)
         and leaves the finishing to a thread of its own. Calls started one after the other queue their forwards
         behind each other's on every session."""
-        check_domain(domain)
-        return Call(encoded, domain, self._start(encoded.ids) if encoded.ids else None)
+        offsets = self.sentiment_offsets(domain)  # an unknown domain fails before any forward
+        return Call(encoded, offsets, self._start(encoded.ids) if encoded.ids else None)
 
     def finish(self, call: Call) -> list[Prediction]:
         """Wait for ``call``'s forwards and return its predictions in the caller's order."""
         results: list[Prediction | None] = [call.encoded.fallbacks.get(i) for i in range(call.encoded.n)]
         if call.forwards is not None:
             topic_logits, sent_logits = self._wait(call.forwards)
-            offsets = self.sentiment_offsets(call.domain)
             topic_p = softmax(topic_logits, self.meta.temperature_topic)
-            if offsets is None:
+            if call.offsets is None:
                 sent_p = softmax(sent_logits, self.meta.temperature_sentiment)
             else:
-                sent_p = softmax(sent_logits / self.meta.temperature_sentiment + offsets)
+                sent_p = softmax(sent_logits / self.meta.temperature_sentiment + call.offsets)
             for row, i in enumerate(call.encoded.good_idx):
                 results[i] = self._prediction(topic_p[row], sent_p[row])
         return results  # type: ignore[return-value]
