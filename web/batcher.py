@@ -73,6 +73,8 @@ log = logging.getLogger("finsent.web.batcher")
 
 # Calls a model thread may have under way (started, not yet finished). A third, interleaved with two on 2 cores
 # (8 single-headline clients, bench/results/api-three-calls-ab/): 274-288 against 269-309 requests/s, p99 higher.
+# Nor are a call's callers answered before all its forwards end (those of the model thread's own share, at once):
+# they come back sooner to smaller calls, 228-238 against 252-299 requests/s (bench/results/api-early-answers-ab/).
 _CALLS_PER_THREAD = 2
 
 
