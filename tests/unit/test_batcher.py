@@ -4,6 +4,12 @@ The model is a fake ``predict`` that records each call and answers ``"pred:<text
 enough here, and a fake is right for it: these tests are about who gets which answer, how requests are
 grouped into calls and what happens on errors and shutdown, not about the model (test_api runs the real
 tiny model over HTTP and checks the answers against one-by-one predictions).
+
+Tests about which requests share a call never rest on the event loop queueing "concurrent" callers within
+``max_wait_s`` of each other: on a loaded machine the loop can be off the CPU longer than that between two of
+them (a fresh-clone run once saw [s2], [s3] where [s2, s3] was due). They stop the batcher's clock (``clock``:
+a batch then comes due by its count only, or when the test moves the clock), and wait until every model thread
+is waiting for work (``idle``) before sharing among threads is asserted.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from collections.abc import Sequence
 import pytest
 
 from finsent.errors import BatcherClosed
+from finsent.web import batcher as batcher_module
 from finsent.web.batcher import Batcher, TwoStage
 
 
@@ -51,18 +58,54 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 20))
 
 
+class FrozenClock:
+    """The batcher's ``time`` with a ``monotonic`` that moves only when the test moves it (``advance``): a batch
+    comes due by its count at once, by its wait only then. ``perf_counter`` (the calls' timing) is the real one."""
+
+    perf_counter = staticmethod(time.perf_counter)
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float = 60.0) -> None:
+        self.now += seconds  # a model thread waiting for the oldest request's wait sees it within that wait
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FrozenClock:
+    frozen = FrozenClock()
+    monkeypatch.setattr(batcher_module, "time", frozen)
+    return frozen
+
+
+async def queued(b: Batcher, requests: int) -> None:
+    """Until ``requests`` requests wait in the queue (none taken: the clock is stopped and they are too few)."""
+    await until(lambda: len(b._queue) == requests)
+
+
+async def idle(b: Batcher) -> None:
+    """Until every model thread waits for work, so that what is queued next is shared among all of them."""
+    await until(lambda: all(t.waiting and t.under_way == 0 for t in b._model_threads))
+
+
 async def ask_all(batcher: Batcher, requests: Sequence[list[str]]) -> list:
     """Every request at once, as concurrent callers; results or exceptions in request order."""
     return await asyncio.gather(*(batcher.submit(texts) for texts in requests), return_exceptions=True)
 
 
-def test_each_caller_gets_exactly_its_own_answers_in_order():
+def test_each_caller_gets_exactly_its_own_answers_in_order(clock):
     model = FakeModel()
     requests = [[f"c{k}-t{i}" for i in range(size)] for k, size in enumerate([1, 3, 2, 1, 5, 1, 2, 1])]
 
     async def main():
         async with Batcher(model.predict, max_texts=64, max_wait_s=0.05) as b:
-            return await ask_all(b, requests)
+            pending = asyncio.ensure_future(ask_all(b, requests))
+            await queued(b, len(requests))
+            clock.advance()
+            return await pending
 
     answers = run(main())
     assert [a.results for a in answers] == [[f"pred:{t}" for t in texts] for texts in requests]
@@ -70,7 +113,7 @@ def test_each_caller_gets_exactly_its_own_answers_in_order():
     assert sorted(t for call in model.calls for t in call) == sorted(t for r in requests for t in r)  # each text once
 
 
-def test_concurrent_single_text_callers_share_one_model_call():
+def test_concurrent_single_text_callers_share_one_model_call(clock):
     model = FakeModel()
     seen: list[tuple[int, int]] = []
 
@@ -81,7 +124,10 @@ def test_concurrent_single_text_callers_share_one_model_call():
             max_wait_s=0.05,
             on_batch=lambda requests, texts, s: seen.append((requests, texts)),
         ) as b:
-            return await ask_all(b, [[f"headline {k}"] for k in range(8)])
+            pending = asyncio.ensure_future(ask_all(b, [[f"headline {k}"] for k in range(8)]))
+            await queued(b, 8)
+            clock.advance()  # the oldest has waited max_wait_s
+            return await pending
 
     answers = run(main())
     assert [a.results for a in answers] == [[f"pred:headline {k}"] for k in range(8)]
@@ -118,13 +164,17 @@ def test_a_lone_request_is_answered_after_about_max_wait():
     assert 0.04 <= seconds < 1.0, seconds  # waited for company, then did not wait for more (20 x max_wait)
 
 
-def test_an_oversized_request_runs_alone_and_whole():
+def test_an_oversized_request_runs_alone_and_whole(clock):
     model = FakeModel()
     big = [f"big{i}" for i in range(6)]
 
     async def main():
         async with Batcher(model.predict, max_texts=4, max_wait_s=0.05) as b:
-            return await ask_all(b, [["s1"], big, ["s2"], ["s3"]])
+            pending = asyncio.ensure_future(ask_all(b, [["s1"], big, ["s2"], ["s3"]]))
+            # s1 + big make a due count: [s1] (big does not fit beside it), then big alone; s2 and s3 wait for time
+            await until(lambda: len(model.calls) == 2 and len(b._queue) == 2)
+            clock.advance()
+            return await pending
 
     answers = run(main())
     assert [a.results for a in answers] == [["pred:s1"], [f"pred:{t}" for t in big], ["pred:s2"], ["pred:s3"]]
@@ -133,14 +183,16 @@ def test_an_oversized_request_runs_alone_and_whole():
     assert model.calls == [["s1"], big, ["s2", "s3"]]  # arrival order kept around it
 
 
-def test_a_model_error_fails_only_its_batch_and_the_batcher_keeps_serving():
+def test_a_model_error_fails_only_its_batch_and_the_batcher_keeps_serving(clock):
     model = FakeModel()
 
     async def main():
         async with Batcher(model.predict, max_texts=2, max_wait_s=0.05) as b:
-            first = await ask_all(b, [["boom"], ["a"], ["b"], ["c"]])  # calls [boom, a] and [b, c]
-            later = await b.submit(["d"])
-            return first, later
+            first = await ask_all(b, [["boom"], ["a"], ["b"], ["c"]])  # calls [boom, a] and [b, c], due by count
+            later = asyncio.ensure_future(b.submit(["d"]))
+            await queued(b, 1)
+            clock.advance()
+            return first, await later
 
     (boom, a, b, c), later = run(main())
     assert model.calls[:2] == [["boom", "a"], ["b", "c"]]
@@ -149,24 +201,29 @@ def test_a_model_error_fails_only_its_batch_and_the_batcher_keeps_serving():
     assert later.results == ["pred:d"]
 
 
-def test_a_wrong_number_of_predictions_is_an_error_not_a_misaligned_answer():
+def test_a_wrong_number_of_predictions_is_an_error_not_a_misaligned_answer(clock):
     async def main():
         async with Batcher(lambda texts: ["only one"], max_texts=8, max_wait_s=0.01) as b:
-            return await ask_all(b, [["x"], ["y"]])
+            pending = asyncio.ensure_future(ask_all(b, [["x"], ["y"]]))
+            await queued(b, 2)
+            clock.advance()
+            return await pending
 
     answers = run(main())
     assert all(isinstance(a, RuntimeError) and "1 predictions for 2 texts" in str(a) for a in answers)
 
 
-def test_a_caller_that_goes_away_is_dropped_before_the_model_call():
+def test_a_caller_that_goes_away_is_dropped_before_the_model_call(clock):
     model = FakeModel()
 
     async def main():
         async with Batcher(model.predict, max_texts=64, max_wait_s=0.1) as b:
             gone = asyncio.ensure_future(b.submit(["gone"]))
             stays = asyncio.ensure_future(b.submit(["stays"]))
-            await asyncio.sleep(0.01)
+            await queued(b, 2)
             gone.cancel()
+            await asyncio.sleep(0)  # the cancellation reaches its future
+            clock.advance()
             return await stays
 
     assert run(main()).results == ["pred:stays"] and model.calls == [["stays"]]
@@ -257,12 +314,16 @@ def test_requests_that_arrive_while_every_slot_is_busy_share_the_next_call():
     assert [a.results for a in answers] == [[f"pred:r{k}"] for k in range(6)]
 
 
-def test_a_batch_is_shared_among_the_free_slots_and_each_caller_keeps_its_answers():
+def test_a_batch_is_shared_among_the_free_slots_and_each_caller_keeps_its_answers(clock):
     model = FakeModel()
 
     async def main():
         async with Batcher(model.predict, max_texts=64, max_wait_s=0.05, concurrency=2) as b:
-            return await ask_all(b, [[f"h{k}"] for k in range(7)] + [["h7", "h8"]])
+            await idle(b)
+            pending = asyncio.ensure_future(ask_all(b, [[f"h{k}"] for k in range(7)] + [["h7", "h8"]]))
+            await queued(b, 8)
+            clock.advance()
+            return await pending
 
     answers = run(main())
     # 9 queued texts, 2 idle threads: calls of up to 5 side by side (either may start first), whole requests in
@@ -278,8 +339,10 @@ def test_with_free_slots_a_large_request_is_cut_into_parts_and_answered_whole_in
 
     async def main():
         async with Batcher(model.predict, max_texts=64, max_wait_s=0, concurrency=2) as b:
+            await idle(b)
             first = await b.submit(big)
             calls_for_big = list(model.calls)
+            await idle(b)  # both threads back for work: one alone would take the huge request whole
             second = await b.submit(huge)
             return first, calls_for_big, second
 
@@ -298,6 +361,7 @@ def test_a_failing_part_fails_its_whole_request_and_only_that():
 
     async def main():
         async with Batcher(model.predict, max_texts=64, max_wait_s=0, concurrency=2) as b:
+            await idle(b)
             failed = await ask_all(b, [cut])
             return failed, await b.submit(["later"])
 
