@@ -117,18 +117,24 @@ def test_the_strict_gate_on_the_full_validation_sets_accepts_fp32_and_static_int
 
 class _TimedSession:
     """A real ONNX Runtime session that records when, and on which thread, each forward ran (held ``delay_s``
-    longer, so that a forward on another thread has time to start beside it)."""
+    longer, so that a forward on another thread has time to start beside it; or, with ``gate``, held until the test
+    sets it; or, with ``meet``, its first forward held until every party's has begun: whatever the scheduler does)."""
 
-    def __init__(self, session, seen, delay_s=0.0):
-        self.session, self.seen, self.delay_s = session, seen, delay_s
+    def __init__(self, session, seen, delay_s=0.0, gate=None, meet=None):
+        self.session, self.seen, self.delay_s, self.gate, self.meet = session, seen, delay_s, gate, meet
 
     def run(self, *args, **kwargs):
         import threading
         import time
 
         start = time.perf_counter()
+        if self.meet is not None:
+            meet, self.meet = self.meet, None
+            meet.wait(10)  # BrokenBarrierError if the other party never comes (e.g. both calls on one session)
         out = self.session.run(*args, **kwargs)
         time.sleep(self.delay_s)
+        if self.gate is not None:
+            assert self.gate.wait(10)
         self.seen.append((id(self), threading.get_ident(), start, time.perf_counter()))
         return out
 
@@ -197,20 +203,27 @@ def test_a_call_started_while_the_last_is_still_running_on_other_sessions_queues
     while the other sessions still run the last call's shares, and finishes each from another thread: the second
     call's forward on each session queues behind the first's (never two forwards on one session at once), and
     every text gets the answer ``predict`` gives it."""
+    import threading
+    import time
     from concurrent.futures import ThreadPoolExecutor
 
     from finsent.local.feeds import load_rows
 
     spread = Classifier.load(batch_size=8, sessions=sessions)
     seen: list[tuple[int, int, float, float]] = []
-    # Session 0 (the caller's) fast, the others slow and unequal: a pool shared by the sessions would hand the
-    # second call's forward for session 1 to the thread that finished session 2's first, beside session 1's first.
-    delays = (0.0, 0.3, 0.05)
-    spread.backend.sessions = [_TimedSession(s, seen, delay_s=delays[k]) for k, s in enumerate(spread.backend.sessions)]
+    # Session 0 (the caller's) free, the others held until the second call has started (gates, not sleeps: a slow
+    # scheduler cannot let them end first), then let go unequally, the last session first: a pool shared by the
+    # sessions would hand the second call's forward for session 1 to the thread that finished the last session's
+    # first, beside session 1's first.
+    gates = [None] + [threading.Event() for _ in spread.backend.sessions[1:]]
+    spread.backend.sessions = [_TimedSession(s, seen, gate=gates[k]) for k, s in enumerate(spread.backend.sessions)]
     texts = [t for _, t in load_rows()]
     first, second = texts[2000:2006], texts[2006:2012]
     a = spread.start(spread.encode(first))
     b = spread.start(spread.encode(second))  # returns while the first call's other shares still hold their sessions
+    for gate in gates[:0:-1]:
+        gate.set()
+        time.sleep(0.2)
     with ThreadPoolExecutor(1) as finisher:
         got_a, got_b = finisher.submit(spread.finish, a).result(), finisher.submit(spread.finish, b).result()
     by_session: dict[int, list[tuple[float, float]]] = {}
@@ -248,7 +261,8 @@ def test_calls_side_by_side_each_run_on_a_session_of_their_own_and_score_as_one_
     clf.ready_for_calls(2)
     assert clf.backend.callers == 2 and len(clf.backend.plain._idle) == 2  # built up front, not by the first forward
     seen: list[tuple[int, int, float, float]] = []
-    clf.backend.plain._idle[:] = [_TimedSession(s, seen, delay_s=0.02) for s in clf.backend.plain._idle]
+    meet = threading.Barrier(2)  # each session's first forward waits for the other's: the calls overlap for sure
+    clf.backend.plain._idle[:] = [_TimedSession(s, seen, delay_s=0.02, meet=meet) for s in clf.backend.plain._idle]
     texts = [t for _, t in load_rows()][:48]
     halves = [texts[:24], texts[24:]]
     both = threading.Barrier(2)
@@ -281,7 +295,8 @@ def test_large_calls_side_by_side_each_run_on_a_spinning_session_of_their_own():
     assert clf.backend.spin_sessions is not None and clf.backend.spin_sessions.count == 2
     seen: list[tuple[int, int, float, float]] = []
     spinning = clf.backend.spin_sessions._idle
-    spinning[:] = [_TimedSession(s, seen, delay_s=0.02) for s in spinning]
+    meet = threading.Barrier(2)
+    spinning[:] = [_TimedSession(s, seen, delay_s=0.02, meet=meet) for s in spinning]
     plain: list[tuple[int, int, float, float]] = []
     clf.backend.plain._idle[:] = [_TimedSession(s, plain) for s in clf.backend.plain._idle]
     texts = [t for _, t in load_rows()][:48]
@@ -306,12 +321,22 @@ def test_a_forward_beyond_the_reserved_callers_gets_a_session_built_for_it():
 
     clf = Classifier.load(batch_size=8, threads=1, sessions=1)
     seen: list[tuple[int, int, float, float]] = []
-    clf.backend.plain._idle[:] = [_TimedSession(s, seen, delay_s=0.3) for s in clf.backend.plain._idle]
+    added = threading.Event()
+    add = clf.backend.plain._added
+
+    def added_and_told():
+        session = add()
+        added.set()
+        return session
+
+    clf.backend.plain._added = added_and_told
+    # the first forward holds the only session until the second has had one built (a gate, not a sleep)
+    clf.backend.plain._idle[:] = [_TimedSession(s, seen, gate=added) for s in clf.backend.plain._idle]
     texts = [t for _, t in load_rows()][:2]
     both = threading.Barrier(2)
 
     def call(part):
-        both.wait()  # the second forward starts while the first holds the only session (0.3 s)
+        both.wait()
         return clf.predict(part)
 
     with ThreadPoolExecutor(2) as pool:
@@ -339,6 +364,8 @@ def test_a_failing_share_of_a_spread_call_is_raised_only_once_every_share_is_don
 
 
 def test_once_a_forward_of_a_spread_call_fails_the_other_session_takes_no_more_work():
+    import threading
+
     from finsent.local.feeds import load_rows
 
     class Failing:
@@ -347,7 +374,17 @@ def test_once_a_forward_of_a_spread_call_fails_the_other_session_takes_no_more_w
 
     spread = Classifier.load(batch_size=8, sessions=2)
     seen: list[tuple[int, int, float, float]] = []
-    spread.backend.sessions = [Failing(), _TimedSession(spread.backend.sessions[1], seen, delay_s=0.05)]
+    caller_failed = threading.Event()
+    start_spread = spread.backend.start_spread
+
+    def start_spread_and_tell(shares):
+        started = start_spread(shares)  # returns once the caller's share has failed (and said so)
+        caller_failed.set()
+        return started
+
+    spread.backend.start_spread = start_spread_and_tell
+    # the other session's first forward ends only after that (a gate, not a sleep: it cannot race ahead)
+    spread.backend.sessions = [Failing(), _TimedSession(spread.backend.sessions[1], seen, gate=caller_failed)]
     with pytest.raises(RuntimeError, match="session lost"):
         spread.predict([t for _, t in load_rows()][:64])  # 8 forwards: the caller's first one fails at once
-    assert len(seen) <= 2  # the forward it was running, and at most one it had taken just before
+    assert len(seen) == 1  # the forward it was running when the call failed, and no more
