@@ -86,6 +86,15 @@ async def queued(b: Batcher, requests: int) -> None:
     await until(lambda: len(b._queue) == requests)
 
 
+async def ask_all_queued(b: Batcher, clock: FrozenClock, requests: Sequence[list[str]]) -> list:
+    """``ask_all``, with every request queued before the clock moves on: they come due together, however slowly the
+    loop queued them."""
+    pending = asyncio.ensure_future(ask_all(b, requests))
+    await queued(b, len(requests))
+    clock.advance()
+    return await pending
+
+
 async def idle(b: Batcher) -> None:
     """Until every model thread waits for work, so that what is queued next is shared among all of them."""
     await until(lambda: all(t.waiting and t.under_way == 0 for t in b._model_threads))
@@ -102,10 +111,7 @@ def test_each_caller_gets_exactly_its_own_answers_in_order(clock):
 
     async def main():
         async with Batcher(model.predict, max_texts=64, max_wait_s=0.05) as b:
-            pending = asyncio.ensure_future(ask_all(b, requests))
-            await queued(b, len(requests))
-            clock.advance()
-            return await pending
+            return await ask_all_queued(b, clock, requests)
 
     answers = run(main())
     assert [a.results for a in answers] == [[f"pred:{t}" for t in texts] for texts in requests]
@@ -124,10 +130,7 @@ def test_concurrent_single_text_callers_share_one_model_call(clock):
             max_wait_s=0.05,
             on_batch=lambda requests, texts, s: seen.append((requests, texts)),
         ) as b:
-            pending = asyncio.ensure_future(ask_all(b, [[f"headline {k}"] for k in range(8)]))
-            await queued(b, 8)
-            clock.advance()  # the oldest has waited max_wait_s
-            return await pending
+            return await ask_all_queued(b, clock, [[f"headline {k}"] for k in range(8)])
 
     answers = run(main())
     assert [a.results for a in answers] == [[f"pred:headline {k}"] for k in range(8)]
@@ -204,10 +207,7 @@ def test_a_model_error_fails_only_its_batch_and_the_batcher_keeps_serving(clock)
 def test_a_wrong_number_of_predictions_is_an_error_not_a_misaligned_answer(clock):
     async def main():
         async with Batcher(lambda texts: ["only one"], max_texts=8, max_wait_s=0.01) as b:
-            pending = asyncio.ensure_future(ask_all(b, [["x"], ["y"]]))
-            await queued(b, 2)
-            clock.advance()
-            return await pending
+            return await ask_all_queued(b, clock, [["x"], ["y"]])
 
     answers = run(main())
     assert all(isinstance(a, RuntimeError) and "1 predictions for 2 texts" in str(a) for a in answers)
@@ -320,10 +320,7 @@ def test_a_batch_is_shared_among_the_free_slots_and_each_caller_keeps_its_answer
     async def main():
         async with Batcher(model.predict, max_texts=64, max_wait_s=0.05, concurrency=2) as b:
             await idle(b)
-            pending = asyncio.ensure_future(ask_all(b, [[f"h{k}"] for k in range(7)] + [["h7", "h8"]]))
-            await queued(b, 8)
-            clock.advance()
-            return await pending
+            return await ask_all_queued(b, clock, [[f"h{k}"] for k in range(7)] + [["h7", "h8"]])
 
     answers = run(main())
     # 9 queued texts, 2 idle threads: calls of up to 5 side by side (either may start first), whole requests in
