@@ -34,7 +34,7 @@ test: system-deps venv lint  ## lint, then the default test suite
 MYPY_MODULES := finsent.errors finsent.labels finsent.net finsent.files finsent.heap finsent.settings finsent.records finsent.kafka \
 	finsent.stream.windows finsent.stream.surge finsent.stream.pipeline finsent.stream.feed \
 	finsent.ingest.dedup finsent.ingest.parse finsent.ingest.normalize \
-	finsent.alerts.cases finsent.web.review finsent.web.heatmap finsent.web.cases finsent.web.state
+	finsent.alerts.cases finsent.web.review finsent.web.heatmap finsent.web.cases finsent.web.state finsent.web.guard
 
 lint: venv  ## ruff check, ruff format --check, mypy, import-linter contracts (layers, pure cores)
 	$(VENV)/bin/ruff check .

@@ -4,9 +4,12 @@ Why a fold and not a table of states: the audit log is append-only and hash-chai
 (acknowledge, assign, note, close) is one more row in it, never an edit. The current state of every case is
 what this pure function computes from the rows in order, so the log stays the one record of who did what when.
 
-A **case** opens with a firing notification of an alert (Alertmanager's fingerprint: alert name + labels,
-so one finsent key) that has no open case; further notifications of that alert, firing again or resolved,
-attach to the open case instead of raising a new one, until a person closes it with a disposition.
+A **case** opens with a firing notification of an alert that has no open case; further notifications of that
+alert, firing again or resolved, attach to the open case instead of raising a new one, until a person closes it
+with a disposition. "That alert" is the alert name and the finsent key (``dim``, ``name``) when it has one, so a
+surge that escalates from warning to critical (another severity label, hence another Alertmanager fingerprint)
+or is re-exported by an aggregator on another instance stays one case; an alert with no key (the pipeline's) is
+its fingerprint.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 from finsent.errors import CaseError
+from finsent.records import PersonName
 
 Action = Literal["acknowledge", "assign", "note", "close"]
 Disposition = Literal["escalated", "no_action", "false_positive"]
@@ -31,8 +35,8 @@ class ActionRequest(BaseModel):
     """The body of ``POST /cases/{id}/{action}`` (the receiver's, and the dashboard's that forwards to it)."""
 
     model_config = ConfigDict(extra="forbid")
-    who: str = Field(min_length=1, max_length=200)
-    assignee: str | None = Field(default=None, min_length=1, max_length=200)
+    who: PersonName
+    assignee: PersonName | None = None
     note: str | None = Field(default=None, max_length=4000)
     disposition: Disposition | None = None
 
@@ -46,7 +50,7 @@ class Case:
     name: str | None
     severity: str | None
     opened_at: str
-    alert_status: str = "firing"  # of the newest notification: firing | resolved
+    alert_status: str = "firing"  # firing while any of its alert's fingerprints fires, else resolved
     notifications: int = 0
     acknowledged_by: str | None = None
     acknowledged_at: str | None = None
@@ -55,6 +59,9 @@ class Case:
     closed_at: str | None = None
     disposition: str | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
+    # the fingerprints of this case's alert now firing: an escalated surge's warning may resolve after its
+    # critical fired, and the case still fires
+    firing: set[str] = field(default_factory=set)
 
     @property
     def state(self) -> str:
@@ -88,10 +95,16 @@ class Case:
         }
 
 
+def alert_identity(alertname: str, fingerprint: str, dim: str | None, name: str | None) -> tuple[str, ...]:
+    """What makes two notifications the same alert for a case: the finsent key when there is one, else the
+    fingerprint (see the module docstring)."""
+    return (alertname, "key", dim, name or "") if dim else (alertname, "fingerprint", fingerprint)
+
+
 def fold(rows: Iterable[dict[str, Any]]) -> dict[int, Case]:
     """Every case, by id, from the audit rows in seq order (notification rows have ``action`` None)."""
     cases: dict[int, Case] = {}
-    open_by_alert: dict[tuple[str, str], int] = {}
+    open_by_alert: dict[tuple[str, ...], int] = {}
     for row in rows:
         if row.get("action") is None:
             _notification(row, cases, open_by_alert)
@@ -100,12 +113,12 @@ def fold(rows: Iterable[dict[str, Any]]) -> dict[int, Case]:
             if case is not None:
                 apply_action(case, row)
                 if case.closed_at is not None:
-                    open_by_alert.pop((case.alertname, case.fingerprint), None)
+                    open_by_alert.pop(alert_identity(case.alertname, case.fingerprint, case.dim, case.name), None)
     return cases
 
 
-def _notification(row: dict[str, Any], cases: dict[int, Case], open_by_alert: dict[tuple[str, str], int]) -> None:
-    alert = (row["alertname"], row["fingerprint"])
+def _notification(row: dict[str, Any], cases: dict[int, Case], open_by_alert: dict[tuple[str, ...], int]) -> None:
+    alert = alert_identity(row["alertname"], row["fingerprint"], row.get("dim"), row.get("name"))
     case_id = open_by_alert.get(alert)
     if case_id is None:
         if row["status"] != "firing":
@@ -123,7 +136,11 @@ def _notification(row: dict[str, Any], cases: dict[int, Case], open_by_alert: di
         open_by_alert[alert] = case_id
     case = cases[case_id]
     case.notifications += 1
-    case.alert_status = row["status"]
+    if row["status"] == "firing":
+        case.firing.add(row["fingerprint"])
+    else:
+        case.firing.discard(row["fingerprint"])
+    case.alert_status = "firing" if case.firing else "resolved"
     if row.get("severity") == "critical":
         case.severity = "critical"
     case.events.append({"seq": row["seq"], "at": row["received_at"], "event": f"notification:{row['status']}"})

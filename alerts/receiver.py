@@ -36,7 +36,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Literal, TextIO
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -49,25 +49,32 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from finsent.alerts.audit import AuditLog, Notification, SurgeMatch
-from finsent.alerts.cases import CASE_FILTERS, ActionRequest, Case, case_of_notification, disposition_counts
+from finsent.alerts.cases import (
+    CASE_FILTERS,
+    DISPOSITIONS,
+    ActionRequest,
+    Case,
+    case_of_notification,
+    disposition_counts,
+)
 from finsent.errors import CaseError, ReceiverConfigError
 from finsent.http import (
     BodyTooLarge,
     MalformedLength,
+    allowed_hosts,
     bearer_ok,
     declared_length,
-    hostname,
+    host_refusal,
     is_loopback,
     metrics_route_app,
+    origin_refusal,
     read_limited,
 )
 from finsent.kafka import follow_topics
 from finsent.records import SurgeAlert
-from finsent.settings import WILDCARD_HOSTS, Settings
+from finsent.settings import Settings
 
 log = logging.getLogger("finsent.alerts.receiver")
-
-LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 class WebhookAlert(BaseModel):
@@ -111,8 +118,12 @@ class CaseCollector:
             "Closed alert cases by key kind (dim: all, topic, ticker, none) and disposition",
             labels=["dim", "disposition"],
         )
-        for (dim, disposition), n in sorted(disposition_counts(cases.values()).items()):
-            closed.add_metric([dim, disposition], n)
+        # every disposition of each key kind with a closed case, zeros included: a kind none of whose cases was a
+        # false positive must show a false-positive share of 0, not drop out of the ratio's numerator
+        counts = disposition_counts(cases.values())
+        for dim in sorted({dim for dim, _ in counts}):
+            for disposition in DISPOSITIONS:
+                closed.add_metric([dim, disposition], counts.get((dim, disposition), 0))
         yield closed
 
 
@@ -159,29 +170,10 @@ def check_exposure(settings: Settings) -> None:
         )
 
 
-def allowed_hosts(bound: str, extra: Iterable[str]) -> frozenset[str] | None:
-    """Host names a request may address: the bound one, localhost, ``receiver.allowed_hosts``. None (not
-    checked) on a wildcard address with none configured: the names are unknowable there, and the write
-    token, mandatory off loopback, already guards the writes."""
-    names = {h.lower().rstrip(".") for h in extra}
-    if bound in WILDCARD_HOSTS:
-        return frozenset(LOCAL_NAMES | names) if names else None
-    return frozenset(LOCAL_NAMES | names | {bound.lower().strip("[]")})
-
-
 def refusal(headers: Headers, allowed: frozenset[str] | None) -> tuple[str, str] | None:
-    """(reason, message) when a request must be refused before any route sees it: a Host that is not ours
-    defeats DNS rebinding (a web page whose name now resolves to 127.0.0.1); an Origin other than our own,
-    or a browser's cross-site fetch, is a page on another site (Alertmanager sends neither)."""
-    host = headers.get("host", "")
-    if allowed is not None and hostname(host) not in allowed:
-        return "bad_host", f"Host {host!r} is not this receiver's address (see receiver.allowed_hosts)"
-    origin = headers.get("origin")
-    if origin is not None and urlsplit(origin).netloc.lower() != host.lower():
-        return "cross_origin", f"cross-origin request from {origin[:100]!r} refused"
-    if headers.get("sec-fetch-site") in ("cross-site", "same-site"):
-        return "cross_origin", "cross-site browser request refused"
-    return None
+    """(reason, message) when a request must be refused before any route sees it: a Host that is not ours, an
+    Origin other than our own or a browser's cross-site fetch (Alertmanager sends neither), on every request."""
+    return host_refusal(headers, allowed, "receiver.allowed_hosts") or origin_refusal(headers)
 
 
 class RequestGuard:
@@ -195,6 +187,16 @@ class RequestGuard:
             await _error(403, *refused, self.metrics)(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def _utf8_safe(payload: object) -> bool:
+    """False when a string decoded from the JSON holds a lone surrogate (``"\\ud800"`` is valid JSON): the audit
+    log hashes and stores rows as UTF-8, where such a string cannot go, so it is refused here as bad input."""
+    try:
+        json.dumps(payload, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_json(request: Request) -> bool:
@@ -272,6 +274,10 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
             payload = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             return _error(400, "bad_json", f"malformed JSON: {err}", metrics)
+        if not _utf8_safe(payload):
+            return _error(
+                400, "bad_json", "a string in the body is not valid Unicode (a lone surrogate escape)", metrics
+            )
         try:
             hook = Webhook.model_validate(payload)
         except ValidationError as err:
@@ -405,6 +411,8 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
             return _error(415, "not_json", "Content-Type must be application/json", metrics)
         try:
             body = json.loads(await read_limited(request.stream(), 16 * 1024))
+            if not _utf8_safe(body):
+                raise json.JSONDecodeError("a string is not valid Unicode (a lone surrogate escape)", "", 0)
             action = ActionRequest.model_validate(body)
         except BodyTooLarge as err:
             return _error(413, "too_large", str(err), metrics)
@@ -478,12 +486,17 @@ def _page_params(limit: str | None, after: str | None, page_limit: int) -> tuple
 
 
 def parse_time(value: str | None) -> datetime | None:
+    """An ISO 8601 time with its zone, in UTC; ValueError (one clear line) for anything else, including a time that
+    leaves datetime's range once moved to UTC (``0001-01-01T00:00:00+01:00``), which raised OverflowError."""
     if not value:
         return None
     dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     if dt.tzinfo is None:
         raise ValueError(f"time {value!r} needs a time zone (e.g. 2024-05-02T12:00:00Z)")
-    return dt.astimezone(UTC)
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"time {value!r} is out of range") from None
 
 
 def _time_or_none(value: str) -> datetime | None:

@@ -70,11 +70,11 @@ def receiver_export(
     settings = load_settings(config)
     if format not in ("csv", "json"):
         raise ConfigError("--format must be csv or json")
-    _existing_audit_log(settings.audit_db)
     try:
         start, end = parse_time(since), parse_time(until)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    _existing_audit_log(settings.audit_db)
     audit = AuditLog(settings.audit_db)
     try:
         with out.open("w", newline="") if out else nullcontext(sys.stdout) as fh:

@@ -7,6 +7,8 @@ disagreed (a Content-Length that is not a number was 400 in one and ignored in t
 - ``declared_length`` / ``read_limited``: the body limit on the declared length *and* on the bytes as they
   arrive (a chunked upload has no length to check), for handlers that read the body themselves;
 - ``BodyLimit``: the same as pure ASGI middleware, for frameworks that parse the body for you;
+- ``allowed_hosts`` / ``host_refusal`` / ``origin_refusal``: who may address a service (DNS rebinding, pages on
+  other sites), the same rules for both;
 - ``metrics_route_app``: prometheus_client's own ``make_asgi_app`` for ``/metrics`` (content negotiation,
   gzip, ``name[]`` filtering), wrapped so Starlette and FastAPI route it as an ASGI app; or the same answer
   collected in a worker thread, for a registry whose collectors read a store.
@@ -21,11 +23,14 @@ import ipaddress
 import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry, make_asgi_app
 from prometheus_client.exposition import choose_encoder, gzip_accepted
+from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
+
+from finsent.settings import WILDCARD_HOSTS
 
 log = logging.getLogger("finsent.http")
 
@@ -181,3 +186,36 @@ def hostname(host_header: str) -> str:
         return value[1 : value.find("]")] if "]" in value else value
     name, sep, port = value.rpartition(":")
     return (name if sep and port.isdigit() else value).rstrip(".")
+
+
+LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def allowed_hosts(bound: str, extra: Iterable[str]) -> frozenset[str] | None:
+    """Host names a request may address: the bound one, localhost, the configured extra names. None (not
+    checked) on a wildcard address with none configured: the names are unknowable there, and the write
+    token, mandatory off loopback, already guards the writes."""
+    names = {h.lower().rstrip(".") for h in extra}
+    if bound in WILDCARD_HOSTS:
+        return frozenset(LOCAL_NAMES | names) if names else None
+    return frozenset(LOCAL_NAMES | names | {bound.lower().strip("[]")})
+
+
+def host_refusal(headers: Headers, allowed: frozenset[str] | None, setting: str) -> tuple[str, str] | None:
+    """("bad_host", message) for a Host that is not ours: it defeats DNS rebinding (a web page whose name now
+    resolves to 127.0.0.1 talks to us as its own origin). ``setting`` names where more names are allowed."""
+    host = headers.get("host", "")
+    if allowed is not None and hostname(host) not in allowed:
+        return "bad_host", f"Host {host[:100]!r} is not this server's address (see {setting})"
+    return None
+
+
+def origin_refusal(headers: Headers) -> tuple[str, str] | None:
+    """("cross_origin", message) for a request a page on another site made: an Origin other than our own, or a
+    browser's cross-site (or same-site, another port) fetch. Programs (Alertmanager, curl) send neither."""
+    origin = headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc.lower() != headers.get("host", "").lower():
+        return "cross_origin", f"cross-origin request from {origin[:100]!r} refused"
+    if headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+        return "cross_origin", "cross-site browser request refused"
+    return None

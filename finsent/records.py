@@ -25,6 +25,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -45,6 +46,9 @@ def _utc(v: datetime) -> datetime:
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Sentiment = Literal["negative", "neutral", "positive"]
+# Who did something (an analyst's correction, an action on an alert case): a name, not blanks, which
+# would stand in the audit trail as nobody.
+PersonName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
 
 def utcnow() -> datetime:
@@ -265,7 +269,7 @@ class Feedback(Record):
     text: str = Field(min_length=1, max_length=2000)
     topic: str | None = None
     sentiment: Sentiment | None = None
-    who: str = Field(min_length=1, max_length=200)
+    who: PersonName
     comment: str = Field(default="", max_length=2000)
     at: UtcDatetime
     model: str | None = None  # the version whose prediction was corrected

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -382,6 +382,8 @@ class Web(_Group):
     max_batch: int = Field(default=256, ge=1, le=4096)  # texts per POST /classify
     max_text_chars: int = Field(default=2000, ge=1)
     token: SecretStr | None = None  # FINSENT_WEB__TOKEN: bearer token required on write endpoints when set
+    # Host names (besides the bound address and localhost) requests may name, as receiver.allowed_hosts.
+    allowed_hosts: list[str] = Field(default_factory=list)
     # Overload bounds: beyond them a request gets 503 + Retry-After at once instead of queueing without end.
     max_classify_waiting: int = Field(default=32, ge=1)  # POST /classify requests running or waiting for the model
     max_event_streams: int = Field(default=100, ge=1)  # open /events (SSE) streams
@@ -461,8 +463,46 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         toml = _config_path()
         if toml:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+            sources.append(_TomlWithoutSecrets(settings_cls, toml_file=toml))
         return tuple(sources)
+
+
+def _secret_fields(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The dotted paths of every SecretStr setting (tokens, passwords)."""
+    out: list[tuple[str, ...]] = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if ann is SecretStr or SecretStr in get_args(ann):
+            out.append((*prefix, name))
+        elif isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.extend(_secret_fields(ann, (*prefix, name)))
+    return out
+
+
+class _TomlWithoutSecrets(TomlConfigSettingsSource):
+    """The TOML file as a settings source, refusing any secret in it: a settings file gets copied, committed and
+    shown in reviews, so tokens and passwords come only from the environment (the README's rule), and a secret
+    found in the file is a clear error naming the variable to use instead, not a value quietly taken."""
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        found = []
+        for path in _secret_fields(Settings):
+            node: Any = data
+            for part in path:
+                node = node.get(part) if isinstance(node, dict) else None
+            if node is not None:
+                found.append(path)
+        if found:
+            raise SettingsError(
+                "invalid finsent settings:\n"
+                + "\n".join(
+                    f"  {'.'.join(p)} is set in the config file: secrets come only from the environment "
+                    f"({ENV_PREFIX}{'__'.join(x.upper() for x in p)})"
+                    for p in found
+                )
+            )
+        return data
 
 
 def _describe(err: ValidationError) -> str:

@@ -23,17 +23,22 @@ middleware and includes the routers (``finsent.web.routes``); ``serve`` runs it 
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
 from finsent.http import BodyLimit, metrics_route_app
 from finsent.settings import Settings
 from finsent.web import routes
 from finsent.web.cases import cases_routes
+from finsent.web.guard import RequestGuard
 from finsent.web.routes import STATIC_DIR
 from finsent.web.state import ApiMetrics, ApiState, api_model
 from finsent.web.views import StreamViews
@@ -64,11 +69,13 @@ def build_api(
     )
     app.state.api = state
 
-    # SecureAndMeasure is added last, so it is the outermost: BodyLimit's 413/400 answers get the headers and are
-    # measured too.
+    # SecureAndMeasure is added last, so it is the outermost: RequestGuard's 403 and BodyLimit's 413/400 answers
+    # get the headers and are measured too; a refused request's body is never read.
     app.add_middleware(BodyLimit, max_bytes=settings.web.max_body_bytes)
+    app.add_middleware(RequestGuard, settings=settings)
     app.add_middleware(SecureAndMeasure, metrics=metrics)
 
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.add_route("/metrics", metrics_route_app(metrics.registry), methods=["GET"], include_in_schema=False)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(routes.pages)
@@ -77,6 +84,14 @@ def build_api(
     app.include_router(routes.feedback_routes)
     app.include_router(cases_routes)
     return app
+
+
+async def validation_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's 422 (``{"detail": [...]}`` naming each field), written ASCII-safe: the errors echo the input, and
+    a lone surrogate escape in it (``"\\ud800"``, valid JSON) made the default UTF-8 answer fail as a 500."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    body = json.dumps({"detail": jsonable_encoder(errors)}, ensure_ascii=True)
+    return Response(body, status_code=422, media_type="application/json")
 
 
 class SecureAndMeasure:

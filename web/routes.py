@@ -20,11 +20,11 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
 from finsent.errors import BatcherClosed
-from finsent.http import bearer_ok
 from finsent.labels import SENTIMENT_LABELS, TOPIC_LABELS
 from finsent.model.feedback_store import append
-from finsent.records import Feedback, utcnow
+from finsent.records import Feedback, PersonName, utcnow
 from finsent.settings import Web
+from finsent.web.guard import check_write
 from finsent.web.heatmap import heatmap
 from finsent.web.review import review_queue
 from finsent.web.state import ApiState, HeldStream, State
@@ -63,7 +63,7 @@ class FeedbackRequest(BaseModel):
     item_id: str = Field(min_length=1, max_length=200)
     topic: Literal[TOPIC_LABELS] | None = None  # type: ignore[valid-type]
     sentiment: Literal[SENTIMENT_LABELS] | None = None  # type: ignore[valid-type]
-    who: str = Field(min_length=1, max_length=200)
+    who: PersonName
     comment: str = Field(default="", max_length=2000)
 
 
@@ -97,7 +97,8 @@ async def events(
 ) -> StreamingResponse:
     """Server-sent events: ``item`` (a ScoredItem) and ``alert`` (a SurgeAlert), each with its feed number
     as the event id. A browser's automatic reconnect sends Last-Event-ID and resumes after it."""
-    cursor = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
+    # isascii: "²".isdigit() is True, and int() of it raises
+    cursor = int(last_event_id) if last_event_id and last_event_id.isascii() and last_event_id.isdigit() else after
 
     async def _events():
         nonlocal cursor
@@ -259,13 +260,13 @@ async def alerts(
     responses={
         **TOO_LARGE,
         401: {"description": "missing or wrong bearer token (when FINSENT_WEB__TOKEN is set)"},
+        403: {"description": "a cross-origin request or a foreign Host; or no FINSENT_WEB__TOKEN off loopback"},
         404: {"description": "the item id is not among the recent scored items"},
     },
 )
 async def feedback(req: FeedbackRequest, api: State, authorization: Annotated[str | None, Header()] = None) -> dict:
     """An analyst's correction: kept in the feedback store (what fine-tuning reads) and sent to finsent.feedback."""
-    if api.token is not None and not bearer_ok(authorization, api.token):
-        raise HTTPException(401, "missing or wrong bearer token")
+    check_write(api.token, api.settings.services.host, authorization)
     scored = api.views.items.get(req.item_id)
     if scored is None:
         raise HTTPException(404, f"unknown item id {req.item_id!r} (not among the recent scored items)")

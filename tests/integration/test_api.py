@@ -57,7 +57,7 @@ def client(tmp_path_factory):
                 mean_score=-0.5,
             )
         )
-    with TestClient(build_api(settings, Classifier.load, VIEWS, follow_topics=False)) as c:
+    with TestClient(build_api(settings, Classifier.load, VIEWS, follow_topics=False), base_url="http://127.0.0.1") as c:
         c.settings = settings
         yield c
 
@@ -178,7 +178,7 @@ def test_views_follow_the_real_output_topics(broker, tmp_path):
         settings.topics.scored.name,
         [(b"n9", scored(9, "Gold rallies on safe-haven demand", "positive").to_json())],
     )
-    with TestClient(build_api(settings, lambda: None, follow_topics=True)) as c:
+    with TestClient(build_api(settings, lambda: None, follow_topics=True), base_url="http://127.0.0.1") as c:
         deadline = time.monotonic() + 20
         while c.get("/items").json()["total"] == 0 and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -623,7 +623,7 @@ tmp = Path(sys.argv[1])
 settings = load(paths={"state_dir": str(tmp / "state")}, kafka={"bootstrap": "127.0.0.1:1"})
 views = StreamViews()
 views.add_item(scored_item(news_item("x", "Oil falls"), "neutral"))
-with TestClient(build_api(settings, NoModel, views, follow_topics=False)) as c:
+with TestClient(build_api(settings, NoModel, views, follow_topics=False), base_url="http://127.0.0.1") as c:
     r = c.post("/feedback", json={"item_id": "x", "sentiment": "negative", "who": "analyst"})
     assert r.status_code == 201, r.text
     assert c.get("/feedback/stats").json()["corrections"] == 1

@@ -77,6 +77,9 @@ CASES = {
     ),
     "unknown model version": (["worker"], {"FINSENT_MODEL__VERSION": "19990101"}, 2, "finsent-minilm@19990101 not"),
     "no audit log": (["receiver", "verify"], {}, 1, "no audit log"),
+    # a time that leaves datetime's range once moved to UTC (was an OverflowError traceback)
+    "export time out of range": (["receiver", "export", "--from", "0001-01-01T00:00:00+01:00"], {}, 2, "out of range"),
+    "secret in the config file": (["topics"], "config_with_secret", 2, "FINSENT_WEB__TOKEN"),
     "bad replay speed": (["replay", "--speed", "fast"], {}, 2, "speed"),
     "missing import file": (["ingest", "import", "/nonexistent/news.csv", "--map", "title=t"], {}, 2, "no such file"),
     "bad import mapping": (["ingest", "import", "/nonexistent/news.csv", "--map", "nonsense"], {}, 2, "--map"),
@@ -101,6 +104,10 @@ def test_a_usual_failure_is_one_line_with_its_exit_code_and_no_traceback(case, t
             )
         )
         argv, env = [*argv, "--run-config", str(config), "--out-dir", str(tmp_path / "models")], {}
+    elif env == "config_with_secret":  # secrets come only from the environment
+        config = tmp_path / "finsent.toml"
+        config.write_text('[web]\ntoken = "s3cret"\n')
+        env = {"FINSENT_CONFIG": str(config)}
     elif isinstance(env, str) and env.startswith("taken:"):
         env = {env.split(":", 1)[1]: str(taken_port)}
     proc = finsent(tmp_path, *argv, **env)

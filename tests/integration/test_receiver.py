@@ -272,7 +272,7 @@ def _a_long_audit_log(path, notifications: int) -> None:
     with db:
         db.executemany(
             "INSERT INTO notifications (dedup_key, received_at, receiver, status, alertname, fingerprint, starts_at,"
-            " labels, annotations, evidence, dim, name, severity) VALUES (?,?,?,?,?,?,?,'{}','{}','[]','topic','Oil',"
+            " labels, annotations, evidence, dim, name, severity) VALUES (?,?,?,?,?,?,?,'{}','{}','[]','topic',?,"
             "'warning')",
             (
                 (
@@ -283,6 +283,7 @@ def _a_long_audit_log(path, notifications: int) -> None:
                     "NegativeSentimentSurge",
                     f"fp{i // 2}",
                     "2026-01-01T00:00:00Z",
+                    f"Topic {i // 2}",  # one surge key per alert: a case each
                 )
                 for i in range(notifications)
             ),

@@ -26,12 +26,15 @@ def app_and_settings(tmp_path):
         yield client, settings
 
 
-def fire(client, fingerprint="abc123", starts="2026-11-22T12:00:30Z", status="firing", name="Energy | Oil"):
+def fire(
+    client, fingerprint="abc123", starts="2026-11-22T12:00:30Z", status="firing", name="Energy | Oil", labels=None
+):
     hook = webhook(
         status=status,
         fingerprint=fingerprint,
         name=name,
         ends="2026-11-22T12:09:00Z" if status == "resolved" else "0001-01-01T00:00:00Z",
+        labels=labels,
     )
     hook["alerts"][0]["startsAt"] = starts
     r = client.post("/alertmanager", json=hook)
@@ -106,6 +109,44 @@ def test_an_alert_that_fires_again_while_its_case_is_open_joins_it(app_and_setti
     assert [c["state"] for c in oil_cases] == ["open", "closed"]
 
 
+def test_a_surge_that_escalates_to_critical_stays_one_case_that_fires_while_either_severity_does(app_and_settings):
+    """Severity is a label, so the escalated alert has another Alertmanager fingerprint; it is the same surge (the
+    same finsent key), and compliance must not get a second open case for it (nor count it twice when closed)."""
+    client, _ = app_and_settings
+    fire(client, fingerprint="warn1")
+    fire(client, fingerprint="crit1", starts="2026-11-22T12:01:30Z", labels={"severity": "critical"})
+    fire(client, fingerprint="warn1", status="resolved")  # the warning series ends after the critical fired
+    (case,) = client.get("/cases").json()["cases"]
+    assert (case["key"], case["severity"], case["notifications"]) == ("topic:Energy | Oil", "critical", 3)
+    assert case["alert_status"] == "firing"  # the critical one still fires
+    fire(client, fingerprint="crit1", starts="2026-11-22T12:01:30Z", status="resolved")
+    (case,) = client.get("/cases").json()["cases"]
+    assert case["alert_status"] == "resolved"
+
+
+def test_pipeline_alerts_without_a_key_are_one_case_per_fingerprint(app_and_settings):
+    client, _ = app_and_settings
+    for fingerprint, instance in (("w1", "worker-0"), ("w2", "worker-1")):
+        hook = webhook(fingerprint=fingerprint, labels={"alertname": "WorkerDown", "instance": instance})
+        for label in ("dim", "name", "topic"):
+            hook["alerts"][0]["labels"].pop(label)
+        assert client.post("/alertmanager", json=hook).status_code == 200
+    cases = client.get("/cases").json()["cases"]
+    assert len(cases) == 2 and {c["key"] for c in cases} == {None} and {c["alertname"] for c in cases} == {"WorkerDown"}
+
+
+def test_every_disposition_of_a_key_kind_is_exported_zeros_included(app_and_settings):
+    """The false-positive share per key kind divides false_positive by all dispositions of the kind: a kind with
+    closed cases and no false positive must export a 0 for it, or the panel leaves the kind out."""
+    client, _ = app_and_settings
+    fire(client)
+    act(client, client.get("/cases").json()["cases"][0]["case_id"], "close", disposition="escalated")
+    metrics = client.get("/metrics").text
+    for disposition, n in (("escalated", 1), ("false_positive", 0), ("no_action", 0)):
+        assert f'finsent_receiver_case_dispositions{{dim="topic",disposition="{disposition}"}} {n}.0' in metrics
+    assert 'dim="ticker"' not in metrics  # kinds with no closed case are not made up
+
+
 def test_actions_that_do_not_fit_are_refused_and_record_nothing(app_and_settings):
     client, settings = app_and_settings
     fire(client)
@@ -117,6 +158,10 @@ def test_actions_that_do_not_fit_are_refused_and_record_nothing(app_and_settings
     assert act(client, case_id, "assign").status_code == 422  # no assignee
     assert act(client, case_id, "delete").status_code == 422
     assert client.post(f"/cases/{case_id}/note", json={"note": "anonymous"}).status_code == 422  # who is required
+    assert act(client, case_id, "note", who="   ").status_code == 422  # blanks are nobody
+    bad = b'{"who": "\\ud800", "note": "x"}'  # valid JSON, but no UTF-8 can hold it
+    r = client.post(f"/cases/{case_id}/note", content=bad, headers={"content-type": "application/json"})
+    assert r.status_code == 400
     assert (
         client.post(f"/cases/{case_id}/note", content=b"{}", headers={"content-type": "text/plain"}).status_code == 415
     )

@@ -3,6 +3,7 @@ tamper-evident log (``finsent receiver verify``). Real receiver processes, real 
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import subprocess
@@ -209,3 +210,29 @@ def test_a_content_length_that_is_not_a_number_is_400_as_in_the_api(tmp_path):
         assert r.status_code == 400 and "Content-Length" in r.json()["error"]
         assert client.get("/healthz").json()["notifications"] == 0
         assert b'finsent_receiver_rejected_total{reason="bad_length"} 1.0' in client.get("/metrics").content
+
+
+def test_hostile_strings_and_times_are_bad_input_never_a_500(tmp_path):
+    """A lone surrogate escape is valid JSON but no UTF-8 (the log's hashing and storage) can hold it; a time that
+    leaves datetime's range once moved to UTC raised OverflowError. Both are the sender's error: 4xx, counted,
+    nothing recorded, the chain intact."""
+    from conftest import make_settings
+    from starlette.testclient import TestClient
+
+    from finsent.alerts.audit import verify_chain
+    from finsent.alerts.receiver import build_app
+
+    settings = make_settings(tmp_path, receiver={"evidence_wait_s": 0})
+    with TestClient(build_app(settings, follow_alerts=False), base_url="http://127.0.0.1") as client:
+        body = json.dumps(webhook()).replace('"Energy | Oil"', '"\\ud800"', 1).encode()
+        r = client.post("/alertmanager", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "surrogate" in r.json()["error"]
+        hook = webhook()
+        hook["alerts"][0]["startsAt"] = "0001-01-01T00:00:00+01:00"
+        assert client.post("/alertmanager", json=hook).status_code == 200  # unparseable start: recorded, no evidence
+        for query in ({"from": "0001-01-01T00:00:00+01:00"}, {"to": "9999-12-31T23:59:59-01:00"}):
+            r = client.get("/alerts", params=query)
+            assert r.status_code == 422 and "out of range" in r.json()["error"]
+        assert client.get("/healthz").json()["notifications"] == 1
+        assert b'finsent_receiver_rejected_total{reason="bad_json"} 1.0' in client.get("/metrics").content
+    assert verify_chain(settings.audit_db).bad_seq is None
