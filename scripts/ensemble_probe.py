@@ -30,7 +30,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from finsent.errors import MissingData
     from finsent.model.classifier import Classifier
-    from finsent.model.data import NEWS_SETS, check_data_dir, domain_of, twitter_sentiment, twitter_topic
+    from finsent.model.data import (
+        NEWS_SETS,
+        check_data_dir,
+        domain_of,
+        phrasebank_finbert_test,
+        twitter_sentiment,
+        twitter_topic,
+    )
     from finsent.model.quality import softmax
     from finsent.model.text import prepare
 
@@ -41,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     d = args.data_dir
     sets = [(ns.name, ns.load(d), "sentiment", ns.scored) for ns in NEWS_SETS]
+    # PhraseBank's held-out part (the research variant trains on the rest), so every research goal row is here
+    sets += [("phrasebank-50-finbert-test", phrasebank_finbert_test(d), "sentiment", False)]
     sets += [("twitter-sentiment", twitter_sentiment(d, "valid"), "sentiment", False)]
     sets += [("twitter-topic", twitter_topic(d, "valid"), "topic", False)]
     probs: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
