@@ -147,6 +147,9 @@ class Services(_Group):
     alertmanager_cluster_port: Port = 9094
     prometheus_bin: str = "prometheus"
     alertmanager_bin: str = "prometheus-alertmanager"
+    # FINSENT_SERVICES__ALERTMANAGER_PASSWORD: the embedded Alertmanager's basic-auth password (user "finsent");
+    # unset, one is made for the state dir (local/services.py says why it needs one)
+    alertmanager_password: SecretStr | None = None
     # 2 s each: the surge path is scrape + evaluation + `for: 4s` + group_wait; see alerts/rules/finsent.yml
     scrape_interval_s: float = Field(default=2.0, gt=0)
     evaluation_interval_s: float = Field(default=2.0, gt=0)

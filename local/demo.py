@@ -17,7 +17,14 @@ from finsent.local.broker import start_broker
 from finsent.local.feeds import DEMO_FEEDS
 from finsent.local.procs import Child, Supervisor, http_ok
 from finsent.local.runtime import wait_for_signal, write_state
-from finsent.local.services import alertmanager_child, prometheus_child, ready_check, register_target
+from finsent.local.services import (
+    alertmanager_auth,
+    alertmanager_child,
+    alertmanager_password_file,
+    prometheus_child,
+    ready_check,
+    register_target,
+)
 from finsent.net import port_open
 from finsent.settings import Settings
 
@@ -109,7 +116,7 @@ def run(settings: Settings) -> int:
         # Everything but ingest needs only the broker: start them side by side (the worker and the API
         # load the model meanwhile). Ingest comes last, so the first headlines meet a consuming worker.
         supervisor.start_together(
-            (am, ready_check(am_url), timeout),
+            (am, ready_check(am_url, alertmanager_auth(settings, state)), timeout),
             (prom, ready_check(prom_url), timeout),
             (feeds, http_ok(f"{feeds_url}/healthz"), timeout),
             (receiver, http_ok(f"{receiver_url}/healthz"), timeout),
@@ -151,6 +158,8 @@ def run(settings: Settings) -> int:
         for name, url in urls.items():
             print(f"  {name:<{width}}  {url}", file=sys.stderr)
         print(f"  topics created: {report.created or 'none (all existed)'}", file=sys.stderr)
+        password_file = alertmanager_password_file(settings, state)
+        print(f"  alertmanager login: user finsent, password in {password_file}", file=sys.stderr)
         print(f"Open the live dashboard: {urls['dashboard']}", file=sys.stderr, flush=True)
         log.info("demo ready", extra={"urls": urls})
 

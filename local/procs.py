@@ -26,10 +26,10 @@ log = logging.getLogger("finsent.local.procs")
 _PR_SET_PDEATHSIG = 1
 
 
-def http_ok(url: str) -> Callable[[], bool]:
+def http_ok(url: str, auth: tuple[str, str] | None = None) -> Callable[[], bool]:
     def check() -> bool:
         try:
-            return httpx.get(url, timeout=1.0).status_code == 200
+            return httpx.get(url, timeout=1.0, auth=auth).status_code == 200
         except httpx.HTTPError:
             return False
 

@@ -3,14 +3,23 @@
 Prometheus discovers finsent's own endpoints through ``file_sd`` target files in its state
 directory, so each stage the demo starts registers its /metrics by writing one small JSON file and
 Prometheus needs no restart.
+
+Alertmanager asks for a password (basic auth, user ``finsent``): its API takes new alerts and silences from
+anyone who reaches it and answers a browser's preflight from any origin (``Access-Control-Allow-Origin: *``),
+so without one any web page the analyst opens could silence every surge before compliance sees it, or file
+false ones. Prometheus, which sends it the alerts and scrapes it, reads the password from a 0600 file.
+Prometheus itself takes no writes (no admin API, no lifecycle endpoint).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import shutil
 from pathlib import Path
 
+import bcrypt
 import yaml
 
 from finsent.alerts.config import ALERTMANAGER_CONFIG, RULES_DIR, render_alertmanager_config
@@ -18,6 +27,8 @@ from finsent.errors import MissingBinary
 from finsent.files import replace_text
 from finsent.local.procs import Child, http_ok
 from finsent.settings import Settings
+
+ALERTMANAGER_USER = "finsent"
 
 
 def _binary(name: str) -> str:
@@ -30,18 +41,46 @@ def _binary(name: str) -> str:
     return path
 
 
-def prometheus_config(settings: Settings, targets_dir: Path) -> dict:
+def alertmanager_auth(settings: Settings, state_dir: Path) -> tuple[str, str]:
+    """(user, password) of the embedded Alertmanager: ``FINSENT_SERVICES__ALERTMANAGER_PASSWORD``, else the one made
+    for this state dir on first use (kept, so a browser's saved login goes on working)."""
+    path = alertmanager_password_file(settings, state_dir)
+    return ALERTMANAGER_USER, path.read_text(encoding="utf-8").strip()
+
+
+def alertmanager_password_file(settings: Settings, state_dir: Path) -> Path:
+    """The 0600 file Prometheus reads the password from (``password_file``), written when missing or stale."""
+    path = state_dir / "alertmanager" / "password"
+    given = settings.services.alertmanager_password
+    wanted = given.get_secret_value() if given is not None else None
+    current = path.read_text(encoding="utf-8").strip() if path.exists() else None
+    if current is None or (wanted is not None and current != wanted):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write((wanted or secrets.token_urlsafe(24)) + "\n")
+    return path
+
+
+def prometheus_config(settings: Settings, targets_dir: Path, am_password_file: Path) -> dict:
     s = settings.services
+    am_auth = {"basic_auth": {"username": ALERTMANAGER_USER, "password_file": str(am_password_file.resolve())}}
     return {
         "global": {
             "scrape_interval": f"{s.scrape_interval_s:g}s",
             "evaluation_interval": f"{s.evaluation_interval_s:g}s",
         },
         "rule_files": [str(RULES_DIR / "*.yml")],
-        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"{s.host}:{s.alertmanager_port}"]}]}]},
+        "alerting": {
+            "alertmanagers": [{"static_configs": [{"targets": [f"{s.host}:{s.alertmanager_port}"]}], **am_auth}]
+        },
         "scrape_configs": [
             {"job_name": "prometheus", "static_configs": [{"targets": [f"{s.host}:{s.prometheus_port}"]}]},
-            {"job_name": "alertmanager", "static_configs": [{"targets": [f"{s.host}:{s.alertmanager_port}"]}]},
+            {
+                "job_name": "alertmanager",
+                "static_configs": [{"targets": [f"{s.host}:{s.alertmanager_port}"]}],
+                **am_auth,
+            },
             {
                 "job_name": "finsent",
                 "file_sd_configs": [{"files": [str(targets_dir.resolve() / "*.json")], "refresh_interval": "5s"}],
@@ -63,7 +102,8 @@ def prometheus_child(settings: Settings, state_dir: Path) -> tuple[Child, str]:
     targets = home / "targets"
     targets.mkdir(parents=True, exist_ok=True)
     config = home / "prometheus.yml"
-    config.write_text(yaml.safe_dump(prometheus_config(settings, targets), sort_keys=False))
+    am_password = alertmanager_password_file(settings, state_dir)
+    config.write_text(yaml.safe_dump(prometheus_config(settings, targets, am_password), sort_keys=False))
     url = f"http://{s.host}:{s.prometheus_port}"
     argv = [
         _binary(s.prometheus_bin),
@@ -82,10 +122,16 @@ def alertmanager_child(settings: Settings, state_dir: Path, config: Path = ALERT
     home = state_dir / "alertmanager"
     home.mkdir(parents=True, exist_ok=True)
     config = render_alertmanager_config(settings, home, config)
+    user, password = alertmanager_auth(settings, state_dir)
+    web_config = home / "web.yml"
+    # cost 10: each request checks the hash (Prometheus posts and scrapes every 2 s); still ~2^10 rounds per guess
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode()
+    web_config.write_text(yaml.safe_dump({"basic_auth_users": {user: hashed}}))
     url = f"http://{s.host}:{s.alertmanager_port}"
     argv = [
         _binary(s.alertmanager_bin),
         f"--config.file={config}",
+        f"--web.config.file={web_config}",
         f"--storage.path={home}",
         f"--web.listen-address={s.host}:{s.alertmanager_port}",
         f"--web.external-url={url}",
@@ -94,5 +140,5 @@ def alertmanager_child(settings: Settings, state_dir: Path, config: Path = ALERT
     return Child("alertmanager", argv, state_dir / "logs" / "alertmanager.log"), url
 
 
-def ready_check(url: str):
-    return http_ok(f"{url}/-/ready")
+def ready_check(url: str, auth: tuple[str, str] | None = None):
+    return http_ok(f"{url}/-/ready", auth)

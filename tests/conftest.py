@@ -13,7 +13,7 @@ import pytest
 
 from finsent.local.broker import broker_child
 from finsent.local.procs import Child
-from finsent.local.services import alertmanager_child, prometheus_child, ready_check
+from finsent.local.services import alertmanager_auth, alertmanager_child, prometheus_child, ready_check
 from finsent.net import free_port, port_open
 from finsent.settings import Settings, load
 
@@ -88,11 +88,20 @@ def services_settings(session_tmp: Path) -> Settings:
     return make_settings(session_tmp)
 
 
+def with_credentials(url: str, auth: tuple[str, str]) -> str:
+    """``http://user:password@host:port``: httpx sends basic auth for a URL's user info, so a test's calls read as
+    plain URLs."""
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://{auth[0]}:{auth[1]}@{rest}"
+
+
 @pytest.fixture(scope="session")
 def alertmanager(services_settings: Settings) -> Iterator[str]:
+    """The embedded Alertmanager's URL, with its password in it (it refuses requests without)."""
     child, url = alertmanager_child(services_settings, services_settings.paths.state_dir)
-    child.start(ready_check(url), timeout=30)
-    yield url
+    auth = alertmanager_auth(services_settings, services_settings.paths.state_dir)
+    child.start(ready_check(url, auth), timeout=30)
+    yield with_credentials(url, auth)
     child.stop()
 
 

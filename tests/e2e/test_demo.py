@@ -108,7 +108,11 @@ def test_demo_serves_every_url_then_stops_on_sigterm_without_orphans(tmp_path):
         assert port_open(host, int(port))
         for name in ("prometheus", "alertmanager"):
             assert info["urls"][name].startswith("http://127.0.0.1:")
-            assert httpx.get(info["urls"][name] + "/-/ready", timeout=5).status_code == 200
+        assert httpx.get(info["urls"]["prometheus"] + "/-/ready", timeout=5).status_code == 200
+        # Alertmanager takes alerts and silences only with its password (any page could otherwise silence surges)
+        am_auth = ("finsent", (tmp_path / "state" / "alertmanager" / "password").read_text().strip())
+        assert httpx.get(info["urls"]["alertmanager"] + "/-/ready", timeout=5).status_code == 401
+        assert httpx.get(info["urls"]["alertmanager"] + "/-/ready", auth=am_auth, timeout=5).status_code == 200
         # Prometheus is wired to this Alertmanager.
         ams = httpx.get(info["urls"]["prometheus"] + "/api/v1/alertmanagers", timeout=5).json()
         deadline = time.monotonic() + 20

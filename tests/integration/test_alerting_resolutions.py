@@ -17,10 +17,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from conftest import make_settings
+from conftest import make_settings, with_credentials
 from streamkit import wait_for
 
-from finsent.local.services import ALERTMANAGER_CONFIG, alertmanager_child, ready_check
+from finsent.local.services import ALERTMANAGER_CONFIG, alertmanager_auth, alertmanager_child, ready_check
 
 
 class _Webhooks(ThreadingHTTPServer):
@@ -65,9 +65,10 @@ def routed(tmp_path) -> Iterator[tuple[str, _Webhooks]]:
     hooks = _Webhooks(settings.receiver.port)
     threading.Thread(target=hooks.serve_forever, daemon=True).start()
     child, url = alertmanager_child(settings, settings.paths.state_dir, config)
-    child.start(ready_check(url), timeout=30)
+    auth = alertmanager_auth(settings, settings.paths.state_dir)
+    child.start(ready_check(url, auth), timeout=30)
     try:
-        yield url, hooks
+        yield with_credentials(url, auth), hooks
     finally:
         child.stop()
         hooks.shutdown()

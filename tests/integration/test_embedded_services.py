@@ -45,6 +45,36 @@ def test_alertmanager_accepts_and_lists_alerts(alertmanager):
     assert [a["labels"]["alertname"] for a in listed] == ["FinsentProbe"]
 
 
+def test_alertmanager_refuses_alerts_and_silences_without_its_password_even_from_a_page(alertmanager, prometheus):
+    """Its API answers a browser's preflight from any origin: without a password any page the analyst opens could
+    silence every surge. Prometheus, which has the password, still reaches it."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(alertmanager)
+    bare = f"{parts.scheme}://{parts.hostname}:{parts.port}"
+    silence = {
+        "matchers": [{"name": "alertname", "value": ".+", "isRegex": True}],
+        "startsAt": datetime.now(UTC).isoformat(),
+        "endsAt": (datetime.now(UTC) + timedelta(hours=1)).isoformat(),
+        "createdBy": "evil.example",
+        "comment": "shh",
+    }
+    page = {"Origin": "http://evil.example"}
+    assert httpx.post(f"{bare}/api/v2/silences", json=silence, headers=page, timeout=5).status_code == 401
+    assert httpx.post(f"{bare}/api/v2/alerts", json=[], timeout=5).status_code == 401
+    assert httpx.get(f"{alertmanager}/api/v2/silences", timeout=5).json() == []  # nothing got through
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        targets = httpx.get(f"{prometheus}/api/v1/targets", params={"state": "active"}, timeout=5).json()
+        health = [t["health"] for t in targets["data"]["activeTargets"] if t["labels"]["job"] == "alertmanager"]
+        if health == ["up"]:
+            break
+        time.sleep(0.5)
+    assert health == ["up"]  # Prometheus scrapes it with the password
+    ams = httpx.get(f"{prometheus}/api/v1/alertmanagers", timeout=5).json()["data"]["activeAlertmanagers"]
+    assert [a["url"].startswith(bare) for a in ams] == [True]
+
+
 def test_shipped_alertmanager_config_is_valid():
     import subprocess
 
@@ -63,7 +93,9 @@ def test_target_files_are_absolute_even_with_a_relative_state_dir(tmp_path, monk
     from finsent.settings import load
 
     monkeypatch.chdir(tmp_path)
-    cfg = prometheus_config(load(), Path(".state/prometheus/targets"))
+    cfg = prometheus_config(load(), Path(".state/prometheus/targets"), Path(".state/alertmanager/password"))
     (files,) = [c["file_sd_configs"][0]["files"] for c in cfg["scrape_configs"] if "file_sd_configs" in c]
     assert Path(files[0]).is_absolute() and files[0].startswith(str(tmp_path))
+    (am,) = cfg["alerting"]["alertmanagers"]
+    assert Path(am["basic_auth"]["password_file"]).is_absolute()
     assert all(Path(f).is_absolute() for f in cfg["rule_files"])
