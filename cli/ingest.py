@@ -88,6 +88,13 @@ def ingest_import(
         )
     for line in report.errors:
         typer.echo(f"  {line}", err=True)
+    if report.bad:  # every good row is archived; the exit status still says that not every row was
+        from finsent.errors import PartlyRejected
+
+        raise PartlyRejected(
+            f"{report.bad} of {report.read} rows rejected (each listed above with its line number); "
+            f"the other rows were imported"
+        )
 
 
 @ingest_app.command("refill")
@@ -108,15 +115,19 @@ def ingest_refill(
 
     settings = load_settings(config)
     sink = KafkaSink(settings.kafka, settings.topics.raw.name)
+    archive = Archive(settings.paths.archive_dir, skip_unreadable=True)  # a corrupt part must not stop the rest
     with tqdm(desc="refill", unit=" items", disable=None) as bar:
-        sent, failed = refill(
-            Archive(settings.paths.archive_dir).read(utc(since), utc(until)),
-            kafka_sender(sink),
-            batch,
-            progress=bar.update,
-        )
+        sent, failed = refill(archive.read(utc(since), utc(until)), kafka_sender(sink), batch, progress=bar.update)
     asyncio.run(sink.close())
     typer.echo(f"refilled {sent} items to {settings.topics.raw.name}; {failed} not acknowledged")
+    if archive.skipped:
+        from finsent.errors import PartlyRejected
+
+        raise PartlyRejected(
+            f"{len(archive.skipped)} unreadable archive part{'s' if len(archive.skipped) > 1 else ''} skipped "
+            f"({', '.join(map(str, archive.skipped[:3]))}{', …' if len(archive.skipped) > 3 else ''}); "
+            "the rest was refilled; move the part aside or restore it from a backup and refill its day again"
+        )
     if failed:
         raise typer.Exit(1)
 

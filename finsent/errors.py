@@ -147,6 +147,19 @@ class CaseError(InputError):
         self.reason = reason
 
 
+class ArchiveReadError(InputError):
+    """An archive part file that cannot be read (truncated, not Parquet, unreadable); the message names it."""
+
+    def __init__(self, path: Path, detail: str):
+        super().__init__(f"archive part {path} unreadable: {detail}")
+        self.path = path
+
+
+class PartlyRejected(InputError):
+    """A command did what it could and skipped some input (each piece counted and reported where it was met):
+    the message sums up what was left out; the exit code says that not everything went through."""
+
+
 class ImportFileError(ConfigError):
     """A history import's column mapping or format option is unusable."""
 
@@ -158,6 +171,15 @@ class GateRefused(FinsentError, RuntimeError):
 
 
 # -- 1: steps that ran and failed ------------------------------------------------------------------------
+class ArchiveWriteError(FinsentError, OSError):
+    """Some days of an archive append could not be written (a full disk, permissions). ``written``: the ids of
+    the items that are durably archived all the same, so a retry writes only the rest."""
+
+    def __init__(self, detail: str, written: set[str]):
+        super().__init__(detail)
+        self.written = written
+
+
 class GraphError(FinsentError, RuntimeError):
     """An ONNX graph could not be built (onnx / onnxruntime missing, or export failed)."""
 

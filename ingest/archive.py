@@ -10,6 +10,7 @@ drops repeated ids) when they accumulate.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections import defaultdict
@@ -20,7 +21,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from finsent.errors import ArchiveReadError, ArchiveWriteError
 from finsent.records import NewsItem
+
+log = logging.getLogger("finsent.ingest")
 
 SCHEMA = pa.schema(
     [
@@ -64,19 +68,43 @@ def _make_dirs(directory: Path) -> None:
 
 
 class Archive:
-    def __init__(self, root: Path):
+    """``skip_unreadable``: read past part files that cannot be read (each logged and listed in ``skipped``)
+    instead of stopping at the first; for a refill, where every readable item counts. Off by default, and
+    never for ``compact``, which deletes the parts it merged."""
+
+    def __init__(self, root: Path, skip_unreadable: bool = False):
         self.root = Path(root)
+        self.skip_unreadable = skip_unreadable
+        self.skipped: list[Path] = []
 
     def append(self, items: Iterable[NewsItem]) -> int:
+        """One part file per day. Every day is tried even after one failed, and a failure says which items were
+        written all the same (``ArchiveWriteError.written``): a caller retrying must not write them twice."""
         by_day: dict[date, list[NewsItem]] = defaultdict(list)
         for item in items:
             by_day[item.published.date()].append(item)
+        written: set[str] = set()
+        failed: dict[date, OSError] = {}
         for day, group in by_day.items():
-            directory = _day_dir(self.root, day)
-            _make_dirs(directory)
-            name = f"part-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet"
-            self._write(directory / name, group)
-        return sum(len(g) for g in by_day.values())
+            try:
+                self._append_day(day, group)
+            except OSError as err:  # a full disk or a blocked day directory: the other days may still go
+                failed[day] = err
+            else:
+                written.update(item.id for item in group)
+        if failed:
+            days = ", ".join(day.isoformat() for day in failed)
+            first = next(iter(failed.values()))
+            raise ArchiveWriteError(
+                f"archive days not written ({days}): {first}; {len(written)} items of other days were", written
+            ) from first
+        return len(written)
+
+    def _append_day(self, day: date, group: list[NewsItem]) -> None:
+        directory = _day_dir(self.root, day)
+        _make_dirs(directory)
+        name = f"part-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet"
+        self._write(directory / name, group)
 
     @staticmethod
     def _write(path: Path, items: list[NewsItem]) -> None:
@@ -104,8 +132,23 @@ class Archive:
         parts = sorted(_day_dir(self.root, day).glob("part-*.parquet"))
         rows: list[dict] = []
         for part in parts:
-            rows.extend(pq.read_table(part, schema=SCHEMA).to_pylist())
+            try:
+                rows.extend(pq.read_table(part, schema=SCHEMA).to_pylist())
+            except (pa.ArrowException, OSError) as err:  # truncated, not Parquet, unreadable
+                self._unreadable(part, err)
         return rows
+
+    def _unreadable(self, part: Path, err: Exception) -> None:
+        """Strict (the default): one clear error naming the file. Skipping: one ERROR line per file, counted in
+        ``skipped``, the rest read on; the caller says at the end that something was left out."""
+        detail = " ".join(str(err).split())[:300]
+        if not self.skip_unreadable:
+            raise ArchiveReadError(part, detail) from err
+        self.skipped.append(part)
+        log.error(
+            "archive part unreadable: skipped",
+            extra={"path": str(part), "error": f"{type(err).__name__}: {detail}", "skipped": len(self.skipped)},
+        )
 
     def read(self, start: datetime | None = None, end: datetime | None = None) -> Iterator[NewsItem]:
         """Items with start <= published < end, in (published, id) order; repeated ids yielded once."""
@@ -135,8 +178,9 @@ class Archive:
         parts = sorted(directory.glob("part-*.parquet"))
         if len(parts) <= 1:
             return sum(pq.read_metadata(p).num_rows for p in parts)
+        strict = Archive(self.root)  # a part it could not read would be deleted with the others
         items = list(
-            self.read(
+            strict.read(
                 datetime.combine(day, datetime.min.time(), UTC),
                 datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC),
             )

@@ -4,7 +4,9 @@ Columns are mapped onto NewsItem fields (``--map title=Headlines --map published
 becomes an item exactly as a feed entry would (same HTML stripping, URL canonicalisation, ids and
 ticker extraction), plus tickers named by a column, so backtests see what live ingest would have
 seen. Rows that cannot be read are counted and reported with their line numbers, never silently
-dropped; the rest are imported.
+dropped; the rest are imported. That holds for rows the file format itself cannot carry, too: a byte
+that is not UTF-8, a line that is not JSON (or not a JSON object), a CSV field over the csv module's
+limit are that row's error, not the end of the import.
 
 The import is the fetch: a row dated more than ``future_tolerance_s`` after the time of the import (a
 "1/2/68" that dateutil reads as 2068) is clamped to that time and flagged ``published_clamped``, and
@@ -41,7 +43,7 @@ class ImportReport:
     bad: int = 0
     clamped: int = 0  # items dated too far after the import, clamped to the import time
     tickers_capped: int = 0  # items that named more than max_tickers tickers
-    errors: list[str] = field(default_factory=list)  # first few, with line numbers
+    errors: list[str] = field(default_factory=list)  # every bad row: "line N: reason"
 
 
 def parse_mapping(pairs: list[str]) -> dict[str, str]:
@@ -65,22 +67,63 @@ def parse_time(value: str, default_tz: ZoneInfo | type[UTC] = UTC) -> datetime:
 
 
 def rows(path: Path, fmt: str) -> Iterator[tuple[int, dict]]:
+    """(line number, row); a row that cannot be read is ``{"__error__": reason}``, so it is counted and reported
+    like any bad row and the rest of the file is still read."""
     if not Path(path).is_file():
         raise ImportFileError(f"{path}: no such file")
     if fmt == "csv":
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            for n, row in enumerate(csv.DictReader(fh), start=2):
-                yield n, row
+        yield from _csv_rows(path)
     elif fmt == "jsonl":
-        with path.open(encoding="utf-8") as fh:
-            for n, line in enumerate(fh, start=1):
-                if line.strip():
-                    try:
-                        yield n, json.loads(line)
-                    except json.JSONDecodeError as err:
-                        yield n, {"__error__": f"invalid JSON: {err}"}
+        yield from _jsonl_rows(path)
     else:
         raise ImportFileError(f"unknown format {fmt!r}; use csv or jsonl")
+
+
+def _not_utf8(text: str) -> str | None:
+    """The reason a text decoded with ``surrogateescape`` held bytes that are not UTF-8, else None."""
+    bad = next((c for c in text if "\udc80" <= c <= "\udcff"), None)
+    return None if bad is None else f"not UTF-8 (byte 0x{ord(bad) - 0xDC00:02x})"
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """Decoded with ``surrogateescape``: a bad byte marks its row (checked here), not the whole file. The reader
+    goes on after a field over the limit (the rest of that line is dropped with it)."""
+    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
+        reader = csv.DictReader(fh)
+        try:
+            if reader.fieldnames is None:  # the header first, so that line numbers count it; None: an empty file
+                return
+        except csv.Error as err:
+            raise ImportFileError(f"{path}: the header line cannot be read as CSV: {err}") from None
+        while True:
+            line = reader.line_num + 1  # where the next record starts (a quoted field may span lines)
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as err:
+                yield line, {"__error__": str(err)}
+                continue
+            reason = next(filter(None, (_not_utf8(v) for v in row.values() if isinstance(v, str))), None)
+            yield line, ({"__error__": reason} if reason else row)
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    with path.open("rb") as fh:
+        for n, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                value = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                yield n, {"__error__": f"not UTF-8 (byte 0x{raw[err.start]:02x})"}
+            except json.JSONDecodeError as err:
+                yield n, {"__error__": f"invalid JSON: {err}"}
+            else:
+                yield (
+                    n,
+                    value if isinstance(value, dict) else {"__error__": f"not a JSON object: {type(value).__name__}"},
+                )
 
 
 @dataclass(frozen=True)
@@ -159,8 +202,7 @@ def import_file(
             item, fixes = row_to_item(row, mapping, source, default_tz, edge)
         except (ValueError, OverflowError, TypeError) as err:
             report.bad += 1
-            if len(report.errors) < 20:
-                report.errors.append(f"line {n}: {err}")
+            report.errors.append(f"line {n}: {err}")
         else:
             if item.id in pending:
                 item, capped = _merge(pending[item.id], item, edge)

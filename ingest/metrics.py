@@ -13,7 +13,7 @@ class IngestMetrics:
         self.errors = Counter("finsent_feed_errors_total", "Feed errors by kind", ["feed", "kind"], registry=r)
         self.items = Counter(
             "finsent_feed_items_total",
-            "Feed entries by status (new, duplicate, invalid, dropped)",
+            "Feed entries by status (new, duplicate, invalid, dropped, deferred: the full pending buffer left them for the next poll)",
             ["feed", "status"],
             registry=r,
         )
@@ -69,6 +69,18 @@ class IngestMetrics:
         self.unarchived = Gauge(
             "finsent_ingest_unarchived_items",
             "Items acknowledged by the sink but not yet durably archived (and so not marked)",
+            registry=r,
+        )
+        # Archived items wait for their mark when the dedup store refuses it (full disk, locked by another process):
+        # the mark alone is retried with backoff, the archive is not written again.
+        self.dedup_errors = Counter(
+            "finsent_ingest_dedup_errors_total",
+            "Dedup store writes (marks) that failed (retried with backoff; the items are archived)",
+            registry=r,
+        )
+        self.unmarked = Gauge(
+            "finsent_ingest_unmarked_items",
+            "Items durably archived but not yet marked as seen (the dedup store refused the mark)",
             registry=r,
         )
         # An unreadable dedup store is moved aside and ingest starts on an empty one (items still listed are re-published).

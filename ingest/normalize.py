@@ -17,9 +17,10 @@ Why each rule:
 * **text** (title and summary) comes out clean: markup is removed only where feedparser says the text is
   HTML (``title_detail.type``), and then entities are unescaped exactly once, by the HTML parser; a plain
   title keeps its angle brackets ("Apple <AAPL.O> shares rise", "History of the <blink> tag"). Control
-  characters (C0, C1, terminal escape sequences) and invisible format characters (zero-width, bidi
-  overrides and isolates, BOM, soft hyphen, tag characters) are removed, since they can hide or reorder
-  what a reader sees; a title left empty is treated as missing. ``<script>`` (and ``style``, ``iframe``,
+  characters (C0, C1, terminal escape sequences), invisible format characters and every Default_Ignorable
+  code point (zero-width, bidi overrides and isolates, BOM, soft hyphen, tag characters, Hangul fillers,
+  variation selectors) are removed, since they can hide or reorder what a reader sees; a title with nothing
+  visible left (only whitespace or braille blanks) is treated as missing. ``<script>`` (and ``style``, ``iframe``,
   ``object``, ``embed``) tags never pass, not even in plain text: a headline naming such a tag is far
   rarer than one smuggling it.
 * a **link** longer than a NewsItem may hold, or one that cannot be read (a port beyond 65535), is
@@ -68,13 +69,22 @@ _ANSI = re.compile(
     r"|\x1b[@-_]"  # any other two-character escape
 )
 _LINE_BREAKS = re.compile(r"[\t\n\v\f\r\x1c-\x1f\x85\u2028\u2029]")
+# Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt, the whole list; the same in Unicode 14-16):
+# characters a renderer shows as nothing, among them fillers and selectors that are letters or marks rather than
+# format characters, so a title made of them (U+3164 HANGUL FILLER, variation selectors) looks empty but is not.
+_DEFAULT_IGNORABLE = (
+    "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f"
+    "\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff"
+)
 _INVISIBLE = re.compile(
     "[\x00-\x1f\x7f-\x9f"  # C0, DEL, C1 (Cc)
-    "\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e"  # Cf: soft hyphen, Arabic marks, MVS
-    "\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"  # zero-width, bidi, BOM
-    "\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
-    "\U000e0001\U000e0020-\U000e007f]"  # Cf tag characters (invisible "ASCII smuggling")
+    "\u0600-\u0605\u06dd\u070f\u0890\u0891\u08e2\ufff9-\ufffb"  # Cf that are not Default_Ignorable
+    "\U000110bd\U000110cd\U00013430-\U0001343f"
+    + _DEFAULT_IGNORABLE  # zero-width, bidi, BOM, soft hyphen, fillers, variation selectors, tag characters
+    + "]"
 )
+# What is left of a text that shows nothing: whitespace and the braille blank (U+2800, drawn as an empty cell).
+_NOTHING_VISIBLE = re.compile(r"[\s\u2800]*")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # Executable tags never pass, even in plain text (what lies between them stays, as text).
 _EXECUTABLE_TAG = re.compile(r"</?(?:script|style|iframe|object|embed)\b[^<>]*>", re.I)
@@ -138,6 +148,12 @@ def entry_text(entry: Any, key: str) -> str:
     if kind is None or kind in HTML_TYPES:
         value = strip_html(value)
     return clean_text(value)
+
+
+def _visible_text(entry: Any, key: str) -> str:
+    """``entry_text``, or "" when nothing of it would show (only whitespace and braille blanks are left)."""
+    text = entry_text(entry, key)
+    return "" if _NOTHING_VISIBLE.fullmatch(text) else text
 
 
 def _language(value: Any) -> str | None:
@@ -233,8 +249,8 @@ def normalize_checked(
 ) -> tuple[NewsItem, list[str]]:
     """(item, fixes): ``fixes`` names what was corrected: ``"clamped"`` and ``"tickers_capped"`` (the edge
     check), ``"link_dropped"`` (a link longer than ``MAX_URL``: the headline is kept without it)."""
-    title = entry_text(entry, "title")
-    summary = entry_text(entry, "summary") or entry_text(entry, "description")
+    title = _visible_text(entry, "title")
+    summary = _visible_text(entry, "summary") or _visible_text(entry, "description")
     if not title and not summary:
         raise NormalizeError("entry has neither title nor summary")
     if not title:

@@ -6,8 +6,12 @@ and the accepting step runs under one lock so the same story arriving from two f
 instant is still caught as a duplicate. Items are archived only once the sink acknowledged them, and
 marked as seen only once the archive holds them durably: a crash (or a failed archive write) anywhere
 on the way leaves the item unmarked, so it is fetched and published again (at least once), never lost
-from the archive. Unacknowledged items wait in a bounded pending buffer and are retried first;
-acknowledged items whose archive write failed wait, unmarked, for a retry with backoff.
+from the archive. Each item is in one state at a time: ``pending`` (not acknowledged by the sink: retried
+first), ``unarchived`` (acknowledged, its archive write failed: retried with backoff) or ``unmarked``
+(durably archived, the dedup store refused the mark, e.g. a full disk or a lock held by another process:
+the mark alone is retried with backoff, off the event loop; the item is never archived again). The three
+share the bounded buffer of ``max_pending``; a poll that finds it full defers what does not fit (counted as
+``deferred``) and drops the feed's new validators, so the next poll fetches the deferred items again.
 
 One feed can never stop the others. Parsing (feedparser over up to ``max_bytes``) and normalising run in
 worker threads, so a huge feed does not stall the event loop and the other feeds' timers; whatever they
@@ -29,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
-from finsent.errors import NormalizeError, ParseError
+from finsent.errors import ArchiveWriteError, NormalizeError, ParseError
 from finsent.ingest.archive import Archive
 from finsent.ingest.dedup import Deduper, DedupStore
 from finsent.ingest.feeds import FeedConfig
@@ -55,6 +59,7 @@ class PollSummary:
     invalid: int = 0
     corrected: dict[str, int] = field(default_factory=dict)  # fix -> entries (clamped, tickers_capped)
     published: int = 0
+    deferred: int = 0  # fresh items the full pending buffer could not take: fetched again on the next poll
     seconds: float = 0.0
 
 
@@ -100,10 +105,14 @@ class Poller:
         self.state = {f.name: FeedState() for f in feeds}
         self.pending: list[NewsItem] = []
         self.unarchived: list[NewsItem] = []  # acknowledged by the sink, not yet durably archived, so not marked
+        self.unmarked: list[NewsItem] = []  # durably archived, the dedup store refused the mark: only that is retried
+        # The backoff of both durable steps (archive write, dedup mark): archive_retry_s doubling to archive_retry_max_s.
         self.archive_retry_s = archive_retry_s
         self.archive_retry_max_s = archive_retry_max_s
         self._archive_failures = 0
         self._archive_retry_at = 0.0
+        self._mark_failures = 0
+        self._mark_retry_at = 0.0
         self.crash_at = crash_at
         self._lock = asyncio.Lock()
         self._hosts: dict[str, asyncio.Semaphore] = defaultdict(lambda: asyncio.Semaphore(per_host))
@@ -148,7 +157,7 @@ class Poller:
             return self._failed(feed, summary, result.error, result.detail, result.retry_after)
         if result.not_modified:
             summary.outcome = "not_modified"
-            if self.pending or self.unarchived:  # nothing new, but earlier items still wait for the sink or archive
+            if self.pending or self.unarchived or self.unmarked:  # earlier items still wait for sink, archive or mark
                 async with self._lock:
                     summary.published = await self._flush(self.pending)
         else:
@@ -162,7 +171,6 @@ class Poller:
                 return self._failed(feed, summary, "parse_error", f"{type(err).__name__}: {err}", None)
             finally:
                 self.metrics.parse_seconds.labels(feed.name).observe(time.monotonic() - parse_started)
-            st.validators = result.validators
             if parsed.bozo:
                 log.info("feed not well-formed, entries read anyway", extra={"feed": feed.name, "bozo": parsed.bozo})
             if parsed.dropped:
@@ -176,6 +184,10 @@ class Poller:
             self.metrics.items.labels(feed.name, "invalid").inc(summary.invalid)
             self._count_corrected(feed, summary)
             await self._accept(feed, items, summary)
+            # Kept only once every item was taken: with items deferred (or a step raising before this) a 304 on
+            # the next poll would hide them for good, so the next poll fetches the whole feed again instead.
+            if not summary.deferred:
+                st.validators = result.validators
         self.metrics.fetches.labels(feed.name, summary.outcome).inc()
         self.metrics.last_success.labels(feed.name).set(time.time())
         st.next_due = time.monotonic() + self._delay_after(feed, summary, None)
@@ -238,22 +250,24 @@ class Poller:
     async def _accept(self, feed: FeedConfig, items: list[NewsItem], summary: PollSummary) -> None:
         async with self._lock:
             fresh = await asyncio.to_thread(self._select_fresh, feed, items, summary)
+            self.metrics.items.labels(feed.name, "duplicate").inc(summary.duplicate)
+            room = max(self.max_pending - len(self.pending) - len(self.unarchived) - len(self.unmarked), 0)
+            if len(fresh) > room:
+                summary.deferred = len(fresh) - room
+                self.metrics.items.labels(feed.name, "deferred").inc(summary.deferred)
+                log.error(
+                    "pending buffer full: items deferred, the feed is fetched again in full on its next poll",
+                    extra={"feed": feed.name, "deferred": summary.deferred, "max_pending": self.max_pending},
+                )
+                fresh = fresh[:room]
             summary.new = len(fresh)
             self.metrics.items.labels(feed.name, "new").inc(len(fresh))
-            self.metrics.items.labels(feed.name, "duplicate").inc(summary.duplicate)
-            room = self.max_pending - len(self.pending) - len(self.unarchived)
-            if len(fresh) > room:
-                log.error(
-                    "pending buffer full: items left unmarked for the next poll",
-                    extra={"feed": feed.name, "deferred": len(fresh) - room},
-                )
-                fresh = fresh[: max(room, 0)]
             summary.published = await self._flush(self.pending + fresh)
 
     def _select_fresh(self, feed: FeedConfig, items: list[NewsItem], summary: PollSummary) -> list[NewsItem]:
         """Items that are neither seen before nor repeated within this batch/pending. Caller holds the lock."""
         batch = Deduper()  # duplicates within this very batch (and pending/unarchived) are not in the store yet
-        for item in self.pending + self.unarchived:
+        for item in self.pending + self.unarchived + self.unmarked:
             batch.mark(item)
         fresh: list[NewsItem] = []
         for item in items:
@@ -285,12 +299,14 @@ class Poller:
         if acked:
             self._crash_point("after_ack")
             self.unarchived.extend(acked)
-        await self._archive_and_mark()
+        await self._archive()
+        await self._mark()
         return len(acked)
 
-    async def _archive_and_mark(self) -> None:
-        """Archive (fsynced) then mark the acknowledged items. A failed write (full disk, permissions) never ends
-        ingest: the items stay unmarked in ``unarchived`` and are retried with backoff. Caller holds the lock."""
+    async def _archive(self) -> None:
+        """Archive (fsynced) the acknowledged items; what the archive holds moves on to ``unmarked`` and is never
+        written again. A failed write (full disk, permissions) never ends ingest: what it did not write stays in
+        ``unarchived`` and is retried with backoff. Caller holds the lock."""
         if not self.unarchived or time.monotonic() < self._archive_retry_at:
             return
         batch = list(self.unarchived)
@@ -298,28 +314,78 @@ class Poller:
             try:
                 await asyncio.to_thread(self.archive.append, batch)
             except Exception as err:  # noqa: BLE001 - OSError mostly; whatever it is, the items must wait, not vanish
-                self._archive_failed(err, len(batch))
+                written = err.written if isinstance(err, ArchiveWriteError) else set()
+                self._archived([i for i in batch if i.id in written])
+                self._archive_failed(err, len(self.unarchived))
                 return
             self._crash_point("after_archive")
-        for item in batch:
-            self.dedup.mark(item)
-        del self.unarchived[: len(batch)]
+        self._archived(batch)
         self._archive_failures, self._archive_retry_at = 0, 0.0
+
+    def _archived(self, items: list[NewsItem]) -> None:
+        """``items`` are durable in the archive: from ``unarchived`` to ``unmarked``."""
+        done = {i.id for i in items}
+        self.unarchived = [i for i in self.unarchived if i.id not in done]
+        self.unmarked.extend(items)
         self.metrics.unarchived.set(len(self.unarchived))
+        self.metrics.unmarked.set(len(self.unmarked))
 
     def _archive_failed(self, err: Exception, items: int) -> None:
         """One line, no traceback: a full disk is an operational condition, and it repeats until fixed."""
         self._archive_failures += 1
-        delay = min(self.archive_retry_s * 2 ** min(self._archive_failures - 1, 16), self.archive_retry_max_s)
+        delay = self._backoff(self._archive_failures)
         self._archive_retry_at = time.monotonic() + delay
         self.metrics.archive_errors.inc()
-        self.metrics.unarchived.set(items)
         log.error(
             "archive write failed: items stay unmarked and are retried",
             extra={
                 "error": f"{type(err).__name__}: {err}",
                 "items": items,
                 "failures": self._archive_failures,
+                "retry_in_s": round(delay, 1),
+            },
+        )
+
+    def _backoff(self, failures: int) -> float:
+        return min(self.archive_retry_s * 2 ** min(failures - 1, 16), self.archive_retry_max_s)
+
+    async def _mark(self) -> None:
+        """Mark the archived items as seen, in a worker thread: a store locked by another process waits out
+        SQLite's busy timeout there, not on the event loop. A store that refuses (full disk, lock) never ends
+        ingest and never sends the items back to the archive: they stay in ``unmarked`` and only the mark is
+        retried with backoff (until then a re-poll sees them as duplicates of the buffer). Caller holds the lock."""
+        if not self.unmarked or time.monotonic() < self._mark_retry_at:
+            return
+        batch = list(self.unmarked)
+        done, err = await asyncio.to_thread(self._mark_all, batch)
+        del self.unmarked[:done]
+        self.metrics.unmarked.set(len(self.unmarked))
+        if err is None:
+            self._mark_failures, self._mark_retry_at = 0, 0.0
+        else:
+            self._mark_failed(err, len(self.unmarked))
+
+    def _mark_all(self, batch: list[NewsItem]) -> tuple[int, Exception | None]:
+        """(how many were marked, the error that stopped the rest). Runs in a worker thread."""
+        for done, item in enumerate(batch):
+            try:
+                self.dedup.mark(item)
+            except Exception as err:  # noqa: BLE001 - sqlite3.OperationalError mostly; the items wait, they are archived
+                return done, err
+        return len(batch), None
+
+    def _mark_failed(self, err: Exception, items: int) -> None:
+        """One line, no traceback, as for the archive: a full or locked store repeats until fixed."""
+        self._mark_failures += 1
+        delay = self._backoff(self._mark_failures)
+        self._mark_retry_at = time.monotonic() + delay
+        self.metrics.dedup_errors.inc()
+        log.error(
+            "dedup store write failed: items are archived, their marks are retried",
+            extra={
+                "error": f"{type(err).__name__}: {err}",
+                "items": items,
+                "failures": self._mark_failures,
                 "retry_in_s": round(delay, 1),
             },
         )
@@ -355,7 +421,7 @@ class Poller:
                     task = None
                 if task is None and self.state[feed.name].next_due <= now:
                     tasks[feed.name] = asyncio.create_task(self.poll(feed), name=f"poll-{feed.name}")
-            if self.pending or self.unarchived:
+            if self.pending or self.unarchived or self.unmarked:
                 try:
                     async with self._lock:
                         await self._flush(self.pending)

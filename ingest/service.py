@@ -121,10 +121,22 @@ def run(
             "items not acknowledged by the sink at exit (they stay unmarked and will be fetched again)",
             extra={"pending": len(components.poller.pending)},
         )
-    if components.poller.unarchived:
+    _log_left_over(components.poller)
+    return summaries
+
+
+def _log_left_over(poller: Poller) -> None:
+    """Where items were left at exit, each state in its own words (none of them is marked, so the next run
+    fetches them again; what is already archived is read once from the archive however often it is written)."""
+    if poller.unarchived:
         log.error(
             "items published but not archived at exit (they stay unmarked and will be fetched, published "
             "and archived again)",
-            extra={"unarchived": len(components.poller.unarchived)},
+            extra={"unarchived": len(poller.unarchived)},
         )
-    return summaries
+    if poller.unmarked:
+        log.error(
+            "items archived but not marked as seen at exit: the dedup store refused the marks (they will be "
+            "fetched and published again; the archive keeps them once)",
+            extra={"unmarked": len(poller.unmarked)},
+        )

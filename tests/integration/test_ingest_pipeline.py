@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import environ_without_finsent
+from factories import news_item
 from kafka import KafkaConsumer
 
 from finsent.errors import FeedListError, ImportFileError
@@ -269,3 +270,82 @@ def test_import_cli_with_eastern_times_then_refill_to_broker(tmp_path, broker):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "refilled 2 items" in proc.stdout
     assert [i.title for i in _consume(broker, topic, 2)] == ["Stocks slide", "Oil jumps"]
+
+
+def _import_cli(tmp_path: Path, path: Path, fmt: str) -> subprocess.CompletedProcess:
+    return _finsent(
+        _env(tmp_path),
+        "ingest",
+        "import",
+        str(path),
+        "--format",
+        fmt,
+        "--map",
+        "title=title",
+        "--map",
+        "published=published",
+    )
+
+
+def test_import_of_a_csv_with_bad_bytes_and_a_huge_field_keeps_every_good_row(tmp_path):
+    """Before: one non-UTF-8 byte (UnicodeDecodeError) or one field over the csv module's limit (_csv.Error)
+    ended the import with a traceback and nothing archived."""
+    path = tmp_path / "news.csv"
+    path.write_bytes(
+        b"title,published\n"
+        b"Oil falls,2024-05-01T10:00:00Z\n"
+        b"Gold \xff rises,2024-05-01T11:00:00Z\n"
+        b'"' + b"x" * 200_000 + b'",2024-05-01T11:30:00Z\n'
+        b"Bank shares jump,2024-05-01T12:00:00Z\n"
+    )
+    proc = _import_cli(tmp_path, path, "csv")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "read 4 rows, imported 2 items, 2 bad rows" in proc.stdout
+    assert "line 3: not UTF-8" in proc.stderr and "line 4: field larger than" in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: 2 of 4 rows rejected")
+    assert [i.title for i in Archive(tmp_path / "archive").read()] == ["Oil falls", "Bank shares jump"]
+
+
+def test_import_of_jsonl_with_bad_bytes_bad_json_and_non_objects_keeps_every_good_row(tmp_path):
+    path = tmp_path / "news.jsonl"
+    path.write_bytes(
+        b'{"title":"Oil falls","published":"2024-05-01T10:00:00Z"}\n'
+        b'{"title":"Gold \xff rises","published":"2024-05-01T11:00:00Z"}\n'
+        b"[1,2]\n"
+        b'{"title": broken\n'
+        b'{"title":"Bank shares jump","published":"2024-05-01T12:00:00Z"}\n'
+    )
+    proc = _import_cli(tmp_path, path, "jsonl")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "read 5 rows, imported 2 items, 3 bad rows" in proc.stdout
+    for line in ("line 2: not UTF-8", "line 3: not a JSON object", "line 4: invalid JSON"):
+        assert line in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: 3 of 5 rows rejected")
+    assert [i.title for i in Archive(tmp_path / "archive").read()] == ["Oil falls", "Bank shares jump"]
+
+
+def test_refill_skips_a_corrupt_part_names_it_refills_the_rest_and_fails_at_the_end(tmp_path, broker):
+    """Before: one corrupt part file made refill exit 1 with an ArrowInvalid traceback, having sent nothing."""
+    archive = Archive(tmp_path / "archive")
+    at = datetime(2024, 5, 1, 10, tzinfo=UTC)
+    archive.append([news_item("r1", "Oil falls", at=at)])
+    archive.append([news_item("r2", "Gold rises", at=at + timedelta(hours=1))])
+    bad = tmp_path / "archive" / "day=2024-05-01" / "part-zzzz-corrupt.parquet"
+    bad.write_bytes(b"not parquet at all")
+    topic = f"raw-{uuid.uuid4().hex[:6]}"
+    ensure_topics(broker, [TopicSpec(name=topic, partitions=1)])
+    env = _env(
+        tmp_path,
+        FINSENT_KAFKA__BOOTSTRAP=broker,
+        FINSENT_TOPICS__RAW__NAME=topic,
+        FINSENT_TOPICS__RAW__PARTITIONS="1",
+        FINSENT_LOG_JSON="1",
+    )
+    proc = _finsent(env, "ingest", "refill", "--since", "2024-05-01")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "refilled 2 items" in proc.stdout
+    logged = [json.loads(x) for x in proc.stderr.splitlines() if x.startswith("{")]
+    assert [x["path"] for x in logged if x["msg"].startswith("archive part unreadable")] == [str(bad)]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: 1 unreadable archive part skipped") and str(bad) in last, last
+    assert sorted(i.title for i in _consume(broker, topic, 2)) == ["Gold rises", "Oil falls"]

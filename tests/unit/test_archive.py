@@ -92,3 +92,43 @@ def test_parts_are_fsynced_with_their_directories_and_a_failed_write_leaves_noth
     with pytest.raises(OSError, match="No space left"):  # reaches the caller: ingest retries it
         a.append([item(3, 3)])
     assert not list(tmp_path.rglob("*.tmp")) and a.count() == 2
+
+
+def test_a_day_that_cannot_be_written_does_not_hide_the_days_that_were(tmp_path):
+    """Ingest retries only what is not durable yet, so ``append`` says which items it did write: every day is
+    tried, and the error carries the ids of the days that made it (before: it raised on the first failing day,
+    and the retry rewrote the days that had succeeded)."""
+    from finsent.errors import ArchiveWriteError
+
+    root = tmp_path / "archive"
+    root.mkdir()
+    (root / "day=2024-05-02").write_text("not a directory")  # the first day cannot be written, the second can
+    first, second = [item(1, 1), item(2, 2)], [item(3, 15), item(4, 16)]  # 23:51, 23:52 and 00:05, 00:06
+    a = Archive(root)
+    with pytest.raises(ArchiveWriteError, match="2024-05-02") as caught:
+        a.append(first + second)
+    assert caught.value.written == {"id003", "id004"} and isinstance(caught.value, OSError)
+    assert [i.id for i in a.read()] == ["id003", "id004"]
+    (root / "day=2024-05-02").unlink()
+    assert a.append(first) == 2 and a.count() == 4
+
+
+def test_an_unreadable_part_is_named_and_can_be_skipped_and_counted(tmp_path, caplog):
+    """A corrupt part file: a strict read names it in one line (no pyarrow traceback); a read that skips
+    unreadable parts logs each at ERROR, counts it, and returns everything else."""
+    import logging
+
+    from finsent.errors import ArchiveReadError
+
+    Archive(tmp_path / "a").append([item(1, 1), item(2, 20)])
+    Archive(tmp_path / "a").append([item(3, 2)])
+    bad = tmp_path / "a" / "day=2024-05-02" / "part-zzzz-corrupt.parquet"
+    bad.write_bytes(b"PAR1 not really parquet")
+    with pytest.raises(ArchiveReadError, match=r"part-zzzz-corrupt\.parquet"):
+        list(Archive(tmp_path / "a").read())
+    caplog.set_level(logging.ERROR, logger="finsent.ingest")
+    a = Archive(tmp_path / "a", skip_unreadable=True)
+    assert [i.id for i in a.read()] == ["id001", "id003", "id002"]
+    assert a.skipped == [bad]
+    lines = [r for r in caplog.records if r.getMessage().startswith("archive part unreadable")]
+    assert len(lines) == 1 and lines[0].path == str(bad) and lines[0].levelno == logging.ERROR and not lines[0].exc_info

@@ -224,3 +224,41 @@ def test_an_overlong_link_is_dropped_not_the_item():
 def test_language_is_a_language_tag_or_nothing(lang, expected):
     entry = {"title": "Headline", "language": lang}
     assert normalize(entry, source="desk", fetched=FETCHED).language == expected
+
+
+DEFAULT_IGNORABLE_ONLY = {
+    "variation selectors": "\ufe0f\ufe0e\ufe0f",
+    "combining grapheme joiner": "\u034f\u034f",
+    "hangul fillers": "\u3164\u115f\u1160\uffa0",
+    "khmer inherent vowels": "\u17b4\u17b5",
+    "mongolian free variation selectors": "\u180b\u180c\u180d\u180f",
+    "supplementary variation selectors": "\U000e0100\U000e01ef",
+    "reserved default ignorables": "\u2065\ufff0\U000e0000\U000e0fff",
+    "braille blank": "\u2800\u2800",
+    "braille blank and spaces": "\u2800 \u3000 \u2800",
+}
+
+
+@pytest.mark.parametrize("title", DEFAULT_IGNORABLE_ONLY.values(), ids=DEFAULT_IGNORABLE_ONLY.keys())
+def test_a_title_of_nothing_visible_is_empty(title):
+    """Default_Ignorable code points outside Cc/Cf, and the braille blank, passed as titles before."""
+    with pytest.raises(NormalizeError):
+        normalize(_one(title), source="desk", fetched=FETCHED)
+    entry = _one(title, "<description>The summary speaks. More here.</description>")
+    assert normalize(entry, source="desk", fetched=FETCHED).title == "The summary speaks."
+
+
+def test_every_default_ignorable_code_point_is_removed_and_visible_text_stays():
+    regex = pytest.importorskip("regex")  # its Unicode tables: DerivedCoreProperties' Default_Ignorable_Code_Point
+    ignorable = regex.compile(r"\p{Default_Ignorable_Code_Point}")
+    points = [chr(c) for c in range(0x110000) if ignorable.match(chr(c))]
+    assert len(points) > 4000
+    assert clean_text("Oil" + "".join(points) + " falls") == "Oil falls"
+    assert (
+        clean_text("\u2764\ufe0f Oil rallies \U0001f468\u200d\U0001f4bb") == "\u2764 Oil rallies \U0001f468\U0001f4bb"
+    )
+    assert (
+        clean_text("\uc0bc\uc131\uc804\uc790 \uc8fc\uac00 \uc0c1\uc2b9")
+        == "\uc0bc\uc131\uc804\uc790 \uc8fc\uac00 \uc0c1\uc2b9"
+    )
+    assert clean_text("\u2800Braille\u2800blank") == "\u2800Braille\u2800blank"  # kept in text; alone it is empty
