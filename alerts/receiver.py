@@ -70,7 +70,7 @@ from finsent.http import (
     origin_refusal,
     read_limited,
 )
-from finsent.kafka import follow_topics
+from finsent.kafka import FollowSkippedCollector, follow_topics
 from finsent.records import SurgeAlert
 from finsent.settings import Settings
 
@@ -210,6 +210,7 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
     audit = AuditLog(settings.audit_db)
     metrics = ReceiverMetrics()
     metrics.registry.register(CaseCollector(audit))
+    metrics.registry.register(FollowSkippedCollector("receiver"))
     token = cfg.token.get_secret_value().encode() if cfg.token else None
     read_token = cfg.read_token.get_secret_value().encode() if cfg.read_token else None
     tolerance_s = evidence_tolerance(settings)

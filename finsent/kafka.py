@@ -26,16 +26,18 @@ receiver (evidence) and the web API (views of the output topics) both keep a loc
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from prometheus_client.core import CounterMetricFamily
 
 from finsent.errors import BrokerUnavailable, RecordError, TopicMismatch
 from finsent.net import port_open
@@ -393,6 +395,30 @@ def _verify_topic(admin: KafkaAdminClient, name: str, config: dict[str, str]) ->
 
 
 # -- following small topics -----------------------------------------------------------------------------
+# Records ``follow_topics`` skipped because its handler failed on them, per (role, topic), since the process started:
+# for a caller's metrics (the log line says which record and why).
+FOLLOW_SKIPPED: collections.Counter[tuple[str, str]] = collections.Counter()
+
+
+class FollowSkippedCollector:
+    """``finsent_follow_skipped_records_total{topic}``: the records one role's ``follow_topics`` skipped, for that
+    service's /metrics (a client_python ``Collector``: read at scrape time, no second count to keep)."""
+
+    def __init__(self, role: str) -> None:
+        self.role = role
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "finsent_follow_skipped_records",
+            "Records of followed topics skipped: handling them failed",
+            labels=["topic"],
+        )
+        for (role, topic), n in sorted(FOLLOW_SKIPPED.items()):
+            if role == self.role:
+                family.add_metric([topic], n)
+        yield family
+
+
 async def follow_topics(
     kafka: KafkaLike,
     topics: Iterable[str],
@@ -401,9 +427,12 @@ async def follow_topics(
     fetch_max_wait_ms: int = 100,
     after_batch: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Call ``handle(topic, value, offset)`` for every record; a record ``handle`` rejects with RecordError or
-    ValueError is logged and skipped. ``after_batch`` is awaited after each fetched batch: a ``handle`` that
-    only collects lets it write the batch in one go, off the event loop. Runs until cancelled."""
+    """Call ``handle(topic, value, offset)`` for every record. A record ``handle`` fails on, whatever the error, is
+    logged, counted in ``FOLLOW_SKIPPED[(role, topic)]`` and skipped: it is that record's problem, not the
+    broker's, and reconnecting (which reads from the earliest offset again) would meet it again, for ever.
+    ``after_batch`` is awaited after each fetched batch: a ``handle`` that only collects lets it write the batch
+    in one go, off the event loop; an error there (the receiver's store) still reconnects, and the re-read from
+    the start is what hands the batch over again. Broker errors reconnect. Runs until cancelled."""
     topics = list(topics)
     kafka = as_kafka(kafka)
     delay = 1.0
@@ -419,9 +448,21 @@ async def follow_topics(
                         try:
                             handle(tp.topic, msg.value, msg.offset)
                         except (RecordError, ValueError) as err:
+                            FOLLOW_SKIPPED[(role, tp.topic)] += 1
                             log.warning(
                                 "unreadable record skipped",
                                 extra={"topic": tp.topic, "offset": msg.offset, "error": str(err)[:200]},
+                            )
+                        except Exception as err:  # a handler bug on one record must not stop the tail
+                            FOLLOW_SKIPPED[(role, tp.topic)] += 1
+                            log.error(
+                                "record skipped: its handler failed",
+                                exc_info=True,
+                                extra={
+                                    "topic": tp.topic,
+                                    "offset": msg.offset,
+                                    "error": f"{type(err).__name__}: {str(err)[:200]}",
+                                },
                             )
                 if after_batch is not None:
                     await after_batch()

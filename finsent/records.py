@@ -200,8 +200,9 @@ class WindowStat(Record):
     neutral: int = Field(ge=0)
     positive: int = Field(ge=0)
     mean_score: float = Field(ge=-1.0, le=1.0)
-    # 0 for the on-time result; grows with every late item counted in the window after it. The same
-    # (key, start, end) may be published several times: consumers keep the highest revision.
+    # The window's item count when published (older builds: the late items counted after the on-time result).
+    # The same (key, start, end) may be published several times (late items, a restart's replay): consumers
+    # keep the highest revision, which is the most complete, and the same content gets the same number.
     revision: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")

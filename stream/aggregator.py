@@ -52,6 +52,7 @@ from finsent.records import RestorePoint, ScoredItem, SurgeAlert
 from finsent.settings import Settings
 from finsent.stream.metrics import WorkerMetrics
 from finsent.stream.pipeline import Aggregation, Emitted
+from finsent.stream.windows import NEVER
 
 log = logging.getLogger("finsent.stream.aggregator")
 
@@ -217,7 +218,7 @@ class Aggregator:
             self.consumer.resume(*self.partitions)
         idle = time.monotonic() - self.last_event_wall
         newest = self.agg.newest_event
-        if not self.restoring and idle >= self.settings.windows.idle_close_s and newest >= 0:
+        if not self.restoring and idle >= self.settings.windows.idle_close_s and newest is not None:
             # Nothing arrived for a while: let event time run on with the wall clock so quiet windows close
             # (never past the wall clock itself: the store's ceiling caps it).
             now = datetime.fromtimestamp(min(newest + idle, time.time()), UTC)
@@ -461,7 +462,7 @@ class Aggregator:
         buckets, ids = self.agg.state_size()
         self.metrics.state_buckets.set(buckets)
         self.metrics.state_ids.set(ids)
-        if self.agg.watermark > 0:
+        if self.agg.watermark > NEVER:  # items before 1970 have a negative watermark; NEVER: none yet
             self.metrics.watermark.set(self.agg.watermark)
         if self.consumer is not None:
             for tp in self.partitions:
@@ -511,7 +512,7 @@ def _check_restorable(settings: Settings, point: RestorePoint) -> None:
 
 
 def _iso(ts: float) -> str | None:
-    return datetime.fromtimestamp(ts, UTC).isoformat() if math.isfinite(ts) and ts > 0 else None
+    return datetime.fromtimestamp(ts, UTC).isoformat() if math.isfinite(ts) and ts > NEVER else None
 
 
 __all__ = ["Aggregator"]

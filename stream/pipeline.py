@@ -149,21 +149,50 @@ class Aggregation:
         self.judged_from = -math.inf  # ends at or before this are in the detector's restored state already
         self.judged_until = -math.inf  # the newest end judged
         self.restoring = False
-        self.last: dict[tuple[str, int], Closed] = {}  # newest closed window per (key, width)
+        # The surge width's windows at the newest window end closed, per key: what the gauges show (``surge_gauges``).
+        # Only that end: a key without a window there reads 0, so older ones were never read again, and keeping the
+        # newest window of every (key, width) ever seen grew without bound with ever-new tickers.
+        self.last: dict[str, Closed] = {}
         self.history: dict[str, list[Judged]] = {}
         self.provisional: dict[str, SurgeAlert] = {}  # key -> early firing not yet confirmed or retracted
         self.touched: dict[str, float] = {}  # key -> newest event time added since the last end_step
         self.forgotten = 0
         self._last_forget = -math.inf
+        # Items rejected as too late whose bucket a restart's replay may still read (item id -> bucket start), and
+        # during such a replay the bucket below which nothing replayed is in a window that can still be published.
+        # See :meth:`add_observation`.
+        self.rejected_ids: dict[str, int] = {}
+        self._rejected_pruned = -math.inf
+        self.replay_floor = -math.inf
+        self.exact_replay = False
 
     # -- input ------------------------------------------------------------------------------------
     def add(self, scored: ScoredItem, lane: int = 0) -> Emitted:
         return self.add_observation(observation(scored), lane)
 
     def add_observation(self, obs: Observation, lane: int = 0) -> Emitted:
+        """Count ``obs`` (or reject it as too late: returned in ``rejected`` for the shell's side output).
+
+        A restart replays its restore point's span of the scored log in large polls sorted by event time, so
+        the watermark a replayed item meets is not the one it met before the crash: judged by it, an item
+        rejected (and dead-lettered) before would come back before the items that had moved the watermark past
+        it and be counted silently, and the restarted answer would differ from a clean run's. So a replay does
+        not judge lateness again; it repeats what was decided: the restore point lists every rejection whose
+        bucket a replay can read (:meth:`snapshot`), and everything else in the replayed span was counted
+        before. Replayed items below ``replay_floor`` are in no window that can still be published or revised
+        and are skipped (as are any whose bucket the replay evicted already: they could not be counted
+        consistently). A restore point without that list (an older build) replays as before."""
         store = self.store
-        if store.too_late(obs.at):
+        if self.exact_replay and self.restoring:
+            start = store.bucket_start(obs.at.timestamp())
+            if obs.item_id in self.rejected_ids:
+                store.rejected += 1
+                return Emitted()
+            if start < self.replay_floor or start < store.evicted_before:
+                return Emitted()
+        elif store.too_late(obs.at):
             store.rejected += 1
+            self._note_rejected(obs)
             return Emitted(rejected=[] if self.restoring else [obs])
         ts = obs.at.timestamp()
         for key in obs.keys:
@@ -196,7 +225,7 @@ class Aggregation:
             store = self.store
             for key in sorted(self.touched):
                 end = store.bucket_start(self.touched[key]) + store.bucket
-                if end <= store.closed_until or key in self.provisional:
+                if end <= store.closed_until or key in self.provisional or self._stale(key, end):
                     continue
                 c = store.window(key, self.surge_width, end)
                 if c is not None and (alert := self.detector.would_fire(c, c.evidence)):
@@ -219,8 +248,7 @@ class Aggregation:
             by_end.setdefault(c.end_s, []).append(c)
         for end in sorted(by_end):
             at_end = by_end[end]
-            for c in at_end:
-                self.last[(c.key, c.width_s)] = c
+            self.last = {c.key: c for c in at_end if c.width_s == self.surge_width}
             silent = self._silent(end)
             if not silent:
                 out.windows += at_end
@@ -264,6 +292,11 @@ class Aggregation:
             # A firing key that went silent still needs its window: an empty one resolves it.
             closed = Closed(key, self.surge_width, end, 0, 0, 0, 0.0, 0, ())
         before = st.copy()
+        if self._stale(key, end):
+            # Idle longer than the forget horizon: judged from a fresh baseline, as a key the memory sweep dropped
+            # (:meth:`_maybe_forget`). Part of judging, so a function of the key's windows alone: the same whatever
+            # the arrival order, the sweep's hours or a restart, and a rewind re-judges it the same way.
+            self.detector.keys[key] = KeyState()
         alert = self.detector.observe(closed, closed.evidence)
         decisions = [alert] if alert else []
         hist = self.history.get(key)
@@ -274,19 +307,53 @@ class Aggregation:
         hist.append(Judged(end, before, decisions))
         return decisions
 
+    def _stale(self, key: str, end: float) -> bool:
+        """``key``'s baseline is past the forget horizon at ``end``: it is judged from a fresh one (so it cannot fire
+        early either, as a key never seen cannot)."""
+        st = self.detector.keys.get(key)
+        return (
+            st is not None
+            and st.firing is None
+            and st.windows > 0
+            and st.last_active < end - self.detector.cfg.forget_after_s
+        )
+
     def _rewind_horizon(self) -> float:
         """Window ends at or before this can no longer be revised: late items that old are rejected."""
         store = self.store
         return store.bucket_start(store.watermark - store.lateness) if store.watermark > NEVER else -math.inf
 
     def _maybe_forget(self, end: int) -> None:
+        """Free the baselines of keys idle past the forget horizon (hourly, or when there are more than ``max_keys``).
+
+        Only as of the rewind horizon, never the newest end: a late headline may still revive a key up to there,
+        and its rewind needs the key's history. A key dropped here is one :meth:`_judge` would judge from a fresh
+        baseline anyway (idle longer than ``forget_after_s`` before any end it can still judge), so when the sweep
+        runs (which depends on arrival and on restarts) does not change any answer. The ``max_keys`` cap is the
+        exception: it bounds memory under a flood of new keys and drops the least recently active quiet ones."""
         det = self.detector
         if end - self._last_forget < 3600 and len(det.keys) <= det.cfg.max_keys:
             return
         self._last_forget = end
-        for key in det.forget(end):
+        horizon = self._rewind_horizon()
+        for key in det.forget(min(end, horizon)):
             self.history.pop(key, None)
             self.forgotten += 1
+
+    def _note_rejected(self, obs: Observation) -> None:
+        """Remember a rejection a restart's replay could meet again (its bucket may still be replayed). Pruned when
+        the replay's start moves on (once per bucket of event time): bounded by the rejections of that span."""
+        start = self.store.bucket_start(obs.at.timestamp())
+        self._prune_rejected()
+        if start >= self._rejected_pruned:
+            self.rejected_ids[obs.item_id] = start
+
+    def _prune_rejected(self) -> float:
+        floor = self.revisable_from()
+        if floor > self._rejected_pruned:
+            self._rejected_pruned = floor
+            self.rejected_ids = {i: s for i, s in self.rejected_ids.items() if s >= floor}
+        return floor
 
     # -- late items -------------------------------------------------------------------------------
     def _revise(self) -> Emitted:
@@ -299,9 +366,9 @@ class Aggregation:
             end = c.end_s
             if not self._silent(end):
                 out.windows.append(c)
-            newest = self.last.get((c.key, c.width_s))
+            newest = self.last.get(c.key) if c.width_s == self.surge_width else None
             if newest is not None and newest.end_s == end:
-                self.last[(c.key, c.width_s)] = c
+                self.last[c.key] = c
             if c.width_s == self.surge_width and end > self.judged_from:
                 first[c.key] = min(first.get(c.key, end), end)
         for key in sorted(first):
@@ -338,10 +405,14 @@ class Aggregation:
         for key, st in self.detector.keys.items():
             hist = self.history.get(key, [])
             keys[key] = next((j.before for j in hist if j.end > horizon), st).to_row()
+        floor = self._prune_rejected() if self.store.watermark > NEVER else -math.inf
         return {
             "judged_from": _finite(horizon),
             "keys": keys,
             "provisional": {k: a.to_dict() for k, a in self.provisional.items()},
+            # What a replay from this restore point must decide as it was decided (``add_observation``).
+            "replay_floor": _finite(floor),
+            "rejected": dict(self.rejected_ids),
         }
 
     def begin_restore(
@@ -358,6 +429,11 @@ class Aggregation:
         self.judged_until = self.judged_from
         self.detector.keys = {key: KeyState.from_row(v) for key, v in snapshot.get("keys", {}).items()}
         self.provisional = {k: SurgeAlert.from_json(json.dumps(a)) for k, a in snapshot.get("provisional", {}).items()}
+        rejected = snapshot.get("rejected")
+        self.exact_replay = rejected is not None  # None: a restore point of an older build (replayed as before)
+        self.rejected_ids = {str(i): int(s) for i, s in (rejected or {}).items()}
+        floor = snapshot.get("replay_floor")
+        self.replay_floor = -math.inf if floor is None else float(floor)
         # Held from the start: the replay itself may close their windows (ends past emitted_until are published).
         self._adopt_published(published or [])
 
@@ -372,6 +448,7 @@ class Aggregation:
         out.extend(self._revise())
         self.touched.clear()
         self.restoring = False
+        self.exact_replay = False
         return out
 
     def _adopt_published(self, published: list[SurgeAlert]) -> None:
@@ -409,9 +486,10 @@ class Aggregation:
         return self.store.watermark
 
     @property
-    def newest_event(self) -> float:
-        """The newest event time seen (negative before the first item)."""
-        return self.store.max_event
+    def newest_event(self) -> float | None:
+        """The newest event time seen (None before the first item: any number could be a headline's time)."""
+        newest = self.store.max_event
+        return None if newest <= NEVER else newest
 
     @property
     def widest_s(self) -> int:
@@ -436,7 +514,7 @@ class Aggregation:
         An early (provisional) firing shows its open window, which is what the alert rule's volume floor
         must see; otherwise the newest judged window, or 0 when the key had no items in it."""
         for key, st in self.detector.keys.items():
-            last = self.last.get((key, self.surge_width))
+            last = self.last.get(key)
             fresh = last is not None and last.end_s == self.judged_until
             provisional = self.provisional.get(key) if st.firing is None else None
             if provisional is not None:

@@ -19,11 +19,18 @@ Time semantics (the Dataflow model: event-time windows, a watermark, allowed lat
   *on-time* result (revision 0) is emitted, one :class:`Closed` per width, for each key with data.
 * An item whose bucket already closed is **late**. Up to ``allowed_lateness_s`` behind the watermark
   it still counts in its own bucket, and every closed window it touches is emitted again as a new
-  **revision** (:meth:`flush_revisions`): same key, start and end, a higher ``revision`` (the number
-  of late items counted in the window). Consumers keep the highest revision. Older items are
+  **revision** (:meth:`flush_revisions`): same key, start and end, a higher ``revision``. Consumers keep
+  the highest revision. Older items are
   **rejected** (:meth:`too_late`): the caller counts them and sends them to a side output; nothing
   is dropped without a trace.
-* The same item id is counted **once** per key, however often it is redelivered.
+* The same item id is counted **once**, however often it is redelivered, in the keys it first came with.
+* A window's ``revision`` is its **content**: the number of items it holds when it is published. Counts
+  only grow (items are added, never taken away, and a redelivery is not counted again), so a later
+  result of a window always carries a higher number than an earlier one with less in it, and the same
+  content always carries the same number, however the items were polled and however often the worker
+  restarted. A number of *late* items, as it was before, is not: a restart replays the log in large
+  polls sorted by event time, so items that were late before the crash come back on time and the
+  count of late items restarted lower than what readers already held, who then kept a stale window.
 * Memory is bounded by time, not by traffic pattern: buckets and ids are kept for
   ``allowed_lateness_s + widest window`` behind the watermark (about 120 buckets per active key with
   the defaults), then evicted; a late item older than that is rejected, never half-counted.
@@ -41,6 +48,9 @@ from typing import Literal
 
 from finsent.records import Evidence, WindowStat
 
+# Before any event time: "nothing seen yet" for the newest event time, a lane's and the watermark. Not -1 (or any
+# time a headline could carry): items dated before 1970 have negative epoch seconds, and a store of them never closed
+# a window live, since it took their newest event time for "nothing yet".
 NEVER = -(2**62)
 
 
@@ -62,8 +72,8 @@ class Observation:
 SCORE_UNIT = 2.0**-52
 _UNITS_PER_SCORE = 2**52
 _SENTIMENTS = frozenset(("negative", "neutral", "positive"))
-Totals = tuple[int, int, int, int, int]  # (negative, neutral, positive, score_units, late)
-NO_TOTALS: Totals = (0, 0, 0, 0, 0)
+Totals = tuple[int, int, int, int]  # (negative, neutral, positive, score_units)
+NO_TOTALS: Totals = (0, 0, 0, 0)
 
 
 @dataclass(slots=True)
@@ -72,9 +82,8 @@ class Bucket:
     neutral: int = 0
     positive: int = 0
     score_units: int = 0  # the scores' sum in SCORE_UNITs
-    late: int = 0  # items counted after the bucket's first window closed: a window's revision is their sum
     evidence: list[tuple[float, str, Evidence]] = field(default_factory=list)  # min-heap on p_negative
-    # (negative, neutral, positive, score_units, late) summed over this key's held buckets up to this one, from the
+    # (negative, neutral, positive, score_units) summed over this key's held buckets up to this one, from the
     # key's base: valid for the key's first ``WindowStore.totals_valid[key]`` buckets only
     totals: Totals = NO_TOTALS
 
@@ -93,7 +102,6 @@ class Bucket:
             t[1] + self.neutral,
             t[2] + self.positive,
             t[3] + self.score_units,
-            t[4] + self.late,
         )
 
     def add(self, obs: Observation, units: int, keep: int) -> None:
@@ -127,7 +135,7 @@ class Closed:
     neutral: int
     positive: int
     score_sum: float
-    revision: int  # late items counted in the window after its on-time result
+    revision: int  # the window's version: its count (see the module's docstring)
     # The headlines behind it, most negative first: only for the widths the store gathers them for
     # (``WindowStore(evidence_widths=...)``: the surge detector's), empty for the others.
     evidence: tuple[Evidence, ...]
@@ -216,11 +224,13 @@ class WindowStore:
         self.totals_base: dict[str, Totals] = {}
         self.keys_at: dict[int, set[str]] = {}  # bucket start -> keys with data there
         self.starts: list[int] = []  # sorted keys of keys_at: finds the next boundary with data in O(log n)
-        self.seen: dict[str, set[str]] = defaultdict(set)  # key -> item ids counted (redelivery dedup)
-        self.seen_at: dict[int, list[tuple[str, str]]] = defaultdict(list)  # bucket start -> (key, id): eviction
+        # Item ids counted (redelivery dedup), once across keys: an item re-scored on redelivery with another topic
+        # (a restarted worker, a new model) counts in the keys it first came with, not in a second topic too.
+        self.seen: set[str] = set()
+        self.seen_at: dict[int, list[str]] = defaultdict(list)  # bucket start -> ids counted there: eviction
         self.evicted_before = NEVER
-        self.max_event = -1
-        self.lane_max: dict[int, int] = {}
+        self.max_event = NEVER  # the newest event time seen (NEVER: none yet)
+        self.lane_max: dict[int, int] = {}  # lane -> its newest event time (NEVER: expected, none delivered yet)
         self.idle_lanes: set[int] = set()
         self.ceiling: float | None = None  # the watermark never passes this (wall clock + tolerance), if set
         self.watermark = NEVER
@@ -246,7 +256,7 @@ class WindowStore:
 
     def expect(self, lane: int) -> None:
         """A lane known to have a backlog holds the watermark back until it delivers (or goes idle)."""
-        self.lane_max.setdefault(lane, -1)
+        self.lane_max.setdefault(lane, NEVER)
         self.idle_lanes.discard(lane)
 
     def set_idle(self, lane: int, idle: bool = True) -> list[Closed]:
@@ -255,12 +265,12 @@ class WindowStore:
             self.idle_lanes.add(lane)
         else:
             self.idle_lanes.discard(lane)
-        return self._close_until(self._event_watermark()) if self.max_event >= 0 else []
+        return self._close_until(self._event_watermark()) if self.max_event > NEVER else []
 
     def _event_watermark(self) -> int:
         busy = [m for lane, m in self.lane_max.items() if lane not in self.idle_lanes]
         low = min(busy) if busy else self.max_event
-        return low - self.delay if low >= 0 else NEVER
+        return low - self.delay if low > NEVER else NEVER
 
     def advance(self, now: datetime, idle_s: float = 0.0) -> list[Closed]:
         """Outside progress (idle timer, end of a backtest): ``now`` is the event-time clock estimate."""
@@ -290,13 +300,11 @@ class WindowStore:
         if self.next_close is None or self.watermark < end < self.next_close:
             self.next_close = end  # only before the first close: an earlier on-time item starts the clock
         late = end <= self.closed_until  # its first window has had its on-time result already
-        repeated = False
-        for key in obs.keys:
-            if obs.item_id in self.seen[key]:
-                repeated = True
-                continue
-            self.seen[key].add(obs.item_id)
-            self.seen_at[start].append((key, obs.item_id))
+        repeated = obs.item_id in self.seen
+        if not repeated:
+            self.seen.add(obs.item_id)
+            self.seen_at[start].append(obs.item_id)
+        for key in () if repeated else dict.fromkeys(obs.keys):  # a key named twice counts once
             starts = self.key_starts.get(key)
             if starts is None:
                 starts, rows = self.key_starts[key], self.key_rows[key] = [], []
@@ -314,13 +322,12 @@ class WindowStore:
                 self.totals_valid[key] = at
             bucket.add(obs, units, self.keep)
             if late:
-                bucket.late += 1
                 self.dirty[key].add(start)
         self.duplicates += repeated
         self.late += late and not repeated
-        capped = int(min(ts, self.ceiling)) if self.ceiling is not None else int(ts)
+        capped = int(min(ts, self.ceiling) // 1) if self.ceiling is not None else int(ts // 1)  # floor: before 1970 too
         self.max_event = max(self.max_event, capped)
-        self.lane_max[lane] = max(self.lane_max.get(lane, -1), capped)
+        self.lane_max[lane] = max(self.lane_max.get(lane, NEVER), capped)
         self.idle_lanes.discard(lane)
         return self._close_until(self._event_watermark())
 
@@ -386,7 +393,8 @@ class WindowStore:
                     merged -= 1
             evidence = tuple(e[2] for e in sorted(top, reverse=True)) if width in gather else ()
             score_sum = (newest[3] - before[3]) * SCORE_UNIT
-            out.append(Closed(key, width, end, negative, neutral, positive, score_sum, newest[4] - before[4], evidence))
+            count = negative + neutral + positive
+            out.append(Closed(key, width, end, negative, neutral, positive, score_sum, count, evidence))
         return out
 
     def flush_revisions(self, until: float | None = None) -> list[Closed]:
@@ -465,18 +473,13 @@ class WindowStore:
                         del self.totals_valid[key]
                         del self.totals_base[key]
         for start in [s for s in self.seen_at if s < horizon]:
-            for key, item_id in self.seen_at.pop(start):
-                ids = self.seen.get(key)
-                if ids is not None:
-                    ids.discard(item_id)
-                    if not ids:
-                        del self.seen[key]
+            self.seen.difference_update(self.seen_at.pop(start))
 
     def size(self) -> tuple[int, int]:
         """(buckets held, ids held): what eviction keeps bounded. A bucket counts while its data or its entry in
         the per-key index is held (either one left behind would grow without bound)."""
         held = max(sum(len(s) for s in self.key_starts.values()), sum(len(r) for r in self.key_rows.values()))
-        return held, sum(len(s) for s in self.seen.values())
+        return held, len(self.seen)
 
 
 def _dt(ts: int) -> datetime:

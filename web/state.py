@@ -21,6 +21,7 @@ from fastapi.responses import StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from finsent.heap import freeze_startup_objects
+from finsent.kafka import FollowSkippedCollector
 from finsent.model.feedback_store import read_store
 from finsent.model.placement import calls_at_once, side_by_side
 from finsent.records import Feedback
@@ -36,6 +37,7 @@ class ApiMetrics:
 
     def __init__(self):
         self.registry = r = CollectorRegistry()
+        r.register(FollowSkippedCollector("web"))  # records of the output topics the views could not take
         self.requests = Counter("finsent_api_requests_total", "HTTP answers", ["route", "status"], registry=r)
         self.seconds = Histogram(
             "finsent_api_request_seconds",

@@ -46,7 +46,12 @@ class StreamViews:
         self._publish("item", s)
 
     def add_window(self, w: WindowStat) -> None:
-        """Keeps the highest revision of each (key, start, end): late items publish a window again."""
+        """Keeps the highest revision of each (key, start, end): late items publish a window again.
+
+        Each series holds the newest ``max_points`` windows in end order. A late window the view never saw (its
+        key had no headlines in it when it closed) is inserted in order; in a full series the oldest window makes
+        room (``deque.insert`` on a full bounded deque raises, which stopped the follower), and a window older
+        than everything a full series holds is not kept."""
         width = int((w.end - w.start).total_seconds())
         series = self.windows.setdefault((w.key, width), deque(maxlen=self.max_points))
         if series and series[-1].end >= w.end:  # a revision, or a window re-published after a restart
@@ -56,6 +61,9 @@ class StreamViews:
                         series[i] = w
                     return
                 if series[i].end < w.end:  # a window never seen (it had no headlines when it closed)
+                    if len(series) == series.maxlen:
+                        series.popleft()  # the oldest makes room; w is newer than it, so it goes after it
+                        i -= 1
                     series.insert(i + 1, w)
                     return
             if len(series) < (series.maxlen or 0):
