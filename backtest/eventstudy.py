@@ -6,13 +6,20 @@ work, not only StockNet.
 No look-ahead, by construction:
 
 * every item and alert is assigned to an **event session**: its trading day in the exchange's time
-  zone if it was published before the close, else the ticker's next trading day;
+  zone if it was published before the close, else the next trading day of the price file's
+  **session calendar** (the union of the dates of all tickers);
 * returns are measured **from that session's close** (the first bar whose price an investor could
-  trade after the information) to the close ``h`` sessions later;
-* **abnormal** return = the ticker's return minus the equal-weighted mean return of all tickers over
-  the same sessions (market-adjusted with the cross-section);
+  trade after the information) to the close ``h`` sessions later on that calendar; a ticker without
+  a bar on either session has no return (never one spanning a gap in its prices);
+* **abnormal** return = the ticker's return minus the equal-weighted mean return of the *other*
+  tickers over the same sessions (market-adjusted with the cross-section, leave-one-out: a ticker
+  must not be its own market), and only when at least ``MIN_PEERS`` others have a return then;
 * the **baseline** for a surge is the same ticker's sessions without a surge within ±``window``
   sessions; means come with percentile-bootstrap confidence intervals.
+
+Nothing is dropped silently: the price rows that cannot be used, the surges and items that found no
+bar, and the events without a return or a market are counted (``clean_prices``, ``surge_events``,
+``item_sessions``, ``study``) so that the report can say what it left out.
 """
 
 from __future__ import annotations
@@ -26,6 +33,18 @@ import numpy as np
 import pandas as pd
 
 HORIZONS = (1, 3, 5, 10)
+# Fewer other tickers with a return on a session than this, and that session's cross-sectional "market" is
+# one or two stocks, not a market: its abnormal return is NaN (and counted) rather than a pair difference.
+MIN_PEERS = 2
+# An event more than this many calendar days before the next session of the price file is in a hole of the
+# file (no ticker has bars then), not on a weekend or a holiday: mapping it past the hole would be look-ahead.
+MAX_CLOSED_DAYS = 5
+
+# Why a surge or an item found no usable bar (the report's words).
+NO_PRICES = "no usable prices for the ticker"
+OUTSIDE = "outside the price file's sessions"
+NO_BAR = "no bar for the ticker on its event session"
+NO_RETURN = "no later bar for the ticker (no return at any horizon)"
 
 
 @dataclass(frozen=True)
@@ -36,42 +55,152 @@ class PriceColumns:
 
     @classmethod
     def parse(cls, pairs: Iterable[str]) -> PriceColumns:
-        """``FIELD=COLUMN`` pairs (the CLI's ``--price-map``); ValueError names a bad field."""
-        mapping = dict(pair.split("=", 1) for pair in pairs)
+        """``FIELD=COLUMN`` pairs (the CLI's ``--price-map``); ValueError names a bad pair or field."""
+        mapping: dict[str, str] = {}
+        for pair in pairs:
+            field, sep, column = pair.partition("=")
+            if not sep or not field.strip() or not column.strip():
+                raise ValueError(f"--price-map takes FIELD=COLUMN (got {pair!r})")
+            mapping[field.strip()] = column.strip()
         unknown = set(mapping) - {"date", "ticker", "close"}
         if unknown:
             raise ValueError(f"--price-map fields must be date, ticker, close (got {sorted(unknown)})")
         return cls(**mapping)
 
 
-def load_prices(path: Path, cols: PriceColumns = PriceColumns()) -> pd.DataFrame:
-    """Daily bars → one row per (ticker, date) with ``close``; CSV or Parquet."""
+def _dates(values: pd.Series) -> pd.Series:
+    """Calendar dates (midnight, no zone); unreadable → NaT. A date given with a zone offset is that zone's
+    date (an exchange's bar dated ``2015-01-05T00:00-05:00`` is the 5th, not the 5th at 05:00 UTC)."""
+    try:
+        parsed = pd.to_datetime(values, errors="coerce")
+    except (ValueError, TypeError):  # mixed offsets (summer and winter time): the ISO date in front of each
+        parsed = pd.to_datetime(values.astype("string").str.slice(0, 10), errors="coerce")
+    if isinstance(parsed.dtype, pd.DatetimeTZDtype):
+        parsed = parsed.dt.tz_localize(None)
+    return parsed.dt.normalize().astype("datetime64[ns]")
+
+
+def clean_prices(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """``raw`` (columns ticker, date, close, any types) → one row per (ticker, date) with a positive close, and
+    the counts of what was dropped and why: ``unreadable`` (no ticker, date or finite close), ``non_positive``
+    (a close <= 0 is a bad tick: kept, it makes a -100 % return), ``conflicting`` (rows of a (ticker, date) with
+    two different closes: neither can be trusted, and keeping the first would hide the choice), ``repeated``
+    (exact copies, kept once)."""
+    ticker = raw["ticker"].where(raw["ticker"].notna()).astype("string").str.strip().str.upper()
+    p = pd.DataFrame(
+        {
+            "ticker": ticker,
+            "date": _dates(raw["date"]),
+            "close": pd.to_numeric(raw["close"], errors="coerce").astype(float),
+        }
+    )
+    unreadable = p["ticker"].isna() | (p["ticker"] == "") | p["date"].isna() | ~np.isfinite(p["close"])
+    p = p[~unreadable.to_numpy(dtype=bool)]
+    non_positive = (p["close"] <= 0).to_numpy()
+    p = p[~non_positive]
+    before = len(p)
+    p = p.drop_duplicates(["ticker", "date", "close"])
+    repeated = before - len(p)
+    conflict = p.duplicated(["ticker", "date"], keep=False).to_numpy()
+    p = p[~conflict]
+    p = p.assign(ticker=p["ticker"].astype(str)).sort_values(["ticker", "date"]).reset_index(drop=True)
+    dropped = {
+        "rows_read": len(raw),
+        "unreadable": int(unreadable.sum()),
+        "non_positive": int(non_positive.sum()),
+        "conflicting": int(conflict.sum()),
+        "repeated": repeated,
+    }
+    return p, dropped
+
+
+def read_prices(path: Path, cols: PriceColumns = PriceColumns()) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Daily bars (CSV or Parquet) → ``clean_prices``. ValueError when columns are missing or no row is usable
+    (a wrong ``--price-map`` looks like that), OSError when the file cannot be read."""
     df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
     close = cols.close if cols.close in df.columns or cols.close != "adj_close" else "close"
     missing = [c for c in (cols.date, cols.ticker, close) if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing price columns {missing} (have {list(df.columns)})")
-    out = pd.DataFrame(
-        {
-            "ticker": df[cols.ticker].astype(str).str.upper(),
-            "date": pd.to_datetime(df[cols.date]).dt.normalize(),
-            "close": pd.to_numeric(df[close], errors="coerce"),
-        }
-    )
-    return out.dropna().drop_duplicates(["ticker", "date"]).sort_values(["ticker", "date"]).reset_index(drop=True)
+    prices, dropped = clean_prices(pd.DataFrame({"ticker": df[cols.ticker], "date": df[cols.date], "close": df[close]}))
+    if prices.empty:
+        raise ValueError(
+            f"{path}: no usable price rows ({dropped['rows_read']} read: {dropped['unreadable']} without a readable "
+            f"ticker, date or close, {dropped['non_positive']} with a close <= 0, {dropped['conflicting']} conflicting)"
+        )
+    return prices, dropped
 
 
-def forward_returns(prices: pd.DataFrame, horizons=HORIZONS) -> pd.DataFrame:
-    """Per (ticker, date): raw and market-adjusted returns from this close to the close h sessions on."""
+def load_prices(path: Path, cols: PriceColumns = PriceColumns()) -> pd.DataFrame:
+    """Daily bars → one row per (ticker, date) with ``close`` (``read_prices`` without the counts)."""
+    return read_prices(path, cols)[0]
+
+
+def session_calendar(prices: pd.DataFrame) -> pd.DatetimeIndex:
+    """The trading sessions: every date any ticker has a bar on (a ticker's own gaps are not holidays)."""
+    return pd.DatetimeIndex(np.unique(prices["date"].to_numpy(dtype="datetime64[ns]")))
+
+
+def forward_returns(prices: pd.DataFrame, horizons=HORIZONS, min_peers: int = MIN_PEERS) -> pd.DataFrame:
+    """Per (ticker, date) of ``prices`` (one row each, as ``clean_prices`` gives): ``r{h}``, the return from this
+    close to the close ``h`` calendar sessions on (NaN when the ticker has no bar then); ``ar{h}``, minus the
+    mean ``r{h}`` of the other tickers that have one (NaN with fewer than ``min_peers``); ``peers{h}``, how many
+    they were; ``session``, the date's index in the calendar."""
+    calendar = session_calendar(prices)
     p = prices.copy()
-    g = p.groupby("ticker")["close"]
+    p["date"] = p["date"].astype("datetime64[ns]")
+    wide = p.pivot(index="date", columns="ticker", values="close").reindex(calendar)
+    rows = calendar.get_indexer(p["date"])
+    cols = wide.columns.get_indexer(p["ticker"])
     for h in horizons:
-        p[f"r{h}"] = g.shift(-h) / p["close"] - 1.0
-    for h in horizons:
-        market = p.groupby("date")[f"r{h}"].transform("mean")
-        p[f"ar{h}"] = p[f"r{h}"] - market
-    p["session"] = p.groupby("ticker").cumcount()
+        r = (wide.shift(-h) / wide - 1.0).to_numpy()  # a missing bar at either end → NaN: no return over a gap
+        has = ~np.isnan(r)
+        n = has.sum(axis=1, keepdims=True)
+        total = np.nansum(r, axis=1, keepdims=True)
+        peers = n - has  # the other tickers with a return over the same sessions
+        market = np.divide(total - np.where(has, r, 0.0), peers, out=np.full_like(r, np.nan), where=peers > 0)
+        ar = np.where(peers >= min_peers, r - market, np.nan)
+        p[f"r{h}"] = r[rows, cols]
+        p[f"ar{h}"] = ar[rows, cols]
+        p[f"peers{h}"] = peers[rows, cols]
+    p["session"] = rows
     return p
+
+
+def session_of(
+    times: pd.Series,
+    tickers: pd.Series,
+    prices: pd.DataFrame,
+    tz: str = "America/New_York",
+    close: dtime = dtime(16, 0),
+) -> pd.DataFrame:
+    """Per (time, ticker): ``date``, the session it counts for (its day before the close, else the next session
+    of the calendar), and ``reason`` (None, or why it has no bar: ``NO_PRICES``, ``OUTSIDE``, ``NO_BAR``; its
+    ``date`` is then NaT). An event is never moved to a later bar of its ticker: a gap in the ticker's prices
+    leaves it out, counted, instead of timing it by a session weeks after it."""
+    local = pd.to_datetime(times, utc=True).dt.tz_convert(tz)
+    day = local.dt.tz_localize(None).dt.normalize()
+    after_close = local.dt.time >= close
+    day = day + pd.to_timedelta(after_close.astype(int), unit="D")  # earliest session it can count for
+    want = day.to_numpy(dtype="datetime64[ns]")
+    calendar = session_calendar(prices).to_numpy()
+    reason = np.full(len(want), None, dtype=object)
+    session = np.full(len(want), np.datetime64("NaT"), dtype="datetime64[ns]")
+    known = tickers.isin(set(prices["ticker"])).to_numpy()
+    reason[~known] = NO_PRICES
+    if len(calendar):
+        pos = np.searchsorted(calendar, want, side="left")  # first session on or after
+        at = calendar[np.minimum(pos, len(calendar) - 1)]
+        inside = (want >= calendar[0]) & (pos < len(calendar)) & (at - want <= np.timedelta64(MAX_CLOSED_DAYS, "D"))
+        reason[known & ~inside] = OUTSIDE
+        bars = pd.MultiIndex.from_arrays([prices["ticker"], prices["date"].astype("datetime64[ns]")])
+        on_bar = pd.MultiIndex.from_arrays([tickers.to_numpy(), at]).isin(bars)
+        reason[known & inside & ~on_bar] = NO_BAR
+        ok = known & inside & on_bar
+        session[ok] = at[ok]
+    else:
+        reason[:] = NO_PRICES
+    return pd.DataFrame({"date": session, "reason": reason}, index=times.index)
 
 
 def event_sessions(
@@ -81,33 +210,24 @@ def event_sessions(
     tz: str = "America/New_York",
     close: dtime = dtime(16, 0),
 ) -> pd.Series:
-    """The trading day each (time, ticker) counts for: same day before the close, else the next session."""
-    local = pd.to_datetime(times, utc=True).dt.tz_convert(tz)
-    day = local.dt.tz_localize(None).dt.normalize()
-    after_close = local.dt.time >= close
-    day = day + pd.to_timedelta(after_close.astype(int), unit="D")  # earliest session it can count for
-    out = pd.Series(pd.NaT, index=times.index, dtype="datetime64[ns]")
-    for ticker, idx in tickers.groupby(tickers).groups.items():
-        days = prices.loc[prices["ticker"] == ticker, "date"].to_numpy(dtype="datetime64[ns]")
-        if len(days) == 0:
-            continue
-        want = day.loc[idx].to_numpy(dtype="datetime64[ns]")
-        pos = np.searchsorted(days, want, side="left")  # first trading day on or after
-        ok = pos < len(days)
-        res = np.full(len(want), np.datetime64("NaT"), dtype="datetime64[ns]")
-        res[ok] = days[pos[ok]]
-        out.loc[idx] = res
-    return out
+    """The trading day each (time, ticker) counts for (``session_of``); NaT where the ticker has no bar then."""
+    return session_of(times, tickers, prices, tz, close)["date"]
 
 
-def daily_sentiment(scores: pd.DataFrame, prices: pd.DataFrame) -> pd.DataFrame:
-    """Per (ticker, event session): item count, mean score, negative share. ``scores`` has one row per item
-    with a list column ``tickers`` (as the backtest writes it)."""
+def item_sessions(scores: pd.DataFrame, prices: pd.DataFrame) -> pd.DataFrame:
+    """One row per (item, ticker it names) with its event session ``date`` and ``reason`` (``session_of``)."""
     s = scores.explode("tickers").dropna(subset=["tickers"]).rename(columns={"tickers": "ticker"})
-    s["ticker"] = s["ticker"].str.upper()
-    s = s[s["ticker"].isin(set(prices["ticker"]))]
-    s["date"] = event_sessions(s["published"], s["ticker"], prices)
-    s = s.dropna(subset=["date"])
+    s["ticker"] = s["ticker"].astype(str).str.upper()
+    s = s.reset_index(drop=True)
+    return s.join(session_of(s["published"], s["ticker"], prices))
+
+
+def daily_sentiment(scores: pd.DataFrame, prices: pd.DataFrame, sessions: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per (ticker, event session): item count, mean score, negative share. ``scores`` has one row per item
+    with a list column ``tickers`` (as the backtest writes it); ``sessions``: its ``item_sessions`` if known.
+    Mentions without a bar are left out here (``item_sessions`` counts them)."""
+    s = item_sessions(scores, prices) if sessions is None else sessions
+    s = s[s["reason"].isna()]
     return (
         s.groupby(["ticker", "date"])
         .agg(
@@ -119,15 +239,45 @@ def daily_sentiment(scores: pd.DataFrame, prices: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+@dataclass
+class SurgeEvents:
+    """Firing ticker surges as events. ``fired``: the surges; ``events``: one per (ticker, session) (the
+    strongest); ``merged``: surges folded into an event of the same ticker and session; ``left_out``: the
+    surges with no usable bar (ticker, window_end, reason)."""
+
+    fired: int
+    events: pd.DataFrame
+    merged: int
+    left_out: pd.DataFrame
+
+
+def surge_events(alerts: pd.DataFrame, prices: pd.DataFrame, returns: pd.DataFrame | None = None) -> SurgeEvents:
+    """Firing ticker surges → one event per (ticker, session), timed by the window end (when it was known).
+    With ``returns``, a surge whose bar has no later bar at any horizon is left out too (``NO_RETURN``)."""
+    columns = ["ticker", "date", "zscore", "severity"]
+    if alerts.empty:
+        empty = pd.DataFrame(columns=columns)
+        return SurgeEvents(0, empty, 0, pd.DataFrame(columns=["ticker", "window_end", "reason"]))
+    a = alerts[(alerts["state"] == "firing") & alerts["key"].str.startswith("ticker:")].reset_index(drop=True)
+    a["ticker"] = a["key"].str.split(":", n=1).str[1].astype(str).str.upper()
+    a = a.join(session_of(a["window_end"], a["ticker"], prices))
+    if returns is not None and len(a):
+        rcols = [c for c in returns.columns if c.startswith("r") and c[1:].isdigit()]
+        any_return = returns[rcols].notna().any(axis=1).to_numpy()
+        with_return = set(zip(returns["ticker"][any_return], returns["date"][any_return]))
+        none = a["reason"].isna() & ~pd.Series(
+            [(t, d) in with_return for t, d in zip(a["ticker"], a["date"])], index=a.index, dtype=bool
+        )
+        a.loc[none, "reason"] = NO_RETURN
+    left = a[a["reason"].notna()][["ticker", "window_end", "reason"]].reset_index(drop=True)
+    kept = a[a["reason"].isna()].sort_values("zscore", ascending=False)
+    events = kept.drop_duplicates(["ticker", "date"])[columns].reset_index(drop=True)
+    return SurgeEvents(len(a), events, len(kept) - len(events), left)
+
+
 def alert_events(alerts: pd.DataFrame, prices: pd.DataFrame) -> pd.DataFrame:
-    """Firing ticker surges → one event per (ticker, session), timed by the window end (when it was known)."""
-    a = alerts[(alerts["state"] == "firing") & alerts["key"].str.startswith("ticker:")].copy()
-    if a.empty:
-        return pd.DataFrame(columns=["ticker", "date", "zscore", "severity"])
-    a["ticker"] = a["key"].str.split(":", n=1).str[1]
-    a["date"] = event_sessions(a["window_end"], a["ticker"], prices)
-    a = a.dropna(subset=["date"]).sort_values("zscore", ascending=False)
-    return a.drop_duplicates(["ticker", "date"])[["ticker", "date", "zscore", "severity"]].reset_index(drop=True)
+    """``surge_events(...).events``: the events only."""
+    return surge_events(alerts, prices).events
 
 
 def bootstrap_ci(values: np.ndarray, n: int = 2000, level: float = 0.95, seed: int = 7) -> tuple[float, float]:
@@ -140,7 +290,9 @@ def bootstrap_ci(values: np.ndarray, n: int = 2000, level: float = 0.95, seed: i
 
 
 def study(events: pd.DataFrame, returns: pd.DataFrame, horizons=HORIZONS, window: int = 60) -> pd.DataFrame:
-    """Mean abnormal return after events vs the same tickers' other sessions (±``window`` sessions)."""
+    """Mean abnormal return after events vs the same tickers' other sessions (±``window`` calendar sessions).
+    Per horizon, ``events`` counts the events with an abnormal return; ``no_return`` those whose ticker has no
+    bar ``h`` sessions on; ``no_market`` those with a return but too few other tickers to adjust it by."""
     ev = events.merge(returns, on=["ticker", "date"], how="inner")
     baseline_rows = []  # the same for every horizon: each ticker's non-event sessions near its events
     for ticker, group in ev.groupby("ticker"):
@@ -162,6 +314,8 @@ def study(events: pd.DataFrame, returns: pd.DataFrame, horizons=HORIZONS, window
             {
                 "horizon": h,
                 "events": len(e),
+                "no_return": int(ev[f"r{h}"].isna().sum()),
+                "no_market": int((ev[f"r{h}"].notna() & ev[col].isna()).sum()),
                 "mean_ar": float(e.mean()) if len(e) else float("nan"),
                 "ci_low": lo,
                 "ci_high": hi,
@@ -204,14 +358,27 @@ def alert_vs_large_moves(events: pd.DataFrame, returns: pd.DataFrame, sigmas: fl
 
 __all__ = [
     "HORIZONS",
+    "MAX_CLOSED_DAYS",
+    "MIN_PEERS",
+    "NO_BAR",
+    "NO_PRICES",
+    "NO_RETURN",
+    "OUTSIDE",
     "PriceColumns",
+    "SurgeEvents",
     "alert_events",
     "alert_vs_large_moves",
     "bootstrap_ci",
+    "clean_prices",
     "daily_sentiment",
     "event_sessions",
     "forward_returns",
+    "item_sessions",
     "load_prices",
+    "read_prices",
     "sentiment_return_correlation",
+    "session_calendar",
+    "session_of",
     "study",
+    "surge_events",
 ]

@@ -40,29 +40,121 @@ def load_alerts(path: Path) -> pd.DataFrame:
     return df
 
 
-def analyse(run_dir: Path, prices_path: Path, cols: es.PriceColumns = es.PriceColumns()) -> dict:
+def analyse(
+    run_dir: Path,
+    prices_path: Path,
+    cols: es.PriceColumns = es.PriceColumns(),
+    prices: tuple[pd.DataFrame, dict[str, int]] | None = None,
+) -> dict:
+    """The event study's tables and what each step left out. ``prices``: ``es.read_prices``'s result when the
+    caller loaded (and so checked) the file already."""
     scores = pd.read_parquet(run_dir / "scores.parquet")
     alerts = load_alerts(run_dir / "alerts.jsonl")
-    prices = es.load_prices(prices_path, cols)
-    returns = es.forward_returns(prices)
-    daily = es.daily_sentiment(scores, prices)
-    events = (
-        es.alert_events(alerts, prices)
-        if len(alerts)
-        else pd.DataFrame(columns=["ticker", "date", "zscore", "severity"])
-    )
+    bars, dropped = es.read_prices(prices_path, cols) if prices is None else prices
+    returns = es.forward_returns(bars)
+    mentions = es.item_sessions(scores, bars)
+    daily = es.daily_sentiment(scores, bars, mentions)
+    surges = es.surge_events(alerts, bars, returns)
+    events = surges.events
     table = es.study(events, returns) if len(events) else pd.DataFrame()
     return {
         "scores": scores,
         "alerts": alerts,
-        "prices": prices,
+        "prices": bars,
+        "price_rows_dropped": dropped,
         "returns": returns,
         "daily": daily,
+        "mentions": mentions,
+        "surges": surges,
         "events": events,
         "study": table,
         "correlation": es.sentiment_return_correlation(daily, returns),
         "confusion": es.alert_vs_large_moves(events, returns) if len(events) else {},
     }
+
+
+def left_out(a: dict) -> dict:
+    """Everything the study could not use, counted (eventstudy.json's ``left_out``; the report lists it)."""
+    surges: es.SurgeEvents = a["surges"]
+    lost = surges.left_out
+    by_ticker = {
+        str(t): {"surges": len(g), "reasons": {str(r): int(n) for r, n in g["reason"].value_counts().items()}}
+        for t, g in lost.groupby("ticker")
+    }
+    mentions = a["mentions"]
+    table = a["study"]
+    return {
+        "price_rows": a["price_rows_dropped"],
+        "surges_without_prices": len(lost),
+        "surge_tickers_without_prices": by_ticker,
+        "surges_without_prices_list": [
+            {"ticker": t, "window_end": str(w), "reason": r}
+            for t, w, r in zip(lost["ticker"], lost["window_end"], lost["reason"])
+        ],
+        "surges_folded_into_one_event": surges.merged,
+        "events_without_return": {int(r["horizon"]): int(r["no_return"]) for r in table.to_dict("records")},
+        "events_without_market": {int(r["horizon"]): int(r["no_market"]) for r in table.to_dict("records")},
+        "min_other_tickers_for_market": es.MIN_PEERS,
+        "item_mentions": len(mentions),
+        "item_mentions_without_bar": {str(r): int(n) for r, n in mentions["reason"].value_counts().items()},
+    }
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def _left_out_html(lo: dict) -> list[str]:
+    """The report's "What this report left out": one line per kind, each with its count."""
+    esc = html.escape
+    lines = []
+    rows = lo["price_rows"]
+    if rows["unreadable"] or rows["non_positive"] or rows["conflicting"]:
+        lines.append(
+            f"Price rows: {rows['unreadable'] + rows['non_positive'] + rows['conflicting']:,} of "
+            f"{rows['rows_read']:,} dropped: {rows['unreadable']:,} without a readable ticker, date or close, "
+            f"{rows['non_positive']:,} with a close &lt;= 0, {rows['conflicting']:,} of a (ticker, date) with "
+            f"two different closes (neither used); {rows['repeated']:,} exact copies kept once."
+        )
+    if lo["surges_without_prices"]:
+        tickers = lo["surge_tickers_without_prices"]
+        shown = "; ".join(
+            f"{esc(t)} ({v['surges']}: {esc(', '.join(v['reasons']))})" for t, v in list(tickers.items())[:30]
+        )
+        more = f"; … and {len(tickers) - 30} more tickers (all in eventstudy.json)" if len(tickers) > 30 else ""
+        lines.append(
+            f"{_plural(lo['surges_without_prices'], 'surge')} on {_plural(len(tickers), 'ticker')} had no usable "
+            f"prices: {shown}{more}."
+        )
+    if lo["surges_folded_into_one_event"]:
+        lines.append(
+            f"{_plural(lo['surges_folded_into_one_event'], 'surge')} fell on a ticker and session that had a "
+            "stronger surge already: counted as one event."
+        )
+    for key, why in (
+        ("events_without_return", "the ticker has no bar that many sessions later"),
+        (
+            "events_without_market",
+            f"fewer than {lo['min_other_tickers_for_market']} other tickers had a return over those sessions, "
+            "so market adjustment was impossible",
+        ),
+    ):
+        per = {h: n for h, n in lo[key].items() if n}
+        if per:
+            lines.append(
+                "Events without an abnormal return, by horizon: "
+                + ", ".join(f"{h} session{'s' if h > 1 else ''}: {n}" for h, n in per.items())
+                + f" ({why})."
+            )
+    if lo["item_mentions_without_bar"]:
+        n = sum(lo["item_mentions_without_bar"].values())
+        why = ", ".join(f"{v:,} {esc(k)}" for k, v in lo["item_mentions_without_bar"].items())
+        lines.append(
+            f"Item mentions of a ticker: {n:,} of {lo['item_mentions']:,} left out of the daily sentiment ({why})."
+        )
+    if not lines:
+        return ["<p>Nothing: every price row, surge and item mention was used.</p>"]
+    return ["<ul>", *(f"<li>{line}</li>" for line in lines), "</ul>"]
 
 
 def _ticker_plots(a: dict, n: int = 4) -> list[tuple[str, str]]:
@@ -147,20 +239,36 @@ def _scatter(a: dict) -> str | None:
     return _png(fig)
 
 
-def write_report(run_dir: Path, prices_path: Path, cols: es.PriceColumns = es.PriceColumns()) -> Path:
-    a = analyse(run_dir, prices_path, cols)
+def write_report(
+    run_dir: Path,
+    prices_path: Path,
+    cols: es.PriceColumns = es.PriceColumns(),
+    prices: tuple[pd.DataFrame, dict[str, int]] | None = None,
+) -> Path:
+    """``prices``: ``es.read_prices(prices_path, cols)`` when the caller checked the file before the backtest."""
+    a = analyse(run_dir, prices_path, cols, prices)
     run = json.loads((run_dir / "run.json").read_text())
     table, corr, conf = a["study"], a["correlation"], a["confusion"]
+    lo = left_out(a)
+    surges: es.SurgeEvents = a["surges"]
     numbers = {
         "study": table.to_dict(orient="records"),
         "correlation": corr,
         "confusion": conf,
         "events": len(a["events"]),
+        "ticker_surges_fired": surges.fired,
         "ticker_sessions_with_items": len(a["daily"]),
+        "left_out": lo,
     }
     (run_dir / "eventstudy.json").write_text(json.dumps(numbers, indent=2, default=str))
     sha = hashlib.sha256(prices_path.read_bytes()).hexdigest()
     esc = html.escape
+    published = a["scores"]["published"]
+    span = (
+        f"Items published {published.min():%Y-%m-%d %H:%M} .. {published.max():%Y-%m-%d %H:%M} UTC."
+        if len(published)
+        else "No items in this run."
+    )
     parts = [
         f"""<!doctype html><html><head><meta charset="utf-8"><title>finsent backtest</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}table{{border-collapse:collapse}}
@@ -168,13 +276,15 @@ table{{font-size:12px;display:block;overflow-x:auto}}td,th{{border:1px solid #cc
 .note{{background:#fff8e1;padding:8px 12px;border-left:4px solid #f1c40f}}</style></head><body>
 <h1>finsent backtest</h1>
 <p>Model <b>{esc(run["model"])}</b>; {run["items"]:,} items ({run["inferred"]:,} scored, {run["cached"]:,} from cache);
-{run["windows"]:,} windows closed; {run["firing"]} surges fired (all keys). Items published
-{a["scores"]["published"].min():%Y-%m-%d %H:%M} .. {a["scores"]["published"].max():%Y-%m-%d %H:%M} UTC.</p>
+{run["windows"]:,} windows closed; {run["firing"]} surges fired (all keys), {surges.fired} of them on tickers. {span}</p>
 <p class="note">How to read this: events are negative-sentiment surges of a ticker, timed by the end of the window that
-raised them and mapped to the first session whose close came after (no look-ahead). Returns run from that close;
-abnormal = minus the equal-weighted cross-section of all tickers. Baseline = the same tickers' other sessions within
-±60 sessions. Confidence intervals are percentile bootstrap (2,000 resamples, 95 %). Few events make wide intervals:
-read the CIs, not the point estimates.</p>"""
+raised them and mapped to the first session whose close came after (no look-ahead); a surge whose ticker has no bar
+on that session is left out, not moved to a later bar. Sessions are the dates any ticker in the price file has a bar
+on. Returns run from the event session's close to the close h sessions later (none when the ticker has no bar then);
+abnormal = minus the equal-weighted mean of the other tickers' returns over the same sessions (none with fewer than
+{es.MIN_PEERS} others). Baseline = the same tickers' other sessions within ±60 sessions. Confidence intervals are
+percentile bootstrap (2,000 resamples, 95 %). Few events make wide intervals: read the CIs, not the point
+estimates. "What this report left out" below counts everything that did not make it into these numbers.</p>"""
     ]
     parts.append(f"<h2>Event study ({len(a['events'])} surge events)</h2>")
     if not table.empty:
@@ -186,8 +296,15 @@ read the CIs, not the point estimates.</p>"""
         for c in ("hit_rate", "baseline_hit_rate"):
             show[c] = show[c].map("{:.0%}".format)
         parts.append(show.to_html(index=False, escape=True))
-    else:
+    elif surges.fired == 0:
         parts.append("<p>No ticker surges in this run: nothing to study.</p>")
+    else:
+        parts.append(
+            f"<p>None of the {_plural(surges.fired, 'ticker surge')} could be studied: "
+            "see What this report left out below.</p>"
+        )
+    parts.append("<h2>What this report left out</h2>")
+    parts.extend(_left_out_html(lo))
     parts.append("<h2>Sentiment vs next-session return</h2>")
     parts.append(
         f"<p>Sessions with ≥3 items: n = {corr['n']:,}; Pearson r = {corr['pearson']:+.3f}, "

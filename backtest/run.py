@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from finsent.errors import ConfigError
 from finsent.heap import fewer_young_collections
 from finsent.records import NewsItem, Prediction, SurgeAlert, checked_item
 from finsent.settings import Settings
@@ -233,6 +234,8 @@ def run_backtest(
     """``items`` in event-time order (``Archive.read`` gives that); ``predict`` may be None when all is cached.
     ``calls_at_once``: batches scored side by side (``predict`` must then be thread-safe, as
     ``Classifier.predict`` is); their results are used strictly in order either way."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir} is a file; the backtest writes its outputs into a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     agg = Aggregation(settings)
     started = time.perf_counter()
@@ -403,6 +406,32 @@ def run_backtest(
     return report
 
 
+def served_backend(model_dir: Path, backend: str, device: str) -> str:
+    """The name of the backend (``Backend.name``) a classifier loaded with these settings serves, found without
+    loading it, by ``finsent.model.backends.make_backend``'s own rules: on a GPU torch (fp16), else the model's
+    measured choice (export.json), else ONNX fp32 when ONNX Runtime is there, else torch.
+
+    The score cache is keyed by it, not by the setting: "auto" names no backend (ONNX int8 on one machine, fp16
+    torch on a GPU), and their scores differ in the last digits, so an "auto" key let one backend's scores pass
+    for another's."""
+    from finsent.model.backends import recommended, resolve_device
+
+    on_gpu = resolve_device(device).type == "cuda"
+    if backend == "auto":
+        if on_gpu:
+            return "torch-cuda"
+        backend = recommended(model_dir) or ""
+        if not backend:
+            try:
+                import onnxruntime  # noqa: F401
+            except ImportError:
+                return "torch"
+            return "onnx"
+    if backend == "torch" and on_gpu:
+        return "torch-cuda"
+    return backend
+
+
 def backtest_archive(
     settings: Settings,
     items: Iterable[NewsItem],
@@ -413,7 +442,7 @@ def backtest_archive(
     data_range: tuple[datetime | None, datetime | None] = (None, None),
 ) -> BacktestReport:
     """``run_backtest`` with the settings' model and the on-disk score cache: the model is loaded only when
-    something is not cached yet, and scores are cached per (model version, backend). Batches are scored side
+    something is not cached yet, and scores are cached per (model version, backend served: ``served_backend``). Batches are scored side
     by side, one single-threaded call per core unless ``model.threads`` says otherwise (``finsent.model.placement``;
     the model loads lazily, so the count cannot depend on the backend: with torch the calls share its threads)."""
     from finsent.model import Classifier, artifact
@@ -425,15 +454,25 @@ def backtest_archive(
     classifier = None
     loading = threading.Lock()
 
+    served = served_backend(model_dir, choice.backend, choice.device)
+
     def predict(texts: list[str]) -> list:
         nonlocal classifier
         with loading:  # called from several model threads: load once
             if classifier is None:  # only when something is not cached
-                classifier = Classifier.from_settings(model_dir, choice)
-                classifier.ready_for_calls(calls)
+                loaded = Classifier.from_settings(model_dir, choice)
+                name = getattr(loaded.backend, "name", served)
+                if name != served:  # auto fell back (an int8 graph that would not build): not the key's scores
+                    raise ConfigError(
+                        f"model.backend {choice.backend} served {name}, not {served} as expected; "
+                        f"set model.backend (FINSENT_MODEL__BACKEND) to {name} and run the backtest again"
+                    )
+                loaded.ready_for_calls(calls)
+                classifier = loaded
         return classifier.predict(texts)
 
-    model_key = f"{artifact.load_meta(model_dir).full_name}/{settings.model.backend}"
+    # by the backend that scores, not the setting: a cache of "auto" scores is not reused for another backend
+    model_key = f"{artifact.load_meta(model_dir).full_name}/{served}"
     cache = ScoreCache(settings.paths.state_dir / "backtest" / "scores.sqlite")
     try:
         return run_backtest(
@@ -452,4 +491,4 @@ def backtest_archive(
         cache.close()
 
 
-__all__ = ["BacktestReport", "CachedScore", "ScoreCache", "backtest_archive", "run_backtest"]
+__all__ = ["BacktestReport", "CachedScore", "ScoreCache", "backtest_archive", "run_backtest", "served_backend"]

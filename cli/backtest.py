@@ -39,12 +39,45 @@ def backtest(
     config: ConfigOption = None,
 ) -> None:
     """Run the live scoring, window and surge code over the archive, without a broker; scores are cached."""
+    from finsent.errors import ConfigError, FinsentError
+    from finsent.ingest.archive import Archive
+
+    settings = load_settings(config)
+    # Everything that can be wrong with the options is found before the model loads and the backtest runs (a
+    # missing price file used to surface after an hour of scoring).
+    start, end = utc(since), utc(until)
+    if start and end and start >= end:
+        raise ConfigError(f"--from {start.isoformat()} is not before --to {end.isoformat()} (--to is exclusive)")
+    if batch < 1:
+        raise ConfigError(f"--batch must be at least 1 (got {batch})")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder for the backtest's outputs")
+    price_table = cols = None
+    if prices is not None:
+        from finsent.backtest.eventstudy import PriceColumns, read_prices
+
+        try:
+            cols = PriceColumns.parse(price_map)
+            price_table = read_prices(prices, cols)
+        except FileNotFoundError:
+            raise ConfigError(f"--prices {prices}: no such file") from None
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"--prices {prices}: {' '.join(str(err).split())[:400]}") from None
+    elif price_map:
+        raise ConfigError("--price-map describes the --prices file: give --prices too")
+    archive = Archive(settings.paths.archive_dir)
+    total = archive.count(start, end)
+    if total == 0 and prices is not None:
+        span = f"{start.isoformat() if start else 'the first item'} .. {end.isoformat() if end else 'the last'}"
+        raise ConfigError(
+            f"no items in {span} in the archive {settings.paths.archive_dir}: nothing to study "
+            "(import news first: finsent ingest import, or widen --from/--to)"
+        )
+
     from tqdm import tqdm
 
     from finsent.backtest.run import backtest_archive
-    from finsent.errors import FinsentError
     from finsent.heap import freeze_startup_objects
-    from finsent.ingest.archive import Archive
     from finsent.model import classifier  # noqa: F401  # imported before the freeze below
 
     # The model's modules are imported: ~450,000 objects the collector would walk at every full pass, while the
@@ -52,10 +85,7 @@ def backtest(
     # them, 5,700-6,300 without; finsent.heap). The process runs this one backtest, so freezing is safe here.
     freeze_startup_objects()
 
-    settings = load_settings(config)
-    start, end = utc(since), utc(until)
-    archive = Archive(settings.paths.archive_dir)
-    with tqdm(desc="backtest", unit=" items", total=archive.count(start, end), disable=None) as bar:
+    with tqdm(desc="backtest", unit=" items", total=total, disable=None) as bar:
         report = backtest_archive(
             settings,
             archive.read(start, end),
@@ -71,12 +101,11 @@ def backtest(
         f"= {report.items_per_s:.0f}/s; {report.windows} windows, {firing} surges; results in {out}",
         err=True,
     )
-    if prices is not None:
-        from finsent.backtest.eventstudy import PriceColumns
+    if prices is not None and price_table is not None and cols is not None:
         from finsent.backtest.report import write_report
 
         try:
-            path = write_report(out, prices, PriceColumns.parse(price_map))
+            path = write_report(out, prices, cols, price_table)
         except (OSError, ValueError) as err:
             raise FinsentError(f"event study: {err}") from None
         typer.echo(f"report: {path}" + (f"\n{path.resolve().as_uri()}" if open_report else ""), err=True)

@@ -114,6 +114,10 @@ def ingest_refill(
     from finsent.ingest.sinks import KafkaSink
 
     settings = load_settings(config)
+    if batch < 1:
+        from finsent.errors import ConfigError
+
+        raise ConfigError(f"--batch must be at least 1 (got {batch})")
     sink = KafkaSink(settings.kafka, settings.topics.raw.name)
     archive = Archive(settings.paths.archive_dir, skip_unreadable=True)  # a corrupt part must not stop the rest
     with tqdm(desc="refill", unit=" items", disable=None) as bar:
@@ -182,7 +186,7 @@ def replay(
 
     from finsent.errors import ConfigError, FinsentError
     from finsent.ingest.archive import Archive
-    from finsent.ingest.replay import kafka_sender, parse_speed, state_path
+    from finsent.ingest.replay import kafka_sender, parse_speed, state_path, topic_log
     from finsent.ingest.replay import replay as run_replay
     from finsent.ingest.sinks import KafkaSink
 
@@ -192,14 +196,22 @@ def replay(
     except ValueError as err:
         raise ConfigError(str(err)) from None
     start, end = utc(since), utc(until)
+    if start and end and start >= end:
+        raise ConfigError(f"--from {start.isoformat()} is not before --to {end.isoformat()} (--to is exclusive)")
     archive = Archive(settings.paths.archive_dir)
-    state = state_path(settings.paths.state_dir, start, end, settings.topics.raw.name)
+    topic = settings.topics.raw.name
+    # keyed by the broker too, and checked against the topic's id there: a state of another broker or of a log
+    # the broker lost must not make this replay send nothing (finsent.ingest.replay)
+    state = state_path(settings.paths.state_dir, start, end, topic, settings.kafka.bootstrap)
     if restart:
         state.unlink(missing_ok=True)
-    sink = KafkaSink(settings.kafka, settings.topics.raw.name)
+    log_id = topic_log(settings.kafka, topic, settings.kafka.connect_timeout_s)
+    sink = KafkaSink(settings.kafka, topic)
     with tqdm(desc="replay", unit=" items", total=archive.count(start, end), disable=None) as bar:
         try:
-            report = run_replay(archive.read(start, end), kafka_sender(sink), factor, state, progress=bar.update)
+            report = run_replay(
+                archive.read(start, end), kafka_sender(sink), factor, state, progress=bar.update, log_id=log_id
+            )
         except RuntimeError as err:
             raise FinsentError(str(err)) from None
     typer.echo(

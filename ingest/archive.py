@@ -76,6 +76,7 @@ class Archive:
         self.root = Path(root)
         self.skip_unreadable = skip_unreadable
         self.skipped: list[Path] = []
+        self._foreign: set[str] = set()  # folders named like days that are not (warned about once)
 
     def append(self, items: Iterable[NewsItem]) -> int:
         """One part file per day. Every day is tried even after one failed, and a failure says which items were
@@ -124,9 +125,32 @@ class Archive:
         _fsync_dir(path.parent)
 
     def days(self) -> list[date]:
+        """The day folders' dates. A folder that only looks like one (``day=2015-03-02.bak``, a copy set aside by
+        hand) is not the archive's: it is skipped, named once per Archive in a warning, not a crash of every
+        backtest, replay and refill."""
         if not self.root.exists():
             return []
-        return sorted(date.fromisoformat(p.name[4:]) for p in self.root.glob("day=*") if p.is_dir())
+        days: list[date] = []
+        foreign: list[str] = []
+        for p in self.root.glob("day=*"):
+            if not p.is_dir():
+                continue
+            try:
+                day = date.fromisoformat(p.name[4:])
+            except ValueError:
+                day = None
+            if day is None or p.name != _day_dir(self.root, day).name:  # "day=20150302" is not where it is read
+                foreign.append(p.name)
+            else:
+                days.append(day)
+        new = sorted(set(foreign) - self._foreign)
+        if new:
+            self._foreign.update(new)
+            log.warning(
+                "archive folders that are not day folders: skipped",
+                extra={"root": str(self.root), "folders": new},
+            )
+        return sorted(days)
 
     def _read_day(self, day: date) -> list[dict]:
         parts = sorted(_day_dir(self.root, day).glob("part-*.parquet"))

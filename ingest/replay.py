@@ -11,6 +11,12 @@ items between the runs (an import, ingest still running), and a count then point
 Items inserted *behind* the position are caught too: the state keeps, per event day, a digest (count
 and id-hash sum) of the items at or before the position; a day whose digest changed is sent again up
 to the position (repeats, which the worker counts once, rather than a silent gap).
+
+The state belongs to one log: it is keyed by the broker's bootstrap address (with the range and the topic),
+and it records the topic's id on that broker (``topic_log``). A broker that lost its log (the embedded
+Tansu keeps it in memory) or a topic deleted and created again has a new id: the state then describes
+records that are gone, so it is dropped (one log line) and everything is sent again, instead of "already
+sent by an earlier run" and nothing in the topic.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -32,7 +39,8 @@ log = logging.getLogger("finsent.ingest.replay")
 
 
 def parse_speed(value: str) -> float | None:
-    """``60x`` / ``60`` → 60.0; ``max`` → None (no waiting)."""
+    """``60x`` / ``60`` → 60.0; ``max`` → None (no waiting). ``nan`` and ``inf`` are refused: a NaN wait is
+    never positive, so ``nan`` replayed at full speed while it looked like a paced replay."""
     v = value.strip().lower()
     if v == "max":
         return None
@@ -40,14 +48,37 @@ def parse_speed(value: str) -> float | None:
         speed = float(v[:-1] if v.endswith("x") else v)
     except ValueError:
         raise ValueError(f"speed must look like 60x or max, got {value!r}") from None
-    if speed <= 0:
-        raise ValueError("speed must be positive")
+    if not math.isfinite(speed) or speed <= 0:
+        raise ValueError(f"speed must be a finite positive number like 60x, or max (got {value!r})")
     return speed
 
 
-def state_path(state_dir: Path, start: datetime | None, end: datetime | None, topic: str) -> Path:
-    key = hashlib.sha256(f"{start}|{end}|{topic}".encode()).hexdigest()[:16]
+def check_batch(batch: int) -> int:
+    """Items per publish round: at least one (0 never sent a thing and said nothing)."""
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1 (got {batch})")
+    return batch
+
+
+def state_path(state_dir: Path, start: datetime | None, end: datetime | None, topic: str, bootstrap: str = "") -> Path:
+    """The resume state of one range of one topic on one broker: a replay into another broker starts afresh."""
+    key = hashlib.sha256(f"{bootstrap}|{start}|{end}|{topic}".encode()).hexdigest()[:16]
     return state_dir / "replay" / f"{key}.json"
+
+
+def topic_log(kafka, topic: str, timeout_s: float = 10.0) -> Callable[[], str | None]:
+    """Asks the broker for the topic's id (None while the topic does not exist): which log a state belongs to."""
+
+    def current() -> str | None:
+        from finsent.kafka import admin_client, topic_id
+
+        admin = admin_client(kafka, timeout_s)
+        try:
+            return topic_id(admin, topic)
+        finally:
+            admin.close()
+
+    return current
 
 
 @dataclass
@@ -86,12 +117,17 @@ def _digest(items: Iterable[NewsItem], start: tuple[int, int] = (0, 0)) -> tuple
 @dataclass
 class ResumeState:
     """How far a replay got: everything at or before ``position`` was acknowledged, and ``days`` holds the
-    digest of those items per event day. ``legacy_count``: a state file of the count-based version."""
+    digest of those items per event day. ``legacy_count``: a state file of the count-based version. ``log``: the
+    topic's id on the broker when the items were sent (None: not known)."""
 
     position: Key | None = None
     days: dict[str, tuple[int, int]] = field(default_factory=dict)
     published: int = 0
     legacy_count: int = 0
+    log: str | None = None
+
+    def started(self) -> bool:
+        return self.position is not None or self.legacy_count > 0
 
     @classmethod
     def load(cls, path: Path) -> ResumeState:
@@ -100,15 +136,17 @@ class ResumeState:
         doc = json.loads(path.read_text())
         if "position" not in doc:  # {"published": N} from before positions: resume by count this once
             return cls(published=doc.get("published", 0), legacy_count=doc.get("published", 0))
-        at, item_id = doc["position"]
+        at, item_id = doc["position"] if doc["position"] else (None, "")
         return cls(
-            (datetime.fromisoformat(at), item_id),
+            (datetime.fromisoformat(at), item_id) if at else None,
             {d: (n, int(h, 16)) for d, (n, h) in doc["days"].items()},
             doc["published"],
+            log=doc.get("log"),
         )
 
     def save(self, path: Path) -> None:
         doc = {
+            "log": self.log,
             "published": self.published,
             "days": {d: [n, f"{h:016x}"] for d, (n, h) in sorted(self.days.items())},
             "position": [self.position[0].isoformat(), self.position[1]] if self.position else None,
@@ -135,11 +173,24 @@ def replay(
     progress: Callable[[int], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    log_id: Callable[[], str | None] | None = None,
 ) -> ReplayReport:
     """``send`` publishes a batch and returns the items acknowledged (KafkaSink semantics).
 
-    ``items`` must come in (published, id) order, as ``Archive.read`` yields them."""
+    ``items`` must come in (published, id) order, as ``Archive.read`` yields them. ``log_id`` (``topic_log``)
+    names the log the items go to: a state written for another log is dropped and the replay starts over."""
+    check_batch(batch)
     state = ResumeState.load(state_file)
+    if log_id is not None:
+        now = log_id()
+        if state.started() and state.log != now:
+            log.warning(
+                "replay state belongs to another log of the topic (the broker lost its log or the topic was "
+                "created again): sending everything again",
+                extra={"state": str(state_file), "log_was": state.log, "log_now": now, "sent_before": state.published},
+            )
+            state = ResumeState()
+        state.log = now
     state_file.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     report = ReplayReport(0, 0, 0, 0.0)
@@ -162,6 +213,8 @@ def replay(
         if pending:
             publish(pending)
             state.advance(pending)
+            if state.log is None and log_id is not None:  # the first send created the topic: its id now
+                state.log = log_id()
             state.save(state_file)
             pending = []
 
@@ -234,6 +287,7 @@ def refill(
     """Send ``items`` in rounds of ``batch`` as fast as the broker acknowledges them (no event-time pacing,
     no resume state: a refill of a broker that lost its log sends everything again and dedup downstream keeps
     results exact). Returns (acknowledged, not acknowledged)."""
+    check_batch(batch)
     sent = failed = 0
     chunk: list[NewsItem] = []
     for item in items:
@@ -252,4 +306,14 @@ def refill(
     return sent, failed
 
 
-__all__ = ["ReplayReport", "ResumeState", "kafka_sender", "parse_speed", "refill", "replay", "state_path"]
+__all__ = [
+    "ReplayReport",
+    "ResumeState",
+    "check_batch",
+    "kafka_sender",
+    "parse_speed",
+    "refill",
+    "replay",
+    "state_path",
+    "topic_log",
+]

@@ -132,3 +132,17 @@ def test_an_unreadable_part_is_named_and_can_be_skipped_and_counted(tmp_path, ca
     assert a.skipped == [bad]
     lines = [r for r in caplog.records if r.getMessage().startswith("archive part unreadable")]
     assert len(lines) == 1 and lines[0].path == str(bad) and lines[0].levelno == logging.ERROR and not lines[0].exc_info
+
+
+def test_a_foreign_day_folder_is_skipped_with_one_warning_not_a_crash(tmp_path, caplog):
+    a = Archive(tmp_path)
+    a.append([item(1, 0), item(2, 1)])
+    backup = tmp_path / f"day={T0.date()}.bak"  # a copy set aside by hand, with a part file in it
+    backup.mkdir()
+    for part in (tmp_path / f"day={T0.date()}").glob("part-*.parquet"):
+        (backup / part.name).write_bytes(part.read_bytes())
+    (tmp_path / "day=20240502").mkdir()  # parses as a date, but it is not the folder that day is read from
+    with caplog.at_level("WARNING", logger="finsent.ingest"):
+        assert a.count() == 2 and [x.id for x in a.read()] == ["id001", "id002"]
+    warnings = [r for r in caplog.records if "not day folders" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].folders == [f"day={T0.date()}.bak", "day=20240502"]

@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from finsent.backtest.eventstudy import (
     alert_events,
@@ -103,3 +104,120 @@ def test_any_ohlc_file_loads_with_a_column_mapping(tmp_path):
     assert list(p["ticker"]) == ["AAA", "AAA", "BBB"] and list(p["close"]) == [10.0, 11.0, 5.0]
     with pytest.raises(ValueError, match="missing price columns"):
         load_prices(path, PriceColumns(date="when"))
+
+
+# -- hand-made series, numbers checked by hand ---------------------------------------------------------------
+D = pd.bdate_range("2015-01-05", periods=8)  # Mon 5 .. Wed 14 January 2015
+
+
+def bars(table: dict[str, list[float | None]]) -> pd.DataFrame:
+    """{ticker: closes on D[0], D[1], ...}; None = no bar that day."""
+    return pd.DataFrame(
+        [
+            {"ticker": t, "date": D[i], "close": c}
+            for t, closes in table.items()
+            for i, c in enumerate(closes)
+            if c is not None
+        ]
+    )
+
+
+def surge(ticker: str, day: pd.Timestamp) -> dict:
+    """A firing surge whose window ended at 11:00 New York on ``day`` (that session)."""
+    return {
+        "key": f"ticker:{ticker}",
+        "state": "firing",
+        "severity": "warning",
+        "zscore": 4.0,
+        "window_end": day.tz_localize("America/New_York") + pd.Timedelta(hours=11),
+    }
+
+
+def test_a_return_never_spans_a_gap_in_the_tickers_prices():
+    # A has no bars on D[3], D[4]: its 1-session return from D[2] does not exist (it was 90/100 - 1 = -10 %
+    # over three sessions); its 3-session return D[2] -> D[5] is 90/100 - 1 = -10 %, minus the mean of B and C (0).
+    p = bars(
+        {
+            "AAA": [100, 100, 100, None, None, 90, 90, 90],
+            "BBB": [50] * 8,
+            "CCC": [20] * 8,
+        }
+    )
+    r = forward_returns(p, horizons=(1, 3)).set_index(["ticker", "date"])
+    assert np.isnan(r.loc[("AAA", D[2]), "r1"]) and np.isnan(r.loc[("AAA", D[1]), "r3"])
+    assert r.loc[("AAA", D[2]), "r3"] == pytest.approx(-0.10) and r.loc[("AAA", D[2]), "ar3"] == pytest.approx(-0.10)
+    assert r.loc[("AAA", D[2]), "session"] == 2 and r.loc[("AAA", D[5]), "session"] == 5  # calendar sessions
+
+    table = study(alert_events(pd.DataFrame([surge("AAA", D[2])]), p), forward_returns(p, horizons=(1, 3)), (1, 3))
+    one, three = table.set_index("horizon").loc[1], table.set_index("horizon").loc[3]
+    assert (one["events"], one["no_return"]) == (0, 1)
+    assert (three["events"], three["mean_ar"]) == (1, pytest.approx(-0.10))
+
+
+def test_a_surge_inside_a_gap_of_its_tickers_prices_is_left_out_and_counted_not_moved_weeks_later():
+    from finsent.backtest.eventstudy import NO_BAR, NO_PRICES, OUTSIDE, surge_events
+
+    p = bars({"AAA": [100, 100, 100, None, None, 90, 90, 90], "BBB": [50] * 8, "CCC": [20] * 8})
+    alerts = pd.DataFrame(
+        [
+            surge("AAA", D[3]),  # A has no bar that session: it used to become an event on D[5]
+            surge("ZZZ", D[3]),  # a ticker the price file does not have
+            surge("BBB", D[0] + pd.Timedelta(days=60)),  # after the last session of the file
+            surge("BBB", D[1]),  # the one usable surge
+        ]
+    )
+    assert alert_events(alerts, p)[["ticker", "date"]].values.tolist() == [["BBB", D[1]]]
+    got = surge_events(alerts, p, forward_returns(p))
+    assert got.fired == 4 and len(got.events) == 1
+    assert dict(zip(got.left_out["ticker"], got.left_out["reason"])) == {
+        "AAA": NO_BAR,
+        "ZZZ": NO_PRICES,
+        "BBB": OUTSIDE,
+    }
+
+
+def test_bad_closes_and_conflicting_duplicate_bars_are_dropped_and_counted(tmp_path):
+    import pytest
+
+    from finsent.backtest.eventstudy import load_prices, read_prices
+
+    path = tmp_path / "bars.csv"
+    path.write_text(
+        "date,ticker,close\n"
+        "2015-01-05,AAA,100\n2015-01-06,AAA,0\n2015-01-07,AAA,-5\n2015-01-08,AAA,110\n"  # a zero and a negative tick
+        "2015-01-05,BBB,50\n2015-01-06,BBB,51\n2015-01-06,BBB,61\n"  # BBB on the 6th: two closes, neither trusted
+        "2015-01-07,BBB,52\n2015-01-07,BBB,52\n"  # an exact copy: kept once
+        "2015-01-08,BBB,oops\n,CCC,1\n"  # unreadable
+    )
+    p = load_prices(path)
+    assert p[["ticker", "close"]].values.tolist() == [["AAA", 100.0], ["AAA", 110.0], ["BBB", 50.0], ["BBB", 52.0]]
+    dropped = read_prices(path)[1]
+    assert dropped == {"rows_read": 11, "unreadable": 2, "non_positive": 2, "conflicting": 2, "repeated": 1}
+    # AAA's return from the 5th: the next session (the 6th) has no AAA bar any more: NaN, not -100 %
+    r = forward_returns(p, horizons=(1,)).set_index(["ticker", "date"])
+    assert np.isnan(r.loc[("AAA", pd.Timestamp("2015-01-05")), "r1"])
+    with pytest.raises(ValueError, match="no usable price rows"):
+        (tmp_path / "none.csv").write_text("date,ticker,close\n2015-01-05,AAA,0\n")
+        read_prices(tmp_path / "none.csv")
+
+
+def test_abnormal_returns_use_the_other_tickers_and_need_enough_of_them():
+    # D[0] -> D[1]: A +10 %, B +10 %, C 0 %. Leave-one-out market: A: (10 + 0) / 2 = 5 % -> AR +5 %;
+    # B: +5 %; C: (10 + 10) / 2 = 10 % -> AR -10 %. (With A in its own market it was 10 - 6.67 = +3.33 %.)
+    p = bars({"AAA": [100, 110], "BBB": [50, 55], "CCC": [20, 20]})
+    r = forward_returns(p, horizons=(1,)).set_index(["ticker", "date"])
+    assert r.loc[("AAA", D[0]), "ar1"] == pytest.approx(0.05)
+    assert r.loc[("BBB", D[0]), "ar1"] == pytest.approx(0.05)
+    assert r.loc[("CCC", D[0]), "ar1"] == pytest.approx(-0.10)
+    assert r.loc[("AAA", D[0]), "peers1"] == 2
+
+    # One ticker: a -20 % day after the surge is not an abnormal return of 0 -- there is no market to adjust by.
+    alone = bars({"AAA": [100, 80, 80]})
+    ra = forward_returns(alone, horizons=(1,))
+    table = study(alert_events(pd.DataFrame([surge("AAA", D[0])]), alone), ra, horizons=(1,)).iloc[0]
+    assert np.isnan(ra["ar1"].iloc[0]) and ra["r1"].iloc[0] == pytest.approx(-0.20)
+    assert (table["events"], table["no_market"]) == (0, 1)
+
+    # Two tickers: one peer is below MIN_PEERS (a pair difference, not a market)
+    pair = forward_returns(bars({"AAA": [100, 80], "BBB": [50, 50]}), horizons=(1,))
+    assert pair["ar1"].isna().all() and list(pair["r1"].dropna()) == [pytest.approx(-0.2), 0.0]

@@ -93,3 +93,16 @@ def test_a_state_file_from_the_count_based_version_still_resumes(tmp_path):
     report = replay(archive.read(), sent, None, state, batch=3)
     assert sent.sent == [f"a{i:02d}" for i in range(4, 10)] and report.skipped == 4
     assert json.loads(state.read_text())["position"][1] == "a09"
+
+
+def test_speed_must_be_finite_and_positive_and_a_batch_at_least_one(tmp_path):
+    from finsent.ingest.replay import parse_speed, refill
+
+    assert parse_speed("60x") == 60.0 and parse_speed("max") is None
+    for bad in ("nan", "NaNx", "inf", "0", "-2x"):
+        with pytest.raises(ValueError, match="speed"):
+            parse_speed(bad)
+    with pytest.raises(ValueError, match="batch"):
+        replay([item("a", 0)], Broker(), None, tmp_path / "state.json", batch=0)
+    with pytest.raises(ValueError, match="batch"):
+        refill([item("a", 0)], Broker(), batch=0)
