@@ -184,6 +184,12 @@ class GraphError(FinsentError, RuntimeError):
     """An ONNX graph could not be built (onnx / onnxruntime missing, or export failed)."""
 
 
+class ModelBroken(FinsentError, RuntimeError):
+    """The classifier fails on every input, a known-good headline included: the model, not the data, is at fault.
+    The worker exits (70) without committing, so its batch is redelivered to a fresh worker instead of being
+    dead-lettered whole (``finsent.stream.scoring``)."""
+
+
 class BatcherClosed(FinsentError, RuntimeError):
     """The batcher shut down before this request was answered (the API answers 503: retry elsewhere/later)."""
 

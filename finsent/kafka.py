@@ -156,11 +156,21 @@ def aio_consumer(kafka: Kafka, role: str, *topics: str, **options: Any) -> AIOKa
 
 
 def dead_letter(settings: Settings, msg: Any, error: str) -> tuple[str, bytes | None, bytes]:
-    """(topic, key, value) of the dead letter for a consumed message: the bytes kept, and why."""
+    """(topic, key, value) of the dead letter for a consumed message: the bytes kept, and why. The Kafka key is
+    ``DeadLetter.kafka_key`` (the original key, or its SHA-256 when longer than 4 KiB): with the original key
+    whole, a record with a huge key made a letter over the broker's message limit and stalled its partition."""
     letter = DeadLetter.of(
         topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key, value=msg.value or b"", error=error
     )
-    return settings.topics.dlq.name, msg.key, letter.to_json()
+    return settings.topics.dlq.name, DeadLetter.kafka_key(msg.key), letter.to_json()
+
+
+def smaller_dead_letter(value: bytes) -> bytes | None:
+    """A dead letter (its JSON) that the broker refused as too large, cut further (``DeadLetter.smaller``); None
+    when it cannot be cut any more. Too large is permanent for a given letter: resending it unchanged would stall
+    its partition for ever."""
+    smaller = DeadLetter.from_json(value).smaller()
+    return smaller.to_json() if smaller is not None else None
 
 
 # -- topic admin -----------------------------------------------------------------------------------------

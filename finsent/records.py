@@ -40,7 +40,16 @@ SCHEMA_VERSION = 2
 
 
 def _utc(v: datetime) -> datetime:
-    return v.astimezone(UTC)
+    """The datetime in UTC; a ValueError (which pydantic reports as a validation error) when it has none.
+
+    An aware time at the edge of datetime's range, e.g. ``0001-01-01T00:00+14:00`` or
+    ``9999-12-31T23:59-14:00``, is valid as written but not representable in UTC: ``astimezone`` raises
+    OverflowError, which is no ValueError, so pydantic let it escape the record's validation and a single
+    such raw record crash-looped the worker. As a ValueError it makes the record invalid (a dead letter)."""
+    try:
+        return v.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{v.isoformat()} is out of datetime's range in UTC") from None
 
 
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
@@ -297,10 +306,14 @@ class DeadLetter(Record):
 
     A value too large to fit a dead letter under the broker's message limit is cut to its first
     ``MAX_VALUE_BYTES``, with its original size and SHA-256 kept: the letter is always deliverable, so
-    a huge poison record can never be retried for ever.
+    a huge poison record can never be retried for ever. The original key is kept in the letter up to
+    ``MAX_KEY_BYTES``; the letter's own Kafka key is bounded too (``kafka_key``): a record with a 720 KiB key
+    (the broker accepts up to its 1 MiB message limit) once made a letter over the limit, refused for ever.
+    A broker with a lower limit than expected refuses even that: ``smaller()`` cuts the letter further.
     """
 
     MAX_VALUE_BYTES: ClassVar[int] = 256 * 1024  # base64 makes it ~342 KiB, far below Kafka's 1 MiB default
+    MAX_KEY_BYTES: ClassVar[int] = 4096
 
     source_topic: str
     partition: int = Field(ge=0)
@@ -320,13 +333,43 @@ class DeadLetter(Record):
             source_topic=topic,
             partition=partition,
             offset=offset,
-            key_b64=base64.b64encode(key[:4096]).decode() if key is not None else None,
+            key_b64=base64.b64encode(key[: cls.MAX_KEY_BYTES]).decode() if key is not None else None,
             value_b64=base64.b64encode(value[: cls.MAX_VALUE_BYTES]).decode(),
             error=error[:4000],
             at=utcnow(),
             truncated=True if cut else None,
             original_size=len(value) if cut else None,
             original_sha256=hashlib.sha256(value).hexdigest() if cut else None,
+        )
+
+    @classmethod
+    def kafka_key(cls, key: bytes | None) -> bytes | None:
+        """The dead letter's Kafka key for a record keyed ``key``: the key itself up to ``MAX_KEY_BYTES``, else
+        ``b"sha256:"`` and the hex SHA-256 of the whole key (71 bytes). Still one key per original key, so the
+        letters of one key land in one partition, and the letter stays far below the broker's message limit."""
+        if key is None or len(key) <= cls.MAX_KEY_BYTES:
+            return key
+        return b"sha256:" + hashlib.sha256(key).hexdigest().encode()
+
+    def smaller(self) -> DeadLetter | None:
+        """This letter with a quarter of the value it keeps (at last none, and the key and error cut to 256
+        bytes each), for a broker that refused it as too large; None when nothing is left to cut. The original's
+        size and SHA-256 stay (computed now if this letter still kept the whole value), so the letter still
+        names the record it stands for."""
+        kept = self.value
+        key = base64.b64decode(self.key_b64) if self.key_b64 is not None else None
+        if not kept and (key is None or len(key) <= 256) and len(self.error) <= 256:
+            return None
+        cut = kept[: len(kept) // 4] if len(kept) > 1024 else b""
+        return self.model_copy(
+            update={
+                "value_b64": base64.b64encode(cut).decode(),
+                "key_b64": base64.b64encode(key[:256]).decode() if key is not None and not cut else self.key_b64,
+                "error": self.error[:256] if not cut else self.error,
+                "truncated": True,
+                "original_size": self.original_size if self.truncated else len(kept),
+                "original_sha256": self.original_sha256 if self.truncated else hashlib.sha256(kept).hexdigest(),
+            }
         )
 
     @property

@@ -158,7 +158,14 @@ class OnnxBackend:
         opts.inter_op_num_threads = 1  # one graph at a time: parallel branches only fight the intra-op pool
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        return ort.InferenceSession(str(self.path), opts, providers=self._providers())
+        try:
+            return ort.InferenceSession(str(self.path), opts, providers=self._providers())
+        except Exception as err:
+            # ONNX Runtime's own errors (InvalidProtobuf, InvalidGraph, Fail ...) are plain Exceptions: as a
+            # GraphError they are the graph's fault, which make_backend answers by rebuilding it (or falling back).
+            if not type(err).__module__.startswith("onnxruntime"):
+                raise
+            raise errors.GraphError(f"ONNX Runtime cannot load {self.path}: {type(err).__name__}: {err}") from err
 
     def start_spread(self, shares: list[Callable[[Forward], None]]) -> Spread:
         """Start ``shares[k]`` with session ``k``'s forward: the others each on its session's own thread (queued
@@ -309,9 +316,23 @@ def recommended(directory: Path) -> str | None:
     return choice
 
 
-def graph_path(directory: Path, name: str) -> Path:
-    """The ONNX graph serving backend ``name``, built (and cached) on first use."""
-    return onnxbuild.ensure(directory, onnxbuild.FP32 if name == "onnx" else int8_recipe(directory))
+def graph_path(directory: Path, name: str, rebuild: bool = False) -> Path:
+    """The ONNX graph serving backend ``name``, built (and cached) on first use; ``rebuild``: built again now."""
+    return onnxbuild.ensure(directory, onnxbuild.FP32 if name == "onnx" else int8_recipe(directory), rebuild)
+
+
+def _onnx_backend(directory: Path, name: str, *args) -> OnnxBackend:
+    """``name``'s session on its cached graph; a graph ONNX Runtime cannot load is rebuilt once and loaded again.
+
+    The cache checks each graph against the size and SHA-256 recorded when it was built, so a truncated file is
+    rebuilt before it gets here; this covers a graph that is the file that was built and still does not load (a
+    build gone wrong, an ONNX Runtime that reads it differently). Once, not in a loop: a second failure is the
+    caller's to answer (fall back, or stop with the GraphError)."""
+    try:
+        return OnnxBackend(graph_path(directory, name), name, *args)
+    except errors.GraphError as err:
+        log.warning(f"{name} graph does not load; rebuilding it once", extra={"error": str(err)[:300]})
+    return OnnxBackend(graph_path(directory, name, rebuild=True), name, *args)
 
 
 def _auto_cpu(directory: Path) -> str:
@@ -346,10 +367,11 @@ def make_backend(
     if name == "torch-int8":
         return TorchBackend(model, torch.device("cpu"), int8=True, trace=trace)
     if name in ("onnx", "onnx-int8"):
-        # auto never fails to serve: int8 that cannot be built falls back to ONNX fp32, then to torch
+        # auto never fails to serve: int8 that cannot be built (or, rebuilt once, loaded) falls back to ONNX fp32,
+        # then to torch, each step with one warning line
         for choice in [name, "onnx"] if auto and name == "onnx-int8" else [name]:
             try:
-                return OnnxBackend(graph_path(directory, choice), choice, threads, spin_wait, spin_from, sessions)
+                return _onnx_backend(directory, choice, threads, spin_wait, spin_from, sessions)
             except (errors.GraphError, ImportError, OSError) as err:
                 if not auto:
                     raise

@@ -115,6 +115,7 @@ class Classifier:
         # A fast tokenizer may mutably borrow its Rust state (truncation settings) inside a call, which fails
         # ("Already borrowed") while another thread encodes: the API runs model calls side by side.
         self._tokenize_lock = threading.Lock()
+        self._blank: dict[str, list[int]] = {}  # per domain: ``_blank_ids``
         self.batch_size = batch_size
         self.news_bias = news_bias  # offsets added to sentiment logits / T for domain="news"; None = no rule
 
@@ -215,7 +216,25 @@ class Classifier:
                 continue
             good_idx.append(i)
             good_texts.append(prepared)
-        return Encoded(len(texts), fallbacks, good_idx, self._token_ids(good_texts, domain) if good_texts else [])
+        ids = self._token_ids(good_texts, domain) if good_texts else []
+        # A text can be non-empty and still tokenize to nothing: zero-width spaces, a soft hyphen, a BOM, control
+        # characters are dropped by the tokenizer's normaliser, leaving [CLS] [SEP] (and the domain word of a model
+        # that reads one), which the model answered with a confident, unflagged neutral. Flagged as empty instead.
+        special = set(self.tokenizer.all_special_ids)
+        blank = self._blank_ids(domain) if ids else None
+        kept = [k for k, row in enumerate(ids) if row != blank and not set(row) <= special]
+        if len(kept) < len(ids):
+            for k in sorted(set(range(len(ids))) - set(kept)):
+                fallbacks[good_idx[k]] = self._fallback("empty")
+            good_idx, ids = [good_idx[k] for k in kept], [ids[k] for k in kept]
+        return Encoded(len(texts), fallbacks, good_idx, ids)
+
+    def _blank_ids(self, domain: str | None) -> list[int]:
+        """The token ids of a text without content as this model reads it: [CLS] [SEP], or with its domain word."""
+        key = domain or ""
+        if key not in self._blank:
+            self._blank[key] = self._token_ids([""], domain)[0]
+        return self._blank[key]
 
     def predict_encoded(self, encoded: Encoded, domain: str | None = None) -> list[Prediction]:
         """The model-side half of ``predict``: predictions in the caller's order."""

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from finsent.errors import ConfigError
 from finsent.labels import SENTIMENT_INDEX, TOPIC_INDEX
 from finsent.model import artifact
 from finsent.model.data import IGNORE, Example, load_twitter
@@ -79,6 +80,24 @@ def corrected_accuracy(metrics: dict) -> dict[str, tuple[int, float]]:
     }
 
 
+def _feedback_records(store: Path) -> tuple[list[Feedback], int]:
+    """The store's corrections and its count of bad lines, or the one-line ConfigError (exit 2) of a store that cannot be fine-tuned on:
+    missing, unreadable, empty or without one valid line (these once ended the command with a traceback)."""
+    try:
+        records, bad = read_store(store)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no feedback store at {store}; --feedback takes the JSON-lines file the API appends corrections to "
+            "(paths.feedback_store, by default .state/feedback/feedback.jsonl)"
+        ) from None
+    except OSError as err:
+        raise ConfigError(f"cannot read the feedback store {store}: {err.strerror or err}") from None
+    if not records:
+        what = f"{bad} bad lines and no valid one" if bad else "no corrections (it is empty)"
+        raise ConfigError(f"{store} holds no valid feedback: {what}; nothing to fine-tune on")
+    return records, bad
+
+
 def fine_tune(
     parent_dir: Path,
     store: Path,
@@ -90,9 +109,7 @@ def fine_tune(
     replay_pool: list[Example] | None = None,
 ) -> GateResult:
     """Fine-tune ``parent_dir`` on feedback + replay; register under ``cfg.out_dir`` only if the gate passes."""
-    records, bad = read_store(store)
-    if not records:
-        raise ValueError(f"{store} holds no valid feedback ({bad} bad lines)")
+    records, bad = _feedback_records(store)
     feedback = to_examples(records)
     if dev is None or replay_pool is None:
         splits = load_twitter(Path(cfg.data_dir), cfg.dev_fraction)

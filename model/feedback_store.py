@@ -18,19 +18,24 @@ log = logging.getLogger("finsent.model.feedback")
 
 
 def read_store(path: Path) -> tuple[list[Feedback], int]:
-    """Feedback records from a JSON-lines store; the last correction of an item wins. Returns (records, bad lines)."""
+    """Feedback records from a JSON-lines store; the last correction of an item wins. Returns (records, bad lines).
+
+    Read as bytes and decoded line by line: a crash mid-append leaves a line cut inside a UTF-8 sequence, and
+    decoding the whole file at once lost every good line to that one byte (the fine-tune stopped with a traceback,
+    the API's stats and review queue answered 500). Such a line is a bad line like any other, counted and skipped.
+    Raises FileNotFoundError when there is no store (the API reads that as no corrections yet)."""
     latest: dict[str, Feedback] = {}
     bad = 0
     if not path.exists():
         raise FileNotFoundError(f"no feedback store at {path}")
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
+    for n, raw in enumerate(path.read_bytes().split(b"\n"), 1):
+        if not raw.strip():
             continue
         try:
-            fb = Feedback.from_json(line)
-        except RecordError as err:
+            fb = Feedback.from_json(raw.decode("utf-8"))
+        except (UnicodeDecodeError, RecordError) as err:
             bad += 1
-            log.warning("bad feedback line skipped", extra={"line": n, "error": str(err)})
+            log.warning("bad feedback line skipped", extra={"line": n, "error": str(err)[:300]})
             continue
         if fb.item_id not in latest or fb.at >= latest[fb.item_id].at:
             latest[fb.item_id] = fb

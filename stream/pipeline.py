@@ -37,8 +37,11 @@ def decode_raw(value: bytes | None, max_bytes: int) -> NewsItem:
         raise PoisonRecord(f"not UTF-8: {err}") from None
     except RecordError as err:
         raise PoisonRecord(str(err)) from None
-    except (ValueError, TypeError) as err:  # anything else the JSON layer can throw at bytes
-        raise PoisonRecord(f"undecodable: {err}") from None
+    # Anything else the JSON and validation layers can throw at bytes. ArithmeticError: a value that is valid
+    # as written but overflows when normalised (an OverflowError escaped here once and crash-looped the
+    # worker on one record); a poison record must become a dead letter, never an exit.
+    except (ValueError, TypeError, ArithmeticError) as err:
+        raise PoisonRecord(f"undecodable: {type(err).__name__}: {err}") from None
 
 
 def text_of(item: NewsItem) -> str:

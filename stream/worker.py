@@ -60,7 +60,7 @@ from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from finsent import kafka as kafka_room
 from finsent.errors import PoisonRecord, exit_later
@@ -196,8 +196,10 @@ class Scorer:
         return batch
 
     async def infer(self, batch: Scored, alone: bool = False) -> Scored:
-        """Classify the prepared items in an inference thread; model failures become dead letters. ``alone``: the
-        call runs with no other beside it, on ``classifier_alone`` (all cores)."""
+        """Classify the prepared items in an inference thread; items the model fails on by themselves become dead
+        letters, while a model that fails on everything raises ``ModelBroken`` (``score_batch``): the worker exits 70
+        with the batch uncommitted instead of dead-lettering it whole. ``alone``: the call runs with no other beside
+        it, on ``classifier_alone`` (all cores)."""
         m = self.metrics
         if self.settings.stream.debug_batch_delay_s:
             await asyncio.sleep(self.settings.stream.debug_batch_delay_s)  # test hook: a slower model
@@ -303,23 +305,83 @@ class Scorer:
         return kafka_room.dead_letter(self.settings, msg, error)
 
     async def _send_acknowledged(self, outputs: list[tuple[str, bytes | None, bytes]]) -> None:
-        """Send all outputs and wait for acks; on a broker failure keep trying (nothing is committed meanwhile)."""
+        """Send all outputs and wait for acks; on a broker failure keep trying (nothing is committed meanwhile).
+
+        One failure is not a broker's: a dead letter refused as too large (``MessageSizeTooLargeError``, by the
+        client's or the broker's limit) would be refused for ever, and retrying it stalled the partition behind it.
+        Such a letter is cut further (``smaller_dead_letter``) and only it is sent again at once; one that cannot
+        be cut any more is logged and left out. Every other error, transient or not, is retried with the whole
+        batch as before: a refused scored record or a broker outage must never become a drop."""
         delay = 0.5
         while True:
             try:
                 if self.producer is None:
                     await self.start()
                 assert self.producer is not None
-                futures = [await self.producer.send(topic, key=key, value=value) for topic, key, value in outputs]
-                await asyncio.gather(*futures)
-                return
+                errors = await self._send_all(self.producer, outputs)
             except KafkaError as err:  # a stopping worker cancels this wait; its events stay unacked
-                log.warning(
-                    "produce failed, retrying the whole batch (duplicates are deduplicated downstream)",
-                    extra={"error": f"{type(err).__name__}: {err}", "records": len(outputs), "retry_in_s": delay},
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                errors = [err] * len(outputs)
+            refused = [i for i, err in enumerate(errors) if err is not None]
+            if not refused:
+                return
+            too_large = [
+                i
+                for i in refused
+                if isinstance(errors[i], MessageSizeTooLargeError) and outputs[i][0] == self.settings.topics.dlq.name
+            ]
+            if len(too_large) == len(refused):  # only letters too large: the rest is acknowledged
+                outputs = [shrunk for i in too_large if (shrunk := self._smaller_letter(outputs[i], errors[i]))]
+                continue
+            err = next(errors[i] for i in refused if i not in too_large)
+            log.warning(
+                "produce failed, retrying the whole batch (duplicates are deduplicated downstream)",
+                extra={"error": f"{type(err).__name__}: {err}", "records": len(outputs), "retry_in_s": delay},
+            )
+            outputs = [self._smaller_letter(o, errors[i]) if i in too_large else o for i, o in enumerate(outputs)]
+            outputs = [o for o in outputs if o is not None]
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    @staticmethod
+    async def _send_all(producer, outputs: list[tuple[str, bytes | None, bytes]]) -> list[BaseException | None]:
+        """Each output's error (None: acknowledged). Sent one after the other, so that their order is kept; a
+        KafkaError that ``send`` itself raises (the client's size limit) is that output's, the others still go."""
+        futures: list[Any] = []
+        for topic, key, value in outputs:
+            try:
+                futures.append(await producer.send(topic, key=key, value=value))
+            except MessageSizeTooLargeError as err:
+                futures.append(err)
+        pending = [f for f in futures if not isinstance(f, BaseException)]
+        results = iter(await asyncio.gather(*pending, return_exceptions=True))
+        errors: list[BaseException | None] = []
+        for f in futures:
+            if isinstance(f, BaseException):
+                errors.append(f)
+                continue
+            result = next(results)
+            if isinstance(result, BaseException) and not isinstance(result, KafkaError):
+                raise result  # not the broker's answer: cancelled, or a bug
+            errors.append(result if isinstance(result, BaseException) else None)
+        return errors
+
+    def _smaller_letter(
+        self, output: tuple[str, bytes | None, bytes], error: BaseException | None
+    ) -> tuple[str, bytes | None, bytes] | None:
+        """A dead letter refused as too large, cut further; None (logged) once nothing is left to cut."""
+        topic, key, value = output
+        smaller = kafka_room.smaller_dead_letter(value)
+        if smaller is None:
+            log.error(
+                "dead letter refused as too large even cut to its bare minimum; left out",
+                extra={"error": f"{type(error).__name__}: {error}", "bytes": len(value), "key_bytes": len(key or b"")},
+            )
+            return None
+        log.warning(
+            "dead letter refused as too large, sending it cut further",
+            extra={"error": f"{type(error).__name__}: {error}", "bytes": len(value), "now_bytes": len(smaller)},
+        )
+        return topic, key, smaller
 
 
 class InputLogGuard:

@@ -6,6 +6,8 @@ Covers the issue's reliability list: poison floods go to the DLQ without hurting
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import signal
 import time
@@ -58,6 +60,26 @@ def bucket(env, histogram: str, le: float, labels: str = "") -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(want))
 
 
+def committed_to_the_end(broker, env) -> dict[int, int]:
+    """Waits until the worker group's committed offset of every raw partition is that partition's end (each record
+    delivered, scored or dead-lettered); the committed offsets."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    raw = read_topic(broker, topic(env, "raw"))
+    ends = {p: max(r.offset for r in raw if r.partition == p) + 1 for p in {r.partition for r in raw}}
+    consumer = KafkaConsumer(bootstrap_servers=broker, group_id=settings_from(env).stream.group_id)
+    try:
+        parts = [TopicPartition(topic(env, "raw"), p) for p in ends]
+        # Commits run on an interval: an earlier one may be what is committed at first. Wait for the last.
+        return wait_for(
+            lambda: (c := {tp.partition: consumer.committed(tp) for tp in parts}) == ends and c,
+            30,
+            f"offsets committed up to {ends}",
+        )
+    finally:
+        consumer.close()
+
+
 def test_a_poison_flood_goes_to_the_dlq_and_good_records_are_all_scored(broker, tmp_path):
     env = worker_env(broker, tmp_path, **FAST_WINDOWS)
     create_topics(env)
@@ -69,26 +91,37 @@ def test_a_poison_flood_goes_to_the_dlq_and_good_records_are_all_scored(broker, 
             (b"p%d" % i, v)
             for i, v in enumerate([b"{not json", b"\xff\xfe garbage", b'{"id": "a"}', b"", huge, None] * 50)
         ]
+        # Valid JSON with aware times that overflow in UTC: their OverflowError once escaped the decoding, and the
+        # worker exited 70 on every restart with the partition stuck behind them.
+        out_of_range = [
+            (b"t%d" % i, json.dumps({**json.loads(good[i].to_json()), "id": f"t{i}", field: at}).encode())
+            for i, (field, at) in enumerate(
+                [("published", "0001-01-01T00:00:00+14:00"), ("fetched", "9999-12-31T23:59:00-14:00")]
+            )
+        ]
         records = [(it.id.encode(), it.to_json()) for it in good]
         mixed = [r for pair in zip(records, poison[:120]) for r in pair] + poison[120:]
+        mixed[10:10] = out_of_range[:1]  # good records before and after each
+        mixed[200:200] = out_of_range[1:]
         publish(broker, topic(env, "raw"), mixed)
 
         wait_for(lambda: len(scored_ids(broker, env)) == 120, 90, "all good records scored")
         letters = wait_for(
-            lambda: (d := read_topic(broker, topic(env, "dlq"))) and len(d) >= 300 and d, 60, "300 dead letters"
+            lambda: (d := read_topic(broker, topic(env, "dlq"))) and len(d) >= 302 and d, 60, "302 dead letters"
         )
-        assert len(letters) == 300
+        assert len(letters) == 302
         parsed = [DeadLetter.from_json(r.value) for r in letters]
         assert {d.source_topic for d in parsed} == {topic(env, "raw")}
-        assert len({(d.partition, d.offset) for d in parsed}) == 300  # each names its own source offset
+        assert len({(d.partition, d.offset) for d in parsed}) == 302  # each names its own source offset
         assert sum("exceeds max_record_bytes" in d.error for d in parsed) == 50
         assert sum("tombstone" in d.error for d in parsed) == 50
+        assert sum("out of datetime's range in UTC" in d.error for d in parsed) == 2
         by_key = {r.key: DeadLetter.from_json(r.value) for r in letters}
         assert by_key[b"p0"].value == b"{not json"  # the original bytes are kept
         scored = [ScoredItem.from_json(r.value) for r in read_topic(broker, topic(env, "scored"))]
         assert all(s.model.startswith("finsent-minilm@") for s in scored)
         assert {s.item.id for s in scored} == {it.id for it in good}
-        assert metric(env, "finsent_worker_items_failed_total") == 300
+        assert metric(env, "finsent_worker_items_failed_total") == 302
         assert metric(env, "finsent_worker_items_scored_total") >= 120
         assert metric(env, "finsent_worker_batch_size_count") >= 2  # micro-batched, not one by one
         # Latency is measured in seconds from the records' Kafka timestamps: all of this test's records were
@@ -97,12 +130,47 @@ def test_a_poison_flood_goes_to_the_dlq_and_good_records_are_all_scored(broker, 
         assert metric(env, "finsent_worker_e2e_seconds_count") == 120
         assert bucket(env, "finsent_worker_e2e_seconds", 60) == 120
         taken = metric(env, "finsent_worker_items_in_total")
-        assert taken == 420
+        assert taken == 422
         for stage in STAGES:
             within = bucket(env, "finsent_worker_stage_seconds", 30, f'stage="{stage}"')
             assert within == metric(env, f'finsent_worker_stage_seconds_count{{stage="{stage}"}}') > 0, stage
         assert bucket(env, "finsent_worker_stage_seconds", 30, 'stage="fetch"') == taken
         wait_for(lambda: read_topic(broker, topic(env, "windows")), 30, "closed windows")
+        committed_to_the_end(broker, env)
+    finally:
+        worker.stop()
+    assert worker.proc.returncode == 0, worker.log_tail()
+
+
+def test_a_poison_record_with_a_huge_key_goes_to_the_dlq_and_its_partition_moves_on(broker, tmp_path):
+    """A 720 KiB key and a 270 KiB value: under the broker's 1 MiB limit as a raw record, but its dead letter once
+    carried the whole key as its Kafka key, the broker refused it as too large, and the worker retried it for
+    ever with the partition stuck behind it. The letter's key is now the key's SHA-256."""
+    from kafka import KafkaProducer
+
+    env = worker_env(broker, tmp_path, **FAST_WINDOWS, FINSENT_TOPICS__RAW__PARTITIONS="1")
+    create_topics(env)
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        good = headlines(4, past(600), 2.0)
+        key, value = b"k" * (720 * 1024), b"x" * (270 * 1024)
+        producer = KafkaProducer(bootstrap_servers=broker, acks="all", max_request_size=2 << 20)
+        for k, v in [(good[0].id.encode(), good[0].to_json()), (key, value)] + [
+            (it.id.encode(), it.to_json()) for it in good[1:]
+        ]:
+            producer.send(topic(env, "raw"), key=k, value=v).get(30)
+        producer.close()
+
+        wait_for(lambda: len(scored_ids(broker, env)) == 4, 90, "the good records before and after it scored")
+        letters = wait_for(lambda: read_topic(broker, topic(env, "dlq")), 30, "the dead letter")
+        assert len(letters) == 1
+        assert letters[0].key == b"sha256:" + hashlib.sha256(key).hexdigest().encode()
+        letter = DeadLetter.from_json(letters[0].value)
+        assert letter.offset == 1 and "exceeds max_record_bytes" in letter.error
+        assert base64.b64decode(letter.key_b64) == key[: DeadLetter.MAX_KEY_BYTES]
+        assert letter.original_size == len(value) and letter.original_sha256 == hashlib.sha256(value).hexdigest()
+        assert committed_to_the_end(broker, env) == {0: 5}
+        assert metric(env, "finsent_worker_items_failed_total") == 1
     finally:
         worker.stop()
     assert worker.proc.returncode == 0, worker.log_tail()

@@ -651,3 +651,27 @@ def test_the_review_loop_never_imports_torch_inside_a_request(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("torch imported: False"), out.stdout
+
+
+def test_a_feedback_store_with_a_line_cut_mid_utf8_still_serves_stats_and_review(tmp_path):
+    """A crash mid-append leaves a line cut inside a UTF-8 sequence, the next correction appended after it on the
+    same line. Decoding the whole store at once made /feedback/stats and /review answer 500 from then on; the cut
+    line is now one bad line, counted, and every other line still counts."""
+
+    class NoModel:
+        version = "none@test"
+
+    settings = make_settings(tmp_path, kafka={"bootstrap": "127.0.0.1:1"})
+    store = settings.paths.feedback_store
+    store.parent.mkdir(parents=True)
+    good = b'{"v":2,"item_id":"a1","text":"Oil slumps","sentiment":"negative","who":"ana","at":"2026-01-01T00:00:00Z"}'
+    cut = '{"v":2,"item_id":"a2","text":"Soci\u00e9t\u00e9'.encode()[:-1]  # inside the last "é"
+    later = good.replace(b'"a1"', b'"a3"')
+    store.write_bytes(good + b"\n" + cut + later + b"\n" + later.replace(b'"a3"', b'"a4"') + b"\n")
+    views = StreamViews()
+    views.add_item(scored_item(news_item("x", "Oil falls"), "neutral"))
+    with TestClient(build_api(settings, NoModel, views, follow_topics=False), base_url="http://127.0.0.1") as c:
+        stats = c.get("/feedback/stats")
+        assert stats.status_code == 200, stats.text
+        assert (stats.json()["corrections"], stats.json()["bad_lines"]) == (2, 1)
+        assert c.get("/review").status_code == 200

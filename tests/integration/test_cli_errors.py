@@ -79,12 +79,84 @@ CASES = {
     "no audit log": (["receiver", "verify"], {}, 1, "no audit log"),
     # a time that leaves datetime's range once moved to UTC (was an OverflowError traceback)
     "export time out of range": (["receiver", "export", "--from", "0001-01-01T00:00:00+01:00"], {}, 2, "out of range"),
+    # `train --feedback` on a store it cannot fine-tune on (were tracebacks); {tmp}'s stores are written below
+    "feedback store missing": (
+        ["train", "--no-mlflow", "--feedback", "{tmp}/nope.jsonl"],
+        "run_config:train-minilm.toml",
+        2,
+        "no feedback store at",
+    ),
+    "feedback store empty": (
+        ["train", "--no-mlflow", "--feedback", "{tmp}/fb-empty.jsonl"],
+        "run_config:train-minilm.toml",
+        2,
+        "holds no valid feedback: no corrections",
+    ),
+    "feedback store all bad": (
+        ["train", "--no-mlflow", "--feedback", "{tmp}/fb-bad.jsonl"],
+        "run_config:train-minilm.toml",
+        2,
+        "holds no valid feedback: 2 bad lines",
+    ),
+    # one line cut mid-UTF-8 (a crash mid-append): the good line is read, and the run goes on to its data
+    "feedback store with a line cut mid-UTF-8": (
+        ["train", "--no-mlflow", "--feedback", "{tmp}/fb-cut.jsonl"],
+        "run_config:train-minilm.toml",
+        2,
+        "missing data file",
+    ),
     "secret in the config file": (["topics"], "config_with_secret", 2, "FINSENT_WEB__TOKEN"),
     "bad replay speed": (["replay", "--speed", "fast"], {}, 2, "speed"),
     "missing import file": (["ingest", "import", "/nonexistent/news.csv", "--map", "title=t"], {}, 2, "no such file"),
     "bad import mapping": (["ingest", "import", "/nonexistent/news.csv", "--map", "nonsense"], {}, 2, "--map"),
     "missing feed list": (["ingest", "--once", "--feeds", "/nonexistent/feeds.toml"], {}, 2, "feeds.toml"),
     "grafana without token": (["grafana", "publish"], {}, 2, "FINSENT_GRAFANA__TOKEN"),
+    # replay and backtest options: found before anything runs ({tmp}: this test's folder, with prices.csv and a-file)
+    "replay speed nan": (["replay", "--speed", "nan"], {}, 2, "finite positive"),
+    "replay, --from after --to": (["replay", "--from", "2020-02-01", "--to", "2020-01-01"], {}, 2, "not before --to"),
+    "refill batch 0": (["ingest", "refill", "--since", "2020-01-01", "--batch", "0"], {}, 2, "--batch"),
+    "backtest batch 0": (["backtest", "--out", "{tmp}/out", "--batch", "0"], {}, 2, "--batch"),
+    "backtest, --from after --to": (
+        ["backtest", "--out", "{tmp}/out", "--from", "2020-02-01", "--to", "2020-01-01"],
+        {},
+        2,
+        "not before",
+    ),
+    "backtest, --out is a file": (["backtest", "--out", "{tmp}/a-file"], {}, 2, "is a file"),
+    "backtest, missing price file": (
+        ["backtest", "--out", "{tmp}/out", "--prices", "{tmp}/nope.csv"],
+        {},
+        2,
+        "nope.csv: no such file",
+    ),
+    "backtest, bad price map": (
+        ["backtest", "--out", "{tmp}/out", "--prices", "{tmp}/prices.csv", "--price-map", "close"],
+        {},
+        2,
+        "FIELD=",
+    ),
+    "backtest, price map names no column": (
+        ["backtest", "--out", "{tmp}/out", "--prices", "{tmp}/prices.csv", "--price-map", "close=Close"],
+        {},
+        2,
+        "missing price columns ['Close']",
+    ),
+    "backtest, no news in range": (
+        [
+            "backtest",
+            "--out",
+            "{tmp}/out",
+            "--from",
+            "2020-01-01",
+            "--to",
+            "2020-02-01",
+            "--prices",
+            "{tmp}/prices.csv",
+        ],
+        {},
+        2,
+        "nothing to study",
+    ),
 }
 
 
@@ -110,6 +182,13 @@ def test_a_usual_failure_is_one_line_with_its_exit_code_and_no_traceback(case, t
         env = {"FINSENT_CONFIG": str(config)}
     elif isinstance(env, str) and env.startswith("taken:"):
         env = {env.split(":", 1)[1]: str(taken_port)}
+    (tmp_path / "prices.csv").write_text("date,ticker,close\n2020-01-02,AAA,10\n2020-01-03,AAA,11\n")
+    (tmp_path / "a-file").write_text("not a folder\n")
+    (tmp_path / "fb-empty.jsonl").write_bytes(b"")
+    (tmp_path / "fb-bad.jsonl").write_text('{not json\n{"v": 2, "item_id": "a1", "sentiment": "bearish"}\n')
+    good = '{"v":2,"item_id":"a1","text":"Oil slumps","sentiment":"negative","who":"ana","at":"2026-01-01T00:00:00Z"}'
+    (tmp_path / "fb-cut.jsonl").write_bytes(f"{good}\n{good[:40]}Soci\u00e9t\u00e9".encode()[:-1])
+    argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]
     proc = finsent(tmp_path, *argv, **env)
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.returncode == code, (proc.returncode, proc.stderr[-1000:])

@@ -82,6 +82,31 @@ def test_classifier_handles_bad_inputs_without_failing_the_batch(tiny_model_dir)
     assert preds[1].sentiment_probs == {"negative": 1 / 3, "neutral": 1 / 3, "positive": 1 / 3}
 
 
+@pytest.mark.parametrize("backend", ["torch", "torch-int8", "onnx", "onnx-int8"])
+def test_text_that_tokenizes_to_nothing_is_flagged_empty_on_every_backend(tmp_path, tiny_model_dir, backend):
+    """Zero-width spaces, a soft hyphen, a BOM, control characters survive ``prepare`` but the tokenizer drops them:
+    [CLS] [SEP] only, which the model answered with a confident neutral, unflagged. They get the empty fallback,
+    in a call of their own and among real headlines (the worker's concatenated calls included)."""
+    import shutil
+
+    directory = tmp_path / "tiny" / "v1"
+    shutil.copytree(tiny_model_dir, directory, ignore=shutil.ignore_patterns("onnx"))
+    clf = Classifier.load(directory, backend=backend, device="cpu")
+    blank = ["\u200b\u200b", "\u00ad", "\ufeff", "\x00\x01", "\u200d"]
+    texts = ["oil prices plunge", *blank, "fed holds rates"]
+    for preds in (
+        clf.predict(texts),
+        clf.predict(blank),
+        clf.predict_encoded(Encoded.concat([clf.encode(texts[:3]), clf.encode(texts[3:])])),
+    ):
+        flags = [p.flag for p in preds]
+        assert flags == ([None, *["empty"] * 5, None] if len(preds) == len(texts) else ["empty"] * 5), flags
+        for p in preds:
+            if p.flag == "empty":
+                assert p.sentiment_probs == {"negative": 1 / 3, "neutral": 1 / 3, "positive": 1 / 3}
+    assert clf.encode(blank).ids == []  # no forward for them at all
+
+
 def test_batched_predictions_equal_one_by_one_and_keep_order(tiny_model_dir):
     clf = Classifier.load(tiny_model_dir, batch_size=3)
     texts = [f"headline number {i} " + "word " * (i % 7) for i in range(10)]
@@ -209,6 +234,99 @@ def test_onnx_graphs_are_built_on_first_use_cached_and_rebuilt_when_the_weights_
     changed = Classifier.load(directory, backend="torch")
     for a, b in zip(rebuilt.predict(texts), changed.predict(texts)):
         np.testing.assert_allclose(list(a.topic_probs.values()), list(b.topic_probs.values()), atol=1e-4)
+
+
+def _probs(clf, texts=("oil merger news", "shares plunge after report 3", "fed steady")):
+    return np.array([list(p.topic_probs.values()) + list(p.sentiment_probs.values()) for p in clf.predict(list(texts))])
+
+
+def test_a_truncated_cached_graph_is_rebuilt_and_serves_what_a_clean_build_serves(tmp_path, tiny_model_dir):
+    """A graph cut short (a full disk, a copy cut short) under a stamp that still matches the weights once failed
+    every load with InvalidProtobuf and was never rebuilt. The stamp records the file's size and SHA-256 too."""
+    import hashlib
+    import shutil
+
+    directory = tmp_path / "tiny" / "v1"
+    shutil.copytree(tiny_model_dir, directory, ignore=shutil.ignore_patterns("onnx"))
+    clean = Classifier.load(directory, backend="auto")
+    assert clean.backend.name == "onnx"
+    graph = clean.backend.path
+    built = hashlib.sha256(graph.read_bytes()).hexdigest()
+    expected = _probs(clean)
+    os.truncate(graph, graph.stat().st_size // 2)
+    (directory / "onnx" / "model.onnx.k1ll3d.tmp").write_bytes(b"half a graph")  # a build killed mid-write
+    for backend in ("auto", "onnx"):
+        served = Classifier.load(directory, backend=backend)
+        assert served.backend.name == "onnx"
+        np.testing.assert_array_equal(_probs(served), expected)  # rebuilt bit for bit
+    stamps = json.loads((directory / "onnx" / "build.json").read_text())
+    assert hashlib.sha256(graph.read_bytes()).hexdigest() == built
+    assert stamps["files"]["model.onnx"] == {"size": graph.stat().st_size, "sha256": built}
+    assert not list((directory / "onnx").glob("*.tmp"))  # swept under the lock
+
+
+def test_a_stamp_that_does_not_match_its_graph_file_rebuilds_it(tmp_path, tiny_model_dir):
+    import shutil
+
+    from finsent.model import onnxbuild
+
+    directory = tmp_path / "tiny" / "v1"
+    shutil.copytree(tiny_model_dir, directory, ignore=shutil.ignore_patterns("onnx"))
+    graph = onnxbuild.ensure(directory)
+    built = graph.stat().st_mtime_ns
+    assert onnxbuild.ensure(directory).stat().st_mtime_ns == built  # checked and kept
+    stamp = directory / "onnx" / "build.json"
+    stamps = json.loads(stamp.read_text())
+    stamps["files"]["model.onnx"]["sha256"] = "0" * 64  # same size, other bytes
+    stamp.write_text(json.dumps(stamps))
+    assert onnxbuild.ensure(directory).stat().st_mtime_ns != built
+    del stamps["files"]  # a stamp of a finsent that did not record the file: not trusted either
+    stamp.write_text(json.dumps(stamps))
+    rebuilt = onnxbuild.ensure(directory)
+    assert json.loads(stamp.read_text())["files"]["model.onnx"]["sha256"] == onnxbuild._file_digest(rebuilt)
+
+
+def test_a_graph_onnx_runtime_cannot_load_is_rebuilt_once_then_auto_falls_back(
+    tmp_path, tiny_model_dir, monkeypatch, caplog
+):
+    """A graph that is the file that was built and still does not load (a build gone wrong): ONNX Runtime's error
+    is a GraphError; the graph is rebuilt once, and if that does not load either, auto serves the next backend with
+    a warning, while a backend asked for by name stops with the one-line GraphError."""
+    import logging
+    import shutil
+
+    from finsent.model import onnxbuild
+
+    directory = tmp_path / "tiny" / "v1"
+    shutil.copytree(tiny_model_dir, directory, ignore=shutil.ignore_patterns("onnx"))
+    expected = _probs(Classifier.load(directory, backend="onnx"))
+    graph = directory / "onnx" / "model.onnx"
+    graph.write_bytes(b"not a graph")  # and stamp it as built, so that only loading it shows what it is
+    onnxbuild._write_stamp(directory / "onnx", graph.name, onnxbuild.weights_digest(directory))
+    served = Classifier.load(directory, backend="auto")
+    assert served.backend.name == "onnx"
+    np.testing.assert_array_equal(_probs(served), expected)
+
+    builds = []
+
+    def broken_build(model_dir, path):
+        builds.append(path)
+        path.write_bytes(b"not a graph either")
+
+    monkeypatch.setattr(onnxbuild, "_build_fp32", broken_build)
+    graph.write_bytes(b"not a graph")
+    onnxbuild._write_stamp(directory / "onnx", graph.name, onnxbuild.weights_digest(directory))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="finsent.model.backends"):
+        fallback = Classifier.load(directory, backend="auto")
+    assert fallback.backend.name == "torch" and len(builds) == 1  # rebuilt once, not in a loop
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("finsent.")] == [
+        "onnx graph does not load; rebuilding it once",
+        "onnx backend unavailable",
+    ]
+    np.testing.assert_allclose(_probs(fallback), expected, atol=1e-4)
+    with pytest.raises(errors.GraphError, match="ONNX Runtime cannot load"):
+        Classifier.load(directory, backend="onnx")
 
 
 def test_auto_serves_onnx_on_unmeasured_weights_and_distrusts_an_export_of_other_weights(tmp_path, tiny_model_dir):

@@ -1,11 +1,13 @@
 """The stream's pure pipeline steps: decoding, batch scoring with bisection, aggregation with restore points."""
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from factories import news_item, scored_item
 
+from finsent.errors import ModelBroken
 from finsent.settings import load
 from finsent.stream.pipeline import (
     Aggregation,
@@ -15,13 +17,20 @@ from finsent.stream.pipeline import (
     final_windows,
     observation,
 )
-from finsent.stream.scoring import score_batch
+from finsent.stream.scoring import CANARY, RETRY_FOR_S, score_batch
 
 T0 = datetime(2024, 5, 2, 12, 0, tzinfo=UTC)
 
 
 def item(i, seconds, title="Stocks steady", tickers=()):
     return news_item(f"n{i}", title, at=T0 + timedelta(seconds=seconds), tickers=tickers)
+
+
+def raw_at(published: str, fetched: str) -> bytes:
+    """A raw record, valid but for its times."""
+    return json.dumps(
+        {"v": 1, "id": "a", "title": "t", "source": "wire", "published": published, "fetched": fetched}
+    ).encode()
 
 
 def scored(i, seconds, sentiment="neutral", topic="Energy | Oil", tickers=()):
@@ -36,6 +45,10 @@ def scored(i, seconds, sentiment="neutral", topic="Energy | Oil", tickers=()):
         (b"{not json", "invalid NewsItem"),
         (b"\xff\xfe\x00", "NewsItem"),
         (json.dumps({"id": "a", "title": "t"}).encode(), "invalid NewsItem"),
+        # Aware times valid as written but out of datetime's range in UTC: astimezone's OverflowError once escaped
+        # decode_raw, and the worker crash-looped on the one record.
+        (raw_at("0001-01-01T00:00:00+14:00", T0.isoformat()), "published: .*out of datetime's range"),
+        (raw_at(T0.isoformat(), "9999-12-31T23:59:00-14:00"), "fetched: .*out of datetime's range"),
     ],
 )
 def test_poison_records_are_named_not_raised_as_anything_else(value, reason):
@@ -81,8 +94,71 @@ def test_a_transient_model_error_is_retried_without_losing_anything():
 
 
 def test_a_predictor_returning_the_wrong_number_of_results_counts_as_a_failure():
-    res = score_batch(lambda texts: texts[:-1] if len(texts) > 1 else [], ["a", "b"], text=lambda x: x, retries=0)
-    assert res.scored == [] and len(res.failed) == 2
+    def predict(texts):
+        return list(texts) if texts == [CANARY] else texts[:-1]  # short on the items, fine on a known-good one
+
+    res = score_batch(predict, ["a", "b"], text=lambda x: x, retries=0, sleep=lambda s: None)
+    assert res.scored == [] and len(res.failed) == 2 and "returned 0 results for 1" in res.failed[0][1]
+
+
+def test_a_model_failing_for_50_ms_is_waited_for_and_scores_the_whole_batch():
+    """Retried at once and bisected at once, a 50 ms hiccup (a CUDA or ONNX Runtime out-of-memory) once turned a
+    512-item call into 512 dead letters, committed. The batch is retried with backoff first."""
+    t0 = time.monotonic()
+
+    def predict(texts):
+        if time.monotonic() - t0 < 0.05:
+            raise RuntimeError("CUDA error: out of memory (transient)")
+        return [t.upper() for t in texts]
+
+    items = [f"headline {i}" for i in range(512)]
+    res = score_batch(predict, items, text=lambda x: x, retries=1)
+    assert [x for x, _ in res.scored] == items and res.failed == []
+    assert res.calls <= 4  # whole-batch retries, no bisection
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_a_model_that_always_fails_raises_and_dead_letters_nothing():
+    """A broken model is not 512 poison headlines: ModelBroken (the worker exits 70 without committing, and a
+    fresh worker gets the batch again) instead of a dead letter for each item, and without bisecting them all."""
+    calls, slept = [], []
+
+    def predict(texts):
+        calls.append(len(texts))
+        raise RuntimeError("ORT session gone")
+
+    with pytest.raises(ModelBroken, match="fails on every input"):
+        score_batch(predict, [f"headline {i}" for i in range(512)], text=lambda x: x, retries=1, sleep=slept.append)
+    assert 1 < sum(slept) <= RETRY_FOR_S  # retried for seconds, with backoff
+    assert calls == [512] * (len(slept) + 1) + [1]  # the whole batch each time, then the known-good headline
+
+
+def test_a_model_that_breaks_while_the_batch_is_bisected_raises_too():
+    state = {"n": 0}
+
+    def predict(texts):
+        state["n"] += 1
+        if state["n"] == 2 and texts == [CANARY]:
+            return list(texts)  # the model still works when the batch first fails ...
+        raise RuntimeError("device lost")  # ... then fails on everything
+
+    with pytest.raises(ModelBroken):
+        score_batch(predict, ["a", "b", "c"], text=lambda x: x, retries=0, retry_for_s=0, sleep=lambda s: None)
+
+
+@pytest.mark.parametrize("good", [0, 7])
+def test_a_lone_poison_item_still_goes_to_the_dlq_alone(good):
+    """The model works (it answers the known-good headline), so an item it fails on by itself is poison: a dead
+    letter, alone in its batch or among good ones."""
+
+    def predict(texts):
+        if any("BOOM" in t for t in texts):
+            raise RuntimeError("model exploded")
+        return [t.upper() for t in texts]
+
+    items = [f"t{i}" for i in range(good)] + ["BOOM"]
+    res = score_batch(predict, items, text=lambda x: x, retries=1, sleep=lambda s: None)
+    assert [x for x, _ in res.failed] == ["BOOM"] and [x for x, _ in res.scored] == items[:-1]
 
 
 def settings(windows=None, **surge):

@@ -78,6 +78,17 @@ def test_datetimes_are_normalised_to_utc():
     assert b'"published":"2024-03-01T14:30:00Z"' in item.to_json()
 
 
+@pytest.mark.parametrize("field", ["published", "fetched"])
+@pytest.mark.parametrize("at", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:00-14:00"])
+def test_a_time_out_of_range_in_utc_is_a_record_error_not_an_overflow(field, at):
+    """Valid as written, but astimezone(UTC) overflows: the record is invalid (a dead letter), never an
+    OverflowError that escapes the worker's decoding."""
+    doc = json.loads(news().to_json())
+    doc[field] = at
+    with pytest.raises(RecordError, match=f"{field}: .*out of datetime's range in UTC"):
+        NewsItem.from_json(json.dumps(doc))
+
+
 def test_naive_datetime_rejected():
     doc = json.loads(news().to_json())
     doc["published"] = "2024-03-01T14:30:00"
@@ -171,6 +182,34 @@ def test_a_dead_letter_of_a_huge_value_is_truncated_with_its_size_and_sha256():
     raw = letter.to_json()
     assert len(raw) < 400 * 1024  # deliverable under Kafka's default 1 MiB message limit
     assert DeadLetter.from_json(raw) == letter
+
+
+def test_a_dead_letters_kafka_key_is_the_key_up_to_4_kib_else_its_sha256():
+    """The original key as the letter's Kafka key once made a letter of a record with a 720 KiB key too large for
+    the broker, refused for ever."""
+    assert DeadLetter.kafka_key(None) is None
+    assert DeadLetter.kafka_key(b"k" * 4096) == b"k" * 4096
+    huge = b"k" * (720 * 1024)
+    assert DeadLetter.kafka_key(huge) == b"sha256:" + hashlib.sha256(huge).hexdigest().encode()
+    assert DeadLetter.kafka_key(huge + b"x") != DeadLetter.kafka_key(huge)
+
+
+def test_a_dead_letter_refused_as_too_large_is_cut_until_nothing_is_left_to_cut():
+    """A broker whose limit is lower than expected refuses even a bounded letter: it is cut further, a quarter of
+    the value at a time, then the key and error, and still names the original's size and SHA-256."""
+    value = bytes(range(256)) * 1024  # 256 KiB: kept whole at first
+    letter = DeadLetter.of(topic="raw", partition=0, offset=3, key=b"k" * 10_000, value=value, error="e" * 4000)
+    sizes = []
+    while (smaller := letter.smaller()) is not None:
+        assert len(smaller.to_json()) < len(letter.to_json())
+        assert smaller.truncated is True and smaller.original_size == len(value)
+        assert smaller.original_sha256 == hashlib.sha256(value).hexdigest()
+        assert value.startswith(smaller.value)
+        letter = smaller
+        sizes.append(len(letter.to_json()))
+    assert len(sizes) < 12 and sizes[-1] < 1024
+    assert letter.value == b"" and len(letter.error) == 256 and base64.b64decode(letter.key_b64) == b"k" * 256
+    assert DeadLetter.from_json(letter.to_json()) == letter
 
 
 def test_a_dead_letter_at_the_limit_is_kept_whole():
