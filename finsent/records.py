@@ -132,7 +132,8 @@ class NewsItem(Record):
     @field_validator("tickers")
     @classmethod
     def _upper(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(t.upper() for t in v))
+        """Upper case, once each; a blank one names no ticker (it made a window key ``ticker:``) and is left out."""
+        return tuple(dict.fromkeys(t.strip().upper() for t in v if t.strip()))
 
 
 def checked_item(

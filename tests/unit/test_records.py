@@ -222,3 +222,4 @@ def test_a_dead_letter_at_the_limit_is_kept_whole():
 
 def test_tickers_upper_cased_and_deduplicated():
     assert news(tickers=["aapl", "AAPL", "msft"]).tickers == ("AAPL", "MSFT")
+    assert news(tickers=["", "  ", " xom "]).tickers == ("XOM",)  # a blank names no ticker (was a key "ticker:")
