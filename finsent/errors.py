@@ -180,6 +180,11 @@ class ArchiveWriteError(FinsentError, OSError):
         self.written = written
 
 
+class StateStoreError(FinsentError, RuntimeError):
+    """A state store (SQLite under the state dir) cannot be opened or written at start: a full disk, a read-only
+    folder, a lock another process holds. The message names the file; nothing was read or changed."""
+
+
 class GraphError(FinsentError, RuntimeError):
     """An ONNX graph could not be built (onnx / onnxruntime missing, or export failed)."""
 

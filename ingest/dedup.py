@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from finsent.errors import StateStoreError
 from finsent.ingest.normalize import normalised_title
 from finsent.records import NewsItem
 
@@ -227,12 +228,15 @@ class DedupStore:
         self.moved_aside: Path | None = None
         self._args = (horizon, threshold, id_horizon, clock)
         try:
-            self._open()
-        except sqlite3.DatabaseError as err:
-            if not _is_corruption(err):
-                raise
-            self.moved_aside = self._move_aside(err)
-            self._open()
+            try:
+                self._open()
+            except sqlite3.DatabaseError as err:
+                if not _is_corruption(err):
+                    raise
+                self.moved_aside = self._move_aside(err)
+                self._open()
+        except sqlite3.OperationalError as err:  # a full disk, a read-only folder, a lock: one line, not a traceback
+            raise StateStoreError(f"dedup store {path} cannot be opened: {err}") from None
 
     def _open(self) -> None:
         horizon, threshold, id_horizon, clock = self._args

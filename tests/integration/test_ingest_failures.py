@@ -320,3 +320,24 @@ def test_items_deferred_by_a_full_buffer_are_fetched_again_and_counted_apart(tmp
         deferred > 0 and _metric(metrics, "finsent_feed_items_total", {"feed": "wm", "status": "deferred"}) == deferred
     )
     assert summaries[-1].outcome == "not_modified"  # once nothing was deferred, the validators were kept
+
+
+def test_a_dedup_store_that_cannot_be_created_at_start_is_one_line_naming_it(tmp_path):
+    """A full disk at start (here: a file-size limit of 0 bytes, so SQLite cannot write its first page) was a
+    sqlite3.OperationalError traceback out of `finsent ingest`; it is one line naming the store, exit 1."""
+    script = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"  # EFBIG instead of being killed, as a full disk answers
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))\n"
+        "from pathlib import Path\n"
+        "from finsent.errors import StateStoreError\n"
+        "from finsent.ingest.dedup import DedupStore\n"
+        "try:\n"
+        f"    DedupStore(Path({str(tmp_path / 'state' / 'dedup.sqlite')!r}))\n"
+        "except StateStoreError as err:\n"
+        "    print('refused:', err, 'exit', err.exit_code)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stdout.startswith("refused: dedup store ") and "dedup.sqlite cannot be opened" in proc.stdout
+    assert proc.stdout.rstrip().endswith("exit 1")
