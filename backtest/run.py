@@ -414,19 +414,13 @@ def served_backend(model_dir: Path, backend: str, device: str) -> str:
     The score cache is keyed by it, not by the setting: "auto" names no backend (ONNX int8 on one machine, fp16
     torch on a GPU), and their scores differ in the last digits, so an "auto" key let one backend's scores pass
     for another's."""
-    from finsent.model.backends import recommended, resolve_device
+    from finsent.model.backends import auto_cpu_backend, resolve_device
 
     on_gpu = resolve_device(device).type == "cuda"
     if backend == "auto":
         if on_gpu:
             return "torch-cuda"
-        backend = recommended(model_dir) or ""
-        if not backend:
-            try:
-                import onnxruntime  # noqa: F401
-            except ImportError:
-                return "torch"
-            return "onnx"
+        backend = auto_cpu_backend(model_dir)
     if backend == "torch" and on_gpu:
         return "torch-cuda"
     return backend

@@ -54,11 +54,12 @@ def alertmanager_password_file(settings: Settings, state_dir: Path) -> Path:
     given = settings.services.alertmanager_password
     wanted = given.get_secret_value() if given is not None else None
     current = path.read_text(encoding="utf-8").strip() if path.exists() else None
-    if current is None or (wanted is not None and current != wanted):
+    if not current or (wanted is not None and current != wanted):  # an empty file (a full disk) is no password
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write((wanted or secrets.token_urlsafe(24)) + "\n")
+    path.chmod(0o600)  # O_CREAT's mode applies only to a new file: an older, wider one is narrowed too
     return path
 
 

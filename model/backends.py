@@ -53,7 +53,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} asked for but CUDA is not available")
+        raise errors.ConfigError(
+            f"device {name!r} asked for but CUDA is not available (set model.device to auto or cpu)"
+        )
     return device
 
 
@@ -335,7 +337,7 @@ def _onnx_backend(directory: Path, name: str, *args) -> OnnxBackend:
     return OnnxBackend(graph_path(directory, name, rebuild=True), name, *args)
 
 
-def _auto_cpu(directory: Path) -> str:
+def auto_cpu_backend(directory: Path) -> str:
     """Fastest accepted: export.json's choice; unmeasured weights get ONNX fp32 (same numbers as torch)."""
     choice = recommended(directory)
     if choice:
@@ -361,7 +363,7 @@ def make_backend(
     dev = resolve_device(device)
     auto = name == "auto"
     if auto:
-        name = "torch" if dev.type == "cuda" else _auto_cpu(directory)
+        name = "torch" if dev.type == "cuda" else auto_cpu_backend(directory)
     if name == "torch":
         return TorchBackend(model, dev, trace=trace)
     if name == "torch-int8":

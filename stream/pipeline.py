@@ -109,6 +109,10 @@ class Judged:
     decisions: list[SurgeAlert]
 
 
+# Too-late rejections a restore point lists for an exact replay (~40 bytes each in its JSON): at most ~200 KB.
+MAX_LISTED_REJECTIONS = 5000
+
+
 class Aggregation:
     """Windows + surge detector for one stream of scored items; the same answer whatever the arrival order.
 
@@ -194,6 +198,12 @@ class Aggregation:
             if start < self.replay_floor or start < store.evicted_before:
                 return Emitted()
         elif store.too_late(obs.at):
+            if obs.item_id in store.seen:
+                # A redelivery of an item counted while it was on time (a worker restart's re-scoring, a producer
+                # retry): a duplicate, not a rejection. Listed as rejected, it would make a restart's replay skip
+                # the original occurrence, and the restarted windows would hold one item fewer.
+                store.duplicates += 1
+                return Emitted()
             store.rejected += 1
             self._note_rejected(obs)
             return Emitted(rejected=[] if self.restoring else [obs])
@@ -415,7 +425,9 @@ class Aggregation:
             "provisional": {k: a.to_dict() for k, a in self.provisional.items()},
             # What a replay from this restore point must decide as it was decided (``add_observation``).
             "replay_floor": _finite(floor),
-            "rejected": dict(self.rejected_ids),
+            # Bounded: a restore point is one Kafka record (1 MiB). Past the bound (a late backfill rejected by the
+            # thousand) the list is left out and a restart judges lateness again for that span, as before.
+            "rejected": dict(self.rejected_ids) if len(self.rejected_ids) <= MAX_LISTED_REJECTIONS else None,
         }
 
     def begin_restore(

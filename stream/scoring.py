@@ -61,17 +61,27 @@ def score_batch(
         return preds
 
     def whole(part: Sequence[T]) -> tuple[list[tuple[T, P]], Exception | None]:
-        """The batch in one call, retried with backoff: at least ``retries`` times, while within ``retry_for_s``."""
+        """The batch in one call, retried ``retries`` times at once-ish; then, only while the model fails the
+        canary too (a hiccup of the model, not of this batch), with backoff within ``retry_for_s``. A model that
+        answers the canary while this batch keeps failing holds poison: bisect now, not after seconds of waiting
+        (seven whole-batch calls and 2.5 s per poison headline, as first written)."""
         waited, delay, tries = 0.0, FIRST_DELAY_S, 0
         while True:
             try:
                 return list(zip(part, once([text(x) for x in part]))), None
             except Exception as err:  # noqa: BLE001 - the model is a black box here: any error is the batch's
                 last = err
-            if tries >= retries and waited + delay > retry_for_s:
+            if tries >= retries and (waited + delay > retry_for_s or canary_ok()):
                 return [], last
             sleep(delay)
             waited, delay, tries = waited + delay, min(delay * 2, MAX_DELAY_S), tries + 1
+
+    def canary_ok() -> bool:
+        try:
+            once([CANARY])
+        except Exception:  # noqa: BLE001
+            return False
+        return True
 
     def alone(part: Sequence[T]) -> tuple[list[tuple[T, P]], list[tuple[T, str]]]:
         """Bisection, one call per part: what fails here fails again at once, so no more waiting."""

@@ -16,7 +16,8 @@ Time semantics (the Dataflow model: event-time windows, a watermark, allowed lat
   (:meth:`advance`) so a quiet topic's windows still close, and may cap it (``ceiling``) at wall
   time plus the tolerance, as a last guard against a future-dated record.
 * When a bucket boundary passes the watermark, the windows ending there **close**: their first,
-  *on-time* result (revision 0) is emitted, one :class:`Closed` per width, for each key with data.
+  *on-time* result is emitted, one :class:`Closed` per width, for each key with data; its revision is its
+  item count, which only grows, so a restart that publishes a window again never gives it a lower one.
 * An item whose bucket already closed is **late**. Up to ``allowed_lateness_s`` behind the watermark
   it still counts in its own bucket, and every closed window it touches is emitted again as a new
   **revision** (:meth:`flush_revisions`): same key, start and end, a higher ``revision``. Consumers keep

@@ -99,3 +99,22 @@ def test_target_files_are_absolute_even_with_a_relative_state_dir(tmp_path, monk
     (am,) = cfg["alerting"]["alertmanagers"]
     assert Path(am["basic_auth"]["password_file"]).is_absolute()
     assert all(Path(f).is_absolute() for f in cfg["rule_files"])
+
+
+def test_the_alertmanager_password_file_is_private_and_never_empty(tmp_path):
+    """An empty file (a full disk mid-write) would be the password ""; a file left readable by others (made
+    before, or by hand) would show it to every user of the host."""
+    from finsent.local.services import alertmanager_auth, alertmanager_password_file
+    from finsent.settings import load
+
+    settings = load()
+    path = tmp_path / "alertmanager" / "password"
+    path.parent.mkdir()
+    path.write_text("")
+    path.chmod(0o644)
+    user, password = alertmanager_auth(settings, tmp_path)
+    assert user == "finsent" and len(password) >= 20
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert (
+        alertmanager_password_file(settings, tmp_path) == path and alertmanager_auth(settings, tmp_path)[1] == password
+    )
