@@ -53,6 +53,12 @@ class WorkerMetrics:
         self.items_failed = Counter(
             "finsent_worker_items_failed_total", "Records sent to the DLQ, by reason", ["reason"], registry=r
         )
+        self.letters_lost = Counter(
+            "finsent_worker_dead_letters_lost_total",
+            "Dead letters the broker refused as too large even cut to their bare minimum (the record moves on "
+            "without one; the worker's error log names it)",
+            registry=r,
+        )
         self.batch_size = Histogram(
             "finsent_worker_batch_size",
             "Micro-batch size (items per classifier call)",

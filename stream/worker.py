@@ -372,6 +372,7 @@ class Scorer:
         topic, key, value = output
         smaller = kafka_room.smaller_dead_letter(value)
         if smaller is None:
+            self.metrics.letters_lost.inc()
             log.error(
                 "dead letter refused as too large even cut to its bare minimum; left out",
                 extra={"error": f"{type(error).__name__}: {error}", "bytes": len(value), "key_bytes": len(key or b"")},
