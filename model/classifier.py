@@ -116,6 +116,7 @@ class Classifier:
         # ("Already borrowed") while another thread encodes: the API runs model calls side by side.
         self._tokenize_lock = threading.Lock()
         self._blank: dict[str, list[int]] = {}  # per domain: ``_blank_ids``
+        self._special = frozenset(tokenizer.all_special_ids)  # once: HF rebuilds the list on every read
         self.batch_size = batch_size
         self.news_bias = news_bias  # offsets added to sentiment logits / T for domain="news"; None = no rule
 
@@ -220,9 +221,8 @@ class Classifier:
         # A text can be non-empty and still tokenize to nothing: zero-width spaces, a soft hyphen, a BOM, control
         # characters are dropped by the tokenizer's normaliser, leaving [CLS] [SEP] (and the domain word of a model
         # that reads one), which the model answered with a confident, unflagged neutral. Flagged as empty instead.
-        special = set(self.tokenizer.all_special_ids)
         blank = self._blank_ids(domain) if ids else None
-        kept = [k for k, row in enumerate(ids) if row != blank and not set(row) <= special]
+        kept = [k for k, row in enumerate(ids) if row != blank and not set(row) <= self._special]
         if len(kept) < len(ids):
             for k in sorted(set(range(len(ids))) - set(kept)):
                 fallbacks[good_idx[k]] = self._fallback("empty")

@@ -55,11 +55,7 @@ DEFAULT_INT8_RECIPE = "dynamic-pc"  # asked for on a model never exported and wi
 
 
 def weights_digest(model_dir: Path) -> str:
-    h = hashlib.sha256()
-    with (model_dir / "weights.safetensors").open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(model_dir / "weights.safetensors")
 
 
 def cache_dir(model_dir: Path, digest: str) -> Path:
@@ -112,7 +108,8 @@ def _stamps(directory: Path) -> dict[str, Any]:
     return stamps if isinstance(stamps, dict) else {}
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, read 1 MiB at a time (weights and graphs are 60-90 MB)."""
     h = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -125,7 +122,7 @@ def _write_stamp(directory: Path, name: str, digest: str) -> None:
     stamps[name] = digest
     path = directory / name
     files = stamps.get(FILES) if isinstance(stamps.get(FILES), dict) else {}
-    stamps[FILES] = {**files, name: {"size": path.stat().st_size, "sha256": _file_digest(path)}}
+    stamps[FILES] = {**files, name: {"size": path.stat().st_size, "sha256": file_digest(path)}}
     replace_text(directory / STAMP, json.dumps(stamps, indent=2, sort_keys=True) + "\n")
 
 
@@ -136,7 +133,7 @@ def _fresh(stamps: dict[str, Any], path: Path, source: str) -> bool:
         return False
     file = (stamps.get(FILES) or {}).get(path.name)
     size = path.stat().st_size
-    if isinstance(file, dict) and file.get("size") == size and file.get("sha256") == _file_digest(path):
+    if isinstance(file, dict) and file.get("size") == size and file.get("sha256") == file_digest(path):
         return True
     log.warning(
         "cached onnx graph is not the file its stamp records; rebuilding it",

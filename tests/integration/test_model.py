@@ -283,7 +283,7 @@ def test_a_stamp_that_does_not_match_its_graph_file_rebuilds_it(tmp_path, tiny_m
     del stamps["files"]  # a stamp of a finsent that did not record the file: not trusted either
     stamp.write_text(json.dumps(stamps))
     rebuilt = onnxbuild.ensure(directory)
-    assert json.loads(stamp.read_text())["files"]["model.onnx"]["sha256"] == onnxbuild._file_digest(rebuilt)
+    assert json.loads(stamp.read_text())["files"]["model.onnx"]["sha256"] == onnxbuild.file_digest(rebuilt)
 
 
 def test_a_graph_onnx_runtime_cannot_load_is_rebuilt_once_then_auto_falls_back(
