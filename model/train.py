@@ -11,6 +11,7 @@ DDP's gradient averaging, so N processes compute exactly the gradient one proces
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -83,6 +84,10 @@ class TrainConfig:
     pseudo_polar_threshold: float = 0.0  # >0: the threshold for negative/positive sentiment pseudo-labels
     self_train_from: str = ""  # a teacher model dir that labels the unlabelled training sets (corpus.self_train)
     self_train_threshold: float = 0.9
+    # >0: stochastic weight averaging. From this fraction of the run's steps on, a uniform mean of the weights is
+    # sampled every ``average_every`` steps; the run writes it instead of the best epoch when dev prefers it
+    average_from: float = 0.0
+    average_every: int = 50
     rdrop_alpha: float = 0.0  # >0: R-Drop, each batch run twice (two dropout masks), + alpha x their symmetric KL
     # {"twitter": ..., "news": ...}: each text read behind its domain's word (model.domain); {}: none, or the
     # init_from model's (a model continued from a tagged one keeps its tags)
@@ -327,6 +332,10 @@ def train(
         base_name = cfg.base
     cfg.domain_prefixes = cfg.domain_prefixes or (parent_meta.domain_prefixes if parent_meta else {})
     check_prefixes(cfg.domain_prefixes)
+    if cfg.average_from and not 0 < cfg.average_from < 1:
+        raise ConfigError(f"average_from is a fraction of the run's steps, in (0, 1): got {cfg.average_from}")
+    if cfg.average_from and (cfg.lora or cfg.average_every < 1):
+        raise ConfigError("weight averaging needs full fine-tuning (lora = false) and average_every >= 1")
     if cfg.lora:
         _apply_lora(model, cfg)
     model.to(device)
@@ -371,6 +380,8 @@ def train(
     run_dir = Path(cfg.run_dir) / f"{cfg.name}-{cfg.version}"
     ckpt_path = run_dir / "checkpoint.pt"
     best_dir = run_dir / "best"
+    average_dir = run_dir / "average"
+    average_start = math.ceil(cfg.average_from * total_steps) if cfg.average_from else 0
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": -1.0, "bad_epochs": 0, "history": []}
     resumed = checkpoint.restore(ckpt_path, model, optimizer, scheduler)
     if resumed is not None:
@@ -444,6 +455,14 @@ def train(
             running = 0.98 * running + 0.02 * loss.item() if running else loss.item()
             state["step_in_epoch"] = i + 1
             state["global_step"] += 1
+            if (
+                average_start
+                and state["global_step"] >= average_start
+                and state["global_step"] % cfg.average_every == 0
+            ):
+                state["average"], state["averaged"] = add_to_average(
+                    state.get("average"), state.get("averaged", 0), model
+                )
             bar.update(1)
             bar.set_postfix(loss=f"{running:.3f}")
             if cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
@@ -482,8 +501,22 @@ def train(
     if not ddp.main:
         return None
 
-    # Final artefact: reload the best epoch, calibrate on dev, write <out_dir>/<name>/<version>.
-    best_model, _, best_meta = artifact.load(best_dir)
+    # Final artefact: reload the best epoch (or the weight average, when dev prefers it), calibrate on dev, write
+    # <out_dir>/<name>/<version>.
+    chosen = best_dir
+    if state.get("average"):
+        averaged = copy.deepcopy(model)
+        averaged.load_state_dict(state["average"], strict=False)
+        result = evaluate(averaged, dev_data, pad_id, device, cfg.eval_batch_size)
+        public = {k: v for k, v in result.items() if not k.startswith("_")}
+        public.update(averaged=state["averaged"], from_step=average_start)
+        state["history"].append({"average": public})
+        tracker.metrics({f"average_{k}": v for k, v in public.items()}, step=cfg.epochs + 1)
+        _save_model(averaged, tokenizer, cfg, base_name, parent_meta, average_dir, public)
+        log.info("weight average", extra={**public, "best_epoch_selection": state["best"]})
+        if result["selection"] > state["best"]:
+            chosen, state["best"] = average_dir, result["selection"]
+    best_model, _, best_meta = artifact.load(chosen)
     best_model.to(device)
     result = evaluate(best_model, dev_data, pad_id, device, cfg.eval_batch_size)
     best_meta.temperature_topic = (
@@ -509,6 +542,21 @@ def train(
     return out
 
 
+@torch.no_grad()
+def add_to_average(
+    average: dict[str, torch.Tensor] | None, n: int, model: nn.Module
+) -> tuple[dict[str, torch.Tensor], int]:
+    """The running uniform mean of the model's floating-point weights with one more sample (kept in fp32 on the
+    CPU, inside the checkpoint's loop state, so a resumed run averages exactly what an uninterrupted one would).
+    Integer buffers (position ids) are left out: they never change."""
+    current = {k: v.detach().float().cpu() for k, v in model.state_dict().items() if v.is_floating_point()}
+    if average is None:
+        return {k: v.clone() for k, v in current.items()}, 1
+    for k, v in current.items():
+        average[k] += (v - average[k]) / (n + 1)
+    return average, n + 1
+
+
 def symmetric_kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """R-Drop's consistency term: the mean over rows of (KL(p_a || p_b) + KL(p_b || p_a)) / 2 between two
     logit tensors of the same texts. Why: two dropout masks that disagree mark a prediction that hangs on a few
@@ -521,8 +569,6 @@ def symmetric_kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _save_model(model, tokenizer, cfg, base_name, parent_meta, directory: Path, metrics) -> None:
     """Write the current weights (LoRA merged into a copy, so training can go on) as a model dir."""
-    import copy
-
     to_save = model
     if cfg.lora:
         to_save = copy.deepcopy(model)

@@ -20,7 +20,7 @@ from finsent.model.classifier import Encoded
 from finsent.model.data import IGNORE, _in_dev, load_twitter
 from finsent.model.quality import expected_calibration_error, fit_temperature, softmax
 from finsent.model.text import prepare
-from finsent.model.train import TrainConfig, train
+from finsent.model.train import TrainConfig, add_to_average, train
 from finsent.settings import ModelChoice
 
 
@@ -454,6 +454,49 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, tiny_model_d
     assert len(artifact.load_meta(resumed).metrics["history"]) == 2
     # optimizer, schedule, batch position and RNG state all restored: identical weights
     _assert_same_weights(full, resumed, atol=1e-6, rtol=0)
+
+
+def test_weight_average_is_the_mean_of_its_samples_and_survives_a_resume(tmp_path, tiny_model_dir):
+    """Stochastic weight averaging: the running mean equals the plain mean of the sampled weights, and a run stopped
+    while averaging and resumed writes the same average as an uninterrupted run (the average lives in the
+    checkpoint). The run keeps the average as a model dir beside the best epoch and records its dev scores."""
+    net = artifact.load(tiny_model_dir)[0]
+    samples = []
+    average, n = None, 0
+    for k in range(3):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.1 * (k + 1))
+        samples.append({name: v.clone() for name, v in net.state_dict().items() if v.is_floating_point()})
+        average, n = add_to_average(average, n, net)
+    assert n == 3
+    for name in samples[0]:
+        torch.testing.assert_close(average[name], sum(s[name] for s in samples) / 3, atol=1e-6, rtol=0)
+
+    train_set, dev_set = tiny_examples(64, seed=1), tiny_examples(16, seed=2)
+    averaging = {"epochs": 2, "average_from": 0.5, "average_every": 1}  # 8 steps an epoch: steps 8..16 averaged
+    full = train(
+        _tiny_cfg(tmp_path / "a", tiny_model_dir, **averaging), examples=train_set, dev=dev_set, progress=False
+    )
+    paused = train(
+        _tiny_cfg(tmp_path / "b", tiny_model_dir, max_steps=11, **averaging),
+        examples=train_set,
+        dev=dev_set,
+        progress=False,
+    )
+    assert paused is None
+    resumed = train(_tiny_cfg(tmp_path / "b", tiny_model_dir, **averaging), examples=train_set, dev=dev_set)
+    a_avg, b_avg = (tmp_path / x / "runs" / "tiny-t1" / "average" for x in ("a", "b"))
+    _assert_same_weights(a_avg, b_avg, atol=1e-6, rtol=0)
+    _assert_same_weights(full, resumed, atol=1e-6, rtol=0)
+    history = artifact.load_meta(full).metrics["history"]
+    assert history[-1]["average"]["averaged"] == 9 and history[-1]["average"]["from_step"] == 8
+    # the written model is whichever of the best epoch and the average dev scores higher
+    epoch_best = max(h["selection"] for h in history[:-1])
+    chosen = a_avg if history[-1]["average"]["selection"] > epoch_best else tmp_path / "a" / "runs" / "tiny-t1" / "best"
+    _assert_same_weights(full, chosen, atol=1e-3, rtol=0)  # the shipped copy is fp16
+    with pytest.raises(errors.ConfigError, match="fraction"):
+        train(_tiny_cfg(tmp_path / "c", tiny_model_dir, average_from=1.5), examples=train_set, dev=dev_set)
 
 
 def test_lora_trains_only_adapters_and_heads(tmp_path, tiny_model_dir):
