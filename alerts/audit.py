@@ -35,6 +35,7 @@ from typing import Literal, NamedTuple
 from urllib.parse import quote
 
 from finsent.alerts.cases import Case, apply_action, check_action, fold
+from finsent.errors import StateStoreError
 from finsent.records import SurgeAlert
 
 log = logging.getLogger("finsent.alerts.audit")
@@ -178,25 +179,35 @@ def chain_hash(previous: str, row: dict) -> str:
 
 
 def verify_chain(path: Path) -> ChainReport:
-    """Recompute the chain over the whole log, read-only; stops at the first row that does not fit."""
-    db = _read_only(path)
+    """Recompute the chain over the whole log, read-only; stops at the first row that does not fit. A log that is
+    missing, not readable as one, or not chained yet raises ``StateStoreError`` naming the file."""
+    if not path.exists():
+        raise StateStoreError(f"no audit log at {path}")
     try:
-        cur = db.execute("SELECT * FROM notifications ORDER BY seq")
-        names = [d[0] for d in cur.description]
-        if "row_hash" not in names:
-            raise ValueError(f"{path} has no hash chain yet (the receiver adds one when it next opens the log)")
-        previous, rows = GENESIS, 0
-        while batch := cur.fetchmany(1000):
-            for values in batch:
-                row = dict(zip(names, values))
-                if row["seq"] != rows + 1:  # seqs are handed out one by one: a gap is a removed row
-                    return ChainReport(rows, previous, row["seq"], f"expected seq {rows + 1}: rows were removed")
-                if row["row_hash"] != chain_hash(previous, row):
-                    return ChainReport(rows, previous, row["seq"], "no hash" if row["row_hash"] is None else _MISMATCH)
-                previous, rows = row["row_hash"], rows + 1
-        return ChainReport(rows, previous)
-    finally:
-        db.close()
+        db = _read_only(path)
+        try:
+            return _verify(db, path)
+        finally:
+            db.close()
+    except sqlite3.Error as err:
+        raise StateStoreError(f"audit log {path} cannot be read: {err}") from None
+
+
+def _verify(db: sqlite3.Connection, path: Path) -> ChainReport:
+    cur = db.execute("SELECT * FROM notifications ORDER BY seq")
+    names = [d[0] for d in cur.description]
+    if "row_hash" not in names:
+        raise StateStoreError(f"{path} has no hash chain yet (the receiver adds one when it next opens the log)")
+    previous, rows = GENESIS, 0
+    while batch := cur.fetchmany(1000):
+        for values in batch:
+            row = dict(zip(names, values))
+            if row["seq"] != rows + 1:  # seqs are handed out one by one: a gap is a removed row
+                return ChainReport(rows, previous, row["seq"], f"expected seq {rows + 1}: rows were removed")
+            if row["row_hash"] != chain_hash(previous, row):
+                return ChainReport(rows, previous, row["seq"], "no hash" if row["row_hash"] is None else _MISMATCH)
+            previous, rows = row["row_hash"], rows + 1
+    return ChainReport(rows, previous)
 
 
 def _read_only(path: Path) -> sqlite3.Connection:
@@ -216,14 +227,30 @@ def _decode(row: dict) -> dict:
 
 
 class AuditLog:
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, create: bool = True):
+        """Open the log at ``path``, creating it unless ``create`` is False (an export or a check of a log that is
+        not there must say so, not make an empty one). A file that cannot serve as the log (not SQLite, unreadable,
+        locked, on a full disk or a read-only folder), or a missing one with ``create=False``, raises
+        ``StateStoreError`` naming it: one line from the CLI, for the receiver as for its commands."""
+        if not create and not path.exists():
+            raise StateStoreError(f"no audit log at {path}")
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.executescript(SCHEMA)
-        self._db.execute("PRAGMA synchronous=FULL")  # an accepted notification survives a power cut
         self._lock = threading.Lock()
-        self._migrate()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        except (sqlite3.Error, OSError) as err:
+            raise StateStoreError(f"audit log {path} cannot be opened: {err}") from None
+        try:
+            self._db.executescript(SCHEMA)
+            self._db.execute("PRAGMA synchronous=FULL")  # an accepted notification survives a power cut
+            self._migrate()
+        except sqlite3.Error as err:
+            self._db.close()
+            raise StateStoreError(f"audit log {path} cannot be opened: {err}") from None
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         self._db.close()

@@ -1,24 +1,73 @@
-"""Alertmanager's routing as shipped (``alertmanager.yml``), rendered for one machine or one deployment.
+"""Alertmanager's routing as shipped (``alertmanager.yml``), rendered for one machine or one deployment, and the
+basic auth that protects its API.
 
 The embedded stack (``finsent.local``) and ``finsent receiver alertmanager-config`` (compose, Kubernetes)
 render the same file the same way: the receiver's address filled in, the bearer token written to a private
 file Alertmanager reads, so the token never lands in a config file of the repo.
+
+Alertmanager's API takes new alerts and silences from anyone who reaches it and answers a browser's preflight
+from any origin (``Access-Control-Allow-Origin: *``): without a password any web page its user opens could
+silence every surge before compliance sees it, or file false ones. Both the embedded stack and compose give it
+one (basic auth, user ``finsent``) through ``--web.config.file``, written here by :func:`write_web_config`
+(a bcrypt hash, never the password), and Prometheus reads the password from a 0600 file.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import bcrypt
 import yaml
 
+from finsent.errors import ConfigError
 from finsent.settings import Settings
 
 ALERTS_DIR = Path(__file__).resolve().parent
 RULES_DIR = ALERTS_DIR / "rules"
 ALERTMANAGER_CONFIG = ALERTS_DIR / "alertmanager.yml"
+ALERTMANAGER_USER = "finsent"  # the basic-auth user of Alertmanager's web config
+WEB_CONFIG = "web.yml"  # Alertmanager's --web.config.file, next to its alertmanager.yml
+PASSWORD_FILE = "alertmanager-password"  # default name of the file Prometheus reads the password from
 
 
 DEFAULT_RECEIVER = "127.0.0.1:9184"
+
+
+def write_private(path: Path, text: str) -> Path:
+    """Write ``text`` readable by its owner only (0600); an older file with a wider mode is narrowed too."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    path.chmod(0o600)  # O_CREAT's mode applies only to a new file
+    return path
+
+
+def write_web_config(path: Path, password: str, user: str = ALERTMANAGER_USER) -> Path:
+    """Alertmanager's ``--web.config.file``: basic auth for ``user``, the password kept as a bcrypt hash."""
+    if not password:
+        raise ConfigError("Alertmanager's web config needs a non-empty password")
+    # cost 10: each request checks the hash (Prometheus posts and scrapes every 2 s); still ~2^10 rounds per guess
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode()
+    return write_private(path, yaml.safe_dump({"basic_auth_users": {user: hashed}}))
+
+
+def render_alertmanager_web_auth(
+    settings: Settings, home: Path, password_file: Path | None = None
+) -> tuple[Path, Path]:
+    """For a deployment (compose): ``home/web.yml`` for Alertmanager and the password in a 0600 file for
+    Prometheus (``password_file``, default ``home/alertmanager-password``), from
+    ``FINSENT_SERVICES__ALERTMANAGER_PASSWORD``. Refuses, writing nothing, when that is unset or empty."""
+    given = settings.services.alertmanager_password
+    password = given.get_secret_value().strip() if given is not None else ""
+    if not password:
+        raise ConfigError(
+            "set FINSENT_SERVICES__ALERTMANAGER_PASSWORD (deploy/secrets.env): without a password Alertmanager's API "
+            "takes silences and alerts from anyone who reaches it"
+        )
+    web = write_web_config(home / WEB_CONFIG, password)
+    return web, write_private(password_file or home / PASSWORD_FILE, password + "\n")
 
 
 def render_alertmanager_config(
@@ -32,8 +81,7 @@ def render_alertmanager_config(
     home.mkdir(parents=True, exist_ok=True)
     token_file = home / "receiver-token"
     if settings.receiver.token is not None:
-        token_file.touch(mode=0o600)
-        token_file.write_text(settings.receiver.token.get_secret_value())
+        write_private(token_file, settings.receiver.token.get_secret_value())
     for receiver in doc.get("receivers", []):
         for hook in receiver.get("webhook_configs", []):
             hook["url"] = hook["url"].replace(DEFAULT_RECEIVER, address)

@@ -42,12 +42,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
-from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from finsent import http
 from finsent.alerts.audit import AuditLog, Notification, SurgeMatch
 from finsent.alerts.cases import (
     CASE_FILTERS,
@@ -58,18 +58,7 @@ from finsent.alerts.cases import (
     disposition_counts,
 )
 from finsent.errors import CaseError, ReceiverConfigError
-from finsent.http import (
-    BodyTooLarge,
-    MalformedLength,
-    allowed_hosts,
-    bearer_ok,
-    declared_length,
-    host_refusal,
-    is_loopback,
-    metrics_route_app,
-    origin_refusal,
-    read_limited,
-)
+from finsent.http import BodyLimit, RequestGuard, allowed_hosts, bearer_ok, is_loopback, metrics_route_app
 from finsent.kafka import FollowSkippedCollector, follow_topics
 from finsent.records import SurgeAlert
 from finsent.settings import Settings
@@ -153,8 +142,14 @@ class ReceiverMetrics:
 
 
 def _error(status: int, reason: str, message: str, metrics: ReceiverMetrics, **extra) -> JSONResponse:
-    metrics.rejected.labels(reason).inc()
     log.warning("request rejected", extra={"reason": reason, "detail": message[:300]})
+    return _refused(status, reason, message, metrics, **extra)
+
+
+def _refused(status: int, reason: str, message: str, metrics: ReceiverMetrics, **extra) -> JSONResponse:
+    """The receiver's answer to a request it refuses (``{"error": ...}``), counted by reason; the HTTP kit's
+    middlewares (``finsent.http``: RequestGuard, BodyLimit) answer with it and log the refusal themselves."""
+    metrics.rejected.labels(reason).inc()
     return JSONResponse({"error": message, **extra}, status_code=status)
 
 
@@ -168,25 +163,6 @@ def check_exposure(settings: Settings) -> None:
             "set FINSENT_RECEIVER__TOKEN (and render it for Alertmanager with `finsent receiver alertmanager-config`), "
             "or bind services.host to 127.0.0.1"
         )
-
-
-def refusal(headers: Headers, allowed: frozenset[str] | None) -> tuple[str, str] | None:
-    """(reason, message) when a request must be refused before any route sees it: a Host that is not ours, an
-    Origin other than our own or a browser's cross-site fetch (Alertmanager sends neither), on every request."""
-    return host_refusal(headers, allowed, "receiver.allowed_hosts") or origin_refusal(headers)
-
-
-class RequestGuard:
-    """ASGI middleware: :func:`refusal` for every HTTP request, webhook, listing and metrics alike."""
-
-    def __init__(self, app, allowed: frozenset[str] | None, metrics: ReceiverMetrics) -> None:
-        self.app, self.allowed, self.metrics = app, allowed, metrics
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and (refused := refusal(Headers(scope=scope), self.allowed)):
-            await _error(403, *refused, self.metrics)(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
 
 
 def _utf8_safe(payload: object) -> bool:
@@ -215,6 +191,10 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
     read_token = cfg.read_token.get_secret_value().encode() if cfg.read_token else None
     tolerance_s = evidence_tolerance(settings)
     hosts = allowed_hosts(settings.services.host, cfg.allowed_hosts)
+
+    def refuse(status: int, reason: str, message: str) -> Response:
+        return _refused(status, reason, message, metrics)
+
     if hosts is None:
         log.warning(
             "Host header not checked: bound to a wildcard address with no receiver.allowed_hosts",
@@ -261,16 +241,7 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
             return _error(401, "unauthorized", "missing or wrong bearer token", metrics)
         if not _is_json(request):
             return _error(415, "not_json", "Content-Type must be application/json", metrics)
-        try:
-            length = declared_length(request.scope["headers"])
-        except MalformedLength as err:
-            return _error(400, "bad_length", str(err), metrics)
-        if length is not None and length > cfg.max_body_bytes:
-            return _error(413, "too_large", f"body of {length} bytes exceeds {cfg.max_body_bytes}", metrics)
-        try:
-            body = await read_limited(request.stream(), cfg.max_body_bytes)
-        except BodyTooLarge as err:
-            return _error(413, "too_large", str(err), metrics)
+        body = await request.body()  # at most receiver.max_body_bytes: BodyLimit answers 413 past it
         try:
             payload = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -411,12 +382,10 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
         if not _is_json(request):
             return _error(415, "not_json", "Content-Type must be application/json", metrics)
         try:
-            body = json.loads(await read_limited(request.stream(), 16 * 1024))
+            body = json.loads(await request.body())  # bounded by BodyLimit, as the webhook's
             if not _utf8_safe(body):
                 raise json.JSONDecodeError("a string is not valid Unicode (a lone surrogate escape)", "", 0)
             action = ActionRequest.model_validate(body)
-        except BodyTooLarge as err:
-            return _error(413, "too_large", str(err), metrics)
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             return _error(400, "bad_json", f"malformed JSON: {err}", metrics)
         except ValidationError as err:
@@ -454,7 +423,12 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
             # off the loop: CaseCollector folds the whole audit log at every scrape
             Route("/metrics", metrics_route_app(metrics.registry, off_loop=True), methods=["GET"]),
         ],
-        middleware=[Middleware(RequestGuard, allowed=hosts, metrics=metrics)],
+        # Who may address the receiver (every request: only programs call it), then the body limit, on every route
+        # (the webhook and the case actions): a refused request's body is never read.
+        middleware=[
+            Middleware(RequestGuard, allowed=hosts, setting="receiver.allowed_hosts", refuse=refuse),
+            Middleware(BodyLimit, max_bytes=cfg.max_body_bytes, refuse=refuse),
+        ],
         lifespan=lifespan,
     )
     app.state.audit = audit
@@ -579,10 +553,12 @@ def to_csv(rows: list[dict]) -> str:
     return out.getvalue()
 
 
-def serve(settings: Settings) -> None:
-    import uvicorn
+PORT_SETTING = "receiver.port (FINSENT_RECEIVER__PORT)"
 
-    app = build_app(settings)
+
+def serve(settings: Settings) -> None:
+    app = build_app(settings)  # first: it refuses an exposed address without a write token
+    http.check_bindable(settings.services.host, settings.receiver.port, PORT_SETTING)  # before "listening" is logged
     host, cfg = settings.services.host, settings.receiver
     log.info(
         "receiver listening",
@@ -598,7 +574,7 @@ def serve(settings: Settings) -> None:
             "GET /alerts is open to anyone who can reach this address: set FINSENT_RECEIVER__READ_TOKEN",
             extra={"host": host},
         )
-    uvicorn.run(app, host=host, port=cfg.port, log_level="warning", access_log=False)
+    http.serve(app, host, cfg.port, PORT_SETTING, log_level="warning", access_log=False)
 
 
 __all__ = ["ReceiverConfigError", "Webhook", "build_app", "check_exposure", "export", "parse_time", "serve", "to_csv"]

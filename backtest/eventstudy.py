@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from finsent.errors import ConfigError, PriceFileError
+
 HORIZONS = (1, 3, 5, 10)
 # Fewer other tickers with a return on a session than this, and that session's cross-sectional "market" is
 # one or two stocks, not a market: its abnormal return is NaN (and counted) rather than a pair difference.
@@ -55,16 +57,16 @@ class PriceColumns:
 
     @classmethod
     def parse(cls, pairs: Iterable[str]) -> PriceColumns:
-        """``FIELD=COLUMN`` pairs (the CLI's ``--price-map``); ValueError names a bad pair or field."""
+        """``FIELD=COLUMN`` pairs (the CLI's ``--price-map``); ``ConfigError`` names a bad pair or field."""
         mapping: dict[str, str] = {}
         for pair in pairs:
             field, sep, column = pair.partition("=")
             if not sep or not field.strip() or not column.strip():
-                raise ValueError(f"--price-map takes FIELD=COLUMN (got {pair!r})")
+                raise ConfigError(f"--price-map takes FIELD=COLUMN (got {pair!r})")
             mapping[field.strip()] = column.strip()
         unknown = set(mapping) - {"date", "ticker", "close"}
         if unknown:
-            raise ValueError(f"--price-map fields must be date, ticker, close (got {sorted(unknown)})")
+            raise ConfigError(f"--price-map fields must be date, ticker, close (got {sorted(unknown)})")
         return cls(**mapping)
 
 
@@ -115,18 +117,25 @@ def clean_prices(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
 
 
 def read_prices(path: Path, cols: PriceColumns = PriceColumns()) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Daily bars (CSV or Parquet) → ``clean_prices``. ValueError when columns are missing or no row is usable
-    (a wrong ``--price-map`` looks like that), OSError when the file cannot be read."""
-    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    """Daily bars (CSV or Parquet) → ``clean_prices``. ``PriceFileError`` (one line naming the file) when it is
+    missing or cannot be read as a table, when columns are missing or when no row is usable (a wrong
+    ``--price-map`` looks like that)."""
+    try:
+        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except FileNotFoundError:
+        raise PriceFileError(f"--prices {path}: no such file") from None
+    except (OSError, ValueError) as err:  # unreadable, or not CSV/Parquet (pandas' and pyarrow's are ValueErrors)
+        raise PriceFileError(f"--prices {path}: {' '.join(str(err).split())[:400]}") from None
     close = cols.close if cols.close in df.columns or cols.close != "adj_close" else "close"
     missing = [c for c in (cols.date, cols.ticker, close) if c not in df.columns]
     if missing:
-        raise ValueError(f"{path}: missing price columns {missing} (have {list(df.columns)})")
+        raise PriceFileError(f"--prices {path}: missing price columns {missing} (have {list(df.columns)})")
     prices, dropped = clean_prices(pd.DataFrame({"ticker": df[cols.ticker], "date": df[cols.date], "close": df[close]}))
     if prices.empty:
-        raise ValueError(
-            f"{path}: no usable price rows ({dropped['rows_read']} read: {dropped['unreadable']} without a readable "
-            f"ticker, date or close, {dropped['non_positive']} with a close <= 0, {dropped['conflicting']} conflicting)"
+        raise PriceFileError(
+            f"--prices {path}: no usable price rows ({dropped['rows_read']} read: {dropped['unreadable']} without a "
+            f"readable ticker, date or close, {dropped['non_positive']} with a close <= 0, {dropped['conflicting']} "
+            "conflicting)"
         )
     return prices, dropped
 

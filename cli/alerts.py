@@ -19,12 +19,6 @@ grafana_app = typer.Typer(help="Dashboards as code: build the JSON, publish to a
 app.add_typer(grafana_app, name="grafana")
 
 
-def _existing_audit_log(path: Path) -> Path:
-    if not path.exists():
-        raise FinsentError(f"no audit log at {path}")
-    return path
-
-
 @receiver_app.callback(invoke_without_command=True)
 def receiver(ctx: typer.Context, config: ConfigOption = None) -> None:
     """Serve the webhook endpoint (POST /alertmanager), GET /alerts, /healthz and /metrics on 127.0.0.1."""
@@ -43,14 +37,31 @@ def receiver_alertmanager_config(
     receiver_address: Annotated[
         str | None, typer.Option(help="host:port of the receiver as Alertmanager reaches it.")
     ] = None,
+    web_auth: Annotated[
+        bool,
+        typer.Option(
+            "--web-auth/--no-web-auth",
+            help="Also write OUT_DIR/web.yml (basic auth for user finsent, a bcrypt hash of "
+            "FINSENT_SERVICES__ALERTMANAGER_PASSWORD) for Alertmanager's --web.config.file, and the password in a "
+            "0600 file for Prometheus. --no-web-auth: only for an Alertmanager protected some other way.",
+        ),
+    ] = True,
+    password_file: Annotated[
+        Path | None,
+        typer.Option(help="Where to write the password Prometheus reads; default OUT_DIR/alertmanager-password."),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Render alerts/alertmanager.yml for a deployment: the receiver's address, the bearer token from FINSENT_RECEIVER__TOKEN."""
-    from finsent.alerts.config import render_alertmanager_config
+    """Render alerts/alertmanager.yml for a deployment: the receiver's address, the bearer token from
+    FINSENT_RECEIVER__TOKEN, and Alertmanager's basic auth from FINSENT_SERVICES__ALERTMANAGER_PASSWORD."""
+    from finsent.alerts.config import render_alertmanager_config, render_alertmanager_web_auth
 
     settings = load_settings(config)
+    auth = render_alertmanager_web_auth(settings, out_dir, password_file) if web_auth else None  # refuses first
     path = render_alertmanager_config(settings, out_dir, receiver_address=receiver_address)
     typer.echo(f"wrote {path} (token: {'yes' if settings.receiver.token else 'none set'})", err=True)
+    if auth is not None:
+        typer.echo(f"wrote {auth[0]} (basic auth, user finsent) and the password for Prometheus to {auth[1]}", err=True)
 
 
 @receiver_app.command("export")
@@ -72,14 +83,13 @@ def receiver_export(
         raise ConfigError("--format must be csv or json")
     try:
         start, end = parse_time(since), parse_time(until)
-    except ValueError as err:
+    except ValueError as err:  # parse_time (alerts.receiver) says what is wrong with the time in a ValueError
         raise ConfigError(str(err)) from None
-    _existing_audit_log(settings.audit_db)
-    audit = AuditLog(settings.audit_db)
+    audit = AuditLog(settings.audit_db, create=False)  # StateStoreError: missing, or not an audit log
     try:
         with out.open("w", newline="") if out else nullcontext(sys.stdout) as fh:
             n = export(audit.iter_rows(start, end), fh, format)
-    except OSError as err:
+    except OSError as err:  # the output file this command opened (and writes): a bad path, a full disk
         raise FinsentError(f"export to {out or 'standard output'} failed: {err}") from None
     finally:
         audit.close()
@@ -90,16 +100,9 @@ def receiver_export(
 @receiver_app.command("verify")
 def receiver_verify(config: ConfigOption = None) -> None:
     """Check the audit log's hash chain: prints OK and the head hash, or the first row that does not fit (exit 1)."""
-    import sqlite3
-
     from finsent.alerts.audit import verify_chain
 
-    settings = load_settings(config)
-    _existing_audit_log(settings.audit_db)
-    try:
-        report = verify_chain(settings.audit_db)
-    except (ValueError, sqlite3.Error) as err:
-        raise FinsentError(f"{settings.audit_db}: {err}") from None
+    report = verify_chain(load_settings(config).audit_db)  # StateStoreError: missing, unreadable or not chained
     if report.bad_seq is not None:
         typer.echo(f"FAILED: row seq={report.bad_seq}: {report.reason} ({report.rows} rows before it verified)")
         raise typer.Exit(1)
@@ -124,6 +127,8 @@ def grafana_publish(
     config: ConfigOption = None,
 ) -> None:
     """Upload the dashboards (overwrite) and annotate surges; the API token comes from FINSENT_GRAFANA__TOKEN."""
+    from grafana_client.client import GrafanaException
+
     from finsent.alerts.audit import AuditLog
     from finsent.alerts.grafana import publish
 
@@ -140,6 +145,6 @@ def grafana_publish(
                 posted = publish.publish_annotations(api, audit.iter_rows(alertname=publish.SURGE_ALERT))
             finally:
                 audit.close()
-    except Exception as err:  # noqa: BLE001 - grafana-client raises its own and niquests' errors: report, do not trace
+    except (GrafanaException, OSError) as err:  # Grafana's answer, or niquests' (an OSError): one line
         raise FinsentError(f"publishing to {url or settings.grafana.url} failed: {type(err).__name__}: {err}") from None
     typer.echo(f"published dashboards {uids}; {posted} surge annotations", err=True)

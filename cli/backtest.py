@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from finsent.cli.common import ConfigOption, ModelDirOption, app, load_settings, model_dir, utc
+from finsent.cli.common import ConfigOption, ModelDirOption, app, load_settings, utc
 
 
 @app.command()
@@ -56,13 +56,8 @@ def backtest(
     if prices is not None:
         from finsent.backtest.eventstudy import PriceColumns, read_prices
 
-        try:
-            cols = PriceColumns.parse(price_map)
-            price_table = read_prices(prices, cols)
-        except FileNotFoundError:
-            raise ConfigError(f"--prices {prices}: no such file") from None
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"--prices {prices}: {' '.join(str(err).split())[:400]}") from None
+        cols = PriceColumns.parse(price_map)  # ConfigError
+        price_table = read_prices(prices, cols)  # PriceFileError
     elif price_map:
         raise ConfigError("--price-map describes the --prices file: give --prices too")
     archive = Archive(settings.paths.archive_dir)
@@ -79,6 +74,7 @@ def backtest(
     from finsent.backtest.run import backtest_archive
     from finsent.heap import freeze_startup_objects
     from finsent.model import classifier  # noqa: F401  # imported before the freeze below
+    from finsent.model.artifact import model_dir
 
     # The model's modules are imported: ~450,000 objects the collector would walk at every full pass, while the
     # backtest allocates windows and alerts by the million (its bookkeeping ran 3,000-4,000 headlines/s with
@@ -106,6 +102,6 @@ def backtest(
 
         try:
             path = write_report(out, prices, cols, price_table)
-        except (OSError, ValueError) as err:
+        except OSError as err:  # writing report.html and eventstudy.json (the prices were read and checked above)
             raise FinsentError(f"event study: {err}") from None
         typer.echo(f"report: {path}" + (f"\n{path.resolve().as_uri()}" if open_report else ""), err=True)

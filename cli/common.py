@@ -1,4 +1,4 @@
-"""The ``finsent`` Typer app and what every command shares: the --config option, settings, the model directory.
+"""The ``finsent`` Typer app and what every command shares: the --config and --model options, settings.
 
 The area modules (``local``, ``stream``, ``model``, ``web``, ``ingest``, ``alerts``, ``backtest``) register
 their commands on ``app``; ``finsent.cli.main`` runs it and maps ``FinsentError`` to one line and an exit code.
@@ -13,7 +13,6 @@ from typing import Annotated
 import typer
 
 from finsent import logs
-from finsent.errors import ModelError
 from finsent.settings import Settings, load
 
 app = typer.Typer(
@@ -28,7 +27,7 @@ ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="TOML settings file (else $FINSENT_CONFIG; env FINSENT_* overrides it)."),
 ]
-ModelDirOption = Annotated[
+ModelDirOption = Annotated[  # resolved by finsent.model.artifact.model_dir
     Path | None, typer.Option("--model", "-m", help="Model directory; default: the settings' model (newest version).")
 ]
 
@@ -41,7 +40,9 @@ class Options:
 
 @app.callback()
 def main_options(
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.")] = "INFO",
+    log_level: Annotated[
+        str | None, typer.Option(help="DEBUG, INFO, WARNING, ERROR. Default: FINSENT_LOG_LEVEL, else INFO.")
+    ] = None,
     log_json: Annotated[
         bool | None, typer.Option("--log-json/--log-text", help="Default: JSON when stderr is not a terminal.")
     ] = None,
@@ -53,31 +54,6 @@ def main_options(
 
 def load_settings(config: Path | None) -> Settings:
     return load(config)
-
-
-def model_dir(settings: Settings, model: Path | None) -> Path:
-    """``--model``, else the settings' model (``model.name``, ``model.version``; empty = newest) from
-    ``paths.models_dir`` or the repository's ``models/``, else, when neither was chosen, the shipped default.
-
-    A model the user chose and does not have is an error, not the default in its place: someone who asked
-    for the research variant must not be served the permissive model without knowing it."""
-    from finsent.model import artifact
-
-    if model is not None:
-        return model
-    name, version = settings.model.name, settings.model.version
-    for models_dir in dict.fromkeys((settings.paths.models_dir, artifact.REPO_MODELS_DIR)):
-        try:
-            return artifact.resolve(models_dir, name, version)
-        except ModelError:
-            continue
-    if name == artifact.DEFAULT_NAME and not version:
-        return artifact.default_model_dir()
-    build = " (build it: make research-model; MODEL_CARD-research.md)" if "research" in name else ""
-    raise ModelError(
-        f"model {name}@{version or 'newest'} not found under {settings.paths.models_dir} or "
-        f"{artifact.REPO_MODELS_DIR}{build}; unset FINSENT_MODEL__NAME/FINSENT_MODEL__VERSION for the default"
-    )
 
 
 def utc(d: datetime | None) -> datetime | None:

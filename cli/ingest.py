@@ -1,4 +1,7 @@
-"""Commands of ingest: poll feeds, import history, replay and refill the archive into Kafka, serve demo feeds."""
+"""Commands of ingest: poll feeds, import history, replay and refill the archive into Kafka.
+
+(``finsent ingest demo-feeds``, the local stack's feed server, is registered on ``ingest_app`` by ``cli/local.py``.)
+"""
 
 from __future__ import annotations
 
@@ -33,10 +36,10 @@ def ingest(
     if ctx.invoked_subcommand:
         return
     from finsent.ingest import service
-    from finsent.ingest.feeds import load_feeds
+    from finsent.ingest.feeds import PUBLIC_FEEDS, load_feeds
 
     settings = load_settings(config)
-    feed_list = load_feeds(feeds or settings.ingest.feeds_file)
+    feed_list = load_feeds(feeds or settings.ingest.feeds_file or PUBLIC_FEEDS)
     summaries = service.run(settings, feed_list, once=once, output=output)
     if once:
         typer.echo(service.format_summary(summaries))
@@ -136,41 +139,6 @@ def ingest_refill(
         raise typer.Exit(1)
 
 
-@ingest_app.command("demo-feeds")
-def ingest_demo_feeds(
-    port: Annotated[
-        int | None, typer.Option(help="Port on 127.0.0.1 (default: settings ingest.demo_feeds_port).")
-    ] = None,
-    burst_at: Annotated[
-        float | None,
-        typer.Option(
-            help="Seconds after start when the negative oil burst begins (default: settings ingest.demo_burst_at_s)."
-        ),
-    ] = None,
-    config: ConfigOption = None,
-) -> None:
-    """Serve the local demo feeds (and the hostile test cases) over HTTP on 127.0.0.1."""
-    import signal
-
-    from finsent.local.feeds import DEMO_FEEDS, FeedServer
-
-    settings = load_settings(config)
-    # Wait for the stop signal with sigwait, not a handler that sets an Event: a handler runs in the main
-    # thread and can interrupt it while it holds the Event's own lock (a stop then hangs forever). Blocked
-    # before the server thread starts, so that thread inherits the mask and the signal waits for sigwait.
-    stop_signals = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-    server = FeedServer(
-        settings.services.host,
-        port if port is not None else settings.ingest.demo_feeds_port,
-        burst_at=burst_at if burst_at is not None else settings.ingest.demo_burst_at_s,
-    ).start()
-    for name in DEMO_FEEDS:
-        typer.echo(f"{server.url}/feeds/{name}", err=True)
-    signal.sigwait(stop_signals)
-    server.stop()
-
-
 @app.command()
 def replay(
     since: Annotated[datetime | None, typer.Option("--from", help="First event time (UTC if no zone).")] = None,
@@ -184,17 +152,15 @@ def replay(
     """Replay the archive into finsent.news.raw in event-time order, gaps scaled by --speed; resumable."""
     from tqdm import tqdm
 
-    from finsent.errors import ConfigError, FinsentError
+    from finsent.errors import ConfigError
     from finsent.ingest.archive import Archive
-    from finsent.ingest.replay import kafka_sender, parse_speed, state_path, topic_log
+    from finsent.ingest.replay import kafka_sender, parse_speed, state_path
     from finsent.ingest.replay import replay as run_replay
     from finsent.ingest.sinks import KafkaSink
+    from finsent.kafka import TopicIdWatch
 
     settings = load_settings(config)
-    try:
-        factor = parse_speed(speed)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    factor = parse_speed(speed)
     start, end = utc(since), utc(until)
     if start and end and start >= end:
         raise ConfigError(f"--from {start.isoformat()} is not before --to {end.isoformat()} (--to is exclusive)")
@@ -205,15 +171,15 @@ def replay(
     state = state_path(settings.paths.state_dir, start, end, topic, settings.kafka.bootstrap)
     if restart:
         state.unlink(missing_ok=True)
-    log_id = topic_log(settings.kafka, topic, settings.kafka.connect_timeout_s)
+    watch = TopicIdWatch(settings.kafka, topic, settings.kafka.connect_timeout_s)
     sink = KafkaSink(settings.kafka, topic)
-    with tqdm(desc="replay", unit=" items", total=archive.count(start, end), disable=None) as bar:
-        try:
+    try:
+        with tqdm(desc="replay", unit=" items", total=archive.count(start, end), disable=None) as bar:
             report = run_replay(
-                archive.read(start, end), kafka_sender(sink), factor, state, progress=bar.update, log_id=log_id
+                archive.read(start, end), kafka_sender(sink), factor, state, progress=bar.update, log_id=watch.current
             )
-        except RuntimeError as err:
-            raise FinsentError(str(err)) from None
+    finally:
+        watch.close()
     typer.echo(
         f"replayed {report.published} items to {settings.topics.raw.name} in {report.seconds:.1f} s"
         f" ({report.skipped} already sent by an earlier run)",

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from finsent.cli.common import ConfigOption, ModelDirOption, app, load_settings, model_dir
+from finsent.cli.common import ConfigOption, ModelDirOption, app, load_settings
 
 
 @app.command()
@@ -54,6 +54,7 @@ def train(
         return
     from dataclasses import replace
 
+    from finsent.model.artifact import model_dir
     from finsent.model.feedback import fine_tune
 
     settings = load_settings(config)
@@ -64,7 +65,7 @@ def train(
         cfg = replace(cfg, epochs=1)
     result = fine_tune(parent, feedback, cfg, replay=replay, max_drop=max_drop)
     typer.echo(result.table())
-    raise typer.Exit(0 if result.registered else 3)
+    result.check()  # a refused candidate: GateRefused, exit 3
 
 
 @app.command()
@@ -110,6 +111,7 @@ def evaluate(
     settings = load_settings(config)
     check_data_dir(settings.paths.data_dir)  # before loading anything: a clone has no ../shared/data
     from finsent.model import Classifier
+    from finsent.model.artifact import model_dir
     from finsent.model.report import run, summary_lines
 
     clf = Classifier.load(model_dir(settings, model), backend=backend, device=settings.model.device)
@@ -139,6 +141,7 @@ def export(
     config: ConfigOption = None,
 ) -> None:
     """Measure every CPU backend and int8 recipe against fp32 under the gate, and record the one that wins."""
+    from finsent.model.artifact import model_dir
     from finsent.model.export import run
 
     settings = load_settings(config)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from finsent.cli.common import ConfigOption, ModelDirOption, app, load_settings, model_dir
+from finsent.cli.common import ConfigOption, ModelDirOption, app, load_settings
 
 
 @app.command()
@@ -42,6 +42,7 @@ def worker(
     ] = True,
 ) -> None:
     """Score finsent.news.raw into finsent.news.scored; window, detect surges, export /metrics."""
+    from finsent.model.artifact import model_dir
     from finsent.stream import worker as worker_mod
 
     settings = load_settings(config)

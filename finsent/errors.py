@@ -21,9 +21,6 @@ Exit codes (README, "Exit codes"); the numbers are the ones finsent's commands a
 
 from __future__ import annotations
 
-import logging
-import os
-import threading
 from pathlib import Path
 
 
@@ -85,7 +82,7 @@ class MissingData(DataError):
 
 # -- 1: unreachable services and conflicts ---------------------------------------------------------------
 class BrokerUnavailable(FinsentError, RuntimeError):
-    """No broker answered at the bootstrap address in time."""
+    """No broker answered at the bootstrap address in time, or it did not acknowledge or deliver records in time."""
 
 
 class Conflict(FinsentError, RuntimeError):
@@ -164,6 +161,11 @@ class ImportFileError(ConfigError):
     """A history import's column mapping or format option is unusable."""
 
 
+class PriceFileError(ConfigError):
+    """A price file for the event study (``finsent backtest --prices``) that is missing, unreadable, without the
+    mapped columns or without one usable row; the message names the file."""
+
+
 class GateRefused(FinsentError, RuntimeError):
     """A quality gate refused the result (the message says which score and by how much)."""
 
@@ -181,8 +183,9 @@ class ArchiveWriteError(FinsentError, OSError):
 
 
 class StateStoreError(FinsentError, RuntimeError):
-    """A state store (SQLite under the state dir) cannot be opened or written at start: a full disk, a read-only
-    folder, a lock another process holds. The message names the file; nothing was read or changed."""
+    """A state store (SQLite under the state dir: the dedup store, the audit log) is missing where it must exist, or
+    cannot be opened, read or written at start: not a database, a full disk, a read-only folder, a lock another
+    process holds. The message names the file; nothing was read or changed."""
 
 
 class GraphError(FinsentError, RuntimeError):
@@ -199,24 +202,6 @@ class BatcherClosed(FinsentError, RuntimeError):
     """The batcher shut down before this request was answered (the API answers 503: retry elsewhere/later)."""
 
 
-def exit_later(timeout_s: float, code: int, what: str) -> None:
-    """End the process with ``code`` if it is still alive ``timeout_s`` from now: the bound on a graceful stop.
-
-    Why: when the demo's parent dies its children all get SIGTERM at once, and a process whose broker went first
-    waits out Kafka timeouts (half a minute was seen) before it exits. Called from a stop-signal handler; the
-    callers' ordering (offsets after results, marks after the archive) makes the early exit lossless."""
-
-    def hard_exit() -> None:
-        logging.getLogger("finsent").warning(
-            "stop took too long; exiting now", extra={"what": what, "timeout_s": timeout_s, "exit_code": code}
-        )
-        os._exit(code)
-
-    timer = threading.Timer(timeout_s, hard_exit)
-    timer.daemon = True
-    timer.start()
-
-
-__all__ = ["exit_later"] + [
+__all__ = [
     name for name, value in list(globals().items()) if isinstance(value, type) and issubclass(value, FinsentError)
 ]

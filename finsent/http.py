@@ -8,7 +8,11 @@ disagreed (a Content-Length that is not a number was 400 in one and ignored in t
   arrive (a chunked upload has no length to check), for handlers that read the body themselves;
 - ``BodyLimit``: the same as pure ASGI middleware, for frameworks that parse the body for you;
 - ``allowed_hosts`` / ``host_refusal`` / ``origin_refusal``: who may address a service (DNS rebinding, pages on
-  other sites), the same rules for both;
+  other sites), the same rules for both, and ``RequestGuard``, the middleware that applies them to every request;
+- ``Refuse``: how a service words a refusal of the two middlewares (``{"detail"}`` in the API, ``{"error"}`` and
+  a counter in the receiver): the only thing in which the two services differ here;
+- ``serve``: uvicorn on a port checked first (a taken port is a Conflict naming the setting to change, not
+  uvicorn's exit code 3, which finsent means for "a gate refused"), logging through finsent's handlers;
 - ``metrics_route_app``: prometheus_client's own ``make_asgi_app`` for ``/metrics`` (content negotiation,
   gzip, ``name[]`` filtering), wrapped so Starlette and FastAPI route it as an ASGI app; or the same answer
   collected in a worker thread, for a registry whose collectors read a store.
@@ -17,11 +21,13 @@ disagreed (a Content-Length that is not a number was 400 in one and ignored in t
 from __future__ import annotations
 
 import asyncio
+import errno
 import gzip
 import hmac
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Iterable
+import socket
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -30,9 +36,19 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 
+from finsent.errors import ConfigError, Conflict
 from finsent.settings import WILDCARD_HOSTS
 
 log = logging.getLogger("finsent.http")
+
+# (status, reason, message) -> the answer a middleware sends: how a service words a refusal. ``reason`` is a
+# short name for metrics and logs (bad_host, cross_origin, too_large, bad_length); ``message`` is for people.
+Refuse = Callable[[int, str, str], Response]
+
+
+def detail_refusal(status: int, reason: str, message: str) -> Response:
+    """FastAPI's shape of an error, ``{"detail": message}``: the web API's refusals."""
+    return JSONResponse({"detail": message}, status_code=status)
 
 
 class BodyTooLarge(Exception):
@@ -75,12 +91,14 @@ class BodyLimit:
     Checking only Content-Length let a chunked upload (which has none) be buffered whole by the JSON parser.
     Here every received chunk is counted and the request is answered 413 (connection closed) as soon as the
     count passes the limit, so at most the limit plus one chunk is ever held. A declared length over the
-    limit is refused before reading anything; one that is not a number is a malformed request (400).
+    limit is refused before reading anything; one that is not a number is a malformed request (400). Every
+    refusal closes the connection, so the server stops reading an upload it will not use; ``refuse`` words it.
     """
 
-    def __init__(self, app: Any, max_bytes: int):
+    def __init__(self, app: Any, max_bytes: int, refuse: Refuse = detail_refusal):
         self.app = app
         self.max_bytes = max_bytes
+        self.refuse = refuse
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -120,16 +138,57 @@ class BodyLimit:
         try:
             length = declared_length(scope.get("headers", ()))
         except MalformedLength as err:
-            return JSONResponse({"detail": str(err)}, status_code=400, headers={"Connection": "close"})
+            return self._closing(400, "bad_length", str(err))
         if length is not None and length > self.max_bytes:
             return self._too_large()
         return None
 
     def _too_large(self) -> Response:
-        """Connection: close, so the server stops reading the rest of an upload it will not use."""
-        return JSONResponse(
-            {"detail": f"body larger than {self.max_bytes} bytes"}, status_code=413, headers={"Connection": "close"}
-        )
+        return self._closing(413, "too_large", f"body larger than {self.max_bytes} bytes")
+
+    def _closing(self, status: int, reason: str, message: str) -> Response:
+        response = self.refuse(status, reason, message)
+        response.headers["Connection"] = "close"
+        return response
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class RequestGuard:
+    """Pure ASGI middleware: who may address a service, checked before any route sees the request.
+
+    Refused with 403 (worded by ``refuse``): a Host that is not in ``allowed`` (DNS rebinding; ``setting`` names
+    where more names are allowed), on every request; an Origin other than our own or a browser's cross-site
+    fetch, on every request or, with ``origin_on_reads=False``, on writes only (a page people navigate to from
+    other sites' links, the dashboard, must still open; the receiver, which only programs call, refuses both).
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        allowed: frozenset[str] | None,
+        setting: str,
+        origin_on_reads: bool = True,
+        refuse: Refuse = detail_refusal,
+    ):
+        self.app = app
+        self.allowed = allowed
+        self.setting = setting
+        self.origin_on_reads = origin_on_reads
+        self.refuse = refuse
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = Headers(scope=scope)
+            refused = host_refusal(headers, self.allowed, self.setting)
+            if refused is None and (self.origin_on_reads or scope["method"] not in SAFE_METHODS):
+                refused = origin_refusal(headers)
+            if refused is not None:
+                log.warning("request refused", extra={"reason": refused[0], "path": scope.get("path")})
+                await self.refuse(403, *refused)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class metrics_route_app:  # noqa: N801 - used like the function it wraps
@@ -219,3 +278,53 @@ def origin_refusal(headers: Headers) -> tuple[str, str] | None:
     if headers.get("sec-fetch-site") in ("cross-site", "same-site"):
         return "cross_origin", "cross-site browser request refused"
     return None
+
+
+# -- serving ---------------------------------------------------------------------------------------------------
+def check_bindable(host: str, port: int, setting: str) -> None:
+    """Conflict when ``host:port`` is taken, ConfigError when it cannot be bound at all (an address not on this
+    machine, a privileged port); the message names ``setting``, where to choose another. Bound the way the
+    server will bind it (every address the name resolves to, SO_REUSEADDR), so a port a previous run left in
+    TIME_WAIT is not taken for busy."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise ConfigError(f"cannot listen on {where}: {err.strerror}; check services.host") from None
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                s.bind(address)
+            except OSError as err:
+                if err.errno == errno.EADDRINUSE:
+                    raise Conflict(f"{where} is already in use; set {setting} to a free port") from None
+                raise ConfigError(
+                    f"cannot listen on {where}: {err.strerror}; check {setting} and services.host"
+                ) from None
+
+
+def start_metrics_server(port: int, host: str, registry: Any, setting: str) -> Any:
+    """prometheus_client's ``/metrics`` server in a thread of its own (ingest, the worker); a taken port is a
+    Conflict naming ``setting`` (``stream.metrics_port (FINSENT_STREAM__METRICS_PORT)``), not an OSError traceback.
+    Returns the server (``shutdown()`` stops it)."""
+    from prometheus_client import start_http_server
+
+    check_bindable(host, port, setting)
+    server, _ = start_http_server(port, addr=host, registry=registry)
+    return server
+
+
+def serve(app: Any, host: str, port: int, setting: str, **options: Any) -> None:
+    """Run ``app`` under uvicorn on ``host:port`` until stopped; ``setting`` names the port's setting
+    (``web.port (FINSENT_WEB__PORT)``), ``options`` go to ``uvicorn.run``.
+
+    The port is checked first (``check_bindable``): uvicorn itself logs a taken port in its own text format and
+    exits 3, finsent's code for "a gate refused". Its log lines go through finsent's handlers (JSON when stderr
+    is not a terminal), not the text handlers it would install."""
+    import uvicorn
+
+    check_bindable(host, port, setting)
+    uvicorn.run(app, host=host, port=port, log_config=None, **options)

@@ -11,8 +11,14 @@ scale, and because Tansu auto-creates unknown topics with its own default count.
 with a different partition count is an error, never silently accepted: the worker's parallelism
 and per-key ordering assumptions depend on it.
 
-``read_all`` reads a topic whole (tests, benchmarks) without trusting the broker's end offsets, which the
-embedded broker understates.
+Where a partition ends is never taken from ListOffsets alone: the embedded broker (Tansu) answers "latest" with
+the base offset of the partition's last record batch + 1, so a reader stopping there misses the rest of that
+batch. ``log_end`` is the one rule (the larger of the listed end and a fetch's high watermark); ``read_all`` (a
+topic whole, blocking: tests, benchmarks) and ``log_bounds`` / ``read_span`` (one partition inside an event loop:
+the aggregator's restore points and alerts) read by it.
+
+The Faust worker's broker settings come from here too (``faust_broker_options``): its bootstrap list, client id
+and SASL/TLS credentials, from the same settings as every other client.
 
 ``bound_topic`` sets retention on an existing topic (the aggregator bounds its checkpoints topic with
 ``CHECKPOINT_CONFIG`` on every start, whoever created the topic). Apache Kafka applies and reports it;
@@ -45,7 +51,7 @@ from finsent.records import DeadLetter
 from finsent.settings import Kafka, Settings, TopicSpec
 
 if TYPE_CHECKING:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
     from kafka import KafkaConsumer, KafkaProducer
 
 log = logging.getLogger("finsent.kafka")
@@ -153,6 +159,36 @@ def aio_consumer(kafka: Kafka, role: str, *topics: str, **options: Any) -> AIOKa
             **options,
         },
     )
+
+
+def faust_broker_options(kafka: Kafka, role: str) -> dict[str, Any]:
+    """The ``faust.App`` broker settings: ``broker`` (one URL per bootstrap host), ``broker_client_id``
+    (``<client_id>-<role>``) and, unless PLAINTEXT, ``broker_credentials`` built from ``security_options``: Faust
+    opens its own aiokafka clients from these, so a worker on a SASL/TLS cluster authenticates as the rest does.
+
+    The mapping (``faust.auth``; Faust hands each to aiokafka in ``credentials_to_aiokafka_auth``): SSL is
+    ``SSLCredentials`` around the TLS context; SASL_PLAINTEXT and SASL_SSL are ``SASLCredentials`` with the
+    mechanism, user name and password, and for SASL_SSL the TLS context (which makes Faust say SASL_SSL)."""
+    from faust.auth import SASLCredentials, SSLCredentials
+
+    options: dict[str, Any] = {
+        "broker": [f"kafka://{hp.strip()}" for hp in kafka.bootstrap.split(",")],
+        "broker_client_id": client_id(kafka, role),
+    }
+    security = security_options(kafka, aio=True)
+    if not security:
+        return options
+    ssl_context = security.get("ssl_context")
+    if kafka.security_protocol.startswith("SASL"):
+        options["broker_credentials"] = SASLCredentials(
+            username=security["sasl_plain_username"],
+            password=security["sasl_plain_password"],
+            mechanism=security["sasl_mechanism"],
+            ssl_context=ssl_context,
+        )
+    else:
+        options["broker_credentials"] = SSLCredentials(ssl_context)
+    return options
 
 
 def dead_letter(settings: Settings, msg: Any, error: str) -> tuple[str, bytes | None, bytes]:
@@ -273,15 +309,21 @@ class TopicIdWatch:
             self._admin = None
 
 
+# -- reading partitions to their end ---------------------------------------------------------------------
+def log_end(listed: int, highwater: int | None) -> int:
+    """Where a partition's log ends: its listed end offset (ListOffsets, a lower bound on any broker), or the high
+    watermark a fetch reported when that is further. Tansu answers ListOffsets(latest) with the base offset of the
+    partition's last record batch + 1 (after one batch of 100 records: 1, where a fetch's high watermark says 100),
+    so a reader stopping at the listed end gets one poll's worth of records there."""
+    return listed if highwater is None else max(listed, highwater)
+
+
 def read_all(kafka: KafkaLike, name: str, timeout_s: float = 10.0, quiet_s: float = 0.3) -> list:
     """Every record now in topic ``name`` (all partitions, from the beginning): kafka-python ConsumerRecords.
 
-    "Up to the end offsets" is not a safe place to stop. Tansu answers ListOffsets(latest) with the base
-    offset of the partition's last record batch + 1 (after one batch of 100 records: 1, where a fetch's high
-    watermark says 100), so a reader stopping there gets one poll's worth of records. So this reads until
-    every partition's position reached both the end offset (a lower bound on any broker) and the high
-    watermark of its last fetch (``reader.highwater``, once a fetch has reported one), and polls have come
-    back empty for ``quiet_s``. ``timeout_s`` bounds the whole read; what was read by then is returned.
+    Reads until every partition's position reached its ``log_end`` (the listed end offset, and the high watermark
+    of its last fetch once a fetch has reported one) and polls have come back empty for ``quiet_s``. ``timeout_s``
+    bounds the whole read; what was read by then is returned.
     """
     from kafka import TopicPartition
 
@@ -307,12 +349,39 @@ def read_all(kafka: KafkaLike, name: str, timeout_s: float = 10.0, quiet_s: floa
 
 
 def _caught_up(consumer, tps: list, ends: dict) -> bool:
-    """Each position at or past its end offset and, where a fetch reported one, its high watermark."""
-    for tp in tps:
-        position, high = consumer.position(tp), consumer.highwater(tp)
-        if position < ends.get(tp, 0) or (high is not None and position < high):
-            return False
-    return True
+    """Each position at or past its ``log_end``."""
+    return all(consumer.position(tp) >= log_end(ends.get(tp, 0), consumer.highwater(tp)) for tp in tps)
+
+
+async def log_bounds(consumer: AIOKafkaConsumer, tp: TopicPartition) -> tuple[int, int]:
+    """First and next offset of one partition's log (an aiokafka consumer with ``tp`` assigned). The end is the
+    ``log_end`` after fetching the newest listed record, so that a fetch has reported the high watermark; a broker
+    that does not deliver that record raises ``BrokerUnavailable``."""
+    begin = (await consumer.beginning_offsets([tp]))[tp]
+    end = (await consumer.end_offsets([tp]))[tp]
+    if end <= begin:
+        return begin, begin  # empty, or emptied by retention
+    consumer.seek(tp, end - 1)
+    if not (await consumer.getmany(tp, timeout_ms=5000)).get(tp):
+        raise BrokerUnavailable(f"could not read the newest record at {tp.topic}[{tp.partition}]@{end - 1}")
+    return begin, log_end(end, consumer.highwater(tp))
+
+
+async def read_span(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, upto: int, timeout_s: float = 10.0
+) -> list:
+    """The records at offsets start..upto-1 of one partition (compaction may have left gaps; ``upto`` from
+    ``log_bounds``). A broker that does not deliver them within ``timeout_s`` raises ``BrokerUnavailable``: a caller
+    restoring state from them must not start afresh, throwing state away, over a network problem."""
+    consumer.seek(tp, start)
+    out: list = []
+    deadline = time.monotonic() + timeout_s
+    while await consumer.position(tp) < upto:
+        if time.monotonic() > deadline:
+            raise BrokerUnavailable(f"could not read records {start}..{upto - 1} of {tp.topic}[{tp.partition}]")
+        batch = await consumer.getmany(tp, timeout_ms=1000)
+        out += [m for m in batch.get(tp, []) if m.offset < upto]
+    return out
 
 
 def ensure_topics(

@@ -12,6 +12,8 @@ import os
 import sys
 from datetime import UTC, datetime
 
+from finsent.errors import ConfigError
+
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
 
 
@@ -44,16 +46,49 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
 def setup(level: str | None = None, json_output: bool | None = None) -> None:
-    """Configure the root logger once; FINSENT_LOG_LEVEL and FINSENT_LOG_JSON override the defaults."""
-    level = (level or os.environ.get("FINSENT_LOG_LEVEL", "INFO")).upper()
+    """Configure the root logger once.
+
+    ``level``: the ``--log-level`` option; None: ``FINSENT_LOG_LEVEL``, else INFO. ``json_output``: the
+    ``--log-json/--log-text`` option; None: ``FINSENT_LOG_JSON`` (true/false, 1/0, yes/no, on/off), else JSON when
+    stderr is not a terminal. A value outside those is a ConfigError naming where it came from; nothing is
+    changed then."""
+    chosen = (
+        _level(level, "--log-level")
+        if level is not None
+        else _level(os.environ.get("FINSENT_LOG_LEVEL"), "FINSENT_LOG_LEVEL")
+    )
     if json_output is None:
-        env = os.environ.get("FINSENT_LOG_JSON")
-        json_output = env == "1" if env is not None else not sys.stderr.isatty()
+        json_output = _json_env(os.environ.get("FINSENT_LOG_JSON"))
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_output else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(chosen)
     for noisy in ("kafka", "aiokafka", "urllib3", "httpx", "httpcore", "faust", "mode", "alembic", "mlflow"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def _level(value: str | None, source: str) -> str:
+    """The level name, upper case; INFO when not given (or blank); ConfigError for a name logging does not use."""
+    if value is None or not value.strip():
+        return "INFO"
+    name = value.strip().upper()
+    if name not in LEVELS:
+        raise ConfigError(f"{source} {value!r} is not a log level; use one of {', '.join(LEVELS)}")
+    return name
+
+
+def _json_env(value: str | None) -> bool:
+    """FINSENT_LOG_JSON as a bool; unset (or blank): JSON when stderr is not a terminal."""
+    if value is None or not value.strip():
+        return not sys.stderr.isatty()
+    word = value.strip().lower()
+    if word not in _TRUE | _FALSE:
+        raise ConfigError(f"FINSENT_LOG_JSON {value!r} is not a boolean; use true or false (1 or 0)")
+    return word in _TRUE

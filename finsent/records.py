@@ -65,9 +65,12 @@ def utcnow() -> datetime:
 
 
 class Record(BaseModel):
-    """Base: strict, frozen, versioned, compact JSON."""
+    """Base: strict, frozen, versioned, compact JSON.
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    Floats must be finite: JSON has no NaN or infinity (``to_json`` wrote them as ``null``, which ``from_json``
+    then refused), so a record holding one could be written but never read back."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
     v: int = SCHEMA_VERSION
     SCHEMA: ClassVar[int] = SCHEMA_VERSION
 

@@ -9,6 +9,7 @@ whose message names the offending field as both a dotted path and its environmen
 from __future__ import annotations
 
 import os
+import tomllib
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -29,6 +30,7 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from pydantic_settings import SettingsError as SourceError
 
 from finsent.errors import SettingsError
 
@@ -38,8 +40,36 @@ WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})  # bind addresses that mean "e
 _CONFIG_FILE: ContextVar[str | None] = ContextVar("finsent_config_file", default=None)
 
 
+# Values the example env files and tutorials ship in place of a secret: taken as a real token or password they
+# would guard nothing (anyone can read them here), so settings refuse them.
+PLACEHOLDER_SECRETS = frozenset({"change-me", "changeme", "change_me"})
+
+
+def _is_secret(annotation: Any) -> bool:
+    return annotation is SecretStr or SecretStr in get_args(annotation)
+
+
 class _Group(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _real_secret(cls, v: Any, info: ValidationInfo) -> Any:
+        """A token or password: empty (``FINSENT_WEB__TOKEN=`` as an example file leaves it) means unset; a known
+        placeholder (``change-me``) is refused, since it would guard nothing."""
+        field = cls.model_fields.get(info.field_name or "")
+        if field is None or not _is_secret(field.annotation):
+            return v
+        raw = v.get_secret_value() if isinstance(v, SecretStr) else v
+        if isinstance(raw, str):
+            if not raw.strip():
+                return None
+            if raw.strip().lower() in PLACEHOLDER_SECRETS:
+                raise ValueError(
+                    "is a placeholder, not a secret: set the real one (a new token: "
+                    "python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+                )
+        return v
 
 
 Port = int
@@ -127,6 +157,20 @@ class Kafka(_Group):
             _port(int(port))
         return v
 
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> Kafka:
+        """A SASL protocol without a user or password would fail only at the first connection, blamed on the
+        broker ("no Kafka broker") after the whole connect timeout; name the missing variables at start instead."""
+        if self.security_protocol.startswith("SASL_"):
+            missing = [
+                f"{ENV_PREFIX}KAFKA__{name.upper()}"
+                for name, value in (("sasl_username", self.sasl_username), ("sasl_password", self.sasl_password))
+                if not (value.get_secret_value() if isinstance(value, SecretStr) else value)
+            ]
+            if missing:
+                raise ValueError(f"security_protocol={self.security_protocol} needs {' and '.join(missing)}")
+        return self
+
 
 class Broker(_Group):
     """The embedded Tansu broker (``finsent broker`` / ``finsent demo``)."""
@@ -161,7 +205,9 @@ class Services(_Group):
 
 
 class Ingest(_Group):
-    feeds_file: Path = Path("ingest/data/feeds-public.toml")
+    # None: the public feed list shipped in the package (finsent.ingest.feeds.PUBLIC_FEEDS), wherever finsent runs
+    # from (a path relative to the working directory found it only from a checkout's root)
+    feeds_file: Path | None = None
     metrics_port: Port = 9181
     demo_feeds_port: Port = 9180
     demo_burst_at_s: float = Field(default=150.0, ge=0)  # the demo feeds' negative oil burst starts this late
@@ -475,7 +521,7 @@ def _secret_fields(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list
     out: list[tuple[str, ...]] = []
     for name, field in model.model_fields.items():
         ann = field.annotation
-        if ann is SecretStr or SecretStr in get_args(ann):
+        if _is_secret(ann):
             out.append((*prefix, name))
         elif isinstance(ann, type) and issubclass(ann, BaseModel):
             out.extend(_secret_fields(ann, (*prefix, name)))
@@ -538,6 +584,16 @@ def load(config_file: str | os.PathLike[str] | None = None, **overrides) -> Sett
         return Settings(**overrides)
     except ValidationError as err:
         raise SettingsError(_describe(err)) from None
+    except SourceError as err:  # an environment value that is not the JSON a list or group setting needs
+        raise SettingsError(f"invalid finsent settings:\n  {err} (a list or group setting takes JSON)") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise SettingsError(
+            f"invalid finsent settings:\n  config file {_config_path()!r} is not valid TOML: {err}"
+        ) from None
+    except OSError as err:
+        raise SettingsError(
+            f"invalid finsent settings:\n  config file {_config_path()!r} cannot be read: {err.strerror or err}"
+        ) from None
     finally:
         _CONFIG_FILE.reset(token)
 
@@ -550,10 +606,12 @@ def _unknown_env() -> list[str]:
     """FINSENT_* variables that match no setting: a typo must not be silently ignored."""
     bad = []
     for key in os.environ:
-        if not key.startswith(ENV_PREFIX) or key[len(ENV_PREFIX) :] in _OTHER_ENV:
+        # case-insensitive, as pydantic-settings reads the environment: finsent_brokr__port is a typo too
+        name = key.upper()
+        if not name.startswith(ENV_PREFIX) or name[len(ENV_PREFIX) :] in _OTHER_ENV:
             continue
         model: type[BaseModel] | None = Settings
-        for part in key[len(ENV_PREFIX) :].lower().split("__"):
+        for part in name[len(ENV_PREFIX) :].lower().split("__"):
             field = model.model_fields.get(part) if model else None
             if field is None:
                 bad.append(key)

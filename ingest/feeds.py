@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from finsent.errors import FeedListError
 
+PUBLIC_FEEDS = Path(__file__).resolve().parent / "data" / "feeds-public.toml"  # ingest.feeds_file's default
+
 
 class FeedConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

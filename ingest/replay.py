@@ -13,7 +13,7 @@ and id-hash sum) of the items at or before the position; a day whose digest chan
 to the position (repeats, which the worker counts once, rather than a silent gap).
 
 The state belongs to one log: it is keyed by the broker's bootstrap address (with the range and the topic),
-and it records the topic's id on that broker (``topic_log``). A broker that lost its log (the embedded
+and it records the topic's id on that broker (``log_id``: ``finsent.kafka.TopicIdWatch``). A broker that lost its log (the embedded
 Tansu keeps it in memory) or a topic deleted and created again has a new id: the state then describes
 records that are gone, so it is dropped (one log line) and everything is sent again, instead of "already
 sent by an earlier run" and nothing in the topic.
@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from finsent.errors import BrokerUnavailable, ConfigError
 from finsent.files import replace_text
 from finsent.records import NewsItem
 
@@ -47,16 +48,16 @@ def parse_speed(value: str) -> float | None:
     try:
         speed = float(v[:-1] if v.endswith("x") else v)
     except ValueError:
-        raise ValueError(f"speed must look like 60x or max, got {value!r}") from None
+        raise ConfigError(f"speed must look like 60x or max, got {value!r}") from None
     if not math.isfinite(speed) or speed <= 0:
-        raise ValueError(f"speed must be a finite positive number like 60x, or max (got {value!r})")
+        raise ConfigError(f"speed must be a finite positive number like 60x, or max (got {value!r})")
     return speed
 
 
 def check_batch(batch: int) -> int:
     """Items per publish round: at least one (0 never sent a thing and said nothing)."""
     if batch < 1:
-        raise ValueError(f"batch must be at least 1 (got {batch})")
+        raise ConfigError(f"batch must be at least 1 (got {batch})")
     return batch
 
 
@@ -64,21 +65,6 @@ def state_path(state_dir: Path, start: datetime | None, end: datetime | None, to
     """The resume state of one range of one topic on one broker: a replay into another broker starts afresh."""
     key = hashlib.sha256(f"{bootstrap}|{start}|{end}|{topic}".encode()).hexdigest()[:16]
     return state_dir / "replay" / f"{key}.json"
-
-
-def topic_log(kafka, topic: str, timeout_s: float = 10.0) -> Callable[[], str | None]:
-    """Asks the broker for the topic's id (None while the topic does not exist): which log a state belongs to."""
-
-    def current() -> str | None:
-        from finsent.kafka import admin_client, topic_id
-
-        admin = admin_client(kafka, timeout_s)
-        try:
-            return topic_id(admin, topic)
-        finally:
-            admin.close()
-
-    return current
 
 
 @dataclass
@@ -177,7 +163,7 @@ def replay(
 ) -> ReplayReport:
     """``send`` publishes a batch and returns the items acknowledged (KafkaSink semantics).
 
-    ``items`` must come in (published, id) order, as ``Archive.read`` yields them. ``log_id`` (``topic_log``)
+    ``items`` must come in (published, id) order, as ``Archive.read`` yields them. ``log_id`` (``TopicIdWatch.current``)
     names the log the items go to: a state written for another log is dropped and the replay starts over."""
     check_batch(batch)
     state = ResumeState.load(state_file)
@@ -203,7 +189,7 @@ def replay(
         acked = send(chunk)
         if len(acked) < len(chunk):
             report.failed += len(chunk) - len(acked)
-            raise RuntimeError(f"{len(chunk) - len(acked)} items not acknowledged by the broker; rerun to resume")
+            raise BrokerUnavailable(f"{len(chunk) - len(acked)} items not acknowledged by the broker; rerun to resume")
         report.published += len(acked)
         if progress:
             progress(len(acked))
@@ -315,5 +301,4 @@ __all__ = [
     "refill",
     "replay",
     "state_path",
-    "topic_log",
 ]

@@ -9,9 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from prometheus_client import start_http_server
-
-from finsent.errors import exit_later
+from finsent.http import start_metrics_server
 from finsent.ingest.archive import Archive
 from finsent.ingest.dedup import DedupStore
 from finsent.ingest.feeds import FeedConfig
@@ -19,6 +17,7 @@ from finsent.ingest.fetch import Fetcher, FetchLimits
 from finsent.ingest.metrics import IngestMetrics
 from finsent.ingest.poller import Poller, PollSummary
 from finsent.ingest.sinks import JsonlSink, KafkaSink, Sink
+from finsent.osthreads import exit_later
 from finsent.settings import Settings
 
 log = logging.getLogger("finsent.ingest")
@@ -104,8 +103,11 @@ def run(
 ) -> list[PollSummary]:
     components = build(settings, feeds, output)
     if not once:
-        _server, _ = start_http_server(
-            settings.ingest.metrics_port, addr=settings.services.host, registry=components.metrics.registry
+        start_metrics_server(
+            settings.ingest.metrics_port,
+            settings.services.host,
+            components.metrics.registry,
+            "ingest.metrics_port (FINSENT_INGEST__METRICS_PORT)",
         )
         log.info(
             "ingest running",

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from finsent.errors import Conflict
 from finsent.kafka import TopicReport, ensure_topics
-from finsent.local.procs import Child
-from finsent.net import port_open
+from finsent.local.procs import Child, state_dir
+from finsent.net import free_port, port_open
 from finsent.settings import Settings
 
 
@@ -40,8 +40,15 @@ def broker_child(host: str, port: int, log_dir: Path) -> Child:
 
 
 def start_broker(settings: Settings, log_dir: Path) -> tuple[Child, TopicReport]:
-    """Start Tansu on settings.broker's address, wait until it answers, create every topic."""
-    host, port = settings.broker.host, settings.broker.port
+    """Start Tansu on settings.broker's address, wait until it answers, create every topic.
+
+    ``broker.port = 0`` means a free port: one is picked here and written back to ``settings.broker.port``, so
+    the caller (the demo's children, ``finsent broker``'s ready line) names the address the broker really has."""
+    state_dir(settings)
+    host = settings.broker.host
+    if settings.broker.port == 0:
+        settings.broker.port = free_port(host)
+    port = settings.broker.port
     if port_open(host, port):
         raise Conflict(f"{host}:{port} is already in use; set FINSENT_BROKER__PORT to a free port")
     child = broker_child(host, port, log_dir)

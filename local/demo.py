@@ -15,7 +15,7 @@ from pathlib import Path
 
 from finsent.local.broker import start_broker
 from finsent.local.feeds import DEMO_FEEDS
-from finsent.local.procs import Child, Supervisor, http_ok
+from finsent.local.procs import Child, Supervisor, http_ok, state_dir
 from finsent.local.runtime import wait_for_signal, write_state
 from finsent.local.services import (
     alertmanager_auth,
@@ -31,9 +31,14 @@ from finsent.settings import Settings
 log = logging.getLogger("finsent.local.demo")
 
 
-def finsent_child(name: str, args: list[str], logs: Path, restart: bool = False, **env: str) -> Child:
-    """A finsent command as a child process, sharing this process's settings (env + config file)."""
-    child_env = {**os.environ, "FINSENT_LOG_JSON": "1", **env}
+def finsent_child(
+    name: str, args: list[str], logs: Path, restart: bool = False, config: Path | None = None, **env: str
+) -> Child:
+    """A finsent command as a child process, sharing this process's settings: its environment and the settings
+    file ``config`` (the demo's ``--config``), handed on as FINSENT_CONFIG, which every command reads. Without
+    it the stages ran on the defaults while the demo itself used the file. ``env``: more variables, applied last."""
+    settings_file = {"FINSENT_CONFIG": str(Path(config).resolve())} if config is not None else {}
+    child_env = {**os.environ, "FINSENT_LOG_JSON": "1", **settings_file, **env}
     return Child(
         name, [sys.executable, "-m", "finsent.cli", *args], logs / f"{name}.log", env=child_env, restart=restart
     )
@@ -92,8 +97,10 @@ def demo_dedup_path(state: Path, keep: int = DEMO_RUNS_KEPT) -> Path:
     return run_dir / "dedup.sqlite"
 
 
-def run(settings: Settings) -> int:
-    state = settings.paths.state_dir
+def run(settings: Settings, config: Path | None = None) -> int:
+    """The demo on ``settings``; ``config``: the settings file they were loaded from (``--config``), which every
+    stage process loads too."""
+    state = state_dir(settings)
     logs = state / "logs"
     supervisor = Supervisor()
     urls: dict[str, str] = {}
@@ -106,13 +113,15 @@ def run(settings: Settings) -> int:
         am, am_url = alertmanager_child(settings, state)
         prom, prom_url = prometheus_child(settings, state)
         feeds_url = f"http://{host}:{settings.ingest.demo_feeds_port}"
-        feeds = finsent_child("feeds", ["ingest", "demo-feeds", "--port", str(settings.ingest.demo_feeds_port)], logs)
+        feeds = finsent_child(
+            "feeds", ["ingest", "demo-feeds", "--port", str(settings.ingest.demo_feeds_port)], logs, config=config
+        )
         receiver_url = f"http://{host}:{settings.receiver.port}"
-        receiver = finsent_child("receiver", ["receiver"], logs, restart=True, **kafka)
-        worker = finsent_child("worker", ["worker"], logs, restart=True, **kafka, **demo_stream_env())
+        receiver = finsent_child("receiver", ["receiver"], logs, restart=True, config=config, **kafka)
+        worker = finsent_child("worker", ["worker"], logs, restart=True, config=config, **kafka, **demo_stream_env())
         api_url = f"http://{host}:{settings.web.port}"
         # the dashboard charts the detector's window width
-        api = finsent_child("api", ["serve"], logs, restart=True, **kafka, **demo_stream_env())
+        api = finsent_child("api", ["serve"], logs, restart=True, config=config, **kafka, **demo_stream_env())
         # Everything but ingest needs only the broker: start them side by side (the worker and the API
         # load the model meanwhile). Ingest comes last, so the first headlines meet a consuming worker.
         supervisor.start_together(
@@ -130,6 +139,7 @@ def run(settings: Settings) -> int:
             "ingest",
             ["ingest", "--feeds", str(feed_list)],
             logs,
+            config=config,
             **kafka,
             FINSENT_ALLOW_PRIVATE_FEEDS="1",
             FINSENT_INGEST__DEDUP_PATH=str(demo_dedup_path(state)),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -15,11 +16,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
-from finsent.errors import ProcessStartError
+from finsent.errors import ConfigError, ProcessStartError
+from finsent.settings import Settings
 
 log = logging.getLogger("finsent.local.procs")
 
@@ -48,6 +51,40 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
     return preexec
 
 
+def _start_marker(name: str, argv: Sequence[str]) -> bytes:
+    """The line a child's log gets before each start, as a JSON log line like the children's own."""
+    doc = {
+        "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "level": "info",
+        "logger": "finsent.local.procs",
+        "msg": "child starting",
+        "child": name,
+        "argv": list(argv),
+    }
+    return json.dumps(doc).encode() + b"\n"
+
+
+def state_dir(settings: Settings) -> Path:
+    """``paths.state_dir`` as a folder (made if missing): where the embedded stack keeps logs and state.
+
+    A path that cannot be a folder (a file is there, no permission) is a ConfigError naming the setting, before
+    any child starts; it was a NotADirectoryError traceback from the first child's log file."""
+    path = settings.paths.state_dir
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(
+            f"paths.state_dir (FINSENT_PATHS__STATE_DIR) {str(path)!r} cannot be used as a folder: {err.strerror}; "
+            "set it to a folder finsent may write"
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"paths.state_dir (FINSENT_PATHS__STATE_DIR) {str(path)!r} is not writable; "
+            "set it to a folder finsent may write"
+        )
+    return path
+
+
 class Child:
     """One supervised child process whose output goes to a log file."""
 
@@ -69,6 +106,7 @@ class Child:
         self.env = env
         self.cwd = cwd
         self.proc: subprocess.Popen | None = None
+        self._log_from = 0  # where this run's lines start in the log (after its start marker)
 
     @property
     def pid(self) -> int | None:
@@ -83,8 +121,16 @@ class Child:
         other start side by side."""
         self._ready = (ready, timeout)
         self._deadline = time.monotonic() + timeout
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as out:
+        try:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            out = self.log_path.open("ab")
+        except OSError as err:
+            raise ProcessStartError(f"{self.name}: cannot write its log {self.log_path}: {err.strerror}") from None
+        with out:
+            # The log is appended to across runs: a start error quotes only what this run wrote (after the marker).
+            out.write(_start_marker(self.name, self.argv))
+            out.flush()
+            self._log_from = out.tell()
             try:
                 self.proc = subprocess.Popen(
                     self.argv,
@@ -133,10 +179,14 @@ class Child:
         log.info("stopped", extra={"child": self.name, "rc": self.proc.returncode})
 
     def log_tail(self, lines: int = 20) -> str:
+        """The last ``lines`` lines this run of the child wrote (earlier runs share the file, above its start marker)."""
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            with self.log_path.open("rb") as fh:
+                fh.seek(self._log_from)
+                text = fh.read().decode(errors="replace")
         except OSError:
             return "(no log)"
+        return "\n".join(text.splitlines()[-lines:]) or "(nothing logged)"
 
 
 class Supervisor:

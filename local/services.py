@@ -14,21 +14,25 @@ Prometheus itself takes no writes (no admin API, no lifecycle endpoint).
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 from pathlib import Path
 
-import bcrypt
 import yaml
 
-from finsent.alerts.config import ALERTMANAGER_CONFIG, RULES_DIR, render_alertmanager_config
+from finsent.alerts.config import (
+    ALERTMANAGER_CONFIG,
+    ALERTMANAGER_USER,
+    RULES_DIR,
+    WEB_CONFIG,
+    render_alertmanager_config,
+    write_private,
+    write_web_config,
+)
 from finsent.errors import MissingBinary
 from finsent.files import replace_text
 from finsent.local.procs import Child, http_ok
 from finsent.settings import Settings
-
-ALERTMANAGER_USER = "finsent"
 
 
 def _binary(name: str) -> str:
@@ -55,11 +59,8 @@ def alertmanager_password_file(settings: Settings, state_dir: Path) -> Path:
     wanted = given.get_secret_value() if given is not None else None
     current = path.read_text(encoding="utf-8").strip() if path.exists() else None
     if not current or (wanted is not None and current != wanted):  # an empty file (a full disk) is no password
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write((wanted or secrets.token_urlsafe(24)) + "\n")
-    path.chmod(0o600)  # O_CREAT's mode applies only to a new file: an older, wider one is narrowed too
+        write_private(path, (wanted or secrets.token_urlsafe(24)) + "\n")
+    path.chmod(0o600)  # an older, wider file is narrowed even when its password is kept
     return path
 
 
@@ -124,10 +125,7 @@ def alertmanager_child(settings: Settings, state_dir: Path, config: Path = ALERT
     home.mkdir(parents=True, exist_ok=True)
     config = render_alertmanager_config(settings, home, config)
     user, password = alertmanager_auth(settings, state_dir)
-    web_config = home / "web.yml"
-    # cost 10: each request checks the hash (Prometheus posts and scrapes every 2 s); still ~2^10 rounds per guess
-    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode()
-    web_config.write_text(yaml.safe_dump({"basic_auth_users": {user: hashed}}))
+    web_config = write_web_config(home / WEB_CONFIG, password, user)
     url = f"http://{s.host}:{s.alertmanager_port}"
     argv = [
         _binary(s.alertmanager_bin),

@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -26,6 +26,9 @@ from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerBase
 from finsent.errors import ModelError
 from finsent.labels import SENTIMENT_LABELS, TOPIC_LABELS
 from finsent.model.network import MultiTaskModel
+
+if TYPE_CHECKING:
+    from finsent.settings import Settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -165,3 +168,27 @@ def resolve(models_dir: Path, name: str, version: str = "") -> Path:
 def default_model_dir() -> Path:
     """The model shipped in the repository (newest version)."""
     return resolve(REPO_MODELS_DIR, DEFAULT_NAME)
+
+
+def model_dir(settings: Settings, model: Path | None = None) -> Path:
+    """The model a command serves: ``model`` (``--model``), else the settings' model (``model.name``,
+    ``model.version``; empty = newest) from ``paths.models_dir`` or the repository's ``models/``, else, when
+    neither was chosen, the shipped default.
+
+    A model the user chose and does not have is an error, not the default in its place: someone who asked
+    for the research variant must not be served the permissive model without knowing it."""
+    if model is not None:
+        return model
+    name, version = settings.model.name, settings.model.version
+    for models_dir in dict.fromkeys((settings.paths.models_dir, REPO_MODELS_DIR)):
+        try:
+            return resolve(models_dir, name, version)
+        except ModelError:
+            continue
+    if name == DEFAULT_NAME and not version:
+        return default_model_dir()
+    build = " (build it: make research-model; MODEL_CARD-research.md)" if "research" in name else ""
+    raise ModelError(
+        f"model {name}@{version or 'newest'} not found under {settings.paths.models_dir} or "
+        f"{REPO_MODELS_DIR}{build}; unset FINSENT_MODEL__NAME/FINSENT_MODEL__VERSION for the default"
+    )

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from finsent.errors import ConfigError
+from finsent.errors import ConfigError, GateRefused
 from finsent.labels import SENTIMENT_INDEX, TOPIC_INDEX
 from finsent.model import artifact
 from finsent.model.data import IGNORE, Example, load_twitter
@@ -69,6 +69,16 @@ class GateResult:
         lines += [f"{name:<36} {p:>8.4f} {c:>10.4f}   {note}" for name, p, c, note in rows]
         verdict = f"registered {self.registered_dir}" if self.registered else f"refused (kept in {self.candidate_dir})"
         return "\n".join([*lines, verdict])
+
+    def check(self) -> GateResult:
+        """This result when the candidate was registered; ``GateRefused`` (exit 3) naming the scores when not."""
+        if not self.registered:
+            raise GateRefused(
+                f"the feedback gate refused the candidate: dev macro-F1 {self.candidate_score:.4f} against the "
+                f"parent's {self.parent_score:.4f} drops more than {self.max_drop}; not registered "
+                f"(kept in {self.candidate_dir})"
+            )
+        return self
 
 
 def corrected_accuracy(metrics: dict) -> dict[str, tuple[int, float]]:

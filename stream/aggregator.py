@@ -16,8 +16,8 @@ newest restore point, replays the scored items from those offsets up to those po
 new, even when they land in windows published before the restart (a revision is published). Redelivered
 items (the scoring side is at-least-once) are deduplicated by item id inside the windows.
 
-Where a partition ends is read from the fetch's high watermark, never from ListOffsets: the embedded
-Tansu broker answers "latest offset" with the base offset of the last record batch + 1.
+Where a partition ends is read from the fetch's high watermark, never from ListOffsets alone: the embedded
+Tansu broker answers "latest offset" with the base offset of the last record batch + 1 (``finsent.kafka.log_bounds``).
 
 Outputs (closed WindowStats to ``finsent.windows``, SurgeAlerts to ``finsent.alerts``) are awaited
 until the broker acknowledges them, and only then is a restore point written that moves past them.
@@ -232,6 +232,7 @@ class Aggregator:
         await self.publish(out)
         if out:
             self.unsaved_output = True
+        if out or self.agg.forgotten != self._forgotten:  # a key the detector forgot loses its series now
             self._export(out)
         await self.maybe_checkpoint(force=bool(out))
         self._observe_state()
@@ -354,7 +355,7 @@ class Aggregator:
             for p in sorted(parts):
                 tp = TopicPartition(name, p)
                 consumer.assign([tp])
-                begin, end = await _log_bounds(consumer, tp)
+                begin, end = await kafka_room.log_bounds(consumer, tp)
                 self.alerts_end[p] = end
                 if point is None or point.alerts_from is None:
                     continue
@@ -362,7 +363,7 @@ class Aggregator:
                     unknown.append(p)  # its end was not known then: reading it whole could take long
                     continue
                 start = max(begin, point.alerts_from[p])
-                for msg in await _read_span(consumer, tp, start, end) if start < end else []:
+                for msg in await kafka_room.read_span(consumer, tp, start, end) if start < end else []:
                     try:
                         published.append(SurgeAlert.from_json(msg.value))
                     except (RecordError, ValueError, TypeError) as err:
@@ -397,10 +398,10 @@ class Aggregator:
         try:
             tp = TopicPartition(name, 0)
             consumer.assign([tp])
-            begin, upto = await _log_bounds(consumer, tp)
+            begin, upto = await kafka_room.log_bounds(consumer, tp)
             while upto > begin and skipped < MAX_SKIPPED:
                 start = max(begin, upto - SCAN_CHUNK)
-                for msg in reversed(await _read_span(consumer, tp, start, upto)):
+                for msg in reversed(await kafka_room.read_span(consumer, tp, start, upto)):
                     point = self._readable(msg)
                     if point is not None:
                         if skipped:
@@ -444,7 +445,8 @@ class Aggregator:
             self.metrics.items_failed.labels(reason).inc()
 
     def _export(self, out: Emitted) -> None:
-        """Gauges show the newest closed windows; keys without items in them now read 0."""
+        """Gauges show the newest closed windows (keys without items in them now read 0) and the detector's state of
+        the keys it keeps, handed over whole (a key it forgot has no surge series any more)."""
         widest = self.agg.widest_s
         if out.windows:
             end = max(c.stat.end for c in out.windows)
@@ -453,8 +455,7 @@ class Aggregator:
                 s.key.split(":", 1)[1]: s.count for s, w in newest if w == widest and s.key.startswith("ticker:")
             }
             self.metrics.windows(newest, volumes, end)
-        for key, z, mean, firing, count in self.agg.surge_gauges():
-            self.metrics.surge_state(key, z, mean, firing, count)
+        self.metrics.surge_states(self.agg.surge_gauges())
 
     def _observe_state(self) -> None:
         self.metrics.keys_forgotten.inc(self.agg.forgotten - self._forgotten)
@@ -471,35 +472,6 @@ class Aggregator:
                     self.metrics.lag.labels(tp.topic, str(tp.partition)).set(
                         max(0, high - self.positions.get(tp.partition, 0))
                     )
-
-
-async def _log_bounds(consumer: AIOKafkaConsumer, tp: TopicPartition) -> tuple[int, int]:
-    """First and next offset of the partition's log; the end from a fetch's high watermark (Tansu's ListOffsets
-    answers the last batch's base offset + 1, which cuts off records written in one batch)."""
-    begin = (await consumer.beginning_offsets([tp]))[tp]
-    end = (await consumer.end_offsets([tp]))[tp]
-    if end <= begin:
-        return begin, begin  # empty, or emptied by retention
-    consumer.seek(tp, end - 1)
-    if not (await consumer.getmany(tp, timeout_ms=5000)).get(tp):
-        raise RuntimeError(f"could not read the newest record at {tp.topic}[{tp.partition}]@{end - 1}")
-    return begin, max(end, consumer.highwater(tp) or end)
-
-
-async def _read_span(
-    consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, upto: int, timeout_s: float = 10.0
-) -> list:
-    """The records at offsets start..upto-1 (compaction may have left gaps). A broker that does not deliver
-    them raises: starting afresh would throw state away over a network problem."""
-    consumer.seek(tp, start)
-    out: list = []
-    deadline = time.monotonic() + timeout_s
-    while await consumer.position(tp) < upto:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"could not read records {start}..{upto - 1} of {tp.topic}[{tp.partition}]")
-        batch = await consumer.getmany(tp, timeout_ms=1000)
-        out += [m for m in batch.get(tp, []) if m.offset < upto]
-    return out
 
 
 def _check_restorable(settings: Settings, point: RestorePoint) -> None:

@@ -7,14 +7,16 @@ drops out has no series any more. Surge state is exported for *every* key that f
 lost to the bound.
 
 The per-key gauges are built at scrape time from the current state (``KeyGauges``, client_python's
-``Collector`` pattern): the aggregator hands over the newest windows and detector state, and a key that is no
-longer in that state simply has no series, instead of a label book that must remember to remove it.
+``Collector`` pattern): the aggregator hands over the newest windows and the detector's state of every key, as a
+whole, and a key that is no longer in that state (a ticker out of the bound, a key the detector forgot) simply has
+no series, instead of a label book that must remember to remove it.
 """
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -193,8 +195,13 @@ class WorkerMetrics:
         """The windows closed at one boundary; series shown before but absent now read as empty."""
         self.keys.windows(stats, self.allowed_tickers(ticker_volumes), end)
 
-    def surge_state(self, key: str, z: float, baseline: float, firing: SurgeAlert | None, count: int = 0) -> None:
-        self.keys.surge(key, z, baseline, firing.severity if firing is not None else None, count)
+    def surge_states(self, states: Iterable[tuple[str, float | None, float, SurgeAlert | None, int]]) -> None:
+        """The detector's state of every key it keeps (``Aggregation.surge_gauges``: key, z-score, baseline, the
+        firing alert or None, count), as a whole: a key not in it (forgotten by the detector) has no series."""
+        self.keys.surges(
+            (key, z, baseline, firing.severity if firing is not None else None, count)
+            for key, z, baseline, firing, count in states
+        )
 
     def alert(self, alert: SurgeAlert) -> None:
         state = "retracted" if alert.retracted else alert.state
@@ -264,15 +271,21 @@ class KeyGauges:
                     stat.count, stat.negative, stat.negative_share, stat.mean_score, stat.end.timestamp()
                 )
 
-    def surge(self, key: str, z: float, baseline: float, severity: str | None, count: int) -> None:
-        dim, name = split_key(key)
+    def surges(self, states: Iterable[tuple[str, float | None, float, str | None, int]]) -> None:
+        """Replace the surge state whole with the detector's (key, z, baseline, firing severity or None, count) of
+        every key it keeps: a key it forgot (``surge.forget_after_s``) has no series from here on, instead of its
+        last values for ever. A z-score not computed reads NaN."""
+        states = list(states)
         with self._lock:
-            if dim == "ticker" and name not in self.shown_tickers and severity is None:
-                # Outside the bound and not firing: no series. (A ticker that fired and resolved must lose its
-                # active=1 here; the label book before this kept it, and the alert never resolved.)
-                self._surges.pop((dim, name), None)
-                return
-            self._surges[(dim, name)] = _Surge(z, count, baseline, severity)
+            surges: dict[tuple[str, str], _Surge] = {}
+            for key, z, baseline, severity, count in states:
+                dim, name = split_key(key)
+                if dim == "ticker" and name not in self.shown_tickers and severity is None:
+                    # Outside the bound and not firing: no series. (A ticker that fired and resolved must lose its
+                    # active=1 here; the label book before this kept it, and the alert never resolved.)
+                    continue
+                surges[(dim, name)] = _Surge(z if z is not None else math.nan, count, baseline, severity)
+            self._surges = surges
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self._lock:

@@ -63,10 +63,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from finsent import kafka as kafka_room
-from finsent.errors import PoisonRecord, exit_later
-from finsent.kafka import TopicIdWatch, ensure_topics
+from finsent.errors import PoisonRecord
+from finsent.http import start_metrics_server
+from finsent.kafka import TopicIdWatch, ensure_topics, faust_broker_options
 from finsent.model.classifier import Encoded
-from finsent.osthreads import name_os_thread
+from finsent.osthreads import exit_later, name_os_thread
 from finsent.records import NewsItem, checked_item
 from finsent.settings import Settings
 from finsent.stream.aggregator import Aggregator
@@ -332,10 +333,10 @@ class Scorer:
             if len(too_large) == len(refused):  # only letters too large: the rest is acknowledged
                 outputs = [shrunk for i in too_large if (shrunk := self._smaller_letter(outputs[i], errors[i]))]
                 continue
-            err = next(errors[i] for i in refused if i not in too_large)
+            failure = next(errors[i] for i in refused if i not in too_large)
             log.warning(
                 "produce failed, retrying the whole batch (duplicates are deduplicated downstream)",
-                extra={"error": f"{type(err).__name__}: {err}", "records": len(outputs), "retry_in_s": delay},
+                extra={"error": f"{type(failure).__name__}: {failure}", "records": len(outputs), "retry_in_s": delay},
             )
             outputs = [self._smaller_letter(o, errors[i]) if i in too_large else o for i, o in enumerate(outputs)]
             outputs = [o for o in outputs if o is not None]
@@ -424,7 +425,7 @@ def build_app(settings: Settings, scorer: Scorer, aggregate: bool = True, input_
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         s.group_id,
-        broker=[f"kafka://{hp.strip()}" for hp in settings.kafka.bootstrap.split(",")],
+        **faust_broker_options(settings.kafka, "worker"),  # bootstrap, client id, SASL/TLS: as every other client
         value_serializer="raw",
         key_serializer="raw",
         web_enabled=False,
@@ -547,7 +548,7 @@ async def supervise_aggregator(settings: Settings, metrics: WorkerMetrics) -> No
 def _bounded_stop_worker(base: type, timeout_s: float) -> type:
     """``base`` (faust.Worker) whose stop on SIGTERM/SIGINT is bounded: past ``timeout_s`` the process exits.
 
-    Why: see ``finsent.errors.exit_later``; exiting early loses nothing (offsets follow results)."""
+    Why: see ``finsent.osthreads.exit_later``; exiting early loses nothing (offsets follow results)."""
 
     class BoundedStopWorker(base):  # type: ignore[misc,valid-type]
         def _on_sigterm(self) -> None:
@@ -564,7 +565,6 @@ def _bounded_stop_worker(base: type, timeout_s: float) -> type:
 def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
     """Blocking: create topics, load the model, serve /metrics, run the Faust worker until stopped."""
     import faust
-    from prometheus_client import start_http_server
 
     from finsent.model import Classifier
     from finsent.model.placement import alone_choice, calls_at_once, side_by_side
@@ -583,7 +583,12 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
     classifier_alone = Classifier.from_settings(classifier.directory, alone) if alone is not None else None
     metrics = WorkerMetrics(top_k=settings.stream.ticker_top_k, watchlist=tuple(settings.stream.ticker_watchlist))
     metrics.model_info.labels(classifier.version, classifier.backend.name).set(1)
-    server, _ = start_http_server(settings.stream.metrics_port, addr=settings.services.host, registry=metrics.registry)
+    server = start_metrics_server(
+        settings.stream.metrics_port,
+        settings.services.host,
+        metrics.registry,
+        "stream.metrics_port (FINSENT_STREAM__METRICS_PORT)",
+    )
     log.info(
         "worker starting",
         extra={

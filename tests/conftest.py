@@ -6,12 +6,14 @@ No mocks here: the broker is the Tansu binary, Prometheus and Alertmanager are t
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from finsent.local.broker import broker_child
+from finsent.local.feeds import FeedServer
 from finsent.local.procs import Child
 from finsent.local.services import alertmanager_auth, alertmanager_child, prometheus_child, ready_check
 from finsent.net import free_port, port_open
@@ -66,6 +68,24 @@ def make_settings(tmp: Path, **overrides) -> Settings:
     for key, value in overrides.items():
         base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
     return load(**base)
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that this test holds bound and listening: for what a service does when its port is taken."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+@pytest.fixture
+def frozen_feeds() -> Iterator[FeedServer]:
+    """The demo feeds on a free port, frozen: a backlog (~10 items on each demo feed, with ETags) and nothing new
+    between polls, so a test can count what ingest should have got."""
+    server = FeedServer(rate_per_s=0.0005, burst_at=3600, backlog=30).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

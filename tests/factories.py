@@ -1,4 +1,5 @@
-"""Record builders for tests: one place that knows how to make a valid NewsItem, ScoredItem, SurgeAlert.
+"""Record builders for tests: one place that knows how to make a valid NewsItem, ScoredItem, WindowStat,
+SurgeAlert.
 
 Tests keep their own short helpers (``item(i, seconds)``) for their own defaults; those call these, so a
 change to a record's schema is fixed here once.
@@ -10,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from finsent.labels import SENTIMENT_LABELS, TOPIC_LABELS
-from finsent.records import Evidence, NewsItem, ScoredItem, SurgeAlert
+from finsent.records import Evidence, NewsItem, ScoredItem, SurgeAlert, WindowStat
 
 T0 = datetime(2024, 5, 2, 12, 0, tzinfo=UTC)
 
@@ -59,6 +60,32 @@ def scored_item(
         model=model,
         scored_at=scored_at or item.published,
         latency_s=latency_s,
+        **fields,
+    )
+
+
+def window_stat(
+    key: str = "all",
+    *,
+    at: datetime = T0,
+    width_s: int = 300,
+    count: int = 10,
+    negative: int = 0,
+    positive: int = 0,
+    **fields,
+) -> WindowStat:
+    """A WindowStat of ``key`` over ``width_s`` seconds from ``at``: ``count`` headlines, ``negative`` and
+    ``positive`` of them as given and the rest neutral; ``mean_score`` follows from them unless given."""
+    mean_score = fields.pop("mean_score", (positive - negative) / count if count else 0.0)
+    return WindowStat(
+        key=key,
+        start=at,
+        end=at + timedelta(seconds=width_s),
+        count=count,
+        negative=negative,
+        neutral=count - negative - positive,
+        positive=positive,
+        mean_score=mean_score,
         **fields,
     )
 

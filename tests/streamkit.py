@@ -22,10 +22,10 @@ from finsent.kafka import ensure_topics, read_all
 from finsent.local.procs import Child, http_ok
 from finsent.net import free_port
 from finsent.records import NewsItem
-from finsent.settings import load
+from finsent.settings import Topics, load
 
 ROOT = Path(__file__).resolve().parents[1]
-TOPICS = ("raw", "scored", "alerts", "feedback", "dlq", "windows", "checkpoints")
+TOPICS = tuple(Topics.model_fields)  # every topic the settings name: each test gets its own of each
 
 # Small event-time windows so a test sees many of them: 10 s buckets, surge watched on 30 s windows.
 FAST_WINDOWS = {

@@ -34,11 +34,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
-from finsent.http import BodyLimit, metrics_route_app
+from finsent import http
+from finsent.http import BodyLimit, RequestGuard, metrics_route_app
 from finsent.settings import Settings
 from finsent.web import routes
 from finsent.web.cases import cases_routes
-from finsent.web.guard import RequestGuard
+from finsent.web.guard import guard_policy
 from finsent.web.routes import STATIC_DIR
 from finsent.web.state import ApiMetrics, ApiState, api_model
 from finsent.web.views import StreamViews
@@ -72,7 +73,7 @@ def build_api(
     # SecureAndMeasure is added last, so it is the outermost: RequestGuard's 403 and BodyLimit's 413/400 answers
     # get the headers and are measured too; a refused request's body is never read.
     app.add_middleware(BodyLimit, max_bytes=settings.web.max_body_bytes)
-    app.add_middleware(RequestGuard, settings=settings)
+    app.add_middleware(RequestGuard, **guard_policy(settings))
     app.add_middleware(SecureAndMeasure, metrics=metrics)
 
     app.add_exception_handler(RequestValidationError, validation_error)
@@ -157,16 +158,16 @@ def serve(settings: Settings, model_dir) -> None:
 
 
 def run(app: FastAPI, settings: Settings) -> None:
-    """Serve ``app`` on ``services.host``:``web.port`` until stopped. uvicorn takes uvloop and httptools, which
-    finsent depends on, when they import (``auto``): 0.37 -> 0.23 ms of CPU per ``/classify`` request against
-    asyncio with h11 (``bench/bench_api.py``'s HTTP-stack figure, 8 clients, 2-core CPU)."""
-    import uvicorn
-
+    """Serve ``app`` on ``services.host``:``web.port`` until stopped (a taken port: one line naming the setting).
+    uvicorn takes uvloop and httptools, which finsent depends on, when they import (``auto``): 0.37 -> 0.23 ms of
+    CPU per ``/classify`` request against asyncio with h11 (``bench/bench_api.py``'s HTTP-stack figure, 8 clients,
+    2-core CPU)."""
     # A live dashboard holds an /events stream open; do not let it hold a shutdown too.
-    uvicorn.run(
+    http.serve(
         app,
-        host=settings.services.host,
-        port=settings.web.port,
+        settings.services.host,
+        settings.web.port,
+        "web.port (FINSENT_WEB__PORT)",
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=3,

@@ -1,4 +1,5 @@
-"""Who may talk to the web API: the receiver's rules (``finsent.http``), fitted to a page people navigate to.
+"""Who may talk to the web API: the receiver's rules and middleware (``finsent.http``), fitted to a page people
+navigate to.
 
 Why a guard in front of every route: on loopback without ``FINSENT_WEB__TOKEN`` (the demo) anyone whose page
 reaches 127.0.0.1 could otherwise write feedback, which fine-tuning trains on, or act on alert cases. A Host
@@ -9,39 +10,22 @@ browser's cross-site fetch, is refused on writes only: a link to the dashboard f
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from fastapi import HTTPException
-from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
 
-from finsent.http import allowed_hosts, bearer_ok, host_refusal, is_loopback, origin_refusal
+from finsent.http import allowed_hosts, bearer_ok, is_loopback
 from finsent.settings import Settings
 
-log = logging.getLogger("finsent.web.guard")
 
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-class RequestGuard:
-    """Pure ASGI middleware: 403 (``{"detail": ...}``) for a foreign Host, and for a cross-origin write."""
-
-    def __init__(self, app: Any, settings: Settings):
-        self.app = app
-        self.allowed = allowed_hosts(settings.services.host, settings.web.allowed_hosts)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            headers = Headers(scope=scope)
-            refused = host_refusal(headers, self.allowed, "web.allowed_hosts")
-            if refused is None and scope["method"] not in SAFE_METHODS:
-                refused = origin_refusal(headers)
-            if refused is not None:
-                log.warning("request refused", extra={"reason": refused[0], "path": scope.get("path")})
-                await JSONResponse({"detail": refused[1]}, status_code=403)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+def guard_policy(settings: Settings) -> dict[str, Any]:
+    """The web API's options for ``finsent.http.RequestGuard``: 403 (``{"detail": ...}``) for a foreign Host on
+    every request, and for a cross-origin request on writes only."""
+    return {
+        "allowed": allowed_hosts(settings.services.host, settings.web.allowed_hosts),
+        "setting": "web.allowed_hosts",
+        "origin_on_reads": False,
+    }
 
 
 def check_write(token: bytes | None, bound: str, authorization: str | None) -> None:

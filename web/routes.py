@@ -9,20 +9,21 @@ annotation objects, and the classify model is built per app from the settings' l
 """
 
 import asyncio
+import dataclasses
 import json
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_type_hints
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model
 
 from finsent.errors import BatcherClosed
 from finsent.labels import SENTIMENT_LABELS, TOPIC_LABELS
 from finsent.model.feedback_store import append
-from finsent.records import Feedback, PersonName, utcnow
+from finsent.records import Feedback, PersonName, Prediction, utcnow
 from finsent.settings import Web
 from finsent.web.guard import check_write
 from finsent.web.heatmap import heatmap
@@ -45,17 +46,28 @@ CLASSIFY_BUSY = {
 }
 
 
-class Scores(BaseModel):
-    topic: str
-    topic_probs: dict[str, float]
-    sentiment: str
-    sentiment_probs: dict[str, float]
-    flag: str | None = Field(None, description="set when a text could not be classified normally (empty, not text)")
+def _scores_model() -> type[BaseModel]:
+    """One text's answer in ``/classify``: the classifier's ``Prediction``, field for field, but ``model``, which the
+    response names once for all texts. Derived, so a field the classifier gains is one the API answers with."""
+    hints = get_type_hints(Prediction)
+    fields: dict[str, Any] = {
+        f.name: (hints[f.name], ... if f.default is dataclasses.MISSING else f.default)
+        for f in dataclasses.fields(Prediction)
+        if f.name != "model"
+    }
+    fields["flag"] = (
+        hints["flag"],
+        Field(None, description="set when a text could not be classified normally (empty, not text)"),
+    )
+    return create_model("Scores", __config__=ConfigDict(from_attributes=True), **fields)
+
+
+Scores = _scores_model()
 
 
 class ClassifyResponse(BaseModel):
     model: str = Field(description="name@version of the classifier that answered")
-    results: list[Scores]
+    results: list[Scores]  # type: ignore[valid-type]
     seconds: float = Field(description="inference time of this request (its model call's, start to finish)")
 
 
@@ -171,16 +183,7 @@ async def classify_texts(api: ApiState, texts: list[str]) -> ClassifyResponse:
     return ClassifyResponse(
         model=api.classifier.version,
         seconds=round(answer.seconds, 4),
-        results=[
-            Scores(
-                topic=p.topic,
-                topic_probs=p.topic_probs,
-                sentiment=p.sentiment,
-                sentiment_probs=p.sentiment_probs,
-                flag=p.flag,
-            )
-            for p in answer.results
-        ],
+        results=[Scores.model_validate(p) for p in answer.results],
     )
 
 

@@ -331,23 +331,17 @@ def test_killed_demo_takes_its_children_with_it(tmp_path):
     _assert_all_gone(list(info["children"].values()))
 
 
-def test_occupied_port_is_a_clear_error(tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        port = s.getsockname()[1]
-        env = {
-            **environ_without_finsent(),
-            "FINSENT_PATHS__STATE_DIR": str(tmp_path),
-            "FINSENT_BROKER__PORT": str(port),
-        }
-        proc = subprocess.run(
-            [sys.executable, "-m", "finsent.cli", "demo"], env=env, capture_output=True, text=True, timeout=60
-        )
+def test_occupied_port_is_a_clear_error(tmp_path, taken_port):
+    env = {
+        **environ_without_finsent(),
+        "FINSENT_PATHS__STATE_DIR": str(tmp_path),
+        "FINSENT_BROKER__PORT": str(taken_port),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "finsent.cli", "demo"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode != 0
-    assert f"127.0.0.1:{port} is already in use" in proc.stderr
+    assert f"127.0.0.1:{taken_port} is already in use" in proc.stderr
 
 
 @pytest.mark.parametrize(

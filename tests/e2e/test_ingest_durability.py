@@ -36,13 +36,6 @@ from finsent.records import NewsItem
 from finsent.settings import TopicSpec
 
 
-@pytest.fixture
-def server():
-    s = FeedServer(rate_per_s=0.0005, burst_at=3600, backlog=30).start()  # frozen: ~10 items on each demo feed
-    yield s
-    s.stop()
-
-
 def _titles(server: FeedServer) -> set[str]:
     return {title for feed in DEMO_FEEDS for _, title, _, _ in server.published(feed)}
 
@@ -81,7 +74,7 @@ def _archived_rows(root: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("point", ["after_ack", "after_archive"])
-def test_a_kill_9_at_either_point_loses_nothing(tmp_path, server, broker, point):
+def test_a_kill_9_at_either_point_loses_nothing(tmp_path, frozen_feeds, broker, point):
     topic = f"raw-{uuid.uuid4().hex[:6]}"
     ensure_topics(broker, [TopicSpec(name=topic, partitions=2)])
     kafka = {
@@ -89,11 +82,11 @@ def test_a_kill_9_at_either_point_loses_nothing(tmp_path, server, broker, point)
         "FINSENT_TOPICS__RAW__NAME": topic,
         "FINSENT_TOPICS__RAW__PARTITIONS": "2",
     }
-    expected = _titles(server)
+    expected = _titles(frozen_feeds)
     n = len(expected)
     assert n >= 30
 
-    crashed = _ingest(tmp_path, server, FINSENT_INGEST__DEBUG_CRASH_AT=point, **kafka)
+    crashed = _ingest(tmp_path, frozen_feeds, FINSENT_INGEST__DEBUG_CRASH_AT=point, **kafka)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
     assert any(x["msg"].startswith("debug crash point reached") and x["point"] == point for x in _logged(crashed))
     published = [NewsItem.from_json(r.value) for r in read_topic(broker, topic)]
@@ -104,7 +97,7 @@ def test_a_kill_9_at_either_point_loses_nothing(tmp_path, server, broker, point)
     assert not any(store.check(i).duplicate for i in published)  # nothing marked: the restart fetches them again
     store.close()
 
-    restarted = _ingest(tmp_path, server, **kafka)
+    restarted = _ingest(tmp_path, frozen_feeds, **kafka)
     assert restarted.returncode == 0, restarted.stderr[-2000:]
     archive = Archive(tmp_path / "archive")
     items = list(archive.read())
@@ -115,7 +108,7 @@ def test_a_kill_9_at_either_point_loses_nothing(tmp_path, server, broker, point)
     on_topic = [NewsItem.from_json(r.value) for r in read_topic(broker, topic)]
     assert {i.id for i in on_topic} == {i.id for i in items}  # all published; repeats allowed (at least once)
 
-    again = _ingest(tmp_path, server, **kafka)  # everything is marked now: nothing is published twice more
+    again = _ingest(tmp_path, frozen_feeds, **kafka)  # everything is marked now: nothing is published twice more
     assert again.returncode == 0 and len(read_topic(broker, topic)) == len(on_topic)
 
 
@@ -136,12 +129,12 @@ def _unblock(root: Path) -> None:
 
 
 def test_an_unwritable_archive_is_retried_with_backoff_counted_and_nothing_is_marked_until_archived(
-    tmp_path, server, caplog
+    tmp_path, frozen_feeds, caplog
 ):
     caplog.set_level(logging.ERROR, logger="finsent.ingest")
     root = tmp_path / "archive"
     _block(root)
-    feed = FeedConfig(name="wire-markets", url=f"{server.url}/feeds/wire-markets", interval=1)
+    feed = FeedConfig(name="wire-markets", url=f"{frozen_feeds.url}/feeds/wire-markets", interval=1)
     dedup, metrics, out = DedupStore(tmp_path / "dedup.sqlite"), IngestMetrics(), tmp_path / "out.jsonl"
     poller = Poller(
         [feed], Fetcher(allow_private=True), dedup, JsonlSink(out), Archive(root), metrics, archive_retry_s=0.2
@@ -165,7 +158,7 @@ def test_an_unwritable_archive_is_retried_with_backoff_counted_and_nothing_is_ma
         await poller.fetcher.aclose()
 
     asyncio.run(scenario())
-    n = len(server.published("wire-markets"))
+    n = len(frozen_feeds.published("wire-markets"))
     assert seen["unarchived"] == n and seen["marked"] == 0  # published, waiting, not marked as seen
     assert 2 <= seen["errors"] <= 6  # retried, but backed off (0.2, 0.4, 0.8, 1.6 s), not every loop round
     failures = [r for r in caplog.records if r.getMessage().startswith("archive write failed")]
@@ -183,16 +176,18 @@ def test_an_unwritable_archive_is_retried_with_backoff_counted_and_nothing_is_ma
     dedup.close()
 
 
-def test_ingest_once_with_an_unwritable_archive_exits_cleanly_and_the_next_run_archives_everything(tmp_path, server):
-    root, out, n = tmp_path / "archive", tmp_path / "out.jsonl", len(_titles(server))
+def test_ingest_once_with_an_unwritable_archive_exits_cleanly_and_the_next_run_archives_everything(
+    tmp_path, frozen_feeds
+):
+    root, out, n = tmp_path / "archive", tmp_path / "out.jsonl", len(_titles(frozen_feeds))
     _block(root)
-    first = _ingest(tmp_path, server, output=out)
+    first = _ingest(tmp_path, frozen_feeds, output=out)
     assert first.returncode == 0 and "Traceback" not in first.stderr, first.stderr[-2000:]
     logged = _logged(first)
     assert any(x["msg"].startswith("archive write failed") and x["level"] == "error" for x in logged)
     assert any(x["msg"].startswith("items published but not archived at exit") and x["unarchived"] == n for x in logged)
     _unblock(root)
-    second = _ingest(tmp_path, server, output=out)
+    second = _ingest(tmp_path, frozen_feeds, output=out)
     assert second.returncode == 0, second.stderr[-2000:]
-    assert {i.title for i in Archive(root).read()} == _titles(server) and Archive(root).count() == n
+    assert {i.title for i in Archive(root).read()} == _titles(frozen_feeds) and Archive(root).count() == n
     assert len(out.read_text().splitlines()) == 2 * n  # not marked the first time: sent again (at least once)

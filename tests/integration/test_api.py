@@ -4,10 +4,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import make_settings
-from factories import news_item, scored_item
+from factories import news_item, scored_item, surge_alert, window_stat
 from starlette.testclient import TestClient
 
-from finsent.records import WindowStat
 from finsent.web.api import build_api
 from finsent.web.views import StreamViews
 
@@ -46,16 +45,7 @@ def client(tmp_path_factory):
     VIEWS.add_item(scored(3, "Exxon shares steady", "neutral", tickers=("XOM",), minutes=3))
     for m in range(3):
         VIEWS.add_window(
-            WindowStat(
-                key="topic:Energy | Oil",
-                start=T0 + timedelta(minutes=m),
-                end=T0 + timedelta(minutes=m + 5),
-                count=10,
-                negative=6,
-                neutral=4,
-                positive=0,
-                mean_score=-0.5,
-            )
+            window_stat("topic:Energy | Oil", at=T0 + timedelta(minutes=m), count=10, negative=6, mean_score=-0.5)
         )
     with TestClient(build_api(settings, Classifier.load, VIEWS, follow_topics=False), base_url="http://127.0.0.1") as c:
         c.settings = settings
@@ -261,8 +251,6 @@ def test_live_events_push_new_items_and_alerts_and_resume_after_last_event_id(tm
     import httpx
     from webkit import serve_in_thread
 
-    from finsent.records import SurgeAlert
-
     views = StreamViews()
     views.add_item(scored(300, "Backlog headline"))
     settings = make_settings(tmp_path, kafka={"bootstrap": "127.0.0.1:1"})
@@ -270,21 +258,7 @@ def test_live_events_push_new_items_and_alerts_and_resume_after_last_event_id(tm
         with httpx.stream("GET", srv.url + "/events", timeout=20) as r:
             assert r.headers["content-type"].startswith("text/event-stream")
             srv.call(views.add_item, scored(301, "Live <b>headline</b>"))
-            alert = SurgeAlert(
-                alert_id="topic:Energy | Oil@1",
-                key="topic:Energy | Oil",
-                state="firing",
-                severity="warning",
-                window_start=T0,
-                window_end=T0 + timedelta(minutes=5),
-                count=20,
-                negative=15,
-                negative_share=0.75,
-                zscore=4.2,
-                baseline_mean=0.2,
-                baseline_std=0.1,
-                raised_at=T0,
-            )
+            alert = surge_alert("topic:Energy | Oil", at=T0, alert_id="topic:Energy | Oil@1", raised_at=T0, evidence=())
             srv.call(views.add_alert, alert)
             got = _sse_events(r, 3)
         assert [(e["id"], e["event"]) for e in got] == [(1, "item"), (2, "item"), (3, "alert")]

@@ -6,7 +6,6 @@ port is one this test holds open. ``--debug`` is the one way to see the tracebac
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -31,14 +30,6 @@ def finsent(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProce
     return subprocess.run(
         [sys.executable, "-m", "finsent.cli", *args], env=child_env, capture_output=True, text=True, timeout=240
     )
-
-
-@pytest.fixture
-def taken_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        yield s.getsockname()[1]
 
 
 def dead_broker() -> dict[str, str]:
@@ -67,6 +58,22 @@ CASES = {
     "bad setting": (["topics"], {"FINSENT_BROKER__PORT": "99999"}, 2, "broker.port (FINSENT_BROKER__PORT)"),
     "unknown setting": (["topics"], {"FINSENT_BROKER__PROT": "1"}, 2, "FINSENT_BROKER__PROT"),
     "broker port taken": (["broker"], "taken:FINSENT_BROKER__PORT", 1, "already in use"),
+    # a state dir that cannot be a folder (was a NotADirectoryError traceback from the first child's log)
+    "broker, state dir is a file": (
+        ["broker"],
+        {"FINSENT_PATHS__STATE_DIR": "{tmp}/a-file"},
+        2,
+        "paths.state_dir (FINSENT_PATHS__STATE_DIR)",
+    ),
+    "demo, state dir is a file": (
+        ["demo"],
+        {"FINSENT_PATHS__STATE_DIR": "{tmp}/a-file"},
+        2,
+        "paths.state_dir (FINSENT_PATHS__STATE_DIR)",
+    ),
+    # logging options (a level logging does not know was a ValueError traceback; only "1" meant JSON)
+    "unknown log level": (["--log-level", "verbose", "topics"], {}, 2, "--log-level 'verbose' is not a log level"),
+    "log json not a boolean": (["topics"], {"FINSENT_LOG_JSON": "maybe"}, 2, "FINSENT_LOG_JSON 'maybe'"),
     "no model": (["serve", "--model", "/nonexistent/model"], {}, 2, "not a finsent model directory"),
     # a model chosen by name or version that is not there: an error, never the default served in its place
     "unbuilt research model": (
@@ -77,6 +84,16 @@ CASES = {
     ),
     "unknown model version": (["worker"], {"FINSENT_MODEL__VERSION": "19990101"}, 2, "finsent-minilm@19990101 not"),
     "no audit log": (["receiver", "verify"], {}, 1, "no audit log"),
+    "no audit log to export": (["receiver", "export"], {}, 1, "no audit log"),
+    # an audit log that is not a database (was a sqlite3.DatabaseError traceback for export and serving)
+    "export, audit log not a database": (
+        ["receiver", "export", "--from", "2024-05-01T00:00:00Z", "--to", "2024-05-02T00:00:00Z"],
+        "bad_audit_log",
+        1,
+        "receiver/audit.sqlite cannot be opened: file is not a database",
+    ),
+    "verify, audit log not a database": (["receiver", "verify"], "bad_audit_log", 1, "audit.sqlite cannot be read"),
+    "receiver, audit log not a database": (["receiver"], "bad_audit_log", 1, "audit.sqlite cannot be opened"),
     # a time that leaves datetime's range once moved to UTC (was an OverflowError traceback)
     "export time out of range": (["receiver", "export", "--from", "0001-01-01T00:00:00+01:00"], {}, 2, "out of range"),
     # `train --feedback` on a store it cannot fine-tune on (were tracebacks); {tmp}'s stores are written below
@@ -182,6 +199,10 @@ def test_a_usual_failure_is_one_line_with_its_exit_code_and_no_traceback(case, t
         env = {"FINSENT_CONFIG": str(config)}
     elif isinstance(env, str) and env.startswith("taken:"):
         env = {env.split(":", 1)[1]: str(taken_port)}
+    elif env == "bad_audit_log":  # a file where the audit log belongs that is not SQLite
+        (tmp_path / "state" / "receiver").mkdir(parents=True)
+        (tmp_path / "state" / "receiver" / "audit.sqlite").write_text("not a database\n" * 100)
+        env = {}
     (tmp_path / "prices.csv").write_text("date,ticker,close\n2020-01-02,AAA,10\n2020-01-03,AAA,11\n")
     (tmp_path / "a-file").write_text("not a folder\n")
     (tmp_path / "fb-empty.jsonl").write_bytes(b"")
@@ -189,6 +210,7 @@ def test_a_usual_failure_is_one_line_with_its_exit_code_and_no_traceback(case, t
     good = '{"v":2,"item_id":"a1","text":"Oil slumps","sentiment":"negative","who":"ana","at":"2026-01-01T00:00:00Z"}'
     (tmp_path / "fb-cut.jsonl").write_bytes(f"{good}\n{good[:40]}Soci\u00e9t\u00e9".encode()[:-1])
     argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]
+    env = {name: value.replace("{tmp}", str(tmp_path)) for name, value in env.items()}
     proc = finsent(tmp_path, *argv, **env)
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.returncode == code, (proc.returncode, proc.stderr[-1000:])
@@ -201,12 +223,26 @@ def test_debug_shows_the_traceback_of_an_expected_failure(tmp_path):
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "MissingData" in proc.stderr
 
 
-def test_a_taken_port_stops_the_api_and_the_receiver_without_a_traceback(tmp_path, taken_port):
-    for argv, env in (
-        (["serve"], {"FINSENT_WEB__PORT": str(taken_port)}),
-        (["receiver"], {"FINSENT_RECEIVER__PORT": str(taken_port), **dead_broker()}),
+def test_a_taken_port_stops_a_service_with_one_line_naming_the_setting(tmp_path, taken_port):
+    """uvicorn met the taken port itself: its own text line, and exit code 3, which finsent means for "a gate
+    refused". Now a Conflict (1) naming the setting, and every other line on stderr finsent's JSON."""
+    for argv, env, setting in (
+        (["serve"], {"FINSENT_WEB__PORT": str(taken_port)}, "web.port (FINSENT_WEB__PORT)"),
+        (
+            ["receiver"],
+            {"FINSENT_RECEIVER__PORT": str(taken_port), **dead_broker()},
+            "receiver.port (FINSENT_RECEIVER__PORT)",
+        ),
+        # prometheus_client's /metrics server raised an OSError traceback; run outside a checkout, this also finds
+        # the shipped feed list (the default once was a path relative to the working directory)
+        (
+            ["ingest"],
+            {"FINSENT_INGEST__METRICS_PORT": str(taken_port), **dead_broker()},
+            "ingest.metrics_port (FINSENT_INGEST__METRICS_PORT)",
+        ),
     ):
         proc = finsent(tmp_path, *argv, **env)
-        assert proc.returncode != 0, argv
-        assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-        assert "address already in use" in proc.stderr.lower() or "in use" in proc.stderr, proc.stderr[-500:]
+        assert proc.returncode == 1, (argv, proc.returncode, proc.stderr[-2000:])
+        lines = proc.stderr.splitlines()
+        assert lines[-1] == f"error: 127.0.0.1:{taken_port} is already in use; set {setting} to a free port", lines
+        assert all(line.startswith("{") for line in lines[:-1]), proc.stderr[-2000:]

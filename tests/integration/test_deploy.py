@@ -5,20 +5,30 @@
   exists, every bind-mounted file exists in the repo, ports bind 127.0.0.1, images are pinned, no
   literal secrets, healthchecks and restart policies, GPU reservation, both Kafka profiles consistent;
 * the Prometheus config: the real ``promtool check config`` with the rule files the compose file mounts;
-  the Alertmanager config the compose job renders: the real ``amtool check-config``;
+  the Alertmanager config the compose job renders: the real ``amtool check-config``, and its web config
+  (basic auth) served by the real Alertmanager, which must refuse silences without the password;
 * the Dockerfile: hadolint;
-* the Kubernetes manifests: kubernetes-validate --strict against the Kubernetes 1.31 schemas;
-* Grafana provisioning and dashboard paths referenced by the compose file exist.
+* the Kubernetes manifests: kubernetes-validate --strict against the Kubernetes 1.31 schemas, both kustomizations
+  built by the real ``kubectl kustomize``, the PodMonitors against the operator's CRD schema (the fields used);
+* Grafana provisioning and dashboard paths referenced by the compose file exist;
+* deploy/SCALING.md's sizing basis is read back from the bench/results files it names.
 A negative control for each validator shows it rejects a broken file (none of these can pass vacuously).
 """
 
 from __future__ import annotations
 
+import base64
+import glob
 import json
+import math
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import jsonschema
@@ -129,6 +139,8 @@ def test_no_secret_is_written_into_deploy_files():
         if path.is_file() and not path.name.endswith(".example") and path.suffix not in {".md"}:
             text = path.read_text()
             for m in re.finditer(r"(?im)^\s*-?\s*\"?(\w*(TOKEN|PASSWORD|SECRET)\w*)\"?\s*[:=]\s*(\S+)", text):
+                if m.group(1).lower().endswith("_file") and m.group(3).startswith("/"):
+                    continue  # where a secret is read from (password_file: /path), written there at run time
                 assert m.group(3).startswith(("${", "{")) or m.group(3) in {"''", '""'}, f"{path}: literal {m.group(1)}"
 
 
@@ -166,7 +178,9 @@ def test_prometheus_config_and_the_mounted_rules_pass_promtool(tmp_path):
     )
     assert out.returncode == 0 and "SUCCESS" in out.stdout and "rules found" in out.stdout, out.stdout + out.stderr
     jobs = {j["job_name"] for j in config["scrape_configs"]}
-    assert {"worker", "ingest", "receiver", "api", "alertmanager", "prometheus"} <= jobs
+    assert {"worker", "ingest", "receiver", "api", "alertmanager", "prometheus", "grafana"} <= jobs
+    grafana = next(j for j in config["scrape_configs"] if j["job_name"] == "grafana")
+    assert grafana["static_configs"][0]["targets"] == ["grafana:3000"]  # compose's grafana, its /metrics
     worker_names = next(j for j in config["scrape_configs"] if j["job_name"] == "worker")["dns_sd_configs"][0]["names"]
     assert set(worker_names) == {"worker", "worker-aggregator", "worker-gpu"}  # every worker flavour is job="worker"
     config["scrape_configs"][0]["scrape_interval"] = "fifteen seconds"  # negative control
@@ -177,21 +191,29 @@ def test_prometheus_config_and_the_mounted_rules_pass_promtool(tmp_path):
     )
 
 
-def test_the_alertmanager_config_the_compose_job_renders_passes_amtool(tmp_path):
-    job = compose()["services"]["alertmanager-config"]
-    out_dir, address = tmp_path / "am", job["command"][job["command"].index("--receiver-address") + 1]
-    env = {
-        "FINSENT_RECEIVER__TOKEN": "t0ken-from-env",
-        "PATH": "/usr/bin:/bin",
-        "FINSENT_PATHS__STATE_DIR": str(tmp_path),
-    }
+def run_the_alertmanager_config_job(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, dict]:
+    """The compose job's own command, its container paths (the volumes) moved under ``tmp_path``.
+    Returns the run and {container path: local path} for the directories it writes."""
+    command = compose()["services"]["alertmanager-config"]["command"]
+    where = {command[2]: tmp_path / "am"}
+    if "--password-file" in command:
+        where[str(Path(command[command.index("--password-file") + 1]).parent)] = tmp_path / "prometheus-auth"
+    argv = [next((str(where[d] / Path(a).relative_to(d)) for d in where if a.startswith(d)), a) for a in command]
     run = subprocess.run(
-        [sys.executable, "-m", "finsent.cli", *job["command"][:2], str(out_dir), "--receiver-address", address],
-        env=env,
+        [sys.executable, "-m", "finsent.cli", *argv],
+        env={"PATH": "/usr/bin:/bin", "FINSENT_PATHS__STATE_DIR": str(tmp_path), **env},
         capture_output=True,
         text=True,
         timeout=60,
     )
+    return run, where
+
+
+def test_the_alertmanager_config_the_compose_job_renders_passes_amtool(tmp_path):
+    job = compose()["services"]["alertmanager-config"]
+    env = {"FINSENT_RECEIVER__TOKEN": "t0ken-from-env", "FINSENT_SERVICES__ALERTMANAGER_PASSWORD": "pw-from-env"}
+    run, where = run_the_alertmanager_config_job(tmp_path, env)
+    out_dir = where[job["command"][2]]
     assert run.returncode == 0, run.stderr
     rendered = (out_dir / "alertmanager.yml").read_text()
     assert "http://receiver:9184/alertmanager" in rendered and "t0ken-from-env" not in rendered
@@ -201,6 +223,124 @@ def test_the_alertmanager_config_the_compose_job_renders_passes_amtool(tmp_path)
     assert check.returncode == 0 and "SUCCESS" in check.stdout, check.stdout + check.stderr
     am = compose()["services"]["alertmanager"]
     assert f"--config.file={job['command'][2]}/alertmanager.yml" in am["command"]  # the volume path both use
+
+
+def alertmanager_binary() -> str:
+    found = shutil.which("alertmanager") or shutil.which("prometheus-alertmanager")
+    if found is None:
+        pytest.skip("no Alertmanager binary (Debian package prometheus-alertmanager): cannot serve the web config")
+    return found
+
+
+def free_port_in(low: int = 25000, high: int = 26000) -> int:
+    for port in range(low, high):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}..{high - 1}")
+
+
+def http_status(url: str, method: str = "GET", body: bytes | None = None, auth: tuple[str, str] | None = None) -> int:
+    request = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": "application/json"})
+    if auth is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_compose_alertmanager_refuses_silences_without_the_password_the_config_job_sets(tmp_path):
+    """What the job renders, served by the real Alertmanager with compose's own flags: a silence posted without
+    the password (any web page can: the API allows every origin) gets 401; Prometheus' credentials (the username
+    and password file of its prometheus.yml, on the volume the job writes) get 200; the healthcheck's 401 test
+    passes against that server only."""
+    binary = alertmanager_binary()
+    services = compose()["services"]
+    job, am, prom = services["alertmanager-config"], services["alertmanager"], services["prometheus"]
+    run, where = run_the_alertmanager_config_job(
+        tmp_path, {"FINSENT_RECEIVER__TOKEN": "t0ken", "FINSENT_SERVICES__ALERTMANAGER_PASSWORD": "s3cret-pw"}
+    )
+    assert run.returncode == 0, run.stderr
+
+    def local(container_path: str) -> Path:
+        return next(where[d] / Path(container_path).relative_to(d) for d in where if container_path.startswith(d))
+
+    # compose's own flags: the files from the job's volume, storage and listener moved here
+    argv = [binary]
+    for flag in am["command"]:
+        name, _, value = flag.removeprefix("--").partition("=")
+        if name in ("config.file", "web.config.file"):
+            argv.append(f"--{name}={local(value)}")
+        elif name not in ("storage.path", "web.listen-address", "web.external-url", "cluster.listen-address"):
+            argv.append(flag)
+    port = free_port_in()
+    url = f"http://127.0.0.1:{port}"
+    argv += [
+        f"--storage.path={tmp_path / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+    ]
+    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status = http_status(f"{url}/-/ready")
+                break
+            except OSError:
+                assert child.poll() is None, child.stderr.read().decode() if child.stderr else "exited"
+                assert time.monotonic() < deadline, "Alertmanager did not start listening in 30 s"
+                time.sleep(0.2)
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+        silence = json.dumps(
+            {
+                "matchers": [{"name": "alertname", "value": "NegativeSentimentSurge", "isRegex": False}],
+                "startsAt": now,
+                "endsAt": later,
+                "createdBy": "a web page",
+                "comment": "mute every surge",
+            }
+        ).encode()
+        assert http_status(f"{url}/api/v2/silences", "POST", silence) == 401, "a silence without the password"
+        assert status == 401  # every endpoint, readiness included: the healthcheck looks for this 401
+        prom_config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+        am_job = next(j for j in prom_config["scrape_configs"] if j["job_name"] == "alertmanager")
+        auths = [prom_config["alerting"]["alertmanagers"][0]["basic_auth"], am_job["basic_auth"]]
+        assert auths[0] == auths[1]  # sending alerts and scraping: the same credentials
+        user, password_file = auths[0]["username"], auths[0]["password_file"]
+        # Prometheus reads the password from the volume the job writes it to, mounted at the path it names
+        mounted = {t: s for s, t in (v.split(":")[:2] for v in prom["volumes"])}
+        assert mounted[str(Path(password_file).parent)] in {v.split(":")[0] for v in job["volumes"]}
+        password = local(password_file)
+        assert not password.stat().st_mode & 0o077 and password.read_text().strip() == "s3cret-pw"
+        assert http_status(f"{url}/api/v2/silences", "POST", silence, (user, "wrong")) == 401
+        assert http_status(f"{url}/api/v2/silences", "POST", silence, (user, password.read_text().strip())) == 200
+        web_config = local(next(f.split("=", 1)[1] for f in am["command"] if f.startswith("--web.config.file=")))
+        assert "s3cret-pw" not in web_config.read_text() and not web_config.stat().st_mode & 0o077  # a hash only
+        health = am["healthcheck"]["test"]
+        assert health[0] == "CMD-SHELL" and "127.0.0.1:9093" in health[1]
+        check = health[1].replace("127.0.0.1:9093", f"127.0.0.1:{port}")
+        assert subprocess.run(["sh", "-c", check], timeout=30).returncode == 0
+        assert subprocess.run(["sh", "-c", check.replace(str(port), str(free_port_in()))], timeout=30).returncode
+    finally:
+        child.terminate()
+        child.wait(timeout=30)
+
+
+def test_the_compose_alertmanager_config_job_refuses_to_run_without_the_password(tmp_path):
+    for env in ({}, {"FINSENT_SERVICES__ALERTMANAGER_PASSWORD": ""}):
+        run, where = run_the_alertmanager_config_job(tmp_path, {"FINSENT_RECEIVER__TOKEN": "t0ken", **env})
+        lines = run.stderr.strip().splitlines()
+        assert run.returncode == 2 and len(lines) == 1 and "FINSENT_SERVICES__ALERTMANAGER_PASSWORD" in lines[0], (
+            run.stderr
+        )
+        assert not any(d.exists() and any(d.iterdir()) for d in where.values())  # nothing half-written
 
 
 def test_grafana_gets_finsents_provisioning_and_dashboards():
@@ -229,41 +369,283 @@ def test_dockerfile_passes_hadolint_and_runs_as_non_root(tmp_path):
     assert subprocess.run([hadolint, str(tmp_path / "Dockerfile")], capture_output=True).returncode != 0
 
 
+# The PodMonitor (monitoring.coreos.com/v1) schema, cut down to the fields finsent's manifests use, copied from the
+# Prometheus Operator's CRD (prometheus-operator/prometheus-operator,
+# example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml, operator 0.91.0: the openAPIV3Schema's
+# spec.selector, spec.podMetricsEndpoints[].{port,path,interval,relabelings}, the relabel action enum, the
+# required selector). Strict as kubernetes-validate --strict is: a field outside it is an error, so a typo
+# (which the API server would silently prune) fails here.
+_SELECTOR = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "matchExpressions": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["key", "operator"],
+                "properties": {
+                    "key": {"type": "string"},
+                    "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                    "values": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        },
+    },
+}
+_RELABEL_ACTIONS = [
+    *("replace", "Replace", "keep", "Keep", "drop", "Drop", "hashmod", "HashMod", "labelmap", "LabelMap"),
+    *("labeldrop", "LabelDrop", "labelkeep", "LabelKeep", "lowercase", "Lowercase", "uppercase", "Uppercase"),
+    *("keepequal", "KeepEqual", "dropequal", "DropEqual"),
+]
+PODMONITOR_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PodMonitor"},
+        "metadata": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["name", "namespace"],
+            "properties": {
+                "name": {"type": "string"},
+                "namespace": {"type": "string"},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["selector"],
+            "properties": {
+                "selector": _SELECTOR,
+                "namespaceSelector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "any": {"type": "boolean"},
+                        "matchNames": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+                "jobLabel": {"type": "string"},
+                "podTargetLabels": {"type": "array", "items": {"type": "string"}},
+                "podMetricsEndpoints": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string"},
+                            "interval": {
+                                "type": "string",
+                                "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$",
+                            },
+                            "relabelings": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "action": {"enum": _RELABEL_ACTIONS},
+                                        "modulus": {"type": "integer"},
+                                        "regex": {"type": "string"},
+                                        "replacement": {"type": "string"},
+                                        "separator": {"type": "string"},
+                                        "sourceLabels": {
+                                            "type": "array",
+                                            "items": {"type": "string", "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"},
+                                        },
+                                        "targetLabel": {"type": "string"},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+K8S_DIRS = ("k8s", "k8s-gpu")  # the base and the opt-in GPU overlay
+
+
+def validate_k8s_doc(doc: dict) -> None:
+    """Core kinds: kubernetes-validate --strict (1.31); the Prometheus Operator's PodMonitor: its schema above."""
+    import kubernetes_validate
+
+    if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+        jsonschema.validate(doc, PODMONITOR_SCHEMA)
+    else:
+        kubernetes_validate.validate(doc, "1.31.0", strict=True)
+
+
 def test_kubernetes_manifests_validate_strictly():
     import kubernetes_validate
 
-    kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
-    files = sorted(p.name for p in (DEPLOY / "k8s").glob("*.yaml") if p.name != "kustomization.yaml")
-    assert sorted(kustomization["resources"]) == files
     kinds = []
-    for name in files:
-        for doc in yaml.safe_load_all((DEPLOY / "k8s" / name).read_text()):
-            if doc:
-                kubernetes_validate.validate(doc, "1.31.0", strict=True)
-                kinds.append((doc["kind"], doc["metadata"]["name"]))
+    for folder in K8S_DIRS:
+        kustomization = yaml.safe_load((DEPLOY / folder / "kustomization.yaml").read_text())
+        files = sorted(p.name for p in (DEPLOY / folder).glob("*.yaml") if p.name != "kustomization.yaml")
+        assert sorted(r for r in kustomization["resources"] if r.endswith(".yaml")) == files, folder
+        for name in files:
+            for doc in yaml.safe_load_all((DEPLOY / folder / name).read_text()):
+                if doc:
+                    validate_k8s_doc(doc)
+                    kinds.append((folder, doc["kind"], doc["metadata"]["name"]))
+    assert yaml.safe_load((DEPLOY / "k8s-gpu" / "kustomization.yaml").read_text())["resources"] == [
+        "../k8s",
+        "worker-gpu.yaml",
+    ]  # the overlay is the base plus the GPU workers
     assert {
-        ("Deployment", "finsent-worker"),
-        ("Deployment", "finsent-worker-gpu"),
-        ("HorizontalPodAutoscaler", "finsent-worker"),
-        ("Deployment", "finsent-worker-aggregator"),
-        ("Job", "finsent-topic-init"),
+        ("k8s", "Deployment", "finsent-worker"),
+        ("k8s-gpu", "Deployment", "finsent-worker-gpu"),
+        ("k8s", "HorizontalPodAutoscaler", "finsent-worker"),
+        ("k8s", "Deployment", "finsent-worker-aggregator"),
+        ("k8s", "Job", "finsent-topic-init"),
+        ("k8s", "PodMonitor", "finsent-worker"),
     } <= set(kinds)
     workers = {
-        d["metadata"]["name"]: d for d in yaml.safe_load_all((DEPLOY / "k8s" / "worker-gpu.yaml").read_text()) if d
+        d["metadata"]["name"]: d for d in yaml.safe_load_all((DEPLOY / "k8s-gpu" / "worker-gpu.yaml").read_text()) if d
     }
     limits = workers["finsent-worker-gpu"]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "1"
     settings = yaml.safe_load((DEPLOY / "k8s" / "config.yaml").read_text())["data"]
-    hpa = next(
-        d
-        for d in yaml.safe_load_all((DEPLOY / "k8s" / "worker.yaml").read_text())
-        if d and d["kind"] == "HorizontalPodAutoscaler"
-    )
+    hpa = next(d for d in k8s_docs("worker.yaml") if d["kind"] == "HorizontalPodAutoscaler")
     assert hpa["spec"]["maxReplicas"] + 1 == int(settings["FINSENT_TOPICS__RAW__PARTITIONS"])  # + the aggregator
     bad = yaml.safe_load((DEPLOY / "k8s" / "topic-init.yaml").read_text())
     bad["spec"]["template"]["spec"]["containers"][0]["argz"] = ["topics"]  # negative control
     with pytest.raises(Exception):  # noqa: B017 - the validator's own error types differ by version
         kubernetes_validate.validate(bad, "1.31.0", strict=True)
+    monitor = next(d for d in k8s_docs("podmonitors.yaml") if d["kind"] == "PodMonitor")
+    monitor["spec"]["podMetricsEndpoints"][0]["relabelings"][0]["replacment"] = "worker"  # negative control
+    with pytest.raises(jsonschema.ValidationError):
+        validate_k8s_doc(monitor)
+
+
+def kustomize(folder: str) -> list[dict]:
+    """The real `kubectl kustomize` build of deploy/<folder> (no cluster needed)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl (with its built-in kustomize) is not installed: cannot build the kustomizations")
+    out = subprocess.run([kubectl, "kustomize", str(DEPLOY / folder)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def consumer_group_members(docs: list[dict]) -> int:
+    """The most members the scoring consumer group can have: every Deployment running `finsent worker` (the
+    aggregating worker scores too), at its HPA's maxReplicas where one scales it."""
+    ceilings = {
+        d["spec"]["scaleTargetRef"]["name"]: d["spec"]["maxReplicas"]
+        for d in docs
+        if d["kind"] == "HorizontalPodAutoscaler"
+    }
+    return sum(
+        ceilings.get(d["metadata"]["name"], d["spec"].get("replicas", 1))
+        for d in docs
+        if d["kind"] == "Deployment" and d["spec"]["template"]["spec"]["containers"][0]["args"][0] == "worker"
+    )
+
+
+def gpu_deployments(docs: list[dict]) -> set[str]:
+    return {
+        d["metadata"]["name"]
+        for d in docs
+        if d["kind"] == "Deployment"
+        and any(
+            "nvidia.com/gpu" in c.get("resources", {}).get("limits", {})
+            for c in d["spec"]["template"]["spec"]["containers"]
+        )
+    }
+
+
+def test_kubernetes_gpu_workers_are_opt_in_and_members_never_exceed_the_raw_partitions():
+    """A member beyond the raw topic's partition count idles; a GPU pod on a cluster without GPUs stays Pending."""
+    for folder, gpus in (("k8s", set()), ("k8s-gpu", {"finsent-worker-gpu"})):
+        docs = kustomize(folder)
+        settings = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "finsent-settings")
+        partitions = int(settings["data"]["FINSENT_TOPICS__RAW__PARTITIONS"])
+        members = consumer_group_members(docs)
+        assert members <= partitions, f"{folder}: up to {members} consumer-group members for {partitions} partitions"
+        assert members == partitions, f"{folder}: the HPA could go to {partitions} members, stops at {members}"
+        assert gpu_deployments(docs) == gpus, folder
+        for doc in docs:
+            validate_k8s_doc(doc)
+    # The compose file: the GPU workers behind a profile; its defaults within the partitions too.
+    services = compose()["services"]
+    compose_members = 1 + int(interpolate(str(services["worker"]["deploy"]["replicas"])))
+    compose_members += int(interpolate(str(services["worker-gpu"]["deploy"]["replicas"])))
+    assert compose_members <= int(interpolate(compose()["x-finsent"]["environment"]["FINSENT_TOPICS__RAW__PARTITIONS"]))
+
+
+def selects(selector: dict, labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels, matchExpressions) against a pod's labels."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        value, op = labels.get(expr["key"]), expr["operator"]
+        if (
+            (op == "In" and value not in expr["values"])
+            or (op == "NotIn" and value in expr["values"])
+            or (op == "Exists" and value is None)
+            or (op == "DoesNotExist" and value is not None)
+        ):
+            return False
+    return True
+
+
+def jobs_selected_by_rules_and_dashboards() -> set[str]:
+    """Every job name alerts/rules/*.yml and the Grafana dashboards select (job="x", job=~"a|b")."""
+    texts = [p.read_text() for p in (ROOT / "alerts" / "rules").glob("*.yml")]
+    texts += [p.read_text() for p in (ROOT / "alerts" / "grafana" / "dashboards").glob("*.json")]
+    jobs = set()
+    for text in texts:
+        for match in re.finditer(r'\bjob\s*(=~|=)\s*\\?"([^"\\]+)', text):
+            jobs.update(match.group(2).split("|") if match.group(1) == "=~" else [match.group(2)])
+    return jobs
+
+
+def test_podmonitors_give_every_job_the_alert_rules_and_dashboards_select():
+    """kube-prometheus-stack ignores prometheus.io/scrape annotations and names a PodMonitor's job
+    <namespace>/<name>: unless a PodMonitor relabels job to "worker", up{job="worker"} is absent and WorkerDown and
+    AggregatorDown fire for ever. Every job the rules select must come out of some PodMonitor that finds pods
+    with the port it scrapes, as compose's prometheus.yml gives the same names."""
+    needed = jobs_selected_by_rules_and_dashboards()
+    assert {"worker", "ingest"} <= needed  # the parse finds the rules' selectors
+    scrape_configs = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
+    assert needed <= {j["job_name"] for j in scrape_configs}  # compose
+    monitors = [d for d in kustomize("k8s") if d["kind"] == "PodMonitor"]
+    produced: dict[str, list[tuple[dict, dict]]] = {}
+    for monitor in monitors:
+        validate_k8s_doc(monitor)
+        for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+            job_rules = [r for r in endpoint.get("relabelings", []) if r.get("targetLabel") == "job"]
+            assert job_rules, f"{monitor['metadata']['name']}: the job would be <namespace>/<name>"
+            last = job_rules[-1]  # the operator's own job relabeling comes first; the last one wins
+            assert last.get("action", "replace").lower() == "replace" and not last.get("sourceLabels")
+            produced.setdefault(last["replacement"], []).append((monitor, endpoint))
+    assert needed <= set(produced), f"no PodMonitor gives job {sorted(needed - set(produced))}"
+    pods = [d for d in kustomize("k8s-gpu") if d["kind"] == "Deployment"]  # the base's pods and the GPU workers
+    scraped: dict[str, set[str]] = {}
+    for job, pairs in produced.items():
+        for monitor, endpoint in pairs:
+            labels = [d["spec"]["template"]["metadata"]["labels"] for d in pods]
+            selected = [d for d, lab in zip(pods, labels, strict=True) if selects(monitor["spec"]["selector"], lab)]
+            assert selected, f"{monitor['metadata']['name']} selects no pod"
+            for pod in selected:
+                ports = {p["name"] for c in pod["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])}
+                assert endpoint["port"] in ports, f"{pod['metadata']['name']} has no port {endpoint['port']}"
+                scraped.setdefault(job, set()).add(pod["metadata"]["name"])
+    workers = {
+        d["metadata"]["name"] for d in pods if d["spec"]["template"]["spec"]["containers"][0]["args"][0] == "worker"
+    }
+    assert workers == scraped["worker"]  # every worker flavour, the aggregating one too, is job="worker"
+    assert {"finsent-worker", "finsent-worker-aggregator", "finsent-worker-gpu"} <= workers
 
 
 def test_the_worker_is_configured_only_by_settings_in_every_topology():
@@ -277,6 +659,55 @@ def test_the_worker_is_configured_only_by_settings_in_every_topology():
     k8s = yaml.safe_load((DEPLOY / "k8s" / "config.yaml").read_text())["data"]
     s = Settings(**_nested(k8s))
     assert s.kafka.replication_factor == 3 and s.services.host == "0.0.0.0"
+
+
+def test_the_api_reaches_the_receiver_by_its_service_name_in_every_topology():
+    """The dashboard's open-alerts view (/cases) goes through the receiver at Settings.receiver_url. In compose
+    and Kubernetes finsent binds 0.0.0.0, which receiver_url reads as 127.0.0.1: the API's own container, where no
+    receiver runs (502). Each topology must name the receiver's service, on the port the receiver serves."""
+    from urllib.parse import urlsplit
+
+    from finsent.settings import Settings
+
+    demo = Settings()  # the embedded demo: everything on 127.0.0.1
+    assert demo.receiver_url == f"http://127.0.0.1:{demo.receiver.port}"
+
+    doc = compose()
+    services = doc["services"]
+    assert services["receiver"]["command"] == ["receiver"]
+
+    def compose_env(name: str) -> dict[str, str]:
+        env = {**doc["x-finsent"]["environment"], **services[name].get("environment", {})}
+        return {k: interpolate(str(v)) for k, v in env.items()}
+
+    api, receiver = Settings(**_nested(compose_env("api"))), Settings(**_nested(compose_env("receiver")))
+    url = urlsplit(api.receiver_url)
+    assert (url.hostname, url.port) == ("receiver", receiver.receiver.port), api.receiver_url
+
+    config = yaml.safe_load((DEPLOY / "k8s" / "config.yaml").read_text())["data"]
+
+    def k8s_env(deployment: dict) -> dict[str, str]:
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        return {**config, **{e["name"]: e["value"] for e in container.get("env", [])}}
+
+    api_deployment = next(d for d in k8s_docs("api.yaml") if d["kind"] == "Deployment")
+    receiver_docs = k8s_docs("receiver.yaml")
+    receiver_deployment = next(d for d in receiver_docs if d["kind"] == "Deployment")
+    pod_labels = receiver_deployment["spec"]["template"]["metadata"]["labels"]
+    service = next(
+        d
+        for d in receiver_docs
+        if d["kind"] == "Service" and selects({"matchLabels": d["spec"]["selector"]}, pod_labels)
+    )
+    api, receiver = Settings(**_nested(k8s_env(api_deployment))), Settings(**_nested(k8s_env(receiver_deployment)))
+    url = urlsplit(api.receiver_url)
+    name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
+    assert url.hostname in {f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"}, api.receiver_url
+    service_port = service["spec"]["ports"][0]
+    assert url.port == service_port["port"], api.receiver_url
+    container = receiver_deployment["spec"]["template"]["spec"]["containers"][0]
+    container_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert container_ports[service_port["targetPort"]] == receiver.receiver.port  # the port the receiver serves
 
 
 def _nested(env: dict[str, str]) -> dict:
@@ -438,3 +869,155 @@ def test_network_policies_limit_ingest_egress_and_who_reads_the_receiver_and_api
                 assert name in allowed and "ipBlock" not in peer, f"{component}: reader {peer}"
                 seen.add(name)
         assert seen == readers, component
+
+
+# ---- deploy/SCALING.md against bench/results --------------------------------------------------------------------
+
+SCALING = DEPLOY / "SCALING.md"
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def _field(path: Path, dotted: str) -> float:
+    node = json.loads(path.read_text())
+    for part in dotted.split("."):
+        node = node[part]
+    return float(node)
+
+
+def _section(text: str, title: str) -> str:
+    start = text.index(f"## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else None]
+
+
+def sizing_basis(text: str) -> dict[str, dict]:
+    """The "Sizing basis" table: letter -> value, unit, file, field, choice."""
+    rows = {}
+    for line in _section(text, "Sizing basis").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        m = re.match(r"\*\*(\w)\*\*", cells[0]) if len(cells) == 5 else None
+        if m:
+            value, unit = re.fullmatch(r"([\d,.]+) (\S+/s)", cells[1]).groups()
+            rows[m.group(1)] = {
+                "value": _number(value),
+                "unit": unit,
+                "file": cells[2].strip("`"),
+                "field": cells[3].strip("`"),
+                "choice": cells[4],
+            }
+    return rows
+
+
+def test_scaling_sizing_basis_is_read_from_the_bench_results():
+    """Every figure the sizing divides by is in the bench/results file SCALING.md names (and, where it says so,
+    the lowest of the files it names), and the arithmetic divides by those figures only: the doc's basis cannot
+    drift from the measurements (it had: 217 and 13,754/s were in no result file)."""
+    text = SCALING.read_text()
+    recorded = {
+        round(_field(Path(f), field))
+        for pattern, field in (
+            ("stream-*.json", "end_to_end.while_producing.items_per_s"),
+            ("stream-cpu*.json", "core.events_per_s"),
+            ("ingest-cpu.json", "pipeline.items_per_s"),
+        )
+        for f in glob.glob(str(ROOT / "bench" / "results" / pattern))
+    }
+    # Whatever the sizing divides by (⌈peak ÷ N⌉, ⌈peak / N⌉, peak ÷ N) is a figure a benchmark recorded.
+    divisors = {_number(d) for d in re.findall(r"(?:⌈[^⌉\n]*?[÷/]|peak ÷)\s*([\d,]+)(?![\d,])", text)}
+    assert divisors and divisors <= recorded, f"divides by {sorted(divisors - recorded)}, in no bench/results file"
+    basis = sizing_basis(text)
+    assert set(basis) == {"W", "G", "A", "I"}, basis
+    for letter, row in basis.items():
+        path = ROOT / row["file"]
+        assert path.is_file(), f"{letter}: {row['file']} does not exist"
+        assert round(_field(path, row["field"])) == row["value"], f"{letter}: {row['file']} {row['field']}"
+        lowest = re.match(r"lowest of `([^`]+)` \(([\d,]+)–([\d,]+)\)", row["choice"])
+        if lowest:
+            files = sorted(glob.glob(str(ROOT / lowest.group(1))))
+            values = sorted(round(_field(Path(f), row["field"])) for f in files)
+            assert len(files) >= 2 and str(path) in files, f"{letter}: {row['file']} is not one of {lowest.group(1)}"
+            assert (values[0], values[-1]) == (_number(lowest.group(2)), _number(lowest.group(3))), letter
+            assert row["value"] == values[0], f"{letter}: the lowest of {lowest.group(1)} is {values[0]}"
+        else:
+            assert row["choice"] == "the one run", row["choice"]
+    values = {row["value"] for row in basis.values()}
+    assert divisors <= values, divisors  # and by the basis only
+    sizing = _section(text, "Sizing basis") + _section(text, "The arithmetic")
+    sizing += "\n".join(line for line in _section(text, "GPU workers").splitlines() if not line.startswith("|"))
+    stated = re.findall(r"([\d,]+) (?:headlines|observations)/s", sizing)
+    assert stated and {_number(n) for n in stated} <= values, stated
+    # A measured aggregator rate quoted anywhere is one a stream benchmark recorded.
+    cores = {
+        round(_field(Path(f), "core.events_per_s")) for f in glob.glob(str(ROOT / "bench/results/stream-cpu*.json"))
+    }
+    quoted = {_number(n) for n in re.findall(r"([\d,]+) observations/s", text)}
+    assert quoted <= cores, quoted - cores
+
+
+def test_scaling_members_follow_from_the_slowest_member_and_an_even_split():
+    """Faust splits the raw partitions evenly over the group's members whatever their speed: the 10M/day row
+    must size on the slowest member (a CPU worker, its lowest recorded rate) and give every member a share it
+    keeps up with, also after losing one."""
+    text = SCALING.read_text()
+    w = min(
+        round(_field(Path(f), "end_to_end.while_producing.items_per_s"))
+        for f in glob.glob(str(ROOT / "bench" / "results" / "stream-cpu*.json"))
+    )
+    peak = 10 * 10_000_000 / 86_400
+    row = next(line for line in text.splitlines() if re.match(r"\| [^|]*⌈peak [÷/] [\d,]+⌉", line))
+    cells = [c.strip() for c in row.strip().strip("|").split("|")]
+    divisor = _number(re.search(r"⌈peak [÷/] ([\d,]+)⌉", cells[0]).group(1))
+    members = int(re.search(r"\*\*(\d+)\*\*", cells[3]).group(1))
+    spare = int(re.search(r"(?i)run \*{0,2}(\d+)", cells[3]).group(1))
+    partitions = 12
+    assert divisor == w, f"sized on {divisor}/s; the slowest recorded CPU worker did {w}/s"
+    assert members == math.ceil(peak / w)
+    for m in (members, spare, spare - 1):
+        assert peak * math.ceil(partitions / m) / partitions <= w, f"{m} members: the busiest one falls behind"
+    assert "plus the (CPU) aggregating worker" not in text  # the CPU member would get half the peak
+
+
+# ---- the example env files and the Grafana password guard ---------------------------------------------------
+
+
+def example_values(name: str) -> dict[str, str]:
+    lines = (DEPLOY / name).read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line.strip() and not line.lstrip().startswith("#"))
+
+
+def test_example_env_files_ship_no_token_or_password_value():
+    """A value in an example file gets copied unchanged and guards nothing: every token and password is empty,
+    and finsent's settings take the copied file (empty = unset) without error."""
+    from finsent.settings import Settings
+
+    for name in ("secrets.env.example", "grafana.env.example"):
+        values = example_values(name)
+        secrets = {k: v for k, v in values.items() if re.search(r"TOKEN|PASSWORD|SECRET", k)}
+        assert secrets and not any(secrets.values()), f"{name}: {sorted(k for k, v in secrets.items() if v)}"
+        assert "secrets.token_urlsafe" in (DEPLOY / name).read_text()  # how to make one
+    s = Settings(**_nested(example_values("secrets.env.example")))
+    assert s.receiver.token is None and s.web.token is None and s.services.alertmanager_password is None
+
+
+def test_grafana_refuses_to_start_without_a_real_admin_password(tmp_path):
+    """Grafana falls back to admin/admin when GF_SECURITY_ADMIN_PASSWORD is empty: compose's entrypoint stops it
+    first, with one line; a real password goes on to Grafana's own /run.sh."""
+    grafana = compose()["services"]["grafana"]
+    assert "entrypoint" in grafana, "compose starts Grafana with whatever grafana.env holds, admin/admin if empty"
+    shell, flag, script = grafana["entrypoint"]
+    assert (shell, flag) == ("/bin/sh", "-c") and "exec /run.sh" in script
+    script = script.replace("$$", "$").replace("exec /run.sh", "echo started")  # compose's escaping; no Grafana here
+    env = {"PATH": "/usr/bin:/bin"}
+    for bad in ("", "change-me", "Change-Me", "changeme"):
+        run = subprocess.run(
+            [shell, flag, script], env={**env, "GF_SECURITY_ADMIN_PASSWORD": bad}, capture_output=True, text=True
+        )
+        assert run.returncode != 0 and "started" not in run.stdout, bad
+        assert len(run.stderr.strip().splitlines()) == 1 and "GF_SECURITY_ADMIN_PASSWORD" in run.stderr, run.stderr
+    run = subprocess.run(
+        [shell, flag, script], env={**env, "GF_SECURITY_ADMIN_PASSWORD": "kX3-real"}, capture_output=True, text=True
+    )
+    assert run.returncode == 0 and run.stdout.strip() == "started", run.stderr

@@ -1,13 +1,16 @@
 """Continual learning from analyst feedback on the tiny model: store, mixing, no-regression gate."""
 
 import shutil
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from conftest import TINY_SENT_WORDS, tiny_examples
 
+from finsent.errors import GateRefused
 from finsent.model import artifact
-from finsent.model.feedback import fine_tune, to_examples
+from finsent.model.feedback import GateResult, fine_tune, to_examples
 from finsent.model.feedback_store import append, read_store
 from finsent.model.train import TrainConfig
 from finsent.records import Feedback
@@ -105,6 +108,8 @@ def test_failing_gate_registers_nothing(tmp_path, parent):
     )
     assert not result.registered and result.registered_dir is None
     assert artifact.versions(tmp_path / "models", "tiny") == ["v1"]
+    with pytest.raises(GateRefused, match="feedback gate refused"):
+        result.check()
     assert artifact.load_meta(result.candidate_dir).metrics["feedback_gate"]["passed"] is False
 
 
@@ -113,3 +118,26 @@ def test_empty_store_is_a_clear_error(tmp_path, parent):
     store.write_text("not json\n")
     with pytest.raises(ValueError, match="no valid feedback"):
         fine_tune(parent, store, _cfg(tmp_path), dev=[], replay_pool=[])
+
+
+def test_a_refused_gate_ends_train_feedback_with_the_table_one_error_line_and_exit_3(tmp_path, monkeypatch, capsys):
+    """``finsent train --feedback``: the gate table on stdout, then ``GateRefused`` through the CLI's one mapping of
+    expected failures (one line, exit 3). The command used to exit 3 by hand, with nothing on stderr."""
+    from finsent import cli, logs
+    from finsent.model import feedback
+
+    refused = GateResult(False, 0.81, 0.7, 0.01, tmp_path / "candidate", None, 12, 40)
+    monkeypatch.setattr(feedback, "fine_tune", lambda *args, **kwargs: refused)  # the gate's verdict, not a run
+    monkeypatch.setattr(logs, "setup", lambda *args, **kwargs: None)  # leave pytest's logging alone
+    run_config = Path(__file__).resolve().parents[2] / "configs" / "train-minilm.toml"
+    argv = ["finsent", "train", "--no-mlflow", "--run-config", str(run_config)]
+    argv += ["--feedback", str(tmp_path / "fb.jsonl"), "--model", str(tmp_path / "models" / "tiny" / "v1")]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as ended:
+        cli.main()
+    out, err = capsys.readouterr()
+    assert ended.value.code == 3, err
+    assert out.splitlines()[-1] == f"refused (kept in {tmp_path / 'candidate'})"
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "feedback gate refused the candidate" in errors[0], err
+    assert "0.7000" in errors[0] and "0.8100" in errors[0] and "Traceback" not in err

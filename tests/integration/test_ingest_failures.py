@@ -20,7 +20,6 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-import pytest
 from conftest import environ_without_finsent
 
 from finsent.ingest.archive import Archive
@@ -33,13 +32,6 @@ from finsent.ingest.sinks import JsonlSink
 from finsent.local.feeds import FeedServer, LoopbackServer, rss
 
 RSS = "application/rss+xml; charset=utf-8"
-
-
-@pytest.fixture
-def server():
-    s = FeedServer(rate_per_s=0.0005, burst_at=3600, backlog=30).start()  # frozen: ~10 items per demo feed, ETag
-    yield s
-    s.stop()
 
 
 def _metric(metrics: IngestMetrics, name: str, labels: dict | None = None) -> float:
@@ -78,13 +70,13 @@ def _scenario(poller: Poller, stop_after: float, at: dict[float, object]) -> Non
 
 
 def test_a_dedup_store_that_cannot_write_is_retried_with_backoff_counted_and_nothing_is_archived_twice(
-    tmp_path, server, caplog
+    tmp_path, frozen_feeds, caplog
 ):
     """Before: the exception of ``mark`` left the whole batch in ``unarchived``, so every loop round (0.5 s)
     archived the same items again (17 part files in 10 s), /metrics said archive_errors 0 and unarchived 0, and
     the failure showed only as the feed's internal_error."""
     caplog.set_level(logging.ERROR, logger="finsent.ingest")
-    feed = FeedConfig(name="wire-markets", url=f"{server.url}/feeds/wire-markets", interval=1)
+    feed = FeedConfig(name="wire-markets", url=f"{frozen_feeds.url}/feeds/wire-markets", interval=1)
     path, root, out = tmp_path / "dedup.sqlite", tmp_path / "archive", tmp_path / "out.jsonl"
     dedup, metrics = DedupStore(path), IngestMetrics()
     dedup.db.execute(
@@ -93,7 +85,7 @@ def test_a_dedup_store_that_cannot_write_is_retried_with_backoff_counted_and_not
     poller = Poller(
         [feed], Fetcher(allow_private=True), dedup, JsonlSink(out), Archive(root), metrics, archive_retry_s=0.2
     )
-    n = len(server.published("wire-markets"))
+    n = len(frozen_feeds.published("wire-markets"))
     seen: dict[str, object] = {}
 
     def disk_back():
@@ -129,10 +121,10 @@ def test_a_dedup_store_that_cannot_write_is_retried_with_backoff_counted_and_not
     dedup.close()
 
 
-def test_a_locked_dedup_store_does_not_block_the_event_loop(tmp_path, server):
+def test_a_locked_dedup_store_does_not_block_the_event_loop(tmp_path, frozen_feeds):
     """Before: ``mark`` ran on the event loop, so a store locked by another process stopped every feed's timers
     for SQLite's busy timeout (5 s by default; 1.5 s here) on each attempt."""
-    feed = FeedConfig(name="wire-markets", url=f"{server.url}/feeds/wire-markets", interval=1)
+    feed = FeedConfig(name="wire-markets", url=f"{frozen_feeds.url}/feeds/wire-markets", interval=1)
     path = tmp_path / "dedup.sqlite"
     dedup, metrics = DedupStore(path), IngestMetrics()
     dedup.db.execute("PRAGMA busy_timeout=1500")
@@ -170,7 +162,7 @@ def test_a_locked_dedup_store_does_not_block_the_event_loop(tmp_path, server):
     other.close()
     assert _metric(metrics, "finsent_ingest_dedup_errors_total") >= 1  # "database is locked", counted
     assert max(gaps) < 0.5, max(gaps)
-    assert poller.unmarked == [] and _marked(path) == len(server.published("wire-markets"))
+    assert poller.unmarked == [] and _marked(path) == len(frozen_feeds.published("wire-markets"))
     assert set(_parts_per_day(tmp_path / "archive")) == {1}
     dedup.close()
 
@@ -296,14 +288,14 @@ def test_days_already_archived_are_not_written_again_when_another_day_failed(tmp
 # ----------------------------------------------------------------------------- the pending buffer is full
 
 
-def test_items_deferred_by_a_full_buffer_are_fetched_again_and_counted_apart(tmp_path, server):
+def test_items_deferred_by_a_full_buffer_are_fetched_again_and_counted_apart(tmp_path, frozen_feeds):
     """Before: the feed's new ETag was kept although items were cut off, so every later poll got 304 and the
     cut-off items never came; and they were counted as status="new" before the cut."""
-    feed = FeedConfig(name="wm", url=f"{server.url}/feeds/wire-markets")
+    feed = FeedConfig(name="wm", url=f"{frozen_feeds.url}/feeds/wire-markets")
     metrics = IngestMetrics()
     out = tmp_path / "o.jsonl"
     poller = Poller([feed], Fetcher(allow_private=True), Deduper(), JsonlSink(out), metrics=metrics, max_pending=3)
-    n = len(server.published("wire-markets"))
+    n = len(frozen_feeds.published("wire-markets"))
     assert n >= 7
 
     async def polls():

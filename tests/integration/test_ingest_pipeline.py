@@ -29,13 +29,6 @@ from finsent.records import NewsItem
 from finsent.settings import TopicSpec
 
 
-@pytest.fixture
-def server():
-    s = FeedServer(rate_per_s=0.0005, burst_at=3600, backlog=30).start()  # a frozen feed: nothing new appears
-    yield s
-    s.stop()
-
-
 def _env(tmp_path: Path, **extra) -> dict:
     env = environ_without_finsent()
     env.update(
@@ -66,13 +59,13 @@ def _feeds_file(tmp_path: Path, server: FeedServer) -> Path:
     return path
 
 
-def test_once_writes_jsonl_archives_and_a_restart_re_emits_nothing(tmp_path, server):
-    feeds, out = _feeds_file(tmp_path, server), tmp_path / "out.jsonl"
+def test_once_writes_jsonl_archives_and_a_restart_re_emits_nothing(tmp_path, frozen_feeds):
+    feeds, out = _feeds_file(tmp_path, frozen_feeds), tmp_path / "out.jsonl"
     cmd = [sys.executable, "-m", "finsent.cli", "ingest", "--feeds", str(feeds), "--once", "--output", str(out)]
     first = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr[-2000:]
     lines = [json.loads(x) for x in out.read_text().splitlines()]
-    expected = len(server.published("wire-markets")) + len(server.published("oil-desk"))
+    expected = len(frozen_feeds.published("wire-markets")) + len(frozen_feeds.published("oil-desk"))
     assert expected >= 20 and len(lines) == expected and {x["source"] for x in lines} == {"wire-markets", "oil-desk"}
     assert all("USO" in x["tickers"] for x in lines if x["source"] == "oil-desk")
     assert "dead" in first.stdout and "http_404" in first.stdout  # per-feed summary, exit 0 anyway
@@ -83,14 +76,14 @@ def test_once_writes_jsonl_archives_and_a_restart_re_emits_nothing(tmp_path, ser
     assert Archive(tmp_path / "archive").count() == expected
 
 
-def test_loopback_feed_refused_without_the_setting(tmp_path, server):
+def test_loopback_feed_refused_without_the_setting(tmp_path, frozen_feeds):
     cmd = [
         sys.executable,
         "-m",
         "finsent.cli",
         "ingest",
         "--feeds",
-        str(_feeds_file(tmp_path, server)),
+        str(_feeds_file(tmp_path, frozen_feeds)),
         "--once",
         "--output",
         str(tmp_path / "o.jsonl"),
@@ -130,7 +123,7 @@ def _consume(bootstrap: str, topic: str, expected: int, timeout_ms: int = 10000)
     return got
 
 
-def test_broker_outage_delays_but_never_loses_or_marks(tmp_path, server):
+def test_broker_outage_delays_but_never_loses_or_marks(tmp_path, frozen_feeds):
     port = free_port()
     bootstrap = f"127.0.0.1:{port}"
     topic = f"raw-{uuid.uuid4().hex[:6]}"
@@ -138,7 +131,7 @@ def test_broker_outage_delays_but_never_loses_or_marks(tmp_path, server):
     broker.start(lambda: port_open("127.0.0.1", port), 15)
     ensure_topics(bootstrap, [TopicSpec(name=topic, partitions=2)])
     dedup = DedupStore(tmp_path / "dedup.sqlite")
-    feed = FeedConfig(name="wire-markets", url=f"{server.url}/feeds/wire-markets")
+    feed = FeedConfig(name="wire-markets", url=f"{frozen_feeds.url}/feeds/wire-markets")
     poller = Poller(
         [feed], Fetcher(allow_private=True), dedup, KafkaSink(bootstrap, topic, timeout_s=3), Archive(tmp_path / "a")
     )
@@ -146,7 +139,7 @@ def test_broker_outage_delays_but_never_loses_or_marks(tmp_path, server):
     async def scenario():
         broker.stop()  # the broker dies before the first poll
         summary = await poller.poll(feed)
-        n = len(server.published("wire-markets"))
+        n = len(frozen_feeds.published("wire-markets"))
         assert summary.new == n and summary.published == 0 and len(poller.pending) == n
         assert not any(dedup.check(i).duplicate for i in poller.pending)  # nothing marked as seen
         assert Archive(tmp_path / "a").count() == 0

@@ -10,9 +10,9 @@ from pathlib import Path
 from factories import news_item
 
 from finsent.ingest.archive import Archive
-from finsent.ingest.replay import kafka_sender, replay, state_path, topic_log
+from finsent.ingest.replay import kafka_sender, replay, state_path
 from finsent.ingest.sinks import KafkaSink
-from finsent.kafka import TopicSpec, ensure_topics, read_all
+from finsent.kafka import TopicIdWatch, TopicSpec, ensure_topics, read_all
 from finsent.local.broker import broker_child
 from finsent.net import free_port, port_open
 
@@ -29,10 +29,12 @@ def start_broker(port: int, logs: Path):
 
 def replay_into(bootstrap: str, archive: Archive, state_dir: Path):
     sink = KafkaSink(bootstrap, TOPIC)
+    watch = TopicIdWatch(bootstrap, TOPIC)
     try:
         state = state_path(state_dir, None, None, TOPIC, bootstrap)
-        return replay(archive.read(), kafka_sender(sink), None, state, batch=4, log_id=topic_log(bootstrap, TOPIC))
+        return replay(archive.read(), kafka_sender(sink), None, state, batch=4, log_id=watch.current)
     finally:
+        watch.close()
         asyncio.run(sink.close())
 
 

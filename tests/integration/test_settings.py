@@ -104,6 +104,13 @@ def test_toml_file_then_environment_wins(tmp_path, monkeypatch):
         ("FINSENT_MODEL__BACKEND", "tpu", "model.backend"),
         ("FINSENT_NO_SUCH_THING", "1", "FINSENT_NO_SUCH_THING: no such setting"),
         ("FINSENT_BROKER__PROT", "1", "FINSENT_BROKER__PROT: no such setting"),
+        ("finsent_brokr__port", "1", "finsent_brokr__port: no such setting"),  # read case-insensitively
+        ("FINSENT_WINDOWS__ROLLING_SECONDS", "[300", 'field "windows"'),  # not JSON: no traceback
+        (
+            "FINSENT_KAFKA__SECURITY_PROTOCOL",
+            "SASL_SSL",
+            "FINSENT_KAFKA__SASL_USERNAME and FINSENT_KAFKA__SASL_PASSWORD",
+        ),
     ],
 )
 def test_invalid_settings_name_the_field(monkeypatch, env, value, named):
@@ -117,6 +124,23 @@ def test_duplicate_topic_names_rejected(monkeypatch):
     monkeypatch.setenv("FINSENT_TOPICS__DLQ__NAME", "finsent.news.raw")
     with pytest.raises(SettingsError, match="distinct"):
         load()
+
+
+@pytest.mark.parametrize(
+    ("content", "named"), [(b"x = [", "is not valid TOML"), (b"\xff\xfe[broker]", "is not valid TOML")]
+)
+def test_a_config_file_that_is_not_toml_is_one_settings_error(tmp_path, content, named):
+    cfg = tmp_path / "f.toml"
+    cfg.write_bytes(content)
+    with pytest.raises(SettingsError, match=named):
+        load(cfg)
+
+
+def test_sasl_with_its_credentials_is_accepted(monkeypatch):
+    monkeypatch.setenv("FINSENT_KAFKA__SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("FINSENT_KAFKA__SASL_USERNAME", "svc")
+    monkeypatch.setenv("FINSENT_KAFKA__SASL_PASSWORD", "s3cret-value-long-enough")
+    assert load().kafka.sasl_username == "svc"
 
 
 def test_missing_config_file_is_an_error(tmp_path):

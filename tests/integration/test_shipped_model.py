@@ -368,8 +368,13 @@ def test_once_a_forward_of_a_spread_call_fails_the_other_session_takes_no_more_w
 
     from finsent.local.feeds import load_rows
 
+    both_began = threading.Barrier(2)
+
     class Failing:
         def run(self, *args, **kwargs):
+            # fails only once the other session's first forward has begun: on a loaded machine the failure could
+            # otherwise come before the other thread started any forward (0 seen, not the 1 this test pins)
+            both_began.wait(10)
             raise RuntimeError("session lost")
 
     spread = Classifier.load(batch_size=8, sessions=2)
@@ -384,7 +389,10 @@ def test_once_a_forward_of_a_spread_call_fails_the_other_session_takes_no_more_w
 
     spread.backend.start_spread = start_spread_and_tell
     # the other session's first forward ends only after that (a gate, not a sleep: it cannot race ahead)
-    spread.backend.sessions = [Failing(), _TimedSession(spread.backend.sessions[1], seen, gate=caller_failed)]
+    spread.backend.sessions = [
+        Failing(),
+        _TimedSession(spread.backend.sessions[1], seen, gate=caller_failed, meet=both_began),
+    ]
     with pytest.raises(RuntimeError, match="session lost"):
         spread.predict([t for _, t in load_rows()][:64])  # 8 forwards: the caller's first one fails at once
     assert len(seen) == 1  # the forward it was running when the call failed, and no more

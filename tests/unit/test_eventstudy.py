@@ -15,6 +15,7 @@ from finsent.backtest.eventstudy import (
     sentiment_return_correlation,
     study,
 )
+from finsent.errors import ConfigError, PriceFileError
 
 DAYS = pd.bdate_range("2015-01-05", periods=200)
 
@@ -102,8 +103,16 @@ def test_any_ohlc_file_loads_with_a_column_mapping(tmp_path):
     path.write_text("Date,Symbol,Open,Close\n2015-01-05,aaa,1,10\n2015-01-06,aaa,1,11\n2015-01-05,bbb,1,5\n")
     p = load_prices(path, PriceColumns(date="Date", ticker="Symbol", close="Close"))
     assert list(p["ticker"]) == ["AAA", "AAA", "BBB"] and list(p["close"]) == [10.0, 11.0, 5.0]
-    with pytest.raises(ValueError, match="missing price columns"):
+    with pytest.raises(PriceFileError, match="missing price columns"):  # a ConfigError: one line, exit 2
         load_prices(path, PriceColumns(date="when"))
+    with pytest.raises(PriceFileError, match="no such file"):
+        load_prices(tmp_path / "nope.csv")
+    (tmp_path / "binary.csv").write_bytes(b"\xff\xfe\x00garbage\x00\n")
+    with pytest.raises(PriceFileError, match=r"binary\.csv"):
+        load_prices(tmp_path / "binary.csv")
+    for bad in (["close"], ["when=Date"]):
+        with pytest.raises(ConfigError, match="--price-map"):
+            PriceColumns.parse(bad)
 
 
 # -- hand-made series, numbers checked by hand ---------------------------------------------------------------
@@ -196,7 +205,7 @@ def test_bad_closes_and_conflicting_duplicate_bars_are_dropped_and_counted(tmp_p
     # AAA's return from the 5th: the next session (the 6th) has no AAA bar any more: NaN, not -100 %
     r = forward_returns(p, horizons=(1,)).set_index(["ticker", "date"])
     assert np.isnan(r.loc[("AAA", pd.Timestamp("2015-01-05")), "r1"])
-    with pytest.raises(ValueError, match="no usable price rows"):
+    with pytest.raises(PriceFileError, match="no usable price rows"):
         (tmp_path / "none.csv").write_text("date,ticker,close\n2015-01-05,AAA,0\n")
         read_prices(tmp_path / "none.csv")
 

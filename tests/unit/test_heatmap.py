@@ -4,24 +4,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from factories import T0
+from factories import T0, window_stat
 
 from finsent.records import WindowStat
 from finsent.web.heatmap import heatmap
 
 
 def window(key: str, minute: int, count: int, negative: int, width_s: int = 300) -> WindowStat:
-    start = T0 + timedelta(minutes=minute)
-    return WindowStat(
-        key=key,
-        start=start,
-        end=start + timedelta(seconds=width_s),
-        count=count,
-        negative=negative,
-        neutral=count - negative,
-        positive=0,
-        mean_score=-negative / count if count else 0.0,
-    )
+    return window_stat(key, at=T0 + timedelta(minutes=minute), width_s=width_s, count=count, negative=negative)
 
 
 def test_rows_busiest_first_cells_aligned_on_window_ends_and_gaps_left_empty():

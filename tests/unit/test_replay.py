@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from factories import news_item
 
+from finsent.errors import BrokerUnavailable, ConfigError
 from finsent.ingest.archive import Archive
 from finsent.ingest.replay import replay, state_path
 from finsent.records import NewsItem
@@ -41,7 +42,7 @@ def test_resume_after_the_archive_gained_earlier_items_skips_nothing(tmp_path):
     archive.append([item(f"a{i:02d}", i) for i in range(20)] + [item(f"b{i:02d}", 24 * 60 + i) for i in range(20)])
     state = state_path(tmp_path / "state", None, None, "raw")
     first = Broker(fail_after=30)
-    with pytest.raises(RuntimeError, match="not acknowledged"):
+    with pytest.raises(BrokerUnavailable, match="not acknowledged"):  # a FinsentError: one line, exit 1
         replay(archive.read(), first, None, state, batch=5)
     assert first.sent == [f"a{i:02d}" for i in range(20)] + [f"b{i:02d}" for i in range(10)]
 
@@ -75,7 +76,7 @@ def test_an_unchanged_archive_resumes_right_after_the_position_without_repeats(t
     archive.append([item(f"a{i:02d}", i * 90) for i in range(40)])  # 60 hours: three event days
     state = state_path(tmp_path / "state", None, None, "raw")
     first = Broker(fail_after=25)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(BrokerUnavailable):
         replay(archive.read(), first, None, state, batch=5)
     second = Broker()
     report = replay(archive.read(), second, None, state, batch=5)
@@ -99,10 +100,10 @@ def test_speed_must_be_finite_and_positive_and_a_batch_at_least_one(tmp_path):
     from finsent.ingest.replay import parse_speed, refill
 
     assert parse_speed("60x") == 60.0 and parse_speed("max") is None
-    for bad in ("nan", "NaNx", "inf", "0", "-2x"):
-        with pytest.raises(ValueError, match="speed"):
+    for bad in ("nan", "NaNx", "inf", "0", "-2x", "fast"):  # ConfigError: the CLI's one line and exit 2
+        with pytest.raises(ConfigError, match="speed"):
             parse_speed(bad)
-    with pytest.raises(ValueError, match="batch"):
+    with pytest.raises(ConfigError, match="batch"):
         replay([item("a", 0)], Broker(), None, tmp_path / "state.json", batch=0)
-    with pytest.raises(ValueError, match="batch"):
+    with pytest.raises(ConfigError, match="batch"):
         refill([item("a", 0)], Broker(), batch=0)

@@ -1,12 +1,12 @@
 """Surge detection on hand-built window sequences."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
-from finsent.records import WindowStat
+from factories import T0, window_stat
+
 from finsent.settings import Surge
 from finsent.stream.surge import SurgeDetector
 
-T0 = datetime(2024, 5, 2, 12, 0, tzinfo=UTC)
 CFG = Surge(
     z_threshold=3.0,
     z_resolve=1.5,
@@ -20,17 +20,7 @@ CFG = Surge(
 
 
 def window(i, count, negative, key="topic:Energy | Oil"):
-    rest = count - negative
-    return WindowStat(
-        key=key,
-        start=T0 + timedelta(minutes=i),
-        end=T0 + timedelta(minutes=i + 5),
-        count=count,
-        negative=negative,
-        neutral=rest,
-        positive=0,
-        mean_score=-negative / count if count else 0.0,
-    )
+    return window_stat(key, at=T0 + timedelta(minutes=i), count=count, negative=negative)
 
 
 def run(seq, cfg=CFG):

@@ -1,25 +1,14 @@
 """The API's live views keep what a consumer of the output topics must keep: newest revisions, standing alerts."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
-from finsent.records import SurgeAlert, WindowStat
+from factories import T0, surge_alert, window_stat
+
 from finsent.web.views import StreamViews
-
-T0 = datetime(2024, 5, 2, 12, 0, tzinfo=UTC)
 
 
 def window(minute, count, revision=0):
-    return WindowStat(
-        key="all",
-        start=T0 + timedelta(minutes=minute),
-        end=T0 + timedelta(minutes=minute + 1),
-        count=count,
-        negative=0,
-        neutral=count,
-        positive=0,
-        mean_score=0.0,
-        revision=revision,
-    )
+    return window_stat(at=T0 + timedelta(minutes=minute), width_s=60, count=count, revision=revision)
 
 
 def test_a_window_revision_replaces_the_window_and_an_older_revision_does_not():
@@ -42,21 +31,17 @@ def test_a_late_window_that_was_empty_at_close_is_inserted_in_order():
 
 def test_a_retracted_provisional_alert_is_no_longer_listed():
     v = StreamViews()
-    a = SurgeAlert(
+    a = surge_alert(
+        "all",
+        at=T0,
         alert_id="all|x",
-        key="all",
-        state="firing",
-        severity="warning",
-        window_start=T0,
-        window_end=T0 + timedelta(minutes=5),
         count=9,
         negative=8,
-        negative_share=8 / 9,
         zscore=5.0,
         baseline_mean=0.1,
         baseline_std=0.05,
-        raised_at=T0 + timedelta(minutes=5),
         trigger="early",
+        evidence=(),
     )
     v.add_alert(a)
     assert list(v.alerts) == [a.transition]
