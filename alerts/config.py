@@ -14,13 +14,13 @@ one (basic auth, user ``finsent``) through ``--web.config.file``, written here b
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import bcrypt
 import yaml
 
 from finsent.errors import ConfigError
+from finsent.files import write_private
 from finsent.settings import Settings
 
 ALERTS_DIR = Path(__file__).resolve().parent
@@ -32,16 +32,6 @@ PASSWORD_FILE = "alertmanager-password"  # default name of the file Prometheus r
 
 
 DEFAULT_RECEIVER = "127.0.0.1:9184"
-
-
-def write_private(path: Path, text: str) -> Path:
-    """Write ``text`` readable by its owner only (0600); an older file with a wider mode is narrowed too."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    path.chmod(0o600)  # O_CREAT's mode applies only to a new file
-    return path
 
 
 def write_web_config(path: Path, password: str, user: str = ALERTMANAGER_USER) -> Path:

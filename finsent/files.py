@@ -12,18 +12,27 @@ import tempfile
 from pathlib import Path
 
 
-def replace_text(path: Path, text: str) -> Path:
+def replace_text(path: Path, text: str, mode: int = 0o644) -> Path:
     """Write ``text`` to a temp file beside ``path`` (same filesystem) and rename it over ``path``.
 
     The temp name is unique, so two writers never share one; a failed write (full disk) leaves no temp file.
+    ``mode``: 0o644 by default (these files are read by the user's other tools).
     """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these files are read by the user's other tools
+        os.chmod(tmp, mode)  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_private(path: Path, text: str) -> Path:
+    """``text`` in a file only its owner may read (0600: passwords, tokens), replaced whole: the secret is written
+    into a new 0600 file renamed over the old one, so a process that opened an older, wider file keeps reading the
+    old content, never the new secret."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return replace_text(path, text, mode=0o600)

@@ -4,9 +4,8 @@ Why one kit: each service used to write its own bearer check, body limit and /me
 disagreed (a Content-Length that is not a number was 400 in one and ignored in the other). Here:
 
 - ``bearer_ok``: constant-time check of an ``Authorization: Bearer`` header;
-- ``declared_length`` / ``read_limited``: the body limit on the declared length *and* on the bytes as they
-  arrive (a chunked upload has no length to check), for handlers that read the body themselves;
-- ``BodyLimit``: the same as pure ASGI middleware, for frameworks that parse the body for you;
+- ``declared_length`` and ``BodyLimit`` (pure ASGI middleware): the body limit on the declared length *and* on
+  the bytes as they arrive (a chunked upload has no length to check), whoever parses the body;
 - ``allowed_hosts`` / ``host_refusal`` / ``origin_refusal``: who may address a service (DNS rebinding, pages on
   other sites), the same rules for both, and ``RequestGuard``, the middleware that applies them to every request;
 - ``Refuse``: how a service words a refusal of the two middlewares (``{"detail"}`` in the API, ``{"error"}`` and
@@ -27,7 +26,7 @@ import hmac
 import ipaddress
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -73,16 +72,6 @@ def declared_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
                 raise MalformedLength("Content-Length is not a number")
             return int(value)
     return None
-
-
-async def read_limited(chunks: AsyncIterator[bytes], limit: int) -> bytes:
-    """The whole body, or BodyTooLarge as soon as more than ``limit`` bytes have arrived."""
-    body = bytearray()
-    async for chunk in chunks:
-        body += chunk
-        if len(body) > limit:
-            raise BodyTooLarge(f"body exceeds {limit} bytes")
-    return bytes(body)
 
 
 class BodyLimit:

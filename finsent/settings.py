@@ -585,7 +585,11 @@ def load(config_file: str | os.PathLike[str] | None = None, **overrides) -> Sett
     except ValidationError as err:
         raise SettingsError(_describe(err)) from None
     except SourceError as err:  # an environment value that is not the JSON a list or group setting needs
-        raise SettingsError(f"invalid finsent settings:\n  {err} (a list or group setting takes JSON)") from None
+        named = _not_json_env() or [str(err)]
+        raise SettingsError(
+            "invalid finsent settings:\n"
+            + "\n".join(f"  {n}: not valid JSON (a list or group setting takes JSON)" for n in named)
+        ) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise SettingsError(
             f"invalid finsent settings:\n  config file {_config_path()!r} is not valid TOML: {err}"
@@ -608,8 +612,8 @@ def _unknown_env() -> list[str]:
     for key in os.environ:
         # case-insensitive, as pydantic-settings reads the environment: finsent_brokr__port is a typo too
         name = key.upper()
-        if not name.startswith(ENV_PREFIX) or name[len(ENV_PREFIX) :] in _OTHER_ENV:
-            continue
+        if not name.startswith(ENV_PREFIX) or key[len(ENV_PREFIX) :] in _OTHER_ENV:
+            continue  # FINSENT_CONFIG / _LOG_LEVEL / _LOG_JSON are read as written: finsent_log_level is a typo
         model: type[BaseModel] | None = Settings
         for part in name[len(ENV_PREFIX) :].lower().split("__"):
             field = model.model_fields.get(part) if model else None
@@ -619,6 +623,35 @@ def _unknown_env() -> list[str]:
             ann = field.annotation
             model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
     return bad
+
+
+def _not_json_env() -> list[str]:
+    """FINSENT_* variables of list, tuple, set or dict settings whose value is not JSON (pydantic-settings names only
+    the top-level group then: 'error parsing value for field "receiver"')."""
+    import json
+
+    bad = []
+    for key, value in os.environ.items():
+        name = key.upper()
+        if not name.startswith(ENV_PREFIX):
+            continue
+        model: Any = Settings
+        field = None
+        for part in name[len(ENV_PREFIX) :].lower().split("__"):
+            field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+            if field is None:
+                break
+            model = field.annotation
+        complex_ = field is not None and (
+            getattr(model, "__origin__", None) in (list, tuple, set, frozenset, dict)
+            or (isinstance(model, type) and issubclass(model, (BaseModel, list, tuple, set, frozenset, dict)))
+        )
+        if complex_:
+            try:
+                json.loads(value)
+            except ValueError:
+                bad.append(key)
+    return sorted(bad)
 
 
 def _config_path() -> str | None:

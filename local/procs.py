@@ -41,6 +41,10 @@ def http_ok(url: str, auth: tuple[str, str] | None = None) -> Callable[[], bool]
 
 def _die_with_parent(parent: int) -> Callable[[], None]:
     def preexec() -> None:  # runs in the child between fork and exec
+        # A signal mask survives fork and exec: a child (re)started while the parent waits for its stop signal
+        # with SIGINT/SIGTERM blocked (local.runtime.StopSignals) would ignore both, its stop and its parent-death
+        # signal included. Every child starts with nothing blocked.
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
         os.setsid()
         if sys.platform.startswith("linux"):
             with contextlib.suppress(Exception):

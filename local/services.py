@@ -26,11 +26,10 @@ from finsent.alerts.config import (
     RULES_DIR,
     WEB_CONFIG,
     render_alertmanager_config,
-    write_private,
     write_web_config,
 )
 from finsent.errors import MissingBinary
-from finsent.files import replace_text
+from finsent.files import replace_text, write_private
 from finsent.local.procs import Child, http_ok
 from finsent.settings import Settings
 

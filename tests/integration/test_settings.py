@@ -105,7 +105,13 @@ def test_toml_file_then_environment_wins(tmp_path, monkeypatch):
         ("FINSENT_NO_SUCH_THING", "1", "FINSENT_NO_SUCH_THING: no such setting"),
         ("FINSENT_BROKER__PROT", "1", "FINSENT_BROKER__PROT: no such setting"),
         ("finsent_brokr__port", "1", "finsent_brokr__port: no such setting"),  # read case-insensitively
-        ("FINSENT_WINDOWS__ROLLING_SECONDS", "[300", 'field "windows"'),  # not JSON: no traceback
+        (
+            "FINSENT_WINDOWS__ROLLING_SECONDS",
+            "[300",
+            "FINSENT_WINDOWS__ROLLING_SECONDS: not valid JSON",
+        ),  # no traceback
+        ("FINSENT_RECEIVER__ALLOWED_HOSTS", "receiver", "FINSENT_RECEIVER__ALLOWED_HOSTS: not valid JSON"),
+        ("finsent_log_level", "DEBUG", "finsent_log_level: no such setting"),  # read only as FINSENT_LOG_LEVEL
         (
             "FINSENT_KAFKA__SECURITY_PROTOCOL",
             "SASL_SSL",

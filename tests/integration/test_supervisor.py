@@ -30,3 +30,25 @@ def test_a_plain_child_is_not_revived(tmp_path):
     sup.start(child, lambda: True, timeout=5)
     child.proc.wait(5)
     assert sup.revive(child) is False
+
+
+def test_a_child_started_while_the_parent_blocks_its_stop_signals_still_stops_on_sigterm(tmp_path):
+    """The demo waits for Ctrl-C with SIGINT/SIGTERM blocked (local.runtime.StopSignals) and revives crashed children
+    meanwhile; a signal mask survives fork and exec, so a revived worker ignored its stop (SIGKILLed after 10 s, its
+    offsets uncommitted) and its parent-death signal. Children start with nothing blocked."""
+    import signal
+
+    status = tmp_path / "status"
+    code = f"open({str(status)!r}, 'w').write(open('/proc/self/status').read()); import time; time.sleep(60)"
+    child = Child("masked", [sys.executable, "-c", code], tmp_path / "masked.log")
+    sup = Supervisor()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        sup.start(child, lambda: status.exists() and "SigBlk" in status.read_text(), timeout=10)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    blocked = next(line for line in status.read_text().splitlines() if line.startswith("SigBlk:"))
+    assert int(blocked.split()[1], 16) == 0, blocked
+    started = time.monotonic()
+    sup.stop()
+    assert child.proc.returncode == -signal.SIGTERM and time.monotonic() - started < 5

@@ -4,7 +4,7 @@ import socket
 import threading
 from pathlib import Path
 
-from finsent.files import replace_text
+from finsent.files import replace_text, write_private
 from finsent.net import free_port
 
 
@@ -56,3 +56,19 @@ def test_a_reader_never_sees_a_half_written_file(tmp_path):
     assert seen <= set(versions), "a reader saw a file that was never written whole"
     assert path.read_text() == versions[-1]
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp files left behind
+
+
+def test_a_private_file_is_0600_and_a_reader_of_the_older_wider_file_never_sees_the_new_secret(tmp_path):
+    """Rewriting in place (O_TRUNC, then chmod) let a process that had opened the older 0644 file read the new
+    password through its handle."""
+    import stat
+
+    path = tmp_path / "auth" / "password"
+    path.parent.mkdir()
+    path.write_text("old-secret\n")
+    path.chmod(0o644)
+    with path.open() as earlier:
+        write_private(path, "new-secret\n")
+        assert earlier.read() == "old-secret\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text() == "new-secret\n"
+    assert [p.name for p in path.parent.iterdir()] == ["password"]  # no temp file left
