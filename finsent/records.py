@@ -90,7 +90,7 @@ class Record(BaseModel):
         """Compact JSON (no whitespace, None fields left out)."""
         return self.model_dump_json(exclude_none=True).encode("utf-8")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """What ``to_json`` writes, as plain JSON types (for embedding a record in a larger document)."""
         return self.model_dump(mode="json", exclude_none=True)
 
@@ -151,7 +151,7 @@ def checked_item(
     the first ``max_tickers`` are kept.
     """
     fixes: list[str] = []
-    update: dict = {}
+    update: dict[str, Any] = {}
     limit = timedelta(seconds=future_tolerance_s)
     fetched = item.fetched
     if fetched > now + limit:
@@ -415,14 +415,14 @@ class RestorePoint:
 
     replay_from: dict[int, int]
     emitted_until: float
-    detector: dict
+    detector: dict[str, Any]
     positions: dict[int, int] = field(default_factory=dict)  # per partition: everything before was processed
     written_at: float = field(default_factory=time.time)
     # Per alerts-topic partition: the offset after the last alert acknowledged when this was written; what lies
     # past it was published after this restore point. None: written by a build that did not record it.
     alerts_from: dict[int, int] | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "v": RESTORE_POINT_VERSION,
             "replay_from": {str(p): o for p, o in self.replay_from.items()},
@@ -443,7 +443,7 @@ class RestorePoint:
         return cls.from_dict(_decode_restore_point(data))
 
     @classmethod
-    def from_dict(cls, raw: dict) -> RestorePoint:
+    def from_dict(cls, raw: dict[str, Any]) -> RestorePoint:
         if raw.get("v") != RESTORE_POINT_VERSION:
             raise RestorePointError("version", f"restore point version {raw.get('v')!r} is not {RESTORE_POINT_VERSION}")
         try:
@@ -479,7 +479,7 @@ def _decode_restore_point(data: bytes | None) -> dict[str, Any]:
     return raw
 
 
-def _offsets(raw: dict) -> dict[int, int]:
+def _offsets(raw: dict[str, Any]) -> dict[int, int]:
     return {int(p): int(o) for p, o in raw.items()}
 
 

@@ -115,7 +115,7 @@ class Topics(_Group):
 
     @model_validator(mode="before")
     @classmethod
-    def _partial(cls, data):
+    def _partial(cls, data: Any) -> Any:
         """Let one field of a topic be set (FINSENT_TOPICS__RAW__PARTITIONS=12) keeping the other's default."""
         if isinstance(data, dict):
             for key, (name, partitions) in _DEFAULT_TOPICS.items():
@@ -240,7 +240,7 @@ class Paths(_Group):
     data_dir: Path = Path("../shared/data")
 
     @model_validator(mode="after")
-    def _under_state_dir(self):
+    def _under_state_dir(self) -> Paths:
         if self.archive_dir is None:
             self.archive_dir = self.state_dir / "archive"
         if self.feedback_store is None:
@@ -567,7 +567,7 @@ def _describe(err: ValidationError) -> str:
     return "invalid finsent settings:\n" + "\n".join(lines)
 
 
-def load(config_file: str | os.PathLike[str] | None = None, **overrides) -> Settings:
+def load(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
     """Build the settings, turning validation errors into one readable :class:`SettingsError`."""
     token = _CONFIG_FILE.set(str(config_file) if config_file is not None else None)
     try:
