@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from factories import T0, news_item, scored_item, surge_alert
+from factories import T0, news_item, scored_item, surge_alert, window_stat
 from prometheus_client import generate_latest
 
 from finsent.records import WindowStat
@@ -16,18 +16,7 @@ from finsent.stream.metrics import WorkerMetrics
 
 
 def window(key: str, count: int, negative: int, minute: int = 0) -> tuple[WindowStat, int]:
-    start = T0 + timedelta(minutes=minute)
-    stat = WindowStat(
-        key=key,
-        start=start,
-        end=start + timedelta(seconds=300),
-        count=count,
-        negative=negative,
-        neutral=count - negative,
-        positive=0,
-        mean_score=-negative / count if count else 0.0,
-    )
-    return stat, 300
+    return window_stat(key, at=T0 + timedelta(minutes=minute), count=count, negative=negative), 300
 
 
 def scrape(metrics: WorkerMetrics) -> dict[str, float]:
