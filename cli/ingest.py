@@ -24,7 +24,11 @@ app.add_typer(ingest_app, name="ingest")
 def ingest(
     ctx: typer.Context,
     feeds: Annotated[
-        Path | None, typer.Option(help="Feed list TOML ([[feeds]] name, url, interval, tickers, tags).")
+        Path | None,
+        typer.Option(
+            help="Feed list TOML ([[feeds]] name, url, interval, tickers, tags). Default: ingest.feeds_file, else "
+            "the public feed list shipped with finsent."
+        ),
     ] = None,
     once: Annotated[bool, typer.Option("--once", help="Poll every feed once, print a summary, exit 0.")] = False,
     output: Annotated[
