@@ -64,7 +64,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from finsent import kafka as kafka_room
 from finsent.errors import PoisonRecord
-from finsent.http import start_metrics_server
+from finsent.http import check_bindable, start_metrics_server
 from finsent.kafka import TopicIdWatch, ensure_topics, faust_broker_options
 from finsent.model.classifier import Encoded
 from finsent.osthreads import exit_later, name_os_thread
@@ -569,6 +569,9 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
     from finsent.model import Classifier
     from finsent.model.placement import alone_choice, calls_at_once, side_by_side
 
+    metrics_setting = "stream.metrics_port (FINSENT_STREAM__METRICS_PORT)"
+    # A taken /metrics port is a Conflict now, not after a broker wait and a model load; bound for real below.
+    check_bindable(settings.services.host, settings.stream.metrics_port, metrics_setting)
     ensure_topics(
         settings.kafka,
         settings.topics.all(),
@@ -587,7 +590,7 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
         settings.stream.metrics_port,
         settings.services.host,
         metrics.registry,
-        "stream.metrics_port (FINSENT_STREAM__METRICS_PORT)",
+        metrics_setting,
     )
     log.info(
         "worker starting",

@@ -240,6 +240,12 @@ def test_a_taken_port_stops_a_service_with_one_line_naming_the_setting(tmp_path,
             {"FINSENT_INGEST__METRICS_PORT": str(taken_port), **dead_broker()},
             "ingest.metrics_port (FINSENT_INGEST__METRICS_PORT)",
         ),
+        # checked before the broker wait and the model load
+        (
+            ["worker"],
+            {"FINSENT_STREAM__METRICS_PORT": str(taken_port), **dead_broker()},
+            "stream.metrics_port (FINSENT_STREAM__METRICS_PORT)",
+        ),
     ):
         proc = finsent(tmp_path, *argv, **env)
         assert proc.returncode == 1, (argv, proc.returncode, proc.stderr[-2000:])
