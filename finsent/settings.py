@@ -606,47 +606,43 @@ def load(config_file: str | os.PathLike[str] | None = None, **overrides: Any) ->
 _OTHER_ENV = {"CONFIG", "LOG_LEVEL", "LOG_JSON"}
 
 
+def _setting_of(env_name: str) -> Any:
+    """The setting (pydantic FieldInfo) a FINSENT_* variable names, case-insensitively as pydantic-settings reads
+    the environment; None when it names none (a typo)."""
+    model: Any = Settings
+    field = None
+    for part in env_name.upper()[len(ENV_PREFIX) :].lower().split("__"):
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        model = field.annotation
+    return field
+
+
 def _unknown_env() -> list[str]:
     """FINSENT_* variables that match no setting: a typo must not be silently ignored."""
     bad = []
     for key in os.environ:
         # case-insensitive, as pydantic-settings reads the environment: finsent_brokr__port is a typo too
-        name = key.upper()
-        if not name.startswith(ENV_PREFIX) or key[len(ENV_PREFIX) :] in _OTHER_ENV:
+        if not key.upper().startswith(ENV_PREFIX) or key[len(ENV_PREFIX) :] in _OTHER_ENV:
             continue  # FINSENT_CONFIG / _LOG_LEVEL / _LOG_JSON are read as written: finsent_log_level is a typo
-        model: type[BaseModel] | None = Settings
-        for part in name[len(ENV_PREFIX) :].lower().split("__"):
-            field = model.model_fields.get(part) if model else None
-            if field is None:
-                bad.append(key)
-                break
-            ann = field.annotation
-            model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if _setting_of(key) is None:
+            bad.append(key)
     return bad
 
 
 def _not_json_env() -> list[str]:
-    """FINSENT_* variables of list, tuple, set or dict settings whose value is not JSON (pydantic-settings names only
-    the top-level group then: 'error parsing value for field "receiver"')."""
+    """FINSENT_* variables of list, tuple, set, dict or group settings whose value is not JSON (pydantic-settings
+    names only the top-level group then: 'error parsing value for field "receiver"')."""
     import json
 
     bad = []
     for key, value in os.environ.items():
-        name = key.upper()
-        if not name.startswith(ENV_PREFIX):
-            continue
-        model: Any = Settings
-        field = None
-        for part in name[len(ENV_PREFIX) :].lower().split("__"):
-            field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
-            if field is None:
-                break
-            model = field.annotation
-        complex_ = field is not None and (
-            getattr(model, "__origin__", None) in (list, tuple, set, frozenset, dict)
-            or (isinstance(model, type) and issubclass(model, (BaseModel, list, tuple, set, frozenset, dict)))
-        )
-        if complex_:
+        field = _setting_of(key) if key.upper().startswith(ENV_PREFIX) else None
+        ann = field.annotation if field is not None else None
+        if getattr(ann, "__origin__", None) in (list, tuple, set, frozenset, dict) or (
+            isinstance(ann, type) and issubclass(ann, (BaseModel, list, tuple, set, frozenset, dict))
+        ):
             try:
                 json.loads(value)
             except ValueError:
