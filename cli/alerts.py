@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -76,19 +76,20 @@ def receiver_export(
     from contextlib import nullcontext
 
     from finsent.alerts.audit import AuditLog
-    from finsent.alerts.receiver import export, parse_time
+    from finsent.alerts.export import export, parse_time
 
     settings = load_settings(config)
     if format not in ("csv", "json"):
         raise ConfigError("--format must be csv or json")
+    fmt: Literal["csv", "json"] = "csv" if format == "csv" else "json"
     try:
         start, end = parse_time(since), parse_time(until)
-    except ValueError as err:  # parse_time (alerts.receiver) says what is wrong with the time in a ValueError
+    except ValueError as err:  # parse_time (alerts.export) says what is wrong with the time in a ValueError
         raise ConfigError(str(err)) from None
     audit = AuditLog(settings.audit_db, create=False)  # StateStoreError: missing, or not an audit log
     try:
         with out.open("w", newline="") if out else nullcontext(sys.stdout) as fh:
-            n = export(audit.iter_rows(start, end), fh, format)
+            n = export(audit.iter_rows(start, end), fh, fmt)
     except OSError as err:  # the output file this command opened (and writes): a bad path, a full disk
         raise FinsentError(f"export to {out or 'standard output'} failed: {err}") from None
     finally:

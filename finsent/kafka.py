@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
@@ -191,7 +191,28 @@ def faust_broker_options(kafka: Kafka, role: str) -> dict[str, Any]:
     return options
 
 
-def dead_letter(settings: Settings, msg: Any, error: str) -> tuple[str, bytes | None, bytes]:
+class Consumed(Protocol):
+    """What finsent reads of a consumed record: Faust's ``Message`` and aiokafka's ``ConsumerRecord`` both have it.
+    ``timestamp``: seconds in Faust's (it divides Kafka's milliseconds by 1000); falsy when the broker gave none."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def timestamp(self) -> float | None: ...
+
+
+Outgoing = tuple[str, bytes | None, bytes]  # (topic, key, value) of a record to produce
+
+
+def dead_letter(settings: Settings, msg: Consumed, error: str) -> Outgoing:
     """(topic, key, value) of the dead letter for a consumed message: the bytes kept, and why. The Kafka key is
     ``DeadLetter.kafka_key`` (the original key, or its SHA-256 when longer than 4 KiB): with the original key
     whole, a record with a huge key made a letter over the broker's message limit and stalled its partition."""

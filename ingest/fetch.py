@@ -92,8 +92,8 @@ def _blocked(ip: str) -> bool:
     """Every address that is not globally routable: a deny-list misses ranges (100.64.0.0/10, the carrier-grade
     NAT block that holds some clouds' metadata services, was let through by the first version)."""
     addr = ipaddress.ip_address(ip)
-    if isinstance(addr, ipaddress.IPv6Address) and (addr.ipv4_mapped or addr.sixtofour):
-        addr = addr.ipv4_mapped or addr.sixtofour
+    if isinstance(addr, ipaddress.IPv6Address):  # an IPv4 address wrapped in IPv6 is judged as itself
+        addr = addr.ipv4_mapped or addr.sixtofour or addr
     return not addr.is_global or addr.is_multicast
 
 
@@ -103,7 +103,7 @@ Resolver = Callable[[str, int], Awaitable[list[str]]]
 async def system_resolve(host: str, port: int) -> list[str]:
     """The addresses the system resolver gives for ``host``, in its order of preference, without repeats."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(info[4][0] for info in infos))
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 class _Refused(Exception):

@@ -21,7 +21,7 @@ import csv
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -58,7 +58,7 @@ def parse_mapping(pairs: list[str]) -> dict[str, str]:
     return mapping
 
 
-def parse_time(value: str, default_tz: ZoneInfo | type[UTC] = UTC) -> datetime:
+def parse_time(value: str, default_tz: tzinfo = UTC) -> datetime:
     value = " ".join(value.split())
     dt = dateparser.parse(value, tzinfos=TZINFOS)
     if dt.tzinfo is None:

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,13 +33,19 @@ log = logging.getLogger("finsent.local.demo")
 
 
 def finsent_child(
-    name: str, args: list[str], logs: Path, restart: bool = False, config: Path | None = None, **env: str
+    name: str,
+    args: list[str],
+    logs: Path,
+    *,
+    restart: bool = False,
+    config: Path | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Child:
     """A finsent command as a child process, sharing this process's settings: its environment and the settings
     file ``config`` (the demo's ``--config``), handed on as FINSENT_CONFIG, which every command reads. Without
     it the stages ran on the defaults while the demo itself used the file. ``env``: more variables, applied last."""
     settings_file = {"FINSENT_CONFIG": str(Path(config).resolve())} if config is not None else {}
-    child_env = {**os.environ, "FINSENT_LOG_JSON": "1", **settings_file, **env}
+    child_env = {**os.environ, "FINSENT_LOG_JSON": "1", **settings_file, **(env or {})}
     return Child(
         name, [sys.executable, "-m", "finsent.cli", *args], logs / f"{name}.log", env=child_env, restart=restart
     )
@@ -117,11 +124,12 @@ def run(settings: Settings, config: Path | None = None) -> int:
             "feeds", ["ingest", "demo-feeds", "--port", str(settings.ingest.demo_feeds_port)], logs, config=config
         )
         receiver_url = f"http://{host}:{settings.receiver.port}"
-        receiver = finsent_child("receiver", ["receiver"], logs, restart=True, config=config, **kafka)
-        worker = finsent_child("worker", ["worker"], logs, restart=True, config=config, **kafka, **demo_stream_env())
+        receiver = finsent_child("receiver", ["receiver"], logs, restart=True, config=config, env=kafka)
+        stream_env = {**kafka, **demo_stream_env()}
+        worker = finsent_child("worker", ["worker"], logs, restart=True, config=config, env=stream_env)
         api_url = f"http://{host}:{settings.web.port}"
         # the dashboard charts the detector's window width
-        api = finsent_child("api", ["serve"], logs, restart=True, config=config, **kafka, **demo_stream_env())
+        api = finsent_child("api", ["serve"], logs, restart=True, config=config, env=stream_env)
         # Everything but ingest needs only the broker: start them side by side (the worker and the API
         # load the model meanwhile). Ingest comes last, so the first headlines meet a consuming worker.
         supervisor.start_together(
@@ -140,9 +148,11 @@ def run(settings: Settings, config: Path | None = None) -> int:
             ["ingest", "--feeds", str(feed_list)],
             logs,
             config=config,
-            **kafka,
-            FINSENT_ALLOW_PRIVATE_FEEDS="1",
-            FINSENT_INGEST__DEDUP_PATH=str(demo_dedup_path(state)),
+            env={
+                **kafka,
+                "FINSENT_ALLOW_PRIVATE_FEEDS": "1",
+                "FINSENT_INGEST__DEDUP_PATH": str(demo_dedup_path(state)),
+            },
         )
         supervisor.start(ingest, lambda: port_open(host, settings.ingest.metrics_port), timeout)
         urls["ingest metrics"] = f"http://{host}:{settings.ingest.metrics_port}/metrics"

@@ -403,7 +403,7 @@ class LoopbackServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}" if isinstance(host, str) else f"http://{host.decode()}:{port}"
 
     def handle_error(self, request, client_address):
         """A client hanging up on a keep-alive connection (every poller does at exit) is no error."""

@@ -65,7 +65,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from finsent import kafka as kafka_room
 from finsent.errors import PoisonRecord
 from finsent.http import check_bindable, start_metrics_server
-from finsent.kafka import TopicIdWatch, ensure_topics, faust_broker_options
+from finsent.kafka import Consumed, Outgoing, TopicIdWatch, ensure_topics, faust_broker_options
 from finsent.model.classifier import Encoded
 from finsent.osthreads import exit_later, name_os_thread
 from finsent.records import NewsItem, checked_item
@@ -88,10 +88,10 @@ MIN_PART = 8  # a micro-batch is cut for calls side by side only into parts of a
 class Scored:
     """A micro-batch on its way through the stages: prepared (decoded, checked, tokenized), classified, delivered."""
 
-    messages: list
-    items: list[tuple[object, NewsItem]] = field(default_factory=list)
+    messages: list[Consumed]
+    items: list[tuple[Consumed, NewsItem]] = field(default_factory=list)
     encoded: Encoded | None = None  # token ids of the items' texts (``Classifier.encode``), set by ``prepare``
-    outputs: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)
+    outputs: list[Outgoing] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (reason, error) per dead letter
     fixed: dict[str, int] = field(default_factory=dict)  # edge corrections, counted once delivered
     # Where a record's time goes (``finsent_worker_stage_seconds``), in wall-clock seconds: per part that was
@@ -163,14 +163,14 @@ class Scorer:
             raise
         self.producer = producer
 
-    async def process(self, messages: list) -> None:
+    async def process(self, messages: list[Consumed]) -> None:
         """All three stages of one micro-batch, its outputs acknowledged before returning."""
         await self.deliver(await self.score(messages))
 
-    async def score(self, messages: list) -> Scored:
+    async def score(self, messages: list[Consumed]) -> Scored:
         return await self.infer(await self.prepare(messages))
 
-    async def prepare(self, messages: list) -> Scored:
+    async def prepare(self, messages: list[Consumed]) -> Scored:
         """Decode, edge-check and tokenize (off the loop); nothing is classified or sent yet.
 
         ``messages``: Faust messages with .topic .partition .offset .key .value .timestamp (seconds: Faust
@@ -302,10 +302,10 @@ class Scorer:
                 },
             )
 
-    def _dead_letter(self, msg, error: str) -> tuple[str, bytes | None, bytes]:
+    def _dead_letter(self, msg: Consumed, error: str) -> Outgoing:
         return kafka_room.dead_letter(self.settings, msg, error)
 
-    async def _send_acknowledged(self, outputs: list[tuple[str, bytes | None, bytes]]) -> None:
+    async def _send_acknowledged(self, outputs: list[Outgoing]) -> None:
         """Send all outputs and wait for acks; on a broker failure keep trying (nothing is committed meanwhile).
 
         One failure is not a broker's: a dead letter refused as too large (``MessageSizeTooLargeError``, by the
@@ -338,13 +338,13 @@ class Scorer:
                 "produce failed, retrying the whole batch (duplicates are deduplicated downstream)",
                 extra={"error": f"{type(failure).__name__}: {failure}", "records": len(outputs), "retry_in_s": delay},
             )
-            outputs = [self._smaller_letter(o, errors[i]) if i in too_large else o for i, o in enumerate(outputs)]
-            outputs = [o for o in outputs if o is not None]
+            kept = [self._smaller_letter(o, errors[i]) if i in too_large else o for i, o in enumerate(outputs)]
+            outputs = [o for o in kept if o is not None]
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
     @staticmethod
-    async def _send_all(producer, outputs: list[tuple[str, bytes | None, bytes]]) -> list[BaseException | None]:
+    async def _send_all(producer, outputs: list[Outgoing]) -> list[BaseException | None]:
         """Each output's error (None: acknowledged). Sent one after the other, so that their order is kept; a
         KafkaError that ``send`` itself raises (the client's size limit) is that output's, the others still go."""
         futures: list[Any] = []
@@ -366,9 +366,7 @@ class Scorer:
             errors.append(result if isinstance(result, BaseException) else None)
         return errors
 
-    def _smaller_letter(
-        self, output: tuple[str, bytes | None, bytes], error: BaseException | None
-    ) -> tuple[str, bytes | None, bytes] | None:
+    def _smaller_letter(self, output: Outgoing, error: BaseException | None) -> Outgoing | None:
         """A dead letter refused as too large, cut further; None (logged) once nothing is left to cut."""
         topic, key, value = output
         smaller = kafka_room.smaller_dead_letter(value)
@@ -550,7 +548,7 @@ def _bounded_stop_worker(base: type, timeout_s: float) -> type:
 
     Why: see ``finsent.osthreads.exit_later``; exiting early loses nothing (offsets follow results)."""
 
-    class BoundedStopWorker(base):  # type: ignore[misc,valid-type]
+    class BoundedStopWorker(base):
         def _on_sigterm(self) -> None:
             exit_later(timeout_s, EXIT_UNEXPECTED, "worker stop (SIGTERM)")
             super()._on_sigterm()

@@ -33,6 +33,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
+from starlette.routing import Route
 
 from finsent import http
 from finsent.http import BodyLimit, RequestGuard, metrics_route_app
@@ -77,7 +78,10 @@ def build_api(
     app.add_middleware(SecureAndMeasure, metrics=metrics)
 
     app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_route("/metrics", metrics_route_app(metrics.registry), methods=["GET"], include_in_schema=False)
+    # an ASGI app, not a request handler: a Route tells them apart (FastAPI's add_route is typed for handlers)
+    app.router.routes.append(
+        Route("/metrics", metrics_route_app(metrics.registry), methods=["GET"], include_in_schema=False)
+    )
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(routes.pages)
     app.include_router(routes.classify_router(settings.web))

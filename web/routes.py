@@ -34,11 +34,11 @@ STATIC_DIR = Path(__file__).parent / "static"
 SSE_POLL_S = 0.25
 SSE_PING_S = 15.0
 
-TOO_LARGE = {
+TOO_LARGE: dict[int | str, dict[str, Any]] = {
     400: {"description": "Content-Length is not a number"},
     413: {"description": "body larger than web.max_body_bytes (declared, or counted as it arrives)"},
 }
-CLASSIFY_BUSY = {
+CLASSIFY_BUSY: dict[int | str, dict[str, Any]] = {
     503: {
         "description": "web.max_classify_waiting requests already wait for the model, or the "
         "server is shutting down; retry after the Retry-After seconds"
@@ -172,6 +172,8 @@ async def classify_texts(api: ApiState, texts: list[str]) -> ClassifyResponse:
     if not api.classify_slots.take():  # the model answers one batch at a time: bound the queue in front of it
         raise api.busy("/classify", w.max_classify_waiting)
     try:
+        if api.batcher is None:  # started by the app's lifespan: an app run without it has no model to call
+            raise BatcherClosed("the classify batcher is not running")
         answer = await api.batcher.submit(texts)  # a model error propagates: the usual 500
     except BatcherClosed:
         raise HTTPException(
@@ -310,7 +312,7 @@ async def review(api: State, limit: Annotated[int, Query(ge=1, le=500)] = 50) ->
 async def feedback_stats(api: State) -> dict:
     """How many corrections, and how often the model already agreed with them (per label kind)."""
     records, bad = await api.feedback_records()
-    out = {"corrections": len(records), "bad_lines": bad}
+    out: dict[str, Any] = {"corrections": len(records), "bad_lines": bad}
     for kind in ("topic", "sentiment"):
         pairs = [
             (getattr(r, kind), predicted)

@@ -8,10 +8,12 @@ beginning of what the broker holds, newest kept) into these views. Pure containe
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from finsent.kafka import follow_topics
-from finsent.records import ScoredItem, SurgeAlert, WindowStat
+from finsent.records import Record, ScoredItem, SurgeAlert, WindowStat
 from finsent.settings import Settings
 
 
@@ -125,7 +127,7 @@ class StreamViews:
 async def follow(settings: Settings, views: StreamViews) -> None:
     """Tail the three output topics into ``views`` (until cancelled)."""
     t = settings.topics
-    handlers = {
+    handlers: dict[str, tuple[type[Record], Callable[[Any], None]]] = {
         t.scored.name: (ScoredItem, views.add_item),
         t.windows.name: (WindowStat, views.add_window),
         t.alerts.name: (SurgeAlert, views.add_alert),

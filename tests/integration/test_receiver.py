@@ -235,7 +235,7 @@ def test_export_cli_writes_csv_and_json_for_a_time_range(settings, tmp_path):
 
 
 def test_csv_export_neutralises_formula_injection():
-    from finsent.alerts.receiver import to_csv
+    from finsent.alerts.export import to_csv
 
     row = {
         "seq": 1,

@@ -17,7 +17,7 @@ from test_dashboards import FakeGrafana, fake_grafana, grafana_publish
 from test_receiver import NOW, receiver_env, receiver_process, surge
 
 from finsent.alerts.audit import AuditLog, Notification
-from finsent.alerts.receiver import export
+from finsent.alerts.export import export
 
 ROWS = 25_000
 SURGES = 3  # the newest rows: a reader stopping at 10,000 rows never sees them
