@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -134,7 +134,8 @@ def from_base(base: str, dropout: float = 0.1) -> tuple[MultiTaskModel, PreTrain
 
     path = base_path(base)
     encoder = BertModel.from_pretrained(path, add_pooling_layer=False)
-    model = MultiTaskModel(encoder.config, len(TOPIC_LABELS), len(SENTIMENT_LABELS), dropout)
+    config = cast(BertConfig, encoder.config)  # a BertModel's is a BertConfig (its config_class); the stub: the base
+    model = MultiTaskModel(config, len(TOPIC_LABELS), len(SENTIMENT_LABELS), dropout)
     model.encoder = encoder
     return model, AutoTokenizer.from_pretrained(path)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ def set_rng_state(rng: dict) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def save(path: Path, model: nn.Module, optimizer, scheduler, state: dict[str, Any]) -> None:
+def save(path: Path, model: nn.Module, optimizer, scheduler, state: Mapping[str, Any]) -> None:
     """Written whole or not at all (a temporary file, then an atomic rename)."""
     tmp = path.with_suffix(".tmp")
     payload = {

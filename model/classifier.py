@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -46,7 +46,7 @@ from finsent.model.domain import check_domain, load_news_bias, tag
 from finsent.model.placement import sessions_for
 from finsent.model.quality import softmax
 from finsent.model.text import prepare
-from finsent.records import Prediction
+from finsent.records import Prediction, Sentiment
 
 if TYPE_CHECKING:
     from finsent.settings import ModelChoice
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("finsent.model.classifier")
 
 FALLBACK_TOPIC = "General News | Opinion"
-FALLBACK_SENTIMENT = "neutral"
+FALLBACK_SENTIMENT: Sentiment = "neutral"
 _CHAR_CAP_PER_TOKEN = 24  # characters kept per allowed token before tokenising huge inputs
 
 
@@ -71,7 +71,10 @@ class Encoded:
     def concat(cls, parts: Sequence[Encoded]) -> Encoded:
         """One encoding of the parts' texts one after the other: the stream worker puts batches that waited for
         the model into one call, which sorts them all by length together (less padding than each on its own)."""
-        n, fallbacks, good_idx, ids = 0, {}, [], []
+        n = 0
+        fallbacks: dict[int, Prediction] = {}
+        good_idx: list[int] = []
+        ids: list[list[int]] = []
         for part in parts:
             fallbacks.update({n + i: p for i, p in part.fallbacks.items()})
             good_idx.extend(n + i for i in part.good_idx)
@@ -330,7 +333,8 @@ class Classifier:
         return Prediction(
             topic=topics[int(topic_p.argmax())],
             topic_probs={label: float(p) for label, p in zip(topics, topic_p)},
-            sentiment=sents[int(sent_p.argmax())],
+            # a model's sentiment labels are SENTIMENT_LABELS (ModelMeta's default), the names ``Sentiment`` allows
+            sentiment=cast(Sentiment, sents[int(sent_p.argmax())]),
             sentiment_probs={label: float(p) for label, p in zip(sents, sent_p)},
             model=self.version,
         )

@@ -38,6 +38,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -155,7 +156,7 @@ def compare(clf, data_dir: Path, offsets: np.ndarray, logits_fn=None, bound_grid
 
     sets = _scored_sets(clf, data_dir, logits_fn or LogitCache(clf))
     news_names = {ns.name for ns in NEWS_SETS}
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "set": name,
             "n": len(y),
@@ -164,7 +165,7 @@ def compare(clf, data_dir: Path, offsets: np.ndarray, logits_fn=None, bound_grid
         }
         for name, z, y, labels in sets
     ]
-    result = {"rows": rows}
+    result: dict[str, Any] = {"rows": rows}
     for key in ("default", "rule"):
         result[f"news_score_{key}"] = float(np.mean([r[key]["accuracy"] for r in rows if r["set"] in news_names]))
     if bound_grid is not None:

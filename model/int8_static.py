@@ -222,7 +222,7 @@ def build_plan(
         _calibrate(fp32, feeds, cache, weighted)
         log.info("calibrated", extra={"texts": len(feeds), "matmuls": len(weighted)})
         reference = logits(fp32, "onnx")
-        ranking = []
+        ranking: list[dict[str, Any]] = []  # per MatMul: its name, KL from fp32, flips
         for i, node in enumerate(weighted, 1):
             _quantize_nodes(fp32, graph, [node], cache)
             out = logits(graph, "onnx-int8")
@@ -233,7 +233,8 @@ def build_plan(
                 extra={"matmul": node, "done": i, "of": len(weighted), "seconds": round(time.monotonic() - started)},
             )
         ranking.sort(key=lambda r: -r["kl"])
-        keep_top, chosen = [], None
+        keep_top: list[dict[str, Any]] = []
+        chosen: int | None = None
         for k in range(min(MAX_KEEP, len(weighted) - 1) + 1):  # at least one MatMul int8, or it is no int8
             kept = {r["matmul"] for r in ranking[:k]}
             _quantize_nodes(fp32, graph, [n for n in weighted if n not in kept], cache)

@@ -6,9 +6,14 @@ so its pooled vector is already a good sentence representation and fine-tuning c
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from transformers import BertConfig, BertModel
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -19,7 +24,8 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class MultiTaskModel(nn.Module):
     def __init__(self, config: BertConfig, n_topics: int, n_sentiments: int, dropout: float = 0.1):
         super().__init__()
-        self.encoder = BertModel(config, add_pooling_layer=False)
+        # a PeftModel around the BertModel while LoRA trains (model.train), merged back before it is saved
+        self.encoder: BertModel | PeftModel = BertModel(config, add_pooling_layer=False)
         self.dropout = nn.Dropout(dropout)
         self.topic_head = nn.Linear(config.hidden_size, n_topics)
         self.sentiment_head = nn.Linear(config.hidden_size, n_sentiments)

@@ -32,10 +32,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from finsent.errors import GraphError
 from finsent.files import replace_text
+
+if TYPE_CHECKING:
+    from torch import nn
 
 log = logging.getLogger("finsent.model.onnxbuild")
 
@@ -121,7 +124,8 @@ def _write_stamp(directory: Path, name: str, digest: str) -> None:
     stamps = _stamps(directory)
     stamps[name] = digest
     path = directory / name
-    files = stamps.get(FILES) if isinstance(stamps.get(FILES), dict) else {}
+    previous = stamps.get(FILES)
+    files = previous if isinstance(previous, dict) else {}
     stamps[FILES] = {**files, name: {"size": path.stat().st_size, "sha256": file_digest(path)}}
     replace_text(directory / STAMP, json.dumps(stamps, indent=2, sort_keys=True) + "\n")
 
@@ -228,7 +232,7 @@ def _build_fp32(model_dir: Path, path: Path) -> None:
     tmp = _atomic_target(path)
     try:
         torch.onnx.export(
-            _Logits(model).eval(),
+            _two_outputs(model).eval(),
             (sample["input_ids"], sample["attention_mask"]),
             str(tmp),
             input_names=["input_ids", "attention_mask"],
@@ -270,18 +274,17 @@ def _quantize(fp32: Path, path: Path, recipe: dict[str, Any], plan: Any = None) 
         tmp.unlink(missing_ok=True)
 
 
-class _Logits:
-    """Wraps the network so the exported graph has exactly two named outputs."""
+def _two_outputs(model: nn.Module) -> nn.Module:
+    """The network wrapped so the exported graph has exactly two named outputs (the wrapper class is built here, so
+    importing this module needs no torch)."""
+    import torch
 
-    def __new__(cls, model):  # a torch.nn.Module built lazily so importing this module needs no torch
-        import torch
+    class Logits(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.model = inner
 
-        class Logits(torch.nn.Module):
-            def __init__(self, inner):
-                super().__init__()
-                self.model = inner
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids, attention_mask)
 
-            def forward(self, input_ids, attention_mask):
-                return self.model(input_ids, attention_mask)
-
-        return Logits(model)
+    return Logits(model)

@@ -29,7 +29,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -42,6 +42,9 @@ from finsent.model.data import evaluation_texts, load_twitter, normalised
 from finsent.model.domain import check_prefixes, tag
 from finsent.model.text import prepare
 from finsent.model.train import _lr_lambda, _seed_everything, pick_device
+
+if TYPE_CHECKING:
+    from transformers import BertConfig, BertModel
 
 log = logging.getLogger("finsent.model.pretrain")
 
@@ -160,9 +163,9 @@ def mask_tokens(
 class MaskedLM(nn.Module):
     """The encoder plus BERT's masked-LM head (transform, then the word embeddings as output weights)."""
 
-    def __init__(self, encoder: nn.Module):
+    def __init__(self, encoder: BertModel):
         super().__init__()
-        config = encoder.config
+        config = cast("BertConfig", encoder.config)  # a BertModel's (its config_class); the stub says the base class
         self.encoder = encoder
         self.transform = nn.Sequential(
             nn.Linear(config.hidden_size, config.hidden_size),
@@ -249,7 +252,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
             f"head_warmup_steps={cfg.head_warmup_steps} leaves none of the {total_steps} steps to the encoder"
         )
     no_decay = ("bias", "LayerNorm", "transform.2")
-    groups = {}
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         key = (name.startswith("encoder"), not any(nd in name for nd in no_decay))
         groups.setdefault(key, []).append(p)

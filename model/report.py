@@ -22,6 +22,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -55,7 +56,7 @@ from finsent.model.text import prepare
 
 log = logging.getLogger("finsent.model.report")
 
-PUBLISHED = {
+PUBLISHED: dict[str, list[tuple[str, float, float | None]]] = {
     "twitter-sentiment": [
         ("DistilBERT", 0.859, None),
         ("finbert-tone", 0.884, None),
@@ -86,7 +87,7 @@ class LogitCache:
 
     def __init__(self, clf: Classifier):
         self.clf = clf
-        self.store: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.store: dict[tuple[str | None, str], tuple[np.ndarray, np.ndarray]] = {}  # by (domain, text)
 
     def __call__(self, texts: list[str], domain: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         keys = [(domain, t) for t in texts]  # a domain-tagged model reads the same text differently per domain
@@ -178,7 +179,7 @@ def evaluate_set(
     raw, calibrated = softmax(logits), softmax(logits, temperature)
     pred = calibrated.argmax(1)
     present = sorted(set(y.tolist()) | set(pred.tolist()))
-    metrics = scores(y, pred)
+    metrics: dict[str, Any] = scores(y, pred)  # and below: the sentiment scores, per class, the worst errors
     if head == "sentiment":
         labels = tuple(labels or range(len(labels_vocab)))
         metrics.update(_sentiment_metrics(calibrated, y, labels))

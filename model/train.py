@@ -22,7 +22,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict, cast
 
 import numpy as np
 import torch
@@ -218,6 +218,20 @@ def evaluate(model, data: Encoded, pad_id: int, device, batch_size: int) -> dict
 # ----------------------------------------------------------------------------- the loop
 
 
+class LoopState(TypedDict):
+    """Where the loop stands: saved in every checkpoint (``checkpoint.save``) and resumed from. A plain dict on
+    disk, so checkpoints written before this type was declared resume as they did."""
+
+    epoch: int
+    step_in_epoch: int
+    global_step: int
+    best: float  # dev selection score of the best epoch so far; -1 before the first
+    bad_epochs: int  # epochs since the best one (early stopping)
+    history: list[dict[str, Any]]  # per epoch its dev scores; last, the weight average's
+    average: NotRequired[dict[str, torch.Tensor]]  # weight averaging (average_from): the mean so far
+    averaged: NotRequired[int]  # the samples in ``average``
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -266,7 +280,9 @@ def _apply_lora(model: MultiTaskModel, cfg: TrainConfig) -> None:
 
 
 def _merge_lora(model: MultiTaskModel) -> None:
-    if hasattr(model.encoder, "merge_and_unload"):
+    from peft import PeftModel
+
+    if isinstance(model.encoder, PeftModel):
         model.encoder = model.encoder.merge_and_unload()
 
 
@@ -382,10 +398,10 @@ def train(
     best_dir = run_dir / "best"
     average_dir = run_dir / "average"
     average_start = math.ceil(cfg.average_from * total_steps) if cfg.average_from else 0
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": -1.0, "bad_epochs": 0, "history": []}
+    state: LoopState = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": -1.0, "bad_epochs": 0, "history": []}
     resumed = checkpoint.restore(ckpt_path, model, optimizer, scheduler)
     if resumed is not None:
-        state = resumed
+        state = cast(LoopState, resumed)  # a checkpoint's state is what this loop saved
         log.info("resumed", extra={"checkpoint": str(ckpt_path), **{k: state[k] for k in ("epoch", "step_in_epoch")}})
     if ddp.main:
         run_dir.mkdir(parents=True, exist_ok=True)
