@@ -53,7 +53,7 @@ def render_alertmanager_web_auth(
     password = given.get_secret_value().strip() if given is not None else ""
     if not password:
         raise ConfigError(
-            "set FINSENT_SERVICES__ALERTMANAGER_PASSWORD (deploy/secrets.env): without a password Alertmanager's API "
+            "set FINSENT_SERVICES__ALERTMANAGER_PASSWORD (deploy/alertmanager.env): without a password Alertmanager's API "
             "takes silences and alerts from anyone who reaches it"
         )
     web = write_web_config(home / WEB_CONFIG, password)

@@ -4,6 +4,8 @@
   tests/fixtures/schemas/README.md), plus the checks the schema cannot make: every depends_on target
   exists, every bind-mounted file exists in the repo, ports bind 127.0.0.1, images are pinned, no
   literal secrets, healthchecks and restart policies, GPU reservation, both Kafka profiles consistent;
+* least privilege: each finsent container (compose service, Kubernetes Deployment or Job) gets exactly the secret
+  variables its command reads, from per-purpose env files / one secretKeyRef per key;
 * the Prometheus config: the real ``promtool check config`` with the rule files the compose file mounts;
   the Alertmanager config the compose job renders: the real ``amtool check-config``, and its web config
   (basic auth) served by the real Alertmanager, which must refuse silences without the password;
@@ -688,7 +690,7 @@ def test_the_api_reaches_the_receiver_by_its_service_name_in_every_topology():
 
     def k8s_env(deployment: dict) -> dict[str, str]:
         container = deployment["spec"]["template"]["spec"]["containers"][0]
-        return {**config, **{e["name"]: e["value"] for e in container.get("env", [])}}
+        return {**config, **{e["name"]: e["value"] for e in container.get("env", []) if "value" in e}}  # no secrets
 
     api_deployment = next(d for d in k8s_docs("api.yaml") if d["kind"] == "Deployment")
     receiver_docs = k8s_docs("receiver.yaml")
@@ -980,26 +982,173 @@ def test_scaling_members_follow_from_the_slowest_member_and_an_even_split():
     assert "plus the (CPU) aggregating worker" not in text  # the CPU member would get half the peak
 
 
-# ---- the example env files and the Grafana password guard ---------------------------------------------------
+# ---- the example env files, the secrets each container gets, the Grafana password guard ---------------------
+
+ASSIGNMENT = re.compile(r"(#\s*)?([A-Z][A-Z0-9_]*)=(.*)")
+
+
+def example_assignments(name: str, deploy: Path = DEPLOY) -> dict[str, tuple[str, bool]]:
+    """Every ``NAME=value`` line of deploy/<name>: NAME -> (value, set as shipped). Commented ones (``# NAME=value``,
+    to uncomment when needed: Kafka SASL) count too, with False: the file sets them once a user does."""
+    out = {}
+    for line in (deploy / name).read_text().splitlines():
+        m = ASSIGNMENT.fullmatch(line.strip())
+        if m:
+            out[m.group(2)] = (m.group(3), m.group(1) is None)
+    return out
 
 
 def example_values(name: str) -> dict[str, str]:
-    lines = (DEPLOY / name).read_text().splitlines()
-    return dict(line.split("=", 1) for line in lines if line.strip() and not line.lstrip().startswith("#"))
+    return {k: v for k, (v, shipped) in example_assignments(name).items() if shipped}
 
 
 def test_example_env_files_ship_no_token_or_password_value():
-    """A value in an example file gets copied unchanged and guards nothing: every token and password is empty,
-    and finsent's settings take the copied file (empty = unset) without error."""
+    """A value in an example file gets copied unchanged and guards nothing: every token and password is empty
+    (commented ones too: uncommented, they would be copied as they are), and finsent's settings take the copied
+    files (empty = unset) without error."""
     from finsent.settings import Settings
 
-    for name in ("secrets.env.example", "grafana.env.example"):
-        values = example_values(name)
-        secrets = {k: v for k, v in values.items() if re.search(r"TOKEN|PASSWORD|SECRET", k)}
+    examples = sorted(p.name for p in DEPLOY.glob("*.env.example"))
+    assert "grafana.env.example" in examples and len(examples) > 2, examples
+    for name in examples:
+        secrets = {k: v for k, (v, _) in example_assignments(name).items() if re.search(r"TOKEN|PASSWORD|SECRET", k)}
         assert secrets and not any(secrets.values()), f"{name}: {sorted(k for k, v in secrets.items() if v)}"
         assert "secrets.token_urlsafe" in (DEPLOY / name).read_text()  # how to make one
-    s = Settings(**_nested(example_values("secrets.env.example")))
-    assert s.receiver.token is None and s.web.token is None and s.services.alertmanager_password is None
+    s = Settings(**_nested({k: v for name in examples for k, v in example_values(name).items()}))
+    assert s.receiver.token is None and s.receiver.read_token is None and s.web.token is None
+    assert s.services.alertmanager_password is None and s.kafka.sasl_password is None
+
+
+# The FINSENT_* secrets each finsent command reads (finsent/settings.py's tokens and passwords, and their users):
+# every command that talks to Kafka, its SASL settings (finsent/kafka.py); the receiver its write and read tokens
+# (alerts/receiver.py, receiver_state.py); the API its own token and the receiver's two, which it sends on the
+# analyst's behalf (web/guard.py, web/cases.py); the Alertmanager config job the receiver's write token and
+# Alertmanager's password (alerts/config.py), and no Kafka. `finsent grafana publish` (FINSENT_GRAFANA__*) runs in
+# no container. A container gets these and nothing more.
+KAFKA_SASL = frozenset(
+    {
+        "FINSENT_KAFKA__SECURITY_PROTOCOL",
+        "FINSENT_KAFKA__SASL_MECHANISM",
+        "FINSENT_KAFKA__SASL_USERNAME",
+        "FINSENT_KAFKA__SASL_PASSWORD",
+    }
+)
+RECEIVER_TOKENS = frozenset({"FINSENT_RECEIVER__TOKEN", "FINSENT_RECEIVER__READ_TOKEN"})
+SECRETS_BY_COMMAND = {
+    "topics": KAFKA_SASL,
+    "ingest": KAFKA_SASL,
+    "worker": KAFKA_SASL,
+    "receiver": KAFKA_SASL | RECEIVER_TOKENS,
+    "serve": KAFKA_SASL | RECEIVER_TOKENS | {"FINSENT_WEB__TOKEN"},
+    "receiver alertmanager-config": frozenset({"FINSENT_RECEIVER__TOKEN", "FINSENT_SERVICES__ALERTMANAGER_PASSWORD"}),
+}
+SECRET_NAME = "finsent-secrets"
+
+
+def finsent_command(argv: list[str]) -> str:
+    """The (sub)command a container runs: its leading words, e.g. "receiver alertmanager-config", "worker"."""
+    words = []
+    for arg in argv:
+        if not re.fullmatch(r"[a-z][a-z-]*", arg):
+            break
+        words.append(arg)
+    return " ".join(words)
+
+
+def secret_env_files(deploy: Path) -> list[str]:
+    """The env files the Kubernetes Secret is made from: the `kubectl create secret` line of k8s/config.yaml."""
+    return re.findall(r"--from-env-file=deploy/(\S+)", (deploy / "k8s" / "config.yaml").read_text())
+
+
+def secrets_received(deploy: Path = DEPLOY) -> dict[str, tuple[str, set[str]]]:
+    """Where each finsent container runs -> (its command, the FINSENT_* variables it gets from the secret files):
+    compose's services through their env_file lists, the Kubernetes Deployments and Jobs (base and GPU overlay)
+    through envFrom secretRef (the whole Secret) or env secretKeyRef (one key). Secret keys come from the committed
+    examples of the env files, commented ones included (set once uncommented)."""
+    out: dict[str, tuple[str, set[str]]] = {}
+    doc = yaml.safe_load((deploy / "compose.yaml").read_text())
+    for name, svc in doc["services"].items():
+        if not interpolate(svc["image"]).startswith("finsent:"):
+            continue
+        files = [f if isinstance(f, str) else f["path"] for f in svc.get("env_file", [])]
+        got = {k for f in files for k in example_assignments(f"{f}.example", deploy) if k.startswith("FINSENT_")}
+        out[f"compose {name}"] = (finsent_command(svc["command"]), got)
+    in_secret = {k: v for f in secret_env_files(deploy) for k, v in example_assignments(f"{f}.example", deploy).items()}
+    for folder in K8S_DIRS:
+        for path in sorted((deploy / folder).glob("*.yaml")):
+            for d in yaml.safe_load_all(path.read_text()):
+                if not d or d["kind"] not in ("Deployment", "Job"):
+                    continue
+                for c in d["spec"]["template"]["spec"]["containers"]:
+                    if not c["image"].startswith("finsent:"):
+                        continue
+                    where = f"{folder}/{path.name} {d['metadata']['name']}"
+                    got = set()
+                    for source in c.get("envFrom", []):
+                        if "secretRef" in source:
+                            assert source["secretRef"]["name"] == SECRET_NAME, where
+                            got |= {k for k in in_secret if k.startswith("FINSENT_")}
+                    for e in c.get("env", []):
+                        ref = e.get("valueFrom", {}).get("secretKeyRef")
+                        if ref is None:
+                            continue
+                        assert ref["name"] == SECRET_NAME and ref["key"] == e["name"], (where, e)
+                        assert ref["key"] in in_secret, (
+                            f"{where}: {ref['key']} is in none of {secret_env_files(deploy)}"
+                        )
+                        if not in_secret[ref["key"]][1]:  # commented in its file: absent from the Secret as shipped
+                            assert ref.get("optional") is True, (
+                                f"{where}: {ref['key']} would keep the pod from starting"
+                            )
+                        got.add(e["name"])
+                    out[where] = (finsent_command(c["args"]), got)
+    return out
+
+
+def test_each_finsent_container_gets_only_the_secrets_its_command_uses(tmp_path):
+    """Least privilege: ingest or a worker that is compromised must not hold the receiver's write token, the API's
+    token or Alertmanager's password. In every topology each finsent container gets exactly the secret variables
+    its command reads (SECRETS_BY_COMMAND): none it never uses, and none it needs missing (Kafka SASL included)."""
+    received = secrets_received()
+    compose_services = {where.removeprefix("compose ") for where in received if where.startswith("compose ")}
+    assert compose_services == FINSENT_SERVICES
+    assert {cmd for where, (cmd, _) in received.items() if where.startswith("compose ")} == set(SECRETS_BY_COMMAND)
+    k8s = {where.split()[-1] for where in received if where.startswith("k8s")}
+    assert {"finsent-topic-init", "finsent-ingest", "finsent-worker", "finsent-worker-aggregator"} <= k8s
+    assert {"finsent-worker-gpu", "finsent-receiver", "finsent-api"} <= k8s
+    wrong = [
+        f"{where} ({cmd}): extra {sorted(got - SECRETS_BY_COMMAND[cmd])}, missing {sorted(SECRETS_BY_COMMAND[cmd] - got)}"
+        for where, (cmd, got) in received.items()
+        if got != SECRETS_BY_COMMAND[cmd]
+    ]
+    assert not wrong, "\n".join(wrong)
+    # Every example file is read by some compose service (or is Grafana's), and the Secret is made from them alone.
+    listed = {f for svc in compose()["services"].values() for f in svc.get("env_file", [])}
+    assert {p.name.removesuffix(".example") for p in DEPLOY.glob("*.env.example")} == listed
+    assert set(secret_env_files(DEPLOY)) <= listed
+    # deploy/README.md gives the same command, and kubectl really builds that Secret from the files (all set).
+    command = next(
+        line.lstrip("# ").strip()
+        for line in (DEPLOY / "k8s" / "config.yaml").read_text().splitlines()
+        if "create secret" in line
+    )
+    assert command in (DEPLOY / "README.md").read_text()
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        return  # kustomize() skips the tests that need it; the keys above were read from the examples
+    for name in secret_env_files(DEPLOY):
+        lines = (DEPLOY / f"{name}.example").read_text().splitlines()
+        (tmp_path / name).write_text("\n".join(re.sub(r"^#\s*(?=[A-Z][A-Z0-9_]*=)", "", s) for s in lines) + "\n")
+    argv = command.replace("deploy/", f"{tmp_path}/").split()
+    assert argv[:2] == ["kubectl", "-n"]
+    built = subprocess.run(
+        [kubectl, *argv[1:], "--dry-run=client", "-o", "yaml"], capture_output=True, text=True, timeout=60
+    )
+    assert built.returncode == 0, built.stderr
+    secret = yaml.safe_load(built.stdout)
+    assert secret["metadata"]["name"] == SECRET_NAME
+    expected = {k for f in secret_env_files(DEPLOY) for k in example_assignments(f"{f}.example")}
+    assert set(secret["data"]) == expected
 
 
 def test_grafana_refuses_to_start_without_a_real_admin_password(tmp_path):
