@@ -1,4 +1,5 @@
-"""Operating-system threads: a name the kernel sees, and the timer that bounds a graceful stop.
+"""Operating-system threads: a name the kernel sees, the timer that bounds a graceful stop, and how soon a thread
+that holds the GIL hands it to one that waits.
 
 ``name_os_thread`` gives a thread a name the kernel sees, so ``top -H``, ``py-spy`` and the stream benchmark's CPU
 profile can tell the worker's stages apart.
@@ -15,6 +16,8 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 _PR_SET_NAME = 15
 _MAX = 15  # the kernel keeps 15 bytes of a thread's name
@@ -48,4 +51,27 @@ def exit_later(timeout_s: float, code: int, what: str) -> None:
     timer.start()
 
 
-__all__ = ["exit_later", "name_os_thread"]
+# How long a thread may hold the GIL while another waits for it, in seconds (CPython's default: 5 ms).
+PROMPT_SWITCH_S = 0.0005
+
+
+@contextmanager
+def prompt_gil_handoff(interval_s: float = PROMPT_SWITCH_S) -> Iterator[None]:
+    """Make a thread that holds the GIL hand it over within ``interval_s`` of another asking, for a run.
+
+    Why: model threads spend most of their time in ONNX Runtime, without the GIL, but each forward returns into
+    Python and needs the GIL for a moment to start the next. When another thread is running Python meanwhile (the
+    backtest's bookkeeping), the returning model thread waits until that thread is made to drop it: up to 5 ms by
+    default, with the model thread's core idle all the while. Measured on the 2-core machine, the backtest's speed
+    against bare model calls side by side went from a median 0.930 to 0.969 of it at 0.5 ms (4 interleaved rounds
+    each; 3-7 pt better in every pair); 0.1 ms was no better than 0.5 (more handoffs). The previous interval comes
+    back on exit; a shorter one already set is kept."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, interval_s))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
+__all__ = ["PROMPT_SWITCH_S", "exit_later", "name_os_thread", "prompt_gil_handoff"]

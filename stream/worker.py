@@ -67,7 +67,7 @@ from finsent.errors import PoisonRecord
 from finsent.http import check_bindable, start_metrics_server
 from finsent.kafka import Consumed, Outgoing, TopicIdWatch, ensure_topics, faust_broker_options
 from finsent.model.classifier import Encoded
-from finsent.osthreads import exit_later, name_os_thread
+from finsent.osthreads import exit_later, name_os_thread, prompt_gil_handoff
 from finsent.records import NewsItem, checked_item
 from finsent.settings import Settings
 from finsent.stream.aggregator import Aggregator
@@ -614,7 +614,8 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
         app, loglevel=loglevel, quiet=True, redirect_stdouts=False, override_logging=False
     )
     try:
-        worker.execute_from_commandline()
+        with prompt_gil_handoff(settings.model.gil_handoff_s):  # the event loop beside the model threads
+            worker.execute_from_commandline()
     finally:
         server.shutdown()
     return 0

@@ -37,6 +37,7 @@ from starlette.routing import Route
 
 from finsent import http
 from finsent.http import BodyLimit, RequestGuard, metrics_route_app
+from finsent.osthreads import prompt_gil_handoff
 from finsent.settings import Settings
 from finsent.web import routes
 from finsent.web.cases import cases_routes
@@ -166,16 +167,18 @@ def run(app: FastAPI, settings: Settings) -> None:
     uvicorn takes uvloop and httptools, which finsent depends on, when they import (``auto``): 0.37 -> 0.23 ms of
     CPU per ``/classify`` request against asyncio with h11 (``bench/bench_api.py``'s HTTP-stack figure, 8 clients,
     2-core CPU)."""
-    # A live dashboard holds an /events stream open; do not let it hold a shutdown too.
-    http.serve(
-        app,
-        settings.services.host,
-        settings.web.port,
-        "web.port (FINSENT_WEB__PORT)",
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=3,
-    )
+    # A live dashboard holds an /events stream open; do not let it hold a shutdown too. The event loop hands the
+    # GIL to the batcher's model thread promptly (model.gil_handoff_s).
+    with prompt_gil_handoff(settings.model.gil_handoff_s):
+        http.serve(
+            app,
+            settings.services.host,
+            settings.web.port,
+            "web.port (FINSENT_WEB__PORT)",
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=3,
+        )
 
 
 __all__ = ["STATIC_DIR", "ApiMetrics", "build_api", "run", "serve"]

@@ -28,6 +28,7 @@ from streamkit import (
 from finsent.backtest.run import ScoreCache, run_backtest
 from finsent.ingest.archive import Archive
 from finsent.ingest.replay import parse_speed, replay, state_path
+from finsent.osthreads import PROMPT_SWITCH_S
 from finsent.records import SurgeAlert, WindowStat
 from finsent.stream.pipeline import final_alerts, final_windows
 
@@ -54,9 +55,12 @@ def test_batches_scored_side_by_side_give_the_same_output_in_the_same_order(tmp_
     items = headlines(400, past(3600), 0.5, burst=range(250, 300))
     lock = threading.Lock()
     calls = {"started": 0, "running": 0, "most": 0}
+    switch_intervals = set()
+    before = sys.getswitchinterval()
 
     def slow_first(texts):
         with lock:
+            switch_intervals.add(sys.getswitchinterval())
             k = calls["started"]
             calls["started"] += 1
             calls["running"] += 1
@@ -81,6 +85,8 @@ def test_batches_scored_side_by_side_give_the_same_output_in_the_same_order(tmp_
             (out / "alerts.jsonl").read_bytes(),
         ]
     assert calls["most"] == 3  # the second run really had three calls in the model at once
+    # the model calls ran with the GIL handed over promptly (finsent.osthreads), and the process got its own back
+    assert max(switch_intervals) <= PROMPT_SWITCH_S < before == sys.getswitchinterval()
     scores, windows, alerts = outputs[3]
     assert [r["item_id"] for r in scores] == [it.id for it in items]  # in input order
     assert outputs[3] == outputs[1] and windows and alerts
