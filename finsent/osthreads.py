@@ -64,8 +64,11 @@ def prompt_gil_handoff(interval_s: float = PROMPT_SWITCH_S) -> Iterator[None]:
     backtest's bookkeeping), the returning model thread waits until that thread is made to drop it: up to 5 ms by
     default, with the model thread's core idle all the while. Measured on the 2-core machine, the backtest's speed
     against bare model calls side by side went from a median 0.930 to 0.969 of it at 0.5 ms (4 interleaved rounds
-    each; 3-7 pt better in every pair); 0.1 ms was no better than 0.5 (more handoffs). The previous interval comes
-    back on exit; a shorter one already set is kept."""
+    each; 3-7 pt better in every pair) and 0.965 against 0.950 (6 more pairs, 4 better); 0.1 ms was no better than
+    0.5. The stream worker, two interleaved pairs of bench/bench_stream.py: 1.38 / 1.32 against 1.25 / 1.25 x the
+    naive loop (its other figures moved both ways). Not the API: there the model thread took the GIL back before
+    requests had gathered, and its calls shrank (bench_api: fewer requests/s, higher p99). The previous interval
+    comes back on exit; a shorter one already set is kept."""
     before = sys.getswitchinterval()
     sys.setswitchinterval(min(before, interval_s))
     try:

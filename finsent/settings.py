@@ -284,10 +284,10 @@ class ModelChoice(_Group):
     # 8, interleaved): calls of 4-375 headlines 1.03-1.64x the texts/s of one two-thread session, each call as
     # fast or faster; a one-headline call 0.3 ms slower (one thread). ``finsent.model.placement.sessions_for``.
     sessions: int = Field(default=0, ge=0, le=64)
-    # How long a Python thread may hold the GIL while a model thread waits for it, in seconds, in the processes that
-    # run model threads beside other Python (the worker, the API, the backtest). A model thread returning from a
-    # forward in ONNX Runtime needs the GIL to start the next; at CPython's default (0.005) it waited up to 5 ms
-    # for the event loop or the bookkeeping, its core idle (finsent.osthreads.prompt_gil_handoff). 0.005: CPython's.
+    # How long a Python thread may hold the GIL while a model thread waits for it, in seconds, in the stream worker
+    # and the backtest. A model thread returning from a forward in ONNX Runtime needs the GIL to start the next; at
+    # CPython's default (0.005) it waited up to 5 ms for the event loop or the bookkeeping, its core idle
+    # (finsent.osthreads.prompt_gil_handoff). 0.005: CPython's. The API keeps CPython's (web/api.py says why).
     gil_handoff_s: float = Field(default=0.0005, gt=0, le=0.1)
 
 
