@@ -68,7 +68,9 @@ def prompt_gil_handoff(interval_s: float = PROMPT_SWITCH_S) -> Iterator[None]:
     0.5. The stream worker, two interleaved pairs of bench/bench_stream.py: 1.38 / 1.32 against 1.25 / 1.25 x the
     naive loop (its other figures moved both ways). Not the API: there the model thread took the GIL back before
     requests had gathered, and its calls shrank (bench_api: fewer requests/s, higher p99). The previous interval
-    comes back on exit; a shorter one already set is kept."""
+    comes back on exit; a shorter one already set is kept. The interval is the process's: enter it once per process
+    (the worker and the backtest each do), not from threads whose runs overlap, or the first to leave restores the
+    old interval under the other."""
     before = sys.getswitchinterval()
     sys.setswitchinterval(min(before, interval_s))
     try:

@@ -288,7 +288,7 @@ class ModelChoice(_Group):
     # and the backtest. A model thread returning from a forward in ONNX Runtime needs the GIL to start the next; at
     # CPython's default (0.005) it waited up to 5 ms for the event loop or the bookkeeping, its core idle
     # (finsent.osthreads.prompt_gil_handoff). 0.005: CPython's. The API keeps CPython's (web/api.py says why).
-    gil_handoff_s: float = Field(default=0.0005, gt=0, le=0.1)
+    gil_handoff_s: float = Field(default=0.0005, ge=1e-6, le=0.1)  # CPython keeps whole microseconds
 
 
 class Windows(_Group):

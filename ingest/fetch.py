@@ -88,11 +88,23 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: a NAT64 gateway reaches the IPv4 address in the last 32 bits
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: local-use NAT64, whatever it embeds
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # RFC 4291's deprecated ::a.b.c.d (and ::, ::1)
+
+
 def _blocked(ip: str) -> bool:
     """Every address that is not globally routable: a deny-list misses ranges (100.64.0.0/10, the carrier-grade
-    NAT block that holds some clouds' metadata services, was let through by the first version)."""
+    NAT block that holds some clouds' metadata services, was let through by the first version). An IPv6 address
+    that carries an IPv4 one (mapped, 6to4, NAT64) is judged as that IPv4 address: Python calls
+    ``64:ff9b::a9fe:a9fe`` global, and through a NAT64 gateway it is 169.254.169.254. The deprecated IPv4-compatible
+    form and local-use NAT64 are refused outright: no public feed is served from them."""
     addr = ipaddress.ip_address(ip)
-    if isinstance(addr, ipaddress.IPv6Address):  # an IPv4 address wrapped in IPv6 is judged as itself
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr in _IPV4_COMPATIBLE or addr in _NAT64_LOCAL:
+            return True
+        if addr in _NAT64:
+            return _blocked(str(ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)))
         addr = addr.ipv4_mapped or addr.sixtofour or addr
     return not addr.is_global or addr.is_multicast
 

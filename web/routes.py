@@ -173,7 +173,9 @@ async def classify_texts(api: ApiState, texts: list[str]) -> ClassifyResponse:
         raise api.busy("/classify", w.max_classify_waiting)
     try:
         if api.batcher is None:  # started by the app's lifespan: an app run without it has no model to call
-            raise BatcherClosed("the classify batcher is not running")
+            raise HTTPException(
+                503, "the classifier is not running", headers={"Retry-After": str(w.busy_retry_after_s)}
+            )
         answer = await api.batcher.submit(texts)  # a model error propagates: the usual 500
     except BatcherClosed:
         raise HTTPException(

@@ -492,6 +492,12 @@ def test_a_body_that_is_a_file_name_is_not_read_from_disk(feeds_server, tmp_path
         ("127.0.0.1", True),
         ("::ffff:100.64.0.1", True),
         ("2002:a9fe:a9fe::1", True),
+        ("64:ff9b::a9fe:a9fe", True),  # NAT64 of 169.254.169.254 (Python calls it global)
+        ("64:ff9b::7f00:1", True),
+        ("64:ff9b:1::808:808", True),  # local-use NAT64
+        ("::127.0.0.1", True),  # deprecated IPv4-compatible (Python calls it global)
+        ("::8.8.8.8", True),
+        ("64:ff9b::808:808", False),  # NAT64 of a public address: a feed an IPv6-only host reaches that way
         ("fd00::1", True),
         ("198.18.0.1", True),
         ("224.0.0.1", True),
