@@ -42,6 +42,22 @@ from finsent.settings import load  # noqa: E402
 GOAL_VS_BARE = 0.95  # issue #18: the backtest's headlines/s against bare predict on the same batches
 
 
+def bench_items(data: list[str]) -> list[NewsItem]:
+    """The headlines as archive items, ten seconds apart from 2024-01-02, every ninth about XOM (a ticker key)."""
+    t0 = datetime(2024, 1, 2, tzinfo=UTC)
+    return [
+        NewsItem(
+            id=f"b{i}",
+            title=t,
+            source="bench",
+            published=t0 + timedelta(seconds=10 * i),
+            fetched=t0 + timedelta(seconds=10 * i),
+            tickers=("XOM",) if i % 9 == 0 else (),
+        )
+        for i, t in enumerate(data)
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, default=3000)
@@ -60,18 +76,7 @@ def main() -> None:
     clf.ready_for_calls(calls)  # as backtest_archive does
     one_at_a_time = Classifier.from_settings(None, settings.model)  # as the stream worker loads it
     data = texts(args.items)
-    t0 = datetime(2024, 1, 2, tzinfo=UTC)
-    items = [
-        NewsItem(
-            id=f"b{i}",
-            title=t,
-            source="bench",
-            published=t0 + timedelta(seconds=10 * i),
-            fetched=t0 + timedelta(seconds=10 * i),
-            tickers=("XOM",) if i % 9 == 0 else (),
-        )
-        for i, t in enumerate(data)
-    ]
+    items = bench_items(data)
     freeze_startup_objects()  # as backtest_archive does once the model's modules are imported
     clf.predict(data[: args.batch])  # warm-up
     one_at_a_time.predict(data[: args.batch])

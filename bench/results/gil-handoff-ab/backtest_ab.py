@@ -13,12 +13,12 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "bench"))
 
+from bench_backtest import bench_items  # noqa: E402
 from bench_stream import texts  # noqa: E402
 
 import finsent.backtest.run as run_module  # noqa: E402
@@ -26,7 +26,6 @@ from finsent.backtest.run import ScoreCache, run_backtest  # noqa: E402
 from finsent.heap import freeze_startup_objects  # noqa: E402
 from finsent.model import Classifier  # noqa: E402
 from finsent.model.placement import calls_for_threads, side_by_side  # noqa: E402
-from finsent.records import NewsItem  # noqa: E402
 from finsent.settings import load  # noqa: E402
 
 HANDOFF = run_module.prompt_gil_handoff
@@ -41,18 +40,7 @@ def main() -> None:
     clf.ready_for_calls(calls)
     one_at_a_time = Classifier.from_settings(None, settings.model)
     data = texts(3000)
-    t0 = datetime(2024, 1, 2, tzinfo=UTC)
-    items = [
-        NewsItem(
-            id=f"b{i}",
-            title=t,
-            source="bench",
-            published=t0 + timedelta(seconds=10 * i),
-            fetched=t0 + timedelta(seconds=10 * i),
-            tickers=("XOM",) if i % 9 == 0 else (),
-        )
-        for i, t in enumerate(data)
-    ]
+    items = bench_items(data)
     freeze_startup_objects()
     clf.predict(data[:256])
     one_at_a_time.predict(data[:256])
