@@ -39,7 +39,7 @@ from finsent.alerts.receiver_routes import ROUTES
 from finsent.alerts.receiver_state import ReceiverState
 from finsent.errors import ReceiverConfigError
 from finsent.http import BodyLimit, RequestGuard, allowed_hosts, is_loopback, metrics_route_app
-from finsent.settings import Settings
+from finsent.settings import Settings, setting_label
 
 log = logging.getLogger("finsent.alerts.receiver")
 
@@ -85,7 +85,7 @@ def build_app(settings: Settings, follow_alerts: bool = True) -> Starlette:
     return app
 
 
-PORT_SETTING = "receiver.port (FINSENT_RECEIVER__PORT)"
+PORT_SETTING = setting_label("receiver", "port")
 
 
 def serve(settings: Settings) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
+from pydantic import SecretStr
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -132,17 +133,17 @@ class ReceiverState:
 
     def unauthorized_write(self, request: Request) -> Response | None:
         """401 when FINSENT_RECEIVER__TOKEN is set and the request does not carry it (webhook, case actions)."""
-        token = self.cfg.token
-        if token is not None and not bearer_ok(request.headers.get("authorization"), token.get_secret_value().encode()):
-            return self.error(401, "unauthorized", "missing or wrong bearer token")
-        return None
+        return self._unauthorized(request, self.cfg.token, "unauthorized", "missing or wrong bearer token")
 
     def unauthorized_read(self, request: Request) -> Response | None:
         """401 when reads need FINSENT_RECEIVER__READ_TOKEN and the request does not carry it."""
-        token = self.cfg.read_token
-        if token is not None and not bearer_ok(request.headers.get("authorization"), token.get_secret_value().encode()):
-            return self.error(401, "unauthorized_read", "missing or wrong bearer token (FINSENT_RECEIVER__READ_TOKEN)")
-        return None
+        message = "missing or wrong bearer token (FINSENT_RECEIVER__READ_TOKEN)"
+        return self._unauthorized(request, self.cfg.read_token, "unauthorized_read", message)
+
+    def _unauthorized(self, request: Request, token: SecretStr | None, reason: str, message: str) -> Response | None:
+        if token is None or bearer_ok(request.headers.get("authorization"), token.get_secret_value().encode()):
+            return None
+        return self.error(401, reason, message)
 
     # -- life -------------------------------------------------------------------------------------------------
     async def follow(self) -> None:

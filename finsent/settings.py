@@ -163,7 +163,7 @@ class Kafka(_Group):
         broker ("no Kafka broker") after the whole connect timeout; name the missing variables at start instead."""
         if self.security_protocol.startswith("SASL_"):
             missing = [
-                f"{ENV_PREFIX}KAFKA__{name.upper()}"
+                env_var("kafka", name)
                 for name, value in (("sasl_username", self.sasl_username), ("sasl_password", self.sasl_password))
                 if not (value.get_secret_value() if isinstance(value, SecretStr) else value)
             ]
@@ -521,6 +521,16 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+def env_var(*path: str) -> str:
+    """The environment variable of a setting: ``env_var("web", "port")`` is ``FINSENT_WEB__PORT``."""
+    return ENV_PREFIX + "__".join(p.upper() for p in path)
+
+
+def setting_label(*path: str) -> str:
+    """A setting as messages name it, dotted and as its variable: ``web.port (FINSENT_WEB__PORT)``."""
+    return f"{'.'.join(path)} ({env_var(*path)})"
+
+
 def _secret_fields(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     """The dotted paths of every SecretStr setting (tokens, passwords)."""
     out: list[tuple[str, ...]] = []
@@ -551,8 +561,7 @@ class _TomlWithoutSecrets(TomlConfigSettingsSource):
             raise SettingsError(
                 "invalid finsent settings:\n"
                 + "\n".join(
-                    f"  {'.'.join(p)} is set in the config file: secrets come only from the environment "
-                    f"({ENV_PREFIX}{'__'.join(x.upper() for x in p)})"
+                    f"  {'.'.join(p)} is set in the config file: secrets come only from the environment ({env_var(*p)})"
                     for p in found
                 )
             )
@@ -564,7 +573,7 @@ def _describe(err: ValidationError) -> str:
     for e in err.errors():
         loc = [str(p) for p in e["loc"] if not str(p).startswith("function-")]
         dotted = ".".join(loc) or "(settings)"
-        env = ENV_PREFIX + "__".join(p.upper() for p in loc) if loc else ""
+        env = env_var(*loc) if loc else ""
         lines.append(
             f"  {dotted} ({env}): {e['msg']}"
             + (f" [got {e['input']!r}]" if "input" in e and not isinstance(e["input"], dict) else "")

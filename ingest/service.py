@@ -18,7 +18,7 @@ from finsent.ingest.metrics import IngestMetrics
 from finsent.ingest.poller import Poller, PollSummary
 from finsent.ingest.sinks import JsonlSink, KafkaSink, Sink
 from finsent.osthreads import exit_later
-from finsent.settings import Settings
+from finsent.settings import Settings, setting_label
 
 log = logging.getLogger("finsent.ingest")
 
@@ -107,7 +107,7 @@ def run(
             settings.ingest.metrics_port,
             settings.services.host,
             components.metrics.registry,
-            "ingest.metrics_port (FINSENT_INGEST__METRICS_PORT)",
+            setting_label("ingest", "metrics_port"),
         )
         log.info(
             "ingest running",

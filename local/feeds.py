@@ -403,7 +403,8 @@ class LoopbackServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}" if isinstance(host, str) else f"http://{host.decode()}:{port}"
+        assert isinstance(host, str)  # a TCP server's address (only a Unix socket's is bytes)
+        return f"http://{host}:{port}"
 
     def handle_error(self, request, client_address):
         """A client hanging up on a keep-alive connection (every poller does at exit) is no error."""

@@ -69,7 +69,7 @@ from finsent.kafka import Consumed, Outgoing, TopicIdWatch, ensure_topics, faust
 from finsent.model.classifier import Encoded
 from finsent.osthreads import exit_later, name_os_thread, prompt_gil_handoff
 from finsent.records import NewsItem, checked_item
-from finsent.settings import Settings
+from finsent.settings import Settings, setting_label
 from finsent.stream.aggregator import Aggregator
 from finsent.stream.faust_transport import transport_class
 from finsent.stream.feed import ModelFeed, cut_for_calls
@@ -567,7 +567,7 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
     from finsent.model import Classifier
     from finsent.model.placement import alone_choice, calls_at_once, side_by_side
 
-    metrics_setting = "stream.metrics_port (FINSENT_STREAM__METRICS_PORT)"
+    metrics_setting = setting_label("stream", "metrics_port")
     # A taken /metrics port is a Conflict now, not after a broker wait and a model load; bound for real below.
     check_bindable(settings.services.host, settings.stream.metrics_port, metrics_setting)
     ensure_topics(

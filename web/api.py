@@ -37,7 +37,7 @@ from starlette.routing import Route
 
 from finsent import http
 from finsent.http import BodyLimit, RequestGuard, metrics_route_app
-from finsent.settings import Settings
+from finsent.settings import Settings, setting_label
 from finsent.web import routes
 from finsent.web.cases import cases_routes
 from finsent.web.guard import guard_policy
@@ -174,7 +174,7 @@ def run(app: FastAPI, settings: Settings) -> None:
         app,
         settings.services.host,
         settings.web.port,
-        "web.port (FINSENT_WEB__PORT)",
+        setting_label("web", "port"),
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=3,
