@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import random
+import re
 import time
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
@@ -57,6 +58,10 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 1e-4
     head_lr: float = 1e-3
+    # <1: layer-wise learning-rate decay. The top encoder layer trains at ``lr``, each layer below at this factor
+    # times the one above, the embeddings below the bottom layer: the lower layers hold the general language the
+    # small task sets cannot teach back once a full-rate step has moved them
+    layer_lr_decay: float = 1.0
     weight_decay: float = 0.01
     adam_eps: float = 1e-6  # BERT's value; 1e-8 turns ~zero gradients of rare embedding rows into full steps
     warmup_ratio: float = 0.06
@@ -238,22 +243,35 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+_LAYER = re.compile(r"\.layer\.(\d+)\.")
+
+
+def _encoder_depth(name: str) -> int | None:
+    """0 for the embeddings, i + 1 for encoder layer i, None for what sits above them (heads, a pooler)."""
+    if "embeddings" in name:
+        return 0
+    m = _LAYER.search(name)
+    return int(m.group(1)) + 1 if m else None
+
+
 def _param_groups(model: MultiTaskModel, cfg: TrainConfig) -> list[dict]:
     no_decay = ("bias", "LayerNorm.weight", "LayerNorm.bias")
-    groups: dict[tuple[bool, bool], list] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    top = max((d for name, _ in named if (d := _encoder_depth(name)) is not None), default=0)
+    groups: dict[tuple[bool, bool, int], list] = {}
+    for name, p in named:
         head = not name.startswith("encoder")
         decay = not any(nd in name for nd in no_decay)
-        groups.setdefault((head, decay), []).append(p)
+        depth = _encoder_depth(name) if not head else None
+        below = 0 if depth is None or cfg.layer_lr_decay == 1.0 else top - depth
+        groups.setdefault((head, decay, below), []).append(p)
     return [
         {
             "params": params,
-            "lr": cfg.head_lr if head else cfg.lr,
+            "lr": cfg.head_lr if head else cfg.lr * cfg.layer_lr_decay**below,
             "weight_decay": cfg.weight_decay if decay else 0.0,
         }
-        for (head, decay), params in groups.items()
+        for (head, decay, below), params in groups.items()
     ]
 
 
@@ -352,6 +370,8 @@ def train(
         raise ConfigError(f"average_from is a fraction of the run's steps, in (0, 1): got {cfg.average_from}")
     if cfg.average_from and (cfg.lora or cfg.average_every < 1):
         raise ConfigError("weight averaging needs full fine-tuning (lora = false) and average_every >= 1")
+    if not 0 < cfg.layer_lr_decay <= 1:
+        raise ConfigError(f"layer_lr_decay is a factor in (0, 1]: got {cfg.layer_lr_decay}")
     if cfg.lora:
         _apply_lora(model, cfg)
     model.to(device)

@@ -499,6 +499,34 @@ def test_weight_average_is_the_mean_of_its_samples_and_survives_a_resume(tmp_pat
         train(_tiny_cfg(tmp_path / "c", tiny_model_dir, average_from=1.5), examples=train_set, dev=dev_set)
 
 
+def test_layer_lr_decay_moves_the_lower_layers_less(tmp_path, tiny_model_dir):
+    """The tiny model has two layers: at a decay of 0.1 the top one trains at the full rate, the one below at a
+    tenth, the embeddings at a hundredth, the heads at head_lr. Adam's steps scale with the rate, so each part's
+    movement against the same run without decay shows the rate it got."""
+    train_set, dev_set = tiny_examples(48, seed=1), tiny_examples(16, seed=2)
+    start = artifact.load(tiny_model_dir)[0].state_dict()
+    parts = ("embeddings.", "layer.0.", "layer.1.", "_head.")
+
+    def moved(decay: float) -> dict[str, float]:
+        out = tmp_path / str(decay)
+        cfg = _tiny_cfg(out, tiny_model_dir, epochs=1, layer_lr_decay=decay)
+        train(cfg, examples=train_set, dev=dev_set, progress=False)
+        end = artifact.load(out / "runs" / "tiny-t1" / "best")[0].state_dict()
+        return {
+            part: sum(float((end[k] - start[k]).abs().sum()) for k in start if part in k and k in end) for part in parts
+        }
+
+    full, decayed = moved(1.0), moved(0.1)
+    ratio = {part: decayed[part] / full[part] for part in parts}
+    assert all(full[part] > 0 for part in parts), full
+    assert ratio["layer.1."] > 0.5 and ratio["_head."] > 0.5, ratio
+    assert 0.03 < ratio["layer.0."] < 0.3, ratio
+    assert ratio["embeddings."] < 0.03, ratio
+    for bad in (0.0, 1.5):
+        with pytest.raises(errors.ConfigError, match="layer_lr_decay"):
+            train(_tiny_cfg(tmp_path / "bad", tiny_model_dir, layer_lr_decay=bad), examples=train_set, dev=dev_set)
+
+
 def test_lora_trains_only_adapters_and_heads(tmp_path, tiny_model_dir):
     train_set, dev_set = tiny_examples(48, seed=1), tiny_examples(16, seed=2)
     out = train(
