@@ -257,12 +257,14 @@ def _encoder_depth(name: str) -> int | None:
 def _param_groups(model: MultiTaskModel, cfg: TrainConfig) -> list[dict]:
     no_decay = ("bias", "LayerNorm.weight", "LayerNorm.bias")
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    top = max((d for name, _ in named if (d := _encoder_depth(name)) is not None), default=0)
+    depths = [_encoder_depth(name) for name, _ in named]  # None for the heads
+    top = max((d for d in depths if d is not None), default=0)
     groups: dict[tuple[bool, bool, int], list] = {}
-    for name, p in named:
+    for (name, p), depth in zip(named, depths, strict=True):
         head = not name.startswith("encoder")
         decay = not any(nd in name for nd in no_decay)
-        depth = _encoder_depth(name) if not head else None
+        # Without decay the encoder stays in one group per weight-decay flag, as before the setting existed: a
+        # checkpoint's optimizer state has one entry per group, so a run checkpointed before it still resumes.
         below = 0 if depth is None or cfg.layer_lr_decay == 1.0 else top - depth
         groups.setdefault((head, decay, below), []).append(p)
     return [
