@@ -71,11 +71,10 @@ class DataError(FinsentError, RuntimeError):
 class MissingData(DataError):
     """A data directory or file is not there (a clone without ``../shared/data``)."""
 
-    def __init__(self, path: Path, what: str = "data file"):
+    def __init__(self, path: Path, what: str = "data file", hint: str = "set paths.data_dir / FINSENT_PATHS__DATA_DIR"):
         where = "" if Path(path).is_absolute() else f" (= {Path(path).resolve()})"
         super().__init__(
-            f"missing {what} {path}{where}; the data sets live in ../shared/data (see its README), "
-            "or set paths.data_dir / FINSENT_PATHS__DATA_DIR"
+            f"missing {what} {path}{where}; the data sets live in ../shared/data (see its README), or {hint}"
         )
         self.path = path
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,10 +26,13 @@ from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerBase
 
 from finsent.errors import ModelError
 from finsent.labels import SENTIMENT_LABELS, TOPIC_LABELS
+from finsent.model.licence import commercial
 from finsent.model.network import MultiTaskModel
 
 if TYPE_CHECKING:
     from finsent.settings import Settings
+
+log = logging.getLogger("finsent.model.artifact")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -155,12 +159,22 @@ def versions(models_dir: Path, name: str) -> list[str]:
 
 
 def resolve(models_dir: Path, name: str, version: str = "") -> Path:
-    """The directory of ``name@version``; empty version = the newest one."""
+    """The directory of ``name@version``; empty version = the newest one, and for the default model the newest whose
+    licence lets it be served as the default (a research-licensed version that was copied or trained there by
+    hand is passed over with a warning: training refuses to write one, ``train.check_servable_licence``)."""
     found = versions(models_dir, name)
     if not found:
         raise ModelError(f"no versions of model {name!r} under {models_dir}")
     if not version:
-        return models_dir / name / found[-1]
+        for newest in reversed(found):
+            licence = load_meta(models_dir / name / newest).licence
+            if name != DEFAULT_NAME or commercial(licence):
+                return models_dir / name / newest
+            log.warning(
+                "passing over a research-licensed version of the default model",
+                extra={"model": f"{name}@{newest}", "licence": licence},
+            )
+        raise ModelError(f"no version of {name} under {models_dir} may be served as the default (all research-only)")
     if version not in found:
         raise ModelError(f"model {name}@{version} not found under {models_dir}; have {found}")
     return models_dir / name / version

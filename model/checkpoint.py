@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from finsent.errors import ConfigError
+
 
 def rng_state() -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
@@ -47,12 +49,26 @@ def save(path: Path, model: nn.Module, optimizer, scheduler, state: Mapping[str,
     os.replace(tmp, path)
 
 
-def restore(path: Path, model: nn.Module, optimizer, scheduler) -> dict[str, Any] | None:
+def restore(
+    path: Path, model: nn.Module, optimizer, scheduler, fingerprint: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
     """Load ``path`` into the model, optimizer and schedule and restore the RNGs; returns the loop state, or None
-    when there is no checkpoint (a fresh run)."""
+    when there is no checkpoint (a fresh run).
+
+    ``fingerprint``: the settings the run must share with the one that wrote the checkpoint (the state's
+    ``fingerprint``); another run's checkpoint is refused before anything is loaded, so a changed setting is one
+    ``ConfigError``, not a run that silently keeps the old one or a shape error from the optimizer. A checkpoint
+    written before fingerprints were recorded resumes as it did."""
     if not path.exists():
         return None
     saved = torch.load(path, map_location="cpu", weights_only=False)
+    recorded = saved["state"].get("fingerprint")
+    if fingerprint is not None and recorded is not None and recorded != fingerprint:
+        changed = sorted(k for k in set(recorded) | set(fingerprint) if recorded.get(k) != fingerprint.get(k))
+        raise ConfigError(
+            f"{path} was written by another run configuration (changed: {', '.join(changed)}): "
+            "use another --version, or the settings it was started with"
+        )
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])

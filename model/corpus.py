@@ -33,11 +33,9 @@ from finsent.model.data import (
     sp500_posneg,
     split_heldout,
 )
+from finsent.model.licence import COMMERCIAL, RESEARCH, commercial
 
 log = logging.getLogger("finsent.model.corpus")
-
-COMMERCIAL = "commercial (MIT Twitter sets, FinEntity ODC-BY)"
-RESEARCH = "research only: trained on non-commercial / unknown-licence sets; do not ship or sell"
 
 
 @dataclass(frozen=True)
@@ -79,7 +77,7 @@ def run_licence(set_names: list[str], *inherited: str) -> str:
     a pseudo-labelling teacher), each with its licence: research unless every one is commercial. An empty licence
     is a model from before licences were recorded (the shipped v1, trained on the MIT Twitter sets) and adds
     nothing; any other text that is not ``COMMERCIAL`` counts as research."""
-    if any(lic and lic != COMMERCIAL for lic in inherited):
+    if not all(commercial(lic) for lic in inherited):
         return RESEARCH
     return licence_of(set_names)
 

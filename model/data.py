@@ -44,10 +44,11 @@ def domain_of(examples: list[Example]) -> str:
     return domains.pop() if domains else "news"
 
 
-def check_data_dir(data_dir: Path) -> None:
-    """Raise ``MissingData`` naming ``data_dir`` unless it is an existing directory."""
+def check_data_dir(data_dir: Path, what: str = "evaluation data directory", hint: str = "") -> None:
+    """Raise ``MissingData`` naming ``data_dir`` unless it is an existing directory; ``hint``: how this command is
+    told where the data is (training reads its run config, evaluation the settings)."""
     if not Path(data_dir).is_dir():
-        raise MissingData(Path(data_dir), "evaluation data directory")
+        raise MissingData(Path(data_dir), what, *([hint] if hint else []))
 
 
 def _read_csv(path: Path) -> list[tuple[str, int]]:

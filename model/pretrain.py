@@ -38,7 +38,7 @@ from tqdm import tqdm
 from finsent.errors import ConfigError
 from finsent.model import artifact, checkpoint, corpus
 from finsent.model.batching import bucketed_batches, pad, sorted_batches
-from finsent.model.data import evaluation_texts, load_twitter, normalised
+from finsent.model.data import check_data_dir, evaluation_texts, load_twitter, normalised
 from finsent.model.domain import check_prefixes, tag
 from finsent.model.text import prepare
 from finsent.model.train import _lr_lambda, _seed_everything, pick_device
@@ -230,6 +230,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
     out = Path(cfg.out_dir) / cfg.name / cfg.version
     if out.exists():  # before any work: a finished version is not trained again to be refused at the end
         raise ConfigError(f"{out} exists: an encoder version is written once (choose another --version)")
+    check_data_dir(Path(cfg.data_dir), "training data directory", "set data_dir in the run config (--run-config)")
     device = pick_device(cfg.device)
     _seed_everything(cfg.seed)
     texts = texts_of(cfg)
@@ -278,10 +279,8 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
     state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "losses": []}
-    resumed = checkpoint.restore(ckpt_path, model, optimizer, scheduler)
+    resumed = checkpoint.restore(ckpt_path, model, optimizer, scheduler, fingerprint=cfg.fingerprint())
     if resumed is not None:
-        if resumed.get("fingerprint") != cfg.fingerprint():
-            raise ConfigError(f"{ckpt_path} was written by another run configuration: use another --version")
         state = resumed
         log.info("resumed", extra={"checkpoint": str(ckpt_path), "global_step": state["global_step"]})
     else:

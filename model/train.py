@@ -34,8 +34,9 @@ from tqdm import tqdm
 from finsent.errors import ConfigError
 from finsent.model import artifact, checkpoint, corpus
 from finsent.model.batching import bucketed_batches, pad, sorted_batches
-from finsent.model.data import IGNORE, Example, load_twitter
+from finsent.model.data import IGNORE, Example, check_data_dir, load_twitter
 from finsent.model.domain import check_prefixes, tag
+from finsent.model.licence import commercial
 from finsent.model.network import MultiTaskModel
 from finsent.model.quality import fit_temperature, scores
 from finsent.model.text import prepare
@@ -107,14 +108,59 @@ class TrainConfig:
 
     @classmethod
     def from_toml(cls, path: Path, **overrides: Any) -> TrainConfig:
-        raw = tomllib.loads(path.read_text()) if path else {}
+        """The run a TOML file describes; anything that cannot work is one ``ConfigError`` naming the file, before
+        a model or a data set is loaded."""
+        try:
+            raw = tomllib.loads(path.read_text()) if path else {}
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise ConfigError(f"{path}: {err}") from err
         raw = raw.get("train", raw)
         known = {f.name for f in fields(cls)}
         unknown = set(raw) - known
         if unknown:
             raise ConfigError(f"{path}: unknown training settings {sorted(unknown)}")
         raw.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**raw)
+        try:
+            cfg = cls(**raw)
+            cfg.validate()
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{path}: {err}") from err
+        return cfg
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for settings no run can use (``from_toml`` names the file; ``train`` re-raises them as
+        ``ConfigError``): found here, not an hour into a run or as a traceback from deep in the loop."""
+        corpus.licence_of(self.train_sets)
+        unlabelled = [n for n in self.train_sets if corpus.TRAIN_SETS[n].unlabelled]
+        if unlabelled and not self.self_train_from:
+            raise ValueError(f"training sets {unlabelled} have no labels: set self_train_from to a teacher model")
+        check_prefixes(self.domain_prefixes)
+        if self.average_from and not 0 < self.average_from < 1:
+            raise ValueError(f"average_from is a fraction of the run's steps, in (0, 1): got {self.average_from}")
+        if self.average_from and (self.lora or self.average_every < 1):
+            raise ValueError("weight averaging needs full fine-tuning (lora = false) and average_every >= 1")
+        if not 0 < self.layer_lr_decay <= 1:
+            raise ValueError(f"layer_lr_decay is a factor in (0, 1]: got {self.layer_lr_decay}")
+        if self.max_steps and not self.version:
+            raise ValueError("max_steps needs a version (--version): the rerun that resumes must name the same one")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a resumed run must share with the run that wrote its checkpoint: not where, how fast or for how many
+        steps per sitting it runs. A checkpoint resumed under another schedule, data mix or rate would finish a run
+        that no config describes, and its model's ``train_config.json`` would say otherwise."""
+        loose = {
+            "version",
+            "max_steps",
+            "threads",
+            "device",
+            "out_dir",
+            "run_dir",
+            "checkpoint_every",
+            "eval_batch_size",
+            "mlflow",
+            "mlflow_uri",
+        }
+        return {k: v for k, v in asdict(self).items() if k not in loose}
 
 
 # ----------------------------------------------------------------------------- distributed helpers
@@ -235,6 +281,7 @@ class LoopState(TypedDict):
     history: list[dict[str, Any]]  # per epoch its dev scores; last, the weight average's
     average: NotRequired[dict[str, torch.Tensor]]  # weight averaging (average_from): the mean so far
     averaged: NotRequired[int]  # the samples in ``average``
+    fingerprint: NotRequired[dict[str, Any]]  # TrainConfig.fingerprint of the run (absent before it was recorded)
 
 
 def _seed_everything(seed: int) -> None:
@@ -352,6 +399,14 @@ def train(
     ``examples``/``dev`` override the Twitter data (feedback fine-tuning, tests). Returns the model
     directory on rank 0, None on other ranks.
     """
+    try:
+        cfg.validate()
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    if examples is None or dev is None:
+        check_data_dir(Path(cfg.data_dir), "training data directory", "set data_dir in the run config (--run-config)")
+    parent_meta = artifact.load_meta(Path(cfg.init_from)) if cfg.init_from else None
+    check_servable_licence(cfg.name, run_provenance(cfg, parent_meta)[0])
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     cfg.version = cfg.version or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -364,16 +419,9 @@ def train(
         base_name = parent_meta.base
     else:
         model, tokenizer = artifact.from_base(cfg.base, cfg.dropout)
-        parent_meta = None
         base_name = cfg.base
     cfg.domain_prefixes = cfg.domain_prefixes or (parent_meta.domain_prefixes if parent_meta else {})
     check_prefixes(cfg.domain_prefixes)
-    if cfg.average_from and not 0 < cfg.average_from < 1:
-        raise ConfigError(f"average_from is a fraction of the run's steps, in (0, 1): got {cfg.average_from}")
-    if cfg.average_from and (cfg.lora or cfg.average_every < 1):
-        raise ConfigError("weight averaging needs full fine-tuning (lora = false) and average_every >= 1")
-    if not 0 < cfg.layer_lr_decay <= 1:
-        raise ConfigError(f"layer_lr_decay is a factor in (0, 1]: got {cfg.layer_lr_decay}")
     if cfg.lora:
         _apply_lora(model, cfg)
     model.to(device)
@@ -421,10 +469,11 @@ def train(
     average_dir = run_dir / "average"
     average_start = math.ceil(cfg.average_from * total_steps) if cfg.average_from else 0
     state: LoopState = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": -1.0, "bad_epochs": 0, "history": []}
-    resumed = checkpoint.restore(ckpt_path, model, optimizer, scheduler)
+    resumed = checkpoint.restore(ckpt_path, model, optimizer, scheduler, fingerprint=cfg.fingerprint())
     if resumed is not None:
         state = cast(LoopState, resumed)  # a checkpoint's state is what this loop saved
         log.info("resumed", extra={"checkpoint": str(ckpt_path), **{k: state[k] for k in ("epoch", "step_in_epoch")}})
+    state["fingerprint"] = cfg.fingerprint()
     if ddp.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
@@ -448,7 +497,7 @@ def train(
             checkpoint.save(ckpt_path, model, optimizer, scheduler, state)
 
     ce = nn.CrossEntropyLoss(ignore_index=IGNORE, reduction="sum")
-    stop = False
+    stop = state["bad_epochs"] >= cfg.patience  # a rerun of a run that stopped early goes straight to its model
     while state["epoch"] < cfg.epochs and not stop:
         epoch = state["epoch"]
         batches = bucketed_batches(train_data.lengths, global_batch, cfg.seed, epoch)
@@ -605,16 +654,39 @@ def symmetric_kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((kl_ab + kl_ba) / 2).mean()
 
 
+def run_provenance(cfg: TrainConfig, parent_meta: artifact.ModelMeta | None) -> tuple[str, list[str]]:
+    """The licence and the training sets of what ``cfg`` writes. A model continued from another keeps its parent's
+    licence and sets (a continued run adds to what the parent read, it does not replace it); one trained from a
+    pre-trained base, the base's; pseudo-labels distil their teacher, so its licence too."""
+    if parent_meta:
+        inherited_licence, earlier = parent_meta.licence, list(parent_meta.training_sets)
+    else:
+        record = artifact.base_record(cfg.base)
+        inherited_licence = record.get("licence", "")
+        earlier = [f"pretrain:{s}" for s in record.get("sets", [])]
+    teachers = [artifact.load_meta(Path(t)).licence for t in (cfg.pseudo_from, cfg.self_train_from) if t]
+    licence = corpus.run_licence(cfg.train_sets, inherited_licence, *teachers)
+    return licence, list(dict.fromkeys([*earlier, "twitter-topic", "twitter-sentiment", *cfg.train_sets]))
+
+
+def check_servable_licence(name: str, licence: str) -> None:
+    """Refuse a research-licensed run under the default model's name before it trains: ``Classifier.load()`` serves
+    the newest version of that name, so such a run would put non-commercial weights where every command serves
+    the permissive default (``artifact.resolve`` skips one that got there by hand)."""
+    if name == artifact.DEFAULT_NAME and not commercial(licence):
+        raise ConfigError(
+            f"this run is {licence!r} and would be written as {name}, the default every command serves: "
+            f"name it {name}-research (name = ... in the run config)"
+        )
+
+
 def _save_model(model, tokenizer, cfg, base_name, parent_meta, directory: Path, metrics) -> None:
     """Write the current weights (LoRA merged into a copy, so training can go on) as a model dir."""
     to_save = model
     if cfg.lora:
         to_save = copy.deepcopy(model)
         _merge_lora(to_save)
-    # a model continued from another keeps its parent's licence; one trained from a pre-trained base, the base's;
-    # pseudo-labels distil their teacher, so its licence too
-    inherited = {"licence": parent_meta.licence} if parent_meta else artifact.base_record(base_name)
-    teachers = [artifact.load_meta(Path(t)).licence for t in (cfg.pseudo_from, cfg.self_train_from) if t]
+    licence, training_sets = run_provenance(cfg, parent_meta)
     meta = artifact.ModelMeta(
         name=cfg.name,
         version=cfg.version,
@@ -623,13 +695,8 @@ def _save_model(model, tokenizer, cfg, base_name, parent_meta, directory: Path, 
         metrics={"dev": metrics},
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         parent=parent_meta.full_name if parent_meta else None,
-        licence=corpus.run_licence(cfg.train_sets, inherited.get("licence", ""), *teachers),
-        training_sets=[
-            *(f"pretrain:{s}" for s in inherited.get("sets", [])),
-            "twitter-topic",
-            "twitter-sentiment",
-            *cfg.train_sets,
-        ],
+        licence=licence,
+        training_sets=training_sets,
         domain_prefixes=dict(cfg.domain_prefixes),
     )
     # Checkpoints of the best epoch keep full precision; the shipped copy is cast to fp16 on save.

@@ -47,6 +47,23 @@ CASES = {
         "missing",
     ),
     "pretrain without data": (["pretrain", "--limit", "8"], "run_config:pretrain-minilm-news.toml", 2, "missing"),
+    # a run config that cannot work: one line before a model or a data set is loaded (were tracebacks)
+    "train, run config missing": (["train", "--run-config", "{tmp}/nope.toml"], {}, 2, "nope.toml"),
+    "train, unknown training set": (["train"], 'run_text:train_sets = ["sp500"]', 2, "unknown training sets ['sp500']"),
+    "train, unlabelled set without a teacher": (
+        ["train"],
+        'run_text:train_sets = ["news-unlabelled"]',
+        2,
+        "have no labels: set self_train_from",
+    ),
+    "train, resumable run unnamed": (["train"], "run_text:max_steps = 5", 2, "max_steps needs a version"),
+    # research data under the default's name would be served by every command as the permissive model
+    "train, research data under the default name": (
+        ["train"],
+        'run_text:name = "finsent-minilm"\ntrain_sets = ["sp500-posneg"]\ndata_dir = "{tmp}"',
+        2,
+        "name it finsent-minilm-research",
+    ),
     "pretrain, resumable run unnamed": (
         ["pretrain", "--max-steps", "5", "--run-config", "configs/pretrain-minilm-news.toml"],
         {},
@@ -192,6 +209,10 @@ def test_a_usual_failure_is_one_line_with_its_exit_code_and_no_traceback(case, t
                 f'data_dir = "{tmp_path / "no-shared-data"}"' if line.startswith("data_dir") else line for line in lines
             )
         )
+        argv, env = [*argv, "--run-config", str(config), "--out-dir", str(tmp_path / "models")], {}
+    elif isinstance(env, str) and env.startswith("run_text:"):  # a run config of these lines, writing nowhere real
+        config = tmp_path / "run.toml"
+        config.write_text(env.split(":", 1)[1].replace("{tmp}", str(tmp_path)) + "\nmlflow = false\n")
         argv, env = [*argv, "--run-config", str(config), "--out-dir", str(tmp_path / "models")], {}
     elif env == "config_with_secret":  # secrets come only from the environment
         config = tmp_path / "finsent.toml"

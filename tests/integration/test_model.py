@@ -456,6 +456,78 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, tiny_model_d
     _assert_same_weights(full, resumed, atol=1e-6, rtol=0)
 
 
+def test_a_resume_under_other_settings_is_refused_and_a_finished_early_stop_is_not_trained_again(
+    tmp_path, tiny_model_dir
+):
+    """A checkpoint belongs to the settings it was written under: resumed with another rate it was once silently
+    finished at the old one (the optimizer's groups won), with another layer decay it was a raw ValueError from the
+    optimizer. And a run that stopped early, run again, goes straight to its model instead of training on."""
+    train_set, dev_set = tiny_examples(64, seed=1), tiny_examples(16, seed=2)
+    paused = train(
+        _tiny_cfg(tmp_path, tiny_model_dir, epochs=2, max_steps=5), examples=train_set, dev=dev_set, progress=False
+    )
+    assert paused is None
+    for changed in ({"lr": 1e-3}, {"layer_lr_decay": 0.5}, {"epochs": 4}):
+        with pytest.raises(errors.ConfigError, match=f"another run configuration.*{next(iter(changed))}"):
+            train(_tiny_cfg(tmp_path, tiny_model_dir, **{"epochs": 2, **changed}), examples=train_set, dev=dev_set)
+    # how far per sitting, where and how fast are not the run's settings
+    assert train(_tiny_cfg(tmp_path, tiny_model_dir, epochs=2, threads=1), examples=train_set, dev=dev_set)
+
+    stops = {"epochs": 3, "patience": 1, "lr": 0.0, "head_lr": 0.0}  # nothing moves: epoch 2 is no better
+    out = train(_tiny_cfg(tmp_path / "es", tiny_model_dir, **stops), examples=train_set, dev=dev_set, progress=False)
+    assert len(artifact.load_meta(out).metrics["history"]) == 2
+    again = train(_tiny_cfg(tmp_path / "es", tiny_model_dir, **stops), examples=train_set, dev=dev_set, progress=False)
+    assert len(artifact.load_meta(again).metrics["history"]) == 2
+
+
+def test_a_continued_model_keeps_its_parents_training_sets_and_licence(tmp_path, tiny_model_dir):
+    """A continued run adds to what its parent read: its ``meta.json`` once listed only its own sets."""
+    import shutil
+
+    from finsent.model import corpus
+
+    parent = tmp_path / "parent" / "tiny" / "p1"
+    shutil.copytree(tiny_model_dir, parent)
+    meta = json.loads((parent / "meta.json").read_text())
+    meta.update(licence=corpus.RESEARCH, training_sets=["twitter-topic", "twitter-sentiment", "sp500-posneg"])
+    (parent / "meta.json").write_text(json.dumps(meta))
+    train_set, dev_set = tiny_examples(32, seed=1), tiny_examples(16, seed=2)
+    child = train(
+        _tiny_cfg(tmp_path, parent, epochs=1, train_sets=["finentity-dev"]),
+        examples=train_set,
+        dev=dev_set,
+        progress=False,
+    )
+    child_meta = artifact.load_meta(child)
+    assert child_meta.licence == corpus.RESEARCH
+    assert child_meta.training_sets == ["twitter-topic", "twitter-sentiment", "sp500-posneg", "finentity-dev"]
+
+
+def test_the_default_name_never_serves_a_research_licensed_version(tmp_path, tiny_model_dir):
+    """Training refuses to write research-licensed weights under the default's name; one put there by hand is passed
+    over, so ``Classifier.load()`` keeps serving the newest permissive version."""
+    import shutil
+
+    from finsent.model import corpus
+
+    models = tmp_path / "models"
+    for version, licence in (("20260101-a", corpus.COMMERCIAL), ("20260102-b", corpus.RESEARCH)):
+        target = models / artifact.DEFAULT_NAME / version
+        shutil.copytree(tiny_model_dir, target)
+        meta = json.loads((target / "meta.json").read_text())
+        meta.update(name=artifact.DEFAULT_NAME, version=version, licence=licence)
+        (target / "meta.json").write_text(json.dumps(meta))
+    assert artifact.resolve(models, artifact.DEFAULT_NAME).name == "20260101-a"
+    assert artifact.resolve(models, artifact.DEFAULT_NAME, "20260102-b").name == "20260102-b"  # asked for by version
+    with pytest.raises(errors.ConfigError, match="name it finsent-minilm-research"):
+        train(
+            _tiny_cfg(tmp_path, tiny_model_dir, name=artifact.DEFAULT_NAME, train_sets=["sp500-posneg"]),
+            examples=tiny_examples(16, seed=1),
+            dev=tiny_examples(8, seed=2),
+        )
+    assert not (tmp_path / "runs").exists()  # refused before anything was trained or written
+
+
 def test_weight_average_is_the_mean_of_its_samples_and_survives_a_resume(tmp_path, tiny_model_dir):
     """Stochastic weight averaging: the running mean equals the plain mean of the sampled weights, and a run stopped
     while averaging and resumed writes the same average as an uninterrupted run (the average lives in the
