@@ -236,6 +236,11 @@ class NewsSet:
     description: str
     commercial: bool = False  # licence allows commercial use (may train the default model; quote freely)
     scored: bool = True  # counts in the news score (the held-out slices are reported beside it)
+    # the training set (``corpus.TRAIN_SETS``) whose training part holds some of these texts, and the result (a news
+    # set or the PhraseBank FinBERT test row) of this set's rows that part leaves out: a model that trained on
+    # ``trained_on`` is scored on ``heldout`` in this set's place (``report.run``), never on text it learned
+    trained_on: str = ""
+    heldout: str = ""
 
     @property
     def binary(self) -> bool:
@@ -260,6 +265,23 @@ def phrasebank_finbert_test(data_dir: Path) -> list[Example]:
     return finbert_test_split(phrasebank(data_dir, "50Agree"))
 
 
+def _untrained(examples: list[Example], train_part: list[Example]) -> list[Example]:
+    """The rows of a set whose text (up to case and spacing) is not in a training part."""
+    trained = {normalised(ex.text) for ex in train_part}
+    return [ex for ex in examples if normalised(ex.text) not in trained]
+
+
+def sentfin_entity_heldout(data_dir: Path) -> list[Example]:
+    """SEntFiN (headline, entity) rows whose headline is not in the SEntFiN training part: the held-out headlines'
+    entities, and those of headlines with mixed labels, which no set trains on."""
+    return _untrained(sentfin_entities(data_dir), split_heldout("sentfin-headline", sentfin_headlines(data_dir))[0])
+
+
+def phrasebank_allagree_heldout(data_dir: Path) -> list[Example]:
+    """PhraseBank all-agree sentences outside PhraseBank's training part: those of the FinBERT test split."""
+    return _untrained(phrasebank(data_dir, "AllAgree"), phrasebank_train_part(data_dir))
+
+
 NEWS_SETS: tuple[NewsSet, ...] = (
     NewsSet(
         "sp500-posneg",
@@ -268,6 +290,8 @@ NEWS_SETS: tuple[NewsSet, ...] = (
         "sp500-headlines-posneg/sp500_headlines_posneg.csv",
         "unknown",
         "S&P 500 company headlines, positive / negative only; scored on the 3-way prediction",
+        trained_on="sp500-posneg",
+        heldout="sp500-posneg-heldout",
     ),
     NewsSet(
         "sentfin-headline",
@@ -276,6 +300,8 @@ NEWS_SETS: tuple[NewsSet, ...] = (
         "sentfin/sentfin_headlines.csv",
         "unknown (treat as NC)",
         "SEntFiN headlines, consensus label (mixed dropped)",
+        trained_on="sentfin-headline",
+        heldout="sentfin-headline-heldout",
     ),
     NewsSet(
         "sentfin-entity",
@@ -284,6 +310,8 @@ NEWS_SETS: tuple[NewsSet, ...] = (
         "sentfin/sentfin_entities.csv",
         "unknown (treat as NC)",
         "SEntFiN (headline, entity) rows; the headline's prediction for each entity",
+        trained_on="sentfin-headline",
+        heldout="sentfin-entity-heldout",
     ),
     NewsSet(
         "finentity-test",
@@ -309,6 +337,8 @@ NEWS_SETS: tuple[NewsSet, ...] = (
         "phrasebank/Sentences_50Agree.txt",
         "CC BY-NC-SA 3.0",
         "Financial PhraseBank, >= 50 % annotator agreement, all sentences",
+        trained_on="phrasebank-50",
+        heldout="phrasebank-50-finbert-test",
     ),
     NewsSet(
         "phrasebank-allagree",
@@ -317,6 +347,8 @@ NEWS_SETS: tuple[NewsSet, ...] = (
         "phrasebank/Sentences_AllAgree.txt",
         "CC BY-NC-SA 3.0",
         "Financial PhraseBank, 100 % annotator agreement",
+        trained_on="phrasebank-50",
+        heldout="phrasebank-allagree-heldout",
     ),
     # The held-out 20 % of each set the research variant trains on: its only fair figures on these sets.
     NewsSet(
@@ -335,6 +367,24 @@ NEWS_SETS: tuple[NewsSet, ...] = (
         "sentfin/sentfin_headlines.csv",
         "unknown (treat as NC)",
         "SEntFiN consensus headlines, held-out 20 %",
+        scored=False,
+    ),
+    NewsSet(
+        "sentfin-entity-heldout",
+        sentfin_entity_heldout,
+        (NEG, NEU, POS),
+        "sentfin/sentfin_entities.csv",
+        "unknown (treat as NC)",
+        "SEntFiN (headline, entity) rows whose headline is outside SEntFiN's training part",
+        scored=False,
+    ),
+    NewsSet(
+        "phrasebank-allagree-heldout",
+        phrasebank_allagree_heldout,
+        (NEG, NEU, POS),
+        "phrasebank/Sentences_AllAgree.txt",
+        "CC BY-NC-SA 3.0",
+        "Financial PhraseBank all-agree sentences outside PhraseBank's training part (the FinBERT test split's)",
         scored=False,
     ),
 )

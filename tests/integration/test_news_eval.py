@@ -92,6 +92,8 @@ def test_every_news_set_loads_from_the_fixture_directory():
         "phrasebank-allagree": 3,
         "sp500-posneg-heldout": 2,
         "sentfin-headline-heldout": 0,
+        "sentfin-entity-heldout": 2,  # the entities of the headlines outside SEntFiN's training part
+        "phrasebank-allagree-heldout": 0,
     }
     # the held-out slices are the part of their set that ``split_heldout`` keeps back, nothing else
     assert all(
@@ -237,6 +239,54 @@ def test_report_has_the_news_section_and_score(tmp_path, model_dir):
     assert any(line.startswith("news score (mean accuracy over 7 news sets)") for line in lines)
 
 
+def test_a_model_trained_on_part_of_a_news_set_is_scored_on_the_part_it_never_saw(tmp_path, model_dir):
+    """The research variant's news score once averaged whole sets it had trained four fifths of. Now each set a
+    model's ``meta.json`` says it trained on is replaced in the score by the rows its training part left out, and the
+    report says which; a model that trained on none keeps the whole sets (the test above)."""
+    from finsent.model import Classifier
+    from finsent.model.data import sentfin_entity_heldout, sentfin_headlines, split_heldout
+    from finsent.model.report import NEWS, held_out_stand_ins, run, summary_lines
+
+    assert held_out_stand_ins(["twitter-topic", "twitter-sentiment", "finentity-dev"]) == {}
+    research = held_out_stand_ins(["sp500-posneg", "sentfin-headline", "phrasebank-50"])
+    assert research == {
+        "sp500-posneg": "sp500-posneg-heldout",
+        "sentfin-headline": "sentfin-headline-heldout",
+        "sentfin-entity": "sentfin-entity-heldout",
+        "phrasebank-50-all": "phrasebank-50-finbert-test",
+        "phrasebank-allagree": "phrasebank-allagree-heldout",
+    }
+    trained = {ex.text for ex in split_heldout("sentfin-headline", sentfin_headlines(FIXTURES))[0]}
+    assert not trained & {ex.text for ex in sentfin_entity_heldout(FIXTURES)}
+
+    meta = json.loads((model_dir / "meta.json").read_text())
+    meta["training_sets"] = ["twitter-topic", "twitter-sentiment", "sp500-posneg"]
+    (model_dir / "meta.json").write_text(json.dumps(meta))
+    out = tmp_path / "report"
+    summary = run(Classifier.load(model_dir, backend="torch", device="cpu"), FIXTURES, out)
+    names = [s.name for s in NEWS_SETS if s.scored]
+    averaged = ["sp500-posneg-heldout" if n == "sp500-posneg" else n for n in names]
+    assert summary[NEWS]["score"] == pytest.approx(np.mean([summary[n]["accuracy"] for n in averaged]))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics[NEWS]["sets"] == averaged
+    assert metrics[NEWS]["held_out_stand_ins"] == {"sp500-posneg": "sp500-posneg-heldout"}
+    report = (out / "report.md").read_text()
+    assert "trained on the training parts of sp500-posneg" in report and "sp500-posneg → sp500-posneg-heldout" in report
+    assert any("held-out parts for the 1 it trained on" in line for line in summary_lines(summary))
+
+
+def test_the_decision_rule_probe_scores_the_reports_news_sets(tmp_path, model_dir):
+    """``python -m finsent.model.domain`` once averaged 9 sets (the held-out slices counted S&P 500 and SEntFiN
+    twice): its default-rule news score is the report's."""
+    from finsent.model import Classifier
+    from finsent.model.domain import compare
+    from finsent.model.report import NEWS, run
+
+    clf = Classifier.load(model_dir, backend="torch", device="cpu")
+    probe = compare(clf, FIXTURES, np.zeros(3))
+    assert probe["news_score_default"] == pytest.approx(run(clf, FIXTURES, tmp_path / "r")[NEWS]["score"], abs=1e-6)
+
+
 def test_a_missing_news_set_leaves_the_news_score_incomplete(tmp_path, model_dir):
     from finsent.model import Classifier
     from finsent.model.report import NEWS, run, summary_lines
@@ -276,3 +326,18 @@ def test_eval_command_prints_the_news_score(tmp_path, model_dir):
     proc = _eval(tmp_path, FIXTURES, "--model", str(model_dir), "--out", str(tmp_path / "r"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "sp500-posneg" in proc.stdout and "news score (mean accuracy over 7 news sets)" in proc.stdout
+
+
+def test_a_limited_eval_is_a_partial_report_kept_apart_from_the_models(tmp_path, model_dir):
+    """``--limit`` once wrote over ``reports/<model>`` (the committed report) and logged to MLflow, unmarked, from the
+    first N rows of files that are sorted by label. Now: evenly spread rows, marked partial, written under runs/."""
+    from finsent.model.report import sample
+
+    assert sample(list(range(10)), 4) == [0, 2, 5, 7] and sample(list(range(3)), 4) == [0, 1, 2]
+    proc = _eval(tmp_path, FIXTURES, "--model", str(model_dir), "--limit", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = tmp_path / "runs" / "eval" / "tiny@v1-limit2" / "report.md"
+    assert report.exists() and not (tmp_path / "reports").exists()
+    assert "**Partial report** (`--limit 2`)" in report.read_text()
+    assert "partial report: at most 2 rows of each set" in proc.stdout
+    assert json.loads((report.parent / "metrics.json").read_text())["limit"] == 2
