@@ -429,6 +429,40 @@ def served_backend(model_dir: Path, backend: str, device: str) -> str:
     return backend
 
 
+SERVED_RECIPES = {"torch": "fp32", "torch-cuda": "fp16", "torch-int8": "int8-dynamic", "onnx": "fp32"}
+
+
+def served_recipe(model_dir: Path, served: str) -> str:
+    """The graph (``Backend.recipe``) backend ``served`` runs for this model, found without loading it: for ONNX int8
+    the recipe ``finsent.model.backends.int8_choice`` picks (the gate's, else the plan's static, else dynamic)."""
+    if served != "onnx-int8":
+        return SERVED_RECIPES[served]
+    from finsent.model.backends import int8_choice
+
+    return f"int8-{int8_choice(model_dir).recipe}"
+
+
+def score_key(model_dir: Path, served: str) -> str:
+    """The score cache's key: model version, backend served, its graph, the weights' SHA-256 and, for static int8,
+    the plan's SHA-256.
+
+    Why more than version and backend: a model directory retrained or edited in place keeps its version but not
+    its scores, and a re-made static int8 plan (or another int8 recipe accepted) changes the graph and its scores
+    without touching the weights; a key of version and backend alone handed out the stale scores of either."""
+    from finsent.model import artifact, int8_static, onnxbuild
+
+    recipe = served_recipe(model_dir, served)
+    parts = [
+        artifact.load_meta(model_dir).full_name,
+        served,
+        recipe,
+        f"weights:{onnxbuild.weights_digest(model_dir)[:16]}",
+    ]
+    if recipe == "int8-static":
+        parts.append(f"plan:{(int8_static.current_plan_digest(model_dir) or 'none')[:16]}")
+    return "/".join(parts)
+
+
 def backtest_archive(
     settings: Settings,
     items: Iterable[NewsItem],
@@ -439,10 +473,10 @@ def backtest_archive(
     data_range: tuple[datetime | None, datetime | None] = (None, None),
 ) -> BacktestReport:
     """``run_backtest`` with the settings' model and the on-disk score cache: the model is loaded only when
-    something is not cached yet, and scores are cached per (model version, backend served: ``served_backend``). Batches are scored side
+    something is not cached yet, and scores are cached per ``score_key`` (model version, backend served, its graph, weights and static plan). Batches are scored side
     by side, one single-threaded call per core unless ``model.threads`` says otherwise (``finsent.model.placement``;
     the model loads lazily, so the count cannot depend on the backend: with torch the calls share its threads)."""
-    from finsent.model import Classifier, artifact
+    from finsent.model import Classifier
     from finsent.model.placement import calls_for_threads, side_by_side
 
     choice = side_by_side(settings.model)
@@ -452,6 +486,7 @@ def backtest_archive(
     loading = threading.Lock()
 
     served = served_backend(model_dir, choice.backend, choice.device)
+    recipe = served_recipe(model_dir, served)
 
     def predict(texts: list[str]) -> list:
         nonlocal classifier
@@ -464,12 +499,16 @@ def backtest_archive(
                         f"model.backend {choice.backend} served {name}, not {served} as expected; "
                         f"set model.backend (FINSENT_MODEL__BACKEND) to {name} and run the backtest again"
                     )
+                graph = getattr(loaded.backend, "recipe", recipe)
+                if graph != recipe:  # the model directory changed since the key was made: not the key's scores
+                    raise ConfigError(f"{served} served {graph}, not {recipe} as expected; run the backtest again")
                 loaded.ready_for_calls(calls)
                 classifier = loaded
         return classifier.predict(texts)
 
-    # by the backend that scores, not the setting: a cache of "auto" scores is not reused for another backend
-    model_key = f"{artifact.load_meta(model_dir).full_name}/{served}"
+    # by the backend and graph that score, and the weights: not the setting ("auto" scores are not reused for
+    # another backend), nor a version's name alone (retrained in place, or re-planned, it scores differently)
+    model_key = score_key(model_dir, served)
     cache = ScoreCache(settings.paths.state_dir / "backtest" / "scores.sqlite")
     try:
         return run_backtest(
@@ -488,4 +527,13 @@ def backtest_archive(
         cache.close()
 
 
-__all__ = ["BacktestReport", "CachedScore", "ScoreCache", "backtest_archive", "run_backtest", "served_backend"]
+__all__ = [
+    "BacktestReport",
+    "CachedScore",
+    "ScoreCache",
+    "backtest_archive",
+    "run_backtest",
+    "score_key",
+    "served_backend",
+    "served_recipe",
+]

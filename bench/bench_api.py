@@ -28,6 +28,7 @@ import asyncio
 import functools
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -35,7 +36,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-from benchkit import goal, write_results
+from benchkit import command_of, goal, write_results
 
 from finsent.local.feeds import load_rows
 from finsent.local.procs import Child, http_ok
@@ -79,31 +80,61 @@ def batch_histogram(base: str) -> tuple[float, float]:
     return calls, texts_
 
 
+def model_info(metrics_text: str) -> dict[str, str]:
+    """The labels of ``finsent_api_model_info`` in a /metrics page: model, backend, recipe, accepted ({}: none)."""
+    for line in metrics_text.splitlines():
+        if line.startswith("finsent_api_model_info{"):
+            return dict(re.findall(r'(\w+)="([^"]*)"', line.split("{", 1)[1].rsplit("}", 1)[0]))
+    return {}
+
+
+def check_same_model(bare: dict, served: dict[str, str]) -> None:
+    """Stop before measuring when the server serves another model, backend or graph than the bare reference ran
+    in this process (``auto`` resolved differently, an int8 graph that fell back): every ratio against bare
+    predict would compare two different models. Why: nothing checked it, unlike bench_stream's worker."""
+    want = {"model": bare["model"], "backend": bare["backend"], "recipe": bare["recipe"]}
+    got = {k: served.get(k) for k in want}
+    if got != want:
+        raise SystemExit(
+            f"bench_api: the server serves {got}, the bare reference ran {want}; the ratios would compare two "
+            f"models, so nothing is measured (set --backend to the one you mean, or see the server's log)"
+        )
+
+
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def bench_bare(settings: Settings, n: int) -> dict:
+def bare_rates(clf, singles: list[str], chunks: list[list[str]], calls: int = 1) -> tuple[float, float]:
+    """(texts/s scoring ``singles`` one per call, texts/s scoring ``chunks`` ``calls`` at a time side by side).
+
+    Each rate divides by the texts it timed: the first once timed at most the 640 chunked texts but divided by
+    ``--requests``, so a run with more requests reported an inflated batch-1 rate."""
     from concurrent.futures import ThreadPoolExecutor
 
+    clf.predict(chunks[0])  # warm-up
+    t0 = time.perf_counter()
+    for t in singles:
+        clf.predict([t])
+    one = len(singles) / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(calls) as pool:
+        list(pool.map(clf.predict, chunks))
+    return one, sum(map(len, chunks)) / (time.perf_counter() - t0)
+
+
+def bench_bare(settings: Settings, n: int) -> dict:
     from finsent.model import Classifier
     from finsent.model.placement import calls_at_once, side_by_side
     from finsent.web.state import api_model
 
     data = texts(32 * 20)
     chunks = [data[i : i + 32] for i in range(0, len(data), 32)]
+    singles = texts(n)  # as many as --requests, however many that is
 
     def rates(clf, calls: int = 1) -> tuple[float, float]:
-        clf.predict(data[:32])
-        t0 = time.perf_counter()
-        for t in data[:n]:
-            clf.predict([t])
-        one = n / (time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(calls) as pool:
-            list(pool.map(clf.predict, chunks))
-        return one, len(data) / (time.perf_counter() - t0)
+        return bare_rates(clf, singles, chunks, calls)
 
     # Three references, the highest one is the goal's: (a) as the stream serves one call at a time (forwards of
     # model.batch_size over every core: model.sessions) but with ORT's spinning threads where a session has a pool,
@@ -121,6 +152,7 @@ def bench_bare(settings: Settings, n: int) -> dict:
     _, side = rates(per_core, calls_at_once(per_core))
     return {
         "backend": clf.backend.name,
+        "recipe": getattr(clf.backend, "recipe", None),  # the graph: the server must serve the same
         "model": clf.version,
         "texts_per_s_batch1": one,
         "texts_per_s_batch32_one_call_at_a_time": batch,
@@ -246,6 +278,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="finsent-bench-api-") as tmp:
         server, base = start_server([sys.executable, "-m", "finsent.cli", "serve"], Path(tmp), "serve")
         try:
+            results["served"] = served = model_info(httpx.get(base + "/metrics", timeout=10).text)
+            check_same_model(b, served)
+            print(f"server serves {served.get('backend')} ({served.get('recipe')}), as the bare reference", flush=True)
             url = base + "/classify"
             results["single"] = r = asyncio.run(clients_run(url, args.requests, 1, 1))
             print(
@@ -313,7 +348,7 @@ def main() -> None:
         )
         for g in results["goals"]:
             print(f"goal: {g['goal']}: {g['value']:.3g} -> {g['verdict']}", flush=True)
-    write_results(results, f"python bench/bench_api.py --requests {args.requests} --backend {args.backend}", args.out)
+    write_results(results, command_of("bench/bench_api.py", ap, args), args.out)
 
 
 if __name__ == "__main__":

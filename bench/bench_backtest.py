@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_stream import texts  # noqa: E402
-from benchkit import goal, write_results  # noqa: E402
+from benchkit import command_of, goal, write_results  # noqa: E402
 
 from finsent.backtest.run import ScoreCache, run_backtest  # noqa: E402
 from finsent.heap import freeze_startup_objects  # noqa: E402
@@ -174,12 +174,7 @@ def main() -> None:
     }
     for g in result["goals"]:
         print(f"goal: {g['goal']}: {g['value']:.3g} -> {g['verdict']}", flush=True)
-    write_results(
-        result,
-        f"python bench/bench_backtest.py --items {args.items} --batch {args.batch} --backend {args.backend} "
-        f"--rounds {args.rounds}",
-        args.out,
-    )
+    write_results(result, command_of("bench/bench_backtest.py", ap, args), args.out)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,11 @@ at moderate load (the latency goal) and 512 under a backlog (the throughput goal
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 from bench_stream import texts
-from benchkit import write_results
+from benchkit import command_of, write_results
 
 from finsent.model.classifier import Classifier
 from finsent.settings import load
@@ -67,7 +66,7 @@ def main() -> None:
         )
     write_results(
         {"backend": backend, "spin_from_texts": m.spin_from_texts, "rows": rows},
-        " ".join([".venv/bin/python", "bench/bench_forward.py", *sys.argv[1:]]),
+        command_of("bench/bench_forward.py", ap, args),
         args.out,
     )
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from benchkit import write_results
+from benchkit import command_of, write_results
 
 from finsent.model import Classifier
 from finsent.settings import Settings
@@ -85,7 +85,7 @@ def main() -> None:
         clf.backend.model = clf.backend.forward = clf.backend.model.to(cuda, dtype)
         clf.backend.device = cuda
         rows.append(measure(label, clf, items, want))
-    write_results({"texts": len(items), "rows": rows}, "python bench/bench_gpu_precision.py", args.out)
+    write_results({"texts": len(items), "rows": rows}, command_of("bench/bench_gpu_precision.py", ap, args), args.out)
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-from benchkit import write_results
+from benchkit import command_of, write_results
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from finsent.kafka import read_all
@@ -884,13 +884,7 @@ def main() -> None:
         "a_met": bool(a["n"]) and a["p99_s"] <= GOAL_A_S,
         "b_met": bool(b["n"]) and b["p99_s"] <= GOAL_B_S,
     }
-    command = (
-        f"python bench/bench_latency.py --tickers {args.tickers} --spares {args.spares} --history-min {args.history_min:g} "
-        f"--rate-per-min {args.rate_per_min:g} --gap-s {args.gap_s:g} --burst-interval-s {args.burst_interval_s:g} "
-        f"--max-burst {args.max_burst} --burst-tail {args.burst_tail} --budget-s {args.budget_s:g}"
-        + ("" if args.confirm else " --no-confirm")
-    )
-    write_results(results, command, args.out)
+    write_results(results, command_of("bench/bench_latency.py", ap, args), args.out)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from benchkit import write_results  # noqa: E402
+from benchkit import command_of, write_results  # noqa: E402
 from synthetic import observations as stream  # noqa: E402
 
 from finsent.settings import load  # noqa: E402
@@ -69,9 +69,7 @@ def main() -> None:
         )
     results["ratio_late_vs_on_time"] = round(results["late"]["events_per_s"] / results["on_time"]["events_per_s"], 3)
     print(f"late / on-time: {results['ratio_late_vs_on_time']:.2f}")
-    write_results(
-        results, f"python bench/bench_windows.py --events {args.events} --late-share {args.late_share:g}", args.out
-    )
+    write_results(results, command_of("bench/bench_windows.py", ap, args), args.out)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,99 @@
-"""What every benchmark writes next to its figures: the machine, the command that reproduces them, a run id."""
+"""What every benchmark writes next to its figures: the machine, the code, the command that reproduces them, a
+run id."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
+import shlex
+import subprocess
 import sys
 import uuid
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def command_of(script: str, parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """The command line that reproduces ``args``: every option of ``parser`` with the value it had, defaults
+    included (bench_stream's defaults come from this machine's settings, so they are part of the run too).
+
+    Why from the parser: commands written out by hand left options out (bench_stream's ``--latency-rate`` and
+    ``--workers``), and a recorded figure could then not be re-run as it was measured."""
+    argv = ["python", script]
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        flag = next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
+        argv += _option(action, flag, getattr(args, action.dest, None))
+    return shlex.join(argv)
+
+
+def _option(action: argparse.Action, flag: str, value: object) -> list[str]:
+    """One option as the command line gives it: a flag alone, ``--no-`` form, repeated, or ``--opt=value``."""
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return [flag if value else "--no-" + flag.removeprefix("--")]
+    if action.nargs == 0:  # store_true / store_false / store_const: present only when it changed something
+        return [flag] if value != action.default else []
+    if value is None:
+        return []
+    if isinstance(action, argparse._AppendAction) and isinstance(value, list):
+        return [f"{flag}={_shown(v)}" for v in value]  # repeated, as given
+    if isinstance(value, list | tuple):
+        return [flag, *(_shown(v) for v in value)]
+    return [f"{flag}={_shown(value)}"]
+
+
+def _shown(value: object) -> str:
+    """A value as typed: paths inside the repository relative to it (the command runs from its root)."""
+    if isinstance(value, Path) and value.is_absolute() and value.is_relative_to(ROOT):
+        return str(value.relative_to(ROOT))
+    return str(value)
+
+
+def git_commit() -> tuple[str | None, bool | None]:
+    """(the checkout's commit, whether its tracked files differ from it); (None, None) outside a git checkout or
+    without git: the figures are still written."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None, None
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    return head.stdout.strip() or None, bool(status.stdout.strip()) if status.returncode == 0 else None
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux /proc/cpuinfo; ``platform.processor()`` elsewhere, often empty): 2 cores of one
+    CPU are not 2 cores of another, and the figures only compare on the same kind."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
 
 def write_results(results: dict, command: str, out: Path) -> None:
-    results["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    commit, dirty = git_commit()
+    results["machine"] = {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+    results["git_commit"] = commit
+    results["git_dirty"] = dirty  # tracked files changed since the commit: the commit alone does not reproduce it
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():  # this process used a GPU: its rows say which
         results["machine"]["gpu"] = torch.cuda.get_device_name(0)

@@ -4,11 +4,15 @@
 ``torch``      fp32 on CPU; fp16 on CUDA; its forward traced (``finsent.model.tracing``)
 ``torch-int8`` torch dynamic int8 quantisation of every Linear (CPU only)
 ``onnx``       ONNX Runtime fp32 (graph built on first use and cached: ``finsent.model.onnxbuild``)
-``onnx-int8``  ONNX Runtime int8, the recipe the export gate accepted (CPU): static int8 (fixed activation
-               scales from the model's ``int8-static.json`` plan, so batch-invariant)
+``onnx-int8``  ONNX Runtime int8, the recipe the export gate accepted for these weights (CPU): static int8
+               (fixed activation scales from the model's ``int8-static.json`` plan, so batch-invariant);
+               none accepted, it still serves (asked for by name) with one warning line
 ``auto``       CUDA when available; on CPU the backend ``finsent export`` measured fastest within
                the gate on these very weights (``export.json``), else ``onnx`` fp32, else ``torch``
 =============  ==========================================================================
+
+Every backend names the graph it runs (``recipe``: fp32, fp16, int8-static, int8-dynamic-pc ...) and whether the
+gate accepted it (``accepted``), so the worker's and the API's logs and ``*_model_info`` metrics say what serves.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ Forward = Callable[[torch.Tensor, torch.Tensor], tuple[np.ndarray, np.ndarray]]
 
 class Backend(Protocol):
     name: str
+    recipe: str  # the graph it runs: fp32, fp16, int8-dynamic (torch), int8-<onnxbuild recipe> (ONNX)
+    accepted: bool  # fp32 or the export gate's accepted choice for these weights (``trusted_manifest``)
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -66,7 +72,14 @@ class TorchBackend:
     (``finsent.model.tracing``: the eager forward re-takes the GIL at every op, and crawled beside the worker's
     event loop); eager where the trace cannot be built or disagrees."""
 
-    def __init__(self, model: MultiTaskModel, device: torch.device, int8: bool = False, trace: bool = True):
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        device: torch.device,
+        int8: bool = False,
+        trace: bool = True,
+        accepted: bool | None = None,
+    ):
         if int8:
             if device.type != "cpu":
                 raise ValueError("torch-int8 runs on CPU only")
@@ -77,6 +90,10 @@ class TorchBackend:
         self.model = model
         self.device = device
         self.name = "torch-int8" if int8 else ("torch-cuda" if device.type == "cuda" else "torch")
+        self.recipe = "int8-dynamic" if int8 else ("fp16" if device.type == "cuda" else onnxbuild.FP32)
+        # int8 is accepted only where the caller found the gate's verdict (``make_backend``); fp32 is the gate's
+        # reference and fp16 what auto serves on a GPU (the gate measures the CPU's graphs)
+        self.accepted = (not int8) if accepted is None else accepted
         self.traced = trace_forward(model, device) if trace else None
         self.forward = self.traced if self.traced is not None else model
 
@@ -95,12 +112,23 @@ class OnnxBackend:
     under a backlog, where the model is all that matters."""
 
     def __init__(
-        self, path: Path, name: str, threads: int = 0, spin_wait: bool = True, spin_from: int = 0, sessions: int = 1
+        self,
+        path: Path,
+        name: str,
+        threads: int = 0,
+        spin_wait: bool = True,
+        spin_from: int = 0,
+        sessions: int = 1,
+        accepted: bool | None = None,
     ):
         if not path.exists():
             raise FileNotFoundError(f"{path} not found; run `finsent export` for this model first")
         self.name = name
         self.path = path
+        self.recipe = graph_recipe(path)
+        # ``make_backend`` passes the gate's verdict; a graph opened directly (``finsent export``'s candidates) is
+        # accepted only as fp32, the gate's reference
+        self.accepted = self.recipe == onnxbuild.FP32 if accepted is None else accepted
         self.threads = threads
         # ``sessions`` > 1 on the CPU: a call's forwards are spread over that many sessions of one thread each
         # (``start_spread``) instead of one session parallelising every op over its intra-op pool: see
@@ -271,59 +299,159 @@ def _run_session(session, input_ids, attention_mask):
     return t, s
 
 
+def graph_recipe(path: Path) -> str:
+    """The recipe a graph file was built with, from its name (``onnxbuild.graph_name``): fp32 or int8-<recipe>."""
+    if path.name == onnxbuild.graph_name(onnxbuild.FP32):
+        return onnxbuild.FP32
+    return path.name.removeprefix("model.").removesuffix(".onnx")
+
+
+NEVER_EXPORTED = "never exported"
+# export.json's fields the serving side reads, with the type ``finsent export`` writes each in (or null)
+_FIELDS: dict[str, type] = {
+    "gate": int,
+    "recommended": str,
+    "weights_sha256": str,
+    "int8_recipe": str,
+    "int8_plan_sha256": str,
+    "backends": dict,
+}
+
+
 def manifest(directory: Path) -> dict:
-    """``export.json``: what ``finsent export`` measured for this model (empty when never exported)."""
+    """``export.json``: what ``finsent export`` measured for this model (empty when never exported, unreadable, or
+    not a JSON object: a hand-edited ``[]`` or ``null`` must not stop the model from loading)."""
     try:
-        return json.loads((directory / EXPORT_MANIFEST).read_text())
+        found = json.loads((directory / EXPORT_MANIFEST).read_text())
     except (OSError, ValueError):
         return {}
+    return found if isinstance(found, dict) else {}
 
 
-def int8_recipe(directory: Path) -> str:
-    """The int8 recipe the export gate accepted; never exported, static int8 when the model has its plan, else
-    (``onnx-int8`` asked for by name) dynamic per-channel, whose labels depend on their batch-mates."""
-    chosen = manifest(directory).get("int8_recipe")
-    if chosen:
-        return chosen
-    return "static" if int8_static.plan_path(directory).exists() else onnxbuild.DEFAULT_INT8_RECIPE
+def _malformed(found: dict) -> str | None:
+    """The first field this module reads whose value ``finsent export`` would never write (None: none). Why: a
+    string gate or a list recipe crashed model loading with a TypeError, and auto must never fail to serve."""
+    for field, kind in _FIELDS.items():
+        value = found.get(field)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            return f"{field} is a {type(value).__name__}, not a {kind.__name__}"
+    return None
+
+
+def _judge(directory: Path) -> tuple[dict | None, str]:
+    """(export.json, "") when its measurements hold for the weights in ``directory`` under the current gate, else
+    (None, why not)."""
+    found = manifest(directory)
+    if not found:
+        return None, NEVER_EXPORTED
+    bad = _malformed(found)
+    if bad:
+        return None, f"export.json is malformed ({bad})"
+    if found.get("gate", 1) < GATE_VERSION:
+        return None, "export.json predates the batch-invariance gate"
+    measured_on = found.get("weights_sha256")
+    if measured_on != onnxbuild.weights_digest(directory):
+        return None, "export.json was measured on other weights" if measured_on else "export.json names no weights"
+    return found, ""
+
+
+def trusted_manifest(directory: Path) -> dict | None:
+    """export.json when it was measured on these very weights under the current gate, else None.
+
+    One judgement for every reader: auto's choice (``recommended``) and ``onnx-int8`` asked for by name
+    (``int8_choice``) used to check export.json each their own way, and the second served whatever recipe it named
+    without asking whether the gate had measured these weights. Whether the int8 recipe also still holds (a static
+    plan re-made since) is ``int8_choice``'s."""
+    return _judge(directory)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Int8Choice:
+    """The int8 recipe ``onnx-int8`` serves, and whether the export gate accepted it for these weights."""
+
+    recipe: str  # an ``onnxbuild.RECIPES`` key
+    accepted: bool
+    why: str = ""  # why not accepted
+
+
+def _row_accepted(found: dict, row: str) -> bool | None:
+    """The gate's verdict on ``row`` of export.json's table (None: no such row, or not a verdict)."""
+    entry = (found.get("backends") or {}).get(row)
+    verdict = entry.get("accepted") if isinstance(entry, dict) else None
+    return verdict if isinstance(verdict, bool) else None
+
+
+def _int8_verdict(found: dict | None, why: str, directory: Path) -> Int8Choice:
+    """``int8_choice`` from a judged export.json: its recipe if accepted (and, static, measured with this very
+    plan), else the most trustworthy one there is, unaccepted, with the reason."""
+    if found is not None:
+        recipe = found.get("int8_recipe")
+        if recipe is None:
+            why = "no int8 recipe passed the gate"
+        elif recipe not in onnxbuild.RECIPES:
+            why = f"export.json names an unknown int8 recipe {recipe!r}"
+        elif _row_accepted(found, f"onnx-int8:{recipe}") is False:
+            why = f"the gate refused int8 recipe {recipe!r}"
+        elif onnxbuild.RECIPES[recipe].get("static") and (
+            found.get("int8_plan_sha256") != int8_static.current_plan_digest(directory)
+        ):
+            return Int8Choice(recipe, False, "the static int8 plan changed since the gate measured it")
+        else:
+            return Int8Choice(recipe, True)
+    fallback = "static" if int8_static.plan_path(directory).exists() else onnxbuild.DEFAULT_INT8_RECIPE
+    return Int8Choice(fallback, False, why)
+
+
+def int8_choice(directory: Path) -> Int8Choice:
+    """The int8 recipe ``onnx-int8`` serves: the one the export gate accepted for these weights (and, static, for
+    this plan); failing that (only when asked for by name), static int8 when the model has its plan, else dynamic
+    per-channel, whose labels depend on their batch-mates: either not accepted."""
+    found, why = _judge(directory)
+    return _int8_verdict(found, why, directory)
 
 
 def recommended(directory: Path) -> str | None:
-    """The CPU backend ``finsent export`` measured fastest within the gate, if it was measured on these weights."""
-    found = manifest(directory)
+    """The CPU backend ``finsent export`` measured fastest within the gate, if it was measured on these weights
+    (and, for static int8, this plan) under the current gate."""
+    found, why = _judge(directory)
+    if found is None:
+        if why != NEVER_EXPORTED:
+            log.warning(f"{why}; not trusting its choice (run `finsent export`)", extra={"model_dir": str(directory)})
+        return None
     choice = found.get("recommended")
     if choice not in BACKENDS:
         return None
-    if found.get("gate", 1) < GATE_VERSION:
-        log.warning(
-            "export.json predates the batch-invariance gate; not trusting its choice (run `finsent export`)",
-            extra={"model_dir": str(directory), "recommended": choice},
-        )
-        return None
-    measured_on = found.get("weights_sha256")
-    if measured_on and measured_on != onnxbuild.weights_digest(directory):
-        log.warning(
-            "export.json was measured on other weights; not trusting its choice",
-            extra={"model_dir": str(directory), "measured_on": measured_on[:12]},
-        )
-        return None
-    if choice == "onnx-int8" and found.get("int8_recipe") == "static":
-        measured_plan = found.get("int8_plan_sha256")
-        if measured_plan != int8_static.current_plan_digest(directory):  # re-planned or edited since the gate ran
+    if choice == "onnx-int8":
+        int8 = _int8_verdict(found, "", directory)
+        if not int8.accepted:
             log.warning(
-                "export.json was measured with another static int8 plan; not trusting its choice",
-                extra={"model_dir": str(directory), "measured_plan": (measured_plan or "none")[:12]},
+                f"{int8.why}; not trusting export.json's choice (run `finsent export`)",
+                extra={"model_dir": str(directory), "recipe": int8.recipe},
             )
             return None
     return choice
 
 
-def graph_path(directory: Path, name: str, rebuild: bool = False) -> Path:
-    """The ONNX graph serving backend ``name``, built (and cached) on first use; ``rebuild``: built again now."""
-    return onnxbuild.ensure(directory, onnxbuild.FP32 if name == "onnx" else int8_recipe(directory), rebuild)
+def _warn_unaccepted(name: str, recipe: str, why: str, batch_invariant: bool) -> None:
+    """One line when a quantised graph the gate did not accept is served because it was asked for by name: the
+    user asked, so it serves, but its labels are not the ones the gate vouched for."""
+    risk = "labels may differ from fp32" + ("" if batch_invariant else " and depend on batch-mates")
+    log.warning(
+        f"{name} serves {recipe}, not accepted by the export gate for these weights ({why}): {risk}; "
+        "run `finsent export`",
+        extra={"backend": name, "recipe": recipe, "why": why},
+    )
 
 
-def _onnx_backend(directory: Path, name: str, *args) -> OnnxBackend:
+def graph_path(directory: Path, recipe: str, rebuild: bool = False) -> Path:
+    """The ONNX graph of ``recipe`` (fp32 or an int8 recipe), built (and cached) on first use; ``rebuild``: built
+    again now."""
+    return onnxbuild.ensure(directory, recipe, rebuild)
+
+
+def _onnx_backend(
+    directory: Path, name: str, recipe: str, accepted: bool, opener: Callable[..., OnnxBackend]
+) -> OnnxBackend:
     """``name``'s session on its cached graph; a graph ONNX Runtime cannot load is rebuilt once and loaded again.
 
     The cache checks each graph against the size and SHA-256 recorded when it was built, so a truncated file is
@@ -331,10 +459,36 @@ def _onnx_backend(directory: Path, name: str, *args) -> OnnxBackend:
     build gone wrong, an ONNX Runtime that reads it differently). Once, not in a loop: a second failure is the
     caller's to answer (fall back, or stop with the GraphError)."""
     try:
-        return OnnxBackend(graph_path(directory, name), name, *args)
+        return opener(graph_path(directory, recipe), name, accepted=accepted)
     except errors.GraphError as err:
         log.warning(f"{name} graph does not load; rebuilding it once", extra={"error": str(err)[:300]})
-    return OnnxBackend(graph_path(directory, name, rebuild=True), name, *args)
+    return opener(graph_path(directory, recipe, rebuild=True), name, accepted=accepted)
+
+
+def _onnx_choice(directory: Path, name: str, auto: bool, opener: Callable[..., OnnxBackend]) -> OnnxBackend:
+    """``onnx`` or ``onnx-int8`` with the graph it serves; int8 the gate did not accept for these weights is
+    served only when asked for by name, with one warning line (auto never picks it: ``recommended``)."""
+    if name == "onnx":
+        return _onnx_backend(directory, name, onnxbuild.FP32, True, opener)
+    int8 = int8_choice(directory)
+    if not int8.accepted and not auto:
+        static = bool(onnxbuild.RECIPES[int8.recipe].get("static"))
+        _warn_unaccepted(name, f"int8-{int8.recipe}", int8.why, batch_invariant=static)
+    return _onnx_backend(directory, name, int8.recipe, int8.accepted, opener)
+
+
+def _torch_int8(model: MultiTaskModel, directory: Path, trace: bool, auto: bool) -> TorchBackend:
+    """torch's dynamic int8: accepted when auto picked it (``recommended`` names only what the gate accepted) or
+    the gate's trusted table says so; else served (asked for by name) with one warning line."""
+    if auto:
+        return TorchBackend(model, torch.device("cpu"), int8=True, trace=trace, accepted=True)
+    found, why = _judge(directory)
+    verdict = _row_accepted(found, "torch-int8") if found is not None else None
+    if found is not None and not verdict:
+        why = "the gate refused it" if verdict is False else "export.json did not measure it"
+    if not verdict:
+        _warn_unaccepted("torch-int8", "int8-dynamic", why, batch_invariant=False)
+    return TorchBackend(model, torch.device("cpu"), int8=True, trace=trace, accepted=bool(verdict))
 
 
 def auto_cpu_backend(directory: Path) -> str:
@@ -367,13 +521,14 @@ def make_backend(
     if name == "torch":
         return TorchBackend(model, dev, trace=trace)
     if name == "torch-int8":
-        return TorchBackend(model, torch.device("cpu"), int8=True, trace=trace)
+        return _torch_int8(model, directory, trace, auto)
     if name in ("onnx", "onnx-int8"):
         # auto never fails to serve: int8 that cannot be built (or, rebuilt once, loaded) falls back to ONNX fp32,
         # then to torch, each step with one warning line
+        opener = partial(OnnxBackend, threads=threads, spin_wait=spin_wait, spin_from=spin_from, sessions=sessions)
         for choice in [name, "onnx"] if auto and name == "onnx-int8" else [name]:
             try:
-                return _onnx_backend(directory, choice, threads, spin_wait, spin_from, sessions)
+                return _onnx_choice(directory, choice, auto, opener)
             except (errors.GraphError, ImportError, OSError) as err:
                 if not auto:
                     raise

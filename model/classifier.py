@@ -158,6 +158,8 @@ class Classifier:
             extra={
                 "model": meta.full_name,
                 "backend": chosen.name,
+                "recipe": chosen.recipe,  # the graph it runs, and whether the export gate accepted it
+                "accepted": chosen.accepted,
                 "path": str(directory),
                 "news_bias": news_bias is not None,
                 "batch_size": batch_size,

@@ -74,12 +74,42 @@ def alone_choice(choice: ModelChoice, calls: int, backend_name: str, split_from:
     """The model settings for a call that runs alone below a backlog (``stream.split_from_records``), or None
     where there is no such call: one call at a time anyway, threads pinned by ``model.threads``, or a backend
     other than ONNX Runtime (torch spreads every call over all cores already). Its calls hold fewer than
-    ``split_from`` texts, so it needs no spinning session for large calls unless those start below that."""
+    ``split_from`` texts, so it needs no spinning session for large calls unless those start below that.
+
+    Its backend is ``backend_name``, the one the side-by-side calls serve, not the setting: ``auto`` resolved again
+    could land elsewhere (an int8 graph that failed to build once), and the worker's log and metrics name one."""
     if calls <= 1 or split_from <= 0 or choice.threads or not backend_name.startswith("onnx"):
         return None
+    update: dict[str, Any] = {"backend": backend_name}
     if choice.spin_from_texts >= split_from:
-        return choice.model_copy(update={"spin_from_texts": 0})
-    return choice
+        update["spin_from_texts"] = 0
+    return choice.model_copy(update=update)
 
 
-__all__ = ["alone_choice", "calls_at_once", "calls_for_threads", "cpu_cores", "sessions_for", "side_by_side"]
+MODEL_INFO_LABELS = ("model", "backend", "recipe", "accepted")  # the worker's and the API's *_model_info
+
+
+def model_info(classifier: Any) -> dict[str, str]:
+    """What a loaded classifier serves, as the worker's and the API's ``*_model_info`` metrics and start logs name
+    it: model version, backend, the graph it runs (``recipe``) and whether the export gate accepted that graph for
+    these weights. Why: ``backend="onnx-int8"`` alone did not say which int8, nor whether the gate vouched for it.
+    Read with ``getattr``: a stand-in classifier (tests of other routes) has no backend."""
+    backend = getattr(classifier, "backend", None)
+    return {
+        "model": str(getattr(classifier, "version", "")),
+        "backend": str(getattr(backend, "name", "")),
+        "recipe": str(getattr(backend, "recipe", "")),
+        "accepted": str(bool(getattr(backend, "accepted", False))).lower(),
+    }
+
+
+__all__ = [
+    "MODEL_INFO_LABELS",
+    "alone_choice",
+    "calls_at_once",
+    "calls_for_threads",
+    "cpu_cores",
+    "model_info",
+    "sessions_for",
+    "side_by_side",
+]

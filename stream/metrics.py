@@ -23,6 +23,7 @@ from datetime import datetime
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
+from finsent.model.placement import MODEL_INFO_LABELS
 from finsent.records import SurgeAlert, WindowStat
 
 SEVERITIES = ("warning", "critical")
@@ -110,7 +111,12 @@ class WorkerMetrics:
             ["topic", "partition"],
             registry=r,
         )
-        self.model_info = Gauge("finsent_worker_model_info", "The classifier in use", ["model", "backend"], registry=r)
+        self.model_info = Gauge(
+            "finsent_worker_model_info",
+            "The classifier in use: its backend, the graph it runs (recipe) and whether the export gate accepted it",
+            MODEL_INFO_LABELS,
+            registry=r,
+        )
         self.retries = Counter(
             "finsent_worker_inference_retries_total",
             "Classifier calls beyond one per batch (retries, bisection)",

@@ -7,10 +7,10 @@ Scoring (a Faust agent on ``finsent.news.raw``):
   ``max_batch`` (128) when the loop comes back, and a caught-up stream yields a lone headline after
   ``max_wait_s`` (20 ms). The classifier sorts each batch by token length (less padding) and returns
   predictions in input order;
-* three overlapped stages (``Scorer``): batch N+1 is decoded and tokenized (tokenizer thread) while
-  batch N is in the model (inference threads, off the event loop, so heartbeats, commits and the
-  aggregator keep running), and batch N's outputs are produced and acknowledged while N+1 is in the
-  model; deliveries stay in batch order;
+* three overlapped stages (``Scorer``): batch N+1 is decoded and edge-checked (on the event loop) and
+  tokenized (tokenizer thread) while batch N is in the model (inference threads, off the event loop, so
+  heartbeats, commits and the aggregator keep running), and batch N's outputs are produced and
+  acknowledged while N+1 is in the model; deliveries stay in batch order;
 * the model's in-tray (``finsent.stream.feed.ModelFeed``): batches prepared while the model is busy wait
   and go into it as one call (up to ``stream.max_model_batch``, 512), sorted by length together, so a
   backlog gets large model calls although Faust hands over 100-200 records at a time. With
@@ -33,8 +33,15 @@ Faust traps worked around here, on purpose:
   worker is stopping mid-batch -- and an acked offset gets committed. Each event is therefore
   ``incref``-ed on arrival and acked by us (the last reference) only after its outputs are
   acknowledged, which happens while the next batch is classified: a failed or interrupted batch
-  leaves its offsets uncommitted, so it is redelivered. Faust commits only the contiguous acked run
-  of a partition, so a batch released later than ``take_events`` moved on cannot be skipped.
+  leaves its offsets uncommitted, so it is redelivered. What keeps a commit from passing a batch still in
+  the model is the order of our acks, not Faust: batches are released strictly in the order they were
+  taken, so our acks of a partition always extend one contiguous run from its committed offset. Faust's
+  ``Consumer._new_offset`` commits the first contiguous run of acked offsets and checks for unacked ones
+  before it only against a committed offset it knows: not on a partition with none committed (or
+  committed at 0), and not for a gap of one offset. So the exposure left is Faust acking a message itself
+  (one it cannot decode, or skips or drops on its own, as around a rebalance) while earlier ones of its
+  partition are still in our model: its commit can then pass them, and a crash before they are delivered
+  skips them.
 * an exception escaping an agent kills the agent while the worker lives on (consuming nothing).
   Errors are handled inside; anything unforeseen exits the process (crash-only), and the
   supervisor (``finsent demo``, compose ``restart:``) starts a fresh worker that resumes from the
@@ -117,8 +124,9 @@ class Scored:
 
 
 class Scorer:
-    """Micro-batches in three stages: ``prepare`` (decode, check, tokenize: a tokenizer thread), ``infer``
-    (the model: one inference thread per call side by side) and ``deliver`` (produce, wait for acks: the event loop).
+    """Micro-batches in three stages: ``prepare`` (decode and check on the event loop, tokenize on a tokenizer
+    thread), ``infer`` (the model: one inference thread per call side by side) and ``deliver`` (produce, wait for
+    acks: the event loop).
 
     The agent overlaps them: batch N+1 is tokenized while batch N is in the model, and batch N's records
     are produced and acknowledged while batch N+1 is in the model, so the model neither waits for the
@@ -171,7 +179,7 @@ class Scorer:
         return await self.infer(await self.prepare(messages))
 
     async def prepare(self, messages: list[Consumed]) -> Scored:
-        """Decode, edge-check and tokenize (off the loop); nothing is classified or sent yet.
+        """Decode and edge-check (on the event loop), tokenize (off it); nothing is classified or sent yet.
 
         ``messages``: Faust messages with .topic .partition .offset .key .value .timestamp (seconds: Faust
         divides Kafka's milliseconds by 1000).
@@ -565,8 +573,12 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
     import faust
 
     from finsent.model import Classifier
-    from finsent.model.placement import alone_choice, calls_at_once, side_by_side
+    from finsent.model.backends import resolve_device
+    from finsent.model.placement import alone_choice, calls_at_once, model_info, side_by_side
 
+    # model.device=cuda without CUDA: its one-line ConfigError first, not after waiting for a broker (up to
+    # kafka.connect_timeout_s) in ensure_topics and then loading the model
+    resolve_device(settings.model.device)
     metrics_setting = setting_label("stream", "metrics_port")
     # A taken /metrics port is a Conflict now, not after a broker wait and a model load; bound for real below.
     check_bindable(settings.services.host, settings.stream.metrics_port, metrics_setting)
@@ -583,7 +595,8 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
     alone = alone_choice(settings.model, model_calls, classifier.backend.name, settings.stream.split_from_records)
     classifier_alone = Classifier.from_settings(classifier.directory, alone) if alone is not None else None
     metrics = WorkerMetrics(top_k=settings.stream.ticker_top_k, watchlist=tuple(settings.stream.ticker_watchlist))
-    metrics.model_info.labels(classifier.version, classifier.backend.name).set(1)
+    served = model_info(classifier)  # the graph and the gate's verdict too: ``onnx-int8`` alone names neither
+    metrics.model_info.labels(**served).set(1)
     server = start_metrics_server(
         settings.stream.metrics_port,
         settings.services.host,
@@ -593,8 +606,7 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
     log.info(
         "worker starting",
         extra={
-            "model": classifier.version,
-            "backend": classifier.backend.name,
+            **served,
             "aggregate": aggregate,
             "metrics": f"http://{settings.services.host}:{settings.stream.metrics_port}/metrics",
             "input": settings.topics.raw.name,

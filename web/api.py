@@ -156,8 +156,11 @@ def _unrouted_name(path: str) -> str:
 
 def serve(settings: Settings, model_dir) -> None:
     from finsent.model import Classifier, artifact
+    from finsent.model.backends import resolve_device
 
     artifact.load_meta(Path(model_dir))  # a missing or foreign model directory: one clear line now, not at startup
+    # model.device=cuda without CUDA: the ConfigError's one line now, not a traceback out of uvicorn's lifespan
+    resolve_device(settings.model.device)
     run(build_api(settings, lambda: Classifier.from_settings(model_dir, api_model(settings))), settings)
 
 

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from finsent.heap import freeze_startup_objects
 from finsent.kafka import FollowSkippedCollector
 from finsent.model.feedback_store import read_store
-from finsent.model.placement import calls_at_once, side_by_side
+from finsent.model.placement import MODEL_INFO_LABELS, calls_at_once, model_info, side_by_side
 from finsent.records import Feedback
 from finsent.settings import ModelChoice, Settings, Web
 from finsent.web.batcher import Batcher, TwoStage
@@ -64,6 +64,13 @@ class ApiMetrics:
             "finsent_api_busy_refusals_total",
             "Requests answered 503 because a bound (web.max_classify_waiting, web.max_event_streams) was full",
             ["route"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "finsent_api_model_info",
+            "The classifier /classify serves: its backend, the graph it runs (recipe) and whether the export gate "
+            "accepted it (the worker's finsent_worker_model_info, for the API)",
+            MODEL_INFO_LABELS,
             registry=r,
         )
 
@@ -137,6 +144,9 @@ class ApiState:
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(follow(self.settings, self.views)) if self.follow_topics else None
         self.classifier = clf = await asyncio.to_thread(self._loaded_for_calls)
+        served = model_info(clf)  # which backend answers /classify: a benchmark of the API reads it from /metrics
+        self.metrics.model_info.labels(**served).set(1)
+        log.info("api model loaded", extra=served)
         freeze_startup_objects()  # the model is loaded: keep full collections off it (finsent.heap)
         self.batcher = batcher = _classify_batcher(clf, self.settings.web, self.metrics)
         batcher.start()

@@ -277,6 +277,18 @@ class _NoModel:
     version = "none@test"
 
 
+def test_metrics_name_the_model_backend_and_graph_the_api_serves(client):
+    """What /classify serves, as the worker's ``finsent_worker_model_info`` names it: a benchmark of the API checks
+    its server scores with the backend its bare reference ran."""
+    clf = client.app.state.api.classifier
+    (line,) = [m for m in client.get("/metrics").text.splitlines() if m.startswith("finsent_api_model_info{")]
+    labels, value = line.removeprefix("finsent_api_model_info{").rsplit("} ", 1)
+    b = clf.backend
+    want = {"model": clf.version, "backend": b.name, "recipe": b.recipe, "accepted": str(b.accepted).lower()}
+    assert dict(pair.split("=", 1) for pair in labels.split(",")) == {k: f'"{v}"' for k, v in want.items()}
+    assert float(value) == 1 and b.recipe.startswith(("fp", "int8"))
+
+
 def test_metrics_count_answers_per_route_and_status_and_classified_texts(client):
     def value(name, **labels):
         want = ",".join(f'{k}="{v}"' for k, v in labels.items())

@@ -77,6 +77,7 @@ def test_a_fresh_clone_serves_static_int8_without_any_command_first():
     ``auto`` serves it; its graph is built from the shipped plan on first use."""
     served = Classifier.load(device="cpu")
     assert served.backend.name == "onnx-int8" and served.backend.path.name == "model.int8-static.onnx"
+    assert (served.backend.recipe, served.backend.accepted) == ("int8-static", True)  # as its metrics name it
 
 
 def test_dynamic_int8_is_not_served_because_a_headlines_score_depends_on_its_batch_mates():
