@@ -86,6 +86,10 @@ def refusals(row: dict, base: dict, max_accuracy_drop: float, min_agreement: flo
             failed.append(f"{head} accuracy {drop * 100:.2f} pt below fp32 (max {max_accuracy_drop * 100:.2f})")
     if row["agreement_with_fp32"] < min_agreement:
         failed.append(f"agreement {row['agreement_with_fp32']:.4f} < {min_agreement}")
+    for head in ("topic", "sentiment"):  # per head too: pooled, the larger topic set could carry a weak sentiment head
+        agreement = row.get(f"agreement_{head}")  # absent in tables measured before it was recorded
+        if agreement is not None and agreement < min_agreement:
+            failed.append(f"{head} agreement {agreement:.4f} < {min_agreement}")
     invariance = row.get("batch_invariance", 0.0)
     if invariance < MIN_BATCH_INVARIANCE:
         failed.append(f"batch invariance {invariance:.4f} < {MIN_BATCH_INVARIANCE}")
@@ -138,6 +142,8 @@ def parity(
         row["agreement_with_fp32"] = float(
             np.concatenate([pt == reference["topic"], ps == reference["sentiment"]]).mean()
         )
+        row["agreement_topic"] = float((pt == reference["topic"]).mean())
+        row["agreement_sentiment"] = float((ps == reference["sentiment"]).mean())
         results[row_name] = row
         log.info("backend measured", extra={"backend": row_name, **row})
     base = results["torch"]

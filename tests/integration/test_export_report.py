@@ -44,3 +44,17 @@ def test_the_export_table_shows_invariance_four_decimals_and_why_each_row_was_re
     assert "refused" not in torch_row + onnx and onnx.rstrip().endswith("True")
     assert "batch invariance >= 0.999" in gate and "agreement >= 0.98" in gate
     assert "int8 recipe: none passed" in gate and gate.endswith("recommended CPU backend: onnx")
+
+
+def test_the_gate_wants_each_head_to_agree_not_just_the_pool():
+    """Pooled over both validation sets, the topic set (4,117 texts) outweighs sentiment (2,388): a sentiment head
+    agreeing on 0.963 of its texts passed at a pooled 0.980. Each head must agree on 0.98 of its own texts."""
+    from finsent.model.export import accepted, refusals
+
+    base = _row()
+    weak_sentiment = {**_row(agreement=0.9801), "agreement_topic": 0.99, "agreement_sentiment": 0.963}
+    assert not accepted(weak_sentiment, base, 0.003, 0.98)
+    assert refusals(weak_sentiment, base, 0.003, 0.98) == ["sentiment agreement 0.9630 < 0.98"]
+    both = {**_row(agreement=0.9886), "agreement_topic": 0.9886, "agreement_sentiment": 0.9887}  # the shipped static
+    assert accepted(both, base, 0.003, 0.98)
+    assert accepted(_row(agreement=0.9886), base, 0.003, 0.98)  # a table from before per-head figures: pooled only
