@@ -145,6 +145,26 @@ def test_unlabelled_news_is_read_once_each_detokenised_and_never_holds_an_evalua
     assert all(e.topic == IGNORE and e.sentiment == IGNORE for e in news_unlabelled(FIXTURES))
 
 
+def test_unlabelled_news_never_holds_a_text_of_the_twitter_dev_slice(tmp_path):
+    """The dev slice selects the epoch and fits the temperatures: 8 of the unlabelled headlines were its texts."""
+    import shutil
+
+    from finsent.model.data import _in_dev, load_twitter
+
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURES, data)
+    dev_text = next(
+        t for t in (f"Globex raises quarterly dividend by {n} cents" for n in range(200)) if _in_dev(t, 0.1)
+    )
+    for head in ("twitter-topic", "twitter-sentiment"):
+        (data / head / "train.csv").write_text(f'text,label\n"{dev_text}",0\n"Initech sees flat sales",1\n')
+    assert [ex.text for ex in load_twitter(data).dev] == [dev_text, dev_text]  # in both sets' train files
+    with (data / "financial-news-headlines-full" / "cnbc_headlines.csv").open("a") as fh:
+        fh.write(f'2020-07-17T19:00 America/New_York,"7:00  PM ET Fri, 17 July 2020",{dev_text.upper()},"dev text"\n')
+    texts = {e.text.lower() for e in news_unlabelled(data)}
+    assert dev_text.lower() not in texts and "hooli shares jump as cloud sales double" in texts
+
+
 def test_self_training_labels_unlabelled_sets_with_the_teacher_and_keeps_only_what_it_is_sure_of(tiny_model_dir):
     names = ["sp500-posneg", "news-unlabelled"]
     assert licence_of(names) == RESEARCH
