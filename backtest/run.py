@@ -442,7 +442,7 @@ def served_recipe(model_dir: Path, served: str) -> str:
     return f"int8-{int8_choice(model_dir).recipe}"
 
 
-def score_key(model_dir: Path, served: str) -> str:
+def score_key(model_dir: Path, served: str, reads_as: str = "news") -> str:
     """The score cache's key: model version, backend served, its graph, the weights' SHA-256 and, for static int8,
     the plan's SHA-256.
 
@@ -460,6 +460,8 @@ def score_key(model_dir: Path, served: str) -> str:
     ]
     if recipe == "int8-static":
         parts.append(f"plan:{(int8_static.current_plan_digest(model_dir) or 'none')[:16]}")
+    if artifact.load_meta(model_dir).domain_prefixes:  # a tagged model scores tweets and headlines differently
+        parts.append(f"reads:{reads_as}")
     return "/".join(parts)
 
 
@@ -508,7 +510,7 @@ def backtest_archive(
 
     # by the backend and graph that score, and the weights: not the setting ("auto" scores are not reused for
     # another backend), nor a version's name alone (retrained in place, or re-planned, it scores differently)
-    model_key = score_key(model_dir, served)
+    model_key = score_key(model_dir, served, choice.reads_as)
     cache = ScoreCache(settings.paths.state_dir / "backtest" / "scores.sqlite")
     try:
         return run_backtest(

@@ -253,6 +253,9 @@ class ModelChoice(_Group):
     version: str = ""  # empty: the newest version on disk
     backend: Literal["auto", "torch", "torch-int8", "onnx", "onnx-int8"] = "auto"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # What a model trained with domain tags (the research variant) reads served text as: news (RSS headlines, what
+    # finsent ingests) or twitter (e.g. a backtest over StockNet's cashtag tweets). Untagged models ignore it.
+    reads_as: Literal["news", "twitter"] = "news"
     # Texts per forward pass on the CPU. A model call is sorted by length and cut into forwards of this many, so
     # small forwards pad less and keep activations in cache: 8 scored 1.2-1.7x faster than 32 in the small calls
     # a stream at moderate load makes (16-128 texts, sleeping threads) and as fast in a backlog's 512-text calls

@@ -42,7 +42,7 @@ import numpy as np
 from finsent.model import artifact
 from finsent.model.backends import Backend, Forward, Spread, make_backend
 from finsent.model.batching import balanced_batches, pad, sorted_batches
-from finsent.model.domain import check_domain, load_news_bias, tag
+from finsent.model.domain import SERVED_DOMAIN, check_domain, load_news_bias, tag
 from finsent.model.placement import sessions_for
 from finsent.model.quality import softmax
 from finsent.model.text import prepare
@@ -122,6 +122,8 @@ class Classifier:
         self._special = frozenset(tokenizer.all_special_ids)  # once: HF rebuilds the list on every read
         self.batch_size = batch_size
         self.news_bias = news_bias  # offsets added to sentiment logits / T for domain="news"; None = no rule
+        # the domain a tagged model reads text as when the caller names none (settings.model.reads_as)
+        self.reads_as = SERVED_DOMAIN
 
     @property
     def version(self) -> str:
@@ -176,7 +178,7 @@ class Classifier:
         One place, so that the worker, the API and the backtest serve a model the same way: the API used to
         leave out the thread and spinning settings (its ONNX Runtime threads spun, taking the CPU its event
         loop needs) and the backtest the GPU's forward size."""
-        return cls.load(
+        loaded = cls.load(
             path,
             backend=choice.backend,
             device=choice.device,
@@ -188,6 +190,8 @@ class Classifier:
             sessions=sessions_for(choice),
             trace=choice.trace,
         )
+        loaded.reads_as = choice.reads_as
+        return loaded
 
     def ready_for_calls(self, calls: int) -> None:
         """Prepare for ``calls`` model calls at once (side by side, each from its own thread): ONNX Runtime gets
@@ -236,7 +240,7 @@ class Classifier:
 
     def _blank_ids(self, domain: str | None) -> list[int]:
         """The token ids of a text without content as this model reads it: [CLS] [SEP], or with its domain word."""
-        key = domain or ""
+        key = domain or self.reads_as
         if key not in self._blank:
             self._blank[key] = self._token_ids([""], domain)[0]
         return self._blank[key]
@@ -275,7 +279,7 @@ class Classifier:
 
     def _token_ids(self, prepared: Sequence[str], domain: str | None = None) -> list[list[int]]:
         prefixes = self.meta.domain_prefixes
-        texts = [tag(prefixes, domain, t) for t in prepared] if prefixes else list(prepared)
+        texts = [tag(prefixes, domain or self.reads_as, t) for t in prepared] if prefixes else list(prepared)
         with self._tokenize_lock:
             return self.tokenizer(texts, truncation=True, max_length=self.meta.max_length)["input_ids"]
 

@@ -868,6 +868,15 @@ def test_a_domain_tagged_model_learns_each_domains_convention_and_serving_reads_
     # the stream's path (encode off the model thread, then predict_encoded) reads text as news too
     streamed = clf.predict_encoded(clf.encode(texts))
     assert [p.sentiment for p in streamed] == [p.sentiment for p in clf.predict(texts, domain="news")]
+    # settings.model.reads_as: the worker, the API and the backtest read text as tweets when told (a backtest over
+    # StockNet's tweets); the backtest's score cache keeps the two readings apart
+    from finsent.backtest.run import score_key
+
+    tweets = Classifier.from_settings(out, ModelChoice(backend="torch", reads_as="twitter"))
+    assert [p.sentiment for p in tweets.predict(texts)] == [p.sentiment for p in as_tweets]
+    assert [p.sentiment for p in tweets.predict_encoded(tweets.encode(texts))] == [p.sentiment for p in as_tweets]
+    assert score_key(out, "torch", "twitter") != score_key(out, "torch", "news")
+    assert score_key(tiny_model_dir, "torch", "twitter") == score_key(tiny_model_dir, "torch")  # untagged: no effect
     # `finsent eval` reads the Twitter sets as tweets: this model calls every tweet neutral, so on the keyword-labelled
     # tiny Twitter set it scores about the neutral share (read as news it would score > 0.8)
     from finsent.model import report
