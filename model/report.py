@@ -382,11 +382,30 @@ def summary_lines(summary: dict) -> list[str]:
     return lines
 
 
+MLFLOW_POINTER = "mlflow.json"  # in a report directory: the MLflow runs of the evaluation and of the model's training
+
+
 def log_to_mlflow(clf: Classifier, out_dir: Path, summary: dict, uri: str = "") -> str:
-    """Record the report (metrics + Markdown + PNGs) as an MLflow run in the model's experiment."""
+    """Record the report (metrics + Markdown + PNGs) as an MLflow run in the model's experiment, and leave
+    ``mlflow.json`` in the report naming that run and the model's training run. Why: the tracking database is local
+    (``./mlruns.db``, not in the repository), so a clone's only record of which runs made a committed report is the
+    report itself."""
     import mlflow
 
-    mlflow.set_tracking_uri(uri or f"sqlite:///{Path('mlruns.db').resolve()}")
+    uri = uri or f"sqlite:///{Path('mlruns.db').resolve()}"
+    run_id = _log_run(mlflow, clf, out_dir, summary, uri)
+    pointer = {
+        "evaluation_run": run_id,
+        "training_run": clf.meta.metrics.get("mlflow_run"),  # recorded by training since session 35
+        "experiment": clf.meta.name,
+        "tracking_store": "./mlruns.db" if uri.endswith("/mlruns.db") else uri,
+    }
+    (out_dir / MLFLOW_POINTER).write_text(json.dumps(pointer, indent=2) + "\n")
+    return run_id
+
+
+def _log_run(mlflow: Any, clf: Classifier, out_dir: Path, summary: dict, uri: str) -> str:
+    mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(clf.meta.name)
     with mlflow.start_run(run_name=f"eval-{clf.meta.version}") as run:
         mlflow.set_tags(

@@ -282,6 +282,7 @@ class LoopState(TypedDict):
     average: NotRequired[dict[str, torch.Tensor]]  # weight averaging (average_from): the mean so far
     averaged: NotRequired[int]  # the samples in ``average``
     fingerprint: NotRequired[dict[str, Any]]  # TrainConfig.fingerprint of the run (absent before it was recorded)
+    mlflow_run: NotRequired[str]  # the MLflow run id, resumed with the run
 
 
 def _seed_everything(seed: int) -> None:
@@ -362,7 +363,10 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 class _Tracker:
     """MLflow when enabled and importable; otherwise nothing. Only rank 0 tracks."""
 
-    def __init__(self, cfg: TrainConfig, enabled: bool):
+    def __init__(self, cfg: TrainConfig, enabled: bool, resume_run: str | None = None):
+        """``resume_run``: the MLflow run a resumed training run continues (its id is kept in the checkpoint), so
+        that one run holds every epoch's metrics; a stopped run used to start a second MLflow run, and the last
+        one, the model's, lacked the earlier epochs."""
         self.run = None
         if not (enabled and cfg.mlflow):
             return
@@ -372,8 +376,18 @@ class _Tracker:
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment(cfg.name)
         self.mlflow = mlflow
+        if resume_run:
+            try:
+                self.run = mlflow.start_run(run_id=resume_run)
+                return  # its parameters were logged when it started (how a sitting runs may differ: max_steps)
+            except Exception as err:  # noqa: BLE001 - another tracking store, or the run deleted: start afresh
+                log.warning("MLflow run not resumed; starting a new one", extra={"run": resume_run, "error": str(err)})
         self.run = mlflow.start_run(run_name=cfg.version)
         mlflow.log_params({k: v for k, v in asdict(cfg).items() if k != "extra"})
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run.info.run_id if self.run else None
 
     def metrics(self, values: dict[str, float], step: int) -> None:
         if self.run:
@@ -477,7 +491,9 @@ def train(
     if ddp.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    tracker = _Tracker(cfg, ddp.main)
+    tracker = _Tracker(cfg, ddp.main, state.get("mlflow_run"))
+    if tracker.run_id:
+        state["mlflow_run"] = tracker.run_id
     log.info(
         "training",
         extra={
@@ -619,6 +635,7 @@ def train(
         "history": state["history"],
         "trainable_params": trainable,
         "total_params": total,
+        **({"mlflow_run": tracker.run_id} if tracker.run_id else {}),
     }
     out = Path(cfg.out_dir) / cfg.name / cfg.version
     artifact.save(out, best_model, tokenizer, best_meta)

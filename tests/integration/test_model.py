@@ -902,3 +902,28 @@ def test_domain_prefixes_must_name_both_domains(tmp_path, tiny_model_dir):
             dev=tiny_examples(8, seed=2),
             progress=False,
         )
+
+
+def test_a_resumed_run_continues_its_mlflow_run_and_the_report_names_both_runs(tmp_path, tiny_model_dir, tiny_data_dir):
+    """A stopped training run started a second MLflow run when resumed, and the model's lacked the first epochs;
+    a clone has no ``mlruns.db``, so the report directory now names the runs (``mlflow.json``)."""
+    import mlflow
+
+    from finsent.model.report import MLFLOW_POINTER, log_to_mlflow, run
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    train_set, dev_set = tiny_examples(64, seed=1), tiny_examples(16, seed=2)
+    tracked = {"epochs": 2, "mlflow": True, "mlflow_uri": uri}
+    assert train(_tiny_cfg(tmp_path, tiny_model_dir, max_steps=10, **tracked), examples=train_set, dev=dev_set) is None
+    out = train(_tiny_cfg(tmp_path, tiny_model_dir, **tracked), examples=train_set, dev=dev_set, progress=False)
+    run_id = artifact.load_meta(out).metrics["mlflow_run"]
+    client = mlflow.tracking.MlflowClient(uri)
+    assert len(client.search_runs([client.get_experiment_by_name("tiny").experiment_id])) == 1
+    assert [m.step for m in client.get_metric_history(run_id, "selection")] == [1, 2]  # both sittings' epochs
+
+    clf = Classifier.load(out, backend="torch")
+    report = tmp_path / "report"
+    eval_run = log_to_mlflow(clf, report, run(clf, tiny_data_dir, report), uri)
+    pointer = json.loads((report / MLFLOW_POINTER).read_text())
+    assert pointer["evaluation_run"] == eval_run and pointer["training_run"] == run_id
+    assert client.get_run(eval_run).data.tags["kind"] == "evaluation"
