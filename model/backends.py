@@ -315,6 +315,7 @@ _FIELDS: dict[str, type] = {
     "int8_recipe": str,
     "int8_plan_sha256": str,
     "backends": dict,
+    "toolchain": str,
 }
 
 
@@ -352,6 +353,9 @@ def _judge(directory: Path) -> tuple[dict | None, str]:
     measured_on = found.get("weights_sha256")
     if measured_on != onnxbuild.weights_digest(directory):
         return None, "export.json was measured on other weights" if measured_on else "export.json names no weights"
+    measured_with = found.get("toolchain")  # absent from tables measured before it was recorded: trusted as before
+    if measured_with and measured_with != onnxbuild.toolchain():
+        return None, f"export.json was measured with other library versions ({measured_with})"
     return found, ""
 
 

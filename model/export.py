@@ -159,6 +159,7 @@ def parity(
     return {
         "model": meta.full_name,
         "weights_sha256": onnxbuild.weights_digest(directory),
+        "toolchain": onnxbuild.toolchain(),  # the gate's verdicts hold for these library versions
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "texts": len(texts_t) + len(texts_s),
         "batch_size": batch_size,

@@ -99,6 +99,23 @@ def _locked(directory: Path) -> Iterator[None]:
 
 
 FILES = "files"  # build.json's section of each graph file's {"size", "sha256"}, as built
+TOOLS = "tools"  # build.json's section of the library versions each graph was built with (``toolchain``)
+
+
+def toolchain() -> str:
+    """The versions of the libraries that build and run a graph (torch exports it, onnx holds it, ONNX Runtime
+    quantises and runs it). A graph cached under other versions is rebuilt: an upgrade can change what the
+    exporter writes or how the quantiser rounds, and a graph reused across it would not be the one the export gate
+    measured."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for package in ("torch", "onnx", "onnxruntime"):
+        try:
+            found.append(f"{package}={version(package)}")
+        except PackageNotFoundError:
+            found.append(f"{package}=none")
+    return ",".join(found)
 
 
 def _stamps(directory: Path) -> dict[str, Any]:
@@ -127,6 +144,8 @@ def _write_stamp(directory: Path, name: str, digest: str) -> None:
     previous = stamps.get(FILES)
     files = previous if isinstance(previous, dict) else {}
     stamps[FILES] = {**files, name: {"size": path.stat().st_size, "sha256": file_digest(path)}}
+    tools = stamps.get(TOOLS)
+    stamps[TOOLS] = {**(tools if isinstance(tools, dict) else {}), name: toolchain()}
     replace_text(directory / STAMP, json.dumps(stamps, indent=2, sort_keys=True) + "\n")
 
 
@@ -134,6 +153,14 @@ def _fresh(stamps: dict[str, Any], path: Path, source: str) -> bool:
     """``path`` was built from ``source`` and is still byte for byte the file that was built (size first, so a
     truncated file costs no hashing). A stamp that matches a file that does not is logged: the graph is rebuilt."""
     if stamps.get(path.name) != source or not path.exists():
+        return False
+    tools = stamps.get(TOOLS)
+    built_with = tools.get(path.name) if isinstance(tools, dict) else None
+    if built_with != toolchain():
+        log.info(
+            "cached onnx graph was built with other library versions; rebuilding it",
+            extra={"path": str(path), "built_with": built_with, "now": toolchain()},
+        )
         return False
     file = (stamps.get(FILES) or {}).get(path.name)
     size = path.stat().st_size

@@ -286,6 +286,36 @@ def test_a_stamp_that_does_not_match_its_graph_file_rebuilds_it(tmp_path, tiny_m
     assert json.loads(stamp.read_text())["files"]["model.onnx"]["sha256"] == onnxbuild.file_digest(rebuilt)
 
 
+def test_a_graph_or_a_gate_verdict_from_other_library_versions_is_not_reused(tmp_path, tiny_model_dir):
+    """After an upgrade of torch, onnx or ONNX Runtime the cached graph is rebuilt (what the exporter writes, or how
+    the quantiser rounds, may have changed) and export.json's verdicts, measured with the old versions, are not
+    trusted; a table from before versions were recorded is trusted as before."""
+    import shutil
+
+    from finsent.model import onnxbuild
+    from finsent.model.backends import trusted_manifest
+
+    directory = tmp_path / "tiny" / "v1"
+    shutil.copytree(tiny_model_dir, directory, ignore=shutil.ignore_patterns("onnx", "export.json"))
+    graph = onnxbuild.ensure(directory)
+    built = graph.stat().st_mtime_ns
+    stamp = directory / "onnx" / "build.json"
+    stamps = json.loads(stamp.read_text())
+    assert stamps["tools"]["model.onnx"] == onnxbuild.toolchain() and "onnxruntime=" in onnxbuild.toolchain()
+    assert onnxbuild.ensure(directory).stat().st_mtime_ns == built  # same versions: kept
+    stamps["tools"]["model.onnx"] = "torch=1.0,onnx=1.0,onnxruntime=1.0"
+    stamp.write_text(json.dumps(stamps))
+    assert onnxbuild.ensure(directory).stat().st_mtime_ns != built
+
+    table = {"gate": 2, "weights_sha256": onnxbuild.weights_digest(directory), "recommended": "onnx"}
+    (directory / "export.json").write_text(json.dumps(table))
+    assert trusted_manifest(directory) is not None  # no versions recorded: as before
+    (directory / "export.json").write_text(json.dumps({**table, "toolchain": "torch=1.0,onnx=1.0,onnxruntime=1.0"}))
+    assert trusted_manifest(directory) is None
+    (directory / "export.json").write_text(json.dumps({**table, "toolchain": onnxbuild.toolchain()}))
+    assert trusted_manifest(directory) is not None
+
+
 def test_a_graph_onnx_runtime_cannot_load_is_rebuilt_once_then_auto_falls_back(
     tmp_path, tiny_model_dir, monkeypatch, caplog
 ):
