@@ -82,6 +82,8 @@ def test_passing_gate_registers_a_child_version(tmp_path, parent):
         max_drop=1.0,
         dev=tiny_examples(24, seed=2),
         replay_pool=tiny_examples(80, seed=1),
+        news_dev=[Example(f"Acme {w} guidance", sentiment=s) for w, s in (("raises", 2), ("cuts", 0), ("keeps", 1))]
+        * 4,
     )
     assert result.registered and result.registered_dir == tmp_path / "models" / "tiny" / "v2"
     assert artifact.versions(tmp_path / "models", "tiny") == ["v1", "v2"]
@@ -96,30 +98,21 @@ def test_passing_gate_registers_a_child_version(tmp_path, parent):
     assert table[0].split() == ["gate", "parent", "candidate"] and table[-1].startswith("registered ")
     sentiment = next(line for line in table if line.startswith("corrected items, sentiment accuracy"))
     assert f"{gate['sentiment']['parent']:.4f}" in sentiment and f"{gate['sentiment']['candidate']:.4f}" in sentiment
-
-
-def test_the_gate_also_holds_the_news_the_parent_was_taught(tmp_path, parent):
-    """Replay is Twitter only, so a fine-tune could wash out the news supervision (FinEntity's dev half) while the
-    Twitter dev score held: the gate measures that news too, and a drop there refuses the candidate."""
-    news_dev = [Example(f"Acme {w} guidance", sentiment=s) for w, s in (("raises", 2), ("cuts", 0), ("keeps", 1))] * 4
-    result = fine_tune(
-        parent,
-        _store(tmp_path / "fb.jsonl"),
-        _cfg(tmp_path, version="v2"),
-        replay=40,
-        max_drop=1.0,
-        dev=tiny_examples(24, seed=2),
-        replay_pool=tiny_examples(80, seed=1),
-        news_dev=news_dev,
-    )
-    news = artifact.load_meta(result.candidate_dir).metrics["feedback_gate"]["news_sentiment_accuracy"]
+    # and the news the parent was taught, when given (FinEntity's dev half by default)
+    news = meta.metrics["feedback_gate"]["news_sentiment_accuracy"]
     assert news["n"] == 12 and 0 <= news["parent"] <= 1 and 0 <= news["candidate"] <= 1
-    assert any(line.startswith("news (FinEntity dev), sentiment acc.") for line in result.table().splitlines())
-    dropped = replace(result, registered=False, parent_score=0.5, candidate_score=0.5, max_drop=0.01)
-    dropped = replace(dropped, news={"n": 12.0, "parent": 0.9, "candidate": 0.8})
-    assert not dropped.news_held
+    assert any(line.startswith("news (FinEntity dev), sentiment acc.") for line in table)
+
+
+def test_the_gate_also_holds_the_news_the_parent_was_taught(tmp_path):
+    """Replay is Twitter only, so a fine-tune could wash out the news supervision (FinEntity's dev half) while the
+    Twitter dev score held: a drop beyond the margin on that news refuses the candidate, and says so."""
+    held = GateResult(False, 0.5, 0.5, 0.01, tmp_path, None, 12, 40, None, {"n": 12.0, "parent": 0.9, "candidate": 0.8})
+    assert not held.news_held
     with pytest.raises(GateRefused, match=r"news sentiment accuracy 0\.8000 against the parent's 0\.9000"):
-        dropped.check()
+        held.check()
+    assert replace(held, news={"n": 12.0, "parent": 0.9, "candidate": 0.895}).news_held
+    assert replace(held, news=None).news_held  # not measured (no FinEntity, or dev sets passed in)
 
 
 def test_failing_gate_registers_nothing(tmp_path, parent):
