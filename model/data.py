@@ -272,9 +272,13 @@ def _untrained(examples: list[Example], train_part: list[Example]) -> list[Examp
 
 
 def sentfin_entity_heldout(data_dir: Path) -> list[Example]:
-    """SEntFiN (headline, entity) rows whose headline is not in the SEntFiN training part: the held-out headlines'
-    entities, and those of headlines with mixed labels, which no set trains on."""
-    return _untrained(sentfin_entities(data_dir), split_heldout("sentfin-headline", sentfin_headlines(data_dir))[0])
+    """SEntFiN (headline, entity) rows of the headlines the SEntFiN cut holds out (``is_heldout``, applied to every
+    headline, mixed ones too), minus any whose headline is in the training part up to case: the same 20 % sample of
+    headlines as the consensus held-out row, with the whole set's mix of agreeing and mixed headlines. (Taking every
+    untrained headline instead would take all the mixed ones, whose entities an entity-blind model cannot all get
+    right: a harder set than the one it stands in for.)"""
+    held = [ex for ex in sentfin_entities(data_dir) if is_heldout("sentfin-headline", ex.text)]
+    return _untrained(held, split_heldout("sentfin-headline", sentfin_headlines(data_dir))[0])
 
 
 def phrasebank_allagree_heldout(data_dir: Path) -> list[Example]:
@@ -375,7 +379,7 @@ NEWS_SETS: tuple[NewsSet, ...] = (
         (NEG, NEU, POS),
         "sentfin/sentfin_entities.csv",
         "unknown (treat as NC)",
-        "SEntFiN (headline, entity) rows whose headline is outside SEntFiN's training part",
+        "SEntFiN (headline, entity) rows of the held-out 20 % of headlines (mixed ones included, as in the whole set)",
         scored=False,
     ),
     NewsSet(
