@@ -180,7 +180,7 @@ def export_table(report: dict) -> list[str]:
             lines.append(f"{'':<24} refused: {'; '.join(failed) or 'by the gate'}")
     invariance = report.get("min_batch_invariance", MIN_BATCH_INVARIANCE)
     lines.append(
-        f"gate: accuracy drop <= {report['max_accuracy_drop']} on each head, agreement >= {report['min_agreement']}, "
+        f"gate: accuracy drop <= {report['max_accuracy_drop']} on each head, agreement >= {report['min_agreement']} (each head and both), "
         f"batch invariance >= {invariance}; int8 recipe: {report['int8_recipe'] or 'none passed'}; "
         f"recommended CPU backend: {report['recommended']}"
     )
