@@ -452,15 +452,16 @@ def score_key(model_dir: Path, served: str, reads_as: str = "news") -> str:
     from finsent.model import artifact, int8_static, onnxbuild
 
     recipe = served_recipe(model_dir, served)
+    meta = artifact.load_meta(model_dir)
     parts = [
-        artifact.load_meta(model_dir).full_name,
+        meta.full_name,
         served,
         recipe,
         f"weights:{onnxbuild.weights_digest(model_dir)[:16]}",
     ]
     if recipe == "int8-static":
         parts.append(f"plan:{(int8_static.current_plan_digest(model_dir) or 'none')[:16]}")
-    if artifact.load_meta(model_dir).domain_prefixes:  # a tagged model scores tweets and headlines differently
+    if meta.domain_prefixes:  # a tagged model scores tweets and headlines differently
         parts.append(f"reads:{reads_as}")
     return "/".join(parts)
 
