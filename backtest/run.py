@@ -476,9 +476,10 @@ def backtest_archive(
     data_range: tuple[datetime | None, datetime | None] = (None, None),
 ) -> BacktestReport:
     """``run_backtest`` with the settings' model and the on-disk score cache: the model is loaded only when
-    something is not cached yet, and scores are cached per ``score_key`` (model version, backend served, its graph, weights and static plan). Batches are scored side
-    by side, one single-threaded call per core unless ``model.threads`` says otherwise (``finsent.model.placement``;
-    the model loads lazily, so the count cannot depend on the backend: with torch the calls share its threads)."""
+    something is not cached yet, and scores are cached per ``score_key`` (model version, backend served, its graph,
+    weights and static plan). Batches are scored side by side, one single-threaded call per core unless
+    ``model.threads`` says otherwise (``finsent.model.placement``; the model loads lazily, so the count cannot depend
+    on the backend: with torch the calls share its threads)."""
     from finsent.model import Classifier
     from finsent.model.placement import calls_for_threads, side_by_side
 
