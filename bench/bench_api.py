@@ -28,7 +28,6 @@ import asyncio
 import functools
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-from benchkit import command_of, goal, write_results
+from benchkit import command_of, goal, info_labels, write_results
 
 from finsent.local.feeds import load_rows
 from finsent.local.procs import Child, http_ok
@@ -82,10 +81,7 @@ def batch_histogram(base: str) -> tuple[float, float]:
 
 def model_info(metrics_text: str) -> dict[str, str]:
     """The labels of ``finsent_api_model_info`` in a /metrics page: model, backend, recipe, accepted ({}: none)."""
-    for line in metrics_text.splitlines():
-        if line.startswith("finsent_api_model_info{"):
-            return dict(re.findall(r'(\w+)="([^"]*)"', line.split("{", 1)[1].rsplit("}", 1)[0]))
-    return {}
+    return info_labels(metrics_text, "finsent_api_model_info")
 
 
 def check_same_model(bare: dict, served: dict[str, str]) -> None:

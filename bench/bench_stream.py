@@ -60,7 +60,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-from benchkit import command_of, cpu_between, goal, thread_cpu, write_results
+from benchkit import command_of, cpu_between, goal, info_labels, thread_cpu, write_results
 from kafka import KafkaConsumer, KafkaProducer
 from synthetic import observations
 
@@ -250,10 +250,7 @@ def stage_breakdown(before: dict[str, dict], after: dict[str, dict]) -> dict[str
 
 def served_backend(url: str) -> str | None:
     """The ``backend`` label of the worker's ``finsent_worker_model_info``."""
-    for line in httpx.get(url, timeout=5).text.splitlines():
-        if line.startswith("finsent_worker_model_info{") and 'backend="' in line:
-            return line.split('backend="', 1)[1].split('"', 1)[0]
-    return None
+    return info_labels(httpx.get(url, timeout=5).text, "finsent_worker_model_info").get("backend")
 
 
 def scored_total(url: str) -> float:

@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -82,6 +83,15 @@ def cpu_model() -> str | None:
     except OSError:
         pass
     return platform.processor() or None
+
+
+def info_labels(metrics_text: str, metric: str) -> dict[str, str]:
+    """The labels of an ``*_info`` gauge in a /metrics page ({}: not there): what a worker or an API says it serves
+    (``finsent_worker_model_info``, ``finsent_api_model_info``), read by every benchmark the same way."""
+    for line in metrics_text.splitlines():
+        if line.startswith(metric + "{"):
+            return dict(re.findall(r'(\w+)="([^"]*)"', line.split("{", 1)[1].rsplit("}", 1)[0]))
+    return {}
 
 
 def write_results(results: dict, command: str, out: Path) -> None:

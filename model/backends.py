@@ -447,12 +447,6 @@ def _warn_unaccepted(name: str, recipe: str, why: str, batch_invariant: bool) ->
     )
 
 
-def graph_path(directory: Path, recipe: str, rebuild: bool = False) -> Path:
-    """The ONNX graph of ``recipe`` (fp32 or an int8 recipe), built (and cached) on first use; ``rebuild``: built
-    again now."""
-    return onnxbuild.ensure(directory, recipe, rebuild)
-
-
 def _onnx_backend(
     directory: Path, name: str, recipe: str, accepted: bool, opener: Callable[..., OnnxBackend]
 ) -> OnnxBackend:
@@ -463,10 +457,10 @@ def _onnx_backend(
     build gone wrong, an ONNX Runtime that reads it differently). Once, not in a loop: a second failure is the
     caller's to answer (fall back, or stop with the GraphError)."""
     try:
-        return opener(graph_path(directory, recipe), name, accepted=accepted)
+        return opener(onnxbuild.ensure(directory, recipe), name, accepted=accepted)
     except errors.GraphError as err:
         log.warning(f"{name} graph does not load; rebuilding it once", extra={"error": str(err)[:300]})
-    return opener(graph_path(directory, recipe, rebuild=True), name, accepted=accepted)
+    return opener(onnxbuild.ensure(directory, recipe, rebuild=True), name, accepted=accepted)
 
 
 def _onnx_choice(directory: Path, name: str, auto: bool, opener: Callable[..., OnnxBackend]) -> OnnxBackend:

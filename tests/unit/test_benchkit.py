@@ -94,3 +94,14 @@ def test_the_api_benchmark_stops_when_the_server_serves_another_backend():
         bench_api.check_same_model({"model": "m@1", "backend": "onnx", "recipe": "fp32"}, served)
     with pytest.raises(SystemExit):
         bench_api.check_same_model({"model": "m@1", "backend": "onnx-int8", "recipe": "int8-static"}, {})
+
+
+def test_the_benchmarks_read_what_a_service_serves_from_its_info_gauge():
+    page = (
+        "# HELP finsent_worker_model_info ...\n"
+        'finsent_worker_items_scored_total{backend="not-this"} 3.0\n'
+        'finsent_worker_model_info{accepted="false",backend="onnx-int8",model="m@1",recipe="int8-dynamic-pc"} 1.0\n'
+    )
+    labels = benchkit.info_labels(page, "finsent_worker_model_info")
+    assert labels == {"accepted": "false", "backend": "onnx-int8", "model": "m@1", "recipe": "int8-dynamic-pc"}
+    assert benchkit.info_labels(page, "finsent_api_model_info") == {}
