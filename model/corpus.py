@@ -26,7 +26,9 @@ from finsent.model.data import (
     Example,
     finentity,
     finentity_spans,
+    in_news_dev,
     news_unlabelled,
+    normalised,
     phrasebank_train_part,
     reuters_topics,
     sentfin_headlines,
@@ -82,19 +84,45 @@ def run_licence(set_names: list[str], *inherited: str) -> str:
     return licence_of(set_names)
 
 
+def split_news_dev(name: str, rows: list[Example], fraction: float) -> tuple[list[Example], list[Example]]:
+    """(rows to train on, news dev rows) of one set's training part. A dev text that equals a kept text up to case
+    and spacing is dropped from dev, as the held-out cut does (``data.split_heldout``)."""
+    if not fraction:
+        return rows, []
+    dev_side = [in_news_dev(name, ex.text, fraction) for ex in rows]
+    kept = [ex for ex, d in zip(rows, dev_side) if not d]
+    trained = {normalised(ex.text) for ex in kept}
+    return kept, [ex for ex, d in zip(rows, dev_side) if d and normalised(ex.text) not in trained]
+
+
+def news_dev(data_dir: Path, set_names: list[str], fraction: float) -> list[Example]:
+    """The news dev slice of every named labelled set (``split_news_dev``): selection data cut from training data,
+    so that choosing an epoch or a run never looks at a held-out row."""
+    licence_of(set_names)
+    out: list[Example] = []
+    for name in set_names:
+        if TRAIN_SETS[name].unlabelled or not fraction:
+            continue
+        dev = split_news_dev(name, TRAIN_SETS[name].load(data_dir), fraction)[1]
+        log.info("news dev slice", extra={"set": name, "examples": len(dev), "fraction": fraction})
+        out.extend(dev)
+    return out
+
+
 def extra_examples(
-    data_dir: Path, set_names: list[str], repeat: int = 1, augment: int = 0, seed: int = 0
+    data_dir: Path, set_names: list[str], repeat: int = 1, augment: int = 0, seed: int = 0, dev_fraction: float = 0.0
 ) -> list[Example]:
     """The named labelled sets' training parts, each repeated ``repeat`` times (small in-domain sets), plus
     ``augment`` label-preserving rewrites of each example (``finsent.model.augment``: entity swaps where the set
-    annotates entities, ``TrainSet.entity_spans``, and changed figures)."""
+    annotates entities, ``TrainSet.entity_spans``, and changed figures). ``dev_fraction``: the news dev slice
+    (``news_dev``) is left out."""
     licence_of(set_names)
     out: list[Example] = []
     for name in set_names:
         if TRAIN_SETS[name].unlabelled:
             continue
         train_set = TRAIN_SETS[name]
-        rows = train_set.load(data_dir)
+        rows = split_news_dev(name, train_set.load(data_dir), dev_fraction)[0]
         rewrites: list[Example] = []
         if augment:
             spans = train_set.entity_spans(data_dir) if train_set.entity_spans is not None else {}

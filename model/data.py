@@ -406,6 +406,14 @@ def is_heldout(set_name: str, text: str, fraction: float = HELDOUT_FRACTION) -> 
     return int.from_bytes(digest, "big") / 2**64 < fraction
 
 
+def in_news_dev(set_name: str, text: str, fraction: float) -> bool:
+    """The news dev slice of a set's training part (``TrainConfig.news_dev_fraction``): a hash of (set, text) under
+    its own salt, so it is stable across runs, independent of the held-out cut, and identical texts fall together.
+    Why it exists: models are chosen on dev only, and a Twitter dev slice cannot see how a model reads news."""
+    digest = hashlib.blake2b(f"newsdev:{set_name}:{text}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < fraction
+
+
 def split_heldout(set_name: str, examples: list[Example]) -> tuple[list[Example], list[Example]]:
     """(train part, held-out part) of a set. The cut hashes the text as given; a held-out text that is the same as
     a train-part text up to case and spacing (``normalised``) is dropped from the held-out part, so that no held-out

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from finsent.errors import ConfigError
 from finsent.model import artifact, checkpoint, corpus
 from finsent.model.batching import bucketed_batches, pad, sorted_batches
-from finsent.model.data import IGNORE, Example, check_data_dir, load_twitter
+from finsent.model.data import IGNORE, Example, check_data_dir, load_twitter, normalised
 from finsent.model.domain import check_prefixes, tag
 from finsent.model.licence import commercial
 from finsent.model.network import MultiTaskModel
@@ -74,6 +74,10 @@ class TrainConfig:
     seed: int = 13
     patience: int = 2
     dev_fraction: float = 0.1
+    # >0: this fraction of every labelled extra set's training part (corpus.news_dev) is not trained on but scored
+    # beside the Twitter dev slice, and an epoch (and a run, by its dev) is chosen on the mean of the two. Why: the
+    # Twitter dev slice alone cannot see news, and the held-out rows must never choose a model
+    news_dev_fraction: float = 0.0
     limit_train: int = 0  # >0: use only the first N training examples (tests, smoke runs)
     limit_dev: int = 0
     checkpoint_every: int = 200  # steps; a stopped run resumes from the last one
@@ -141,6 +145,12 @@ class TrainConfig:
             raise ValueError("weight averaging needs full fine-tuning (lora = false) and average_every >= 1")
         if not 0 < self.layer_lr_decay <= 1:
             raise ValueError(f"layer_lr_decay is a factor in (0, 1]: got {self.layer_lr_decay}")
+        if not 0 <= self.news_dev_fraction < 1:
+            raise ValueError(
+                f"news_dev_fraction is a fraction of each extra set, in [0, 1): got {self.news_dev_fraction}"
+            )
+        if self.news_dev_fraction and not [n for n in self.train_sets if not corpus.TRAIN_SETS[n].unlabelled]:
+            raise ValueError("news_dev_fraction needs a labelled set in train_sets to cut the news dev slice from")
         if self.max_steps and not self.version:
             raise ValueError("max_steps needs a version (--version): the rerun that resumes must name the same one")
 
@@ -264,6 +274,23 @@ def evaluate(model, data: Encoded, pad_id: int, device, batch_size: int) -> dict
             out[f"_{head}_labels"] = labels[sel]
     out["selection"] = float(np.mean([out.get("topic_macro_f1", 0.0), out.get("sentiment_macro_f1", 0.0)]))
     return out
+
+
+def evaluate_dev(model, dev: Encoded, news: Encoded | None, pad_id: int, device, batch_size: int) -> dict[str, Any]:
+    """``evaluate`` on the Twitter dev slice; with a news dev slice (``news_dev_fraction``) also its scores, as
+    ``news_*``, and ``selection`` becomes the mean of the two slices' (news: the mean macro-F1 of the heads it
+    labels; a head none of its sets labels is not counted as zero). The ``_``-keys stay the Twitter slice's: the
+    temperatures are fitted there, as before."""
+    result = evaluate(model, dev, pad_id, device, batch_size)
+    if news is None:
+        return result
+    scored = evaluate(model, news, pad_id, device, batch_size)
+    result.update({f"news_{k}": v for k, v in scored.items() if not k.startswith("_") and k != "selection"})
+    heads = [scored[f"{h}_macro_f1"] for h in ("topic", "sentiment") if f"{h}_macro_f1" in scored]
+    result["twitter_selection"] = result["selection"]
+    result["news_selection"] = float(np.mean(heads))
+    result["selection"] = (result["twitter_selection"] + result["news_selection"]) / 2
+    return result
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -450,18 +477,32 @@ def train(
                 examples, Path(cfg.pseudo_from), cfg.pseudo_threshold, cfg.pseudo_polar_threshold or None
             )
         examples = examples + corpus.extra_examples(
-            Path(cfg.data_dir), cfg.train_sets, cfg.train_set_repeat, cfg.train_set_augment, cfg.seed
+            Path(cfg.data_dir),
+            cfg.train_sets,
+            cfg.train_set_repeat,
+            cfg.train_set_augment,
+            cfg.seed,
+            cfg.news_dev_fraction,
         )
         teacher = Path(cfg.self_train_from) if cfg.self_train_from else None
         examples = (
             examples + corpus.self_train(Path(cfg.data_dir), cfg.train_sets, teacher, cfg.self_train_threshold)[0]
         )
+        news_dev = corpus.news_dev(Path(cfg.data_dir), cfg.train_sets, cfg.news_dev_fraction)
+        if news_dev:  # no copy of a news dev text is trained on, from any source (the Twitter sets, unlabelled ones)
+            held = {normalised(ex.text) for ex in news_dev}
+            before = len(examples)
+            examples = [ex for ex in examples if normalised(ex.text) not in held]
+            log.info("news dev slice", extra={"examples": len(news_dev), "twins_left_out": before - len(examples)})
+    else:
+        news_dev = []
     if cfg.limit_train:
         examples = examples[: cfg.limit_train]
     if cfg.limit_dev:
         dev = dev[: cfg.limit_dev]
     train_data = encode(examples, tokenizer, cfg.max_length, cfg.domain_prefixes)
     dev_data = encode(dev, tokenizer, cfg.max_length, cfg.domain_prefixes)
+    news_dev_data = encode(news_dev, tokenizer, cfg.max_length, cfg.domain_prefixes) if news_dev else None
     pad_id = tokenizer.pad_token_id or 0
 
     global_batch = cfg.batch_size * ddp.world
@@ -499,6 +540,7 @@ def train(
         extra={
             "train_examples": len(train_data.ids),
             "dev_examples": len(dev_data.ids),
+            "news_dev_examples": len(news_dev),
             "steps_per_epoch": steps_per_epoch,
             "trainable_params": trainable,
             "total_params": total,
@@ -582,7 +624,7 @@ def train(
                 return None
         bar.close()
         minutes = (time.monotonic() - started) / 60
-        result = evaluate(model, dev_data, pad_id, device, cfg.eval_batch_size)
+        result = evaluate_dev(model, dev_data, news_dev_data, pad_id, device, cfg.eval_batch_size)
         public = {k: v for k, v in result.items() if not k.startswith("_")}
         public.update(epoch=epoch + 1, minutes=minutes, train_loss=running)
         state["history"].append(public)
@@ -610,7 +652,7 @@ def train(
     if state.get("average"):
         averaged = copy.deepcopy(model)
         averaged.load_state_dict(state["average"], strict=False)
-        result = evaluate(averaged, dev_data, pad_id, device, cfg.eval_batch_size)
+        result = evaluate_dev(averaged, dev_data, news_dev_data, pad_id, device, cfg.eval_batch_size)
         public = {k: v for k, v in result.items() if not k.startswith("_")}
         public.update(averaged=state["averaged"], from_step=average_start)
         state["history"].append({"average": public})
@@ -621,7 +663,7 @@ def train(
             chosen, state["best"] = average_dir, result["selection"]
     best_model, _, best_meta = artifact.load(chosen)
     best_model.to(device)
-    result = evaluate(best_model, dev_data, pad_id, device, cfg.eval_batch_size)
+    result = evaluate_dev(best_model, dev_data, news_dev_data, pad_id, device, cfg.eval_batch_size)
     best_meta.temperature_topic = (
         fit_temperature(result["_topic_logits"], result["_topic_labels"]) if "_topic_logits" in result else 1.0
     )

@@ -12,13 +12,16 @@ from finsent.model.corpus import (
     TRAIN_SETS,
     extra_examples,
     licence_of,
+    news_dev,
     pseudo_label,
     self_train,
+    split_news_dev,
 )
 from finsent.model.data import (
     IGNORE,
     Example,
     finbert_test_split,
+    in_news_dev,
     is_heldout,
     news_unlabelled,
     phrasebank,
@@ -60,6 +63,33 @@ def test_extra_sets_train_only_outside_their_heldout_part():
     rows = extra_examples(FIXTURES, ["sp500-posneg"], repeat=2)
     held = {e.text for e in split_heldout("sp500-posneg", TRAIN_SETS["sp500-posneg"].load(FIXTURES))[1]}
     assert rows and not held & {e.text for e in rows} and len(rows) % 2 == 0
+
+
+def test_the_news_dev_slice_is_cut_from_the_training_part_and_never_trained_on():
+    """Selection data for news (``news_dev_fraction``): a stable, salted cut of each set's training part, so no
+    held-out row can choose a model and no dev row is trained on, not even as a copy differing in case."""
+    texts = [f"Company {i} shares move on results" for i in range(4000)]
+    dev = [t for t in texts if in_news_dev("sp500-posneg", t, 0.1)]
+    assert 0.08 < len(dev) / len(texts) < 0.12 and dev == [t for t in texts if in_news_dev("sp500-posneg", t, 0.1)]
+    assert dev != [t for t in texts if in_news_dev("sentfin-headline", t, 0.1)]
+    assert set(dev) != {t for t in texts if is_heldout("sp500-posneg", t, 0.1)}  # its own salt, not the held-out cut
+
+    part = TRAIN_SETS["sp500-posneg"].load(FIXTURES)
+    kept, cut = split_news_dev("sp500-posneg", part, 0.5)
+    assert kept and cut and sorted(e.text for e in kept + cut) == sorted(e.text for e in part)
+    assert {e.text for e in cut} == {e.text for e in news_dev(FIXTURES, ["sp500-posneg"], 0.5)}
+    trained = {e.text for e in extra_examples(FIXTURES, ["sp500-posneg"], dev_fraction=0.5)}
+    assert trained == {e.text for e in kept} and not trained & {e.text for e in cut}
+    assert split_news_dev("sp500-posneg", part, 0.0) == (part, [])
+
+    # a dev text whose twin (same up to case and spacing) stays on the training side is not scored
+    twin = next(
+        i for i in range(1000) if in_news_dev("x", f"Twin {i} up", 0.5) != in_news_dev("x", f"TWIN  {i} UP", 0.5)
+    )
+    kept, cut = split_news_dev(
+        "x", [Example(f"Twin {twin} up", sentiment=2), Example(f"TWIN  {twin} UP", sentiment=2)], 0.5
+    )
+    assert len(kept) == 1 and cut == []
 
 
 def test_shipped_run_configs_parse_and_the_default_one_is_commercial():

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_examples
+from conftest import tiny_examples, write_tiny_data
 
 from finsent import errors
 from finsent.model import Classifier, artifact
@@ -508,6 +508,30 @@ def test_a_resume_under_other_settings_is_refused_and_a_finished_early_stop_is_n
     assert len(artifact.load_meta(out).metrics["history"]) == 2
     again = train(_tiny_cfg(tmp_path / "es", tiny_model_dir, **stops), examples=train_set, dev=dev_set, progress=False)
     assert len(artifact.load_meta(again).metrics["history"]) == 2
+
+
+def test_a_news_dev_slice_is_scored_every_epoch_and_chooses_beside_the_twitter_one(tmp_path, tiny_model_dir):
+    """With ``news_dev_fraction`` the run scores a slice cut from its news set's training part each epoch, and the
+    epoch is chosen on the mean of the Twitter and the news selection scores (news: only the heads it labels)."""
+    import csv
+
+    data = write_tiny_data(tmp_path / "data")
+    (data / "sp500-headlines-posneg").mkdir()
+    with (data / "sp500-headlines-posneg" / "sp500_headlines_posneg.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["headline", "label"])
+        for i in range(120):
+            w.writerow(
+                [f"Acme {i} shares {'soar' if i % 2 else 'plunge'} after report", "positive" if i % 2 else "negative"]
+            )
+    cfg = _tiny_cfg(tmp_path, tiny_model_dir, epochs=2, data_dir=str(data), train_sets=["sp500-posneg"])
+    cfg.news_dev_fraction = 0.25
+    meta = artifact.load_meta(train(cfg, progress=False))
+    for scored in [*meta.metrics["history"], meta.metrics["dev"]]:
+        assert "news_sentiment_accuracy" in scored and "news_topic_accuracy" not in scored
+        assert scored["news_selection"] == scored["news_sentiment_macro_f1"]  # S&P labels no topic: not a zero
+        assert scored["selection"] == pytest.approx((scored["twitter_selection"] + scored["news_selection"]) / 2)
+    assert meta.metrics["dev"]["selection"] == pytest.approx(max(h["selection"] for h in meta.metrics["history"]))
 
 
 def test_a_continued_model_keeps_its_parents_training_sets_and_licence(tmp_path, tiny_model_dir):
