@@ -1,4 +1,4 @@
-"""Commands of the model: pre-train, train, evaluate, export."""
+"""Commands of the model: pre-train, train, select, evaluate, export."""
 
 from __future__ import annotations
 
@@ -92,6 +92,21 @@ def pretrain(
         run_config, version=version or None, limit=limit, max_steps=max_steps, out_dir=out_dir
     )
     typer.echo(str(run_pretraining(cfg, progress=sys.stderr.isatty())))
+
+
+@app.command()
+def select(
+    models: Annotated[
+        list[Path], typer.Argument(help="Finished runs' model directories, scored on the same dev slices.")
+    ],
+) -> None:
+    """Choose among finished runs on their dev scores alone (never on held-out or test rows): a table, best first,
+    then the chosen directory on the last line."""
+    from finsent.model.selection import choose, table
+
+    chosen, ranked = choose(models)
+    typer.echo(table(ranked))
+    typer.echo(str(chosen.path))
 
 
 @app.command("eval")

@@ -981,3 +981,31 @@ def test_a_resumed_run_continues_its_mlflow_run_and_the_report_names_both_runs(t
     pointer = json.loads((report / MLFLOW_POINTER).read_text())
     assert pointer["evaluation_run"] == eval_run and pointer["training_run"] == run_id
     assert client.get_run(eval_run).data.tags["kind"] == "evaluation"
+
+
+def test_runs_are_chosen_on_dev_alone_and_only_among_runs_scored_on_the_same_slices(tmp_path, tiny_model_dir):
+    """``finsent select``: the run with the best dev selection wins whatever its held-out rows would say; runs
+    scored on other dev slices, or one without a news dev score beside ones with it, are refused, not ranked."""
+    import shutil
+
+    from finsent.model.selection import choose, table
+
+    def run(name: str, dev: dict, **slices) -> Path:
+        d = tmp_path / name
+        shutil.copytree(tiny_model_dir, d)
+        meta = json.loads((d / "meta.json").read_text())
+        meta.update(version=name, metrics={"dev": dev, "heldout_never_read": 0.99 if name == "a" else 0.1})
+        (d / "meta.json").write_text(json.dumps(meta))
+        config = {"dev_fraction": 0.1, "news_dev_fraction": 0.1, "train_sets": ["sp500-posneg"], **slices}
+        (d / "train_config.json").write_text(json.dumps(config))
+        return d
+
+    a = run("a", {"selection": 0.80, "twitter_selection": 0.85, "news_selection": 0.75})
+    b = run("b", {"selection": 0.82, "twitter_selection": 0.83, "news_selection": 0.81})
+    chosen, ranked = choose([a, b])
+    assert chosen.path == b and [c.path for c in ranked] == [b, a]
+    assert table(ranked).splitlines()[2].startswith("| tiny@b | 0.8200")
+    with pytest.raises(errors.ConfigError, match="other dev slices.*news_dev_fraction"):
+        choose([a, run("c", {"selection": 0.9, "news_selection": 0.9}, news_dev_fraction=0.2)])
+    with pytest.raises(errors.ConfigError, match="no news dev score"):
+        choose([a, run("d", {"selection": 0.9})])
