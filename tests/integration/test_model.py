@@ -1005,7 +1005,7 @@ def test_runs_are_chosen_on_dev_alone_and_only_among_runs_scored_on_the_same_sli
     chosen, ranked = choose([a, b])
     assert chosen.path == b and [c.path for c in ranked] == [b, a]
     assert table(ranked).splitlines()[2].startswith("| tiny@b | 0.8200")
-    with pytest.raises(errors.ConfigError, match="other dev slices.*news_dev_fraction"):
+    with pytest.raises(errors.ConfigError, match=r"other dev slices.*news_dev_fraction"):
         choose([a, run("c", {"selection": 0.9, "news_selection": 0.9}, news_dev_fraction=0.2)])
     with pytest.raises(errors.ConfigError, match="no news dev score"):
         choose([a, run("d", {"selection": 0.9})])
