@@ -17,6 +17,18 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     }
 
 
+def present_class_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """Accuracy and macro-F1 over the classes the truth holds. Why not ``scores``: on a slice that holds few of a
+    head's classes (the news dev slice's Reuters titles: 7 of 20 topics, some with 29 rows) every stray prediction
+    into an absent class adds a class of F1 zero to the mean, so a handful of such calls moves it by 10 pt and
+    chooses the epoch (session 36: 0.62 -> 0.52 while accuracy rose)."""
+    present = np.unique(y_true)
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+    }
+
+
 def sentiment_scores(
     y_true: np.ndarray, y_pred: np.ndarray, labels: tuple[int, ...] | list[int], n_classes: int = 3, neutral: int = 1
 ) -> dict:

@@ -1,16 +1,19 @@
 """Choose among finished runs on their dev scores alone.
 
 Why: a model chosen on the rows that report it overstates them (the research builds before session 36 were adopted
-under "dev and every held-out goal row"). A run's ``meta.json`` holds the dev scores of the epoch it kept; runs are
-comparable only when they were scored on the same dev slices, so the slices' settings must agree, and a run
-without a news dev slice (``news_dev_fraction``) cannot be set against runs with one.
+under "dev and every held-out goal row"). Runs are comparable only on the same dev slices, so the slices' settings
+must agree, and a run without a news dev slice (``news_dev_fraction``) cannot be set against runs with one. The
+command scores every candidate again (``rescored_dev``) rather than trusting the scores each run stored: one
+scorer for all, whatever code version trained them (the news dev metric changed in session 36, mid-experiment).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from finsent.errors import ConfigError
 from finsent.model import artifact
@@ -30,9 +33,34 @@ class Candidate:
         return float(self.dev["selection"])
 
 
-def candidate(model_dir: Path) -> Candidate:
-    meta = artifact.load_meta(model_dir)
-    return Candidate(model_dir, meta.full_name, dict(meta.metrics.get("dev", {})))
+def stored_dev(model_dir: Path) -> dict[str, Any]:
+    """The dev scores the run stored in its ``meta.json`` (the epoch it kept)."""
+    return dict(artifact.load_meta(model_dir).metrics.get("dev", {}))
+
+
+def rescored_dev(model_dir: Path) -> dict[str, Any]:
+    """The model's dev scores computed now, on the dev slices its ``train_config.json`` names (read from its
+    ``data_dir``), by the scorer training uses (``train.evaluate_dev``)."""
+    import torch
+
+    from finsent.model import corpus
+    from finsent.model.data import check_data_dir, load_twitter
+    from finsent.model.train import encode, evaluate_dev
+
+    config = json.loads((model_dir / "train_config.json").read_text())
+    data_dir = Path(config["data_dir"])
+    check_data_dir(data_dir, "training data directory", "run from the directory the runs were trained in")
+    model, tokenizer, meta = artifact.load(model_dir)
+    max_length, prefixes = int(config.get("max_length", meta.max_length)), meta.domain_prefixes
+    dev = encode(load_twitter(data_dir, config.get("dev_fraction", 0.1)).dev, tokenizer, max_length, prefixes)
+    news = corpus.news_dev(data_dir, config.get("train_sets", []), config.get("news_dev_fraction", 0.0))
+    news_data = encode(news, tokenizer, max_length, prefixes) if news else None
+    result = evaluate_dev(model, dev, news_data, tokenizer.pad_token_id or 0, torch.device("cpu"), 128)
+    return {k: v for k, v in result.items() if not k.startswith("_")}
+
+
+def candidate(model_dir: Path, score: Callable[[Path], dict[str, Any]] = stored_dev) -> Candidate:
+    return Candidate(model_dir, artifact.load_meta(model_dir).full_name, score(model_dir))
 
 
 def _slices(model_dir: Path) -> dict[str, object]:
@@ -45,8 +73,11 @@ def _slices(model_dir: Path) -> dict[str, object]:
     return {k: config.get(k) for k in DEV_SLICE_KEYS}
 
 
-def choose(model_dirs: list[Path]) -> tuple[Candidate, list[Candidate]]:
-    """(the chosen run, every run best first) by dev ``selection`` only; ties go to the first named."""
+def choose(
+    model_dirs: list[Path], score: Callable[[Path], dict[str, Any]] = stored_dev
+) -> tuple[Candidate, list[Candidate]]:
+    """(the chosen run, every run best first) by dev ``selection`` only (``score``: stored or ``rescored_dev``);
+    ties go to the first named."""
     if not model_dirs:
         raise ConfigError("name at least one model directory")
     slices = {d: _slices(d) for d in model_dirs}
@@ -55,7 +86,7 @@ def choose(model_dirs: list[Path]) -> tuple[Candidate, list[Candidate]]:
         if s != first:
             changed = sorted(k for k in DEV_SLICE_KEYS if s[k] != first[k])
             raise ConfigError(f"{d} was scored on other dev slices than {model_dirs[0]} ({', '.join(changed)})")
-    ranked = [candidate(d) for d in model_dirs]
+    ranked = [candidate(d, score) for d in model_dirs]
     missing = [c.name for c in ranked if "news_selection" not in c.dev]
     if missing and first["train_sets"]:
         raise ConfigError(f"{', '.join(missing)}: no news dev score (train with news_dev_fraction > 0)")

@@ -38,7 +38,7 @@ from finsent.model.data import IGNORE, Example, check_data_dir, load_twitter, no
 from finsent.model.domain import check_prefixes, tag
 from finsent.model.licence import commercial
 from finsent.model.network import MultiTaskModel
-from finsent.model.quality import fit_temperature, scores
+from finsent.model.quality import fit_temperature, present_class_scores, scores
 from finsent.model.text import prepare
 
 log = logging.getLogger("finsent.model.train")
@@ -279,14 +279,20 @@ def evaluate(model, data: Encoded, pad_id: int, device, batch_size: int) -> dict
 def evaluate_dev(model, dev: Encoded, news: Encoded | None, pad_id: int, device, batch_size: int) -> dict[str, Any]:
     """``evaluate`` on the Twitter dev slice; with a news dev slice (``news_dev_fraction``) also its scores, as
     ``news_*``, and ``selection`` becomes the mean of the two slices' (news: the mean macro-F1 of the heads it
-    labels; a head none of its sets labels is not counted as zero). The ``_``-keys stay the Twitter slice's: the
+    labels, each over the classes the slice holds, ``present_class_scores``; a head none of its sets labels is not
+    counted as zero). The ``_``-keys stay the Twitter slice's: the
     temperatures are fitted there, as before."""
     result = evaluate(model, dev, pad_id, device, batch_size)
     if news is None:
         return result
     scored = evaluate(model, news, pad_id, device, batch_size)
-    result.update({f"news_{k}": v for k, v in scored.items() if not k.startswith("_") and k != "selection"})
-    heads = [scored[f"{h}_macro_f1"] for h in ("topic", "sentiment") if f"{h}_macro_f1" in scored]
+    heads = []
+    for head in ("topic", "sentiment"):
+        if f"_{head}_labels" in scored:
+            labels, logits = scored[f"_{head}_labels"], scored[f"_{head}_logits"]
+            for key, value in present_class_scores(labels, logits.argmax(1)).items():
+                result[f"news_{head}_{key}"] = value
+            heads.append(result[f"news_{head}_macro_f1"])
     result["twitter_selection"] = result["selection"]
     result["news_selection"] = float(np.mean(heads))
     result["selection"] = (result["twitter_selection"] + result["news_selection"]) / 2

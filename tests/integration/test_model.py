@@ -526,12 +526,22 @@ def test_a_news_dev_slice_is_scored_every_epoch_and_chooses_beside_the_twitter_o
             )
     cfg = _tiny_cfg(tmp_path, tiny_model_dir, epochs=2, data_dir=str(data), train_sets=["sp500-posneg"])
     cfg.news_dev_fraction = 0.25
-    meta = artifact.load_meta(train(cfg, progress=False))
+    out = train(cfg, progress=False)
+    meta = artifact.load_meta(out)
     for scored in [*meta.metrics["history"], meta.metrics["dev"]]:
         assert "news_sentiment_accuracy" in scored and "news_topic_accuracy" not in scored
         assert scored["news_selection"] == scored["news_sentiment_macro_f1"]  # S&P labels no topic: not a zero
         assert scored["selection"] == pytest.approx((scored["twitter_selection"] + scored["news_selection"]) / 2)
     assert meta.metrics["dev"]["selection"] == pytest.approx(max(h["selection"] for h in meta.metrics["history"]))
+
+    # `finsent select` scores a finished run again on the slices its train_config.json names: the same figures
+    # (up to the fp16 cast of the saved weights)
+    from finsent.model.selection import rescored_dev
+
+    again = rescored_dev(out)
+    assert again.keys() == meta.metrics["dev"].keys()
+    for key in ("selection", "news_selection", "twitter_selection"):
+        assert again[key] == pytest.approx(meta.metrics["dev"][key], abs=0.02)
 
 
 def test_a_continued_model_keeps_its_parents_training_sets_and_licence(tmp_path, tiny_model_dir):

@@ -31,7 +31,7 @@ from finsent.model.data import (
     sentivent_headlines,
     sp500_posneg,
 )
-from finsent.model.quality import fit_offsets, restricted_accuracy, sentiment_scores
+from finsent.model.quality import fit_offsets, present_class_scores, restricted_accuracy, sentiment_scores
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "news"
 
@@ -341,3 +341,14 @@ def test_a_limited_eval_is_a_partial_report_kept_apart_from_the_models(tmp_path,
     assert "**Partial report** (`--limit 2`)" in report.read_text()
     assert "partial report: at most 2 rows of each set" in proc.stdout
     assert json.loads((report.parent / "metrics.json").read_text())["limit"] == 2
+
+
+def test_news_dev_macro_f1_counts_only_the_classes_the_slice_holds():
+    """One stray call into a class the slice never holds must not add a class of F1 zero to the mean (session 36:
+    the news dev slice's Reuters titles hold 7 of the 20 topics, and such calls moved its macro-F1 by 10 pt)."""
+    y_true = np.array([0, 0, 1, 1, 2, 2])
+    clean = present_class_scores(y_true, y_true)
+    stray = present_class_scores(y_true, np.array([0, 0, 1, 1, 2, 7]))
+    assert clean == {"accuracy": 1.0, "macro_f1": 1.0}
+    assert stray["accuracy"] == pytest.approx(5 / 6)
+    assert stray["macro_f1"] == pytest.approx((1 + 1 + 2 / 3) / 3)  # class 7 is not a fourth class of 0
