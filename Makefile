@@ -42,8 +42,8 @@ lint: venv  ## ruff check, ruff format --check, mypy, import-linter contracts (l
 test-all: system-deps venv lint  ## the default suite plus slow tests (training, full evaluation)
 	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist worksteal -m ""
 
-research-model: venv  ## build the research variant of MODEL_CARD-research.md (needs ../shared/data; ~30 min on 2 cores)
-	$(VENV)/bin/finsent train --run-config configs/train-minilm-research-tags-3ep.toml --version 20261125-research-tags-3ep
+research-model: venv  ## build the research variant of MODEL_CARD-research.md (needs ../shared/data; ~45 min on 2 cores)
+	$(VENV)/bin/finsent train --run-config configs/train-minilm-research-newsdev-4ep.toml --version 20261126-research-newsdev-4ep
 
 system-deps:  ## install the Debian packages (prometheus, alertmanager, chromium) if missing
 	@if ! command -v prometheus >/dev/null || ! command -v prometheus-alertmanager >/dev/null || ! command -v promtool >/dev/null || ! command -v chromium >/dev/null; then \
