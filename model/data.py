@@ -224,6 +224,55 @@ def sentivent_headlines(data_dir: Path) -> list[Example]:
     ]
 
 
+# Event types -> the project's topic ids, as the sets' PROVENANCE files suggest (their first choice where they offer two).
+SENTIVENT_TOPICS: dict[str, int] = {
+    **dict.fromkeys(("FinancialReport", "Revenue", "Profit/Loss", "Expense"), 5),  # Earnings
+    "Dividend": 4,
+    **dict.fromkeys(("Merger/Acquisition", "Investment"), 13),  # M&A | Investments
+    "Rating": 0,  # Analyst Update
+    "SecurityValue": 19,  # Stock Movement
+    "Macroeconomics": 14,
+    "Legal": 12,
+    "Employment": 17,  # Personnel Change
+    "Financing": 3,  # Treasuries | Corporate Debt
+    **dict.fromkeys(("Product/Service", "Facility", "Deal", "CSR/Brand", "SalesVolume"), 2),  # Company | Product News
+}
+SENTIFM_TOPICS: dict[str, int] = {
+    **dict.fromkeys(("Profit", "QuarterlyResults", "Turnover", "SalesVolume"), 5),  # Earnings
+    "Dividend": 4,
+    **dict.fromkeys(("MergerAcquisition", "ShareRepurchase"), 13),  # M&A | Investments
+    **dict.fromkeys(("BuyRating", "TargetPrice"), 0),  # Analyst Update
+    "Debt": 3,  # Treasuries | Corporate Debt
+}
+
+
+def _event_topics(path: Path, text_column: str, mapping: dict[str, int]) -> list[Example]:
+    """Sentences whose event types all map to one project topic (a sentence with none, or with types of several
+    topics, is left out); an event type the mapping does not know is a ``DataError``, not a silent drop."""
+    out = []
+    for row in _read_rows(path, (text_column, "event_types")):
+        types = [t.strip() for t in row["event_types"].split(";") if t.strip()]
+        unknown = [t for t in types if t not in mapping]
+        if unknown:
+            raise DataError(f"{path}: event types {unknown} have no topic in the mapping")
+        topics = {mapping[t] for t in types}
+        if len(topics) == 1:
+            out.append(Example(row[text_column], topic=topics.pop()))
+    return out
+
+
+def sentivent_topics(data_dir: Path) -> list[Example]:
+    """Topic on news: SENTiVENT sentences (US company news, headlines and body; research only) whose event types map
+    to one topic. Tokenised as in the source ("Inc . AAL")."""
+    return _event_topics(data_dir / "sentivent" / "sentivent_event_sentences.csv", "text", SENTIVENT_TOPICS)
+
+
+def sentifm_topics(data_dir: Path) -> list[Example]:
+    """Topic on news: SentiFM sentences (Financial Times company news, both of the authors' splits; research only)
+    whose event types map to one topic. Tokenised as in the source."""
+    return _event_topics(data_dir / "sentifm-events" / "sentifm_event_sentences.csv", "sentence", SENTIFM_TOPICS)
+
+
 @dataclass(frozen=True)
 class NewsSet:
     """One news-domain evaluation set: how to load it and which sentiment classes its gold labels use."""
@@ -500,7 +549,7 @@ def news_unlabelled(data_dir: Path) -> list[Example]:
 def evaluation_texts(data_dir: Path, dev_fraction: float = 0.1) -> set[str]:
     """Every text a fair figure is taken on, or a model selected on, normalised: the Twitter ``valid`` sets and
     the dev slice, the held-out parts of the sets a model trains on (S&P 500, SEntFiN, Reuters, PhraseBank's FinBERT
-    test split), FinEntity's test half and SENTiVENT. Reading text without labels (``model.pretrain``) leaves them
+    test split), FinEntity's test half, SENTiVENT and SentiFM. Reading text without labels (``model.pretrain``) leaves them
     out too: a model must not have read a test text in any form. A news set absent from ``data_dir`` is skipped:
     what is not there cannot be read either (the unlabelled headlines need every news set to exclude them)."""
     texts = twitter_topic(data_dir, "valid") + twitter_sentiment(data_dir, "valid")
@@ -512,6 +561,8 @@ def evaluation_texts(data_dir: Path, dev_fraction: float = 0.1) -> set[str]:
         phrasebank_finbert_test,
         lambda d: finentity(d, "test"),
         sentivent_headlines,
+        sentivent_topics,
+        sentifm_topics,
     ]
     for part in parts:
         try:

@@ -280,8 +280,7 @@ def evaluate_dev(model, dev: Encoded, news: Encoded | None, pad_id: int, device,
     """``evaluate`` on the Twitter dev slice; with a news dev slice (``news_dev_fraction``) also its scores, as
     ``news_*``, and ``selection`` becomes the mean of the two slices' (news: the mean macro-F1 of the heads it
     labels, each over the classes the slice holds, ``present_class_scores``; a head none of its sets labels is not
-    counted as zero). The ``_``-keys stay the Twitter slice's: the
-    temperatures are fitted there, as before."""
+    counted as zero). The ``_``-keys stay the Twitter slice's: the temperatures are fitted there, as before."""
     result = evaluate(model, dev, pad_id, device, batch_size)
     if news is None:
         return result

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from finsent.model.data import (
+    IGNORE,
     NEG,
     NEU,
     NEWS_SETS,
@@ -28,7 +29,9 @@ from finsent.model.data import (
     phrasebank,
     sentfin_entities,
     sentfin_headlines,
+    sentifm_topics,
     sentivent_headlines,
+    sentivent_topics,
     sp500_posneg,
 )
 from finsent.model.quality import fit_offsets, present_class_scores, restricted_accuracy, sentiment_scores
@@ -37,6 +40,29 @@ FIXTURES = Path(__file__).parents[1] / "fixtures" / "news"
 
 
 # ----------------------------------------------------------------------------- loaders
+
+
+def test_event_types_become_a_topic_only_where_they_agree_on_one(tmp_path):
+    """Topic on news from SENTiVENT and SentiFM event types (their PROVENANCE mappings): a sentence whose types map to
+    one topic keeps it, one with types of two topics or none is left out, and a type the mapping lacks is an error."""
+    from finsent.labels import TOPIC_INDEX
+
+    rows = {e.text: e.topic for e in sentivent_topics(FIXTURES)}
+    assert rows == {
+        "Acme Up on Record Quarterly Sales , Upbeat View": TOPIC_INDEX["Earnings"],  # Revenue + FinancialReport
+        "Acme Inc . ACME saw its shares rise 4 % on Tuesday .": TOPIC_INDEX["Stock Movement"],
+        "The company also named a new chief financial officer .": TOPIC_INDEX["Personnel Change"],
+        "Globex Misses Estimates as Costs Climb": TOPIC_INDEX["Earnings"],  # Profit/Loss + Expense
+    }
+    assert [(e.text[:8], e.topic, e.sentiment) for e in sentifm_topics(FIXTURES)] == [
+        ("Initech ", TOPIC_INDEX["Earnings"], IGNORE),
+        ("Brokers ", TOPIC_INDEX["Analyst Update"], IGNORE),  # TargetPrice + BuyRating
+    ]
+    bad = tmp_path / "sentifm-events"
+    bad.mkdir()
+    (bad / "sentifm_event_sentences.csv").write_text("split,sentence,event_types\nholdin,A new kind .,Bankruptcy\n")
+    with pytest.raises(DataError, match="Bankruptcy"):
+        sentifm_topics(tmp_path)
 
 
 def test_sp500_is_binary_and_keeps_every_row():
@@ -224,6 +250,7 @@ def test_report_has_the_news_section_and_score(tmp_path, model_dir):
     names = [s.name for s in NEWS_SETS if s.scored]
     assert "sp500-posneg-heldout" in summary and "sp500-posneg-heldout" not in names
     assert summary["reuters-topics-heldout"]["n"] >= 1  # topic on news
+    assert summary["sentivent-topics"]["n"] == 4 and summary["sentifm-topics"]["n"] == 2
     assert summary[NEWS]["score"] == pytest.approx(np.mean([summary[n]["accuracy"] for n in names]))
     assert summary[BIAS + NEWS]["score"] == pytest.approx(np.mean([summary[BIAS + n]["accuracy"] for n in names]))
     assert "accuracy_restricted" in summary["sp500-posneg"] and "accuracy_restricted" not in summary["sentfin-headline"]
