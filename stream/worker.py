@@ -171,6 +171,13 @@ class Scorer:
             raise
         self.producer = producer
 
+    async def stop(self) -> None:
+        """Close the producer when the agent ends: one left open is an asyncio error line ("Unclosed
+        AIOKafkaProducer") at every stop. Undelivered batches were cancelled first, so nothing is waiting on it."""
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            await producer.stop()
+
     async def process(self, messages: list[Consumed]) -> None:
         """All three stages of one micro-batch, its outputs acknowledged before returning."""
         await self.deliver(await self.score(messages))
@@ -481,6 +488,8 @@ def build_app(settings: Settings, scorer: Scorer, aggregate: bool = True, input_
         except asyncio.CancelledError:
             feed.cancel()  # undelivered batches stay unreleased, so they are never committed
             raise  # and a fresh worker gets them again
+        finally:
+            await scorer.stop()
 
     @app.timer(interval=5.0)
     async def export_lag():
