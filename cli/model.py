@@ -97,14 +97,16 @@ def pretrain(
 @app.command()
 def select(
     models: Annotated[
-        list[Path], typer.Argument(metavar="MODEL_DIR", help="Finished runs, scored on the same dev slices.")
+        list[Path],
+        typer.Argument(metavar="MODEL_DIR", help="Finished runs with the same dev cuts (fractions, data directory)."),
     ],
     stored: Annotated[
         bool, typer.Option("--stored", help="Rank on the scores each run stored, without the data (no rescoring).")
     ] = False,
 ) -> None:
     """Choose among finished runs on their dev scores alone (never on held-out or test rows), each scored again
-    now on its dev slices (needs the training data): a table, best first, then the chosen directory on the last line."""
+    now on the union of their dev slices less any row one of them trained on (needs the training data): a table, best
+    first, then the chosen directory on the last line."""
     from finsent.model.selection import choose, rescored_dev, stored_dev, table
 
     chosen, ranked = choose(models, stored_dev if stored else rescored_dev)

@@ -273,6 +273,26 @@ def sentifm_topics(data_dir: Path) -> list[Example]:
     return _event_topics(data_dir / "sentifm-events" / "sentifm_event_sentences.csv", "sentence", SENTIFM_TOPICS)
 
 
+def sentivent_topics_train_part(data_dir: Path) -> list[Example]:
+    """SENTiVENT topic sentences a model may train on: the set's training part (``split_heldout``) less every headline
+    of the SENTiVENT sentiment set (``sentivent_headlines``), which the news score reads whole: a model that learned a
+    headline's topic has read that headline, so it must not be scored on it for sentiment."""
+    headlines = sentivent_headlines(data_dir)
+    return _untrained(split_heldout("sentivent-topics", sentivent_topics(data_dir))[0], headlines)
+
+
+def sentivent_topics_heldout(data_dir: Path) -> list[Example]:
+    return split_heldout("sentivent-topics", sentivent_topics(data_dir))[1]
+
+
+def sentifm_topics_train_part(data_dir: Path) -> list[Example]:
+    return split_heldout("sentifm-topics", sentifm_topics(data_dir))[0]
+
+
+def sentifm_topics_heldout(data_dir: Path) -> list[Example]:
+    return split_heldout("sentifm-topics", sentifm_topics(data_dir))[1]
+
+
 @dataclass(frozen=True)
 class NewsSet:
     """One news-domain evaluation set: how to load it and which sentiment classes its gold labels use."""

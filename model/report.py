@@ -41,8 +41,8 @@ from finsent.model.data import (
     domain_of,
     phrasebank_finbert_test,
     reuters_heldout,
-    sentifm_topics,
-    sentivent_topics,
+    sentifm_topics_heldout,
+    sentivent_topics_heldout,
     twitter_sentiment,
     twitter_topic,
 )
@@ -266,12 +266,12 @@ def run(clf: Classifier, data_dir: Path, out_dir: Path, limit: int = 0) -> dict:
         sets.append(("phrasebank-50-finbert-test", "sentiment", phrasebank_finbert_test(data_dir)))
     except MissingData as err:
         log.warning("phrasebank FinBERT test split skipped", extra={"error": str(err)})
-    # topic on news: Reuters-21578 titles whose codes map to one topic (held-out 20 %: the research variant trains on
-    # the rest), SENTiVENT and SentiFM sentences whose event types do (no variant trains on them)
+    # topic on news: Reuters-21578 titles whose codes map to one topic, SENTiVENT and SentiFM sentences whose event
+    # types do; each on its held-out 20 % (the research variant trains on the rest), both variants alike
     for name, load in (
         ("reuters-topics-heldout", reuters_heldout),
-        ("sentivent-topics", sentivent_topics),
-        ("sentifm-topics", sentifm_topics),
+        ("sentivent-topics-heldout", sentivent_topics_heldout),
+        ("sentifm-topics-heldout", sentifm_topics_heldout),
     ):
         try:
             sets.append((name, "topic", load(data_dir)))

@@ -1,25 +1,29 @@
 """Choose among finished runs on their dev scores alone.
 
 Why: a model chosen on the rows that report it overstates them (the research builds before session 36 were adopted
-under "dev and every held-out goal row"). Runs are comparable only on the same dev slices, so the slices' settings
-must agree, and a run without a news dev slice (``news_dev_fraction``) cannot be set against runs with one. The
-command scores every candidate again (``rescored_dev``) rather than trusting the scores each run stored: one
-scorer for all, whatever code version trained them (the news dev metric changed in session 36, mid-experiment).
-"""
+under "dev and every held-out goal row"). Runs are comparable only on the same dev cuts, so the cuts' settings must
+agree, and a run without a news dev slice (``news_dev_fraction``) cannot be set against runs with one. Runs that
+trained on different sets are scored on the union of their news dev slices, less any row one of them read
+(``DevSlices``), so that a run adding a set competes with the one without it on the same rows. The command scores every
+candidate again (``rescored_dev``) rather than trusting the scores each run stored: one scorer for all, whatever code
+version trained them (the news dev metric changed in session 36, mid-experiment)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from finsent.errors import ConfigError
 from finsent.model import artifact
+from finsent.model.data import Example
 
-# The settings that fix a run's dev slices: runs differing in one were scored on different rows.
-DEV_SLICE_KEYS = ("dev_fraction", "news_dev_fraction", "train_sets")
+# The settings that fix a run's dev slices: runs differing in one were scored on different rows. Runs on different
+# training sets can still be set side by side: rescored on the union of their news dev slices (``DevSlices``).
+DEV_SLICE_KEYS = ("dev_fraction", "news_dev_fraction")
 
 
 @dataclass(frozen=True)
@@ -33,62 +37,122 @@ class Candidate:
         return float(self.dev["selection"])
 
 
-def stored_dev(model_dir: Path) -> dict[str, Any]:
-    """The dev scores the run stored in its ``meta.json`` (the epoch it kept)."""
-    return dict(artifact.load_meta(model_dir).metrics.get("dev", {}))
+@dataclass(frozen=True)
+class DevSlices:
+    """The rows every candidate is scored on: the Twitter dev slice, and the news dev slices of every set any of them
+    trained on, less each row one of them read in training (a run that did not name a set never left its dev slice
+    out of its other sources). Why the union: a run that adds training sets must still be comparable with one that
+    did not, on the same rows, and its new sets' dev slices are rows the other run never saw either."""
+
+    data_dir: Path
+    dev_fraction: float
+    news_dev_fraction: float
+    train_sets: tuple[str, ...]
+    runs: tuple[Path, ...]
+
+    @cached_property
+    def news(self) -> list[Example]:
+        from finsent.model import corpus
+        from finsent.model.data import normalised
+
+        rows = corpus.news_dev(self.data_dir, list(self.train_sets), self.news_dev_fraction)
+        read: set[str] = set()
+        for run in self.runs:
+            read |= trained_texts(run)
+        return [ex for ex in rows if normalised(ex.text) not in read]
 
 
-def rescored_dev(model_dir: Path) -> dict[str, Any]:
-    """The model's dev scores computed now, on the dev slices its ``train_config.json`` names (read from its
-    ``data_dir``), by the scorer training uses (``train.evaluate_dev``)."""
-    import torch
-
-    from finsent.model import corpus
-    from finsent.model.data import check_data_dir, load_twitter
-    from finsent.model.train import encode, evaluate_dev
-
-    config = json.loads((model_dir / "train_config.json").read_text())
-    data_dir = Path(config["data_dir"])
-    check_data_dir(data_dir, "training data directory", "run from the directory the runs were trained in")
-    model, tokenizer, meta = artifact.load(model_dir)
-    max_length, prefixes = int(config.get("max_length", meta.max_length)), meta.domain_prefixes
-    dev = encode(load_twitter(data_dir, config.get("dev_fraction", 0.1)).dev, tokenizer, max_length, prefixes)
-    news = corpus.news_dev(data_dir, config.get("train_sets", []), config.get("news_dev_fraction", 0.0))
-    news_data = encode(news, tokenizer, max_length, prefixes) if news else None
-    result = evaluate_dev(model, dev, news_data, tokenizer.pad_token_id or 0, torch.device("cpu"), 128)
-    return {k: v for k, v in result.items() if not k.startswith("_")}
-
-
-def candidate(model_dir: Path, score: Callable[[Path], dict[str, Any]] = stored_dev) -> Candidate:
-    return Candidate(model_dir, artifact.load_meta(model_dir).full_name, score(model_dir))
-
-
-def _slices(model_dir: Path) -> dict[str, object]:
+def _config(model_dir: Path) -> dict[str, Any]:
     path = model_dir / "train_config.json"
     if not (model_dir / "meta.json").exists():
         raise ConfigError(f"{model_dir}: not a model directory (no meta.json)")
     if not path.exists():
         raise ConfigError(f"{model_dir}: no train_config.json, so its dev slices are unknown")
-    config = json.loads(path.read_text())
-    return {k: config.get(k) for k in DEV_SLICE_KEYS}
+    return dict(json.loads(path.read_text()))
+
+
+def trained_texts(model_dir: Path) -> set[str]:
+    """The texts (``normalised``) a run's training read: the Twitter training part and the rows of every set it or a
+    model it continued trained on (``meta.training_sets``), less its own news dev slice, which training leaves out of
+    every source. Augmentation's rewrites are not counted."""
+    from finsent.model import corpus
+    from finsent.model.data import load_twitter, normalised
+
+    config = _config(model_dir)
+    data_dir, fraction = Path(config["data_dir"]), config.get("news_dev_fraction", 0.0)
+    own = list(config.get("train_sets", []))
+    names = dict.fromkeys(own + [n for n in artifact.load_meta(model_dir).training_sets if n in corpus.TRAIN_SETS])
+    rows = load_twitter(data_dir, config.get("dev_fraction", 0.1)).train
+    for name in names:
+        rows += corpus.TRAIN_SETS[name].load(data_dir)
+    left_out = {normalised(ex.text) for ex in corpus.news_dev(data_dir, own, fraction)}
+    return {normalised(ex.text) for ex in rows} - left_out
+
+
+def dev_slices(model_dirs: list[Path]) -> DevSlices:
+    """The slices ``model_dirs`` are scored on (``DevSlices``); refused when their dev cuts differ (fractions, data)."""
+    if not model_dirs:
+        raise ConfigError("name at least one model directory")
+    configs = {d: _config(d) for d in model_dirs}
+    first = configs[model_dirs[0]]
+    for d, config in configs.items():
+        changed = sorted(k for k in DEV_SLICE_KEYS if config.get(k) != first.get(k))
+        if Path(config.get("data_dir", "")).resolve() != Path(first.get("data_dir", "")).resolve():
+            changed.append("data_dir")
+        if changed:
+            raise ConfigError(f"{d} was scored on other dev slices than {model_dirs[0]} ({', '.join(changed)})")
+    sets = dict.fromkeys(n for config in configs.values() for n in config.get("train_sets", []))
+    return DevSlices(
+        Path(first.get("data_dir", "")),
+        first.get("dev_fraction", 0.1),
+        first.get("news_dev_fraction", 0.0),
+        tuple(sets),
+        tuple(model_dirs),
+    )
+
+
+def stored_dev(model_dir: Path, slices: DevSlices | None = None) -> dict[str, Any]:
+    """The dev scores the run stored in its ``meta.json`` (the epoch it kept): only comparable with other runs' when
+    it was scored on the same news dev slices, that is trained on the same sets."""
+    if slices is not None:
+        own = set(_config(model_dir).get("train_sets", []))
+        if own != set(slices.train_sets):
+            others = sorted(set(slices.train_sets) - own)
+            raise ConfigError(
+                f"{model_dir} did not train on {', '.join(others)}, so its stored dev score is on other rows: "
+                "rescore the runs (without --stored)"
+            )
+    return dict(artifact.load_meta(model_dir).metrics.get("dev", {}))
+
+
+def rescored_dev(model_dir: Path, slices: DevSlices | None = None) -> dict[str, Any]:
+    """The model's dev scores computed now by the scorer training uses (``train.evaluate_dev``), on ``slices`` (by
+    default its own: those its ``train_config.json`` names), read from the training data directory."""
+    import torch
+
+    from finsent.model.data import check_data_dir, load_twitter
+    from finsent.model.train import encode, evaluate_dev
+
+    slices = slices or dev_slices([model_dir])
+    config = _config(model_dir)
+    check_data_dir(slices.data_dir, "training data directory", "run from the directory the runs were trained in")
+    model, tokenizer, meta = artifact.load(model_dir)
+    max_length, prefixes = int(config.get("max_length", meta.max_length)), meta.domain_prefixes
+    dev = encode(load_twitter(slices.data_dir, slices.dev_fraction).dev, tokenizer, max_length, prefixes)
+    news_data = encode(slices.news, tokenizer, max_length, prefixes) if slices.news else None
+    result = evaluate_dev(model, dev, news_data, tokenizer.pad_token_id or 0, torch.device("cpu"), 128)
+    return {k: v for k, v in result.items() if not k.startswith("_")}
 
 
 def choose(
-    model_dirs: list[Path], score: Callable[[Path], dict[str, Any]] = stored_dev
+    model_dirs: list[Path], score: Callable[[Path, DevSlices], dict[str, Any]] = stored_dev
 ) -> tuple[Candidate, list[Candidate]]:
-    """(the chosen run, every run best first) by dev ``selection`` only (``score``: stored or ``rescored_dev``);
-    ties go to the first named."""
-    if not model_dirs:
-        raise ConfigError("name at least one model directory")
-    slices = {d: _slices(d) for d in model_dirs}
-    first = slices[model_dirs[0]]
-    for d, s in slices.items():
-        if s != first:
-            changed = sorted(k for k in DEV_SLICE_KEYS if s[k] != first[k])
-            raise ConfigError(f"{d} was scored on other dev slices than {model_dirs[0]} ({', '.join(changed)})")
-    ranked = [candidate(d, score) for d in model_dirs]
+    """(the chosen run, every run best first) by dev ``selection`` only (``score``: stored or ``rescored_dev``, on
+    the runs' shared ``dev_slices``); ties go to the first named."""
+    slices = dev_slices(model_dirs)
+    ranked = [Candidate(d, artifact.load_meta(d).full_name, score(d, slices)) for d in model_dirs]
     missing = [c.name for c in ranked if "news_selection" not in c.dev]
-    if missing and first["train_sets"]:
+    if missing and slices.train_sets:
         raise ConfigError(f"{', '.join(missing)}: no news dev score (train with news_dev_fraction > 0)")
     ranked.sort(key=lambda c: -c.selection)  # stable: ties keep the order given
     return ranked[0], ranked

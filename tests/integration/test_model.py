@@ -1019,3 +1019,55 @@ def test_runs_are_chosen_on_dev_alone_and_only_among_runs_scored_on_the_same_sli
         choose([a, run("c", {"selection": 0.9, "news_selection": 0.9}, news_dev_fraction=0.2)])
     with pytest.raises(errors.ConfigError, match="no news dev score"):
         choose([a, run("d", {"selection": 0.9})])
+
+
+def test_runs_on_different_training_sets_are_scored_on_the_union_of_their_dev_slices(tmp_path, tiny_model_dir):
+    """A run that adds a training set competes with one that did not on the same rows: the news dev slices of every
+    set either trained on, less any row one of them read. Here a SEntFiN dev headline is also an S&P 500 training row:
+    the run without SEntFiN read it, so neither is scored on it. Stored scores cannot be compared across sets."""
+    import csv
+    import shutil
+
+    from finsent.model import corpus
+    from finsent.model.data import normalised
+    from finsent.model.selection import choose, dev_slices, rescored_dev, trained_texts
+
+    news = Path(__file__).parents[1] / "fixtures" / "news"
+    data = write_tiny_data(tmp_path / "data")
+    for name in ("sp500-headlines-posneg", "sentfin"):
+        shutil.copytree(news / name, data / name)
+    twin = "Initech 1 shares jump after upgrade"  # by the hashes: S&P 500 training row, SEntFiN news dev row at 0.5
+    with (data / "sp500-headlines-posneg" / "sp500_headlines_posneg.csv").open("a", newline="") as fh:
+        csv.writer(fh).writerow([twin, "positive"])
+    with (data / "sentfin" / "sentfin_headlines.csv").open("a", newline="") as fh:
+        csv.writer(fh).writerow([99, twin, 1, 1, 0, 0, "positive", json.dumps({"Initech": "positive"})])
+
+    def run(name: str, sets: list[str], **config) -> Path:
+        d = tmp_path / name
+        shutil.copytree(tiny_model_dir, d)
+        meta = json.loads((d / "meta.json").read_text())
+        meta.update(version=name, metrics={"dev": {"selection": 0.5, "news_selection": 0.5}})
+        (d / "meta.json").write_text(json.dumps(meta))
+        base = {"data_dir": str(data), "dev_fraction": 0.1, "news_dev_fraction": 0.5, "train_sets": sets}
+        (d / "train_config.json").write_text(json.dumps({**base, **config}))
+        return d
+
+    a, b = run("a", ["sp500-posneg"]), run("b", ["sp500-posneg", "sentfin-headline"])
+    slices = dev_slices([a, b])
+    assert slices.train_sets == ("sp500-posneg", "sentfin-headline")
+    union = corpus.news_dev(data, list(slices.train_sets), 0.5)
+    assert twin in [e.text for e in union]
+    assert normalised(twin) in trained_texts(a) and normalised(twin) not in trained_texts(b)
+    assert sorted(e.text for e in slices.news) == sorted(e.text for e in union if e.text != twin)
+    for name in slices.train_sets:  # each set's own dev rows are there
+        assert {e.text for e in corpus.news_dev(data, [name], 0.5)} - {twin} <= {e.text for e in slices.news}
+        assert corpus.news_dev(data, [name], 0.5)
+
+    with pytest.raises(errors.ConfigError, match=r"a did not train on sentfin-headline.*rescore"):
+        choose([a, b])
+    chosen, ranked = choose([a, b], rescored_dev)
+    assert {c.path for c in ranked} == {a, b} and all("news_selection" in c.dev for c in ranked)
+    assert chosen.selection == max(c.selection for c in ranked)
+    assert rescored_dev(b, slices) == next(c.dev for c in ranked if c.path == b)  # one scorer, the same rows
+    with pytest.raises(errors.ConfigError, match=r"other dev slices.*data_dir"):
+        dev_slices([a, run("c", ["sp500-posneg"], data_dir=str(tmp_path))])

@@ -65,6 +65,34 @@ def test_event_types_become_a_topic_only_where_they_agree_on_one(tmp_path):
         sentifm_topics(tmp_path)
 
 
+def test_event_topic_sets_train_on_their_untested_rows_only():
+    """The research variant trains topic on SENTiVENT and SentiFM: never on a held-out row, and never on a SENTiVENT
+    headline, which the news score reads whole for sentiment (a headline whose topic was learned has been read)."""
+    from finsent.model import corpus
+    from finsent.model.data import (
+        normalised,
+        sentifm_topics_heldout,
+        sentifm_topics_train_part,
+        sentivent_topics_heldout,
+        sentivent_topics_train_part,
+    )
+
+    trained = [e.text for e in sentivent_topics_train_part(FIXTURES)]
+    assert trained == [
+        "Acme Inc . ACME saw its shares rise 4 % on Tuesday .",
+        "The company also named a new chief financial officer .",
+    ]  # "Globex Misses Estimates ..." is a SENTiVENT headline; "Acme Up on Record ..." is held out
+    assert [e.text for e in sentivent_topics_heldout(FIXTURES)] == ["Acme Up on Record Quarterly Sales , Upbeat View"]
+    headlines = {normalised(e.text) for e in sentivent_headlines(FIXTURES)}
+    assert not headlines & {normalised(t) for t in trained}
+    assert [e.text[:8] for e in sentifm_topics_train_part(FIXTURES)] == ["Brokers "]
+    assert [e.text[:8] for e in sentifm_topics_heldout(FIXTURES)] == ["Initech "]
+    assert corpus.licence_of(["sentivent-topics", "sentifm-topics"]) == corpus.RESEARCH
+    extra = corpus.extra_examples(FIXTURES, ["sentivent-topics", "sentifm-topics"])
+    assert [e.text[:8] for e in extra] == ["Acme Inc", "The comp", "Brokers "]
+    assert all(e.sentiment == IGNORE and e.topic != IGNORE for e in extra)
+
+
 def test_sp500_is_binary_and_keeps_every_row():
     rows = sp500_posneg(FIXTURES)
     assert [e.sentiment for e in rows] == [POS, NEG, POS, NEG, POS, NEG]
@@ -250,7 +278,9 @@ def test_report_has_the_news_section_and_score(tmp_path, model_dir):
     names = [s.name for s in NEWS_SETS if s.scored]
     assert "sp500-posneg-heldout" in summary and "sp500-posneg-heldout" not in names
     assert summary["reuters-topics-heldout"]["n"] >= 1  # topic on news
-    assert summary["sentivent-topics"]["n"] == 4 and summary["sentifm-topics"]["n"] == 2
+    # SENTiVENT and SentiFM topic: on their held-out parts only (the research variant trains on the rest)
+    assert summary["sentivent-topics-heldout"]["n"] == 1 and summary["sentifm-topics-heldout"]["n"] == 1
+    assert "sentivent-topics" not in summary and "sentifm-topics" not in summary
     assert summary[NEWS]["score"] == pytest.approx(np.mean([summary[n]["accuracy"] for n in names]))
     assert summary[BIAS + NEWS]["score"] == pytest.approx(np.mean([summary[BIAS + n]["accuracy"] for n in names]))
     assert "accuracy_restricted" in summary["sp500-posneg"] and "accuracy_restricted" not in summary["sentfin-headline"]
