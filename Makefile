@@ -43,7 +43,7 @@ test-all: system-deps venv lint  ## the default suite plus slow tests (training,
 	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist worksteal -m ""
 
 research-model: venv  ## build the research variant of MODEL_CARD-research.md (needs ../shared/data; ~45 min on 2 cores)
-	$(VENV)/bin/finsent train --run-config configs/train-minilm-research-newsdev-4ep.toml --version 20261126-research-newsdev-4ep
+	$(VENV)/bin/finsent train --run-config configs/train-minilm-research-events-4ep.toml --version 20261126-research-events-4ep
 
 system-deps:  ## install the Debian packages (prometheus, alertmanager, chromium) if missing
 	@if ! command -v prometheus >/dev/null || ! command -v prometheus-alertmanager >/dev/null || ! command -v promtool >/dev/null || ! command -v chromium >/dev/null; then \
