@@ -105,8 +105,10 @@ def select(
     ] = False,
 ) -> None:
     """Choose among finished runs on their dev scores alone (never on held-out or test rows), each scored again
-    now on the union of their dev slices less any row one of them trained on (needs the training data): a table, best
-    first, then the chosen directory on the last line."""
+    now on the union of their dev slices less any row one of them, or weights they started from, read (needs the
+    training data; run it from the directory they were trained in: their data paths are relative to it). The table,
+    best first, also shows each run on the rows of the sets all of them trained on, and per set; the chosen directory
+    is the last line."""
     from finsent.model.selection import choose, rescored_dev, stored_dev, table
 
     chosen, ranked = choose(models, stored_dev if stored else rescored_dev)

@@ -42,24 +42,39 @@ class DevSlices:
     """The rows every candidate is scored on: the Twitter dev slice, and the news dev slices of every set any of them
     trained on, less each row one of them read in training (a run that did not name a set never left its dev slice
     out of its other sources). Why the union: a run that adds training sets must still be comparable with one that
-    did not, on the same rows, and its new sets' dev slices are rows the other run never saw either."""
+    did not, on the same rows, and its new sets' dev slices are rows the other run never saw either. Since that
+    favours the run trained on the added sets almost by construction, each candidate is also scored on the rows of
+    the sets every candidate trained on (``shared_sets``) and on each set's rows alone, for the table to show."""
 
     data_dir: Path
     dev_fraction: float
     news_dev_fraction: float
-    train_sets: tuple[str, ...]
+    train_sets: tuple[str, ...]  # the union, in the order first named
+    shared_sets: tuple[str, ...]  # the sets every candidate trained on
     runs: tuple[Path, ...]
 
     @cached_property
-    def news(self) -> list[Example]:
+    def news_by_set(self) -> dict[str, list[Example]]:
         from finsent.model import corpus
         from finsent.model.data import normalised
 
-        rows = corpus.news_dev(self.data_dir, list(self.train_sets), self.news_dev_fraction)
         read: set[str] = set()
         for run in self.runs:
             read |= trained_texts(run)
-        return [ex for ex in rows if normalised(ex.text) not in read]
+        out = {}
+        for name in self.train_sets:
+            rows = corpus.news_dev(self.data_dir, [name], self.news_dev_fraction)
+            if rows:
+                out[name] = [ex for ex in rows if normalised(ex.text) not in read]
+        return out
+
+    @property
+    def news(self) -> list[Example]:
+        return [ex for rows in self.news_by_set.values() for ex in rows]
+
+    @property
+    def shared_news(self) -> list[Example]:
+        return [ex for name in self.shared_sets for ex in self.news_by_set.get(name, [])]
 
 
 def _config(model_dir: Path) -> dict[str, Any]:
@@ -71,26 +86,51 @@ def _config(model_dir: Path) -> dict[str, Any]:
     return dict(json.loads(path.read_text()))
 
 
-def trained_texts(model_dir: Path) -> set[str]:
-    """The texts (``normalised``) a run's training read: the Twitter training part and the rows of every set it or a
-    model it continued trained on (``meta.training_sets``), less its own news dev slice, which training leaves out of
-    every source. Augmentation's rewrites are not counted."""
+def _labelled(set_names: list[str]) -> set[str]:
+    from finsent.model import corpus
+
+    return {n for n in set_names if n in corpus.TRAIN_SETS and not corpus.TRAIN_SETS[n].unlabelled}
+
+
+def trained_texts(model_dir: Path, data_dir: Path | None = None) -> set[str]:
+    """The texts (``normalised``) a model's weights have read, in any form: its run's Twitter training part and the
+    rows of every set it named, less its own news dev slice (training leaves that out of every source); and all that
+    the weights it started from read: a parent it continued (``init_from``, followed the same way, each run less only
+    its own slice) or a pre-trained base (every row of the sets it pre-trained on, ``pretrain:*`` in ``meta.json``;
+    pre-training never left a news dev slice out). A parent without a ``train_config.json`` counts every row of every
+    set its ``meta.json`` names. Not counted: augmentation's rewrites, and the teachers' (``pseudo_from``,
+    ``self_train_from``), which only label texts counted here."""
     from finsent.model import corpus
     from finsent.model.data import load_twitter, normalised
 
+    meta = artifact.load_meta(model_dir)
+    if not (model_dir / "train_config.json").exists():
+        if data_dir is None:
+            raise ConfigError(f"{model_dir}: no train_config.json, so what it trained on is unknown")
+        names = [n.removeprefix("pretrain:") for n in meta.training_sets]
+        rows = load_twitter(data_dir, 0.0).train
+        for name in dict.fromkeys(n for n in names if n in corpus.TRAIN_SETS):
+            rows += corpus.TRAIN_SETS[name].load(data_dir)
+        return {normalised(ex.text) for ex in rows}
     config = _config(model_dir)
-    data_dir, fraction = Path(config["data_dir"]), config.get("news_dev_fraction", 0.0)
+    data_dir = Path(config["data_dir"])
     own = list(config.get("train_sets", []))
-    names = dict.fromkeys(own + [n for n in artifact.load_meta(model_dir).training_sets if n in corpus.TRAIN_SETS])
     rows = load_twitter(data_dir, config.get("dev_fraction", 0.1)).train
-    for name in names:
+    for name in own:
         rows += corpus.TRAIN_SETS[name].load(data_dir)
-    left_out = {normalised(ex.text) for ex in corpus.news_dev(data_dir, own, fraction)}
-    return {normalised(ex.text) for ex in rows} - left_out
+    left_out = {normalised(ex.text) for ex in corpus.news_dev(data_dir, own, config.get("news_dev_fraction", 0.0))}
+    texts = {normalised(ex.text) for ex in rows} - left_out
+    if config.get("init_from"):
+        return texts | trained_texts(Path(config["init_from"]), data_dir)
+    pretrained = [n.removeprefix("pretrain:") for n in meta.training_sets if n.startswith("pretrain:")]
+    for name in dict.fromkeys(n for n in pretrained if n in corpus.TRAIN_SETS):
+        texts |= {normalised(ex.text) for ex in corpus.TRAIN_SETS[name].load(data_dir)}
+    return texts
 
 
 def dev_slices(model_dirs: list[Path]) -> DevSlices:
-    """The slices ``model_dirs`` are scored on (``DevSlices``); refused when their dev cuts differ (fractions, data)."""
+    """The slices ``model_dirs`` are scored on (``DevSlices``); refused when their dev cuts differ (fractions, data
+    directory: each run's, resolved from where the command runs, as training resolved it)."""
     if not model_dirs:
         raise ConfigError("name at least one model directory")
     configs = {d: _config(d) for d in model_dirs}
@@ -102,22 +142,24 @@ def dev_slices(model_dirs: list[Path]) -> DevSlices:
         if changed:
             raise ConfigError(f"{d} was scored on other dev slices than {model_dirs[0]} ({', '.join(changed)})")
     sets = dict.fromkeys(n for config in configs.values() for n in config.get("train_sets", []))
+    shared = [n for n in sets if all(n in config.get("train_sets", []) for config in configs.values())]
     return DevSlices(
         Path(first.get("data_dir", "")),
         first.get("dev_fraction", 0.1),
         first.get("news_dev_fraction", 0.0),
         tuple(sets),
+        tuple(shared),
         tuple(model_dirs),
     )
 
 
 def stored_dev(model_dir: Path, slices: DevSlices | None = None) -> dict[str, Any]:
     """The dev scores the run stored in its ``meta.json`` (the epoch it kept): only comparable with other runs' when
-    it was scored on the same news dev slices, that is trained on the same sets."""
+    it was scored on the same news dev slices, that is trained on the same labelled sets."""
     if slices is not None:
-        own = set(_config(model_dir).get("train_sets", []))
-        if own != set(slices.train_sets):
-            others = sorted(set(slices.train_sets) - own)
+        own = _labelled(_config(model_dir).get("train_sets", []))
+        if own != _labelled(list(slices.train_sets)):
+            others = sorted(_labelled(list(slices.train_sets)) - own)
             raise ConfigError(
                 f"{model_dir} did not train on {', '.join(others)}, so its stored dev score is on other rows: "
                 "rescore the runs (without --stored)"
@@ -127,20 +169,32 @@ def stored_dev(model_dir: Path, slices: DevSlices | None = None) -> dict[str, An
 
 def rescored_dev(model_dir: Path, slices: DevSlices | None = None) -> dict[str, Any]:
     """The model's dev scores computed now by the scorer training uses (``train.evaluate_dev``), on ``slices`` (by
-    default its own: those its ``train_config.json`` names), read from the training data directory."""
+    default its own: those its ``train_config.json`` names), read from the training data directory; with
+    ``news_rows``, and, where candidates trained on different sets, ``shared_selection`` (the same mean on the rows of
+    the sets all of them trained on) and ``news@<set>`` (the news selection score on one set's rows)."""
     import torch
 
     from finsent.model.data import check_data_dir, load_twitter
-    from finsent.model.train import encode, evaluate_dev
+    from finsent.model.train import encode, evaluate, evaluate_dev, news_scores
 
     slices = slices or dev_slices([model_dir])
     config = _config(model_dir)
     check_data_dir(slices.data_dir, "training data directory", "run from the directory the runs were trained in")
     model, tokenizer, meta = artifact.load(model_dir)
     max_length, prefixes = int(config.get("max_length", meta.max_length)), meta.domain_prefixes
+    pad, cpu = tokenizer.pad_token_id or 0, torch.device("cpu")
     dev = encode(load_twitter(slices.data_dir, slices.dev_fraction).dev, tokenizer, max_length, prefixes)
     news_data = encode(slices.news, tokenizer, max_length, prefixes) if slices.news else None
-    result = evaluate_dev(model, dev, news_data, tokenizer.pad_token_id or 0, torch.device("cpu"), 128)
+    result = evaluate_dev(model, dev, news_data, pad, cpu, 128)
+    result["news_rows"] = len(slices.news)
+    if slices.shared_sets != slices.train_sets:
+        for name, rows in slices.news_by_set.items():
+            if rows:
+                scored = evaluate(model, encode(rows, tokenizer, max_length, prefixes), pad, cpu, 128)
+                result[f"news@{name}"] = news_scores(scored)["news_selection"]
+        if slices.shared_news:
+            scored = evaluate(model, encode(slices.shared_news, tokenizer, max_length, prefixes), pad, cpu, 128)
+            result["shared_selection"] = (result["twitter_selection"] + news_scores(scored)["news_selection"]) / 2
     return {k: v for k, v in result.items() if not k.startswith("_")}
 
 
@@ -163,14 +217,21 @@ def table(ranked: list[Candidate]) -> str:
         "selection",
         "twitter_selection",
         "news_selection",
+        "shared_selection",
         "topic_accuracy",
         "sentiment_accuracy",
         "news_sentiment_accuracy",
         "news_topic_accuracy",
+        "news_rows",
     )
-    shown = [k for k in keys if any(k in c.dev for c in ranked)]
+    per_set = dict.fromkeys(k for c in ranked for k in c.dev if k.startswith("news@"))
+    shown = [k for k in (*keys, *per_set) if any(k in c.dev for c in ranked)]
     rows = ["| run | " + " | ".join(shown) + " |", "|---|" + "---|" * len(shown)]
     for c in ranked:
-        cells = [f"{c.dev[k]:.4f}" if k in c.dev else "—" for k in shown]
+        cells = [_cell(c.dev[k]) if k in c.dev else "—" for k in shown]
         rows.append(f"| {c.name} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def _cell(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:.4f}"

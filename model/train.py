@@ -276,24 +276,31 @@ def evaluate(model, data: Encoded, pad_id: int, device, batch_size: int) -> dict
     return out
 
 
-def evaluate_dev(model, dev: Encoded, news: Encoded | None, pad_id: int, device, batch_size: int) -> dict[str, Any]:
-    """``evaluate`` on the Twitter dev slice; with a news dev slice (``news_dev_fraction``) also its scores, as
-    ``news_*``, and ``selection`` becomes the mean of the two slices' (news: the mean macro-F1 of the heads it
-    labels, each over the classes the slice holds, ``present_class_scores``; a head none of its sets labels is not
-    counted as zero). The ``_``-keys stay the Twitter slice's: the temperatures are fitted there, as before."""
-    result = evaluate(model, dev, pad_id, device, batch_size)
-    if news is None:
-        return result
-    scored = evaluate(model, news, pad_id, device, batch_size)
+def news_scores(scored: dict[str, Any]) -> dict[str, float]:
+    """The ``news_*`` scores of an ``evaluate`` result on news rows: per head, over the classes the rows hold
+    (``present_class_scores``), and ``news_selection``, the mean macro-F1 of the heads the rows label (a head none of
+    them labels is not counted as zero)."""
+    out: dict[str, float] = {}
     heads = []
     for head in ("topic", "sentiment"):
         if f"_{head}_labels" in scored:
             labels, logits = scored[f"_{head}_labels"], scored[f"_{head}_logits"]
             for key, value in present_class_scores(labels, logits.argmax(1)).items():
-                result[f"news_{head}_{key}"] = value
-            heads.append(result[f"news_{head}_macro_f1"])
+                out[f"news_{head}_{key}"] = value
+            heads.append(out[f"news_{head}_macro_f1"])
+    out["news_selection"] = float(np.mean(heads))
+    return out
+
+
+def evaluate_dev(model, dev: Encoded, news: Encoded | None, pad_id: int, device, batch_size: int) -> dict[str, Any]:
+    """``evaluate`` on the Twitter dev slice; with a news dev slice (``news_dev_fraction``) also its scores
+    (``news_scores``), and ``selection`` becomes the mean of the two slices'. The ``_``-keys stay the Twitter slice's:
+    the temperatures are fitted there, as before."""
+    result = evaluate(model, dev, pad_id, device, batch_size)
+    if news is None:
+        return result
+    result.update(news_scores(evaluate(model, news, pad_id, device, batch_size)))
     result["twitter_selection"] = result["selection"]
-    result["news_selection"] = float(np.mean(heads))
     result["selection"] = (result["twitter_selection"] + result["news_selection"]) / 2
     return result
 

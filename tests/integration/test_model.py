@@ -1041,6 +1041,8 @@ def test_runs_on_different_training_sets_are_scored_on_the_union_of_their_dev_sl
         csv.writer(fh).writerow([twin, "positive"])
     with (data / "sentfin" / "sentfin_headlines.csv").open("a", newline="") as fh:
         csv.writer(fh).writerow([99, twin, 1, 1, 0, 0, "positive", json.dumps({"Initech": "positive"})])
+        # and one SEntFiN news dev row no run reads elsewhere
+        csv.writer(fh).writerow([98, "Hooli 2 cuts guidance as demand slows", 1, 0, 1, 0, "negative", "{}"])
 
     def run(name: str, sets: list[str], **config) -> Path:
         d = tmp_path / name
@@ -1065,9 +1067,27 @@ def test_runs_on_different_training_sets_are_scored_on_the_union_of_their_dev_sl
 
     with pytest.raises(errors.ConfigError, match=r"a did not train on sentfin-headline.*rescore"):
         choose([a, b])
-    chosen, ranked = choose([a, b], rescored_dev)
-    assert {c.path for c in ranked} == {a, b} and all("news_selection" in c.dev for c in ranked)
-    assert chosen.selection == max(c.selection for c in ranked)
-    assert rescored_dev(b, slices) == next(c.dev for c in ranked if c.path == b)  # one scorer, the same rows
+    _, ranked = choose([a, b], rescored_dev)
+    # a and b hold the same weights: scored on the same rows they score the same, on the union, not on their own rows
+    assert ranked[0].dev == ranked[1].dev and ranked[0].dev["news_rows"] == len(slices.news)
+    own = rescored_dev(a)
+    assert own["news_rows"] == len(dev_slices([a]).news) < len(slices.news)
+    assert "shared_selection" not in own  # one run: nothing to set apart
+    shared = dev_slices([a]).news  # the rows of the set both trained on, as the union scores them
+    assert {e.text for e in slices.shared_news} == {e.text for e in shared}
+    assert set(ranked[0].dev) >= {"shared_selection", "news@sp500-posneg", "news@sentfin-headline"}
+    assert ranked[0].dev["shared_selection"] == pytest.approx(own["selection"])  # same weights, same shared rows
     with pytest.raises(errors.ConfigError, match=r"other dev slices.*data_dir"):
         dev_slices([a, run("c", ["sp500-posneg"], data_dir=str(tmp_path))])
+
+    # what earlier weights read counts too: a parent that trained on SEntFiN without a dev slice read the twin, though
+    # its child leaves that row out of its own training; so did a base pre-trained on SEntFiN's texts
+    parent = run("parent", ["sentfin-headline"], news_dev_fraction=0.0)
+    child = run("child", ["sentfin-headline"], init_from=str(parent))
+    assert normalised(twin) not in trained_texts(run("alone", ["sentfin-headline"]))
+    assert normalised(twin) in trained_texts(child)
+    based = run("based", ["sentfin-headline"])
+    meta = json.loads((based / "meta.json").read_text())
+    (based / "meta.json").write_text(json.dumps({**meta, "training_sets": ["pretrain:sentfin-headline"]}))
+    assert normalised(twin) in trained_texts(based)
+    assert twin not in [e.text for e in dev_slices([b, child]).news]
