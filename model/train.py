@@ -501,6 +501,13 @@ def train(
             examples + corpus.self_train(Path(cfg.data_dir), cfg.train_sets, teacher, cfg.self_train_threshold)[0]
         )
         news_dev = corpus.news_dev(Path(cfg.data_dir), cfg.train_sets, cfg.news_dev_fraction)
+        if news_dev and cfg.init_from:  # rows the weights it continues from read are no dev rows for this run
+            from finsent.model.selection import trained_texts
+
+            read = trained_texts(Path(cfg.init_from), Path(cfg.data_dir))
+            unseen = [ex for ex in news_dev if normalised(ex.text) not in read]
+            log.info("news dev rows the parent read left out", extra={"rows": len(news_dev) - len(unseen)})
+            news_dev = unseen
         if news_dev:  # no copy of a news dev text is trained on, from any source (the Twitter sets, unlabelled ones)
             held = {normalised(ex.text) for ex in news_dev}
             before = len(examples)

@@ -510,12 +510,9 @@ def test_a_resume_under_other_settings_is_refused_and_a_finished_early_stop_is_n
     assert len(artifact.load_meta(again).metrics["history"]) == 2
 
 
-def test_a_news_dev_slice_is_scored_every_epoch_and_chooses_beside_the_twitter_one(tmp_path, tiny_model_dir):
-    """With ``news_dev_fraction`` the run scores a slice cut from its news set's training part each epoch, and the
-    epoch is chosen on the mean of the Twitter and the news selection scores (news: only the heads it labels)."""
+def _write_sp500(data: Path) -> Path:
     import csv
 
-    data = write_tiny_data(tmp_path / "data")
     (data / "sp500-headlines-posneg").mkdir()
     with (data / "sp500-headlines-posneg" / "sp500_headlines_posneg.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
@@ -524,6 +521,30 @@ def test_a_news_dev_slice_is_scored_every_epoch_and_chooses_beside_the_twitter_o
             w.writerow(
                 [f"Acme {i} shares {'soar' if i % 2 else 'plunge'} after report", "positive" if i % 2 else "negative"]
             )
+    return data
+
+
+def test_a_continued_run_is_not_chosen_on_rows_its_parent_read(tmp_path, tiny_model_dir):
+    """A run continued from weights that trained on its news dev rows cannot choose its epoch on them: they are left
+    out of its slice (here every one: the parent read all of S&P 500), so it has no news dev score at all."""
+    import shutil
+
+    data = _write_sp500(write_tiny_data(tmp_path / "data"))
+    parent = tmp_path / "parent"
+    shutil.copytree(tiny_model_dir, parent)
+    meta = json.loads((parent / "meta.json").read_text())
+    (parent / "meta.json").write_text(json.dumps({**meta, "training_sets": ["sp500-posneg"]}))
+    cfg = _tiny_cfg(tmp_path, parent, epochs=1, data_dir=str(data), train_sets=["sp500-posneg"])
+    cfg.news_dev_fraction = 0.25
+    dev = artifact.load_meta(train(cfg, progress=False)).metrics["dev"]
+    assert "news_selection" not in dev and "twitter_selection" not in dev
+
+
+def test_a_news_dev_slice_is_scored_every_epoch_and_chooses_beside_the_twitter_one(tmp_path, tiny_model_dir):
+    """With ``news_dev_fraction`` the run scores a slice cut from its news set's training part each epoch, and the
+    epoch is chosen on the mean of the Twitter and the news selection scores (news: only the heads it labels)."""
+
+    data = _write_sp500(write_tiny_data(tmp_path / "data"))
     cfg = _tiny_cfg(tmp_path, tiny_model_dir, epochs=2, data_dir=str(data), train_sets=["sp500-posneg"])
     cfg.news_dev_fraction = 0.25
     out = train(cfg, progress=False)
@@ -539,7 +560,7 @@ def test_a_news_dev_slice_is_scored_every_epoch_and_chooses_beside_the_twitter_o
     from finsent.model.selection import rescored_dev
 
     again = rescored_dev(out)
-    assert again.keys() == meta.metrics["dev"].keys()
+    assert again.keys() - {"news_rows"} == meta.metrics["dev"].keys()
     for key in ("selection", "news_selection", "twitter_selection"):
         assert again[key] == pytest.approx(meta.metrics["dev"][key], abs=0.02)
 
