@@ -281,16 +281,8 @@ def sentivent_topics_train_part(data_dir: Path) -> list[Example]:
     return _untrained(split_heldout("sentivent-topics", sentivent_topics(data_dir))[0], headlines)
 
 
-def sentivent_topics_heldout(data_dir: Path) -> list[Example]:
-    return split_heldout("sentivent-topics", sentivent_topics(data_dir))[1]
-
-
 def sentifm_topics_train_part(data_dir: Path) -> list[Example]:
     return split_heldout("sentifm-topics", sentifm_topics(data_dir))[0]
-
-
-def sentifm_topics_heldout(data_dir: Path) -> list[Example]:
-    return split_heldout("sentifm-topics", sentifm_topics(data_dir))[1]
 
 
 @dataclass(frozen=True)
@@ -328,6 +320,14 @@ def sentfin_heldout(data_dir: Path) -> list[Example]:
 
 def reuters_heldout(data_dir: Path) -> list[Example]:
     return split_heldout("reuters-topics", reuters_topics(data_dir))[1]
+
+
+def sentivent_topics_heldout(data_dir: Path) -> list[Example]:
+    return split_heldout("sentivent-topics", sentivent_topics(data_dir))[1]
+
+
+def sentifm_topics_heldout(data_dir: Path) -> list[Example]:
+    return split_heldout("sentifm-topics", sentifm_topics(data_dir))[1]
 
 
 def phrasebank_finbert_test(data_dir: Path) -> list[Example]:
