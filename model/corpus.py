@@ -32,7 +32,7 @@ from finsent.model.data import (
     phrasebank_train_part,
     reuters_topics,
     sentfin_headlines,
-    sentifm_topics_train_part,
+    sentifm_topics,
     sentivent_topics_train_part,
     sp500_posneg,
     split_heldout,
@@ -65,7 +65,7 @@ TRAIN_SETS: dict[str, TrainSet] = {
         TrainSet("phrasebank-50", phrasebank_train_part, commercial=False),
         TrainSet("reuters-topics", _train_part("reuters-topics", reuters_topics), commercial=False),
         TrainSet("sentivent-topics", sentivent_topics_train_part, commercial=False),
-        TrainSet("sentifm-topics", sentifm_topics_train_part, commercial=False),
+        TrainSet("sentifm-topics", _train_part("sentifm-topics", sentifm_topics), commercial=False),
         TrainSet("news-unlabelled", _train_part("news-unlabelled", news_unlabelled), commercial=False, unlabelled=True),
     )
 }

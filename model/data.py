@@ -281,10 +281,6 @@ def sentivent_topics_train_part(data_dir: Path) -> list[Example]:
     return _untrained(split_heldout("sentivent-topics", sentivent_topics(data_dir))[0], headlines)
 
 
-def sentifm_topics_train_part(data_dir: Path) -> list[Example]:
-    return split_heldout("sentifm-topics", sentifm_topics(data_dir))[0]
-
-
 @dataclass(frozen=True)
 class NewsSet:
     """One news-domain evaluation set: how to load it and which sentiment classes its gold labels use."""

@@ -107,11 +107,8 @@ def trained_texts(model_dir: Path, data_dir: Path | None = None) -> set[str]:
     if not (model_dir / "train_config.json").exists():
         if data_dir is None:
             raise ConfigError(f"{model_dir}: no train_config.json, so what it trained on is unknown")
-        names = [n.removeprefix("pretrain:") for n in meta.training_sets]
-        rows = load_twitter(data_dir, 0.0).train
-        for name in dict.fromkeys(n for n in names if n in corpus.TRAIN_SETS):
-            rows += corpus.TRAIN_SETS[name].load(data_dir)
-        return {normalised(ex.text) for ex in rows}
+        twitter = {normalised(ex.text) for ex in load_twitter(data_dir, 0.0).train}
+        return twitter | _every_row(meta.training_sets, data_dir)
     config = _config(model_dir)
     data_dir = Path(config["data_dir"])
     own = list(config.get("train_sets", []))
@@ -122,10 +119,17 @@ def trained_texts(model_dir: Path, data_dir: Path | None = None) -> set[str]:
     texts = {normalised(ex.text) for ex in rows} - left_out
     if config.get("init_from"):
         return texts | trained_texts(Path(config["init_from"]), data_dir)
-    pretrained = [n.removeprefix("pretrain:") for n in meta.training_sets if n.startswith("pretrain:")]
-    for name in dict.fromkeys(n for n in pretrained if n in corpus.TRAIN_SETS):
-        texts |= {normalised(ex.text) for ex in corpus.TRAIN_SETS[name].load(data_dir)}
-    return texts
+    return texts | _every_row([n for n in meta.training_sets if n.startswith("pretrain:")], data_dir)
+
+
+def _every_row(set_names: list[str], data_dir: Path) -> set[str]:
+    """Every row (``normalised``) of the named training sets (``pretrain:`` prefixes read as the set), none left out
+    for a dev slice; names that are no ``corpus.TRAIN_SETS`` set (the Twitter sets' names) add nothing."""
+    from finsent.model import corpus
+    from finsent.model.data import normalised
+
+    names = dict.fromkeys(n.removeprefix("pretrain:") for n in set_names)
+    return {normalised(ex.text) for n in names if n in corpus.TRAIN_SETS for ex in corpus.TRAIN_SETS[n].load(data_dir)}
 
 
 def dev_slices(model_dirs: list[Path]) -> DevSlices:

@@ -69,15 +69,9 @@ def test_event_topic_sets_train_on_their_untested_rows_only():
     """The research variant trains topic on SENTiVENT and SentiFM: never on a held-out row, and never on a SENTiVENT
     headline, which the news score reads whole for sentiment (a headline whose topic was learned has been read)."""
     from finsent.model import corpus
-    from finsent.model.data import (
-        normalised,
-        sentifm_topics_heldout,
-        sentifm_topics_train_part,
-        sentivent_topics_heldout,
-        sentivent_topics_train_part,
-    )
+    from finsent.model.data import normalised, sentifm_topics_heldout, sentivent_topics_heldout
 
-    trained = [e.text for e in sentivent_topics_train_part(FIXTURES)]
+    trained = [e.text for e in corpus.TRAIN_SETS["sentivent-topics"].load(FIXTURES)]
     assert trained == [
         "Acme Inc . ACME saw its shares rise 4 % on Tuesday .",
         "The company also named a new chief financial officer .",
@@ -85,7 +79,7 @@ def test_event_topic_sets_train_on_their_untested_rows_only():
     assert [e.text for e in sentivent_topics_heldout(FIXTURES)] == ["Acme Up on Record Quarterly Sales , Upbeat View"]
     headlines = {normalised(e.text) for e in sentivent_headlines(FIXTURES)}
     assert not headlines & {normalised(t) for t in trained}
-    assert [e.text[:8] for e in sentifm_topics_train_part(FIXTURES)] == ["Brokers "]
+    assert [e.text[:8] for e in corpus.TRAIN_SETS["sentifm-topics"].load(FIXTURES)] == ["Brokers "]
     assert [e.text[:8] for e in sentifm_topics_heldout(FIXTURES)] == ["Initech "]
     assert corpus.licence_of(["sentivent-topics", "sentifm-topics"]) == corpus.RESEARCH
     extra = corpus.extra_examples(FIXTURES, ["sentivent-topics", "sentifm-topics"])
