@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import numpy as np
+    from sklearn.metrics import f1_score
 
     from finsent.errors import MissingData
     from finsent.model.classifier import Classifier
@@ -123,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
                 "dev_rows": len(dev),
                 "heldout_rows": len(held),
                 "heldout_accuracy": round(float((pred == gold).mean()), 4),
+                "heldout_macro_f1": round(
+                    float(f1_score(gold, pred, labels=sorted(set(gold.tolist())), average="macro")), 4
+                ),
                 **(
                     {"heldout_neutral_rate": round(float((logits.argmax(1) == neutral).mean()), 4)}
                     if spec.head == "sentiment"
