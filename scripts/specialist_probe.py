@@ -33,17 +33,16 @@ class Specialist:
 
     head: str  # "sentiment" or "topic"
     domain: str  # "news" or "twitter": the tag the model reads it with
-    research: bool  # trained on a research-only set: named as the research variant, never servable as the default
     heldout: str  # the loader (in finsent.model.data) of the rows the report scores it on; "" for a Twitter set: its valid split
 
 
 SPECIALISTS = {
-    "phrasebank-50": Specialist("sentiment", "news", True, "phrasebank_finbert_test"),
-    "sentfin-headline": Specialist("sentiment", "news", True, "sentfin_heldout"),
-    "sp500-posneg": Specialist("sentiment", "news", True, "sp500_heldout"),
+    "phrasebank-50": Specialist("sentiment", "news", "phrasebank_finbert_test"),
+    "sentfin-headline": Specialist("sentiment", "news", "sentfin_heldout"),
+    "sp500-posneg": Specialist("sentiment", "news", "sp500_heldout"),
     # the Twitter sets: their training part less the usual Twitter dev slice, scored on their valid split
-    "twitter-sentiment": Specialist("sentiment", "twitter", False, ""),
-    "twitter-topic": Specialist("topic", "twitter", False, ""),
+    "twitter-sentiment": Specialist("sentiment", "twitter", ""),
+    "twitter-topic": Specialist("topic", "twitter", ""),
 }
 
 
@@ -76,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn.metrics import f1_score
 
     from finsent.errors import MissingData
+    from finsent.model import corpus
     from finsent.model.classifier import Classifier
     from finsent.model.data import check_data_dir
     from finsent.model.text import prepare
@@ -87,9 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"specialist_probe: {err}", file=sys.stderr)
         return 2
     spec = SPECIALISTS[args.set]
+    # a set the licence registry does not call commercial makes a research model, never servable as the default
+    research = args.set in corpus.TRAIN_SETS and not corpus.TRAIN_SETS[args.set].commercial
     kept, dev, held = rows(args.set, spec, args.data_dir)
     cfg = TrainConfig(
-        name="finsent-minilm-research" if spec.research else "finsent-minilm-specialist",
+        name="finsent-minilm-research" if research else "finsent-minilm-specialist",
         version=f"specialist-{args.set}-s{args.seed}-lr{args.lr:g}-e{args.epochs}",
         data_dir=str(args.data_dir),
         out_dir=str(args.out_dir),
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         head_lr=1e-3,
         seed=args.seed,
         threads=2,
-        train_sets=[args.set] if spec.research else [],
+        train_sets=[args.set] if research else [],
         domain_prefixes={"twitter": "tweet |", "news": "headline |"},
     )
     model_dir = train(cfg, examples=kept, dev=dev)
