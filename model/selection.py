@@ -72,10 +72,6 @@ class DevSlices:
     def news(self) -> list[Example]:
         return [ex for rows in self.news_by_set.values() for ex in rows]
 
-    @property
-    def shared_news(self) -> list[Example]:
-        return [ex for name in self.shared_sets for ex in self.news_by_set.get(name, [])]
-
 
 def _config(model_dir: Path) -> dict[str, Any]:
     path = model_dir / "train_config.json"
@@ -172,33 +168,39 @@ def stored_dev(model_dir: Path, slices: DevSlices | None = None) -> dict[str, An
 
 
 def rescored_dev(model_dir: Path, slices: DevSlices | None = None) -> dict[str, Any]:
-    """The model's dev scores computed now by the scorer training uses (``train.evaluate_dev``), on ``slices`` (by
-    default its own: those its ``train_config.json`` names), read from the training data directory; with
+    """The model's dev scores computed now by the scorer training uses (``train.evaluate``, ``train.with_news``), on
+    ``slices`` (by default its own: those its ``train_config.json`` names), read from the training data directory; with
     ``news_rows``, and, where candidates trained on different sets, ``shared_selection`` (the same mean on the rows of
     the sets all of them trained on) and ``news@<set>`` (the news selection score on one set's rows)."""
     import torch
 
     from finsent.model.data import check_data_dir, load_twitter
-    from finsent.model.train import encode, evaluate, evaluate_dev, news_scores
+    from finsent.model.train import encode, evaluate, news_scores, pooled, with_news
 
     slices = slices or dev_slices([model_dir])
     config = _config(model_dir)
     check_data_dir(slices.data_dir, "training data directory", "run from the directory the runs were trained in")
     model, tokenizer, meta = artifact.load(model_dir)
     max_length, prefixes = int(config.get("max_length", meta.max_length)), meta.domain_prefixes
-    pad, cpu = tokenizer.pad_token_id or 0, torch.device("cpu")
-    dev = encode(load_twitter(slices.data_dir, slices.dev_fraction).dev, tokenizer, max_length, prefixes)
-    news_data = encode(slices.news, tokenizer, max_length, prefixes) if slices.news else None
-    result = evaluate_dev(model, dev, news_data, pad, cpu, 128)
+
+    cpu = torch.device("cpu")
+
+    def scored(rows: list[Example]) -> dict[str, Any]:
+        return evaluate(model, encode(rows, tokenizer, max_length, prefixes), tokenizer.pad_token_id or 0, cpu, 128)
+
+    by_set = {name: scored(rows) for name, rows in slices.news_by_set.items() if rows}  # the model runs once per row
+    result = with_news(
+        scored(load_twitter(slices.data_dir, slices.dev_fraction).dev), pooled(list(by_set.values())) or None
+    )
     result["news_rows"] = len(slices.news)
     if slices.shared_sets != slices.train_sets:
-        for name, rows in slices.news_by_set.items():
-            if rows:
-                scored = evaluate(model, encode(rows, tokenizer, max_length, prefixes), pad, cpu, 128)
-                result[f"news@{name}"] = news_scores(scored)["news_selection"]
-        if slices.shared_news:
-            scored = evaluate(model, encode(slices.shared_news, tokenizer, max_length, prefixes), pad, cpu, 128)
-            result["shared_selection"] = (result["twitter_selection"] + news_scores(scored)["news_selection"]) / 2
+        for name, news in by_set.items():
+            result[f"news@{name}"] = news_scores(news)["news_selection"]
+        shared = [by_set[name] for name in slices.shared_sets if name in by_set]
+        if shared:
+            result["shared_selection"] = (
+                result["twitter_selection"] + news_scores(pooled(shared))["news_selection"]
+            ) / 2
     return {k: v for k, v in result.items() if not k.startswith("_")}
 
 

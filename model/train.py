@@ -292,17 +292,35 @@ def news_scores(scored: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def evaluate_dev(model, dev: Encoded, news: Encoded | None, pad_id: int, device, batch_size: int) -> dict[str, Any]:
-    """``evaluate`` on the Twitter dev slice; with a news dev slice (``news_dev_fraction``) also its scores
+def pooled(scored: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``_``-keys (labels and logits per head) of several ``evaluate`` results on disjoint rows, as one result on
+    all their rows would hold them (what ``news_scores`` reads), so that rows scored once per set can be scored
+    together too without running the model again."""
+    out: dict[str, Any] = {}
+    for head in ("topic", "sentiment"):
+        parts = [r for r in scored if f"_{head}_labels" in r]
+        if parts:
+            out[f"_{head}_labels"] = np.concatenate([r[f"_{head}_labels"] for r in parts])
+            out[f"_{head}_logits"] = np.concatenate([r[f"_{head}_logits"] for r in parts])
+    return out
+
+
+def with_news(result: dict[str, Any], news: dict[str, Any] | None) -> dict[str, Any]:
+    """A Twitter dev slice's ``evaluate`` result with a news dev slice's (``news_dev_fraction``) beside it: its scores
     (``news_scores``), and ``selection`` becomes the mean of the two slices'. The ``_``-keys stay the Twitter slice's:
     the temperatures are fitted there, as before."""
-    result = evaluate(model, dev, pad_id, device, batch_size)
     if news is None:
         return result
-    result.update(news_scores(evaluate(model, news, pad_id, device, batch_size)))
+    result.update(news_scores(news))
     result["twitter_selection"] = result["selection"]
     result["selection"] = (result["twitter_selection"] + result["news_selection"]) / 2
     return result
+
+
+def evaluate_dev(model, dev: Encoded, news: Encoded | None, pad_id: int, device, batch_size: int) -> dict[str, Any]:
+    """``evaluate`` on the Twitter dev slice and, when there is one, on the news dev slice (``with_news``)."""
+    scored_news = evaluate(model, news, pad_id, device, batch_size) if news is not None else None
+    return with_news(evaluate(model, dev, pad_id, device, batch_size), scored_news)
 
 
 # ----------------------------------------------------------------------------- the loop

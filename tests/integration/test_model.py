@@ -1095,7 +1095,7 @@ def test_runs_on_different_training_sets_are_scored_on_the_union_of_their_dev_sl
     assert own["news_rows"] == len(dev_slices([a]).news) < len(slices.news)
     assert "shared_selection" not in own  # one run: nothing to set apart
     shared = dev_slices([a]).news  # the rows of the set both trained on, as the union scores them
-    assert {e.text for e in slices.shared_news} == {e.text for e in shared}
+    assert {e.text for n in slices.shared_sets for e in slices.news_by_set.get(n, [])} == {e.text for e in shared}
     assert set(ranked[0].dev) >= {"shared_selection", "news@sp500-posneg", "news@sentfin-headline"}
     assert ranked[0].dev["shared_selection"] == pytest.approx(own["selection"])  # same weights, same shared rows
     with pytest.raises(errors.ConfigError, match=r"other dev slices.*data_dir"):
