@@ -97,13 +97,13 @@ def trained_texts(model_dir: Path, data_dir: Path | None = None) -> set[str]:
     set its ``meta.json`` names. Not counted: augmentation's rewrites, and the teachers' (``pseudo_from``,
     ``self_train_from``), which only label texts counted here."""
     from finsent.model import corpus
-    from finsent.model.data import load_twitter, normalised
+    from finsent.model.data import load_twitter, normalised, twitter_train_rows
 
     meta = artifact.load_meta(model_dir)
     if not (model_dir / "train_config.json").exists():
         if data_dir is None:
             raise ConfigError(f"{model_dir}: no train_config.json, so what it trained on is unknown")
-        twitter = {normalised(ex.text) for ex in load_twitter(data_dir, 0.0).train}
+        twitter = {normalised(ex.text) for ex in twitter_train_rows(data_dir)}
         return twitter | _every_row(meta.training_sets, data_dir)
     config = _config(model_dir)
     data_dir = Path(config["data_dir"])

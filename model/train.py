@@ -500,6 +500,7 @@ def train(
 
     if examples is None or dev is None:
         splits = load_twitter(Path(cfg.data_dir), cfg.dev_fraction)
+        log.info("twitter train texts left out as copies of dev or test texts", extra={"texts": splits.twins_left_out})
         examples = splits.train if examples is None else examples
         dev = splits.dev if dev is None else dev
         if cfg.pseudo_from:

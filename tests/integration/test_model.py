@@ -55,6 +55,32 @@ def test_dev_split_is_stable_and_disjoint(tiny_data_dir):
     assert _in_dev("x", 1.0) and not _in_dev("x", 0.0)
 
 
+def test_train_holds_no_copy_of_a_dev_or_test_text_in_another_case(tmp_path):
+    """The published Twitter train files hold valid texts in another casing; a dev text's other casing lands in train
+    too, as the dev slice is drawn on the exact text. Neither may be trained on."""
+    import csv
+
+    from conftest import write_tiny_data
+
+    from finsent.model.data import normalised
+
+    def train_variant(text: str) -> str:  # another casing of ``text`` that the dev slice does not draw
+        variants = (text.upper(), text.title(), text.swapcase(), text.upper() + "!", text.title() + " ...")
+        return next(v for v in variants if not _in_dev(v, 0.1))
+
+    root = write_tiny_data(tmp_path / "data")
+    plain = load_twitter(root)
+    twins = [train_variant(plain.test_sentiment[0].text), train_variant(plain.dev[0].text)]
+    emoji = next(e for e in ("🚀🚀", "🚀📉", "📉📉", "💰") if not _in_dev(e, 0.1))  # normalises to "": no one's twin
+    with (root / "twitter-topic" / "train.csv").open("a", newline="") as fh:
+        csv.writer(fh).writerows([[t, 1] for t in [*twins, emoji]])
+    splits = load_twitter(root)
+    assert splits.twins_left_out == plain.twins_left_out + 2  # the tiny sets share some texts already
+    held = {normalised(ex.text) for ex in splits.dev + splits.test_topic + splits.test_sentiment}
+    assert not held & {normalised(ex.text) for ex in splits.train}
+    assert sorted(ex.text for ex in splits.train) == sorted([ex.text for ex in plain.train] + [emoji])
+
+
 def test_temperature_scaling_improves_calibration_of_overconfident_logits():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 2000)
