@@ -37,11 +37,13 @@ def review_queue(
     reviewed: Collection[str] = frozenset(),
 ) -> list[dict[str, Any]]:
     """The ``limit`` headlines to review first: behind a firing alert first, then by smallest margin. Items in
-    ``reviewed`` (already corrected or confirmed) are left out: an analyst's time goes to the next one."""
+    ``reviewed`` (already corrected or confirmed) are left out: an analyst's time goes to the next one. So are
+    flagged items (no classifiable text, e.g. a title that was only a URL): their uniform fallback probabilities
+    have the smallest margin of all, so they led the queue, and there is nothing in them to correct."""
     behind = firing_evidence(alerts)
     ranked = []
     for s in items:
-        if s.item.id in reviewed:
+        if s.item.id in reviewed or s.flag is not None:
             continue
         margin, entropy = uncertainty(s.sentiment_probs)
         ranked.append((s.item.id not in behind, margin, -entropy, s.item.id, s))

@@ -11,6 +11,7 @@ annotation objects, and the classify model is built per app from the settings' l
 import asyncio
 import dataclasses
 import json
+import logging
 import time
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +31,7 @@ from finsent.web.heatmap import heatmap
 from finsent.web.review import review_queue
 from finsent.web.state import ApiState, HeldStream, State
 
+log = logging.getLogger("finsent.web")
 STATIC_DIR = Path(__file__).parent / "static"
 SSE_POLL_S = 0.25
 SSE_PING_S = 15.0
@@ -269,6 +271,8 @@ async def alerts(
         401: {"description": "missing or wrong bearer token (when FINSENT_WEB__TOKEN is set)"},
         403: {"description": "a cross-origin request or a foreign Host; or no FINSENT_WEB__TOKEN off loopback"},
         404: {"description": "the item id is not among the recent scored items"},
+        422: {"description": "a bad body, or an item the model could not classify (nothing to learn from)"},
+        503: {"description": "the feedback store cannot be written (full disk, no permission): nothing was kept"},
     },
 )
 async def feedback(req: FeedbackRequest, api: State, authorization: Annotated[str | None, Header()] = None) -> dict:
@@ -277,6 +281,10 @@ async def feedback(req: FeedbackRequest, api: State, authorization: Annotated[st
     scored = api.views.items.get(req.item_id)
     if scored is None:
         raise HTTPException(404, f"unknown item id {req.item_id!r} (not among the recent scored items)")
+    if scored.flag is not None:  # its text held nothing to classify (a bare URL, not text): nothing to learn from
+        raise HTTPException(
+            422, f"item {req.item_id!r} was not classified ({scored.flag}): there is no text to correct"
+        )
     try:
         fb = Feedback(
             item_id=req.item_id,
@@ -294,7 +302,12 @@ async def feedback(req: FeedbackRequest, api: State, authorization: Annotated[st
         raise HTTPException(
             422, [{"loc": ["body"], "msg": e["msg"], "type": e["type"]} for e in err.errors()]
         ) from None
-    await asyncio.to_thread(append, api.settings.paths.feedback_store, fb)
+    store = api.settings.paths.feedback_store
+    try:
+        await asyncio.to_thread(append, store, fb)
+    except OSError as err:  # full disk, read-only folder: the analyst must know the correction was not kept
+        log.error("feedback not stored", extra={"path": str(store), "item": fb.item_id, "error": str(err)})
+        raise HTTPException(503, f"correction not saved: feedback store {store}: {err.strerror or err}") from None
     published = await api.publish_feedback(fb)
     api.metrics.feedback.labels(str(published).lower()).inc()
     return {"stored": True, "published": published}

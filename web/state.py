@@ -195,10 +195,14 @@ class ApiState:
 
     async def feedback_records(self) -> tuple[list[Feedback], int]:
         """The feedback store's corrections and its count of bad lines (none yet: empty)."""
+        store = self.settings.paths.feedback_store
         try:
-            return await asyncio.to_thread(read_store, self.settings.paths.feedback_store)
+            return await asyncio.to_thread(read_store, store)
         except FileNotFoundError:
             return [], 0
+        except OSError as err:  # a folder in its place, no permission, a failing disk: say so, not a bare 500
+            log.error("feedback store unreadable", extra={"path": str(store), "error": str(err)})
+            raise HTTPException(503, f"feedback store {store} cannot be read: {err.strerror or err}") from None
 
     def predicted(self, r: Feedback, kind: str) -> str | None:
         """The model's label as recorded with the correction; for older records, the item if still in view."""
