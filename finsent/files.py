@@ -1,4 +1,4 @@
-"""Whole-file replacement: a reader sees the old file or the new one, never half of one.
+"""Whole-file replacement (a reader sees the old file or the new one, never half of one) and whole-line appends.
 
 State files (the demo's ``demo.json``, Prometheus target files, replay progress, ONNX stamps, int8 plans) are
 read by other processes while they are rewritten; a plain ``write_text`` lets a reader catch the file empty or
@@ -7,6 +7,8 @@ cut short, which CI once did (a JSON decode error on ``demo.json``). Every such 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import tempfile
 from pathlib import Path
@@ -36,3 +38,34 @@ def write_private(path: Path, text: str) -> Path:
     old content, never the new secret."""
     path.parent.mkdir(parents=True, exist_ok=True)
     return replace_text(path, text, mode=0o600)
+
+
+def append_lines(path: Path, data: bytes) -> None:
+    """Append ``data`` (whole lines, each ending in a newline) to a JSON-lines file and fsync it, or leave the file
+    as it was and raise ``OSError``.
+
+    A plain ``open("ab").write`` on a full disk left half a line at the end; the next append was glued onto it and
+    the reader lost both (the feedback store answered 201 for a correction no one could read back; ingest's
+    ``--output`` marked as seen an item no reader got). Here a failed write is cut back off, and a tail cut short by
+    an earlier crash gets its newline first, so it stays one bad line and does not swallow the next one. An
+    exclusive lock keeps concurrent appenders (the API's worker threads) from cutting each other's lines.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if not data:  # only opened (created): the caller learns now whether it can be
+            return
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)  # releases the lock

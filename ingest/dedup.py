@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import math
 import re
 import sqlite3
 import time
@@ -202,10 +203,32 @@ class Deduper:
                         del self._bands[band]
 
 
+class DamagedRow(sqlite3.DatabaseError):
+    """A row SQLite reads back but ingest cannot: SQLite keeps no checksums of row contents, so a damaged file can
+    open cleanly and hold a signature cut short or a time that is text."""
+
+
 def _is_corruption(err: sqlite3.DatabaseError) -> bool:
-    """Not a database, or a malformed one; a locked or unreadable (permissions) file is not moved aside."""
+    """Not a database, a malformed one, or damaged rows; a locked or unreadable (permissions) file is not moved aside."""
+    if isinstance(err, DamagedRow):
+        return True
     code = getattr(err, "sqlite_errorcode", None)
     return code is not None and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _mark_of_row(item_id: object, at: object, keys: object, sig: object, seen: object) -> _Mark:
+    """A stored row as a mark, or ``DamagedRow`` saying what is wrong with it."""
+    try:
+        if not (isinstance(item_id, str) and isinstance(keys, str) and isinstance(sig, bytes)):
+            raise TypeError("item_id, keys or sig of the wrong type")
+        if not (isinstance(at, int | float) and isinstance(seen, int | float) and math.isfinite(at + seen)):
+            raise TypeError("at or seen is not a finite number")
+        signature = np.frombuffer(sig, dtype=np.uint64)
+        if len(signature) != NUM_PERM:
+            raise ValueError(f"signature of {len(sig)} bytes, not {NUM_PERM * 8}")
+        return _Mark(item_id, float(at), tuple(keys.split("\n")), signature, float(seen))
+    except (TypeError, ValueError) as err:
+        raise DamagedRow(f"damaged mark {str(item_id)[:80]!r}: {err}") from None
 
 
 class DedupStore:
@@ -261,18 +284,22 @@ class DedupStore:
         self.db.execute("UPDATE marks SET seen = ? WHERE seen IS NULL", (time.time(),))
 
     def _load(self, horizon_s: float, id_horizon_s: float, now: float) -> None:
-        newest = self.db.execute("SELECT MAX(at) FROM marks").fetchone()[0] or 0.0
+        newest = self.db.execute("SELECT MAX(at) FROM marks WHERE typeof(at) IN ('real', 'integer')").fetchone()[0]
+        newest = newest or 0.0  # a row whose time is not a number is read below, and found damaged there
         near_cutoff, id_cutoff = newest - horizon_s, now - id_horizon_s
         self.db.execute("DELETE FROM marks WHERE at < ? AND seen < ?", (near_cutoff, id_cutoff))
-        for item_id, seen in self.db.execute(
-            "SELECT item_id, seen FROM marks WHERE seen >= ? ORDER BY seen", (id_cutoff,)
+        for row in self.db.execute(
+            "SELECT item_id, at, keys, sig, seen FROM marks WHERE seen >= ? OR at >= ? ORDER BY seen",
+            (id_cutoff, near_cutoff),
         ):
-            self.core._remember_id(item_id, seen)
+            mark = _mark_of_row(*row)  # every row read is checked, or a damaged one stops a later ingest mid-run
+            if mark.seen >= id_cutoff:
+                self.core._remember_id(mark.item_id, mark.seen)
         rows = self.db.execute(
             "SELECT item_id, at, keys, sig, seen FROM marks WHERE at >= ? ORDER BY at", (near_cutoff,)
         )
-        for item_id, at, keys, sig, seen in rows:
-            self.core._add_near(_Mark(item_id, at, tuple(keys.split("\n")), np.frombuffer(sig, dtype=np.uint64), seen))
+        for row in rows:
+            self.core._add_near(_mark_of_row(*row))
 
     def _move_aside(self, err: sqlite3.DatabaseError) -> Path:
         """Rename the store (and its WAL/SHM files) with a timestamp suffix: kept for a post-mortem, out of the way."""

@@ -73,12 +73,15 @@ class FetchLimits:
     max_redirects: int = 5
 
 
+RETRY_AFTER_MAX_S = 1e9  # a finite stand-in for "longer than anyone waits"; the poller caps it at its own backoff
+
+
 def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():  # not "²", which isdigit() takes and float() refuses
+        return min(float(value), RETRY_AFTER_MAX_S)  # 400 nines parse as inf
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -124,8 +124,8 @@ class Poller:
         if summary.outcome == "error":
             st.failures += 1
             delay = min(feed.interval * 2 ** min(st.failures, 16), self.backoff_max_s)
-            if retry_after is not None:
-                delay = max(delay, retry_after)
+            if retry_after is not None:  # honoured up to the backoff's cap: a server's "Retry-After: 10^400" (inf)
+                delay = max(delay, min(retry_after, self.backoff_max_s))  # turned the feed off for good
             return delay
         st.failures = 0
         return feed.interval * (1 + self.rng.uniform(-self.jitter, self.jitter))

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from pathlib import Path
 from typing import Protocol
 
+from finsent.files import append_lines
 from finsent.kafka import KafkaLike, as_kafka, bootstrap_reachable, producer
 from finsent.records import NewsItem
 
@@ -26,19 +26,28 @@ class Sink(Protocol):
 
 
 class JsonlSink:
+    """``--output``: a failed write (full disk) acknowledges nothing and leaves the file as it was, as a dead broker
+    does for ``KafkaSink``: the items stay pending and are written on a later poll, whole."""
+
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = path.open("ab")
+        append_lines(path, b"")  # creates it, and says now (one line at the CLI) if it cannot be written
+        self.path = path
 
     async def send(self, items: list[NewsItem]) -> list[NewsItem]:
-        if items:
-            self.fh.write(b"".join(item.to_json() + b"\n" for item in items))
-            self.fh.flush()
-            os.fsync(self.fh.fileno())
+        if not items:
+            return items
+        try:
+            await asyncio.to_thread(append_lines, self.path, b"".join(item.to_json() + b"\n" for item in items))
+        except OSError as err:
+            log.warning(
+                "output file write failed", extra={"path": str(self.path), "error": str(err), "items": len(items)}
+            )
+            return []
         return items
 
     async def close(self) -> None:
-        self.fh.close()
+        pass
 
 
 class KafkaSink:

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from finsent.errors import RecordError
+from finsent.files import append_lines
 from finsent.records import Feedback
 
 log = logging.getLogger("finsent.model.feedback")
@@ -63,6 +64,6 @@ def _merged(newest: Feedback, topic: Feedback | None, sentiment: Feedback | None
 
 
 def append(path: Path, feedback: Feedback) -> None:
+    """One correction, on disk (fsynced) when this returns; on a full disk ``OSError`` and the store unchanged."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("ab") as fh:
-        fh.write(feedback.to_json() + b"\n")
+    append_lines(path, feedback.to_json() + b"\n")

@@ -129,6 +129,37 @@ def test_a_corrupt_store_is_moved_aside_loudly_and_ingest_starts(tmp_path, caplo
     assert DedupStore(path).check(item(1, "x")).duplicate  # the fresh store works and persists
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "UPDATE marks SET sig = x'0102030405' WHERE item_id = 'id2'",  # cut short: not a whole uint64
+        "UPDATE marks SET sig = x'0102030405060708' WHERE item_id = 'id2'",  # a whole uint64, not a signature
+        "UPDATE marks SET at = 'yesterday' WHERE item_id = 'id2'",
+        "UPDATE marks SET seen = 'later' WHERE item_id = 'id2'",
+    ],
+)
+def test_a_store_with_damaged_rows_is_moved_aside_like_a_corrupt_one(tmp_path, caplog, damage):
+    """SQLite keeps no checksums of row contents: a damaged file opens cleanly, and a row it reads back that ingest
+    cannot use stopped `finsent ingest` with a ValueError / TypeError traceback."""
+    import sqlite3
+
+    path = tmp_path / "dedup.sqlite"
+    s = DedupStore(path)
+    for n in (1, 2, 3):
+        s.mark(item(n, f"Headline number {n} about the bond market"))
+    s.close()
+    db = sqlite3.connect(path)
+    db.execute(damage)
+    db.commit()
+    db.close()
+    s = DedupStore(path)
+    assert s.moved_aside is not None and s.moved_aside.name.startswith("dedup.sqlite.corrupt-")
+    (line,) = [r for r in caplog.records if r.name == "finsent.ingest.dedup"]
+    assert "moved aside" in line.getMessage() and "damaged mark 'id2'" in line.error
+    assert not s.check(item(1, "x")).duplicate  # a fresh store
+    s.close()
+
+
 # ----------------------------------------------------------------------------- the same through `finsent ingest`
 
 RSS = "application/rss+xml; charset=utf-8"

@@ -314,6 +314,31 @@ def test_items_deferred_by_a_full_buffer_are_fetched_again_and_counted_apart(tmp
     assert summaries[-1].outcome == "not_modified"  # once nothing was deferred, the validators were kept
 
 
+def test_an_output_file_on_a_full_disk_acknowledges_nothing_and_gets_every_item_whole_later(tmp_path, frozen_feeds):
+    """``--output`` on a full disk (a link to /dev/full: every write fails with ENOSPC) was a poll crash with a
+    traceback, and a torn line glued to the next run's first item lost that item for good."""
+    feed = FeedConfig(name="wm", url=f"{frozen_feeds.url}/feeds/wire-markets")
+    metrics = IngestMetrics()
+    out, real = tmp_path / "o.jsonl", tmp_path / "real.jsonl"
+    out.symlink_to("/dev/full")
+    poller = Poller([feed], Fetcher(allow_private=True), Deduper(), JsonlSink(out), metrics=metrics)
+    n = len(frozen_feeds.published("wire-markets"))
+
+    async def polls():
+        first = await poller.poll(feed)
+        out.unlink()
+        out.symlink_to(real)  # space again
+        second = await poller.poll(feed)
+        await poller.fetcher.aclose()
+        return first, second
+
+    first, second = asyncio.run(polls())
+    assert second.outcome != "error"
+    assert first.outcome != "error" and _metric(metrics, "finsent_ingest_publish_errors_total") == n
+    rows = [json.loads(line) for line in real.read_text().splitlines()]
+    assert len(rows) == len({r["id"] for r in rows}) == n and poller.pending == []
+
+
 def test_a_dedup_store_that_cannot_be_created_at_start_is_one_line_naming_it(tmp_path):
     """A full disk at start (here: a file-size limit of 0 bytes, so SQLite cannot write its first page) was a
     sqlite3.OperationalError traceback out of `finsent ingest`; it is one line naming the store, exit 1."""

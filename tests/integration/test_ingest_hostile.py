@@ -5,6 +5,7 @@ import asyncio
 import itertools
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -171,6 +172,46 @@ def test_retry_after_http_date():
     now = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
     assert retry_after_seconds("Mon, 01 Jan 2024 12:02:00 GMT", now) == 120
     assert retry_after_seconds("30") == 30 and retry_after_seconds("soon") is None
+    assert retry_after_seconds("²") is None and retry_after_seconds("9" * 400) == 1e9  # finite: no "Infinity" in a log
+
+
+@pytest.mark.parametrize("retry_after", ["9" * 400, "99999999999", "Fri, 31 Dec 9999 23:59:59 GMT"])
+def test_a_retry_after_beyond_the_backoff_cap_is_capped_not_obeyed_for_ever(tmp_path, caplog, retry_after):
+    """A 503 with "Retry-After: 999…9" (inf as a float) scheduled the next poll at inf: that feed was never polled
+    again in the process, and the log line said "retry_in_s": Infinity, which is not JSON."""
+    from http.server import BaseHTTPRequestHandler
+
+    from finsent.local.feeds import LoopbackServer
+
+    class Busy(BaseHTTPRequestHandler):
+        def log_message(self, fmt, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(503)
+            self.send_header("Retry-After", retry_after)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    httpd = LoopbackServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    feed = FeedConfig(name="busy", url=f"http://127.0.0.1:{httpd.server_address[1]}/feed")
+    poller = Poller([feed], Fetcher(allow_private=True), Deduper(), JsonlSink(tmp_path / "o.jsonl"))
+    poller.backoff_max_s = 900.0
+
+    async def once():
+        summary = await poller.poll(feed)
+        await poller.fetcher.aclose()
+        return summary
+
+    try:
+        assert asyncio.run(once()).outcome == "error"
+    finally:
+        httpd.shutdown()
+    wait = poller.state["busy"].next_due - time.monotonic()
+    assert 800 < wait <= 900  # the cap, not for ever (and more than the feed's own backoff: the server asked)
+    (line,) = [r for r in caplog.records if getattr(r, "retry_in_s", None) is not None]
+    assert json.loads(json.dumps(line.retry_in_s, allow_nan=False)) == 900.0
 
 
 def test_conditional_get_returns_not_modified(tmp_path):

@@ -1,10 +1,13 @@
-"""The two small helpers that CI's flakes came from: whole-file replacement and free-port picking."""
+"""The small file and port helpers: whole-file replacement and free-port picking (CI's flakes came from them), and
+whole-line appends (a full disk once glued two lines into one unreadable one)."""
 
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
-from finsent.files import replace_text, write_private
+from finsent.files import append_lines, replace_text, write_private
 from finsent.net import free_port
 
 
@@ -72,3 +75,41 @@ def test_a_private_file_is_0600_and_a_reader_of_the_older_wider_file_never_sees_
         assert earlier.read() == "old-secret\n"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text() == "new-secret\n"
     assert [p.name for p in path.parent.iterdir()] == ["password"]  # no temp file left
+
+
+FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+from finsent.files import append_lines
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit write() fails with EFBIG, as with ENOSPC on a full disk
+path = Path(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + 40, resource.RLIM_INFINITY))
+try:
+    append_lines(path, b'{"n": 3, "text": "' + b"x" * 200 + b'"}\\n')
+except OSError as err:
+    print(err.errno)
+"""
+
+
+def test_a_failed_append_leaves_no_part_of_itself_and_a_torn_tail_cannot_swallow_the_next_line(tmp_path):
+    """A full disk mid-line left half a line that the next append was glued onto: both lines lost to every reader."""
+    path = tmp_path / "store.jsonl"
+    append_lines(path, b'{"n": 1}\n')
+    before = path.read_bytes()
+    out = subprocess.run([sys.executable, "-c", FULL_DISK, str(path)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "27" and path.read_bytes() == before  # EFBIG, and the file as it was
+    with path.open("ab") as fh:
+        fh.write(b'{"n": 2, "cut sh')  # a crash mid-line in an older writer
+    append_lines(path, b'{"n": 4}\n')
+    assert path.read_bytes().split(b"\n") == [b'{"n": 1}', b'{"n": 2, "cut sh', b'{"n": 4}', b""]
+
+
+def test_concurrent_appends_keep_every_line_whole(tmp_path):
+    path = tmp_path / "store.jsonl"
+    lines = [b"%d:" % i + b"y" * 5000 + b"\n" for i in range(64)]
+    threads = [threading.Thread(target=append_lines, args=(path, line)) for line in lines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(path.read_bytes().splitlines(keepends=True)) == sorted(lines)
