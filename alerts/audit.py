@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 from urllib.parse import quote
 
 from finsent.alerts.cases import Case, apply_action, check_action, fold
@@ -407,6 +407,25 @@ class AuditLog:
         finally:
             db.close()
 
+    def case_details(self, seqs: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """``evidence`` (the headlines) and ``annotations`` of the notification rows ``seqs``, by seq: what a case
+        shows of its newest firing, read for the cases listed rather than decoded for every row of the fold."""
+        wanted = sorted(set(seqs))
+        out: dict[int, dict[str, Any]] = {}
+        db = _read_only(self.path)
+        try:
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i : i + 500]
+                rows = db.execute(
+                    f"SELECT seq, evidence, annotations FROM notifications WHERE seq IN ({', '.join('?' * len(chunk))})",
+                    chunk,
+                )
+                for seq, evidence, annotations in rows:
+                    out[seq] = {"evidence": json.loads(evidence), "annotations": json.loads(annotations)}
+        finally:
+            db.close()
+        return out
+
     def record_action(
         self,
         case_id: int,
@@ -421,7 +440,7 @@ class AuditLog:
         so two people closing at once cannot both succeed); returns the case after it. CaseError otherwise."""
         with self._lock, self._transaction():
             case = self._cases_in_transaction().get(case_id)
-            check_action(case, action, assignee, disposition)
+            check_action(case, action, assignee, disposition, note)
             assert case is not None
             row = {
                 "dedup_key": f"action:{uuid.uuid4().hex}",

@@ -62,6 +62,9 @@ class Case:
     # the fingerprints of this case's alert now firing: an escalated surge's warning may resolve after its
     # critical fired, and the case still fires
     firing: set[str] = field(default_factory=set)
+    # the seq of its newest firing notification: the one whose evidence headlines and links the case shows (read
+    # for the cases listed only, ``AuditLog.case_details``: the fold stays over the log's narrow columns)
+    latest_firing: int | None = None
 
     @property
     def state(self) -> str:
@@ -138,6 +141,7 @@ def _notification(row: dict[str, Any], cases: dict[int, Case], open_by_alert: di
     case.notifications += 1
     if row["status"] == "firing":
         case.firing.add(row["fingerprint"])
+        case.latest_firing = row["seq"]
     else:
         case.firing.discard(row["fingerprint"])
     case.alert_status = "firing" if case.firing else "resolved"
@@ -162,12 +166,24 @@ def apply_action(case: Case, row: dict[str, Any]) -> None:
     case.events.append(event)
 
 
-def check_action(case: Case | None, action: str, assignee: str | None, disposition: str | None) -> None:
-    """Raise CaseError unless ``action`` may be taken on ``case`` now."""
+def check_action(
+    case: Case | None, action: str, assignee: str | None, disposition: str | None, note: str | None = None
+) -> None:
+    """Raise CaseError unless ``action`` may be taken on ``case`` now, with these fields. The log is permanent,
+    so what would be a meaningless row (an empty note, a disposition on an acknowledgement, which the fold would
+    drop) is refused, not written."""
     if case is None:
         raise CaseError("unknown", "no such case")
     if action not in ACTIONS:
         raise CaseError("invalid", f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
+    if note is not None and not note.strip():
+        raise CaseError("invalid", "the note is empty: leave it out, or write something")
+    if action == "note" and note is None:
+        raise CaseError("invalid", "note needs a note")
+    if assignee is not None and action != "assign":
+        raise CaseError("invalid", f"{action} takes no assignee (assign does)")
+    if disposition is not None and action != "close":
+        raise CaseError("invalid", f"{action} takes no disposition (close does)")
     if case.state == "closed":
         raise CaseError("closed", f"case {case.case_id} is closed ({case.disposition}); a new firing opens a new case")
     if action == "assign" and not assignee:

@@ -201,11 +201,34 @@ async def list_cases(request: Request) -> Response:
         return JSONResponse({"error": "state must be all, open or closed"}, status_code=422)
     cases = await asyncio.to_thread(st.audit.cases)
     found = [
-        c.to_dict()
+        c
         for c in sorted(cases.values(), key=lambda c: c.case_id, reverse=True)
         if wanted == "all" or (c.state == "closed") == (wanted == "closed")
     ]
-    return JSONResponse({"count": len(found), "cases": found})
+    shown = await _with_details(st, found)
+    return JSONResponse({"count": len(shown), "cases": shown})
+
+
+async def _with_details(st: ReceiverState, cases: list[Case]) -> list[dict[str, Any]]:
+    """Each case as a dict with what a person acts on: the evidence headlines of its newest firing (the surge may
+    have resolved since, the case is still open) and its links, the dashboard's made whole from ``grafana.url``."""
+    details = await asyncio.to_thread(st.audit.case_details, [c.latest_firing for c in cases if c.latest_firing])
+    out = []
+    for case in cases:
+        shown = details.get(case.latest_firing or -1, {"evidence": [], "annotations": {}})
+        out.append({**case.to_dict(), "evidence": shown["evidence"], "links": _links(st, shown["annotations"])})
+    return out
+
+
+def _links(st: ReceiverState, annotations: dict[str, str]) -> dict[str, str]:
+    """The rule's ``dashboard`` is a path under Grafana (its URL differs per deployment): joined to ``grafana.url``.
+    ``runbook_url`` as the rule gives it."""
+    links = {}
+    if dashboard := annotations.get("dashboard", "").strip():
+        links["dashboard"] = st.settings.grafana.url.rstrip("/") + dashboard if dashboard.startswith("/") else dashboard
+    if runbook := annotations.get("runbook_url", "").strip():
+        links["runbook"] = runbook
+    return links
 
 
 # -- compliance's actions -------------------------------------------------------------------------------------
@@ -243,7 +266,7 @@ async def case_action(request: Request) -> Response:
         return st.error(status, "bad_action", str(err))
     st.metrics.actions.labels(name).inc()
     log.info("case action recorded", extra={"case_id": case_id, "action": name, "who": action.who})
-    return JSONResponse(case.to_dict())
+    return JSONResponse((await _with_details(st, [case]))[0])
 
 
 async def healthz(request: Request) -> Response:

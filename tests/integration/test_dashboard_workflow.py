@@ -13,17 +13,17 @@ from __future__ import annotations
 import json
 import sqlite3
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 from browser import CHROMIUM
 from conftest import make_settings
 from factories import T0, news_item, scored_item, surge_alert
-from test_receiver import webhook
+from test_receiver import surge, webhook
 from webkit import serve_in_thread
 
-from finsent.alerts.audit import verify_chain
+from finsent.alerts.audit import AuditLog, verify_chain
 from finsent.alerts.receiver import build_app
 from finsent.records import Evidence, WindowStat
 from finsent.web.api import build_api
@@ -89,9 +89,14 @@ def receiver_with_a_case(tmp_path):
     receiver_settings = make_settings(
         tmp_path, kafka={"bootstrap": "127.0.0.1:1"}, receiver={"evidence_wait_s": 0, "token": "rcv-write"}
     )
+    log = AuditLog(receiver_settings.audit_db)  # the surge's headlines, as the receiver's follower files them
+    log.add_surges([surge(title="Oil plunges as supply glut deepens")], datetime.now(UTC))
+    log.close()
+    alert = webhook()
+    alert["alerts"][0]["annotations"]["dashboard"] = "/d/finsent-overview/finsent-overview"
     with serve_in_thread(build_app(receiver_settings, follow_alerts=False), ready_path="/healthz") as receiver:
         hook = httpx.post(
-            receiver.url + "/alertmanager", json=webhook(), headers={"Authorization": "Bearer rcv-write"}, timeout=10
+            receiver.url + "/alertmanager", json=alert, headers={"Authorization": "Bearer rcv-write"}, timeout=10
         )
         assert hook.status_code == 200, hook.text
         yield receiver, receiver_settings
@@ -127,6 +132,11 @@ def test_an_alert_is_acknowledged_assigned_noted_and_closed_from_the_page(tmp_pa
             expect(case).to_have_count(1, timeout=15_000)
             expect(case.locator(".alert-head")).to_contain_text("topic:Energy | Oil")
             expect(case.locator(".badge.state-open")).to_have_text("open")
+            # what to act on: the headlines behind it and the way to the key's Grafana dashboard
+            expect(case.locator(".evidence a").first).to_have_text("Oil plunges as supply glut deepens #0")
+            expect(case.locator(".case-links a", has_text="Grafana")).to_have_attribute(
+                "href", receiver_settings.grafana.url + "/d/finsent-overview/finsent-overview"
+            )
             page.fill("#who", "carol@compliance")
             page.fill("#token", "web-write")
 

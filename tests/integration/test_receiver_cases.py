@@ -157,6 +157,12 @@ def test_actions_that_do_not_fit_are_refused_and_record_nothing(app_and_settings
     assert act(client, case_id, "close", disposition="meh").status_code == 422
     assert act(client, case_id, "assign").status_code == 422  # no assignee
     assert act(client, case_id, "delete").status_code == 422
+    # rows the log would keep for ever and the fold would show as nothing (a blank note, a field the action ignores)
+    assert act(client, case_id, "note").status_code == 422  # a note without one
+    assert act(client, case_id, "note", note="   ").status_code == 422
+    assert act(client, case_id, "acknowledge", note="").status_code == 422
+    assert act(client, case_id, "acknowledge", disposition="escalated").status_code == 422
+    assert act(client, case_id, "note", note="x", assignee="bob").status_code == 422
     assert client.post(f"/cases/{case_id}/note", json={"note": "anonymous"}).status_code == 422  # who is required
     assert act(client, case_id, "note", who="   ").status_code == 422  # blanks are nobody
     bad = b'{"who": "\\ud800", "note": "x"}'  # valid JSON, but no UTF-8 can hold it
@@ -186,3 +192,40 @@ def test_writes_need_the_token_when_one_is_set(tmp_path):
             f"/cases/{case_id}/acknowledge", json={"who": "alice"}, headers={"Authorization": "Bearer s3cret"}
         )
         assert r.status_code == 200
+
+
+def test_a_case_shows_the_headlines_and_links_of_its_newest_firing_after_the_surge_resolved(app_and_settings):
+    """What a person acts on stays with the case: the dashboard's "active alerts" drops a surge once it resolves,
+    while its case may stay open for days. The rule's dashboard path is made whole from grafana.url."""
+    from datetime import UTC, datetime, timedelta
+
+    from test_receiver import NOW, surge
+
+    from finsent.alerts.audit import AuditLog
+
+    client, settings = app_and_settings
+    log = AuditLog(settings.audit_db)
+    log.add_surges([surge("ticker:M&T", at=NOW, title="M&T shares slide")], datetime.now(UTC))
+    log.close()
+    annotations = {
+        "dashboard": "/d/finsent-ticker/finsent-ticker?var-ticker=M%26T",
+        "runbook_url": "docs/runbooks.md#negativesentimentsurge",
+    }
+    hook = webhook(labels={"dim": "ticker", "name": "M&T", "ticker": "M&T"}, fingerprint="mt1")
+    hook["alerts"][0]["startsAt"] = (NOW - timedelta(seconds=30)).isoformat().replace("+00:00", "Z")
+    hook["alerts"][0]["annotations"].update(annotations)
+    assert client.post("/alertmanager", json=hook).status_code == 200
+    fire(client, fingerprint="mt1", status="resolved", name="M&T", labels={"dim": "ticker", "ticker": "M&T"})
+
+    (case,) = client.get("/cases", params={"state": "open"}).json()["cases"]
+    assert case["key"] == "ticker:M&T" and case["alert_status"] == "resolved"
+    assert [e["title"] for e in case["evidence"]] == [f"M&T shares slide #{i}" for i in range(3)]
+    assert case["links"] == {
+        "dashboard": settings.grafana.url + annotations["dashboard"],
+        "runbook": annotations["runbook_url"],
+    }
+    acked = act(client, case["case_id"], "acknowledge").json()  # an action's answer is the case as listed
+    assert acked["evidence"] == case["evidence"] and acked["links"] == case["links"]
+    fire(client, fingerprint="other", name="Macro")  # no surge filed for it, no annotations: an empty list, no links
+    macro = next(c for c in client.get("/cases").json()["cases"] if c["key"] == "topic:Macro")
+    assert (macro["evidence"], macro["links"]) == ([], {})

@@ -197,6 +197,15 @@ function addAlert(a) {
   state.casesSoon = setTimeout(loadCases, 1500);
 }
 
+// The headlines behind a surge (a SurgeAlert's, or a case's newest firing's): links to the story when it has one.
+function evidenceList(evidence) {
+  return el("ul", { class: "evidence" }, ...(evidence || []).map((e) => {
+    const url = safeUrl(e.url);
+    const title = url ? el("a", { href: url, target: "_blank", rel: "noopener noreferrer", text: e.title }) : e.title;
+    return el("li", {}, title, el("span", { class: "muted", text: ` · ${e.source} · p(neg)=${e.p_negative.toFixed(2)}` }));
+  }));
+}
+
 function renderAlerts() {
   const list = $("alerts");
   const firing = [...state.alerts.values()].filter((a) => a.state === "firing")
@@ -204,11 +213,7 @@ function renderAlerts() {
   $("alert-count").textContent = `${firing.length} firing`;
   if (!firing.length) { list.replaceChildren(el("li", { class: "muted", text: "no active surge" })); return; }
   list.replaceChildren(...firing.map((a) => {
-    const evidence = el("ul", { class: "evidence" }, ...(a.evidence || []).map((e) => {
-      const url = safeUrl(e.url);
-      const title = url ? el("a", { href: url, target: "_blank", rel: "noopener noreferrer", text: e.title }) : e.title;
-      return el("li", {}, title, el("span", { class: "muted", text: ` · ${e.source} · p(neg)=${e.p_negative.toFixed(2)}` }));
-    }));
+    const evidence = evidenceList(a.evidence);
     const head = el("div", { class: "alert-head" },
       badge("sev", a.severity), el("strong", { text: ` ${a.key} ` }),
       el("span", { class: "muted", text: `${Math.round(a.negative_share * 100)}% negative of ${a.count}, z=${a.zscore.toFixed(1)}, since ${fmtTime(a.window_start)}` }));
@@ -248,10 +253,27 @@ function caseItem(c) {
   if (c.closed_by) meta.push(`closed by ${c.closed_by} as ${c.disposition.replace("_", " ")}`);
   const notes = c.events.filter((e) => e.note).slice(-3).map((e) =>
     el("li", {}, el("span", { class: "muted", text: `${e.who} · ${fmtTime(e.at)}: ` }), e.note));
+  // what to act on, even after the surge resolved: its headlines, its chart here, the Grafana dashboard, the runbook
+  const links = [];
+  if (c.key) {
+    const chart = el("a", { href: "#chart", text: "chart" });
+    chart.addEventListener("click", () => selectChartKey(c.key));
+    links.push(chart);
+  }
+  const dashboard = safeUrl(c.links?.dashboard);
+  if (dashboard) links.push(el("a", { href: dashboard, target: "_blank", rel: "noopener noreferrer", text: "Grafana" }));
+  const runbook = c.links?.runbook;
+  if (runbook) {
+    const url = safeUrl(runbook);
+    links.push(url ? el("a", { href: url, target: "_blank", rel: "noopener noreferrer", text: "runbook" })
+      : el("span", { class: "muted", text: `runbook: ${runbook}` }));
+  }
   const li = el("li", { class: `case ${c.severity || ""} ${c.state}`, "data-case": String(c.case_id) },
     el("div", { class: "alert-head" }, badge("sev", c.severity || "warning"), el("strong", { text: ` ${c.key || c.alertname} ` }),
       badge("state", c.state), el("span", { class: "muted", text: ` #${c.case_id}` })),
     el("div", { class: "case-meta muted", text: meta.join(" · ") }),
+    evidenceList(c.evidence),
+    el("div", { class: "case-links" }, ...links.flatMap((a, i) => (i ? [" · ", a] : [a]))),
     el("ul", { class: "evidence notes" }, ...notes));
   if (c.state !== "closed") {
     const actions = $("case-actions").content.cloneNode(true).firstElementChild;
