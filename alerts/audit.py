@@ -106,7 +106,7 @@ ACTION_COLUMNS = ("action", "actor", "assignee", "note", "disposition", "case_se
 _JSON_FIELDS = ("labels", "annotations", "evidence")
 # absent from logs written before them: added on open (nullable, so older rows' hashes stay valid)
 _ADDED_COLUMNS = ("evidence_match", "row_hash", "action", "actor", "assignee", "note", "disposition", "case_seq")
-_NOTIFICATIONS_ONLY = " AND action IS NULL"  # the listing, export and count are of notifications, not actions
+_NOTIFICATIONS_ONLY = " AND action IS NULL"  # the JSON listing and the count are of notifications, not actions
 
 GENESIS = "0" * 64  # the "previous hash" of the first row
 _MISMATCH = "hash does not match: this row was edited, or one before it removed or reordered"
@@ -348,12 +348,14 @@ class AuditLog:
         status: str | None = None,
         limit: int = 1000,
         after: int = 0,
+        actions: bool = False,
     ) -> list[dict]:
-        """One page: at most ``limit`` rows with ``seq > after``, oldest first (``after`` is the cursor)."""
-        sql, args = self._select(start, end, status, None, after)
+        """One page: at most ``limit`` rows with ``seq > after``, oldest first (``after`` is the cursor); with
+        ``actions``, compliance's case actions too (each row then has the ``ACTION_COLUMNS``)."""
+        sql, args, names = self._select(start, end, status, None, after, actions)
         with self._lock:
             rows = self._db.execute(sql + " LIMIT ?", [*args, limit]).fetchall()
-        return [_decode(dict(zip(COLUMNS, row))) for row in rows]
+        return [_decode(dict(zip(names, row))) for row in rows]
 
     def iter_rows(
         self,
@@ -362,24 +364,27 @@ class AuditLog:
         status: str | None = None,
         alertname: str | None = None,
         batch: int = 500,
+        actions: bool = False,
     ) -> Iterator[dict]:
         """Every matching row, oldest first, streamed from a cursor on a connection of its own: memory stays
         at one batch whatever the log's size, the export is one consistent snapshot, and the receiver's
-        writes are not held up (WAL readers do not block the writer)."""
+        writes are not held up (WAL readers do not block the writer). ``actions`` as for ``query``."""
         db = _read_only(self.path)
         try:
             db.execute("BEGIN")  # one snapshot for the whole export
-            sql, args = self._select(start, end, status, alertname, 0)
+            sql, args, names = self._select(start, end, status, alertname, 0, actions)
             cur = db.execute(sql, args)
             while rows := cur.fetchmany(batch):
                 for row in rows:
-                    yield _decode(dict(zip(COLUMNS, row)))
+                    yield _decode(dict(zip(names, row)))
         finally:
             db.close()
 
     @staticmethod
-    def _select(start, end, status, alertname, after) -> tuple[str, list]:
-        sql, args = f"SELECT {', '.join(COLUMNS)} FROM notifications WHERE seq > ?{_NOTIFICATIONS_ONLY}", [after]
+    def _select(start, end, status, alertname, after, actions=False) -> tuple[str, list, tuple[str, ...]]:
+        names = (*COLUMNS, *ACTION_COLUMNS) if actions else COLUMNS
+        only = "" if actions else _NOTIFICATIONS_ONLY
+        sql, args = f"SELECT {', '.join(names)} FROM notifications WHERE seq > ?{only}", [after]
         for clause, value in (
             (" AND received_at >= ?", start.isoformat() if start else None),
             (" AND received_at < ?", end.isoformat() if end else None),
@@ -389,7 +394,7 @@ class AuditLog:
             if value is not None:
                 sql += clause
                 args.append(value)
-        return sql + " ORDER BY seq", args
+        return sql + " ORDER BY seq", args, names
 
     def count(self) -> int:
         with self._lock:

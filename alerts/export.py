@@ -1,6 +1,8 @@
 """The audit log's rows for compliance's tools: CSV (formula-safe) or JSON, streamed row by row, and the time
 bounds (``--from``/``--to``, ``?from=``/``?to=``) that select them. ``finsent receiver export`` writes a file;
-the receiver's ``GET /alerts?format=csv`` answers with the same CSV."""
+the receiver's ``GET /alerts?format=csv`` answers with the same CSV. Both hold the case actions (acknowledge,
+assign, note, close: who, when, what) beside the notifications, every row of the log with its ``row_hash``, so an
+export is the whole record and has no gaps in ``seq``."""
 
 from __future__ import annotations
 
@@ -29,6 +31,13 @@ CSV_FIELDS = [
     "evidence_titles",
     "evidence_links",
     "evidence_match",
+    # a case action's row (``status`` is then the action): who did what on which case, empty on notifications
+    "action",
+    "actor",
+    "assignee",
+    "note",
+    "disposition",
+    "case_seq",
     "row_hash",
 ]
 

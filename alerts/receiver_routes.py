@@ -171,12 +171,13 @@ async def list_alerts(request: Request) -> Response:
     status = q.get("status")
     if status not in (None, "firing", "resolved"):
         return JSONResponse({"error": "status must be firing or resolved"}, status_code=422)
-    rows = await asyncio.to_thread(st.audit.query, start, end, status, limit + 1, after)
+    csv = q.get("format", "json") == "csv"  # the export's rows, case actions included; JSON: notifications
+    rows = await asyncio.to_thread(st.audit.query, start, end, status, limit + 1, after, csv)
     truncated = len(rows) > limit
     rows = rows[:limit]
     next_url = f"{request.url.path}?{urlencode({**q, 'after': rows[-1]['seq']})}" if truncated else None
     headers = {"Link": f'<{next_url}>; rel="next"'} if next_url else {}
-    if q.get("format", "json") == "csv":
+    if csv:
         return PlainTextResponse(
             to_csv(rows), media_type="text/csv", headers={**headers, "X-Truncated": "true" if truncated else "false"}
         )

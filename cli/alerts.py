@@ -89,13 +89,13 @@ def receiver_export(
     audit = AuditLog(settings.audit_db, create=False)  # StateStoreError: missing, or not an audit log
     try:
         with out.open("w", newline="") if out else nullcontext(sys.stdout) as fh:
-            n = export(audit.iter_rows(start, end), fh, fmt)
+            n = export(audit.iter_rows(start, end, actions=True), fh, fmt)
     except OSError as err:  # the output file this command opened (and writes): a bad path, a full disk
         raise FinsentError(f"export to {out or 'standard output'} failed: {err}") from None
     finally:
         audit.close()
     if out:
-        typer.echo(f"{n} notifications written to {out}", err=True)
+        typer.echo(f"{n} rows (notifications and case actions) written to {out}", err=True)
 
 
 @receiver_app.command("verify")

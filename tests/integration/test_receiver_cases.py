@@ -229,3 +229,48 @@ def test_a_case_shows_the_headlines_and_links_of_its_newest_firing_after_the_sur
     fire(client, fingerprint="other", name="Macro")  # no surge filed for it, no annotations: an empty list, no links
     macro = next(c for c in client.get("/cases").json()["cases"] if c["key"] == "topic:Macro")
     assert (macro["evidence"], macro["links"]) == ([], {})
+
+
+def test_the_exports_hold_the_case_actions_beside_the_notifications(app_and_settings):
+    """Compliance's export is the record of who did what: it held the notifications only, so after acknowledge,
+    assign, note and close it had one row (and gaps in seq) while the log held five."""
+    import csv
+    import io
+    import json
+    import subprocess
+    import sys
+
+    from conftest import environ_without_finsent
+
+    client, settings = app_and_settings
+    fire(client)
+    case_id = client.get("/cases").json()["cases"][0]["case_id"]
+    act(client, case_id, "acknowledge")
+    act(client, case_id, "assign", assignee="bob")
+    act(client, case_id, "note", note="=HYPERLINK(evil)")  # a note is text anyone with the token typed
+    act(client, case_id, "close", disposition="no_action")
+
+    page = list(csv.DictReader(io.StringIO(client.get("/alerts", params={"format": "csv"}).text)))
+    assert [int(r["seq"]) for r in page] == list(range(1, 6))
+    assert [(r["status"], r["actor"], r["assignee"], r["disposition"]) for r in page[1:]] == [
+        ("acknowledge", "alice", "", ""),
+        ("assign", "alice", "bob", ""),
+        ("note", "alice", "", ""),
+        ("close", "alice", "", "no_action"),
+    ]
+    assert page[3]["note"] == "'=HYPERLINK(evil)" and {r["case_seq"] for r in page[1:]} == {str(case_id)}
+    assert client.get("/alerts").json()["count"] == 1  # the JSON listing stays one row per notification
+
+    out = settings.audit_db.parent / "export.json"
+    env = {**environ_without_finsent(), "FINSENT_RECEIVER__AUDIT_DB": str(settings.audit_db)}
+    r = subprocess.run(
+        [sys.executable, "-m", "finsent.cli", "receiver", "export", "--format", "json", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())
+    assert [x["seq"] for x in rows] == list(range(1, 6)) and rows[-1]["action"] == "close"
+    assert "5 rows (notifications and case actions) written" in r.stderr

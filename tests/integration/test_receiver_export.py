@@ -105,7 +105,7 @@ def test_export_streams_every_row_of_a_25k_log_as_json_and_csv(big_log, tmp_path
     assert rows[-1]["alertname"] == "NegativeSentimentSurge" and rows[-1]["evidence"][0]["title"].startswith(
         "Oil plunges"
     )
-    assert f"{ROWS} notifications written" in r.stderr
+    assert f"{ROWS} rows (notifications and case actions) written" in r.stderr
     r = subprocess.run(
         [sys.executable, "-m", "finsent.cli", "receiver", "export", "--format", "csv"],
         env=env,
