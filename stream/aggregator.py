@@ -50,7 +50,7 @@ from finsent.errors import RecordError, RestorePointError
 from finsent.kafka import CHECKPOINT_CONFIG, bound_topic
 from finsent.records import RestorePoint, ScoredItem, SurgeAlert
 from finsent.settings import Settings
-from finsent.stream.metrics import WorkerMetrics
+from finsent.stream.metrics import WorkerMetrics, count_corrected, edge_checked
 from finsent.stream.pipeline import Aggregation, Emitted
 from finsent.stream.windows import NEVER
 
@@ -179,11 +179,13 @@ class Aggregator:
                 self.positions[tp.partition] = msg.offset + 1
         # Within one poll, feed in event-time order: partitions arrive in chunks, events do not.
         decoded = []
+        now, fixed = datetime.now(UTC), dict[str, int]()
         for partition, msg in records:
             try:
-                decoded.append((partition, msg, ScoredItem.from_json(msg.value)))
+                decoded.append((partition, msg, self._checked(ScoredItem.from_json(msg.value), now, fixed)))
             except (RecordError, ValueError, TypeError) as err:
                 await self._dead_letter(msg, f"undecodable scored record: {err}")
+        count_corrected(self.metrics, self.settings.windows, fixed, "scored items")
         decoded.sort(key=lambda r: r[2].item.published)
         late0, dup0 = self.agg.counts()
         self.metrics.aggregated.inc(len(decoded))
@@ -300,6 +302,14 @@ class Aggregator:
         The idle timer moves event time on while nothing arrives, but windows without items publish
         nothing, and a restart's idle timer moves it on the same way."""
         return self.written_positions == self.positions and not self.unsaved_output
+
+    def _checked(self, scored: ScoredItem, now: datetime, fixed: dict[str, int]) -> ScoredItem:
+        """The edge check of event time again, on the scored topic: any producer can write there, not only the
+        worker that checked the raw item. A record dated 2068 was counted in a 2068 bucket, which never left the
+        windows (eviction follows the watermark, which the ceiling holds back) and pinned every restore point's
+        ``replay_from`` at its offset for good. A record the worker checked comes out as it went in."""
+        item = edge_checked(scored.item, now, self.settings.windows, fixed)
+        return scored if item is scored.item else scored.model_copy(update={"item": item})
 
     def replay_from(self) -> dict[int, int]:
         """Per partition, the first offset whose item may still be in a window in memory."""

@@ -14,6 +14,7 @@ no series, instead of a label book that must remember to remove it.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Iterable, Iterator
@@ -24,8 +25,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from finsent.model.placement import MODEL_INFO_LABELS
-from finsent.records import SurgeAlert, WindowStat
+from finsent.records import NewsItem, SurgeAlert, WindowStat, checked_item
+from finsent.settings import Windows
 
+log = logging.getLogger("finsent.stream.metrics")
 SEVERITIES = ("warning", "critical")
 STAGES = ("fetch", "prepare", "in_tray", "infer", "deliver")  # a scored record's way through the worker
 
@@ -49,7 +52,8 @@ class WorkerMetrics:
         )
         self.items_corrected = Counter(
             "finsent_worker_items_corrected_total",
-            "Raw items the edge check corrected, by fix (clamped: event time too far ahead; tickers_capped)",
+            "Items the edge check corrected, by fix (clamped: event time too far ahead; tickers_capped): raw items in the"
+            " worker, scored items from another producer in the aggregator",
             ["fix"],
             registry=r,
         )
@@ -318,3 +322,27 @@ class KeyGauges:
 
 
 __all__ = ["KeyGauges", "WorkerMetrics", "split_key"]
+
+
+def edge_checked(item: NewsItem, now: datetime, windows: Windows, fixed: dict[str, int]) -> NewsItem:
+    """The item as the windows may count it (``checked_item``); what was corrected is added up in ``fixed``, to be
+    counted once per batch (``count_corrected``): a producer that dates items in the future does it to all of them."""
+    item, fixes = checked_item(item, now, windows.future_tolerance_s, windows.max_tickers_per_item)
+    for fix in fixes:
+        fixed[fix] = fixed.get(fix, 0) + 1
+    return item
+
+
+def count_corrected(metrics: WorkerMetrics, windows: Windows, fixed: dict[str, int], what: str) -> None:
+    """``fixed`` on /metrics and in one log line (``what``: "raw items", "scored items")."""
+    for fix, n in fixed.items():
+        metrics.items_corrected.labels(fix).inc(n)
+    if fixed:
+        log.warning(
+            f"{what} corrected at the edge",
+            extra={
+                **{f"items_{fix}": n for fix, n in sorted(fixed.items())},
+                "future_tolerance_s": windows.future_tolerance_s,
+                "max_tickers": windows.max_tickers_per_item,
+            },
+        )

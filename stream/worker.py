@@ -75,12 +75,12 @@ from finsent.http import check_bindable, start_metrics_server
 from finsent.kafka import Consumed, Outgoing, TopicIdWatch, ensure_topics, faust_broker_options
 from finsent.model.classifier import Encoded
 from finsent.osthreads import exit_later, name_os_thread, prompt_gil_handoff
-from finsent.records import NewsItem, checked_item
+from finsent.records import NewsItem
 from finsent.settings import Settings, setting_label
 from finsent.stream.aggregator import Aggregator
 from finsent.stream.faust_transport import transport_class
 from finsent.stream.feed import ModelFeed, cut_for_calls
-from finsent.stream.metrics import WorkerMetrics
+from finsent.stream.metrics import WorkerMetrics, count_corrected, edge_checked
 from finsent.stream.pipeline import decode_raw, text_of, to_scored
 from finsent.stream.scoring import BatchResult, score_batch
 
@@ -202,7 +202,7 @@ class Scorer:
                 batch.outputs.append(self._dead_letter(msg, str(err)))
                 batch.failed.append(("poison", str(err)))
                 continue
-            batch.items.append((msg, self._checked(item, now, batch.fixed)))
+            batch.items.append((msg, edge_checked(item, now, self.settings.windows, batch.fixed)))
         if batch.items and hasattr(self.classifier, "encode"):
             texts = [text_of(it) for _, it in batch.items]
             batch.encoded = await asyncio.get_running_loop().run_in_executor(
@@ -261,7 +261,7 @@ class Scorer:
         """Send a scored batch's outputs and wait for their acks; only then is it counted and its position moved."""
         m = self.metrics
         await self._send_acknowledged(batch.outputs)
-        self._count_corrected(batch.fixed)
+        count_corrected(self.metrics, self.settings.windows, batch.fixed, "raw items")
         done = time.time()
         for reason, error in batch.failed:
             m.items_failed.labels(reason).inc()
@@ -294,28 +294,6 @@ class Scorer:
             for name, seconds in (("infer", ended - started), ("deliver", acked - ended)):
                 for _ in batch.messages:
                     stage[name].observe(max(0.0, seconds))
-
-    def _checked(self, item: NewsItem, now: datetime, fixed: dict[str, int]) -> NewsItem:
-        """The item as the windows may count it; what was corrected is added up in ``fixed``."""
-        w = self.settings.windows
-        item, fixes = checked_item(item, now, w.future_tolerance_s, w.max_tickers_per_item)
-        for fix in fixes:
-            fixed[fix] = fixed.get(fix, 0) + 1
-        return item
-
-    def _count_corrected(self, fixed: dict[str, int]) -> None:
-        """Once per batch: a producer that dates items in the future does it to all of them."""
-        for fix, n in fixed.items():
-            self.metrics.items_corrected.labels(fix).inc(n)
-        if fixed:
-            log.warning(
-                "raw items corrected at the edge",
-                extra={
-                    **{f"items_{fix}": n for fix, n in sorted(fixed.items())},
-                    "future_tolerance_s": self.settings.windows.future_tolerance_s,
-                    "max_tickers": self.settings.windows.max_tickers_per_item,
-                },
-            )
 
     def _dead_letter(self, msg: Consumed, error: str) -> Outgoing:
         return kafka_room.dead_letter(self.settings, msg, error)

@@ -291,3 +291,32 @@ def test_an_early_firing_acknowledged_after_the_newest_restore_point_is_settled_
     # B's restore point says where the alerts topic ends: past every record on it (offsets from the acks).
     alerts_from = RestorePoint.from_json(read_topic(broker, topic(env, "checkpoints"))[-1].value).alerts_from
     assert alerts_from is not None and sum(alerts_from.values()) == len(records)
+
+
+def test_a_scored_record_dated_decades_ahead_is_clamped_and_pins_no_restore_point(broker, tmp_path):
+    """The worker checks raw items at the edge, but any producer can write the scored topic: a record dated 2068
+    was counted in a 2068 bucket, which never left memory and held every restore point's replay_from at its
+    offset for good. The aggregator checks scored records the same way, and counts what it corrected."""
+    from datetime import UTC, timedelta
+
+    from factories import news_item
+
+    env, settings = setup(broker, tmp_path, **TINY_WINDOWS)
+    future = datetime(2068, 1, 2, tzinfo=UTC)
+    rogue = scored_item(news_item("rogue", "Rogue producer headline", at=future), "negative", TOPIC_LABELS[0])
+    publish_scored(broker, env, [*scored(20, past(60), 1.0), rogue])
+
+    async def main():
+        metrics = WorkerMetrics()
+        agg = Aggregator(settings, metrics)
+        await agg.start()
+        try:
+            await step_until(agg, lambda: sum(agg.positions.values()) == 21, what="every item read")
+            ceiling = (datetime.now(UTC) + timedelta(seconds=settings.windows.future_tolerance_s)).timestamp()
+            buckets = [start for lows in agg.lows.values() for start in lows]
+            assert buckets and max(buckets) <= ceiling  # counted at the time it was fetched, clamped: not in 2068
+            assert sample(metrics, "finsent_worker_items_corrected_total", fix="clamped") == 1
+        finally:
+            await agg.stop()
+
+    asyncio.run(main())
