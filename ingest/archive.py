@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -67,6 +68,22 @@ def _make_dirs(directory: Path) -> None:
     _fsync_dir(directory.parent)
 
 
+STALE_TEMP_S = 3600.0  # no part takes an hour to write: a temp file that old was left by a process killed mid-write
+
+
+def _remove_stale_temps(directory: Path) -> None:
+    """Temp files of parts whose writer was killed mid-write (``kill -9``, power loss: its cleanup never ran),
+    removed when the day is next written, so repeated crashes cannot fill the disk with them; logged."""
+    cutoff = time.time() - STALE_TEMP_S
+    for tmp in directory.glob(".part-*.tmp"):
+        try:
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+                log.warning("stale temp file of a killed archive write removed", extra={"path": str(tmp)})
+        except OSError:  # gone already (another writer swept it), or not ours to remove: leave it
+            continue
+
+
 class Archive:
     """``skip_unreadable``: read past part files that cannot be read (each logged and listed in ``skipped``)
     instead of stopping at the first; for a refill, where every readable item counts. Off by default, and
@@ -104,6 +121,7 @@ class Archive:
     def _append_day(self, day: date, group: list[NewsItem]) -> None:
         directory = _day_dir(self.root, day)
         _make_dirs(directory)
+        _remove_stale_temps(directory)
         name = f"part-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet"
         self._write(directory / name, group)
 

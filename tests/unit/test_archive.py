@@ -146,3 +146,22 @@ def test_a_foreign_day_folder_is_skipped_with_one_warning_not_a_crash(tmp_path, 
         assert a.count() == 2 and [x.id for x in a.read()] == ["id001", "id002"]
     warnings = [r for r in caplog.records if "not day folders" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].folders == [f"day={T0.date()}.bak", "day=20240502"]
+
+
+def test_temp_files_of_a_killed_write_are_removed_when_the_day_is_next_written(tmp_path, caplog):
+    """A ``kill -9`` mid-write skips the write's own cleanup: its temp file stayed for ever, one per crash."""
+    import os
+    import time
+
+    archive = Archive(tmp_path)
+    archive.append([item(1, 1)])
+    (day,) = tmp_path.glob("day=*")
+    stale, fresh = day / ".part-killed-long-ago.parquet.tmp", day / ".part-being-written.parquet.tmp"
+    for tmp in (stale, fresh):
+        tmp.write_bytes(b"half a parquet file")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(stale, (hours_ago, hours_ago))
+    archive.append([item(2, 2)])
+    assert not stale.exists() and fresh.exists()  # another writer's part in progress is left alone
+    assert [getattr(r, "path", None) for r in caplog.records if "stale temp" in r.getMessage()] == [str(stale)]
+    assert {i.id for i in archive.read()} == {"id001", "id002"}
