@@ -30,6 +30,9 @@ from finsent.settings import Windows
 
 log = logging.getLogger("finsent.stream.metrics")
 SEVERITIES = ("warning", "critical")
+FAILED_REASONS = ("poison", "model", "bad_scored_record")  # finsent_worker_items_failed_total{reason}
+REJECTED_REASONS = ("too_late", "poisoned_restore_point")  # finsent_window_rejected_items_total{reason}
+EDGE_FIXES = ("clamped", "tickers_capped")  # finsent_worker_items_corrected_total{fix} (records.checked_item)
 STAGES = ("fetch", "prepare", "in_tray", "infer", "deliver")  # a scored record's way through the worker
 
 
@@ -193,6 +196,17 @@ class WorkerMetrics:
             ["dim", "state", "severity"],
             registry=r,
         )
+        # Every reason a rule or panel watches exists from the start at 0: a series that first appears at N is not an
+        # increase to Prometheus, so a worker's first flood of dead letters (after every restart) never alerted.
+        for counter, reasons in (
+            (self.items_failed, FAILED_REASONS),
+            (self.rejected, REJECTED_REASONS),
+            (self.items_corrected, EDGE_FIXES),
+            (self.restore_skipped, ("unreadable", "version")),
+            (self.restore_fresh, ("none_readable", "poisoned")),
+        ):
+            for reason in reasons:
+                counter.labels(reason)
 
     # -- per-key gauges (state handed to KeyGauges, read at scrape time) ------------------------------
     def allowed_tickers(self, volumes: dict[str, int]) -> set[str]:

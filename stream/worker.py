@@ -56,10 +56,12 @@ Faust traps worked around here, on purpose:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -471,11 +473,7 @@ def build_app(settings: Settings, scorer: Scorer, aggregate: bool = True, input_
 
     @app.timer(interval=5.0)
     async def export_lag():
-        for tp in app.consumer.assignment():
-            high = app.consumer.highwater(tp)
-            pos = scorer.positions.get((tp.topic, tp.partition))
-            if high is not None and pos is not None:
-                scorer.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - pos))
+        export_consumer_lag(scorer.metrics, scorer.positions, list(app.consumer.assignment()), app.consumer.highwater)
 
     if input_guard is not None:
 
@@ -491,6 +489,26 @@ def build_app(settings: Settings, scorer: Scorer, aggregate: bool = True, input_
             await supervise_aggregator(settings, scorer.metrics)
 
     return app
+
+
+def export_consumer_lag(
+    metrics: WorkerMetrics, positions: dict[tuple[str, int], int], assigned: list[Any], highwater: Callable[[Any], Any]
+) -> None:
+    """``finsent_worker_consumer_lag`` of the partitions this worker holds (``assigned``: Faust TPs).
+
+    A partition a rebalance took away is another worker's to report: its series and position go, or the last lag
+    it had here stayed on /metrics for ever (ConsumerLagHigh fired on a pipeline that had caught up), and a
+    partition handed back later reported its lag from the old position until its next batch."""
+    held = {(tp.topic, tp.partition) for tp in assigned}
+    for topic, partition in [key for key in positions if key not in held]:
+        del positions[(topic, partition)]
+        with contextlib.suppress(KeyError):
+            metrics.lag.remove(topic, str(partition))
+    for tp in assigned:
+        high = highwater(tp)
+        pos = positions.get((tp.topic, tp.partition))
+        if high is not None and pos is not None:
+            metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - pos))
 
 
 async def _or_exit(step):
@@ -612,11 +630,19 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
     worker = _bounded_stop_worker(faust.Worker, settings.stream.shutdown_timeout_s)(
         app, loglevel=loglevel, quiet=True, redirect_stdouts=False, override_logging=False
     )
+    # Faust drops its terminal spinner only below WARNING; its "show cursor" escape then began a line of the JSON
+    # log ("\b\x1b[?25h{...}"), which a log shipper rejects.
+    worker.spinner = None
+    code: object = 0
     try:
         with prompt_gil_handoff(settings.model.gil_handoff_s):  # the event loop beside the model threads
             worker.execute_from_commandline()
+    except SystemExit as end:  # Faust's way out, with its exit code
+        code = end.code
+        raise
     finally:
         server.shutdown()
+        log.info("worker stopped", extra={"exit_code": code})
     return 0
 
 

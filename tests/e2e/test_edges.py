@@ -93,8 +93,14 @@ def test_the_worker_clamps_future_dates_caps_tickers_and_truncates_a_huge_dead_l
         assert letter.value == poison[: DeadLetter.MAX_VALUE_BYTES]
 
         assert labelled(env, "finsent_worker_items_corrected_total") == {"clamped": 1.0, "tickers_capped": 1.0}
-        assert labelled(env, "finsent_worker_items_failed_total") == {"poison": 1.0}
+        assert labelled(env, "finsent_worker_items_failed_total") == {
+            "poison": 1.0,
+            "model": 0.0,
+            "bad_scored_record": 0.0,
+        }
         assert "raw items corrected at the edge" in worker.log_tail(200)
     finally:
         worker.stop()
     assert worker.proc.returncode == 0, worker.log_tail()
+    log = worker.log_tail(400)
+    assert "worker stopped" in log and "\x1b" not in log  # a stop line; no terminal escapes (Faust's spinner)
