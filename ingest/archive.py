@@ -193,22 +193,27 @@ class Archive:
         )
 
     def read(self, start: datetime | None = None, end: datetime | None = None) -> Iterator[NewsItem]:
-        """Items with start <= published < end, in (published, id) order; repeated ids yielded once."""
+        """Items with start <= published < end, in (published, id) order; repeated ids yielded once, the first
+        copy with the tickers of every copy: an import writes a batch at a time, and a file that lists an item
+        again after a batch went (StockNet: once per ticker it names) leaves its tickers in another part."""
         for day in self.days():
             if start and day < start.astimezone(UTC).date():
                 continue
             if end and day > end.astimezone(UTC).date():
                 break
-            seen: set[str] = set()
             rows = sorted(self._read_day(day), key=lambda r: (r["published"], r["id"]))
+            tickers: dict[str, list[str]] = {}
             for row in rows:
-                if row["id"] in seen:
+                tickers.setdefault(row["id"], []).extend(row.get("tickers") or [])
+            for row in rows:
+                joined = tickers.pop(row["id"], None)
+                if joined is None:  # a later copy: yielded already
                     continue
-                seen.add(row["id"])
                 if (start and row["published"] < start) or (end and row["published"] >= end):
                     continue
                 yield NewsItem.model_validate(
-                    {k: v for k, v in row.items() if v is not None} | {"summary": row["summary"] or ""}
+                    {k: v for k, v in row.items() if v is not None}
+                    | {"summary": row["summary"] or "", "tickers": list(dict.fromkeys(joined))}
                 )
 
     def count(self, start: datetime | None = None, end: datetime | None = None) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
@@ -33,7 +34,26 @@ from finsent.records import NewsItem, checked_item
 
 FIELDS = {"title", "summary", "url", "published", "id", "source", "tickers", "language"}
 _US_EASTERN = ZoneInfo("America/New_York")
-TZINFOS = {"ET": _US_EASTERN, "EST": _US_EASTERN, "EDT": _US_EASTERN, "UTC": UTC, "GMT": UTC, "Z": UTC}
+_PACIFIC, _MOUNTAIN, _CET = ZoneInfo("America/Los_Angeles"), ZoneInfo("America/Denver"), ZoneInfo("Europe/Berlin")
+# Zone names read in dates (``Mon, 05 Jan 2015 15:30:00 PST``): only unambiguous ones (CST is US Central or China,
+# IST India, Ireland or Israel, BST British Summer or Bangladesh); any other name is the row's error.
+TZINFOS = {
+    "ET": _US_EASTERN,
+    "EST": _US_EASTERN,
+    "EDT": _US_EASTERN,
+    "PT": _PACIFIC,
+    "PST": _PACIFIC,
+    "PDT": _PACIFIC,
+    "MST": _MOUNTAIN,
+    "MDT": _MOUNTAIN,
+    "CET": _CET,
+    "CEST": _CET,
+    "JST": ZoneInfo("Asia/Tokyo"),
+    "HKT": ZoneInfo("Asia/Hong_Kong"),
+    "UTC": UTC,
+    "GMT": UTC,
+    "Z": UTC,
+}
 
 
 @dataclass
@@ -59,8 +79,18 @@ def parse_mapping(pairs: list[str]) -> dict[str, str]:
 
 
 def parse_time(value: str, default_tz: tzinfo = UTC) -> datetime:
+    """A row's time in UTC; ``default_tz`` (``--timezone``) only for a time that names no zone. A zone name not in
+    ``TZINFOS`` is an error (dateutil only warned and gave a naive time, read as ``--timezone``: "15:30 PST" became
+    15:30 UTC, before New York's close instead of after it, with nothing said)."""
     value = " ".join(value.split())
-    dt = dateparser.parse(value, tzinfos=TZINFOS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dateparser.UnknownTimezoneWarning)
+        try:
+            dt = dateparser.parse(value, tzinfos=TZINFOS)
+        except dateparser.UnknownTimezoneWarning:
+            raise ValueError(
+                f"time {value!r} names a time zone this importer does not know: give an offset (-08:00) instead"
+            ) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=default_tz)
     return dt.astimezone(UTC)
@@ -191,9 +221,12 @@ def import_file(
     edge: EdgeCheck | None = None,
 ) -> ImportReport:
     """Rows repeating an id (StockNet lists a tweet once per ticker it names) become one item with all tickers
-    (at most ``edge.max_tickers``). ``edge``: the check against the time of the import (now by default)."""
+    (at most ``edge.max_tickers``): within a batch here, across batches where the archive reads a repeated id
+    (``Archive.read`` joins the tickers of its copies). ``imported`` counts distinct ids. ``edge``: the check
+    against the time of the import (now by default)."""
     edge = edge or EdgeCheck(datetime.now(UTC))
     report = ImportReport()
+    imported: set[str] = set()
     pending: dict[str, NewsItem] = {}
     fixed: dict[str, set[str]] = {"clamped": set(), "tickers_capped": set()}  # item ids, each counted once
     for n, row in rows(path, fmt):
@@ -211,12 +244,15 @@ def import_file(
             for fix in fixes:
                 fixed[fix].add(item.id)
         if len(pending) >= batch:
-            report.imported += archive.append(list(pending.values()))
+            archive.append(list(pending.values()))
+            imported.update(pending)
             pending = {}
         if progress:
             progress(1)
     if pending:
-        report.imported += archive.append(list(pending.values()))
+        archive.append(list(pending.values()))
+        imported.update(pending)
+    report.imported = len(imported)
     report.clamped, report.tickers_capped = len(fixed["clamped"]), len(fixed["tickers_capped"])
     return report
 

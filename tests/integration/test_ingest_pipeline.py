@@ -183,6 +183,43 @@ def test_import_merges_repeated_ids_and_reports_bad_rows(tmp_path):
         parse_mapping(["published=x"])
 
 
+def test_a_repeat_of_an_id_after_its_batch_was_written_still_joins_its_tickers(tmp_path):
+    """StockNet lists a tweet once per ticker (one file per ticker): a repeat beyond the import's batch went to
+    another part, the archive read one copy, and its ticker was lost while the count said two items."""
+    path = tmp_path / "tweets.csv"
+    rows = ["tweet_id,published_at,ticker,text", "X1,2014-01-02T14:30:00Z,AAPL,Tech shares slide on rates"]
+    rows += [f"F{i},2014-01-02T15:00:00Z,MSFT,filler {i}" for i in range(5)]
+    rows += ["X1,2014-01-02T14:30:00Z,GOOG,Tech shares slide on rates"]
+    path.write_text("\n".join(rows) + "\n")
+    mapping = parse_mapping(["title=text", "published=published_at", "id=tweet_id", "tickers=ticker"])
+    report = import_file(path, "csv", mapping, "stocknet", Archive(tmp_path / "a"), batch=3)
+    items = {i.title: i for i in Archive(tmp_path / "a").read()}
+    assert report.imported == len(items) == 6 and items["Tech shares slide on rates"].tickers == ("AAPL", "GOOG")
+
+
+@pytest.mark.parametrize(
+    ("written", "utc"),
+    [
+        ("Mon, 05 Jan 2015 15:30:00 PST", "2015-01-05T23:30:00+00:00"),  # after New York's close, not before it
+        ("2015-07-06 09:00 CEST", "2015-07-06T07:00:00+00:00"),
+        ("2015-01-05 15:30 -0800", "2015-01-05T23:30:00+00:00"),
+        ("2015-01-05 15:30", "2015-01-05T15:30:00+00:00"),  # no zone: --timezone (UTC here)
+    ],
+)
+def test_zone_names_in_dates_are_read_not_taken_for_utc(written, utc):
+    from finsent.ingest.importer import parse_time
+
+    assert parse_time(written).isoformat() == utc
+
+
+@pytest.mark.parametrize("written", ["Mon, 05 Jan 2015 15:30:00 XYZT", "2015-01-05 15:30 IST", "2015-01-05 15:30 CST"])
+def test_a_zone_name_that_is_unknown_or_ambiguous_is_the_rows_error(written):
+    from finsent.ingest.importer import parse_time
+
+    with pytest.raises(ValueError, match="time zone"):
+        parse_time(written)
+
+
 TWO_DIGIT_YEARS = """date,ticker,id,text
 1/2/68,XOM,200,Exxon shares slide
 1/2/14,AAPL,201,Apple shares rise
