@@ -14,6 +14,7 @@ one (basic auth, user ``finsent``) through ``--web.config.file``, written here b
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import bcrypt
@@ -68,6 +69,12 @@ def render_alertmanager_config(
     ``receiver_address`` (host:port) overrides services.host:receiver.port, e.g. ``receiver:9184`` in compose."""
     doc = yaml.safe_load(source.read_text())
     address = receiver_address or f"{settings.services.host}:{settings.receiver.port}"
+    host, sep, port = address.rpartition(":")
+    if not (
+        sep and port.isdigit() and 0 < int(port) < 65536 and re.fullmatch(r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]", host)
+    ):
+        # written into a URL, "not an address" made a config Alertmanager refuses only when it loads it
+        raise ConfigError(f"receiver address {address!r}: expected host:port (e.g. receiver:9184)")
     home.mkdir(parents=True, exist_ok=True)
     token_file = home / "receiver-token"
     if settings.receiver.token is not None:

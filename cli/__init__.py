@@ -2,7 +2,8 @@
 
 Every command exists because its feature exists; there are no placeholder commands. Expected failures
 (``finsent.errors.FinsentError``) print one line naming the problem and the fix and exit with the
-documented code (README, "Exit codes"); ``--debug`` shows their traceback too.
+documented code (README, "Exit codes"); so does a path that cannot be used (an ``OSError`` naming a file: exit 1);
+``--debug`` shows their traceback too.
 """
 
 from __future__ import annotations
@@ -25,6 +26,15 @@ def main() -> None:
             raise
         typer.echo(f"error: {err}", err=True)
         sys.exit(err.exit_code)
+    except OSError as err:
+        # A file or folder the command was given or derives from its settings that cannot be used (a missing or
+        # read-only parent, a file where a folder belongs, a full disk): the path and the reason, exit 1. An
+        # OSError naming no path (a socket's, say) is not this, and keeps its traceback.
+        if Options.debug or err.filename is None:
+            raise
+        target = err.filename if err.filename2 is None else f"{err.filename} -> {err.filename2}"
+        typer.echo(f"error: {target}: {err.strerror or err}", err=True)
+        sys.exit(1)
 
 
 __all__ = ["app", "main"]

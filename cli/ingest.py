@@ -30,7 +30,13 @@ def ingest(
             "the public feed list shipped with finsent."
         ),
     ] = None,
-    once: Annotated[bool, typer.Option("--once", help="Poll every feed once, print a summary, exit 0.")] = False,
+    once: Annotated[
+        bool,
+        typer.Option(
+            "--once",
+            help="Poll every feed once, print a summary; exit 1 if an item was left for the next run (not sent, archived or marked).",
+        ),
+    ] = False,
     output: Annotated[
         Path | None, typer.Option(help="Write accepted items as JSON lines here instead of Kafka.")
     ] = None,
@@ -44,9 +50,13 @@ def ingest(
 
     settings = load_settings(config)
     feed_list = load_feeds(feeds or settings.ingest.feeds_file or PUBLIC_FEEDS)
-    summaries = service.run(settings, feed_list, once=once, output=output)
+    summaries, undone = service.run(settings, feed_list, once=once, output=output)
     if once:
         typer.echo(service.format_summary(summaries))
+    if undone:
+        from finsent.errors import LeftUndone
+
+        raise LeftUndone(undone)
 
 
 @ingest_app.command("import")
@@ -62,15 +72,20 @@ def ingest_import(
     config: ConfigOption = None,
 ) -> None:
     """Import historical news into the archive (the source for replays and backtests)."""
-    from zoneinfo import ZoneInfo
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     from tqdm import tqdm
 
+    from finsent.errors import ConfigError
     from finsent.ingest.archive import Archive
     from finsent.ingest.importer import EdgeCheck, import_file, parse_mapping
 
     settings = load_settings(config)
     mapping = parse_mapping(map_)
+    try:
+        zone = ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):  # "Mars/Base"; "" or "../x" (not a key)
+        raise ConfigError(f"--timezone {timezone!r} is not an IANA time zone (e.g. America/New_York, UTC)") from None
     w = settings.windows
     edge = EdgeCheck(datetime.now(UTC), w.future_tolerance_s, w.max_tickers_per_item)
     with tqdm(desc=f"importing {file.name}", unit=" rows", disable=None) as bar:
@@ -80,7 +95,7 @@ def ingest_import(
             mapping,
             source,
             Archive(settings.paths.archive_dir),
-            ZoneInfo(timezone),
+            zone,
             progress=bar.update,
             edge=edge,
         )

@@ -133,8 +133,12 @@ def evaluate(
     config: ConfigOption = None,
 ) -> None:
     """Evaluation report (Markdown + PNG): Twitter and news sets (news score), confusion, calibration, worst errors."""
+    from finsent.errors import ConfigError
+    from finsent.model.backends import BACKENDS
     from finsent.model.data import check_data_dir
 
+    if backend not in ("auto", *BACKENDS):  # before the data and the model are loaded, not after
+        raise ConfigError(f"--backend {backend!r}: choose from auto, {', '.join(BACKENDS)}")
     settings = load_settings(config)
     check_data_dir(settings.paths.data_dir)  # before loading anything: a clone has no ../shared/data
     from finsent.model import Classifier

@@ -156,6 +156,11 @@ class PartlyRejected(InputError):
     the message sums up what was left out; the exit code says that not everything went through."""
 
 
+class LeftUndone(FinsentError, RuntimeError):
+    """A run that ended with items it could not take all the way (not sent: no broker acknowledged them; not
+    archived; not marked): nothing is lost, the next run fetches them again, but the run did not succeed."""
+
+
 class ImportFileError(ConfigError):
     """A history import's column mapping or format option is unusable."""
 

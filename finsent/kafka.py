@@ -264,7 +264,7 @@ def admin_client(kafka: KafkaLike, timeout_s: float = 15.0) -> KafkaAdminClient:
     while True:
         try:
             if not bootstrap_reachable(bootstrap):
-                raise OSError("connection refused")
+                raise OSError("no TCP connection: refused, unreachable, or a host name that does not resolve")
             return KafkaAdminClient(
                 bootstrap_servers=bootstrap,
                 client_id=client_id(kafka, "admin"),

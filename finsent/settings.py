@@ -147,6 +147,15 @@ class Kafka(_Group):
     sasl_password: SecretStr | None = None
     ssl_cafile: str | None = None
 
+    @field_validator("ssl_cafile")
+    @classmethod
+    def _cafile_exists(cls, v: str | None) -> str | None:
+        """A CA file that is not there failed only at the first connection, as "no Kafka broker" after the whole
+        connect timeout (the cause was one warning among twenty lines); named at start instead."""
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"no such file: {v!r}")
+        return v
+
     @field_validator("bootstrap")
     @classmethod
     def _hostports(cls, v: str) -> str:

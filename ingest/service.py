@@ -100,7 +100,8 @@ async def _run(components: Components, once: bool, stop_timeout_s: float) -> lis
 
 def run(
     settings: Settings, feeds: list[FeedConfig], once: bool = False, output: Path | None = None
-) -> list[PollSummary]:
+) -> tuple[list[PollSummary], str | None]:
+    """The polls' summaries (``--once``) and what was left undone at exit (``left_undone``)."""
     components = build(settings, feeds, output)
     if not once:
         start_metrics_server(
@@ -124,7 +125,24 @@ def run(
             extra={"pending": len(components.poller.pending)},
         )
     _log_left_over(components.poller)
-    return summaries
+    return summaries, left_undone(components.poller)
+
+
+def left_undone(poller: Poller) -> str | None:
+    """What a run leaves for the next one, in one line (``None``: everything went all the way). ``--once`` exits 1
+    on it: its summary's "ok" is the fetch's, and a cron job reading exit 0 took a dead broker for success."""
+    parts = [
+        f"{len(items)} {what}"
+        for items, what in (
+            (poller.pending, "not acknowledged by the sink (no broker answered, or the output file failed)"),
+            (poller.unarchived, "not archived"),
+            (poller.unmarked, "not marked as seen"),
+        )
+        if items
+    ]
+    if not parts:
+        return None
+    return "items left for the next run (nothing is lost; they are fetched again): " + "; ".join(parts)
 
 
 def _log_left_over(poller: Poller) -> None:

@@ -532,4 +532,4 @@ def make_backend(
                     raise
                 log.warning(f"{choice} backend unavailable", extra={"error": f"{type(err).__name__}: {err}"})
         return TorchBackend(model, dev, trace=trace)
-    raise ValueError(f"unknown backend {name!r}; choose from auto, {', '.join(BACKENDS)}")
+    raise errors.ConfigError(f"unknown backend {name!r}; choose from auto, {', '.join(BACKENDS)}")

@@ -578,12 +578,15 @@ def run(settings: Settings, model_dir, aggregate: bool = True) -> int:
     import faust
 
     from finsent.model import Classifier
+    from finsent.model.artifact import load_meta
     from finsent.model.backends import resolve_device
     from finsent.model.placement import alone_choice, calls_at_once, model_info, side_by_side
 
     # model.device=cuda without CUDA: its one-line ConfigError first, not after waiting for a broker (up to
     # kafka.connect_timeout_s) in ensure_topics and then loading the model
     resolve_device(settings.model.device)
+    # a missing model directory: its one line now, not after a broker wait (and blamed on the broker)
+    load_meta(model_dir)
     metrics_setting = setting_label("stream", "metrics_port")
     # A taken /metrics port is a Conflict now, not after a broker wait and a model load; bound for real below.
     check_bindable(settings.services.host, settings.stream.metrics_port, metrics_setting)

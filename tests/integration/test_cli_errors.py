@@ -175,6 +175,34 @@ CASES = {
         2,
         "missing price columns ['Close']",
     ),
+    # session 39's reviews: paths that cannot be used, options checked before anything loads (were tracebacks)
+    "ingest, output is a folder": (
+        ["ingest", "--once", "--feeds", "{tmp}/feeds.toml", "--output", "{tmp}"],
+        {},
+        1,
+        "Is a directory",
+    ),
+    "backtest, --out under a file": (["backtest", "--out", "{tmp}/a-file/sub"], {}, 1, "a-file/sub: Not a directory"),
+    "import, unknown time zone": (
+        ["ingest", "import", "{tmp}/prices.csv", "--map", "title=t", "--timezone", "Mars/Base"],
+        {},
+        2,
+        "not an IANA time zone",
+    ),
+    "eval, unknown backend": (["eval", "--backend", "gpu"], {}, 2, "--backend 'gpu': choose from auto"),
+    "worker, no model and no broker": (
+        ["worker", "--model", "/nonexistent/model"],
+        "dead_broker",
+        2,
+        "not a finsent model directory",
+    ),
+    "kafka CA file missing": (["topics"], {"FINSENT_KAFKA__SSL_CAFILE": "/nonexistent/ca.pem"}, 2, "no such file"),
+    "alertmanager config, receiver address not host:port": (
+        ["receiver", "alertmanager-config", "{tmp}/am", "--receiver-address", "not an address"],
+        {"FINSENT_SERVICES__ALERTMANAGER_PASSWORD": "pw"},
+        2,
+        "expected host:port",
+    ),
     "backtest, no news in range": (
         [
             "backtest",
@@ -226,6 +254,7 @@ def test_a_usual_failure_is_one_line_with_its_exit_code_and_no_traceback(case, t
         env = {}
     (tmp_path / "prices.csv").write_text("date,ticker,close\n2020-01-02,AAA,10\n2020-01-03,AAA,11\n")
     (tmp_path / "a-file").write_text("not a folder\n")
+    (tmp_path / "feeds.toml").write_text('[[feeds]]\nname = "x"\nurl = "http://127.0.0.1:9/rss"\n')
     (tmp_path / "fb-empty.jsonl").write_bytes(b"")
     (tmp_path / "fb-bad.jsonl").write_text('{not json\n{"v": 2, "item_id": "a1", "sentiment": "bearish"}\n')
     good = '{"v":2,"item_id":"a1","text":"Oil slumps","sentiment":"negative","who":"ana","at":"2026-01-01T00:00:00Z"}'

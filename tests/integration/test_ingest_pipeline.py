@@ -76,6 +76,18 @@ def test_once_writes_jsonl_archives_and_a_restart_re_emits_nothing(tmp_path, fro
     assert Archive(tmp_path / "archive").count() == expected
 
 
+def test_once_with_no_broker_answering_exits_1_after_its_summary(tmp_path, frozen_feeds):
+    """Its "ok" is the fetch's: a cron job read exit 0 and took a run that sent nothing for a success."""
+    feeds = _feeds_file(tmp_path, frozen_feeds)
+    env = _env(tmp_path, FINSENT_KAFKA__BOOTSTRAP=f"127.0.0.1:{free_port()}")  # nothing listens there
+    proc = _finsent(env, "ingest", "--feeds", str(feeds), "--once")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "wire-markets" in proc.stdout  # the summary first
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
+    assert "items left for the next run" in line and "not acknowledged by the sink" in line
+    assert "Traceback" not in proc.stderr
+
+
 def test_loopback_feed_refused_without_the_setting(tmp_path, frozen_feeds):
     cmd = [
         sys.executable,
