@@ -49,6 +49,19 @@ log = logging.getLogger("finsent.backtest.run")
 CachedScore = Prediction
 
 
+# Every file a backtest (and its report) writes into --out; a new run removes them first, so that nothing in the
+# folder describes another run (a rerun without --prices, or one stopped with Ctrl-C, left the old report beside it).
+OUTPUTS = (
+    "scores.parquet",
+    "windows.parquet",
+    "alerts-changelog.jsonl",
+    "alerts.jsonl",
+    "run.json",
+    "report.html",
+    "eventstudy.json",
+)
+
+
 class ScoreCache:
     """Predictions by (item id, model version) in SQLite: a rerun with other settings skips inference.
 
@@ -60,8 +73,31 @@ class ScoreCache:
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._open(path)
+        except sqlite3.DatabaseError as err:  # not a database, or a damaged one: only scores, so scored again
+            moved = path.with_name(f"{path.name}.corrupt-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}")
+            for suffix in ("", "-wal", "-shm"):
+                source = path.with_name(path.name + suffix)
+                if source.exists():
+                    source.replace(moved.with_name(moved.name + suffix))
+            log.error(
+                "score cache unreadable: moved aside, starting an empty one (its items are scored again)",
+                extra={"path": str(path), "moved_to": str(moved), "error": str(err)},
+            )
+            self._open(path)
+        self._labels: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+    def _open(self, path: Path) -> None:
         self.db = sqlite3.connect(path)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self._create()
+        except BaseException:
+            self.db.close()
+            raise
+
+    def _create(self) -> None:
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS predictions (model TEXT NOT NULL, item_id TEXT NOT NULL, topic TEXT NOT NULL,"
             " sentiment TEXT NOT NULL, name TEXT NOT NULL, flag TEXT, probs BLOB NOT NULL, PRIMARY KEY (model, item_id))"
@@ -69,7 +105,7 @@ class ScoreCache:
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS labels (model TEXT PRIMARY KEY, topics TEXT NOT NULL, sentiments TEXT NOT NULL)"
         )
-        self._labels: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self.db.execute("SELECT COUNT(*) FROM labels").fetchone()  # a damaged file fails here, not mid-run
 
     def _labels_of(self, model: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
         labels = self._labels.get(model)
@@ -238,6 +274,8 @@ def run_backtest(
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"{out_dir} is a file; the backtest writes its outputs into a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in OUTPUTS:  # a reused --out held the last run's report and study beside this run's files
+        (out_dir / stale).unlink(missing_ok=True)
     agg = Aggregation(settings)
     started = time.perf_counter()
     inference_s = 0.0

@@ -52,6 +52,7 @@ def backtest(
         raise ConfigError(f"--batch must be at least 1 (got {batch})")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder for the backtest's outputs")
+    out.mkdir(parents=True, exist_ok=True)  # a parent that is a file or read-only: its one line now (finsent.cli)
     price_table = cols = None
     if prices is not None:
         from finsent.backtest.eventstudy import PriceColumns, read_prices
@@ -62,10 +63,11 @@ def backtest(
         raise ConfigError("--price-map describes the --prices file: give --prices too")
     archive = Archive(settings.paths.archive_dir)
     total = archive.count(start, end)
-    if total == 0 and prices is not None:
+    if total == 0:  # with or without --prices: a run over nothing wrote empty outputs and said it was done
         span = f"{start.isoformat() if start else 'the first item'} .. {end.isoformat() if end else 'the last'}"
+        where = "" if settings.paths.archive_dir.is_dir() else " (there is no such folder)"
         raise ConfigError(
-            f"no items in {span} in the archive {settings.paths.archive_dir}: nothing to study "
+            f"no items in {span} in the archive {settings.paths.archive_dir}{where}: nothing to backtest "
             "(import news first: finsent ingest import, or widen --from/--to)"
         )
 

@@ -88,3 +88,29 @@ def test_a_new_static_int8_plan_or_recipe_makes_another_key(tmp_path, tiny_model
     plan.write_text(json.dumps({"weights_sha256": onnxbuild.weights_digest(directory), "keep": ["MatMul_1"]}))
     assert score_key(directory, "onnx-int8") != planned  # re-planned: the old plan's scores are not reused
     assert "/onnx/fp32/weights:" in score_key(directory, "onnx") and "plan:" not in score_key(directory, "onnx")
+
+
+def test_a_cache_that_is_not_a_database_is_moved_aside_and_a_reused_out_folder_keeps_nothing_of_the_last_run(
+    tmp_path, tiny_model_dir, caplog
+):
+    """A damaged scores.sqlite stopped every backtest with a sqlite3 traceback; it only holds scores, so they are
+    made again. And files of an earlier run in --out (its report, its study) stayed beside the new run's."""
+    settings = make_settings(tmp_path, model={"backend": "torch", "threads": 1})
+    items = [news_item(f"n{i}", f"Oil prices fall {i}", at=T0 + timedelta(minutes=i)) for i in range(3)]
+    cache = settings.paths.state_dir / "backtest" / "scores.sqlite"
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(b"not a database" * 500)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.html").write_text("<p>the last run's report</p>")
+    (out / "eventstudy.json").write_text("{}")
+    (out / "notes.txt").write_text("the analyst's own file")
+    with caplog.at_level(logging.INFO, logger="finsent"):
+        report = backtest_archive(settings, items, out, tiny_model_dir, batch_size=8)
+    assert report.inferred == 3
+    (line,) = [r for r in caplog.records if "score cache unreadable" in r.getMessage()]
+    assert line.levelname == "ERROR" and list(cache.parent.glob("scores.sqlite.corrupt-*"))
+    assert not (out / "report.html").exists() and not (out / "eventstudy.json").exists()
+    assert (out / "notes.txt").exists() and (out / "run.json").exists()  # only its own outputs go
+    again = backtest_archive(settings, items, tmp_path / "out2", tiny_model_dir, batch_size=8)
+    assert again.cached == 3  # the fresh cache works

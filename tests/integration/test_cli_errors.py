@@ -217,7 +217,14 @@ CASES = {
         ],
         {},
         2,
-        "nothing to study",
+        "nothing to backtest",
+    ),
+    # without --prices too: it wrote empty outputs, said "0 items … results in …" and exited 0
+    "backtest, no archive": (
+        ["backtest", "--out", "{tmp}/out"],
+        {},
+        2,
+        "(there is no such folder): nothing to backtest",
     ),
 }
 
