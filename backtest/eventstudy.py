@@ -6,8 +6,8 @@ work, not only StockNet.
 No look-ahead, by construction:
 
 * every item and alert is assigned to an **event session**: its trading day in the exchange's time
-  zone if it was published before the close, else the next trading day of the price file's
-  **session calendar** (the union of the dates of all tickers);
+  zone if it was published (an alert: raised, ``known_at``) before the close, else the next trading day of
+  the price file's **session calendar** (the union of the dates of all tickers);
 * returns are measured **from that session's close** (the first bar whose price an investor could
   trade after the information) to the close ``h`` sessions later on that calendar; a ticker without
   a bar on either session has no return (never one spanning a gap in its prices);
@@ -261,15 +261,16 @@ class SurgeEvents:
 
 
 def surge_events(alerts: pd.DataFrame, prices: pd.DataFrame, returns: pd.DataFrame | None = None) -> SurgeEvents:
-    """Firing ticker surges → one event per (ticker, session), timed by the window end (when it was known).
-    With ``returns``, a surge whose bar has no later bar at any horizon is left out too (``NO_RETURN``)."""
+    """Firing ticker surges → one event per (ticker, session), timed by when the live stream would have raised it
+    (``known_at``, ``report.load_alerts``; the window end where that is not given). With ``returns``, a surge whose
+    bar has no later bar at any horizon is left out too (``NO_RETURN``)."""
     columns = ["ticker", "date", "zscore", "severity"]
     if alerts.empty:
         empty = pd.DataFrame(columns=columns)
         return SurgeEvents(0, empty, 0, pd.DataFrame(columns=["ticker", "window_end", "reason"]))
     a = alerts[(alerts["state"] == "firing") & alerts["key"].str.startswith("ticker:")].reset_index(drop=True)
     a["ticker"] = a["key"].str.split(":", n=1).str[1].astype(str).str.upper()
-    a = a.join(session_of(a["window_end"], a["ticker"], prices))
+    a = a.join(session_of(a["known_at"] if "known_at" in a else a["window_end"], a["ticker"], prices))
     if returns is not None and len(a):
         rcols = [c for c in returns.columns if c.startswith("r") and c[1:].isdigit()]
         any_return = returns[rcols].notna().any(axis=1).to_numpy()

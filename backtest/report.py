@@ -29,14 +29,32 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def load_alerts(path: Path) -> pd.DataFrame:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def load_alerts(path: Path, changelog: Path | None = None, watermark_delay_s: float = 0.0) -> pd.DataFrame:
+    """The final alerts, each with ``known_at``: when the live stream would have raised it, which is what the event
+    study times it by. A surge first raised early (``trigger="early"`` in the changelog, while its window was
+    open) was known by its window's end; one raised when its window closed only once the watermark passed that end,
+    ``windows.watermark_delay_s`` later (an hour in the StockNet config: a surge of a window ending at 15:00 was
+    known after New York's close, and was studied from that day's close: a look-ahead)."""
+    rows = _jsonl(path)
     df = pd.DataFrame(
         rows,
         columns=["key", "state", "severity", "zscore", "window_end", "negative_share", "count"] if not rows else None,
     )
     if len(df):
         df["window_end"] = pd.to_datetime(df["window_end"], utc=True)
+        early = {
+            r.get("alert_id")
+            for r in (_jsonl(changelog) if changelog else rows)
+            if r.get("state") == "firing" and r.get("trigger") == "early"
+        }
+        late_by = pd.to_timedelta(
+            [0.0 if a in early else watermark_delay_s for a in df.get("alert_id", [None] * len(df))], unit="s"
+        )
+        df["known_at"] = df["window_end"] + late_by
     return df
 
 
@@ -49,7 +67,9 @@ def analyse(
     """The event study's tables and what each step left out. ``prices``: ``es.read_prices``'s result when the
     caller loaded (and so checked) the file already."""
     scores = pd.read_parquet(run_dir / "scores.parquet")
-    alerts = load_alerts(run_dir / "alerts.jsonl")
+    windows = json.loads((run_dir / "run.json").read_text()).get("settings", {}).get("windows", {})
+    delay = windows.get("watermark_delay_s", 0)  # a run.json without it (hand-made): timed by the window end
+    alerts = load_alerts(run_dir / "alerts.jsonl", run_dir / "alerts-changelog.jsonl", delay)
     bars, dropped = es.read_prices(prices_path, cols) if prices is None else prices
     returns = es.forward_returns(bars)
     mentions = es.item_sessions(scores, bars)
@@ -277,8 +297,9 @@ table{{font-size:12px;display:block;overflow-x:auto}}td,th{{border:1px solid #cc
 <h1>finsent backtest</h1>
 <p>Model <b>{esc(run["model"])}</b>; {run["items"]:,} items ({run["inferred"]:,} scored, {run["cached"]:,} from cache);
 {run["windows"]:,} windows closed; {run["firing"]} surges fired (all keys), {surges.fired} of them on tickers. {span}</p>
-<p class="note">How to read this: events are negative-sentiment surges of a ticker, timed by the end of the window that
-raised them and mapped to the first session whose close came after (no look-ahead); a surge whose ticker has no bar
+<p class="note">How to read this: events are negative-sentiment surges of a ticker, timed by when the live stream would have
+raised them (the end of their window when first raised early; else that end plus the watermark delay, when the
+window closed) and mapped to the first session whose close came after (no look-ahead); a surge whose ticker has no bar
 on that session is left out, not moved to a later bar. Sessions are the dates any ticker in the price file has a bar
 on. Returns run from the event session's close to the close h sessions later (none when the ticker has no bar then);
 abnormal = minus the equal-weighted mean of the other tickers' returns over the same sessions (none with fewer than

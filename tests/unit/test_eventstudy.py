@@ -230,3 +230,35 @@ def test_abnormal_returns_use_the_other_tickers_and_need_enough_of_them():
     # Two tickers: one peer is below MIN_PEERS (a pair difference, not a market)
     pair = forward_returns(bars({"AAA": [100, 80], "BBB": [50, 50]}), horizons=(1,))
     assert pair["ar1"].isna().all() and list(pair["r1"].dropna()) == [pytest.approx(-0.2), 0.0]
+
+
+def test_a_surge_raised_when_its_window_closed_is_studied_from_when_live_knew_it(tmp_path):
+    """A window ending at 15:00 New York closes only once the watermark passes it, watermark_delay_s later: with an
+    hour's delay live raised it after the close, and the study measured from that day's close (a look-ahead). One
+    first raised early, while its window was open, was known by the window's end."""
+    import json
+
+    from finsent.backtest.eventstudy import surge_events
+    from finsent.backtest.report import load_alerts
+
+    p = bars({"AAA": [100] * 6, "BBB": [50] * 6, "CCC": [20] * 6})
+    end = (D[1].tz_localize("America/New_York") + pd.Timedelta(hours=15)).tz_convert("UTC").isoformat()
+    final = [
+        {
+            "alert_id": f"{t}|{end}",
+            "key": f"ticker:{t}",
+            "state": "firing",
+            "severity": "warning",
+            "zscore": 4.0,
+            "window_end": end,
+            "trigger": "close",
+        }
+        for t in ("AAA", "BBB")
+    ]
+    changelog = [{**final[1], "trigger": "early"}, *final]  # BBB fired early first, then was confirmed at close
+    (tmp_path / "alerts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in final))
+    (tmp_path / "alerts-changelog.jsonl").write_text("".join(json.dumps(r) + "\n" for r in changelog))
+    alerts = load_alerts(tmp_path / "alerts.jsonl", tmp_path / "alerts-changelog.jsonl", watermark_delay_s=3600)
+    events = surge_events(alerts, p).events.set_index("ticker")["date"]
+    assert events["AAA"] == D[2] and events["BBB"] == D[1]
+    assert surge_events(load_alerts(tmp_path / "alerts.jsonl"), p).events.set_index("ticker")["date"]["AAA"] == D[1]
