@@ -308,13 +308,16 @@ class Windows(_Group):
 
     ``watermark_delay_s`` is how long a window waits for stragglers before its first (on-time) result;
     ``allowed_lateness_s`` is how long after that an item still counts in its own bucket, the windows it
-    touches being published again as a new revision. Older items are rejected, counted and dead-lettered.
+    touches being published again as a new revision. Older items are, by ``too_late``: ``reject`` (counted and
+    dead-lettered, in no window) or ``open_window`` (counted, and counted in the open window instead of its own,
+    as if it had arrived now: windows then depend on arrival, so live and a backtest may differ by those items).
     """
 
     bucket_seconds: int = Field(default=60, ge=1, le=3600)
     rolling_seconds: list[int] = Field(default_factory=lambda: [300, 900, 3600], min_length=1)
     watermark_delay_s: int = Field(default=120, ge=0)
     allowed_lateness_s: int = Field(default=3600, ge=0)
+    too_late: Literal["reject", "open_window"] = "reject"
     idle_close_s: float = Field(default=10.0, gt=0)
     evidence_per_window: int = Field(default=5, ge=0, le=100)
     # An event time further than this ahead of the fetch time (or of the wall clock) is clamped and flagged.

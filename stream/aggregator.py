@@ -187,7 +187,7 @@ class Aggregator:
                 await self._dead_letter(msg, f"undecodable scored record: {err}")
         count_corrected(self.metrics, self.settings.windows, fixed, "scored items")
         decoded.sort(key=lambda r: r[2].item.published)
-        late0, dup0 = self.agg.counts()
+        late0, dup0, retimed0 = *self.agg.counts(), self.agg.retimed
         self.metrics.aggregated.inc(len(decoded))
         for partition, msg, scored in decoded:
             lane_start = self.agg.bucket_of(scored.item.published.timestamp())
@@ -231,6 +231,7 @@ class Aggregator:
         late, duplicates = self.agg.counts()
         self.metrics.late.inc(late - late0)
         self.metrics.duplicates.inc(duplicates - dup0)
+        self.metrics.retimed.inc(self.agg.retimed - retimed0)
         await self.publish(out)
         if out:
             self.unsaved_output = True

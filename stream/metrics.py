@@ -141,6 +141,12 @@ class WorkerMetrics:
             ["reason"],
             registry=r,
         )
+        self.retimed = Counter(
+            "finsent_window_retimed_items_total",
+            "Items past the allowed lateness counted in the open window instead of their own (windows.too_late="
+            'open_window; with reject they are in finsent_window_rejected_items_total{reason="too_late"})',
+            registry=r,
+        )
         self.revisions = Counter(
             "finsent_window_revisions_total", "Window results published again after late items", registry=r
         )

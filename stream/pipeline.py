@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from finsent.errors import PoisonRecord, RecordError
@@ -150,6 +150,11 @@ class Aggregation:
             evidence_widths=(s.window_s,),  # only the surge detector reads a window's headlines
         )
         self.detector = SurgeDetector(s)
+        self.too_late = w.too_late
+        self.retimed = 0  # too late, counted in the open window (windows.too_late = "open_window")
+        # Such items whose new bucket a restart's replay may read (item id -> the event time they were counted at):
+        # the replay counts them there again, not in their own, long-evicted bucket.
+        self.retimed_ids: dict[str, float] = {}
         self.surge_width = s.window_s
         self.early = s.early
         self.emitted_until = -math.inf  # windows ending at or before this were published before a restart
@@ -191,6 +196,8 @@ class Aggregation:
         consistently). A restore point without that list (an older build) replays as before."""
         store = self.store
         if self.exact_replay and self.restoring:
+            if (retimed := self.retimed_ids.get(obs.item_id)) is not None:
+                obs = replace(obs, at=datetime.fromtimestamp(retimed, UTC))
             start = store.bucket_start(obs.at.timestamp())
             if obs.item_id in self.rejected_ids:
                 store.rejected += 1
@@ -204,9 +211,16 @@ class Aggregation:
                 # the original occurrence, and the restarted windows would hold one item fewer.
                 store.duplicates += 1
                 return Emitted()
-            store.rejected += 1
-            self._note_rejected(obs)
-            return Emitted(rejected=[] if self.restoring else [obs])
+            if self.too_late == "open_window":
+                # counted as if it arrived now: at the watermark, in windows that are all still open
+                now = store.watermark
+                self.retimed += 1
+                self._note_retimed(obs.item_id, now)
+                obs = replace(obs, at=datetime.fromtimestamp(now, UTC))
+            else:
+                store.rejected += 1
+                self._note_rejected(obs)
+                return Emitted(rejected=[] if self.restoring else [obs])
         ts = obs.at.timestamp()
         for key in obs.keys:
             self.touched[key] = max(self.touched.get(key, ts), ts)
@@ -361,11 +375,17 @@ class Aggregation:
         if start >= self._rejected_pruned:
             self.rejected_ids[obs.item_id] = start
 
+    def _note_retimed(self, item_id: str, at: float) -> None:
+        self._prune_rejected()
+        self.retimed_ids[item_id] = at
+
     def _prune_rejected(self) -> float:
         floor = self.revisable_from()
         if floor > self._rejected_pruned:
             self._rejected_pruned = floor
             self.rejected_ids = {i: s for i, s in self.rejected_ids.items() if s >= floor}
+            bucket = self.store.bucket_start
+            self.retimed_ids = {i: t for i, t in self.retimed_ids.items() if bucket(t) >= floor}
         return floor
 
     # -- late items -------------------------------------------------------------------------------
@@ -419,6 +439,7 @@ class Aggregation:
             hist = self.history.get(key, [])
             keys[key] = next((j.before for j in hist if j.end > horizon), st).to_row()
         floor = self._prune_rejected() if self.store.watermark > NEVER else -math.inf
+        listed = len(self.rejected_ids) + len(self.retimed_ids) <= MAX_LISTED_REJECTIONS
         return {
             "judged_from": _finite(horizon),
             "keys": keys,
@@ -427,7 +448,8 @@ class Aggregation:
             "replay_floor": _finite(floor),
             # Bounded: a restore point is one Kafka record (1 MiB). Past the bound (a late backfill rejected by the
             # thousand) the list is left out and a restart judges lateness again for that span, as before.
-            "rejected": dict(self.rejected_ids) if len(self.rejected_ids) <= MAX_LISTED_REJECTIONS else None,
+            "rejected": dict(self.rejected_ids) if listed else None,
+            "retimed": dict(self.retimed_ids) if listed else None,
         }
 
     def begin_restore(
@@ -447,6 +469,7 @@ class Aggregation:
         rejected = snapshot.get("rejected")
         self.exact_replay = rejected is not None  # None: a restore point of an older build (replayed as before)
         self.rejected_ids = {str(i): int(s) for i, s in (rejected or {}).items()}
+        self.retimed_ids = {str(i): float(t) for i, t in (snapshot.get("retimed") or {}).items()}
         floor = snapshot.get("replay_floor")
         self.replay_floor = -math.inf if floor is None else float(floor)
         # Held from the start: the replay itself may close their windows (ends past emitted_until are published).

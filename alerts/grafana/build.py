@@ -273,6 +273,7 @@ def pipeline() -> Dashboard:
                         "rejected {{reason}}",
                     ),
                     ("sum(rate(finsent_window_revisions_total[5m]))", "window revisions"),
+                    ("sum(rate(finsent_window_retimed_items_total[5m]))", "too late, counted in the open window"),
                     ("sum(rate(finsent_window_duplicate_items_total[5m]))", "duplicate"),
                 ],
                 width=8,

@@ -414,6 +414,35 @@ def test_items_later_than_the_allowed_lateness_are_rejected_and_reported():
     assert [o.item_id for o in out.rejected] == ["n999"] and agg.store.rejected == 1
 
 
+def test_by_setting_an_item_past_the_allowed_lateness_is_counted_in_the_open_window_and_survives_a_restart():
+    """windows.too_late = "open_window": counted (finsent_window_retimed_items_total) and applied to the window that
+    is open now, not dropped; a restart's replay counts it there again, not in its own long-evicted bucket."""
+    opened = settings(windows={"allowed_lateness_s": 120, "too_late": "open_window"})
+    agg = Aggregation(opened)
+    items = [scored(i, i * 30) for i in range(40)]  # 20 minutes, one a half minute
+    w1, a1 = run_all(agg, items)
+    late = scored(999, 60, "negative")  # 19 minutes late
+    out = agg.add(late)
+    assert out.rejected == [] and (agg.retimed, agg.store.rejected) == (1, 0)
+    point = json.loads(json.dumps({"emitted_until": agg.judged_until, "detector": agg.snapshot()}))
+    more = [scored(100 + i, 1200 + i * 30) for i in range(10)]
+    w2, a2 = run_all(agg, more)
+    windows, _ = finish(agg, w1 + w2, a1 + a2)
+    counts = {k: (w.count, w.negative) for k, w in final_windows(c.stat for c in windows).items()}
+    minute = timedelta(seconds=60)
+    ones = {start: c for (key, start, end), c in counts.items() if key == "all" and end - start == minute}
+    assert sum(n for n, _ in ones.values()) == 51  # every item in one one-minute window: the late one too
+    (late_in,) = [start for start, (_, neg) in ones.items() if neg]  # in the window open when it came (~19 min on)
+    assert late_in >= T0 + timedelta(minutes=18)
+
+    restarted = Aggregation(opened)  # a crash after the late item: its restore point, the log replayed
+    restarted.begin_restore(point["emitted_until"], point["detector"])
+    run_all(restarted, sorted([*items[30:], late], key=lambda s: s.item.published))
+    restarted.finish_restore()
+    w3, a3 = run_all(restarted, more)
+    assert final(*finish(restarted, w1 + w3, a1 + a3))[0] == final(windows, [])[0]
+
+
 def test_a_restore_point_plus_replay_reproduces_exactly_what_a_clean_run_publishes():
     items = burst_sequence()
     clean = Aggregation(settings())
