@@ -35,7 +35,8 @@ from urllib.parse import urlsplit
 
 from finsent.errors import ArchiveWriteError, NormalizeError, ParseError
 from finsent.ingest.archive import Archive
-from finsent.ingest.dedup import Deduper, DedupStore
+from finsent.ingest.dedup import Deduper
+from finsent.ingest.dedup_store import DedupStore
 from finsent.ingest.feeds import FeedConfig
 from finsent.ingest.fetch import Fetcher, Validators
 from finsent.ingest.metrics import IngestMetrics

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from finsent.http import start_metrics_server
 from finsent.ingest.archive import Archive
-from finsent.ingest.dedup import DedupStore
+from finsent.ingest.dedup_store import DedupStore
 from finsent.ingest.feeds import FeedConfig
 from finsent.ingest.fetch import Fetcher, FetchLimits
 from finsent.ingest.metrics import IngestMetrics

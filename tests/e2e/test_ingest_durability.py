@@ -24,7 +24,7 @@ from conftest import environ_without_finsent
 from streamkit import read_topic
 
 from finsent.ingest.archive import Archive
-from finsent.ingest.dedup import DedupStore
+from finsent.ingest.dedup_store import DedupStore
 from finsent.ingest.feeds import FeedConfig
 from finsent.ingest.fetch import Fetcher
 from finsent.ingest.metrics import IngestMetrics
@@ -182,7 +182,9 @@ def test_ingest_once_with_an_unwritable_archive_exits_cleanly_and_the_next_run_a
     root, out, n = tmp_path / "archive", tmp_path / "out.jsonl", len(_titles(frozen_feeds))
     _block(root)
     first = _ingest(tmp_path, frozen_feeds, output=out)
-    assert first.returncode == 0 and "Traceback" not in first.stderr, first.stderr[-2000:]
+    # exit 1 (a run that left items for the next, which exit 0 hid) with its one line; no traceback
+    assert first.returncode == 1 and "Traceback" not in first.stderr, first.stderr[-2000:]
+    assert f"{n} not archived" in first.stderr.rstrip().splitlines()[-1]
     logged = _logged(first)
     assert any(x["msg"].startswith("archive write failed") and x["level"] == "error" for x in logged)
     assert any(x["msg"].startswith("items published but not archived at exit") and x["unarchived"] == n for x in logged)

@@ -8,7 +8,8 @@ import pytest
 from conftest import environ_without_finsent
 from factories import news_item
 
-from finsent.ingest.dedup import Deduper, DedupStore, minhash, similarity
+from finsent.ingest.dedup import Deduper, minhash, similarity
+from finsent.ingest.dedup_store import DedupStore
 from finsent.local.feeds import FeedServer, rss
 
 T0 = datetime(2024, 5, 2, 12, tzinfo=UTC)

@@ -23,7 +23,8 @@ from pathlib import Path
 from conftest import environ_without_finsent
 
 from finsent.ingest.archive import Archive
-from finsent.ingest.dedup import Deduper, DedupStore
+from finsent.ingest.dedup import Deduper
+from finsent.ingest.dedup_store import DedupStore
 from finsent.ingest.feeds import FeedConfig
 from finsent.ingest.fetch import Fetcher
 from finsent.ingest.metrics import IngestMetrics
@@ -219,7 +220,9 @@ def test_ingest_once_says_truthfully_which_items_were_archived_but_not_marked(tm
         httpd.shutdown()
         if httpd.lock is not None:
             httpd.lock.close()
-    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    # exit 1: the run left items for the next one (they were 0 before, as if all had gone through)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.rstrip().splitlines()[-1].endswith("3 not marked as seen"), proc.stderr[-500:]
     logged = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
     msgs = [x["msg"] for x in logged]
     assert any(m.startswith("dedup store write failed") for m in msgs), msgs
@@ -348,7 +351,7 @@ def test_a_dedup_store_that_cannot_be_created_at_start_is_one_line_naming_it(tmp
         "resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))\n"
         "from pathlib import Path\n"
         "from finsent.errors import StateStoreError\n"
-        "from finsent.ingest.dedup import DedupStore\n"
+        "from finsent.ingest.dedup_store import DedupStore\n"
         "try:\n"
         f"    DedupStore(Path({str(tmp_path / 'state' / 'dedup.sqlite')!r}))\n"
         "except StateStoreError as err:\n"

@@ -15,7 +15,7 @@ from kafka import KafkaConsumer
 
 from finsent.errors import FeedListError, ImportFileError
 from finsent.ingest.archive import Archive
-from finsent.ingest.dedup import DedupStore
+from finsent.ingest.dedup_store import DedupStore
 from finsent.ingest.feeds import FeedConfig, load_feeds
 from finsent.ingest.fetch import Fetcher
 from finsent.ingest.importer import EdgeCheck, import_file, parse_mapping
