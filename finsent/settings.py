@@ -9,6 +9,7 @@ whose message names the offending field as both a dotted path and its environmen
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
@@ -536,6 +537,45 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+def reference() -> str:
+    """Every setting as Markdown (``docs/settings.md``, written by ``scripts/settings_reference.py``; a test keeps
+    it current): its dotted name, its variable and its default, group by group with the group's docstring. The
+    README's Configuration names the groups; this is where a newcomer finds each setting."""
+    lines = [
+        "# Settings",
+        "",
+        "Generated from `finsent/settings.py` by `scripts/settings_reference.py` (a test fails when it is stale).",
+        "Sources, lowest to highest priority: these defaults, a TOML file (`--config FILE` or `FINSENT_CONFIG`),",
+        "the environment. Secrets (tokens, passwords) are read from the environment only.",
+        "",
+    ]
+
+    def leaves(model: type[BaseModel], value: Any, path: tuple[str, ...]) -> list[str]:
+        out = []
+        for name, field in model.model_fields.items():
+            sub, here = getattr(value, name), (*path, name)
+            if isinstance(sub, BaseModel):
+                out += leaves(type(sub), sub, here)
+                continue
+            shown = "(secret: environment only)" if field.annotation in (SecretStr, SecretStr | None) else repr(sub)
+            shown = shown.replace("PosixPath(", "Path(").replace("|", "\\|")
+            out.append(f"| `{'.'.join(here)}` | `{env_var(*here)}` | `{shown}` |")
+        return out
+
+    defaults = Settings.model_construct()
+    for name, field in Settings.model_fields.items():
+        group = field.annotation
+        if isinstance(group, type) and issubclass(group, BaseModel):
+            doc = " ".join((group.__doc__ or "").split())
+            lines += [f"## `{name}`", "", *([doc, ""] if doc else [])]
+            lines += ["| setting | variable | default |", "|---|---|---|"]
+            lines += [*leaves(group, group(), (name,)), ""]
+        else:
+            lines += [f"## `{name}`", "", "| setting | variable | default |", "|---|---|---|"]
+            lines += [f"| `{name}` | `{env_var(name)}` | `{getattr(defaults, name)!r}` |", ""]
+    return "\n".join(lines)
+
+
 def env_var(*path: str) -> str:
     """The environment variable of a setting: ``env_var("web", "port")`` is ``FINSENT_WEB__PORT``."""
     return ENV_PREFIX + "__".join(p.upper() for p in path)
@@ -587,10 +627,12 @@ def _describe(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         loc = [str(p) for p in e["loc"] if not str(p).startswith("function-")]
-        dotted = ".".join(loc) or "(settings)"
-        env = env_var(*loc) if loc else ""
+        msg = e["msg"]
+        if not loc and (named := re.match(r"Value error, ([a-z_]+)\.([a-z_]+)=", msg)):
+            loc = list(named.groups())  # a check across groups (``_surge_width``) names its setting in its message
+        where = f"{'.'.join(loc)} ({env_var(*loc)})" if loc else "settings"
         lines.append(
-            f"  {dotted} ({env}): {e['msg']}"
+            f"  {where}: {msg}"
             + (f" [got {e['input']!r}]" if "input" in e and not isinstance(e["input"], dict) else "")
         )
     return "invalid finsent settings:\n" + "\n".join(lines)

@@ -73,6 +73,13 @@ CASES = {
     "topics, broker down": (["topics"], "dead_broker", 1, "no Kafka broker"),
     "worker, broker down": (["worker"], "dead_broker", 1, "no Kafka broker"),
     "bad setting": (["topics"], {"FINSENT_BROKER__PORT": "99999"}, 2, "broker.port (FINSENT_BROKER__PORT)"),
+    # a check across two groups named no setting ("(settings) (): …"): it names the one to change
+    "cross-group setting": (
+        ["topics"],
+        {"FINSENT_SURGE__WINDOW_S": "600"},
+        2,
+        "surge.window_s (FINSENT_SURGE__WINDOW_S)",
+    ),
     "unknown setting": (["topics"], {"FINSENT_BROKER__PROT": "1"}, 2, "FINSENT_BROKER__PROT"),
     "broker port taken": (["broker"], "taken:FINSENT_BROKER__PORT", 1, "already in use"),
     # a state dir that cannot be a folder (was a NotADirectoryError traceback from the first child's log)
