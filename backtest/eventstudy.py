@@ -130,6 +130,7 @@ def read_prices(path: Path, cols: PriceColumns = PriceColumns()) -> tuple[pd.Dat
     missing = [c for c in (cols.date, cols.ticker, close) if c not in df.columns]
     if missing:
         raise PriceFileError(f"--prices {path}: missing price columns {missing} (have {list(df.columns)})")
+    _refuse_intraday(path, df[cols.ticker], df[cols.date])
     prices, dropped = clean_prices(pd.DataFrame({"ticker": df[cols.ticker], "date": df[cols.date], "close": df[close]}))
     if prices.empty:
         raise PriceFileError(
@@ -140,9 +141,54 @@ def read_prices(path: Path, cols: PriceColumns = PriceColumns()) -> tuple[pd.Dat
     return prices, dropped
 
 
+def _refuse_intraday(path: Path, tickers: pd.Series, dates: pd.Series) -> None:
+    """Bars at several times of one day (hourly, minute) are not daily closes: cut to the day they all "conflicted"
+    and the file was refused as "no usable price rows (… N conflicting)", which hid what was wrong with it."""
+    stamps = pd.to_datetime(dates, errors="coerce", utc=True, format="mixed")
+    if stamps.isna().all():
+        return
+    per_day = pd.DataFrame({"ticker": tickers, "day": stamps.dt.normalize(), "at": stamps}).dropna()
+    times = per_day.groupby(["ticker", "day"])["at"].nunique()
+    if len(times) and (times > 1).mean() > 0.5:
+        raise PriceFileError(
+            f"--prices {path}: intraday bars (several times a day per ticker): the event study takes daily bars, "
+            "one close per ticker and day (resample to the day's last close first)"
+        )
+
+
 def load_prices(path: Path, cols: PriceColumns = PriceColumns()) -> pd.DataFrame:
     """Daily bars → one row per (ticker, date) with ``close`` (``read_prices`` without the counts)."""
     return read_prices(path, cols)[0]
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """Where the prices trade: an item at or after ``close`` (local time in ``tz``) counts for the next session.
+    New York's 16:00 by default; early-close days are not known (an item between an early close and 16:00 counts
+    for that day: document your calendar's early closes or leave those days out)."""
+
+    tz: str = "America/New_York"
+    close: dtime = dtime(16, 0)
+
+    @classmethod
+    def parse(cls, tz: str, close: str) -> Exchange:
+        """From ``--exchange-tz`` / ``--exchange-close`` (HH:MM); ``ConfigError`` for either that cannot work."""
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"--exchange-tz {tz!r} is not an IANA time zone (e.g. Europe/London)") from None
+        try:
+            at = dtime.fromisoformat(close)
+        except ValueError:
+            raise ConfigError(
+                f"--exchange-close {close!r}: give the local closing time as HH:MM (e.g. 16:30)"
+            ) from None
+        return cls(tz, at)
+
+
+NEW_YORK = Exchange()
 
 
 def session_calendar(prices: pd.DataFrame) -> pd.DatetimeIndex:
@@ -223,12 +269,12 @@ def event_sessions(
     return session_of(times, tickers, prices, tz, close)["date"]
 
 
-def item_sessions(scores: pd.DataFrame, prices: pd.DataFrame) -> pd.DataFrame:
+def item_sessions(scores: pd.DataFrame, prices: pd.DataFrame, exchange: Exchange = NEW_YORK) -> pd.DataFrame:
     """One row per (item, ticker it names) with its event session ``date`` and ``reason`` (``session_of``)."""
     s = scores.explode("tickers").dropna(subset=["tickers"]).rename(columns={"tickers": "ticker"})
     s["ticker"] = s["ticker"].astype(str).str.upper()
     s = s.reset_index(drop=True)
-    return s.join(session_of(s["published"], s["ticker"], prices))
+    return s.join(session_of(s["published"], s["ticker"], prices, exchange.tz, exchange.close))
 
 
 def daily_sentiment(scores: pd.DataFrame, prices: pd.DataFrame, sessions: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -260,7 +306,9 @@ class SurgeEvents:
     left_out: pd.DataFrame
 
 
-def surge_events(alerts: pd.DataFrame, prices: pd.DataFrame, returns: pd.DataFrame | None = None) -> SurgeEvents:
+def surge_events(
+    alerts: pd.DataFrame, prices: pd.DataFrame, returns: pd.DataFrame | None = None, exchange: Exchange = NEW_YORK
+) -> SurgeEvents:
     """Firing ticker surges → one event per (ticker, session), timed by when the live stream would have raised it
     (``known_at``, ``report.load_alerts``; the window end where that is not given). With ``returns``, a surge whose
     bar has no later bar at any horizon is left out too (``NO_RETURN``)."""
@@ -270,7 +318,8 @@ def surge_events(alerts: pd.DataFrame, prices: pd.DataFrame, returns: pd.DataFra
         return SurgeEvents(0, empty, 0, pd.DataFrame(columns=["ticker", "window_end", "reason"]))
     a = alerts[(alerts["state"] == "firing") & alerts["key"].str.startswith("ticker:")].reset_index(drop=True)
     a["ticker"] = a["key"].str.split(":", n=1).str[1].astype(str).str.upper()
-    a = a.join(session_of(a["known_at"] if "known_at" in a else a["window_end"], a["ticker"], prices))
+    known = a["known_at"] if "known_at" in a else a["window_end"]
+    a = a.join(session_of(known, a["ticker"], prices, exchange.tz, exchange.close))
     if returns is not None and len(a):
         rcols = [c for c in returns.columns if c.startswith("r") and c[1:].isdigit()]
         any_return = returns[rcols].notna().any(axis=1).to_numpy()

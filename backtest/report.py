@@ -63,6 +63,7 @@ def analyse(
     prices_path: Path,
     cols: es.PriceColumns = es.PriceColumns(),
     prices: tuple[pd.DataFrame, dict[str, int]] | None = None,
+    exchange: es.Exchange = es.NEW_YORK,
 ) -> dict:
     """The event study's tables and what each step left out. ``prices``: ``es.read_prices``'s result when the
     caller loaded (and so checked) the file already."""
@@ -72,9 +73,9 @@ def analyse(
     alerts = load_alerts(run_dir / "alerts.jsonl", run_dir / "alerts-changelog.jsonl", delay)
     bars, dropped = es.read_prices(prices_path, cols) if prices is None else prices
     returns = es.forward_returns(bars)
-    mentions = es.item_sessions(scores, bars)
+    mentions = es.item_sessions(scores, bars, exchange)
     daily = es.daily_sentiment(scores, bars, mentions)
-    surges = es.surge_events(alerts, bars, returns)
+    surges = es.surge_events(alerts, bars, returns, exchange)
     events = surges.events
     table = es.study(events, returns) if len(events) else pd.DataFrame()
     return {
@@ -264,9 +265,10 @@ def write_report(
     prices_path: Path,
     cols: es.PriceColumns = es.PriceColumns(),
     prices: tuple[pd.DataFrame, dict[str, int]] | None = None,
+    exchange: es.Exchange = es.NEW_YORK,
 ) -> Path:
     """``prices``: ``es.read_prices(prices_path, cols)`` when the caller checked the file before the backtest."""
-    a = analyse(run_dir, prices_path, cols, prices)
+    a = analyse(run_dir, prices_path, cols, prices, exchange)
     run = json.loads((run_dir / "run.json").read_text())
     table, corr, conf = a["study"], a["correlation"], a["confusion"]
     lo = left_out(a)
@@ -279,6 +281,7 @@ def write_report(
         "ticker_surges_fired": surges.fired,
         "ticker_sessions_with_items": len(a["daily"]),
         "left_out": lo,
+        "exchange": {"tz": exchange.tz, "close": exchange.close.isoformat("minutes")},
     }
     (run_dir / "eventstudy.json").write_text(json.dumps(numbers, indent=2, default=str))
     sha = hashlib.sha256(prices_path.read_bytes()).hexdigest()
@@ -299,7 +302,8 @@ table{{font-size:12px;display:block;overflow-x:auto}}td,th{{border:1px solid #cc
 {run["windows"]:,} windows closed; {run["firing"]} surges fired (all keys), {surges.fired} of them on tickers. {span}</p>
 <p class="note">How to read this: events are negative-sentiment surges of a ticker, timed by when the live stream would have
 raised them (the end of their window when first raised early; else that end plus the watermark delay, when the
-window closed) and mapped to the first session whose close came after (no look-ahead); a surge whose ticker has no bar
+window closed) and mapped to the first session whose close ({esc(exchange.close.isoformat("minutes"))} {esc(exchange.tz)})
+came after (no look-ahead); a surge whose ticker has no bar
 on that session is left out, not moved to a later bar. Sessions are the dates any ticker in the price file has a bar
 on. Returns run from the event session's close to the close h sessions later (none when the ticker has no bar then);
 abnormal = minus the equal-weighted mean of the other tickers' returns over the same sessions (none with fewer than

@@ -33,6 +33,13 @@ def backtest(
             help="FIELD=COLUMN for the price file: date, ticker, close (default date, ticker, adj_close or close).",
         ),
     ] = [],  # noqa: B006
+    exchange_tz: Annotated[
+        str,
+        typer.Option(
+            help="Time zone of the prices' exchange (IANA): an item after its close counts for the next session."
+        ),
+    ] = "America/New_York",
+    exchange_close: Annotated[str, typer.Option(help="The exchange's closing time, local, HH:MM.")] = "16:00",
     open_report: Annotated[
         bool, typer.Option("--open", help="Print the report's path (file:// URL) at the end.")
     ] = False,
@@ -54,6 +61,9 @@ def backtest(
         raise ConfigError(f"--out {out} is a file; give a folder for the backtest's outputs")
     out.mkdir(parents=True, exist_ok=True)  # a parent that is a file or read-only: its one line now (finsent.cli)
     price_table = cols = None
+    from finsent.backtest.eventstudy import Exchange
+
+    exchange = Exchange.parse(exchange_tz, exchange_close)  # ConfigError
     if prices is not None:
         from finsent.backtest.eventstudy import PriceColumns, read_prices
 
@@ -103,7 +113,7 @@ def backtest(
         from finsent.backtest.report import write_report
 
         try:
-            path = write_report(out, prices, cols, price_table)
+            path = write_report(out, prices, cols, price_table, exchange)
         except OSError as err:  # writing report.html and eventstudy.json (the prices were read and checked above)
             raise FinsentError(f"event study: {err}") from None
         typer.echo(f"report: {path}" + (f"\n{path.resolve().as_uri()}" if open_report else ""), err=True)

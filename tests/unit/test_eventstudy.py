@@ -262,3 +262,31 @@ def test_a_surge_raised_when_its_window_closed_is_studied_from_when_live_knew_it
     events = surge_events(alerts, p).events.set_index("ticker")["date"]
     assert events["AAA"] == D[2] and events["BBB"] == D[1]
     assert surge_events(load_alerts(tmp_path / "alerts.jsonl"), p).events.set_index("ticker")["date"]["AAA"] == D[1]
+
+
+def test_another_exchanges_close_decides_the_session_and_bad_options_are_one_line():
+    """The close was New York's 16:00 for every price file: a London-listed ticker's 16:45 UK item (after London's
+    16:30 close) counted for that day."""
+    from finsent.backtest.eventstudy import Exchange, item_sessions
+
+    scores = pd.DataFrame({"published": [datetime(2015, 1, 5, 16, 45, tzinfo=UTC)], "tickers": [["AAA"]]})
+    london = Exchange.parse("Europe/London", "16:30")
+    assert item_sessions(scores, prices())["date"].dt.strftime("%Y-%m-%d").tolist() == ["2015-01-05"]
+    assert item_sessions(scores, prices(), london)["date"].dt.strftime("%Y-%m-%d").tolist() == ["2015-01-06"]
+    with pytest.raises(ConfigError, match="not an IANA time zone"):
+        Exchange.parse("Mars/Olympus", "16:00")
+    with pytest.raises(ConfigError, match="HH:MM"):
+        Exchange.parse("Europe/London", "half past four")
+
+
+def test_intraday_bars_are_refused_by_name_not_as_conflicting_rows(tmp_path):
+    from finsent.backtest.eventstudy import read_prices
+
+    path = tmp_path / "hourly.csv"
+    rows = [f"2015-01-0{d} {h:02d}:00,AAA,{100 + h}" for d in (5, 6) for h in range(10, 16)]
+    path.write_text("date,ticker,close\n" + "\n".join(rows) + "\n")
+    with pytest.raises(PriceFileError, match="intraday bars"):
+        read_prices(path)
+    daily = tmp_path / "daily.csv"  # one bar a day, stamped with its close time: daily
+    daily.write_text("date,ticker,close\n2015-01-05 16:00,AAA,100\n2015-01-06 16:00,AAA,101\n")
+    assert len(read_prices(daily)[0]) == 2
