@@ -51,11 +51,18 @@ system-deps:  ## install the Debian packages (prometheus, alertmanager, chromium
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES); \
 	fi
+	@# Debian's own python3 has no ensurepip without python3-venv: `python3 -m venv` then fails half-way
+	@if ! $(PY) -c 'import ensurepip' 2>/dev/null; then \
+	  echo "installing python3-venv (python3 -m venv needs it)"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv; \
+	fi
 
 venv: $(STAMP)  ## the virtual environment in .venv with finsent and its dev tools
 
 $(STAMP): pyproject.toml constraints.txt
-	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
+	@# a venv that a failed `python3 -m venv` left without pip is made again, not skipped
+	test -x $(VENV)/bin/pip || { rm -rf $(VENV) && $(PY) -m venv $(VENV); } || \
+	  { echo "error: $(PY) -m venv failed: install python3-venv (make system-deps does)"; exit 2; }
 	$(VENV)/bin/pip install -q $(LOCAL_WHEELS) $(PIP_EXTRA) -c constraints.txt -e '.[dev]'
 	touch $@
 
