@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import json
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
@@ -27,6 +26,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from dateutil import parser as dateparser
+from dateutil import tz
 
 from finsent.errors import ImportFileError
 from finsent.ingest.normalize import FUTURE_TOLERANCE_S, MAX_TICKERS, canonical_url, normalize_checked
@@ -83,14 +83,19 @@ def parse_time(value: str, default_tz: tzinfo = UTC) -> datetime:
     ``TZINFOS`` is an error (dateutil only warned and gave a naive time, read as ``--timezone``: "15:30 PST" became
     15:30 UTC, before New York's close instead of after it, with nothing said)."""
     value = " ".join(value.split())
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", dateparser.UnknownTimezoneWarning)
-        try:
-            dt = dateparser.parse(value, tzinfos=TZINFOS)
-        except dateparser.UnknownTimezoneWarning:
-            raise ValueError(
-                f"time {value!r} names a time zone this importer does not know: give an offset (-08:00) instead"
-            ) from None
+
+    def zone(name: str | None, offset: int | None) -> tzinfo | None:
+        # every zone dateutil finds comes here: without this, a name of the host's own zone (CST on a Chicago box,
+        # IST in India) was read as the host's zone, so one file imported differently from machine to machine
+        if name is None:
+            return None if offset is None else tz.tzoffset(None, offset)
+        if name.upper() in TZINFOS:
+            return TZINFOS[name.upper()]
+        if offset is not None:  # a name with its own offset ("UTC+3"): the offset
+            return tz.tzoffset(name, offset)
+        raise ValueError(f"time {value!r} names a time zone this importer does not know: give an offset (-08:00)")
+
+    dt = dateparser.parse(value, tzinfos=zone)
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=default_tz)
     return dt.astimezone(UTC)

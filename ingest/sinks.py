@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Protocol
 
+from finsent.errors import ConfigError
 from finsent.files import append_lines
 from finsent.kafka import KafkaLike, as_kafka, bootstrap_reachable, producer
 from finsent.records import NewsItem
@@ -30,6 +31,11 @@ class JsonlSink:
     does for ``KafkaSink``: the items stay pending and are written on a later poll, whole."""
 
     def __init__(self, path: Path):
+        if path.exists() and not path.is_file():  # /dev/stdout, /dev/null, a FIFO: no fsync, no cutting back
+            raise ConfigError(
+                f"--output {path}: not a regular file; items count as sent only once fsynced to a file "
+                "(write to a file and follow it: tail -f)"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         append_lines(path, b"")  # creates it, and says now (one line at the CLI) if it cannot be written
         self.path = path

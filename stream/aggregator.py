@@ -179,9 +179,12 @@ class Aggregator:
                 self.positions[tp.partition] = msg.offset + 1
         # Within one poll, feed in event-time order: partitions arrive in chunks, events do not.
         decoded = []
-        now, fixed = datetime.now(UTC), dict[str, int]()
+        today, fixed = datetime.now(UTC), dict[str, int]()
         for partition, msg in records:
             try:
+                # checked against the record's own time on the topic, not this poll's clock: a restart's replay then
+                # clamps it to the same time again (by the wall clock it landed in a later bucket the second time)
+                now = min(today, datetime.fromtimestamp(msg.timestamp / 1000, UTC)) if msg.timestamp else today
                 decoded.append((partition, msg, self._checked(ScoredItem.from_json(msg.value), now, fixed)))
             except (RecordError, ValueError, TypeError) as err:
                 await self._dead_letter(msg, f"undecodable scored record: {err}")
@@ -190,10 +193,14 @@ class Aggregator:
         late0, dup0, retimed0 = *self.agg.counts(), self.agg.retimed
         self.metrics.aggregated.inc(len(decoded))
         for partition, msg, scored in decoded:
-            lane_start = self.agg.bucket_of(scored.item.published.timestamp())
+            result = self.agg.add(scored, lane=partition)
+            # The offset is kept under the bucket the item was counted in: one past the allowed lateness and counted
+            # in the open window (windows.too_late = open_window) is kept under its own, long-closed bucket
+            # otherwise, replay_from moves past it at once and a restart's replay never reads it again.
+            counted_at = self.agg.retimed_ids.get(scored.item.id, scored.item.published.timestamp())
+            lane_start = self.agg.bucket_of(counted_at)
             lows = self.lows.setdefault(partition, {})
             lows[lane_start] = min(lows.get(lane_start, msg.offset), msg.offset)
-            result = self.agg.add(scored, lane=partition)
             if result.rejected:
                 await self._dead_letter(
                     msg,

@@ -305,6 +305,7 @@ def test_a_scored_record_dated_decades_ahead_is_clamped_and_pins_no_restore_poin
     future = datetime(2068, 1, 2, tzinfo=UTC)
     rogue = scored_item(news_item("rogue", "Rogue producer headline", at=future), "negative", TOPIC_LABELS[0])
     publish_scored(broker, env, [*scored(20, past(60), 1.0), rogue])
+    time.sleep(2.5)  # more than a 2-s bucket between the record's time on the topic and the aggregator's first poll
 
     async def main():
         metrics = WorkerMetrics()
@@ -316,6 +317,40 @@ def test_a_scored_record_dated_decades_ahead_is_clamped_and_pins_no_restore_poin
             buckets = [start for lows in agg.lows.values() for start in lows]
             assert buckets and max(buckets) <= ceiling  # counted at the time it was fetched, clamped: not in 2068
             assert sample(metrics, "finsent_worker_items_corrected_total", fix="clamped") == 1
+            # clamped to the record's own time on the topic, which a restart's replay meets again (not the poll's clock)
+            (record,) = [r for r in read_topic(broker, topic(env, "scored")) if r.key == b"rogue"]
+            assert agg.lows[record.partition].get(agg.agg.bucket_of(record.timestamp / 1000)) == record.offset
+        finally:
+            await agg.stop()
+
+    asyncio.run(main())
+
+
+def test_an_item_counted_in_the_open_window_is_read_again_by_a_restarts_replay(broker, tmp_path):
+    """windows.too_late = open_window: the restore point's replay_from must still reach the record, or the list of
+    such items it carries is never used (the offset was kept under the item's own, long-closed bucket, and
+    replay_from moved past it at once: a review found the counted item gone after a restart)."""
+    env, settings = setup(
+        broker,
+        tmp_path,
+        **TINY_WINDOWS,
+        FINSENT_WINDOWS__ALLOWED_LATENESS_S="4",
+        FINSENT_WINDOWS__TOO_LATE="open_window",
+    )
+    publish_scored(broker, env, scored(30, past(120), 1.0))
+    (late,) = scored(1, past(600), 1.0, prefix="late")
+
+    async def main():
+        agg = Aggregator(settings, WorkerMetrics())
+        await agg.start()
+        try:
+            await step_until(agg, lambda: sum(agg.positions.values()) == 30, what="every on-time item read")
+            await step_for(agg, 9.0)  # idle: the watermark moves on and no on-time bucket is revisable any more
+            publish_scored(broker, env, [late])
+            await step_until(agg, lambda: agg.agg.retimed == 1, what="the late item counted in the open window")
+            (record,) = [r for r in read_topic(broker, topic(env, "scored")) if r.key == late.item.id.encode()]
+            assert agg.replay_from()[record.partition] <= record.offset
+            assert late.item.id in agg.agg.snapshot()["retimed"]
         finally:
             await agg.stop()
 

@@ -186,8 +186,21 @@ CASES = {
     "ingest, output is a folder": (
         ["ingest", "--once", "--feeds", "{tmp}/feeds.toml", "--output", "{tmp}"],
         {},
+        2,
+        "not a regular file",
+    ),
+    # no fsync, no cutting back: it was written on every poll and never counted as sent
+    "ingest, output is a device": (
+        ["ingest", "--once", "--feeds", "{tmp}/feeds.toml", "--output", "/dev/null"],
+        {},
+        2,
+        "not a regular file",
+    ),
+    "ingest, output under a file": (
+        ["ingest", "--once", "--feeds", "{tmp}/feeds.toml", "--output", "{tmp}/a-file/out.jsonl"],
+        {},
         1,
-        "Is a directory",
+        "a-file: File exists",
     ),
     "backtest, --out under a file": (["backtest", "--out", "{tmp}/a-file/sub"], {}, 1, "a-file/sub: Not a directory"),
     "import, unknown time zone": (

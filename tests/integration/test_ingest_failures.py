@@ -323,8 +323,9 @@ def test_an_output_file_on_a_full_disk_acknowledges_nothing_and_gets_every_item_
     feed = FeedConfig(name="wm", url=f"{frozen_feeds.url}/feeds/wire-markets")
     metrics = IngestMetrics()
     out, real = tmp_path / "o.jsonl", tmp_path / "real.jsonl"
-    out.symlink_to("/dev/full")
     poller = Poller([feed], Fetcher(allow_private=True), Deduper(), JsonlSink(out), metrics=metrics)
+    out.unlink()
+    out.symlink_to("/dev/full")  # the disk fills after the start
     n = len(frozen_feeds.published("wire-markets"))
 
     async def polls():
