@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from finsent.errors import ConfigError
+from finsent.files import move_aside
 from finsent.heap import fewer_young_collections
 from finsent.osthreads import prompt_gil_handoff
 from finsent.records import NewsItem, Prediction, SurgeAlert, checked_item
@@ -76,11 +77,7 @@ class ScoreCache:
         try:
             self._open(path)
         except sqlite3.DatabaseError as err:  # not a database, or a damaged one: only scores, so scored again
-            moved = path.with_name(f"{path.name}.corrupt-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}")
-            for suffix in ("", "-wal", "-shm"):
-                source = path.with_name(path.name + suffix)
-                if source.exists():
-                    source.replace(moved.with_name(moved.name + suffix))
+            moved = move_aside(path)
             log.error(
                 "score cache unreadable: moved aside, starting an empty one (its items are scored again)",
                 extra={"path": str(path), "moved_to": str(moved), "error": str(err)},

@@ -12,12 +12,13 @@ import math
 import sqlite3
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 
 from finsent.errors import StateStoreError
+from finsent.files import move_aside
 from finsent.ingest.dedup import ID_HORIZON, NUM_PERM, Deduper, Verdict, _Mark
 from finsent.records import NewsItem
 
@@ -124,12 +125,7 @@ class DedupStore:
 
     def _move_aside(self, err: sqlite3.DatabaseError) -> Path:
         """Rename the store (and its WAL/SHM files) with a timestamp suffix: kept for a post-mortem, out of the way."""
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        for suffix in ("", "-wal", "-shm"):
-            source = self.path.with_name(self.path.name + suffix)
-            if source.exists():
-                source.replace(target.with_name(target.name + suffix))
+        target = move_aside(self.path)
         log.error(
             "dedup store unreadable: moved aside, starting with an empty one (items the feeds still list "
             "will be published again)",
