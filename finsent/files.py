@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import os
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 
@@ -74,8 +75,6 @@ def append_lines(path: Path, data: bytes) -> None:
 def move_aside(path: Path) -> Path:
     """Rename an unreadable SQLite file (and its WAL/SHM files) with a ``.corrupt-<UTC time>`` suffix: kept for a
     post-mortem, out of the way of the fresh one that replaces it. Returns the new name of the database file."""
-    from datetime import UTC, datetime
-
     target = path.with_name(f"{path.name}.corrupt-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}")
     for suffix in ("", "-wal", "-shm"):
         source = path.with_name(path.name + suffix)
