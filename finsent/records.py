@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import time
+import unicodedata
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -55,9 +56,20 @@ def _utc(v: datetime) -> datetime:
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Sentiment = Literal["negative", "neutral", "positive"]
+
+
 # Who did something (an analyst's correction, an action on an alert case): a name, not blanks, which
 # would stand in the audit trail as nobody.
-PersonName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+def _visible(name: str) -> str:
+    """At least one character a reader sees: a zero-width space or a NUL is no one, as blanks are not."""
+    if not any(unicodedata.category(ch)[0] not in "CZ" for ch in name):
+        raise ValueError("a name needs a visible character")
+    return name
+
+
+PersonName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), AfterValidator(_visible)
+]
 
 
 def utcnow() -> datetime:

@@ -33,6 +33,15 @@ class IngestMetrics:
             ["feed"],
             registry=r,
         )
+        # Fetches in a row that failed, per feed (0 after a success): what FeedErrors watches. A count of errors in a
+        # window could not fire: the backoff spaces a failing feed's fetches (10, 20, 40 min at the default
+        # 5-minute interval), so fewer than the threshold ever landed in it.
+        self.consecutive_failures = Gauge(
+            "finsent_feed_consecutive_failures",
+            "Fetches of the feed in a row that failed (0 after a success)",
+            ["feed"],
+            registry=r,
+        )
         self.fetch_seconds = Histogram(
             "finsent_feed_fetch_seconds",
             "Fetch latency",

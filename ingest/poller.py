@@ -104,6 +104,12 @@ class Poller:
         self.future_tolerance_s = future_tolerance_s
         self.max_tickers = max_tickers
         self.state = {f.name: FeedState() for f in feeds}
+        started = time.time()
+        for f in feeds:
+            # until a feed's first success the start of this process stands in for it: a feed failing from the start
+            # had no series at all, so FeedStale never fired for it
+            self.metrics.last_success.labels(f.name).set(started)
+            self.metrics.consecutive_failures.labels(f.name).set(0)
         self.pending: list[NewsItem] = []
         self.unarchived: list[NewsItem] = []  # acknowledged by the sink, not yet durably archived, so not marked
         self.unmarked: list[NewsItem] = []  # durably archived, the dedup store refused the mark: only that is retried
@@ -124,11 +130,13 @@ class Poller:
         st = self.state[feed.name]
         if summary.outcome == "error":
             st.failures += 1
+            self.metrics.consecutive_failures.labels(feed.name).set(st.failures)
             delay = min(feed.interval * 2 ** min(st.failures, 16), self.backoff_max_s)
             if retry_after is not None:  # honoured up to the backoff's cap: a server's "Retry-After: 10^400" (inf)
                 delay = max(delay, min(retry_after, self.backoff_max_s))  # turned the feed off for good
             return delay
         st.failures = 0
+        self.metrics.consecutive_failures.labels(feed.name).set(0)
         return feed.interval * (1 + self.rng.uniform(-self.jitter, self.jitter))
 
     # ------------------------------------------------------------------ one feed

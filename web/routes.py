@@ -313,7 +313,12 @@ async def feedback(req: FeedbackRequest, api: State, authorization: Annotated[st
     return {"stored": True, "published": published}
 
 
-@feedback_routes.get("/review")
+STORE_UNREADABLE: dict[int | str, dict[str, Any]] = {
+    503: {"description": "the feedback store cannot be read (a folder in its place, no permission, a failing disk)"}
+}
+
+
+@feedback_routes.get("/review", responses=STORE_UNREADABLE)
 async def review(api: State, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict:
     """The headlines a correction is worth most on: those behind a firing alert first, then the ones the model
     is least sure about (smallest margin between its two likeliest sentiment classes). Correct them with
@@ -323,7 +328,7 @@ async def review(api: State, limit: Annotated[int, Query(ge=1, le=500)] = 50) ->
     return {"items": review_queue(list(api.views.items.values()), list(api.views.alerts.values()), limit, reviewed)}
 
 
-@feedback_routes.get("/feedback/stats")
+@feedback_routes.get("/feedback/stats", responses=STORE_UNREADABLE)
 async def feedback_stats(api: State) -> dict:
     """How many corrections, and how often the model already agreed with them (per label kind)."""
     records, bad = await api.feedback_records()

@@ -186,7 +186,17 @@ class ApiState:
                 10,
             )
             return True
-        except Exception:  # noqa: BLE001 - the store has it; the topic copy is for other consumers
+        except Exception as err:  # noqa: BLE001 - the store has it; the topic copy is for other consumers
+            # Not re-sent later: the store is what the fine-tune reads; the topic copy is for other consumers, who
+            # miss this one (counted: finsent_api_feedback_total{published="false"}; said here and to the analyst)
+            log.warning(
+                "correction stored, not sent to the feedback topic",
+                extra={
+                    "item": fb.item_id,
+                    "topic": self.settings.topics.feedback.name,
+                    "error": f"{type(err).__name__}: {err}",
+                },
+            )
             self.producer = None
             if producer is not None:  # closed, not leaked: the next correction starts a fresh one
                 with contextlib.suppress(Exception):

@@ -281,7 +281,14 @@ def pipeline() -> Dashboard:
             Panel(
                 "Audit log: notifications recorded per second",
                 [
-                    ("sum by (status) (rate(finsent_receiver_notifications_total[5m])) or vector(0)", "{{status}}"),
+                    (
+                        'sum by (status) (rate(finsent_receiver_notifications_total{outcome="recorded"}[5m])) or vector(0)',
+                        "{{status}}",
+                    ),
+                    (
+                        'sum(rate(finsent_receiver_notifications_total{outcome="duplicate"}[5m])) or vector(0)',
+                        "duplicates (Alertmanager's repeats, not recorded again)",
+                    ),
                 ],
                 width=8,
             ),

@@ -129,3 +129,29 @@ def test_publish_uploads_dashboards_and_surge_annotations_with_the_token(tmp_pat
     (note,) = notes
     assert note["time"] == int(now.timestamp() * 1000) and note["timeEnd"] == note["time"] + 600_000
     assert {"finsent", "surge", "topic:Energy | Oil"} <= set(note["tags"]) and "Oil plunges" in note["text"]
+
+
+def test_surge_annotations_escape_headlines_and_leave_out_a_row_whose_time_is_not_a_time(caplog):
+    """The receiver records a notification whatever its startsAt says (the alert matters more than its time): one
+    that was not a time stopped every later `finsent grafana publish` with a traceback, and headlines went into
+    the annotation's HTML as they were."""
+    from finsent.alerts.grafana.publish import surge_annotations
+
+    def row(fingerprint, starts_at, title):
+        return {
+            "alertname": "NegativeSentimentSurge",
+            "dim": "ticker",
+            "name": "XOM",
+            "fingerprint": fingerprint,
+            "starts_at": starts_at,
+            "ends_at": None,
+            "status": "firing",
+            "severity": "warning",
+            "evidence": [{"title": title}],
+        }
+
+    got = surge_annotations(
+        [row("a", "2026-11-22T12:00:30Z", "Exxon <img src=x onerror=alert(1)> slides"), row("b", "not a time", "x")]
+    )
+    assert len(got) == 1 and "<img" not in got[0]["text"] and "&lt;img src=x" in got[0]["text"]
+    assert any("not a time left out" in r.getMessage() for r in caplog.records)

@@ -214,6 +214,44 @@ def test_a_retry_after_beyond_the_backoff_cap_is_capped_not_obeyed_for_ever(tmp_
     assert json.loads(json.dumps(line.retry_in_s, allow_nan=False)) == 900.0
 
 
+def test_a_feed_failing_from_the_start_has_the_series_its_alerts_watch(tmp_path):
+    """FeedStale watched a last-success time that a feed failing from the start never had; FeedErrors counted errors
+    in 15 minutes, which the backoff keeps below its threshold. Both series exist from the start now."""
+    from http.server import BaseHTTPRequestHandler
+
+    from finsent.local.feeds import LoopbackServer
+
+    class Down(BaseHTTPRequestHandler):
+        def log_message(self, fmt, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    httpd = LoopbackServer(("127.0.0.1", 0), Down)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    feed = FeedConfig(name="down", url=f"http://127.0.0.1:{httpd.server_address[1]}/feed")
+    metrics = IngestMetrics()
+    before = time.time()
+    poller = Poller([feed], Fetcher(allow_private=True), Deduper(), JsonlSink(tmp_path / "o.jsonl"), metrics=metrics)
+    sample = metrics.registry.get_sample_value
+    assert before <= sample("finsent_feed_last_success_timestamp_seconds", {"feed": "down"}) <= time.time()
+    assert sample("finsent_feed_consecutive_failures", {"feed": "down"}) == 0
+
+    async def twice():
+        for _ in range(2):
+            await poller.poll(feed)
+        await poller.fetcher.aclose()
+
+    try:
+        asyncio.run(twice())
+    finally:
+        httpd.shutdown()
+    assert sample("finsent_feed_consecutive_failures", {"feed": "down"}) == 2
+
+
 def test_conditional_get_returns_not_modified(tmp_path):
     frozen = FeedServer(rate_per_s=0.0005, burst_at=3600).start()  # nothing new appears between polls
     feed = FeedConfig(name="wm", url=f"{frozen.url}/feeds/wire-markets")

@@ -103,3 +103,20 @@ def test_a_store_that_cannot_be_written_or_read_is_a_clear_503_not_a_bare_500(tm
         for path in ("/review", "/feedback/stats"):
             r = c.get(path)
             assert r.status_code == 503 and "cannot be read" in r.json()["detail"], (path, r.text)
+
+
+def test_invisible_names_are_nobody_and_an_unreadable_store_is_a_documented_answer(tmp_path, caplog):
+    """A zero-width space or a NUL passed as a name (blanks were refused already); the 503 of /review and
+    /feedback/stats was not in the OpenAPI schema; a correction the broker did not take was said nowhere."""
+    import logging
+
+    settings = make_settings(tmp_path, kafka={"bootstrap": "127.0.0.1:1"})
+    with client(settings) as c, caplog.at_level(logging.WARNING, logger="finsent"):
+        for who in ("\u200b", "\x00", " \u200b\u200d "):
+            r = c.post("/feedback", json={"item_id": "sure", "sentiment": "positive", "who": who})
+            assert r.status_code == 422, (who, r.text)
+        paths = c.get("/openapi.json").json()["paths"]
+        assert "503" in paths["/review"]["get"]["responses"] and "503" in paths["/feedback/stats"]["get"]["responses"]
+        r = c.post("/feedback", json={"item_id": "sure", "sentiment": "positive", "who": "ana"})
+        assert r.json() == {"stored": True, "published": False}
+    assert any("not sent to the feedback topic" in rec.getMessage() for rec in caplog.records)

@@ -154,7 +154,8 @@ async function sendCorrection(form, s) {
     const r = await fetch("/feedback", { method: "POST", headers: authHeaders(), body: JSON.stringify(body) });
     const answer = await r.json().catch(() => ({}));
     if (r.ok) {
-      result.textContent = answer.published ? "saved, thank you" : "saved (the broker copy will follow)";
+      result.textContent = answer.published ? "saved, thank you"
+        : "saved for training (not sent to finsent.feedback: the broker did not answer)";
       form.closest("tr").previousElementSibling?.classList.add("corrected");
       refreshFeedbackStats();
     } else {
