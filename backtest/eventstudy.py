@@ -70,16 +70,21 @@ class PriceColumns:
         return cls(**mapping)
 
 
-def _dates(values: pd.Series) -> pd.Series:
-    """Calendar dates (midnight, no zone); unreadable → NaT. A date given with a zone offset is that zone's
-    date (an exchange's bar dated ``2015-01-05T00:00-05:00`` is the 5th, not the 5th at 05:00 UTC)."""
+def _timestamps(values: pd.Series) -> pd.Series:
+    """Local times (no zone); unreadable → NaT. A time given with a zone offset is that zone's local time (an
+    exchange's bar dated ``2015-01-05T00:00-05:00`` is the 5th, not the 5th at 05:00 UTC)."""
     try:
         parsed = pd.to_datetime(values, errors="coerce")
     except (ValueError, TypeError):  # mixed offsets (summer and winter time): the ISO date in front of each
         parsed = pd.to_datetime(values.astype("string").str.slice(0, 10), errors="coerce")
     if isinstance(parsed.dtype, pd.DatetimeTZDtype):
         parsed = parsed.dt.tz_localize(None)
-    return parsed.dt.normalize().astype("datetime64[ns]")
+    return parsed.astype("datetime64[ns]")
+
+
+def _dates(values: pd.Series) -> pd.Series:
+    """Calendar dates (midnight, no zone) of ``_timestamps``."""
+    return _timestamps(values).dt.normalize()
 
 
 def clean_prices(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -130,8 +135,9 @@ def read_prices(path: Path, cols: PriceColumns = PriceColumns()) -> tuple[pd.Dat
     missing = [c for c in (cols.date, cols.ticker, close) if c not in df.columns]
     if missing:
         raise PriceFileError(f"--prices {path}: missing price columns {missing} (have {list(df.columns)})")
-    _refuse_intraday(path, df[cols.ticker], df[cols.date])
-    prices, dropped = clean_prices(pd.DataFrame({"ticker": df[cols.ticker], "date": df[cols.date], "close": df[close]}))
+    stamps = _timestamps(df[cols.date])  # parsed once: for the intraday check, then cut to the day
+    _refuse_intraday(path, df[cols.ticker], stamps)
+    prices, dropped = clean_prices(pd.DataFrame({"ticker": df[cols.ticker], "date": stamps, "close": df[close]}))
     if prices.empty:
         raise PriceFileError(
             f"--prices {path}: no usable price rows ({dropped['rows_read']} read: {dropped['unreadable']} without a "
@@ -141,10 +147,10 @@ def read_prices(path: Path, cols: PriceColumns = PriceColumns()) -> tuple[pd.Dat
     return prices, dropped
 
 
-def _refuse_intraday(path: Path, tickers: pd.Series, dates: pd.Series) -> None:
+def _refuse_intraday(path: Path, tickers: pd.Series, stamps: pd.Series) -> None:
     """Bars at several times of one day (hourly, minute) are not daily closes: cut to the day they all "conflicted"
-    and the file was refused as "no usable price rows (… N conflicting)", which hid what was wrong with it."""
-    stamps = pd.to_datetime(dates, errors="coerce", utc=True, format="mixed")
+    and the file was refused as "no usable price rows (… N conflicting)", which hid what was wrong with it.
+    ``stamps``: the date column as ``_timestamps`` reads it."""
     if stamps.isna().all():
         return
     per_day = pd.DataFrame({"ticker": tickers, "day": stamps.dt.normalize(), "at": stamps}).dropna()
